@@ -1,0 +1,332 @@
+"""The one config schema. Every field is documented right under it; the same text is the
+CLI's `foundry config-docs` output and docs/CONFIG.md.
+
+A config has a `name` (the registry name of the model it produces) and five sections:
+`data`, `features`, `model`, `train`, `evaluate`. Only `data` and a target are required;
+everything else has a default or is inferred from the data.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FeatureType = Literal["number", "binary", "category", "text", "image"]
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class SplitConfig(Section):
+    train: float = Field(0.8, gt=0, le=1)
+    """Fraction of rows used for training when no explicit files are given."""
+    val: float = Field(0.1, ge=0, lt=1)
+    """Fraction of rows held out for validation (early stopping, model selection)."""
+    test: float = Field(0.1, ge=0, lt=1)
+    """Fraction of rows held out for the final evaluation."""
+    stratify: bool = True
+    """Keep class proportions equal across splits (classification targets only)."""
+    seed: int = 42
+    """Seed of the shuffle; the same seed and data give the same split."""
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> SplitConfig:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"train + val + test must sum to 1, got {self.train} + {self.val} + "
+                f"{self.test} = {total:g}"
+            )
+        return self
+
+
+class DataConfig(Section):
+    path: str
+    """Training data: a CSV, Parquet or JSONL file, or an image folder laid out as
+    `class_name/*.png`. Relative paths are resolved against the config file's folder."""
+    format: Literal["auto", "csv", "parquet", "jsonl", "image_folder"] = "auto"
+    """File format; `auto` decides from the extension (a directory is an image folder)."""
+    val_path: str | None = None
+    """Explicit validation file; when set, `split.val` is ignored."""
+    test_path: str | None = None
+    """Explicit test file; when set, `split.test` is ignored."""
+    split: SplitConfig = SplitConfig()
+    """How rows are split into train/val/test when explicit files are not given."""
+    delimiter: str | None = None
+    """CSV delimiter; `None` sniffs it from the first lines."""
+
+
+# ----------------------------------------------------------------------- features
+
+
+class NumberPreprocessing(Section):
+    normalization: Literal["standard", "minmax", "none"] = "standard"
+    """`standard`: (x - mean) / std; `minmax`: (x - min) / (max - min); statistics come
+    from the training split only."""
+    missing: Literal["mean", "median", "zero", "drop_row", "error"] = "mean"
+    """How missing values (empty, NaN) are filled; `error` refuses them."""
+
+
+class CategoryPreprocessing(Section):
+    min_frequency: int = Field(1, ge=1)
+    """Categories seen fewer times than this in training map to the unknown token."""
+    max_categories: int | None = Field(None, ge=1)
+    """Keep only the most frequent categories (the rest map to the unknown token)."""
+    missing: Literal["category", "most_frequent", "drop_row"] = "category"
+    """`category`: missing is its own category; `most_frequent`: fill with the mode."""
+
+
+class TextPreprocessing(Section):
+    tokenizer: Literal["word", "bpe"] = "word"
+    """`word`: whitespace/punctuation words; `bpe`: byte-pair encoding trained on the
+    training split (both through the `tokenizers` library)."""
+    vocab_size: int = Field(10_000, ge=10)
+    """Largest vocabulary kept (including the padding and unknown tokens)."""
+    max_length: int = Field(128, ge=1)
+    """Token sequences are truncated or padded to this length."""
+    lowercase: bool = True
+    """Lower-case text before tokenising."""
+    min_frequency: int = Field(1, ge=1)
+    """Tokens seen fewer times than this map to the unknown token."""
+
+
+class AugmentConfig(Section):
+    flip: bool = False
+    """Random horizontal flips (p = 0.5) during training."""
+    crop: int = Field(0, ge=0)
+    """Random crops after padding each side by this many pixels (0 = off)."""
+    rotate: float = Field(0.0, ge=0, le=180)
+    """Random rotations of up to this many degrees either way (0 = off)."""
+
+
+class ImagePreprocessing(Section):
+    height: int | None = Field(None, ge=1)
+    """Images are resized to this height; `None` takes the first image's size."""
+    width: int | None = Field(None, ge=1)
+    """Images are resized to this width; `None` takes the first image's size."""
+    channels: Literal[1, 3] | None = None
+    """1 = grayscale, 3 = RGB; `None` takes the first image's mode."""
+    normalization: Literal["standard", "unit"] = "standard"
+    """`unit`: pixels / 255; `standard`: per-channel mean/std of the training split."""
+    augment: AugmentConfig = AugmentConfig()
+    """Augmentations applied to training batches only."""
+
+
+class FeatureConfig(Section):
+    name: str
+    """Column name in the data (for image folders: `image` and `label`)."""
+    type: FeatureType | None = None
+    """number, binary, category, text or image; `None` infers it from the data."""
+    number: NumberPreprocessing = NumberPreprocessing()
+    """Preprocessing of number features."""
+    category: CategoryPreprocessing = CategoryPreprocessing()
+    """Preprocessing of category (and binary) features."""
+    text: TextPreprocessing = TextPreprocessing()
+    """Preprocessing of text features."""
+    image: ImagePreprocessing = ImagePreprocessing()
+    """Preprocessing of image features."""
+
+
+class FeaturesConfig(Section):
+    target: str
+    """The column to predict. Its type decides the task: binary / category →
+    classification, number → regression."""
+    target_type: Literal["binary", "category", "number"] | None = None
+    """Force the task type; `None` infers it from the target column."""
+    inputs: list[FeatureConfig] | None = None
+    """Input features; `None` uses every other column with an inferred type."""
+    exclude: list[str] = []
+    """Columns never used as inputs (identifiers, leaks)."""
+
+
+# -------------------------------------------------------------------------- model
+
+Activation = Literal["relu", "gelu", "tanh", "sigmoid"]
+
+
+class MLPConfig(Section):
+    type: Literal["mlp"] = "mlp"
+    """Multi-layer perceptron over number, binary and category features."""
+    layers: list[Annotated[int, Field(ge=1)]] = [64, 32]
+    """Hidden layer widths, input to output; `[]` is a linear model."""
+    activation: Activation = "relu"
+    """Activation after each hidden layer."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout probability after each hidden layer."""
+    batch_norm: bool = False
+    """Batch normalisation before each activation."""
+    embedding_dim: int | None = Field(None, ge=1)
+    """Width of category embeddings; `None` picks min(16, round(1.6 * n^0.56))."""
+
+
+class ConvBlock(Section):
+    filters: int = Field(32, ge=1)
+    """Output channels of this convolution."""
+    kernel_size: int = Field(3, ge=1)
+    """Square kernel size (padding keeps the spatial size)."""
+    pool: Literal["max", "avg", "none"] = "max"
+    """2x2 pooling after the convolution."""
+
+
+class CNNConfig(Section):
+    type: Literal["cnn"] = "cnn"
+    """Convolutional network for one image input (other tabular inputs join at the head)."""
+    conv: list[ConvBlock] = [ConvBlock(filters=32), ConvBlock(filters=64)]
+    """Convolution blocks: conv → (batch-norm) → activation → pool."""
+    layers: list[Annotated[int, Field(ge=1)]] = [128]
+    """Fully connected widths after global pooling / flattening."""
+    activation: Activation = "relu"
+    """Activation in conv blocks and dense layers."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout before each dense layer."""
+    batch_norm: bool = True
+    """Batch normalisation in conv blocks."""
+    global_pool: bool = True
+    """Global average pooling after the conv blocks (else flatten)."""
+
+
+class TextModelConfig(Section):
+    type: Literal["text"] = "text"
+    """Text classifier/regressor for one text input."""
+    encoder: Literal["bow", "cnn", "transformer"] = "cnn"
+    """`bow`: mean of token embeddings; `cnn`: 1-D convolutions + max pooling;
+    `transformer`: a small transformer encoder with learned positions, mean-pooled."""
+    embedding_dim: int = Field(64, ge=1)
+    """Token embedding width (d_model for the transformer)."""
+    filters: int = Field(64, ge=1)
+    """CNN: channels per kernel size."""
+    kernel_sizes: list[Annotated[int, Field(ge=1)]] = [3, 4, 5]
+    """CNN: kernel widths (in tokens)."""
+    num_layers: int = Field(2, ge=1)
+    """Transformer: encoder layers."""
+    num_heads: int = Field(4, ge=1)
+    """Transformer: attention heads (must divide embedding_dim)."""
+    layers: list[Annotated[int, Field(ge=1)]] = []
+    """Fully connected widths between the encoder and the head."""
+    activation: Activation = "relu"
+    """Activation in dense layers."""
+    dropout: float = Field(0.1, ge=0, lt=1)
+    """Dropout in the encoder and dense layers."""
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TextModelConfig:
+        if self.encoder == "transformer" and self.embedding_dim % self.num_heads:
+            raise ValueError(
+                f"embedding_dim ({self.embedding_dim}) must be divisible by num_heads "
+                f"({self.num_heads})"
+            )
+        return self
+
+
+ModelConfig = Annotated[MLPConfig | CNNConfig | TextModelConfig, Field(discriminator="type")]
+
+# -------------------------------------------------------------------------- train
+
+
+class OptimizerConfig(Section):
+    type: Literal["sgd", "adagrad", "rmsprop", "adam", "adamw"] = "adam"
+    """Optimizer from torch.optim."""
+    lr: float = Field(1e-3, gt=0)
+    """Peak learning rate (reached after warm-up)."""
+    weight_decay: float = Field(0.0, ge=0)
+    """L2 penalty (decoupled for adamw)."""
+    momentum: float = Field(0.0, ge=0, lt=1)
+    """SGD and RMSProp momentum."""
+    nesterov: bool = False
+    """SGD: Nesterov momentum (needs momentum > 0)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam/AdamW moment decay rates."""
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> OptimizerConfig:
+        if self.nesterov and (self.type != "sgd" or self.momentum <= 0):
+            raise ValueError("nesterov needs type: sgd and momentum > 0")
+        return self
+
+
+class SchedulerConfig(Section):
+    type: Literal["constant", "step", "exponential", "linear", "cosine"] = "constant"
+    """Learning-rate schedule after warm-up, stepped once per batch."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up from 0 to `lr` over this many optimizer steps."""
+    warmup_epochs: float = Field(0.0, ge=0)
+    """Warm-up length in epochs (added to warmup_steps)."""
+    step_size: int = Field(1, ge=1)
+    """step: multiply by `gamma` every `step_size` epochs."""
+    gamma: float = Field(0.1, gt=0, le=1)
+    """step / exponential: decay factor (exponential: per epoch)."""
+    min_lr: float = Field(0.0, ge=0)
+    """linear / cosine: learning rate at the last step."""
+
+
+class EarlyStoppingConfig(Section):
+    metric: str = "val_loss"
+    """Validation metric to watch (`val_loss`, `val_accuracy`, `val_roc_auc`, `val_rmse`...)."""
+    mode: Literal["auto", "min", "max"] = "auto"
+    """`auto`: minimise losses and errors, maximise everything else."""
+    patience: int | None = Field(5, ge=1)
+    """Stop after this many epochs without improvement; `None` never stops early."""
+    min_delta: float = Field(0.0, ge=0)
+    """Smallest change that counts as an improvement."""
+
+
+class TrainConfig(Section):
+    epochs: int = Field(20, ge=1)
+    """Largest number of passes over the training split."""
+    batch_size: int = Field(128, ge=1)
+    """Rows per optimizer step."""
+    loss: Literal["auto", "cross_entropy", "bce", "mse", "mae", "huber"] = "auto"
+    """`auto`: cross_entropy for classification, mse for regression. `bce` needs a
+    binary target (one output logit)."""
+    optimizer: OptimizerConfig = OptimizerConfig()
+    """Optimizer and its hyper-parameters."""
+    scheduler: SchedulerConfig = SchedulerConfig()
+    """Learning-rate schedule."""
+    grad_clip: float | None = Field(None, gt=0)
+    """Clip the global gradient norm to this value."""
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    """Early stopping on a validation metric; the best epoch's weights are kept."""
+    seed: int = 42
+    """Seed for weights, shuffling, dropout and augmentation."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    """`bf16`: autocast on CPU or CUDA; `fp16`: CUDA AMP with a grad scaler; `auto`:
+    fp16 AMP on CUDA, fp32 on CPU."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train; `auto` takes CUDA when present."""
+    deterministic: bool = True
+    """Ask PyTorch for deterministic kernels (bit-for-bit repeatable on CPU)."""
+    num_threads: int | None = Field(None, ge=1)
+    """CPU threads for PyTorch; `None` keeps PyTorch's default."""
+
+
+class EvaluateConfig(Section):
+    split: Literal["test", "val", "train"] = "test"
+    """Which split the final metrics are computed on."""
+
+
+class FoundryConfig(Section):
+    """A whole pipeline: data → features → model → train → evaluate → registry."""
+
+    name: str = Field("model", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Registry name of the trained model (letters, digits, `_`, `.`, `-`)."""
+    description: str = ""
+    """Free text stored with the model."""
+    data: DataConfig
+    """Where the data comes from and how it is split."""
+    features: FeaturesConfig
+    """What to predict and from which columns."""
+    model: ModelConfig = MLPConfig()
+    """Architecture; `type` picks one of mlp, cnn, text."""
+    train: TrainConfig = TrainConfig()
+    """Training loop settings."""
+    evaluate: EvaluateConfig = EvaluateConfig()
+    """Final evaluation settings."""
+    output_dir: str = "runs"
+    """Folder for run directories (checkpoints, metrics.jsonl); relative to the config."""
