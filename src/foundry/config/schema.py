@@ -18,7 +18,9 @@ FeatureType = Literal["number", "binary", "category", "text", "image"]
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, use_attribute_docstrings=True
+    )
 
 
 # --------------------------------------------------------------------------- data
@@ -313,6 +315,7 @@ class EvaluateConfig(Section):
 
 class FoundryConfig(Section):
     """A whole pipeline: data → features → model → train → evaluate → registry."""
+
 
     name: str = Field("model", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Registry name of the trained model (letters, digits, `_`, `.`, `-`)."""

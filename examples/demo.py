@@ -1,0 +1,55 @@
+"""`make demo`: the whole path on data that ships with our dependencies, as a user types it.
+
+    1. write the Palmer penguins table to demo-output/penguins.csv and split off new rows
+    2. foundry init      → a config with inferred feature types
+    3. foundry train     → progress, per-epoch metrics, early stopping, registry
+    4. foundry evaluate  → metrics on held-out rows
+    5. foundry predict   → predictions.csv
+    6. foundry models list / show
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "demo-output"
+
+
+def foundry(*args: str) -> None:
+    print(f"\n$ foundry {shlex.join(args)}", flush=True)
+    env = {**os.environ, "FOUNDRY_HOME": str(ROOT / ".foundry")}
+    subprocess.run([sys.executable, "-m", "foundry", *args], check=True, cwd=OUT, env=env)
+
+
+def main() -> None:
+    from palmerpenguins import load_penguins
+
+    OUT.mkdir(exist_ok=True)
+    df = load_penguins().sample(frac=1.0, random_state=0).reset_index(drop=True)
+    df.iloc[:300].to_csv(OUT / "penguins.csv", index=False)
+    df.iloc[300:].to_csv(OUT / "new_penguins.csv", index=False)  # 44 rows the model never sees
+    print(f"data: {OUT / 'penguins.csv'} (300 rows) and new_penguins.csv (44 rows)")
+
+    foundry("init", "penguins.csv", "--target", "species", "--name", "penguins", "--force")
+    foundry("train", "config.yaml", "train.epochs=60", "train.batch_size=16",
+            "train.optimizer.lr=0.005")
+    foundry("evaluate", "penguins:latest", "--data", "new_penguins.csv", "-o", "metrics.json")
+    foundry("predict", "penguins:latest", "new_penguins.csv", "-o", "predictions.csv")
+    foundry("models", "list")
+    foundry("models", "show", "penguins:latest")
+
+    print("\nDone. Results:")
+    print(f"  config          {OUT / 'config.yaml'}")
+    print(f"  training runs   {OUT / 'runs'}  (metrics.jsonl per epoch, checkpoints)")
+    print(f"  metrics         {OUT / 'metrics.json'}")
+    print(f"  predictions     {OUT / 'predictions.csv'}")
+    print(f"  registry        {ROOT / '.foundry'}  (foundry models list)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""foundry: from raw data to a model you can sell.
+
+    run = foundry.train("config.yaml")          # train, evaluate, register
+    model = foundry.load("adult:latest")         # a Predictor
+    model.predict(df)                            # labels and probabilities
+
+Submodules import lazily so `import foundry` and `foundry --help` stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "FoundryError",
+    "ModelError",
+    "TrainError",
+    "__version__",
+    "evaluate",
+    "init",
+    "load",
+    "run",
+    "train",
+]
+
+from foundry.errors import ConfigError, DataError, FoundryError, ModelError, TrainError
+
+if TYPE_CHECKING:
+    from foundry.evaluate.run import EvaluationResult
+    from foundry.pipeline import TrainResult
+    from foundry.predictor import Predictor
+
+
+def train(config: Any, overrides: list[str] | None = None, **kwargs: Any) -> TrainResult:
+    """Train, evaluate and register the model a config (path, dict) describes."""
+    from foundry.pipeline import train as _train
+
+    return _train(config, overrides, **kwargs)
+
+
+def run(config: Any, overrides: list[str] | None = None, **kwargs: Any) -> TrainResult:
+    """Run every stage the config describes (today: train → evaluate → register)."""
+    return train(config, overrides, **kwargs)
+
+
+def load(ref: Any) -> Predictor:
+    """Load a registered model (`name`, `name:3`, `name:latest`) or a package directory."""
+    from foundry.predictor import load as _load
+
+    return _load(ref)
+
+
+def evaluate(ref: str, data: Any, *, output: Any = None) -> EvaluationResult:
+    """Metrics of a registered model on a labelled data file."""
+    from foundry.evaluate.run import evaluate_model
+
+    return evaluate_model(ref, data, output=output)
+
+
+def init(data: Any, target: str, **kwargs: Any) -> Any:
+    """Write a config with inferred feature types; returns its path."""
+    from foundry.config.init import init_config
+
+    return init_config(data, target, **kwargs)

@@ -1,0 +1,217 @@
+"""The `foundry` command. Each subcommand is a thin wrapper over one public function.
+
+Heavy imports (torch, pandas) happen inside the commands so `foundry --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from foundry.errors import FoundryError
+
+app = typer.Typer(
+    name="foundry",
+    help="From a data file to a trained, evaluated, registered model — one config.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+models_app = typer.Typer(help="Browse the model registry.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _out(text: str) -> None:
+    typer.echo(text)
+
+
+@app.command()
+def init(
+    data: Path = typer.Argument(..., help="CSV / Parquet / JSONL file or image folder."),
+    target: str = typer.Option(..., "--target", "-t", help="Column to predict."),
+    output: Path = typer.Option(Path("config.yaml"), "--output", "-o", help="Config to write."),
+    name: Optional[str] = typer.Option(None, help="Model name (default: the data file's stem)."),
+    model: Optional[str] = typer.Option(None, help="mlp, cnn or text (default: from the inputs)."),
+    force: bool = typer.Option(False, help="Overwrite an existing config."),
+) -> None:
+    """Write a config with inferred feature types for DATA."""
+    from foundry.config.init import init_config
+
+    path = init_config(data, target, output=output, name=name, model=model, force=force)
+    _out(f"wrote {path} — train it with: foundry train {path}")
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    config: Path = typer.Argument(..., help="Config YAML."),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="Overrides like train.optimizer.lr=3e-4 model.layers=[64,32]."
+    ),
+    resume: bool = typer.Option(False, help="Continue the newest unfinished run from its checkpoint."),
+    run_dir: Optional[Path] = typer.Option(None, help="Run directory (default: output_dir/NAME-TIME)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Train, evaluate and register the model CONFIG describes."""
+    from foundry.pipeline import train as run_train
+
+    result = run_train(
+        config, overrides or [], resume=resume, run_dir=run_dir, quiet=quiet or json_out
+    )
+    if json_out:
+        _out(json.dumps({"model": result.model_ref, "run_dir": str(result.run_dir),
+                         "metrics": result.metrics, "best_epoch": result.best_epoch}))
+    else:
+        _out(f"{result.model_ref}  run: {result.run_dir}")
+
+
+@app.command("run")
+def run_cmd(
+    config: Path = typer.Argument(..., help="Config YAML."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.path=value overrides."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Run the whole pipeline a config describes (today: train → evaluate → register)."""
+    train(config, overrides, resume=False, run_dir=None, quiet=quiet, json_out=False)
+
+
+@app.command()
+def evaluate(
+    model: str = typer.Argument(..., help="Model reference: name, name:latest or name:VERSION."),
+    data: Path = typer.Option(..., "--data", "-d", help="Labelled data file."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write metrics.json here."),
+    json_out: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
+) -> None:
+    """Compute metrics of MODEL on a labelled data file."""
+    from foundry.evaluate.run import evaluate_model
+
+    result = evaluate_model(model, data, output=output)
+    if json_out:
+        _out(json.dumps(result.metrics))
+        return
+    from rich.console import Console
+
+    from foundry.evaluate import confusion_table, metrics_table
+    from foundry.predictor import load
+
+    console = Console()
+    console.print(metrics_table(result.metrics, title=f"{result.model_ref} on {data} ({result.rows} rows)"))
+    if "confusion_matrix" in result.metrics:
+        console.print(confusion_table(result.metrics["confusion_matrix"], load(model).task.classes))
+    if output:
+        _out(f"wrote {output}")
+
+
+@app.command()
+def predict(
+    model: str = typer.Argument(..., help="Model reference: name, name:latest or name:VERSION."),
+    data: Path = typer.Argument(..., help="CSV / Parquet / JSONL file or image folder."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV/Parquet/JSONL to write; stdout when absent."),
+) -> None:
+    """Predict every row of DATA with MODEL."""
+    from foundry.data import read_table
+    from foundry.predictor import load
+    from foundry.writers import write_table
+
+    predictor = load(model)
+    predictions = predictor.predict(read_table(data))
+    if output is None:
+        predictions.to_csv(sys.stdout, index=False)
+    else:
+        write_table(predictions, output)
+        typer.echo(f"wrote {len(predictions)} predictions to {output}", err=True)
+
+
+@models_app.command("list")
+def models_list(json_out: bool = typer.Option(False, "--json")) -> None:
+    """Every model name with its latest version."""
+    from foundry.registry import Registry
+
+    registry = Registry()
+    records = registry.list_models()
+    if json_out:
+        _out(json.dumps([_record_json(r) for r in records]))
+        return
+    if not records:
+        _out(f"no models registered in {registry.home} yet — run `foundry train CONFIG`")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"models in {registry.home}")
+    for col in ("name", "latest", "task", "created (UTC)", "key metric"):
+        table.add_column(col)
+    for r in records:
+        table.add_row(r.name, str(r.version), r.task or "", r.created_at.strftime("%Y-%m-%d %H:%M"),
+                      _key_metric(r.metrics))
+    Console().print(table)
+
+
+@models_app.command("show")
+def models_show(
+    model: str = typer.Argument(..., help="name, name:latest or name:VERSION."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """One model version: where it lives, its lineage, data and metrics."""
+    from foundry.registry import Registry
+
+    registry = Registry()
+    record = registry.resolve(model)
+    info = _record_json(record)
+    info["versions"] = [r.version for r in registry.versions(record.name)]
+    info["lineage"] = [r.ref for r in registry.lineage(record.ref)]
+    if json_out:
+        _out(json.dumps(info, default=str))
+        return
+    for key in ("ref", "path", "created_at", "task", "parent", "fingerprint", "size_bytes", "versions", "lineage"):
+        _out(f"{key:>12}: {info[key]}")
+    for key, value in record.metrics.items():
+        if isinstance(value, float):
+            _out(f"{key:>12}: {value:.4f}")
+
+
+@app.command("config-docs")
+def config_docs() -> None:
+    """Print every config key with its type, default and documentation (Markdown)."""
+    from foundry.config.docs import config_markdown
+
+    _out(config_markdown())
+
+
+def _record_json(r) -> dict:
+    return {
+        "ref": r.ref, "name": r.name, "version": r.version, "path": str(r.path),
+        "created_at": r.created_at.isoformat(), "task": r.task, "parent": r.parent,
+        "fingerprint": r.fingerprint, "size_bytes": r.size_bytes, "metrics": r.metrics,
+    }
+
+
+def _key_metric(metrics: dict) -> str:
+    for key in ("accuracy", "rmse"):
+        if isinstance(metrics.get(key), float):
+            return f"{key} {metrics[key]:.4f}"
+    return ""
+
+
+def main() -> None:
+    """Entry point: user errors print one line and exit 2; never a traceback.
+
+    Usage errors (a missing argument, an unknown option) are click's, printed with usage.
+    """
+    try:
+        app()
+    except FoundryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

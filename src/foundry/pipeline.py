@@ -1,0 +1,313 @@
+"""`foundry train`: config → data → preprocessing → model → training → evaluation → registry.
+
+Read top to bottom; each step is a call into the package that owns it.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from foundry.config import LoadedConfig, dump_config, load_config
+from foundry.config.schema import FoundryConfig, SplitConfig
+from foundry.console import Reporter
+from foundry.errors import DataError, TrainError
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What `foundry.train` returns."""
+
+    model_ref: str
+    """Registry reference of the new version, e.g. `adult:3`."""
+    run_dir: Path
+    """Checkpoints, `metrics.jsonl` (per epoch) and `metrics.json` (final)."""
+    metrics: dict[str, Any]
+    """Metrics on the evaluation split (`evaluate.split`, test by default)."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    seconds: float = 0.0
+    package_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    fingerprint: str
+
+
+def train(
+    config: str | Path | dict[str, Any] | LoadedConfig,
+    overrides: list[str] | None = None,
+    *,
+    resume: bool = False,
+    run_dir: str | Path | None = None,
+    progress: bool = True,
+    quiet: bool = False,
+) -> TrainResult:
+    """Train, evaluate and register the model a config describes.
+
+    `resume=True` continues the newest unfinished run of this config (or `run_dir`)
+    from its last checkpoint.
+    """
+    import torch
+
+    from foundry.data import Preprocessor, infer_features
+    from foundry.models import build_model
+    from foundry.registry import Registry
+    from foundry.train import fit, n_outputs_for
+
+    loaded = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
+    cfg = loaded.config
+    say = Reporter(quiet=quiet)
+    started = time.perf_counter()
+
+    splits = load_splits(loaded, say)
+    resolved = infer_features(splits.train, cfg.features)
+    say.info(
+        f"features: {len(resolved.inputs)} inputs → target '{resolved.target}' "
+        f"({resolved.target_type}); rows train/val/test = "
+        f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)}"
+    )
+
+    preprocessor = Preprocessor.fit(splits.train, resolved, base_dir=loaded.base_dir)
+    train_df = preprocessor.prepare(splits.train)
+    train_enc = preprocessor.transform(train_df)
+    val_enc = preprocessor.transform(splits.val) if len(splits.val) else None
+    task, schema = preprocessor.task, preprocessor.schema
+
+    n_outputs = n_outputs_for(cfg.train.loss, task)
+    torch.manual_seed(cfg.train.seed)  # weights are initialised from this seed
+    model = build_model(cfg.model, schema, n_outputs)
+
+    out_dir = run_directory(loaded, run_dir, resume)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(json.dumps(dump_config(cfg), indent=2))
+    say.info(f"run directory: {out_dir}")
+
+    from foundry.evaluate import compute_metrics
+
+    fitted = fit(
+        model,
+        train_enc,
+        val_enc,
+        cfg.train,
+        task,
+        out_dir,
+        n_outputs=n_outputs,
+        resume=resume,
+        progress=progress and not quiet,
+        augment=image_augmenter(cfg, resolved),
+        metric_fn=lambda y, out: compute_metrics(task, y, out),
+        log=None if quiet else say.info,
+    )
+
+    eval_df = {"test": splits.test, "val": splits.val, "train": splits.train}[cfg.evaluate.split]
+    if len(eval_df) == 0:
+        eval_df, eval_name = splits.val if len(splits.val) else splits.train, "val/train"
+        say.warn(f"evaluate.split '{cfg.evaluate.split}' is empty; evaluating on {eval_name}")
+    from foundry.predictor import run_model
+
+    eval_enc = preprocessor.transform(eval_df)
+    outputs = run_model(model, eval_enc, len(eval_df))
+    metrics = compute_metrics(task, eval_enc["target"].numpy(), outputs)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    manifest = build_manifest(
+        cfg, resolved, preprocessor, n_outputs, splits, fitted, metrics, loaded.base_dir
+    )
+    record = Registry().register(
+        cfg.name,
+        weights=fitted.state_dict,
+        manifest=manifest,
+        metrics=metrics,
+        card=model_card(cfg, manifest, metrics),
+        description=cfg.description,
+    )
+    (out_dir / "COMPLETED").write_text(record.ref + "\n")
+    say.metrics(metrics, task, title=f"{record.ref} — {cfg.evaluate.split} metrics")
+    say.info(f"registered {record.ref} at {record.path}")
+    return TrainResult(
+        model_ref=record.ref,
+        run_dir=out_dir,
+        metrics=metrics,
+        history=fitted.history,
+        best_epoch=fitted.best_epoch,
+        seconds=time.perf_counter() - started,
+        package_path=record.path,
+    )
+
+
+def load_splits(loaded: LoadedConfig, say: Reporter) -> Splits:
+    """Read the data file(s) and split them: explicit val/test files win over fractions."""
+    from foundry.data import fingerprint, read_table, split_frame
+
+    data, target = loaded.config.data, loaded.config.features.target
+    df = read_table(loaded.resolve(data.path), data.format, data.delimiter)
+    val = read_table(loaded.resolve(data.val_path), data.format, data.delimiter) if data.val_path else None
+    test = (
+        read_table(loaded.resolve(data.test_path), data.format, data.delimiter)
+        if data.test_path
+        else None
+    )
+    split = data.split
+    # Fractions of the splits that come from explicit files fold back into train.
+    fractions = {
+        "train": split.train
+        + (split.val if val is not None else 0)
+        + (split.test if test is not None else 0),
+        "val": 0.0 if val is not None else split.val,
+        "test": 0.0 if test is not None else split.test,
+    }
+    if target not in df.columns:
+        # Let inference produce the detailed message (with suggestions).
+        stratify_on = None
+    else:
+        stratify_on = target if loaded.config.features.target_type != "number" else None
+    train_df, val_df, test_df = split_frame(
+        df, SplitConfig(**{**split.model_dump(), **fractions}), stratify_on
+    )
+    for name, frame in (("val_path", val), ("test_path", test)):
+        if frame is not None and list(frame.columns) != list(df.columns):
+            missing = sorted(set(df.columns) - set(frame.columns))
+            if missing:
+                raise DataError(f"data.{name}: columns {missing} of data.path are missing there")
+    say.info(f"data: {data.path} ({len(df)} rows, {len(df.columns)} columns)")
+    image_cols = [c for c in df.columns if c == "image"] if data.format in ("auto", "image_folder") else []
+    return Splits(
+        train=train_df,
+        val=val if val is not None else val_df,
+        test=test if test is not None else test_df,
+        fingerprint=fingerprint(df, image_columns=image_cols),
+    )
+
+
+def run_directory(loaded: LoadedConfig, run_dir: str | Path | None, resume: bool) -> Path:
+    """Where this run writes: `run_dir`, or `<output_dir>/<name>-<UTC time>`; on resume the
+    newest run of this name that has a checkpoint and did not complete."""
+    if run_dir is not None:
+        path = Path(run_dir)
+        if resume and not (path / "checkpoint" / "state.json").exists():
+            raise TrainError(f"nothing to resume in {path}: it has no checkpoint/state.json")
+        return path
+    root = loaded.resolve(loaded.config.output_dir)
+    assert root is not None
+    name = loaded.config.name
+    if resume:
+        candidates = sorted(
+            (p for p in root.glob(f"{name}-*") if (p / "checkpoint" / "state.json").exists()),
+            key=lambda p: p.name,
+        )
+        unfinished = [p for p in candidates if not (p / "COMPLETED").exists()]
+        if not unfinished:
+            raise TrainError(
+                f"nothing to resume: no unfinished run of '{name}' with a checkpoint in {root}"
+            )
+        return unfinished[-1]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+    return root / f"{name}-{stamp}"
+
+
+def image_augmenter(cfg: FoundryConfig, resolved: Any):
+    """The training-batch hook for image augmentation, or None when nothing is enabled."""
+    from foundry.data import augment_images
+
+    images = [
+        f for f in resolved.inputs
+        if f.type == "image" and (f.image.augment.flip or f.image.augment.crop or f.image.augment.rotate)
+    ]
+    if not images:
+        return None
+
+    def augment(batch: dict, generator) -> dict:
+        out = dict(batch)
+        for f in images:
+            key = f"image:{f.name}"
+            out[key] = augment_images(batch[key], f.image.augment, generator)
+        return out
+
+    return augment
+
+
+def build_manifest(
+    cfg: FoundryConfig,
+    resolved: Any,
+    preprocessor: Any,
+    n_outputs: int,
+    splits: Splits,
+    fitted: Any,
+    metrics: dict[str, Any],
+    base_dir: Path,
+) -> dict[str, Any]:
+    import torch
+
+    import foundry
+
+    return {
+        "format_version": 1,
+        "config": dump_config(cfg),
+        "features": {
+            "inputs": [f.model_dump(mode="json") for f in resolved.inputs],
+            "target": resolved.target,
+            "target_type": resolved.target_type,
+        },
+        "preprocessing": preprocessor.state_dict(),
+        "schema": preprocessor.schema.to_dict(),
+        "task": preprocessor.task.to_dict(),
+        "n_outputs": n_outputs,
+        "data": {
+            "path": cfg.data.path,
+            "fingerprint": splits.fingerprint,
+            "rows": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        },
+        "training": {
+            "best_epoch": fitted.best_epoch,
+            "epochs_run": fitted.epochs_run,
+            "seconds": round(fitted.seconds, 3),
+            "stopped_early": fitted.stopped_early,
+            "best_metrics": fitted.best_metrics,
+        },
+        "versions": {
+            "foundry": foundry.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "created_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def model_card(cfg: FoundryConfig, manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """A short human-readable card; the trust issue extends it."""
+    rows = manifest["data"]["rows"]
+    lines = [
+        f"# {cfg.name}",
+        "",
+        cfg.description or "_No description given (set `description` in the config)._",
+        "",
+        "## Data",
+        f"- source: `{cfg.data.path}`",
+        f"- fingerprint: `{manifest['data']['fingerprint']}`",
+        f"- rows: train {rows['train']}, val {rows['val']}, test {rows['test']}",
+        f"- target: `{manifest['features']['target']}` ({manifest['task']['task']})",
+        f"- inputs: {', '.join(f['name'] + ' (' + f['type'] + ')' for f in manifest['features']['inputs'])}",
+        "",
+        "## Model",
+        f"- architecture: `{cfg.model.type}`",
+        f"- trained {manifest['training']['epochs_run']} epochs "
+        f"(best {manifest['training']['best_epoch']}) in {manifest['training']['seconds']:.1f} s",
+        "",
+        f"## Metrics ({cfg.evaluate.split} split)",
+    ]
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            lines.append(f"- {key}: {value:.4f}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,123 @@
+"""A trained model ready to predict: preprocessing state + network + task, from a package."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from foundry.data.preprocess import Preprocessor
+from foundry.data.schema import InputSchema, TaskInfo
+from foundry.errors import DataError, ModelError
+from foundry.evaluate.metrics import probabilities
+from foundry.registry import Package, Registry, read_package
+from foundry.registry.refs import is_package_dir
+
+# Rows per forward pass at prediction time: large enough to amortise Python overhead,
+# small enough that a 1M-row file does not need the whole activation in memory.
+PREDICT_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """`foundry.load("adult:latest")` returns one; `predict(df)` gives labels and probabilities."""
+
+    model: torch.nn.Module
+    preprocessor: Preprocessor
+    task: TaskInfo
+    manifest: dict[str, Any]
+    ref: str
+
+    @classmethod
+    def from_package(cls, package: Package, ref: str | None = None) -> Predictor:
+        from foundry.config.schema import FoundryConfig
+        from foundry.models import build_model
+
+        manifest = package.manifest
+        try:
+            config = FoundryConfig.model_validate(manifest["config"])
+            schema = InputSchema.from_dict(manifest["schema"])
+            task = TaskInfo.from_dict(manifest["task"])
+            preprocessor = Preprocessor.from_state(manifest["preprocessing"])
+            n_outputs = int(manifest["n_outputs"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(
+                f"{package.path}/foundry.json is not a foundry model manifest ({exc})"
+            ) from None
+        model = build_model(config.model, schema, n_outputs)
+        try:
+            model.load_state_dict(package.weights)
+        except RuntimeError as exc:
+            raise ModelError(f"{package.path}/model.safetensors does not fit the model: {exc}")
+        model.eval()
+        name = manifest.get("name", config.name)
+        return cls(model, preprocessor, task, manifest, ref or f"{name}:{manifest.get('version')}")
+
+    @property
+    def name(self) -> str:
+        return self.ref.split(":")[0]
+
+    @property
+    def input_columns(self) -> list[str]:
+        return [f["name"] for f in self.manifest["features"]["inputs"]]
+
+    def outputs(self, df: pd.DataFrame) -> np.ndarray:
+        """Raw model outputs [N, n_outputs] for the rows of `df` (logits or standardised values)."""
+        missing = [c for c in self.input_columns if c not in df.columns]
+        if missing:
+            raise DataError(
+                f"input data lacks column(s) {missing} that model '{self.ref}' needs "
+                f"(it expects: {', '.join(self.input_columns)})"
+            )
+        encoded = self.preprocessor.transform(df, with_target=False)
+        return run_model(self.model, encoded, len(df))
+
+    def predict(self, df: pd.DataFrame) -> pd.DataFrame:
+        """One row per input row: `<target>` (label or value) and, for classifiers, one
+        `probability_<class>` column per class."""
+        out = self.outputs(df)
+        return self.decode(out, index=df.index)
+
+    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+        if not self.task.is_classification:
+            raise ModelError(f"model '{self.ref}' is a regressor: it has no probabilities")
+        return probabilities(self.outputs(df), self.task)
+
+    def decode(self, outputs: np.ndarray, index: Any = None) -> pd.DataFrame:
+        target = self.task.target
+        if not self.task.is_classification:
+            values = outputs[:, 0] * self.task.target_std + self.task.target_mean
+            return pd.DataFrame({target: values}, index=index)
+        proba = probabilities(outputs, self.task)
+        labels = np.asarray(self.task.classes, dtype=object)[proba.argmax(axis=1)]
+        frame = {target: labels}
+        for i, cls in enumerate(self.task.classes):
+            frame[f"probability_{cls}"] = proba[:, i]
+        return pd.DataFrame(frame, index=index)
+
+
+@torch.inference_mode()
+def run_model(model: torch.nn.Module, encoded: dict[str, torch.Tensor], n: int) -> np.ndarray:
+    """Forward `encoded` in chunks on the model's device; returns float32 numpy [n, n_out]."""
+    device = next(model.parameters()).device
+    inputs = {k: v for k, v in encoded.items() if k != "target"}
+    if n == 0:
+        return np.zeros((0, 1), dtype=np.float32)
+    parts = []
+    for start in range(0, n, PREDICT_CHUNK):
+        batch = {k: v[start : start + PREDICT_CHUNK].to(device) for k, v in inputs.items()}
+        parts.append(model(batch).float().cpu())
+    return torch.cat(parts).numpy()
+
+
+def load(ref: str | Path, *, registry: Registry | None = None) -> Predictor:
+    """Load a model by registry reference (`name`, `name:3`, `name:latest`) or package path."""
+    if isinstance(ref, Path) or is_package_dir(Path(str(ref))):
+        return Predictor.from_package(read_package(Path(ref)))
+    registry = registry or Registry()
+    record = registry.resolve(str(ref))
+    return Predictor.from_package(registry.load(record.ref), ref=record.ref)

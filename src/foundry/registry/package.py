@@ -1,0 +1,176 @@
+"""Model packages: one directory that loads with no pickle and no network.
+
+    <package>/
+      model.safetensors   weights (safetensors: tensors only, no code)
+      foundry.json        manifest: resolved config, preprocessing state, input schema,
+                          task, library versions, data fingerprint, name/version/parent
+      metrics.json        evaluation metrics
+      card.md             model card
+
+A package is written into a hidden temporary directory beside its final path and renamed
+into place in one step, so a crash or a failed write never leaves a half package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from foundry.errors import ModelError
+from foundry.registry.refs import PACKAGE_FILES
+
+TMP_PREFIX = ".tmp-"
+"""Temporary package directories start with this; they are never valid packages."""
+
+
+@dataclass(frozen=True)
+class Package:
+    """A model package read from disk."""
+
+    path: Path
+    weights: dict[str, torch.Tensor]
+    """State dict on CPU, exactly as written."""
+    manifest: dict[str, Any]
+    metrics: dict[str, Any]
+    card: str
+
+
+def write_package(
+    directory: Path,
+    *,
+    weights: dict[str, torch.Tensor],
+    manifest: dict[str, Any],
+    metrics: dict[str, Any],
+    card: str,
+) -> None:
+    """Write a package at ``directory``, which must not exist yet (or be empty)."""
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise ModelError(f"cannot write a model package to {directory}: it already exists")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stage_package(
+        directory.parent, weights=weights, manifest=manifest, metrics=metrics, card=card
+    )
+    try:
+        os.replace(tmp, directory)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(f"cannot move the model package into {directory}: {exc}") from exc
+
+
+def stage_package(
+    parent: Path,
+    *,
+    weights: dict[str, torch.Tensor],
+    manifest: dict[str, Any],
+    metrics: dict[str, Any],
+    card: str,
+) -> Path:
+    """Write a complete package into a new temporary directory under ``parent`` and return
+    it; the caller renames it into place. Nothing is left behind if writing fails."""
+    tmp = Path(parent) / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    tmp.mkdir(parents=True)
+    try:
+        _save_weights(tmp / "model.safetensors", weights)
+        write_json(tmp / "foundry.json", manifest)
+        write_json(tmp / "metrics.json", metrics)
+        _write_text(tmp / "card.md", card)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def read_package(directory: str | Path) -> Package:
+    """Read a package; a missing or corrupt file raises ModelError naming that file."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelError(f"no model package at {directory}: not a directory")
+    for name in PACKAGE_FILES:
+        if not (directory / name).is_file():
+            raise ModelError(f"model package {directory} is missing {name}")
+    weights_path = directory / "model.safetensors"
+    try:
+        weights = load_file(weights_path, device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{weights_path}: not a readable safetensors file: {exc}") from exc
+    manifest = _read_json(directory / "foundry.json")
+    metrics = _read_json(directory / "metrics.json")
+    try:
+        card = (directory / "card.md").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{directory / 'card.md'}: cannot read the model card: {exc}") from exc
+    return Package(path=directory, weights=weights, manifest=manifest, metrics=metrics, card=card)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON; numpy values and paths are converted."""
+    if not isinstance(data, dict):
+        raise ModelError(f"{path.name}: expected a dict, got {type(data).__name__}")
+    try:
+        text = json.dumps(data, indent=2, default=_json_default)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{path.name}: cannot be written as JSON: {exc}") from exc
+    _write_text(path, text + "\n")
+
+
+def _save_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    seen_storages: set[int] = set()
+    for key, value in weights.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ModelError(
+                f"model.safetensors: weights must map str to Tensor, got {key!r}: "
+                f"{type(value).__name__}"
+            )
+        tensor = value.detach().cpu().contiguous()
+        # safetensors refuses tensors that share memory (tied weights): store a copy.
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in seen_storages and tensor.numel() > 0:
+            tensor = tensor.clone()
+        seen_storages.add(tensor.untyped_storage().data_ptr())
+        tensors[key] = tensor
+    save_file(tensors, str(path))
+    _fsync(path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # numpy scalars and arrays, 0-d tensors
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

@@ -1,0 +1,57 @@
+"""Model references: ``name``, ``name:latest`` or ``name:<version>``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from foundry.errors import ModelError
+
+Version = int | Literal["latest"]
+
+ACCEPTED_FORMS = "'name', 'name:latest' or 'name:<version>' with a version >= 1, e.g. 'adult:3'"
+
+# A name becomes a directory under <home>/models/, so it is kept to characters that are
+# safe in paths and URLs; starting with a letter or digit rules out '.', '..' and '-x'.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+PACKAGE_FILES = ("model.safetensors", "foundry.json", "metrics.json", "card.md")
+"""Files every model package holds."""
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it can name a model, else raise ModelError saying what is allowed."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ModelError(
+            f"invalid model name {name!r}",
+            hint="use up to 128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return name
+
+
+def parse_ref(ref: str) -> tuple[str, Version]:
+    """Split a reference into ``(name, version)``; version is an int >= 1 or "latest"."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise ModelError(f"empty model reference {ref!r}", hint=f"use {ACCEPTED_FORMS}")
+    name, sep, version = ref.strip().partition(":")
+    if not _NAME.fullmatch(name):
+        raise ModelError(f"invalid model reference {ref!r}", hint=f"use {ACCEPTED_FORMS}")
+    if not sep or version == "latest":
+        return name, "latest"
+    if not version.isascii() or not version.isdigit() or int(version) < 1:
+        raise ModelError(
+            f"invalid version {version!r} in model reference {ref!r}",
+            hint=f"use {ACCEPTED_FORMS}",
+        )
+    return name, int(version)
+
+
+def format_ref(name: str, version: Version) -> str:
+    return f"{name}:{version}"
+
+
+def is_package_dir(path: str | Path) -> bool:
+    """True if ``path`` is a directory that looks like a model package (weights + manifest)."""
+    p = Path(path)
+    return p.is_dir() and (p / "model.safetensors").is_file() and (p / "foundry.json").is_file()
