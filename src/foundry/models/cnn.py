@@ -52,12 +52,8 @@ class CNN(nn.Module):
             channels = block.filters
         self.features = nn.Sequential(*blocks)
 
-        if config.global_pool:
-            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-            image_dim = channels
-        else:
-            self.pool = nn.Flatten()
-            image_dim = channels * height * width
+        self.global_pool = config.global_pool
+        image_dim = channels if config.global_pool else channels * height * width
 
         self.tabular = TabularInputs(schema)
         self.body, hidden = dense_stack(
@@ -66,7 +62,10 @@ class CNN(nn.Module):
         self.head = nn.Linear(hidden, n_outputs)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = self.pool(self.features(inputs[self.key]))  # [B, image_dim]
+        x = self.features(inputs[self.key])  # [B, C', H', W']
+        # mean() rather than AdaptiveAvgPool2d, whose CUDA backward has no deterministic
+        # kernel (torch.use_deterministic_algorithms raises).
+        x = x.mean(dim=(2, 3)) if self.global_pool else x.flatten(1)  # [B, image_dim]
         if self.tabular.out_dim:
             x = torch.cat([x, self.tabular(inputs)], dim=1)
         return self.head(self.body(x))  # [B, n_outputs]

@@ -1,0 +1,54 @@
+"""Canonical string keys for category, binary and class-label values.
+
+Vocabularies are stored as JSON strings, and the same value must give the same key
+whether it arrives as int64 from a CSV, float64 because a NaN sits in the column, a Python
+int from a JSON request, or a bool. So: integral numbers → "3", other floats → "2.5",
+booleans → "True"/"False", strings as they are; missing stays missing (NaN).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+_EXACT_INT = 2.0**53  # beyond this a float64 no longer holds every integer
+
+
+def category_keys(col: pd.Series) -> pd.Series:
+    """Column → Series of str keys with the same index; missing values stay NaN."""
+    dtype = col.dtype
+    if isinstance(dtype, pd.StringDtype) or dtype == bool:
+        return col.astype(str)
+    if isinstance(dtype, np.dtype) and dtype.kind in "iu":
+        return col.astype(str)  # plain int64: no missing values, already canonical
+    if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+        x = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        keys = x.astype(str).astype(object)
+        integral = np.isfinite(x) & (x == np.round(x)) & (np.abs(x) < _EXACT_INT)
+        keys[integral] = x[integral].astype(np.int64).astype(str)
+        keys[np.isnan(x)] = np.nan
+        return pd.Series(keys, index=col.index, dtype="str")
+    # object (mixed Python values, e.g. from JSON requests) or categorical: per value.
+    return pd.Series(
+        [scalar_key(v) for v in col.to_numpy(dtype=object)], index=col.index, dtype="str"
+    )
+
+
+def scalar_key(value: object) -> str | float:
+    """One value's key (NaN when missing); agrees with `category_keys` on every dtype."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return np.nan
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isnan(v):
+            return np.nan
+        if math.isfinite(v) and v == round(v) and abs(v) < _EXACT_INT:
+            return str(int(v))
+        return str(np.float64(v))
+    return str(value)

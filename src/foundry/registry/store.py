@@ -1,0 +1,544 @@
+"""The model store: package directories under ``<home>/models/`` plus an index database.
+
+    <home>/                      FOUNDRY_HOME, or ./.foundry
+      foundry.db                 index (SQLite by default; FOUNDRY_DATABASE_URL or url=
+                                 for another database such as PostgreSQL)
+      models/<name>/<version>/   one package per version (see package.py)
+
+The package directory is the source of truth for a model's content; the database row
+is what makes it visible (``resolve``, ``list_models``). A version is allocated by
+renaming a fully written package into ``<name>/<version>`` (the rename fails if another
+writer took that number first) and then inserting the row, whose unique (name, version)
+constraint catches writers that share the database but not the directory. Either
+conflict means: try the next number. A crash between the rename and the insert leaves an
+invisible directory whose number is skipped, never a half package or a row without one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Engine,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from foundry.errors import ModelError
+from foundry.registry.package import (
+    TMP_PREFIX,
+    Package,
+    read_package,
+    stage_package,
+    write_json,
+)
+from foundry.registry.refs import format_ref, is_package_dir, parse_ref, validate_name
+
+# Each attempt loses a race to another writer that then holds a version, so with fewer
+# than this many concurrent writers on one name an attempt is bound to succeed.
+_MAX_ATTEMPTS = 100
+# Seconds SQLite waits for another writer's lock before "database is locked".
+_SQLITE_BUSY_TIMEOUT_S = 30
+
+
+def default_home() -> Path:
+    """The store root: ``FOUNDRY_HOME`` or ``./.foundry``, as an absolute path."""
+    return Path(os.environ.get("FOUNDRY_HOME") or ".foundry").expanduser().resolve()
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _ModelVersionRow(_Base):
+    """One registered model version. Portable SQL only (SQLite and PostgreSQL)."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_model_versions_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    path: Mapped[str] = mapped_column(String(512), nullable=False)
+    """Package directory relative to home, with '/' separators."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    parent: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    """Reference "name:version" of the model this one was derived from."""
+    task: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    fingerprint: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    tags: Mapped[list[str]] = mapped_column(JSON, nullable=False)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A registered model version as the index describes it."""
+
+    name: str
+    version: int
+    path: Path
+    """Absolute path of the package directory."""
+    created_at: datetime
+    """Registration time, timezone-aware UTC."""
+    parent: str | None
+    task: str | None
+    metrics: dict[str, Any]
+    fingerprint: str | None
+    description: str
+    tags: tuple[str, ...]
+    size_bytes: int
+    version_count: int | None = None
+    """Number of versions of this name; set by ``list_models`` only."""
+
+    @property
+    def ref(self) -> str:
+        return format_ref(self.name, self.version)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able view for the CLI and HTTP API."""
+        return {
+            "ref": self.ref,
+            "name": self.name,
+            "version": self.version,
+            "path": str(self.path),
+            "created_at": self.created_at.isoformat(),
+            "parent": self.parent,
+            "task": self.task,
+            "metrics": self.metrics,
+            "fingerprint": self.fingerprint,
+            "description": self.description,
+            "tags": list(self.tags),
+            "size_bytes": self.size_bytes,
+            "version_count": self.version_count,
+        }
+
+
+class Registry:
+    """Register, find and load model packages.
+
+    home: store root (default ``default_home()``, resolved now). url: SQLAlchemy database
+    URL (default ``FOUNDRY_DATABASE_URL``, else ``sqlite:///<home>/foundry.db``). The
+    database and its table are created on first use. Safe to share between threads;
+    several processes may use the same home and database at once.
+    """
+
+    def __init__(self, home: Path | str | None = None, url: str | None = None) -> None:
+        self.home = Path(home).expanduser().resolve() if home is not None else default_home()
+        self.url = url or os.environ.get("FOUNDRY_DATABASE_URL") or self._default_url()
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Registry(home={str(self.home)!r}, url={self._safe_url()!r})"
+
+    # -- writing ----------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        *,
+        weights: dict[str, torch.Tensor],
+        manifest: dict[str, Any],
+        metrics: dict[str, Any],
+        card: str,
+        parent: str | None = None,
+        tags: Iterable[str] = (),
+        description: str = "",
+    ) -> ModelRecord:
+        """Store a new version of ``name`` (1 for a new name, else latest + 1).
+
+        ``parent`` is a reference to the model this one derives from (a compressed or
+        fine-tuned variant); it must exist and is stored pinned ("name:latest" becomes
+        "name:3"). ``name``, ``version`` and ``parent`` are added to the stored manifest.
+        """
+        validate_name(name)
+        parent_ref = self.resolve(parent).ref if parent is not None else None
+        tag_list = [tags] if isinstance(tags, str) else [str(t) for t in tags]
+        metrics = jsonable(metrics)
+        if not isinstance(metrics, dict):
+            raise ModelError(f"metrics must be a dict, got {type(metrics).__name__}")
+        if not isinstance(manifest, dict):
+            raise ModelError(f"manifest must be a dict, got {type(manifest).__name__}")
+        engine = self._get_engine()
+        model_dir = self.home / "models" / name
+        model_dir.mkdir(parents=True, exist_ok=True)
+        # Weights are written once; only foundry.json changes between attempts.
+        tmp = stage_package(
+            model_dir,
+            weights=weights,
+            manifest={**manifest, "name": name, "version": None, "parent": parent_ref},
+            metrics=metrics,
+            card=card,
+        )
+        try:
+            for _ in range(_MAX_ATTEMPTS):
+                version = max(self._max_version(name), _max_dir_version(model_dir)) + 1
+                write_json(
+                    tmp / "foundry.json",
+                    {**manifest, "name": name, "version": version, "parent": parent_ref},
+                )
+                final = model_dir / str(version)
+                size = _dir_size(tmp)
+                try:
+                    # Atomic, and fails if `final` already holds another writer's package.
+                    os.rename(tmp, final)
+                except OSError as exc:
+                    if final.exists():
+                        continue
+                    raise ModelError(f"cannot move the model package to {final}: {exc}") from exc
+                row = _ModelVersionRow(
+                    name=name,
+                    version=version,
+                    path=final.relative_to(self.home).as_posix(),
+                    created_at=datetime.now(timezone.utc),
+                    parent=parent_ref,
+                    task=_task_name(manifest.get("task")),
+                    metrics=metrics,
+                    fingerprint=_optional_str(manifest.get("fingerprint")),
+                    description=description,
+                    tags=tag_list,
+                    size_bytes=size,
+                )
+                try:
+                    with Session(engine) as session, session.begin():
+                        session.add(row)
+                except IntegrityError:
+                    # Another writer sharing the database (not this directory) holds this
+                    # version: take the package back and try the next number.
+                    os.rename(final, tmp)
+                    continue
+                except BaseException:
+                    shutil.rmtree(final, ignore_errors=True)
+                    raise
+                return self._record(row)
+            raise ModelError(
+                f"could not allocate a version of '{name}' after {_MAX_ATTEMPTS} attempts",
+                hint="too many concurrent registrations of the same name",
+            )
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def delete(self, ref: str) -> ModelRecord:
+        """Remove one version (the reference must name it: "adult:3"). Returns its record.
+
+        If the latest version is deleted its number may be given to the next registration.
+        """
+        name, version = parse_ref(ref)
+        if version == "latest":
+            raise ModelError(
+                f"refusing to delete {ref!r}: name the version to delete",
+                hint=f"e.g. '{name}:<version>'; see `versions('{name}')`",
+            )
+        record = self.resolve(ref)
+        with Session(self._get_engine()) as session, session.begin():
+            session.execute(
+                delete(_ModelVersionRow).where(
+                    _ModelVersionRow.name == name, _ModelVersionRow.version == version
+                )
+            )
+        # Rename first so the package disappears in one step, then remove it.
+        trash = record.path.parent / f"{TMP_PREFIX}deleted-{uuid.uuid4().hex}"
+        try:
+            os.rename(record.path, trash)
+        except OSError:
+            trash = record.path
+        shutil.rmtree(trash, ignore_errors=True)
+        return record
+
+    # -- reading ----------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> ModelRecord:
+        """The record a reference points to; ModelError with suggestions if none."""
+        name, version = parse_ref(ref)
+        with self._session() as session:
+            query = select(_ModelVersionRow).where(_ModelVersionRow.name == name)
+            if version == "latest":
+                query = query.order_by(_ModelVersionRow.version.desc()).limit(1)
+            else:
+                query = query.where(_ModelVersionRow.version == version)
+            row = session.scalars(query).first() if session is not None else None
+            if row is not None:
+                return self._record(row)
+            existing = self._versions_of(session, name)
+            if not existing:
+                raise self._unknown_name(session, name)
+            raise ModelError(
+                f"model '{name}' has no version {version}",
+                hint=f"existing versions: {', '.join(map(str, existing))}; "
+                f"latest is '{name}:{existing[-1]}'",
+            )
+
+    def load(self, ref: str | Path) -> Package:
+        """Read the package a reference points to. A path to a package directory (a Path,
+        or a string containing a path separator) is read directly."""
+        if isinstance(ref, Path) or (isinstance(ref, str) and ("/" in ref or os.sep in ref)):
+            if not is_package_dir(ref):
+                raise ModelError(f"{ref} is not a model package directory")
+            return read_package(ref)
+        return read_package(self.resolve(ref).path)
+
+    def list_models(self) -> list[ModelRecord]:
+        """The latest version of every model, by name, with ``version_count`` set."""
+        with self._session() as session:
+            if session is None:
+                return []
+            latest = (
+                select(
+                    _ModelVersionRow.name,
+                    func.max(_ModelVersionRow.version).label("latest"),
+                    func.count(_ModelVersionRow.id).label("n"),
+                )
+                .group_by(_ModelVersionRow.name)
+                .subquery()
+            )
+            query = (
+                select(_ModelVersionRow, latest.c.n)
+                .join(
+                    latest,
+                    and_(
+                        _ModelVersionRow.name == latest.c.name,
+                        _ModelVersionRow.version == latest.c.latest,
+                    ),
+                )
+                .order_by(_ModelVersionRow.name)
+            )
+            return [self._record(row, version_count=n) for row, n in session.execute(query)]
+
+    def versions(self, name: str) -> list[ModelRecord]:
+        """Every version of ``name``, oldest first; ModelError if the name is unknown."""
+        validate_name(name)
+        with self._session() as session:
+            rows = []
+            if session is not None:
+                query = (
+                    select(_ModelVersionRow)
+                    .where(_ModelVersionRow.name == name)
+                    .order_by(_ModelVersionRow.version)
+                )
+                rows = list(session.scalars(query))
+            if not rows:
+                raise self._unknown_name(session, name)
+            return [self._record(row) for row in rows]
+
+    def lineage(self, ref: str) -> list[ModelRecord]:
+        """The model and its ancestors, nearest first: [ref, parent, grandparent, ...].
+        Stops at a parent that has been deleted."""
+        chain = [self.resolve(ref)]
+        seen = {chain[0].ref}
+        while chain[-1].parent is not None:
+            try:
+                parent = self.resolve(chain[-1].parent)
+            except ModelError:
+                break
+            if parent.ref in seen:  # cannot happen through register(); guards hand edits
+                break
+            chain.append(parent)
+            seen.add(parent.ref)
+        return chain
+
+    def close(self) -> None:
+        """Release database connections (the registry stays usable and reconnects)."""
+        with self._engine_lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
+
+    # -- internals --------------------------------------------------------------------
+
+    def _default_url(self) -> str:
+        return f"sqlite:///{(self.home / 'foundry.db').as_posix()}"
+
+    def _safe_url(self) -> str:
+        try:
+            return make_url(self.url).render_as_string(hide_password=True)
+        except ArgumentError:
+            return "<invalid url>"
+
+    def _sqlite_file(self) -> Path | None:
+        """The database file for a file-based SQLite URL, else None."""
+        url = make_url(self.url)
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        return Path(url.database).expanduser()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session | None]:
+        """A read session, or None when the SQLite file does not exist yet: reading an
+        empty store should not create it."""
+        try:
+            sqlite_file = self._sqlite_file()
+        except ArgumentError:
+            sqlite_file = None  # reported by _get_engine
+        if sqlite_file is not None and not sqlite_file.exists():
+            yield None
+            return
+        with Session(self._get_engine()) as session:
+            yield session
+
+    def _get_engine(self) -> Engine:
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = self._create_engine()
+            return self._engine
+
+    def _create_engine(self) -> Engine:
+        try:
+            url = make_url(self.url)
+            sqlite_file = self._sqlite_file()
+            if url.get_backend_name() == "sqlite":
+                if sqlite_file is not None:
+                    sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+                engine = create_engine(
+                    url,
+                    connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+                )
+                event.listen(engine, "connect", _sqlite_on_connect)
+            else:
+                engine = create_engine(url, pool_pre_ping=True)
+        except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+            raise ModelError(
+                f"cannot use registry database URL {self._safe_url()!r}: {exc}",
+                hint="set FOUNDRY_DATABASE_URL to a SQLAlchemy URL such as "
+                "postgresql+psycopg://user@host/db",
+            ) from exc
+        # Two processes starting together may both try to create the table; the loser's
+        # CREATE fails and the retry sees the table.
+        for attempt in range(3):
+            try:
+                _Base.metadata.create_all(engine)
+                break
+            except SQLAlchemyError as exc:
+                if attempt == 2:
+                    engine.dispose()
+                    raise ModelError(
+                        f"cannot open the registry database {self._safe_url()!r}: {exc}"
+                    ) from exc
+        return engine
+
+    def _max_version(self, name: str) -> int:
+        with Session(self._get_engine()) as session:
+            query = select(func.max(_ModelVersionRow.version)).where(_ModelVersionRow.name == name)
+            return session.scalar(query) or 0
+
+    @staticmethod
+    def _versions_of(session: Session | None, name: str) -> list[int]:
+        if session is None:
+            return []
+        query = (
+            select(_ModelVersionRow.version)
+            .where(_ModelVersionRow.name == name)
+            .order_by(_ModelVersionRow.version)
+        )
+        return list(session.scalars(query))
+
+    def _unknown_name(self, session: Session | None, name: str) -> ModelError:
+        known: list[str] = []
+        if session is not None:
+            query = select(_ModelVersionRow.name).distinct().order_by(_ModelVersionRow.name)
+            known = list(session.scalars(query))
+        message = f"no model named '{name}' in the registry at {self.home}"
+        if not known:
+            return ModelError(message, hint="the registry is empty; train and register a model")
+        close = difflib.get_close_matches(name, known, n=1)
+        shown = ", ".join(known[:20]) + (f" and {len(known) - 20} more" if len(known) > 20 else "")
+        hint = f"known models: {shown}"
+        if close:
+            hint = f"did you mean '{close[0]}'? {hint}"
+        return ModelError(message, hint=hint)
+
+    def _record(self, row: _ModelVersionRow, version_count: int | None = None) -> ModelRecord:
+        created = row.created_at
+        if created.tzinfo is None:  # SQLite stores naive datetimes; they were written as UTC
+            created = created.replace(tzinfo=timezone.utc)
+        return ModelRecord(
+            name=row.name,
+            version=row.version,
+            path=self.home / row.path,
+            created_at=created,
+            parent=row.parent,
+            task=row.task,
+            metrics=dict(row.metrics or {}),
+            fingerprint=row.fingerprint,
+            description=row.description or "",
+            tags=tuple(row.tags or ()),
+            size_bytes=row.size_bytes,
+            version_count=version_count,
+        )
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers go on while one process writes; NORMAL sync is durable in WAL
+        # except for the last transactions on power loss, which a re-run recreates.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _max_dir_version(model_dir: Path) -> int:
+    """Highest version number among the package directories of one name (0 if none)."""
+    try:
+        numbers = [int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
+    except FileNotFoundError:
+        return 0
+    return max(numbers, default=0)
+
+
+def _dir_size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def _task_name(task: Any) -> str | None:
+    """The task kind from a manifest: a TaskInfo dict ({"task": "binary", ...}) or a str."""
+    if isinstance(task, dict):
+        task = task.get("task")
+    return str(task) if task is not None else None
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values: numpy scalars/arrays → Python, tuples → lists, NaN/inf → None
+    (PostgreSQL JSON and strict parsers reject NaN)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
