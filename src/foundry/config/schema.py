@@ -187,7 +187,7 @@ class CNNConfig(Section):
     activation: Activation = "relu"
     """Activation in conv blocks and dense layers."""
     dropout: float = Field(0.0, ge=0, lt=1)
-    """Dropout before each dense layer."""
+    """Dropout after each hidden dense layer."""
     batch_norm: bool = True
     """Batch normalisation in conv blocks."""
     global_pool: bool = True

@@ -214,20 +214,20 @@ class Registry:
                     if final.exists():
                         continue
                     raise ModelError(f"cannot move the model package to {final}: {exc}") from exc
-                row = _ModelVersionRow(
-                    name=name,
-                    version=version,
-                    path=final.relative_to(self.home).as_posix(),
-                    created_at=datetime.now(timezone.utc),
-                    parent=parent_ref,
-                    task=_task_name(manifest.get("task")),
-                    metrics=metrics,
-                    fingerprint=_optional_str(manifest.get("fingerprint")),
-                    description=description,
-                    tags=tag_list,
-                    size_bytes=size,
-                )
                 try:
+                    row = _ModelVersionRow(
+                        name=name,
+                        version=version,
+                        path=final.relative_to(self.home).as_posix(),
+                        created_at=datetime.now(timezone.utc),
+                        parent=parent_ref,
+                        task=_task_name(manifest.get("task")),
+                        metrics=metrics,
+                        fingerprint=_optional_str(manifest.get("fingerprint")),
+                        description=description,
+                        tags=tag_list,
+                        size_bytes=size,
+                    )
                     with Session(engine) as session, session.begin():
                         session.add(row)
                 except IntegrityError:

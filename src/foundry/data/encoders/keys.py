@@ -52,3 +52,17 @@ def scalar_key(value: object) -> str | float:
             return str(int(v))
         return str(np.float64(v))
     return str(value)
+
+
+def sort_keys(keys: list[str]) -> list[str]:
+    """Keys in a stable, human order: numerically when every key is a number ("2" < "10"),
+    else as strings (so False < True, no < yes)."""
+    try:
+        return sorted(keys, key=lambda k: (float(k), k))
+    except ValueError:
+        return sorted(keys)
+
+
+def first_row(mask: pd.Series | np.ndarray, index: pd.Index) -> object:
+    """Index label of the first True in `mask`, for error messages ("first at row 7")."""
+    return index[int(np.argmax(np.asarray(mask)))]

@@ -1,0 +1,63 @@
+"""Binary features: the two training values become 0.0 and 1.0 in the "numeric" tensor.
+
+The values are ordered with `sort_keys` (False < True, no < yes, 0 < 1), so the second
+one is 1.0. A value not seen in training, or a missing value under the `category`
+policy, is 0.5: halfway, favouring neither side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from foundry.config.schema import CategoryPreprocessing
+from foundry.data.encoders.keys import category_keys, sort_keys
+from foundry.errors import DataError
+
+UNKNOWN = 0.5
+
+
+@dataclass(frozen=True)
+class BinaryEncoder:
+    name: str
+    values: list[str]
+    """One or two training keys; values[i] encodes as float(i)."""
+    fill: float
+    """Code used for missing values."""
+
+    @classmethod
+    def fit(cls, col: pd.Series, name: str, config: CategoryPreprocessing) -> BinaryEncoder:
+        keys = category_keys(col)
+        counts = keys.value_counts()
+        if len(counts) > 2:
+            shown = ", ".join(map(repr, sort_keys(list(counts.index))[:5]))
+            raise DataError(
+                f"binary column '{name}' has {len(counts)} distinct values ({shown}...); "
+                "use type: category"
+            )
+        values = sort_keys(list(counts.index))
+        fill = UNKNOWN
+        if config.missing == "most_frequent" and len(counts):
+            # Ties go to the first value in sorted order, so refitting gives the same fill.
+            top = counts[counts == counts.max()].index
+            fill = float(values.index(sort_keys(list(top))[0]))
+        return cls(name=name, values=values, fill=fill)
+
+    def transform(self, col: pd.Series) -> np.ndarray:
+        """Column [N] → float32 [N] of 0.0 / 1.0 (0.5 unknown, `fill` missing)."""
+        keys = category_keys(col)
+        codes = np.full(len(keys), UNKNOWN, dtype=np.float32)
+        for i, value in enumerate(self.values):
+            codes[(keys == value).to_numpy(dtype=bool, na_value=False)] = i
+        codes[keys.isna().to_numpy()] = self.fill
+        return codes
+
+    def state(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> BinaryEncoder:
+        return cls(**d)

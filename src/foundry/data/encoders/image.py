@@ -1,0 +1,141 @@
+"""Image features: decode files with Pillow on a thread pool, resize, normalise.
+
+Output: float32 [N, C, H, W]. `unit` scales pixels to [0, 1]; `standard` then subtracts
+the per-channel mean and divides by the per-channel std of the training images.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from foundry.config.schema import ImagePreprocessing
+from foundry.data.encoders.keys import first_row
+from foundry.errors import DataError
+
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+"""Pillow modes that default to 1 channel; everything else becomes RGB."""
+_CHUNK = 512  # images decoded at once while computing training statistics
+# Pillow releases the GIL while decoding, so threads give real parallelism.
+_WORKERS = min(8, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ImageEncoder:
+    name: str
+    channels: int
+    height: int
+    width: int
+    normalization: str
+    mean: list[float]
+    """Per-channel mean of training pixels in [0, 1] units (standard normalisation)."""
+    std: list[float]
+    base_dir: Path | None = field(default=None, compare=False)
+    """Where relative paths are resolved; machine-specific, so not part of `state()`."""
+
+    @classmethod
+    def fit(
+        cls, col: pd.Series, name: str, config: ImagePreprocessing, base_dir: Path | None = None
+    ) -> ImageEncoder:
+        paths = resolve_paths(col, name, base_dir)
+        if not paths:
+            raise DataError(f"image column '{name}' has no rows to fit on")
+        channels, height, width = config.channels, config.height, config.width
+        if channels is None or height is None or width is None:
+            with _open(paths[0]) as first:
+                channels = channels or (1 if first.mode in GRAY_MODES else 3)
+                height = height or first.height
+                width = width or first.width
+        enc = cls(name=name, channels=channels, height=height, width=width,
+                  normalization=config.normalization, mean=[0.0] * channels,
+                  std=[1.0] * channels, base_dir=base_dir)
+        if config.normalization == "standard":
+            mean, std = enc._pixel_stats(paths)
+            enc = cls(**{**enc.__dict__, "mean": mean, "std": std})
+        return enc
+
+    def transform(self, col: pd.Series) -> np.ndarray:
+        """Column of paths [N] → float32 [N, C, H, W]."""
+        pixels = self.decode(resolve_paths(col, self.name, self.base_dir))
+        x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
+        np.divide(x, 255.0, out=x)
+        if self.normalization == "standard":
+            x -= np.asarray(self.mean, dtype=np.float32)[:, None, None]
+            x /= np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return x
+
+    def decode(self, paths: list[Path]) -> np.ndarray:
+        """Files → uint8 [N, H, W, C], decoded in parallel, resized to (height, width)."""
+        out = np.empty((len(paths), self.height, self.width, self.channels), dtype=np.uint8)
+        mode = "L" if self.channels == 1 else "RGB"
+
+        def load(i: int) -> None:
+            with _open(paths[i]) as img:
+                img = img.convert(mode)
+                if img.size != (self.width, self.height):
+                    img = img.resize((self.width, self.height), Image.Resampling.BILINEAR)
+                out[i] = np.asarray(img, dtype=np.uint8).reshape(out.shape[1:])
+
+        if len(paths) < 2 * _WORKERS:
+            for i in range(len(paths)):
+                load(i)
+        else:
+            with ThreadPoolExecutor(_WORKERS) as pool:
+                list(pool.map(load, range(len(paths))))  # list(): re-raises a failure
+        return out
+
+    def _pixel_stats(self, paths: list[Path]) -> tuple[list[float], list[float]]:
+        """Per-channel mean / std over all training pixels, in [0, 1] units."""
+        total = np.zeros(self.channels)
+        squares = np.zeros(self.channels)
+        for chunk in _chunks(paths, _CHUNK):
+            px = self.decode(chunk).reshape(-1, self.channels).astype(np.float64) / 255.0
+            total += px.sum(axis=0)
+            squares += (px * px).sum(axis=0)
+        count = len(paths) * self.height * self.width
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+        std[std < 1e-6] = 1.0  # a constant channel: do not divide by ~0
+        return mean.tolist(), std.tolist()
+
+    def state(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "base_dir"}
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any], base_dir: Path | None = None) -> ImageEncoder:
+        return cls(**d, base_dir=base_dir)
+
+
+def resolve_paths(col: pd.Series, name: str, base_dir: Path | None) -> list[Path]:
+    missing = col.isna().to_numpy()
+    if missing.any():
+        raise DataError(
+            f"image column '{name}' has {int(missing.sum())} missing path(s) (first at row "
+            f"{first_row(missing, col.index)})"
+        )
+    paths = [Path(p) for p in col.astype(str).tolist()]
+    if base_dir is not None:
+        paths = [p if p.is_absolute() else Path(base_dir) / p for p in paths]
+    return paths
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()  # decode now, so a truncated file fails here with its name
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot decode image {path}: {e}") from e
+    return img
+
+
+def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

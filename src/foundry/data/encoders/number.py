@@ -1,0 +1,92 @@
+"""Number features: fill missing values, then standardise / min-max scale.
+
+Missing means NaN, None or an empty string; infinities are refused (they would turn
+every statistic and every weight they touch into NaN).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from foundry.config.schema import NumberPreprocessing
+from foundry.data.encoders.keys import first_row
+from foundry.errors import DataError
+
+
+def to_float(col: pd.Series, name: str) -> np.ndarray:
+    """Column → float64 [N] with NaN for missing; DataError on text or infinities."""
+    if pd.api.types.is_numeric_dtype(col.dtype):
+        x = col.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        parsed = pd.to_numeric(col, errors="coerce")
+        # Blank strings are missing values, not malformed numbers.
+        present = col.notna() & col.astype(str).str.strip().ne("")
+        bad = parsed.isna() & present
+        if bad.any():
+            raise DataError(
+                f"number column '{name}' has a non-numeric value "
+                f"{col[bad].iloc[0]!r} (row {first_row(bad, col.index)})"
+            )
+        x = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+    inf = np.isinf(x)
+    if inf.any():
+        raise DataError(
+            f"number column '{name}' has {int(inf.sum())} infinite value(s) (first at row "
+            f"{first_row(inf, col.index)}); replace them or leave them empty (missing)"
+        )
+    return x
+
+
+@dataclass(frozen=True)
+class NumberEncoder:
+    """(x filled - center) / scale, as float32."""
+
+    name: str
+    missing: str
+    fill: float
+    center: float
+    scale: float
+
+    @classmethod
+    def fit(cls, col: pd.Series, name: str, config: NumberPreprocessing) -> NumberEncoder:
+        x = to_float(col, name)
+        observed = x[~np.isnan(x)]
+        if observed.size == 0:
+            raise DataError(f"number column '{name}' has no values in the training rows")
+        mean = float(observed.mean())
+        # drop_row / error never fill training rows; at prediction time the mean is the
+        # least surprising value for a row that cannot be dropped.
+        fill = {"median": float(np.median(observed)), "zero": 0.0}.get(config.missing, mean)
+        center, scale = 0.0, 1.0
+        if config.normalization == "standard":
+            center, scale = mean, float(observed.std())
+        elif config.normalization == "minmax":
+            center, scale = float(observed.min()), float(observed.max() - observed.min())
+        if not scale > 0:  # constant column: keep it (as zeros), do not divide by 0
+            scale = 1.0
+        return cls(name=name, missing=config.missing, fill=fill, center=center, scale=scale)
+
+    def transform(self, col: pd.Series) -> np.ndarray:
+        """Column [N] → float32 [N], no NaN."""
+        x = to_float(col, self.name)
+        missing = np.isnan(x)
+        if missing.any():
+            if self.missing == "error":
+                raise DataError(
+                    f"number column '{self.name}' has {int(missing.sum())} missing value(s) "
+                    f"(first at row {first_row(missing, col.index)}) and its missing policy "
+                    "is 'error'"
+                )
+            x = np.where(missing, self.fill, x)  # to_numpy may be a view: never write
+        return ((x - self.center) / self.scale).astype(np.float32)
+
+    def state(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> NumberEncoder:
+        return cls(**d)

@@ -1,0 +1,86 @@
+"""Text features: a `tokenizers` word-level or BPE tokenizer trained on the training rows.
+
+Ids: 0 = [PAD], 1 = [UNK]; every row is padded / truncated to `max_length`, so the
+output is one int64 [N, max_length] array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+from foundry.config.schema import TextPreprocessing
+
+PAD, UNK = "[PAD]", "[UNK]"
+_TRAIN_BATCH = 1000  # texts handed to the Rust trainer per call
+
+
+def texts_of(col: pd.Series) -> list[str]:
+    """Column → list of str; missing text is the empty string (all padding)."""
+    return col.astype(object).where(col.notna(), "").astype(str).tolist()
+
+
+def build_tokenizer(config: TextPreprocessing) -> tuple[Tokenizer, trainers.Trainer]:
+    special = [PAD, UNK]  # listed first, so they get ids 0 and 1
+    if config.tokenizer == "word":
+        tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=config.vocab_size, min_frequency=config.min_frequency,
+            special_tokens=special, show_progress=False,
+        )
+    else:
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+        trainer = trainers.BpeTrainer(
+            vocab_size=config.vocab_size, min_frequency=config.min_frequency,
+            special_tokens=special, show_progress=False,
+        )
+    if config.lowercase:
+        tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tokenizer, trainer
+
+
+@dataclass(frozen=True)
+class TextEncoder:
+    name: str
+    tokenizer: Tokenizer
+    max_length: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    @classmethod
+    def fit(cls, col: pd.Series, name: str, config: TextPreprocessing) -> TextEncoder:
+        tokenizer, trainer = build_tokenizer(config)
+        texts = texts_of(col)
+
+        def batches() -> Iterator[list[str]]:
+            for i in range(0, len(texts), _TRAIN_BATCH):
+                yield texts[i : i + _TRAIN_BATCH]
+
+        tokenizer.train_from_iterator(batches(), trainer=trainer, length=len(texts))
+        # Padding and truncation live in the tokenizer, so to_str() carries them too.
+        tokenizer.enable_padding(pad_id=0, pad_token=PAD, length=config.max_length)
+        tokenizer.enable_truncation(max_length=config.max_length)
+        return cls(name=name, tokenizer=tokenizer, max_length=config.max_length)
+
+    def transform(self, col: pd.Series) -> np.ndarray:
+        """Column [N] → int64 [N, max_length] token ids."""
+        encodings = self.tokenizer.encode_batch(texts_of(col))
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        return ids.reshape(len(encodings), self.max_length)
+
+    def state(self) -> dict[str, Any]:
+        return {"name": self.name, "tokenizer": self.tokenizer.to_str(),
+                "max_length": self.max_length}
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> TextEncoder:
+        return cls(name=d["name"], tokenizer=Tokenizer.from_str(d["tokenizer"]),
+                   max_length=d["max_length"])
