@@ -44,8 +44,9 @@ def test_binary_one_column_outputs_hand_computed():
     assert m["roc_auc"] == pytest.approx(0.5)
     # Ranked: pos (P=1, R=.5), neg, neg, pos (P=.5, R=1) → AP = .5·1 + .5·.5.
     assert m["pr_auc"] == pytest.approx(0.75)
-    expected_ll = -np.mean([math.log(p1[0]), math.log(1 - p1[1]), math.log(1 - p1[2]),
-                            math.log(p1[3])])
+    expected_ll = -np.mean(
+        [math.log(p1[0]), math.log(1 - p1[1]), math.log(1 - p1[2]), math.log(p1[3])]
+    )
     assert m["log_loss"] == pytest.approx(expected_ll)
     assert m["confusion_matrix"] == [[1, 1], [1, 1]]
     _assert_plain_json(m)
@@ -65,7 +66,7 @@ def test_binary_two_column_outputs_match_one_column():
 
 
 # Outputs are log-probabilities, so softmax gives these rows back exactly.
-MULTI_P = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+MULTI_P = np.array([[0.7, 0.2, 0.1], [0.1, 0.5, 0.4], [0.2, 0.45, 0.35], [0.1, 0.1, 0.8]])
 MULTI_Y = np.array([0, 1, 2, 2])  # predictions [0, 1, 1, 2]
 
 
@@ -80,21 +81,24 @@ def test_multiclass_hand_computed():
     assert m["precision_weighted"] == pytest.approx((1 + 0.5 + 2) / 4)
     assert m["recall_weighted"] == pytest.approx(0.75)
     assert m["f1_weighted"] == pytest.approx((1 + 2 / 3 + 4 / 3) / 4)
-    # one-vs-rest AUC per class: 1, 1, (3 wins + 1 tie) / 4
-    assert m["roc_auc"] == pytest.approx((1 + 1 + 0.875) / 3)
+    # one-vs-rest AUC per class: 1, 1, and for class 2 positives (.35, .8) against
+    # negatives (.1, .4) 3 of 4 pairs are ranked right
+    assert m["roc_auc"] == pytest.approx((1 + 1 + 0.75) / 3)
     assert m["roc_auc"] == pytest.approx(roc_auc_score(MULTI_Y, MULTI_P, multi_class="ovr"))
-    # AP per class: 1, 1, .5·1 + .5·(2/3)
+    # AP per class: 1, 1, and class 2 ranked pos, neg, pos → .5·1 + .5·(2/3)
     assert m["pr_auc"] == pytest.approx((1 + 1 + (0.5 + 1 / 3)) / 3)
-    assert m["log_loss"] == pytest.approx(-np.mean(np.log([0.7, 0.6, 0.3, 0.8])))
+    assert m["log_loss"] == pytest.approx(-np.mean(np.log([0.7, 0.5, 0.35, 0.8])))
     _assert_plain_json(m)
 
 
 def test_multiclass_with_absent_class_averages_present_ones_without_warnings():
-    y = np.array([0, 1, 1, 0])  # class 2 never occurs
+    y = np.array([0, 1, 0, 1])  # class 2 never occurs
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         m = compute_metrics(MULTI, y, np.log(MULTI_P))
-    assert m["roc_auc"] == pytest.approx(1.0)  # classes 0 and 1 are ranked perfectly
+    # class 0: positives (.7, .2) beat negatives (.1, .1); class 1: positives (.5, .1)
+    # against negatives (.2, .45) win 2 of 4 pairs; class 2 is left out
+    assert m["roc_auc"] == pytest.approx((1.0 + 0.5) / 2)
     assert len(m["confusion_matrix"]) == 3
     _assert_plain_json(m)
 

@@ -35,7 +35,10 @@ def test_confusion_table_checks_its_shape():
 
 def test_public_surface():
     assert sorted(foundry.evaluate.__all__) == [
-        "compute_metrics", "confusion_table", "metrics_table", "probabilities"
+        "compute_metrics",
+        "confusion_table",
+        "metrics_table",
+        "probabilities",
     ]
     for name in foundry.evaluate.__all__:
         assert hasattr(foundry.evaluate, name)

@@ -79,13 +79,11 @@ def infer_type(series: pd.Series) -> FeatureType:
     if pd.api.types.is_bool_dtype(values.dtype):
         return "binary"
     if _is_numeric(values):
-        # nunique over the whole column: a rare third value must not make it "binary".
-        return "binary" if values.nunique() == 2 else "number"
+        return "binary" if _has_two_values(values) else "number"
     sample = _sample(values).astype(str)
-    lower = sample.str.lower()
-    if lower.str.endswith(IMAGE_EXTENSIONS).mean() >= 0.9:
+    if sample.str.lower().str.endswith(IMAGE_EXTENSIONS).mean() >= 0.9:
         return "image"
-    if values.astype(str).nunique() == 2:
+    if _has_two_values(values.astype(str) if values.dtype == object else values):
         return "binary"
     if _looks_like_text(sample):
         return "text"
@@ -213,6 +211,14 @@ def _looks_like_id(col: pd.Series, feature_type: FeatureType) -> bool:
         # A saved pandas index or an auto-increment key: n distinct consecutive integers.
         return values.is_unique and int(values.max()) - int(values.min()) + 1 == n
     return False
+
+
+def _has_two_values(values: pd.Series) -> bool:
+    """Exactly two distinct values in the whole column (a rare third one must not be
+    missed); the sample settles most columns without hashing every row."""
+    if _sample(values).nunique() > 2:
+        return False
+    return values.nunique() == 2
 
 
 def _looks_like_text(sample: pd.Series) -> bool:

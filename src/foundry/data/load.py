@@ -34,7 +34,9 @@ _SNIFF_DELIMITERS = ",;\t|"
 _SNIFF_BYTES = 64 * 1024
 
 
-def read_table(path: Path | str, format: str = "auto", delimiter: str | None = None) -> pd.DataFrame:
+def read_table(
+    path: Path | str, format: str = "auto", delimiter: str | None = None
+) -> pd.DataFrame:
     """Read `path` into a DataFrame.
 
     `format` is one of "auto", "csv", "parquet", "jsonl", "image_folder"; "auto" decides

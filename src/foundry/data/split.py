@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from foundry.config.schema import SplitConfig
 from foundry.errors import DataError
@@ -65,6 +64,9 @@ def _cut(
     """Split `positions` into (keep, held_out) with `fraction` held out."""
     if fraction <= 0:
         return positions, positions[:0]
+    # Imported here: scikit-learn takes ~1 s to import and serving never splits.
+    from sklearn.model_selection import train_test_split
+
     keep, held = train_test_split(
         positions, test_size=fraction, random_state=seed, shuffle=True, stratify=labels
     )

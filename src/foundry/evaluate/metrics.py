@@ -9,13 +9,16 @@ never NaN: NaN is not valid JSON.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn import metrics as skm
 
-from foundry.data.schema import TaskInfo
 from foundry.errors import DataError
+
+if TYPE_CHECKING:
+    # Annotations only: importing foundry.data at runtime would pull in torch.
+    from foundry.data.schema import TaskInfo
 
 Metrics = dict[str, Any]
 """Metric name → float | int | list | None (JSON-able)."""

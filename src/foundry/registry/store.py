@@ -228,15 +228,26 @@ class Registry:
                         tags=tag_list,
                         size_bytes=size,
                     )
-                    with Session(engine) as session, session.begin():
+                    # expire_on_commit=False: the row's values are read after the commit.
+                    with Session(engine, expire_on_commit=False) as session, session.begin():
                         session.add(row)
-                except IntegrityError:
-                    # Another writer sharing the database (not this directory) holds this
-                    # version: take the package back and try the next number.
-                    os.rename(final, tmp)
-                    continue
-                except BaseException:
+                except IntegrityError as exc:
+                    if self._version_taken(name, version):
+                        # Another writer sharing the database (not this directory) holds
+                        # this version: take the package back and try the next number.
+                        os.rename(final, tmp)
+                        continue
                     shutil.rmtree(final, ignore_errors=True)
+                    raise ModelError(
+                        f"the registry database refused {name}:{version}: {exc.orig}"
+                    ) from exc
+                except BaseException as exc:
+                    shutil.rmtree(final, ignore_errors=True)
+                    if isinstance(exc, SQLAlchemyError):
+                        raise ModelError(
+                            f"cannot record {name}:{version} in the registry database "
+                            f"{self._safe_url()!r}: {exc}"
+                        ) from exc
                     raise
                 return self._record(row)
             raise ModelError(
@@ -448,6 +459,13 @@ class Registry:
         with Session(self._get_engine()) as session:
             query = select(func.max(_ModelVersionRow.version)).where(_ModelVersionRow.name == name)
             return session.scalar(query) or 0
+
+    def _version_taken(self, name: str, version: int) -> bool:
+        with Session(self._get_engine()) as session:
+            query = select(_ModelVersionRow.id).where(
+                _ModelVersionRow.name == name, _ModelVersionRow.version == version
+            )
+            return session.scalar(query) is not None
 
     @staticmethod
     def _versions_of(session: Session | None, name: str) -> list[int]:

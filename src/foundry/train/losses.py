@@ -61,9 +61,7 @@ def resolve_loss_name(name: str, task: TaskInfo) -> str:
     if name == "auto":
         return "cross_entropy" if task.is_classification else "mse"
     if name not in _LOSSES:
-        raise ConfigError(
-            f"train.loss must be one of auto, {', '.join(_LOSSES)}; got {name!r}"
-        )
+        raise ConfigError(f"train.loss must be one of auto, {', '.join(_LOSSES)}; got {name!r}")
     return name
 
 

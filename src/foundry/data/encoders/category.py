@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from foundry.config.schema import CategoryPreprocessing
-from foundry.data.encoders.keys import category_keys
+from foundry.data.encoders.keys import category_keys, lookup
 
 MISSING = "__missing__"
 """Key of the missing-value category under the `category` policy."""
@@ -56,8 +56,7 @@ class CategoryEncoder:
         keys = category_keys(col)
         if self.fill is not None:
             keys = keys.fillna(self.fill)
-        # get_indexer is one hash lookup per row in C; -1 (not found, or NaN) + 1 = 0.
-        return pd.Index(self.vocab, dtype="str").get_indexer(keys).astype(np.int64) + 1
+        return lookup(keys, self.vocab) + 1  # -1 (unseen, rare or missing) + 1 = 0
 
     def state(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ class ImageEncoder:
                   std=[1.0] * channels, base_dir=base_dir)
         if config.normalization == "standard":
             mean, std = enc._pixel_stats(paths)
-            enc = cls(**{**enc.__dict__, "mean": mean, "std": std})
+            enc = replace(enc, mean=mean, std=std)
         return enc
 
     def transform(self, col: pd.Series) -> np.ndarray:
@@ -107,7 +107,7 @@ class ImageEncoder:
         return mean.tolist(), std.tolist()
 
     def state(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "base_dir"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "base_dir"}
 
     @classmethod
     def from_state(cls, d: dict[str, Any], base_dir: Path | None = None) -> ImageEncoder:

@@ -1,0 +1,22 @@
+"""Training: `fit` a model on Encoded tensors, with checkpoints that need no pickle.
+
+    fit(model, train, val, config, task, run_dir, n_outputs=...) -> FitResult
+    build_loss / n_outputs_for             loss by `train.loss` name
+    build_optimizer / build_scheduler      from `train.optimizer` / `train.scheduler`
+    EarlyStopping                          on one monitored metric
+"""
+
+from foundry.train.early_stopping import EarlyStopping
+from foundry.train.loop import FitResult, fit
+from foundry.train.losses import build_loss, n_outputs_for
+from foundry.train.optim import build_optimizer, build_scheduler
+
+__all__ = [
+    "EarlyStopping",
+    "FitResult",
+    "build_loss",
+    "build_optimizer",
+    "build_scheduler",
+    "fit",
+    "n_outputs_for",
+]
