@@ -42,7 +42,6 @@ class Splits:
     train: pd.DataFrame
     val: pd.DataFrame
     test: pd.DataFrame
-    fingerprint: str
 
 
 def train(
@@ -59,20 +58,29 @@ def train(
     `resume=True` continues the newest unfinished run of this config (or `run_dir`)
     from its last checkpoint.
     """
+    loaded = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
+    cfg = loaded.config
+
     import torch
 
-    from foundry.data import Preprocessor, infer_features
+    from foundry.data import Preprocessor, fingerprint, infer_features
+    from foundry.evaluate import compute_metrics
     from foundry.models import build_model
+    from foundry.predictor import run_model
     from foundry.registry import Registry
     from foundry.train import fit, n_outputs_for
 
-    loaded = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
-    cfg = loaded.config
     say = Reporter(quiet=quiet)
     started = time.perf_counter()
 
     splits = load_splits(loaded, say)
     resolved = infer_features(splits.train, cfg.features)
+    image_columns = [f.name for f in resolved.inputs if f.type == "image"]
+    data_fingerprint = fingerprint(
+        pd.concat([splits.train, splits.val, splits.test], ignore_index=True),
+        image_columns=image_columns,
+        base_dir=loaded.base_dir,
+    )
     say.info(
         f"features: {len(resolved.inputs)} inputs → target '{resolved.target}' "
         f"({resolved.target_type}); rows train/val/test = "
@@ -94,8 +102,6 @@ def train(
     (out_dir / "config.json").write_text(json.dumps(dump_config(cfg), indent=2))
     say.info(f"run directory: {out_dir}")
 
-    from foundry.evaluate import compute_metrics
-
     fitted = fit(
         model,
         train_enc,
@@ -115,15 +121,13 @@ def train(
     if len(eval_df) == 0:
         eval_df, eval_name = splits.val if len(splits.val) else splits.train, "val/train"
         say.warn(f"evaluate.split '{cfg.evaluate.split}' is empty; evaluating on {eval_name}")
-    from foundry.predictor import run_model
-
     eval_enc = preprocessor.transform(eval_df)
     outputs = run_model(model, eval_enc, len(eval_df))
     metrics = compute_metrics(task, eval_enc["target"].numpy(), outputs)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
     manifest = build_manifest(
-        cfg, resolved, preprocessor, n_outputs, splits, fitted, metrics, loaded.base_dir
+        cfg, resolved, preprocessor, n_outputs, splits, data_fingerprint, fitted
     )
     record = Registry().register(
         cfg.name,
@@ -149,7 +153,7 @@ def train(
 
 def load_splits(loaded: LoadedConfig, say: Reporter) -> Splits:
     """Read the data file(s) and split them: explicit val/test files win over fractions."""
-    from foundry.data import fingerprint, read_table, split_frame
+    from foundry.data import read_table, split_frame
 
     data, target = loaded.config.data, loaded.config.features.target
     df = read_table(loaded.resolve(data.path), data.format, data.delimiter)
@@ -182,12 +186,10 @@ def load_splits(loaded: LoadedConfig, say: Reporter) -> Splits:
             if missing:
                 raise DataError(f"data.{name}: columns {missing} of data.path are missing there")
     say.info(f"data: {data.path} ({len(df)} rows, {len(df.columns)} columns)")
-    image_cols = [c for c in df.columns if c == "image"] if data.format in ("auto", "image_folder") else []
     return Splits(
         train=train_df,
         val=val if val is not None else val_df,
         test=test if test is not None else test_df,
-        fingerprint=fingerprint(df, image_columns=image_cols),
     )
 
 
@@ -244,9 +246,8 @@ def build_manifest(
     preprocessor: Any,
     n_outputs: int,
     splits: Splits,
+    data_fingerprint: str,
     fitted: Any,
-    metrics: dict[str, Any],
-    base_dir: Path,
 ) -> dict[str, Any]:
     import torch
 
@@ -255,18 +256,14 @@ def build_manifest(
     return {
         "format_version": 1,
         "config": dump_config(cfg),
-        "features": {
-            "inputs": [f.model_dump(mode="json") for f in resolved.inputs],
-            "target": resolved.target,
-            "target_type": resolved.target_type,
-        },
+        "features": resolved.to_dict(),
         "preprocessing": preprocessor.state_dict(),
         "schema": preprocessor.schema.to_dict(),
         "task": preprocessor.task.to_dict(),
         "n_outputs": n_outputs,
+        "fingerprint": data_fingerprint,
         "data": {
             "path": cfg.data.path,
-            "fingerprint": splits.fingerprint,
             "rows": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
         },
         "training": {
@@ -295,7 +292,7 @@ def model_card(cfg: FoundryConfig, manifest: dict[str, Any], metrics: dict[str, 
         "",
         "## Data",
         f"- source: `{cfg.data.path}`",
-        f"- fingerprint: `{manifest['data']['fingerprint']}`",
+        f"- fingerprint: `{manifest['fingerprint']}`",
         f"- rows: train {rows['train']}, val {rows['val']}, test {rows['test']}",
         f"- target: `{manifest['features']['target']}` ({manifest['task']['task']})",
         f"- inputs: {', '.join(f['name'] + ' (' + f['type'] + ')' for f in manifest['features']['inputs'])}",

@@ -15,10 +15,11 @@ def assert_one_line_error(result, *needles: str) -> None:
     assert result.code != 0
     assert "Traceback" not in result.err
     lines = [line for line in result.err.splitlines() if line.strip()]
-    assert len(lines) == 1, result.err
-    assert lines[0].startswith("error: ")
+    errors = [line for line in lines if line.startswith("error: ")]
+    # progress lines may come first; the error is one line and the last thing printed
+    assert len(errors) == 1 and lines[-1] == errors[0], result.err
     for needle in needles:
-        assert needle in lines[0], lines[0]
+        assert needle in errors[0], errors[0]
 
 
 def test_missing_config_file(cli, tmp_path):

@@ -44,19 +44,21 @@ def test_init_train_evaluate_predict_models(cli, tmp_path):
                      "sex": "binary", "workclass": "category"}
     assert config["features"]["target_type"] == "binary"
 
-    r = cli("train", "config.yaml", "train.epochs=4", "--quiet", cwd=tmp_path)
+    r = cli("train", "config.yaml", "train.epochs=15", "train.batch_size=32", "--quiet",
+            cwd=tmp_path)
     assert r.code == 0, r.err
     assert r.out.startswith("adult:1 ")
     run_dir = tmp_path / "runs"
     (only_run,) = list(run_dir.iterdir())
     lines = (only_run / "metrics.jsonl").read_text().splitlines()
-    assert 1 <= len(lines) <= 4
+    assert 1 <= len(lines) <= 15
     assert {"epoch", "train_loss", "val_loss", "val_accuracy"} <= set(json.loads(lines[0]))
 
     r = cli("evaluate", "adult:latest", "--data", "test.csv", "-o", "m.json", cwd=tmp_path)
     assert r.code == 0, r.err
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["accuracy"] > 0.6
+    majority = df.iloc[650:]["income"].value_counts(normalize=True).max()
+    assert metrics["accuracy"] > majority + 0.05  # learned something beyond the base rate
     assert {"f1_macro", "roc_auc", "pr_auc", "log_loss", "confusion_matrix"} <= set(metrics)
     assert sum(map(sum, metrics["confusion_matrix"])) == 150
 
