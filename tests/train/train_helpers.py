@@ -45,7 +45,7 @@ def make_regression(n: int, seed: int) -> dict[str, Tensor]:
 
 def small_config(**overrides) -> TrainConfig:
     """Few epochs, small batches, one thread (the test machine is shared)."""
-    values = {"epochs": 4, "batch_size": 32, "num_threads": 1, "seed": 0}
+    values = {"epochs": 4, "batch_size": 32, "num_threads": 1, "seed": 0, "optimizer": {"lr": 0.02}}
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -1,9 +1,9 @@
 """Training: `fit` a model on Encoded tensors, with checkpoints that need no pickle.
 
-    fit(model, train, val, config, task, run_dir, n_outputs=...) -> FitResult
-    build_loss / n_outputs_for             loss by `train.loss` name
-    build_optimizer / build_scheduler      from `train.optimizer` / `train.scheduler`
-    EarlyStopping                          on one monitored metric
+fit(model, train, val, config, task, run_dir, n_outputs=...) -> FitResult
+build_loss / n_outputs_for             loss by `train.loss` name
+build_optimizer / build_scheduler      from `train.optimizer` / `train.scheduler`
+EarlyStopping                          on one monitored metric
 """
 
 from foundry.train.early_stopping import EarlyStopping

@@ -118,10 +118,20 @@ def fit(
     """
     with _torch_settings(config):
         return _fit(
-            model, train, val, config, task, Path(run_dir),
-            n_outputs=n_outputs, resume=resume, progress=progress, augment=augment,
-            metric_fn=metric_fn, log=log, on_epoch_end=on_epoch_end,
-        )  # fmt: skip
+            model,
+            train,
+            val,
+            config,
+            task,
+            Path(run_dir),
+            n_outputs=n_outputs,
+            resume=resume,
+            progress=progress,
+            augment=augment,
+            metric_fn=metric_fn,
+            log=log,
+            on_epoch_end=on_epoch_end,
+        )
 
 
 def _fit(
@@ -177,6 +187,9 @@ def _fit(
         "augment": torch.Generator(device).manual_seed(config.seed + 1),
     }
 
+    bar = _EpochBar(enabled=progress, n_batches=n_batches, epochs=config.epochs)
+    say = log if log is not None else (bar.console.print if progress else None)
+
     # ---- state carried from epoch to epoch (and through checkpoints)
     history: list[dict[str, Any]] = []
     best_state: dict[str, Tensor] | None = None
@@ -192,9 +205,9 @@ def _fit(
         stopped_early = ckpt.state["stopped_early"]
         best_state = ckpt.best_state
         restore_rng(ckpt.rng, generators)
-
-    bar = _EpochBar(enabled=progress, n_batches=n_batches, epochs=config.epochs)
-    say = log if log is not None else (bar.console.print if progress else None)
+        changed = _changed_keys(ckpt.state["train_config"], config.model_dump(mode="json"))
+        if changed and say is not None:
+            say(f"resuming with changed train settings: {', '.join(changed)}")
 
     # metrics.jsonl is rewritten from the (restored) history, so no epoch appears twice
     with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as metrics_file, bar:
@@ -210,7 +223,7 @@ def _fit(
             model.train()
             bar.start_epoch(epoch)
             perm = torch.randperm(n_rows, generator=generators["shuffle"]).to(device)
-            loss_sum = torch.zeros((), device=device)  # read once per epoch: no sync per batch
+            batch_losses: list[Tensor] = []  # read once per epoch: no GPU→CPU sync per batch
             for b in range(n_batches):
                 idx = perm[b * batch_size : (b + 1) * batch_size]
                 inputs = {k: train[k][idx] for k in input_keys}
@@ -230,11 +243,11 @@ def _fit(
                 scaler.update()
                 scheduler.step()
 
-                loss_sum += loss.detach()
+                batch_losses.append(loss.detach())
                 bar.advance(b + 1)
             step += n_batches
 
-            train_loss = (loss_sum / n_batches).item()
+            train_loss = torch.stack(batch_losses).mean().item()
             if not math.isfinite(train_loss):
                 raise TrainError(
                     f"training diverged at epoch {epoch}: loss is {train_loss}; "
@@ -245,10 +258,17 @@ def _fit(
             record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
             if val is not None:
                 record.update(
-                    _validate(model, val, input_keys, loss_fn, autocast,
-                              batch_size=4 * batch_size,  # no_grad keeps no activations
-                              task=task, metric_fn=metric_fn)
-                )  # fmt: skip
+                    _validate(
+                        model,
+                        val,
+                        input_keys,
+                        loss_fn,
+                        autocast,
+                        batch_size=4 * batch_size,  # no_grad keeps no activations
+                        task=task,
+                        metric_fn=metric_fn,
+                    )
+                )
             record["lr"] = optimizer.param_groups[0]["lr"]
             record["seconds"] = time.perf_counter() - epoch_start
             history.append(record)
@@ -398,6 +418,10 @@ def _precision(
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     return autocast, scaler
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [key for key in new if old.get(key) != new[key]]
 
 
 def _cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
