@@ -5,7 +5,7 @@
     python benchmarks/train_overhead.py --part preprocess --rows 1000000
 
 Part 1 trains the same MLP (same module class, same initial weights, same tensors, same
-batch size and optimizer) with `foundry.train.fit` and with the loop every PyTorch
+batch size and optimizer) with `foundry.training.fit` and with the loop every PyTorch
 tutorial writes, alternating them in one process, and prints the ratio of median
 per-epoch times. Both do a validation pass each epoch; foundry also writes its
 per-epoch checkpoint and metrics line, which is part of what it costs.
@@ -64,7 +64,7 @@ def raw_loop(model, x, y, xv, yv, epochs: int, batch_size: int, lr: float) -> li
 def foundry_loop(model, x, y, xv, yv, epochs: int, batch_size: int, lr: float) -> list[float]:
     from foundry.config.schema import TrainConfig
     from foundry.data.schema import TaskInfo
-    from foundry.train import fit
+    from foundry.training import fit
 
     config = TrainConfig.model_validate(
         {

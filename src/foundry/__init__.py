@@ -30,7 +30,7 @@ __all__ = [
 from foundry.errors import ConfigError, DataError, FoundryError, ModelError, TrainError
 
 if TYPE_CHECKING:
-    from foundry.evaluate.run import EvaluationResult
+    from foundry.evaluation.run import EvaluationResult
     from foundry.pipeline import TrainResult
     from foundry.predictor import Predictor
 
@@ -56,7 +56,7 @@ def load(ref: Any) -> Predictor:
 
 def evaluate(ref: str, data: Any, *, output: Any = None) -> EvaluationResult:
     """Metrics of a registered model on a labelled data file."""
-    from foundry.evaluate.run import evaluate_model
+    from foundry.evaluation.run import evaluate_model
 
     return evaluate_model(ref, data, output=output)
 

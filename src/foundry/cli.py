@@ -88,7 +88,7 @@ def evaluate(
     json_out: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
 ) -> None:
     """Compute metrics of MODEL on a labelled data file."""
-    from foundry.evaluate.run import evaluate_model
+    from foundry.evaluation.run import evaluate_model
 
     result = evaluate_model(model, data, output=output)
     if json_out:
@@ -96,7 +96,7 @@ def evaluate(
         return
     from rich.console import Console
 
-    from foundry.evaluate import confusion_table, metrics_table
+    from foundry.evaluation import confusion_table, metrics_table
     from foundry.predictor import load
 
     console = Console()

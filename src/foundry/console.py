@@ -31,7 +31,7 @@ class Reporter:
     def metrics(self, metrics: dict[str, Any], task: Any, title: str) -> None:
         if self.quiet:
             return
-        from foundry.evaluate import confusion_table, metrics_table
+        from foundry.evaluation import confusion_table, metrics_table
 
         self.console.print(metrics_table(metrics, title=title))
         matrix = metrics.get("confusion_matrix")

@@ -64,11 +64,11 @@ def train(
     import torch
 
     from foundry.data import Preprocessor, fingerprint, infer_features
-    from foundry.evaluate import compute_metrics
+    from foundry.evaluation import compute_metrics
     from foundry.models import build_model
     from foundry.predictor import run_model
     from foundry.registry import Registry
-    from foundry.train import fit, n_outputs_for
+    from foundry.training import fit, n_outputs_for
 
     say = Reporter(quiet=quiet)
     started = time.perf_counter()

@@ -13,7 +13,7 @@ import torch
 from foundry.data.preprocess import Preprocessor
 from foundry.data.schema import InputSchema, TaskInfo
 from foundry.errors import DataError, ModelError
-from foundry.evaluate.metrics import probabilities
+from foundry.evaluation.metrics import probabilities
 from foundry.registry import Package, Registry, read_package
 from foundry.registry.refs import is_package_dir
 

@@ -112,3 +112,14 @@ def test_make_demo_script_runs_end_to_end(tmp_path):
                        env={"FOUNDRY_HOME": str(tmp_path / "home")})
     assert r.returncode == 0, r.stderr
     assert "registered d:1" in r.stderr
+
+
+def test_public_functions_survive_subpackage_imports():
+    import foundry.evaluation
+    import foundry.training  # noqa: F401
+
+    assert callable(foundry.train) and callable(foundry.evaluate) and callable(foundry.load)
+    assert sorted(foundry.__all__) == sorted(
+        ["ConfigError", "DataError", "FoundryError", "ModelError", "TrainError", "__version__",
+         "evaluate", "init", "load", "run", "train"]
+    )

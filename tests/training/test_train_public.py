@@ -1,8 +1,8 @@
-import foundry.train
+import foundry.training
 
 
 def test_public_surface():
-    assert sorted(foundry.train.__all__) == [
+    assert sorted(foundry.training.__all__) == [
         "EarlyStopping",
         "FitResult",
         "build_loss",
@@ -11,5 +11,5 @@ def test_public_surface():
         "fit",
         "n_outputs_for",
     ]
-    for name in foundry.train.__all__:
-        assert getattr(foundry.train, name) is not None
+    for name in foundry.training.__all__:
+        assert getattr(foundry.training, name) is not None

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from foundry.config.schema import OptimizerConfig, SchedulerConfig
-from foundry.train import build_optimizer, build_scheduler
-from foundry.train.optim import lr_factor, warmup_steps
+from foundry.training import build_optimizer, build_scheduler
+from foundry.training.optim import lr_factor, warmup_steps
 
 LR = 0.1
 STEPS_PER_EPOCH = 10

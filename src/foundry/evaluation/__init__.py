@@ -3,7 +3,7 @@
 Importing this package does not import torch: outputs are numpy arrays.
 """
 
-from foundry.evaluate.metrics import compute_metrics, probabilities
-from foundry.evaluate.report import confusion_table, metrics_table
+from foundry.evaluation.metrics import compute_metrics, probabilities
+from foundry.evaluation.report import confusion_table, metrics_table
 
 __all__ = ["compute_metrics", "confusion_table", "metrics_table", "probabilities"]

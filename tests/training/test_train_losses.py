@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from train_helpers import BINARY, MULTICLASS, REGRESSION
 
 from foundry.errors import ConfigError
-from foundry.train import build_loss, n_outputs_for
+from foundry.training import build_loss, n_outputs_for
 
 
 def test_n_outputs_for():

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from foundry.config.schema import TrainConfig
 from foundry.data.schema import TaskInfo
-from foundry.train import fit
+from foundry.training import fit
 
 run_dir, out, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 g = torch.Generator().manual_seed(0)

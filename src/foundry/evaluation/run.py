@@ -24,7 +24,7 @@ def evaluate_model(
 ) -> EvaluationResult:
     """Score model `ref` on the labelled file `data`; write `metrics.json` to `output`."""
     from foundry.data import read_table
-    from foundry.evaluate.metrics import compute_metrics
+    from foundry.evaluation.metrics import compute_metrics
     from foundry.predictor import load
 
     predictor = load(ref)

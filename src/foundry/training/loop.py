@@ -43,15 +43,15 @@ from torch import Tensor, nn
 from foundry.config.schema import TrainConfig
 from foundry.data.schema import TaskInfo
 from foundry.errors import TrainError
-from foundry.train.checkpoint import (
+from foundry.training.checkpoint import (
     capture_rng,
     load_checkpoint,
     restore_rng,
     save_checkpoint,
 )
-from foundry.train.early_stopping import EarlyStopping
-from foundry.train.losses import LossFn, build_loss
-from foundry.train.optim import build_optimizer, build_scheduler
+from foundry.training.early_stopping import EarlyStopping
+from foundry.training.losses import LossFn, build_loss
+from foundry.training.optim import build_optimizer, build_scheduler
 
 __all__ = ["AugmentFn", "FitResult", "MetricFn", "fit"]
 

@@ -6,10 +6,10 @@ build_optimizer / build_scheduler      from `train.optimizer` / `train.scheduler
 EarlyStopping                          on one monitored metric
 """
 
-from foundry.train.early_stopping import EarlyStopping
-from foundry.train.loop import FitResult, fit
-from foundry.train.losses import build_loss, n_outputs_for
-from foundry.train.optim import build_optimizer, build_scheduler
+from foundry.training.early_stopping import EarlyStopping
+from foundry.training.loop import FitResult, fit
+from foundry.training.losses import build_loss, n_outputs_for
+from foundry.training.optim import build_optimizer, build_scheduler
 
 __all__ = [
     "EarlyStopping",

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from foundry.data.schema import TaskInfo
 from foundry.errors import DataError
-from foundry.evaluate import compute_metrics, probabilities
+from foundry.evaluation import compute_metrics, probabilities
 
 BINARY = TaskInfo(target="y", task="binary", classes=["no", "yes"])
 MULTI = TaskInfo(target="y", task="multiclass", classes=["a", "b", "c"])
@@ -176,6 +176,6 @@ def test_evaluate_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, foundry.evaluate; print('torch' in sys.modules)"
+    code = "import sys, foundry.evaluation; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

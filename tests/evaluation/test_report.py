@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-import foundry.evaluate
-from foundry.evaluate import confusion_table, metrics_table
+import foundry.evaluation
+from foundry.evaluation import confusion_table, metrics_table
 
 
 def _render(table) -> str:
@@ -34,11 +34,11 @@ def test_confusion_table_checks_its_shape():
 
 
 def test_public_surface():
-    assert sorted(foundry.evaluate.__all__) == [
+    assert sorted(foundry.evaluation.__all__) == [
         "compute_metrics",
         "confusion_table",
         "metrics_table",
         "probabilities",
     ]
-    for name in foundry.evaluate.__all__:
-        assert hasattr(foundry.evaluate, name)
+    for name in foundry.evaluation.__all__:
+        assert hasattr(foundry.evaluation, name)

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from foundry.train import EarlyStopping
-from foundry.train.early_stopping import resolve_mode
+from foundry.training import EarlyStopping
+from foundry.training.early_stopping import resolve_mode
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from train_helpers import (
 )
 
 from foundry.errors import TrainError
-from foundry.train import FitResult, fit
+from foundry.training import FitResult, fit
 
 _DEFAULT = object()
 

@@ -10,8 +10,8 @@ from train_helpers import BINARY, make_classification, new_model, small_config
 
 from foundry.config.schema import OptimizerConfig
 from foundry.errors import TrainError
-from foundry.train import build_optimizer, fit
-from foundry.train.checkpoint import (
+from foundry.training import build_optimizer, fit
+from foundry.training.checkpoint import (
     capture_rng,
     find_checkpoint,
     load_checkpoint,
