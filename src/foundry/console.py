@@ -23,7 +23,7 @@ class Reporter:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, markup=False)
+            self.console.print(message, markup=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
         self.console.print(f"[yellow]warning:[/yellow] {message}")

@@ -63,7 +63,7 @@ def train(
 
     import torch
 
-    from foundry.data import Preprocessor, fingerprint, infer_features
+    from foundry.data import Preprocessor, fingerprint
     from foundry.evaluation import compute_metrics
     from foundry.models import build_model
     from foundry.predictor import run_model
@@ -73,8 +73,7 @@ def train(
     say = Reporter(quiet=quiet)
     started = time.perf_counter()
 
-    splits = load_splits(loaded, say)
-    resolved = infer_features(splits.train, cfg.features)
+    splits, resolved = load_splits(loaded, say)
     image_columns = [f.name for f in resolved.inputs if f.type == "image"]
     data_fingerprint = fingerprint(
         pd.concat([splits.train, splits.val, splits.test], ignore_index=True),
@@ -151,9 +150,10 @@ def train(
     )
 
 
-def load_splits(loaded: LoadedConfig, say: Reporter) -> Splits:
-    """Read the data file(s) and split them: explicit val/test files win over fractions."""
-    from foundry.data import read_table, split_frame
+def load_splits(loaded: LoadedConfig, say: Reporter) -> tuple[Splits, Any]:
+    """Read the data file(s), infer feature types, and split: explicit val/test files win
+    over fractions. Classification targets are split stratified."""
+    from foundry.data import infer_features, read_table, split_frame
 
     data, target = loaded.config.data, loaded.config.features.target
     df = read_table(loaded.resolve(data.path), data.format, data.delimiter)
@@ -172,11 +172,10 @@ def load_splits(loaded: LoadedConfig, say: Reporter) -> Splits:
         "val": 0.0 if val is not None else split.val,
         "test": 0.0 if test is not None else split.test,
     }
-    if target not in df.columns:
-        # Let inference produce the detailed message (with suggestions).
-        stratify_on = None
-    else:
-        stratify_on = target if loaded.config.features.target_type != "number" else None
+    say.info(f"data: {data.path} ({len(df)} rows, {len(df.columns)} columns)")
+    # Types only (no statistics are fitted here), so looking at every row leaks nothing.
+    resolved = infer_features(df, loaded.config.features)
+    stratify_on = target if resolved.target_type != "number" else None
     train_df, val_df, test_df = split_frame(
         df, SplitConfig(**{**split.model_dump(), **fractions}), stratify_on
     )
@@ -185,12 +184,12 @@ def load_splits(loaded: LoadedConfig, say: Reporter) -> Splits:
             missing = sorted(set(df.columns) - set(frame.columns))
             if missing:
                 raise DataError(f"data.{name}: columns {missing} of data.path are missing there")
-    say.info(f"data: {data.path} ({len(df)} rows, {len(df.columns)} columns)")
-    return Splits(
+    splits = Splits(
         train=train_df,
         val=val if val is not None else val_df,
         test=test if test is not None else test_df,
     )
+    return splits, resolved
 
 
 def run_directory(loaded: LoadedConfig, run_dir: str | Path | None, resume: bool) -> Path:

@@ -431,12 +431,16 @@ def _cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
 # -------------------------------------------------------------------------- display
 
 
+# The per-epoch line shows these (plus the monitored metric); metrics.jsonl has everything.
+_SHOWN = ("train_loss", "val_loss", "val_accuracy", "val_f1_macro", "val_roc_auc", "val_rmse",
+          "val_r2")
+
+
 def _format_epoch(record: dict[str, Any], epochs: int, monitor: str, improved: bool) -> str:
     parts = [f"epoch {record['epoch']}/{epochs}"]
     for key, value in record.items():
-        if key in ("epoch", "seconds", "lr"):
-            continue
-        parts.append(f"{key} {value:.4g}")
+        if key in _SHOWN or key == monitor:
+            parts.append(f"{key} {value:.4g}")
     parts.append(f"lr {record['lr']:.3g}")
     parts.append(f"{record['seconds']:.1f}s")
     if improved:
