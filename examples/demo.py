@@ -1,11 +1,11 @@
 """`make demo`: the whole path on data that ships with our dependencies, as a user types it.
 
-    1. write the Palmer penguins table to demo-output/penguins.csv and split off new rows
-    2. foundry init      → a config with inferred feature types
-    3. foundry train     → progress, per-epoch metrics, early stopping, registry
-    4. foundry evaluate  → metrics on held-out rows
-    5. foundry predict   → predictions.csv
-    6. foundry models list / show
+1. write the Palmer penguins table to demo-output/penguins.csv and split off new rows
+2. foundry init      → a config with inferred feature types
+3. foundry train     → progress, per-epoch metrics, early stopping, registry
+4. foundry evaluate  → metrics on held-out rows
+5. foundry predict   → predictions.csv
+6. foundry models list / show
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def main() -> None:
     print(f"data: {OUT / 'penguins.csv'} (300 rows) and new_penguins.csv (44 rows)")
 
     foundry("init", "penguins.csv", "--target", "species", "--name", "penguins", "--force")
-    foundry("train", "config.yaml", "train.epochs=60", "train.batch_size=16",
-            "train.optimizer.lr=0.005")
+    foundry(
+        "train", "config.yaml", "train.epochs=60", "train.batch_size=16", "train.optimizer.lr=0.005"
+    )
     foundry("evaluate", "penguins:latest", "--data", "new_penguins.csv", "-o", "metrics.json")
     foundry("predict", "penguins:latest", "new_penguins.csv", "-o", "predictions.csv")
     foundry("models", "list")

@@ -23,7 +23,11 @@ def binary10(n: int = 2000) -> Path:
     from sklearn.datasets import make_classification
 
     x, y = make_classification(
-        n_samples=n, n_features=10, n_informative=6, n_redundant=2, class_sep=1.2,
+        n_samples=n,
+        n_features=10,
+        n_informative=6,
+        n_redundant=2,
+        class_sep=1.2,
         random_state=7,
     )
     df = pd.DataFrame(x.round(5), columns=[f"x{i}" for i in range(10)])
@@ -55,7 +59,7 @@ def digits() -> Path:
     if root.exists():
         return root
     bunch = load_digits()
-    for i, (pixels, label) in enumerate(zip(bunch.images, bunch.target)):
+    for i, (pixels, label) in enumerate(zip(bunch.images, bunch.target, strict=True)):
         folder = root / str(label)
         folder.mkdir(parents=True, exist_ok=True)
         # digits are 0..16 intensities; scale to 0..255 grayscale
@@ -94,12 +98,36 @@ def shapes(per_class: int = 200, size: int = 32) -> Path:
 def reviews(n: int = 1200) -> Path:
     """Short product reviews with a sentiment label, composed from phrase templates."""
     rng = np.random.default_rng(11)
-    good = ["great", "excellent", "love it", "works perfectly", "highly recommend",
-            "fantastic value", "very happy", "sturdy and well made", "five stars"]
-    bad = ["terrible", "broke after a week", "waste of money", "very disappointed",
-           "does not work", "poor quality", "would not buy again", "returned it", "awful"]
-    neutral = ["the box arrived on tuesday", "i bought it for my kitchen", "color is blue",
-               "shipping took three days", "it is the second one i own", "fits in a drawer"]
+    good = [
+        "great",
+        "excellent",
+        "love it",
+        "works perfectly",
+        "highly recommend",
+        "fantastic value",
+        "very happy",
+        "sturdy and well made",
+        "five stars",
+    ]
+    bad = [
+        "terrible",
+        "broke after a week",
+        "waste of money",
+        "very disappointed",
+        "does not work",
+        "poor quality",
+        "would not buy again",
+        "returned it",
+        "awful",
+    ]
+    neutral = [
+        "the box arrived on tuesday",
+        "i bought it for my kitchen",
+        "color is blue",
+        "shipping took three days",
+        "it is the second one i own",
+        "fits in a drawer",
+    ]
     rows = []
     for _ in range(n):
         positive = bool(rng.integers(0, 2))
@@ -109,7 +137,9 @@ def reviews(n: int = 1200) -> Path:
         if rng.random() < 0.05:
             positive = not positive
         rng.shuffle(words)
-        rows.append({"review": ", ".join(words), "sentiment": "positive" if positive else "negative"})
+        rows.append(
+            {"review": ", ".join(words), "sentiment": "positive" if positive else "negative"}
+        )
     return _write_csv(pd.DataFrame(rows), "reviews.csv")
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -35,8 +34,8 @@ def init(
     data: Path = typer.Argument(..., help="CSV / Parquet / JSONL file or image folder."),
     target: str = typer.Option(..., "--target", "-t", help="Column to predict."),
     output: Path = typer.Option(Path("config.yaml"), "--output", "-o", help="Config to write."),
-    name: Optional[str] = typer.Option(None, help="Model name (default: the data file's stem)."),
-    model: Optional[str] = typer.Option(None, help="mlp, cnn or text (default: from the inputs)."),
+    name: str | None = typer.Option(None, help="Model name (default: the data file's stem)."),
+    model: str | None = typer.Option(None, help="mlp, cnn or text (default: from the inputs)."),
     force: bool = typer.Option(False, help="Overwrite an existing config."),
 ) -> None:
     """Write a config with inferred feature types for DATA."""
@@ -49,11 +48,15 @@ def init(
 @app.command(context_settings={"allow_extra_args": False})
 def train(
     config: Path = typer.Argument(..., help="Config YAML."),
-    overrides: Optional[list[str]] = typer.Argument(
+    overrides: list[str] | None = typer.Argument(
         None, help="Overrides like train.optimizer.lr=3e-4 model.layers=[64,32]."
     ),
-    resume: bool = typer.Option(False, help="Continue the newest unfinished run from its checkpoint."),
-    run_dir: Optional[Path] = typer.Option(None, help="Run directory (default: output_dir/NAME-TIME)."),
+    resume: bool = typer.Option(
+        False, help="Continue the newest unfinished run from its checkpoint."
+    ),
+    run_dir: Path | None = typer.Option(
+        None, help="Run directory (default: output_dir/NAME-TIME)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
@@ -64,8 +67,16 @@ def train(
         config, overrides or [], resume=resume, run_dir=run_dir, quiet=quiet or json_out
     )
     if json_out:
-        _out(json.dumps({"model": result.model_ref, "run_dir": str(result.run_dir),
-                         "metrics": result.metrics, "best_epoch": result.best_epoch}))
+        _out(
+            json.dumps(
+                {
+                    "model": result.model_ref,
+                    "run_dir": str(result.run_dir),
+                    "metrics": result.metrics,
+                    "best_epoch": result.best_epoch,
+                }
+            )
+        )
     else:
         _out(f"{result.model_ref}  run: {result.run_dir}")
 
@@ -73,7 +84,7 @@ def train(
 @app.command("run")
 def run_cmd(
     config: Path = typer.Argument(..., help="Config YAML."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key.path=value overrides."),
+    overrides: list[str] | None = typer.Argument(None, help="key.path=value overrides."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Run the whole pipeline a config describes (today: train → evaluate → register)."""
@@ -84,7 +95,7 @@ def run_cmd(
 def evaluate(
     model: str = typer.Argument(..., help="Model reference: name, name:latest or name:VERSION."),
     data: Path = typer.Option(..., "--data", "-d", help="Labelled data file."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write metrics.json here."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write metrics.json here."),
     json_out: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
 ) -> None:
     """Compute metrics of MODEL on a labelled data file."""
@@ -100,7 +111,9 @@ def evaluate(
     from foundry.predictor import load
 
     console = Console()
-    console.print(metrics_table(result.metrics, title=f"{result.model_ref} on {data} ({result.rows} rows)"))
+    console.print(
+        metrics_table(result.metrics, title=f"{result.model_ref} on {data} ({result.rows} rows)")
+    )
     if "confusion_matrix" in result.metrics:
         console.print(confusion_table(result.metrics["confusion_matrix"], load(model).task.classes))
     if output:
@@ -111,7 +124,9 @@ def evaluate(
 def predict(
     model: str = typer.Argument(..., help="Model reference: name, name:latest or name:VERSION."),
     data: Path = typer.Argument(..., help="CSV / Parquet / JSONL file or image folder."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="CSV/Parquet/JSONL to write; stdout when absent."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="CSV/Parquet/JSONL to write; stdout when absent."
+    ),
 ) -> None:
     """Predict every row of DATA with MODEL."""
     from foundry.data import read_table
@@ -147,8 +162,13 @@ def models_list(json_out: bool = typer.Option(False, "--json")) -> None:
     for col in ("name", "latest", "task", "created (UTC)", "key metric"):
         table.add_column(col)
     for r in records:
-        table.add_row(r.name, str(r.version), r.task or "", r.created_at.strftime("%Y-%m-%d %H:%M"),
-                      _key_metric(r.metrics))
+        table.add_row(
+            r.name,
+            str(r.version),
+            r.task or "",
+            r.created_at.strftime("%Y-%m-%d %H:%M"),
+            _key_metric(r.metrics),
+        )
     Console().print(table)
 
 
@@ -168,7 +188,17 @@ def models_show(
     if json_out:
         _out(json.dumps(info, default=str))
         return
-    for key in ("ref", "path", "created_at", "task", "parent", "fingerprint", "size_bytes", "versions", "lineage"):
+    for key in (
+        "ref",
+        "path",
+        "created_at",
+        "task",
+        "parent",
+        "fingerprint",
+        "size_bytes",
+        "versions",
+        "lineage",
+    ):
         _out(f"{key:>12}: {info[key]}")
     for key, value in record.metrics.items():
         if isinstance(value, float):
@@ -185,9 +215,16 @@ def config_docs() -> None:
 
 def _record_json(r) -> dict:
     return {
-        "ref": r.ref, "name": r.name, "version": r.version, "path": str(r.path),
-        "created_at": r.created_at.isoformat(), "task": r.task, "parent": r.parent,
-        "fingerprint": r.fingerprint, "size_bytes": r.size_bytes, "metrics": r.metrics,
+        "ref": r.ref,
+        "name": r.name,
+        "version": r.version,
+        "path": str(r.path),
+        "created_at": r.created_at.isoformat(),
+        "task": r.task,
+        "parent": r.parent,
+        "fingerprint": r.fingerprint,
+        "size_bytes": r.size_bytes,
+        "metrics": r.metrics,
     }
 
 

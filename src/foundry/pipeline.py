@@ -157,7 +157,11 @@ def load_splits(loaded: LoadedConfig, say: Reporter) -> tuple[Splits, Any]:
 
     data, target = loaded.config.data, loaded.config.features.target
     df = read_table(loaded.resolve(data.path), data.format, data.delimiter)
-    val = read_table(loaded.resolve(data.val_path), data.format, data.delimiter) if data.val_path else None
+    val = (
+        read_table(loaded.resolve(data.val_path), data.format, data.delimiter)
+        if data.val_path
+        else None
+    )
     test = (
         read_table(loaded.resolve(data.test_path), data.format, data.delimiter)
         if data.test_path
@@ -223,8 +227,10 @@ def image_augmenter(cfg: FoundryConfig, resolved: Any):
     from foundry.data import augment_images
 
     images = [
-        f for f in resolved.inputs
-        if f.type == "image" and (f.image.augment.flip or f.image.augment.crop or f.image.augment.rotate)
+        f
+        for f in resolved.inputs
+        if f.type == "image"
+        and (f.image.augment.flip or f.image.augment.crop or f.image.augment.rotate)
     ]
     if not images:
         return None
@@ -294,7 +300,8 @@ def model_card(cfg: FoundryConfig, manifest: dict[str, Any], metrics: dict[str, 
         f"- fingerprint: `{manifest['fingerprint']}`",
         f"- rows: train {rows['train']}, val {rows['val']}, test {rows['test']}",
         f"- target: `{manifest['features']['target']}` ({manifest['task']['task']})",
-        f"- inputs: {', '.join(f['name'] + ' (' + f['type'] + ')' for f in manifest['features']['inputs'])}",
+        "- inputs: "
+        + ", ".join(f"{f['name']} ({f['type']})" for f in manifest["features"]["inputs"]),
         "",
         "## Model",
         f"- architecture: `{cfg.model.type}`",

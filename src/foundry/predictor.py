@@ -52,7 +52,9 @@ class Predictor:
         try:
             model.load_state_dict(package.weights)
         except RuntimeError as exc:
-            raise ModelError(f"{package.path}/model.safetensors does not fit the model: {exc}")
+            raise ModelError(
+                f"{package.path}/model.safetensors does not fit the model: {exc}"
+            ) from None
         model.eval()
         name = manifest.get("name", config.name)
         return cls(model, preprocessor, task, manifest, ref or f"{name}:{manifest.get('version')}")

@@ -29,15 +29,33 @@ def test_minimal_config_fills_documented_defaults():
     [
         ({"trian": {}}, "unknown key 'trian'; did you mean 'train'?"),
         ({"train": {"optimzer": {}}}, "unknown key 'train.optimzer'; did you mean 'optimizer'?"),
-        ({"model": {"type": "cnn", "layrs": [8]}}, "unknown key 'model.layrs'; did you mean 'layers'?"),
-        ({"train": {"optimizer": {"lr": -1}}}, "train.optimizer.lr: Input should be greater than 0"),
-        ({"train": {"optimizer": {"type": "adm"}}}, "'sgd', 'adagrad', 'rmsprop', 'adam' or 'adamw'"),
+        (
+            {"model": {"type": "cnn", "layrs": [8]}},
+            "unknown key 'model.layrs'; did you mean 'layers'?",
+        ),
+        (
+            {"train": {"optimizer": {"lr": -1}}},
+            "train.optimizer.lr: Input should be greater than 0",
+        ),
+        (
+            {"train": {"optimizer": {"type": "adm"}}},
+            "'sgd', 'adagrad', 'rmsprop', 'adam' or 'adamw'",
+        ),
         ({"model": {"type": "rnn"}}, "model.type: unknown model type (allowed: mlp, cnn, text)"),
         ({"train": {"epochs": "many"}}, "train.epochs: Input should be a valid integer"),
         ({"data": {"path": "x", "split": {"train": 0.5}}}, "must sum to 1"),
         ({"train": {"optimizer": {"type": "adam", "nesterov": True}}}, "nesterov needs type: sgd"),
-        ({"model": {"type": "text", "encoder": "transformer", "embedding_dim": 30, "num_heads": 4}},
-         "divisible by num_heads"),
+        (
+            {
+                "model": {
+                    "type": "text",
+                    "encoder": "transformer",
+                    "embedding_dim": 30,
+                    "num_heads": 4,
+                }
+            },
+            "divisible by num_heads",
+        ),
     ],
 )
 def test_bad_values_name_the_key_path(section, expected):
@@ -105,8 +123,15 @@ def test_config_is_frozen():
 
 def test_generated_docs_cover_every_section_and_field():
     text = config_markdown()
-    for section in ("`data`", "`data.split`", "`features`", "`train.optimizer`",
-                    "`train.scheduler`", "`model (type: cnn)`", "`model (type: text)`"):
+    for section in (
+        "`data`",
+        "`data.split`",
+        "`features`",
+        "`train.optimizer`",
+        "`train.scheduler`",
+        "`model (type: cnn)`",
+        "`model (type: text)`",
+    ):
         assert f"## {section}" in text
     # every field of every model section has a documented row
     for name, field in FoundryConfig.model_fields.items():

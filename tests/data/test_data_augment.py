@@ -68,6 +68,7 @@ def test_quarter_turn_matches_rot90(h: int, w: int) -> None:
     y = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
     if h == w:
         assert torch.equal(y[0, 0], torch.rot90(x[0, 0], -1)) or torch.equal(
-            y[0, 0], torch.rot90(x[0, 0], 1))
+            y[0, 0], torch.rot90(x[0, 0], 1)
+        )
     else:
         assert (y > 0).sum() == min(h, w) ** 2  # a rotated rectangle, not a sheared one

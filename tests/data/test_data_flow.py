@@ -23,13 +23,15 @@ def test_csv_to_tensors(tmp_path: Path, png, rng: np.random.Generator) -> None:
     n = 40
     for i in range(n):
         png(tmp_path / "img" / f"{i}.png", int(i * 6), size=(4, 4), mode="L")
-    pd.DataFrame({
-        "size": rng.normal(size=n),
-        "shade": rng.choice(["light", "dark", "mid"], n),
-        "note": [" ".join(rng.choice(["big", "small", "round", "flat"], 4)) for _ in range(n)],
-        "picture": [f"img/{i}.png" for i in range(n)],
-        "kind": np.where(np.arange(n) % 2 == 0, "odd", "even"),
-    }).to_csv(tmp_path / "data.csv", index=False)
+    pd.DataFrame(
+        {
+            "size": rng.normal(size=n),
+            "shade": rng.choice(["light", "dark", "mid"], n),
+            "note": [" ".join(rng.choice(["big", "small", "round", "flat"], 4)) for _ in range(n)],
+            "picture": [f"img/{i}.png" for i in range(n)],
+            "kind": np.where(np.arange(n) % 2 == 0, "odd", "even"),
+        }
+    ).to_csv(tmp_path / "data.csv", index=False)
 
     df = read_table(tmp_path / "data.csv")
     resolved = infer_features(df, FeaturesConfig(target="kind"))

@@ -13,18 +13,20 @@ N = 60
 
 def mixed_frame() -> pd.DataFrame:
     rng = np.random.default_rng(0)
-    return pd.DataFrame({
-        "age": rng.normal(40, 10, N),
-        "count": rng.integers(0, 5, N),  # few distinct ints: still a number
-        "smoker": rng.choice(["yes", "no"], N),
-        "flag": rng.choice([True, False], N),
-        "color": rng.choice(["red", "green", "blue"], N),
-        "review": [f"this product was great number {i} would buy again" for i in range(N)],
-        "photo": [f"imgs/{i}.JPG" for i in range(N)],
-        "user_id": [f"u{i:05d}" for i in range(N)],
-        "row": np.arange(N),
-        "label": rng.choice(["a", "b", "c"], N),
-    })
+    return pd.DataFrame(
+        {
+            "age": rng.normal(40, 10, N),
+            "count": rng.integers(0, 5, N),  # few distinct ints: still a number
+            "smoker": rng.choice(["yes", "no"], N),
+            "flag": rng.choice([True, False], N),
+            "color": rng.choice(["red", "green", "blue"], N),
+            "review": [f"this product was great number {i} would buy again" for i in range(N)],
+            "photo": [f"imgs/{i}.JPG" for i in range(N)],
+            "user_id": [f"u{i:05d}" for i in range(N)],
+            "row": np.arange(N),
+            "label": rng.choice(["a", "b", "c"], N),
+        }
+    )
 
 
 def test_infer_type_rules() -> None:
@@ -48,15 +50,23 @@ def test_infer_features_skips_ids_and_excluded() -> None:
     assert "'user_id'" in skipped and "'row'" in skipped
     assert isinstance(r, ResolvedFeatures)
     types = {f.name: f.type for f in r.inputs}
-    assert types == {"age": "number", "count": "number", "smoker": "binary", "flag": "binary",
-                     "color": "category", "review": "text"}
+    assert types == {
+        "age": "number",
+        "count": "number",
+        "smoker": "binary",
+        "flag": "binary",
+        "color": "category",
+        "review": "text",
+    }
     assert r.target == "label" and r.target_type == "category"
 
 
 def test_given_inputs_keep_settings_and_fill_types() -> None:
     df = mixed_frame()
-    given = [FeatureConfig(name="color", category={"min_frequency": 3}),
-             FeatureConfig(name="age", type="category")]
+    given = [
+        FeatureConfig(name="color", category={"min_frequency": 3}),
+        FeatureConfig(name="age", type="category"),
+    ]
     r = infer_features(df, FeaturesConfig(target="smoker", inputs=given))
     assert [(f.name, f.type) for f in r.inputs] == [("color", "category"), ("age", "category")]
     assert r.inputs[0].category.min_frequency == 3
@@ -65,8 +75,9 @@ def test_given_inputs_keep_settings_and_fill_types() -> None:
 
 def test_target_types() -> None:
     x = np.random.default_rng(0).normal(size=30)
-    df = pd.DataFrame({"x": x, "reg": np.linspace(0, 1, 30), "digit": np.arange(30) % 4,
-                       "s": ["1.5", "2"] * 15})
+    df = pd.DataFrame(
+        {"x": x, "reg": np.linspace(0, 1, 30), "digit": np.arange(30) % 4, "s": ["1.5", "2"] * 15}
+    )
     assert infer_features(df, FeaturesConfig(target="reg")).target_type == "number"
     assert infer_features(df, FeaturesConfig(target="digit")).target_type == "category"
     forced = FeaturesConfig(target="digit", target_type="number")

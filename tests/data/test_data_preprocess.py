@@ -29,11 +29,22 @@ def round_trip(pre: Preprocessor) -> Preprocessor:
 
 
 def test_number_normalisations_and_fill() -> None:
-    df = pd.DataFrame({"a": [1.0, 2.0, 3.0, np.nan], "b": [0.0, 5.0, 10.0, 5.0],
-                       "c": [7.0, 7.0, 7.0, 7.0], "y": ["p", "q", "p", "q"]})
-    pre = Preprocessor.fit(df, resolved(num("a", missing="median"),
-                                        num("b", normalization="minmax"),
-                                        num("c", normalization="standard")))
+    df = pd.DataFrame(
+        {
+            "a": [1.0, 2.0, 3.0, np.nan],
+            "b": [0.0, 5.0, 10.0, 5.0],
+            "c": [7.0, 7.0, 7.0, 7.0],
+            "y": ["p", "q", "p", "q"],
+        }
+    )
+    pre = Preprocessor.fit(
+        df,
+        resolved(
+            num("a", missing="median"),
+            num("b", normalization="minmax"),
+            num("c", normalization="standard"),
+        ),
+    )
     x = pre.transform(df)["numeric"]
     assert x.dtype == torch.float32 and x.shape == (4, 3)
     std = np.std([1.0, 2.0, 3.0])
@@ -68,23 +79,27 @@ def test_number_errors() -> None:
 
 
 def test_binary_inputs() -> None:
-    train = pd.DataFrame({"s": ["yes", "no", "yes"], "b": [True, False, True],
-                          "y": ["p", "q", "p"]})
+    train = pd.DataFrame(
+        {"s": ["yes", "no", "yes"], "b": [True, False, True], "y": ["p", "q", "p"]}
+    )
     pre = Preprocessor.fit(train, resolved(cat("s", "binary"), cat("b", "binary")))
     test = pd.DataFrame({"s": ["no", "maybe", None], "b": [False, True, None]})
     x = pre.transform(test, with_target=False)["numeric"].numpy()
     np.testing.assert_array_equal(x[:, 0], [0.0, 0.5, 0.5])  # no < yes; unseen/missing 0.5
     np.testing.assert_array_equal(x[:, 1], [0.0, 1.0, 0.5])
     with pytest.raises(DataError, match="binary column 's' has 3 distinct"):
-        Preprocessor.fit(pd.DataFrame({"s": ["a", "b", "c"], "y": [0, 1, 0]}),
-                         resolved(cat("s", "binary")))
+        Preprocessor.fit(
+            pd.DataFrame({"s": ["a", "b", "c"], "y": [0, 1, 0]}), resolved(cat("s", "binary"))
+        )
 
 
 def test_category_vocabulary_unknown_rare_and_missing() -> None:
-    train = pd.DataFrame({
-        "c": ["a", "a", "a", "b", "b", "rare", None, None],
-        "y": [0, 1, 0, 1, 0, 1, 0, 1],
-    })
+    train = pd.DataFrame(
+        {
+            "c": ["a", "a", "a", "b", "b", "rare", None, None],
+            "y": [0, 1, 0, 1, 0, 1, 0, 1],
+        }
+    )
     pre = Preprocessor.fit(train, resolved(cat("c", min_frequency=2)))
     # ranked by count then value: a (3), __missing__ (2), b (2); "rare" is dropped
     assert pre.schema.categorical == ["c"] and pre.schema.cardinalities == [4]
@@ -122,8 +137,10 @@ def test_classification_target() -> None:
     with pytest.raises(DataError, match="target column 'y' is missing in 1 row"):
         pre.transform(pd.DataFrame({"a": [1.0, 2.0], "y": [1, None]}))
 
-    binary = Preprocessor.fit(pd.DataFrame({"a": [1.0, 2.0], "y": ["yes", "no"]}),
-                              resolved(num("a"), target_type="binary"))
+    binary = Preprocessor.fit(
+        pd.DataFrame({"a": [1.0, 2.0], "y": ["yes", "no"]}),
+        resolved(num("a"), target_type="binary"),
+    )
     assert binary.task.task == "binary" and binary.task.classes == ["no", "yes"]
 
 
@@ -148,16 +165,27 @@ def test_missing_columns() -> None:
 
 def test_state_round_trip_is_bit_for_bit(rng: np.random.Generator) -> None:
     n = 50
-    df = pd.DataFrame({
-        "a": rng.normal(size=n), "b": rng.integers(0, 100, n).astype(float),
-        "s": rng.choice(["yes", "no"], n), "c": rng.choice(list("abcdefg"), n),
-        "t": [" ".join(rng.choice(["red", "fox", "jumps", "lazy", "dog"], 5)) for _ in range(n)],
-        "y": rng.normal(size=n),
-    })
+    df = pd.DataFrame(
+        {
+            "a": rng.normal(size=n),
+            "b": rng.integers(0, 100, n).astype(float),
+            "s": rng.choice(["yes", "no"], n),
+            "c": rng.choice(list("abcdefg"), n),
+            "t": [
+                " ".join(rng.choice(["red", "fox", "jumps", "lazy", "dog"], 5)) for _ in range(n)
+            ],
+            "y": rng.normal(size=n),
+        }
+    )
     df.loc[3, "a"] = np.nan
-    r = resolved(num("a"), num("b", normalization="minmax"), cat("s", "binary"), cat("c"),
-                 FeatureConfig(name="t", type="text", text={"max_length": 6}),
-                 target_type="number")
+    r = resolved(
+        num("a"),
+        num("b", normalization="minmax"),
+        cat("s", "binary"),
+        cat("c"),
+        FeatureConfig(name="t", type="text", text={"max_length": 6}),
+        target_type="number",
+    )
     pre = Preprocessor.fit(df, r)
     again = round_trip(pre)
     a, b = pre.transform(df), again.transform(df)

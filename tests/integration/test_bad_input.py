@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
-
 from tests.integration.support import adult_like, write_config
 
 
@@ -23,7 +22,9 @@ def assert_one_line_error(result, *needles: str) -> None:
 
 
 def test_missing_config_file(cli, tmp_path):
-    assert_one_line_error(cli("train", "nope.yaml", cwd=tmp_path), "config file not found", "nope.yaml")
+    assert_one_line_error(
+        cli("train", "nope.yaml", cwd=tmp_path), "config file not found", "nope.yaml"
+    )
 
 
 def test_missing_data_file(cli, tmp_path):
@@ -51,8 +52,12 @@ def test_unknown_target_column_suggests_a_close_name(cli, tmp_path):
 
 def test_unknown_input_column(cli, tmp_path):
     adult_like(100).to_csv(tmp_path / "d.csv", index=False)
-    write_config(tmp_path / "c.yaml", "d.csv", "income",
-                 features={"target": "income", "inputs": [{"name": "agee"}]})
+    write_config(
+        tmp_path / "c.yaml",
+        "d.csv",
+        "income",
+        features={"target": "income", "inputs": [{"name": "agee"}]},
+    )
     assert_one_line_error(cli("train", "c.yaml", cwd=tmp_path), "agee")
 
 
@@ -77,9 +82,13 @@ def test_nan_with_error_policy(cli, tmp_path):
     df.loc[3, "hours"] = np.nan
     df.to_csv(tmp_path / "d.csv", index=False)
     write_config(
-        tmp_path / "c.yaml", "d.csv", "income",
-        features={"target": "income",
-                  "inputs": [{"name": "hours", "type": "number", "number": {"missing": "error"}}]},
+        tmp_path / "c.yaml",
+        "d.csv",
+        "income",
+        features={
+            "target": "income",
+            "inputs": [{"name": "hours", "type": "number", "number": {"missing": "error"}}],
+        },
     )
     assert_one_line_error(cli("train", "c.yaml", cwd=tmp_path), "hours")
 
@@ -107,8 +116,11 @@ def test_wrong_config_types(cli, tmp_path):
 def test_bad_override(cli, tmp_path):
     adult_like(50).to_csv(tmp_path / "d.csv", index=False)
     write_config(tmp_path / "c.yaml", "d.csv", "income")
-    assert_one_line_error(cli("train", "c.yaml", "train.optimzer.lr=1", cwd=tmp_path),
-                          "train.optimzer", "did you mean 'optimizer'")
+    assert_one_line_error(
+        cli("train", "c.yaml", "train.optimzer.lr=1", cwd=tmp_path),
+        "train.optimzer",
+        "did you mean 'optimizer'",
+    )
 
 
 def test_model_that_does_not_exist(cli, tmp_path):

@@ -9,14 +9,17 @@ import sys
 import pandas as pd
 import pytest
 import yaml
+from tests.integration.support import adult_like, run_subprocess, write_config
 
 import foundry
-from tests.integration.support import adult_like, run_subprocess, write_config
 
 
 def test_help_does_not_import_torch_or_pandas():
     # `foundry --help` must answer fast: the CLI module imports no heavy library.
-    code = "import sys, foundry.cli; print(sorted(m for m in ('torch', 'pandas', 'sklearn') if m in sys.modules))"
+    code = (
+        "import sys, foundry.cli; "
+        "print(sorted(m for m in ('torch', 'pandas', 'sklearn') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -40,12 +43,18 @@ def test_init_train_evaluate_predict_models(cli, tmp_path):
     assert r.code == 0, r.err
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())
     types = {f["name"]: f["type"] for f in config["features"]["inputs"]}
-    assert types == {"age": "number", "hours": "number", "education": "category",
-                     "sex": "binary", "workclass": "category"}
+    assert types == {
+        "age": "number",
+        "hours": "number",
+        "education": "category",
+        "sex": "binary",
+        "workclass": "category",
+    }
     assert config["features"]["target_type"] == "binary"
 
-    r = cli("train", "config.yaml", "train.epochs=15", "train.batch_size=32", "--quiet",
-            cwd=tmp_path)
+    r = cli(
+        "train", "config.yaml", "train.epochs=15", "train.batch_size=32", "--quiet", cwd=tmp_path
+    )
     assert r.code == 0, r.err
     assert r.out.startswith("adult:1 ")
     run_dir = tmp_path / "runs"
@@ -89,9 +98,14 @@ def test_init_train_evaluate_predict_models(cli, tmp_path):
 def test_python_api_train_and_regression(tmp_path):
     df = adult_like(400)
     df.to_csv(tmp_path / "d.csv", index=False)
-    path = write_config(tmp_path / "c.yaml", "d.csv", "hours", name="hours",
-                        features={"target": "hours", "exclude": ["income"]},
-                        model={"type": "mlp", "layers": [16]})
+    path = write_config(
+        tmp_path / "c.yaml",
+        "d.csv",
+        "hours",
+        name="hours",
+        features={"target": "hours", "exclude": ["income"]},
+        model={"type": "mlp", "layers": [16]},
+    )
     run = foundry.train(path, ["train.epochs=3"], progress=False, quiet=True)
     assert run.model_ref == "hours:1"
     assert {"mse", "rmse", "mae", "r2"} <= set(run.metrics)
@@ -105,11 +119,22 @@ def test_make_demo_script_runs_end_to_end(tmp_path):
     # The demo writes under the repo; run a copy of the CLI flow it uses in tmp instead.
     df = adult_like(300)
     df.to_csv(tmp_path / "d.csv", index=False)
-    r = run_subprocess("init", "d.csv", "--target", "income", cwd=tmp_path,
-                       env={"FOUNDRY_HOME": str(tmp_path / "home")})
+    r = run_subprocess(
+        "init",
+        "d.csv",
+        "--target",
+        "income",
+        cwd=tmp_path,
+        env={"FOUNDRY_HOME": str(tmp_path / "home")},
+    )
     assert r.returncode == 0, r.stderr
-    r = run_subprocess("train", "config.yaml", "train.epochs=2", cwd=tmp_path,
-                       env={"FOUNDRY_HOME": str(tmp_path / "home")})
+    r = run_subprocess(
+        "train",
+        "config.yaml",
+        "train.epochs=2",
+        cwd=tmp_path,
+        env={"FOUNDRY_HOME": str(tmp_path / "home")},
+    )
     assert r.returncode == 0, r.stderr
     assert "registered d:1" in r.stderr
 
@@ -120,6 +145,17 @@ def test_public_functions_survive_subpackage_imports():
 
     assert callable(foundry.train) and callable(foundry.evaluate) and callable(foundry.load)
     assert sorted(foundry.__all__) == sorted(
-        ["ConfigError", "DataError", "FoundryError", "ModelError", "TrainError", "__version__",
-         "evaluate", "init", "load", "run", "train"]
+        [
+            "ConfigError",
+            "DataError",
+            "FoundryError",
+            "ModelError",
+            "TrainError",
+            "__version__",
+            "evaluate",
+            "init",
+            "load",
+            "run",
+            "train",
+        ]
     )

@@ -35,8 +35,9 @@ def make_data(name: str) -> None:
 def test_example_trains_and_learns(config, tmp_path):
     data, metric, threshold = CASES[config]
     make_data(data)
-    run = foundry.train(EXAMPLES / f"{config}.yaml", [f"output_dir={tmp_path}"],
-                        progress=False, quiet=True)
+    run = foundry.train(
+        EXAMPLES / f"{config}.yaml", [f"output_dir={tmp_path}"], progress=False, quiet=True
+    )
     assert run.metrics[metric] > threshold, run.metrics
     # the registered package predicts the same way the run evaluated
     assert foundry.load(run.model_ref).manifest["config"]["name"] == run.model_ref.split(":")[0]

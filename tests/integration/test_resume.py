@@ -10,27 +10,41 @@ import sys
 import time
 
 import pytest
-
 from tests.integration.support import adult_like, write_config
 
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     adult_like(6000, seed=3).to_csv(tmp_path / "d.csv", index=False)
-    train = {"epochs": 5, "batch_size": 16, "early_stopping": {"patience": None},
-             "scheduler": {"type": "cosine", "warmup_steps": 50}}
+    train = {
+        "epochs": 5,
+        "batch_size": 16,
+        "early_stopping": {"patience": None},
+        "scheduler": {"type": "cosine", "warmup_steps": 50},
+    }
     write_config(tmp_path / "c.yaml", "d.csv", "income", name="adult", train=train)
     env = {**os.environ, "FOUNDRY_HOME": str(tmp_path / "home")}
 
     def train_cmd(*extra: str) -> list[str]:
         return [sys.executable, "-m", "foundry", "train", "c.yaml", "--quiet", *extra]
 
-    subprocess.run(train_cmd("--run-dir", "runs/full"), cwd=tmp_path, env=env, check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        train_cmd("--run-dir", "runs/full"),
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     full = json.loads((tmp_path / "runs/full/metrics.json").read_text())
 
-    crashed = subprocess.Popen(train_cmd("--run-dir", "runs/crash"), cwd=tmp_path, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    crashed = subprocess.Popen(
+        train_cmd("--run-dir", "runs/crash"),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = tmp_path / "runs/crash/checkpoint/state.json"
     deadline = time.monotonic() + 300
     killed_after = None
@@ -49,12 +63,20 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     assert killed_after is not None, "the run finished before it could be killed"
     assert not (tmp_path / "runs/crash/metrics.json").exists()
 
-    resumed = subprocess.run(train_cmd("--resume", "--run-dir", "runs/crash"), cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        train_cmd("--resume", "--run-dir", "runs/crash"),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr
     after = json.loads((tmp_path / "runs/crash/metrics.json").read_text())
     for key in ("accuracy", "log_loss", "roc_auc"):
         assert after[key] == pytest.approx(full[key], abs=1e-4), key
-    epochs = [json.loads(line)["epoch"]
-              for line in (tmp_path / "runs/crash/metrics.jsonl").read_text().splitlines()]
+    epochs = [
+        json.loads(line)["epoch"]
+        for line in (tmp_path / "runs/crash/metrics.jsonl").read_text().splitlines()
+    ]
     assert epochs == [1, 2, 3, 4, 5]

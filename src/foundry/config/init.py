@@ -45,8 +45,12 @@ def init_config(
             "inputs": [{"name": f.name, "type": f.type} for f in resolved.inputs],
         },
         "model": {"type": model},
-        "train": {"epochs": 30, "batch_size": 128, "optimizer": {"type": "adam", "lr": 0.001},
-                  "early_stopping": {"metric": "val_loss", "patience": 5}},
+        "train": {
+            "epochs": 30,
+            "batch_size": 128,
+            "optimizer": {"type": "adam", "lr": 0.001},
+            "early_stopping": {"metric": "val_loss", "patience": 5},
+        },
     }
     header = (
         f"# Written by `foundry init {data} --target {target}`.\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,6 @@ from pydantic import BaseModel, ValidationError
 
 from foundry.config.schema import CNNConfig, FoundryConfig, MLPConfig, TextModelConfig
 from foundry.errors import ConfigError
-
 
 _ARCHS: dict[str, type[BaseModel]] = {"mlp": MLPConfig, "cnn": CNNConfig, "text": TextModelConfig}
 
@@ -125,10 +125,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         value = text
     # YAML 1.1 reads 3e-4 as a string; numbers are what users mean.
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            pass
     node = raw
     for part in parts[:-1]:
         child = node.get(part)

@@ -316,7 +316,6 @@ class EvaluateConfig(Section):
 class FoundryConfig(Section):
     """A whole pipeline: data → features → model → train → evaluate → registry."""
 
-
     name: str = Field("model", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Registry name of the trained model (letters, digits, `_`, `.`, `-`)."""
     description: str = ""

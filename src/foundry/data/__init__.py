@@ -1,10 +1,10 @@
 """Data: read a table, infer feature types, split, fingerprint, encode to tensors.
 
-    df = read_table(path)
-    resolved = infer_features(df, config.features)
-    train, val, test = split_frame(df, config.data.split, stratify_on=...)
-    pre = Preprocessor.fit(train, resolved, base_dir)
-    encoded = pre.transform(pre.prepare(train))      # dict[str, Tensor], see data/schema.py
+df = read_table(path)
+resolved = infer_features(df, config.features)
+train, val, test = split_frame(df, config.data.split, stratify_on=...)
+pre = Preprocessor.fit(train, resolved, base_dir)
+encoded = pre.transform(pre.prepare(train))      # dict[str, Tensor], see data/schema.py
 """
 
 from foundry.data.augment import augment_images

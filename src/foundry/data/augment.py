@@ -14,9 +14,7 @@ import torch.nn.functional as F
 from foundry.config.schema import AugmentConfig
 
 
-def augment_images(
-    x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
-) -> torch.Tensor:
+def augment_images(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Augment x: float [N, C, H, W] → float [N, C, H, W] (a new tensor unless all off).
 
     flip: each sample mirrored left-right with p = 0.5. crop: each sample shifted by a
@@ -41,8 +39,13 @@ def augment_images(
             u = torch.rand(n, generator=generator, device=gen_device).cpu().double()
             angle = (2 * u - 1) * math.radians(cfg.rotate)
         if cfg.crop > 0:
-            shift = torch.randint(-cfg.crop, cfg.crop + 1, (n, 2), generator=generator,
-                                  device=gen_device).cpu().double()
+            shift = (
+                torch.randint(
+                    -cfg.crop, cfg.crop + 1, (n, 2), generator=generator, device=gen_device
+                )
+                .cpu()
+                .double()
+            )
         theta = _affine(angle, shift, h, w).to(device=x.device, dtype=x.dtype)  # [N, 2, 3]
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # [N, H, W, 2]
         # Pure shifts land exactly on pixel centres: "nearest" copies pixels bit for bit.

@@ -119,9 +119,7 @@ def infer_features(df: pd.DataFrame, features: FeaturesConfig) -> ResolvedFeatur
 # ------------------------------------------------------------------------ helpers
 
 
-def _resolve_target_type(
-    col: pd.Series, name: str, forced: TargetType | None
-) -> TargetType:
+def _resolve_target_type(col: pd.Series, name: str, forced: TargetType | None) -> TargetType:
     values = col.dropna()
     n_distinct = values.nunique()
     if n_distinct < 2:
@@ -165,8 +163,10 @@ def _resolve_given_inputs(
             raise DataError(f"input column '{f.name}' not found; {_available(columns, f.name)}")
         if f.name == features.target:
             raise DataError(f"column '{f.name}' is the target and cannot also be an input")
-    return [f if f.type is not None else f.model_copy(update={"type": infer_type(df[f.name])})
-            for f in inputs]
+    return [
+        f if f.type is not None else f.model_copy(update={"type": infer_type(df[f.name])})
+        for f in inputs
+    ]
 
 
 def _infer_inputs(

@@ -66,8 +66,9 @@ def read_table(
 
 def _resolve_format(path: Path, format: str) -> str:
     if format not in ("auto", *FORMATS):
-        raise DataError(f"unknown data format '{format}' for {path}; use one of: auto, "
-                        + ", ".join(FORMATS))
+        raise DataError(
+            f"unknown data format '{format}' for {path}; use one of: auto, " + ", ".join(FORMATS)
+        )
     if format != "auto":
         return format
     if path.is_dir():
@@ -140,15 +141,12 @@ def read_image_folder(path: Path) -> pd.DataFrame:
         raise DataError(f"image folder not found or not a directory: {path}")
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise DataError(
-            f"image folder {path} has no class subfolders; expected class_name/*.png"
-        )
+        raise DataError(f"image folder {path} has no class subfolders; expected class_name/*.png")
     images: list[str] = []
     labels: list[str] = []
     for class_dir in classes:
         files = sorted(
-            p for p in class_dir.iterdir()
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            p for p in class_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
         )
         images.extend(str(p) for p in files)
         labels.extend([class_dir.name] * len(files))

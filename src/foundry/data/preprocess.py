@@ -74,8 +74,9 @@ class Preprocessor:
         _require_columns(df, [*resolved.input_names, resolved.target], "training data")
         df = drop_missing_rows(df, resolved)
         if len(df) == 0:
-            raise DataError("no training rows left after dropping rows with missing values "
-                            "(missing: drop_row)")
+            raise DataError(
+                "no training rows left after dropping rows with missing values (missing: drop_row)"
+            )
         encoders = [_fit_encoder(df[f.name], f, base_dir) for f in resolved.inputs]
         target = TargetEncoder.fit(df[resolved.target], resolved.target, resolved.target_type)
         return cls(resolved, encoders, target, base_dir)
@@ -152,8 +153,10 @@ class Preprocessor:
     def from_state(cls, state: dict[str, Any], base_dir: Path | None = None) -> Preprocessor:
         """Rebuild a fitted preprocessor; `transform` then gives identical tensors."""
         if state.get("format") != STATE_FORMAT:
-            raise DataError(f"preprocessing state format {state.get('format')!r} is not "
-                            f"supported (expected {STATE_FORMAT})")
+            raise DataError(
+                f"preprocessing state format {state.get('format')!r} is not "
+                f"supported (expected {STATE_FORMAT})"
+            )
         encoders: list[Encoder] = []
         for entry in state["encoders"]:
             d = {k: v for k, v in entry.items() if k != "kind"}
@@ -213,5 +216,6 @@ def _fit_encoder(col: pd.Series, f: FeatureConfig, base_dir: Path | None) -> Enc
 def _require_columns(df: pd.DataFrame, names: list[str], what: str) -> None:
     missing = [n for n in names if n not in df.columns]
     if missing:
-        raise DataError(f"{what} is missing column(s) {missing}; it has "
-                        f"{[str(c) for c in df.columns]}")
+        raise DataError(
+            f"{what} is missing column(s) {missing}; it has {[str(c) for c in df.columns]}"
+        )

@@ -432,8 +432,15 @@ def _cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 # The per-epoch line shows these (plus the monitored metric); metrics.jsonl has everything.
-_SHOWN = ("train_loss", "val_loss", "val_accuracy", "val_f1_macro", "val_roc_auc", "val_rmse",
-          "val_r2")
+_SHOWN = (
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "val_f1_macro",
+    "val_roc_auc",
+    "val_rmse",
+    "val_r2",
+)
 
 
 def _format_epoch(record: dict[str, Any], epochs: int, monitor: str, improved: bool) -> str:

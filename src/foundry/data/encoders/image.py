@@ -54,9 +54,16 @@ class ImageEncoder:
                 channels = channels or (1 if first.mode in GRAY_MODES else 3)
                 height = height or first.height
                 width = width or first.width
-        enc = cls(name=name, channels=channels, height=height, width=width,
-                  normalization=config.normalization, mean=[0.0] * channels,
-                  std=[1.0] * channels, base_dir=base_dir)
+        enc = cls(
+            name=name,
+            channels=channels,
+            height=height,
+            width=width,
+            normalization=config.normalization,
+            mean=[0.0] * channels,
+            std=[1.0] * channels,
+            base_dir=base_dir,
+        )
         if config.normalization == "standard":
             mean, std = enc._pixel_stats(paths)
             enc = replace(enc, mean=mean, std=std)

@@ -25,8 +25,13 @@ class TargetEncoder:
 
     @property
     def info(self) -> TaskInfo:
-        return TaskInfo(target=self.name, task=self.task, classes=list(self.classes),  # type: ignore[arg-type]
-                        target_mean=self.mean, target_std=self.std)
+        return TaskInfo(
+            target=self.name,
+            task=self.task,
+            classes=list(self.classes),  # type: ignore[arg-type]
+            target_mean=self.mean,
+            target_std=self.std,
+        )
 
     @classmethod
     def fit(cls, col: pd.Series, name: str, target_type: str) -> TargetEncoder:
@@ -34,15 +39,23 @@ class TargetEncoder:
         if target_type == "number":
             y = to_float(col, name)
             std = float(y.std())
-            return cls(name=name, task="regression", classes=[], mean=float(y.mean()),
-                       std=std if std > 0 else 1.0)
+            return cls(
+                name=name,
+                task="regression",
+                classes=[],
+                mean=float(y.mean()),
+                std=std if std > 0 else 1.0,
+            )
         classes = sort_keys([str(k) for k in category_keys(col).unique()])
         if len(classes) < 2:
-            raise DataError(f"target column '{name}' has only one class ({classes[0]!r}) in "
-                            "the training rows")
+            raise DataError(
+                f"target column '{name}' has only one class ({classes[0]!r}) in the training rows"
+            )
         if target_type == "binary" and len(classes) != 2:
-            raise DataError(f"target_type 'binary' needs 2 classes, target column '{name}' "
-                            f"has {len(classes)} in the training rows")
+            raise DataError(
+                f"target_type 'binary' needs 2 classes, target column '{name}' "
+                f"has {len(classes)} in the training rows"
+            )
         task = "binary" if len(classes) == 2 else "multiclass"
         return cls(name=name, task=task, classes=classes, mean=0.0, std=1.0)
 

@@ -30,14 +30,18 @@ def build_tokenizer(config: TextPreprocessing) -> tuple[Tokenizer, trainers.Trai
     if config.tokenizer == "word":
         tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
         trainer = trainers.WordLevelTrainer(
-            vocab_size=config.vocab_size, min_frequency=config.min_frequency,
-            special_tokens=special, show_progress=False,
+            vocab_size=config.vocab_size,
+            min_frequency=config.min_frequency,
+            special_tokens=special,
+            show_progress=False,
         )
     else:
         tokenizer = Tokenizer(models.BPE(unk_token=UNK))
         trainer = trainers.BpeTrainer(
-            vocab_size=config.vocab_size, min_frequency=config.min_frequency,
-            special_tokens=special, show_progress=False,
+            vocab_size=config.vocab_size,
+            min_frequency=config.min_frequency,
+            special_tokens=special,
+            show_progress=False,
         )
     if config.lowercase:
         tokenizer.normalizer = normalizers.Lowercase()
@@ -77,10 +81,14 @@ class TextEncoder:
         return ids.reshape(len(encodings), self.max_length)
 
     def state(self) -> dict[str, Any]:
-        return {"name": self.name, "tokenizer": self.tokenizer.to_str(),
-                "max_length": self.max_length}
+        return {
+            "name": self.name,
+            "tokenizer": self.tokenizer.to_str(),
+            "max_length": self.max_length,
+        }
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> TextEncoder:
-        return cls(name=d["name"], tokenizer=Tokenizer.from_str(d["tokenizer"]),
-                   max_length=d["max_length"])
+        return cls(
+            name=d["name"], tokenizer=Tokenizer.from_str(d["tokenizer"]), max_length=d["max_length"]
+        )
