@@ -34,6 +34,7 @@ demo: $(VENV)/.installed
 	$(PY) examples/demo.py
 
 test: $(VENV)/.installed-dev
+	$(PY) -m ruff check src tests benchmarks examples
 	$(PY) -m pytest -q tests
 
 lint: $(VENV)/.installed-dev
