@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from tests.integration.support import adult_like, write_config
 
 import foundry
-from tests.integration.support import adult_like, write_config
 
 
 def bars_folder(root, n_per_class: int = 30, size: int = 12) -> None:
