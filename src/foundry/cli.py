@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import typer
@@ -188,21 +189,24 @@ def models_show(
     if json_out:
         _out(json.dumps(info, default=str))
         return
-    for key in (
-        "ref",
-        "path",
-        "created_at",
-        "task",
-        "parent",
-        "fingerprint",
-        "size_bytes",
-        "versions",
-        "lineage",
-    ):
-        _out(f"{key:>12}: {info[key]}")
-    for key, value in record.metrics.items():
-        if isinstance(value, float):
-            _out(f"{key:>12}: {value:.4f}")
+    rows = [
+        (k, info[k])
+        for k in (
+            "ref",
+            "path",
+            "created_at",
+            "task",
+            "parent",
+            "fingerprint",
+            "size_bytes",
+            "versions",
+            "lineage",
+        )
+    ]
+    rows += [(k, f"{v:.4f}") for k, v in record.metrics.items() if isinstance(v, float)]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        _out(f"{key:>{width}}: {value}")
 
 
 @app.command("config-docs")
@@ -235,11 +239,17 @@ def _key_metric(metrics: dict) -> str:
     return ""
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (a skipped ID column, an unstratified split) as one plain line each."""
+    typer.echo(f"warning: {message}", err=True)
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2; never a traceback.
 
     Usage errors (a missing argument, an unknown option) are click's, printed with usage.
     """
+    warnings.showwarning = _show_warning
     try:
         app()
     except FoundryError as exc:
