@@ -313,6 +313,97 @@ class EvaluateConfig(Section):
     """Which split the final metrics are computed on."""
 
 
+# -------------------------------------------------------------------------- serve
+
+
+class PlanConfig(Section):
+    """What a customer on this plan pays and may do. Money is integer cents."""
+
+    price_cents: int = Field(0, ge=0)
+    """Monthly price in cents (4900 = $49.00)."""
+    included_units: int = Field(1000, ge=0)
+    """Units (records predicted; tokens for language models) included per period."""
+    overage_cents_per_1k: int = Field(0, ge=0)
+    """Price of 1,000 units beyond the included ones, in cents (rounded up per period)."""
+    hard_limit: bool = False
+    """Refuse requests beyond `included_units` (429 `quota_exceeded`) instead of billing
+    overage."""
+    requests_per_minute: int = Field(60, ge=1)
+    """Token-bucket rate limit per key (bursts up to this many)."""
+    max_records_per_request: int = Field(100, ge=1)
+    """Largest list of records one predict request may carry (413 beyond)."""
+    models: list[str] | None = None
+    """Models keys on this plan may call; `None` allows every served model."""
+    expires_days: int | None = Field(None, ge=1)
+    """Keys on this plan expire this many days after creation (trials)."""
+
+
+BUILTIN_PLANS: dict[str, PlanConfig] = {
+    "trial": PlanConfig(
+        price_cents=0,
+        included_units=1_000,
+        hard_limit=True,
+        requests_per_minute=60,
+        max_records_per_request=100,
+        expires_days=14,
+    ),
+    "starter": PlanConfig(
+        price_cents=4_900,
+        included_units=100_000,
+        overage_cents_per_1k=50,
+        requests_per_minute=600,
+        max_records_per_request=500,
+    ),
+    "pro": PlanConfig(
+        price_cents=19_900,
+        included_units=1_000_000,
+        overage_cents_per_1k=30,
+        requests_per_minute=3_000,
+        max_records_per_request=1_000,
+    ),
+    "enterprise": PlanConfig(
+        price_cents=99_900,
+        included_units=10_000_000,
+        overage_cents_per_1k=10,
+        requests_per_minute=20_000,
+        max_records_per_request=5_000,
+    ),
+}
+
+
+class BatchingConfig(Section):
+    enabled: bool = True
+    """Coalesce concurrent requests for a model into one forward pass."""
+    max_batch_size: int = Field(64, ge=1)
+    """Most records in one forward pass."""
+    max_wait_ms: float = Field(2.0, ge=0)
+    """Longest a request waits for others to join its batch."""
+
+
+class ServeConfig(Section):
+    host: str = "127.0.0.1"
+    """Interface to bind (127.0.0.1 keeps the API on this machine)."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port."""
+    workers: int = Field(1, ge=1)
+    """uvicorn worker processes; they share the database, so quotas hold across them."""
+    models: list[str] = []
+    """Model references to serve (`name`, `name:3`); the CLI arguments add to these."""
+    batching: BatchingConfig = BatchingConfig()
+    """Dynamic batching defaults for every model."""
+    model_batching: dict[str, BatchingConfig] = {}
+    """Per-model batching settings, by model name."""
+    plans: dict[str, PlanConfig] = {}
+    """Plans by name; these replace or add to the built-ins trial, starter, pro, enterprise."""
+    max_body_bytes: int = Field(1_000_000, ge=1)
+    """Largest request body accepted (413 beyond)."""
+    rotate_grace_hours: float = Field(24.0, ge=0)
+    """After `foundry keys rotate`, the old key keeps working this long."""
+
+    def all_plans(self) -> dict[str, PlanConfig]:
+        return {**BUILTIN_PLANS, **self.plans}
+
+
 class FoundryConfig(Section):
     """A whole pipeline: data → features → model → train → evaluate → registry."""
 
@@ -330,5 +421,7 @@ class FoundryConfig(Section):
     """Training loop settings."""
     evaluate: EvaluateConfig = EvaluateConfig()
     """Final evaluation settings."""
+    serve: ServeConfig = ServeConfig()
+    """How `foundry serve` exposes models: batching, plans, limits."""
     output_dir: str = "runs"
     """Folder for run directories (checkpoints, metrics.jsonl); relative to the config."""
