@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from foundry.errors import FoundryError
+from foundry.serve.cli_admin import keys_app, usage_app
 
 app = typer.Typer(
     name="foundry",
@@ -24,6 +25,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Browse the model registry.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(keys_app, name="keys")
+app.add_typer(usage_app, name="usage")
 
 
 def _out(text: str) -> None:

@@ -40,16 +40,15 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
-    create_engine,
     delete,
-    event,
     func,
     select,
 )
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from foundry.db import create_db_engine, database_url, safe_url, sqlite_file
+from foundry.db import default_home as default_home  # re-exported: foundry.registry API
 from foundry.errors import ModelError
 from foundry.registry.package import (
     TMP_PREFIX,
@@ -63,13 +62,6 @@ from foundry.registry.refs import format_ref, is_package_dir, parse_ref, validat
 # Each attempt loses a race to another writer that then holds a version, so with fewer
 # than this many concurrent writers on one name an attempt is bound to succeed.
 _MAX_ATTEMPTS = 100
-# Seconds SQLite waits for another writer's lock before "database is locked".
-_SQLITE_BUSY_TIMEOUT_S = 30
-
-
-def default_home() -> Path:
-    """The store root: ``FOUNDRY_HOME`` or ``./.foundry``, as an absolute path."""
-    return Path(os.environ.get("FOUNDRY_HOME") or ".foundry").expanduser().resolve()
 
 
 class _Base(DeclarativeBase):
@@ -152,7 +144,7 @@ class Registry:
 
     def __init__(self, home: Path | str | None = None, url: str | None = None) -> None:
         self.home = Path(home).expanduser().resolve() if home is not None else default_home()
-        self.url = url or os.environ.get("FOUNDRY_DATABASE_URL") or self._default_url()
+        self.url = database_url(self.home, url)
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
 
@@ -385,21 +377,12 @@ class Registry:
 
     # -- internals --------------------------------------------------------------------
 
-    def _default_url(self) -> str:
-        return f"sqlite:///{(self.home / 'foundry.db').as_posix()}"
-
     def _safe_url(self) -> str:
-        try:
-            return make_url(self.url).render_as_string(hide_password=True)
-        except ArgumentError:
-            return "<invalid url>"
+        return safe_url(self.url)
 
     def _sqlite_file(self) -> Path | None:
         """The database file for a file-based SQLite URL, else None."""
-        url = make_url(self.url)
-        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-            return None
-        return Path(url.database).expanduser()
+        return sqlite_file(self.url)
 
     @contextmanager
     def _session(self) -> Iterator[Session | None]:
@@ -423,18 +406,7 @@ class Registry:
 
     def _create_engine(self) -> Engine:
         try:
-            url = make_url(self.url)
-            sqlite_file = self._sqlite_file()
-            if url.get_backend_name() == "sqlite":
-                if sqlite_file is not None:
-                    sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-                engine = create_engine(
-                    url,
-                    connect_args={"timeout": _SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
-                )
-                event.listen(engine, "connect", _sqlite_on_connect)
-            else:
-                engine = create_engine(url, pool_pre_ping=True)
+            engine = create_db_engine(self.url)
         except (ArgumentError, NoSuchModuleError, ImportError) as exc:
             raise ModelError(
                 f"cannot use registry database URL {self._safe_url()!r}: {exc}",
@@ -511,17 +483,6 @@ class Registry:
             size_bytes=row.size_bytes,
             version_count=version_count,
         )
-
-
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    try:
-        # WAL lets readers go on while one process writes; NORMAL sync is durable in WAL
-        # except for the last transactions on power loss, which a re-run recreates.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-    finally:
-        cursor.close()
 
 
 def _max_dir_version(model_dir: Path) -> int:

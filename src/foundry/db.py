@@ -1,0 +1,109 @@
+"""Where foundry's database is and how an engine for it is made.
+
+The registry index and the serving tables (keys, usage) share one database:
+``FOUNDRY_DATABASE_URL`` when set, else ``sqlite:///<FOUNDRY_HOME>/foundry.db``. SQLite
+runs in WAL mode (readers go on while one process writes) with a busy timeout, so
+several processes can use one file. Nothing here imports torch: the `foundry keys`
+and `foundry usage` commands start fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError
+
+# Seconds SQLite waits for another writer's lock before "database is locked".
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def default_home() -> Path:
+    """The store root: ``FOUNDRY_HOME`` or ``./.foundry``, as an absolute path."""
+    return Path(os.environ.get("FOUNDRY_HOME") or ".foundry").expanduser().resolve()
+
+
+def database_url(home: Path | str | None = None, url: str | None = None) -> str:
+    """``url``, else ``FOUNDRY_DATABASE_URL``, else the SQLite file ``<home>/foundry.db``."""
+    if url:
+        return url
+    if os.environ.get("FOUNDRY_DATABASE_URL"):
+        return os.environ["FOUNDRY_DATABASE_URL"]
+    root = Path(home).expanduser().resolve() if home is not None else default_home()
+    return f"sqlite:///{(root / 'foundry.db').as_posix()}"
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid url>"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a file-based SQLite URL, else None (raises ArgumentError for
+    a malformed URL)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def create_db_engine(
+    url: str,
+    *,
+    sqlite_immediate: bool = False,
+    busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S,
+) -> Engine:
+    """An engine for ``url``; for SQLite, WAL mode, ``synchronous=NORMAL`` and a busy
+    timeout, creating the file's folder.
+
+    ``sqlite_immediate``: every transaction starts with ``BEGIN IMMEDIATE`` (it takes the
+    write lock up front, so read-then-write transactions of several processes queue on
+    the busy timeout instead of failing with "database is locked" on upgrade). A
+    connection with the execution option ``sqlite_begin="DEFERRED"`` starts a plain
+    read transaction instead. Raises SQLAlchemy's ArgumentError / NoSuchModuleError for
+    a bad URL or a missing driver; callers turn those into their own errors.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True)
+    path = sqlite_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        parsed, connect_args={"timeout": busy_timeout_s, "check_same_thread": False}
+    )
+    event.listen(engine, "connect", _sqlite_on_connect)
+    if sqlite_immediate:
+        # The recipe of SQLAlchemy's SQLite dialect docs ("Serializable isolation /
+        # Savepoints / Transactional DDL"): pysqlite stops emitting its own BEGIN and we
+        # emit ours when SQLAlchemy begins a transaction.
+        event.listen(engine, "connect", _sqlite_driver_autocommit)
+        event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets readers go on while one process writes. NORMAL sync in WAL loses no
+        # committed transaction when a process dies (kill -9); only an OS crash or power
+        # loss can drop the last commits.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_driver_autocommit(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+    conn.exec_driver_sql("BEGIN DEFERRED" if mode == "DEFERRED" else "BEGIN IMMEDIATE")

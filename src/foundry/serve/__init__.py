@@ -1,0 +1,1 @@
+"""Serving: an authenticated, metered, rate-limited prediction API (see docs/SERVING.md)."""

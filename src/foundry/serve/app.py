@@ -1,0 +1,523 @@
+"""The prediction API: `create_app(serve_config, ["adult:3"])` → a FastAPI app.
+
+    GET  /healthz                      200 {"status": "ok"} while the process runs
+    GET  /readyz                       200 once every model is loaded, else 503
+    GET  /v1/models                    served models: name, version, task, inputs
+    GET  /v1/models/{name}             input schema + a ready-to-send example body
+    POST /v1/models/{name}/predict     labels + probabilities / values (needs a key)
+    GET  /v1/usage                     the calling key's usage and remaining quota
+    GET  /metrics                      Prometheus text (see foundry.serve.metrics)
+    /admin/keys...                     key admin behind FOUNDRY_ADMIN_TOKEN (routes_admin)
+    GET  /docs, /openapi.json          OpenAPI
+
+A predict request goes: body size (413) → JSON (400) → records vs the model's inputs
+(422) → `gate.authenticate` (401/403) → records per request (413) → `gate.admit`
+(429, or an idempotent replay) → the model's batcher → response → `gate.complete`.
+Gate calls are synchronous database work and run on the thread pool; the forward pass
+runs on the model's own thread (foundry.serve.batching): the event loop only parses,
+checks and answers. Every error, whatever raised it, is answered as
+`{"error": {"message", "type", "param", "code"}}` (foundry.serve.errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os as _os
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import uuid4
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from foundry.config.schema import ServeConfig
+from foundry.serve.batching import Batcher
+from foundry.serve.errors import ApiError
+from foundry.serve.gate_api import Admission, KeyInfo
+from foundry.serve.metrics import CONTENT_TYPE, ServeMetrics
+from foundry.serve.schemas import (
+    ErrorResponse,
+    ModelDetail,
+    ModelList,
+    PredictRequest,
+    PredictResponse,
+    Status,
+)
+from foundry.serve.served_model import ServedModel
+
+if TYPE_CHECKING:
+    from foundry.serve.gate import Gate
+
+log = logging.getLogger("foundry.serve")
+T = TypeVar("T")
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 422, 429, 500)
+}
+_BEARER = [{"bearerAuth": []}]
+
+
+class Service:
+    """Everything the routes share: models, batchers, gate, metrics. One per app."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        refs: list[str],
+        *,
+        gate: Gate | None,
+        home: str | Path | None,
+        admin_token: str | None,
+    ) -> None:
+        self.config = config
+        self.refs = refs
+        self.gate = gate
+        self.home = home
+        self.admin_token = admin_token or None
+        self.metrics = ServeMetrics()
+        self.models: dict[str, ServedModel] = {}
+        """By name and by `name:version` (both spellings route to the same model)."""
+        self.batchers: dict[str, Batcher] = {}
+        self.state: dict[str, str] = {ref: "loading" for ref in refs}
+        self._gate_executor = ThreadPoolExecutor(1, thread_name_prefix="foundry-gate")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load every model (once per worker process) and start its batcher."""
+        from foundry.registry import Registry
+
+        registry = Registry(self.home) if self.home is not None else Registry()
+        for ref in self.refs:
+            try:
+                served = await run_in_threadpool(ServedModel.load, ref, registry=registry)
+            except Exception as exc:
+                self.state[ref] = f"failed: {exc}"
+                raise
+            if served.name in self.batchers:
+                raise ApiError(500, "internal_error",
+                               f"two versions of model '{served.name}' are served; serve one")
+            config = self.config.model_batching.get(served.name, self.config.batching)
+            batcher = Batcher(served.name, served.predict_records, config,
+                              on_batch=partial(self.metrics.batch, served.name))
+            batcher.start()
+            self.batchers[served.name] = batcher
+            self.models[served.name] = self.models[served.ref] = served
+            self.state[ref] = "loaded"
+
+    async def stop(self) -> None:
+        for ref in self.state:
+            self.state[ref] = "stopping"
+        for batcher in self.batchers.values():
+            await batcher.close()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.state) and all(s == "loaded" for s in self.state.values())
+
+    def model(self, name: str) -> ServedModel:
+        served = self.models.get(name)
+        if served is None:
+            names = sorted({m.name for m in self.models.values()})
+            served_text = ", ".join(names) if names else "none yet (the server is starting)"
+            raise ApiError(
+                404,
+                "model_not_found",
+                f"no model '{name}' is served here; served: {served_text} (GET /v1/models)",
+                param="model",
+            )
+        return served
+
+    # ------------------------------------------------------------------ predict
+
+    async def predict(self, served: ServedModel, request: Request) -> Response:
+        started = perf_counter()
+        request_id = uuid4().hex
+        status = 500
+        try:
+            with self.batchers[served.name].ticket() as ticket:
+                body = await read_body(request, self.config.max_body_bytes)
+                payload = parse_json(body)
+                records = served.validator.records_of(payload)
+                idempotency_key = request.headers.get("idempotency-key")
+                # Hashed before validate() casts values in place.
+                body_hash = _body_hash(served.name, payload) if idempotency_key else None
+                served.validator.validate(records)
+                units = len(records.items)
+                admission = None
+                if self.gate is not None:
+                    admission = await self.gate_call(
+                        self._admit,
+                        request.headers.get("authorization"),
+                        served.name,
+                        units,
+                        request_id,
+                        idempotency_key,
+                        body_hash,
+                    )
+                    if admission.replay is not None:
+                        status = admission.replay.status
+                        headers = {"x-request-id": request_id, "idempotent-replayed": "true",
+                                   **admission.rate.headers()}
+                        return JSONResponse(admission.replay.body, status, headers)
+                try:
+                    predictions = await ticket.submit(records.items)
+                except Exception:
+                    log.exception("model '%s' failed on request %s", served.ref, request_id)
+                    if admission is not None:
+                        await self.gate_call(
+                            self._complete, admission, 500, _ms_since(started), None
+                        )
+                    raise ApiError(
+                        500,
+                        "internal_error",
+                        f"model '{served.name}' failed on this request, which was not "
+                        f"charged; request id {request_id}",
+                    ) from None
+            content = {
+                "model": served.ref,
+                "predictions": predictions,
+                "usage": {"units": units},
+            }
+            headers = {"x-request-id": request_id}
+            background = None
+            if admission is not None:
+                headers.update(admission.rate.headers())
+                latency = _ms_since(started)
+                if idempotency_key:
+                    # Stored before answering, so a retry after this answer is a replay.
+                    await self.gate_call(self._complete, admission, 200, latency, content)
+                else:
+                    background = BackgroundTask(
+                        self.gate_call, self._complete, admission, 200, latency, content
+                    )
+            status = 200
+            return JSONResponse(content, 200, headers, background=background)
+        except ApiError as exc:
+            status = exc.status
+            if status == 429:
+                self.metrics.rejection(exc.code)
+            exc.headers = {**exc.headers, "x-request-id": request_id}
+            raise
+        finally:
+            self.metrics.request(served.name, status, perf_counter() - started)
+
+    async def gate_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a gate (database) call off the event loop, on the gate's own thread."""
+        if _os.environ.get("GATE_POOL") == "default":
+            return await run_in_threadpool(fn, *args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._gate_executor, partial(fn, *args))
+
+    def _admit(
+        self,
+        authorization: str | None,
+        model: str,
+        units: int,
+        request_id: str,
+        idempotency_key: str | None,
+        body_hash: str | None,
+    ) -> Admission:
+        """Thread pool: authenticate, check the plan's records limit, admit (one hop)."""
+        assert self.gate is not None
+        key = self.gate.authenticate(authorization)
+        limit = key.plan_config.max_records_per_request
+        if units > limit:
+            raise ApiError(
+                413,
+                "too_many_records",
+                f"{units} records in one request; plan '{key.plan}' allows up to {limit} "
+                "(split the list into several requests)",
+                param="records",
+            )
+        return self.gate.admit(
+            key,
+            model=model,
+            units=units,
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+            request_hash=body_hash,
+        )
+
+    def _complete(
+        self, admission: Admission, status: int, latency_ms: float, response: Any
+    ) -> None:
+        """Thread pool: record the outcome; a failure here must not turn into a 500 for a
+        request whose usage was already committed by `admit`."""
+        assert self.gate is not None
+        try:
+            self.gate.complete(admission, status=status, latency_ms=latency_ms,
+                               response=response)
+        except Exception:
+            log.exception("gate.complete failed for usage event %s", admission.event_id)
+
+    def authenticate(self, authorization: str | None) -> KeyInfo:
+        assert self.gate is not None
+        return self.gate.authenticate(authorization)
+
+
+def create_app(
+    serve_config: ServeConfig,
+    models: list[str],
+    *,
+    gate: Gate | None = None,
+    home: str | Path | None = None,
+    admin_token: str | None = None,
+    bare: bool = False,
+) -> FastAPI:
+    """The API serving `serve_config.models` + `models` (references like `adult:3`).
+
+    gate: keys, plans, rate limits and metering (default: a `Gate` on the registry's
+    database at `home`). home: registry root (default FOUNDRY_HOME). admin_token: enables
+    /admin routes (the CLI passes FOUNDRY_ADMIN_TOKEN). Models load when the app starts
+    (its lifespan), once per worker process.
+
+    bare=True is for the benchmark only: the same parsing, validation, batching and
+    responses, but no gate — no keys, no metering, no /v1/usage, no /admin — so the cost
+    of authentication and metering can be measured against it. Never expose it.
+    """
+    refs = list(dict.fromkeys([*serve_config.models, *models]))
+    if bare:
+        gate = None
+    elif gate is None:
+        from foundry.serve.gate import Gate
+
+        gate = Gate(serve_config.all_plans(), home=home)
+    service = Service(serve_config, refs, gate=gate, home=home, admin_token=admin_token)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await service.start()
+            yield
+        finally:
+            await service.stop()
+
+    import foundry
+
+    app = FastAPI(
+        title="foundry",
+        version=foundry.__version__,
+        description="Predictions from registered foundry models. Authenticate with "
+        "`Authorization: Bearer fdy_...`; errors are `{\"error\": {message, type, param, "
+        "code}}`.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    _install_error_handlers(app)
+    _add_routes(app, service, bare=bare)
+    if not bare:
+        from foundry.serve.routes_admin import admin_router
+
+        app.include_router(admin_router(service))
+    app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
+    return app
+
+
+# ---------------------------------------------------------------------- routes
+
+
+def _add_routes(app: FastAPI, service: Service, *, bare: bool) -> None:
+    @app.get("/healthz", response_model=Status, tags=["health"])
+    async def healthz() -> Response:
+        """The process is up (it may still be loading models: see /readyz)."""
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/readyz", response_model=Status, tags=["health"],
+             responses={503: {"model": Status}})
+    async def readyz() -> Response:
+        """200 once every model is loaded; 503 while loading or stopping."""
+        ready = service.ready
+        return JSONResponse(
+            {"status": "ready" if ready else "not_ready", "models": dict(service.state)},
+            200 if ready else 503,
+        )
+
+    @app.get("/v1/models", response_model=ModelList, tags=["models"])
+    async def list_models() -> Response:
+        """Every served model: name, version, task and input features."""
+        seen = {id(m): m for m in service.models.values()}
+        return JSONResponse({"models": [m.summary for m in seen.values()]})
+
+    @app.get("/v1/models/{name}", response_model=ModelDetail, tags=["models"],
+             responses={404: {"model": ErrorResponse}})
+    async def get_model(name: str) -> Response:
+        """A model's input schema (types, known category values) and an example body."""
+        return JSONResponse(service.model(name).detail)
+
+    @app.post(
+        "/v1/models/{name}/predict",
+        response_model=PredictResponse,
+        tags=["models"],
+        responses=_ERRORS,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
+                },
+            },
+            **({} if bare else {"security": _BEARER}),
+        },
+    )
+    async def predict(name: str, request: Request) -> Response:
+        """Predict one record or a list. Needs `Authorization: Bearer <key>`; an
+        `Idempotency-Key` header makes retries safe (same answer, charged once)."""
+        return await service.predict(service.model(name), request)
+
+    if not bare:
+
+        @app.get("/v1/usage", tags=["account"], openapi_extra={"security": _BEARER},
+                 responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+        async def usage(request: Request) -> Response:
+            """The calling key's usage this period and its remaining quota."""
+            gate = service.gate
+            assert gate is not None
+
+            def work(authorization: str | None) -> dict:
+                return gate.usage(gate.authenticate(authorization))
+
+            return JSONResponse(
+                await run_in_threadpool(work, request.headers.get("authorization"))
+            )
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus text format; counters are per worker process."""
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+
+# ---------------------------------------------------------------------- request body
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refusing more than `limit` bytes (413) by header and by actual count."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _too_large(size: int, limit: int) -> ApiError:
+    return ApiError(
+        413,
+        "body_too_large",
+        f"the body has {'more than ' if size > limit else ''}{size} bytes; this server "
+        f"accepts up to {limit} (serve.max_body_bytes)",
+    )
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (send null for a missing number)")
+
+
+def parse_json(body: bytes) -> Any:
+    """The parsed body; ApiError 400 `invalid_json` for anything json.loads refuses,
+    including NaN / Infinity, which are not JSON."""
+    if not body:
+        raise ApiError(400, "invalid_json", "the body is empty; send a JSON record or list")
+    try:
+        return json.loads(body, parse_constant=_no_constants)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+
+
+def _body_hash(model: str, payload: Any) -> str:
+    """sha256 of the model name and the canonical JSON of the body (key order ignored)."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{model}\n{canonical}".encode()).hexdigest()
+
+
+def _ms_since(started: float) -> float:
+    return (perf_counter() - started) * 1000.0
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return JSONResponse(exc.body(), exc.status, exc.headers or None)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    code = "missing_field" if first.get("type") == "missing" else "invalid_field"
+    where = f"{param}: " if param else ""
+    err = ApiError(422, code, f"{where}{first.get('msg', 'invalid value')}", param=param)
+    return JSONResponse(err.body(), 422)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        err = ApiError(404, "not_found", f"no route {request.method} {request.url.path}; "
+                       "see /docs")
+    elif exc.status_code == 405:
+        err = ApiError(405, "method_not_allowed",
+                       f"{request.method} is not allowed on {request.url.path}")
+    else:
+        err = ApiError(exc.status_code, "invalid_request", str(exc.detail))
+    return JSONResponse(err.body(), err.status, dict(exc.headers or {}) or None)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    err = ApiError(500, "internal_error", "internal error; it has been logged")
+    return JSONResponse(err.body(), 500)
+
+
+# ---------------------------------------------------------------------- OpenAPI
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document + the predict body (parsed by hand, so FastAPI cannot see it)
+    and the bearer-key security scheme."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    body = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas.update(body.pop("$defs", {}))
+    schemas["PredictRequest"] = body
+    components["securitySchemes"] = {
+        "bearerAuth": {"type": "http", "scheme": "bearer",
+                       "description": "An API key (fdy_...) or, for /admin, the admin token."}
+    }
+    app.openapi_schema = schema
+    return schema

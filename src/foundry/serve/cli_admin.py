@@ -1,0 +1,299 @@
+"""`foundry keys ...` and `foundry usage ...`: API keys and billing from the shell.
+
+    foundry keys create --name acme --plan starter [--models a,b] [--expires 30d]
+    foundry keys list [--json]
+    foundry keys revoke fdy_abcd1234          (or the key id)
+    foundry keys rotate fdy_abcd1234 [--grace-hours 24]
+    foundry usage report [--period 2026-11] [--format table|csv|json] [--output FILE]
+
+They use the same database as `foundry serve` (FOUNDRY_DATABASE_URL or
+`<FOUNDRY_HOME>/foundry.db`). Plans are the built-ins plus a config's `serve.plans`
+(`--config`). New keys go to stdout alone (so `KEY=$(foundry keys create ...)` works) and
+are never shown again; everything else the commands say goes to stderr.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from foundry.config.schema import ServeConfig
+    from foundry.serve.gate import Gate
+
+keys_app = typer.Typer(
+    help="Create, list, revoke and rotate API keys (only their hashes are stored).",
+    no_args_is_help=True,
+)
+usage_app = typer.Typer(help="Usage and billing reports.", no_args_is_help=True)
+
+_CONFIG_HELP = "Config YAML whose `serve:` section adds plans (default: the built-in plans)."
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """User errors as one `error: ...` line on stderr and exit status 2, never a traceback."""
+    from foundry.errors import FoundryError
+    from foundry.serve.errors import ApiError
+
+    try:
+        yield
+    except ApiError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    except FoundryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def load_serve_config(path: Path | None) -> ServeConfig:
+    """The `serve:` section of a config file (only that section is validated)."""
+    from foundry.config.schema import ServeConfig
+
+    if path is None:
+        return ServeConfig()
+    import yaml
+    from pydantic import ValidationError
+
+    from foundry.config.load import format_error
+    from foundry.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("serve", {}), dict):
+        raise ConfigError(f"{path}: expected a mapping with a `serve:` section")
+    try:
+        return ServeConfig.model_validate(raw.get("serve", {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"{path}: serve.{format_error(first)}") from None
+
+
+def _gate(config: Path | None) -> Gate:
+    from foundry.serve.gate import Gate
+
+    return Gate(load_serve_config(config).all_plans())
+
+
+def _say(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Option(..., "--name", help="Who the key is for (listings and bills)."),
+    plan: str = typer.Option(
+        ..., "--plan", help="trial, starter, pro, enterprise, or a plan from --config."
+    ),
+    models: str | None = typer.Option(
+        None, "--models", help="Comma-separated models the key may call (default: the plan's)."
+    ),
+    expires: str | None = typer.Option(
+        None,
+        "--expires",
+        help="Lifetime such as 30d, 12h or 90m (default: the plan's expires_days, else never).",
+    ),
+    config: Path | None = typer.Option(None, "--config", help=_CONFIG_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print the key and its record as JSON."),
+) -> None:
+    """Make a key and print it: this is the only time it is shown."""
+    with _one_line_errors():
+        model_list = [m.strip() for m in models.split(",")] if models is not None else None
+        created = _gate(config).create_key(name, plan, models=model_list, expires=expires)
+    if json_out:
+        _print_json(created.to_dict())
+        return
+    typer.echo(created.key)
+    record = created.record
+    expiry = f"expires {_day(record.expires_at)}" if record.expires_at else "never expires"
+    _say(
+        f"created key {record.id} {record.prefix} for {record.name!r} on plan {record.plan} "
+        f"({expiry}). Store it now: it cannot be shown again."
+    )
+
+
+@keys_app.command("list")
+def keys_list(
+    json_out: bool = typer.Option(False, "--json", help="Print the keys as JSON."),
+) -> None:
+    """Every key with its prefix, plan and status (never the key itself)."""
+    from foundry.serve.gate import Gate
+
+    with _one_line_errors():
+        # Listing needs no plan definitions: any plan name is shown as stored.
+        records = Gate().list_keys()
+    if json_out:
+        _print_json([r.to_dict() for r in records])
+        return
+    if not records:
+        _say("no API keys yet — make one with `foundry keys create --name NAME --plan trial`")
+        return
+    header = ("id", "prefix", "name", "plan", "status", "created", "expires", "models")
+    lines = [
+        (
+            str(r.id),
+            r.prefix,
+            r.name,
+            r.plan,
+            r.status if r.status != "grace" else f"grace until {_minute(r.grace_until)}",
+            _day(r.created_at),
+            _day(r.expires_at) if r.expires_at else "never",
+            ",".join(r.models) if r.models else "plan's",
+        )
+        for r in records
+    ]
+    typer.echo(_columns([header, *lines]), nl=False)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: str = typer.Argument(..., help="Key id, prefix (fdy_abcd1234) or the whole key."),
+) -> None:
+    """Stop a key now (and the older keys it was rotated from)."""
+    from foundry.serve.gate import Gate
+
+    with _one_line_errors():
+        record = Gate().revoke_key(key)
+    typer.echo(f"revoked key {record.id} {record.prefix} ({record.name})")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key: str = typer.Argument(..., help="Key id, prefix (fdy_abcd1234) or the whole key."),
+    grace_hours: float | None = typer.Option(
+        None,
+        "--grace-hours",
+        help="Hours the old key keeps working (default: serve.rotate_grace_hours, 24).",
+    ),
+    config: Path | None = typer.Option(None, "--config", help=_CONFIG_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print the new key as JSON."),
+) -> None:
+    """Replace a key: print the new one (shown once); the old one works for a grace period."""
+    with _one_line_errors():
+        serve = load_serve_config(config)
+        from foundry.serve.gate import Gate
+
+        gate = Gate(serve.all_plans())
+        hours = serve.rotate_grace_hours if grace_hours is None else grace_hours
+        old = gate.get_key(key)
+        created = gate.rotate_key(key, grace_hours=hours)
+    if json_out:
+        _print_json({**created.to_dict(), "replaces": old.prefix})
+        return
+    typer.echo(created.key)
+    _say(
+        f"key {old.prefix} rotated to {created.record.prefix} (id {created.record.id}); the "
+        f"old key works for {hours:g} more hours. Store the new key now: it cannot be "
+        "shown again."
+    )
+
+
+# ---------------------------------------------------------------------------- usage
+
+
+@usage_app.callback()
+def _usage_group() -> None:
+    """Usage and billing reports from the metered usage events."""
+
+
+@usage_app.command("report")
+def usage_report(
+    period: str | None = typer.Option(
+        None, "--period", help="Month to bill as YYYY-MM (default: the current UTC month)."
+    ),
+    fmt: str = typer.Option("table", "--format", help="table, csv or json."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write here, not stdout."),
+    config: Path | None = typer.Option(None, "--config", help=_CONFIG_HELP),
+) -> None:
+    """Per key: requests, units, included, overage and amount due (integer cents)."""
+    with _one_line_errors():
+        if fmt not in ("table", "csv", "json"):
+            from foundry.errors import ConfigError
+
+            raise ConfigError(f"--format must be table, csv or json, got {fmt!r}")
+        report = _gate(config).usage_report(period)
+    if fmt == "json":
+        text = report.to_json() + "\n"
+    elif fmt == "csv":
+        text = report.to_csv()
+    else:
+        text = _report_table(report)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        _say(f"wrote {len(report.rows)} rows for {report.period} to {output}")
+
+
+def _report_table(report: Any) -> str:
+    from foundry.serve.billing import format_cents
+
+    header = ("key", "name", "plan", "requests", "units", "included", "overage", "due")
+    rows = [
+        (
+            r.key,
+            r.name,
+            r.plan,
+            str(r.requests),
+            str(r.units),
+            str(r.included_units),
+            str(r.overage_units),
+            format_cents(r.amount_due_cents),
+        )
+        for r in report.rows
+    ]
+    t = report.totals
+    total = (
+        "TOTAL",
+        "",
+        "",
+        str(t["requests"]),
+        str(t["units"]),
+        "",
+        str(t["overage_units"]),
+        format_cents(t["amount_due_cents"]),
+    )
+    body = _columns([header, *rows, total], right=frozenset({3, 4, 5, 6, 7}))  # numbers align right
+    return f"usage for {report.period} (UTC)\n{body}"
+
+
+def _columns(table: list[tuple[str, ...]], right: frozenset[int] = frozenset()) -> str:
+    """Rows of cells as aligned plain-text columns (no wrapping, unlike a rich table)."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = []
+    for row in table:
+        cells = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _print_json(value: Any) -> None:
+    import json
+
+    typer.echo(json.dumps(value, indent=2))
+
+
+def _day(ts: float | None) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts or 0, timezone.utc).strftime("%Y-%m-%d")
+
+
+def _minute(ts: float | None) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts or 0, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

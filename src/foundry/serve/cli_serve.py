@@ -1,0 +1,105 @@
+"""`foundry serve`: the command function (cli.py registers it as `app.command("serve")`).
+
+    foundry serve adult:3 --port 8000 --workers 2
+    foundry serve --config serve.yaml            # models, batching, plans from `serve:`
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from foundry.config.schema import ServeConfig
+from foundry.errors import ConfigError
+
+
+def serve(
+    models: list[str] | None = typer.Argument(
+        None, help="Models to serve: name, name:latest or name:VERSION (added to serve.models)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", "-c",
+        help="YAML file whose `serve:` section sets models, batching, plans and limits.",
+    ),
+    host: str | None = typer.Option(
+        None, help="Interface to bind [default: serve.host, 127.0.0.1]."
+    ),
+    port: int | None = typer.Option(None, help="TCP port [default: serve.port, 8000]."),
+    workers: int | None = typer.Option(
+        None, help="Worker processes [default: serve.workers, 1]; they share quotas."
+    ),
+) -> None:
+    """Serve MODELS over HTTP: prediction API with keys, quotas, metering and batching.
+
+    Admin routes (/admin/keys) need the environment variable FOUNDRY_ADMIN_TOKEN.
+    """
+    from foundry.registry import Registry
+    from foundry.serve.server import ENV_ADMIN_TOKEN, run_server
+
+    settings = load_serve_config(config) if config else ServeConfig()
+    overrides = {"host": host, "port": port, "workers": workers}
+    settings = _with(settings, {k: v for k, v in overrides.items() if v is not None})
+    requested = list(dict.fromkeys([*settings.models, *(models or [])]))
+    if not requested:
+        raise ConfigError(
+            "no models to serve: name them (`foundry serve adult:3`) or list them in the "
+            "config's serve.models"
+        )
+    # Pin versions here, so every worker serves the same version even if a new one is
+    # registered while they start. Unknown names fail now, as one line.
+    registry = Registry()
+    records = [registry.resolve(ref) for ref in requested]
+    refs = list(dict.fromkeys(r.ref for r in records))
+    names = [r.name for r in records]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"serve one version per model; several requested for: {twice}")
+
+    url = f"http://{settings.host}:{settings.port}"
+    typer.echo(f"serving {', '.join(refs)} at {url}  ({settings.workers} worker(s))")
+    for record in records:
+        typer.echo(f"  POST {url}/v1/models/{record.name}/predict   ({record.task or 'model'})")
+    typer.echo(f"docs: {url}/docs   metrics: {url}/metrics")
+    if not os.environ.get(ENV_ADMIN_TOKEN):
+        typer.echo(f"admin routes disabled: set {ENV_ADMIN_TOKEN} to enable /admin/keys")
+    run_server(settings.model_copy(update={"models": []}), refs)
+
+
+def load_serve_config(path: Path) -> ServeConfig:
+    """The `serve:` section of a YAML config (other sections are not read or checked)."""
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    section = raw.get("serve") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: serve must be a mapping of settings")
+    return _validate(section, origin=str(path))
+
+
+def _with(settings: ServeConfig, changes: dict[str, Any]) -> ServeConfig:
+    """`settings` with CLI overrides, validated like the file (a port out of range...)."""
+    return _validate({**settings.model_dump(), **changes}, origin="command line")
+
+
+def _validate(raw: dict[str, Any], *, origin: str) -> ServeConfig:
+    from pydantic import ValidationError
+
+    from foundry.config.load import format_error
+
+    try:
+        return ServeConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = format_error({**errors[0], "loc": ("serve", *errors[0]["loc"])})
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{origin}: {first}{more}") from None

@@ -1,0 +1,536 @@
+"""The gate every billable request passes (docs/SERVING.md, "Admission is one transaction").
+
+    key = gate.authenticate(request.headers.get("authorization"))    401 / 403
+    adm = gate.admit(key, model=..., units=..., request_id=...,        403 / 409 / 422 / 429
+                     idempotency_key=..., request_hash=...)
+    if adm.replay: answer adm.replay (nothing charged, do not call complete)
+    ... run the model ...
+    gate.complete(adm, status=200, latency_ms=..., response=body)      before answering
+
+`admit` is one database transaction, committed before it returns: the usage event of an
+admitted request is on disk before inference starts, so `kill -9` never loses usage that
+was acknowledged. It reads and writes the account's key row inside that transaction
+(SQLite: `BEGIN IMMEDIATE`; PostgreSQL: `SELECT ... FOR UPDATE`), so rate limits and
+quotas hold across threads, uvicorn workers and machines sharing the database.
+
+Quota: hard-limit plans refuse a request whose units would take the period's billable
+units past `included_units`. The count is a counter on the account row (`used_units` for
+`used_period`), changed in the same transactions that write usage events: +units on
+admit, -units when `complete` reports a 5xx. Billing itself sums the events.
+
+Rate limit: a token bucket per account with capacity `requests_per_minute`, refilled at
+rpm/60 tokens per second; each admitted request takes one token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Row, bindparam, delete, select, update
+
+from foundry.config.schema import BUILTIN_PLANS, PlanConfig
+from foundry.serve import billing, keys
+from foundry.serve.errors import ApiError
+from foundry.serve.gate_api import Admission, KeyInfo, RateState, StoredResponse
+from foundry.serve.store import ServeStore, api_keys, idempotency, usage_events
+
+AUTH_CACHE_S = 2.0
+"""Seconds (monotonic) `authenticate` reuses a key's row. `admit` re-reads the row in its
+transaction, so a key revoked by another process is refused by the next admission at
+once; only routes that authenticate without admitting may lag this long."""
+_AUTH_CACHE_MAX = 10_000
+IDEMPOTENCY_STALE_S = 300.0
+"""An Idempotency-Key whose first request has not completed after this many seconds is
+taken over by a retry: that request died (crash, kill) before answering, so its event is
+marked failed (not billed) and the retry runs as a new request."""
+_MAX_IDEMPOTENCY_KEY = 255
+
+# Built once: SQLAlchemy caches their compiled SQL, which keeps each admission cheap.
+_LOCK_KEY = select(api_keys).where(api_keys.c.id == bindparam("b_id")).with_for_update()
+_ACCOUNT_OF = select(api_keys.c.id, api_keys.c.account_id).where(api_keys.c.id == bindparam("b_id"))
+_FIND_IDEMPOTENT = select(idempotency).where(
+    idempotency.c.key_id == bindparam("b_account"),
+    idempotency.c.idempotency_key == bindparam("b_ikey"),
+)
+_TAKE = (
+    update(api_keys)
+    .where(api_keys.c.id == bindparam("b_account"))
+    .values(
+        rate_tokens=bindparam("b_tokens"),
+        rate_updated=bindparam("b_now"),
+        used_period=bindparam("b_period"),
+        used_units=bindparam("b_used"),
+    )
+)
+_REFUND = (
+    update(api_keys)
+    .where(
+        api_keys.c.id == bindparam("b_account"),
+        api_keys.c.used_period == bindparam("b_period"),
+    )
+    .values(used_units=api_keys.c.used_units - bindparam("b_units"))
+)
+_INSERT_EVENT = usage_events.insert()
+_FINISH_EVENT = (
+    update(usage_events)
+    .where(usage_events.c.id == bindparam("b_id"), usage_events.c.status < 500)
+    .values(status=bindparam("b_status"), latency_ms=bindparam("b_latency"))
+)
+_EVENT = select(usage_events).where(usage_events.c.id == bindparam("b_id"))
+_STORE_RESPONSE = (
+    update(idempotency)
+    .where(
+        idempotency.c.key_id == bindparam("b_account"),
+        idempotency.c.idempotency_key == bindparam("b_ikey"),
+        idempotency.c.event_id == bindparam("b_event"),
+    )
+    .values(status=bindparam("b_status"), response_json=bindparam("b_body"))
+)
+_FORGET = delete(idempotency).where(
+    idempotency.c.key_id == bindparam("b_account"),
+    idempotency.c.idempotency_key == bindparam("b_ikey"),
+    idempotency.c.event_id == bindparam("b_event"),
+)
+
+
+@dataclass(frozen=True)
+class GateAdmission(Admission):
+    """An Admission plus what `complete` needs without another query."""
+
+    account_id: int = 0
+    units: int = 0
+    period: str = ""
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class _CachedKey:
+    info: KeyInfo
+    row: Row[Any]
+    fresh_until: float
+
+
+class Gate:
+    """Keys, plans, rate limits, quotas and metering over the database.
+
+    plans: plans by name (default the built-ins; pass `ServeConfig.all_plans()`).
+    home / url: the database, as for the registry (FOUNDRY_DATABASE_URL or
+    `<home>/foundry.db`). clock: epoch seconds; tests inject a fake one. Thread-safe;
+    every process (uvicorn worker) makes its own Gate.
+    """
+
+    def __init__(
+        self,
+        plans: dict[str, PlanConfig] | None = None,
+        *,
+        home: Path | str | None = None,
+        url: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.plans: dict[str, PlanConfig] = dict(BUILTIN_PLANS if plans is None else plans)
+        self.store = ServeStore(home=home, url=url)
+        self.clock = clock
+        self._auth_cache: dict[str, _CachedKey] = {}
+
+    def __repr__(self) -> str:
+        return f"Gate(plans={list(self.plans)}, store={self.store!r})"
+
+    # -- per request ------------------------------------------------------------------
+
+    def authenticate(self, authorization: str | None) -> KeyInfo:
+        """The key of an `Authorization: Bearer fdy_...` header (a bare key works too).
+
+        ApiError 401 `missing_api_key` / `invalid_api_key`, 403 `key_revoked` (also a
+        rotated key after its grace period), `key_expired`, `unknown_plan`.
+        """
+        scheme, _, rest = (authorization or "").strip().partition(" ")
+        token = rest.strip() if scheme.lower() == "bearer" else scheme
+        if not token:
+            raise ApiError(
+                401,
+                "missing_api_key",
+                "no API key provided: send it as the header `Authorization: Bearer fdy_...`",
+            )
+        if not keys.looks_like_key(token):
+            raise _invalid_key()
+        key_hash = keys.hash_key(token)
+        cached = self._auth_cache.get(key_hash)
+        if cached is None or time.monotonic() >= cached.fresh_until:
+            with self.store.read() as conn:
+                row = keys.find_by_hash(conn, token)
+            if row is None:
+                raise _invalid_key()
+            cached = _CachedKey(self._key_info(row), row, time.monotonic() + AUTH_CACHE_S)
+            if len(self._auth_cache) >= _AUTH_CACHE_MAX:
+                self._auth_cache.clear()
+            self._auth_cache[key_hash] = cached
+        _check_usable(cached.row, self.clock())
+        return cached.info
+
+    def admit(
+        self,
+        key: KeyInfo,
+        *,
+        model: str,
+        units: int,
+        request_id: str,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> Admission:
+        """Let one request of `units` records to `model` in, or refuse it; one transaction.
+
+        In order: the key is still usable (revocation seen at once, whatever caches say),
+        idempotency replay, token bucket, quota, then the usage event (status 200 until
+        `complete`). `request_hash` identifies the body, so an Idempotency-Key reused with
+        another body is refused; a replay takes no rate token and charges nothing.
+        Errors: 400 `invalid_field` (units, Idempotency-Key), 403 `model_not_allowed` /
+        `key_revoked` / `key_expired`, 409 `idempotency_in_progress`, 422
+        `idempotency_key_reused`, 429 `rate_limit_exceeded` / `quota_exceeded` (with
+        Retry-After and x-ratelimit-*).
+        """
+        _check_model(key, model)
+        if not isinstance(units, int) or isinstance(units, bool) or units < 0:
+            raise ApiError(400, "invalid_field", f"units must be an integer >= 0, got {units!r}")
+        if idempotency_key is not None and not 0 < len(idempotency_key) <= _MAX_IDEMPOTENCY_KEY:
+            raise ApiError(
+                400,
+                "invalid_field",
+                f"an Idempotency-Key has 1 to {_MAX_IDEMPOTENCY_KEY} characters",
+                param="Idempotency-Key",
+            )
+        plan = key.plan_config
+        bucket = _Bucket(plan.requests_per_minute)
+        now = self.clock()
+        period = billing.period_of(now)
+        with self.store.write() as conn:
+            row = conn.execute(_LOCK_KEY, {"b_id": key.id}).one_or_none()
+            if row is None:
+                raise _invalid_key()
+            _check_usable(row, now)
+            account_id = row.account_id or row.id
+            account = row
+            if account_id != row.id:
+                account = conn.execute(_LOCK_KEY, {"b_id": account_id}).one()
+            tokens = bucket.refill(account.rate_tokens, account.rate_updated, now)
+            used = account.used_units if account.used_period == period else 0
+
+            stale: Row[Any] | None = None
+            if idempotency_key is not None:
+                stored = conn.execute(
+                    _FIND_IDEMPOTENT, {"b_account": account_id, "b_ikey": idempotency_key}
+                ).one_or_none()
+                if stored is not None:
+                    if request_hash and stored.request_hash and stored.request_hash != request_hash:
+                        raise ApiError(
+                            422,
+                            "idempotency_key_reused",
+                            "this Idempotency-Key was already used with a different request "
+                            "body; use a new key for a new request",
+                            param="Idempotency-Key",
+                        )
+                    if stored.status is not None:
+                        return GateAdmission(
+                            key=key,
+                            event_id=None,
+                            rate=bucket.state(tokens),
+                            replay=StoredResponse(stored.status, json.loads(stored.response_json)),
+                            account_id=account_id,
+                        )
+                    if now - stored.created_at < IDEMPOTENCY_STALE_S:
+                        raise ApiError(
+                            409,
+                            "idempotency_in_progress",
+                            "a request with this Idempotency-Key is still being processed; "
+                            "retry shortly to get its result",
+                            param="Idempotency-Key",
+                            headers={"Retry-After": "1"},
+                        )
+                    stale = stored
+
+            if tokens < 1:
+                wait = max(1, math.ceil((1 - tokens) / bucket.rate))
+                raise ApiError(
+                    429,
+                    "rate_limit_exceeded",
+                    f"rate limit of {plan.requests_per_minute} requests per minute reached "
+                    f"for key {key.prefix}; retry in {wait} s",
+                    headers={"Retry-After": str(wait), **bucket.state(tokens).headers()},
+                )
+            if stale is not None:
+                used -= self._abandon(conn, stale, account_id, period)
+            if plan.hard_limit and used + units > plan.included_units:
+                _, next_period = billing.period_bounds(period)
+                wait = max(1, math.ceil(next_period - now))
+                raise ApiError(
+                    429,
+                    "quota_exceeded",
+                    f"quota exceeded: {used} of the {plan.included_units} units of plan "
+                    f"{key.plan!r} used in {period} and this request needs {units}; it "
+                    f"resets at {keys.iso(next_period)}. Upgrade the plan for more.",
+                    headers={
+                        "Retry-After": str(wait),
+                        "x-should-retry": "false",
+                        **bucket.state(tokens).headers(),
+                    },
+                )
+            conn.execute(
+                _TAKE,
+                {
+                    "b_account": account_id,
+                    "b_tokens": tokens - 1,
+                    "b_now": now,
+                    "b_period": period,
+                    "b_used": used + units,
+                },
+            )
+            event_id = conn.execute(
+                _INSERT_EVENT,
+                {
+                    "key_id": key.id,
+                    "model": model,
+                    "units": units,
+                    "status": 200,
+                    "latency_ms": None,
+                    "request_id": request_id[:100],
+                    "created_at": now,
+                    "period": period,
+                    "idempotency_key": idempotency_key,
+                },
+            ).inserted_primary_key[0]
+            if stale is not None:
+                conn.execute(
+                    update(idempotency)
+                    .where(idempotency.c.id == stale.id)
+                    .values(event_id=event_id, created_at=now, request_hash=request_hash)
+                )
+            elif idempotency_key is not None:
+                conn.execute(
+                    idempotency.insert(),
+                    {
+                        "key_id": account_id,
+                        "idempotency_key": idempotency_key,
+                        "request_hash": request_hash,
+                        "event_id": event_id,
+                        "status": None,
+                        "response_json": None,
+                        "created_at": now,
+                    },
+                )
+        return GateAdmission(
+            key=key,
+            event_id=int(event_id),
+            rate=bucket.state(tokens - 1),
+            account_id=account_id,
+            units=units,
+            period=period,
+            idempotency_key=idempotency_key,
+        )
+
+    def complete(
+        self,
+        admission: Admission,
+        *,
+        status: int,
+        latency_ms: float,
+        response: Any | None = None,
+    ) -> None:
+        """Record how an admitted request ended. `status >= 500`: not billed, its units go
+        back to the quota, and its Idempotency-Key is freed so a retry runs again.
+        Otherwise `response` (JSON-able) is stored for Idempotency-Key replays. A replay
+        admission (event_id None) needs no completion: this does nothing."""
+        if admission.event_id is None:
+            return
+        if isinstance(admission, GateAdmission) and admission.period:
+            account_id, units = admission.account_id, admission.units
+            period, ikey = admission.period, admission.idempotency_key
+        else:
+            account_id, units, period, ikey = self._event_facts(admission.event_id)
+        event = admission.event_id
+        with self.store.write() as conn:
+            finished = conn.execute(
+                _FINISH_EVENT, {"b_id": event, "b_status": status, "b_latency": latency_ms}
+            ).rowcount
+            if status >= 500 and finished:
+                conn.execute(
+                    _REFUND, {"b_account": account_id, "b_period": period, "b_units": units}
+                )
+            if ikey is None:
+                return
+            params = {"b_account": account_id, "b_ikey": ikey, "b_event": event}
+            if status >= 500:
+                conn.execute(_FORGET, params)
+            else:
+                body = json.dumps(response, separators=(",", ":"), default=str)
+                conn.execute(_STORE_RESPONSE, {**params, "b_status": status, "b_body": body})
+
+    def usage(self, key: KeyInfo) -> dict[str, Any]:
+        """This period's usage of the key's account: units, quota left, what is due."""
+        period = billing.period_of(self.clock())
+        with self.store.read() as conn:
+            row = conn.execute(_ACCOUNT_OF, {"b_id": key.id}).one_or_none()
+        if row is None:
+            raise _invalid_key()
+        requests, units = billing.account_usage(self.store, row.account_id or row.id, period)
+        bill = billing.charge(key.plan_config, units)
+        return {
+            "key": key.prefix,
+            "name": key.name,
+            "plan": key.plan,
+            "period": period,
+            "requests": requests,
+            "units_used": units,
+            "included_units": bill.included_units,
+            "remaining_units": max(0, bill.included_units - units),
+            "hard_limit": key.plan_config.hard_limit,
+            "overage_units": bill.overage_units,
+            "amount_due_cents": bill.amount_due_cents,
+        }
+
+    # -- administration (the admin routes and `foundry keys` call these) ---------------
+
+    def create_key(
+        self,
+        name: str,
+        plan: str,
+        *,
+        models: list[str] | None = None,
+        expires: str | float | None = None,
+    ) -> keys.CreatedKey:
+        """A new key; `.key` holds the plaintext, shown this once. See `keys.create_key`."""
+        return keys.create_key(
+            self.store,
+            self.plans,
+            name=name,
+            plan=plan,
+            models=models,
+            expires=expires,
+            now=self.clock(),
+        )
+
+    def list_keys(self) -> list[keys.KeyRecord]:
+        return keys.list_keys(self.store, now=self.clock())
+
+    def get_key(self, id_or_prefix: str | int) -> keys.KeyRecord:
+        return keys.get_key(self.store, id_or_prefix, now=self.clock())
+
+    def revoke_key(self, id_or_prefix: str | int) -> keys.KeyRecord:
+        record = keys.revoke_key(self.store, id_or_prefix, now=self.clock())
+        self._auth_cache.clear()
+        return record
+
+    def rotate_key(self, id_or_prefix: str | int, grace_hours: float = 24.0) -> keys.CreatedKey:
+        created = keys.rotate_key(
+            self.store, self.plans, id_or_prefix, grace_hours=grace_hours, now=self.clock()
+        )
+        self._auth_cache.clear()
+        return created
+
+    def usage_report(self, period: str | None = None) -> billing.UsageReport:
+        """Billing for `period` (`YYYY-MM`, default this month)."""
+        period = billing.parse_period(period) if period else billing.period_of(self.clock())
+        return billing.usage_report(self.store, self.plans, period)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _key_info(self, row: Row[Any]) -> KeyInfo:
+        plan = self.plans.get(row.plan)
+        if plan is None:
+            raise ApiError(
+                403,
+                "unknown_plan",
+                f"key {row.prefix} is on plan {row.plan!r}, which this server does not "
+                f"offer (plans: {', '.join(self.plans)}); ask the operator",
+            )
+        models = list(row.models) if row.models is not None else plan.models
+        return KeyInfo(
+            id=row.id,
+            name=row.name,
+            prefix=row.prefix,
+            plan=row.plan,
+            plan_config=plan,
+            models=list(models) if models is not None else None,
+        )
+
+    def _abandon(self, conn: Any, stale: Row[Any], account_id: int, period: str) -> int:
+        """Mark the event of a dead in-flight request failed; the units it gave back to
+        this period's counter."""
+        if stale.event_id is None:
+            return 0
+        old = conn.execute(_EVENT, {"b_id": stale.event_id}).one_or_none()
+        finished = conn.execute(
+            _FINISH_EVENT, {"b_id": stale.event_id, "b_status": 500, "b_latency": None}
+        ).rowcount
+        if old is None or not finished or old.period != period:
+            return 0
+        return int(old.units)
+
+    def _event_facts(self, event_id: int) -> tuple[int, int, str, str | None]:
+        with self.store.read() as conn:
+            event = conn.execute(_EVENT, {"b_id": event_id}).one()
+            owner = conn.execute(_ACCOUNT_OF, {"b_id": event.key_id}).one()
+        return owner.account_id or owner.id, event.units, event.period, event.idempotency_key
+
+
+class _Bucket:
+    """Token-bucket arithmetic for one plan: capacity rpm, refill rpm/60 per second."""
+
+    def __init__(self, requests_per_minute: int) -> None:
+        self.limit = requests_per_minute
+        self.capacity = float(requests_per_minute)
+        self.rate = requests_per_minute / 60.0
+
+    def refill(self, tokens: float, updated: float, now: float) -> float:
+        # max(0, ...): another worker's clock may be slightly behind ours.
+        return min(self.capacity, tokens + max(0.0, now - updated) * self.rate)
+
+    def state(self, tokens: float) -> RateState:
+        return RateState(
+            limit=self.limit,
+            remaining=max(0, math.floor(tokens)),
+            reset_seconds=max(0.0, (self.capacity - tokens) / self.rate),
+        )
+
+
+def _check_usable(row: Any, now: float) -> None:
+    if row.revoked_at is not None and now >= row.revoked_at:
+        if row.rotated_to is not None and row.grace_until == row.revoked_at:
+            message = (
+                f"API key {row.prefix} was rotated and its grace period ended at "
+                f"{keys.iso(row.grace_until)}; use the new key"
+            )
+        else:
+            message = f"API key {row.prefix} was revoked at {keys.iso(row.revoked_at)}"
+        raise ApiError(403, "key_revoked", message)
+    if row.expires_at is not None and now >= row.expires_at:
+        raise ApiError(
+            403, "key_expired", f"API key {row.prefix} expired at {keys.iso(row.expires_at)}"
+        )
+
+
+def _check_model(key: KeyInfo, model: str) -> None:
+    if key.models is None or model in key.models or model.split(":", 1)[0] in key.models:
+        return
+    raise ApiError(
+        403,
+        "model_not_allowed",
+        f"key {key.prefix} may not call model {model!r}; it may call: {', '.join(key.models)}",
+        param="model",
+    )
+
+
+def _invalid_key() -> ApiError:
+    return ApiError(
+        401,
+        "invalid_api_key",
+        "invalid API key: check the `Authorization: Bearer fdy_...` header; keys are made "
+        "with `foundry keys create`",
+    )

@@ -1,0 +1,57 @@
+"""What the HTTP layer needs from keys, plans, rate limits, quotas and metering.
+
+`foundry.serve.gate.Gate` implements these with the database; the app only sees these
+types. Every method is synchronous (SQLAlchemy); the app calls them from a thread pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from foundry.config.schema import PlanConfig
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: int
+    name: str
+    prefix: str
+    """The key's first characters (`fdy_abcd1234`), safe to show and log."""
+    plan: str
+    plan_config: PlanConfig
+    models: list[str] | None
+    """Models this key may call (the key's own list, else the plan's; None = all)."""
+
+
+@dataclass(frozen=True)
+class RateState:
+    limit: int
+    """Requests per minute of the key's plan."""
+    remaining: int
+    """Whole requests left in the bucket after this one."""
+    reset_seconds: float
+    """Seconds until the bucket is full again."""
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-ratelimit-limit-requests": str(self.limit),
+            "x-ratelimit-remaining-requests": str(self.remaining),
+            "x-ratelimit-reset-requests": f"{self.reset_seconds:.3f}s",
+        }
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    status: int
+    body: Any
+
+
+@dataclass(frozen=True)
+class Admission:
+    key: KeyInfo
+    event_id: int | None
+    """The usage event written for this request (None for a replay)."""
+    rate: RateState
+    replay: StoredResponse | None = None
+    """Set when an Idempotency-Key matched an earlier request: answer this, charge nothing."""

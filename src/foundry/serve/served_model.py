@@ -1,0 +1,176 @@
+"""A model as the API serves it: predictor, record validator, description, forward pass.
+
+    served = ServedModel.load("adult:3", registry=Registry())   # once per worker, at startup
+    records = served.validator.records_of(json.loads(body))
+    served.validator.validate(records)
+    served.predict_records(records.items)     # on the batcher's thread: [{"label", ...}, ...]
+
+`predict_records` gives exactly what `Predictor.predict` gives on the same rows (it goes
+through `Predictor.outputs` and `Predictor.decode`), one JSON-ready dict per record.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from foundry.data.encoders.binary import BinaryEncoder
+from foundry.data.encoders.category import MISSING, CategoryEncoder
+from foundry.data.encoders.image import ImageEncoder
+from foundry.data.encoders.number import NumberEncoder
+from foundry.data.encoders.text import TextEncoder
+from foundry.data.preprocess import Preprocessor
+from foundry.predictor import Predictor, run_model
+from foundry.registry import Registry
+from foundry.serve.schemas import InputSpec, RecordValidator
+
+MAX_LISTED_VALUES = 50
+"""Category inputs with at most this many training values list them in the model schema."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    predictor: Predictor
+    validator: RecordValidator
+    summary: dict[str, Any]
+    """`GET /v1/models` entry (built once)."""
+    detail: dict[str, Any]
+    """`GET /v1/models/{name}` body: the summary plus a ready-to-send example request."""
+
+    @classmethod
+    def load(cls, ref: str, *, registry: Registry | None = None) -> ServedModel:
+        from foundry.predictor import load
+
+        return cls.from_predictor(load(ref, registry=registry))
+
+    @classmethod
+    def from_predictor(cls, predictor: Predictor) -> ServedModel:
+        inputs = [_input_spec(f) for f in predictor.manifest["features"]["inputs"]]
+        validator = RecordValidator(predictor.name, inputs)
+        encoders = {e.name: e for e in predictor.preprocessor.encoders}
+        features = [_describe(spec, encoders.get(spec.name)) for spec in inputs]
+        task = predictor.task
+        summary = {
+            "name": predictor.name,
+            "version": predictor.manifest.get("version") or _version_of(predictor.ref),
+            "ref": predictor.ref,
+            "task": {"type": task.task, "target": task.target, "classes": list(task.classes)},
+            "inputs": features,
+        }
+        example = {"records": [{f["name"]: f["example"] for f in features}]}
+        return cls(predictor.name, predictor, validator, summary, {**summary, "example": example})
+
+    @property
+    def ref(self) -> str:
+        return self.predictor.ref
+
+    # ------------------------------------------------------------------ inference
+
+    def predict_records(self, records: list[dict]) -> list[dict[str, Any]]:
+        """Validated records → one prediction dict per record (runs on a worker thread)."""
+        predictor = self.predictor
+        frame = self.validator.frame(records)
+        if any(isinstance(e, ImageEncoder) for e in predictor.preprocessor.encoders):
+            outputs = _image_outputs(predictor, frame)
+        else:
+            outputs = predictor.outputs(frame)
+        decoded = predictor.decode(outputs)
+        task = predictor.task
+        values = decoded[task.target].tolist()
+        if not task.is_classification:
+            return [{"value": float(v)} for v in values]
+        classes = list(task.classes)
+        proba = decoded[[f"probability_{c}" for c in classes]].to_numpy(np.float64).tolist()
+        return [
+            {"label": str(label), "probabilities": dict(zip(classes, row, strict=True))}
+            for label, row in zip(values, proba, strict=True)
+        ]
+
+
+def _image_outputs(predictor: Predictor, frame: pd.DataFrame) -> np.ndarray:
+    """Forward pass for a model with image inputs, whose cells hold decoded bytes instead
+    of the file paths `ImageEncoder.transform` reads.
+
+    Non-image inputs go through a Preprocessor without the image encoders; each image
+    column through `ImageEncoder.decode` (Pillow opens file objects like paths) and the
+    same normalisation as `ImageEncoder.transform`.
+    """
+    import torch
+
+    pre = predictor.preprocessor
+    rest = [e for e in pre.encoders if not isinstance(e, ImageEncoder)]
+    encoded = Preprocessor(pre.resolved, rest, pre.target).transform(frame, with_target=False)
+    for enc in pre.encoders:
+        if isinstance(enc, ImageEncoder):
+            pixels = image_tensor(enc, frame[enc.name].tolist())
+            encoded[f"image:{enc.name}"] = torch.from_numpy(pixels)
+    return run_model(predictor.model, encoded, len(frame))
+
+
+def image_tensor(enc: ImageEncoder, blobs: list[bytes]) -> np.ndarray:
+    """PNG/JPEG bytes [N] → float32 [N, C, H, W], exactly as `enc.transform` on files."""
+    pixels = enc.decode([io.BytesIO(b) for b in blobs])  # type: ignore[list-item]
+    x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
+    np.divide(x, 255.0, out=x)
+    if enc.normalization == "standard":
+        x -= np.asarray(enc.mean, dtype=np.float32)[:, None, None]
+        x /= np.asarray(enc.std, dtype=np.float32)[:, None, None]
+    return x
+
+
+# ------------------------------------------------------------------ description
+
+
+def _input_spec(feature: dict[str, Any]) -> InputSpec:
+    ftype = feature["type"]
+    if ftype == "number":
+        nullable = feature.get("number", {}).get("missing") != "error"
+    else:
+        nullable = ftype != "image"  # an image cell needs an image
+    return InputSpec(feature["name"], ftype, nullable)
+
+
+def _describe(spec: InputSpec, enc: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": spec.name, "type": spec.type, "nullable": spec.nullable}
+    values: list[str] | None = None
+    example: Any = None
+    if isinstance(enc, NumberEncoder):
+        example = _round(enc.fill if enc.missing in ("mean", "median") else enc.center)
+    elif isinstance(enc, (CategoryEncoder, BinaryEncoder)):
+        known = [v for v in (enc.vocab if isinstance(enc, CategoryEncoder) else enc.values)
+                 if v != MISSING]  # CategoryEncoder.vocab is most frequent first
+        values = known if len(known) <= MAX_LISTED_VALUES else None
+        example = known[0] if known else "value"
+    elif isinstance(enc, TextEncoder):
+        # Word ids after [PAD] and [UNK] come in order of training frequency.
+        words = [enc.tokenizer.id_to_token(i) for i in range(2, min(8, enc.vocab_size))]
+        example = " ".join(w for w in words if w) or "some text"
+    elif isinstance(enc, ImageEncoder):
+        example = _gray_png(enc.width, enc.height, enc.channels)
+    out["values"] = values
+    out["example"] = example
+    return out
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+def _gray_png(width: int, height: int, channels: int) -> str:
+    from PIL import Image
+
+    mode, color = ("L", 128) if channels == 1 else ("RGB", (128, 128, 128))
+    buf = io.BytesIO()
+    Image.new(mode, (width, height), color).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _version_of(ref: str) -> int | None:
+    _, _, version = ref.partition(":")
+    return int(version) if version.isdigit() else None

@@ -1,0 +1,103 @@
+"""Running the API under uvicorn, with one or several worker processes.
+
+uvicorn starts several workers only from an import string, so the app is built by a
+module-level factory, `app_from_env`, in each worker process. `run_server` hands it the
+settings through environment variables, which worker processes inherit:
+
+    FOUNDRY_SERVE_CONFIG   the ServeConfig as JSON
+    FOUNDRY_SERVE_MODELS   the model references as a JSON list (pinned: `adult:3`)
+    FOUNDRY_ADMIN_TOKEN    enables the /admin routes (read, never written, here)
+    FOUNDRY_SERVE_BARE     "1": the benchmark-only variant without keys and metering
+    FOUNDRY_HOME / FOUNDRY_DATABASE_URL   the registry (and the keys' database), as usual
+
+Each worker loads its models once, at startup, and has its own batchers and metrics;
+they share the database, so rate limits and quotas hold across workers.
+
+    uvicorn --factory foundry.serve.server:app_from_env     # the same, by hand
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from fastapi import FastAPI
+
+from foundry.config.schema import ServeConfig
+
+ENV_CONFIG = "FOUNDRY_SERVE_CONFIG"
+ENV_MODELS = "FOUNDRY_SERVE_MODELS"
+ENV_ADMIN_TOKEN = "FOUNDRY_ADMIN_TOKEN"
+ENV_BARE = "FOUNDRY_SERVE_BARE"
+FACTORY = "foundry.serve.server:app_from_env"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process, from the environment `run_server` set."""
+    from foundry.serve.app import create_app
+
+    config = ServeConfig.model_validate_json(os.environ.get(ENV_CONFIG) or "{}")
+    models = json.loads(os.environ.get(ENV_MODELS) or "[]")
+    _share_cores(config.workers)
+    return create_app(
+        config,
+        models,
+        admin_token=os.environ.get(ENV_ADMIN_TOKEN) or None,
+        bare=os.environ.get(ENV_BARE) == "1",
+    )
+
+
+def run_server(
+    config: ServeConfig,
+    models: list[str],
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+    *,
+    access_log: bool = False,
+    log_level: str = "info",
+    bare: bool = False,
+) -> None:
+    """Serve `config.models` + `models` until interrupted (Ctrl-C / SIGTERM: graceful).
+
+    host / port / workers override the config's. Access logs are off by default: they
+    cost more per request than the metrics, which count every request anyway.
+    """
+    import uvicorn
+
+    refs = list(dict.fromkeys([*config.models, *models]))
+    config = ServeConfig.model_validate(
+        {
+            **config.model_dump(),
+            "host": host if host is not None else config.host,
+            "port": port if port is not None else config.port,
+            "workers": workers if workers is not None else config.workers,
+            "models": [],  # all of them travel in FOUNDRY_SERVE_MODELS
+        }
+    )
+    os.environ[ENV_CONFIG] = config.model_dump_json()
+    os.environ[ENV_MODELS] = json.dumps(refs)
+    if bare:
+        os.environ[ENV_BARE] = "1"
+    else:
+        os.environ.pop(ENV_BARE, None)
+    uvicorn.run(
+        FACTORY,
+        factory=True,
+        host=config.host,
+        port=config.port,
+        workers=config.workers,
+        access_log=access_log,
+        log_level=log_level,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def _share_cores(workers: int) -> None:
+    """Give each of several workers its share of the cores for PyTorch, instead of every
+    worker starting one thread per core (oversubscription slows them all)."""
+    if workers <= 1:
+        return
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
