@@ -14,6 +14,7 @@ import typer
 
 from foundry.errors import FoundryError
 from foundry.serve.cli_admin import keys_app, usage_app
+from foundry.serve.cli_serve import serve as serve_command
 
 app = typer.Typer(
     name="foundry",
@@ -218,6 +219,10 @@ def config_docs() -> None:
     from foundry.config.docs import config_markdown
 
     _out(config_markdown())
+
+
+# Serving lives in foundry.serve; registered here so it lists after the pipeline commands.
+app.command("serve")(serve_command)
 
 
 def _record_json(r) -> dict:

@@ -18,7 +18,9 @@ from foundry.errors import ConfigError
 
 def serve(
     models: list[str] | None = typer.Argument(
-        None, help="Models to serve: name, name:latest or name:VERSION (added to serve.models)."
+        None,
+        metavar="MODELS...",
+        help="Models to serve: name, name:latest or name:VERSION (added to serve.models).",
     ),
     config: Path | None = typer.Option(
         None, "--config", "-c",

@@ -13,12 +13,12 @@ a configured token every admin route answers 403 and says how to set one.
 from __future__ import annotations
 
 import hmac
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 
 from foundry.serve.errors import ApiError
 from foundry.serve.schemas import ErrorResponse
@@ -74,21 +74,20 @@ def admin_router(service: Service) -> APIRouter:
     @router.post("/keys", status_code=201, openapi_extra=security)
     async def create_key(body: CreateKeyRequest) -> Response:
         """Create a key. The response holds the key itself: it is never shown again."""
-        created = await run_in_threadpool(
-            gate().create_key, body.name, body.plan, models=body.models, expires=body.expires
-        )
+        create = partial(gate().create_key, models=body.models, expires=body.expires)
+        created = await service.gate_call(create, body.name, body.plan)
         return JSONResponse(created.to_dict(), 201)
 
     @router.get("/keys", openapi_extra=security)
     async def list_keys() -> Response:
         """Every key with its status (active, grace, revoked, expired); never the secret."""
-        records = await run_in_threadpool(gate().list_keys)
+        records = await service.gate_call(gate().list_keys)
         return JSONResponse({"keys": [r.to_dict() for r in records]})
 
     @router.delete("/keys/{ref}", openapi_extra=security)
     async def revoke_key(ref: str) -> Response:
         """Revoke a key now (by id, prefix or the whole key)."""
-        record = await run_in_threadpool(gate().revoke_key, ref)
+        record = await service.gate_call(gate().revoke_key, ref)
         return JSONResponse(record.to_dict())
 
     @router.post("/keys/{ref}/rotate", status_code=201, openapi_extra=security)
@@ -97,7 +96,7 @@ def admin_router(service: Service) -> APIRouter:
         hours = body.grace_hours if body and body.grace_hours is not None else None
         if hours is None:
             hours = service.config.rotate_grace_hours
-        created = await run_in_threadpool(gate().rotate_key, ref, hours)
+        created = await service.gate_call(gate().rotate_key, ref, hours)
         return JSONResponse(created.to_dict(), 201)
 
     return router

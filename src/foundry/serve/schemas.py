@@ -63,15 +63,16 @@ class PredictRequest(RootModel[Record | list[Record] | RecordsBody | RecordBody]
 
 
 class ClassPrediction(_Schema):
-    label: str
-    """The most probable class."""
-    probabilities: dict[str, float]
+    label: str | None
+    """The most probable class (null, with null probabilities, when the record's values
+    overflowed the model's arithmetic)."""
+    probabilities: dict[str, float | None]
     """Probability of every class, by class label."""
 
 
 class ValuePrediction(_Schema):
-    value: float
-    """The predicted number (regression), in the target's units."""
+    value: float | None
+    """The predicted number (regression), in the target's units (null on overflow)."""
 
 
 class Usage(_Schema):
@@ -164,6 +165,9 @@ class InputSpec:
     type: str
     """The feature type: number, binary, category, text, image."""
     nullable: bool
+    bound: float = math.inf
+    """Numbers: the largest magnitude accepted (beyond it the encoded value overflows the
+    model's float32)."""
 
     @property
     def kind(self) -> str:
@@ -196,7 +200,7 @@ class RecordValidator:
         self.inputs = list(inputs)
         self.names = [s.name for s in self.inputs]
         self._name_set = frozenset(self.names)
-        self._specs = [(s.name, s.kind, s.nullable, s.type) for s in self.inputs]
+        self._specs = [(s.name, s.kind, s.nullable, s.type, s.bound) for s in self.inputs]
 
     # -- body → records --------------------------------------------------------
 
@@ -249,16 +253,15 @@ class RecordValidator:
                 )
             if record.keys() != name_set:
                 self._field_set_error(record, records, i)
-            for name, kind, nullable, ftype in self._specs:
+            for name, kind, nullable, ftype, bound in self._specs:
                 value = record[name]
                 vtype = type(value)
                 if kind == NUMBER:
-                    if vtype is float:
-                        if math.isfinite(value):
+                    if vtype is float or vtype is int:
+                        if abs(value) <= bound:  # False for inf; exact for huge ints
                             continue
-                    elif vtype is int:
-                        if abs(value) < 1e308:
-                            continue
+                        if vtype is int or math.isfinite(value):
+                            raise self._range_error(records, i, name, bound)
                     elif value is None and nullable:
                         continue
                     raise self._type_error(records, i, name, ftype, nullable, value)
@@ -323,12 +326,22 @@ class RecordValidator:
             param=path,
         )
 
+    @staticmethod
+    def _range_error(records: Records, i: int, name: str, bound: float) -> ApiError:
+        path = records.path(i, name)
+        return ApiError(
+            422,
+            "invalid_field",
+            f"{path} is out of range for this model (|value| <= {bound:.3g})",
+            param=path,
+        )
+
     # -- records → DataFrame (once per batch, on the worker thread) -------------
 
     def frame(self, records: list[dict]) -> pd.DataFrame:
         """Checked records → one DataFrame with a column per input, built column-wise."""
         data: dict[str, Any] = {}
-        for name, kind, _, _ in self._specs:
+        for name, kind, *_ in self._specs:
             values = [r[name] for r in records]
             if kind == NUMBER:
                 data[name] = np.array(values, dtype=np.float64)  # None → NaN (missing)

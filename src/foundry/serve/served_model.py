@@ -5,14 +5,15 @@
     served.validator.validate(records)
     served.predict_records(records.items)     # on the batcher's thread: [{"label", ...}, ...]
 
-`predict_records` gives exactly what `Predictor.predict` gives on the same rows (it goes
-through `Predictor.outputs` and `Predictor.decode`), one JSON-ready dict per record.
+`predict_records` gives exactly what `Predictor.predict` gives on the same rows (the same
+`Predictor.outputs`, decoded as `Predictor.decode` does), one JSON-ready dict per record.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +26,12 @@ from foundry.data.encoders.image import ImageEncoder
 from foundry.data.encoders.number import NumberEncoder
 from foundry.data.encoders.text import TextEncoder
 from foundry.data.preprocess import Preprocessor
+from foundry.evaluation.metrics import probabilities
 from foundry.predictor import Predictor, run_model
 from foundry.registry import Registry
 from foundry.serve.schemas import InputSpec, RecordValidator
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_LISTED_VALUES = 50
 """Category inputs with at most this many training values list them in the model schema."""
 
@@ -51,19 +54,20 @@ class ServedModel:
 
     @classmethod
     def from_predictor(cls, predictor: Predictor) -> ServedModel:
-        inputs = [_input_spec(f) for f in predictor.manifest["features"]["inputs"]]
-        validator = RecordValidator(predictor.name, inputs)
         encoders = {e.name: e for e in predictor.preprocessor.encoders}
-        features = [_describe(spec, encoders.get(spec.name)) for spec in inputs]
+        features = predictor.manifest["features"]["inputs"]
+        inputs = [_input_spec(f, encoders.get(f["name"])) for f in features]
+        validator = RecordValidator(predictor.name, inputs)
+        described = [_describe(spec, encoders.get(spec.name)) for spec in inputs]
         task = predictor.task
         summary = {
             "name": predictor.name,
             "version": predictor.manifest.get("version") or _version_of(predictor.ref),
             "ref": predictor.ref,
             "task": {"type": task.task, "target": task.target, "classes": list(task.classes)},
-            "inputs": features,
+            "inputs": described,
         }
-        example = {"records": [{f["name"]: f["example"] for f in features}]}
+        example = {"records": [{f["name"]: f["example"] for f in described}]}
         return cls(predictor.name, predictor, validator, summary, {**summary, "example": example})
 
     @property
@@ -80,17 +84,26 @@ class ServedModel:
             outputs = _image_outputs(predictor, frame)
         else:
             outputs = predictor.outputs(frame)
-        decoded = predictor.decode(outputs)
-        task = predictor.task
-        values = decoded[task.target].tolist()
+        return self._decode(outputs)
+
+    def _decode(self, outputs: np.ndarray) -> list[dict[str, Any]]:
+        """Outputs [N, n_outputs] → prediction dicts: the computation of
+        `Predictor.decode`, without building a DataFrame."""
+        task = self.predictor.task
         if not task.is_classification:
-            return [{"value": float(v)} for v in values]
-        classes = list(task.classes)
-        proba = decoded[[f"probability_{c}" for c in classes]].to_numpy(np.float64).tolist()
-        return [
+            values = outputs[:, 0] * task.target_std + task.target_mean
+            return [{"value": v if math.isfinite(v) else None} for v in values.tolist()]
+        proba = probabilities(outputs, task)  # float64 [N, n_classes]
+        labels = np.asarray(task.classes, dtype=object)[proba.argmax(axis=1)].tolist()
+        classes = [str(c) for c in task.classes]
+        out = [
             {"label": str(label), "probabilities": dict(zip(classes, row, strict=True))}
-            for label, row in zip(values, proba, strict=True)
+            for label, row in zip(labels, proba.tolist(), strict=True)
         ]
+        broken = ~np.isfinite(proba).all(axis=1)
+        for i in np.flatnonzero(broken):  # the network overflowed: JSON has no NaN
+            out[i] = {"label": None, "probabilities": dict.fromkeys(classes)}
+        return out
 
 
 def _image_outputs(predictor: Predictor, frame: pd.DataFrame) -> np.ndarray:
@@ -127,13 +140,16 @@ def image_tensor(enc: ImageEncoder, blobs: list[bytes]) -> np.ndarray:
 # ------------------------------------------------------------------ description
 
 
-def _input_spec(feature: dict[str, Any]) -> InputSpec:
+def _input_spec(feature: dict[str, Any], enc: Any) -> InputSpec:
     ftype = feature["type"]
-    if ftype == "number":
-        nullable = feature.get("number", {}).get("missing") != "error"
-    else:
-        nullable = ftype != "image"  # an image cell needs an image
-    return InputSpec(feature["name"], ftype, nullable)
+    if ftype != "number":
+        return InputSpec(feature["name"], ftype, nullable=ftype != "image")
+    nullable = feature.get("number", {}).get("missing") != "error"
+    bound = math.inf
+    if isinstance(enc, NumberEncoder):
+        # (x - center) / scale must stay a finite float32.
+        bound = max(0.0, FLOAT32_MAX * enc.scale - abs(enc.center))
+    return InputSpec(feature["name"], ftype, nullable, bound)
 
 
 def _describe(spec: InputSpec, enc: Any) -> dict[str, Any]:

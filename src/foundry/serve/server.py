@@ -10,8 +10,9 @@ settings through environment variables, which worker processes inherit:
     FOUNDRY_SERVE_BARE     "1": the benchmark-only variant without keys and metering
     FOUNDRY_HOME / FOUNDRY_DATABASE_URL   the registry (and the keys' database), as usual
 
-Each worker loads its models once, at startup, and has its own batchers and metrics;
-they share the database, so rate limits and quotas hold across workers.
+Each worker loads its models once, at startup, and has its own batchers, metrics and
+share of the cores for PyTorch (`app.inference_threads`); they share the database, so
+rate limits and quotas hold across workers.
 
     uvicorn --factory foundry.serve.server:app_from_env     # the same, by hand
 """
@@ -38,7 +39,6 @@ def app_from_env() -> FastAPI:
 
     config = ServeConfig.model_validate_json(os.environ.get(ENV_CONFIG) or "{}")
     models = json.loads(os.environ.get(ENV_MODELS) or "[]")
-    _share_cores(config.workers)
     return create_app(
         config,
         models,
@@ -91,13 +91,3 @@ def run_server(
         log_level=log_level,
         timeout_graceful_shutdown=10,
     )
-
-
-def _share_cores(workers: int) -> None:
-    """Give each of several workers its share of the cores for PyTorch, instead of every
-    worker starting one thread per core (oversubscription slows them all)."""
-    if workers <= 1:
-        return
-    import torch
-
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))

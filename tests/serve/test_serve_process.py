@@ -1,0 +1,104 @@
+"""`foundry serve` as a real process: uvicorn, two workers, HTTP over loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from tests.serve.serve_app_support import assert_matches, bearer, shared_toy
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return shared_toy(tmp_path_factory)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_command(model: str, port: int) -> list[str]:
+    """`python -m foundry serve ...` once cli.py registers the command; until then the
+    same command function, called from `python -c`."""
+    from foundry.cli import app
+
+    args = [model, "--port", str(port), "--workers", "2"]
+    if any((c.name or c.callback.__name__) == "serve" for c in app.registered_commands):
+        return [sys.executable, "-m", "foundry", "serve", *args]
+    code = (
+        "from foundry.serve.cli_serve import serve; "
+        f"serve([{model!r}], None, '127.0.0.1', {port}, 2)"
+    )
+    return [sys.executable, "-c", code]
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, log_path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise AssertionError(f"server not ready after {timeout} s:\n{log_path.read_text()}")
+
+
+def test_serve_process_answers_over_http(toy, tmp_path):
+    from foundry.serve.gate import Gate
+
+    gate = Gate(home=toy.home)
+    key = gate.create_key("acme", "pro").key
+    gate.close()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "FOUNDRY_HOME": str(toy.home), "FOUNDRY_ADMIN_TOKEN": "admin-secret"}
+    env.pop("FOUNDRY_DATABASE_URL", None)
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            _serve_command(toy.name, port), env=env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    try:
+        _wait_ready(proc, url, log_path)
+        records = toy.records(8)
+        with httpx.Client(base_url=url, timeout=30) as client:
+            answers = [
+                client.post(f"/v1/models/{toy.name}/predict", json=records, headers=bearer(key))
+                for _ in range(4)
+            ]
+            missing_key = client.post(f"/v1/models/{toy.name}/predict", json=records)
+            usage = client.get("/v1/usage", headers=bearer(key)).json()
+            keys = client.get("/admin/keys", headers=bearer("admin-secret"))
+            metrics = client.get("/metrics").text
+            models = client.get("/v1/models").json()
+        for answer in answers:
+            assert answer.status_code == 200, answer.text
+            assert_matches(answer.json()["predictions"], toy.expected(records), "tier")
+        assert missing_key.status_code == 401
+        assert missing_key.json()["error"]["code"] == "missing_api_key"
+        assert usage["units_used"] == 32  # counted in the shared database, whichever worker
+        assert keys.status_code == 200
+        assert "foundry_requests_total" in metrics
+        assert [m["ref"] for m in models["models"]] == [toy.ref]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    output = log_path.read_text()
+    assert f"{url}/docs" in output  # the start banner names the docs
+    assert toy.ref in output
