@@ -11,7 +11,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from foundry.config.schema import CNNConfig, FoundryConfig, MLPConfig, TextModelConfig
+from foundry.config.schema import (
+    CNNConfig,
+    FoundryConfig,
+    MLPConfig,
+    ServeConfig,
+    TextModelConfig,
+)
 from foundry.errors import ConfigError
 
 _ARCHS: dict[str, type[BaseModel]] = {"mlp": MLPConfig, "cnn": CNNConfig, "text": TextModelConfig}
@@ -39,18 +45,40 @@ def load_config(
         raw, base_dir, origin = dict(source), Path.cwd(), "config"
     else:
         path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        base_dir, origin = path.resolve().parent, str(path)
+        raw, base_dir, origin = read_yaml(path), path.resolve().parent, str(path)
     for item in overrides or []:
         apply_override(raw, item)
     return LoadedConfig(validate_config(raw, origin=origin), base_dir)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A config file's top-level mapping, or a ConfigError naming the file."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return raw
+
+
+def load_serve_config(path: Path | None, overrides: dict[str, Any] | None = None) -> ServeConfig:
+    """The `serve:` section of a config file (other sections are neither read nor checked),
+    with `overrides` (e.g. `--port` from the command line) applied and validated."""
+    raw = read_yaml(path) if path is not None else {}
+    section = raw.get("serve") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: serve must be a mapping of settings")
+    try:
+        return ServeConfig.model_validate({**section, **(overrides or {})})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        origin = path or "command line"
+        message = format_error({**err, "loc": ("serve", *err["loc"])})
+        raise ConfigError(f"{origin}: {message}{more}") from None
 
 
 def validate_config(raw: dict[str, Any], *, origin: str = "config") -> FoundryConfig:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 if TYPE_CHECKING:
-    from foundry.config.schema import ServeConfig
     from foundry.serve.gate import Gate
 
 keys_app = typer.Typer(
@@ -50,34 +49,8 @@ def _one_line_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def load_serve_config(path: Path | None) -> ServeConfig:
-    """The `serve:` section of a config file (only that section is validated)."""
-    from foundry.config.schema import ServeConfig
-
-    if path is None:
-        return ServeConfig()
-    import yaml
-    from pydantic import ValidationError
-
-    from foundry.config.load import format_error
-    from foundry.errors import ConfigError
-
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("serve", {}), dict):
-        raise ConfigError(f"{path}: expected a mapping with a `serve:` section")
-    try:
-        return ServeConfig.model_validate(raw.get("serve", {}))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(f"{path}: serve.{format_error(first)}") from None
-
-
 def _gate(config: Path | None) -> Gate:
+    from foundry.config.load import load_serve_config
     from foundry.serve.gate import Gate
 
     return Gate(load_serve_config(config).all_plans())
@@ -181,6 +154,8 @@ def keys_rotate(
 ) -> None:
     """Replace a key: print the new one (shown once); the old one works for a grace period."""
     with _one_line_errors():
+        from foundry.config.load import load_serve_config
+
         serve = load_serve_config(config)
         from foundry.serve.gate import Gate
 

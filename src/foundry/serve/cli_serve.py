@@ -1,18 +1,16 @@
 """`foundry serve`: the command function (cli.py registers it as `app.command("serve")`).
 
-    foundry serve adult:3 --port 8000 --workers 2
-    foundry serve --config serve.yaml            # models, batching, plans from `serve:`
+foundry serve adult:3 --port 8000 --workers 2
+foundry serve --config serve.yaml            # models, batching, plans from `serve:`
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from foundry.config.schema import ServeConfig
 from foundry.errors import ConfigError
 
 
@@ -23,7 +21,9 @@ def serve(
         help="Models to serve: name, name:latest or name:VERSION (added to serve.models).",
     ),
     config: Path | None = typer.Option(
-        None, "--config", "-c",
+        None,
+        "--config",
+        "-c",
         help="YAML file whose `serve:` section sets models, batching, plans and limits.",
     ),
     host: str | None = typer.Option(
@@ -38,12 +38,12 @@ def serve(
 
     Admin routes (/admin/keys) need the environment variable FOUNDRY_ADMIN_TOKEN.
     """
+    from foundry.config.load import load_serve_config
     from foundry.registry import Registry
     from foundry.serve.server import ENV_ADMIN_TOKEN, run_server
 
-    settings = load_serve_config(config) if config else ServeConfig()
     overrides = {"host": host, "port": port, "workers": workers}
-    settings = _with(settings, {k: v for k, v in overrides.items() if v is not None})
+    settings = load_serve_config(config, {k: v for k, v in overrides.items() if v is not None})
     requested = list(dict.fromkeys([*settings.models, *(models or [])]))
     if not requested:
         raise ConfigError(
@@ -68,40 +68,3 @@ def serve(
     if not os.environ.get(ENV_ADMIN_TOKEN):
         typer.echo(f"admin routes disabled: set {ENV_ADMIN_TOKEN} to enable /admin/keys")
     run_server(settings.model_copy(update={"models": []}), refs)
-
-
-def load_serve_config(path: Path) -> ServeConfig:
-    """The `serve:` section of a YAML config (other sections are not read or checked)."""
-    import yaml
-
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    section = raw.get("serve") or {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: serve must be a mapping of settings")
-    return _validate(section, origin=str(path))
-
-
-def _with(settings: ServeConfig, changes: dict[str, Any]) -> ServeConfig:
-    """`settings` with CLI overrides, validated like the file (a port out of range...)."""
-    return _validate({**settings.model_dump(), **changes}, origin="command line")
-
-
-def _validate(raw: dict[str, Any], *, origin: str) -> ServeConfig:
-    from pydantic import ValidationError
-
-    from foundry.config.load import format_error
-
-    try:
-        return ServeConfig.model_validate(raw)
-    except ValidationError as exc:
-        errors = exc.errors()
-        first = format_error({**errors[0], "loc": ("serve", *errors[0]["loc"])})
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(f"{origin}: {first}{more}") from None
