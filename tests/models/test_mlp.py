@@ -33,8 +33,8 @@ def test_config_flags_change_structure():
     def kinds(config: MLPConfig) -> list[type]:
         return [type(m) for m in MLP(config, SCHEMA, 2).body]
 
-    assert kinds(MLPConfig(layers=[8])) == [nn.Linear, nn.ReLU]
-    assert kinds(MLPConfig(layers=[8], activation="gelu")) == [nn.Linear, nn.GELU]
+    assert kinds(MLPConfig(layers=[8], dropout=0.0)) == [nn.Linear, nn.ReLU]
+    assert kinds(MLPConfig(layers=[8], activation="gelu", dropout=0.0)) == [nn.Linear, nn.GELU]
     assert kinds(MLPConfig(layers=[8], batch_norm=True, dropout=0.2)) == [
         nn.Linear,
         nn.BatchNorm1d,

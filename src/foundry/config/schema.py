@@ -156,11 +156,11 @@ Activation = Literal["relu", "gelu", "tanh", "sigmoid"]
 class MLPConfig(Section):
     type: Literal["mlp"] = "mlp"
     """Multi-layer perceptron over number, binary and category features."""
-    layers: list[Annotated[int, Field(ge=1)]] = [64, 32]
+    layers: list[Annotated[int, Field(ge=1)]] = [128, 64]
     """Hidden layer widths, input to output; `[]` is a linear model."""
     activation: Activation = "relu"
     """Activation after each hidden layer."""
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
     """Dropout probability after each hidden layer."""
     batch_norm: bool = False
     """Batch normalisation before each activation."""
