@@ -36,9 +36,7 @@ def main() -> None:
     print(f"data: {OUT / 'penguins.csv'} (300 rows) and new_penguins.csv (44 rows)")
 
     foundry("init", "penguins.csv", "--target", "species", "--name", "penguins", "--force")
-    foundry(
-        "train", "config.yaml", "train.epochs=60", "train.batch_size=16", "train.optimizer.lr=0.005"
-    )
+    foundry("train", "config.yaml")  # the config exactly as `foundry init` wrote it
     foundry("evaluate", "penguins:latest", "--data", "new_penguins.csv", "-o", "metrics.json")
     foundry("predict", "penguins:latest", "new_penguins.csv", "-o", "predictions.csv")
     foundry("models", "list")
