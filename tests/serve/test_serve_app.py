@@ -251,7 +251,7 @@ async def test_bare_app_serves_without_keys_or_metering(toy):
 
 
 def test_serve_config_section_is_read_from_a_full_config(tmp_path):
-    from foundry.serve.cli_serve import load_serve_config
+    from foundry.config.load import load_serve_config
 
     path = tmp_path / "config.yaml"
     path.write_text(

@@ -1,0 +1,555 @@
+"""What do keys, rate limits, quotas and metering cost a served model, and what does
+dynamic batching buy? Loopback HTTP load against `foundry serve`.
+
+    python benchmarks/serve_load.py                          # 5,000 requests or 10 s per case
+    python benchmarks/serve_load.py --requests 5000 --seconds 20 --json serve_load.json
+    python benchmarks/serve_load.py --home /tmp/bench-home   # reuse the model trained there
+
+It trains a small MLP on a generated Adult-like table (14 inputs, like the UCI Adult
+census table) with `foundry.train` in a temporary FOUNDRY_HOME (or reuses `adult` from
+--home), then starts four servers as subprocesses on free 127.0.0.1 ports:
+
+    full            `python -m foundry serve adult:N` + an enterprise key from
+                    `foundry keys create --plan enterprise`: auth, rate limit, quota, metering
+    bare            the same app with `create_app(..., bare=True)` under uvicorn: the same
+                    parsing, validation, batching and responses, no gate
+    full-nobatch    full with `serve: {batching: {enabled: false}}`
+    bare-nobatch    bare with the same
+
+and drives each from one asyncio process at 1, 8 and 32 concurrent clients (keep-alive
+connections, each sending its next request when the last is answered), every request one
+Adult row as a JSON object. (Ludwig 0.11's `serve` answers ~56 requests/s, p50 17.6 ms,
+for one Adult row on our 2-core machine.) A case stops after --requests requests or
+--seconds seconds, whichever comes first; it is split into --rounds slices and the slices
+of all cases are interleaved (the variant order rotating each round), so drift on a
+shared machine hits every variant alike.
+
+Each server runs --workers uvicorn workers, 1 by default so that on 2 cores the load
+generator has the other core. The load generator is a minimal HTTP/1.1 client on asyncio
+streams by default (`--client raw`, ~0.05-0.2 ms of CPU per request): httpx's AsyncClient
+(`--client httpx`) costs 2-4 ms of CPU per request here and tops out near 180 requests/s
+at 32 connections, so with it the benchmark measures httpx, not the server. The client's
+CPU share is printed for that reason. `srv ms/req` is the CPU time of the server's
+processes (parent and workers, from /proc) per answered request, which other load on the
+machine disturbs far less than wall-clock numbers; `batch` is the mean number of records
+per forward pass (from /metrics; one worker's counters, so exact only with --workers 1).
+
+Targets (issue #9): full ≥ 80% of bare's throughput; auth + metering add < 1 ms at p50
+(full - bare at 1 client); batching ≥ 3x throughput at 32 clients. `--check` exits 1 if
+one is missed. Only 127.0.0.1 is contacted, on ports this script binds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CLIENTS = (1, 8, 32)
+VARIANTS = ("bare", "full", "bare-nobatch", "full-nobatch")
+LUDWIG = "Ludwig 0.11 `serve`, one Adult row: ~56 req/s, p50 17.6 ms (reference, same machine)"
+ENTERPRISE_BUCKET = 20_000
+"""Requests the enterprise plan's rate bucket holds (requests_per_minute)."""
+
+BARE_LAUNCHER = """
+import sys
+from pathlib import Path
+from foundry.config.load import load_serve_config
+from foundry.serve.server import run_server
+config, ref, port, workers = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+run_server(load_serve_config(config), [ref], port=port, workers=workers, bare=True)
+"""
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def adult_like(n: int, seed: int = 0) -> pd.DataFrame:
+    """A census-like table with the UCI Adult columns: 6 numbers, 8 categories/binaries,
+    missing values, and an income label that depends on several of them."""
+    rng = np.random.default_rng(seed)
+
+    def pick(values: list[str], p: list[float] | None = None) -> np.ndarray:
+        return rng.choice(values, n, p=p)
+
+    education = pick(["hs", "some-college", "bachelors", "masters", "doctorate", "11th"])
+    level = pd.Series(education).map(
+        {"11th": 0, "hs": 1, "some-college": 2, "bachelors": 3, "masters": 4, "doctorate": 5}
+    ).to_numpy()
+    age = rng.integers(17, 90, n).astype(float)
+    hours = rng.normal(40, 12, n).clip(1, 99).round()
+    gain = np.where(rng.random(n) < 0.08, rng.integers(1_000, 99_999, n), 0).astype(float)
+    df = pd.DataFrame(
+        {
+            "age": age,
+            "workclass": pick(["private", "self-emp", "local-gov", "state-gov", "federal-gov",
+                               "without-pay"]),
+            "fnlwgt": rng.integers(12_000, 1_500_000, n).astype(float),
+            "education": education,
+            "education_num": (level * 2 + 7).astype(float),
+            "marital_status": pick(["married", "never-married", "divorced", "widowed",
+                                    "separated"]),
+            "occupation": pick(["tech-support", "craft-repair", "sales", "exec-managerial",
+                                "prof-specialty", "other-service", "adm-clerical"]),
+            "relationship": pick(["husband", "wife", "own-child", "not-in-family",
+                                  "unmarried"]),
+            "race": pick(["white", "black", "asian-pac-islander", "other"],
+                         [0.8, 0.1, 0.05, 0.05]),
+            "sex": pick(["male", "female"]),
+            "capital_gain": gain,
+            "capital_loss": np.where(rng.random(n) < 0.05, rng.integers(100, 4_000, n),
+                                     0).astype(float),
+            "hours_per_week": hours,
+            "native_country": pick(["united-states", "mexico", "india", "germany", "other"],
+                                   [0.85, 0.05, 0.03, 0.02, 0.05]),
+        }
+    )
+    logit = 0.04 * (age - 38) + 0.04 * (hours - 40) + 0.7 * level + gain / 20_000 - 2.6
+    df["income"] = np.where(rng.random(n) < 1 / (1 + np.exp(-logit)), ">50K", "<=50K")
+    df.loc[rng.random(n) < 0.03, "workclass"] = None
+    df.loc[rng.random(n) < 0.02, "age"] = np.nan
+    return df
+
+
+def trained_model(home: Path, work: Path) -> tuple[str, dict]:
+    """`adult:N` in `home` (trained now unless there) and one input row as JSON."""
+    import foundry
+    from foundry.registry import Registry
+
+    df = adult_like(3_000)
+    row = json.loads(df.drop(columns=["income"]).head(1).to_json(orient="records"))[0]
+    os.environ["FOUNDRY_HOME"] = str(home)
+    try:
+        return Registry(home).resolve("adult:latest").ref, row
+    except Exception:  # not trained there yet
+        pass
+    csv = work / "adult.csv"
+    df.to_csv(csv, index=False)
+    config = {
+        "name": "adult",
+        "data": {"path": str(csv)},
+        "features": {"target": "income"},
+        "train": {"epochs": 3, "batch_size": 128},
+        "output_dir": str(work / "runs"),
+    }
+    started = time.perf_counter()
+    result = foundry.train(config, progress=False, quiet=True)
+    print(f"trained {result.model_ref} in {time.perf_counter() - started:.1f} s "
+          f"(FOUNDRY_HOME={home})", flush=True)
+    return result.model_ref, row
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    variant: str
+    command: list[str]
+    env: dict[str, str]
+    log: Path
+    workers: int
+    port: int
+    proc: subprocess.Popen | None = None
+    keys: dict[int, str] = field(default_factory=dict)
+    """Bearer key per client count (full variants): each case draws on its own bucket."""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def full(self) -> bool:
+        return self.variant.startswith("full")
+
+    def start(self) -> None:
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(self.command, env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        import httpx
+
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{self.variant} server exited:\n{self.log.read_text()}")
+            if self.log.read_text().count("Application startup complete.") >= self.workers:
+                try:
+                    if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.2)
+        raise SystemExit(f"{self.variant} server not ready in {timeout:.0f} s:\n"
+                         f"{self.log.read_text()}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of every process of the server (parent and workers)."""
+        assert self.proc is not None
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.proc.pid:  # process group (field 5)
+                total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def batches(self) -> tuple[float, float]:
+        """(records, forward passes) so far, from /metrics (one worker's counters)."""
+        import httpx
+
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        values = {"sum": 0.0, "count": 0.0}
+        for line in text.splitlines():
+            for part in values:
+                if line.startswith(f"foundry_batch_size_{part}{{"):
+                    values[part] += float(line.rsplit(" ", 1)[1])
+        return values["sum"], values["count"]
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+def make_servers(ref: str, env: dict[str, str], work: Path, workers: int) -> list[Server]:
+    servers = []
+    for variant in VARIANTS:
+        batching = not variant.endswith("nobatch")
+        config = work / f"serve-{variant}.yaml"
+        config.write_text(f"serve:\n  batching:\n    enabled: {str(batching).lower()}\n")
+        port = free_port()
+        if variant.startswith("full"):
+            command = [sys.executable, "-m", "foundry", "serve", ref, "--port", str(port),
+                       "--workers", str(workers), "--config", str(config)]
+        else:
+            command = [sys.executable, "-c", BARE_LAUNCHER, str(config), ref, str(port),
+                       str(workers)]
+        servers.append(Server(variant, command, env, work / f"{variant}.log", workers, port))
+    return servers
+
+
+def create_key(env: dict[str, str], name: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "foundry", "keys", "create", "--name", name, "--plan",
+         "enterprise"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"foundry keys create failed:\n{out.stderr}")
+    return out.stdout.strip()
+
+
+# ------------------------------------------------------------------------------- load
+
+
+@dataclass
+class Result:
+    """One (variant, clients) case, summed over its interleaved slices."""
+
+    ok: int = 0
+    errors: dict[int, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+    client_cpu: float = 0.0
+    server_cpu: float = 0.0
+    records: float = 0.0
+    passes: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def batch(self) -> float:
+        """Mean records per forward pass (meaningful with one worker)."""
+        return self.records / self.passes if self.passes else float("nan")
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.elapsed if self.elapsed else 0.0
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+    def as_dict(self) -> dict:
+        return {
+            "requests_ok": self.ok,
+            "errors": {str(k): v for k, v in self.errors.items()},
+            "seconds": round(self.elapsed, 3),
+            "rps": round(self.rps, 1),
+            "p50_ms": round(self.pct(50), 3),
+            "p99_ms": round(self.pct(99), 3),
+            "client_cpu_share": round(self.client_cpu / self.elapsed, 3) if self.elapsed else 0,
+            "server_cpu_ms_per_request": round(1000 * self.server_cpu / max(1, self.ok), 3),
+            "mean_batch": round(self.batch, 2),
+        }
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection sending a prepared request and reading the
+    answer by its content-length: the cheapest client asyncio allows, so that the server,
+    not the load generator, is what is measured (see --client)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, port: int) -> RawConnection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def send(self, request: bytes) -> int:
+        """The status of the answer to `request` (read to its end)."""
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = None
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        if length is None:
+            raise RuntimeError(f"answer without content-length: {head[:200]!r}")
+        await self.reader.readexactly(length)
+        return int(head[9:12])
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+async def drive(server: Server, clients: int, body: bytes, max_requests: int, seconds: float,
+                result: Result, client_kind: str) -> None:
+    """`clients` concurrent keep-alive connections, each sending one request after the
+    other, until `max_requests` were sent or `seconds` passed."""
+    import httpx
+
+    path = "/v1/models/adult/predict"
+    headers = {"content-type": "application/json"}
+    if server.full:
+        headers["authorization"] = f"Bearer {server.keys[clients]}"
+    async with contextlib.AsyncExitStack() as stack:
+        if client_kind == "raw":
+            request = "".join(
+                [f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{server.port}\r\n",
+                 *(f"{k}: {v}\r\n" for k, v in headers.items()),
+                 f"content-length: {len(body)}\r\n\r\n"]
+            ).encode() + body
+            connections = [await RawConnection.open(server.port) for _ in range(clients)]
+            for connection in connections:
+                stack.push_async_callback(connection.close)
+            senders = [partial(c.send, request) for c in connections]
+        else:
+            limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30)
+            )
+
+            async def send_httpx() -> int:
+                return (await client.post(path, content=body, headers=headers)).status_code
+
+            senders = [send_httpx] * clients
+        # Open the connections first (not measured).
+        await asyncio.gather(*(send() for send in senders))
+        sent = 0
+        latencies: list[float] = []
+        errors: dict[int, int] = {}
+
+        async def one_client(send) -> None:
+            nonlocal sent
+            while sent < max_requests and time.perf_counter() < deadline:
+                sent += 1
+                t0 = time.perf_counter()
+                status = await send()
+                if status == 200:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors[status] = errors.get(status, 0) + 1
+
+        records, passes = server.batches()
+        server_cpu = server.cpu_seconds()
+        cpu = time.process_time()
+        started = time.perf_counter()
+        deadline = started + seconds
+        await asyncio.wait_for(asyncio.gather(*(one_client(send) for send in senders)),
+                               seconds + 60)
+        elapsed = time.perf_counter() - started
+        result.client_cpu += time.process_time() - cpu
+        result.server_cpu += server.cpu_seconds() - server_cpu
+        records_after, passes_after = server.batches()
+        result.records += records_after - records
+        result.passes += passes_after - passes
+    result.elapsed += elapsed
+    result.ok += len(latencies)
+    result.latencies += latencies
+    for status, count in errors.items():
+        result.errors[status] = result.errors.get(status, 0) + count
+
+
+def run_cases(servers: list[Server], body: bytes, args: argparse.Namespace
+              ) -> dict[tuple[str, int], Result]:
+    results = {(s.variant, c): Result() for s in servers for c in CLIENTS}
+    per_requests = max(1, args.requests // args.rounds)
+    per_seconds = args.seconds / args.rounds
+    for round_ in range(args.rounds):
+        order = servers[round_ % len(servers):] + servers[:round_ % len(servers)]
+        for clients in CLIENTS:
+            for server in order:
+                asyncio.run(drive(server, clients, body, per_requests, per_seconds,
+                                  results[server.variant, clients], args.client))
+        print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
+    return results
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def report(results: dict[tuple[str, int], Result], args: argparse.Namespace) -> dict:
+    print()
+    print(f"{'variant':<14}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'srv ms/req':>12}{'batch':>7}{'client CPU':>12}{'errors':>8}")
+    for variant in VARIANTS:
+        for clients in CLIENTS:
+            r = results[variant, clients]
+            share = r.client_cpu / r.elapsed if r.elapsed else 0.0
+            print(f"{variant:<14}{clients:>8}{r.rps:>10.1f}{r.pct(50):>9.2f}{r.pct(99):>9.2f}"
+                  f"{1000 * r.server_cpu / max(1, r.ok):>12.2f}{r.batch:>7.1f}{share:>11.0%}"
+                  f"{sum(r.errors.values()):>8}")
+    print(f"\n{LUDWIG}")
+
+    def rps(v: str, c: int) -> float:
+        return results[v, c].rps
+
+    checks: list[tuple[str, float, str, bool]] = []
+    print("\nfull / bare throughput (target >= 0.80)")
+    for suffix in ("", "-nobatch"):
+        for clients in CLIENTS:
+            ratio = rps(f"full{suffix}", clients) / max(rps(f"bare{suffix}", clients), 1e-9)
+            label = f"full{suffix}/bare{suffix} @ {clients:>2} clients"
+            print(f"  {label:<42}{ratio:>7.2f}")
+            if not suffix:
+                checks.append((label, ratio, ">= 0.80", ratio >= 0.80))
+    print("\nauth + metering at p50, 1 client: full - bare (target < 1 ms)")
+    for suffix in ("", "-nobatch"):
+        full, bare = results[f"full{suffix}", 1], results[f"bare{suffix}", 1]
+        diff = full.pct(50) - bare.pct(50)
+        cpu = 1000 * (full.server_cpu / max(1, full.ok) - bare.server_cpu / max(1, bare.ok))
+        label = f"p50 full{suffix} - bare{suffix}"
+        print(f"  {label:<42}{diff:>7.2f} ms   (server CPU per request: {cpu:+.2f} ms)")
+        if not suffix:
+            checks.append((label + " (ms)", diff, "< 1", diff < 1.0))
+    print("\nbatching on / off throughput at 32 clients (target >= 3x)")
+    for variant in ("full", "bare"):
+        ratio = rps(variant, 32) / max(rps(f"{variant}-nobatch", 32), 1e-9)
+        label = f"{variant} / {variant}-nobatch @ 32 clients"
+        print(f"  {label:<42}{ratio:>7.2f}x")
+        checks.append((label, ratio, ">= 3", ratio >= 3.0))
+    print()
+    for label, value, target, ok in checks:
+        print(f"  {'PASS' if ok else 'FAIL'}  {label}: {value:.2f} (target {target})")
+    busy = [f"{v}@{c}" for (v, c), r in results.items()
+            if r.elapsed and r.client_cpu / r.elapsed > 0.9]
+    if busy:
+        print(f"\nnote: the load generator used > 90% of a core in {', '.join(busy)}; "
+              "there the client, not the server, may cap req/s")
+    errors = {f"{v}@{c}": r.errors for (v, c), r in results.items() if r.errors}
+    if errors:
+        print(f"\nwarning: non-200 answers (not counted): {errors}")
+    return {
+        "settings": {"requests": args.requests, "seconds": args.seconds, "client": args.client,
+                     "rounds": args.rounds, "workers": args.workers,
+                     "cpus": os.cpu_count()},
+        "cases": [{"variant": v, "clients": c, **results[v, c].as_dict()}
+                  for v in VARIANTS for c in CLIENTS],
+        "checks": [{"check": label, "value": round(value, 3), "target": target, "ok": ok}
+                   for label, value, target, ok in checks],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=5_000,
+                        help="most requests per case (variant x clients) [5000]")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="most seconds per case [10]")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="slices each case is split into, interleaved with the others [3]")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="uvicorn workers per server [1: the client gets the other core]")
+    parser.add_argument("--home", type=Path, default=None,
+                        help="FOUNDRY_HOME to train in or reuse [a temporary directory]")
+    parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                        help="load generator: raw asyncio HTTP/1.1 (default) or httpx")
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    args = parser.parse_args()
+    if args.requests > ENTERPRISE_BUCKET - 1_000:
+        parser.error(f"--requests above {ENTERPRISE_BUCKET - 1_000} would run into the "
+                     f"enterprise plan's rate limit ({ENTERPRISE_BUCKET} requests per minute)")
+    if args.rounds < 1 or args.requests < args.rounds:
+        parser.error("need --rounds >= 1 and --requests >= --rounds")
+
+    with tempfile.TemporaryDirectory(prefix="foundry-serve-load-") as tmp:
+        work = Path(tmp)
+        home = (args.home or work / "home").resolve()
+        ref, row = trained_model(home, work)
+        env = {**os.environ, "FOUNDRY_HOME": str(home)}
+        for name in ("FOUNDRY_DATABASE_URL", "FOUNDRY_ADMIN_TOKEN"):
+            env.pop(name, None)
+        servers = make_servers(ref, env, work, args.workers)
+        print(f"serving {ref}: 4 servers x {args.workers} worker(s) on {os.cpu_count()} CPUs; "
+              f"per case: {args.requests} requests or {args.seconds:g} s in {args.rounds} "
+              "interleaved slices", flush=True)
+        try:
+            for server in servers:
+                server.start()
+            for server in servers:  # keys are made while the servers load
+                if server.full:
+                    server.keys = {c: create_key(env, f"bench-{server.variant}-{c}")
+                                   for c in CLIENTS}
+            for server in servers:
+                server.wait_ready()
+            body = json.dumps(row).encode()
+            results = run_cases(servers, body, args)
+        finally:
+            for server in servers:
+                server.stop()
+    summary = report(results, args)
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    if args.check and not all(c["ok"] for c in summary["checks"]):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
