@@ -66,7 +66,10 @@ def create_db_engine(
     write lock up front, so read-then-write transactions of several processes queue on
     the busy timeout instead of failing with "database is locked" on upgrade). A
     connection with the execution option ``sqlite_begin="DEFERRED"`` starts a plain
-    read transaction instead. Raises SQLAlchemy's ArgumentError / NoSuchModuleError for
+    read transaction instead. The DBAPI connections of such an engine are in the driver's
+    autocommit mode, so code that uses them raw (``engine.raw_connection()``, as
+    ``ServeStore.fast_write`` does) emits its own ``BEGIN IMMEDIATE`` and commits with
+    ``connection.commit()``. Raises SQLAlchemy's ArgumentError / NoSuchModuleError for
     a bad URL or a missing driver; callers turn those into their own errors.
     """
     parsed = make_url(url)

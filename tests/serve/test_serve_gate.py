@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +23,7 @@ from foundry.config.schema import PlanConfig
 from foundry.serve import gate as gate_module
 from foundry.serve.errors import ApiError
 from foundry.serve.gate import Gate
-from foundry.serve.store import usage_events
+from foundry.serve.store import CompiledSql, usage_events
 
 T0 = datetime(2026, 11, 10, 12, 0, tzinfo=timezone.utc).timestamp()
 DEC_1 = datetime(2026, 12, 1, tzinfo=timezone.utc).timestamp()
@@ -70,7 +73,11 @@ def test_admit_and_complete_write_one_usage_event(gate):
     adm = gate.admit(key, model="iris", units=3, request_id="req-1")
     assert adm.replay is None and adm.event_id is not None
     assert adm.rate.limit == 1_000 and adm.rate.remaining == 999
+    with gate.store.read() as conn:  # committed by admit, before inference
+        row = conn.execute(select(usage_events)).one()
+    assert (row.status, row.latency_ms) == (200, None)
     gate.complete(adm, status=200, latency_ms=12.5, response={"predictions": [1, 2, 3]})
+    assert gate.flush() == 1  # a plain success's latency is buffered (see Gate.complete)
     with gate.store.read() as conn:
         row = conn.execute(select(usage_events)).one()
     assert (row.key_id, row.model, row.units, row.status) == (key.id, "iris", 3, 200)
@@ -284,19 +291,220 @@ def test_bad_arguments(gate):
     assert exc.value.param == "Idempotency-Key"
 
 
-def test_sqlite_admission_begins_immediate_and_postgresql_locks_the_row(gate):
-    key = _key(gate, "tiny")
+def _trace_sqlite(gate) -> list[str]:
+    """Every statement the gate's SQLite connections run from now on."""
     seen: list[str] = []
+    gate.close()  # drop kept connections: the next checkout gets the trace callback
     event.listen(
         gate.store.engine,
-        "before_cursor_execute",
-        lambda conn, cursor, statement, *a: seen.append(statement),
+        "checkout",
+        lambda dbapi_conn, *_: dbapi_conn.set_trace_callback(seen.append),
     )
+    return seen
+
+
+def test_sqlite_admission_begins_immediate_and_postgresql_locks_the_row(gate):
+    key = _key(gate, "tiny")
+    seen = _trace_sqlite(gate)
     gate.admit(key, model="m", units=1, request_id="a")
     assert seen[0] == "BEGIN IMMEDIATE"
+    assert seen[1].startswith("SELECT api_keys.id") and "FOR UPDATE" not in seen[1]
+    assert seen[-1] == "COMMIT"
     lock = gate_module._LOCK_KEY
     assert "FOR UPDATE" in str(lock.compile(dialect=postgresql.dialect()))
     assert "FOR UPDATE" not in str(lock.compile(dialect=sqlite.dialect()))
+
+
+def test_a_plain_admission_is_three_statements_in_one_transaction(gate):
+    key = _key(gate, "tiny")
+    seen = _trace_sqlite(gate)
+    adm = gate.admit(key, model="m", units=1, request_id="a")
+    assert [s.split()[0] for s in seen] == ["BEGIN", "SELECT", "UPDATE", "INSERT", "COMMIT"]
+    assert "RETURNING" not in seen[3] and not gate.store.returning_ids  # lastrowid
+    seen.clear()
+    gate.complete(adm, status=200, latency_ms=1.0)
+    assert seen == []  # buffered: no database work for a plain success
+    for i in range(3):  # one connection, kept for the next transaction
+        gate.admit(key, model="m", units=1, request_id=f"b{i}")
+    assert seen.count("BEGIN IMMEDIATE") == 3 and len(gate.store._idle) == 1
+
+
+def test_hot_statements_compile_for_postgresql_with_row_locks_and_returning(gate):
+    """The raw per-request path runs SQLAlchemy's own compilation of each statement for
+    the database's dialect: check what PostgreSQL would be sent."""
+    pg = postgresql.dialect()
+    compiled = {stmt: CompiledSql(stmt, pg) for stmt in gate_module.HOT_STATEMENTS}
+    lock = compiled[gate_module._LOCK_KEY]
+    assert "WHERE api_keys.id = %(b_id)s" in lock.text and lock.text.endswith(" FOR UPDATE")
+    assert lock.names is None and lock.params({"b_id": 7}) == {"b_id": 7}
+    insert = compiled[gate_module._INSERT_EVENT_RETURNING]
+    assert insert.text.startswith("INSERT INTO usage_events")
+    assert insert.text.endswith("RETURNING usage_events.id")
+    finish = compiled[gate_module._FINISH_EVENT]
+    assert finish.params({"b_id": 1, "b_status": 503, "b_latency": 2.0}) == {
+        "b_id": 1,
+        "b_status": 503,
+        "b_latency": 2.0,
+        "status_1": 500,
+    }
+    assert "usage_events.status < %(status_1)s" in finish.text
+    for stmt, sql in compiled.items():
+        assert "?" not in sql.text, sql
+        assert ("FOR UPDATE" in sql.text) == (stmt is gate_module._LOCK_KEY), sql
+
+    lite = sqlite.dialect()
+    lock = CompiledSql(gate_module._LOCK_KEY, lite)
+    assert lock.text.endswith("WHERE api_keys.id = ?") and lock.params({"b_id": 7}) == (7,)
+    finish = CompiledSql(gate_module._FINISH_EVENT, lite)
+    params = finish.params({"b_id": 1, "b_status": 503, "b_latency": 2})
+    assert params == (503, 2.0, 1, 500) and type(params[1]) is float  # SQLAlchemy's Double
+
+
+# --------------------------------------------------------------- buffered latencies
+
+
+def _event(gate, event_id):
+    with gate.store.read() as conn:
+        return conn.execute(select(usage_events).where(usage_events.c.id == event_id)).one()
+
+
+def _outcome(gate, admission) -> tuple[int, float | None]:
+    row = _event(gate, admission.event_id)
+    return row.status, row.latency_ms
+
+
+def test_a_buffered_latency_is_written_by_the_flusher_thread(gate, monkeypatch):
+    monkeypatch.setattr(gate_module, "LATENCY_FLUSH_S", 0.02)
+    key = _key(gate, "tiny")
+    adm = gate.admit(key, model="m", units=1, request_id="a")
+    gate.complete(adm, status=200, latency_ms=7.0)
+    deadline = time.monotonic() + 10
+    while _event(gate, adm.event_id).latency_ms is None:  # no further call needed
+        assert time.monotonic() < deadline, "the buffered latency was never written"
+        time.sleep(0.01)
+    assert _outcome(gate, adm) == (200, 7.0)
+    while gate._pending.flusher is not None:  # nothing left: the thread ends
+        assert time.monotonic() < deadline, "the flusher thread did not end"
+        time.sleep(0.01)
+
+
+def test_admissions_take_buffered_latencies_along(gate, monkeypatch):
+    monkeypatch.setattr(gate_module, "LATENCY_FLUSH_MAX", 3)
+    monkeypatch.setattr(gate_module, "LATENCY_FLUSH_S", 3600.0)
+    key = _key(gate, "shared")
+    seen = _trace_sqlite(gate)
+    done = [gate.admit(key, model="m", units=1, request_id=f"r{i}") for i in range(3)]
+    for i, adm in enumerate(done):
+        gate.complete(adm, status=200, latency_ms=float(i))
+    assert [_event(gate, adm.event_id).latency_ms for adm in done] == [None] * 3
+    seen.clear()
+    gate.admit(key, model="m", units=1, request_id="r3")  # the fourth carries them
+    assert [s.split()[0] for s in seen] == ["BEGIN", "SELECT", "UPDATE", "INSERT"] + [
+        "UPDATE"
+    ] * 3 + ["COMMIT"]
+    assert [_event(gate, adm.event_id).latency_ms for adm in done] == [0.0, 1.0, 2.0]
+    assert gate._pending.rows == [] and gate.flush() == 0
+
+
+def test_a_refused_admission_keeps_the_buffered_latencies(gate, monkeypatch):
+    monkeypatch.setattr(gate_module, "LATENCY_FLUSH_MAX", 1)
+    key = _key(gate, "tiny")
+    adm = gate.admit(key, model="m", units=5, request_id="a")
+    gate.complete(adm, status=200, latency_ms=3.0)
+    with pytest.raises(ApiError, match="quota"):
+        gate.admit(key, model="m", units=1, request_id="b")  # rolled back
+    assert gate.flush() == 1
+    assert _event(gate, adm.event_id).latency_ms == 3.0
+
+
+def test_status_changes_and_stored_responses_are_never_buffered(gate):
+    key = _key(gate, "tiny")
+    ok, created, boom = (gate.admit(key, model="m", units=1, request_id=r) for r in "abc")
+    ikey = gate.admit(key, model="m", units=1, request_id="d", idempotency_key="k")
+    gate.complete(ok, status=200, latency_ms=1.0)
+    gate.complete(created, status=201, latency_ms=2.0)
+    gate.complete(boom, status=503, latency_ms=3.0)
+    gate.complete(ikey, status=200, latency_ms=4.0, response={"a": 1})
+    outcomes = [_outcome(gate, adm) for adm in (ok, created, boom, ikey)]
+    assert outcomes == [(200, None), (201, 2.0), (503, 3.0), (200, 4.0)]
+    assert [row["b_id"] for row in gate._pending.rows] == [ok.event_id]
+    assert gate.usage(key)["units_used"] == 3  # the 503 was refunded at once
+    replay = gate.admit(key, model="m", units=1, request_id="e", idempotency_key="k").replay
+    assert replay is not None and replay.body == {"a": 1}
+    # A latency buffered for an event that failed meanwhile cannot bring it back.
+    gate.complete(boom, status=200, latency_ms=9.0)
+    assert gate.flush() == 2
+    assert _outcome(gate, ok) == (200, 1.0) and _outcome(gate, boom) == (503, 3.0)
+    assert gate.usage(key)["units_used"] == 3
+
+
+def test_a_failed_flush_keeps_its_latencies_and_drops_the_connection(gate, monkeypatch):
+    key = _key(gate, "tiny")
+    adm = gate.admit(key, model="m", units=1, request_id="a")
+    gate.complete(adm, status=200, latency_ms=5.0)
+    working = CompiledSql.executemany
+
+    def broken(self, cursor, rows):
+        cursor.execute("SELECT no_such_column FROM usage_events")
+
+    monkeypatch.setattr(CompiledSql, "executemany", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        gate.flush()
+    assert gate.store._idle == []  # a database error: that connection is not reused
+    monkeypatch.setattr(CompiledSql, "executemany", working)
+    assert gate.flush() == 1 and _event(gate, adm.event_id).latency_ms == 5.0
+
+
+def test_close_and_a_dropped_gate_write_what_they_buffered(foundry_home, clock):
+    g = Gate(PLANS, clock=clock)
+    key = _key(g, "tiny")
+    first = g.admit(key, model="m", units=1, request_id="a")
+    g.complete(first, status=200, latency_ms=1.5)
+    g.close()
+    second = g.admit(key, model="m", units=1, request_id="b")  # usable again after close
+    g.complete(second, status=200, latency_ms=2.5)
+    del g
+    gc.collect()  # its finalizer writes the rest (also run at interpreter exit)
+    reader = Gate(PLANS, clock=clock)
+    assert _event(reader, first.event_id).latency_ms == 1.5
+    assert _event(reader, second.event_id).latency_ms == 2.5
+    reader.close()
+
+
+def test_a_refusal_keeps_the_connection_and_a_database_error_drops_it(gate):
+    key = _key(gate, "tiny")
+    gate.admit(key, model="m", units=5, request_id="a")
+    kept = gate.store._idle[0]
+    with pytest.raises(ApiError, match="quota"):
+        gate.admit(key, model="m", units=1, request_id="b")
+    assert gate.store._idle == [kept]
+    with pytest.raises(sqlite3.OperationalError), gate.store.fast_write() as cur:
+        cur.execute("UPDATE api_keys SET used_units = 0")
+        cur.execute("SELECT nope FROM nowhere")
+    assert gate.store._idle == []
+    assert gate.usage(key)["units_used"] == 5  # rolled back
+    with pytest.raises(ApiError, match="quota"):
+        gate.admit(key, model="m", units=1, request_id="c")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_uses_its_own_connections(gate):
+    key = _key(gate, "shared")
+    gate.admit(key, model="m", units=1, request_id="parent-1")
+    kept = gate.store._idle[0]
+    pid = os.fork()
+    if pid == 0:  # the child: never the parent's SQLite connection
+        code = 1
+        try:
+            gate.admit(key, model="m", units=1, request_id="child")
+            code = 0 if gate.store._idle and gate.store._idle[0] is not kept else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    gate.admit(key, model="m", units=1, request_id="parent-2")
+    assert gate.store._idle == [kept]
+    assert _billable_units(gate) == 3
 
 
 # --------------------------------------------------------------- across processes
