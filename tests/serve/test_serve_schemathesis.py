@@ -8,9 +8,8 @@ every status >= 400 is the API's one error shape `{"error": {message, type, para
 
 Strategies come from `APIOperation.as_strategy` and run under plain hypothesis `@given`:
 schemathesis 4.32's pytest integration (`schemathesis.pytest.from_fixture`) fails under
-pytest 9 (`'Function' object has no attribute '_nodeid'`). Bugs the pass found are pinned
-by the xfail(strict) tests at the end; `_known_bug` keeps the fuzz pass off them until
-they are fixed.
+pytest 9 (`'Function' object has no attribute '_nodeid'`). The bugs the pass found are
+pinned by the regression tests at the end.
 """
 
 from __future__ import annotations
@@ -19,14 +18,11 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
-from datetime import datetime, timezone
-from urllib.parse import unquote
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -37,8 +33,9 @@ from tests.serve.serve_app_support import shared_toy
 from foundry.config.schema import PlanConfig, ServeConfig
 
 ADMIN_TOKEN = "fuzz-admin-token-0123456789"
-FUZZ_PLAN = PlanConfig(included_units=10_000_000, requests_per_minute=10_000_000,
-                       max_records_per_request=1_000)
+FUZZ_PLAN = PlanConfig(
+    included_units=10_000_000, requests_per_minute=10_000_000, max_records_per_request=1_000
+)
 
 
 class Credentials:
@@ -73,8 +70,7 @@ def fuzz_app(tmp_path_factory):
     toy = shared_toy(tmp_path_factory)
     serve_config = ServeConfig(plans={"fuzz": FUZZ_PLAN})
     gate = Gate(serve_config.all_plans(), home=tmp_path_factory.mktemp("fuzz-gate"))
-    app = create_app(serve_config, [toy.ref], gate=gate, home=toy.home,
-                     admin_token=ADMIN_TOKEN)
+    app = create_app(serve_config, [toy.ref], gate=gate, home=toy.home, admin_token=ADMIN_TOKEN)
     credentials = Credentials(gate)
     yield app, credentials, toy
     asgi.shutdown_lifespans()  # stops the app schemathesis started (models, batchers)
@@ -89,8 +85,9 @@ def error_shape(ctx, response, case) -> None:
     try:
         body = response.json()
     except Exception as exc:
-        raise AssertionError(f"{response.status_code} body is not JSON: "
-                             f"{response.content[:200]!r}") from exc
+        raise AssertionError(
+            f"{response.status_code} body is not JSON: {response.content[:200]!r}"
+        ) from exc
     assert isinstance(body, dict) and set(body) == {"error"}, body
     error = body["error"]
     assert isinstance(error, dict), body
@@ -103,42 +100,6 @@ def error_shape(ctx, response, case) -> None:
 
 
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-LAST_TIMESTAMP = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
-"""The latest time `datetime` (and so every listing of keys) can show."""
-
-
-def _known_bug(case) -> bool:
-    """Inputs that hit the bugs the xfail tests below pin down; remove each test from here
-    once foundry.serve.keys is fixed:
-    - a key lifetime or rotation grace ending after the year 9999 (500, and the stored key
-      breaks every later listing);
-    - a key reference that `str.isdigit` takes for an id but `int` or SQLite cannot
-      (`²5`, an id past 2**63): 500."""
-    ref = (case.path_parameters or {}).get("ref")
-    if isinstance(ref, str) and _bad_id(unquote(ref)):
-        return True
-    body = case.body if isinstance(case.body, dict) else {}
-    if case.path == "/admin/keys" and "expires" in body:
-        from foundry.serve.keys import parse_duration
-
-        try:
-            return time.time() + parse_duration(body["expires"]) > LAST_TIMESTAMP
-        except (TypeError, ValueError):
-            return False
-    grace = body.get("grace_hours")
-    if case.path.endswith("/rotate") and isinstance(grace, (int, float)):
-        return time.time() + grace * 3600 > LAST_TIMESTAMP
-    return False
-
-
-def _bad_id(ref: str) -> bool:
-    text = ref.strip()
-    if not text.isdigit():
-        return False
-    try:
-        return int(text) > 2**63 - 1
-    except ValueError:
-        return True
 
 
 def _records_strategy(toy):
@@ -171,12 +132,18 @@ def _strategies(operation, toy):
     if "{name}" not in operation.path:
         return
     for mode in MODES:
-        yield (f"{mode.value}, name={toy.name}",
-               operation.as_strategy(generation_mode=mode, path_parameters={"name": toy.name}))
+        yield (
+            f"{mode.value}, name={toy.name}",
+            operation.as_strategy(generation_mode=mode, path_parameters={"name": toy.name}),
+        )
     if operation.path.endswith("/predict"):
-        yield "model fields", _records_strategy(toy).map(
-            lambda body: operation.Case(body=body, path_parameters={"name": toy.name},
-                                        media_type="application/json")
+        yield (
+            "model fields",
+            _records_strategy(toy).map(
+                lambda body: operation.Case(
+                    body=body, path_parameters={"name": toy.name}, media_type="application/json"
+                )
+            ),
         )
 
 
@@ -202,7 +169,6 @@ def test_fuzz_openapi_no_server_errors_and_one_error_shape(fuzz_app):
         )
         @given(case=strategy)
         def fuzz(case) -> None:
-            assume(not _known_bug(case))
             response = case.call(headers=credentials.headers_for(case.path))
             label = f"{case.operation.label} ({kind})"
             statuses.setdefault(label, Counter())[response.status_code] += 1
@@ -228,24 +194,16 @@ def test_fuzz_openapi_no_server_errors_and_one_error_shape(fuzz_app):
     assert predicted[200] >= 5, statuses
 
 
-# ------------------------------------------------------------- bugs the fuzz pass found
-# xfail(strict): they pass once the bug is fixed, and then their marks must go.
+# ------------------------------------------------------- bugs the fuzz pass found
 
-_BUG = "BUG (foundry.serve.keys): key times past year 9999 are stored and break listings"
-_BUG_ID = ("BUG (foundry.serve.keys.find_key): a reference str.isdigit() accepts but int() "
-           "or SQLite cannot (superscripts, ids past 2**63) raises: 500 / CLI traceback")
-
-# 1. Key times past the year 9999 are accepted and stored, then cannot be shown: the
-# request answers 500 (the key is created anyway, never shown) and from then on every
+# 1. Key times past the year 9999 were accepted and stored, then could not be shown: the
+# request answered 500 (the key is created anyway, never shown) and from then on every
 # listing of keys fails: GET /admin/keys answers 500, `foundry keys list` prints a
-# traceback. foundry.serve.keys should refuse them as 400 invalid_field.
+# traceback. Now refused as 400 invalid_field (durations are capped at 100 years).
 
 
-
-@pytest.mark.xfail(strict=True, reason=_BUG)
 @pytest.mark.parametrize("expires", ["99999999999d", 1e300])
-def test_admin_create_key_refuses_an_expiry_past_year_9999(tmp_path_factory, tmp_path,
-                                                           expires):
+def test_admin_create_key_refuses_an_expiry_past_year_9999(tmp_path_factory, tmp_path, expires):
     from tests.serve.serve_app_support import make_app, serving
 
     toy = shared_toy(tmp_path_factory)
@@ -254,8 +212,11 @@ def test_admin_create_key_refuses_an_expiry_past_year_9999(tmp_path_factory, tmp
 
     async def go() -> tuple[int, int]:
         async with serving(app) as client:
-            created = await client.post("/admin/keys", headers=admin,
-                                        json={"name": "far", "plan": "test", "expires": expires})
+            created = await client.post(
+                "/admin/keys",
+                headers=admin,
+                json={"name": "far", "plan": "test", "expires": expires},
+            )
             listed = await client.get("/admin/keys", headers=admin)
             return created.status_code, listed.status_code
 
@@ -265,7 +226,6 @@ def test_admin_create_key_refuses_an_expiry_past_year_9999(tmp_path_factory, tmp
         gate.close()
 
 
-@pytest.mark.xfail(strict=True, reason=_BUG)
 def test_admin_rotate_refuses_a_grace_past_year_9999(tmp_path_factory, tmp_path):
     from tests.serve.serve_app_support import make_app, serving
 
@@ -276,8 +236,9 @@ def test_admin_rotate_refuses_a_grace_past_year_9999(tmp_path_factory, tmp_path)
 
     async def go() -> tuple[int, int]:
         async with serving(app) as client:
-            rotated = await client.post(f"/admin/keys/{key.record.id}/rotate", headers=admin,
-                                        json={"grace_hours": 1e12})
+            rotated = await client.post(
+                f"/admin/keys/{key.record.id}/rotate", headers=admin, json={"grace_hours": 1e12}
+            )
             listed = await client.get("/admin/keys", headers=admin)
             return rotated.status_code, listed.status_code
 
@@ -287,17 +248,23 @@ def test_admin_rotate_refuses_a_grace_past_year_9999(tmp_path_factory, tmp_path)
         gate.close()
 
 
-@pytest.mark.xfail(strict=True, reason=_BUG)
 def test_cli_keys_create_refuses_an_expiry_past_year_9999(tmp_path):
     env = {**os.environ, "FOUNDRY_HOME": str(tmp_path / "home")}
     env.pop("FOUNDRY_DATABASE_URL", None)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "foundry", *args], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "foundry", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
-    created = cli("keys", "create", "--name", "far", "--plan", "starter",
-                  "--expires", "99999999999d")
+    created = cli(
+        "keys", "create", "--name", "far", "--plan", "starter", "--expires", "99999999999d"
+    )
     listed = cli("keys", "list")
     assert "Traceback" not in created.stderr + listed.stderr
     assert (created.returncode, listed.returncode) == (2, 0)
@@ -306,10 +273,9 @@ def test_cli_keys_create_refuses_an_expiry_past_year_9999(tmp_path):
 # 2. find_key takes any `str.isdigit()` text for a key id: `²5` (a superscript two) makes
 # int() raise ValueError and an id past 2**63 makes SQLite raise OverflowError, so
 # DELETE /admin/keys/{ref} and /rotate answer 500 and `foundry keys revoke` prints a
-# traceback. Expected: 404 key_not_found (or 400 invalid_field).
+# traceback. Now only ASCII digits of at most 18 characters are ids (else 400).
 
 
-@pytest.mark.xfail(strict=True, reason=_BUG_ID)
 @pytest.mark.parametrize("ref", ["\u00b25", "99999999999999999999999"])
 def test_admin_key_reference_that_is_no_id_is_a_client_error(tmp_path_factory, tmp_path, ref):
     from tests.serve.serve_app_support import make_app, serving
@@ -331,11 +297,16 @@ def test_admin_key_reference_that_is_no_id_is_a_client_error(tmp_path_factory, t
     assert all(400 <= s < 500 for s in statuses), statuses
 
 
-@pytest.mark.xfail(strict=True, reason=_BUG_ID)
 def test_cli_keys_revoke_of_a_reference_that_is_no_id_is_one_line(tmp_path):
     env = {**os.environ, "FOUNDRY_HOME": str(tmp_path / "home")}
     env.pop("FOUNDRY_DATABASE_URL", None)
-    result = subprocess.run([sys.executable, "-m", "foundry", "keys", "revoke", "\u00b25"],
-                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "foundry", "keys", "revoke", "\u00b25"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "Traceback" not in result.stderr
     assert result.returncode == 2

@@ -59,6 +59,10 @@ def hashes_match(stored: str, computed: str) -> bool:
     return hmac.compare_digest(stored.encode("ascii"), computed.encode("ascii"))
 
 
+MAX_DURATION_S = 100 * 365 * 86_400
+"""Longest expiry or grace period: later times would not fit a datetime (year 9999)."""
+
+
 def parse_duration(text: str | float | int) -> float:
     """Seconds in `30d`, `12h` or `90m` (a number is taken as seconds). ValueError if not
     a positive duration."""
@@ -73,6 +77,8 @@ def parse_duration(text: str | float | int) -> float:
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"a duration must be positive, got {text!r}")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"a duration must be at most 100 years (36500d), got {text!r}")
     return seconds
 
 
@@ -258,11 +264,11 @@ def rotate_key(
     """Replace a key with a new one on the same account (same name, plan, models, expiry,
     quota and rate bucket). The old key works for `grace_hours` more, then answers 403
     `key_revoked`."""
-    if not math.isfinite(grace_hours) or grace_hours < 0:
+    if not math.isfinite(grace_hours) or grace_hours < 0 or grace_hours * 3_600 > MAX_DURATION_S:
         raise ApiError(
             400,
             "invalid_field",
-            f"grace_hours must be >= 0, got {grace_hours}",
+            f"grace_hours must be between 0 and 876000 (100 years), got {grace_hours}",
             param="grace_hours",
         )
     secret = generate_key()
@@ -306,7 +312,8 @@ def find_key(conn: Connection, id_or_prefix: str | int, *, lock: bool = False) -
     """A key's row by id (`7`), prefix (`fdy_abcd1234`) or the whole key. ApiError 404 if
     none, 409 if a prefix matches several keys."""
     text = str(id_or_prefix).strip()
-    if text.isdigit():
+    # isascii: str.isdigit() also accepts superscripts; 18 digits stay inside a 64-bit id
+    if text.isascii() and text.isdigit() and len(text) <= 18:
         query = select(api_keys).where(api_keys.c.id == int(text))
     elif looks_like_key(text):
         query = select(api_keys).where(api_keys.c.key_hash == hash_key(text))
