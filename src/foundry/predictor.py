@@ -92,11 +92,9 @@ class Predictor:
     def decode(self, outputs: np.ndarray, index: Any = None) -> pd.DataFrame:
         target = self.task.target
         if not self.task.is_classification:
-            values = outputs[:, 0] * self.task.target_std + self.task.target_mean
-            return pd.DataFrame({target: values}, index=index)
+            return pd.DataFrame({target: self.preprocessor.denormalize(outputs[:, 0])}, index=index)
         proba = probabilities(outputs, self.task)
-        labels = np.asarray(self.task.classes, dtype=object)[proba.argmax(axis=1)]
-        frame = {target: labels}
+        frame = {target: self.preprocessor.decode_labels(proba.argmax(axis=1))}
         for i, cls in enumerate(self.task.classes):
             frame[f"probability_{cls}"] = proba[:, i]
         return pd.DataFrame(frame, index=index)

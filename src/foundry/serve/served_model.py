@@ -89,12 +89,12 @@ class ServedModel:
     def _decode(self, outputs: np.ndarray) -> list[dict[str, Any]]:
         """Outputs [N, n_outputs] → prediction dicts: the computation of
         `Predictor.decode`, without building a DataFrame."""
-        task = self.predictor.task
+        task, preprocessor = self.predictor.task, self.predictor.preprocessor
         if not task.is_classification:
-            values = outputs[:, 0] * task.target_std + task.target_mean
+            values = preprocessor.denormalize(outputs[:, 0])
             return [{"value": v if math.isfinite(v) else None} for v in values.tolist()]
         proba = probabilities(outputs, task)  # float64 [N, n_classes]
-        labels = np.asarray(task.classes, dtype=object)[proba.argmax(axis=1)].tolist()
+        labels = preprocessor.decode_labels(proba.argmax(axis=1)).tolist()
         classes = [str(c) for c in task.classes]
         out = [
             {"label": str(label), "probabilities": dict(zip(classes, row, strict=True))}
