@@ -406,15 +406,34 @@ def test_admissions_take_buffered_latencies_along(gate, monkeypatch):
     assert gate._pending.rows == [] and gate.flush() == 0
 
 
-def test_a_refused_admission_keeps_the_buffered_latencies(gate, monkeypatch):
+def test_a_refused_admission_still_writes_the_buffered_latencies(gate, monkeypatch):
     monkeypatch.setattr(gate_module, "LATENCY_FLUSH_MAX", 1)
     key = _key(gate, "tiny")
     adm = gate.admit(key, model="m", units=5, request_id="a")
     gate.complete(adm, status=200, latency_ms=3.0)
     with pytest.raises(ApiError, match="quota"):
-        gate.admit(key, model="m", units=1, request_id="b")  # rolled back
-    assert gate.flush() == 1
+        gate.admit(key, model="m", units=1, request_id="b")  # writes nothing of its own
+    assert gate.flush() == 0
     assert _event(gate, adm.event_id).latency_ms == 3.0
+    assert _billable_units(gate) == 5
+
+
+def test_a_failed_admission_transaction_puts_the_latencies_back(gate, monkeypatch):
+    monkeypatch.setattr(gate_module, "LATENCY_FLUSH_MAX", 1)
+    key = _key(gate, "shared")
+    adm = gate.admit(key, model="m", units=1, request_id="a")
+    gate.complete(adm, status=200, latency_ms=4.0)
+    working = CompiledSql.executemany
+
+    def broken(self, cursor, rows):
+        cursor.execute("SELECT no_such_column FROM usage_events")
+
+    monkeypatch.setattr(CompiledSql, "executemany", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        gate.admit(key, model="m", units=1, request_id="b")
+    assert _billable_units(gate) == 1  # "b" was rolled back with the latencies
+    monkeypatch.setattr(CompiledSql, "executemany", working)
+    assert gate.flush() == 1 and _event(gate, adm.event_id).latency_ms == 4.0
 
 
 def test_status_changes_and_stored_responses_are_never_buffered(gate):

@@ -11,23 +11,22 @@
     GET  /docs, /openapi.json          OpenAPI
 
 A predict request goes: body size (413) → JSON (400) → records vs the model's inputs
-(422) → `gate.authenticate` (401/403) → records per request (413) → `gate.admit`
+(422) → `gate.authenticate` (401/403) → records per request (413) → admission
 (429, or an idempotent replay) → the model's batcher → response → `gate.complete`.
-Gate calls are synchronous database work and run on the gate's own thread (see
-`_gate_threads`); the forward pass runs on the model's own thread (foundry.serve.batching):
+Gate calls are synchronous database work and run on the gate's own thread, which admits
+concurrent requests in groups (foundry.serve.gate_runner); the forward pass runs on the
+model's own thread (foundry.serve.batching):
 the event loop only parses, checks and answers. Every error, whatever raised it, is
 answered as `{"error": {"message", "type", "param", "code"}}` (foundry.serve.errors).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -46,7 +45,8 @@ from foundry.config.schema import ServeConfig
 from foundry.errors import ConfigError
 from foundry.serve.batching import Batcher
 from foundry.serve.errors import ApiError
-from foundry.serve.gate_api import Admission
+from foundry.serve.gate_api import Admission, AdmitRequest
+from foundry.serve.gate_runner import GateRunner
 from foundry.serve.metrics import CONTENT_TYPE, ServeMetrics
 from foundry.serve.schemas import (
     ErrorResponse,
@@ -95,7 +95,7 @@ class Service:
         """By name and by `name:version` (both spellings route to the same model)."""
         self.batchers: dict[str, Batcher] = {}
         self.state: dict[str, str] = {ref: "loading" for ref in refs}
-        self._gate_executor: ThreadPoolExecutor | None = None
+        self._gate_runner: GateRunner | None = None
         self._torch_threads: int | None = None
         """PyTorch's thread count before start(), restored by stop()."""
 
@@ -135,9 +135,9 @@ class Service:
         if self._torch_threads is not None:
             _set_torch_threads(self._torch_threads)
             self._torch_threads = None
-        executor, self._gate_executor = self._gate_executor, None
-        if executor is not None:  # let pending usage writes finish
-            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)
+        runner, self._gate_runner = self._gate_runner, None
+        if runner is not None:  # let pending usage writes finish
+            await runner.close()
         if self.owns_gate and self.gate is not None:
             self.gate.close()
 
@@ -176,14 +176,15 @@ class Service:
                 units = len(records.items)
                 admission = None
                 if self.gate is not None:
-                    admission = await self.gate_call(
-                        self._admit,
-                        request.headers.get("authorization"),
-                        served.name,
-                        units,
-                        request_id,
-                        idempotency_key,
-                        body_hash,
+                    admission = await self.gate_runner.admit(
+                        AdmitRequest(
+                            request.headers.get("authorization"),
+                            served.name,
+                            units,
+                            request_id,
+                            idempotency_key,
+                            body_hash,
+                        )
                     )
                     if admission.replay is not None:
                         status = admission.replay.status
@@ -234,44 +235,16 @@ class Service:
         finally:
             self.metrics.request(served.name, status, perf_counter() - started)
 
-    async def gate_call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a gate (database) call off the event loop, on the gate's threads."""
-        if self._gate_executor is None:
-            self._gate_executor = ThreadPoolExecutor(
-                _gate_threads(self.gate), thread_name_prefix="foundry-gate"
-            )
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._gate_executor, partial(fn, *args))
+    @property
+    def gate_runner(self) -> GateRunner:
+        """The gate's thread (made on first use, inside the running loop)."""
+        if self._gate_runner is None:
+            self._gate_runner = GateRunner(self.gate)
+        return self._gate_runner
 
-    def _admit(
-        self,
-        authorization: str | None,
-        model: str,
-        units: int,
-        request_id: str,
-        idempotency_key: str | None,
-        body_hash: str | None,
-    ) -> Admission:
-        """Gate thread: authenticate, check the plan's records limit, admit (one hop)."""
-        assert self.gate is not None
-        key = self.gate.authenticate(authorization)
-        limit = key.plan_config.max_records_per_request
-        if units > limit:
-            raise ApiError(
-                413,
-                "too_many_records",
-                f"{units} records in one request; plan '{key.plan}' allows up to {limit} "
-                "(split the list into several requests)",
-                param="records",
-            )
-        return self.gate.admit(
-            key,
-            model=model,
-            units=units,
-            request_id=request_id,
-            idempotency_key=idempotency_key,
-            request_hash=body_hash,
-        )
+    async def gate_call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a gate (database) call off the event loop, on the gate's thread."""
+        return await self.gate_runner.call(fn, *args)
 
     def _complete(
         self, admission: Admission, status: int, latency_ms: float, response: Any
@@ -302,15 +275,6 @@ def _set_torch_threads(n: int) -> int:
     if n != previous:
         torch.set_num_threads(n)
     return previous
-
-
-def _gate_threads(gate: Gate | None) -> int:
-    """Threads for gate calls. SQLite has one write lock; threads of one process that
-    queue on it sleep in SQLite's busy handler (1, 2, 5, 10... ms), so with SQLite one
-    thread does every admission in turn (~0.05 ms each). A server database (PostgreSQL)
-    locks per key row, so admissions of different keys run in parallel."""
-    store = getattr(gate, "store", None)
-    return 1 if store is None or getattr(store, "is_sqlite", True) else 8
 
 
 def create_app(

@@ -47,8 +47,8 @@ from sqlalchemy import Row, bindparam, delete, insert, select, update
 from foundry.config.schema import BUILTIN_PLANS, PlanConfig
 from foundry.serve import billing, keys
 from foundry.serve.errors import ApiError
-from foundry.serve.gate_api import Admission, KeyInfo, RateState, StoredResponse
-from foundry.serve.store import ServeStore, api_keys, idempotency, usage_events
+from foundry.serve.gate_api import Admission, AdmitRequest, KeyInfo, RateState, StoredResponse
+from foundry.serve.store import ServeStore, StoreBusy, api_keys, idempotency, usage_events
 
 AUTH_CACHE_S = 2.0
 """Seconds (monotonic) `authenticate` reuses a key's row. `admit` re-reads the row in its
@@ -150,7 +150,7 @@ _SET_LATENCY = (
     .values(latency_ms=bindparam("b_latency"))
 )
 """A buffered latency: never touches `status`, so it cannot undo a status change."""
-_EVENT_UNITS = select(usage_events.c.units, usage_events.c.period).where(
+_EVENT_UNITS = select(usage_events.c.units, usage_events.c.period, usage_events.c.status).where(
     usage_events.c.id == bindparam("b_id")
 )
 _EVENT = select(usage_events).where(usage_events.c.id == bindparam("b_id"))
@@ -257,27 +257,31 @@ class Gate:
         ApiError 401 `missing_api_key` / `invalid_api_key`, 403 `key_revoked` (also a
         rotated key after its grace period), `key_expired`, `unknown_plan`.
         """
-        scheme, _, rest = (authorization or "").strip().partition(" ")
-        token = rest.strip() if scheme.lower() == "bearer" else scheme
-        if not token:
-            raise ApiError(
-                401,
-                "missing_api_key",
-                "no API key provided: send it as the header `Authorization: Bearer fdy_...`",
-            )
-        if not keys.looks_like_key(token):
-            raise _invalid_key()
+        token = _token_of(authorization)
         key_hash = keys.hash_key(token)
+        info = self._cached(key_hash)
+        if info is not None:
+            return info
+        with self.store.read() as conn:
+            row = keys.find_by_hash(conn, token)
+        if row is None:
+            raise _invalid_key()
+        cached = _CachedKey(self._key_info(row), row, time.monotonic() + AUTH_CACHE_S)
+        if len(self._auth_cache) >= _AUTH_CACHE_MAX:
+            self._auth_cache.clear()
+        self._auth_cache[key_hash] = cached
+        _check_usable(cached.row, self.clock())
+        return cached.info
+
+    def authenticate_cached(self, authorization: str | None) -> KeyInfo | None:
+        """`authenticate` without the database: None when the key's row is not cached (or
+        is older than AUTH_CACHE_S). Refusals that need no row (401) are raised."""
+        return self._cached(keys.hash_key(_token_of(authorization)))
+
+    def _cached(self, key_hash: str) -> KeyInfo | None:
         cached = self._auth_cache.get(key_hash)
         if cached is None or time.monotonic() >= cached.fresh_until:
-            with self.store.read() as conn:
-                row = keys.find_by_hash(conn, token)
-            if row is None:
-                raise _invalid_key()
-            cached = _CachedKey(self._key_info(row), row, time.monotonic() + AUTH_CACHE_S)
-            if len(self._auth_cache) >= _AUTH_CACHE_MAX:
-                self._auth_cache.clear()
-            self._auth_cache[key_hash] = cached
+            return None
         _check_usable(cached.row, self.clock())
         return cached.info
 
@@ -302,151 +306,112 @@ class Gate:
         `idempotency_key_reused`, 429 `rate_limit_exceeded` / `quota_exceeded` (with
         Retry-After and x-ratelimit-*).
         """
-        _check_model(key, model)
-        if not isinstance(units, int) or isinstance(units, bool) or units < 0:
-            raise ApiError(400, "invalid_field", f"units must be an integer >= 0, got {units!r}")
-        if idempotency_key is not None and not 0 < len(idempotency_key) <= _MAX_IDEMPOTENCY_KEY:
-            raise ApiError(
-                400,
-                "invalid_field",
-                f"an Idempotency-Key has 1 to {_MAX_IDEMPOTENCY_KEY} characters",
-                param="Idempotency-Key",
-            )
-        plan = key.plan_config
-        bucket = _Bucket(plan.requests_per_minute)
+        request = AdmitRequest(None, model, units, request_id, idempotency_key, request_hash)
+        _check_request(key, request)
+        outcome = self._admit_group([(0, key, request)])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def admit_many(self, requests: list[AdmitRequest]) -> list[Admission | Exception]:
+        """`authenticate` + the plan's records limit + `admit` for each request, every
+        admission in one transaction: one commit for the group instead of one each (group
+        commit). The outcome of request i is at i: its Admission, or the ApiError that
+        refuses it. The requests are admitted in order, each seeing the writes of those
+        before it, exactly as one `admit` call after another would.
+
+        A database error fails only the transaction: the group is then admitted one by
+        one, so each request gets its own outcome (an exception that is not an ApiError
+        when the database itself fails it)."""
+        outcomes, group = self._prepare(requests, self.authenticate)
+        if len(group) > 1:
+            try:
+                admitted = self._admit_group(group)
+            except Exception:
+                log.warning("admitting %d requests in one transaction failed; admitting "
+                            "them one by one", len(group), exc_info=True)
+                admitted = [self._admit_alone(member) for member in group]
+        else:
+            admitted = [self._admit_alone(member) for member in group]
+        for (i, _, _), outcome in zip(group, admitted, strict=True):
+            outcomes[i] = outcome
+        return outcomes  # type: ignore[return-value]  # every slot is set
+
+    def try_admit_many(self, requests: list[AdmitRequest]) -> list[Admission | Exception] | None:
+        """`admit_many` for a caller that must not block (the event loop): None, having
+        done nothing, when that would mean waiting: a key not in the authentication cache
+        (a database read) or the write lock held by another connection (SQLite only; a
+        server database always answers None). The commit does not checkpoint the WAL: call
+        `checkpoint()` from a thread now and then."""
+        if not self.store.is_sqlite:
+            return None
+        outcomes, group = self._prepare(requests, self.authenticate_cached)
+        if group is None:
+            return None
+        if group:
+            try:
+                admitted = self._admit_group(group, wait=False)
+            except StoreBusy:
+                return None
+            for (i, _, _), outcome in zip(group, admitted, strict=True):
+                outcomes[i] = outcome
+        return outcomes  # type: ignore[return-value]  # every slot is set
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file (see `try_admit_many`); never waits."""
+        self.store.checkpoint()
+
+    def _prepare(
+        self,
+        requests: list[AdmitRequest],
+        authenticate: Callable[[str | None], KeyInfo | None],
+    ) -> tuple[list[Any], Any]:
+        """Authenticate each request and run the checks that need no transaction:
+        (outcomes with the refusals filled in, [(index, key, request)] to admit), or
+        (_, None) when `authenticate` could not tell (a cache miss)."""
+        outcomes: list[Any] = [None] * len(requests)
+        group: list[tuple[int, KeyInfo, AdmitRequest]] = []
+        for i, request in enumerate(requests):
+            try:
+                key = authenticate(request.authorization)
+                if key is None:
+                    return outcomes, None
+                _check_records(key, request.units)
+                _check_request(key, request)
+            except ApiError as exc:
+                outcomes[i] = exc
+            else:
+                group.append((i, key, request))
+        return outcomes, group
+
+    def _admit_alone(
+        self, member: tuple[int, KeyInfo, AdmitRequest]
+    ) -> Admission | Exception:
+        try:
+            return self._admit_group([member])[0]
+        except Exception as exc:
+            return exc
+
+    def _admit_group(
+        self, group: list[tuple[int, KeyInfo, AdmitRequest]], *, wait: bool = True
+    ) -> list[GateAdmission | ApiError]:
+        """One write transaction admitting `group` in order: each member's Admission or
+        the ApiError refusing it. Raises (rolling everything back) on a database error;
+        wait=False: StoreBusy when the write lock is taken (see `ServeStore.fast_write`)."""
         now = self.clock()
         period = billing.period_of(now)
         store, pending = self.store, self._pending
         flushed: list[dict[str, Any]] | None = None
+        outcomes: list[GateAdmission | ApiError] = []
         try:
-            with store.fast_write() as cur:
-                found = store.sql(_LOCK_KEY).execute(cur, {"b_id": key.id}).fetchone()
-                if found is None:
-                    raise _invalid_key()
-                row = _KeyRow._make(found)
-                _check_usable(row, now)
-                account_id = row.account_id or row.id
-                account = row
-                if account_id != row.id:
-                    found = store.sql(_LOCK_KEY).execute(cur, {"b_id": account_id}).fetchone()
-                    if found is None:
-                        raise _invalid_key()
-                    account = _KeyRow._make(found)
-                tokens = bucket.refill(account.rate_tokens, account.rate_updated, now)
-                used = account.used_units if account.used_period == period else 0
-
-                stale: _IdempotentRow | None = None
-                if idempotency_key is not None:
-                    found = (
-                        store.sql(_FIND_IDEMPOTENT)
-                        .execute(cur, {"b_account": account_id, "b_ikey": idempotency_key})
-                        .fetchone()
-                    )
-                    if found is not None:
-                        stored = _IdempotentRow._make(found)
-                        if (
-                            request_hash
-                            and stored.request_hash
-                            and stored.request_hash != request_hash
-                        ):
-                            raise ApiError(
-                                422,
-                                "idempotency_key_reused",
-                                "this Idempotency-Key was already used with a different "
-                                "request body; use a new key for a new request",
-                                param="Idempotency-Key",
-                            )
-                        if stored.status is not None:
-                            return GateAdmission(
-                                key=key,
-                                event_id=None,
-                                rate=bucket.state(tokens),
-                                replay=StoredResponse(
-                                    stored.status, json.loads(stored.response_json or "null")
-                                ),
-                                account_id=account_id,
-                            )
-                        if now - stored.created_at < IDEMPOTENCY_STALE_S:
-                            raise ApiError(
-                                409,
-                                "idempotency_in_progress",
-                                "a request with this Idempotency-Key is still being "
-                                "processed; retry shortly to get its result",
-                                param="Idempotency-Key",
-                                headers={"Retry-After": "1"},
-                            )
-                        stale = stored
-
-                if tokens < 1:
-                    wait = max(1, math.ceil((1 - tokens) / bucket.rate))
-                    raise ApiError(
-                        429,
-                        "rate_limit_exceeded",
-                        f"rate limit of {plan.requests_per_minute} requests per minute "
-                        f"reached for key {key.prefix}; retry in {wait} s",
-                        headers={"Retry-After": str(wait), **bucket.state(tokens).headers()},
-                    )
-                if stale is not None:
-                    used -= self._abandon(cur, stale, period)
-                if plan.hard_limit and used + units > plan.included_units:
-                    _, next_period = billing.period_bounds(period)
-                    wait = max(1, math.ceil(next_period - now))
-                    raise ApiError(
-                        429,
-                        "quota_exceeded",
-                        f"quota exceeded: {used} of the {plan.included_units} units of plan "
-                        f"{key.plan!r} used in {period} and this request needs {units}; it "
-                        f"resets at {keys.iso(next_period)}. Upgrade the plan for more.",
-                        headers={
-                            "Retry-After": str(wait),
-                            "x-should-retry": "false",
-                            **bucket.state(tokens).headers(),
-                        },
-                    )
-                store.sql(_TAKE).execute(
-                    cur,
-                    {
-                        "b_account": account_id,
-                        "b_tokens": tokens - 1,
-                        "b_now": now,
-                        "b_period": period,
-                        "b_used": used + units,
-                    },
-                )
-                event = {
-                    "b_key": key.id,
-                    "b_model": model,
-                    "b_units": units,
-                    "b_request": request_id[:100],
-                    "b_now": now,
-                    "b_period": period,
-                    "b_ikey": idempotency_key,
-                }
-                if store.returning_ids:
-                    event_id = store.sql(_INSERT_EVENT_RETURNING).execute(cur, event).fetchone()[0]
-                else:
-                    event_id = store.sql(_INSERT_EVENT).execute(cur, event).lastrowid
-                if stale is not None:
-                    store.sql(_TAKE_OVER).execute(
-                        cur,
-                        {
-                            "b_id": stale.id,
-                            "b_event": event_id,
-                            "b_now": now,
-                            "b_hash": request_hash,
-                        },
-                    )
-                elif idempotency_key is not None:
-                    store.sql(_INSERT_IDEMPOTENT).execute(
-                        cur,
-                        {
-                            "b_account": account_id,
-                            "b_ikey": idempotency_key,
-                            "b_hash": request_hash,
-                            "b_event": event_id,
-                            "b_now": now,
-                        },
-                    )
+            with store.fast_write(wait=wait) as cur:
+                for _, key, request in group:
+                    try:
+                        outcomes.append(self._admit_in(cur, key, request, now, period))
+                    except ApiError as exc:
+                        # Every refusal comes before the request's first write, so the
+                        # transaction holds nothing of it: the others go on.
+                        outcomes.append(exc)
                 if pending.rows:  # buffered latencies ride along in this transaction
                     flushed = pending.take(due_only=True)
                     if flushed:
@@ -455,6 +420,151 @@ class Gate:
             if flushed:
                 pending.put_back(flushed)
             raise
+        return outcomes
+
+    def _admit_in(
+        self, cur: Any, key: KeyInfo, request: AdmitRequest, now: float, period: str
+    ) -> GateAdmission:
+        """`admit` inside an open write transaction. Every check (and so every ApiError)
+        comes before the first write."""
+        store = self.store
+        plan = key.plan_config
+        bucket = _Bucket(plan.requests_per_minute)
+        units, idempotency_key = request.units, request.idempotency_key
+        found = store.sql(_LOCK_KEY).execute(cur, {"b_id": key.id}).fetchone()
+        if found is None:
+            raise _invalid_key()
+        row = _KeyRow._make(found)
+        _check_usable(row, now)
+        account_id = row.account_id or row.id
+        account = row
+        if account_id != row.id:
+            found = store.sql(_LOCK_KEY).execute(cur, {"b_id": account_id}).fetchone()
+            if found is None:
+                raise _invalid_key()
+            account = _KeyRow._make(found)
+        tokens = bucket.refill(account.rate_tokens, account.rate_updated, now)
+        used = account.used_units if account.used_period == period else 0
+
+        stale: _IdempotentRow | None = None
+        refund = 0
+        if idempotency_key is not None:
+            found = (
+                store.sql(_FIND_IDEMPOTENT)
+                .execute(cur, {"b_account": account_id, "b_ikey": idempotency_key})
+                .fetchone()
+            )
+            if found is not None:
+                stored = _IdempotentRow._make(found)
+                if (
+                    request.request_hash
+                    and stored.request_hash
+                    and stored.request_hash != request.request_hash
+                ):
+                    raise ApiError(
+                        422,
+                        "idempotency_key_reused",
+                        "this Idempotency-Key was already used with a different "
+                        "request body; use a new key for a new request",
+                        param="Idempotency-Key",
+                    )
+                if stored.status is not None:
+                    return GateAdmission(
+                        key=key,
+                        event_id=None,
+                        rate=bucket.state(tokens),
+                        replay=StoredResponse(
+                            stored.status, json.loads(stored.response_json or "null")
+                        ),
+                        account_id=account_id,
+                    )
+                if now - stored.created_at < IDEMPOTENCY_STALE_S:
+                    raise ApiError(
+                        409,
+                        "idempotency_in_progress",
+                        "a request with this Idempotency-Key is still being "
+                        "processed; retry shortly to get its result",
+                        param="Idempotency-Key",
+                        headers={"Retry-After": "1"},
+                    )
+                stale = stored
+                refund = self._units_to_abandon(cur, stale, period)
+
+        if tokens < 1:
+            wait = max(1, math.ceil((1 - tokens) / bucket.rate))
+            raise ApiError(
+                429,
+                "rate_limit_exceeded",
+                f"rate limit of {plan.requests_per_minute} requests per minute "
+                f"reached for key {key.prefix}; retry in {wait} s",
+                headers={"Retry-After": str(wait), **bucket.state(tokens).headers()},
+            )
+        used -= refund
+        if plan.hard_limit and used + units > plan.included_units:
+            _, next_period = billing.period_bounds(period)
+            wait = max(1, math.ceil(next_period - now))
+            raise ApiError(
+                429,
+                "quota_exceeded",
+                f"quota exceeded: {used} of the {plan.included_units} units of plan "
+                f"{key.plan!r} used in {period} and this request needs {units}; it "
+                f"resets at {keys.iso(next_period)}. Upgrade the plan for more.",
+                headers={
+                    "Retry-After": str(wait),
+                    "x-should-retry": "false",
+                    **bucket.state(tokens).headers(),
+                },
+            )
+
+        # -- writes: nothing below refuses the request --
+        if stale is not None and stale.event_id is not None:
+            store.sql(_FINISH_EVENT).execute(
+                cur, {"b_id": stale.event_id, "b_status": 500, "b_latency": None}
+            )
+        store.sql(_TAKE).execute(
+            cur,
+            {
+                "b_account": account_id,
+                "b_tokens": tokens - 1,
+                "b_now": now,
+                "b_period": period,
+                "b_used": used + units,
+            },
+        )
+        event = {
+            "b_key": key.id,
+            "b_model": request.model,
+            "b_units": units,
+            "b_request": request.request_id[:100],
+            "b_now": now,
+            "b_period": period,
+            "b_ikey": idempotency_key,
+        }
+        if store.returning_ids:
+            event_id = store.sql(_INSERT_EVENT_RETURNING).execute(cur, event).fetchone()[0]
+        else:
+            event_id = store.sql(_INSERT_EVENT).execute(cur, event).lastrowid
+        if stale is not None:
+            store.sql(_TAKE_OVER).execute(
+                cur,
+                {
+                    "b_id": stale.id,
+                    "b_event": event_id,
+                    "b_now": now,
+                    "b_hash": request.request_hash,
+                },
+            )
+        elif idempotency_key is not None:
+            store.sql(_INSERT_IDEMPOTENT).execute(
+                cur,
+                {
+                    "b_account": account_id,
+                    "b_ikey": idempotency_key,
+                    "b_hash": request.request_hash,
+                    "b_event": event_id,
+                    "b_now": now,
+                },
+            )
         return GateAdmission(
             key=key,
             event_id=int(event_id),
@@ -630,19 +740,13 @@ class Gate:
             models=list(models) if models is not None else None,
         )
 
-    def _abandon(self, cur: Any, stale: _IdempotentRow, period: str) -> int:
-        """Mark the event of a dead in-flight request failed; the units it gave back to
-        this period's counter."""
+    def _units_to_abandon(self, cur: Any, stale: _IdempotentRow, period: str) -> int:
+        """Units the dead in-flight request of `stale` holds in this period's counter: what
+        marking its event failed gives back (read only; `_admit_in` writes the mark)."""
         if stale.event_id is None:
             return 0
-        store = self.store
-        old = store.sql(_EVENT_UNITS).execute(cur, {"b_id": stale.event_id}).fetchone()
-        finished = (
-            store.sql(_FINISH_EVENT)
-            .execute(cur, {"b_id": stale.event_id, "b_status": 500, "b_latency": None})
-            .rowcount
-        )
-        if old is None or not finished or old[1] != period:
+        old = self.store.sql(_EVENT_UNITS).execute(cur, {"b_id": stale.event_id}).fetchone()
+        if old is None or old[2] >= 500 or old[1] != period:
             return 0
         return int(old[0])
 
@@ -801,6 +905,34 @@ def _check_usable(row: Any, now: float) -> None:
         )
 
 
+def _check_request(key: KeyInfo, request: AdmitRequest) -> None:
+    """What `admit` checks without the database: model, units, Idempotency-Key."""
+    _check_model(key, request.model)
+    units = request.units
+    if not isinstance(units, int) or isinstance(units, bool) or units < 0:
+        raise ApiError(400, "invalid_field", f"units must be an integer >= 0, got {units!r}")
+    ikey = request.idempotency_key
+    if ikey is not None and not 0 < len(ikey) <= _MAX_IDEMPOTENCY_KEY:
+        raise ApiError(
+            400,
+            "invalid_field",
+            f"an Idempotency-Key has 1 to {_MAX_IDEMPOTENCY_KEY} characters",
+            param="Idempotency-Key",
+        )
+
+
+def _check_records(key: KeyInfo, units: int) -> None:
+    limit = key.plan_config.max_records_per_request
+    if units > limit:
+        raise ApiError(
+            413,
+            "too_many_records",
+            f"{units} records in one request; plan '{key.plan}' allows up to {limit} "
+            "(split the list into several requests)",
+            param="records",
+        )
+
+
 def _check_model(key: KeyInfo, model: str) -> None:
     if key.models is None or model in key.models or model.split(":", 1)[0] in key.models:
         return
@@ -810,6 +942,22 @@ def _check_model(key: KeyInfo, model: str) -> None:
         f"key {key.prefix} may not call model {model!r}; it may call: {', '.join(key.models)}",
         param="model",
     )
+
+
+def _token_of(authorization: str | None) -> str:
+    """The key in an `Authorization` header (`Bearer fdy_...` or the bare key); ApiError
+    401 when there is none or it cannot be one of ours."""
+    scheme, _, rest = (authorization or "").strip().partition(" ")
+    token = rest.strip() if scheme.lower() == "bearer" else scheme
+    if not token:
+        raise ApiError(
+            401,
+            "missing_api_key",
+            "no API key provided: send it as the header `Authorization: Bearer fdy_...`",
+        )
+    if not keys.looks_like_key(token):
+        raise _invalid_key()
+    return token
 
 
 def _invalid_key() -> ApiError:

@@ -55,3 +55,18 @@ class Admission:
     rate: RateState
     replay: StoredResponse | None = None
     """Set when an Idempotency-Key matched an earlier request: answer this, charge nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitRequest:
+    """One predict request as the gate admits it (`Gate.admit_many`)."""
+
+    authorization: str | None
+    """The `Authorization` header as sent (None: absent)."""
+    model: str
+    units: int
+    """Records in the request."""
+    request_id: str
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    """Identifies the body, so an Idempotency-Key reused with another body is refused."""

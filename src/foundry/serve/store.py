@@ -184,25 +184,36 @@ class CompiledSql:
         cursor.executemany(self.text, [self.params(values) for values in rows])
 
 
+class StoreBusy(Exception):
+    """`fast_write(wait=False)`: another connection holds the write lock; nothing was done."""
+
+
 class FastWrite:
     """`with store.fast_write() as cursor:` one write transaction on a raw DBAPI cursor,
     committed on exit (rolled back on an exception). SQLite: it starts with `BEGIN
     IMMEDIATE`, exactly like `ServeStore.write`; PostgreSQL: the driver's implicit BEGIN,
     lock rows with `FOR UPDATE` (statements compiled by `ServeStore.sql`)."""
 
-    __slots__ = ("_store", "_fairy")
+    __slots__ = ("_store", "_fairy", "_wait")
 
-    def __init__(self, store: ServeStore) -> None:
+    def __init__(self, store: ServeStore, wait: bool = True) -> None:
         self._store = store
         self._fairy: Any = None
+        self._wait = wait
 
     def __enter__(self) -> Any:
-        store = self._store
-        fairy = store._checkout()
+        store, wait = self._store, self._wait
+        fairy = store._checkout(wait)
         try:
             cursor = fairy.dbapi_connection.cursor()
             if store._begin is not None:
                 cursor.execute(store._begin)
+        except store._dbapi_error as exc:
+            if not wait and _is_busy(exc):
+                store._checkin(fairy, wait)  # a busy BEGIN leaves the connection sound
+                raise StoreBusy(str(exc)) from None
+            store._discard(fairy)
+            raise
         except BaseException:
             store._discard(fairy)
             raise
@@ -215,7 +226,7 @@ class FastWrite:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        store, fairy = self._store, self._fairy
+        store, fairy, wait = self._store, self._fairy, self._wait
         self._fairy = None
         if exc_type is None:
             try:
@@ -223,7 +234,7 @@ class FastWrite:
             except BaseException:
                 store._discard(fairy)
                 raise
-            store._checkin(fairy)
+            store._checkin(fairy, wait)
             return
         try:
             fairy.dbapi_connection.rollback()
@@ -233,7 +244,7 @@ class FastWrite:
         if isinstance(exc, store._dbapi_error):
             store._discard(fairy)  # a database error: don't trust the connection
         else:
-            store._checkin(fairy)  # a refusal (ApiError) rolled back cleanly
+            store._checkin(fairy, wait)  # a refusal (ApiError) rolled back cleanly
 
 
 class ServeStore:
@@ -251,6 +262,8 @@ class ServeStore:
         # fast_write: raw connections kept checked out between transactions (SQLite only;
         # PostgreSQL connections go back to the pool, which pings them on checkout).
         self._idle: list[Any] = []
+        self._idle_nowait: list[Any] = []
+        """Connections of `fast_write(wait=False)`: busy timeout 0, no auto-checkpoint."""
         self._max_idle = 0
         self._begin: str | None = None
         self._dbapi_error: type[BaseException] = Exception
@@ -271,7 +284,7 @@ class ServeStore:
         with self._lock:
             if self._engine is not None and self._pid != os.getpid():
                 # Connections must not cross a fork: drop the parent's without closing them.
-                self._idle = []
+                self._idle, self._idle_nowait = [], []
                 self._engine.dispose(close=False)
                 self._engine = None
             if self._engine is None:
@@ -306,11 +319,35 @@ class ServeStore:
             conn.execution_options(sqlite_begin="DEFERRED")
             yield conn  # closing the connection ends (rolls back) its transaction
 
-    def fast_write(self) -> FastWrite:
+    def fast_write(self, *, wait: bool = True) -> FastWrite:
         """`write()` for the per-request path: the same transaction (`BEGIN IMMEDIATE` on
         SQLite) on a raw DBAPI cursor; run statements with `self.sql(stmt).execute(cursor,
-        {...})`. On SQLite the connection stays checked out for the next transaction."""
-        return FastWrite(self)
+        {...})`. On SQLite the connection stays checked out for the next transaction.
+
+        wait=False (SQLite only), for an event loop that must not block: raise StoreBusy
+        at once when another connection holds the write lock, instead of waiting up to
+        BUSY_TIMEOUT_S; and never checkpoint the WAL on commit (a checkpoint copies pages
+        into the database file and syncs it), so call `checkpoint()` from a thread."""
+        if not wait and self._begin is None and not self.is_sqlite:
+            raise ValueError("fast_write(wait=False) needs SQLite")
+        return FastWrite(self, wait)
+
+    def checkpoint(self) -> None:
+        """Copy what the WAL holds into the database file, without waiting for readers or
+        writers (SQLite `wal_checkpoint(PASSIVE)`; a no-op elsewhere). For the writes of
+        `fast_write(wait=False)`, which never checkpoint themselves."""
+        if not self.is_sqlite:
+            return
+        # Raw: a checkpoint cannot run inside a transaction, which SQLAlchemy would begin.
+        fairy = self._checkout()
+        try:
+            cursor = fairy.dbapi_connection.cursor()
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            cursor.close()
+        except BaseException:
+            self._discard(fairy)
+            raise
+        self._checkin(fairy)
 
     def sql(self, statement: ClauseElement) -> CompiledSql:
         """`statement` compiled for this database, once (a module-level constant)."""
@@ -330,6 +367,8 @@ class ServeStore:
         """Release connections (the store reconnects on next use)."""
         with self._lock:
             idle, self._idle = self._idle, []
+            idle += self._idle_nowait
+            self._idle_nowait = []
             if self._engine is not None:
                 if self._pid == os.getpid():
                     for fairy in idle:
@@ -339,21 +378,34 @@ class ServeStore:
 
     # -- fast_write's connections ------------------------------------------------------
 
-    def _checkout(self) -> Any:
+    def _checkout(self, wait: bool = True) -> Any:
         engine = self.engine  # (a forked child drops its parent's connections here)
-        idle = self._idle
+        idle = self._idle if wait else self._idle_nowait
         if idle:
             try:
                 return idle.pop()
             except IndexError:  # another thread took the last one
                 pass
-        return engine.raw_connection()
+        fairy = engine.raw_connection()
+        if not wait:
+            cursor = fairy.dbapi_connection.cursor()
+            cursor.execute("PRAGMA busy_timeout = 0")
+            cursor.execute("PRAGMA wal_autocheckpoint = 0")
+            cursor.close()
+        return fairy
 
-    def _checkin(self, fairy: Any) -> None:
-        if len(self._idle) < self._max_idle and self._pid == os.getpid():
-            self._idle.append(fairy)
+    def _checkin(self, fairy: Any, wait: bool = True) -> None:
+        idle = self._idle if wait else self._idle_nowait
+        if len(idle) < self._max_idle and self._pid == os.getpid():
+            idle.append(fairy)
         else:
-            fairy.close()  # back to the pool
+            if not wait:  # back to the pool as the engine made it
+                with suppress(Exception):
+                    cursor = fairy.dbapi_connection.cursor()
+                    cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+                    cursor.execute("PRAGMA wal_autocheckpoint = 1000")
+                    cursor.close()
+            fairy.close()
 
     def _discard(self, fairy: Any) -> None:
         with suppress(Exception):  # closing a broken connection may fail too
@@ -383,3 +435,11 @@ class ServeStore:
                         f"cannot open the database {safe_url(self.url)!r}: {exc}"
                     ) from exc
         return engine
+
+
+def _is_busy(exc: BaseException) -> bool:
+    """SQLite's "database is locked" (SQLITE_BUSY / SQLITE_LOCKED)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6)
+    return "locked" in str(exc) or "busy" in str(exc)
