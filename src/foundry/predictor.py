@@ -107,6 +107,8 @@ def run_model(model: torch.nn.Module, encoded: dict[str, torch.Tensor], n: int) 
     inputs = {k: v for k, v in encoded.items() if k != "target"}
     if n == 0:
         return np.zeros((0, 1), dtype=np.float32)
+    if n <= PREDICT_CHUNK:  # one pass (every API batch): no slicing, no concatenation copy
+        return model({k: v.to(device) for k, v in inputs.items()}).float().cpu().numpy()
     parts = []
     for start in range(0, n, PREDICT_CHUNK):
         batch = {k: v[start : start + PREDICT_CHUNK].to(device) for k, v in inputs.items()}

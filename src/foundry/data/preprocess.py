@@ -3,6 +3,7 @@
     pre = Preprocessor.fit(train_df, resolved, base_dir)
     train_df = pre.prepare(train_df)            # drop rows under a drop_row policy
     enc = pre.transform(train_df)               # {"numeric": [N, k] f32, "target": [N], ...}
+    pre.transform_records([{"age": 39, ...}])   # API records, no frame: == transform, no target
     json.dumps(pre.state_dict())                # everything needed to transform again
     Preprocessor.from_state(state).transform(df) == pre.transform(df)   # bit for bit
 
@@ -109,6 +110,42 @@ class Preprocessor:
             out[f"image:{enc.name}"] = torch.from_numpy(enc.transform(df[enc.name]))
         if with_target:
             out["target"] = torch.from_numpy(self.target.transform(df[self.target.name]))
+        return out
+
+    def transform_records(self, records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Records (one dict of input values per row) → `Encoded` without the target:
+        the same keys, dtypes, shapes and values, bit for bit, as `transform(frame,
+        with_target=False)` on a frame of the same values (`RecordValidator.frame`).
+
+        Values are plain Python ones, as a JSON request carries them after
+        `RecordValidator.validate`: numbers (None missing), category / binary keys (or
+        numbers, booleans; None missing), text (None missing), and images as file bytes
+        where a frame holds paths. Each encoder's `encode_list` works on them directly:
+        for a handful of records far cheaper than a frame and pandas / Arrow per column.
+        """
+        n = len(records)
+        names = [e.name for e in self.encoders]
+        try:
+            columns = {name: [r[name] for r in records] for name in names}
+        except KeyError as exc:
+            raise DataError(
+                f"a record lacks the input {exc} (inputs: {', '.join(names)})"
+            ) from None
+        out: dict[str, torch.Tensor] = {}
+        if self._numeric:
+            numeric = np.empty((n, len(self._numeric)), dtype=np.float32)  # [N, n_numeric]
+            for j, enc in enumerate(self._numeric):
+                numeric[:, j] = enc.encode_list(columns[enc.name])
+            out["numeric"] = torch.from_numpy(numeric)
+        if self._categorical:
+            codes = np.empty((n, len(self._categorical)), dtype=np.int64)  # [N, k]
+            for j, enc in enumerate(self._categorical):
+                codes[:, j] = enc.encode_list(columns[enc.name])
+            out["categorical"] = torch.from_numpy(codes)
+        for enc in self._text:
+            out[f"text:{enc.name}"] = torch.from_numpy(enc.encode_list(columns[enc.name]))
+        for enc in self._image:
+            out[f"image:{enc.name}"] = torch.from_numpy(enc.encode_list(columns[enc.name]))
         return out
 
     def decode_labels(self, indices: np.ndarray) -> np.ndarray:

@@ -8,10 +8,11 @@ A predict body is any of (all equivalent for one record):
 
 Each record must hold exactly the model's input features. `RecordValidator` checks the
 types (numbers are JSON numbers or null; categories strings, numbers or booleans, cast to
-the training keys; text strings or null; images base64 PNG/JPEG strings, never URLs),
-and `RecordValidator.frame` turns the records of a whole batch into one DataFrame,
-column by column. Errors are `ApiError`s whose `param` is the JSON path of the offending
-field (`age`, `[3].age`, `records[3].age`, `record.age`).
+the training keys; text strings or null; images base64 PNG/JPEG strings, never URLs).
+The checked records go straight to `Preprocessor.transform_records` (no DataFrame per
+request); `RecordValidator.frame` gives the DataFrame that encodes to the same tensors
+(the reference the tests compare with). Errors are `ApiError`s whose `param` is the
+JSON path of the offending field (`age`, `[3].age`, `records[3].age`, `record.age`).
 
 The pydantic models below describe the JSON for the OpenAPI document; the predict route
 itself parses the body with `json.loads` and answers pre-encoded JSON (no per-request
@@ -336,10 +337,12 @@ class RecordValidator:
             param=path,
         )
 
-    # -- records → DataFrame (once per batch, on the worker thread) -------------
+    # -- records → DataFrame (not on the serving path) ---------------------------
 
     def frame(self, records: list[dict]) -> pd.DataFrame:
-        """Checked records → one DataFrame with a column per input, built column-wise."""
+        """Checked records → one DataFrame with a column per input, built column-wise;
+        `Preprocessor.transform` encodes it exactly as `transform_records` encodes the
+        records (image cells hold bytes, which only `transform_records` reads)."""
         data: dict[str, Any] = {}
         for name, kind, *_ in self._specs:
             values = [r[name] for r in records]

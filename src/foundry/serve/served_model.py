@@ -5,8 +5,9 @@
     served.validator.validate(records)
     served.predict_records(records.items)     # on the batcher's thread: [{"label", ...}, ...]
 
-`predict_records` gives exactly what `Predictor.predict` gives on the same rows (the same
-`Predictor.outputs`, decoded as `Predictor.decode` does), one JSON-ready dict per record.
+`predict_records` gives exactly what `Predictor.predict` gives on the same rows (inputs
+encoded as `Preprocessor.transform` encodes them, the same forward pass, decoded as
+`Predictor.decode` does), one JSON-ready dict per record.
 """
 
 from __future__ import annotations
@@ -18,14 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from foundry.data.encoders.binary import BinaryEncoder
 from foundry.data.encoders.category import MISSING, CategoryEncoder
 from foundry.data.encoders.image import ImageEncoder
 from foundry.data.encoders.number import NumberEncoder
 from foundry.data.encoders.text import TextEncoder
-from foundry.data.preprocess import Preprocessor
 from foundry.evaluation.metrics import probabilities
 from foundry.predictor import Predictor, run_model
 from foundry.registry import Registry
@@ -56,7 +55,7 @@ class ServedModel:
     def from_predictor(cls, predictor: Predictor) -> ServedModel:
         encoders = {e.name: e for e in predictor.preprocessor.encoders}
         features = predictor.manifest["features"]["inputs"]
-        inputs = [_input_spec(f, encoders.get(f["name"])) for f in features]
+        inputs = [input_spec(f, encoders.get(f["name"])) for f in features]
         validator = RecordValidator(predictor.name, inputs)
         described = [_describe(spec, encoders.get(spec.name)) for spec in inputs]
         task = predictor.task
@@ -77,14 +76,14 @@ class ServedModel:
     # ------------------------------------------------------------------ inference
 
     def predict_records(self, records: list[dict]) -> list[dict[str, Any]]:
-        """Validated records → one prediction dict per record (runs on a worker thread)."""
+        """Validated records → one prediction dict per record (runs on a worker thread).
+
+        No DataFrame: `transform_records` encodes the records' Python values directly,
+        bit for bit as `Predictor.outputs` encodes a frame of them.
+        """
         predictor = self.predictor
-        frame = self.validator.frame(records)
-        if any(isinstance(e, ImageEncoder) for e in predictor.preprocessor.encoders):
-            outputs = _image_outputs(predictor, frame)
-        else:
-            outputs = predictor.outputs(frame)
-        return self._decode(outputs)
+        encoded = predictor.preprocessor.transform_records(records)
+        return self._decode(run_model(predictor.model, encoded, len(records)))
 
     def _decode(self, outputs: np.ndarray) -> list[dict[str, Any]]:
         """Outputs [N, n_outputs] → prediction dicts: the computation of
@@ -106,41 +105,18 @@ class ServedModel:
         return out
 
 
-def _image_outputs(predictor: Predictor, frame: pd.DataFrame) -> np.ndarray:
-    """Forward pass for a model with image inputs, whose cells hold decoded bytes instead
-    of the file paths `ImageEncoder.transform` reads.
-
-    Non-image inputs go through a Preprocessor without the image encoders; each image
-    column through `ImageEncoder.decode` (Pillow opens file objects like paths) and the
-    same normalisation as `ImageEncoder.transform`.
-    """
-    import torch
-
-    pre = predictor.preprocessor
-    rest = [e for e in pre.encoders if not isinstance(e, ImageEncoder)]
-    encoded = Preprocessor(pre.resolved, rest, pre.target).transform(frame, with_target=False)
-    for enc in pre.encoders:
-        if isinstance(enc, ImageEncoder):
-            pixels = image_tensor(enc, frame[enc.name].tolist())
-            encoded[f"image:{enc.name}"] = torch.from_numpy(pixels)
-    return run_model(predictor.model, encoded, len(frame))
-
-
 def image_tensor(enc: ImageEncoder, blobs: list[bytes]) -> np.ndarray:
-    """PNG/JPEG bytes [N] → float32 [N, C, H, W], exactly as `enc.transform` on files."""
-    pixels = enc.decode([io.BytesIO(b) for b in blobs])  # type: ignore[list-item]
-    x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
-    np.divide(x, 255.0, out=x)
-    if enc.normalization == "standard":
-        x -= np.asarray(enc.mean, dtype=np.float32)[:, None, None]
-        x /= np.asarray(enc.std, dtype=np.float32)[:, None, None]
-    return x
+    """PNG/JPEG bytes [N] → float32 [N, C, H, W], exactly as `enc.transform` on files
+    (`enc.encode_list`, which `predict_records` reaches through `transform_records`)."""
+    return enc.encode_list(blobs)
 
 
 # ------------------------------------------------------------------ description
 
 
-def _input_spec(feature: dict[str, Any], enc: Any) -> InputSpec:
+def input_spec(feature: dict[str, Any], enc: Any) -> InputSpec:
+    """What the API accepts for one input (`feature`: its entry in the manifest's
+    `features.inputs`; `enc`: its fitted encoder)."""
     ftype = feature["type"]
     if ftype != "number":
         return InputSpec(feature["name"], ftype, nullable=ftype != "image")

@@ -7,14 +7,16 @@ policy, is 0.5: halfway, favouring neither side.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from foundry.config.schema import CategoryPreprocessing
-from foundry.data.encoders.keys import category_keys, sort_keys
+from foundry.data.encoders.keys import category_keys, scalar_key, sort_keys
 from foundry.errors import DataError
 
 UNKNOWN = 0.5
@@ -54,6 +56,28 @@ class BinaryEncoder:
             codes[(keys == value).to_numpy(dtype=bool, na_value=False)] = i
         codes[keys.isna().to_numpy()] = self.fill
         return codes
+
+    def encode_list(self, values: Sequence[Any]) -> np.ndarray:
+        """Python values [N] (keys, numbers, booleans; None missing) → float32 [N], equal
+        to `transform` on a column of the same values.
+
+        A dict lookup per value: for the few records of an API request this is ~100x
+        cheaper than building a Series (the same keys, by `scalar_key`).
+        """
+        codes = self._codes
+        # Strings are keys already (the API's validator casts numbers and booleans to
+        # theirs): one dict lookup, no call.
+        out = [codes.get(v, UNKNOWN) if type(v) is str else self._code(v) for v in values]
+        return np.array(out, dtype=np.float32)
+
+    def _code(self, value: Any) -> float:
+        key = scalar_key(value)
+        return self._codes.get(key, UNKNOWN) if type(key) is str else self.fill  # NaN: missing
+
+    @cached_property
+    def _codes(self) -> dict[str, float]:
+        """key → code; built on first use (a frozen dataclass may still cache in __dict__)."""
+        return {value: float(i) for i, value in enumerate(self.values)}
 
     def state(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from foundry.config.schema import CategoryPreprocessing
-from foundry.data.encoders.keys import category_keys, lookup
+from foundry.data.encoders.keys import category_keys, lookup, scalar_key
 
 MISSING = "__missing__"
 """Key of the missing-value category under the `category` policy."""
@@ -57,6 +59,30 @@ class CategoryEncoder:
         if self.fill is not None:
             keys = keys.fillna(self.fill)
         return lookup(keys, self.vocab) + 1  # -1 (unseen, rare or missing) + 1 = 0
+
+    def encode_list(self, values: Sequence[Any]) -> np.ndarray:
+        """Python values [N] (keys, numbers, booleans; None missing) → int64 [N], equal to
+        `transform` on a column of the same values.
+
+        A dict lookup per value: for the few records of an API request this is ~100x
+        cheaper than a Series and an Arrow `index_in` (the same keys, by `scalar_key`).
+        """
+        codes = self._codes
+        missing = codes.get(self.fill, 0) if self.fill is not None else 0
+        # Strings are keys already (the API's validator casts numbers and booleans to
+        # theirs): one dict lookup, no call.
+        out = [codes.get(v, 0) if type(v) is str else self._code(v, missing) for v in values]
+        return np.array(out, dtype=np.int64)
+
+    def _code(self, value: Any, missing: int) -> int:
+        key = scalar_key(value)
+        return self._codes.get(key, 0) if type(key) is str else missing  # NaN key: missing
+
+    @cached_property
+    def _codes(self) -> dict[str, int]:
+        """key → code (vocab[i] → i + 1); built on first use (a frozen dataclass may still
+        cache in __dict__)."""
+        return {key: i + 1 for i, key in enumerate(self.vocab)}
 
     def state(self) -> dict[str, Any]:
         return asdict(self)

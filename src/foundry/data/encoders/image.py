@@ -6,12 +6,13 @@ the per-channel mean and divides by the per-channel std of the training images.
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -71,7 +72,22 @@ class ImageEncoder:
 
     def transform(self, col: pd.Series) -> np.ndarray:
         """Column of paths [N] → float32 [N, C, H, W]."""
-        pixels = self.decode(resolve_paths(col, self.name, self.base_dir))
+        return self._normalized(self.decode(resolve_paths(col, self.name, self.base_dir)))
+
+    def encode_list(self, blobs: Sequence[bytes]) -> np.ndarray:
+        """PNG/JPEG file contents [N] (as the API receives them) → float32 [N, C, H, W],
+        equal to `transform` on paths of files holding the same bytes."""
+        bad = [i for i, b in enumerate(blobs) if not isinstance(b, bytes)]
+        if bad:
+            raise DataError(
+                f"image input '{self.name}' needs the image file's bytes, got "
+                f"{type(blobs[bad[0]]).__name__} (row {bad[0]})"
+            )
+        # Pillow opens file objects as it opens paths.
+        return self._normalized(self.decode([io.BytesIO(b) for b in blobs]))
+
+    def _normalized(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W, C] → float32 [N, C, H, W] in [0, 1], then standardised."""
         x = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32)
         np.divide(x, 255.0, out=x)
         if self.normalization == "standard":
@@ -79,8 +95,9 @@ class ImageEncoder:
             x /= np.asarray(self.std, dtype=np.float32)[:, None, None]
         return x
 
-    def decode(self, paths: list[Path]) -> np.ndarray:
-        """Files → uint8 [N, H, W, C], decoded in parallel, resized to (height, width)."""
+    def decode(self, paths: Sequence[Path | BinaryIO]) -> np.ndarray:
+        """Files (paths or open binary files) → uint8 [N, H, W, C], decoded in parallel,
+        resized to (height, width)."""
         out = np.empty((len(paths), self.height, self.width, self.channels), dtype=np.uint8)
         mode = "L" if self.channels == 1 else "RGB"
 
@@ -134,7 +151,7 @@ def resolve_paths(col: pd.Series, name: str, base_dir: Path | None) -> list[Path
     return paths
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path | BinaryIO) -> Image.Image:
     try:
         img = Image.open(path)
         img.load()  # decode now, so a truncated file fails here with its name

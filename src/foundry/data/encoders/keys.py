@@ -9,6 +9,7 @@ booleans → "True"/"False", strings as they are; missing stays missing (NaN).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -66,8 +67,9 @@ def sort_keys(keys: list[str]) -> list[str]:
         return sorted(keys)
 
 
-def first_row(mask: pd.Series | np.ndarray, index: pd.Index) -> object:
-    """Index label of the first True in `mask`, for error messages ("first at row 7")."""
+def first_row(mask: pd.Series | np.ndarray, index: pd.Index | Sequence[object]) -> object:
+    """Index label of the first True in `mask`, for error messages ("first at row 7");
+    `index` is a frame's index, or `range(n)` for a list of records."""
     return index[int(np.argmax(np.asarray(mask)))]
 
 

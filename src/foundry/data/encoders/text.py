@@ -6,7 +6,7 @@ output is one int64 [N, max_length] array.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,14 @@ _TRAIN_BATCH = 1000  # texts handed to the Rust trainer per call
 def texts_of(col: pd.Series) -> list[str]:
     """Column → list of str; missing text is the empty string (all padding)."""
     return col.astype(object).where(col.notna(), "").astype(str).tolist()
+
+
+def _text_of(value: object) -> str:
+    """One value as `texts_of` converts it."""
+    if type(value) is str:
+        return value
+    missing = pd.api.types.is_scalar(value) and pd.isna(value)  # None, NaN, pd.NA
+    return "" if missing else str(value)
 
 
 def build_tokenizer(config: TextPreprocessing) -> tuple[Tokenizer, trainers.Trainer]:
@@ -76,7 +84,15 @@ class TextEncoder:
 
     def transform(self, col: pd.Series) -> np.ndarray:
         """Column [N] → int64 [N, max_length] token ids."""
-        encodings = self.tokenizer.encode_batch(texts_of(col))
+        return self._ids(texts_of(col))
+
+    def encode_list(self, values: Sequence[str | None]) -> np.ndarray:
+        """Python strings [N] (None missing) → int64 [N, max_length], equal to `transform`
+        on a column of the same values."""
+        return self._ids([_text_of(v) for v in values])
+
+    def _ids(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         return ids.reshape(len(encodings), self.max_length)
 
