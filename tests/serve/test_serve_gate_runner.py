@@ -163,3 +163,23 @@ def test_the_loop_checkpoints_the_wal_on_the_thread(gate, monkeypatch):
     with sqlite3.connect(gate.store.url.removeprefix("sqlite:///")) as conn:
         busy, wal_frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     assert busy == 0 and copied == wal_frames
+
+
+def test_a_request_alone_is_admitted_in_the_same_turn(gate):
+    bearer = f"Bearer {gate.create_key('acme', 'q100').key}"
+    gate.authenticate(bearer)
+
+    async def main():
+        runner = GateRunner(gate)
+        turns = []
+        asyncio.get_running_loop().call_soon(turns.append, "next turn")
+        admission = await runner.admit(AdmitRequest(bearer, "m", 1, "a"), alone=True)
+        seen_then = list(turns)  # the request never yielded to the loop
+        with pytest.raises(ApiError, match="quota"):
+            await runner.admit(AdmitRequest(bearer, "m", 100, "b"), alone=True)
+        await runner.close()
+        return runner, admission, seen_then
+
+    runner, admission, seen_then = asyncio.run(main())
+    assert seen_then == [] and admission.event_id is not None
+    assert runner.inline_groups == runner.groups == 2

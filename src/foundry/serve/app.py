@@ -96,6 +96,8 @@ class Service:
         self.batchers: dict[str, Batcher] = {}
         self.state: dict[str, str] = {ref: "loading" for ref in refs}
         self._gate_runner: GateRunner | None = None
+        self._in_flight = 0
+        """Predict requests under way in this process (a lone one is admitted at once)."""
         self._torch_threads: int | None = None
         """PyTorch's thread count before start(), restored by stop()."""
 
@@ -164,6 +166,7 @@ class Service:
         started = perf_counter()
         request_id = uuid4().hex
         status = 500
+        self._in_flight += 1
         try:
             with self.batchers[served.name].ticket() as ticket:
                 body = await read_body(request, self.config.max_body_bytes)
@@ -184,7 +187,8 @@ class Service:
                             request_id,
                             idempotency_key,
                             body_hash,
-                        )
+                        ),
+                        alone=self._in_flight == 1,
                     )
                     if admission.replay is not None:
                         status = admission.replay.status
@@ -233,6 +237,7 @@ class Service:
             exc.headers = {**exc.headers, "x-request-id": request_id}
             raise
         finally:
+            self._in_flight -= 1
             self.metrics.request(served.name, status, perf_counter() - started)
 
     @property

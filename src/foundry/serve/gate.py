@@ -240,6 +240,9 @@ class Gate:
         self.store = ServeStore(home=home, url=url)
         self.clock = clock
         self._auth_cache: dict[str, _CachedKey] = {}
+        """By Authorization header."""
+        self._period: tuple[float, float, str] = (0.0, 0.0, "")
+        """(start, end, `YYYY-MM`) of the billing period of the last admission."""
         self._pending = _PendingLatencies()
         # Latencies still buffered when the Gate is dropped or the interpreter exits
         # are written then (a kill -9 loses the few not yet written; never usage, which
@@ -257,11 +260,10 @@ class Gate:
         ApiError 401 `missing_api_key` / `invalid_api_key`, 403 `key_revoked` (also a
         rotated key after its grace period), `key_expired`, `unknown_plan`.
         """
-        token = _token_of(authorization)
-        key_hash = keys.hash_key(token)
-        info = self._cached(key_hash)
+        info = self.authenticate_cached(authorization)
         if info is not None:
             return info
+        token = _token_of(authorization)
         with self.store.read() as conn:
             row = keys.find_by_hash(conn, token)
         if row is None:
@@ -269,18 +271,18 @@ class Gate:
         cached = _CachedKey(self._key_info(row), row, time.monotonic() + AUTH_CACHE_S)
         if len(self._auth_cache) >= _AUTH_CACHE_MAX:
             self._auth_cache.clear()
-        self._auth_cache[key_hash] = cached
+        self._auth_cache[authorization or ""] = cached
         _check_usable(cached.row, self.clock())
         return cached.info
 
     def authenticate_cached(self, authorization: str | None) -> KeyInfo | None:
         """`authenticate` without the database: None when the key's row is not cached (or
         is older than AUTH_CACHE_S). Refusals that need no row (401) are raised."""
-        return self._cached(keys.hash_key(_token_of(authorization)))
-
-    def _cached(self, key_hash: str) -> KeyInfo | None:
-        cached = self._auth_cache.get(key_hash)
+        # Keyed by the header as sent: a hit costs one dict lookup, no parsing or hashing
+        # (a key sent two ways, `Bearer k` and `k`, is simply cached twice).
+        cached = self._auth_cache.get(authorization or "")
         if cached is None or time.monotonic() >= cached.fresh_until:
+            _token_of(authorization)  # the 401s that need no row
             return None
         _check_usable(cached.row, self.clock())
         return cached.info
@@ -399,7 +401,7 @@ class Gate:
         the ApiError refusing it. Raises (rolling everything back) on a database error;
         wait=False: StoreBusy when the write lock is taken (see `ServeStore.fast_write`)."""
         now = self.clock()
-        period = billing.period_of(now)
+        period = self._period_of(now)
         store, pending = self.store, self._pending
         flushed: list[dict[str, Any]] | None = None
         outcomes: list[GateAdmission | ApiError] = []
@@ -739,6 +741,15 @@ class Gate:
             plan_config=plan,
             models=list(models) if models is not None else None,
         )
+
+    def _period_of(self, now: float) -> str:
+        """`billing.period_of(now)`, remembered until the period ends."""
+        start, end, period = self._period
+        if not start <= now < end:
+            period = billing.period_of(now)
+            start, end = billing.period_bounds(period)
+            self._period = (start, end, period)
+        return period
 
     def _units_to_abandon(self, cur: Any, stale: _IdempotentRow, period: str) -> int:
         """Units the dead in-flight request of `stale` holds in this period's counter: what

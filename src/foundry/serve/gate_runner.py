@@ -84,11 +84,20 @@ class GateRunner:
         self.inline_groups = 0
         """Of those, the ones run on the event loop."""
 
-    async def admit(self, request: AdmitRequest) -> Admission:
+    async def admit(self, request: AdmitRequest, *, alone: bool = False) -> Admission:
         """`Gate.admit_many` for this request, in whatever group it joins; raises the
-        ApiError that refuses it."""
+        ApiError that refuses it. `alone`: the caller knows no other request is under
+        way, so none could join a group: admit it now rather than on the next turn."""
         if self._closed:
             raise _shutting_down()
+        if alone and self.inline and not self._turn:
+            outcomes = self.gate.try_admit_many([request])
+            if outcomes is not None:
+                self.groups += 1
+                self.inline_groups += 1
+                if isinstance(outcomes[0], BaseException):
+                    raise outcomes[0]
+                return outcomes[0]
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         if self.inline:
