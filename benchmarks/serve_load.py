@@ -4,6 +4,7 @@ dynamic batching buy? Loopback HTTP load against `foundry serve`.
     python benchmarks/serve_load.py                          # 5,000 requests or 10 s per case
     python benchmarks/serve_load.py --requests 5000 --seconds 20 --json serve_load.json
     python benchmarks/serve_load.py --home /tmp/bench-home   # reuse the model trained there
+    python benchmarks/serve_load.py --layers 1024,1024,1024  # a model heavier than HTTP
 
 It trains a small MLP on a generated Adult-like table (14 inputs, like the UCI Adult
 census table) with `foundry.train` in a temporary FOUNDRY_HOME (or reuses `adult` from
@@ -125,25 +126,28 @@ def adult_like(n: int, seed: int = 0) -> pd.DataFrame:
     return df
 
 
-def trained_model(home: Path, work: Path) -> tuple[str, dict]:
-    """`adult:N` in `home` (trained now unless there) and one input row as JSON."""
+def trained_model(home: Path, work: Path, layers: list[int] | None = None) -> tuple[str, dict]:
+    """`adult:N` in `home` (trained now unless there) and one input row as JSON. With
+    `layers`, an MLP of those hidden sizes named `adult-<sizes>` instead of the default."""
     import foundry
     from foundry.registry import Registry
 
+    name = "adult" if not layers else "adult-" + "x".join(map(str, layers))
     df = adult_like(3_000)
     row = json.loads(df.drop(columns=["income"]).head(1).to_json(orient="records"))[0]
     os.environ["FOUNDRY_HOME"] = str(home)
     try:
-        return Registry(home).resolve("adult:latest").ref, row
+        return Registry(home).resolve(f"{name}:latest").ref, row
     except Exception:  # not trained there yet
         pass
     csv = work / "adult.csv"
     df.to_csv(csv, index=False)
     config = {
-        "name": "adult",
+        "name": name,
         "data": {"path": str(csv)},
         "features": {"target": "income"},
         "train": {"epochs": 3, "batch_size": 128},
+        **({"model": {"type": "mlp", "layers": layers}} if layers else {}),
         "output_dir": str(work / "runs"),
     }
     started = time.perf_counter()
@@ -170,6 +174,7 @@ class Server:
     log: Path
     workers: int
     port: int
+    model: str = "adult"
     proc: subprocess.Popen | None = None
     keys: dict[int, str] = field(default_factory=dict)
     """Bearer key per client count (full variants): each case draws on its own bucket."""
@@ -256,7 +261,8 @@ def make_servers(ref: str, env: dict[str, str], work: Path, workers: int) -> lis
         else:
             command = [sys.executable, "-c", BARE_LAUNCHER, str(config), ref, str(port),
                        str(workers)]
-        servers.append(Server(variant, command, env, work / f"{variant}.log", workers, port))
+        servers.append(Server(variant, command, env, work / f"{variant}.log", workers, port,
+                              model=ref.split(":")[0]))
     return servers
 
 
@@ -353,7 +359,7 @@ async def drive(server: Server, clients: int, body: bytes, max_requests: int, se
     other, until `max_requests` were sent or `seconds` passed."""
     import httpx
 
-    path = "/v1/models/adult/predict"
+    path = f"/v1/models/{server.model}/predict"
     headers = {"content-type": "application/json"}
     if server.full:
         headers["authorization"] = f"Bearer {server.keys[clients]}"
@@ -505,6 +511,9 @@ def main() -> None:
                         help="slices each case is split into, interleaved with the others [3]")
     parser.add_argument("--workers", type=int, default=1,
                         help="uvicorn workers per server [1: the client gets the other core]")
+    parser.add_argument("--layers", default=None,
+                        help="hidden sizes of the served MLP, e.g. 1024,1024,1024 (a model "
+                        "whose forward pass outweighs HTTP) [foundry's default MLP]")
     parser.add_argument("--home", type=Path, default=None,
                         help="FOUNDRY_HOME to train in or reuse [a temporary directory]")
     parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
@@ -521,7 +530,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="foundry-serve-load-") as tmp:
         work = Path(tmp)
         home = (args.home or work / "home").resolve()
-        ref, row = trained_model(home, work)
+        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+        ref, row = trained_model(home, work, layers)
         env = {**os.environ, "FOUNDRY_HOME": str(home)}
         for name in ("FOUNDRY_DATABASE_URL", "FOUNDRY_ADMIN_TOKEN"):
             env.pop(name, None)
