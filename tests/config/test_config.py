@@ -70,8 +70,22 @@ def test_unknown_key_lists_the_allowed_keys_of_that_section():
 
 
 def test_missing_required_key():
-    with pytest.raises(ConfigError, match="missing required key 'features'"):
+    with pytest.raises(ConfigError, match="missing required key 'data'"):
+        load_config({"features": {"target": "y"}})
+    with pytest.raises(ConfigError, match="features.target is required"):
         load_config({"data": {"path": "x.csv"}})
+
+
+def test_language_models_need_no_target():
+    gpt = load_config({"data": {"path": "corpus.txt"}, "model": {"type": "gpt"}}).config
+    assert gpt.is_language_model and gpt.features.target is None
+    hf = {"type": "hf", "name_or_path": "gpt2"}
+    assert load_config({"data": {"path": "c.txt"}, "model": hf}).config.is_language_model
+    tuned = load_config({"data": {"path": "x.csv"}, "features": {"target": "y"}, "model": hf})
+    assert not tuned.config.is_language_model  # an hf encoder fine-tuned on a target
+    with pytest.raises(ConfigError, match="d_model .* divisible by n_heads"):
+        load_config({"data": {"path": "c.txt"}, "model": {"type": "gpt", "d_model": 10,
+                                                          "n_heads": 4}})
 
 
 def test_overrides_parse_yaml_values_and_create_sections():

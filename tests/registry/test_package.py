@@ -121,3 +121,25 @@ def test_corrupt_file_is_named(tmp_path, name):
 def test_not_a_directory(tmp_path):
     with pytest.raises(ModelError, match="not a directory"):
         read_package(tmp_path / "nothing")
+
+
+def test_extra_files_and_directories_are_stored_and_code_is_refused(tmp_path):
+    hf = tmp_path / "hf-src"
+    (hf / "sub").mkdir(parents=True)
+    (hf / "config.json").write_text('{"model_type": "gpt2"}')
+    (hf / "sub" / "adapter_model.safetensors").write_bytes(b"\x00" * 8)
+    _write(tmp_path / "pkg", files={"tokenizer.json": '{"v": 1}', "blob.json": b"{}",
+                                    "hf": hf})
+    pkg = tmp_path / "pkg"
+    assert (pkg / "tokenizer.json").read_text() == '{"v": 1}'
+    assert (pkg / "hf" / "config.json").read_text() == '{"model_type": "gpt2"}'
+    assert (pkg / "hf" / "sub" / "adapter_model.safetensors").read_bytes() == b"\x00" * 8
+    read_package(pkg)  # still a valid package
+    for bad in ({"model.bin": b"x"}, {"../escape.json": "{}"}, {"foundry.json": "{}"},
+                {"code.py": "print()"}):
+        with pytest.raises(ModelError, match="package file"):
+            _write(tmp_path / f"bad-{len(list(tmp_path.iterdir()))}", files=bad)
+    (hf / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ModelError, match="no pickles"):
+        _write(tmp_path / "pkg-pickle", files={"hf": hf})
+    assert not (tmp_path / "pkg-pickle").exists()

@@ -137,9 +137,10 @@ class FeatureConfig(Section):
 
 
 class FeaturesConfig(Section):
-    target: str
+    target: str | None = None
     """The column to predict. Its type decides the task: binary / category →
-    classification, number → regression."""
+    classification, number → regression. Required except for language models trained
+    on a corpus (model `gpt`, or `hf` with task `causal_lm`; see the `lm` section)."""
     target_type: Literal["binary", "category", "number"] | None = None
     """Force the task type; `None` infers it from the target column."""
     inputs: list[FeatureConfig] | None = None
@@ -227,7 +228,84 @@ class TextModelConfig(Section):
         return self
 
 
-ModelConfig = Annotated[MLPConfig | CNNConfig | TextModelConfig, Field(discriminator="type")]
+class GPTConfig(Section):
+    type: Literal["gpt"] = "gpt"
+    """A decoder-only transformer trained from scratch on a text corpus, with a BPE
+    tokenizer trained on the same corpus (foundry.models.gpt)."""
+    n_layers: int = Field(4, ge=1)
+    """Transformer blocks."""
+    d_model: int = Field(256, ge=8)
+    """Width of the residual stream (token embedding size)."""
+    n_heads: int = Field(4, ge=1)
+    """Attention heads (must divide d_model)."""
+    context_length: int = Field(256, ge=2)
+    """Longest sequence (prompt + generated tokens) the model attends over."""
+    positions: Literal["rope", "learned"] = "rope"
+    """`rope`: rotary position embeddings in attention; `learned`: a learned position
+    embedding added to the token embedding."""
+    dropout: float = Field(0.1, ge=0, lt=1)
+    """Dropout on attention weights and residual branches during training."""
+    vocab_size: int = Field(4096, ge=64)
+    """Size of the BPE vocabulary trained on the corpus (special tokens included)."""
+    tie_embeddings: bool = True
+    """Share the input embedding with the output projection."""
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> GPTConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
+            raise ValueError(
+                f"rope needs an even head size; d_model / n_heads = "
+                f"{self.d_model // self.n_heads}"
+            )
+        return self
+
+
+class LoRAConfig(Section):
+    r: int = Field(8, ge=1)
+    """Rank of the low-rank update matrices."""
+    alpha: float = Field(16.0, gt=0)
+    """The update is scaled by alpha / r."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    """Dropout on the input of the low-rank branch."""
+    target_modules: list[str] | None = None
+    """Names (or name suffixes) of the linear layers to adapt, e.g. `[query, value]`
+    (BERT) or `[q_proj, v_proj]` (Llama); `None` lets peft pick for the architecture."""
+
+
+class HFModelConfig(Section):
+    type: Literal["hf"] = "hf"
+    """A pretrained Hugging Face transformers model, from the hub or a local directory.
+    Remote code is never run (`trust_remote_code` is off)."""
+    name_or_path: str
+    """Hub id (`sentence-transformers/all-MiniLM-L6-v2`) or a local directory holding
+    config.json, safetensors weights and tokenizer files. Relative paths are resolved
+    against the config file's folder."""
+    task: Literal["auto", "classification", "regression", "causal_lm", "embedding"] = "auto"
+    """`auto`: `causal_lm` for decoder models (GPT-2, Llama...) trained on a corpus or on
+    instructions, else classification / regression from `features.target`."""
+    head: Literal["pooled", "sequence_classification"] = "pooled"
+    """Encoder tasks: `pooled` puts a linear head on pooled hidden states (any encoder,
+    sentence-transformers checkpoints included); `sequence_classification` loads
+    AutoModelForSequenceClassification."""
+    pooling: Literal["mean", "cls"] = "mean"
+    """How token states become one vector (pooled head, embeddings)."""
+    max_length: int = Field(128, ge=1)
+    """Tokens per example; longer inputs are truncated."""
+    lora: LoRAConfig | None = None
+    """Train only low-rank adapters (peft) and save only them; `None` fine-tunes every
+    weight."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to pin."""
+
+
+ModelConfig = Annotated[
+    MLPConfig | CNNConfig | TextModelConfig | GPTConfig | HFModelConfig,
+    Field(discriminator="type"),
+]
 
 # -------------------------------------------------------------------------- train
 
@@ -306,6 +384,58 @@ class TrainConfig(Section):
     """Ask PyTorch for deterministic kernels (bit-for-bit repeatable on CPU)."""
     num_threads: int | None = Field(None, ge=1)
     """CPU threads for PyTorch; `None` keeps PyTorch's default."""
+    gradient_accumulation: int = Field(1, ge=1)
+    """Micro-batches whose gradients are summed before each optimizer step (effective
+    batch = batch_size x gradient_accumulation)."""
+
+
+class GenerationConfig(Section):
+    """How a language model generates text (defaults for `foundry generate` and the API)."""
+
+    max_tokens: int = Field(64, ge=1)
+    """Most new tokens per completion."""
+    temperature: float = Field(1.0, ge=0)
+    """Softmax temperature; 0 = greedy decoding."""
+    top_k: int | None = Field(None, ge=1)
+    """Sample only among the k most likely tokens."""
+    top_p: float | None = Field(None, gt=0, le=1)
+    """Nucleus sampling: the smallest set of tokens whose probability reaches top_p."""
+    repetition_penalty: float = Field(1.0, gt=0)
+    """> 1 makes tokens already in the sequence less likely (CTRL-style)."""
+    stop: list[str] = []
+    """Generation ends before any of these strings; they are not returned."""
+    seed: int | None = None
+    """Seed for sampling; the same seed and prompt give the same text."""
+
+
+class LMConfig(Section):
+    """Language-model data and generation (model `gpt`, or `hf` with task `causal_lm`).
+
+    Data: a `.txt` file (documents separated by blank lines), or a CSV / JSONL / Parquet
+    file with a text column: a corpus. A JSONL file with `prompt` + `completion` or chat
+    `messages` ([{role, content}, ...]) is instruction data: prompts are rendered with the
+    chat template and the loss covers the completion tokens only.
+    """
+
+    text_column: str = "text"
+    """Corpus column holding the text."""
+    prompt_column: str = "prompt"
+    """Instruction data: the prompt column."""
+    completion_column: str = "completion"
+    """Instruction data: the completion column."""
+    messages_column: str = "messages"
+    """Chat data: the column of message lists."""
+    chat_template: str | None = None
+    """Jinja template for chat messages; `None`: the tokenizer's own template if it has
+    one, else a plain `<|role|>` layout."""
+    loss_on: Literal["auto", "all", "completion"] = "auto"
+    """Tokens the loss covers: `auto` = completion tokens for instruction data, every
+    token for a corpus."""
+    block_size: int | None = Field(None, ge=2)
+    """Training sequence length in tokens; `None`: the model's context_length (gpt) or
+    max_length (hf)."""
+    generation: GenerationConfig = GenerationConfig()
+    """Generation defaults."""
 
 
 class EvaluateConfig(Section):
@@ -413,10 +543,12 @@ class FoundryConfig(Section):
     """Free text stored with the model."""
     data: DataConfig
     """Where the data comes from and how it is split."""
-    features: FeaturesConfig
-    """What to predict and from which columns."""
+    features: FeaturesConfig = FeaturesConfig()
+    """What to predict and from which columns (language models on a corpus need none)."""
     model: ModelConfig = MLPConfig()
-    """Architecture; `type` picks one of mlp, cnn, text."""
+    """Architecture; `type` picks one of mlp, cnn, text, gpt, hf."""
+    lm: LMConfig = LMConfig()
+    """Language models only: corpus / instruction columns, chat template, generation."""
     train: TrainConfig = TrainConfig()
     """Training loop settings."""
     evaluate: EvaluateConfig = EvaluateConfig()
@@ -425,3 +557,24 @@ class FoundryConfig(Section):
     """How `foundry serve` exposes models: batching, plans, limits."""
     output_dir: str = "runs"
     """Folder for run directories (checkpoints, metrics.jsonl); relative to the config."""
+
+    @property
+    def is_language_model(self) -> bool:
+        """Trained on text as token sequences (corpus or instructions), not on a target."""
+        model = self.model
+        if isinstance(model, GPTConfig):
+            return True
+        if isinstance(model, HFModelConfig):
+            if model.task in ("causal_lm", "embedding"):
+                return True
+            return model.task == "auto" and self.features.target is None
+        return False
+
+    @model_validator(mode="after")
+    def _target_unless_language_model(self) -> FoundryConfig:
+        if self.features.target is None and not self.is_language_model:
+            raise ValueError(
+                "features.target is required: the column to predict (only language "
+                "models, model type gpt or hf with task causal_lm, train without one)"
+            )
+        return self

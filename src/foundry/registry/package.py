@@ -6,6 +6,8 @@
                           task, library versions, data fingerprint, name/version/parent
       metrics.json        evaluation metrics
       card.md             model card
+      ...                 model-specific files (`files=`): a tokenizer.json, a Hugging Face
+                          model or LoRA adapter directory; JSON / safetensors only
 
 A package is written into a hidden temporary directory beside its final path and renamed
 into place in one step, so a crash or a failed write never leaves a half package.
@@ -44,6 +46,13 @@ class Package:
     card: str
 
 
+PackageFiles = dict[str, "str | bytes | Path"]
+"""Extra package files by relative path (`tokenizer.json`, `hf/config.json`): text, bytes,
+or an existing file or directory to copy."""
+_EXTRA_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".jinja", ".md")
+"""What extra files may be: data formats that cannot carry code (no pickles)."""
+
+
 def write_package(
     directory: Path,
     *,
@@ -51,6 +60,7 @@ def write_package(
     manifest: dict[str, Any],
     metrics: dict[str, Any],
     card: str,
+    files: PackageFiles | None = None,
 ) -> None:
     """Write a package at ``directory``, which must not exist yet (or be empty)."""
     directory = Path(directory)
@@ -58,7 +68,8 @@ def write_package(
         raise ModelError(f"cannot write a model package to {directory}: it already exists")
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = stage_package(
-        directory.parent, weights=weights, manifest=manifest, metrics=metrics, card=card
+        directory.parent, weights=weights, manifest=manifest, metrics=metrics, card=card,
+        files=files,
     )
     try:
         os.replace(tmp, directory)
@@ -74,6 +85,7 @@ def stage_package(
     manifest: dict[str, Any],
     metrics: dict[str, Any],
     card: str,
+    files: PackageFiles | None = None,
 ) -> Path:
     """Write a complete package into a new temporary directory under ``parent`` and return
     it; the caller renames it into place. Nothing is left behind if writing fails."""
@@ -84,6 +96,8 @@ def stage_package(
         write_json(tmp / "foundry.json", manifest)
         write_json(tmp / "metrics.json", metrics)
         _write_text(tmp / "card.md", card)
+        for name, content in (files or {}).items():
+            _write_extra(tmp, name, content)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -141,6 +155,42 @@ def _save_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
         tensors[key] = tensor
     save_file(tensors, str(path))
     _fsync(path)
+
+
+def _write_extra(root: Path, name: str, content: str | bytes | Path) -> None:
+    """One extra file (or a copied directory) at `root/name`, checked to stay inside the
+    package and to be a data format, never code or a pickle."""
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or rel.name in PACKAGE_FILES and len(rel.parts) == 1:
+        raise ModelError(f"package file {name!r}: must be a new relative path inside the package")
+    target = root / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, Path):
+        if content.is_dir():
+            for item in sorted(content.rglob("*")):
+                if item.is_file():
+                    _write_extra(root, (rel / item.relative_to(content)).as_posix(), item)
+            return
+        _check_suffix(name)
+        shutil.copyfile(content, target)
+        _fsync(target)
+        return
+    _check_suffix(name)
+    if isinstance(content, bytes):
+        with open(target, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+    else:
+        _write_text(target, content)
+
+
+def _check_suffix(name: str) -> None:
+    if not name.endswith(_EXTRA_SUFFIXES):
+        raise ModelError(
+            f"package file {name!r}: only {', '.join(_EXTRA_SUFFIXES)} files are stored "
+            "(no pickles or code in a model package)"
+        )
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -53,6 +53,7 @@ from foundry.errors import ModelError
 from foundry.registry.package import (
     TMP_PREFIX,
     Package,
+    PackageFiles,
     read_package,
     stage_package,
     write_json,
@@ -164,12 +165,15 @@ class Registry:
         parent: str | None = None,
         tags: Iterable[str] = (),
         description: str = "",
+        files: PackageFiles | None = None,
     ) -> ModelRecord:
         """Store a new version of ``name`` (1 for a new name, else latest + 1).
 
         ``parent`` is a reference to the model this one derives from (a compressed or
         fine-tuned variant); it must exist and is stored pinned ("name:latest" becomes
         "name:3"). ``name``, ``version`` and ``parent`` are added to the stored manifest.
+        ``files``: extra package files (tokenizer, Hugging Face model or adapter
+        directory), see `foundry.registry.package.PackageFiles`.
         """
         validate_name(name)
         parent_ref = self.resolve(parent).ref if parent is not None else None
@@ -189,6 +193,7 @@ class Registry:
             manifest={**manifest, "name": name, "version": None, "parent": parent_ref},
             metrics=metrics,
             card=card,
+            files=files,
         )
         try:
             for _ in range(_MAX_ATTEMPTS):
