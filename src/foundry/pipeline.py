@@ -60,6 +60,15 @@ def train(
     """
     loaded = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
     cfg = loaded.config
+    options = {"resume": resume, "run_dir": run_dir, "progress": progress, "quiet": quiet}
+    if cfg.model.type == "gpt":  # a language model trained from scratch on a corpus
+        from foundry.lm.gpt_pipeline import train_gpt
+
+        return train_gpt(loaded, **options)
+    if cfg.model.type == "hf":  # a pretrained Hugging Face model, fine-tuned
+        from foundry.lm.hf_pipeline import train_hf
+
+        return train_hf(loaded, **options)
 
     import torch
 
