@@ -460,6 +460,9 @@ class PlanConfig(Section):
     overage."""
     requests_per_minute: int = Field(60, ge=1)
     """Token-bucket rate limit per key (bursts up to this many)."""
+    tokens_per_minute: int | None = Field(None, ge=1)
+    """Language models: a second bucket for tokens (prompt + max_tokens of each request,
+    bursts up to this many); `None`: no token rate limit."""
     max_records_per_request: int = Field(100, ge=1)
     """Largest list of records one predict request may carry (413 beyond)."""
     models: list[str] | None = None
@@ -474,6 +477,7 @@ BUILTIN_PLANS: dict[str, PlanConfig] = {
         included_units=1_000,
         hard_limit=True,
         requests_per_minute=60,
+        tokens_per_minute=10_000,
         max_records_per_request=100,
         expires_days=14,
     ),
@@ -482,6 +486,7 @@ BUILTIN_PLANS: dict[str, PlanConfig] = {
         included_units=100_000,
         overage_cents_per_1k=50,
         requests_per_minute=600,
+        tokens_per_minute=100_000,
         max_records_per_request=500,
     ),
     "pro": PlanConfig(
@@ -489,6 +494,7 @@ BUILTIN_PLANS: dict[str, PlanConfig] = {
         included_units=1_000_000,
         overage_cents_per_1k=30,
         requests_per_minute=3_000,
+        tokens_per_minute=1_000_000,
         max_records_per_request=1_000,
     ),
     "enterprise": PlanConfig(

@@ -88,6 +88,9 @@ class _KeyRow(NamedTuple):
     rate_updated: float
     used_period: str | None
     used_units: int
+    tpm_tokens: float | None
+    """Tokens-per-minute bucket (language models); NULL: full."""
+    tpm_updated: float | None
 
 
 class _IdempotentRow(NamedTuple):
@@ -117,6 +120,8 @@ _TAKE = (
         rate_updated=bindparam("b_now"),
         used_period=bindparam("b_period"),
         used_units=bindparam("b_used"),
+        tpm_tokens=bindparam("b_tpm"),
+        tpm_updated=bindparam("b_tpm_now"),
     )
 )
 _REFUND = (
@@ -144,6 +149,17 @@ _FINISH_EVENT = (
     .where(usage_events.c.id == bindparam("b_id"), usage_events.c.status < 500)
     .values(status=bindparam("b_status"), latency_ms=bindparam("b_latency"))
 )
+_SETTLE_EVENT = (
+    update(usage_events)
+    .where(usage_events.c.id == bindparam("b_id"), usage_events.c.status < 500)
+    .values(
+        status=bindparam("b_status"),
+        latency_ms=bindparam("b_latency"),
+        units=bindparam("b_units"),
+    )
+)
+"""A request whose units were reserved (a language model's prompt + max_tokens) ends
+with what it used."""
 _SET_LATENCY = (
     update(usage_events)
     .where(usage_events.c.id == bindparam("b_id"), usage_events.c.status < 500)
@@ -192,6 +208,7 @@ HOT_STATEMENTS = (
     _INSERT_EVENT,
     _INSERT_EVENT_RETURNING,
     _FINISH_EVENT,
+    _SETTLE_EVENT,
     _SET_LATENCY,
     _EVENT_UNITS,
     _INSERT_IDEMPOTENT,
@@ -378,7 +395,8 @@ class Gate:
                 key = authenticate(request.authorization)
                 if key is None:
                     return outcomes, None
-                _check_records(key, request.units)
+                if not request.tokens:  # language-model requests count tokens, not records
+                    _check_records(key, request.units)
                 _check_request(key, request)
             except ApiError as exc:
                 outcomes[i] = exc
@@ -501,6 +519,11 @@ class Gate:
                 f"reached for key {key.prefix}; retry in {wait} s",
                 headers={"Retry-After": str(wait), **bucket.state(tokens).headers()},
             )
+        tpm_tokens, tpm_updated = account.tpm_tokens, account.tpm_updated
+        rate = bucket.state(tokens - 1)
+        if plan.tokens_per_minute is not None and request.tokens:
+            tpm_tokens, rate = self._take_tokens(key, account, request.tokens, now, rate)
+            tpm_updated = now
         used -= refund
         if plan.hard_limit and used + units > plan.included_units:
             _, next_period = billing.period_bounds(period)
@@ -531,6 +554,8 @@ class Gate:
                 "b_now": now,
                 "b_period": period,
                 "b_used": used + units,
+                "b_tpm": tpm_tokens,
+                "b_tpm_now": tpm_updated,
             },
         )
         event = {
@@ -570,7 +595,7 @@ class Gate:
         return GateAdmission(
             key=key,
             event_id=int(event_id),
-            rate=bucket.state(tokens - 1),
+            rate=rate,
             account_id=account_id,
             units=units,
             period=period,
@@ -584,9 +609,13 @@ class Gate:
         status: int,
         latency_ms: float,
         response: Any | None = None,
+        units: int | None = None,
     ) -> None:
-        """Record how an admitted request ended. `status >= 500`: not billed, its units go
-        back to the quota, and its Idempotency-Key is freed so a retry runs again.
+        """Record how an admitted request ended. `units`: what it used, when its admission
+        reserved more (a language model reserves prompt + max_tokens and uses prompt +
+        the tokens it generated): the event and the quota counter are set to it.
+        `status >= 500`: not billed, its units go back to the quota, and its
+        Idempotency-Key is freed so a retry runs again.
         Otherwise `response` (JSON-able) is stored for Idempotency-Key replays. A replay
         admission (event_id None) needs no completion: this does nothing.
 
@@ -601,25 +630,34 @@ class Gate:
         if admission.event_id is None:
             return
         event = admission.event_id
+        reserved = admission.units if isinstance(admission, GateAdmission) else None
+        if units is not None and (units < 0 or reserved is not None and units > reserved):
+            raise ValueError(f"units must be between 0 and the {reserved} reserved, got {units}")
+        settle = units is not None and units != reserved
         if isinstance(admission, GateAdmission) and admission.period:
-            if status == 200 and admission.idempotency_key is None:
+            if status == 200 and admission.idempotency_key is None and not settle:
                 if self._pending.add({"b_id": event, "b_latency": latency_ms}):
                     self._start_flusher()
                 return
-            account_id, units = admission.account_id, admission.units
+            account_id, reserved_units = admission.account_id, admission.units
             period, ikey = admission.period, admission.idempotency_key
         else:
-            account_id, units, period, ikey = self._event_facts(event)
+            account_id, reserved_units, period, ikey = self._event_facts(event)
+            if units is not None and units > reserved_units:
+                raise ValueError(f"units must be at most the {reserved_units} reserved")
         store = self.store
         with store.fast_write() as cur:
-            finished = (
-                store.sql(_FINISH_EVENT)
-                .execute(cur, {"b_id": event, "b_status": status, "b_latency": latency_ms})
-                .rowcount
-            )
-            if status >= 500 and finished:
+            values = {"b_id": event, "b_status": status, "b_latency": latency_ms}
+            if settle and status < 500:
+                values["b_units"] = units
+                finished = store.sql(_SETTLE_EVENT).execute(cur, values).rowcount
+                give_back = reserved_units - units
+            else:
+                finished = store.sql(_FINISH_EVENT).execute(cur, values).rowcount
+                give_back = reserved_units if status >= 500 else 0
+            if give_back and finished:
                 store.sql(_REFUND).execute(
-                    cur, {"b_account": account_id, "b_period": period, "b_units": units}
+                    cur, {"b_account": account_id, "b_period": period, "b_units": give_back}
                 )
             if ikey is None:
                 return
@@ -741,6 +779,44 @@ class Gate:
             plan_config=plan,
             models=list(models) if models is not None else None,
         )
+
+    def _take_tokens(
+        self, key: KeyInfo, account: _KeyRow, needed: int, now: float, rate: RateState
+    ) -> tuple[float, RateState]:
+        """Take `needed` tokens from the account's tokens-per-minute bucket: (tokens left,
+        the rate state with the token fields), or the 400 / 429 that refuses it."""
+        limit = key.plan_config.tokens_per_minute
+        assert limit is not None
+        bucket = _Bucket(limit)
+        have = bucket.refill(
+            bucket.capacity if account.tpm_tokens is None else account.tpm_tokens,
+            now if account.tpm_updated is None else account.tpm_updated,
+            now,
+        )
+        if needed > bucket.capacity:
+            raise ApiError(
+                400,
+                "invalid_field",
+                f"this request needs {needed} tokens (prompt + max_tokens), more than plan "
+                f"{key.plan!r} allows per minute ({limit}); lower max_tokens or shorten the "
+                "prompt",
+                param="max_tokens",
+            )
+        state = bucket.state(have)
+        if have < needed:
+            wait = max(1, math.ceil((needed - have) / bucket.rate))
+            limited = RateState(rate.limit, rate.remaining + 1, rate.reset_seconds, limit,
+                                state.remaining, state.reset_seconds)
+            raise ApiError(
+                429,
+                "rate_limit_exceeded",
+                f"token rate limit of {limit} tokens per minute reached for key "
+                f"{key.prefix} (this request needs {needed}); retry in {wait} s",
+                headers={"Retry-After": str(wait), **limited.headers()},
+            )
+        left = bucket.state(have - needed)
+        return have - needed, RateState(rate.limit, rate.remaining, rate.reset_seconds, limit,
+                                        left.remaining, left.reset_seconds)
 
     def _period_of(self, now: float) -> str:
         """`billing.period_of(now)`, remembered until the period ends."""

@@ -32,13 +32,22 @@ class RateState:
     """Whole requests left in the bucket after this one."""
     reset_seconds: float
     """Seconds until the bucket is full again."""
+    token_limit: int | None = None
+    """Tokens per minute of the plan (language-model requests on plans with one)."""
+    token_remaining: int | None = None
+    token_reset_seconds: float | None = None
 
     def headers(self) -> dict[str, str]:
-        return {
+        out = {
             "x-ratelimit-limit-requests": str(self.limit),
             "x-ratelimit-remaining-requests": str(self.remaining),
             "x-ratelimit-reset-requests": f"{self.reset_seconds:.3f}s",
         }
+        if self.token_limit is not None:
+            out["x-ratelimit-limit-tokens"] = str(self.token_limit)
+            out["x-ratelimit-remaining-tokens"] = str(self.token_remaining)
+            out["x-ratelimit-reset-tokens"] = f"{self.token_reset_seconds or 0.0:.3f}s"
+        return out
 
 
 @dataclass(frozen=True)
@@ -65,8 +74,13 @@ class AdmitRequest:
     """The `Authorization` header as sent (None: absent)."""
     model: str
     units: int
-    """Records in the request."""
+    """Records in the request (language models: prompt tokens + max_tokens, reserved
+    and settled to what was used by `Gate.complete(..., units=)`)."""
     request_id: str
     idempotency_key: str | None = None
     request_hash: str | None = None
     """Identifies the body, so an Idempotency-Key reused with another body is refused."""
+    tokens: int = 0
+    """Language models: the tokens this request takes from the plan's tokens-per-minute
+    bucket (prompt + max_tokens); such a request is not held to max_records_per_request.
+    0: a records request."""

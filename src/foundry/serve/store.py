@@ -86,6 +86,10 @@ api_keys = Table(
     Column("used_units", BigInteger, nullable=False, default=0),
     # Billable units admitted in `used_period` (YYYY-MM): the quota counter, kept in
     # step with usage_events inside the same transactions.
+    Column("tpm_tokens", Double, nullable=True),
+    Column("tpm_updated", Double, nullable=True),
+    # The account's tokens-per-minute bucket (language models); NULL = full. Added after
+    # the first release: `_add_missing_columns` adds them to older databases.
 )
 
 usage_events = Table(
@@ -427,6 +431,7 @@ class ServeStore:
         for attempt in range(3):
             try:
                 metadata.create_all(engine)
+                _add_missing_columns(engine)
                 break
             except SQLAlchemyError as exc:
                 if attempt == 2:
@@ -443,3 +448,21 @@ def _is_busy(exc: BaseException) -> bool:
     if code is not None:
         return code & 0xFF in (5, 6)
     return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Columns added to the serving tables after a database was created: nullable ones
+    are added in place (ALTER TABLE ... ADD COLUMN), so an older database keeps working."""
+    from sqlalchemy import inspect
+
+    with engine.begin() as conn:
+        inspector = inspect(conn)
+        for table in metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or not column.nullable:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
+                )
