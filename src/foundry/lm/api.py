@@ -82,6 +82,10 @@ class Embedder(Protocol):
     max_length: int
     """Longer inputs are truncated to this many tokens."""
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens `embed` will read of `text` (after truncation to max_length)."""
+        ...
+
     def embed(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
         """([N, dimensions] float32, L2-normalised; input tokens per text)."""
         ...

@@ -1,0 +1,63 @@
+"""Load a registered language model (or embedding model) for generation or serving.
+
+    lm = foundry.lm.load("tiny-gpt")          # a LanguageModel (foundry.lm.api)
+    emb = foundry.lm.load("minilm-embed:1")   # an Embedder
+
+The package's manifest says what it is (`config.model.type`): `gpt` packages are loaded by
+`foundry.lm.gpt_model`, `hf` packages by `foundry.lm.hf_model`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from foundry.errors import ModelError
+from foundry.registry import Registry
+
+LANGUAGE_MODEL_TYPES = ("gpt", "hf")
+
+
+def model_type(manifest: dict[str, Any]) -> str | None:
+    """The `model.type` a package was trained with (mlp, cnn, text, gpt, hf)."""
+    model = (manifest.get("config") or {}).get("model") or manifest.get("model") or {}
+    kind = model.get("type") if isinstance(model, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+def is_language_package(manifest: dict[str, Any]) -> bool:
+    """Served by the OpenAI-compatible routes (generation or embeddings) rather than
+    /v1/models/{name}/predict."""
+    return model_type(manifest) in LANGUAGE_MODEL_TYPES
+
+
+def read_manifest(ref: str, *, registry: Registry | None = None) -> tuple[str, dict[str, Any]]:
+    """(pinned ref, manifest) without reading the weights."""
+    registry = registry or Registry()
+    record = registry.resolve(ref)
+    path = Path(record.path) / "foundry.json"
+    try:
+        return record.ref, json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: cannot read the model manifest: {exc}") from exc
+
+
+def load(ref: str, *, registry: Registry | None = None) -> Any:
+    """The LanguageModel or Embedder of a registered `gpt` / `hf` model."""
+    registry = registry or Registry()
+    record = registry.resolve(ref)
+    package = registry.load(record.ref)
+    kind = model_type(package.manifest)
+    if kind == "gpt":
+        from foundry.lm.gpt_model import load_gpt_package
+
+        return load_gpt_package(package, record.ref)
+    if kind == "hf":
+        from foundry.lm.hf_model import load_hf_package
+
+        return load_hf_package(package, record.ref)
+    raise ModelError(
+        f"model {record.ref} is a {kind or 'tabular'} model, not a language model: use "
+        f"`foundry predict` / POST /v1/models/{record.name}/predict for it"
+    )
