@@ -47,6 +47,7 @@ from foundry.serve.batching import Batcher
 from foundry.serve.errors import ApiError
 from foundry.serve.gate_api import Admission, AdmitRequest
 from foundry.serve.gate_runner import GateRunner
+from foundry.serve.lm_serving import ServedLanguageModel
 from foundry.serve.metrics import CONTENT_TYPE, ServeMetrics
 from foundry.serve.schemas import (
     ErrorResponse,
@@ -94,6 +95,8 @@ class Service:
         self.models: dict[str, ServedModel] = {}
         """By name and by `name:version` (both spellings route to the same model)."""
         self.batchers: dict[str, Batcher] = {}
+        self.language_models: dict[str, ServedLanguageModel] = {}
+        """Generation and embedding models, by name and `name:version`."""
         self.state: dict[str, str] = {ref: "loading" for ref in refs}
         self._gate_runner: GateRunner | None = None
         self._in_flight = 0
@@ -112,11 +115,23 @@ class Service:
         self._torch_threads = _set_torch_threads(inference_threads(self.config.workers))
         for ref in self.refs:
             try:
-                served = await run_in_threadpool(ServedModel.load, ref, registry=registry)
+                language = await run_in_threadpool(_is_language_model, ref, registry)
+                if language:
+                    lm = await run_in_threadpool(ServedLanguageModel.load, ref, registry)
+                else:
+                    served = await run_in_threadpool(ServedModel.load, ref, registry=registry)
             except Exception as exc:
                 self.state[ref] = f"failed: {exc}"
                 raise
-            if served.name in self.batchers:
+            if language:
+                if lm.name in self.language_models or lm.name in self.batchers:
+                    self.state[ref] = "failed: another version of this model is served"
+                    raise ConfigError(f"serve one version per model; '{lm.name}' is "
+                                      f"requested twice ({', '.join(self.refs)})")
+                self.language_models[lm.name] = self.language_models[lm.ref] = lm
+                self.state[ref] = "loaded"
+                continue
+            if served.name in self.batchers or served.name in self.language_models:
                 self.state[ref] = "failed: another version of this model is served"
                 raise ConfigError(f"serve one version per model; '{served.name}' is requested "
                                   f"twice ({', '.join(self.refs)})")
@@ -134,6 +149,9 @@ class Service:
         batchers, self.batchers, self.models = self.batchers, {}, {}
         for batcher in batchers.values():
             await batcher.close()
+        language, self.language_models = self.language_models, {}
+        for lm in {id(m): m for m in language.values()}.values():
+            await lm.close()
         if self._torch_threads is not None:
             _set_torch_threads(self._torch_threads)
             self._torch_threads = None
@@ -251,6 +269,43 @@ class Service:
         """Run a gate (database) call off the event loop, on the gate's thread."""
         return await self.gate_runner.call(fn, *args)
 
+    def language_model(self, name: str, *, generate: bool) -> ServedLanguageModel:
+        """The served generation (generate=True) or embedding model called `name`;
+        404 if none, 400 if it is another kind of model."""
+        lm = self.language_models.get(name)
+        if lm is None:
+            if name in self.models:
+                raise ApiError(
+                    400, "invalid_model",
+                    f"model '{name}' is not a language model: call POST "
+                    f"/v1/models/{name.split(':')[0]}/predict", param="model")
+            names = sorted({m.name for m in self.language_models.values()})
+            raise ApiError(
+                404, "model_not_found",
+                f"no language model '{name}' is served here; served: "
+                f"{', '.join(names) or 'none'} (GET /v1/models)", param="model")
+        if generate and not lm.generates:
+            raise ApiError(400, "invalid_model", f"model '{name}' makes embeddings: call "
+                           "POST /v1/embeddings", param="model")
+        if not generate and not lm.embeds:
+            raise ApiError(400, "invalid_model", f"model '{name}' generates text: call "
+                           "POST /v1/completions or /v1/chat/completions", param="model")
+        return lm
+
+    def complete_quietly(self, admission: Admission, status: int, latency_ms: float,
+                         response: Any, units: int | None = None) -> None:
+        """Gate thread: `gate.complete`, a failure logged (see `_complete`)."""
+        assert self.gate is not None
+        try:
+            self.gate.complete(admission, status=status, latency_ms=latency_ms,
+                               response=response, units=units)
+        except Exception:
+            log.exception("gate.complete failed for usage event %s", admission.event_id)
+
+    def log_failure(self, name: str, admission: Admission | None) -> None:
+        event = admission.event_id if admission is not None else None
+        log.exception("model '%s' failed while streaming (usage event %s)", name, event)
+
     def _complete(
         self, admission: Admission, status: int, latency_ms: float, response: Any
     ) -> None:
@@ -280,6 +335,12 @@ def _set_torch_threads(n: int) -> int:
     if n != previous:
         torch.set_num_threads(n)
     return previous
+
+
+def _is_language_model(ref: str, registry: Any) -> bool:
+    from foundry.lm.load import is_language_package, read_manifest
+
+    return is_language_package(read_manifest(ref, registry=registry)[1])
 
 
 def create_app(
@@ -334,6 +395,9 @@ def create_app(
     app.state.service = service
     _install_error_handlers(app)
     _add_routes(app, service, bare=bare)
+    from foundry.serve.routes_openai import openai_router
+
+    app.include_router(openai_router(service))
     if not bare:
         from foundry.serve.routes_admin import admin_router
 
@@ -365,12 +429,22 @@ def _add_routes(app: FastAPI, service: Service, *, bare: bool) -> None:
     async def list_models() -> Response:
         """Every served model: name, version, task and input features."""
         seen = {id(m): m for m in service.models.values()}
-        return JSONResponse({"models": [m.summary for m in seen.values()]})
+        language = {id(m): m for m in service.language_models.values()}
+        names = [m.name for m in seen.values()] + [m.name for m in language.values()]
+        return JSONResponse({
+            "object": "list",  # OpenAI's shape, for OpenAI clients
+            "data": [{"id": n, "object": "model", "created": 0, "owned_by": "foundry"}
+                     for n in names],
+            "models": [m.summary for m in seen.values()],
+            "language_models": [m.summary() for m in language.values()],
+        })
 
     @app.get("/v1/models/{name}", response_model=ModelDetail, tags=["models"],
              responses={404: {"model": ErrorResponse}})
     async def get_model(name: str) -> Response:
         """A model's input schema (types, known category values) and an example body."""
+        if name in service.language_models:
+            return JSONResponse(service.language_models[name].summary())
         return JSONResponse(service.model(name).detail)
 
     @app.post(

@@ -141,8 +141,21 @@ class ModelDetail(ModelSummary):
     """A ready-to-send body for POST /v1/models/{name}/predict."""
 
 
+class OpenAIModel(_Schema):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "foundry"
+
+
 class ModelList(_Schema):
+    object: str = "list"
+    data: list[OpenAIModel] = Field(default_factory=list)
+    """Every served model in OpenAI's `models.list` shape (for OpenAI clients)."""
     models: list[ModelSummary]
+    """Prediction models (POST /v1/models/{name}/predict)."""
+    language_models: list[dict[str, Any]] = Field(default_factory=list)
+    """Generation and embedding models (the OpenAI-compatible routes)."""
 
 
 class Status(_Schema):
