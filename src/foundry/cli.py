@@ -147,6 +147,53 @@ def predict(
         typer.echo(f"wrote {len(predictions)} predictions to {output}", err=True)
 
 
+@app.command()
+def generate(
+    model: str = typer.Argument(..., help="A language model: name, name:latest or name:VERSION."),
+    prompt: str = typer.Argument(..., help="Prompt text (with --chat: the user message)."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", min=1,
+                                          help="Most new tokens [the model's default]."),
+    temperature: float | None = typer.Option(None, min=0.0, help="0 = greedy."),
+    top_k: int | None = typer.Option(None, "--top-k", min=1),
+    top_p: float | None = typer.Option(None, "--top-p", min=0.0, max=1.0),
+    repetition_penalty: float | None = typer.Option(None, "--repetition-penalty", min=0.0),
+    stop: list[str] | None = typer.Option(None, "--stop", help="Stop string (repeatable)."),
+    seed: int | None = typer.Option(None, help="Seed for sampling."),
+    chat: bool = typer.Option(False, "--chat", help="Wrap PROMPT as a user chat message."),
+    stream: bool = typer.Option(True, "--stream/--no-stream", help="Print tokens as they come."),
+) -> None:
+    """Generate text with a registered language model (gpt, or hf causal_lm)."""
+    from foundry.errors import ModelError
+    from foundry.lm.api import LanguageModel
+    from foundry.lm.load import load
+    from foundry.registry import Registry
+    from foundry.serve.errors import ApiError
+    from foundry.serve.lm_serving import ServedLanguageModel, generation_params
+
+    registry = Registry()
+    lm = load(model, registry=registry)
+    if not isinstance(lm, LanguageModel):
+        raise ModelError(f"model {model} makes embeddings, it does not generate text")
+    served = ServedLanguageModel.from_model(lm, registry)
+    text = lm.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
+    try:
+        params = generation_params(
+            served, lm.count_tokens(text), max_tokens=max_tokens, temperature=temperature,
+            top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, stop=stop,
+            seed=seed,
+        )
+    except ApiError as exc:
+        raise ModelError(exc.message) from None
+    if stream:
+        for delta in lm.stream(text, params):
+            sys.stdout.write(delta.text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    [completion] = lm.generate([text], params)
+    _out(completion.text)
+
+
 @models_app.command("list")
 def models_list(json_out: bool = typer.Option(False, "--json")) -> None:
     """Every model name with its latest version."""

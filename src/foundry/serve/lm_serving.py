@@ -57,10 +57,13 @@ class ServedLanguageModel:
     def load(cls, ref: str, registry: Any) -> ServedLanguageModel:
         from foundry.lm.load import load
 
-        model = load(ref, registry=registry)
+        return cls.from_model(load(ref, registry=registry), registry)
+
+    @classmethod
+    def from_model(cls, model: Any, registry: Any) -> ServedLanguageModel:
+        """Serve an already loaded model (its `ref` is pinned, `name:version`)."""
         pinned = model.ref
-        manifest_defaults = _generation_defaults(registry, pinned)
-        return cls(pinned.split(":")[0], pinned, model, manifest_defaults)
+        return cls(pinned.split(":")[0], pinned, model, _generation_defaults(registry, pinned))
 
     @property
     def generates(self) -> bool:
