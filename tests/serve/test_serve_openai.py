@@ -1,0 +1,220 @@
+"""The OpenAI-compatible routes over real HTTP, driven by the official `openai` client: a
+GPT trained with `foundry train` on a small corpus, served by `foundry serve` in a
+subprocess; generation equals `foundry.lm.load(...).generate`, streams end with usage
+and [DONE], tokens are metered (reserved, settled, cut-off streams charged), and errors
+come in the API's one shape."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+openai = pytest.importorskip("openai")
+
+pytestmark = pytest.mark.slow
+
+CORPUS = "\n\n".join(
+    f"The {animal} sat on the {thing} and looked at the {color} sky. "
+    f"Then the {animal} ran to the {thing} again."
+    for animal in ("cat", "dog", "fox", "owl", "hen")
+    for thing in ("mat", "wall", "box", "hill")
+    for color in ("blue", "grey", "red")
+)
+PLANS = {
+    "lm": {"included_units": 100_000, "requests_per_minute": 10_000,
+           "tokens_per_minute": 1_000_000},
+    "tiny": {"included_units": 60, "hard_limit": True, "requests_per_minute": 10_000},
+    "tpm": {"included_units": 100_000, "requests_per_minute": 10_000, "tokens_per_minute": 50},
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(root: Path, env: dict, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "foundry", *args], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("openai")
+    home = root / "home"
+    env = {**os.environ, "FOUNDRY_HOME": str(home)}
+    env.pop("FOUNDRY_DATABASE_URL", None)
+    (root / "corpus.txt").write_text(CORPUS)
+    config = {
+        "name": "tiny-gpt",
+        "data": {"path": "corpus.txt"},
+        "model": {"type": "gpt", "n_layers": 1, "d_model": 32, "n_heads": 2,
+                  "context_length": 64, "vocab_size": 160},
+        "train": {"epochs": 2, "batch_size": 16, "optimizer": {"lr": 3e-3}},
+        "lm": {"generation": {"max_tokens": 12, "temperature": 0}},
+        "serve": {"plans": PLANS},
+    }
+    (root / "gpt.yaml").write_text(yaml.safe_dump(config))
+    _cli(root, env, "train", "gpt.yaml")
+    keys = {plan: _cli(root, env, "keys", "create", "--name", plan, "--plan", plan)
+            for plan in PLANS}
+    port = _free_port()
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "foundry", "serve", "tiny-gpt", "--port", str(port),
+         "--config", "gpt.yaml"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, (root / "server.log").read_text()
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        assert time.monotonic() < deadline, (root / "server.log").read_text()
+        time.sleep(0.2)
+    yield {"root": root, "home": home, "env": env, "url": url, "keys": keys}
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=30)
+    log.close()
+
+
+def _client(stack, plan: str = "lm") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack['url']}/v1", api_key=stack["keys"][plan],
+                         max_retries=0, timeout=60)
+
+
+def _local(stack):
+    """The same package, loaded in this process."""
+    os.environ["FOUNDRY_HOME"] = str(stack["home"])
+    from foundry.config.schema import GenerationConfig
+    from foundry.lm.load import load
+
+    return load("tiny-gpt"), GenerationConfig
+
+
+def _usage(stack, plan: str) -> dict:
+    r = httpx.get(f"{stack['url']}/v1/usage",
+                  headers={"authorization": f"Bearer {stack['keys'][plan]}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_completions_equal_local_generation_and_report_usage(stack):
+    lm, Params = _local(stack)
+    prompt = "The cat sat on the"
+    [expected] = lm.generate([prompt], Params(max_tokens=10, temperature=0))
+    before = _usage(stack, "lm")["units_used"]
+    got = _client(stack).completions.create(model="tiny-gpt", prompt=prompt, max_tokens=10,
+                                            temperature=0)
+    assert got.choices[0].text == expected.text
+    assert got.choices[0].finish_reason == expected.finish_reason
+    assert got.usage.prompt_tokens == lm.count_tokens(prompt) == expected.prompt_tokens
+    assert got.usage.completion_tokens == expected.completion_tokens
+    assert got.usage.total_tokens == got.usage.prompt_tokens + got.usage.completion_tokens
+    # Charged what was used, not the reservation (prompt + max_tokens).
+    assert _usage(stack, "lm")["units_used"] - before == got.usage.total_tokens
+
+
+def test_chat_stream_matches_the_whole_answer_and_ends_with_usage(stack):
+    client = _client(stack)
+    messages = [{"role": "user", "content": "Where did the dog run?"}]
+    whole = client.chat.completions.create(model="tiny-gpt", messages=messages,
+                                           max_tokens=12, temperature=0, seed=1)
+    chunks = list(client.chat.completions.create(
+        model="tiny-gpt", messages=messages, max_tokens=12, temperature=0, seed=1,
+        stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == \
+        whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == \
+        whole.usage.total_tokens
+
+
+def test_raw_stream_ends_with_done(stack):
+    with httpx.stream("POST", f"{stack['url']}/v1/completions", timeout=60,
+                      headers={"authorization": f"Bearer {stack['keys']['lm']}"},
+                      json={"model": "tiny-gpt", "prompt": "The fox", "max_tokens": 5,
+                            "stream": True}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in r.iter_lines() if line]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    for e in events[:-1]:
+        assert json.loads(e[6:])["object"] == "text_completion"
+
+
+def test_a_stream_cut_off_by_its_client_is_charged_for_what_was_generated(stack):
+    before = _usage(stack, "lm")
+    body = {"model": "tiny-gpt", "prompt": "The owl", "max_tokens": 50, "temperature": 0,
+            "stream": True}
+    with httpx.stream("POST", f"{stack['url']}/v1/completions", json=body, timeout=60,
+                      headers={"authorization": f"Bearer {stack['keys']['lm']}"}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                break  # one chunk read, then the client goes away
+    deadline = time.monotonic() + 30
+    while True:  # the server settles the request once it notices the disconnect
+        after = _usage(stack, "lm")
+        if after["requests"] > before["requests"] and after["units_used"] != \
+                before["units_used"] + 50 + 3:
+            break
+        assert time.monotonic() < deadline, (before, after)
+        time.sleep(0.2)
+    charged = after["units_used"] - before["units_used"]
+    lm, _ = _local(stack)
+    prompt_tokens = lm.count_tokens("The owl")
+    assert prompt_tokens < charged < prompt_tokens + 50  # some, not all, of max_tokens
+
+
+def test_models_list_and_errors(stack):
+    client = _client(stack)
+    assert "tiny-gpt" in [m.id for m in client.models.list().data]
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.completions.create(model="nope", prompt="x")
+    assert missing.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.UnprocessableEntityError) as bad:
+        client.completions.create(model="tiny-gpt", prompt="x", n=2)
+    assert bad.value.status_code == 422 and "n" in (bad.value.body.get("param") or "")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{stack['url']}/v1", api_key="fdy_wrong",
+                      max_retries=0).completions.create(model="tiny-gpt", prompt="x")
+    with pytest.raises(openai.BadRequestError) as long:
+        client.completions.create(model="tiny-gpt", prompt="cat " * 200)
+    assert long.value.body["code"] == "context_length_exceeded"
+
+
+def test_token_quota_and_token_rate_limit(stack):
+    tiny = _client(stack, "tiny")  # 60 tokens in all, hard limit
+    tiny.completions.create(model="tiny-gpt", prompt="The hen", max_tokens=20)
+    with pytest.raises(openai.RateLimitError) as quota:
+        for _ in range(5):
+            tiny.completions.create(model="tiny-gpt", prompt="The hen", max_tokens=20)
+    assert quota.value.body["code"] == "quota_exceeded"
+    assert quota.value.response.headers["x-should-retry"] == "false"
+    assert _usage(stack, "tiny")["units_used"] <= 60
+    tpm = _client(stack, "tpm")  # 50 tokens per minute
+    tpm.completions.create(model="tiny-gpt", prompt="The dog", max_tokens=30)
+    with pytest.raises(openai.RateLimitError) as limited:
+        tpm.completions.create(model="tiny-gpt", prompt="The dog", max_tokens=30)
+    headers = limited.value.response.headers
+    assert limited.value.body["code"] == "rate_limit_exceeded"
+    assert headers["x-ratelimit-limit-tokens"] == "50" and int(headers["retry-after"]) >= 1
