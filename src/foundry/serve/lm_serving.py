@@ -23,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+
 from foundry.config.schema import GenerationConfig
 from foundry.lm.api import Completion, Delta, Embedder, LanguageModel
 from foundry.serve.errors import ApiError
@@ -142,9 +144,11 @@ class ServedLanguageModel:
         finally:
             stop.set()
             # The thread stops after its current token; wait for it, so that `progress`
-            # is final when the caller charges the request.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(running)
+            # is final when the caller charges the request. Shielded: a client that went
+            # away cancels this task (Starlette), and anyio re-raises the cancellation at
+            # every await in a cancelled scope.
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await running
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)

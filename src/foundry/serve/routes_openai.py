@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
 from uuid import uuid4
 
+import anyio
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -277,7 +278,10 @@ async def _sse(
                                "code": "internal_error"})
     finally:
         units = prompt_tokens + progress.completion_tokens
-        await _settle(service, served, admission, started, status, units)
+        # Shielded: when the client goes away Starlette cancels this generator, and the
+        # tokens computed must still be charged (and the reservation settled).
+        with anyio.CancelScope(shield=True):
+            await _settle(service, served, admission, started, status, units)
 
 
 def _choice(index: int, text: str, finish: str, *, chat: bool) -> dict[str, Any]:
