@@ -57,7 +57,7 @@ from foundry.serve.schemas import (
     PredictResponse,
     Status,
 )
-from foundry.serve.served_model import ServedModel
+from foundry.serve.served_model import ServedModel, ServedTextModel
 
 if TYPE_CHECKING:
     from foundry.serve.gate import Gate
@@ -92,7 +92,7 @@ class Service:
         self.home = home
         self.admin_token = admin_token or None
         self.metrics = ServeMetrics()
-        self.models: dict[str, ServedModel] = {}
+        self.models: dict[str, ServedModel | ServedTextModel] = {}
         """By name and by `name:version` (both spellings route to the same model)."""
         self.batchers: dict[str, Batcher] = {}
         self.language_models: dict[str, ServedLanguageModel] = {}
@@ -115,9 +115,12 @@ class Service:
         self._torch_threads = _set_torch_threads(inference_threads(self.config.workers))
         for ref in self.refs:
             try:
-                language = await run_in_threadpool(_is_language_model, ref, registry)
+                kind = await run_in_threadpool(_serving_kind, ref, registry)
+                language = kind == "language"
                 if language:
                     lm = await run_in_threadpool(ServedLanguageModel.load, ref, registry)
+                elif kind == "text":
+                    served = await run_in_threadpool(_load_text_model, ref, registry)
                 else:
                     served = await run_in_threadpool(ServedModel.load, ref, registry=registry)
             except Exception as exc:
@@ -165,7 +168,7 @@ class Service:
     def ready(self) -> bool:
         return bool(self.state) and all(s == "loaded" for s in self.state.values())
 
-    def model(self, name: str) -> ServedModel:
+    def model(self, name: str) -> ServedModel | ServedTextModel:
         served = self.models.get(name)
         if served is None:
             names = sorted({m.name for m in self.models.values()})
@@ -180,7 +183,7 @@ class Service:
 
     # ------------------------------------------------------------------ predict
 
-    async def predict(self, served: ServedModel, request: Request) -> Response:
+    async def predict(self, served: ServedModel | ServedTextModel, request: Request) -> Response:
         started = perf_counter()
         request_id = uuid4().hex
         status = 500
@@ -337,10 +340,22 @@ def _set_torch_threads(n: int) -> int:
     return previous
 
 
-def _is_language_model(ref: str, registry: Any) -> bool:
+def _serving_kind(ref: str, registry: Any) -> str:
+    """`language` (OpenAI-compatible routes), `text` (a fine-tuned Hugging Face
+    classifier / regressor on /predict) or `tabular`."""
     from foundry.lm.load import is_language_package, read_manifest
 
-    return is_language_package(read_manifest(ref, registry=registry)[1])
+    manifest = read_manifest(ref, registry=registry)[1]
+    if not is_language_package(manifest):
+        return "tabular"
+    task = (manifest.get("hf") or {}).get("task")
+    return "text" if task in ("classification", "regression") else "language"
+
+
+def _load_text_model(ref: str, registry: Any) -> ServedTextModel:
+    from foundry.lm.load import load
+
+    return ServedTextModel.from_predictor(load(ref, registry=registry))
 
 
 def create_app(

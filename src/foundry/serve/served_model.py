@@ -166,3 +166,44 @@ def _gray_png(width: int, height: int, channels: int) -> str:
 def _version_of(ref: str) -> int | None:
     _, _, version = ref.partition(":")
     return int(version) if version.isdigit() else None
+
+
+# ------------------------------------------------------------------ fine-tuned text models
+
+
+@dataclass(frozen=True)
+class ServedTextModel:
+    """A fine-tuned Hugging Face text classifier / regressor (`hf` package, task
+    classification or regression) behind /v1/models/{name}/predict: the same request
+    and answer shapes as a tabular model whose one input is the text column."""
+
+    name: str
+    predictor: Any
+    """A `foundry.lm.hf_model.HFTextPredictor`."""
+    validator: RecordValidator
+    summary: dict[str, Any]
+    detail: dict[str, Any]
+
+    @classmethod
+    def from_predictor(cls, predictor: Any) -> ServedTextModel:
+        name = predictor.ref.split(":")[0]
+        column = predictor.text_column
+        validator = RecordValidator(name, [InputSpec(column, "text", nullable=True)])
+        task = predictor.task
+        summary = {
+            "name": name,
+            "version": _version_of(predictor.ref),
+            "ref": predictor.ref,
+            "task": {"type": task.task, "target": task.target, "classes": list(task.classes)},
+            "inputs": [{"name": column, "type": "text", "nullable": True, "values": None,
+                        "example": "some text"}],
+        }
+        example = {"records": [{column: "some text"}]}
+        return cls(name, predictor, validator, summary, {**summary, "example": example})
+
+    @property
+    def ref(self) -> str:
+        return self.predictor.ref
+
+    def predict_records(self, records: list[dict]) -> list[dict[str, Any]]:
+        return self.predictor.predict_records(records)
