@@ -43,10 +43,20 @@ def test_example_trains_and_learns(config, tmp_path):
     assert foundry.load(run.model_ref).manifest["config"]["name"] == run.model_ref.split(":")[0]
 
 
+# Language-model examples, tested where their data makers live.
+LANGUAGE_EXAMPLES = {
+    "gpt_corpus": "tests/lm/test_lm_example.py",
+    "minilm_lora": "tests/lm/test_lm_hf_classify.py",
+}
+
+
 def test_every_example_config_is_covered_and_valid():
     from foundry.config import load_config
 
     configs = {p.stem for p in EXAMPLES.glob("*.yaml")}
-    assert configs == set(CASES)
+    assert configs == set(CASES) | set(LANGUAGE_EXAMPLES)
+    root = EXAMPLES.parent
+    for name, test in LANGUAGE_EXAMPLES.items():
+        assert name in (root / test).read_text(), f"{test} does not exercise {name}"
     for name in configs:
         load_config(EXAMPLES / f"{name}.yaml")  # raises ConfigError if a key is wrong

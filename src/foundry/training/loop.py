@@ -15,29 +15,15 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 from torch import Tensor, nn
 
 from foundry.config.schema import TrainConfig
@@ -52,6 +38,14 @@ from foundry.training.checkpoint import (
 from foundry.training.early_stopping import EarlyStopping
 from foundry.training.losses import LossFn, build_loss
 from foundry.training.optim import build_optimizer, build_scheduler
+from foundry.training.progress import EpochBar
+from foundry.training.runtime import (
+    changed_keys,
+    cpu_copy,
+    precision_context,
+    resolve_device,
+    torch_settings,
+)
 
 __all__ = ["AugmentFn", "FitResult", "MetricFn", "fit"]
 
@@ -116,7 +110,7 @@ def fit(
     Raises `TrainError` when the loss diverges, the device or precision is unavailable,
     the monitored metric does not exist, or there is nothing to resume.
     """
-    with _torch_settings(config):
+    with torch_settings(config):
         return _fit(
             model,
             train,
@@ -154,7 +148,7 @@ def _fit(
     run_dir.mkdir(parents=True, exist_ok=True)
 
     # ---- data: moved to the device once; a batch is one index op per tensor
-    device = _resolve_device(config.device)
+    device = resolve_device(config.device)
     model.to(device)
     input_keys = [k for k in train if k != "target"]
     train = {k: v.to(device) for k, v in train.items()}
@@ -168,13 +162,17 @@ def _fit(
     n_batches = math.ceil(n_rows / batch_size)
     if n_rows > 1 and n_rows % batch_size == 1:
         n_batches -= 1  # BatchNorm cannot train on a last batch of one row: skip it
-    total_steps = config.epochs * n_batches
+    # Gradient accumulation: `accum` batches per optimizer step (the last step of an
+    # epoch may have fewer); the schedule counts optimizer steps.
+    accum = config.gradient_accumulation
+    n_steps = math.ceil(n_batches / accum)
+    total_steps = config.epochs * n_steps
 
     # ---- what is optimised, and how
-    autocast, scaler = _precision(config.precision, device)
+    autocast, scaler = precision_context(config.precision, device)
     loss_fn = build_loss(config.loss, task, n_outputs)
     optimizer = build_optimizer(model.parameters(), config.optimizer)
-    scheduler = build_scheduler(optimizer, config.scheduler, n_batches, total_steps)
+    scheduler = build_scheduler(optimizer, config.scheduler, n_steps, total_steps)
     es = config.early_stopping
     monitor = es.metric if val is not None else "train_loss"
     stopper = EarlyStopping(monitor, es.mode, es.patience, es.min_delta)
@@ -187,7 +185,7 @@ def _fit(
         "augment": torch.Generator(device).manual_seed(config.seed + 1),
     }
 
-    bar = _EpochBar(enabled=progress, n_batches=n_batches, epochs=config.epochs)
+    bar = EpochBar(enabled=progress, n_batches=n_batches, epochs=config.epochs)
     say = log if log is not None else (bar.console.print if progress else None)
 
     # ---- state carried from epoch to epoch (and through checkpoints)
@@ -205,7 +203,7 @@ def _fit(
         stopped_early = ckpt.state["stopped_early"]
         best_state = ckpt.best_state
         restore_rng(ckpt.rng, generators)
-        changed = _changed_keys(ckpt.state["train_config"], config.model_dump(mode="json"))
+        changed = changed_keys(ckpt.state["train_config"], config.model_dump(mode="json"))
         if changed and say is not None:
             say(f"resuming with changed train settings: {', '.join(changed)}")
 
@@ -234,18 +232,24 @@ def _fit(
                 with autocast():
                     outputs = model(inputs)  # [batch, n_outputs]
                     loss = loss_fn(outputs, target)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
-                if config.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
+                group_start = b - b % accum  # first batch of this optimizer step
+                if b == group_start:
+                    optimizer.zero_grad(set_to_none=True)
+                # Gradients add up over the step's batches: dividing each batch's mean loss
+                # by their number makes the step's gradient that of their mean.
+                scaled = loss if accum == 1 else loss / min(accum, n_batches - group_start)
+                scaler.scale(scaled).backward()  # the scaler is a no-op unless fp16
+                if b + 1 == group_start + accum or b + 1 == n_batches:
+                    if config.grad_clip is not None:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
 
                 batch_losses.append(loss.detach())
                 bar.advance(b + 1)
-            step += n_batches
+            step += n_steps
 
             train_loss = torch.stack(batch_losses).mean().item()
             if not math.isfinite(train_loss):
@@ -284,7 +288,7 @@ def _fit(
             improved = stopper.update(record[monitor])
             if improved or best_state is None:
                 best_epoch = epoch
-                best_state = _cpu_copy(model.state_dict())
+                best_state = cpu_copy(model.state_dict())
             stopped_early = stopper.should_stop
 
             save_checkpoint(
@@ -372,62 +376,6 @@ def _default_metrics(task: TaskInfo, y_true: np.ndarray, outputs: np.ndarray) ->
     return {"rmse": rmse * task.target_std}
 
 
-# ---------------------------------------------------------------------------- setup
-
-
-@contextmanager
-def _torch_settings(config: TrainConfig) -> Iterator[None]:
-    """Thread count and deterministic kernels for the duration of `fit` only."""
-    threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
-    if config.deterministic:
-        # cuBLAS is only deterministic with a fixed workspace; it reads this variable
-        # when it starts, so set it before the first CUDA matmul.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainError(
-            "train.device is cuda but CUDA is not available", hint="use device: auto or cpu"
-        )
-    return torch.device(name)
-
-
-def _precision(
-    precision: str, device: torch.device
-) -> tuple[Callable[[], AbstractContextManager[Any]], torch.amp.GradScaler]:
-    """An autocast context factory and a grad scaler (disabled unless fp16)."""
-    if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise TrainError("train.precision: fp16 needs CUDA; use bf16 on CPU")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    autocast = nullcontext if dtype is None else partial(torch.autocast, device.type, dtype=dtype)
-    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    return autocast, scaler
-
-
-def _changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return [key for key in new if old.get(key) != new[key]]
-
-
-def _cpu_copy(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-
-
 # -------------------------------------------------------------------------- display
 
 
@@ -453,64 +401,3 @@ def _format_epoch(record: dict[str, Any], epochs: int, monitor: str, improved: b
     if improved:
         parts.append(f"* best {monitor}")
     return "  ".join(parts)
-
-
-class _RateColumn(ProgressColumn):
-    """Batches per second."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("? batch/s" if speed is None else f"{speed:,.0f} batch/s", style="cyan")
-
-
-class _EpochBar:
-    """A transient rich progress bar over one epoch's batches; does nothing when disabled.
-
-    The bar is moved every `every` batches and redrawn a few times a second: a small
-    batch takes well under a millisecond, and redrawing on each one would cost more.
-    """
-
-    def __init__(self, *, enabled: bool, n_batches: int, epochs: int) -> None:
-        self.console = Console(stderr=True)
-        self.epochs = epochs
-        self.every = max(1, n_batches // 50)
-        self._progress = (
-            Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                _RateColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=True,
-                refresh_per_second=4,
-            )
-            if enabled
-            else None
-        )
-        self._task = None
-        self._n_batches = n_batches
-
-    def __enter__(self) -> _EpochBar:
-        if self._progress is not None:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def start_epoch(self, epoch: int) -> None:
-        if self._progress is None:
-            return
-        description = f"epoch {epoch}/{self.epochs}"
-        if self._task is None:
-            self._task = self._progress.add_task(description, total=self._n_batches)
-        else:
-            self._progress.reset(self._task, total=self._n_batches, description=description)
-
-    def advance(self, done: int) -> None:
-        if self._progress is not None and (done % self.every == 0 or done == self._n_batches):
-            self._progress.update(self._task, completed=done)

