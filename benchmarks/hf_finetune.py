@@ -1,6 +1,6 @@
 """Fine-tuning all-MiniLM-L6-v2: LoRA vs full, and both vs foundry's bag-of-words model.
 
-    python benchmarks/hf_finetune.py                  # quality + throughput, ~3 min on 2 cores
+    python benchmarks/hf_finetune.py                  # quality + throughput, ~70 s on 2 cores
     python benchmarks/hf_finetune.py --skip-quality   # throughput only, ~1 min
     python benchmarks/hf_finetune.py --json results.json
 
@@ -65,12 +65,17 @@ HF_TRAIN = {
 }
 
 
+UNSEEN_WORDS: list[str] = []
+"""Adjectives only the test rows use (filled from make_text_data.py)."""
+
+
 def make_data(folder: Path) -> tuple[Path, Path]:
     spec = importlib.util.spec_from_file_location(
         "make_text_data", ROOT / "examples" / "make_text_data.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    UNSEEN_WORDS[:] = module.POSITIVE_UNSEEN + module.NEGATIVE_UNSEEN
     train, test = folder / "opinions_train.csv", folder / "opinions_test.csv"
     pd.DataFrame(module.opinion_rows(800, seed=13)).to_csv(train, index=False)
     pd.DataFrame(module.opinion_rows(400, seed=14, unseen=0.5)).to_csv(test, index=False)
@@ -119,10 +124,12 @@ def quality(model_dir: str, folder: Path) -> list[dict[str, Any]]:
         seconds = time.perf_counter() - started
         package = Path(str(run.package_path))
         size = sum(p.stat().st_size for p in package.rglob("*") if p.is_file())
+        by_kind = accuracy_by_kind(run.model_ref, test)
         results.append(
             {
                 "model": name,
                 "test_accuracy": run.metrics["accuracy"],
+                "by_kind": by_kind,
                 "epochs": len(run.history),
                 "train_seconds": round(seconds, 1),
                 "package_bytes": size,
@@ -130,9 +137,43 @@ def quality(model_dir: str, folder: Path) -> list[dict[str, Any]]:
         )
         print(
             f"{name:12s} test accuracy {run.metrics['accuracy']:.3f}  "
-            f"({len(run.history)} epochs, {seconds:.0f} s, package {size / 1e6:.1f} MB)"
+            + "  ".join(f"{k} {v:.3f}" for k, v in by_kind.items())
+            + f"  ({len(run.history)} epochs, {seconds:.0f} s, package {size / 1e6:.1f} MB)"
         )
     return results
+
+
+def sentence_kind(text: str) -> str:
+    """plain, negated or contrast (the template families of make_text_data.py)."""
+    if any(w in text for w in ("expected", "although", "everyone said")):
+        return "contrast"
+    if any(w in text for w in (" not ", "hardly")):
+        return "negated"
+    return "plain"
+
+
+def accuracy_by_kind(ref: str, test: Path) -> dict[str, float]:
+    """Test accuracy per sentence kind, and on rows with held-out adjectives."""
+    import numpy as np
+
+    from foundry.lm.load import read_manifest
+
+    frame = pd.read_csv(test)
+    if read_manifest(ref)[1]["config"]["model"]["type"] == "hf":
+        from foundry.lm.hf_model import load_hf_package
+        from foundry.registry import Registry
+
+        predicted = load_hf_package(Registry().load(ref), ref).predict(frame)["label"]
+    else:
+        import foundry
+
+        predicted = foundry.load(ref).predict(frame)["label"]
+    right = (predicted.to_numpy() == frame["label"].to_numpy()).astype(float)
+    kinds = frame["text"].map(sentence_kind).to_numpy()
+    unseen = frame["text"].str.contains("|".join(UNSEEN_WORDS)).to_numpy()
+    groups = {k: kinds == k for k in ("plain", "negated", "contrast")}
+    groups |= {"seen words": ~unseen, "unseen words": unseen}
+    return {name: float(np.mean(right[mask])) for name, mask in groups.items()}
 
 
 THROUGHPUT_MODES = {

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 import foundry
 from foundry.config import load_config
 from foundry.config.schema import TrainConfig
-from foundry.errors import ConfigError, DataError
+from foundry.errors import ConfigError, DataError, ModelError
 from foundry.evaluation import compute_metrics
 from foundry.lm.hf_finetune import TokenizedSplit, finetune, finetune_defaults
 from foundry.lm.hf_model import HFEmbedder, HFTextPredictor, load_hf_package
@@ -113,6 +113,17 @@ def test_lora_package_holds_only_the_adapter_and_the_head(tmp_path, bert):
     assert model.predict_texts(["the film was great"])[0]["label"] in ("pos", "neg")
 
 
+def test_a_lora_package_whose_base_directory_is_gone_says_so(tmp_path, bert):
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(bert, base)
+    run = foundry.train(config(tmp_path, base, lora={"r": 2}), quiet=True)
+    shutil.rmtree(base)
+    with pytest.raises(ModelError, match="base model directory .* no longer exists"):
+        reload(run.model_ref)
+
+
 def test_sequence_classification_head_with_lora_saves_its_head_in_the_adapter(tmp_path, bert):
     cfg = config(tmp_path, bert, head="sequence_classification", lora={"r": 4})
     run = foundry.train(cfg, quiet=True)
@@ -124,6 +135,19 @@ def test_sequence_classification_head_with_lora_saves_its_head_in_the_adapter(tm
     frame = pd.read_csv(tmp_path / "test.csv")
     outputs = model.outputs(frame["text"].tolist()[:8])
     assert outputs.shape == (8, 2) and np.isfinite(outputs).all()
+
+
+def test_a_decoder_classifies_too_and_reloads_with_its_padding(tmp_path):
+    """GPT-2 with its own sequence-classification head (the last real token's state):
+    it has no padding token, so one is set in training and again when loading."""
+    gpt2 = hf_tiny.gpt2_dir(tmp_path)
+    cfg = config(tmp_path, gpt2, head="sequence_classification", lora={"r": 2})
+    run = foundry.train(cfg, quiet=True)
+    model = reload(run.model_ref)
+    texts = ["the film was great", "the meal was awful and dull"]  # different lengths
+    batched = model.outputs(texts)
+    alone = np.concatenate([model.outputs([t]) for t in texts])
+    assert np.allclose(batched, alone, atol=1e-5)
 
 
 def test_regression_on_a_text_column(tmp_path, bert):

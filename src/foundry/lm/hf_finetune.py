@@ -350,7 +350,7 @@ def fast_cpu_math() -> Iterator[None]:
 
     - Denormal floats (|x| < 1.2e-38) flush to zero. LoRA's B matrices start at zero, so
       their gradients and Adam's second moments pass through denormals, which x86 CPUs
-      compute in microcode: measured on MiniLM + LoRA, the second epoch took 123 s with
+      handle on a slow path: measured on MiniLM + LoRA, the second epoch took 123 s with
       denormals and 7.8 s without (same losses to 4 digits).
     - Deterministic mode does not fill every new tensor with NaN
       (`fill_uninitialized_memory`, a debugging aid for reads of uninitialised memory,

@@ -124,6 +124,8 @@ def load_hf_network(package: Package) -> tuple[nn.Module, HFTokenizer]:
     else:
         model = load_pretrained(str(directory), kind, **extra)
     if kind == "sequence_classification":
+        if model.config.pad_token_id is None:  # as in training: GPT-2 finds its last token
+            model.config.pad_token_id = tokenizer.pad_id
         model = SequenceClassifier(model)
     elif task in ("classification", "regression"):
         model = PooledClassifier(
