@@ -45,6 +45,20 @@ def _row_hashes(df: pd.DataFrame) -> np.ndarray:
         return pd.util.hash_pandas_object(df.astype(str), index=False).to_numpy()
 
 
+def file_fingerprint(paths: list[Path | None]) -> str:
+    """sha256 of data files' names and bytes, in order, skipping None (text corpora and
+    instruction files, which language models read whole rather than as a frame)."""
+    h = hashlib.sha256()
+    for path in paths:
+        if path is None:
+            continue
+        h.update(path.name.encode())
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def _file_digest(path: Path) -> bytes:
     """sha256 of one file's bytes (a fixed 32 bytes per image keeps file boundaries)."""
     h = hashlib.sha256()

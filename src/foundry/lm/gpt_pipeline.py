@@ -9,7 +9,6 @@ Read top to bottom; each step is a call into the module that owns it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
@@ -22,6 +21,7 @@ import torch
 from foundry.config import LoadedConfig, dump_config
 from foundry.config.schema import FoundryConfig, GPTConfig
 from foundry.console import Reporter
+from foundry.data.fingerprint import file_fingerprint
 from foundry.errors import ConfigError
 from foundry.lm.data import (
     DEFAULT_CHAT_TEMPLATE,
@@ -196,7 +196,7 @@ def build_manifest(
             **tokenizer.info(),
             "chat_template": cfg.lm.chat_template or DEFAULT_CHAT_TEMPLATE,
         },
-        "fingerprint": _fingerprint(
+        "fingerprint": file_fingerprint(
             [loaded.resolve(p) for p in (cfg.data.path, cfg.data.val_path, cfg.data.test_path)]
         ),
         "data": {
@@ -220,19 +220,6 @@ def build_manifest(
         },
         "created_at": datetime.now(timezone.utc).isoformat(),
     }
-
-
-def _fingerprint(paths: list[Path | None]) -> str:
-    """sha256 of the data files' bytes, in order (what the model saw, byte for byte)."""
-    h = hashlib.sha256()
-    for path in paths:
-        if path is None:
-            continue
-        h.update(path.name.encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def model_card(cfg: FoundryConfig, manifest: dict[str, Any], metrics: dict[str, Any]) -> str:

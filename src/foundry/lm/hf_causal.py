@@ -11,7 +11,6 @@ Read top to bottom; the data and training steps are the ones our own GPT uses.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from foundry.config import LoadedConfig
 from foundry.config.schema import HFModelConfig
 from foundry.console import Reporter
+from foundry.data.fingerprint import file_fingerprint
 from foundry.errors import ConfigError, ModelError
 from foundry.lm.data import DEFAULT_CHAT_TEMPLATE, encode_examples, load_lm_data
 from foundry.lm.hf_finetune import fast_cpu_math, finetune_defaults
@@ -194,7 +194,7 @@ def _manifest(
             **tokenizer.info(),
             "chat_template": tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE,
         },
-        "fingerprint": _file_fingerprint([p for p in paths if p is not None]),
+        "fingerprint": file_fingerprint(paths),
         "data": {
             "path": cfg.data.path,
             "kind": data.kind,
@@ -211,17 +211,6 @@ def _manifest(
             "train": train_cfg.model_dump(mode="json"),
         },
     }
-
-
-def _file_fingerprint(paths: list[Path]) -> str:
-    """sha256 of the data files' names and bytes, in order."""
-    h = hashlib.sha256()
-    for path in paths:
-        h.update(path.name.encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _card(name: str, description: str, manifest: dict[str, Any], metrics: dict[str, Any]) -> str:
