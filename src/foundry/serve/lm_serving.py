@@ -62,10 +62,11 @@ class ServedLanguageModel:
         return cls.from_model(load(ref, registry=registry), registry)
 
     @classmethod
-    def from_model(cls, model: Any, registry: Any) -> ServedLanguageModel:
-        """Serve an already loaded model (its `ref` is pinned, `name:version`)."""
-        pinned = model.ref
-        return cls(pinned.split(":")[0], pinned, model, _generation_defaults(registry, pinned))
+    def from_model(cls, model: Any, registry: Any = None) -> ServedLanguageModel:
+        """Serve an already loaded model (its `ref` is pinned, `name:version`); its
+        `generation` attribute (the package's `lm.generation`) gives the defaults."""
+        defaults = getattr(model, "generation", None) or GenerationConfig()
+        return cls(model.ref.split(":")[0], model.ref, model, defaults)
 
     @property
     def generates(self) -> bool:
@@ -152,17 +153,6 @@ class ServedLanguageModel:
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
-
-
-def _generation_defaults(registry: Any, ref: str) -> GenerationConfig:
-    from foundry.lm.load import read_manifest
-
-    _, manifest = read_manifest(ref, registry=registry)
-    section = ((manifest.get("config") or {}).get("lm") or {}).get("generation") or {}
-    try:
-        return GenerationConfig(**section)
-    except Exception:
-        return GenerationConfig()
 
 
 def generation_params(
