@@ -156,18 +156,10 @@ def accuracy_by_kind(ref: str, test: Path) -> dict[str, float]:
     """Test accuracy per sentence kind, and on rows with held-out adjectives."""
     import numpy as np
 
-    from foundry.lm.load import read_manifest
+    import foundry
 
     frame = pd.read_csv(test)
-    if read_manifest(ref)[1]["config"]["model"]["type"] == "hf":
-        from foundry.lm.hf_model import load_hf_package
-        from foundry.registry import Registry
-
-        predicted = load_hf_package(Registry().load(ref), ref).predict(frame)["label"]
-    else:
-        import foundry
-
-        predicted = foundry.load(ref).predict(frame)["label"]
+    predicted = foundry.load(ref).predict(frame)["label"]  # tabular/text model or hf
     right = (predicted.to_numpy() == frame["label"].to_numpy()).astype(float)
     kinds = frame["text"].map(sentence_kind).to_numpy()
     unseen = frame["text"].str.contains("|".join(UNSEEN_WORDS)).to_numpy()

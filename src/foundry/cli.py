@@ -40,13 +40,21 @@ def init(
     target: str = typer.Option(..., "--target", "-t", help="Column to predict."),
     output: Path = typer.Option(Path("config.yaml"), "--output", "-o", help="Config to write."),
     name: str | None = typer.Option(None, help="Model name (default: the data file's stem)."),
-    model: str | None = typer.Option(None, help="mlp, cnn or text (default: from the inputs)."),
+    model: str | None = typer.Option(
+        None, help="mlp, cnn, text or hf (default: from the inputs; hf with --pretrained)."
+    ),
+    pretrained: str | None = typer.Option(
+        None,
+        help="Fine-tune this Hugging Face model (hub id or local directory) on the text column.",
+    ),
     force: bool = typer.Option(False, help="Overwrite an existing config."),
 ) -> None:
     """Write a config with inferred feature types for DATA."""
     from foundry.config.init import init_config
 
-    path = init_config(data, target, output=output, name=name, model=model, force=force)
+    path = init_config(
+        data, target, output=output, name=name, model=model, pretrained=pretrained, force=force
+    )
     _out(f"wrote {path} — train it with: foundry train {path}")
 
 
@@ -103,7 +111,8 @@ def evaluate(
     output: Path | None = typer.Option(None, "--output", "-o", help="Write metrics.json here."),
     json_out: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
 ) -> None:
-    """Compute metrics of MODEL on a labelled data file."""
+    """Compute metrics of MODEL on a labelled data file (a language model: its perplexity
+    on a text file)."""
     from foundry.evaluation.run import evaluate_model
 
     result = evaluate_model(model, data, output=output)
@@ -113,14 +122,13 @@ def evaluate(
     from rich.console import Console
 
     from foundry.evaluation import confusion_table, metrics_table
-    from foundry.predictor import load
 
     console = Console()
     console.print(
         metrics_table(result.metrics, title=f"{result.model_ref} on {data} ({result.rows} rows)")
     )
     if "confusion_matrix" in result.metrics:
-        console.print(confusion_table(result.metrics["confusion_matrix"], load(model).task.classes))
+        console.print(confusion_table(result.metrics["confusion_matrix"], result.classes))
     if output:
         _out(f"wrote {output}")
 

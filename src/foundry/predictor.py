@@ -78,6 +78,12 @@ class Predictor:
         encoded = self.preprocessor.transform(df, with_target=False)
         return run_model(self.model, encoded, len(df))
 
+    def labelled_outputs(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(encoded targets [N], raw outputs [N, n_outputs]) of a labelled frame: what
+        `compute_metrics` scores."""
+        encoded = self.preprocessor.transform(df, with_target=True)
+        return encoded["target"].numpy(), run_model(self.model, encoded, len(df))
+
     def predict(self, df: pd.DataFrame) -> pd.DataFrame:
         """One row per input row: `<target>` (label or value) and, for classifiers, one
         `probability_<class>` column per class."""
@@ -116,10 +122,34 @@ def run_model(model: torch.nn.Module, encoded: dict[str, torch.Tensor], n: int) 
     return torch.cat(parts).numpy()
 
 
-def load(ref: str | Path, *, registry: Registry | None = None) -> Predictor:
-    """Load a model by registry reference (`name`, `name:3`, `name:latest`) or package path."""
+def load(ref: str | Path, *, registry: Registry | None = None) -> Any:
+    """Load a model by registry reference (`name`, `name:3`, `name:latest`) or package path:
+    a `Predictor`, or for a fine-tuned Hugging Face text model an `HFTextPredictor` (same
+    `predict` / `labelled_outputs` / `task`). Language and embedding models have no
+    labels to predict: they are refused with a pointer to `foundry.lm.load`."""
     if isinstance(ref, Path) or is_package_dir(Path(str(ref))):
-        return Predictor.from_package(read_package(Path(ref)))
-    registry = registry or Registry()
-    record = registry.resolve(str(ref))
-    return Predictor.from_package(registry.load(record.ref), ref=record.ref)
+        package = read_package(Path(ref))
+        name = f"{package.manifest.get('name', Path(ref).name)}:{package.manifest.get('version')}"
+    else:
+        registry = registry or Registry()
+        record = registry.resolve(str(ref))
+        package, name = registry.load(record.ref), record.ref
+    from foundry.lm.load import is_language_package, model_type
+
+    if not is_language_package(package.manifest):
+        return Predictor.from_package(package, ref=name)
+    task = (package.manifest.get("hf") or {}).get("task")
+    if model_type(package.manifest) == "hf" and task in ("classification", "regression"):
+        from foundry.lm.hf_model import load_hf_package
+
+        return load_hf_package(package, name)
+    what = "an embedding model" if task == "embedding" else "a language model"
+    raise ModelError(
+        f"model {name} is {what}: it has no labels to predict",
+        hint=(
+            "embed texts with foundry.lm.load(...).embed or POST /v1/embeddings"
+            if task == "embedding"
+            else "generate with `foundry generate`, foundry.lm.load(...) or POST "
+            "/v1/completions; `foundry evaluate` reports its perplexity on a text file"
+        ),
+    )

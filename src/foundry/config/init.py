@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -18,9 +19,13 @@ def init_config(
     output: str | Path = "config.yaml",
     name: str | None = None,
     model: str | None = None,
+    pretrained: str | None = None,
     force: bool = False,
 ) -> Path:
-    """Inspect `data`, infer every column's type and write a config that trains as is."""
+    """Inspect `data`, infer every column's type and write a config that trains as is.
+
+    `pretrained` (a Hugging Face hub id or a local model directory) writes a fine-tuning
+    config instead: `model: {type: hf}` on the data's one text column."""
     from foundry.config.schema import FeaturesConfig
     from foundry.data import infer_features, read_table
 
@@ -30,6 +35,17 @@ def init_config(
     df = read_table(data_path)
     resolved = infer_features(df, FeaturesConfig(target=target))
     types = {f.type for f in resolved.inputs}
+    if pretrained is not None and model not in (None, "hf"):
+        raise ConfigError(
+            f"--pretrained fine-tunes a Hugging Face model; it cannot go with --model {model}"
+        )
+    if model == "hf" and pretrained is None:
+        raise ConfigError(
+            "--model hf needs --pretrained: a Hugging Face hub id or a local model directory "
+            "(e.g. --pretrained sentence-transformers/all-MiniLM-L6-v2)"
+        )
+    if pretrained is not None:
+        model = "hf"
     if model is None:
         model = "cnn" if "image" in types else "text" if "text" in types else "mlp"
     if name is None:
@@ -54,10 +70,57 @@ def init_config(
             "early_stopping": {"metric": "val_loss", "patience": 10},
         },
     }
+    if model == "hf":
+        assert pretrained is not None
+        config.update(_finetune_sections(resolved, pretrained, out_path, data_path))
     header = (
-        f"# Written by `foundry init {data} --target {target}`.\n"
+        f"# Written by `foundry init {data} --target {target}"
+        + (f" --pretrained {pretrained}" if pretrained else "")
+        + "`.\n"
         "# Every key is documented in docs/CONFIG.md (`foundry config-docs`).\n"
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(header + yaml.safe_dump(config, sort_keys=False))
     return out_path
+
+
+def _finetune_sections(
+    resolved: Any, pretrained: str, out_path: Path, data_path: Path
+) -> dict[str, Any]:
+    """features / model / train of a config that fine-tunes `pretrained` on one text
+    column, with the fine-tuning recipe written out (`foundry.lm.hf_finetune`)."""
+    texts = [f.name for f in resolved.inputs if f.type == "text"]
+    if len(texts) != 1:
+        candidates = texts or [f.name for f in resolved.inputs]
+        if len(candidates) != 1:
+            raise ConfigError(
+                f"{data_path}: a Hugging Face text model reads one text column; the data has "
+                f"{len(texts)} text column(s) among its inputs "
+                f"({', '.join(f.name for f in resolved.inputs)})",
+                hint="keep only the text column and the target in the file, or write "
+                "features.inputs yourself",
+            )
+        texts = candidates
+    source = Path(pretrained)
+    name_or_path = (
+        os.path.relpath(source.resolve(), out_path.resolve().parent)
+        if source.exists()
+        else pretrained  # a hub id
+    )
+    epochs = 3
+    return {
+        "features": {
+            "target": resolved.target,
+            "target_type": resolved.target_type,
+            "inputs": [{"name": texts[0], "type": "text"}],
+        },
+        "model": {"type": "hf", "name_or_path": name_or_path, "max_length": 128},
+        # BERT's recipe: AdamW at a small rate, linear warm-up over 10% then decay, a few
+        # epochs; foundry's from-scratch defaults would wreck the pretrained weights
+        "train": {
+            "epochs": epochs,
+            "batch_size": 16,
+            "optimizer": {"type": "adamw", "lr": 5e-05, "weight_decay": 0.01},
+            "scheduler": {"type": "linear", "warmup_epochs": 0.1 * epochs},
+        },
+    }

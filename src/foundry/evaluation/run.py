@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foundry.errors import DataError
+from foundry.errors import DataError, ModelError
 
 
 @dataclass(frozen=True)
@@ -15,34 +15,83 @@ class EvaluationResult:
     model_ref: str
     data_path: Path
     rows: int
+    """Rows scored (documents or conversations for a language model)."""
     metrics: dict[str, Any]
     output_path: Path | None
+    classes: list[Any] = field(default_factory=list)
+    """Class labels, in the order of the confusion matrix (classifiers)."""
 
 
 def evaluate_model(
     ref: str, data: str | Path, *, output: str | Path | None = None
 ) -> EvaluationResult:
-    """Score model `ref` on the labelled file `data`; write `metrics.json` to `output`."""
+    """Score model `ref` on the labelled file `data`; write `metrics.json` to `output`.
+
+    Classifiers and regressors (tabular, image, text, fine-tuned Hugging Face) get the
+    metrics training reported; language models their perplexity on the file's text."""
     from foundry.data import read_table
     from foundry.evaluation.metrics import compute_metrics
+    from foundry.lm.load import is_language_package
     from foundry.predictor import load
 
+    path = Path(data)
+    pinned, manifest = _manifest(ref)
+    task = (manifest.get("hf") or {}).get("task")
+    if is_language_package(manifest) and task not in ("classification", "regression"):
+        if task == "embedding":
+            raise ModelError(
+                f"model {pinned} is an embedding model: it has no labels or perplexity "
+                "to evaluate"
+            )
+        from foundry.lm.evaluate import evaluate_lm_file
+        from foundry.registry import Registry, read_package
+        from foundry.registry.refs import is_package_dir
+
+        package = (
+            read_package(Path(ref)) if is_package_dir(Path(ref)) else Registry().load(pinned)
+        )
+        rows, metrics = evaluate_lm_file(package, pinned, path)
+        return EvaluationResult(pinned, path, rows, metrics, _write(metrics, output))
+
     predictor = load(ref)
-    df = read_table(Path(data))
+    df = read_table(path)
     target = predictor.task.target
     if target not in df.columns:
         raise DataError(
             f"{data}: evaluation needs the target column '{target}' "
             f"(columns: {', '.join(map(str, df.columns))})"
         )
-    encoded = predictor.preprocessor.transform(df, with_target=True)
-    from foundry.predictor import run_model
+    y, outputs = predictor.labelled_outputs(df)
+    metrics = compute_metrics(predictor.task, y, outputs)
+    return EvaluationResult(
+        predictor.ref,
+        path,
+        len(df),
+        metrics,
+        _write(metrics, output),
+        classes=list(predictor.task.classes),
+    )
 
-    outputs = run_model(predictor.model, encoded, len(df))
-    metrics = compute_metrics(predictor.task, encoded["target"].numpy(), outputs)
-    out_path = None
-    if output is not None:
-        out_path = Path(output)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(metrics, indent=2))
-    return EvaluationResult(predictor.ref, Path(data), len(df), metrics, out_path)
+
+def _manifest(ref: str) -> tuple[str, dict[str, Any]]:
+    """(pinned ref, manifest) of a registry reference or a package directory."""
+    from foundry.lm.load import read_manifest
+    from foundry.registry.refs import is_package_dir
+
+    if is_package_dir(Path(ref)):
+        manifest_path = Path(ref) / "foundry.json"
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{manifest_path}: cannot read the model manifest: {exc}") from exc
+        return f"{manifest.get('name', Path(ref).name)}:{manifest.get('version')}", manifest
+    return read_manifest(ref)
+
+
+def _write(metrics: dict[str, Any], output: str | Path | None) -> Path | None:
+    if output is None:
+        return None
+    out_path = Path(output)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(metrics, indent=2))
+    return out_path

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from foundry.config.schema import GenerationConfig, LMConfig
+from foundry.data.encoders.target import TargetEncoder
 from foundry.data.encoders.text import texts_of
 from foundry.data.schema import TaskInfo
 from foundry.errors import DataError, ModelError
@@ -165,6 +166,36 @@ class HFTextPredictor:
         self.text_column: str = hf["text_column"]
         self.max_length: int = int(hf["max_length"])
 
+    @property
+    def name(self) -> str:
+        return self.ref.split(":")[0]
+
+    @property
+    def input_columns(self) -> list[str]:
+        return [self.text_column]
+
+    def labelled_outputs(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """(encoded targets [N], raw outputs [N, n_outputs]) of a labelled frame, as
+        `foundry.predictor.Predictor.labelled_outputs`."""
+        self._require_text(df)
+        target = TargetEncoder(
+            name=self.task.target,
+            task=self.task.task,
+            classes=[str(c) for c in self.task.classes],
+            mean=self.task.target_mean,
+            std=self.task.target_std,
+        )
+        return target.transform(df[self.task.target]), self.outputs(
+            texts_of(df[self.text_column])
+        )
+
+    def _require_text(self, df: pd.DataFrame) -> None:
+        if self.text_column not in df.columns:
+            raise DataError(
+                f"input data lacks column '{self.text_column}' that model '{self.ref}' needs "
+                f"(columns: {', '.join(map(str, df.columns))})"
+            )
+
     def outputs(self, texts: list[str]) -> np.ndarray:
         """Raw outputs float32 [N, n_outputs] (logits, or the standardised value)."""
         ids = self.tokenizer.encode_inputs(list(texts), max_length=self.max_length)
@@ -199,10 +230,7 @@ class HFTextPredictor:
     def predict(self, df: pd.DataFrame) -> pd.DataFrame:
         """Like `foundry.predictor.Predictor.predict`: `<target>` and one
         `probability_<class>` column per class (classifiers)."""
-        if self.text_column not in df.columns:
-            raise DataError(
-                f"input data lacks column '{self.text_column}' that model '{self.ref}' needs"
-            )
+        self._require_text(df)
         outputs = self.outputs(texts_of(df[self.text_column]))
         target = self.task.target
         if not self.task.is_classification:

@@ -353,7 +353,7 @@ def _serving_kind(ref: str, registry: Any) -> str:
 
 
 def _load_text_model(ref: str, registry: Any) -> ServedTextModel:
-    from foundry.lm.load import load
+    from foundry.predictor import load
 
     return ServedTextModel.from_predictor(load(ref, registry=registry))
 
