@@ -180,7 +180,6 @@ def throughput(model_dir: str, folder: Path, steps: int) -> dict[str, Any]:
     import torch
 
     from foundry.config.schema import LoRAConfig
-    from foundry.lm.hf_finetune import fast_cpu_math
     from foundry.models.hf import (
         HFTokenizer,
         PooledClassifier,
@@ -189,6 +188,7 @@ def throughput(model_dir: str, folder: Path, steps: int) -> dict[str, Any]:
         pad_batch,
     )
     from foundry.models.hf_lora import apply_lora, parameter_counts
+    from foundry.training.runtime import fast_cpu_math
 
     train, _ = make_data(folder)
     texts = pd.read_csv(train)["text"].tolist()

@@ -135,3 +135,35 @@ def test_optimizer_hyperparameters_are_passed_through():
     assert tuple(adamw.param_groups[0]["betas"]) == (0.5, 0.6)
     rms = build_optimizer(params, OptimizerConfig(type="rmsprop", momentum=0.3))
     assert isinstance(rms, torch.optim.RMSprop) and rms.param_groups[0]["momentum"] == 0.3
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw"])
+def test_fused_adam_steps_like_the_default(kind):
+    torch.manual_seed(0)
+    start = torch.randn(50, 20)
+    grads = [torch.randn(50, 20) for _ in range(5)]
+    config = OptimizerConfig(type=kind, lr=0.01, weight_decay=0.01)
+    results = []
+    for fused in (False, True):
+        param = torch.nn.Parameter(start.clone())
+        optimizer = build_optimizer([param], config, fused=fused)
+        assert bool(optimizer.param_groups[0]["fused"]) is fused
+        for g in grads:
+            param.grad = g.clone()
+            optimizer.step()
+        results.append(param.detach())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+    sgd = build_optimizer([torch.nn.Parameter(start)], OptimizerConfig(type="sgd"), fused=True)
+    assert isinstance(sgd, torch.optim.SGD)  # no fused kernel asked of what has none
+
+
+def test_training_flushes_denormals_and_restores_them_after():
+    from foundry.config.schema import TrainConfig
+    from foundry.training.runtime import torch_settings
+
+    tiny = torch.tensor([1e-39])  # a float32 denormal
+    assert (tiny * 1.0).item() != 0.0
+    with torch_settings(TrainConfig()):
+        if torch.set_flush_denormal(True):  # the CPU supports flushing
+            assert (tiny * 1.0).item() == 0.0
+    assert (tiny * 1.0).item() != 0.0

@@ -24,7 +24,7 @@ from foundry.console import Reporter
 from foundry.data.fingerprint import file_fingerprint
 from foundry.errors import ConfigError, ModelError
 from foundry.lm.data import DEFAULT_CHAT_TEMPLATE, encode_examples, load_lm_data
-from foundry.lm.hf_finetune import fast_cpu_math, finetune_defaults
+from foundry.lm.hf_finetune import finetune_defaults
 from foundry.lm.hf_pipeline import hf_card_section, hf_manifest_section, register_hf
 from foundry.lm.metrics import lm_metrics
 from foundry.lm.train import fit_lm
@@ -107,17 +107,16 @@ def train_causal_lm(
     say.info(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)")
 
     # ---- train: next-token loss over the masked targets
-    with fast_cpu_math():  # denormals: see there
-        fitted = fit_lm(
-            model,
-            splits["train"],
-            splits["val"],
-            train_cfg,
-            out_dir,
-            resume=resume,
-            progress=progress and not say.quiet,
-            log=None if say.quiet else say.info,
-        )
+    fitted = fit_lm(
+        model,
+        splits["train"],
+        splits["val"],
+        train_cfg,
+        out_dir,
+        resume=resume,
+        progress=progress and not say.quiet,
+        log=None if say.quiet else say.info,
+    )
 
     # ---- evaluate: loss, perplexity and the unigram baseline on held-out tokens
     model.eval()

@@ -17,8 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from foundry.training.checkpoint import (
 )
 from foundry.training.runtime import precision_context, resolve_device, torch_settings
 
-__all__ = ["FineTuneResult", "TokenizedSplit", "fast_cpu_math", "finetune", "finetune_defaults"]
+__all__ = ["FineTuneResult", "TokenizedSplit", "finetune", "finetune_defaults"]
 
 MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, Any]]
 
@@ -143,7 +142,7 @@ def finetune(
     `resume=True` continues from that checkpoint. Early stopping watches
     `config.early_stopping.metric` (or `train_loss` without validation data).
     """
-    with torch_settings(config), fast_cpu_math():
+    with torch_settings(config):
         return _finetune(
             model,
             train,
@@ -189,7 +188,7 @@ def _finetune(
     steps_per_epoch = math.ceil(n_micro / accumulate)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     loss_fn = build_loss(config.loss, task, n_outputs)
-    optimizer = _optimizer(list(trainable.values()), config.optimizer)
+    optimizer = build_optimizer(list(trainable.values()), config.optimizer, fused=True)
     scheduler = build_scheduler(
         optimizer, config.scheduler, steps_per_epoch, config.epochs * steps_per_epoch
     )
@@ -342,43 +341,6 @@ class _TrainableWeights:
         with torch.no_grad():
             for name, param in self.trainable.items():
                 param.copy_(state[name].to(param.device))
-
-
-@contextmanager
-def fast_cpu_math() -> Iterator[None]:
-    """Two CPU settings for fine-tuning, restored afterwards.
-
-    - Denormal floats (|x| < 1.2e-38) flush to zero. LoRA's B matrices start at zero, so
-      their gradients and Adam's second moments pass through denormals, which x86 CPUs
-      handle on a slow path: measured on MiniLM + LoRA, the second epoch took 123 s with
-      denormals and 7.8 s without (same losses to 4 digits).
-    - Deterministic mode does not fill every new tensor with NaN
-      (`fill_uninitialized_memory`, a debugging aid for reads of uninitialised memory,
-      which none of these models do): ~0.3 s per MiniLM LoRA step on 2 cores.
-    """
-    import torch.utils.deterministic as deterministic
-
-    fill = deterministic.fill_uninitialized_memory
-    flushing = torch.set_flush_denormal(True)  # False where the CPU cannot
-    deterministic.fill_uninitialized_memory = False
-    try:
-        yield
-    finally:
-        deterministic.fill_uninitialized_memory = fill
-        if flushing:
-            torch.set_flush_denormal(False)
-
-
-def _optimizer(params: list[nn.Parameter], config: OptimizerConfig) -> torch.optim.Optimizer:
-    """`build_optimizer`, except Adam / AdamW use PyTorch's fused kernel: on a CPU its
-    step over MiniLM's 22M weights takes ~15 ms instead of 0.1-2 s for the default
-    per-tensor loop, which would otherwise cost as much as the forward and backward."""
-    if config.type in ("adam", "adamw") and all(p.dtype.is_floating_point for p in params):
-        cls = torch.optim.AdamW if config.type == "adamw" else torch.optim.Adam
-        return cls(
-            params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay, fused=True
-        )
-    return build_optimizer(params, config)
 
 
 def _format_epoch(record: dict[str, Any], epochs: int, monitor: str, improved: bool) -> str:

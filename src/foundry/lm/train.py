@@ -126,7 +126,7 @@ def _fit_lm(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainError("the model has no trainable parameters (every requires_grad is False)")
-    optimizer = build_optimizer(params, config.optimizer)
+    optimizer = build_optimizer(params, config.optimizer, fused=True)
     scheduler = build_scheduler(optimizer, config.scheduler, n_steps, total_steps)
     es = config.early_stopping
     monitor = es.metric if val is not None else "train_loss"

@@ -16,12 +16,20 @@ from torch import Tensor
 from foundry.config.schema import TrainConfig
 from foundry.errors import TrainError
 
-__all__ = ["changed_keys", "cpu_copy", "precision_context", "resolve_device", "torch_settings"]
+__all__ = [
+    "changed_keys",
+    "cpu_copy",
+    "fast_cpu_math",
+    "precision_context",
+    "resolve_device",
+    "torch_settings",
+]
 
 
 @contextmanager
 def torch_settings(config: TrainConfig) -> Iterator[None]:
-    """Thread count and deterministic kernels for the duration of `fit` only."""
+    """Thread count, deterministic kernels and `fast_cpu_math` for the duration of a
+    training loop only."""
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -33,10 +41,36 @@ def torch_settings(config: TrainConfig) -> Iterator[None]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        yield
+        with fast_cpu_math():
+            yield
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+@contextmanager
+def fast_cpu_math() -> Iterator[None]:
+    """Two CPU settings every training loop runs under, restored afterwards.
+
+    - Denormal floats (|x| < 1.2e-38) flush to zero. LoRA's B matrices start at zero, so
+      their gradients and Adam's second moments pass through denormals, which x86 CPUs
+      handle on a slow path: measured on MiniLM + LoRA, the second epoch took 123 s with
+      denormals and 7.8 s without (same losses to 4 digits).
+    - Deterministic mode does not fill every new tensor with NaN
+      (`fill_uninitialized_memory`, a debugging aid for reads of uninitialised memory,
+      which none of these models do): ~0.3 s per MiniLM LoRA step on 2 cores.
+    """
+    import torch.utils.deterministic as deterministic
+
+    fill = deterministic.fill_uninitialized_memory
+    flushing = torch.set_flush_denormal(True)  # False where the CPU cannot
+    deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        deterministic.fill_uninitialized_memory = fill
+        if flushing:
+            torch.set_flush_denormal(False)
 
 
 def resolve_device(name: str) -> torch.device:
