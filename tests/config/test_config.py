@@ -160,3 +160,13 @@ def test_docs_config_md_is_up_to_date():
     assert committed.read_text().strip() == config_markdown().strip(), (
         "docs/CONFIG.md is stale: run `foundry config-docs > docs/CONFIG.md`"
     )
+
+
+def test_overrides_leave_the_callers_dict_untouched():
+    from foundry.config import load_config
+
+    raw = {"name": "m", "data": {"path": "d.csv"}, "features": {"target": "y"},
+           "train": {"optimizer": {"lr": 0.1}}}
+    loaded = load_config(raw, ["train.optimizer.lr=0.5", "train.epochs=3"])
+    assert loaded.config.train.optimizer.lr == 0.5 and loaded.config.train.epochs == 3
+    assert raw["train"] == {"optimizer": {"lr": 0.1}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,8 @@ def load_config(
 ) -> LoadedConfig:
     """Load and validate a config from a YAML file or a dict, applying `a.b.c=value` overrides."""
     if isinstance(source, dict):
-        raw, base_dir, origin = dict(source), Path.cwd(), "config"
+        # a deep copy: overrides write into nested sections, never into the caller's dict
+        raw, base_dir, origin = copy.deepcopy(source), Path.cwd(), "config"
     else:
         path = Path(source)
         raw, base_dir, origin = read_yaml(path), path.resolve().parent, str(path)
