@@ -88,16 +88,52 @@ def test_pickle_only_checkpoints_are_refused_unread(tmp_path, tiny):
         load_pretrained(str(folder), "encoder")
 
 
-def test_a_hub_id_without_network_says_to_pass_a_local_directory(monkeypatch):
+def test_a_hub_id_that_fails_to_download_says_to_pass_a_local_directory(monkeypatch):
     import huggingface_hub.constants
 
-    # offline mode fails at once, as a machine without network does after its retries
+    import foundry.models.hf as hf
+
+    monkeypatch.setattr(hf, "hub_unreachable", lambda: None)  # as if the host resolved
+    # offline mode fails at once, as a download does after its retries
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelError) as info:
         load_pretrained_config("foundry-tests/no-such-model")
     message = str(info.value)
     assert "could not download" in message and "foundry-tests/no-such-model" in message
     assert "local directory" in message
+
+
+def test_an_unreachable_hub_fails_at_once_naming_why(monkeypatch):
+    import foundry.models.hf as hf
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hf.hub_unreachable.cache_clear()
+    try:
+        with pytest.raises(ModelError) as info:
+            load_tokenizer("foundry-tests/no-such-model")
+    finally:
+        hf.hub_unreachable.cache_clear()
+    message = str(info.value)
+    assert "cannot be reached (HF_HUB_OFFLINE is set)" in message
+    assert "foundry-tests/no-such-model" in message and "local directory" in info.value.hint
+
+
+def test_a_host_that_does_not_resolve_is_reported(monkeypatch):
+    import socket
+
+    import foundry.models.hf as hf
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    hf.hub_unreachable.cache_clear()
+    try:
+        assert hf.hub_unreachable() == "hub.invalid does not resolve: Name or service not known"
+    finally:
+        hf.hub_unreachable.cache_clear()
 
 
 def test_decoders_are_told_from_encoders(tiny):

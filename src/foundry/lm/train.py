@@ -114,7 +114,8 @@ def _fit_lm(
     if n_rows == 0 or train.n_targets == 0:
         raise TrainError(
             "the training split has no tokens to learn from",
-            hint="add data, or lower lm.block_size if instructions were cut away",
+            hint="add data, or raise lm.block_size if long prompts left no completion "
+            "tokens inside the block",
         )
     n_batches = math.ceil(n_rows / batch_size)
     accum = config.gradient_accumulation

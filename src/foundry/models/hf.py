@@ -17,6 +17,7 @@ states `[B, L, H]`; pooled vectors `[B, H]`; classifier outputs `[B, n_outputs]`
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -132,10 +133,44 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+@functools.cache
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached (its host does not resolve), or None.
+
+    Asked once per process before a hub id is loaded: offline, transformers retries each
+    file five times with back-off (~50 s) before failing; this answers in milliseconds,
+    and the load then reads the local cache only (`local_files_only`), which still finds
+    a model downloaded before."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    try:
+        socket.getaddrinfo(host or "huggingface.co", 443)
+    except OSError as exc:
+        return f"{host} does not resolve: {exc.strerror or exc}"
+    return None
+
+
+def _hub_options(source: str) -> dict[str, Any]:
+    return {} if is_local(source) or hub_unreachable() is None else {"local_files_only": True}
+
+
 def _download_error(source: str, what: str, exc: BaseException) -> ModelError:
     reason = " ".join(str(exc).split())[:300]
     if is_local(source):
         return ModelError(f"model.name_or_path: cannot load the {what} from {source}: {reason}")
+    offline = hub_unreachable()
+    if offline is not None:
+        return ModelError(
+            f"model.name_or_path: '{source}' is not a local directory and the Hugging Face "
+            f"hub cannot be reached ({offline}); it is not in the local cache either",
+            hint="pass a local directory holding config.json, *.safetensors weights and the "
+            "tokenizer files, or load it once where the hub is reachable",
+        )
     return ModelError(
         f"model.name_or_path: could not download {what} '{source}' from the Hugging Face "
         f"hub ({reason})",
@@ -154,7 +189,9 @@ def load_pretrained_config(source: str, revision: str | None = None) -> Any:
     if is_local(source):
         check_local_model_dir(Path(source), weights=False)
     try:
-        return AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=False)
+        return AutoConfig.from_pretrained(
+            source, revision=revision, trust_remote_code=False, **_hub_options(source)
+        )
     except (OSError, ValueError, KeyError) as exc:
         raise _download_error(source, "the model config", exc) from None
 
@@ -200,6 +237,7 @@ def load_pretrained(
                 use_safetensors=True,  # never unpickle
                 trust_remote_code=False,  # never run code from the checkpoint
                 dtype=torch.float32,
+                **_hub_options(source),
                 **kwargs,
             )
     except (OSError, ValueError, KeyError) as exc:
@@ -213,7 +251,9 @@ def load_tokenizer(source: str, revision: str | None = None) -> Any:
 
     try:
         with quiet_transformers():
-            return AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=False)
+            return AutoTokenizer.from_pretrained(
+                source, revision=revision, trust_remote_code=False, **_hub_options(source)
+            )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise _download_error(source, "the tokenizer of", exc) from None
 
