@@ -210,3 +210,33 @@ def test_bf16_autocast_trains(tmp_path, positions):
     assert all(math.isfinite(h["train_loss"]) for h in result.history)
     assert perplexity(model, train) < before
     assert model.embed.weight.dtype == torch.float32  # autocast keeps fp32 master weights
+
+
+def test_frozen_weights_stay_out_of_checkpoints_and_resume_still_matches(tmp_path):
+    """As with LoRA: what does not train is not saved each epoch; a resumed run gets it
+    from its (reloaded) base model and ends where an uninterrupted run ends."""
+    from safetensors.torch import load_file
+
+    def partly_frozen(seed=0):
+        model = tiny_gpt(vocab_size=259, seed=0)
+        trained = tiny_gpt(vocab_size=259, seed=seed)  # the part that trains starts elsewhere
+        for name, param in model.named_parameters():
+            if not name.startswith("blocks.1."):
+                param.requires_grad_(False)
+            else:
+                param.data.copy_(dict(trained.named_parameters())[name].data)
+        return model
+
+    train, val = data(), corpus_blocks(TEXT[:2], TOK, 24)
+    full = fit_lm(partly_frozen(), train, val, config(epochs=3), tmp_path / "full", progress=False)
+    assert full.state_dict and all(k.startswith("blocks.1.") for k in full.state_dict)
+    saved = load_file(tmp_path / "full" / "checkpoint" / "model.safetensors")
+    assert set(saved) == set(full.state_dict)
+
+    fit_lm(partly_frozen(), train, val, config(epochs=2), tmp_path / "cut", progress=False)
+    resumed = fit_lm(
+        partly_frozen(seed=9), train, val, config(epochs=3), tmp_path / "cut", resume=True,
+        progress=False,
+    )
+    for key, value in full.state_dict.items():
+        torch.testing.assert_close(resumed.state_dict[key], value)

@@ -144,3 +144,20 @@ def test_kv_cache_grows_past_its_first_capacity():
         pieces += [model(ids[:, t : t + 1], cache=cache) for t in range(3, 150)]
     assert cache.length == 150
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_package_weights_store_a_tied_head_once_and_load_back(tie):
+    config = GPTConfig(n_layers=1, d_model=16, n_heads=2, context_length=16, tie_embeddings=tie)
+    torch.manual_seed(0)
+    model = GPT(config, vocab_size=40)
+    saved = model.package_weights(model.state_dict())
+    assert ("head.weight" in saved) is not tie
+    torch.manual_seed(1)
+    again = GPT(config, vocab_size=40)
+    again.load_package_weights(saved)
+    assert again.tied is tie
+    ids = torch.randint(0, 40, (2, 8))
+    torch.testing.assert_close(again.eval()(ids), model.eval()(ids))
+    with pytest.raises(RuntimeError):
+        again.load_package_weights({k: v for k, v in saved.items() if k != "ln_f.weight"})

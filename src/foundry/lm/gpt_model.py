@@ -91,7 +91,7 @@ def load_gpt_package(
     )
     model = GPT(config, vocab_size)
     try:
-        model.load_state_dict(package.weights)
+        model.load_package_weights(package.weights)
     except RuntimeError as exc:
         raise ModelError(
             f"{package.path / 'model.safetensors'} does not fit the GPT in its manifest: {exc}"

@@ -141,7 +141,7 @@ def train_gpt(
     manifest = build_manifest(cfg, loaded, data, splits, tokenizer, model, fitted, block_size)
     record = Registry().register(
         cfg.name,
-        weights=fitted.state_dict,
+        weights=model.package_weights(fitted.state_dict),
         manifest=manifest,
         metrics=metrics,
         card=model_card(cfg, manifest, metrics),

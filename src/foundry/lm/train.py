@@ -36,6 +36,7 @@ from foundry.lm.data import IGNORE, TokenData
 from foundry.training.checkpoint import (
     capture_rng,
     load_checkpoint,
+    load_weights,
     restore_rng,
     save_checkpoint,
 )
@@ -144,8 +145,15 @@ def _fit_lm(
     history: list[dict[str, Any]] = []
     best_state: dict[str, Tensor] | None = None
     best_epoch, step, stopped_early = 0, 0, False
+    # Frozen weights (a LoRA run's base model) never change: checkpoints and the copy of
+    # the best epoch hold only the rest, not gigabytes of base weights per epoch.
+    frozen = {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+    def weights() -> dict[str, Tensor]:
+        return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
     if resume:
-        ckpt = load_checkpoint(run_dir, model=model, optimizer=optimizer)
+        ckpt = load_checkpoint(run_dir, model=model, optimizer=optimizer, frozen=frozen)
         step = ckpt.state["step"]
         scheduler.last_epoch = ckpt.state["scheduler_last_epoch"]
         stopper.load_state_dict(ckpt.state["early_stopping"])
@@ -230,7 +238,7 @@ def _fit_lm(
             improved = stopper.update(record[monitor])
             if improved or best_state is None:
                 best_epoch = epoch
-                best_state = cpu_copy(model.state_dict())
+                best_state = cpu_copy(weights())
             stopped_early = stopper.should_stop
 
             save_checkpoint(
@@ -238,6 +246,7 @@ def _fit_lm(
                 model=model,
                 optimizer=optimizer,
                 best_state=best_state,
+                weights=weights(),
                 rng=capture_rng(generators),
                 state={
                     "epoch": epoch,
@@ -262,7 +271,7 @@ def _fit_lm(
             f"keeping epoch {best_epoch}"
         )
     assert best_state is not None
-    model.load_state_dict(best_state)
+    load_weights(model, best_state, frozen)
     return FitResult(
         history=history,
         best_epoch=best_epoch,

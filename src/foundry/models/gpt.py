@@ -283,3 +283,17 @@ class GPT(nn.Module):
     def num_parameters(self) -> int:
         """Distinct parameters (a tied embedding counts once)."""
         return sum(p.numel() for p in self.parameters())
+
+    @property
+    def tied(self) -> bool:
+        return self.head.weight is self.embed.weight
+
+    def package_weights(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """`state` as a package stores it: a tied head is the embedding, saved once."""
+        return {k: v for k, v in state.items() if not (self.tied and k == "head.weight")}
+
+    def load_package_weights(self, state: dict[str, Tensor]) -> None:
+        """Load what `package_weights` saved (strict: every other weight must be there)."""
+        if self.tied and "head.weight" not in state and "embed.weight" in state:
+            state = {**state, "head.weight": state["embed.weight"]}
+        self.load_state_dict(state)

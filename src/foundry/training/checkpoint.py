@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,15 +66,21 @@ def save_checkpoint(
     best_state: dict[str, Tensor],
     rng: dict[str, Tensor],
     state: dict[str, Any],
+    weights: dict[str, Tensor] | None = None,
 ) -> Path:
-    """Write a complete checkpoint into `run_dir/checkpoint/`, atomically; returns it."""
+    """Write a complete checkpoint into `run_dir/checkpoint/`, atomically; returns it.
+
+    `weights`: what to save of the model (default: its whole state dict); a LoRA run
+    leaves out the frozen base, which the run loads again from its source."""
     final = run_dir / CHECKPOINT
     tmp = run_dir / f"{CHECKPOINT}.tmp"
     old = run_dir / f"{CHECKPOINT}.old"
     shutil.rmtree(tmp, ignore_errors=True)  # left over from a killed save
     tmp.mkdir(parents=True)
 
-    save_file(_to_cpu(model.state_dict()), str(tmp / "model.safetensors"))
+    save_file(
+        _to_cpu(model.state_dict() if weights is None else weights), str(tmp / "model.safetensors")
+    )
     save_file(_to_cpu(best_state), str(tmp / "best.safetensors"))
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
@@ -123,8 +130,17 @@ def find_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(run_dir: Path, *, model: nn.Module, optimizer: Optimizer) -> Checkpoint:
-    """Load weights into `model` and state into `optimizer` from `run_dir`'s checkpoint."""
+def load_checkpoint(
+    run_dir: Path,
+    *,
+    model: nn.Module,
+    optimizer: Optimizer,
+    frozen: Collection[str] = (),
+) -> Checkpoint:
+    """Load weights into `model` and state into `optimizer` from `run_dir`'s checkpoint.
+
+    `frozen`: weight names the checkpoint may lack (saved without them, see
+    `save_checkpoint`); every other weight must be there."""
     folder = find_checkpoint(run_dir)
     if folder is None:
         raise TrainError(
@@ -133,7 +149,8 @@ def load_checkpoint(run_dir: Path, *, model: nn.Module, optimizer: Optimizer) ->
         )
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
-        model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)))
+        saved = load_file(str(folder / "model.safetensors"), device=str(device))
+        load_weights(model, saved, frozen)
     except RuntimeError as e:
         raise TrainError(f"the checkpoint in {folder} does not fit this model: {e}") from e
 
@@ -146,6 +163,21 @@ def load_checkpoint(run_dir: Path, *, model: nn.Module, optimizer: Optimizer) ->
         rng=load_file(str(folder / "rng.safetensors")),
         best_state=load_file(str(folder / "best.safetensors")),
     )
+
+
+def load_weights(
+    model: nn.Module, weights: dict[str, Tensor], frozen: Collection[str] = ()
+) -> None:
+    """`model.load_state_dict(weights)`, where `weights` may leave out the `frozen` names."""
+    if not frozen:
+        model.load_state_dict(weights)
+        return
+    result = model.load_state_dict(weights, strict=False)
+    missing = sorted(set(result.missing_keys) - set(frozen))
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"missing {missing[:3]}, unexpected {sorted(result.unexpected_keys)[:3]}"
+        )
 
 
 def _unflatten_optimizer(

@@ -70,7 +70,8 @@ class FitResult:
     """`history[best_epoch - 1]`."""
     stopped_early: bool
     state_dict: dict[str, Tensor]
-    """The best epoch's weights, on CPU (also loaded into the model)."""
+    """The best epoch's weights, on CPU (also loaded into the model); `fit_lm` leaves
+    out frozen parameters (a LoRA run's base model)."""
     seconds: float
     """Wall time of this call (a resumed run counts only its own part)."""
     epochs_run: int
