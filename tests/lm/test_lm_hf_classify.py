@@ -342,7 +342,9 @@ def test_minilm_embedding_package_matches_sentence_transformers(tmp_path):
     run = foundry.train(cfg, quiet=True)
     assert run.metrics["dimensions"] == 384 and run.metrics["texts_checked"] == 40
     embedder = reload(run.model_ref)
-    texts = pd.read_csv(train)["text"].tolist()[:16]
+    assert embedder.max_length == 256  # sentence-transformers' max_seq_length for MiniLM
+    texts = pd.read_csv(train)["text"].tolist()[:15]
+    texts.append(" ".join(texts) * 3)  # > 256 tokens: truncated where ST truncates
     vectors, _ = embedder.embed(texts)
     reference = st.SentenceTransformer(str(minilm), device="cpu").encode(
         texts, normalize_embeddings=True

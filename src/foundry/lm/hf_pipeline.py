@@ -333,6 +333,11 @@ def package_embedder(
     encoder = load_pretrained(source, "encoder", revision=spec.revision)
     hf = hf_manifest_section(spec, source, hf_config, task="embedding")
     hf["hidden_size"] = int(encoder.config.hidden_size)
+    trained_length = sentence_transformers_length(source)
+    if "max_length" not in spec.model_fields_set and trained_length is not None:
+        # embed as sentence-transformers does for this checkpoint (MiniLM: 256 tokens)
+        hf["max_length"] = trained_length
+        say.info(f"max_length {trained_length} from the model's sentence_bert_config.json")
 
     metrics = embedding_sanity_metrics(loaded, encoder, tokenizer, hf, say)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -362,6 +367,19 @@ def package_embedder(
         seconds=time.perf_counter() - started,
         package_path=record.path,
     )
+
+
+def sentence_transformers_length(source: str) -> int | None:
+    """`max_seq_length` of a local sentence-transformers checkpoint (its
+    sentence_bert_config.json), or None."""
+    path = Path(source) / "sentence_bert_config.json"
+    if not path.is_file():
+        return None
+    try:
+        length = json.loads(path.read_text(encoding="utf-8")).get("max_seq_length")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return length if isinstance(length, int) and length > 0 else None
 
 
 def embedding_sanity_metrics(
