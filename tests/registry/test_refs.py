@@ -14,6 +14,8 @@ from foundry.registry import is_package_dir, parse_ref
         ("adult:3", ("adult", 3)),
         ("adult-int8.v2:12", ("adult-int8.v2", 12)),
         (" adult:1 ", ("adult", 1)),
+        ("adult:compressed", ("adult", "compressed")),
+        ("adult:prod-2", ("adult", "prod-2")),
     ],
 )
 def test_parse_ref_accepted_forms(ref, expected):
@@ -23,7 +25,8 @@ def test_parse_ref_accepted_forms(ref, expected):
 @pytest.mark.parametrize(
     "ref",
     [
-        "adult:abc",
+        "adult:3abc",
+        "adult:a.b",
         ":3",
         "",
         "   ",

@@ -125,7 +125,7 @@ def test_empty_store_errors_without_creating_files(foundry_home):
     assert not foundry_home.exists()
 
 
-@pytest.mark.parametrize("ref", ["iris:abc", ":3", ""])
+@pytest.mark.parametrize("ref", ["iris:1abc", ":3", ""])
 def test_bad_refs(ref):
     with pytest.raises(ModelError, match="name:latest"):
         Registry().resolve(ref)
@@ -265,3 +265,27 @@ def test_public_surface():
 
 def test_created_at_is_utc():
     assert _register(Registry()).created_at.tzinfo == timezone.utc
+
+
+def test_a_tag_names_one_version_and_moves(foundry_home):
+    reg = Registry()
+    _register(reg, tags=["demo"])
+    _register(reg)
+    _register(reg)
+    with pytest.raises(ModelError, match="no version of model 'iris' is tagged 'compressed'") as e:
+        reg.resolve("iris:compressed")
+    assert "its tags: demo" in e.value.hint
+    assert reg.tag("iris:2", "compressed").tags == ("compressed",)
+    assert reg.resolve("iris:compressed").version == 2
+    moved = reg.tag("iris:3", "compressed")
+    assert moved.ref == "iris:3" and reg.resolve("iris:compressed").version == 3
+    assert reg.resolve("iris:2").tags == () and reg.resolve("iris:1").tags == ("demo",)
+    assert Registry().resolve("iris:compressed").version == 3  # stored, not cached
+    assert reg.load("iris:compressed").manifest["version"] == 3
+    for bad in ("latest", "3x", "a b"):
+        with pytest.raises(ModelError, match="invalid tag"):
+            reg.tag("iris:1", bad)
+    with pytest.raises(ModelError, match="name the version"):
+        reg.delete("iris:compressed")
+    with pytest.raises(ModelError, match="no model named 'irs'"):
+        reg.resolve("irs:compressed")

@@ -443,6 +443,71 @@ class EvaluateConfig(Section):
     """Which split the final metrics are computed on."""
 
 
+# ----------------------------------------------------------------------- compress
+
+CompressMethod = Literal["int8", "onnx", "onnx_int8", "prune", "distill", "sparsity"]
+
+
+class PruneConfig(Section):
+    amount: float = Field(0.5, gt=0, lt=1)
+    """Fraction of the hidden units (MLP) or filters (CNN) of each layer removed: the
+    ones with the smallest weights. The same fraction of weights is zeroed by `sparsity`."""
+    finetune_epochs: int = Field(3, ge=0)
+    """Epochs of fine-tuning after structured pruning (the training config's loop, at
+    `finetune_lr`)."""
+    finetune_lr: float | None = Field(None, gt=0)
+    """Learning rate of the fine-tune; `None`: a tenth of `train.optimizer.lr`."""
+
+
+class DistillConfig(Section):
+    student: ModelConfig | None = None
+    """Architecture of the student (e.g. `{type: mlp, layers: [64]}`); required for the
+    `distill` method. It reads the teacher's preprocessed inputs."""
+    teacher: str | None = None
+    """Registry reference of the teacher; `None`: the model being compressed."""
+    alpha: float = Field(0.5, ge=0, le=1)
+    """Weight of the loss on the true labels; 1 - alpha goes to matching the teacher."""
+    temperature: float = Field(2.0, gt=0)
+    """Softens both distributions before they are compared (Hinton et al. use 2-20)."""
+    epochs: int | None = Field(None, ge=1)
+    """Student training epochs; `None`: `train.epochs`."""
+
+
+class CompressConfig(Section):
+    """`foundry compress` / the compress stage of `foundry run`: variants of a trained
+    model, each registered as a new version with its parent, measured side by side."""
+
+    methods: list[CompressMethod] = ["int8", "onnx", "onnx_int8"]
+    """Variants to build. `int8`: Linear layers in int8 with dynamic activation scales
+    (PyTorch); `onnx`: ONNX Runtime, fp32; `onnx_int8`: ONNX Runtime dynamic int8;
+    `prune`: structured pruning + fine-tune (MLP, CNN); `distill`: a smaller student
+    trained on the teacher's outputs; `sparsity`: unstructured magnitude pruning, reported
+    only (zeros do not speed up dense CPU kernels)."""
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1)
+    """Budget for the loss of quality (0.01 = one point of accuracy; regression: of R²):
+    the fastest variant within it is tagged `name:compressed`. `None`: tag nothing."""
+    data: str | None = None
+    """Labelled file the variants are measured on; `None`: the training config's
+    `evaluate.split` of its own data."""
+    repeats: int = Field(30, ge=3)
+    """Timed forward passes per latency measurement (the median is reported)."""
+    prune: PruneConfig = PruneConfig()
+    """Settings of the `prune` and `sparsity` methods."""
+    distill: DistillConfig = DistillConfig()
+    """Settings of the `distill` method."""
+
+    @model_validator(mode="after")
+    def _student_for_distill(self) -> CompressConfig:
+        if "distill" in self.methods and self.distill.student is None:
+            raise ValueError(
+                "compress.distill.student is required by the distill method: the smaller "
+                "model to train, e.g. {type: mlp, layers: [64]}"
+            )
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"compress.methods lists a method twice: {self.methods}")
+        return self
+
+
 # -------------------------------------------------------------------------- serve
 
 
@@ -559,6 +624,9 @@ class FoundryConfig(Section):
     """Training loop settings."""
     evaluate: EvaluateConfig = EvaluateConfig()
     """Final evaluation settings."""
+    compress: CompressConfig = CompressConfig()
+    """Compressed variants (`foundry compress`; `foundry run` builds them when the config
+    has this section)."""
     serve: ServeConfig = ServeConfig()
     """How `foundry serve` exposes models: batching, plans, limits."""
     output_dir: str = "runs"

@@ -49,7 +49,17 @@ class Package:
 PackageFiles = dict[str, "str | bytes | Path"]
 """Extra package files by relative path (`tokenizer.json`, `hf/config.json`): text, bytes,
 or an existing file or directory to copy."""
-_EXTRA_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".jinja", ".md")
+_EXTRA_SUFFIXES = (
+    ".json",
+    ".safetensors",
+    ".txt",
+    ".model",
+    ".jinja",
+    ".md",
+    # An ONNX file is a protobuf graph of standard operators plus tensors: no code runs
+    # when it is read (compressed variants ship one).
+    ".onnx",
+)
 """What extra files may be: data formats that cannot carry code (no pickles)."""
 
 

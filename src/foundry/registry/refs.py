@@ -1,4 +1,7 @@
-"""Model references: ``name``, ``name:latest`` or ``name:<version>``."""
+"""Model references: ``name``, ``name:latest``, ``name:<version>`` or ``name:<tag>``.
+
+A tag (``compressed``, ``production``) names whichever version carries it: tags move
+from version to version (`Registry.tag`), versions never change."""
 
 from __future__ import annotations
 
@@ -8,9 +11,14 @@ from typing import Literal
 
 from foundry.errors import ModelError
 
-Version = int | Literal["latest"]
+Version = int | Literal["latest"] | str
+"""A version number >= 1, "latest", or a tag."""
 
-ACCEPTED_FORMS = "'name', 'name:latest' or 'name:<version>' with a version >= 1, e.g. 'adult:3'"
+ACCEPTED_FORMS = (
+    "'name', 'name:latest', 'name:<version>' with a version >= 1 (e.g. 'adult:3') or "
+    "'name:<tag>' (e.g. 'adult:compressed')"
+)
+_TAG = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 
 # A name becomes a directory under <home>/models/, so it is kept to characters that are
 # safe in paths and URLs; starting with a letter or digit rules out '.', '..' and '-x'.
@@ -30,8 +38,20 @@ def validate_name(name: str) -> str:
     return name
 
 
+def validate_tag(tag: str) -> str:
+    """Return ``tag`` if it can tag a version, else raise ModelError saying what is allowed."""
+    if not isinstance(tag, str) or not _TAG.fullmatch(tag) or tag == "latest":
+        raise ModelError(
+            f"invalid tag {tag!r}",
+            hint="use up to 64 letters, digits, '_' or '-', starting with a letter "
+            "('latest' is reserved)",
+        )
+    return tag
+
+
 def parse_ref(ref: str) -> tuple[str, Version]:
-    """Split a reference into ``(name, version)``; version is an int >= 1 or "latest"."""
+    """Split a reference into ``(name, version)``; version is an int >= 1, "latest" or a
+    tag."""
     if not isinstance(ref, str) or not ref.strip():
         raise ModelError(f"empty model reference {ref!r}", hint=f"use {ACCEPTED_FORMS}")
     name, sep, version = ref.strip().partition(":")
@@ -39,6 +59,8 @@ def parse_ref(ref: str) -> tuple[str, Version]:
         raise ModelError(f"invalid model reference {ref!r}", hint=f"use {ACCEPTED_FORMS}")
     if not sep or version == "latest":
         return name, "latest"
+    if version.isascii() and _TAG.fullmatch(version):
+        return name, version
     if not version.isascii() or not version.isdigit() or int(version) < 1:
         raise ModelError(
             f"invalid version {version!r} in model reference {ref!r}",

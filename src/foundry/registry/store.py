@@ -58,7 +58,13 @@ from foundry.registry.package import (
     stage_package,
     write_json,
 )
-from foundry.registry.refs import format_ref, is_package_dir, parse_ref, validate_name
+from foundry.registry.refs import (
+    format_ref,
+    is_package_dir,
+    parse_ref,
+    validate_name,
+    validate_tag,
+)
 
 # Each attempt loses a race to another writer that then holds a version, so with fewer
 # than this many concurrent writers on one name an attempt is bound to succeed.
@@ -261,7 +267,7 @@ class Registry:
         If the latest version is deleted its number may be given to the next registration.
         """
         name, version = parse_ref(ref)
-        if version == "latest":
+        if not isinstance(version, int):  # latest, or a tag: both move
             raise ModelError(
                 f"refusing to delete {ref!r}: name the version to delete",
                 hint=f"e.g. '{name}:<version>'; see `versions('{name}')`",
@@ -287,6 +293,8 @@ class Registry:
     def resolve(self, ref: str) -> ModelRecord:
         """The record a reference points to; ModelError with suggestions if none."""
         name, version = parse_ref(ref)
+        if isinstance(version, str) and version != "latest":
+            return self._resolve_tag(name, version)
         with self._session() as session:
             query = select(_ModelVersionRow).where(_ModelVersionRow.name == name)
             if version == "latest":
@@ -304,6 +312,46 @@ class Registry:
                 hint=f"existing versions: {', '.join(map(str, existing))}; "
                 f"latest is '{name}:{existing[-1]}'",
             )
+
+    def _resolve_tag(self, name: str, tag: str) -> ModelRecord:
+        with self._session() as session:
+            rows = (
+                session.scalars(
+                    select(_ModelVersionRow)
+                    .where(_ModelVersionRow.name == name)
+                    .order_by(_ModelVersionRow.version.desc())
+                ).all()
+                if session is not None
+                else []
+            )
+            if not rows:
+                raise self._unknown_name(session, name)
+        for row in rows:  # tags are few and a JSON list: filtered here, not in SQL
+            if tag in (row.tags or ()):
+                return self._record(row)
+        tagged = sorted({t for row in rows for t in (row.tags or ())})
+        raise ModelError(
+            f"no version of model '{name}' is tagged '{tag}'",
+            hint=(f"its tags: {', '.join(tagged)}" if tagged else f"'{name}' has no tags")
+            + f"; versions: {', '.join(str(r.version) for r in reversed(rows))}",
+        )
+
+    def tag(self, ref: str, tag: str) -> ModelRecord:
+        """Put `tag` on the version `ref` resolves to, taking it off every other version
+        of that name (a tag names one version at a time). Returns the updated record."""
+        validate_tag(tag)
+        record = self.resolve(ref)
+        with Session(self._get_engine(), expire_on_commit=False) as session, session.begin():
+            rows = session.scalars(
+                select(_ModelVersionRow).where(_ModelVersionRow.name == record.name)
+            ).all()
+            for row in rows:
+                tags = [t for t in (row.tags or ()) if t != tag]
+                if row.version == record.version:
+                    tags.append(tag)
+                if tags != list(row.tags or ()):
+                    row.tags = tags  # a new list: SQLAlchemy sees the JSON change
+        return self.resolve(f"{record.name}:{record.version}")
 
     def load(self, ref: str | Path) -> Package:
         """Read the package a reference points to. A path to a package directory (a Path,
