@@ -20,6 +20,7 @@ __all__ = [
     "ModelError",
     "TrainError",
     "__version__",
+    "compress",
     "evaluate",
     "init",
     "load",
@@ -43,8 +44,18 @@ def train(config: Any, overrides: list[str] | None = None, **kwargs: Any) -> Tra
 
 
 def run(config: Any, overrides: list[str] | None = None, **kwargs: Any) -> TrainResult:
-    """Run every stage the config describes (today: train → evaluate → register)."""
-    return train(config, overrides, **kwargs)
+    """Run every stage the config describes: train → evaluate → register, and compress
+    when the config has a `compress:` section."""
+    from foundry.pipeline import run as _run
+
+    return _run(config, overrides, **kwargs)
+
+
+def compress(ref: str, config: Any = None, **kwargs: Any) -> Any:
+    """Compressed variants of a registered model, each registered and measured."""
+    from foundry.compress import compress as _compress
+
+    return _compress(ref, config, **kwargs)
 
 
 def load(ref: Any) -> Predictor:

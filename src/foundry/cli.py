@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from foundry.errors import FoundryError
+from foundry.errors import ConfigError, FoundryError
 from foundry.serve.cli_admin import keys_app, usage_app
 from foundry.serve.cli_serve import serve as serve_command
 
@@ -100,8 +100,74 @@ def run_cmd(
     overrides: list[str] | None = typer.Argument(None, help="key.path=value overrides."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Run the whole pipeline a config describes (today: train → evaluate → register)."""
-    train(config, overrides, resume=False, run_dir=None, quiet=quiet, json_out=False)
+    """Run the whole pipeline a config describes: train → evaluate → register, then
+    compress when the config has a compress section."""
+    from foundry.pipeline import run
+
+    result = run(config, overrides or [], quiet=quiet)
+    _out(f"{result.model_ref}  run: {result.run_dir}")
+    if result.compression is not None:
+        c = result.compression
+        _out(f"compressed: {c.tagged or 'nothing tagged'}  report: {c.report_dir}")
+
+
+@app.command()
+def compress(
+    model: str = typer.Argument(..., help="Model reference: name, name:latest or name:VERSION."),
+    max_accuracy_drop: float | None = typer.Option(
+        None,
+        help="Tag the fastest variant within this quality drop (0.01 = 1 point) name:compressed.",
+    ),
+    methods: str | None = typer.Option(
+        None, help="Comma-separated: int8,onnx,onnx_int8,prune,distill,sparsity."
+    ),
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="Labelled file to measure on (default: the model's test split)."
+    ),
+    config: Path | None = typer.Option(
+        None, help="Take the compress section from this YAML (default: the model's own config)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
+    json_out: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """Build, register and measure compressed variants of MODEL; print the comparison."""
+    from dataclasses import asdict
+
+    from pydantic import ValidationError
+
+    from foundry.compress import compress as run_compress
+    from foundry.config.load import format_error, read_yaml
+    from foundry.config.schema import CompressConfig
+    from foundry.registry import Registry
+
+    if config is not None:
+        section = read_yaml(config).get("compress") or {}
+    else:
+        manifest = Registry().load(model).manifest
+        section = dict((manifest.get("config") or {}).get("compress") or {})
+    if max_accuracy_drop is not None:
+        section["max_accuracy_drop"] = max_accuracy_drop
+    if methods is not None:
+        section["methods"] = [m.strip() for m in methods.split(",") if m.strip()]
+    if data is not None:
+        section["data"] = str(data.resolve())
+    try:
+        settings = CompressConfig.model_validate(section)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(format_error({**err, "loc": ("compress", *err["loc"])})) from None
+    result = run_compress(model, settings, quiet=quiet or json_out)
+    if json_out:
+        _out(json.dumps({
+            "parent": result.parent,
+            "tagged": result.tagged,
+            "selection": result.selection,
+            "skipped": result.skipped,
+            "report_dir": str(result.report_dir),
+            "variants": [asdict(v) for v in result.variants],
+        }, default=str))
+        return
+    _out(f"report: {result.report_dir / 'compress.md'}")
 
 
 @app.command()

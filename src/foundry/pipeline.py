@@ -35,6 +35,8 @@ class TrainResult:
     best_epoch: int = 0
     seconds: float = 0.0
     package_path: Path | None = None
+    compression: Any = None
+    """`foundry run` with a `compress:` section: the `CompressResult`."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,8 @@ def train(
     manifest = build_manifest(
         cfg, resolved, preprocessor, n_outputs, splits, data_fingerprint, fitted
     )
+    # where relative data paths start: `foundry compress` reads the same splits again
+    manifest["data"]["base_dir"] = str(loaded.base_dir)
     record = Registry().register(
         cfg.name,
         weights=fitted.state_dict,
@@ -323,3 +327,23 @@ def model_card(cfg: FoundryConfig, manifest: dict[str, Any], metrics: dict[str, 
         if isinstance(value, float):
             lines.append(f"- {key}: {value:.4f}")
     return "\n".join(lines) + "\n"
+
+
+def run(
+    config: str | Path | dict[str, Any] | LoadedConfig,
+    overrides: list[str] | None = None,
+    **options: Any,
+) -> TrainResult:
+    """Every stage the config describes: train → evaluate → register, then compress when
+    the config has a `compress:` section (tabular, image and text models)."""
+    from dataclasses import replace
+
+    loaded = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
+    result = train(loaded, **options)
+    cfg = loaded.config
+    if "compress" in cfg.model_fields_set and not cfg.is_language_model:
+        from foundry.compress import compress
+
+        compressed = compress(result.model_ref, cfg.compress, quiet=options.get("quiet", False))
+        result = replace(result, compression=compressed)
+    return result

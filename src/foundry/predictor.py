@@ -26,7 +26,9 @@ PREDICT_CHUNK = 8192
 class Predictor:
     """`foundry.load("adult:latest")` returns one; `predict(df)` gives labels and probabilities."""
 
-    model: torch.nn.Module
+    model: Any
+    """The network: an `nn.Module` (fp32, or int8 Linear layers), or an `OnnxRunner`
+    for ONNX variants; both take the encoded inputs dict and return outputs [N, n_out]."""
     preprocessor: Preprocessor
     task: TaskInfo
     manifest: dict[str, Any]
@@ -35,7 +37,6 @@ class Predictor:
     @classmethod
     def from_package(cls, package: Package, ref: str | None = None) -> Predictor:
         from foundry.config.schema import FoundryConfig
-        from foundry.models import build_model
 
         manifest = package.manifest
         try:
@@ -48,14 +49,7 @@ class Predictor:
             raise ModelError(
                 f"{package.path}/foundry.json is not a foundry model manifest ({exc})"
             ) from None
-        model = build_model(config.model, schema, n_outputs)
-        try:
-            model.load_state_dict(package.weights)
-        except RuntimeError as exc:
-            raise ModelError(
-                f"{package.path}/model.safetensors does not fit the model: {exc}"
-            ) from None
-        model.eval()
+        model = load_network(package, config, schema, n_outputs)
         name = manifest.get("name", config.name)
         return cls(model, preprocessor, task, manifest, ref or f"{name}:{manifest.get('version')}")
 
@@ -106,10 +100,48 @@ class Predictor:
         return pd.DataFrame(frame, index=index)
 
 
+def load_network(package: Package, config: Any, schema: InputSchema, n_outputs: int) -> Any:
+    """The network a package holds, in eval mode: rebuilt from its config and loaded from
+    model.safetensors, with the structure its compression method gave it (int8 Linear
+    layers), or an ONNX Runtime session over its model.onnx."""
+    from foundry.models import build_model
+
+    method = (package.manifest.get("compression") or {}).get("method")
+    if method in ("onnx", "onnx_int8"):
+        from foundry.compress.onnx import OnnxRunner
+
+        onnx = package.manifest["compression"]
+        path = package.path / onnx.get("file", "model.onnx")
+        if not path.is_file():
+            raise ModelError(f"model package {package.path} is missing {path.name}")
+        return OnnxRunner(path, onnx["input_names"])
+    model = build_model(config.model, schema, n_outputs)
+    if method == "int8":
+        from foundry.compress.quantize import quantize_linears
+
+        quantize_linears(model)  # the int8 structure; the weights come next
+    try:
+        model.load_state_dict(package.weights)
+    except RuntimeError as exc:
+        raise ModelError(
+            f"{package.path}/model.safetensors does not fit the model: {exc}"
+        ) from None
+    return model.eval()
+
+
+def model_device(model: Any) -> torch.device:
+    """Where `model` computes: its first parameter's or buffer's device (an int8 model
+    may hold only buffers), else the CPU (ONNX Runtime takes CPU tensors)."""
+    if isinstance(model, torch.nn.Module):
+        for tensor in (*model.parameters(), *model.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
 @torch.inference_mode()
-def run_model(model: torch.nn.Module, encoded: dict[str, torch.Tensor], n: int) -> np.ndarray:
+def run_model(model: Any, encoded: dict[str, torch.Tensor], n: int) -> np.ndarray:
     """Forward `encoded` in chunks on the model's device; returns float32 numpy [n, n_out]."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     inputs = {k: v for k, v in encoded.items() if k != "target"}
     if n == 0:
         return np.zeros((0, 1), dtype=np.float32)

@@ -1,0 +1,607 @@
+"""The compress stage: a trained model → smaller, faster variants, each registered as a
+new version with its parent, measured side by side in one process.
+
+    result = compress("adult:3", CompressConfig(methods=["int8", "onnx"], max_accuracy_drop=0.01))
+
+Read top to bottom: load the parent and its data again, build each variant, register it,
+then time every network round-robin (so machine noise hits all alike) and score it on
+the same rows, print and save the table, and tag the fastest variant within the
+accuracy budget `name:compressed`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from foundry.config.schema import CompressConfig, FoundryConfig
+from foundry.console import Reporter
+from foundry.errors import ConfigError, ModelError
+from foundry.registry import Registry
+
+__all__ = ["CompressResult", "Variant", "compress"]
+
+BATCHES = (1, 64)
+"""Batch sizes every variant is timed at: one API request, and a batched one."""
+TAG = "compressed"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the comparison table."""
+
+    method: str
+    """`parent`, or the compress method that built it."""
+    ref: str
+    size_bytes: int
+    """The package on disk."""
+    parameters: int
+    """Numbers in the network (int8 and float alike)."""
+    latency_ms: dict[str, float]
+    """Median forward time per batch size ("1", "64"), milliseconds."""
+    throughput: float
+    """Rows per second at the largest batch size."""
+    metrics: dict[str, Any]
+    deltas: dict[str, float]
+    """metric - parent's metric, for every numeric metric."""
+    notes: str = ""
+
+
+@dataclass(frozen=True)
+class CompressResult:
+    parent: str
+    variants: list[Variant]
+    """The parent first, then one per method, in the order built."""
+    tagged: str | None
+    """The variant tagged `name:compressed`, or None (no budget, or none within it)."""
+    report_dir: Path
+    """compress.json and compress.md: the table."""
+    selection: str = ""
+    """Why the tagged variant was chosen, or why none was."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Methods that could not be applied to this model, and why."""
+
+
+@dataclass
+class _Built:
+    method: str
+    network: Any
+    weights: dict[str, torch.Tensor]
+    compression: dict[str, Any]
+    model_config: Any = None
+    files: dict[str, Path] = field(default_factory=dict)
+    training: dict[str, Any] | None = None
+    notes: str = ""
+
+
+def compress(
+    ref: str,
+    config: CompressConfig | None = None,
+    *,
+    registry: Registry | None = None,
+    out_dir: Path | None = None,
+    quiet: bool = False,
+) -> CompressResult:
+    """Build, register and measure the compressed variants of model `ref`.
+
+    `config`: the compress section (default: the one in the model's training config).
+    Raises ModelError for models that cannot be compressed (language models, variants
+    that are already int8 or ONNX) and ConfigError for settings that do not fit."""
+    from foundry.config.load import LoadedConfig
+    from foundry.lm.load import is_language_package
+    from foundry.pipeline import load_splits
+    from foundry.predictor import Predictor
+
+    say = Reporter(quiet=quiet)
+    registry = registry or Registry()
+    record = registry.resolve(ref)
+    package = registry.load(record.ref)
+    manifest = package.manifest
+    if is_language_package(manifest):
+        raise ModelError(
+            f"model {record.ref} is a language model: `foundry compress` handles the mlp, "
+            "cnn and text models foundry trains",
+            hint="serve language models as they are, or train a smaller GPT",
+        )
+    done = (manifest.get("compression") or {}).get("method")
+    if done in ("int8", "onnx", "onnx_int8"):
+        raise ModelError(
+            f"model {record.ref} is already a compressed variant ({done})",
+            hint=f"compress its parent {manifest.get('parent')} instead",
+        )
+    cfg = FoundryConfig.model_validate(manifest["config"])
+    config = config or cfg.compress
+    parent = Predictor.from_package(package, ref=record.ref)
+    started = time.perf_counter()
+
+    # ---- data: the model's own splits again (seeded), or the file the config names
+    base_dir = Path((manifest.get("data") or {}).get("base_dir") or Path.cwd())
+    loaded = LoadedConfig(cfg, base_dir)
+    splits, _ = load_splits(loaded, say)
+    if config.data is not None:
+        from foundry.data import read_table
+
+        data_path = loaded.resolve(config.data)  # relative: to the training config's folder
+        assert data_path is not None
+        eval_df, eval_name = read_table(data_path), str(config.data)
+    else:
+        eval_name = cfg.evaluate.split
+        eval_df = {"test": splits.test, "val": splits.val, "train": splits.train}[eval_name]
+        if len(eval_df) == 0:
+            eval_df, eval_name = (splits.val, "val") if len(splits.val) else (splits.train, "train")
+    preprocessor = parent.preprocessor
+    eval_enc = preprocessor.transform(eval_df, with_target=True)
+    say.info(f"compressing {record.ref}: measured on {eval_name} ({len(eval_df)} rows)")
+
+    stamp = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    out_dir = out_dir or (base_dir / cfg.output_dir / f"{cfg.name}-compress-{stamp}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- build and register each variant
+    builders: dict[str, Callable[[], _Built]] = {
+        "int8": lambda: _int8(parent),
+        "onnx": lambda: _onnx(parent, eval_enc, out_dir, quantized=False),
+        "onnx_int8": lambda: _onnx(parent, eval_enc, out_dir, quantized=True),
+        "prune": lambda: _prune(parent, cfg, config, splits, out_dir, say),
+        "distill": lambda: _distill(parent, cfg, config, splits, out_dir, registry, say),
+        "sparsity": lambda: _sparsity(parent, config),
+    }
+    built: list[tuple[_Built, str]] = []
+    skipped: dict[str, str] = {}
+    for method in config.methods:
+        say.info(f"building {method} ...")
+        try:
+            variant = builders[method]()
+        except _NotApplicable as exc:
+            skipped[method] = str(exc)
+            say.warn(f"{method}: {exc}")
+            continue
+        ref_of_variant = _register(registry, record.ref, manifest, package, variant, cfg)
+        built.append((variant, ref_of_variant))
+        say.info(f"registered {ref_of_variant} ({method})")
+
+    # ---- measure everything in this process: metrics, then round-robin timings
+    from foundry.evaluation.metrics import compute_metrics
+    from foundry.predictor import run_model
+
+    networks = [("parent", parent.model, record.ref)] + [
+        (b.method, b.network, r) for b, r in built
+    ]
+    y = eval_enc["target"].numpy()
+    scored = {
+        method: compute_metrics(parent.task, y, run_model(net, eval_enc, len(eval_df)))
+        for method, net, _ in networks
+    }
+    timings = _time_round_robin([net for _, net, _ in networks], eval_enc, config.repeats)
+    parent_metrics = scored["parent"]
+    variants = []
+    for (method, net, vref), latency in zip(networks, timings, strict=True):
+        metrics = scored[method]
+        variants.append(
+            Variant(
+                method=method,
+                ref=vref,
+                size_bytes=registry.resolve(vref).size_bytes,
+                parameters=_parameters(net),
+                latency_ms=latency,
+                throughput=round(BATCHES[-1] / latency[str(BATCHES[-1])] * 1000, 1),
+                metrics=metrics,
+                deltas=_deltas(metrics, parent_metrics),
+                notes=next((b.notes for b, r in built if r == vref), ""),
+            )
+        )
+
+    # ---- choose: the fastest variant within the accuracy budget, if any
+    tagged, why = _select(variants, config.max_accuracy_drop, parent.task.is_classification)
+    if tagged is not None:
+        registry.tag(tagged, TAG)
+        why += f"; tagged {cfg.name}:{TAG} → {tagged}"
+    say.info(why)
+
+    result = CompressResult(
+        parent=record.ref,
+        variants=variants,
+        tagged=tagged,
+        report_dir=out_dir,
+        selection=why,
+        skipped=skipped,
+    )
+    _write_report(result, out_dir, eval_name, time.perf_counter() - started)
+    if not quiet:
+        say.console.print(comparison_table(result))
+    return result
+
+
+class _NotApplicable(Exception):
+    """A method that does not apply to this model (a note in the report, not a failure)."""
+
+
+# ----------------------------------------------------------------------- builders
+
+
+def _int8(parent: Any) -> _Built:
+    import copy
+
+    from foundry.compress.quantize import quantize_linears
+
+    model = copy.deepcopy(parent.model).cpu()
+    count = quantize_linears(model)
+    if count == 0:
+        raise _NotApplicable("the model has no Linear layers to quantize")
+    model.eval()
+    return _Built(
+        "int8",
+        model,
+        model.state_dict(),
+        {"method": "int8", "linear_layers": count, "scheme": "per-channel int8 weights, "
+         "per-row dynamic int8 activations"},
+    )
+
+
+def _onnx(
+    parent: Any, eval_enc: dict[str, torch.Tensor], out_dir: Path, *, quantized: bool
+) -> _Built:
+    from foundry.compress.onnx import OnnxRunner, export_onnx, quantize_onnx
+
+    example = {k: v[:BATCHES[-1]] for k, v in eval_enc.items() if k != "target"}
+    fp32 = out_dir / "model.onnx"
+    if not fp32.is_file():  # onnx and onnx_int8 share one export
+        exported = export_onnx(parent.model.cpu().eval(), example, fp32)
+        info = {
+            "input_names": exported.input_names,
+            "max_abs_diff": exported.max_abs_diff,
+            "opset": exported.opset,
+        }
+        (out_dir / "model.onnx.json").write_text(json.dumps(info))
+    info = json.loads((out_dir / "model.onnx.json").read_text())
+    path = fp32
+    if quantized:
+        path = quantize_onnx(fp32, out_dir / "model.int8.onnx")
+    runner = OnnxRunner(path, info["input_names"])
+    method = "onnx_int8" if quantized else "onnx"
+    return _Built(
+        method,
+        runner,
+        {},
+        {
+            "method": method,
+            "file": "model.onnx",
+            "input_names": info["input_names"],
+            "opset": info["opset"],
+            "export_max_abs_diff": info["max_abs_diff"],
+        },
+        files={"model.onnx": path},
+    )
+
+
+def _finetune_config(cfg: FoundryConfig, epochs: int, lr: float | None) -> Any:
+    train = cfg.train
+    optimizer = train.optimizer.model_copy(update={"lr": lr or train.optimizer.lr / 10})
+    return train.model_copy(update={"epochs": epochs, "optimizer": optimizer})
+
+
+def _prune(
+    parent: Any,
+    cfg: FoundryConfig,
+    config: CompressConfig,
+    splits: Any,
+    out_dir: Path,
+    say: Reporter,
+) -> _Built:
+    import copy
+
+    from foundry.compress.prune import prune_model
+    from foundry.evaluation.metrics import compute_metrics
+    from foundry.training import fit
+
+    if cfg.model.type not in ("mlp", "cnn"):
+        raise _NotApplicable(
+            f"structured pruning handles mlp and cnn models, not {cfg.model.type}"
+        )
+    amount = config.prune.amount
+    new_config, model = prune_model(
+        copy.deepcopy(parent.model).cpu(),
+        cfg.model,
+        amount,
+        schema=parent.preprocessor.schema,
+        n_outputs=int(parent.manifest["n_outputs"]),
+    )
+    training = None
+    if config.prune.finetune_epochs:
+        pre = parent.preprocessor
+        train_enc = pre.transform(pre.prepare(splits.train))
+        val_enc = pre.transform(splits.val) if len(splits.val) else None
+        train_cfg = _finetune_config(cfg, config.prune.finetune_epochs, config.prune.finetune_lr)
+        fitted = fit(
+            model,
+            train_enc,
+            val_enc,
+            train_cfg,
+            parent.task,
+            out_dir / "prune",
+            n_outputs=int(parent.manifest["n_outputs"]),
+            progress=False,
+            metric_fn=lambda y, out: compute_metrics(parent.task, y, out),
+            log=say.info if not say.quiet else None,
+        )
+        training = {"epochs_run": fitted.epochs_run, "best_epoch": fitted.best_epoch,
+                    "train": train_cfg.model_dump(mode="json")}
+    model.eval()
+    return _Built(
+        "prune",
+        model,
+        model.state_dict(),
+        {"method": "prune", "amount": amount,
+         "finetune_epochs": config.prune.finetune_epochs},
+        model_config=new_config,
+        training=training,
+    )
+
+
+def _distill(
+    parent: Any,
+    cfg: FoundryConfig,
+    config: CompressConfig,
+    splits: Any,
+    out_dir: Path,
+    registry: Registry,
+    say: Reporter,
+) -> _Built:
+    from foundry.compress.distill import build_student, distill
+    from foundry.predictor import Predictor
+
+    spec = config.distill
+    teacher = parent
+    if spec.teacher is not None:
+        teacher_record = registry.resolve(spec.teacher)
+        teacher = Predictor.from_package(registry.load(teacher_record.ref), ref=teacher_record.ref)
+        same = teacher.task.to_dict() == parent.task.to_dict()
+        if not same or teacher.input_columns != parent.input_columns:
+            raise ConfigError(
+                f"compress.distill.teacher {teacher.ref} predicts another target or reads "
+                f"other columns than {parent.ref}: a teacher must share the task and inputs"
+            )
+    torch.manual_seed(cfg.train.seed)
+    student = build_student(spec.student, teacher)
+    pre = teacher.preprocessor
+    train_enc = pre.transform(pre.prepare(splits.train))
+    val_enc = pre.transform(splits.val) if len(splits.val) else None
+    train_cfg = cfg.train.model_copy(update={"epochs": spec.epochs or cfg.train.epochs})
+    fitted = distill(
+        teacher.model.cpu().eval(),
+        student,
+        train_enc,
+        val_enc,
+        train_cfg,
+        teacher.task,
+        out_dir / "distill",
+        n_outputs=int(teacher.manifest["n_outputs"]),
+        alpha=spec.alpha,
+        temperature=spec.temperature,
+        progress=False,
+        log=say.info if not say.quiet else None,
+    )
+    student.eval()
+    return _Built(
+        "distill",
+        student,
+        student.state_dict(),
+        {"method": "distill", "teacher": teacher.ref, "alpha": spec.alpha,
+         "temperature": spec.temperature},
+        model_config=spec.student,
+        training={"epochs_run": fitted.epochs_run, "best_epoch": fitted.best_epoch,
+                  "train": train_cfg.model_dump(mode="json")},
+    )
+
+
+def _sparsity(parent: Any, config: CompressConfig) -> _Built:
+    import copy
+
+    from foundry.compress.prune import magnitude_prune
+
+    model = copy.deepcopy(parent.model).cpu().eval()
+    report = magnitude_prune(model, config.prune.amount)
+    return _Built(
+        "sparsity",
+        model,
+        model.state_dict(),
+        {"method": "sparsity", **report},
+        notes=f"{report['sparsity']:.0%} of weights zero; dense kernels run no faster",
+    )
+
+
+# ------------------------------------------------------------------- registering
+
+
+def _register(
+    registry: Registry,
+    parent_ref: str,
+    manifest: dict[str, Any],
+    package: Any,
+    variant: _Built,
+    cfg: FoundryConfig,
+) -> str:
+    new_manifest = {
+        k: v for k, v in manifest.items() if k not in ("name", "version", "parent", "created_at")
+    }
+    new_manifest["compression"] = {**variant.compression, "parent": parent_ref}
+    new_manifest["created_at"] = datetime.now(timezone.utc).isoformat()
+    if variant.model_config is not None:
+        new_cfg = cfg.model_copy(update={"model": variant.model_config})
+        new_manifest["config"] = new_cfg.model_dump(mode="json")
+    if variant.training is not None:
+        new_manifest["training"] = variant.training
+    card = (
+        package.card.rstrip()
+        + f"\n\n## Compression\n\n{variant.method} variant of {parent_ref}: "
+        + ", ".join(f"{k}={v}" for k, v in variant.compression.items() if k != "input_names")
+        + "\n"
+    )
+    record = registry.register(
+        cfg.name,
+        weights={k: v.detach().cpu().contiguous() for k, v in variant.weights.items()},
+        manifest=new_manifest,
+        metrics={},
+        card=card,
+        parent=parent_ref,
+        tags=[variant.method],
+        description=f"{variant.method} variant of {parent_ref}",
+        files=variant.files or None,
+    )
+    return record.ref
+
+
+# ------------------------------------------------------------------- measuring
+
+
+def _time_round_robin(
+    networks: list[Any], encoded: dict[str, torch.Tensor], repeats: int
+) -> list[dict[str, float]]:
+    """Median milliseconds per forward at each of BATCHES, every network timed in turn
+    within each repeat: load on the shared machine slows all of them alike."""
+    from foundry.predictor import run_model
+
+    inputs = {k: v for k, v in encoded.items() if k != "target"}
+    n = len(next(iter(inputs.values())))
+    batches = {}
+    for size in BATCHES:
+        index = torch.arange(size) % n  # fewer rows than the batch: repeat them
+        batches[size] = {k: v[index] for k, v in inputs.items()}
+    samples: list[dict[int, list[float]]] = [{b: [] for b in BATCHES} for _ in networks]
+    for net in networks:  # warm-up: first calls allocate and pick kernels
+        for size, batch in batches.items():
+            for _ in range(3):
+                run_model(net, batch, size)
+    for _ in range(repeats):
+        for i, net in enumerate(networks):
+            for size, batch in batches.items():
+                start = time.perf_counter()
+                run_model(net, batch, size)
+                samples[i][size].append((time.perf_counter() - start) * 1000)
+    return [{str(b): round(statistics.median(s[b]), 4) for b in BATCHES} for s in samples]
+
+
+def _parameters(network: Any) -> int:
+    if isinstance(network, torch.nn.Module):
+        tensors = {id(t): t for t in (*network.parameters(), *network.buffers())}
+        return int(sum(t.numel() for t in tensors.values() if t.dtype != torch.bool))
+    return int(network.num_parameters())
+
+
+def _deltas(metrics: dict[str, Any], parent: dict[str, Any]) -> dict[str, float]:
+    return {
+        k: round(float(v) - float(parent[k]), 6)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and isinstance(parent.get(k), (int, float))
+        and np.isfinite(v)
+    }
+
+
+def _select(
+    variants: list[Variant], budget: float | None, classification: bool
+) -> tuple[str | None, str]:
+    """The fastest variant whose quality drop is within `budget`. Speed is the geometric
+    mean of its latency ratios to the parent at batch 1 and 64; it must be below 1."""
+    if budget is None:
+        return None, "no max_accuracy_drop given: nothing tagged"
+    key = "accuracy" if classification else "r2"
+    parent = variants[0]
+    candidates = []
+    for v in variants[1:]:
+        if v.method == "sparsity" or key not in v.metrics or v.metrics[key] is None:
+            continue
+        drop = float(parent.metrics[key]) - float(v.metrics[key])
+        ratios = [v.latency_ms[b] / parent.latency_ms[b] for b in parent.latency_ms]
+        speed = float(np.prod(ratios) ** (1 / len(ratios)))
+        if drop <= budget + 1e-9 and speed < 1:
+            candidates.append((speed, v))
+    if not candidates:
+        return None, (
+            f"no variant is faster than the parent within a {key} drop of {budget}: "
+            "nothing tagged"
+        )
+    speed, best = min(candidates, key=lambda c: c[0])
+    return best.ref, (
+        f"fastest within a {key} drop of {budget}: {best.method} ({best.ref}), "
+        f"{1 / speed:.2f}x the parent's speed, {key} {best.deltas.get(key, 0):+.4f}"
+    )
+
+
+# ------------------------------------------------------------------- reporting
+
+
+def comparison_table(result: CompressResult) -> Any:
+    from rich.table import Table
+
+    metric_names = [
+        k
+        for k in result.variants[0].metrics
+        if isinstance(result.variants[0].metrics[k], (int, float))
+        and not isinstance(result.variants[0].metrics[k], bool)
+    ][:4]
+    table = Table(title=f"compress {result.parent}")
+    for column in ("variant", "ref", "size", "params", "p50 b=1 ms", "p50 b=64 ms", "rows/s"):
+        table.add_column(column, justify="left" if column in ("variant", "ref") else "right")
+    for name in metric_names:
+        table.add_column(name, justify="right")
+    for v in result.variants:
+        mark = " *" if v.ref == result.tagged else ""
+        cells = [
+            v.method + mark,
+            v.ref,
+            _size(v.size_bytes),
+            f"{v.parameters:,}",
+            f"{v.latency_ms['1']:.3f}",
+            f"{v.latency_ms['64']:.3f}",
+            f"{v.throughput:,.0f}",
+        ]
+        for name in metric_names:
+            value = v.metrics.get(name)
+            delta = v.deltas.get(name)
+            text = "n/a" if value is None else f"{value:.4f}"
+            if v.method != "parent" and delta is not None:
+                text += f" ({delta:+.4f})"
+            cells.append(text)
+        table.add_row(*cells)
+    return table
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _write_report(result: CompressResult, out_dir: Path, data: str, seconds: float) -> None:
+    payload = {
+        "parent": result.parent,
+        "tagged": result.tagged,
+        "selection": result.selection,
+        "skipped": result.skipped,
+        "data": data,
+        "seconds": round(seconds, 3),
+        "batch_sizes": list(BATCHES),
+        "variants": [asdict(v) for v in result.variants],
+    }
+    (out_dir / "compress.json").write_text(json.dumps(payload, indent=2, default=str))
+    from rich.console import Console
+
+    with tempfile.TemporaryFile("w+") as buffer:
+        Console(file=buffer, width=200, no_color=True).print(comparison_table(result))
+        buffer.seek(0)
+        table = buffer.read()
+    (out_dir / "compress.md").write_text(
+        f"# compress {result.parent}\n\nmeasured on {data}, one process, round-robin "
+        f"timings\n\n```\n{table}```\n\n{result.selection}\n"
+    )
+
