@@ -219,6 +219,7 @@ def compress(
     _write_report(result, out_dir, eval_name, time.perf_counter() - started)
     if not quiet:
         say.console.print(comparison_table(result))
+        say.info(f"table and every metric: {out_dir / 'compress.md'}, compress.json")
     return result
 
 
@@ -542,24 +543,21 @@ def _select(
 # ------------------------------------------------------------------- reporting
 
 
-def comparison_table(result: CompressResult) -> Any:
+def comparison_table(result: CompressResult, *, metrics: int = 2) -> Any:
+    """The table as printed: size, parameters, latency, throughput and the first
+    `metrics` metrics with their change from the parent (compress.json has them all)."""
     from rich.table import Table
 
-    metric_names = [
-        k
-        for k in result.variants[0].metrics
-        if isinstance(result.variants[0].metrics[k], (int, float))
-        and not isinstance(result.variants[0].metrics[k], bool)
-    ][:4]
-    table = Table(title=f"compress {result.parent}")
-    for column in ("variant", "ref", "size", "params", "p50 b=1 ms", "p50 b=64 ms", "rows/s"):
+    first = result.variants[0].metrics
+    names = [
+        k for k, v in first.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ][:metrics]
+    table = Table(title=f"compress {result.parent}  (* = tagged {TAG})")
+    for column in ("variant", "ref", "size", "params", "b=1 ms", "b=64 ms", "rows/s", *names):
         table.add_column(column, justify="left" if column in ("variant", "ref") else "right")
-    for name in metric_names:
-        table.add_column(name, justify="right")
     for v in result.variants:
-        mark = " *" if v.ref == result.tagged else ""
         cells = [
-            v.method + mark,
+            v.method + (" *" if v.ref == result.tagged else ""),
             v.ref,
             _size(v.size_bytes),
             f"{v.parameters:,}",
@@ -567,9 +565,8 @@ def comparison_table(result: CompressResult) -> Any:
             f"{v.latency_ms['64']:.3f}",
             f"{v.throughput:,.0f}",
         ]
-        for name in metric_names:
-            value = v.metrics.get(name)
-            delta = v.deltas.get(name)
+        for name in names:
+            value, delta = v.metrics.get(name), v.deltas.get(name)
             text = "n/a" if value is None else f"{value:.4f}"
             if v.method != "parent" and delta is not None:
                 text += f" ({delta:+.4f})"
@@ -597,7 +594,9 @@ def _write_report(result: CompressResult, out_dir: Path, data: str, seconds: flo
     from rich.console import Console
 
     with tempfile.TemporaryFile("w+") as buffer:
-        Console(file=buffer, width=200, no_color=True).print(comparison_table(result))
+        Console(file=buffer, width=200, no_color=True).print(
+            comparison_table(result, metrics=6)
+        )
         buffer.seek(0)
         table = buffer.read()
     (out_dir / "compress.md").write_text(
