@@ -52,7 +52,12 @@ from foundry.training.runtime import (
     torch_settings,
 )
 
-__all__ = ["evaluate_tokens", "exp_loss", "fit_lm", "next_token_loss", "perplexity"]
+__all__ = ["TokenLossFn", "evaluate_tokens", "exp_loss", "fit_lm", "next_token_loss", "perplexity"]
+
+TokenLossFn = Callable[[Any, Tensor, Tensor], Tensor]
+"""`loss_fn(output, input_ids [B, L], labels [B, L]) -> scalar`: the loss SUMMED over the
+batch's target tokens (labels != IGNORE), as `next_token_loss(output, labels, "sum")`;
+`output` is the model's (logits [B, L, V] or an object with `.logits`)."""
 
 
 def fit_lm(
@@ -66,6 +71,7 @@ def fit_lm(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    loss_fn: TokenLossFn | None = None,
 ) -> FitResult:
     """Train `model` on `train` token rows, validating on `val` (may be None or empty).
 
@@ -75,6 +81,10 @@ def fit_lm(
     `config.early_stopping.metric` (val_loss by default), or `train_loss` without
     validation data. The caller seeds and builds the model; it ends with the best
     epoch's weights. Raises TrainError when the loss diverges or there is no data.
+
+    `loss_fn` replaces the next-token cross-entropy for training only (distillation from
+    a teacher); `train_loss` is then its mean per target token, while `val_loss` and
+    `val_perplexity` stay the cross-entropy on the true next tokens.
     """
     with torch_settings(config):
         return _fit_lm(
@@ -87,6 +97,7 @@ def fit_lm(
             progress=progress,
             log=log,
             on_epoch_end=on_epoch_end,
+            loss_fn=loss_fn,
         )
 
 
@@ -101,6 +112,7 @@ def _fit_lm(
     progress: bool,
     log: Callable[[str], None] | None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None,
+    loss_fn: TokenLossFn | None,
 ) -> FitResult:
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +205,11 @@ def _fit_lm(
                 idx = perm[b * batch_size : (b + 1) * batch_size]
                 batch_labels = labels[idx]
                 with autocast():
-                    batch_sum = next_token_loss(model(input_ids[idx]), batch_labels, "sum")
+                    if loss_fn is None:
+                        batch_sum = next_token_loss(model(input_ids[idx]), batch_labels, "sum")
+                    else:
+                        batch_ids = input_ids[idx]
+                        batch_sum = loss_fn(model(batch_ids), batch_ids, batch_labels)
                 scaler.scale(batch_sum / group_tokens).backward()  # no-op scaler unless fp16
                 if b + 1 == group_end:
                     if config.grad_clip is not None:

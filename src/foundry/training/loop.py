@@ -47,7 +47,7 @@ from foundry.training.runtime import (
     torch_settings,
 )
 
-__all__ = ["AugmentFn", "FitResult", "MetricFn", "fit"]
+__all__ = ["AugmentFn", "BatchLossFn", "FitResult", "MetricFn", "fit"]
 
 Encoded = dict[str, Tensor]
 AugmentFn = Callable[[Encoded, torch.Generator], Encoded]
@@ -57,6 +57,10 @@ MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, Any]]
 """`metric_fn(y_true [N], outputs [N, n_outputs]) -> {name: value}` on the validation
 split. `y_true` is the Encoded "target" (class index, or the standardised number) and
 `outputs` the raw model outputs."""
+BatchLossFn = Callable[[Tensor, Encoded], Tensor]
+"""`loss_fn(outputs [batch, n_outputs], batch) -> scalar` replaces the training loss.
+`batch` holds the batch's rows of every tensor in `train` ("target" and any extra
+per-row tensor, e.g. a teacher's outputs), inputs after augmentation."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ def fit(
     metric_fn: MetricFn | None = None,
     log: Callable[[str], None] | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    loss_fn: BatchLossFn | None = None,
 ) -> FitResult:
     """Train `model` on `train` (an Encoded dict with "target"), validating on `val`.
 
@@ -106,6 +111,12 @@ def fit(
     classification, `val_rmse` (original units) for regression. `log` receives the
     per-epoch lines instead of the console; `progress=False` prints nothing.
     `on_epoch_end(record)` is called after each epoch's checkpoint is written.
+
+    `loss_fn(outputs, batch)` replaces the `config.loss` loss for training only (knowledge
+    distillation): `train` may then carry extra per-row tensors, which are sliced into
+    each batch with the rest and passed to the model too (models read only their own
+    keys). `train_loss` is then that loss; `val_loss` and the validation metrics stay
+    `config.loss` and the metrics on the true labels.
 
     The caller seeds and builds the model; the model's weights end as the best epoch's.
     Raises `TrainError` when the loss diverges, the device or precision is unavailable,
@@ -126,6 +137,7 @@ def fit(
             metric_fn=metric_fn,
             log=log,
             on_epoch_end=on_epoch_end,
+            loss_fn=loss_fn,
         )
 
 
@@ -144,6 +156,7 @@ def _fit(
     metric_fn: MetricFn | None,
     log: Callable[[str], None] | None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None,
+    loss_fn: BatchLossFn | None,
 ) -> FitResult:
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +184,7 @@ def _fit(
 
     # ---- what is optimised, and how
     autocast, scaler = precision_context(config.precision, device)
-    loss_fn = build_loss(config.loss, task, n_outputs)
+    task_loss = build_loss(config.loss, task, n_outputs)  # and validation's loss
     optimizer = build_optimizer(model.parameters(), config.optimizer)
     scheduler = build_scheduler(optimizer, config.scheduler, n_steps, total_steps)
     es = config.early_stopping
@@ -232,7 +245,10 @@ def _fit(
 
                 with autocast():
                     outputs = model(inputs)  # [batch, n_outputs]
-                    loss = loss_fn(outputs, target)
+                    if loss_fn is None:
+                        loss = task_loss(outputs, target)
+                    else:
+                        loss = loss_fn(outputs, {**inputs, "target": target})
                 group_start = b - b % accum  # first batch of this optimizer step
                 if b == group_start:
                     optimizer.zero_grad(set_to_none=True)
@@ -266,8 +282,8 @@ def _fit(
                     _validate(
                         model,
                         val,
-                        input_keys,
-                        loss_fn,
+                        [k for k in input_keys if k in val],  # extras are train-only
+                        task_loss,
                         autocast,
                         batch_size=4 * batch_size,  # no_grad keeps no activations
                         task=task,
