@@ -142,7 +142,7 @@ def test_selection_takes_the_fastest_variant_within_the_budget():
                        {"accuracy": accuracy}, {"accuracy": accuracy - 0.90})
 
     parent = v("parent", 0.90, 1.0, 10.0)
-    rows = [parent, v("int8", 0.885, 0.8, 3.0), v("onnx", 0.90, 0.5, 6.0),
+    rows = [parent, v("int8", 0.895, 0.8, 3.0), v("onnx", 0.90, 0.5, 6.0),
             v("distill", 0.80, 0.1, 1.0), v("sparsity", 0.90, 0.01, 0.01)]
     tagged, why = _select(rows, 0.01, classification=True)
     assert tagged == "m:int8"  # sqrt(0.8 * 0.3) < sqrt(0.5 * 0.6); distill is over budget
