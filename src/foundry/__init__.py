@@ -53,7 +53,7 @@ def run(config: Any, overrides: list[str] | None = None, **kwargs: Any) -> Train
 
 def compress(ref: str, config: Any = None, **kwargs: Any) -> Any:
     """Compressed variants of a registered model, each registered and measured."""
-    from foundry.compress import compress as _compress
+    from foundry.compression import compress as _compress
 
     return _compress(ref, config, **kwargs)
 

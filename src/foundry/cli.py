@@ -135,7 +135,7 @@ def compress(
 
     from pydantic import ValidationError
 
-    from foundry.compress import compress as run_compress
+    from foundry.compression import compress as run_compress
     from foundry.config.load import format_error, read_yaml
     from foundry.config.schema import CompressConfig
     from foundry.registry import Registry

@@ -342,7 +342,7 @@ def run(
     result = train(loaded, **options)
     cfg = loaded.config
     if "compress" in cfg.model_fields_set and not cfg.is_language_model:
-        from foundry.compress import compress
+        from foundry.compression import compress
 
         compressed = compress(result.model_ref, cfg.compress, quiet=options.get("quiet", False))
         result = replace(result, compression=compressed)

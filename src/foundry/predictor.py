@@ -108,7 +108,7 @@ def load_network(package: Package, config: Any, schema: InputSchema, n_outputs: 
 
     method = (package.manifest.get("compression") or {}).get("method")
     if method in ("onnx", "onnx_int8"):
-        from foundry.compress.onnx import OnnxRunner
+        from foundry.compression.onnx import OnnxRunner
 
         onnx = package.manifest["compression"]
         path = package.path / onnx.get("file", "model.onnx")
@@ -117,7 +117,7 @@ def load_network(package: Package, config: Any, schema: InputSchema, n_outputs: 
         return OnnxRunner(path, onnx["input_names"])
     model = build_model(config.model, schema, n_outputs)
     if method == "int8":
-        from foundry.compress.quantize import quantize_linears
+        from foundry.compression.quantize import quantize_linears
 
         quantize_linears(model)  # the int8 structure; the weights come next
     try:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from foundry.compress.quantize import Int8Linear
+from foundry.compression.quantize import Int8Linear
 from foundry.data.schema import InputSchema
 from foundry.errors import ModelError
 from foundry.models import CNN, MLP, build_model

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 import foundry
 from foundry.cli import app
-from foundry.compress.stage import Variant, _select, compress
+from foundry.compression.stage import Variant, _select
 from foundry.config.schema import CompressConfig
 from foundry.errors import ConfigError, ModelError
 from foundry.registry import Registry
@@ -62,7 +62,7 @@ def test_every_variant_is_registered_loads_predicts_and_is_measured(trained):
         distill={"student": {"type": "mlp", "layers": [32], "dropout": 0.0}, "epochs": 25},
         data=str(tmp_path / "heldout.csv"),
     )
-    result = compress(run.model_ref, config, quiet=True, out_dir=tmp_path / "c")
+    result = foundry.compress(run.model_ref, config, quiet=True, out_dir=tmp_path / "c")
     registry = Registry()
 
     methods = [v.method for v in result.variants]
@@ -157,21 +157,21 @@ def test_selection_takes_the_fastest_variant_within_the_budget():
 def test_bad_requests_are_clear_errors(trained, tmp_path):
     run, data_dir = trained
     with pytest.raises(ModelError, match="no model named 'nope'"):
-        compress("nope:1", CompressConfig(methods=["int8"]), quiet=True)
+        foundry.compress("nope:1", CompressConfig(methods=["int8"]), quiet=True)
     missing_teacher = CompressConfig(
         methods=["distill"], distill={"student": {"type": "mlp", "layers": [8]},
                                       "teacher": "no-such-teacher"}
     )
     with pytest.raises(ModelError, match="no-such-teacher"):
-        compress(run.model_ref, missing_teacher, quiet=True, out_dir=tmp_path / "t")
+        foundry.compress(run.model_ref, missing_teacher, quiet=True, out_dir=tmp_path / "t")
     with pytest.raises(ValueError, match="compress.distill.student is required"):
         CompressConfig(methods=["distill"])
-    result = compress(
+    result = foundry.compress(
         run.model_ref, CompressConfig(methods=["int8"], repeats=3), quiet=True,
         out_dir=tmp_path / "i",
     )
     with pytest.raises(ModelError, match="already a compressed variant"):
-        compress(result.variants[1].ref, CompressConfig(methods=["int8"]), quiet=True)
+        foundry.compress(result.variants[1].ref, CompressConfig(methods=["int8"]), quiet=True)
     refused = CliRunner().invoke(app, ["compress", run.model_ref, "--methods", "zip"])
     assert isinstance(refused.exception, ConfigError) and "compress.methods" in str(
         refused.exception
@@ -193,4 +193,4 @@ def test_a_language_model_cannot_be_compressed(tmp_path):
         quiet=True,
     )
     with pytest.raises(ModelError, match="is a language model"):
-        compress("tinyg", CompressConfig(methods=["int8"]), quiet=True)
+        foundry.compress("tinyg", CompressConfig(methods=["int8"]), quiet=True)

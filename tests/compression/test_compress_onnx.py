@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 import foundry
-from foundry.compress.onnx import OnnxExport, OnnxRunner, export_onnx, quantize_onnx
+from foundry.compression.onnx import OnnxExport, OnnxRunner, export_onnx, quantize_onnx
 from foundry.data.load import read_table
 from foundry.errors import ModelError
 from foundry.predictor import Predictor

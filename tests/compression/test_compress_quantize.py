@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import foundry
-from foundry.compress.quantize import Int8Linear, int8_size_report, quantize_linears
+from foundry.compression.quantize import Int8Linear, int8_size_report, quantize_linears
 from foundry.config.schema import (
     CNNConfig,
     ConvBlock,

@@ -127,7 +127,10 @@ def compress(
     # ---- data: the model's own splits again (seeded), or the file the config names
     base_dir = Path((manifest.get("data") or {}).get("base_dir") or Path.cwd())
     loaded = LoadedConfig(cfg, base_dir)
-    splits, _ = load_splits(loaded, say)
+    splits, resolved = load_splits(loaded, say)
+    from foundry.pipeline import image_augmenter
+
+    augment = image_augmenter(cfg, resolved)  # prune's fine-tune and distill train as training did
     if config.data is not None:
         from foundry.data import read_table
 
@@ -152,8 +155,8 @@ def compress(
         "int8": lambda: _int8(parent),
         "onnx": lambda: _onnx(parent, eval_enc, out_dir, quantized=False),
         "onnx_int8": lambda: _onnx(parent, eval_enc, out_dir, quantized=True),
-        "prune": lambda: _prune(parent, cfg, config, splits, out_dir, say),
-        "distill": lambda: _distill(parent, cfg, config, splits, out_dir, registry, say),
+        "prune": lambda: _prune(parent, cfg, config, splits, out_dir, say, augment),
+        "distill": lambda: _distill(parent, cfg, config, splits, out_dir, registry, say, augment),
         "sparsity": lambda: _sparsity(parent, config),
     }
     built: list[tuple[_Built, str]] = []
@@ -233,7 +236,7 @@ class _NotApplicable(Exception):
 def _int8(parent: Any) -> _Built:
     import copy
 
-    from foundry.compress.quantize import quantize_linears
+    from foundry.compression.quantize import quantize_linears
 
     model = copy.deepcopy(parent.model).cpu()
     count = quantize_linears(model)
@@ -252,7 +255,7 @@ def _int8(parent: Any) -> _Built:
 def _onnx(
     parent: Any, eval_enc: dict[str, torch.Tensor], out_dir: Path, *, quantized: bool
 ) -> _Built:
-    from foundry.compress.onnx import OnnxRunner, export_onnx, quantize_onnx
+    from foundry.compression.onnx import OnnxRunner, export_onnx, quantize_onnx
 
     example = {k: v[:BATCHES[-1]] for k, v in eval_enc.items() if k != "target"}
     fp32 = out_dir / "model.onnx"
@@ -298,10 +301,11 @@ def _prune(
     splits: Any,
     out_dir: Path,
     say: Reporter,
+    augment: Any = None,
 ) -> _Built:
     import copy
 
-    from foundry.compress.prune import prune_model
+    from foundry.compression.prune import prune_model
     from foundry.evaluation.metrics import compute_metrics
     from foundry.training import fit
 
@@ -332,6 +336,7 @@ def _prune(
             out_dir / "prune",
             n_outputs=int(parent.manifest["n_outputs"]),
             progress=False,
+            augment=augment,
             metric_fn=lambda y, out: compute_metrics(parent.task, y, out),
             log=say.info if not say.quiet else None,
         )
@@ -357,8 +362,9 @@ def _distill(
     out_dir: Path,
     registry: Registry,
     say: Reporter,
+    augment: Any = None,
 ) -> _Built:
-    from foundry.compress.distill import build_student, distill
+    from foundry.compression.distill import build_student, distill
     from foundry.predictor import Predictor
 
     spec = config.distill
@@ -391,6 +397,7 @@ def _distill(
         temperature=spec.temperature,
         progress=False,
         log=say.info if not say.quiet else None,
+        augment=augment,
     )
     student.eval()
     return _Built(
@@ -408,7 +415,7 @@ def _distill(
 def _sparsity(parent: Any, config: CompressConfig) -> _Built:
     import copy
 
-    from foundry.compress.prune import magnitude_prune
+    from foundry.compression.prune import magnitude_prune
 
     model = copy.deepcopy(parent.model).cpu().eval()
     report = magnitude_prune(model, config.prune.amount)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import foundry
-from foundry.compress.prune import kept_width, magnitude_prune, prune_model
-from foundry.compress.quantize import quantize_linears
+from foundry.compression.prune import kept_width, magnitude_prune, prune_model
+from foundry.compression.quantize import quantize_linears
 from foundry.config.schema import (
     CNNConfig,
     ConvBlock,

@@ -1,4 +1,4 @@
-"""Knowledge distillation (`foundry.compress.distill`) and `fit`'s `loss_fn` hook.
+"""Knowledge distillation (`foundry.compression.distill`) and `fit`'s `loss_fn` hook.
 
 The loss is checked against hand computations on small tensors; distillation itself on
 real teachers trained by `foundry.train` and loaded back with `foundry.load`, as the
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import foundry
-from foundry.compress.distill import (
+from foundry.compression.distill import (
     TEACHER_KEY,
     build_student,
     distill,

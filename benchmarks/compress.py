@@ -1,0 +1,150 @@
+"""What does each compression method buy on a Linear-heavy model, and what does it cost?
+
+    python benchmarks/compress.py                      # ~5 minutes on 2 cores
+    python benchmarks/compress.py --repeats 50 --epochs 30
+
+Trains an MLP with four hidden layers of 1024 units on scikit-learn's digits (1,797 8x8
+images read as 64 numbers; 10 classes) through `foundry.train`, then runs the compress
+stage on it with every method. The stage builds each variant, registers it, scores it on
+the test split and times every network round-robin in this one process (p50 at batch 1
+and batch 64), so the ratios below compare like with like; absolute times on a shared
+machine are noise.
+
+Targets (from the compression issue), checked and printed:
+- int8 (PyTorch or ONNX Runtime) >= 1.7x eager fp32 at batch 64, <= 1 point accuracy drop
+- ONNX Runtime fp32 >= 1.3x eager fp32 at batch 1
+- a distilled student with <= 1/4 of the teacher's parameters keeps >= 97% of its accuracy
+- structured pruning of 50% of hidden units, fine-tuned: >= 1.3x faster, <= 1 point drop
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+
+def digits_csv(folder: Path) -> Path:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data, columns=[f"p{i}" for i in range(64)])
+    frame["digit"] = digits.target.astype(str)
+    path = folder / "digits.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=20, help="teacher training epochs")
+    parser.add_argument("--repeats", type=int, default=30, help="timed passes per latency")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="foundry-compress-") as tmp:
+        folder = Path(tmp)
+        os.environ["FOUNDRY_HOME"] = str(folder / "home")
+        import foundry
+        from foundry.compression.stage import compress
+        from foundry.config.schema import CompressConfig
+
+        data = digits_csv(folder)
+        run = foundry.train(
+            {
+                "name": "digits-wide",
+                "data": {"path": str(data), "split": {"train": 0.7, "val": 0.1, "test": 0.2}},
+                "features": {"target": "digit"},
+                "model": {"type": "mlp", "layers": [1024] * 4, "dropout": 0.1},
+                "train": {
+                    "epochs": args.epochs,
+                    "batch_size": 64,
+                    "optimizer": {"type": "adam", "lr": 0.0005},
+                    "early_stopping": {"metric": "val_loss", "patience": 5},
+                    "seed": 0,
+                },
+                "output_dir": str(folder / "runs"),
+            },
+            quiet=True,
+        )
+        config = CompressConfig(
+            methods=["int8", "onnx", "onnx_int8", "prune", "distill", "sparsity"],
+            max_accuracy_drop=0.01,
+            repeats=args.repeats,
+            prune={"amount": 0.5, "finetune_epochs": 5},
+            distill={
+                "student": {"type": "mlp", "layers": [256], "dropout": 0.0},
+                "alpha": 0.5,
+                "temperature": 4.0,
+                "epochs": 40,
+            },
+        )
+        result = compress(run.model_ref, config, out_dir=folder / "compress")
+        table = (folder / "compress" / "compress.md").read_text()
+
+    by = {v.method: v for v in result.variants}
+    parent = by["parent"]
+
+    def speedup(method: str, batch: str) -> float:
+        return parent.latency_ms[batch] / by[method].latency_ms[batch]
+
+    def drop(method: str) -> float:
+        return parent.metrics["accuracy"] - by[method].metrics["accuracy"]
+
+    best_int8 = max(("int8", "onnx_int8"), key=lambda m: speedup(m, "64"))
+    checks = {
+        f"int8 ({best_int8}) >= 1.7x at batch 64, <= 1 point": (
+            speedup(best_int8, "64") >= 1.7 and drop(best_int8) <= 0.01,
+            f"{speedup(best_int8, '64'):.2f}x, drop {drop(best_int8) * 100:+.2f} points",
+        ),
+        "ONNX Runtime fp32 >= 1.3x at batch 1": (
+            speedup("onnx", "1") >= 1.3,
+            f"{speedup('onnx', '1'):.2f}x",
+        ),
+        "distilled student <= 1/4 params keeps >= 97%": (
+            by["distill"].parameters <= parent.parameters / 4
+            and by["distill"].metrics["accuracy"] >= 0.97 * parent.metrics["accuracy"],
+            f"{by['distill'].parameters / parent.parameters:.3f} of the parameters, "
+            f"{by['distill'].metrics['accuracy'] / parent.metrics['accuracy']:.1%} of the "
+            "accuracy",
+        ),
+        "pruned 50% >= 1.3x (batch 64), <= 1 point": (
+            speedup("prune", "64") >= 1.3 and drop("prune") <= 0.01,
+            f"{speedup('prune', '64'):.2f}x, drop {drop('prune') * 100:+.2f} points",
+        ),
+    }
+    print(table)
+    print(f"parent accuracy {parent.metrics['accuracy']:.4f}; {result.selection}")
+    for method in ("int8", "onnx", "onnx_int8", "prune", "distill"):
+        print(
+            f"{method:10s} speed-up b=1 {speedup(method, '1'):5.2f}x  b=64 "
+            f"{speedup(method, '64'):5.2f}x  accuracy {by[method].deltas['accuracy']:+.4f}"
+        )
+    for name, (ok, detail) in checks.items():
+        print(f"[{'PASS' if ok else 'MISS'}] {name}: {detail}")
+    out = {
+        "parent_accuracy": parent.metrics["accuracy"],
+        "tagged": result.tagged,
+        "selection": result.selection,
+        "variants": {
+            v.method: {
+                "latency_ms": v.latency_ms,
+                "parameters": v.parameters,
+                "size_bytes": v.size_bytes,
+                "accuracy": v.metrics["accuracy"],
+            }
+            for v in result.variants
+        },
+        "checks": {name: {"pass": ok, "detail": d} for name, (ok, d) in checks.items()},
+    }
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
