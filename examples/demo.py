@@ -5,7 +5,9 @@
 3. foundry train     → progress, per-epoch metrics, early stopping, registry
 4. foundry evaluate  → metrics on held-out rows
 5. foundry predict   → predictions.csv
-6. foundry models list / show
+6. foundry compress  → int8 / ONNX / ONNX int8 variants, measured; the fastest within
+                       one point of accuracy tagged penguins:compressed
+7. foundry models list / show
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ def main() -> None:
     foundry("train", "config.yaml")  # the config exactly as `foundry init` wrote it
     foundry("evaluate", "penguins:latest", "--data", "new_penguins.csv", "-o", "metrics.json")
     foundry("predict", "penguins:latest", "new_penguins.csv", "-o", "predictions.csv")
+    foundry(
+        "compress", "penguins:latest", "--max-accuracy-drop", "0.01", "--data", "new_penguins.csv"
+    )
     foundry("models", "list")
     foundry("models", "show", "penguins:latest")
 
@@ -47,6 +52,7 @@ def main() -> None:
     print(f"  training runs   {OUT / 'runs'}  (metrics.jsonl per epoch, checkpoints)")
     print(f"  metrics         {OUT / 'metrics.json'}")
     print(f"  predictions     {OUT / 'predictions.csv'}")
+    print(f"  compression     {OUT / 'runs'}/penguins-compress-*/compress.md")
     print(f"  registry        {ROOT / '.foundry'}  (foundry models list)")
 
 
