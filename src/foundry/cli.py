@@ -116,13 +116,17 @@ def compress(
     model: str = typer.Argument(..., help="Model reference: name, name:latest or name:VERSION."),
     max_accuracy_drop: float | None = typer.Option(
         None,
-        help="Tag the fastest variant within this quality drop (0.01 = 1 point) name:compressed.",
+        help="Tag the fastest variant within this quality drop name:compressed (0.01 = 1 point "
+        "of accuracy; R² for regressors; 1% perplexity for GPTs).",
     ),
     methods: str | None = typer.Option(
         None, help="Comma-separated: int8,onnx,onnx_int8,prune,distill,sparsity."
     ),
     data: Path | None = typer.Option(
-        None, "--data", "-d", help="Labelled file to measure on (default: the model's test split)."
+        None,
+        "--data",
+        "-d",
+        help="Labelled file (a text file for GPTs) to measure on (default: the model's test split).",
     ),
     config: Path | None = typer.Option(
         None, help="Take the compress section from this YAML (default: the model's own config)."

@@ -335,13 +335,14 @@ def run(
     **options: Any,
 ) -> TrainResult:
     """Every stage the config describes: train → evaluate → register, then compress when
-    the config has a `compress:` section (tabular, image and text models)."""
+    the config has a `compress:` section (tabular, image, text and GPT models)."""
     from dataclasses import replace
 
     loaded = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
     result = train(loaded, **options)
     cfg = loaded.config
-    if "compress" in cfg.model_fields_set and not cfg.is_language_model:
+    compressible = not cfg.is_language_model or cfg.model.type == "gpt"
+    if "compress" in cfg.model_fields_set and compressible:
         from foundry.compression import compress
 
         compressed = compress(result.model_ref, cfg.compress, quiet=options.get("quiet", False))

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import foundry
@@ -178,19 +179,17 @@ def test_bad_requests_are_clear_errors(trained, tmp_path):
     )
 
 
-def test_a_language_model_cannot_be_compressed(tmp_path):
-    (tmp_path / "c.txt").write_text("\n\n".join(["The cat sat on the mat."] * 20))
-    foundry.train(
-        {
-            "name": "tinyg",
-            "data": {"path": str(tmp_path / "c.txt")},
-            "model": {"type": "gpt", "n_layers": 1, "d_model": 16, "n_heads": 2,
-                      "context_length": 32, "vocab_size": 280},
-            "train": {"epochs": 1},
-            "output_dir": str(tmp_path / "runs"),
-        },
-        progress=False,
-        quiet=True,
+def test_a_hugging_face_model_cannot_be_compressed():
+    """GPTs are compressed (tests/compression/test_compress_lm.py); a fine-tuned Hugging
+    Face model is refused before anything is read: a package that says `model.type: hf`
+    is enough to check that."""
+    Registry().register(
+        "tinyhf",
+        weights={"w": torch.zeros(1)},
+        manifest={"config": {"name": "tinyhf", "model": {"type": "hf", "name_or_path": "x"}}},
+        metrics={},
+        card="# tinyhf\n",
     )
-    with pytest.raises(ModelError, match="is a language model"):
-        foundry.compress("tinyg", CompressConfig(methods=["int8"]), quiet=True)
+    with pytest.raises(ModelError, match="a fine-tuned Hugging Face model") as refused:
+        foundry.compress("tinyhf", CompressConfig(methods=["int8"]), quiet=True)
+    assert "mlp, cnn, text and gpt models" in refused.value.message

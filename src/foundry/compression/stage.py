@@ -95,10 +95,11 @@ def compress(
     """Build, register and measure the compressed variants of model `ref`.
 
     `config`: the compress section (default: the one in the model's training config).
-    Raises ModelError for models that cannot be compressed (language models, variants
-    that are already int8 or ONNX) and ConfigError for settings that do not fit."""
+    Raises ModelError for models that cannot be compressed (fine-tuned Hugging Face
+    models, variants that are already int8 or ONNX) and ConfigError for settings that do
+    not fit. GPT models go to `foundry.compression.lm.compress_gpt` (int8 only)."""
     from foundry.config.load import LoadedConfig
-    from foundry.lm.load import is_language_package
+    from foundry.lm.load import is_language_package, model_type
     from foundry.pipeline import load_splits
     from foundry.predictor import Predictor
 
@@ -107,11 +108,17 @@ def compress(
     record = registry.resolve(ref)
     package = registry.load(record.ref)
     manifest = package.manifest
+    if model_type(manifest) == "gpt":
+        from foundry.compression.lm import compress_gpt
+
+        return compress_gpt(
+            record, package, config, registry=registry, out_dir=out_dir, say=say
+        )
     if is_language_package(manifest):
         raise ModelError(
-            f"model {record.ref} is a language model: `foundry compress` handles the mlp, "
-            "cnn and text models foundry trains",
-            hint="serve language models as they are, or train a smaller GPT",
+            f"model {record.ref} is a fine-tuned Hugging Face model: foundry compress "
+            "handles mlp, cnn, text and gpt models",
+            hint="serve it as it is, or train a smaller model",
         )
     done = (manifest.get("compression") or {}).get("method")
     if done in ("int8", "onnx", "onnx_int8"):
@@ -518,31 +525,41 @@ def _deltas(metrics: dict[str, Any], parent: dict[str, Any]) -> dict[str, float]
 
 
 def _select(
-    variants: list[Variant], budget: float | None, classification: bool
+    variants: list[Variant],
+    budget: float | None,
+    classification: bool,
+    *,
+    perplexity: bool = False,
 ) -> tuple[str | None, str]:
     """The fastest variant whose quality drop is within `budget`. Speed is the geometric
-    mean of its latency ratios to the parent at batch 1 and 64; it must be below 1."""
+    mean of its latency ratios to the parent at the batch sizes both were timed at (1 and
+    64; a language model's 1 and 8); it must be below 1.
+
+    The drop is accuracy (R² for regressors) lost, in points; with `perplexity` (language
+    models) it is the relative perplexity increase, variant / parent - 1."""
     if budget is None:
         return None, "no max_accuracy_drop given: nothing tagged"
-    key = "accuracy" if classification else "r2"
+    key = "perplexity" if perplexity else "accuracy" if classification else "r2"
+    limit = f"a {budget:.2%} perplexity increase" if perplexity else f"a {key} drop of {budget}"
     parent = variants[0]
     candidates = []
     for v in variants[1:]:
         if v.method == "sparsity" or key not in v.metrics or v.metrics[key] is None:
             continue
-        drop = float(parent.metrics[key]) - float(v.metrics[key])
-        ratios = [v.latency_ms[b] / parent.latency_ms[b] for b in parent.latency_ms]
+        if perplexity:
+            drop = float(v.metrics[key]) / float(parent.metrics[key]) - 1
+        else:
+            drop = float(parent.metrics[key]) - float(v.metrics[key])
+        shared = [b for b in parent.latency_ms if b in v.latency_ms]
+        ratios = [v.latency_ms[b] / parent.latency_ms[b] for b in shared]
         speed = float(np.prod(ratios) ** (1 / len(ratios)))
         if drop <= budget + 1e-9 and speed < 1:
             candidates.append((speed, v))
     if not candidates:
-        return None, (
-            f"no variant is faster than the parent within a {key} drop of {budget}: "
-            "nothing tagged"
-        )
+        return None, f"no variant is faster than the parent within {limit}: nothing tagged"
     speed, best = min(candidates, key=lambda c: c[0])
     return best.ref, (
-        f"fastest within a {key} drop of {budget}: {best.method} ({best.ref}), "
+        f"fastest within {limit}: {best.method} ({best.ref}), "
         f"{1 / speed:.2f}x the parent's speed, {key} {best.deltas.get(key, 0):+.4f}"
     )
 
@@ -551,16 +568,22 @@ def _select(
 
 
 def comparison_table(result: CompressResult, *, metrics: int = 2) -> Any:
-    """The table as printed: size, parameters, latency, throughput and the first
-    `metrics` metrics with their change from the parent (compress.json has them all)."""
+    """The table as printed: size, parameters, latency at every batch size the variants
+    were timed at, throughput and the first `metrics` metrics with their change from the
+    parent (compress.json has them all). A language model's latencies are per generated
+    token and its throughput is in tokens (its metrics hold a perplexity)."""
     from rich.table import Table
 
     first = result.variants[0].metrics
     names = [
         k for k, v in first.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     ][:metrics]
+    batches = sorted({b for v in result.variants for b in v.latency_ms}, key=int)
+    per_token = "perplexity" in first
+    latency = [f"b={b} ms" + ("/token" if per_token else "") for b in batches]
+    rate = "tokens/s" if per_token else "rows/s"
     table = Table(title=f"compress {result.parent}  (* = tagged {TAG})")
-    for column in ("variant", "ref", "size", "params", "b=1 ms", "b=64 ms", "rows/s", *names):
+    for column in ("variant", "ref", "size", "params", *latency, rate, *names):
         table.add_column(column, justify="left" if column in ("variant", "ref") else "right")
     for v in result.variants:
         cells = [
@@ -568,15 +591,15 @@ def comparison_table(result: CompressResult, *, metrics: int = 2) -> Any:
             v.ref,
             _size(v.size_bytes),
             f"{v.parameters:,}",
-            f"{v.latency_ms['1']:.3f}",
-            f"{v.latency_ms['64']:.3f}",
+            *(f"{v.latency_ms[b]:.3f}" if b in v.latency_ms else "n/a" for b in batches),
             f"{v.throughput:,.0f}",
         ]
         for name in names:
             value, delta = v.metrics.get(name), v.deltas.get(name)
-            text = "n/a" if value is None else f"{value:.4f}"
+            digits = 0 if isinstance(value, int) else 4  # counts (tokens scored) as counts
+            text = "n/a" if value is None else f"{value:,.{digits}f}"
             if v.method != "parent" and delta is not None:
-                text += f" ({delta:+.4f})"
+                text += f" ({delta:+,.{digits}f})"
             cells.append(text)
         table.add_row(*cells)
     return table

@@ -484,8 +484,9 @@ class CompressConfig(Section):
     trained on the teacher's outputs; `sparsity`: unstructured magnitude pruning, reported
     only (zeros do not speed up dense CPU kernels)."""
     max_accuracy_drop: float | None = Field(None, ge=0, le=1)
-    """Budget for the loss of quality (0.01 = one point of accuracy; regression: of R²):
-    the fastest variant within it is tagged `name:compressed`. `None`: tag nothing."""
+    """Budget for the loss of quality (0.01 = one point of accuracy; regression: of R²;
+    a GPT: a 1% higher perplexity, relative to the parent's): the fastest variant within
+    it is tagged `name:compressed`. `None`: tag nothing."""
     data: str | None = None
     """Labelled file the variants are measured on; `None`: the training config's
     `evaluate.split` of its own data."""

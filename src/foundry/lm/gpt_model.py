@@ -71,7 +71,9 @@ class GPTLanguageModel:
 def load_gpt_package(
     package: Package, ref: str, *, device: str | torch.device = "cpu"
 ) -> GPTLanguageModel:
-    """Rebuild the GPT a package describes, load its weights and tokenizer."""
+    """Rebuild the GPT a package describes, load its weights and tokenizer. An int8
+    variant (`compression.method: int8`, from `foundry compress`) gets its Linear layers
+    swapped for `Int8Linear` first, so its int8 weights and scales load into them."""
     manifest = package.manifest
     try:
         spec: dict[str, Any] = manifest["model"]
@@ -90,6 +92,12 @@ def load_gpt_package(
         tokenizer_file.read_text(encoding="utf-8"), source=str(tokenizer_file)
     )
     model = GPT(config, vocab_size)
+    if (manifest.get("compression") or {}).get("method") == "int8":
+        # an int8 variant (foundry compress): its Linear layers hold int8 weights and
+        # scales; the tied head stays the embedding (quantize_linears skips it)
+        from foundry.compression.quantize import quantize_linears
+
+        quantize_linears(model)
     try:
         model.load_package_weights(package.weights)
     except RuntimeError as exc:

@@ -205,6 +205,9 @@ def build_manifest(
             "examples": {n: len(getattr(data, n)) for n in ("train", "val", "test")},
             "target_tokens": {n: splits[n].n_targets for n in ("train", "val", "test")},
             "block_size": block_size,
+            # relative data paths in `config` resolve against this (foundry compress
+            # reads the held-out split again)
+            "base_dir": str(loaded.base_dir),
         },
         "training": {
             "best_epoch": fitted.best_epoch,
