@@ -126,7 +126,7 @@ def compress(
         None,
         "--data",
         "-d",
-        help="Labelled file (a text file for GPTs) to measure on (default: the model's test split).",
+        help="Labelled file (text for GPTs) to measure on (default: the model's test split).",
     ),
     config: Path | None = typer.Option(
         None, help="Take the compress section from this YAML (default: the model's own config)."
