@@ -140,10 +140,12 @@ def test_make_demo_script_runs_end_to_end(tmp_path):
 
 
 def test_public_functions_survive_subpackage_imports():
+    import foundry.compression
     import foundry.evaluation
     import foundry.training  # noqa: F401
 
     assert callable(foundry.train) and callable(foundry.evaluate) and callable(foundry.load)
+    assert callable(foundry.compress)
     assert sorted(foundry.__all__) == sorted(
         [
             "ConfigError",
@@ -152,6 +154,7 @@ def test_public_functions_survive_subpackage_imports():
             "ModelError",
             "TrainError",
             "__version__",
+            "compress",
             "evaluate",
             "init",
             "load",
