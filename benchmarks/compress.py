@@ -41,7 +41,7 @@ def digits_csv(folder: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=20, help="teacher training epochs")
+    parser.add_argument("--epochs", type=int, default=40, help="teacher training epochs")
     parser.add_argument("--repeats", type=int, default=30, help="timed passes per latency")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -59,12 +59,12 @@ def main(argv: list[str] | None = None) -> dict:
                 "name": "digits-wide",
                 "data": {"path": str(data), "split": {"train": 0.7, "val": 0.1, "test": 0.2}},
                 "features": {"target": "digit"},
-                "model": {"type": "mlp", "layers": [1024] * 4, "dropout": 0.1},
+                "model": {"type": "mlp", "layers": [1024] * 4, "dropout": 0.2},
                 "train": {
                     "epochs": args.epochs,
                     "batch_size": 64,
-                    "optimizer": {"type": "adam", "lr": 0.0005},
-                    "early_stopping": {"metric": "val_loss", "patience": 5},
+                    "optimizer": {"type": "adam", "lr": 0.001},
+                    "early_stopping": {"metric": "val_loss", "patience": 8},
                     "seed": 0,
                 },
                 "output_dir": str(folder / "runs"),
