@@ -1,7 +1,8 @@
 """Write the data of the GPT examples into examples/data/, offline and deterministic.
 
-    python examples/make_lm_data.py              # both
+    python examples/make_lm_data.py              # corpus and instructions (seconds)
     python examples/make_lm_data.py corpus       # just one
+    python examples/make_lm_data.py tiny-llama   # a small pretrained Llama (~2 minutes)
 
 `corpus` (lm_corpus.jsonl, one {"text": ...} per line): the docstrings of a fixed list of
 Python standard-library modules and of their public classes, functions and methods —
@@ -12,6 +13,16 @@ Python version only.
 `instructions` (lm_instructions.jsonl, {"prompt", "completion"}): "What does json.dumps
 do?" → the first sentence of its docstring, for the same functions; a small set to try
 `loss_on: completion` and the chat template with.
+
+`tiny-llama` (tiny-llama/, a transformers model directory): a stand-in for a pretrained
+causal LM from the hub, which cannot be downloaded offline. A byte-level BPE tokenizer
+trained on the corpus (`<s>`, `</s>`, `<pad>`, and ChatML's `<|im_start|>` / `<|im_end|>`
+with a ChatML chat template, as Qwen's instruct models use), a Llama model (4 layers,
+width 128, grouped-query attention, 1.05 M weights) pretrained on the corpus by the
+plain loop in `pretrain` (~2 minutes on 2 CPU cores), saved with `save_pretrained`
+(config.json, model.safetensors, tokenizer files). `model: {type: hf, name_or_path:
+data/tiny-llama}` then fine-tunes it like any hub checkpoint (examples/tiny_llama_lora.yaml).
+Deterministic on a given machine (seeded; the same thread count gives the same floats).
 """
 
 from __future__ import annotations
@@ -20,10 +31,12 @@ import importlib
 import inspect
 import json
 import re
+import shutil
 import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -114,15 +127,137 @@ def _write_jsonl(path: Path, records: list[dict[str, str]]) -> Path:
     return path
 
 
-MAKERS = {"corpus": corpus, "instructions": instructions}
+# --------------------------------------------------------------------- tiny-llama
+
+LLAMA_SPECIAL_TOKENS = ["<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+"""ChatML, the layout of Qwen's instruct models: `<|im_start|>user\\nHi<|im_end|>\\n`
+per message, `<|im_start|>assistant\\n` as the generation prompt. foundry stops
+generation at `<|im_end|>`."""
+
+LLAMA_ARCHITECTURE = {
+    "hidden_size": 128,
+    "intermediate_size": 384,  # 3x the width (Llama's SwiGLU uses ~8/3x; any size works)
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,  # head size 32
+    "num_key_value_heads": 2,  # grouped-query attention, as Llama 2-70B / 3 use
+    "max_position_embeddings": 256,  # the context: prompt + reply, in tokens
+    "tie_word_embeddings": True,  # output head = token embedding, as small Llamas do
+}
+VOCAB_SIZE = 2048  # byte-level BPE: 256 bytes + specials + ~1,800 merges
+PRETRAIN_STEPS = 900  # x 16 blocks x 128 tokens = 1.8 M tokens, ~9 passes over the corpus
+PRETRAIN_BATCH, PRETRAIN_BLOCK = 16, 128  # blocks per step, tokens per block
+PRETRAIN_LR = 2e-3  # peak; 20 steps of warm-up, then cosine down to a tenth
+
+
+def tiny_llama(steps: int = PRETRAIN_STEPS) -> Path:
+    """Build the tokenizer and model, pretrain `steps` optimizer steps, save the directory."""
+    corpus_path = DATA / "lm_corpus.jsonl"
+    if not corpus_path.exists():
+        corpus()  # before importing transformers, which adds methods to logging.Logger
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from foundry.models.hf import quiet_transformers  # no progress bars, no notes
+
+    lines = corpus_path.read_text(encoding="utf-8").splitlines()
+    texts = [json.loads(line)["text"] for line in lines]
+
+    bpe = _byte_bpe(texts)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens=["<|im_start|>", "<|im_end|>"],
+        model_max_length=LLAMA_ARCHITECTURE["max_position_embeddings"],
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    config = LlamaConfig(
+        **LLAMA_ARCHITECTURE,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    with quiet_transformers():
+        model = LlamaForCausalLM(config)
+
+    # the corpus as one stream of token ids, each document followed by </s>
+    stream = [i for e in bpe.encode_batch(texts) for i in [*e.ids, tokenizer.eos_token_id]]
+    print(f"  corpus: {len(texts):,} documents, {len(stream):,} tokens", flush=True)
+    pretrain(model, torch.tensor(stream), steps)
+
+    path, tmp = DATA / "tiny-llama", DATA / ".tiny-llama.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with quiet_transformers():
+        model.save_pretrained(str(tmp))  # config.json, model.safetensors, generation_config
+        tokenizer.save_pretrained(str(tmp))  # tokenizer.json, tokenizer_config.json, template
+    shutil.rmtree(path, ignore_errors=True)  # no file of an older build left behind
+    tmp.replace(path)
+    return path
+
+
+def _byte_bpe(texts: list[str]) -> Any:
+    """A byte-level BPE (GPT-2's scheme: any text encodes, nothing is unknown)."""
+    from foundry.lm.tokenizer import train_byte_level_bpe
+
+    return train_byte_level_bpe(texts, VOCAB_SIZE, LLAMA_SPECIAL_TOKENS, min_frequency=0)
+
+
+def pretrain(model: Any, stream: Any, steps: int) -> None:
+    """Next-token training on random windows of `stream` (int64 [n_tokens]), nanoGPT-style:
+    AdamW, warm-up then cosine decay, gradient clipping. Prints the loss now and then."""
+    import math
+
+    import torch
+
+    generator = torch.Generator().manual_seed(0)  # which windows, in which order
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.1)
+    warmup = min(20, steps)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return PRETRAIN_LR * (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return PRETRAIN_LR * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    model.train()
+    for step in range(steps):
+        starts = torch.randint(len(stream) - PRETRAIN_BLOCK, (PRETRAIN_BATCH,), generator=generator)
+        # batch: [PRETRAIN_BATCH, PRETRAIN_BLOCK] token ids; as labels too, since a
+        # transformers causal LM shifts them by one itself (position t predicts t + 1)
+        batch = torch.stack([stream[s : s + PRETRAIN_BLOCK] for s in starts.tolist()])
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        optimizer.step()
+        if step % 50 == 0 or step == steps - 1:
+            print(f"  pretrain step {step + 1}/{steps}: loss {loss.item():.3f}", flush=True)
+    model.eval()
+
+
+MAKERS = {"corpus": corpus, "instructions": instructions, "tiny-llama": tiny_llama}
+DEFAULT = ["corpus", "instructions"]  # seconds; tiny-llama trains a model, so only on request
 
 
 def main(names: list[str]) -> None:
-    for name in names or MAKERS:
+    for name in names or DEFAULT:
         if name not in MAKERS:
             raise SystemExit(f"unknown data set '{name}' (choose from {', '.join(MAKERS)})")
         path = MAKERS[name]()
-        print(f"{name}: {path} ({path.stat().st_size / 1e3:,.0f} KB)")
+        files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
+        print(f"{name}: {path} ({sum(f.stat().st_size for f in files) / 1e3:,.0f} KB)")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ def test_example_trains_and_learns(config, tmp_path):
 LANGUAGE_EXAMPLES = {
     "gpt_corpus": "tests/lm/test_lm_example.py",
     "minilm_lora": "tests/lm/test_lm_hf_classify.py",
+    "tiny_llama_lora": "tests/lm/test_lm_examples_chat.py",
+    "gpt_chat": "tests/lm/test_lm_examples_chat.py",
 }
 
 

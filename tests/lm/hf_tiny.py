@@ -22,6 +22,7 @@ from tokenizers import (
     trainers,
 )
 
+from foundry.lm.tokenizer import train_byte_level_bpe
 from foundry.models.hf import quiet_transformers
 
 VOCABULARY_TEXT = (
@@ -53,17 +54,7 @@ LLAMA_CHAT_TEMPLATE = (
 
 
 def _byte_bpe(special: list[str], vocab_size: int = 400) -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([*CORPUS, VOCABULARY_TEXT], trainer)
-    return tok
+    return train_byte_level_bpe([*CORPUS, VOCABULARY_TEXT], vocab_size, special, min_frequency=0)
 
 
 def gpt2_dir(root: Path, *, seed: int = 0) -> Path:

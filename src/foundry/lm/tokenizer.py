@@ -99,19 +99,7 @@ class BPETokenizer:
                 f"model.vocab_size is {vocab_size}; a byte-level BPE needs at least "
                 f"{len(SPECIAL_TOKENS) + 256} (256 bytes + {len(SPECIAL_TOKENS)} special tokens)"
             )
-        tokenizer = Tokenizer(models.BPE())
-        # add_prefix_space=False: "Hello" at the start of a prompt stays one token
-        # without an invented leading space, and decode(encode(s)) == s exactly.
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=SPECIAL_TOKENS,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
-        tokenizer.train_from_iterator(texts, trainer)
+        tokenizer = train_byte_level_bpe(texts, vocab_size, SPECIAL_TOKENS, min_frequency)
         return cls(tokenizer)
 
     @classmethod
@@ -149,3 +137,24 @@ class BPETokenizer:
             "stop_ids": list(self.stop_ids),
             "special_tokens": SPECIAL_TOKENS,
         }
+
+
+def train_byte_level_bpe(
+    texts: Iterable[str], vocab_size: int, special_tokens: list[str], min_frequency: int = 2
+) -> Tokenizer:
+    """A byte-level BPE (GPT-2's scheme: any text encodes, nothing is unknown) learned on
+    `texts`, with `special_tokens` first in the vocabulary."""
+    tokenizer = Tokenizer(models.BPE())
+    # add_prefix_space=False: "Hello" at the start of a prompt stays one token
+    # without an invented leading space, and decode(encode(s)) == s exactly.
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    return tokenizer
