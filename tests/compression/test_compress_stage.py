@@ -74,6 +74,7 @@ def test_every_variant_is_registered_loads_predicts_and_is_measured(trained):
     for v in result.variants[1:]:
         record = registry.resolve(v.ref)
         assert record.parent == "wide:1" and v.method in record.tags
+        assert record.metrics["accuracy"] == pytest.approx(v.metrics["accuracy"])  # registered
         manifest = registry.load(v.ref).manifest
         assert manifest["compression"]["method"] == v.method
         assert manifest["compression"]["parent"] == "wide:1"

@@ -108,12 +108,11 @@ def compress_gpt(
     for method in skipped:
         say.warn(f"{method}: {reason}")
     models: list[tuple[str, Any, str, str]] = [("parent", parent.model, record.ref, "")]
+    built = None
     if METHOD_FOR_LMS in config.methods:
         say.info(f"building {METHOD_FOR_LMS} ...")
         built = _int8(parent.model, package)
-        ref = _register(registry, record.ref, manifest, package, built, cfg)
-        models.append((built.method, built.network, ref, built.notes))
-        say.info(f"registered {ref} ({built.method})")
+        models.append((built.method, built.network, "", built.notes))  # ref: registered below
 
     # ---- measure everything in this process: perplexity, then round-robin timings
     from foundry.lm.train import evaluate_tokens, exp_loss
@@ -125,6 +124,10 @@ def compress_gpt(
     timings = _time_generation(
         [model for _, model, _, _ in models], parent.tokenizer, prompts, config.repeats
     )
+    if built is not None:  # registered with what was measured
+        ref = _register(registry, record.ref, manifest, package, built, cfg, scored[built.method])
+        models[1] = (built.method, built.network, ref, built.notes)
+        say.info(f"registered {ref} ({built.method})")
     largest = str(GENERATION_BATCHES[-1])
     variants = [
         Variant(

@@ -166,50 +166,55 @@ def compress(
         "distill": lambda: _distill(parent, cfg, config, splits, out_dir, registry, say, augment),
         "sparsity": lambda: _sparsity(parent, config),
     }
-    built: list[tuple[_Built, str]] = []
+    built: list[_Built] = []
     skipped: dict[str, str] = {}
     for method in config.methods:
         say.info(f"building {method} ...")
         try:
-            variant = builders[method]()
+            built.append(builders[method]())
         except _NotApplicable as exc:
             skipped[method] = str(exc)
             say.warn(f"{method}: {exc}")
-            continue
-        ref_of_variant = _register(registry, record.ref, manifest, package, variant, cfg)
-        built.append((variant, ref_of_variant))
-        say.info(f"registered {ref_of_variant} ({method})")
 
     # ---- measure everything in this process: metrics, then round-robin timings
     from foundry.evaluation.metrics import compute_metrics
     from foundry.predictor import run_model
 
-    networks = [("parent", parent.model, record.ref)] + [
-        (b.method, b.network, r) for b, r in built
-    ]
+    networks = [parent.model] + [b.network for b in built]
     y = eval_enc["target"].numpy()
-    scored = {
-        method: compute_metrics(parent.task, y, run_model(net, eval_enc, len(eval_df)))
-        for method, net, _ in networks
-    }
-    timings = _time_round_robin([net for _, net, _ in networks], eval_enc, config.repeats)
-    parent_metrics = scored["parent"]
-    variants = []
-    for (method, net, vref), latency in zip(networks, timings, strict=True):
-        metrics = scored[method]
-        variants.append(
-            Variant(
-                method=method,
-                ref=vref,
-                size_bytes=registry.resolve(vref).size_bytes,
-                parameters=_parameters(net),
-                latency_ms=latency,
-                throughput=round(BATCHES[-1] / latency[str(BATCHES[-1])] * 1000, 1),
-                metrics=metrics,
-                deltas=_deltas(metrics, parent_metrics),
-                notes=next((b.notes for b, r in built if r == vref), ""),
-            )
+    scored = [
+        compute_metrics(parent.task, y, run_model(net, eval_enc, len(eval_df)))
+        for net in networks
+    ]
+    timings = _time_round_robin(networks, eval_enc, config.repeats)
+
+    # ---- register each variant with what was measured (its metrics on these rows)
+    refs = [record.ref]
+    for variant, metrics in zip(built, scored[1:], strict=True):
+        refs.append(_register(registry, record.ref, manifest, package, variant, cfg, metrics))
+        say.info(f"registered {refs[-1]} ({variant.method})")
+    variants = [
+        Variant(
+            method=method,
+            ref=vref,
+            size_bytes=registry.resolve(vref).size_bytes,
+            parameters=_parameters(net),
+            latency_ms=latency,
+            throughput=round(BATCHES[-1] / latency[str(BATCHES[-1])] * 1000, 1),
+            metrics=metrics,
+            deltas=_deltas(metrics, scored[0]),
+            notes=notes,
         )
+        for method, vref, net, latency, metrics, notes in zip(
+            ["parent", *(b.method for b in built)],
+            refs,
+            networks,
+            timings,
+            scored,
+            ["", *(b.notes for b in built)],
+            strict=True,
+        )
+    ]
 
     # ---- choose: the fastest variant within the accuracy budget, if any
     tagged, why = _select(variants, config.max_accuracy_drop, parent.task.is_classification)
@@ -228,7 +233,11 @@ def compress(
     )
     _write_report(result, out_dir, eval_name, time.perf_counter() - started)
     if not quiet:
-        say.console.print(comparison_table(result))
+        from rich.console import Console
+
+        # a pipe reports 80 columns: a wider table than that wraps less badly than it folds
+        console = say.console
+        Console(file=console.file, width=max(console.width, 150)).print(comparison_table(result))
         say.info(f"table and every metric: {out_dir / 'compress.md'}, compress.json")
     return result
 
@@ -445,6 +454,7 @@ def _register(
     package: Any,
     variant: _Built,
     cfg: FoundryConfig,
+    metrics: dict[str, Any],
 ) -> str:
     new_manifest = {
         k: v for k, v in manifest.items() if k not in ("name", "version", "parent", "created_at")
@@ -466,7 +476,7 @@ def _register(
         cfg.name,
         weights={k: v.detach().cpu().contiguous() for k, v in variant.weights.items()},
         manifest=new_manifest,
-        metrics={},
+        metrics=metrics,
         card=card,
         parent=parent_ref,
         tags=[variant.method],
@@ -624,8 +634,8 @@ def _write_report(result: CompressResult, out_dir: Path, data: str, seconds: flo
     from rich.console import Console
 
     with tempfile.TemporaryFile("w+") as buffer:
-        Console(file=buffer, width=200, no_color=True).print(
-            comparison_table(result, metrics=6)
+        Console(file=buffer, width=400, no_color=True).print(
+            comparison_table(result, metrics=100)  # every metric
         )
         buffer.seek(0)
         table = buffer.read()
