@@ -194,3 +194,24 @@ def test_a_hugging_face_model_cannot_be_compressed():
     with pytest.raises(ModelError, match="a fine-tuned Hugging Face model") as refused:
         foundry.compress("tinyhf", CompressConfig(methods=["int8"]), quiet=True)
     assert "mlp, cnn, text and gpt models" in refused.value.message
+
+
+def test_foundry_run_compresses_when_the_config_has_a_compress_section(tmp_path):
+    wide_table(400).to_csv(tmp_path / "train.csv", index=False)
+    config = {
+        "name": "wide-run",
+        "data": {"path": "train.csv"},
+        "features": {"target": "label"},
+        "model": {"type": "mlp", "layers": [32]},
+        "train": {"epochs": 2},
+        "compress": {"methods": ["onnx"], "repeats": 3},
+    }
+    (tmp_path / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
+    result = foundry.run(tmp_path / "config.yaml", quiet=True)
+    assert result.model_ref == "wide-run:1"
+    assert [v.method for v in result.compression.variants] == ["parent", "onnx"]
+    assert Registry().resolve("wide-run:2").parent == "wide-run:1"
+    assert result.compression.report_dir.parent == tmp_path / "runs"
+    del config["compress"]
+    (tmp_path / "plain.yaml").write_text(json.dumps({**config, "name": "plain"}))
+    assert foundry.run(tmp_path / "plain.yaml", quiet=True).compression is None
