@@ -550,7 +550,9 @@ def _select(
     if budget is None:
         return None, "no max_accuracy_drop given: nothing tagged"
     key = "perplexity" if perplexity else "accuracy" if classification else "r2"
-    limit = f"a {budget:.2%} perplexity increase" if perplexity else f"a {key} drop of {budget}"
+    limit = (
+        f"a {budget:.2%} perplexity increase" if perplexity else f"{key} {budget} below the parent"
+    )
     parent = variants[0]
     candidates = []
     for v in variants[1:]:
