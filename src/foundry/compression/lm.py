@@ -23,27 +23,24 @@ What the numbers mean:
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from foundry.compression.stage import (
-    TAG,
     CompressResult,
     Variant,
     _Built,
     _deltas,
     _register,
-    _select,
-    _write_report,
-    comparison_table,
+    finish,
+    report_dir,
 )
 from foundry.config.schema import CompressConfig, FoundryConfig, GenerationConfig
 from foundry.console import Reporter
 from foundry.errors import DataError, ModelError
+from foundry.lm.evaluate import encode_as_trained
 from foundry.registry import ModelRecord, Package, Registry
 
 __all__ = ["GENERATION_BATCHES", "compress_gpt"]
@@ -88,7 +85,7 @@ def compress_gpt(
     base_dir = Path((manifest.get("data") or {}).get("base_dir") or Path.cwd())
     loaded = LoadedConfig(cfg, base_dir)
     examples, eval_name = _held_out(loaded, config, record.ref)
-    tokens = _encode(examples, parent.tokenizer, manifest)
+    tokens = encode_as_trained(examples, parent.tokenizer, package)
     if not tokens.n_targets:
         raise DataError(f"{eval_name}: no target tokens to score the language model on")
     prompts = _prompts(examples, parent.tokenizer, cfg, parent.context_length)
@@ -98,9 +95,7 @@ def compress_gpt(
         f"{tokens.n_targets} tokens)"
     )
 
-    stamp = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-    out_dir = out_dir or (base_dir / cfg.output_dir / f"{cfg.name}-compress-{stamp}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = report_dir(out_dir, base_dir, cfg)
 
     # ---- build and register: int8 is the one method for language models
     reason = f"{METHOD_FOR_LMS} is the method for language models"
@@ -145,26 +140,26 @@ def compress_gpt(
     ]
 
     # ---- choose: faster than the parent within the relative perplexity budget
-    tagged, why = _select(variants, config.max_accuracy_drop, False, perplexity=True)
-    if tagged is not None:
-        registry.tag(tagged, TAG)
-        why += f"; tagged {cfg.name}:{TAG} → {tagged}"
-    say.info(why)
-
-    result = CompressResult(
-        parent=record.ref,
-        variants=variants,
-        tagged=tagged,
-        report_dir=out_dir,
-        selection=why,
+    return finish(
+        variants,
+        parent_ref=record.ref,
+        name=cfg.name,
+        registry=registry,
+        budget=config.max_accuracy_drop,
+        classification=False,
+        perplexity=True,
         skipped=skipped,
+        out_dir=out_dir,
+        data=eval_name,
+        started=started,
+        say=say,
+        units={
+            "latency": "median milliseconds per generated token of one sequence (greedy, "
+            f"{MAX_TOKENS} tokens at most after {PROMPT_TOKENS}-token prompts)",
+            "throughput": f"tokens generated per second at batch {GENERATION_BATCHES[-1]}",
+            "selection_metric": "relative perplexity increase",
+        },
     )
-    _write_report(result, out_dir, eval_name, time.perf_counter() - started)
-    _describe_timings(out_dir / "compress.json")
-    if not say.quiet:
-        say.console.print(comparison_table(result))
-        say.info(f"table and every metric: {out_dir / 'compress.md'}, compress.json")
-    return result
 
 
 # ------------------------------------------------------------------------ data
@@ -192,21 +187,6 @@ def _held_out(loaded: Any, config: CompressConfig, ref: str) -> tuple[Any, str]:
         if len(splits[name]):
             return splits[name], name
     raise DataError(f"{ref}: its data has no documents to measure on")  # (split refuses it)
-
-
-def _encode(examples: Any, tokenizer: Any, manifest: dict[str, Any]) -> Any:
-    """Token rows as training scored them: the model's block size and loss mask."""
-    from foundry.config.schema import LMConfig
-    from foundry.lm.data import encode_examples
-
-    lm = LMConfig.model_validate(manifest.get("lm", {}))
-    return encode_examples(
-        examples,
-        tokenizer,
-        block_size=int(manifest["data"]["block_size"]),
-        loss_on=lm.loss_on,
-        chat_template=lm.chat_template,
-    )
 
 
 def _prompts(
@@ -290,18 +270,3 @@ def _time_generation(
                 engine.generate_ids(batch, params)
                 samples[i][size].append((time.perf_counter() - start) * 1000 / steps)
     return [{str(b): round(statistics.median(s[b]), 4) for b in batches} for s in samples]
-
-
-def _describe_timings(report: Path) -> None:
-    """compress.json as `_write_report` wrote it, with the batch sizes and units of a
-    language model's timings (its writer knows the tabular ones)."""
-    payload = json.loads(report.read_text())
-    payload["batch_sizes"] = list(GENERATION_BATCHES)
-    payload["latency"] = (
-        "median milliseconds per generated token of one sequence (greedy, "
-        f"{MAX_TOKENS} tokens at most after {PROMPT_TOKENS}-token prompts)"
-    )
-    payload["throughput"] = f"tokens generated per second at batch {GENERATION_BATCHES[-1]}"
-    payload["selection_metric"] = "relative perplexity increase"
-    report.write_text(json.dumps(payload, indent=2, default=str))
-

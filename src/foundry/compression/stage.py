@@ -153,9 +153,7 @@ def compress(
     eval_enc = preprocessor.transform(eval_df, with_target=True)
     say.info(f"compressing {record.ref}: measured on {eval_name} ({len(eval_df)} rows)")
 
-    stamp = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-    out_dir = out_dir or (base_dir / cfg.output_dir / f"{cfg.name}-compress-{stamp}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = report_dir(out_dir, base_dir, cfg)
 
     # ---- build and register each variant
     builders: dict[str, Callable[[], _Built]] = {
@@ -216,23 +214,64 @@ def compress(
         )
     ]
 
-    # ---- choose: the fastest variant within the accuracy budget, if any
-    tagged, why = _select(variants, config.max_accuracy_drop, parent.task.is_classification)
+    # ---- choose, tag, report
+    return finish(
+        variants,
+        parent_ref=record.ref,
+        name=cfg.name,
+        registry=registry,
+        budget=config.max_accuracy_drop,
+        classification=parent.task.is_classification,
+        skipped=skipped,
+        out_dir=out_dir,
+        data=eval_name,
+        started=started,
+        say=say,
+    )
+
+
+def report_dir(out_dir: Path | None, base_dir: Path, cfg: FoundryConfig) -> Path:
+    """`out_dir`, or `<output_dir>/<name>-compress-<UTC time>` beside the training config."""
+    stamp = f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    out_dir = out_dir or (base_dir / cfg.output_dir / f"{cfg.name}-compress-{stamp}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def finish(
+    variants: list[Variant],
+    *,
+    parent_ref: str,
+    name: str,
+    registry: Registry,
+    budget: float | None,
+    classification: bool,
+    skipped: dict[str, str],
+    out_dir: Path,
+    data: str,
+    started: float,
+    say: Reporter,
+    perplexity: bool = False,
+    units: dict[str, str] | None = None,
+) -> CompressResult:
+    """The end every compress run shares: choose the fastest variant within `budget` and
+    tag it, write compress.json / compress.md (`units` describes what the timings mean
+    when they are not forward passes), print the table."""
+    tagged, why = _select(variants, budget, classification, perplexity=perplexity)
     if tagged is not None:
         registry.tag(tagged, TAG)
-        why += f"; tagged {cfg.name}:{TAG} → {tagged}"
+        why += f"; tagged {name}:{TAG} → {tagged}"
     say.info(why)
-
     result = CompressResult(
-        parent=record.ref,
+        parent=parent_ref,
         variants=variants,
         tagged=tagged,
         report_dir=out_dir,
         selection=why,
         skipped=skipped,
     )
-    _write_report(result, out_dir, eval_name, time.perf_counter() - started)
-    if not quiet:
+    _write_report(result, out_dir, data, time.perf_counter() - started, units or {})
+    if not say.quiet:
         from rich.console import Console
 
         # a pipe reports 80 columns: a wider table than that wraps less badly than it folds
@@ -621,7 +660,9 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
-def _write_report(result: CompressResult, out_dir: Path, data: str, seconds: float) -> None:
+def _write_report(
+    result: CompressResult, out_dir: Path, data: str, seconds: float, units: dict[str, str]
+) -> None:
     payload = {
         "parent": result.parent,
         "tagged": result.tagged,
@@ -629,7 +670,8 @@ def _write_report(result: CompressResult, out_dir: Path, data: str, seconds: flo
         "skipped": result.skipped,
         "data": data,
         "seconds": round(seconds, 3),
-        "batch_sizes": list(BATCHES),
+        "batch_sizes": [int(b) for b in result.variants[0].latency_ms],
+        **units,
         "variants": [asdict(v) for v in result.variants],
     }
     (out_dir / "compress.json").write_text(json.dumps(payload, indent=2, default=str))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from foundry.errors import ModelError
-from foundry.registry import Registry
+from foundry.registry import Package, Registry
 
 LANGUAGE_MODEL_TYPES = ("gpt", "hf")
 
@@ -47,17 +47,21 @@ def load(ref: str, *, registry: Registry | None = None) -> Any:
     """The LanguageModel or Embedder of a registered `gpt` / `hf` model."""
     registry = registry or Registry()
     record = registry.resolve(ref)
-    package = registry.load(record.ref)
+    return load_package(registry.load(record.ref), record.ref)
+
+
+def load_package(package: Package, ref: str) -> Any:
+    """What `load` returns, for a package already read."""
     kind = model_type(package.manifest)
     if kind == "gpt":
         from foundry.lm.gpt_model import load_gpt_package
 
-        return load_gpt_package(package, record.ref)
+        return load_gpt_package(package, ref)
     if kind == "hf":
         from foundry.lm.hf_model import load_hf_package
 
-        return load_hf_package(package, record.ref)
+        return load_hf_package(package, ref)
     raise ModelError(
-        f"model {record.ref} is a {kind or 'tabular'} model, not a language model: use "
-        f"`foundry predict` / POST /v1/models/{record.name}/predict for it"
+        f"model {ref} is a {kind or 'tabular'} model, not a language model: use "
+        f"`foundry predict` / POST /v1/models/{ref.split(':')[0]}/predict for it"
     )
