@@ -49,6 +49,82 @@ class SplitConfig(Section):
         return self
 
 
+PIIKind = Literal["email", "phone", "credit_card", "iban", "ip_address", "url"]
+PII_KINDS: tuple[str, ...] = ("email", "phone", "credit_card", "iban", "ip_address", "url")
+
+IDENTIFIER_NAMES: list[str] = [
+    "name",
+    "first_name",
+    "last_name",
+    "full_name",
+    "surname",
+    "email",
+    "e_mail",
+    "phone",
+    "phone_number",
+    "mobile",
+    "ssn",
+    "social_security_number",
+    "passport",
+    "iban",
+    "account_number",
+    "card_number",
+    "credit_card",
+    "address",
+    "street",
+    "ip",
+    "ip_address",
+    "user_id",
+    "customer_id",
+    "patient_id",
+]
+
+
+class PIIConfig(Section):
+    """Personal data in the training table, found before anything is fitted on it: values
+    inside text and category columns, and whole columns that identify a person."""
+
+    enabled: bool = True
+    """Scan the data (the report lands in the run directory and the model card)."""
+    action: Literal["mask", "hash", "drop", "report"] = "mask"
+    """What happens to each value found: `mask` replaces it by its kind (`[EMAIL]`),
+    `hash` by a salted hash (`[EMAIL:3f9a0c12]`, equal values stay equal), `drop`
+    removes it, `report` only counts it. Predictions apply the same rule to their input."""
+    kinds: list[PIIKind] = list(PII_KINDS)
+    """Kinds to look for: email, phone, credit_card (Luhn-checked), iban (mod-97
+    checked), ip_address (IPv4 and IPv6), url."""
+    patterns: dict[str, str] = {}
+    """Extra kinds as `name: regular expression` (e.g. `employee_id: 'EMP-\\d{6}'`)."""
+    columns: list[str] | None = None
+    """Columns to scan; `None`: every text and category column."""
+    identifiers: Literal["drop", "hash", "report"] = "drop"
+    """Columns that identify a person (near-unique strings, or a name in
+    `identifier_names`): `drop` removes them from the inputs, `hash` keeps a salted hash
+    of each value, `report` only lists them."""
+    identifier_names: list[str] = IDENTIFIER_NAMES
+    """Column names (compared lower-case, spaces and dashes as `_`) taken as identifiers."""
+    salt_env: str = "FOUNDRY_PII_SALT"
+    """Environment variable holding the salt of `hash`; required when anything is hashed
+    (training and prediction). The salt is never stored, only a fingerprint of it."""
+
+    @model_validator(mode="after")
+    def _patterns_compile(self) -> PIIConfig:
+        import re
+
+        for name, pattern in self.patterns.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(
+                    f"data.pii.patterns: name '{name}' must be lower-case letters, digits, `_`"
+                )
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(
+                    f"data.pii.patterns.{name}: not a regular expression ({exc})"
+                ) from None
+        return self
+
+
 class DataConfig(Section):
     path: str
     """Training data: a CSV, Parquet or JSONL file, or an image folder laid out as
@@ -63,6 +139,8 @@ class DataConfig(Section):
     """How rows are split into train/val/test when explicit files are not given."""
     delimiter: str | None = None
     """CSV delimiter; `None` sniffs it from the first lines."""
+    pii: PIIConfig = PIIConfig()
+    """Personal data: found, masked / hashed / dropped, and reported."""
 
 
 # ----------------------------------------------------------------------- features
@@ -258,8 +336,7 @@ class GPTConfig(Section):
             )
         if self.positions == "rope" and (self.d_model // self.n_heads) % 2:
             raise ValueError(
-                f"rope needs an even head size; d_model / n_heads = "
-                f"{self.d_model // self.n_heads}"
+                f"rope needs an even head size; d_model / n_heads = {self.d_model // self.n_heads}"
             )
         return self
 
@@ -357,6 +434,21 @@ class EarlyStoppingConfig(Section):
     """Smallest change that counts as an improvement."""
 
 
+class PrivacyConfig(Section):
+    """Differentially private training (DP-SGD, Opacus): each example's gradient is
+    clipped and Gaussian noise is added, calibrated so the whole run spends at most
+    `target_epsilon`."""
+
+    target_epsilon: float = Field(gt=0)
+    """Privacy budget of the whole run (smaller is more private; 1-10 is common)."""
+    delta: float | None = Field(None, gt=0, lt=1)
+    """Probability the guarantee fails; `None`: 1 / (10 x training rows)."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Per-example gradient clipping norm."""
+    accountant: Literal["prv", "rdp"] = "prv"
+    """Privacy accountant: `prv` (tighter) or `rdp`."""
+
+
 class TrainConfig(Section):
     epochs: int = Field(20, ge=1)
     """Largest number of passes over the training split."""
@@ -387,6 +479,8 @@ class TrainConfig(Section):
     gradient_accumulation: int = Field(1, ge=1)
     """Micro-batches whose gradients are summed before each optimizer step (effective
     batch = batch_size x gradient_accumulation)."""
+    privacy: PrivacyConfig | None = None
+    """Train with differential privacy (mlp, cnn, text models); `None`: not private."""
 
 
 class GenerationConfig(Section):
@@ -438,9 +532,70 @@ class LMConfig(Section):
     """Generation defaults."""
 
 
+class MitigationConfig(Section):
+    constraint: Literal["demographic_parity", "equalized_odds"] = "demographic_parity"
+    """What the post-processing equalises across groups: selection rates, or true and
+    false positive rates."""
+    objective: Literal["accuracy_score", "balanced_accuracy_score"] = "accuracy_score"
+    """What the group thresholds maximise under the constraint."""
+
+
+class FairnessConfig(Section):
+    sensitive_features: list[str] = []
+    """Columns whose groups are compared (they need not be model inputs): accuracy,
+    selection rate, TPR and FPR per group, demographic parity and equalized odds gaps."""
+    positive_class: str | None = None
+    """Binary targets: the class that counts as selected; `None`: the second class in
+    sorted order (1, true, yes, >50K...)."""
+    mitigation: MitigationConfig | None = None
+    """Fit group thresholds (Fairlearn `ThresholdOptimizer`) on the validation split; they
+    are saved with the model and applied when a prediction supplies the sensitive
+    features. Binary classifiers only."""
+
+
+class CalibrationConfig(Section):
+    temperature_scaling: bool = True
+    """Fit a temperature on the validation split and divide the logits by it at prediction
+    (probabilities become calibrated; the predicted class does not change)."""
+    bins: int = Field(15, ge=2)
+    """Equal-width confidence bins of the expected calibration error."""
+
+
+class ExplainConfig(Section):
+    permutation_importance: bool = True
+    """Global feature importance: the drop in the validation metric when a column is
+    shuffled."""
+    repeats: int = Field(5, ge=1)
+    """Shuffles per column."""
+    max_rows: int = Field(2000, ge=10)
+    """Validation rows used (a random sample beyond this)."""
+    steps: int = Field(50, ge=2)
+    """Integrated-gradients steps for local attributions (`foundry explain`, the
+    `/explain` route)."""
+
+
 class EvaluateConfig(Section):
     split: Literal["test", "val", "train"] = "test"
     """Which split the final metrics are computed on."""
+    fairness: FairnessConfig = FairnessConfig()
+    """Per-group audit and mitigation (classifiers)."""
+    calibration: CalibrationConfig = CalibrationConfig()
+    """Expected calibration error and temperature scaling (classifiers)."""
+    explain: ExplainConfig = ExplainConfig()
+    """Feature importance and local attributions."""
+
+
+class CardConfig(Section):
+    """Fields of the model card that only a person can write."""
+
+    intended_use: str = ""
+    """Who should use the model, for what."""
+    limitations: str = ""
+    """Where it is known to fail or must not be used."""
+    owner: str = ""
+    """Team or person to contact."""
+    license: str = ""
+    """Terms the model is offered under."""
 
 
 # ----------------------------------------------------------------------- compress
@@ -625,6 +780,8 @@ class FoundryConfig(Section):
     """Training loop settings."""
     evaluate: EvaluateConfig = EvaluateConfig()
     """Final evaluation settings."""
+    card: CardConfig = CardConfig()
+    """Model card fields (intended use, limitations, owner, license)."""
     compress: CompressConfig = CompressConfig()
     """Compressed variants (`foundry compress`; `foundry run` builds them when the config
     has this section)."""
