@@ -5,10 +5,11 @@ dates, amounts, version strings)."""
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
-from foundry.data.pii import KINDS, find_pii, iban_valid, luhn_valid
+from foundry.data.pii import CANDIDATE, KINDS, find_pii, iban_valid, luhn_valid
 
 
 def luhn_number(rng: random.Random, prefix: str, length: int = 16) -> str:
@@ -65,6 +66,29 @@ def test_each_kind_is_found_where_it_is():
     assert [f.kind for f in find_pii(text, kinds=("email",))] == ["email"]
 
 
+def test_extra_patterns_are_kinds_of_their_own():
+    patterns = {"employee_id": re.compile(r"EMP-\d{6}"), "anything": re.compile(r"\d*")}
+    text = "EMP-004211 called from +44 20 7946 0958"
+    found = [(f.kind, f.value) for f in find_pii(text, kinds=("phone",), patterns=patterns)]
+    # "anything" matches the empty string everywhere and digits inside the other two:
+    # empty matches are ignored and found kinds keep their spans
+    assert found == [("employee_id", "EMP-004211"), ("phone", "+44 20 7946 0958")]
+
+
+def test_the_candidate_hint_holds_for_every_kind():
+    """`CANDIDATE` lets callers skip text unscanned, so every kind must contain one of its
+    characters, including an IPv6 address written with letters only."""
+    text = (
+        "Write to ana.b@example.co.uk or call +44 20 7946 0958; card 4111 1111 1111 1111, "
+        "IBAN GB82 WEST 1234 5698 7654 32, seen from fe::ab and 2001:db8::1, "
+        "details at https://example.com/a?b=1."
+    )
+    found = find_pii(text)
+    assert {f.kind for f in found} == set(KINDS)
+    assert ("ip_address", "fe::ab") in {(f.kind, f.value) for f in found}
+    assert all(CANDIDATE.search(f.value) for f in found)
+
+
 def test_look_alikes_are_not_reported():
     decoys = [
         "order 1234567890123456 shipped",  # 16 digits failing Luhn
@@ -83,8 +107,10 @@ def test_look_alikes_are_not_reported():
 def test_precision_and_recall_per_kind_on_a_generated_corpus(seed):
     rng = random.Random(seed)
     makers = {
-        "email": lambda: f"{rng.choice(['ana', 'li.wei', 'j_smith'])}{rng.randint(1, 99)}@"
-        f"{rng.choice(['example.com', 'mail.example.org', 'corp.co.uk'])}",
+        "email": lambda: (
+            f"{rng.choice(['ana', 'li.wei', 'j_smith'])}{rng.randint(1, 99)}@"
+            f"{rng.choice(['example.com', 'mail.example.org', 'corp.co.uk'])}"
+        ),
         "phone": lambda: rng.choice(
             [
                 f"+1 {rng.randint(200, 999)} {rng.randint(200, 999)} {rng.randint(1000, 9999)}",
@@ -95,8 +121,10 @@ def test_precision_and_recall_per_kind_on_a_generated_corpus(seed):
         "credit_card": lambda: grouped(luhn_number(rng, rng.choice(["4", "51", "37"]))),
         "iban": lambda: iban(rng, rng.choice(["DE", "FR", "NL"])),
         "ip_address": lambda: ".".join(str(rng.randint(1, 254)) for _ in range(4)),
-        "url": lambda: f"https://{rng.choice(['example.com', 'shop.example.org'])}/"
-        f"{rng.choice(['a', 'item', 'x/y'])}?id={rng.randint(1, 999)}",
+        "url": lambda: (
+            f"https://{rng.choice(['example.com', 'shop.example.org'])}/"
+            f"{rng.choice(['a', 'item', 'x/y'])}?id={rng.randint(1, 999)}"
+        ),
     }
     decoys = [
         # a 16-digit order number that happens to pass Luhn (1 in 10) is, to any
