@@ -226,6 +226,54 @@ def predict(
 
 
 @app.command()
+def explain(
+    model: str = typer.Argument(..., help="Model reference: name, name:latest or name:VERSION."),
+    data: Path = typer.Argument(..., help="CSV / Parquet / JSONL file or image folder."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write every attribution (and importance) as JSON here."
+    ),
+    rows: int = typer.Option(20, "--rows", "-n", min=1, help="Explain the first N rows."),
+    steps: int | None = typer.Option(
+        None, "--steps", min=2, max=1000,
+        help="Integrated-gradients steps [the model's evaluate.explain.steps, 50].",
+    ),
+    target: str | None = typer.Option(
+        None, "--target", help="Explain this class in every row [each row's predicted class]."
+    ),
+    importance: bool = typer.Option(
+        False, "--importance",
+        help="Also rank the inputs by permutation importance (DATA needs the target column).",
+    ),
+    top: int = typer.Option(5, "--top", min=1, help="Attributions shown per row."),
+    json_out: bool = typer.Option(False, "--json", help="Print the JSON instead of tables."),
+) -> None:
+    """Why MODEL predicts what it does on DATA: integrated-gradients attributions per row
+    (and, with --importance, permutation importance of each input)."""
+    from foundry.evaluation.explain import attribution_tables, explain_file, importance_table
+
+    result = explain_file(
+        model, data, output=output, steps=steps, target=target, rows=rows, importance=importance
+    )
+    if json_out:
+        _out(json.dumps(result.to_dict()))
+        return
+    from rich.console import Console
+
+    console = Console()
+    explanations = result.explanations
+    console.print(
+        f"{result.model_ref}: integrated gradients ({explanations['steps']} steps) of "
+        f"{explanations['output']}"
+    )
+    for table in attribution_tables(explanations, result.frame, top=top):
+        console.print(table)
+    if result.importance is not None:
+        console.print(importance_table(result.importance))
+    if output:
+        _out(f"wrote {output}")
+
+
+@app.command()
 def generate(
     model: str = typer.Argument(..., help="A language model: name, name:latest or name:VERSION."),
     prompt: str = typer.Argument(..., help="Prompt text (with --chat: the user message)."),

@@ -18,7 +18,7 @@ import pandas as pd
 from foundry.config import LoadedConfig, dump_config, load_config
 from foundry.config.schema import FoundryConfig, SplitConfig
 from foundry.console import Reporter
-from foundry.errors import DataError, TrainError
+from foundry.errors import ConfigError, DataError, TrainError
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,10 @@ class Splits:
     train: pd.DataFrame
     val: pd.DataFrame
     test: pd.DataFrame
+    pii: dict[str, Any] | None = None
+    """What `data.pii` found where (None when scanning is off)."""
+    scrubber: Any = None
+    """The fitted `PIIScrubber`; its state goes into the package for prediction."""
 
 
 def train(
@@ -76,8 +80,9 @@ def train(
 
     from foundry.data import Preprocessor, fingerprint
     from foundry.evaluation import compute_metrics
+    from foundry.evaluation.trust import assess
     from foundry.models import build_model
-    from foundry.predictor import run_model
+    from foundry.predictor import Predictor
     from foundry.registry import Registry
     from foundry.training import fit, n_outputs_for
 
@@ -106,6 +111,13 @@ def train(
     n_outputs = n_outputs_for(cfg.train.loss, task)
     torch.manual_seed(cfg.train.seed)  # weights are initialised from this seed
     model = build_model(cfg.model, schema, n_outputs)
+    fixed_layers: list[str] = []
+    if cfg.train.privacy is not None:
+        from foundry.training.privacy import make_private_model
+
+        model, fixed_layers = make_private_model(model)
+        for change in fixed_layers:
+            say.warn(f"differential privacy: {change} (Opacus cannot train the original)")
 
     out_dir = run_directory(loaded, run_dir, resume)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -131,9 +143,10 @@ def train(
     if len(eval_df) == 0:
         eval_df, eval_name = splits.val if len(splits.val) else splits.train, "val/train"
         say.warn(f"evaluate.split '{cfg.evaluate.split}' is empty; evaluating on {eval_name}")
-    eval_enc = preprocessor.transform(eval_df)
-    outputs = run_model(model, eval_enc, len(eval_df))
-    metrics = compute_metrics(task, eval_enc["target"].numpy(), outputs)
+    # The splits are scrubbed already, so this in-memory predictor has no scrubber.
+    predictor = Predictor(model, preprocessor, task, {"features": resolved.to_dict()}, cfg.name)
+    assessment = assess(predictor, splits.val, eval_df, cfg, say)
+    metrics = assessment.metrics
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
     manifest = build_manifest(
@@ -141,12 +154,21 @@ def train(
     )
     # where relative data paths start: `foundry compress` reads the same splits again
     manifest["data"]["base_dir"] = str(loaded.base_dir)
+    if splits.pii is not None:
+        manifest["pii"] = splits.pii
+        manifest["pii_scrubber"] = splits.scrubber.state_dict()
+    if fitted.privacy is not None:
+        manifest["privacy"] = {**fitted.privacy, "fixed_layers": fixed_layers}
+        say.info(
+            f"differential privacy: ε = {fitted.privacy['epsilon']:.3f} "
+            f"(δ = {fitted.privacy['delta']:.2g}) spent"
+        )
+    manifest.update(assessment.sections)
     record = Registry().register(
         cfg.name,
         weights=fitted.state_dict,
         manifest=manifest,
         metrics=metrics,
-        card=model_card(cfg, manifest, metrics),
         description=cfg.description,
     )
     (out_dir / "COMPLETED").write_text(record.ref + "\n")
@@ -190,6 +212,7 @@ def load_splits(loaded: LoadedConfig, say: Reporter) -> tuple[Splits, Any]:
         "test": 0.0 if test is not None else split.test,
     }
     say.info(f"data: {data.path} ({len(df)} rows, {len(df.columns)} columns)")
+    df, val, test, pii, scrubber = scrub_pii(loaded.config, df, val, test, say)
     # Types only (no statistics are fitted here), so looking at every row leaks nothing.
     resolved = infer_features(df, loaded.config.features)
     stratify_on = target if resolved.target_type != "number" else None
@@ -205,8 +228,52 @@ def load_splits(loaded: LoadedConfig, say: Reporter) -> tuple[Splits, Any]:
         train=train_df,
         val=val if val is not None else val_df,
         test=test if test is not None else test_df,
+        pii=pii,
+        scrubber=scrubber,
     )
     return splits, resolved
+
+
+def scrub_pii(
+    cfg: FoundryConfig,
+    df: pd.DataFrame,
+    val: pd.DataFrame | None,
+    test: pd.DataFrame | None,
+    say: Reporter,
+) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None, dict | None, Any]:
+    """`data.pii`: find personal data in the raw tables before anything is fitted on them,
+    mask / hash / drop it, and report where it was. The scrubber is fitted on the
+    training file and applied unchanged to explicit val / test files."""
+    from foundry.data.scrub import PIIScrubber, format_report, merge_reports
+
+    config = cfg.data.pii
+    if not config.enabled:
+        return df, val, test, None, None
+    target = cfg.features.target
+    keep = list(cfg.evaluate.fairness.sensitive_features)
+    scrubber = PIIScrubber.fit(df, config, target=target, keep=keep)
+    listed = {f.name for f in cfg.features.inputs or []}
+    for ident in scrubber.identifier_columns:
+        if ident["action"] == "drop" and ident["column"] in listed:
+            raise ConfigError(
+                f"features.inputs lists '{ident['column']}', an identifier column "
+                f"({ident['reason']}) that data.pii.identifiers: drop removes",
+                hint="remove it from features.inputs, or set data.pii.identifiers to "
+                "'hash' or 'report'",
+            )
+    df, report = scrubber.scrub(df)
+    reports = [report]
+    if val is not None:
+        val, val_report = scrubber.scrub(val)
+        reports.append(val_report)
+    if test is not None:
+        test, test_report = scrubber.scrub(test)
+        reports.append(test_report)
+    merged = merge_reports(reports)
+    found = bool(merged.get("total") or merged.get("identifier_columns"))
+    for line in format_report(merged):
+        (say.warn if found else say.info)(line)
+    return df, val, test, merged, scrubber
 
 
 def run_directory(loaded: LoadedConfig, run_dir: str | Path | None, resume: bool) -> Path:

@@ -33,6 +33,15 @@ class Predictor:
     task: TaskInfo
     manifest: dict[str, Any]
     ref: str
+    scrubber: Any = None
+    """The `PIIScrubber` training applied (`data.pii`): prediction inputs get the same
+    masking / hashing, so the model sees what it was trained on. None: nothing to do."""
+    temperature: float = 1.0
+    """Temperature scaling fitted on the validation split: logits are divided by it
+    before they become probabilities (the predicted class never changes)."""
+    mitigation: dict[str, Any] | None = None
+    """Fitted group thresholds (`evaluate.fairness.mitigation`): applied to the decision
+    of a binary classifier when the input carries every sensitive column."""
 
     @classmethod
     def from_package(cls, package: Package, ref: str | None = None) -> Predictor:
@@ -51,7 +60,14 @@ class Predictor:
             ) from None
         model = load_network(package, config, schema, n_outputs)
         name = manifest.get("name", config.name)
-        return cls(model, preprocessor, task, manifest, ref or f"{name}:{manifest.get('version')}")
+        return cls(
+            model,
+            preprocessor,
+            task,
+            manifest,
+            ref or f"{name}:{manifest.get('version')}",
+            **trust_state(manifest),
+        )
 
     @property
     def name(self) -> str:
@@ -69,35 +85,93 @@ class Predictor:
                 f"input data lacks column(s) {missing} that model '{self.ref}' needs "
                 f"(it expects: {', '.join(self.input_columns)})"
             )
-        encoded = self.preprocessor.transform(df, with_target=False)
-        return run_model(self.model, encoded, len(df))
+        encoded = self.preprocessor.transform(self.scrub(df), with_target=False)
+        return self.calibrated(run_model(self.model, encoded, len(df)))
 
     def labelled_outputs(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(encoded targets [N], raw outputs [N, n_outputs]) of a labelled frame: what
-        `compute_metrics` scores."""
-        encoded = self.preprocessor.transform(df, with_target=True)
-        return encoded["target"].numpy(), run_model(self.model, encoded, len(df))
+        """(encoded targets [N], outputs [N, n_outputs]) of a labelled frame: what
+        `compute_metrics` scores (temperature-scaled, as predictions are)."""
+        encoded = self.preprocessor.transform(self.scrub(df), with_target=True)
+        outputs = self.calibrated(run_model(self.model, encoded, len(df)))
+        return encoded["target"].numpy(), outputs
+
+    def scrub(self, df: pd.DataFrame) -> pd.DataFrame:
+        """`df` with the training's PII rule applied (a new frame; `df` is not changed)."""
+        if self.scrubber is None:
+            return df
+        return self.scrubber.transform(df)
+
+    def calibrated(self, outputs: np.ndarray) -> np.ndarray:
+        """Logits divided by the fitted temperature (classifiers; regressors unchanged)."""
+        if self.temperature == 1.0 or not self.task.is_classification:
+            return outputs
+        return outputs / np.float32(self.temperature)
 
     def predict(self, df: pd.DataFrame) -> pd.DataFrame:
         """One row per input row: `<target>` (label or value) and, for classifiers, one
-        `probability_<class>` column per class."""
+        `probability_<class>` column per class. With fairness mitigation and every
+        sensitive column in `df`, `<target>` is the group-thresholded decision."""
         out = self.outputs(df)
-        return self.decode(out, index=df.index)
+        return self.decode(out, index=df.index, sensitive=self.sensitive_of(df))
 
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         if not self.task.is_classification:
             raise ModelError(f"model '{self.ref}' is a regressor: it has no probabilities")
         return probabilities(self.outputs(df), self.task)
 
-    def decode(self, outputs: np.ndarray, index: Any = None) -> pd.DataFrame:
+    def sensitive_of(self, df: pd.DataFrame) -> pd.DataFrame | None:
+        """The sensitive columns mitigation needs, when `df` has all of them."""
+        if self.mitigation is None:
+            return None
+        columns = self.mitigation["sensitive_features"]
+        if not all(c in df.columns for c in columns):
+            return None
+        return df[columns]
+
+    def decode(
+        self, outputs: np.ndarray, index: Any = None, sensitive: pd.DataFrame | None = None
+    ) -> pd.DataFrame:
+        """Outputs (already temperature-scaled) → the prediction frame; `sensitive`: the
+        rows' sensitive columns, to apply fairness mitigation."""
         target = self.task.target
         if not self.task.is_classification:
             return pd.DataFrame({target: self.preprocessor.denormalize(outputs[:, 0])}, index=index)
         proba = probabilities(outputs, self.task)
-        frame = {target: self.preprocessor.decode_labels(proba.argmax(axis=1))}
+        chosen = proba.argmax(axis=1)
+        if sensitive is not None and self.mitigation is not None:
+            chosen = self.mitigated(proba, sensitive)
+        frame = {target: self.preprocessor.decode_labels(chosen)}
         for i, cls in enumerate(self.task.classes):
             frame[f"probability_{cls}"] = proba[:, i]
         return pd.DataFrame(frame, index=index)
+
+    def mitigated(self, proba: np.ndarray, sensitive: pd.DataFrame) -> np.ndarray:
+        """Class indices decided by the fitted group thresholds on P(positive class)."""
+        from foundry.evaluation.fairness import apply_mitigation
+
+        assert self.mitigation is not None
+        positive = int(self.mitigation["positive_index"])
+        decisions = apply_mitigation(self.mitigation, proba[:, positive], sensitive)
+        return np.where(decisions.astype(bool), positive, 1 - positive)
+
+
+def trust_state(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a package's trust sections change at prediction: the PII scrubber, the
+    temperature and the fairness thresholds (`Predictor` keyword arguments)."""
+    state: dict[str, Any] = {}
+    if manifest.get("pii_scrubber"):
+        from foundry.data.scrub import PIIScrubber
+
+        scrubber = PIIScrubber.from_state(manifest["pii_scrubber"])
+        if scrubber.changes_values:
+            state["scrubber"] = scrubber
+    temperature = (manifest.get("calibration") or {}).get("temperature")
+    if temperature:
+        state["temperature"] = float(temperature)
+    mitigation = (manifest.get("fairness") or {}).get("mitigation") or {}
+    if mitigation.get("state"):
+        state["mitigation"] = mitigation["state"]
+    return state
 
 
 def load_network(package: Package, config: Any, schema: InputSchema, n_outputs: int) -> Any:
@@ -116,6 +190,11 @@ def load_network(package: Package, config: Any, schema: InputSchema, n_outputs: 
             raise ModelError(f"model package {package.path} is missing {path.name}")
         return OnnxRunner(path, onnx["input_names"])
     model = build_model(config.model, schema, n_outputs)
+    if config.train.privacy is not None:
+        from foundry.training.privacy import make_private_model
+
+        # DP training replaced layers Opacus cannot train (BatchNorm → GroupNorm).
+        model, _ = make_private_model(model)
     if method == "int8":
         from foundry.compression.quantize import quantize_linears
 

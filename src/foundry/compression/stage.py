@@ -128,6 +128,13 @@ def compress(
         )
     cfg = FoundryConfig.model_validate(manifest["config"])
     config = config or cfg.compress
+    retrained = [m for m in config.methods if m in ("prune", "distill")]
+    if manifest.get("privacy") and retrained:
+        raise ModelError(
+            f"model {record.ref} was trained with differential privacy: {retrained} would "
+            "train again on the same data without a privacy guarantee",
+            hint="compress it with int8, onnx or onnx_int8 (no retraining)",
+        )
     parent = Predictor.from_package(package, ref=record.ref)
     started = time.perf_counter()
 
@@ -143,7 +150,8 @@ def compress(
 
         data_path = loaded.resolve(config.data)  # relative: to the training config's folder
         assert data_path is not None
-        eval_df, eval_name = read_table(data_path), str(config.data)
+        # the training's PII rule, as predictions apply it
+        eval_df, eval_name = parent.scrub(read_table(data_path)), str(config.data)
     else:
         eval_name = cfg.evaluate.split
         eval_df = {"test": splits.test, "val": splits.val, "train": splits.train}[eval_name]
@@ -180,10 +188,14 @@ def compress(
 
     networks = [parent.model] + [b.network for b in built]
     y = eval_enc["target"].numpy()
-    scored = [
-        compute_metrics(parent.task, y, run_model(net, eval_enc, len(eval_df)))
-        for net in networks
-    ]
+    # Variants of the same network keep the parent's temperature; retrained ones do not.
+    scaled = [True] + [b.training is None for b in built]
+    scored = []
+    for net, same_network in zip(networks, scaled, strict=True):
+        out = run_model(net, eval_enc, len(eval_df))
+        scored.append(
+            compute_metrics(parent.task, y, parent.calibrated(out) if same_network else out)
+        )
     timings = _time_round_robin(networks, eval_enc, config.repeats)
 
     # ---- register each variant with what was measured (its metrics on these rows)
@@ -505,6 +517,10 @@ def _register(
         new_manifest["config"] = new_cfg.model_dump(mode="json")
     if variant.training is not None:
         new_manifest["training"] = variant.training
+        # The parent's temperature, fairness thresholds and importances were fitted to
+        # the parent's outputs, not to a retrained network's.
+        for section in ("calibration", "fairness", "explain"):
+            new_manifest.pop(section, None)
     card = (
         package.card.rstrip()
         + f"\n\n## Compression\n\n{variant.method} variant of {parent_ref}: "

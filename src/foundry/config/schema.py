@@ -538,6 +538,19 @@ class MitigationConfig(Section):
     false positive rates."""
     objective: Literal["accuracy_score", "balanced_accuracy_score"] = "accuracy_score"
     """What the group thresholds maximise under the constraint."""
+    tolerance: float | None = Field(None, ge=0, le=1)
+    """Demographic parity only: the groups' selection rates may still differ by this much
+    (Fairlearn's `tol`). `None`: exact parity, which costs the most accuracy when the
+    groups' base rates differ; e.g. 0.05 keeps most of the accuracy."""
+
+    @model_validator(mode="after")
+    def _tolerance_for_parity(self) -> MitigationConfig:
+        if self.tolerance is not None and self.constraint != "demographic_parity":
+            raise ValueError(
+                "evaluate.fairness.mitigation.tolerance needs constraint "
+                "demographic_parity (Fairlearn cannot relax equalized odds)"
+            )
+        return self
 
 
 class FairnessConfig(Section):

@@ -355,7 +355,8 @@ class PIIScrubber:
         if self._compiled:
             return np.flatnonzero(is_str.to_numpy())
         # object dtype: Python's `re`, whose \d matches the same digits the kinds do
-        hint = values.str.contains(CANDIDATE, na=False).astype(bool)
+        # (`.str` refuses a column without a single string, e.g. booleans in object dtype)
+        hint = values.where(is_str, "").astype(str).str.contains(CANDIDATE, na=False)
         return np.flatnonzero((is_str & hint).to_numpy())
 
     def _replace(self, text: str, found: list[Finding], salt: str | None) -> str:

@@ -63,6 +63,7 @@ def evaluate_model(
         )
     y, outputs = predictor.labelled_outputs(df)
     metrics = compute_metrics(predictor.task, y, outputs)
+    metrics.update(trust_metrics(predictor, df, y, outputs))
     return EvaluationResult(
         predictor.ref,
         path,
@@ -71,6 +72,49 @@ def evaluate_model(
         _write(metrics, output),
         classes=list(predictor.task.classes),
     )
+
+
+def trust_metrics(predictor: Any, df: Any, y: Any, outputs: Any) -> dict[str, Any]:
+    """What the model's trust settings add to its metrics on a labelled file: the
+    expected calibration error (classifiers) and, when the file has the sensitive
+    columns of `evaluate.fairness`, the per-group audit of the model's decisions (the
+    mitigated ones too, when it has mitigation)."""
+    import numpy as np
+
+    from foundry.evaluation.metrics import probabilities
+
+    task = getattr(predictor, "task", None)
+    if task is None or not task.is_classification or len(y) == 0:
+        return {}
+    from foundry.evaluation.calibration import expected_calibration_error
+
+    manifest = getattr(predictor, "manifest", {}) or {}
+    bins = (manifest.get("calibration") or {}).get("bins", 15)
+    proba = probabilities(outputs, task)
+    out: dict[str, Any] = {"ece": expected_calibration_error(proba, y, bins=bins)}
+    settings = ((manifest.get("config") or {}).get("evaluate") or {}).get("fairness") or {}
+    columns = settings.get("sensitive_features") or []
+    if not columns or not all(c in df.columns for c in columns):
+        return out
+    from foundry.evaluation.fairness import audit
+
+    decode = predictor.preprocessor.decode_labels
+    classes = list(task.classes)
+    mitigation = getattr(predictor, "mitigation", None)
+    positive = int(mitigation["positive_index"]) if mitigation else (1 if len(classes) > 1 else 0)
+    positive_class = classes[positive] if len(classes) == 2 else settings.get("positive_class")
+    y_true = decode(np.asarray(y))
+    y_pred = decode(proba.argmax(axis=1))
+    out["fairness"] = audit(
+        y_true, y_pred, df[columns], positive_class=positive_class, classes=classes
+    )
+    if mitigation:
+        chosen = predictor.mitigated(proba, df[columns])
+        out["fairness_mitigated"] = audit(
+            y_true, decode(chosen), df[columns], positive_class=positive_class, classes=classes
+        )
+        out["accuracy_mitigated"] = float(np.mean(np.asarray(y_true) == np.asarray(decode(chosen))))
+    return out
 
 
 def _manifest(ref: str) -> tuple[str, dict[str, Any]]:

@@ -5,7 +5,8 @@
       foundry.json        manifest: resolved config, preprocessing state, input schema,
                           task, library versions, data fingerprint, name/version/parent
       metrics.json        evaluation metrics
-      card.md             model card
+      card.md             model card (markdown)
+      card.json           the same card as data (`foundry.evaluation.card`)
       ...                 model-specific files (`files=`): a tokenizer.json, a Hugging Face
                           model or LoRA adapter directory; JSON / safetensors only
 
@@ -44,6 +45,8 @@ class Package:
     manifest: dict[str, Any]
     metrics: dict[str, Any]
     card: str
+    card_json: dict[str, Any] | None = None
+    """card.json (packages written before model cards had one lack it)."""
 
 
 PackageFiles = dict[str, "str | bytes | Path"]
@@ -94,7 +97,7 @@ def stage_package(
     weights: dict[str, torch.Tensor],
     manifest: dict[str, Any],
     metrics: dict[str, Any],
-    card: str,
+    card: str | None,
     files: PackageFiles | None = None,
 ) -> Path:
     """Write a complete package into a new temporary directory under ``parent`` and return
@@ -105,7 +108,8 @@ def stage_package(
         _save_weights(tmp / "model.safetensors", weights)
         write_json(tmp / "foundry.json", manifest)
         write_json(tmp / "metrics.json", metrics)
-        _write_text(tmp / "card.md", card)
+        if card is not None:  # else the registry writes it once the version is known
+            _write_text(tmp / "card.md", card)
         for name, content in (files or {}).items():
             _write_extra(tmp, name, content)
     except BaseException:
@@ -133,7 +137,15 @@ def read_package(directory: str | Path) -> Package:
         card = (directory / "card.md").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelError(f"{directory / 'card.md'}: cannot read the model card: {exc}") from exc
-    return Package(path=directory, weights=weights, manifest=manifest, metrics=metrics, card=card)
+    card_json = _read_json(directory / "card.json") if (directory / "card.json").is_file() else None
+    return Package(
+        path=directory,
+        weights=weights,
+        manifest=manifest,
+        metrics=metrics,
+        card=card,
+        card_json=card_json,
+    )
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -167,7 +167,7 @@ class Registry:
         weights: dict[str, torch.Tensor],
         manifest: dict[str, Any],
         metrics: dict[str, Any],
-        card: str,
+        card: str | None = None,
         parent: str | None = None,
         tags: Iterable[str] = (),
         description: str = "",
@@ -180,6 +180,9 @@ class Registry:
         "name:3"). ``name``, ``version`` and ``parent`` are added to the stored manifest.
         ``files``: extra package files (tokenizer, Hugging Face model or adapter
         directory), see `foundry.registry.package.PackageFiles`.
+
+        Every package gets ``card.json`` (`foundry.evaluation.card.build_card` of its
+        manifest and metrics); ``card`` is its markdown, rendered from that when None.
         """
         validate_name(name)
         parent_ref = self.resolve(parent).ref if parent is not None else None
@@ -204,10 +207,9 @@ class Registry:
         try:
             for _ in range(_MAX_ATTEMPTS):
                 version = max(self._max_version(name), _max_dir_version(model_dir)) + 1
-                write_json(
-                    tmp / "foundry.json",
-                    {**manifest, "name": name, "version": version, "parent": parent_ref},
-                )
+                stored = {**manifest, "name": name, "version": version, "parent": parent_ref}
+                write_json(tmp / "foundry.json", stored)
+                _write_card(tmp, stored, metrics, card)
                 final = model_dir / str(version)
                 size = _dir_size(tmp)
                 try:
@@ -574,3 +576,14 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _write_card(directory: Path, manifest: dict[str, Any], metrics: dict[str, Any],
+                card: str | None) -> None:
+    """card.json (always) and card.md (rendered from it unless the caller wrote one)."""
+    from foundry.evaluation.card import build_card, render_card
+
+    card_json = build_card(manifest, metrics)
+    write_json(directory / "card.json", card_json)
+    if card is None:
+        (directory / "card.md").write_text(render_card(card_json), encoding="utf-8")

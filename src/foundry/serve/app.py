@@ -5,6 +5,7 @@
     GET  /v1/models                    served models: name, version, task, inputs
     GET  /v1/models/{name}             input schema + a ready-to-send example body
     POST /v1/models/{name}/predict     labels + probabilities / values (needs a key)
+    POST /v1/models/{name}/explain     integrated-gradients attributions (needs a key)
     GET  /v1/usage                     the calling key's usage and remaining quota
     GET  /metrics                      Prometheus text (see foundry.serve.metrics)
     /admin/keys...                     key admin behind FOUNDRY_ADMIN_TOKEN (routes_admin)
@@ -42,7 +43,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from foundry.config.schema import ServeConfig
-from foundry.errors import ConfigError
+from foundry.errors import ConfigError, FoundryError
 from foundry.serve.batching import Batcher
 from foundry.serve.errors import ApiError
 from foundry.serve.gate_api import Admission, AdmitRequest
@@ -51,11 +52,15 @@ from foundry.serve.lm_serving import ServedLanguageModel
 from foundry.serve.metrics import CONTENT_TYPE, ServeMetrics
 from foundry.serve.schemas import (
     ErrorResponse,
+    ExplainBody,
+    ExplainRequest,
+    ExplainResponse,
     ModelDetail,
     ModelList,
     PredictRequest,
     PredictResponse,
     Status,
+    explain_body,
 )
 from foundry.serve.served_model import ServedModel, ServedTextModel
 
@@ -103,6 +108,8 @@ class Service:
         """Predict requests under way in this process (a lone one is admitted at once)."""
         self._torch_threads: int | None = None
         """PyTorch's thread count before start(), restored by stop()."""
+        self.explainers: dict[str, Any] = {}
+        """`foundry.evaluation.explain.Explainer` by model ref, made on first use."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -150,6 +157,7 @@ class Service:
         for ref in self.state:
             self.state[ref] = "stopped"
         batchers, self.batchers, self.models = self.batchers, {}, {}
+        self.explainers = {}
         for batcher in batchers.values():
             await batcher.close()
         language, self.language_models = self.language_models, {}
@@ -261,6 +269,93 @@ class Service:
             self._in_flight -= 1
             self.metrics.request(served.name, status, perf_counter() - started)
 
+    # ------------------------------------------------------------------ explain
+
+    async def explain(self, name: str, request: Request) -> Response:
+        """POST /v1/models/{name}/explain: predict's checks, gate and metering (units =
+        records; usage events carry request ids `explain-...`), then integrated gradients
+        on a worker thread: never through the batcher, whose forward passes stay short."""
+        if name in self.language_models:
+            raise ApiError(400, "invalid_model", f"model '{name}' is a language model: "
+                           "explanations cover models with input features; it is served on "
+                           "the OpenAI-compatible routes", param="model")
+        served = self.model(name)
+        started = perf_counter()
+        request_id = f"explain-{uuid4().hex}"
+        self._in_flight += 1
+        try:
+            payload = parse_json(await read_body(request, self.config.max_body_bytes))
+            body = explain_body(payload)
+            idempotency_key = request.headers.get("idempotency-key")
+            # Hashed under its own name, so a predict body never replays as an explanation.
+            body_hash = (_body_hash(f"{served.name}/explain", payload)
+                         if idempotency_key else None)
+            served.validator.validate(body.records)
+            # A model without gradients or an unknown class: refused before admission,
+            # so never charged.
+            explainer = await run_in_threadpool(self._explainer, served, body.target)
+            units = len(body.records.items)
+            admission = None
+            if self.gate is not None:
+                admission = await self.gate_runner.admit(
+                    AdmitRequest(request.headers.get("authorization"), served.name, units,
+                                 request_id, idempotency_key, body_hash),
+                    alone=self._in_flight == 1,
+                )
+                if admission.replay is not None:
+                    headers = {"x-request-id": request_id, "idempotent-replayed": "true",
+                               **admission.rate.headers()}
+                    return JSONResponse(admission.replay.body, admission.replay.status,
+                                        headers)
+            headers = {"x-request-id": request_id}
+            if admission is not None:
+                headers.update(admission.rate.headers())
+            try:
+                content = await run_in_threadpool(_explain_records, served, explainer, body)
+                content["usage"] = {"units": units}
+                response = JSONResponse(content, 200, headers)
+            except Exception:
+                log.exception("explaining with model '%s' failed on request %s", served.ref,
+                              request_id)
+                if admission is not None:
+                    await self.gate_call(self._complete, admission, 500, _ms_since(started),
+                                         None)
+                raise ApiError(500, "internal_error", f"model '{served.name}' failed to "
+                               f"explain this request, which was not charged; request id "
+                               f"{request_id}") from None
+            if admission is not None:
+                if idempotency_key:  # stored before answering: a retry is then a replay
+                    await self.gate_call(self._complete, admission, 200, _ms_since(started),
+                                         content)
+                else:  # only a latency to buffer (see predict)
+                    self._complete(admission, 200, _ms_since(started), None)
+            return response
+        except ApiError as exc:
+            if exc.status == 429:
+                self.metrics.rejection(exc.code)
+            exc.headers = {**exc.headers, "x-request-id": request_id}
+            raise
+        finally:
+            self._in_flight -= 1
+
+    def _explainer(self, served: ServedModel | ServedTextModel, target: str | None) -> Any:
+        """Worker thread: the model's Explainer (its private network copy is made once)
+        with `target` checked; 400 for a model without gradients, 422 for an unknown
+        class."""
+        from foundry.evaluation.explain import Explainer
+
+        explainer = self.explainers.get(served.ref)
+        try:
+            if explainer is None:
+                explainer = self.explainers.setdefault(served.ref, Explainer(served.predictor))
+        except FoundryError as exc:
+            raise ApiError(400, "model_not_explainable", str(exc), param="model") from None
+        try:
+            explainer.target_index(target)
+        except FoundryError as exc:
+            raise ApiError(422, "invalid_field", str(exc), param="target") from None
+        return explainer
+
     @property
     def gate_runner(self) -> GateRunner:
         """The gate's thread (made on first use, inside the running loop)."""
@@ -338,6 +433,18 @@ def _set_torch_threads(n: int) -> int:
     if n != previous:
         torch.set_num_threads(n)
     return previous
+
+
+def _explain_records(
+    served: ServedModel | ServedTextModel, explainer: Any, body: ExplainBody
+) -> dict[str, Any]:
+    """Worker thread: predictions as /predict answers them, then their attributions."""
+    from foundry.evaluation.explain import explain_settings
+
+    records = body.records.items
+    steps = body.steps or explain_settings(served.predictor).steps
+    predictions = served.predict_records(records)
+    return explainer.explain_records(records, predictions, target=body.target, steps=steps)
 
 
 def _serving_kind(ref: str, registry: Any) -> str:
@@ -482,6 +589,27 @@ def _add_routes(app: FastAPI, service: Service, *, bare: bool) -> None:
         `Idempotency-Key` header makes retries safe (same answer, charged once)."""
         return await service.predict(service.model(name), request)
 
+    @app.post(
+        "/v1/models/{name}/explain",
+        response_model=ExplainResponse,
+        tags=["models"],
+        responses=_ERRORS,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ExplainRequest"}}
+                },
+            },
+            **({} if bare else {"security": _BEARER}),
+        },
+    )
+    async def explain(name: str, request: Request) -> Response:
+        """Integrated-gradients attributions of each record's prediction (or of `target`)
+        to every input. Needs `Authorization: Bearer <key>`; metered like predict, one
+        unit per record; at most 100 records and 200 steps a request."""
+        return await service.explain(name, request)
+
     if not bare:
 
         @app.get("/v1/usage", tags=["account"], openapi_extra={"security": _BEARER},
@@ -616,6 +744,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     schemas = components.setdefault("schemas", {})
     schemas.update(body.pop("$defs", {}))
     schemas["PredictRequest"] = body
+    explain = ExplainRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(explain.pop("$defs", {}))
+    schemas["ExplainRequest"] = explain
     components["securitySchemes"] = {
         "bearerAuth": {"type": "http", "scheme": "bearer",
                        "description": "An API key (fdy_...) or, for /admin, the admin token."}

@@ -209,11 +209,16 @@ class Records:
 class RecordValidator:
     """Checks and casts the records of one model's requests; built once per model."""
 
-    def __init__(self, model: str, inputs: Sequence[InputSpec]) -> None:
+    def __init__(
+        self, model: str, inputs: Sequence[InputSpec], optional: Sequence[str] = ()
+    ) -> None:
         self.model = model
         self.inputs = list(inputs)
         self.names = [s.name for s in self.inputs]
         self._name_set = frozenset(self.names)
+        self.optional = [name for name in optional if name not in self._name_set]
+        """Fields a record may carry besides the inputs (sensitive columns that pick
+        fairness thresholds): strings, numbers, booleans or null."""
         self._specs = [(s.name, s.kind, s.nullable, s.type, s.bound) for s in self.inputs]
 
     # -- body → records --------------------------------------------------------
@@ -296,10 +301,12 @@ class RecordValidator:
                     record[name] = decode_image(value, records.path(i, name))
 
     def _field_set_error(self, record: dict, records: Records, i: int) -> None:
-        unknown = [k for k in record if k not in self._name_set]
+        """Raise for an unknown or missing field; return when the only difference from
+        the inputs is optional fields (cast like category values)."""
+        unknown = [k for k in record if k not in self._name_set and k not in self.optional]
         if unknown:
             name = str(unknown[0])
-            close = difflib.get_close_matches(name, self.names, n=1)
+            close = difflib.get_close_matches(name, self.names + self.optional, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ApiError(
                 422,
@@ -309,6 +316,14 @@ class RecordValidator:
                 param=records.path(i, name),
             )
         missing = [n for n in self.names if n not in record]
+        if not missing:
+            for name in self.optional:
+                value = record.get(name)
+                if type(value) in (int, float, bool):
+                    record[name] = scalar_key(value)
+                elif value is not None and type(value) is not str:
+                    raise self._type_error(records, i, name, "category", True, value)
+            return
         spec = next(s for s in self.inputs if s.name == missing[0])
         null_hint = "; send null for a missing value" if spec.nullable else ""
         raise ApiError(
@@ -418,3 +433,103 @@ def _json_type(value: Any) -> str:
     if isinstance(value, dict):
         return "object"
     return type(value).__name__
+
+
+# ------------------------------------------------------------------ explain
+
+MAX_EXPLAIN_STEPS = 200
+"""Most integrated-gradients steps one explain request may ask for: each record costs
+`steps` forward and backward passes."""
+MAX_EXPLAIN_RECORDS = 100
+"""Most records one explain request may carry, whatever the plan allows (413 beyond)."""
+_EXPLAIN_FIELDS = ("records", "target", "steps")
+
+
+class ExplainRequest(_Schema):
+    records: list[dict[str, Value]]
+    """Records to explain, keyed by input feature name (as for predict)."""
+    target: str | None = None
+    """Class whose output is explained in every record; null: each record's predicted
+    class (regressors: the predicted value)."""
+    steps: int | None = Field(None, ge=2, le=MAX_EXPLAIN_STEPS)
+    """Integrated-gradients steps; null: the model's `evaluate.explain.steps`."""
+
+
+class Explanation(_Schema):
+    prediction: str | float | None
+    """What /predict answers for the record: its label, or value."""
+    target_class: str | None
+    """The class explained (null for a regressor)."""
+    output: float | None
+    """The explained output at the record: the target class's logit (log-odds for a
+    one-logit binary model), or the predicted value."""
+    baseline_output: float | None
+    """The same output at the baseline (see the response's `baseline`)."""
+    attributions: dict[str, float | None]
+    """Every input feature's share of `output - baseline_output`."""
+    tokens: list[tuple[str, float | None]] | None = None
+    """Text models: `[token, attribution]` for each real token, in order."""
+    heatmap: list[list[float | None]] | None = None
+    """Image models: pixel attributions summed into at most 8 x 8 cells [rows][cols]."""
+    convergence_delta: float | None
+    """sum(attributions) - (output - baseline_output): the integral's error; more
+    `steps` shrink it."""
+
+
+class ExplainResponse(_Schema):
+    model: str
+    method: str
+    """`integrated_gradients`."""
+    steps: int
+    output: str
+    """What is explained, in words."""
+    baseline: dict[str, str]
+    """The baseline value of each input feature, in words."""
+    rows: list[Explanation]
+    """One explanation per record, in request order."""
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class ExplainBody:
+    records: Records
+    target: str | None
+    steps: int | None
+
+
+def explain_body(payload: Any) -> ExplainBody:
+    """The parts of an explain body `{"records": [...], "target"?, "steps"?}`; ApiError
+    422 naming the offending field, 413 beyond `MAX_EXPLAIN_RECORDS`. The records still
+    need `RecordValidator.validate`."""
+    if not isinstance(payload, dict) or "records" not in payload:
+        raise ApiError(
+            422,
+            "missing_field",
+            'an explain body is {"records": [...], "target": optional class, "steps": '
+            f"optional}}; got {_json_type(payload)}"
+            + (" without records" if isinstance(payload, dict) else ""),
+            param="records",
+        )
+    unknown = [k for k in payload if k not in _EXPLAIN_FIELDS]
+    if unknown:
+        raise ApiError(422, "invalid_field", f"unknown field '{unknown[0]}' in the explain "
+                       f"body (fields: {', '.join(_EXPLAIN_FIELDS)})", param=str(unknown[0]))
+    items = payload["records"]
+    if not isinstance(items, list) or not items:
+        raise ApiError(422, "invalid_field", '"records" must be a non-empty list of records',
+                       param="records")
+    if len(items) > MAX_EXPLAIN_RECORDS:
+        raise ApiError(413, "too_many_records", f"{len(items)} records in one explain request;"
+                       f" explanations take up to {MAX_EXPLAIN_RECORDS} (split the list)",
+                       param="records")
+    target = payload.get("target")
+    if target is not None:
+        if type(target) not in (str, int, float, bool):
+            raise ApiError(422, "invalid_field", f"target must be a class label (a string), got "
+                           f"{_json_type(target)}", param="target")
+        target = scalar_key(target) if type(target) is not str else target
+    steps = payload.get("steps")
+    if steps is not None and (type(steps) is not int or not 2 <= steps <= MAX_EXPLAIN_STEPS):
+        raise ApiError(422, "invalid_field", f"steps must be an integer from 2 to "
+                       f"{MAX_EXPLAIN_STEPS}, got {steps!r}", param="steps")
+    return ExplainBody(Records(items, "records", True), target, steps)

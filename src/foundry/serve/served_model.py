@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from foundry.data.encoders.binary import BinaryEncoder
 from foundry.data.encoders.category import MISSING, CategoryEncoder
 from foundry.data.encoders.image import ImageEncoder
 from foundry.data.encoders.number import NumberEncoder
 from foundry.data.encoders.text import TextEncoder
+from foundry.evaluation.fairness import group_keys
 from foundry.evaluation.metrics import probabilities
 from foundry.predictor import Predictor, run_model
 from foundry.registry import Registry
@@ -56,7 +58,11 @@ class ServedModel:
         encoders = {e.name: e for e in predictor.preprocessor.encoders}
         features = predictor.manifest["features"]["inputs"]
         inputs = [input_spec(f, encoders.get(f["name"])) for f in features]
-        validator = RecordValidator(predictor.name, inputs)
+        # Sensitive columns that are not inputs may ride along: they pick the group
+        # thresholds of fairness mitigation.
+        mitigation = getattr(predictor, "mitigation", None) or {}
+        optional = [c for c in mitigation.get("sensitive_features", []) if c not in encoders]
+        validator = RecordValidator(predictor.name, inputs, optional=optional)
         described = [_describe(spec, encoders.get(spec.name)) for spec in inputs]
         task = predictor.task
         summary = {
@@ -82,23 +88,44 @@ class ServedModel:
         bit for bit as `Predictor.outputs` encodes a frame of them.
         """
         predictor = self.predictor
+        if predictor.scrubber is not None:
+            records = predictor.scrubber.transform_records(records)
         encoded = predictor.preprocessor.transform_records(records)
-        return self._decode(run_model(predictor.model, encoded, len(records)))
+        outputs = predictor.calibrated(run_model(predictor.model, encoded, len(records)))
+        return self._decode(outputs, records)
 
-    def _decode(self, outputs: np.ndarray) -> list[dict[str, Any]]:
+    def _decode(
+        self, outputs: np.ndarray, records: list[dict] | None = None
+    ) -> list[dict[str, Any]]:
         """Outputs [N, n_outputs] → prediction dicts: the computation of
-        `Predictor.decode`, without building a DataFrame."""
-        task, preprocessor = self.predictor.task, self.predictor.preprocessor
+        `Predictor.decode`, without building a DataFrame. `records` (the validated
+        request records) carry the sensitive columns fairness mitigation reads."""
+        predictor = self.predictor
+        task, preprocessor = predictor.task, predictor.preprocessor
         if not task.is_classification:
             values = preprocessor.denormalize(outputs[:, 0])
             return [{"value": v if math.isfinite(v) else None} for v in values.tolist()]
         proba = probabilities(outputs, task)  # float64 [N, n_classes]
-        labels = preprocessor.decode_labels(proba.argmax(axis=1)).tolist()
+        chosen = proba.argmax(axis=1)
+        mitigated = np.zeros(len(chosen), dtype=bool)
+        if predictor.mitigation is not None and records is not None:
+            columns = predictor.mitigation["sensitive_features"]
+            rows = [i for i, r in enumerate(records) if all(c in r for c in columns)]
+            if rows:  # records without every sensitive value keep the plain decision
+                sensitive = pd.DataFrame([{c: records[i][c] for c in columns} for i in rows])
+                chosen[rows] = predictor.mitigated(proba[rows], sensitive)
+                # a group the thresholds were not fitted on keeps the plain decision
+                seen = group_keys(sensitive).isin(list(predictor.mitigation["groups"]))
+                mitigated[np.asarray(rows)[seen.to_numpy()]] = True
+        labels = preprocessor.decode_labels(chosen).tolist()
         classes = [str(c) for c in task.classes]
         out = [
             {"label": str(label), "probabilities": dict(zip(classes, row, strict=True))}
             for label, row in zip(labels, proba.tolist(), strict=True)
         ]
+        if predictor.mitigation is not None:
+            for i in np.flatnonzero(mitigated):
+                out[i]["mitigated"] = True
         broken = ~np.isfinite(proba).all(axis=1)
         for i in np.flatnonzero(broken):  # the network overflowed: JSON has no NaN
             out[i] = {"label": None, "probabilities": dict.fromkeys(classes)}

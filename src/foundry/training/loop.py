@@ -4,6 +4,10 @@ setup (device, precision, loss, optimizer, schedule, seeds) → resume? → for 
 shuffle, train on slices of pre-built tensors, validate, log, keep the best weights,
 checkpoint, maybe stop early → load the best weights into the model.
 
+With `train.privacy` an epoch is DP-SGD instead (see `foundry.training.privacy`): each
+step trains on a Poisson sample of rows, clips each row's gradient and adds noise, and
+the privacy spent is recorded per epoch.
+
 Speed matters as much as clarity here: an epoch should cost what a hand-written
 `for i in range(0, n, bs)` loop costs. So each batch is one index operation per input
 tensor (no DataLoader, no per-row work), and nothing reads a GPU value back per batch:
@@ -17,10 +21,10 @@ import math
 import numbers
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,6 +50,9 @@ from foundry.training.runtime import (
     resolve_device,
     torch_settings,
 )
+
+if TYPE_CHECKING:
+    from foundry.training.privacy import PrivateTraining
 
 __all__ = ["AugmentFn", "BatchLossFn", "FitResult", "MetricFn", "fit"]
 
@@ -80,6 +87,11 @@ class FitResult:
     """Wall time of this call (a resumed run counts only its own part)."""
     epochs_run: int
     """Epochs completed in total, including those before a resume."""
+    privacy: dict[str, Any] | None = None
+    """With `train.privacy`: what was spent and how. "epsilon" (ε spent, <= the target),
+    "delta", "noise_multiplier", "max_grad_norm", "sample_rate" (probability of a row
+    being in a step), "steps" and "epochs" (taken, resumes included), "accountant"
+    ("prv" or "rdp"), "library" ("opacus <version>"). None otherwise."""
 
 
 def fit(
@@ -117,6 +129,12 @@ def fit(
     each batch with the rest and passed to the model too (models read only their own
     keys). `train_loss` is then that loss; `val_loss` and the validation metrics stay
     `config.loss` and the metrics on the true labels.
+
+    `config.privacy` trains with DP-SGD (per-example clipping and noise, Poisson sampling;
+    see `foundry.training.privacy`): the model must have been passed through
+    `make_private_model`, each history record gains "epsilon" (spent so far) and
+    `FitResult.privacy` reports the total. Without validation data every epoch is kept
+    (choosing one by the training loss would look at the private rows).
 
     The caller seeds and builds the model; the model's weights end as the best epoch's.
     Raises `TrainError` when the loss diverges, the device or precision is unavailable,
@@ -180,10 +198,19 @@ def _fit(
     # epoch may have fewer); the schedule counts optimizer steps.
     accum = config.gradient_accumulation
     n_steps = math.ceil(n_batches / accum)
+    precision = config.precision
+    if config.privacy is not None:
+        from foundry.training.privacy import PrivateTraining, check_private_settings
+
+        check_private_settings(config, distillation=loss_fn is not None)
+        # DP-SGD steps on Poisson samples of about batch_size x accum rows (see
+        # PrivateTraining); "auto" would be fp16 on CUDA, whose loss scaling DP cannot use
+        n_batches = n_steps = math.ceil(n_rows / (batch_size * accum))
+        precision = "fp32" if precision == "auto" else precision
     total_steps = config.epochs * n_steps
 
     # ---- what is optimised, and how
-    autocast, scaler = precision_context(config.precision, device)
+    autocast, scaler = precision_context(precision, device)
     task_loss = build_loss(config.loss, task, n_outputs)  # and validation's loss
     optimizer = build_optimizer(model.parameters(), config.optimizer)
     scheduler = build_scheduler(optimizer, config.scheduler, n_steps, total_steps)
@@ -198,6 +225,12 @@ def _fit(
         "shuffle": torch.Generator().manual_seed(config.seed),
         "augment": torch.Generator(device).manual_seed(config.seed + 1),
     }
+    private: PrivateTraining | None = None
+    if config.privacy is not None:  # its own generator: the noise does not shift the rest
+        generators["noise"] = torch.Generator(device).manual_seed(config.seed + 2)
+        private = PrivateTraining(
+            model, optimizer, config, n_rows=n_rows, noise=generators["noise"]
+        )
 
     bar = EpochBar(enabled=progress, n_batches=n_batches, epochs=config.epochs)
     say = log if log is not None else (bar.console.print if progress else None)
@@ -208,6 +241,14 @@ def _fit(
     best_epoch, step, stopped_early = 0, 0, False
     if resume:
         ckpt = load_checkpoint(run_dir, model=model, optimizer=optimizer)
+        if private is not None:
+            private.load_state_dict(ckpt.state.get("privacy"))  # ε continues where it was
+        elif "privacy" in ckpt.state:
+            raise TrainError(
+                "the checkpoint comes from a run with train.privacy: resuming without it "
+                "would void its guarantee",
+                hint="resume with the same train.privacy, or start a new run",
+            )
         step = ckpt.state["step"]
         scheduler.last_epoch = ckpt.state["scheduler_last_epoch"]
         stopper.load_state_dict(ckpt.state["early_stopping"])
@@ -220,9 +261,15 @@ def _fit(
         changed = changed_keys(ckpt.state["train_config"], config.model_dump(mode="json"))
         if changed and say is not None:
             say(f"resuming with changed train settings: {', '.join(changed)}")
+    if private is not None and say is not None:
+        say(private.describe())
 
     # metrics.jsonl is rewritten from the (restored) history, so no epoch appears twice
-    with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as metrics_file, bar:
+    with (
+        open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as metrics_file,
+        bar,
+        private if private is not None else nullcontext(),  # Opacus hooks, removed after
+    ):
         for record in history:
             metrics_file.write(json.dumps(record) + "\n")
 
@@ -234,45 +281,68 @@ def _fit(
             # ---- train one epoch
             model.train()
             bar.start_epoch(epoch)
-            perm = torch.randperm(n_rows, generator=generators["shuffle"]).to(device)
             batch_losses: list[Tensor] = []  # read once per epoch: no GPU→CPU sync per batch
-            for b in range(n_batches):
-                idx = perm[b * batch_size : (b + 1) * batch_size]
-                inputs = {k: train[k][idx] for k in input_keys}
-                target = train["target"][idx]
-                if augment is not None:
-                    inputs = augment(inputs, generators["augment"])
+            if private is None:
+                perm = torch.randperm(n_rows, generator=generators["shuffle"]).to(device)
+                for b in range(n_batches):
+                    idx = perm[b * batch_size : (b + 1) * batch_size]
+                    inputs = {k: train[k][idx] for k in input_keys}
+                    target = train["target"][idx]
+                    if augment is not None:
+                        inputs = augment(inputs, generators["augment"])
 
-                with autocast():
-                    outputs = model(inputs)  # [batch, n_outputs]
-                    if loss_fn is None:
-                        loss = task_loss(outputs, target)
-                    else:
-                        loss = loss_fn(outputs, {**inputs, "target": target})
-                group_start = b - b % accum  # first batch of this optimizer step
-                if b == group_start:
-                    optimizer.zero_grad(set_to_none=True)
-                # Gradients add up over the step's batches: dividing each batch's mean loss
-                # by their number makes the step's gradient that of their mean.
-                scaled = loss if accum == 1 else loss / min(accum, n_batches - group_start)
-                scaler.scale(scaled).backward()  # the scaler is a no-op unless fp16
-                if b + 1 == group_start + accum or b + 1 == n_batches:
-                    if config.grad_clip is not None:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
+                    with autocast():
+                        outputs = model(inputs)  # [batch, n_outputs]
+                        if loss_fn is None:
+                            loss = task_loss(outputs, target)
+                        else:
+                            loss = loss_fn(outputs, {**inputs, "target": target})
+                    group_start = b - b % accum  # first batch of this optimizer step
+                    if b == group_start:
+                        optimizer.zero_grad(set_to_none=True)
+                    # Gradients add up over the step's batches: dividing each batch's mean loss
+                    # by their number makes the step's gradient that of their mean.
+                    scaled = loss if accum == 1 else loss / min(accum, n_batches - group_start)
+                    scaler.scale(scaled).backward()  # the scaler is a no-op unless fp16
+                    if b + 1 == group_start + accum or b + 1 == n_batches:
+                        if config.grad_clip is not None:
+                            scaler.unscale_(optimizer)
+                            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                        scaler.step(optimizer)
+                        scaler.update()
+                        scheduler.step()
+
+                    batch_losses.append(loss.detach())
+                    bar.advance(b + 1)
+            else:  # DP-SGD: each step a Poisson sample of rows, in physical batches
+                for b, rows in enumerate(private.sample_steps(generators["shuffle"])):
+                    parts = rows.to(device).split(batch_size)  # one empty part if no rows
+                    for j, idx in enumerate(parts):
+                        inputs = {k: train[k][idx] for k in input_keys}
+                        target = train["target"][idx]
+                        if augment is not None:
+                            inputs = augment(inputs, generators["augment"])
+                        # after a part, zero_grad keeps the step's sum of clipped gradients
+                        private.optimizer.zero_grad(set_to_none=True)
+                        with autocast():
+                            outputs = model(inputs)  # Opacus' hooks record each row's input
+                            loss = task_loss(outputs, target)
+                        loss.backward()  # ... and each row's gradient
+                        # every part: clip and add up; the last: noise, update, accountant
+                        private.optimizer.signal_skip_step(j + 1 < len(parts))
+                        private.optimizer.step()
+                        if len(idx):  # an empty step still adds noise, but its loss is NaN
+                            batch_losses.append(loss.detach())
                     scheduler.step()
-
-                batch_losses.append(loss.detach())
-                bar.advance(b + 1)
+                    bar.advance(b + 1)
             step += n_steps
 
             train_loss = torch.stack(batch_losses).mean().item()
             if not math.isfinite(train_loss):
+                clip = "train.grad_clip" if private is None else "a lower privacy.max_grad_norm"
                 raise TrainError(
                     f"training diverged at epoch {epoch}: loss is {train_loss}; "
-                    "lower train.optimizer.lr or set train.grad_clip"
+                    f"lower train.optimizer.lr or set {clip}"
                 )
 
             # ---- validate, record
@@ -291,6 +361,8 @@ def _fit(
                     )
                 )
             record["lr"] = optimizer.param_groups[0]["lr"]
+            if private is not None:
+                record["epsilon"] = private.epsilon()  # spent so far
             record["seconds"] = time.perf_counter() - epoch_start
             history.append(record)
             metrics_file.write(json.dumps(record) + "\n")
@@ -303,28 +375,35 @@ def _fit(
                     f"available: {', '.join(k for k in record if k not in ('epoch', 'seconds'))}"
                 )
             improved = stopper.update(record[monitor])
+            stopped_early = stopper.should_stop
+            if private is not None and val is None:
+                # Choosing or stopping at an epoch by its training loss would look at the
+                # private rows outside DP: keep the last epoch, run them all.
+                improved, stopped_early = True, False
             if improved or best_state is None:
                 best_epoch = epoch
                 best_state = cpu_copy(model.state_dict())
-            stopped_early = stopper.should_stop
 
+            state = {
+                "epoch": epoch,
+                "step": step,
+                "scheduler_last_epoch": scheduler.last_epoch,
+                "early_stopping": stopper.state_dict(),
+                "grad_scaler": scaler.state_dict(),
+                "history": history,
+                "best_epoch": best_epoch,
+                "stopped_early": stopped_early,
+                "train_config": config.model_dump(mode="json"),
+            }
+            if private is not None:
+                state["privacy"] = private.state_dict()  # the accountant's history
             save_checkpoint(
                 run_dir,
                 model=model,
                 optimizer=optimizer,
                 best_state=best_state,
                 rng=capture_rng(generators),
-                state={
-                    "epoch": epoch,
-                    "step": step,
-                    "scheduler_last_epoch": scheduler.last_epoch,
-                    "early_stopping": stopper.state_dict(),
-                    "grad_scaler": scaler.state_dict(),
-                    "history": history,
-                    "best_epoch": best_epoch,
-                    "stopped_early": stopped_early,
-                    "train_config": config.model_dump(mode="json"),
-                },
+                state=state,
             )
             if say is not None:
                 say(_format_epoch(record, config.epochs, monitor, improved))
@@ -346,6 +425,7 @@ def _fit(
         state_dict=best_state,
         seconds=time.perf_counter() - started,
         epochs_run=len(history),
+        privacy=private.report(epochs=len(history)) if private is not None else None,
     )
 
 
@@ -405,6 +485,7 @@ _SHOWN = (
     "val_roc_auc",
     "val_rmse",
     "val_r2",
+    "epsilon",
 )
 
 
