@@ -199,6 +199,13 @@ def evaluate(
     )
     if "confusion_matrix" in result.metrics:
         console.print(confusion_table(result.metrics["confusion_matrix"], result.classes))
+    if "fairness" in result.metrics:
+        from foundry.evaluation.fairness import format_audit
+
+        _out(format_audit(result.metrics["fairness"]))
+        if "fairness_mitigated" in result.metrics:
+            _out("\nwith the model's fairness mitigation (group thresholds):\n")
+            _out(format_audit(result.metrics["fairness_mitigated"]))
     if output:
         _out(f"wrote {output}")
 

@@ -256,3 +256,24 @@ def test_tokenizer_texts_render_conversations():
     assert texts == ["<|user|>\nq<|end|>\n<|assistant|>\na<|end|>\n"]
     assert list(tokenizer_texts(LMExamples("corpus", ["doc"]))) == ["doc"]
     assert torch.equal(corpus_blocks([], TOK, 4).input_ids, torch.zeros(0, 4, dtype=torch.int64))
+
+
+def test_pii_in_documents_and_messages_is_masked_before_tokenizing():
+    from foundry.config.schema import PIIConfig
+    from foundry.lm.data import LMExamples, scrub_examples
+
+    corpus = LMExamples("corpus", ["write to ada@example.com today", "nothing here"])
+    chats = LMExamples(
+        "instructions",
+        [[{"role": "user", "content": "my card is 4111 1111 1111 1111"},
+          {"role": "assistant", "content": "noted, call +44 20 7946 0958"}]],
+    )
+    out, others, report = scrub_examples(corpus, {"test_path": corpus}, PIIConfig())
+    assert out.items == ["write to [EMAIL] today", "nothing here"]
+    assert others["test_path"].items == out.items
+    assert report["findings"]["text"]["email"] == 2
+    assert "ada@example.com" not in str(report)
+    out, _, report = scrub_examples(chats, {}, PIIConfig())
+    assert out.items[0][0] == {"role": "user", "content": "my card is [CREDIT_CARD]"}
+    assert out.items[0][1]["content"] == "noted, call [PHONE]"
+    assert out.items[0][1]["role"] == "assistant"

@@ -150,6 +150,8 @@ class LMData:
     val: LMExamples
     test: LMExamples
     source: Path
+    pii: dict[str, Any] | None = None
+    """What `data.pii` found in the texts (None when scanning is off)."""
 
 
 def load_lm_data(loaded: LoadedConfig) -> LMData:
@@ -174,6 +176,9 @@ def load_lm_data(loaded: LoadedConfig) -> LMData:
                     f"{examples.kind}; both must be the same kind"
                 )
             explicit[key] = other
+    pii = None
+    if data.pii.enabled:
+        examples, explicit, pii = scrub_examples(examples, explicit, data.pii)
     split = data.split
     fractions = {
         "train": split.train
@@ -191,7 +196,43 @@ def load_lm_data(loaded: LoadedConfig) -> LMData:
         val=explicit.get("val_path", val),
         test=explicit.get("test_path", test),
         source=path,
+        pii=pii,
     )
+
+
+def scrub_examples(
+    examples: LMExamples, explicit: dict[str, LMExamples], config: Any
+) -> tuple[LMExamples, dict[str, LMExamples], dict[str, Any]]:
+    """`data.pii` on every document / message text: a language model memorises what it
+    reads, so personal data is masked (hashed, dropped) before the tokenizer sees it.
+    Returns the scrubbed examples and the merged report (its column is `text`)."""
+    from foundry.data.scrub import PIIScrubber, merge_reports
+
+    def texts(ex: LMExamples) -> list[str]:
+        if ex.kind == "corpus":
+            return list(ex.items)
+        return [m["content"] for conversation in ex.items for m in conversation]
+
+    def rebuilt(ex: LMExamples, new: list[str]) -> LMExamples:
+        if ex.kind == "corpus":
+            return LMExamples(ex.kind, new)
+        it = iter(new)
+        items = [[{**m, "content": next(it)} for m in conv] for conv in ex.items]
+        return LMExamples(ex.kind, items)
+
+    # One free-text column: nothing in it is an identifier column.
+    settings = config.model_copy(update={"columns": ["text"], "identifiers": "report"})
+    frame = pd.DataFrame({"text": texts(examples)}, dtype=object)
+    scrubber = PIIScrubber.fit(frame, settings, target=None)
+    scrubbed, report = scrubber.scrub(frame)
+    reports = [report]
+    out = rebuilt(examples, scrubbed["text"].tolist())
+    others = {}
+    for key, ex in explicit.items():
+        done, extra = scrubber.scrub(pd.DataFrame({"text": texts(ex)}, dtype=object))
+        reports.append(extra)
+        others[key] = rebuilt(ex, done["text"].tolist())
+    return out, others, merge_reports(reports)
 
 
 def split_examples(

@@ -139,6 +139,8 @@ def train_gpt(
 
     # ---- registry
     manifest = build_manifest(cfg, loaded, data, splits, tokenizer, model, fitted, block_size)
+    if data.pii is not None:
+        manifest["pii"] = data.pii
     record = Registry().register(
         cfg.name,
         weights=model.package_weights(fitted.state_dict),

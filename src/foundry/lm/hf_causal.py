@@ -138,6 +138,8 @@ def train_causal_lm(
         train_defaults_filled=filled,
     )
     manifest = _manifest(loaded, hf, data, splits, block_size, fitted, train_cfg, tokenizer)
+    if data.pii is not None:
+        manifest["pii"] = data.pii
     card = _card(cfg.name, cfg.description, manifest, metrics) + hf_card_section(hf)
     record = register_hf(cfg, model, tokenizer, hf, manifest, metrics, card, head={})
     (out_dir / "COMPLETED").write_text(record.ref + "\n")
