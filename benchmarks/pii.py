@@ -22,10 +22,11 @@ import pandas as pd
 from foundry.config.schema import PIIConfig
 from foundry.data.scrub import PIIScrubber
 
-WORDS = (
-    "the customer asked about the new plan and said the service was slow last week but "
-    "support answered quickly so they will stay for another year if prices hold"
-).split()
+SENTENCE = (
+    "the customer asked about the new plan and said the service was slow last week "
+    "but support answered quickly so they will stay for another year if prices hold"
+)
+WORDS = SENTENCE.split(" ")
 
 
 def table(n: int, seed: int = 0) -> pd.DataFrame:
