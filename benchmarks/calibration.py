@@ -1,19 +1,23 @@
 """Does temperature scaling calibrate real foundry models? ECE before / after on test data.
 
-    python benchmarks/calibration.py                     # four tables, seed 0, ~2 min
+    python benchmarks/calibration.py                     # four tables, seed 0, ~10 min*
+    python benchmarks/calibration.py --keep best         # foundry's default selection
     python benchmarks/calibration.py --datasets digits   # a subset
     python benchmarks/calibration.py --seeds 0,1,2       # other splits + a table of means
     python benchmarks/calibration.py --json out.json     # also save every result
+
+*on 2 busy CPU cores; the census table takes most of it.
 
 The issue's target: temperature scaling fitted on the validation split cuts the expected
 calibration error (15 bins) by at least 50% with unchanged accuracy (Guo et al. 2017
 report 70-90% on image and text networks).
 
 Each table is split (stratified, `--seeds`) into train.csv, val.csv and test.csv in a
-temporary folder (train fraction per table in DATASETS, the rest halved), and `foundry.train` runs on them (FOUNDRY_HOME points at the same
-temporary folder) with a config built to overfit, as long-trained networks do: an MLP
-[256, 256] without dropout, no early stopping, many epochs, and (`--keep last`, the
-default) the last epoch's weights kept. `--keep best` keeps foundry's default selection
+temporary folder (train fraction per table in DATASETS, the rest halved), and
+`foundry.train` runs on them (FOUNDRY_HOME points at the same temporary folder) with a
+config built to overfit, as long-trained networks do: an MLP [256, 256] without dropout,
+no early stopping, many epochs, and (`--keep last`, the default) the last epoch's
+weights kept. `--keep best` keeps foundry's default selection
 instead, the epoch with the lowest validation loss. Calibration stays on (the default):
 the pipeline fits T and stores it with the model.
 

@@ -4,6 +4,10 @@ fit(model, train, val, config, task, run_dir, n_outputs=...) -> FitResult
 build_loss / n_outputs_for             loss by `train.loss` name
 build_optimizer / build_scheduler      from `train.optimizer` / `train.scheduler`
 EarlyStopping                          on one monitored metric
+
+`train.privacy` (DP-SGD) lives in `foundry.training.privacy`, imported only by private
+runs (Opacus adds ~1 s to an import): `make_private_model(model) -> (model, changes)`
+swaps the layers DP-SGD cannot train; build a model, pass it through, then `fit`.
 """
 
 from foundry.training.early_stopping import EarlyStopping

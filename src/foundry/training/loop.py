@@ -200,6 +200,7 @@ def _fit(
     n_steps = math.ceil(n_batches / accum)
     precision = config.precision
     if config.privacy is not None:
+        # imported here: Opacus adds ~1 s to every import of foundry.training
         from foundry.training.privacy import PrivateTraining, check_private_settings
 
         check_private_settings(config, distillation=loss_fn is not None)

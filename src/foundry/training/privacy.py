@@ -86,8 +86,9 @@ class PrivateMultiheadAttention(nn.Module):
     `vlinear`, `out_proj`: Linear layers, which Opacus has per-example gradients for).
 
     Not Opacus' DPMultiheadAttention: in 1.6 its `batch_first=True` output mixes heads
-    and positions (it views [B*H, L, d] as [B, L, H*d]), and it takes boolean padding
-    masks only, while `nn.TransformerEncoder` hands its layers float ones. No attention
+    and positions (it views [B*H, L, d] as [B, L, H*d]; meta-pytorch/opacus PR #825), and
+    it takes boolean padding masks only, while `nn.TransformerEncoder` hands its layers
+    float ones. No attention
     weights are returned (`need_weights` is ignored).
     """
 
@@ -377,7 +378,7 @@ class PrivateTraining:
         self.accountant = create_accountant(self.accountant_name)
         self.optimizer: DPOptimizer | None = None
         self._hooks: GradSampleModule | None = None
-        self._warnings = warnings.catch_warnings()
+        self._warnings: warnings.catch_warnings | None = None
         self._spent: tuple[int, float] | None = None  # (steps, ε) last computed
 
     def describe(self) -> str:
@@ -406,6 +407,7 @@ class PrivateTraining:
             generator=self.noise,
         )
         self.optimizer.attach_step_hook(self._account)
+        self._warnings = warnings.catch_warnings()
         self._warnings.__enter__()
         # The first layer's input needs no gradient, so its hook fires on outputs only,
         # which is all Opacus reads.
@@ -413,8 +415,10 @@ class PrivateTraining:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._hooks is not None:
+        if self._warnings is not None:
             self._warnings.__exit__(None, None, None)
+            self._warnings = None
+        if self._hooks is not None:
             self._hooks.cleanup()  # hooks, grad_sample...
             for p in self.model.parameters():
                 if hasattr(p, "summed_grad"):  # DPOptimizer's, which cleanup leaves
