@@ -201,7 +201,7 @@ def compress(
     # ---- register each variant with what was measured (its metrics on these rows)
     refs = [record.ref]
     for variant, metrics in zip(built, scored[1:], strict=True):
-        refs.append(_register(registry, record.ref, manifest, package, variant, cfg, metrics))
+        refs.append(_register(registry, record.ref, manifest, variant, cfg, metrics))
         say.info(f"registered {refs[-1]} ({variant.method})")
     variants = [
         Variant(
@@ -502,7 +502,6 @@ def _register(
     registry: Registry,
     parent_ref: str,
     manifest: dict[str, Any],
-    package: Any,
     variant: _Built,
     cfg: FoundryConfig,
     metrics: dict[str, Any],
@@ -521,19 +520,12 @@ def _register(
         # the parent's outputs, not to a retrained network's.
         for section in ("calibration", "fairness", "explain"):
             new_manifest.pop(section, None)
-    card = (
-        package.card.rstrip()
-        + f"\n\n## Compression\n\n{variant.method} variant of {parent_ref}: "
-        + ", ".join(f"{k}={v}" for k, v in variant.compression.items() if k != "input_names")
-        + "\n"
-    )
     record = registry.register(
         cfg.name,
         weights={k: v.detach().cpu().contiguous() for k, v in variant.weights.items()},
         manifest=new_manifest,
         metrics=metrics,
-        card=card,
-        parent=parent_ref,
+        parent=parent_ref,  # card.md is rendered from card.json, compression included
         tags=[variant.method],
         description=f"{variant.method} variant of {parent_ref}",
         files=variant.files or None,
