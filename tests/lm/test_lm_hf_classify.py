@@ -362,3 +362,27 @@ def test_the_minilm_lora_example_trains_offline(tmp_path):
     overrides = [f"model.name_or_path={minilm}", f"output_dir={tmp_path}"]
     run = foundry.train(EXAMPLES / "minilm_lora.yaml", overrides, quiet=True)
     assert run.metrics["accuracy"] > 0.9  # bag-of-words: ~0.5 (benchmarks/hf_finetune.py)
+
+
+def test_pii_scrubbed_in_training_is_scrubbed_in_every_prediction(tmp_path, bert):
+    """`data.pii` masks the training texts; the package keeps the scrubber, and the
+    reloaded classifier masks its inputs the same way before tokenizing."""
+    data = hf_tiny.write_sentiment_csv(tmp_path / "train.csv")
+    df = pd.read_csv(data)
+    df.loc[::3, "text"] = df.loc[::3, "text"] + " mail ann.lee@example.com"
+    df.to_csv(data, index=False)
+    cfg = config(tmp_path, bert, data=data)
+    cfg["data"]["pii"] = {"action": "mask"}
+    run = foundry.train(cfg, quiet=True)
+
+    package = Registry().load(run.model_ref)
+    assert package.manifest["pii"]["findings"]["text"]["email"] > 0
+    model = reload(run.model_ref)
+    assert model.scrubber is not None
+    raw = pd.DataFrame({"text": ["great fine film, mail bob@example.org", "awful dull"]})
+    masked = pd.DataFrame({"text": ["great fine film, mail [EMAIL]", "awful dull"]})
+    assert model._texts(raw) == masked["text"].tolist()
+    pd.testing.assert_frame_equal(model.predict(raw), model.predict(masked))
+    assert model.predict_records(raw.to_dict("records")) == model.predict_records(
+        masked.to_dict("records")
+    )

@@ -403,3 +403,17 @@ def test_the_plain_path_reports_no_privacy(tmp_path):
     assert result.privacy is None and "epsilon" not in result.history[0]
     state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
     assert "privacy" not in state
+
+
+@pytest.mark.parametrize("model", [{"type": "gpt"}, {"type": "hf", "name_or_path": "some/model"}])
+def test_privacy_on_a_language_model_is_refused_at_load(model):
+    """gpt and hf pipelines have no DP-SGD: the config says so instead of training
+    without privacy."""
+    from foundry.config import load_config
+
+    config = {"data": {"path": "corpus.txt"}, "model": model}
+    config["train"] = {"privacy": {"target_epsilon": 3}}
+    if model["type"] == "hf":
+        config["features"] = {"target": "label"}
+    with pytest.raises(ConfigError, match=r"train\.privacy.*not for model type"):
+        load_config(config)

@@ -437,7 +437,13 @@ class EarlyStoppingConfig(Section):
 class PrivacyConfig(Section):
     """Differentially private training (DP-SGD, Opacus): each example's gradient is
     clipped and Gaussian noise is added, calibrated so the whole run spends at most
-    `target_epsilon`."""
+    `target_epsilon`.
+
+    DP-SGD wants other settings than ordinary training: large batches (a few percent of
+    the rows or more: the noise is added once per batch), a higher learning rate (Adam
+    ~1e-2), and a fixed number of epochs (`train.early_stopping.patience: null`), since
+    the noise is calibrated to spend the budget over the planned epochs and stopping
+    early leaves it unused. Supported for mlp, cnn and text models; not for gpt or hf."""
 
     target_epsilon: float = Field(gt=0)
     """Privacy budget of the whole run (smaller is more private; 1-10 is common)."""
@@ -814,6 +820,16 @@ class FoundryConfig(Section):
                 return True
             return model.task == "auto" and self.features.target is None
         return False
+
+    @model_validator(mode="after")
+    def _privacy_only_for_our_models(self) -> FoundryConfig:
+        if self.train.privacy is not None and isinstance(self.model, GPTConfig | HFModelConfig):
+            raise ValueError(
+                f"train.privacy: differentially private training is built for mlp, cnn and "
+                f"text models, not for model type '{self.model.type}'; remove train.privacy "
+                f"or pick one of those"
+            )
+        return self
 
     @model_validator(mode="after")
     def _target_unless_language_model(self) -> FoundryConfig:

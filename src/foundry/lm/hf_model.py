@@ -78,7 +78,11 @@ def load_hf_package(
         return HFLanguageModel(ref, model, tokenizer, hf, generation=lm.generation)
     if task == "embedding":
         return HFEmbedder(ref, model, tokenizer, hf)
-    return HFTextPredictor(ref, model, tokenizer, hf, TaskInfo.from_dict(package.manifest["task"]))
+    from foundry.predictor import trust_state
+
+    task_info = TaskInfo.from_dict(package.manifest["task"])
+    scrubber = trust_state(package.manifest).get("scrubber")
+    return HFTextPredictor(ref, model, tokenizer, hf, task_info, scrubber=scrubber)
 
 
 def hf_section(package: Package) -> dict[str, Any]:
@@ -158,11 +162,14 @@ class HFTextPredictor:
         tokenizer: HFTokenizer,
         hf: dict[str, Any],
         task: TaskInfo,
+        scrubber: Any = None,
     ) -> None:
         self.ref = ref
         self.model = model
         self.tokenizer = tokenizer
         self.task = task
+        self.scrubber = scrubber
+        """The training data's `PIIScrubber` (`data.pii`), applied to every input text."""
         self.text_column: str = hf["text_column"]
         self.max_length: int = int(hf["max_length"])
 
@@ -185,9 +192,7 @@ class HFTextPredictor:
             mean=self.task.target_mean,
             std=self.task.target_std,
         )
-        return target.transform(df[self.task.target]), self.outputs(
-            texts_of(df[self.text_column])
-        )
+        return target.transform(df[self.task.target]), self.outputs(self._texts(df))
 
     def _require_text(self, df: pd.DataFrame) -> None:
         if self.text_column not in df.columns:
@@ -195,6 +200,12 @@ class HFTextPredictor:
                 f"input data lacks column '{self.text_column}' that model '{self.ref}' needs "
                 f"(columns: {', '.join(map(str, df.columns))})"
             )
+
+    def _texts(self, df: pd.DataFrame) -> list[str]:
+        """The text column as the model saw it in training: PII scrubbed the same way."""
+        if self.scrubber is not None:
+            df = self.scrubber.transform(df[[self.text_column]])
+        return texts_of(df[self.text_column])
 
     def outputs(self, texts: list[str]) -> np.ndarray:
         """Raw outputs float32 [N, n_outputs] (logits, or the standardised value)."""
@@ -225,13 +236,14 @@ class HFTextPredictor:
                 f"record {missing[0]} lacks '{self.text_column}', the text input of "
                 f"model '{self.ref}'"
             )
-        return self.predict_texts(texts_of(pd.Series([r[self.text_column] for r in records])))
+        column = pd.Series([r[self.text_column] for r in records])
+        return self.predict_texts(self._texts(pd.DataFrame({self.text_column: column})))
 
     def predict(self, df: pd.DataFrame) -> pd.DataFrame:
         """Like `foundry.predictor.Predictor.predict`: `<target>` and one
         `probability_<class>` column per class (classifiers)."""
         self._require_text(df)
-        outputs = self.outputs(texts_of(df[self.text_column]))
+        outputs = self.outputs(self._texts(df))
         target = self.task.target
         if not self.task.is_classification:
             values = outputs[:, 0].astype(np.float64) * self.task.target_std + self.task.target_mean

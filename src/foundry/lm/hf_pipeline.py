@@ -259,6 +259,9 @@ def train_text_predictor(
             "train": train_cfg.model_dump(mode="json"),
         },
     }
+    if splits.pii is not None:  # the scrubber runs again on every text predicted
+        manifest["pii"] = splits.pii
+        manifest["pii_scrubber"] = splits.scrubber.state_dict()
     card = model_card(cfg, manifest, metrics) + hf_card_section(hf)
     record = register_hf(
         cfg,
