@@ -90,7 +90,10 @@ def _members(module_name: str, module: object) -> Iterator[tuple[str, object]]:
             yield f"{module_name}.{attr}", obj
             for method in sorted(vars(obj)):
                 member = vars(obj)[method]
-                if not method.startswith("_") and callable(member):
+                # methods other packages patch onto a class (transformers adds some to
+                # logging.Logger on import) would make the corpus depend on imports
+                home = getattr(member, "__module__", module.__name__)
+                if not method.startswith("_") and callable(member) and home == module.__name__:
                     yield f"{module_name}.{attr}.{method}", member
         elif inspect.isfunction(obj):
             yield f"{module_name}.{attr}", obj
