@@ -9,6 +9,7 @@
     GET  /v1/usage                     the calling key's usage and remaining quota
     GET  /metrics                      Prometheus text (see foundry.serve.metrics)
     /admin/keys...                     key admin behind FOUNDRY_ADMIN_TOKEN (routes_admin)
+    GET  /dashboard, /admin/dashboard/...  the admin dashboard (foundry.serve.dashboard)
     GET  /docs, /openapi.json          OpenAPI
 
 A predict request goes: body size (413) → JSON (400) → records vs the model's inputs
@@ -524,6 +525,10 @@ def create_app(
         from foundry.serve.routes_admin import admin_router
 
         app.include_router(admin_router(service))
+        from foundry.serve.dashboard import dashboard_routers
+
+        for router in dashboard_routers(service):  # /dashboard (see serve/dashboard.py)
+            app.include_router(router)
     app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
     return app
 
