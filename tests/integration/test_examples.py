@@ -19,6 +19,7 @@ CASES = {
     "shapes_cnn": ("shapes", "accuracy", 0.9),
     "linear_regression": ("line", "r2", 0.98),
     "penguins": ("penguins", "accuracy", 0.93),
+    "penguins_tune": ("penguins", "accuracy", 0.93),
     "reviews_text": ("reviews", "accuracy", 0.85),
 }
 
