@@ -210,3 +210,33 @@ def test_a_changed_choice_list_on_an_existing_study_names_the_key(write_config):
     tune(write_config(tune=section([[8], [16]])), quiet=True)
     with pytest.raises(ConfigError, match="tune.params.model.layers: study 'iris' in sqlite"):
         tune(write_config(tune=section([[8], [32]])), quiet=True)
+
+
+def test_tpe_processes_sharing_a_study_and_a_seed_draw_different_trials(tmp_path):
+    """Two samplers with one seed on one storage (two `foundry tune` processes started
+    at once): each trial's draw follows its number, so no point is tried twice, and a
+    trial number gets the same point whichever process runs it."""
+    from foundry.tuning.space import TrialSeededTPESampler
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="s", storage=storage)
+
+    def objective(trial: optuna.Trial) -> float:
+        return (trial.suggest_float("x", -5, 5) - 1) ** 2 + trial.suggest_int("n", 1, 50)
+
+    drawn: dict[int, tuple] = {}
+    for _ in range(6):  # the two processes take turns, as they would when interleaved
+        for process in range(2):
+            study = optuna.load_study(
+                study_name="s", storage=storage, sampler=TrialSeededTPESampler(7)
+            )
+            trial = study.ask()
+            value = objective(trial)
+            study.tell(trial, value)
+            drawn[trial.number] = (trial.params["x"], trial.params["n"], process)
+    points = [(x, n) for x, n, _ in drawn.values()]
+    assert len(drawn) == 12 and len(set(points)) == 12
+
+    again = optuna.create_study(sampler=TrialSeededTPESampler(7))
+    first = again.ask()
+    assert (first.suggest_float("x", -5, 5), first.suggest_int("n", 1, 50)) == points[0]

@@ -174,3 +174,19 @@ class TrialSeededRandomSampler(optuna.samplers.RandomSampler):
         seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         one_draw = optuna.samplers.RandomSampler(seed=seed)
         return one_draw.sample_independent(study, trial, param_name, param_distribution)
+
+
+class TrialSeededTPESampler(optuna.samplers.TPESampler):
+    """TPE whose random start-up trials are those of `TrialSeededRandomSampler` and whose
+    candidate draws are seeded by (seed, trial number): two processes that share a
+    study and a seed explore different points instead of the same ones twice."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed=seed)
+        self._base_seed = seed
+        self._random_sampler = TrialSeededRandomSampler(seed)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        entropy = [self._base_seed % 2**32, trial.number]
+        self._rng.rng.seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+        super().before_trial(study, trial)

@@ -240,7 +240,7 @@ def _sampler(plan: Plan, worker_index: int) -> Any:
     """Seeded from `tune.seed` or `train.seed`, plus the worker index."""
     import optuna
 
-    from foundry.tuning.space import TrialSeededRandomSampler, grid_space
+    from foundry.tuning.space import TrialSeededRandomSampler, TrialSeededTPESampler, grid_space
 
     seed = plan.settings.seed if plan.settings.seed is not None else plan.config.train.seed
     seed += worker_index
@@ -248,7 +248,7 @@ def _sampler(plan: Plan, worker_index: int) -> Any:
         return optuna.samplers.GridSampler(grid_space(plan.settings.params), seed=seed)
     if plan.settings.sampler == "random":
         return TrialSeededRandomSampler(seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    return TrialSeededTPESampler(seed)
 
 
 def _pruner(plan: Plan) -> Any:
