@@ -8,6 +8,10 @@ EarlyStopping                          on one monitored metric
 `train.privacy` (DP-SGD) lives in `foundry.training.privacy`, imported only by private
 runs (Opacus adds ~1 s to an import): `make_private_model(model) -> (model, changes)`
 swaps the layers DP-SGD cannot train; build a model, pass it through, then `fit`.
+
+Several processes (`foundry train --nproc N`, torchrun): `foundry.training.distributed`
+joins the process group; `fit` then trains with DDP (`train.batch_size` is the global
+batch) and only rank 0 writes.
 """
 
 from foundry.training.early_stopping import EarlyStopping

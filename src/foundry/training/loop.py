@@ -12,6 +12,10 @@ Speed matters as much as clarity here: an epoch should cost what a hand-written
 `for i in range(0, n, bs)` loop costs. So each batch is one index operation per input
 tensor (no DataLoader, no per-row work), and nothing reads a GPU value back per batch:
 the loss is summed as a tensor and read once per epoch.
+
+In a distributed run (torchrun, `foundry train --nproc N`; see
+`foundry.training.distributed`) every process runs this same loop on its share of each
+global batch, DDP averages the gradients, rank 0 validates and alone writes files.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -33,6 +38,7 @@ from torch import Tensor, nn
 from foundry.config.schema import TrainConfig
 from foundry.data.schema import TaskInfo
 from foundry.errors import TrainError
+from foundry.training import distributed
 from foundry.training.checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -136,6 +142,11 @@ def fit(
     `FitResult.privacy` reports the total. Without validation data every epoch is kept
     (choosing one by the training loss would look at the private rows).
 
+    Inside a process group of N > 1 (`foundry.training.distributed.run_in_group`) this
+    is DDP: `config.batch_size` is the global batch (batch_size / N rows per process per
+    step, which must divide), each process trains on its shard of the epoch's rows, rank 0
+    validates and alone writes `run_dir`; every rank returns the same result.
+
     The caller seeds and builds the model; the model's weights end as the best epoch's.
     Raises `TrainError` when the loss diverges, the device or precision is unavailable,
     the monitored metric does not exist, or there is nothing to resume.
@@ -177,10 +188,15 @@ def _fit(
     loss_fn: BatchLossFn | None,
 ) -> FitResult:
     started = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ddp = distributed.active()  # one of several processes training together
+    writer = not ddp or distributed.is_main()  # rank 0 alone writes files and reports
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     # ---- data: moved to the device once; a batch is one index op per tensor
     device = resolve_device(config.device)
+    if ddp:
+        device = distributed.training_device(device)  # cuda → this rank's GPU
     model.to(device)
     input_keys = [k for k in train if k != "target"]
     train = {k: v.to(device) for k, v in train.items()}
@@ -191,8 +207,13 @@ def _fit(
     n_rows, batch_size = len(train["target"]), config.batch_size
     if n_rows == 0:
         raise TrainError("the training split has no rows")
-    n_batches = math.ceil(n_rows / batch_size)
-    if n_rows > 1 and n_rows % batch_size == 1:
+    world, n_local = 1, n_rows  # processes training together; rows this one trains on
+    if ddp:  # batch_size is the global batch: each rank takes its share of every batch
+        world = distributed.world_size()
+        batch_size = distributed.local_batch_size(batch_size, world)
+        n_local = distributed.rows_per_rank(n_rows, world)
+    n_batches = math.ceil(n_local / batch_size)
+    if n_local > 1 and n_local % batch_size == 1:
         n_batches -= 1  # BatchNorm cannot train on a last batch of one row: skip it
     # Gradient accumulation: `accum` batches per optimizer step (the last step of an
     # epoch may have fewer); the schedule counts optimizer steps.
@@ -233,8 +254,11 @@ def _fit(
             model, optimizer, config, n_rows=n_rows, noise=generators["noise"]
         )
 
+    progress = progress and writer
     bar = EpochBar(enabled=progress, n_batches=n_batches, epochs=config.epochs)
     say = log if log is not None else (bar.console.print if progress else None)
+    if not writer:
+        say = None
 
     # ---- state carried from epoch to epoch (and through checkpoints)
     history: list[dict[str, Any]] = []
@@ -264,10 +288,20 @@ def _fit(
             say(f"resuming with changed train settings: {', '.join(changed)}")
     if private is not None and say is not None:
         say(private.describe())
+    net = model  # what the training steps call
+    if ddp:  # copies rank 0's weights to every rank; averages gradients in backward()
+        net = distributed.wrap(model, device)
+        if say is not None:
+            say(
+                f"distributed: {distributed.world_size()} processes "
+                f"({torch.distributed.get_backend()}), {batch_size} rows each per step "
+                f"(global batch {config.batch_size})"
+            )
 
     # metrics.jsonl is rewritten from the (restored) history, so no epoch appears twice
+    metrics_path = run_dir / "metrics.jsonl" if writer else os.devnull
     with (
-        open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as metrics_file,
+        open(metrics_path, "w", encoding="utf-8") as metrics_file,
         bar,
         private if private is not None else nullcontext(),  # Opacus hooks, removed after
     ):
@@ -278,6 +312,9 @@ def _fit(
             if stopped_early:  # also set by a resumed run that had stopped early
                 break
             epoch_start = time.perf_counter()
+            if ddp:  # each rank its own dropout and augmentation (see seed_for_rank)
+                torch.manual_seed(distributed.seed_for_rank(config.seed, epoch))
+                generators["augment"].manual_seed(distributed.seed_for_rank(config.seed + 1, epoch))
 
             # ---- train one epoch
             model.train()
@@ -285,6 +322,9 @@ def _fit(
             batch_losses: list[Tensor] = []  # read once per epoch: no GPU→CPU sync per batch
             if private is None:
                 perm = torch.randperm(n_rows, generator=generators["shuffle"]).to(device)
+                if ddp:
+                    # this rank's rows of each global batch
+                    perm = distributed.shard(perm, distributed.rank(), world)
                 for b in range(n_batches):
                     idx = perm[b * batch_size : (b + 1) * batch_size]
                     inputs = {k: train[k][idx] for k in input_keys}
@@ -293,7 +333,7 @@ def _fit(
                         inputs = augment(inputs, generators["augment"])
 
                     with autocast():
-                        outputs = model(inputs)  # [batch, n_outputs]
+                        outputs = net(inputs)  # [batch, n_outputs]
                         if loss_fn is None:
                             loss = task_loss(outputs, target)
                         else:
@@ -338,7 +378,10 @@ def _fit(
                     bar.advance(b + 1)
             step += n_steps
 
-            train_loss = torch.stack(batch_losses).mean().item()
+            epoch_loss = torch.stack(batch_losses).mean()
+            if ddp:
+                epoch_loss = distributed.mean_over_ranks(epoch_loss)
+            train_loss = epoch_loss.item()
             if not math.isfinite(train_loss):
                 clip = "train.grad_clip" if private is None else "a lower privacy.max_grad_norm"
                 raise TrainError(
@@ -348,7 +391,7 @@ def _fit(
 
             # ---- validate, record
             record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
-            if val is not None:
+            if val is not None and writer:
                 record.update(
                     _validate(
                         model,
@@ -356,7 +399,7 @@ def _fit(
                         [k for k in input_keys if k in val],  # extras are train-only
                         task_loss,
                         autocast,
-                        batch_size=4 * batch_size,  # no_grad keeps no activations
+                        batch_size=4 * config.batch_size,  # no_grad keeps no activations
                         task=task,
                         metric_fn=metric_fn,
                     )
@@ -365,6 +408,8 @@ def _fit(
             if private is not None:
                 record["epsilon"] = private.epsilon()  # spent so far
             record["seconds"] = time.perf_counter() - epoch_start
+            if ddp:  # rank 0 validated: all ranks take its record, and so decide alike
+                record = distributed.broadcast_json(record)
             history.append(record)
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
@@ -385,27 +430,28 @@ def _fit(
                 best_epoch = epoch
                 best_state = cpu_copy(model.state_dict())
 
-            state = {
-                "epoch": epoch,
-                "step": step,
-                "scheduler_last_epoch": scheduler.last_epoch,
-                "early_stopping": stopper.state_dict(),
-                "grad_scaler": scaler.state_dict(),
-                "history": history,
-                "best_epoch": best_epoch,
-                "stopped_early": stopped_early,
-                "train_config": config.model_dump(mode="json"),
-            }
-            if private is not None:
-                state["privacy"] = private.state_dict()  # the accountant's history
-            save_checkpoint(
-                run_dir,
-                model=model,
-                optimizer=optimizer,
-                best_state=best_state,
-                rng=capture_rng(generators),
-                state=state,
-            )
+            if writer:
+                state = {
+                    "epoch": epoch,
+                    "step": step,
+                    "scheduler_last_epoch": scheduler.last_epoch,
+                    "early_stopping": stopper.state_dict(),
+                    "grad_scaler": scaler.state_dict(),
+                    "history": history,
+                    "best_epoch": best_epoch,
+                    "stopped_early": stopped_early,
+                    "train_config": config.model_dump(mode="json"),
+                }
+                if private is not None:
+                    state["privacy"] = private.state_dict()  # the accountant's history
+                save_checkpoint(
+                    run_dir,
+                    model=model,
+                    optimizer=optimizer,
+                    best_state=best_state,
+                    rng=capture_rng(generators),
+                    state=state,
+                )
             if say is not None:
                 say(_format_epoch(record, config.epochs, monitor, improved))
             if on_epoch_end is not None:

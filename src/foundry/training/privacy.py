@@ -40,6 +40,7 @@ from torch.nn import functional as F
 from foundry.config.schema import TrainConfig
 from foundry.errors import ConfigError, TrainError
 from foundry.models.text import TransformerTextEncoder, masked_mean
+from foundry.training import distributed
 
 __all__ = ["PrivateTraining", "check_private_settings", "make_private_model"]
 
@@ -292,6 +293,8 @@ def _takes_several(module: nn.Module) -> bool:
 
 def check_private_settings(config: TrainConfig, *, distillation: bool = False) -> None:
     """Raise `ConfigError` for `train` settings DP-SGD cannot honour."""
+    if distributed.world_size() > 1:
+        distributed.refuse_privacy()
     if distillation:
         raise ConfigError(
             "train.privacy: distillation (a custom training loss) cannot be trained "
