@@ -8,6 +8,9 @@
 6. foundry compress  → int8 / ONNX / ONNX int8 variants, measured; the fastest within
                        one point of accuracy tagged penguins:compressed
 7. foundry models list / show
+8. foundry cost      → what a training run, 1,000 predictions and each plan cost
+9. foundry report    → demo-output/report.html: curves, metrics, confusion matrix, ROC / PR,
+                       calibration, fairness by sex, importance, compression, cost
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def main() -> None:
     print(f"data: {OUT / 'penguins.csv'} (300 rows) and new_penguins.csv (44 rows)")
 
     foundry("init", "penguins.csv", "--target", "species", "--name", "penguins", "--force")
-    foundry("train", "config.yaml")  # the config exactly as `foundry init` wrote it
+    # the config as `foundry init` wrote it, plus a fairness audit by the penguins' sex
+    foundry("train", "config.yaml", "evaluate.fairness.sensitive_features=[sex]")
     foundry("evaluate", "penguins:latest", "--data", "new_penguins.csv", "-o", "metrics.json")
     foundry("predict", "penguins:latest", "new_penguins.csv", "-o", "predictions.csv")
     foundry(
@@ -46,6 +50,11 @@ def main() -> None:
     )
     foundry("models", "list")
     foundry("models", "show", "penguins:latest")
+    # the model this demo trained (penguins:latest is now its last compressed variant)
+    runs = [p for p in (OUT / "runs").glob("penguins-*") if (p / "COMPLETED").is_file()]
+    trained = (max(runs, key=lambda p: p.name) / "COMPLETED").read_text().strip()
+    foundry("cost", trained)
+    foundry("report", trained, "-o", "report.html")
 
     print("\nDone. Results:")
     print(f"  config          {OUT / 'config.yaml'}")
@@ -54,6 +63,7 @@ def main() -> None:
     print(f"  predictions     {OUT / 'predictions.csv'}")
     print(f"  compression     {OUT / 'runs'}/penguins-compress-*/compress.md")
     print(f"  registry        {ROOT / '.foundry'}  (foundry models list)")
+    print(f"  report          {OUT / 'report.html'}  (open it in a browser; no network needed)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +27,7 @@ class TrainResult:
     """What `foundry.train` returns."""
 
     model_ref: str
-    """Registry reference of the new version, e.g. `adult:3`."""
+    """Registry reference of the new version, e.g. `adult:3` (empty when not registered)."""
     run_dir: Path
     """Checkpoints, `metrics.jsonl` (per epoch) and `metrics.json` (final)."""
     metrics: dict[str, Any]
@@ -58,15 +59,35 @@ def train(
     run_dir: str | Path | None = None,
     progress: bool = True,
     quiet: bool = False,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    register: bool = True,
 ) -> TrainResult:
     """Train, evaluate and register the model a config describes.
 
     `resume=True` continues the newest unfinished run of this config (or `run_dir`)
-    from its last checkpoint.
+    from its last checkpoint. `on_epoch_end(record)` gets each epoch's metrics (what
+    `foundry tune` prunes on); an exception it raises stops the run. `register=False`
+    writes the package to `<run_dir>/package` instead of the registry (`model_ref` is
+    then empty): tuning trials register only the best one.
     """
     loaded = config if isinstance(config, LoadedConfig) else load_config(config, overrides)
     cfg = loaded.config
     options = {"resume": resume, "run_dir": run_dir, "progress": progress, "quiet": quiet}
+    from foundry.training import distributed
+
+    if distributed.launched():  # one of several torchrun workers (or `foundry train --nproc`)
+        distributed.check_config(cfg, distributed.world_size())
+        if not distributed.active():  # join the process group, train in it, leave it
+            return distributed.run_in_group(
+                lambda: train(loaded, **options, on_epoch_end=on_epoch_end, register=register),
+                device=cfg.train.device,
+                share=("model_ref", "metrics", "package_path"),
+            )
+    if cfg.model.type in ("gpt", "hf") and (on_epoch_end is not None or not register):
+        raise ConfigError(
+            f"model type {cfg.model.type}: on_epoch_end and register=False (what foundry "
+            "tune needs) are supported for mlp, cnn and text models only"
+        )
     if cfg.model.type == "gpt":  # a language model trained from scratch on a corpus
         from foundry.lm.gpt_pipeline import train_gpt
 
@@ -86,6 +107,7 @@ def train(
     from foundry.registry import Registry
     from foundry.training import fit, n_outputs_for
 
+    quiet = quiet or not distributed.is_main()  # rank 0 alone reports a distributed run
     say = Reporter(quiet=quiet)
     started = time.perf_counter()
 
@@ -119,9 +141,11 @@ def train(
         for change in fixed_layers:
             say.warn(f"differential privacy: {change} (Opacus cannot train the original)")
 
-    out_dir = run_directory(loaded, run_dir, resume)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(dump_config(cfg), indent=2))
+    # one run directory, which rank 0 of a distributed run picks and alone writes
+    out_dir = Path(distributed.from_main(lambda: str(run_directory(loaded, run_dir, resume))))
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(dump_config(cfg), indent=2))
     say.info(f"run directory: {out_dir}")
 
     fitted = fit(
@@ -137,7 +161,10 @@ def train(
         augment=image_augmenter(cfg, resolved),
         metric_fn=lambda y, out: compute_metrics(task, y, out),
         log=None if quiet else say.info,
+        on_epoch_end=on_epoch_end,
     )
+    if not distributed.is_main():  # rank 0 evaluates and registers; the others get
+        return TrainResult("", out_dir, {}, fitted.history, fitted.best_epoch)  # its result
 
     eval_df = {"test": splits.test, "val": splits.val, "train": splits.train}[cfg.evaluate.split]
     if len(eval_df) == 0:
@@ -154,6 +181,7 @@ def train(
     )
     # where relative data paths start: `foundry compress` reads the same splits again
     manifest["data"]["base_dir"] = str(loaded.base_dir)
+    manifest["training"]["run_dir"] = str(out_dir)  # curves for `foundry report`, dashboard
     if splits.pii is not None:
         manifest["pii"] = splits.pii
         manifest["pii_scrubber"] = splits.scrubber.state_dict()
@@ -164,6 +192,23 @@ def train(
             f"(δ = {fitted.privacy['delta']:.2g}) spent"
         )
     manifest.update(assessment.sections)
+    if not register:
+        from foundry.registry import write_package
+
+        package = out_dir / "package"
+        card = model_card(cfg, manifest, metrics)
+        write_package(package, weights=fitted.state_dict, manifest=manifest, metrics=metrics,
+                      card=card)
+        (out_dir / "COMPLETED").write_text("unregistered: package/\n")
+        return TrainResult(
+            model_ref="",
+            run_dir=out_dir,
+            metrics=metrics,
+            history=fitted.history,
+            best_epoch=fitted.best_epoch,
+            seconds=time.perf_counter() - started,
+            package_path=package,
+        )
     record = Registry().register(
         cfg.name,
         weights=fitted.state_dict,
@@ -174,6 +219,9 @@ def train(
     (out_dir / "COMPLETED").write_text(record.ref + "\n")
     say.metrics(metrics, task, title=f"{record.ref} — {cfg.evaluate.split} metrics")
     say.info(f"registered {record.ref} at {record.path}")
+    from foundry.economics import training_cost_line
+
+    say.info(training_cost_line(fitted.seconds, cfg.cost))
     return TrainResult(
         model_ref=record.ref,
         run_dir=out_dir,
@@ -409,7 +457,9 @@ def run(
     result = train(loaded, **options)
     cfg = loaded.config
     compressible = not cfg.is_language_model or cfg.model.type == "gpt"
-    if "compress" in cfg.model_fields_set and compressible:
+    from foundry.training.distributed import is_main  # under torchrun: rank 0 compresses
+
+    if "compress" in cfg.model_fields_set and compressible and is_main():
         from foundry.compression import compress
 
         compressed = compress(result.model_ref, cfg.compress, quiet=options.get("quiet", False))

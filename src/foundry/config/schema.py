@@ -8,7 +8,7 @@ everything else has a default or is inferred from the data.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -780,6 +780,201 @@ class ServeConfig(Section):
         return {**BUILTIN_PLANS, **self.plans}
 
 
+# --------------------------------------------------------------------------- cost
+
+
+class CostConfig(Section):
+    """Unit economics (`foundry cost MODEL`, docs/ECONOMICS.md): machine prices turn the
+    measured training time and serving throughput into money. Money here is float US
+    dollars (or `currency`), not the integer cents of plans."""
+
+    currency: str = "USD"
+    """Label printed with every amount; the prices below are in this currency."""
+    train_machine_per_hour: float = Field(0.10, ge=0)
+    """Price of the training machine per hour. Default: an on-demand 2-vCPU cloud VM
+    (AWS c6i.large $0.085/h, GCP e2-standard-2 $0.067/h; rounded up); a GPU machine
+    costs about ten times more (AWS g5.xlarge, one A10G: ~$1.01/h)."""
+    serve_machine_per_hour: float = Field(0.10, ge=0)
+    """Price of one serving machine per hour (default: the same 2-vCPU VM)."""
+    serve_utilization: float = Field(0.5, gt=0, le=1)
+    """Share of a serving machine's measured capacity that is sold on average. Traffic
+    peaks at about twice its mean and machines are sized for the peak, and latency
+    grows fast beyond ~70% load, so about half the capacity earns money."""
+    fixed_monthly: float = Field(0.0, ge=0)
+    """Other fixed costs per month (monitoring, storage, staff share), added to one
+    serving machine running all month when counting break-even customers."""
+    markup: float = Field(3.0, ge=1)
+    """Cost-plus pricing: suggested price = cost × markup (3: a 67% gross margin)."""
+    value_per_1k: float | None = Field(None, ge=0)
+    """Value-based pricing: what 1,000 units (predictions; tokens for language models)
+    are worth to a customer; `None`: no value-based suggestion."""
+    value_share: float = Field(0.2, gt=0, le=1)
+    """Share of that value the price captures (10-30% is the usual rule of thumb)."""
+    competitor_prices_per_1k: dict[str, float] = {}
+    """Competitive pricing: competitors' prices per 1,000 units by name, e.g.
+    `{vendor_a: 1.5, vendor_b: 0.8}`; empty: no competitive suggestion."""
+    competitive_undercut: float = Field(0.1, ge=0, lt=1)
+    """Competitive pricing: price this fraction below the median competitor (never below
+    cost)."""
+    throughput_batch: Literal["single", "serving"] = "single"
+    """Which measured throughput the cost uses: `single` (one record per forward pass, a
+    lone request; the higher, safer cost) or `serving` (full batches of
+    `serve.batching.max_batch_size`, reached only when requests queue)."""
+    measure_seconds: float = Field(2.0, gt=0)
+    """Seconds of timed predictions (or generation) per batch size when measuring."""
+
+    @model_validator(mode="after")
+    def _competitor_prices_valid(self) -> CostConfig:
+        for name, price in self.competitor_prices_per_1k.items():
+            if not price >= 0:  # also refuses NaN
+                raise ValueError(
+                    f"competitor_prices_per_1k.{name} must be >= 0, got {price}"
+                )
+        return self
+
+
+# --------------------------------------------------------------------------- tune
+
+
+class ParamSpec(Section):
+    """One searched config key: `{type: choice, values: [...]}`, `{type: int, low: 32,
+    high: 256, step: 32}`, `{type: float, low: 0.0, high: 0.5}` or
+    `{type: log_float, low: 1e-4, high: 1e-1}`."""
+
+    type: Literal["choice", "int", "float", "log_float"]
+    """`choice`: one of `values`; `int` / `float`: uniform in [low, high]; `log_float`:
+    uniform in log space (learning rates, weight decay)."""
+    values: list[Any] | None = None
+    """`choice`: the candidates (numbers, strings, `null`, or lists such as layer sizes)."""
+    low: float | None = None
+    """`int`, `float`, `log_float`: the smallest value (> 0 for log_float)."""
+    high: float | None = None
+    """`int`, `float`, `log_float`: the largest value (included)."""
+    step: float | None = Field(None, gt=0)
+    """`int`, `float`: spacing of the values (int: 1 when unset; float: continuous)."""
+
+    @model_validator(mode="after")
+    def _range_is_valid(self) -> ParamSpec:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("type choice needs a non-empty `values` list")
+            if (self.low, self.high, self.step) != (None, None, None):
+                raise ValueError("type choice takes `values`, not low / high / step")
+            return self
+        if self.values is not None:
+            raise ValueError(f"type {self.type} takes low and high, not `values`")
+        if self.low is None or self.high is None:
+            raise ValueError(f"type {self.type} needs `low` and `high`")
+        if self.low >= self.high:
+            raise ValueError(f"low must be < high, got low={self.low:g} and high={self.high:g}")
+        if self.type == "log_float" and self.low <= 0:
+            raise ValueError(f"log_float needs low > 0, got low={self.low:g}")
+        if self.type == "log_float" and self.step is not None:
+            raise ValueError("log_float takes no step")
+        whole = (self.low, self.high, self.step or 1)
+        if self.type == "int" and not all(float(v).is_integer() for v in whole):
+            raise ValueError("type int needs whole numbers for low, high and step")
+        return self
+
+
+class PrunerConfig(Section):
+    """Stops unpromising trials early, from the metric each epoch reports."""
+
+    type: Literal["none", "median", "hyperband"] = "median"
+    """`median`: stop a trial whose epoch value is worse than the median of earlier
+    trials at that epoch; `hyperband`: successive halving over epoch budgets from
+    `min_epochs` to `train.epochs`; `none`: every trial runs to the end."""
+    startup_trials: int = Field(5, ge=0)
+    """median: trials that always run to the end before any is pruned."""
+    warmup_epochs: int = Field(0, ge=0)
+    """median: epochs of every trial that are never pruned."""
+    min_epochs: int = Field(1, ge=1)
+    """hyperband: the smallest budget, in epochs."""
+    reduction_factor: int = Field(3, ge=2)
+    """hyperband: one in `reduction_factor` trials goes on to each next budget."""
+
+
+class TuneConfig(Section):
+    """`foundry tune`: hyper-parameter search (Optuna). Each trial trains the config with
+    its params applied as `key=value` overrides; the study lives in a database so
+    processes on one or several machines share it."""
+
+    params: dict[str, ParamSpec] = Field(min_length=1)
+    """Search space: dotted config keys (`train.optimizer.lr`, `model.layers`) mapped to
+    a range or a list of choices."""
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    """`tpe`: Bayesian (Tree-structured Parzen Estimator); `random`; `grid`: every
+    combination (choice and int params only)."""
+    pruner: PrunerConfig = PrunerConfig()
+    """Early stopping of bad trials from their per-epoch validation metric."""
+    metric: str | None = None
+    """Per-epoch validation metric to optimise: `val_loss`, `accuracy` / `val_accuracy`,
+    `rmse`... `None`: `val_loss`. The trial's value is the metric at the epoch whose
+    weights are kept."""
+    direction: Literal["auto", "minimize", "maximize"] = "auto"
+    """`auto`: minimise losses and errors, maximise everything else."""
+    n_trials: int | None = Field(20, ge=1)
+    """Trials this command runs (split among `n_jobs` workers); `None`: until `timeout`,
+    or, with the grid sampler, until every point is tried."""
+    timeout: float | None = Field(None, gt=0)
+    """Time budget in seconds: no trial starts after it (running ones finish)."""
+    n_jobs: int = Field(1, ge=1)
+    """Worker processes on this machine, each running trials with cores / n_jobs torch
+    threads (`foundry tune --jobs`)."""
+    storage: str | None = None
+    """Optuna RDB storage URL shared by every process of the study: `None` is a SQLite
+    file in the tune output folder (one machine); `postgresql://user:pass@host/db`
+    spreads trials over machines."""
+    study_name: str | None = None
+    """Name of the study in the storage; `None`: the config's `name`. Processes that use
+    the same storage and name add trials to one study."""
+    seed: int | None = None
+    """Sampler seed; `None`: `train.seed` (worker i of `--jobs` adds i)."""
+
+    @model_validator(mode="after")
+    def _search_can_end(self) -> TuneConfig:
+        if self.sampler == "grid":
+            for key, spec in self.params.items():
+                if spec.type not in ("choice", "int"):
+                    raise ValueError(
+                        f"the grid sampler searches choice and int params only; "
+                        f"tune.params.{key} is {spec.type}"
+                    )
+        elif self.n_trials is None and self.timeout is None:
+            raise ValueError("n_trials or timeout must be set, or the search never ends")
+        return self
+
+
+def _tune_key_problem(config: FoundryConfig, key: str) -> str | None:
+    """Why the dotted `key` is not a setting of `config`, or None when it is one."""
+    import difflib
+    import types
+    import typing
+
+    if key.split(".")[0] in ("tune", "name"):
+        return "the tune section and the model name cannot be searched"
+    section: type[BaseModel] | None = FoundryConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i])
+        if section is None:
+            return f"'{where}' is a value, not a section"
+        if part not in section.model_fields:
+            hint = difflib.get_close_matches(part, list(section.model_fields), n=1)
+            suggestion = f"; did you mean '{'.'.join([*parts[:i], hint[0]])}'?" if hint else ""
+            return f"not a config key{suggestion}"
+        annotation = section.model_fields[part].annotation
+        section = type(config.model) if where == "" and part == "model" else None
+        # a section, or an optional one (`PrivacyConfig | None`); lists and dicts are values
+        union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        for arg in (annotation, *(typing.get_args(annotation) if union else ())):
+            if section is None and isinstance(arg, type) and issubclass(arg, BaseModel):
+                section = arg
+    if section is not None:
+        return f"'{key}' is a section; search the keys inside it"
+    return None
+
+
 class FoundryConfig(Section):
     """A whole pipeline: data → features → model → train → evaluate → registry."""
 
@@ -806,8 +1001,12 @@ class FoundryConfig(Section):
     has this section)."""
     serve: ServeConfig = ServeConfig()
     """How `foundry serve` exposes models: batching, plans, limits."""
+    cost: CostConfig = CostConfig()
+    """Machine prices and pricing inputs for `foundry cost` (unit economics)."""
     output_dir: str = "runs"
     """Folder for run directories (checkpoints, metrics.jsonl); relative to the config."""
+    tune: TuneConfig | None = None
+    """Hyper-parameter search run by `foundry tune` (`train` and `run` ignore it)."""
 
     @property
     def is_language_model(self) -> bool:
@@ -829,6 +1028,14 @@ class FoundryConfig(Section):
                 f"text models, not for model type '{self.model.type}'; remove train.privacy "
                 f"or pick one of those"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tune_params_are_config_keys(self) -> FoundryConfig:
+        for key in self.tune.params if self.tune is not None else ():
+            problem = _tune_key_problem(self, key)
+            if problem is not None:
+                raise ValueError(f"tune.params.{key}: {problem}")
         return self
 
     @model_validator(mode="after")

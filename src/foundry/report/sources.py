@@ -163,6 +163,11 @@ def output_root(manifest: dict[str, Any]) -> Path:
 def find_run_dir(manifest: dict[str, Any], lineage: list[str]) -> tuple[Path | None, str | None]:
     """The newest run directory whose COMPLETED names the model or, failing that, its
     nearest ancestor (a compressed variant was not trained in a run of its own)."""
+    recorded = (manifest.get("training") or {}).get("run_dir")
+    if recorded and (Path(recorded) / COMPLETED).is_file():  # where training said it ran
+        done = (Path(recorded) / COMPLETED).read_text(encoding="utf-8").strip()
+        if done in lineage:
+            return Path(recorded), done
     root = output_root(manifest)
     name = (manifest.get("config") or {}).get("name") or manifest.get("name")
     if not name or not root.is_dir():
