@@ -1,4 +1,7 @@
-"""What foundry prints: progress lines and tables on stderr, results on stdout."""
+"""What foundry prints: status lines and tables on stderr, results on stdout.
+
+Progress bars are `foundry.progress` (also stderr); `--quiet` turns both off, warnings stay.
+"""
 
 from __future__ import annotations
 

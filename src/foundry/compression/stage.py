@@ -27,6 +27,7 @@ import torch
 from foundry.config.schema import CompressConfig, FoundryConfig
 from foundry.console import Reporter
 from foundry.errors import ConfigError, ModelError
+from foundry.progress import progress_bar
 from foundry.registry import Registry
 
 __all__ = ["CompressResult", "Variant", "compress"]
@@ -174,35 +175,54 @@ def compress(
     }
     built: list[_Built] = []
     skipped: dict[str, str] = {}
-    for method in config.methods:
-        say.info(f"building {method} ...")
-        try:
-            built.append(builders[method]())
-        except _NotApplicable as exc:
-            skipped[method] = str(exc)
-            say.warn(f"{method}: {exc}")
+    n = len(config.methods)
+    # steps: build each method, score each network, warm up + each timing round,
+    # register each variant (the total shrinks when a method does not apply)
+    steps = n + (1 + n) + (1 + config.repeats) + n
+    with progress_bar(f"compressing {record.ref}", steps, unit="steps",
+                      enabled=False if quiet else None) as bar:
+        for method in config.methods:
+            say.info(f"building {method} ...")
+            bar.describe(f"{record.ref}: building {method}")
+            try:
+                built.append(builders[method]())
+            except _NotApplicable as exc:
+                skipped[method] = str(exc)
+                say.warn(f"{method}: {exc}")
+            bar.advance()
+        k = len(built)
+        steps = n + (1 + k) + (1 + config.repeats) + k
+        bar.describe(f"{record.ref}: scoring {1 + k} networks", total=steps)
 
-    # ---- measure everything in this process: metrics, then round-robin timings
-    from foundry.evaluation.metrics import compute_metrics
-    from foundry.predictor import run_model
+        # ---- measure everything in this process: metrics, then round-robin timings
+        from foundry.evaluation.metrics import compute_metrics
+        from foundry.predictor import run_model
 
-    networks = [parent.model] + [b.network for b in built]
-    y = eval_enc["target"].numpy()
-    # Variants of the same network keep the parent's temperature; retrained ones do not.
-    scaled = [True] + [b.training is None for b in built]
-    scored = []
-    for net, same_network in zip(networks, scaled, strict=True):
-        out = run_model(net, eval_enc, len(eval_df))
-        scored.append(
-            compute_metrics(parent.task, y, parent.calibrated(out) if same_network else out)
+        networks = [parent.model] + [b.network for b in built]
+        y = eval_enc["target"].numpy()
+        # Variants of the same network keep the parent's temperature; retrained ones do not.
+        scaled = [True] + [b.training is None for b in built]
+        scored = []
+        for net, same_network in zip(networks, scaled, strict=True):
+            out = run_model(net, eval_enc, len(eval_df))
+            scored.append(
+                compute_metrics(parent.task, y, parent.calibrated(out) if same_network else out)
+            )
+            bar.advance()
+        bar.describe(
+            f"{record.ref}: timing {len(networks)} networks at batch "
+            f"{', '.join(map(str, BATCHES))} ({config.repeats} rounds)"
         )
-    timings = _time_round_robin(networks, eval_enc, config.repeats)
+        timings = _time_round_robin(networks, eval_enc, config.repeats, on_round=bar.advance)
 
-    # ---- register each variant with what was measured (its metrics on these rows)
-    refs = [record.ref]
-    for variant, metrics in zip(built, scored[1:], strict=True):
-        refs.append(_register(registry, record.ref, manifest, variant, cfg, metrics))
-        say.info(f"registered {refs[-1]} ({variant.method})")
+        # ---- register each variant with what was measured (its metrics on these rows)
+        refs = [record.ref]
+        for variant, metrics in zip(built, scored[1:], strict=True):
+            bar.describe(f"{record.ref}: registering {variant.method}")
+            refs.append(_register(registry, record.ref, manifest, variant, cfg, metrics))
+            say.info(f"registered {refs[-1]} ({variant.method})")
+            bar.advance()
+        bar.describe(f"compressed {record.ref}")
     variants = [
         Variant(
             method=method,
@@ -537,10 +557,15 @@ def _register(
 
 
 def _time_round_robin(
-    networks: list[Any], encoded: dict[str, torch.Tensor], repeats: int
+    networks: list[Any],
+    encoded: dict[str, torch.Tensor],
+    repeats: int,
+    *,
+    on_round: Callable[[], None] | None = None,
 ) -> list[dict[str, float]]:
     """Median milliseconds per forward at each of BATCHES, every network timed in turn
-    within each repeat: load on the shared machine slows all of them alike."""
+    within each repeat: load on the shared machine slows all of them alike.
+    `on_round` is called after the warm-up and after each repeat (progress)."""
     from foundry.predictor import run_model
 
     inputs = {k: v for k, v in encoded.items() if k != "target"}
@@ -554,12 +579,16 @@ def _time_round_robin(
         for size, batch in batches.items():
             for _ in range(3):
                 run_model(net, batch, size)
+    if on_round is not None:
+        on_round()
     for _ in range(repeats):
         for i, net in enumerate(networks):
             for size, batch in batches.items():
                 start = time.perf_counter()
                 run_model(net, batch, size)
                 samples[i][size].append((time.perf_counter() - start) * 1000)
+        if on_round is not None:
+            on_round()
     return [{str(b): round(statistics.median(s[b]), 4) for b in BATCHES} for s in samples]
 
 

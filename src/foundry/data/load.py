@@ -7,8 +7,12 @@ image folder without classes) is a `DataError` whose message names the file.
 from __future__ import annotations
 
 import csv
+import io
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -33,15 +37,29 @@ FORMATS = ("csv", "parquet", "jsonl", "image_folder")
 _SNIFF_DELIMITERS = ",;\t|"
 _SNIFF_BYTES = 64 * 1024
 
+PROGRESS_MIN_BYTES = 20_000_000
+"""Files at least this big (CSV, JSONL) show a bytes progress bar while read (see
+`foundry.progress` for when bars are on); smaller ones read in well under a second."""
+_BLOCK = 1 << 20  # JSONL is read in 1 MiB blocks, counted as they come
+
 
 def read_table(
-    path: Path | str, format: str = "auto", delimiter: str | None = None
+    path: Path | str,
+    format: str = "auto",
+    delimiter: str | None = None,
+    *,
+    progress: bool | None = None,
 ) -> pd.DataFrame:
     """Read `path` into a DataFrame.
 
     `format` is one of "auto", "csv", "parquet", "jsonl", "image_folder"; "auto" decides
     from the extension, and a directory is an image folder. An image folder
     `class_name/*.png` becomes columns `image` (absolute path) and `label` (folder name).
+
+    A CSV or JSONL file of `PROGRESS_MIN_BYTES` or more shows a bytes progress bar on
+    stderr (`progress`: None decides by `foundry.progress.progress_enabled`, False
+    never). The parser is the same one-shot call either way, fed as it reads: the frame
+    (values, dtypes) does not depend on whether a bar was shown.
     """
     path = Path(path)
     if not path.exists():
@@ -53,12 +71,12 @@ def read_table(
         raise DataError(f"{path} is a directory, but format '{fmt}' needs a file")
     if path.stat().st_size == 0:
         raise DataError(f"data file is empty (0 bytes): {path}")
-    if fmt == "csv":
-        df = _read_csv(path, delimiter)
-    elif fmt == "parquet":
+    if fmt == "parquet":
         df = _read_parquet(path)
     else:
-        df = _read_jsonl(path)
+        size = path.stat().st_size
+        with _reading_bar(path, size, progress) as bar:
+            df = _read_csv(path, delimiter, bar) if fmt == "csv" else _read_jsonl(path, bar)
     if len(df) == 0:
         raise DataError(f"data file has no rows: {path}")
     return df
@@ -98,11 +116,57 @@ def sniff_delimiter(path: Path) -> str:
         return ","  # one column, or nothing consistent: the common default
 
 
-def _read_csv(path: Path, delimiter: str | None) -> pd.DataFrame:
+@contextmanager
+def _reading_bar(path: Path, size: int, progress: bool | None) -> Iterator[Any]:
+    """A bytes bar over reading `path`, or None below `PROGRESS_MIN_BYTES` / when off."""
+    from foundry.progress import progress_bar, progress_enabled
+
+    if size < PROGRESS_MIN_BYTES or not progress_enabled(progress):
+        yield None
+        return
+    with progress_bar(f"reading {path.name}", total=size, unit="bytes", enabled=progress) as bar:
+        yield bar if bar.enabled else None
+
+
+class _CountingReader(io.RawIOBase):
+    """A binary file that moves a progress bar by the bytes the parser pulls from it:
+    pandas' parsers read as they parse (pyarrow in 1 MiB blocks, the C engine in 256 KiB),
+    so the bar follows the parse."""
+
+    def __init__(self, file: Any, bar: Any) -> None:
+        self._file, self._bar = file, bar
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._file.readinto(buffer)
+        self._bar.advance(n or 0)
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._file.read(size)
+        self._bar.advance(len(data))
+        return data
+
+
+@contextmanager
+def _source(path: Path, bar: Any) -> Iterator[Any]:
+    """What pandas reads: the path itself, or with a bar a counting reader over it."""
+    if bar is None:
+        yield path
+        return
+    bar.update(0)  # a second attempt starts the count again
+    with path.open("rb") as file:
+        yield _CountingReader(file, bar)
+
+
+def _read_csv(path: Path, delimiter: str | None, bar: Any = None) -> pd.DataFrame:
     sep = delimiter if delimiter is not None else sniff_delimiter(path)
     try:
         # pyarrow parses multi-threaded and several times faster than the C engine.
-        return pd.read_csv(path, sep=sep, engine="pyarrow")
+        with _source(path, bar) as source:
+            return pd.read_csv(source, sep=sep, engine="pyarrow")
     except pd.errors.EmptyDataError as e:
         raise DataError(f"data file is empty (no header or rows): {path}") from e
     except (ValueError, OSError):
@@ -110,7 +174,8 @@ def _read_csv(path: Path, delimiter: str | None) -> pd.DataFrame:
         # encodings); the C engine also gives line numbers in its error messages.
         pass
     try:
-        return pd.read_csv(path, sep=sep, engine="c", encoding_errors="replace")
+        with _source(path, bar) as source:
+            return pd.read_csv(source, sep=sep, engine="c", encoding_errors="replace")
     except pd.errors.EmptyDataError as e:
         raise DataError(f"data file is empty (no header or rows): {path}") from e
     except (ValueError, OSError) as e:
@@ -124,9 +189,19 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise DataError(f"cannot read Parquet file {path}: {_one_line(e)}") from e
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
+def _read_jsonl(path: Path, bar: Any = None) -> pd.DataFrame:
     try:
-        return pd.read_json(path, lines=True)
+        if bar is None:
+            return pd.read_json(path, lines=True)
+        # pandas reads a JSONL file whole before parsing it, so the bar counts the
+        # reading; the text then goes to the same parser call.
+        blocks = []
+        with path.open("rb") as file:
+            while block := file.read(_BLOCK):
+                blocks.append(block)
+                bar.advance(len(block))
+        bar.describe(f"parsing {path.name}")
+        return pd.read_json(io.StringIO(b"".join(blocks).decode("utf-8")), lines=True)
     except (ValueError, json.JSONDecodeError) as e:
         raise DataError(f"malformed JSONL {path}: {_one_line(e)}") from e
 

@@ -23,16 +23,22 @@ class EvaluationResult:
 
 
 def evaluate_model(
-    ref: str, data: str | Path, *, output: str | Path | None = None
+    ref: str,
+    data: str | Path,
+    *,
+    output: str | Path | None = None,
+    progress: bool | None = None,
 ) -> EvaluationResult:
     """Score model `ref` on the labelled file `data`; write `metrics.json` to `output`.
 
     Classifiers and regressors (tabular, image, text, fine-tuned Hugging Face) get the
-    metrics training reported; language models their perplexity on the file's text."""
+    metrics training reported; language models their perplexity on the file's text.
+    `progress`: bars on stderr while a big file is read and scored (None: by
+    `foundry.progress.progress_enabled`; False: never)."""
     from foundry.data import read_table
     from foundry.evaluation.metrics import compute_metrics
     from foundry.lm.load import is_language_package
-    from foundry.predictor import load
+    from foundry.predictor import Predictor, load
 
     path = Path(data)
     pinned, manifest = _manifest(ref)
@@ -54,14 +60,17 @@ def evaluate_model(
         return EvaluationResult(pinned, path, rows, metrics, _write(metrics, output))
 
     predictor = load(ref)
-    df = read_table(path)
+    df = read_table(path, progress=progress)
     target = predictor.task.target
     if target not in df.columns:
         raise DataError(
             f"{data}: evaluation needs the target column '{target}' "
             f"(columns: {', '.join(map(str, df.columns))})"
         )
-    y, outputs = predictor.labelled_outputs(df)
+    if isinstance(predictor, Predictor):
+        y, outputs = predictor.labelled_outputs(df, progress=progress)
+    else:  # a fine-tuned Hugging Face model batches on its own
+        y, outputs = predictor.labelled_outputs(df)
     metrics = compute_metrics(predictor.task, y, outputs)
     metrics.update(trust_metrics(predictor, df, y, outputs))
     return EvaluationResult(
