@@ -12,9 +12,13 @@ from pathlib import Path
 
 import typer
 
+from foundry.db_cli import db_app
+from foundry.economics.cli import cost as cost_command
 from foundry.errors import ConfigError, FoundryError
+from foundry.report.cli import report as report_command
 from foundry.serve.cli_admin import keys_app, usage_app
 from foundry.serve.cli_serve import serve as serve_command
+from foundry.tuning.cli import tune_command
 
 app = typer.Typer(
     name="foundry",
@@ -28,6 +32,7 @@ models_app = typer.Typer(help="Browse the model registry.", no_args_is_help=True
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(usage_app, name="usage")
+app.add_typer(db_app, name="db")
 
 
 def _out(text: str) -> None:
@@ -48,14 +53,26 @@ def init(
         help="Fine-tune this Hugging Face model (hub id or local directory) on the text column.",
     ),
     force: bool = typer.Option(False, help="Overwrite an existing config."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the config's path."),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print the path and the written config as JSON."
+    ),
 ) -> None:
     """Write a config with inferred feature types for DATA."""
     from foundry.config.init import init_config
+    from foundry.progress import silenced
 
-    path = init_config(
-        data, target, output=output, name=name, model=model, pretrained=pretrained, force=force
-    )
-    _out(f"wrote {path} — train it with: foundry train {path}")
+    with silenced(quiet or json_out):
+        path = init_config(
+            data, target, output=output, name=name, model=model, pretrained=pretrained,
+            force=force,
+        )
+    if json_out:
+        import yaml
+
+        _out(json.dumps({"config": str(path), "settings": yaml.safe_load(path.read_text())}))
+    else:
+        _out(str(path) if quiet else f"wrote {path} — train it with: foundry train {path}")
 
 
 @app.command(context_settings={"allow_extra_args": False})
@@ -72,13 +89,35 @@ def train(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    nproc: int = typer.Option(
+        1,
+        "--nproc",
+        help="Train in N local processes (PyTorch DDP, launched like torchrun); "
+        "train.batch_size is the global batch. Several machines: see torchrun in the README.",
+    ),
 ) -> None:
     """Train, evaluate and register the model CONFIG describes."""
     from foundry.pipeline import train as run_train
 
-    result = run_train(
-        config, overrides or [], resume=resume, run_dir=run_dir, quiet=quiet or json_out
-    )
+    if nproc != 1:  # N workers, each running this same command without --nproc
+        from foundry.config import load_config
+        from foundry.training.distributed import launch_local
+
+        flags = {"--resume": resume, "--quiet": quiet, "--json": json_out}
+        args = [str(config), *(overrides or []), *(f for f, on in flags.items() if on)]
+        args += ["--run-dir", str(run_dir)] if run_dir is not None else []
+        launch_local(nproc, ["train", *args], load_config(config, overrides or []).config)
+        return
+    from foundry.progress import silenced
+
+    with silenced(quiet or json_out):
+        result = run_train(
+            config, overrides or [], resume=resume, run_dir=run_dir, quiet=quiet or json_out
+        )
+    from foundry.training.distributed import is_main
+
+    if not is_main():  # the other torchrun workers print nothing: rank 0 has the result
+        return
     if json_out:
         _out(
             json.dumps(
@@ -98,13 +137,30 @@ def train(
 def run_cmd(
     config: Path = typer.Argument(..., help="Config YAML."),
     overrides: list[str] | None = typer.Argument(None, help="key.path=value overrides."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the result."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Run the whole pipeline a config describes: train → evaluate → register, then
     compress when the config has a compress section."""
     from foundry.pipeline import run
+    from foundry.progress import silenced
 
-    result = run(config, overrides or [], quiet=quiet)
+    with silenced(quiet or json_out):
+        result = run(config, overrides or [], quiet=quiet or json_out)
+    if json_out:
+        c = result.compression
+        _out(json.dumps({
+            "model": result.model_ref,
+            "run_dir": str(result.run_dir),
+            "metrics": result.metrics,
+            "best_epoch": result.best_epoch,
+            "seconds": result.seconds,
+            "compression": None if c is None else {
+                "tagged": c.tagged, "selection": c.selection, "report_dir": str(c.report_dir),
+                "variants": [v.ref for v in c.variants],
+            },
+        }, default=str))
+        return
     _out(f"{result.model_ref}  run: {result.run_dir}")
     if result.compression is not None:
         c = result.compression
@@ -160,7 +216,10 @@ def compress(
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ConfigError(format_error({**err, "loc": ("compress", *err["loc"])})) from None
-    result = run_compress(model, settings, quiet=quiet or json_out)
+    from foundry.progress import silenced
+
+    with silenced(quiet or json_out):
+        result = run_compress(model, settings, quiet=quiet or json_out)
     if json_out:
         _out(json.dumps({
             "parent": result.parent,
@@ -180,12 +239,17 @@ def evaluate(
     data: Path = typer.Option(..., "--data", "-d", help="Labelled data file."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write metrics.json here."),
     json_out: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Print only the metrics: no progress bars."
+    ),
 ) -> None:
     """Compute metrics of MODEL on a labelled data file (a language model: its perplexity
     on a text file)."""
     from foundry.evaluation.run import evaluate_model
+    from foundry.progress import silenced
 
-    result = evaluate_model(model, data, output=output)
+    with silenced(quiet or json_out):
+        result = evaluate_model(model, data, output=output)
     if json_out:
         _out(json.dumps(result.metrics))
         return
@@ -217,18 +281,46 @@ def predict(
     output: Path | None = typer.Option(
         None, "--output", "-o", help="CSV/Parquet/JSONL to write; stdout when absent."
     ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="No progress and no 'wrote' line: only the predictions."
+    ),
+    json_out: bool = typer.Option(
+        False, "--json",
+        help="Print one JSON object: model, rows, seconds, and the predictions as records "
+        "(with -o: the output path instead).",
+    ),
 ) -> None:
     """Predict every row of DATA with MODEL."""
+    import time
+
     from foundry.data import read_table
-    from foundry.predictor import load
+    from foundry.predictor import Predictor, load
+    from foundry.progress import silenced
     from foundry.writers import write_table
 
-    predictor = load(model)
-    predictions = predictor.predict(read_table(data))
-    if output is None:
+    started = time.perf_counter()
+    with silenced(quiet or json_out):
+        predictor = load(model)
+        frame = read_table(data)
+        if isinstance(predictor, Predictor):  # chunked, with a rows/s bar on big files
+            predictions = predictor.predict(frame, progress=None)
+        else:
+            predictions = predictor.predict(frame)
+        if output is not None:
+            write_table(predictions, output)
+    if json_out:
+        summary = {
+            "model": predictor.ref, "rows": len(predictions),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        if output is None:
+            summary["predictions"] = json.loads(predictions.to_json(orient="records"))
+        else:
+            summary["output"] = str(output)
+        _out(json.dumps(summary))
+    elif output is None:
         predictions.to_csv(sys.stdout, index=False)
-    else:
-        write_table(predictions, output)
+    elif not quiet:
         typer.echo(f"wrote {len(predictions)} predictions to {output}", err=True)
 
 
@@ -253,14 +345,18 @@ def explain(
     ),
     top: int = typer.Option(5, "--top", min=1, help="Attributions shown per row."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON instead of tables."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the tables."),
 ) -> None:
     """Why MODEL predicts what it does on DATA: integrated-gradients attributions per row
     (and, with --importance, permutation importance of each input)."""
     from foundry.evaluation.explain import attribution_tables, explain_file, importance_table
+    from foundry.progress import silenced
 
-    result = explain_file(
-        model, data, output=output, steps=steps, target=target, rows=rows, importance=importance
-    )
+    with silenced(quiet or json_out):
+        result = explain_file(
+            model, data, output=output, steps=steps, target=target, rows=rows,
+            importance=importance,
+        )
     if json_out:
         _out(json.dumps(result.to_dict()))
         return
@@ -294,6 +390,11 @@ def generate(
     seed: int | None = typer.Option(None, help="Seed for sampling."),
     chat: bool = typer.Option(False, "--chat", help="Wrap PROMPT as a user chat message."),
     stream: bool = typer.Option(True, "--stream/--no-stream", help="Print tokens as they come."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the text."),
+    json_out: bool = typer.Option(
+        False, "--json",
+        help="Print one JSON object when done: text, token counts, finish reason (no stream).",
+    ),
 ) -> None:
     """Generate text with a registered language model (gpt, or hf causal_lm)."""
     from foundry.errors import ModelError
@@ -317,13 +418,26 @@ def generate(
         )
     except ApiError as exc:
         raise ModelError(exc.message) from None
-    if stream:
-        for delta in lm.stream(text, params):
-            sys.stdout.write(delta.text)
-            sys.stdout.flush()
+    from foundry.progress import silenced
+
+    if stream and not json_out:
+        with silenced(quiet):
+            for delta in lm.stream(text, params):
+                sys.stdout.write(delta.text)
+                sys.stdout.flush()
         sys.stdout.write("\n")
         return
-    [completion] = lm.generate([text], params)
+    with silenced(quiet or json_out):
+        [completion] = lm.generate([text], params)
+    if json_out:
+        _out(json.dumps({
+            "model": served.ref,
+            "text": completion.text,
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "finish_reason": completion.finish_reason,
+        }))
+        return
     _out(completion.text)
 
 
@@ -403,6 +517,12 @@ def config_docs() -> None:
 
 # Serving lives in foundry.serve; registered here so it lists after the pipeline commands.
 app.command("serve")(serve_command)
+# Hyper-parameter search lives in foundry.tuning.
+app.command("tune")(tune_command)
+# Unit economics (training cost, cost per 1k predictions, plan margins) in foundry.economics.
+app.command("cost")(cost_command)
+# One self-contained HTML page per model, in foundry.report.
+app.command("report")(report_command)
 
 
 def _record_json(r) -> dict:

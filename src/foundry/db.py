@@ -3,7 +3,10 @@
 The registry index and the serving tables (keys, usage) share one database:
 ``FOUNDRY_DATABASE_URL`` when set, else ``sqlite:///<FOUNDRY_HOME>/foundry.db``. SQLite
 runs in WAL mode (readers go on while one process writes) with a busy timeout, so
-several processes can use one file. Nothing here imports torch: the `foundry keys`
+several processes can use one file. PostgreSQL is reached with psycopg 3
+(``postgresql+psycopg://user:password@host:5432/db``; the plain ``postgresql://`` and
+``postgres://`` forms mean the same here). `open_engine` also brings the schema to the
+newest migration (`foundry.migrations`). Nothing here imports torch: the `foundry keys`
 and `foundry usage` commands start fast.
 """
 
@@ -14,11 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from foundry.errors import FoundryError
 
 # Seconds SQLite waits for another writer's lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30.0
+URL_HINT = (
+    "set FOUNDRY_DATABASE_URL to a SQLAlchemy URL such as "
+    "postgresql+psycopg://user:password@host:5432/foundry or sqlite:////path/foundry.db"
+)
 
 
 def default_home() -> Path:
@@ -53,6 +62,71 @@ def sqlite_file(url: str) -> Path | None:
     return Path(parsed.database).expanduser()
 
 
+def open_engine(
+    url: str,
+    *,
+    error: type[FoundryError],
+    what: str = "database",
+    sqlite_immediate: bool = False,
+    busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S,
+) -> Engine:
+    """`create_db_engine`, then the schema brought to the newest migration
+    (`foundry.migrations.ensure_schema`). A bad URL, a missing driver or a database that
+    cannot be reached or upgraded raises ``error`` naming ``what`` and FOUNDRY_DATABASE_URL.
+    """
+    from foundry.migrations import ensure_schema
+
+    try:
+        engine = create_db_engine(
+            url, sqlite_immediate=sqlite_immediate, busy_timeout_s=busy_timeout_s
+        )
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise url_error(url, exc, error=error, what=what) from exc
+    try:
+        ensure_schema(engine)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise error(
+            f"cannot open the {what} {safe_url(url)!r}: {reason(exc)}",
+            hint="check that the server is running and FOUNDRY_DATABASE_URL is right; "
+            "`foundry db current` shows the schema revision",
+        ) from exc
+    return engine
+
+
+def url_error(
+    url: str, exc: BaseException, *, error: type[FoundryError], what: str = "database"
+) -> FoundryError:
+    """The error for a URL SQLAlchemy cannot use: malformed, unknown dialect, or a
+    driver that is not installed."""
+    hint = URL_HINT
+    if isinstance(exc, ImportError):
+        postgres = safe_url(url).startswith(("postgres", "<"))
+        hint = (
+            "install the PostgreSQL driver: pip install 'psycopg[binary]'"
+            if postgres
+            else "its driver is not installed; foundry is tested on SQLite and PostgreSQL"
+        ) + "; " + hint
+    return error(f"cannot use {what} URL {safe_url(url)!r}: {exc}", hint=hint)
+
+
+def reason(exc: SQLAlchemyError) -> str:
+    """The driver's message of a database error, without SQLAlchemy's statement echo and
+    link (the statement is ours; the reason is what the user can act on)."""
+    return str(getattr(exc, "orig", None) or exc).strip()
+
+
+def normalize_url(url: str | URL) -> URL:
+    """``url`` parsed; ``postgresql://`` and ``postgres://`` (libpq's forms, which
+    SQLAlchemy would give to psycopg2) mean psycopg 3, the driver foundry installs."""
+    if isinstance(url, str) and url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
 def create_db_engine(
     url: str,
     *,
@@ -72,7 +146,7 @@ def create_db_engine(
     ``connection.commit()``. Raises SQLAlchemy's ArgumentError / NoSuchModuleError for
     a bad URL or a missing driver; callers turn those into their own errors.
     """
-    parsed = make_url(url)
+    parsed = normalize_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, pool_pre_ping=True)
     path = sqlite_file(url)

@@ -6,9 +6,13 @@ import json
 import multiprocessing
 import threading
 
+import pytest
 import torch
 
+from foundry.db import database_url
 from foundry.registry import Registry
+
+pytestmark = pytest.mark.usefixtures("db_backend")  # SQLite and PostgreSQL (conftest.py)
 
 
 def _register_many(home: str, name: str, count: int, start=None) -> list[int]:
@@ -84,7 +88,7 @@ def test_processes_get_distinct_consecutive_versions(foundry_home):
 
 def test_writers_sharing_the_database_but_not_the_directory(tmp_path, monkeypatch):
     """A stale version guess is caught by the unique (name, version) constraint."""
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    url = database_url(tmp_path)  # FOUNDRY_DATABASE_URL, else <tmp_path>/foundry.db
     first, second = Registry(tmp_path / "a", url=url), Registry(tmp_path / "b", url=url)
     first.register("m", weights={"w": torch.ones(1)}, manifest={}, metrics={}, card="")
     real = Registry._max_version

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import timezone
 from pathlib import Path
 
 import pytest
 import torch
+from sqlalchemy.engine import make_url
 
 import foundry.registry
 import foundry.registry.store as store_mod
 from foundry.errors import ModelError
 from foundry.registry import Registry, default_home
+
+pytestmark = pytest.mark.usefixtures("db_backend")  # SQLite and PostgreSQL (conftest.py)
 
 
 def _register(reg: Registry, name: str = "iris", **kw):
@@ -160,14 +164,26 @@ def test_failed_row_insert_removes_the_package(foundry_home, monkeypatch):
     assert _register(reg).version == 2
 
 
-def test_database_refusing_the_insert_removes_the_package(foundry_home):
+_REFUSE_INSERTS = {  # a trigger that rejects every new row
+    "sqlite": [
+        "CREATE TRIGGER refuse BEFORE INSERT ON model_versions "
+        "BEGIN SELECT RAISE(ABORT, 'quota exceeded'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RAISE EXCEPTION 'quota exceeded'; END $$",
+        "CREATE TRIGGER refuse BEFORE INSERT ON model_versions "
+        "FOR EACH ROW EXECUTE FUNCTION refuse()",
+    ],
+}
+
+
+def test_database_refusing_the_insert_removes_the_package(foundry_home, db_backend):
     reg = Registry()
     _register(reg)
-    with reg._get_engine().begin() as conn:  # the database rejects every new row
-        conn.exec_driver_sql(
-            "CREATE TRIGGER refuse BEFORE INSERT ON model_versions "
-            "BEGIN SELECT RAISE(ABORT, 'quota exceeded'); END"
-        )
+    with reg._get_engine().begin() as conn:
+        for statement in _REFUSE_INSERTS[db_backend]:
+            conn.exec_driver_sql(statement)
     with pytest.raises(ModelError, match="quota exceeded"):
         _register(reg)
     assert sorted(p.name for p in (foundry_home / "models" / "iris").iterdir()) == ["1"]
@@ -213,6 +229,7 @@ def test_url_argument_uses_another_database(tmp_path, foundry_home):
         Registry().resolve("iris")  # the default index does not know it
 
 
+@pytest.mark.sqlite_only
 def test_database_url_env_var(tmp_path, monkeypatch, foundry_home):
     other = tmp_path / "env.db"
     monkeypatch.setenv("FOUNDRY_DATABASE_URL", f"sqlite:///{other}")
@@ -227,6 +244,7 @@ def test_bad_database_url_is_a_model_error():
         Registry(url="nosuchdialect://x").list_models()
 
 
+@pytest.mark.sqlite_only
 def test_sqlite_uses_wal(foundry_home):
     reg = Registry()
     _register(reg)
@@ -265,6 +283,19 @@ def test_public_surface():
 
 def test_created_at_is_utc():
     assert _register(Registry()).created_at.tzinfo == timezone.utc
+
+
+def test_created_at_is_utc_whatever_the_database_session_time_zone(db_backend, monkeypatch):
+    if db_backend == "postgresql":  # PostgreSQL answers in the session's TimeZone
+        url = make_url(os.environ["FOUNDRY_DATABASE_URL"])
+        options = f"{url.query.get('options', '')} -ctimezone=America/New_York".strip()
+        monkeypatch.setenv("FOUNDRY_DATABASE_URL", url.update_query_dict(
+            {"options": options}).render_as_string(hide_password=False))
+    written = _register(Registry())
+    read = Registry().resolve("iris:1")
+    assert read.created_at == written.created_at
+    assert read.created_at.tzinfo == timezone.utc
+    assert read.to_dict()["created_at"].endswith("+00:00")
 
 
 def test_a_tag_names_one_version_and_moves(foundry_home):

@@ -16,6 +16,8 @@ from foundry.serve.errors import ApiError
 from foundry.serve.gate import Gate
 from foundry.serve.store import usage_events
 
+pytestmark = pytest.mark.usefixtures("db_backend")  # SQLite and PostgreSQL (conftest.py)
+
 
 def _ts(day: int, month: int = 11, year: int = 2026, hour: int = 12) -> float:
     return datetime(year, month, day, hour, tzinfo=timezone.utc).timestamp()

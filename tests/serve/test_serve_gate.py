@@ -25,6 +25,8 @@ from foundry.serve.errors import ApiError
 from foundry.serve.gate import Gate
 from foundry.serve.store import CompiledSql, usage_events
 
+pytestmark = pytest.mark.usefixtures("db_backend")  # SQLite and PostgreSQL (conftest.py)
+
 T0 = datetime(2026, 11, 10, 12, 0, tzinfo=timezone.utc).timestamp()
 DEC_1 = datetime(2026, 12, 1, tzinfo=timezone.utc).timestamp()
 
@@ -54,6 +56,16 @@ def gate(clock):
     g = Gate(PLANS, clock=clock)
     yield g
     g.close()
+
+
+@pytest.fixture
+def db_error(db_backend):
+    """What the driver raises for a broken statement."""
+    if db_backend == "sqlite":
+        return sqlite3.OperationalError
+    import psycopg
+
+    return psycopg.Error
 
 
 def _key(gate, plan, **kwargs):
@@ -303,6 +315,7 @@ def _trace_sqlite(gate) -> list[str]:
     return seen
 
 
+@pytest.mark.sqlite_only  # traces SQLite's statements
 def test_sqlite_admission_begins_immediate_and_postgresql_locks_the_row(gate):
     key = _key(gate, "tiny")
     seen = _trace_sqlite(gate)
@@ -315,6 +328,7 @@ def test_sqlite_admission_begins_immediate_and_postgresql_locks_the_row(gate):
     assert "FOR UPDATE" not in str(lock.compile(dialect=sqlite.dialect()))
 
 
+@pytest.mark.sqlite_only  # traces SQLite's statements
 def test_a_plain_admission_is_three_statements_in_one_transaction(gate):
     key = _key(gate, "tiny")
     seen = _trace_sqlite(gate)
@@ -388,6 +402,7 @@ def test_a_buffered_latency_is_written_by_the_flusher_thread(gate, monkeypatch):
         time.sleep(0.01)
 
 
+@pytest.mark.sqlite_only  # traces SQLite's statements
 def test_admissions_take_buffered_latencies_along(gate, monkeypatch):
     monkeypatch.setattr(gate_module, "LATENCY_FLUSH_MAX", 3)
     monkeypatch.setattr(gate_module, "LATENCY_FLUSH_S", 3600.0)
@@ -418,7 +433,7 @@ def test_a_refused_admission_still_writes_the_buffered_latencies(gate, monkeypat
     assert _billable_units(gate) == 5
 
 
-def test_a_failed_admission_transaction_puts_the_latencies_back(gate, monkeypatch):
+def test_a_failed_admission_transaction_puts_the_latencies_back(gate, monkeypatch, db_error):
     monkeypatch.setattr(gate_module, "LATENCY_FLUSH_MAX", 1)
     key = _key(gate, "shared")
     adm = gate.admit(key, model="m", units=1, request_id="a")
@@ -429,7 +444,7 @@ def test_a_failed_admission_transaction_puts_the_latencies_back(gate, monkeypatc
         cursor.execute("SELECT no_such_column FROM usage_events")
 
     monkeypatch.setattr(CompiledSql, "executemany", broken)
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(db_error):
         gate.admit(key, model="m", units=1, request_id="b")
     assert _billable_units(gate) == 1  # "b" was rolled back with the latencies
     monkeypatch.setattr(CompiledSql, "executemany", working)
@@ -457,7 +472,9 @@ def test_status_changes_and_stored_responses_are_never_buffered(gate):
     assert gate.usage(key)["units_used"] == 3
 
 
-def test_a_failed_flush_keeps_its_latencies_and_drops_the_connection(gate, monkeypatch):
+def test_a_failed_flush_keeps_its_latencies_and_drops_the_connection(
+    gate, monkeypatch, db_error
+):
     key = _key(gate, "tiny")
     adm = gate.admit(key, model="m", units=1, request_id="a")
     gate.complete(adm, status=200, latency_ms=5.0)
@@ -467,7 +484,7 @@ def test_a_failed_flush_keeps_its_latencies_and_drops_the_connection(gate, monke
         cursor.execute("SELECT no_such_column FROM usage_events")
 
     monkeypatch.setattr(CompiledSql, "executemany", broken)
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(db_error):
         gate.flush()
     assert gate.store._idle == []  # a database error: that connection is not reused
     monkeypatch.setattr(CompiledSql, "executemany", working)
@@ -490,14 +507,15 @@ def test_close_and_a_dropped_gate_write_what_they_buffered(foundry_home, clock):
     reader.close()
 
 
-def test_a_refusal_keeps_the_connection_and_a_database_error_drops_it(gate):
+def test_a_refusal_keeps_the_connection_and_a_database_error_drops_it(gate, db_error):
     key = _key(gate, "tiny")
     gate.admit(key, model="m", units=5, request_id="a")
-    kept = gate.store._idle[0]
+    # SQLite keeps its connection between transactions; PostgreSQL's go back to the pool.
+    kept = gate.store._idle[:1]
     with pytest.raises(ApiError, match="quota"):
         gate.admit(key, model="m", units=1, request_id="b")
-    assert gate.store._idle == [kept]
-    with pytest.raises(sqlite3.OperationalError), gate.store.fast_write() as cur:
+    assert gate.store._idle == kept
+    with pytest.raises(db_error), gate.store.fast_write() as cur:
         cur.execute("UPDATE api_keys SET used_units = 0")
         cur.execute("SELECT nope FROM nowhere")
     assert gate.store._idle == []
@@ -510,19 +528,21 @@ def test_a_refusal_keeps_the_connection_and_a_database_error_drops_it(gate):
 def test_a_forked_child_uses_its_own_connections(gate):
     key = _key(gate, "shared")
     gate.admit(key, model="m", units=1, request_id="parent-1")
-    kept = gate.store._idle[0]
+    # SQLite: the connection kept between transactions; PostgreSQL: the pool's. Either
+    # way the parent's socket or file handle must not be used (or closed) by the child.
+    kept = gate.store._idle[:1]
     pid = os.fork()
-    if pid == 0:  # the child: never the parent's SQLite connection
+    if pid == 0:  # the child: never the parent's connection
         code = 1
         try:
             gate.admit(key, model="m", units=1, request_id="child")
-            code = 0 if gate.store._idle and gate.store._idle[0] is not kept else 2
+            code = 0 if not kept or gate.store._idle[0] is not kept[0] else 2
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     gate.admit(key, model="m", units=1, request_id="parent-2")
-    assert gate.store._idle == [kept]
+    assert gate.store._idle == kept
     assert _billable_units(gate) == 3
 
 
@@ -548,7 +568,8 @@ def _admit_many(home: str, key: str, barrier, results, n: int) -> None:
         results.put(list(pool.map(one, range(n))))
 
 
-def test_quota_holds_across_processes(gate, foundry_home):
+def test_quota_holds_across_processes(gate, clock, foundry_home):
+    clock.now = time.time()  # the workers' Gates read the real clock: the same period
     created = gate.create_key("acme", "shared")  # 120 units included
     key = gate.authenticate(created.key)
     for i in range(20):
@@ -586,7 +607,7 @@ while True:
 """
 
 
-def test_kill_9_loses_no_acknowledged_usage(foundry_home, tmp_path):
+def test_kill_9_loses_no_acknowledged_usage(foundry_home, tmp_path, db_backend):
     g = Gate({"big": PlanConfig(included_units=10**9, requests_per_minute=10**9)})
     created = g.create_key("acme", "big")
     script = tmp_path / "crasher.py"
@@ -609,4 +630,4 @@ def test_kill_9_loses_no_acknowledged_usage(foundry_home, tmp_path):
     with g.store.read() as conn:
         stored = set(conn.scalars(select(usage_events.c.id)))
     assert set(acked) <= stored and len(acked) >= 200
-    assert Path(foundry_home / "foundry.db").exists()
+    assert Path(foundry_home / "foundry.db").exists() == (db_backend == "sqlite")

@@ -15,6 +15,8 @@ from foundry.serve.gate import Gate
 from foundry.serve.gate_api import AdmitRequest
 from foundry.serve.store import usage_events
 
+pytestmark = pytest.mark.usefixtures("db_backend")  # SQLite and PostgreSQL (conftest.py)
+
 T0 = datetime(2026, 11, 10, 12, 0, tzinfo=timezone.utc).timestamp()
 PLANS = {
     "tokens": PlanConfig(included_units=1_000, hard_limit=True, requests_per_minute=1_000,
@@ -105,6 +107,7 @@ def test_tokens_per_minute_bucket(gate, clock):
     assert _admit(gate, bearer, units=1, tokens=0, rid="e").rate.token_limit is None
 
 
+@pytest.mark.sqlite_only  # PostgreSQL: tests/test_migrations.py
 def test_an_older_database_gets_the_new_columns(foundry_home, clock):
     foundry_home.mkdir(parents=True, exist_ok=True)
     db = foundry_home / "foundry.db"

@@ -12,6 +12,8 @@ from foundry.serve import keys
 from foundry.serve.errors import ApiError
 from foundry.serve.gate import Gate
 
+pytestmark = pytest.mark.usefixtures("db_backend")  # SQLite and PostgreSQL (conftest.py)
+
 T0 = datetime(2026, 11, 10, 12, 0, tzinfo=timezone.utc).timestamp()
 HOUR = 3600.0
 
@@ -59,6 +61,7 @@ def test_the_key_is_shown_once(gate):
     assert "key" not in listed[0].to_dict() and "key_hash" not in listed[0].to_dict()
 
 
+@pytest.mark.sqlite_only  # reads the database file
 def test_only_the_hash_is_stored(gate, foundry_home):
     created = gate.create_key("acme", "starter")
     info = gate.authenticate(f"Bearer {created.key}")

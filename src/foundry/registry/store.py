@@ -44,10 +44,10 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from foundry.db import create_db_engine, database_url, safe_url, sqlite_file
+from foundry.db import database_url, open_engine, safe_url, sqlite_file
 from foundry.db import default_home as default_home  # re-exported: foundry.registry API
 from foundry.errors import ModelError
 from foundry.registry.package import (
@@ -145,8 +145,9 @@ class Registry:
 
     home: store root (default ``default_home()``, resolved now). url: SQLAlchemy database
     URL (default ``FOUNDRY_DATABASE_URL``, else ``sqlite:///<home>/foundry.db``). The
-    database and its table are created on first use. Safe to share between threads;
-    several processes may use the same home and database at once.
+    database's tables are created (or migrated, `foundry.migrations`) on first use. Safe
+    to share between threads; several processes may use the same home and database at
+    once.
     """
 
     def __init__(self, home: Path | str | None = None, url: str | None = None) -> None:
@@ -460,27 +461,9 @@ class Registry:
             return self._engine
 
     def _create_engine(self) -> Engine:
-        try:
-            engine = create_db_engine(self.url)
-        except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-            raise ModelError(
-                f"cannot use registry database URL {self._safe_url()!r}: {exc}",
-                hint="set FOUNDRY_DATABASE_URL to a SQLAlchemy URL such as "
-                "postgresql+psycopg://user@host/db",
-            ) from exc
-        # Two processes starting together may both try to create the table; the loser's
-        # CREATE fails and the retry sees the table.
-        for attempt in range(3):
-            try:
-                _Base.metadata.create_all(engine)
-                break
-            except SQLAlchemyError as exc:
-                if attempt == 2:
-                    engine.dispose()
-                    raise ModelError(
-                        f"cannot open the registry database {self._safe_url()!r}: {exc}"
-                    ) from exc
-        return engine
+        # Creates the tables, or brings an older database's to the current schema, once
+        # across processes starting together (foundry.migrations).
+        return open_engine(self.url, error=ModelError, what="registry database")
 
     def _max_version(self, name: str) -> int:
         with Session(self._get_engine()) as session:
@@ -524,6 +507,8 @@ class Registry:
         created = row.created_at
         if created.tzinfo is None:  # SQLite stores naive datetimes; they were written as UTC
             created = created.replace(tzinfo=timezone.utc)
+        else:  # PostgreSQL answers in the session's TimeZone setting, often not UTC
+            created = created.astimezone(timezone.utc)
         return ModelRecord(
             name=row.name,
             version=row.version,

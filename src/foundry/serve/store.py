@@ -41,10 +41,9 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.sql import ClauseElement
 
-from foundry.db import create_db_engine, database_url, default_home, safe_url
+from foundry.db import database_url, default_home, open_engine, safe_url
 from foundry.errors import ConfigError
 
 # Seconds a request waits for another process's write lock. Admissions hold it for well
@@ -89,7 +88,7 @@ api_keys = Table(
     Column("tpm_tokens", Double, nullable=True),
     Column("tpm_updated", Double, nullable=True),
     # The account's tokens-per-minute bucket (language models); NULL = full. Added after
-    # the first release: `_add_missing_columns` adds them to older databases.
+    # the first release: the baseline migration adds them to older databases.
 )
 
 usage_events = Table(
@@ -416,30 +415,14 @@ class ServeStore:
             fairy.invalidate()
 
     def _create_engine(self) -> Engine:
-        try:
-            engine = create_db_engine(
-                self.url, sqlite_immediate=True, busy_timeout_s=BUSY_TIMEOUT_S
-            )
-        except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-            raise ConfigError(
-                f"cannot use database URL {safe_url(self.url)!r}: {exc}",
-                hint="set FOUNDRY_DATABASE_URL to a SQLAlchemy URL such as "
-                "postgresql+psycopg://user@host/db",
-            ) from exc
-        # Several workers starting together may all try to create the tables; a loser's
-        # CREATE fails and its retry sees them.
-        for attempt in range(3):
-            try:
-                metadata.create_all(engine)
-                _add_missing_columns(engine)
-                break
-            except SQLAlchemyError as exc:
-                if attempt == 2:
-                    engine.dispose()
-                    raise ConfigError(
-                        f"cannot open the database {safe_url(self.url)!r}: {exc}"
-                    ) from exc
-        return engine
+        # The tables are created, or an older database's migrated, once across workers
+        # starting together (foundry.migrations).
+        return open_engine(
+            self.url,
+            error=ConfigError,
+            sqlite_immediate=True,
+            busy_timeout_s=BUSY_TIMEOUT_S,
+        )
 
 
 def _is_busy(exc: BaseException) -> bool:
@@ -448,21 +431,3 @@ def _is_busy(exc: BaseException) -> bool:
     if code is not None:
         return code & 0xFF in (5, 6)
     return "locked" in str(exc) or "busy" in str(exc)
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """Columns added to the serving tables after a database was created: nullable ones
-    are added in place (ALTER TABLE ... ADD COLUMN), so an older database keeps working."""
-    from sqlalchemy import inspect
-
-    with engine.begin() as conn:
-        inspector = inspect(conn)
-        for table in metadata.sorted_tables:
-            present = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present or not column.nullable:
-                    continue
-                kind = column.type.compile(dialect=engine.dialect)
-                conn.exec_driver_sql(
-                    f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"
-                )

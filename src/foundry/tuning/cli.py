@@ -56,21 +56,23 @@ def tune_command(
 ) -> None:
     """Search the hyper-parameters CONFIG's tune: section lists; print the trials, write
     the best config and register its model."""
+    from foundry.progress import silenced
     from foundry.tuning import tune
 
-    result = tune(
-        config,
-        overrides or [],
-        n_trials=trials,
-        timeout=timeout,
-        jobs=jobs,
-        storage=storage,
-        study_name=study_name,
-        worker=worker,
-        worker_index=worker_index,
-        threads=threads,
-        quiet=quiet or json_out,
-    )
+    with silenced(quiet or json_out):
+        result = tune(
+            config,
+            overrides or [],
+            n_trials=trials,
+            timeout=timeout,
+            jobs=jobs,
+            storage=storage,
+            study_name=study_name,
+            worker=worker,
+            worker_index=worker_index,
+            threads=threads,
+            quiet=quiet or json_out,
+        )
     if json_out:
         typer.echo(
             json.dumps(

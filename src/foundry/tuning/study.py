@@ -277,18 +277,27 @@ def _optimize(
     """Run trials in this process until `n_trials`, the timeout, or the grid's end."""
     import torch
 
+    from foundry.progress import progress_bar
     from foundry.tuning.trial import run_trial, trial_line
+
+    def finished(_study: Any, trial: Any) -> None:
+        say.info(trial_line(trial, plan))
+        bar.advance()
 
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        study.optimize(
-            lambda trial: run_trial(trial, plan, say),
-            n_trials=n_trials,
-            timeout=plan.settings.timeout,
-            callbacks=[lambda _study, trial: say.info(trial_line(trial, plan))],
-        )
+        with progress_bar(
+            f"tuning {plan.study_name}", n_trials, unit="trials",
+            enabled=False if say.quiet else None,
+        ) as bar:
+            study.optimize(
+                lambda trial: run_trial(trial, plan, say),
+                n_trials=n_trials,
+                timeout=plan.settings.timeout,
+                callbacks=[finished],
+            )
     finally:
         torch.set_num_threads(previous)
 
