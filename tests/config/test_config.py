@@ -56,6 +56,9 @@ def test_minimal_config_fills_documented_defaults():
             },
             "divisible by num_heads",
         ),
+        # the database columns behind them (PostgreSQL refuses longer values)
+        ({"serve": {"plans": {"p" * 65: {}}}}, "must have 1 to 64 characters"),
+        ({"name": "m" * 129}, "name: String should have at most 128 characters"),
     ],
 )
 def test_bad_values_name_the_key_path(section, expected):

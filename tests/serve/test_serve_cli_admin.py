@@ -12,6 +12,8 @@ from foundry.serve.cli_admin import keys_app, usage_app
 from foundry.serve.errors import ApiError
 from foundry.serve.gate import Gate
 
+pytestmark = pytest.mark.usefixtures("db_backend")
+
 # The lead mounts the sub-apps the same way in foundry/cli.py.
 app = typer.Typer()
 app.add_typer(keys_app, name="keys")

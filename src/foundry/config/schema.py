@@ -776,6 +776,15 @@ class ServeConfig(Section):
     rotate_grace_hours: float = Field(24.0, ge=0)
     """After `foundry keys rotate`, the old key keeps working this long."""
 
+    @model_validator(mode="after")
+    def _plan_names_fit_the_database(self) -> ServeConfig:
+        for name in self.plans:  # keys store their plan's name in a 64-character column
+            if not name or len(name) > 64:
+                raise ValueError(
+                    f"serve.plans: plan name {name[:80]!r} must have 1 to 64 characters"
+                )
+        return self
+
     def all_plans(self) -> dict[str, PlanConfig]:
         return {**BUILTIN_PLANS, **self.plans}
 
@@ -978,7 +987,7 @@ def _tune_key_problem(config: FoundryConfig, key: str) -> str | None:
 class FoundryConfig(Section):
     """A whole pipeline: data → features → model → train → evaluate → registry."""
 
-    name: str = Field("model", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field("model", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
     """Registry name of the trained model (letters, digits, `_`, `.`, `-`)."""
     description: str = ""
     """Free text stored with the model."""
