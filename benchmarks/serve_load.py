@@ -26,14 +26,15 @@ of all cases are interleaved (the variant order rotating each round), so drift o
 shared machine hits every variant alike.
 
 Each server runs --workers uvicorn workers, 1 by default so that on 2 cores the load
-generator has the other core. The load generator is a minimal HTTP/1.1 client on asyncio
-streams by default (`--client raw`, ~0.05-0.2 ms of CPU per request): httpx's AsyncClient
-(`--client httpx`) costs 2-4 ms of CPU per request here and tops out near 180 requests/s
-at 32 connections, so with it the benchmark measures httpx, not the server. The client's
-CPU share is printed for that reason. `srv ms/req` is the CPU time of the server's
-processes (parent and workers, from /proc) per answered request, which other load on the
-machine disturbs far less than wall-clock numbers; `batch` is the mean number of records
-per forward pass (from /metrics; one worker's counters, so exact only with --workers 1).
+generator has the other core. The servers and the load generator are
+`foundry.serve.loadtest` (the one `foundry cost` measures with): a minimal HTTP/1.1
+client on asyncio streams, ~0.05-0.2 ms of CPU per request (httpx's AsyncClient costs
+2-4 ms here and tops out near 180 requests/s at 32 connections: with it the benchmark
+measured httpx, not the server). The client's CPU share is printed for that reason.
+`srv ms/req` is the CPU time of the server's processes (parent and workers, from /proc)
+per answered request, which other load on the machine disturbs far less than wall-clock
+numbers; `batch` is the mean number of records per forward pass (from /metrics; one
+worker's counters, so exact only with --workers 1).
 
 Targets (issue #9): full ≥ 80% of bare's throughput; auth + metering add < 1 ms at p50
 (full - bare at 1 client); batching ≥ 3x throughput at 32 clients. `--check` exits 1 if
@@ -43,22 +44,26 @@ one is missed. Only 127.0.0.1 is contacted, on ports this script binds.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from foundry.serve.loadtest import (
+    LoadResult,
+    Server,
+    free_port,
+    predict_request,
+    run_load,
+    serve_command,
+)
 
 CLIENTS = (1, 8, 32)
 VARIANTS = ("bare", "full", "bare-nobatch", "full-nobatch")
@@ -160,66 +165,34 @@ def trained_model(home: Path, work: Path, layers: list[int] | None = None) -> tu
 # ---------------------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
-class Server:
-    variant: str
-    command: list[str]
-    env: dict[str, str]
-    log: Path
-    workers: int
-    port: int
+class Variant:
+    """One server under test (`foundry.serve.loadtest.Server`) and its keys."""
+
+    name: str
+    server: Server
     model: str = "adult"
-    proc: subprocess.Popen | None = None
     keys: dict[int, str] = field(default_factory=dict)
     """Bearer key per client count (full variants): each case draws on its own bucket."""
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def full(self) -> bool:
-        return self.variant.startswith("full")
+        return self.name.startswith("full")
 
-    def start(self) -> None:
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(self.command, env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 180.0) -> None:
-        import httpx
-
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"{self.variant} server exited:\n{self.log.read_text()}")
-            if self.log.read_text().count("Application startup complete.") >= self.workers:
-                try:
-                    if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-            time.sleep(0.2)
-        raise SystemExit(f"{self.variant} server not ready in {timeout:.0f} s:\n"
-                         f"{self.log.read_text()}")
+    def requests(self, clients: int, body: bytes) -> list[bytes]:
+        key = self.keys[clients] if self.full else None
+        return [predict_request(self.server.port, self.model, body, key)]
 
     def cpu_seconds(self) -> float:
         """User + system CPU of every process of the server (parent and workers)."""
-        assert self.proc is not None
+        assert self.server.proc is not None
         total = 0
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 fields = stat.read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[2]) == self.proc.pid:  # process group (field 5)
+            if int(fields[2]) == self.server.proc.pid:  # process group (field 5)
                 total += int(fields[11]) + int(fields[12])  # utime + stime
         return total / os.sysconf("SC_CLK_TCK")
 
@@ -227,7 +200,7 @@ class Server:
         """(records, forward passes) so far, from /metrics (one worker's counters)."""
         import httpx
 
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        text = httpx.get(f"{self.server.url}/metrics", timeout=10).text
         values = {"sum": 0.0, "count": 0.0}
         for line in text.splitlines():
             for part in values:
@@ -235,35 +208,23 @@ class Server:
                     values[part] += float(line.rsplit(" ", 1)[1])
         return values["sum"], values["count"]
 
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
 
-
-def make_servers(ref: str, env: dict[str, str], work: Path, workers: int) -> list[Server]:
-    servers = []
-    for variant in VARIANTS:
-        batching = not variant.endswith("nobatch")
-        config = work / f"serve-{variant}.yaml"
+def make_variants(ref: str, env: dict[str, str], work: Path, workers: int) -> list[Variant]:
+    variants = []
+    for name in VARIANTS:
+        batching = not name.endswith("nobatch")
+        config = work / f"serve-{name}.yaml"
         config.write_text(f"serve:\n  batching:\n    enabled: {str(batching).lower()}\n")
         port = free_port()
-        if variant.startswith("full"):
-            command = [sys.executable, "-m", "foundry", "serve", ref, "--port", str(port),
-                       "--workers", str(workers), "--config", str(config)]
+        if name.startswith("full"):
+            command = serve_command(ref, port, workers=workers, config=config)
         else:
             command = [sys.executable, "-c", BARE_LAUNCHER, str(config), ref, str(port),
                        str(workers)]
-        servers.append(Server(variant, command, env, work / f"{variant}.log", workers, port,
-                              model=ref.split(":")[0]))
-    return servers
+        server = Server(command, env=env, log=work / f"{name}.log", port=port,
+                        workers=workers)
+        variants.append(Variant(name, server, model=ref.split(":")[0]))
+    return variants
 
 
 def create_key(env: dict[str, str], name: str) -> str:
@@ -305,6 +266,14 @@ class Result:
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
 
+    def add(self, load: LoadResult) -> None:
+        self.ok += load.ok
+        self.elapsed += load.seconds
+        self.client_cpu += load.client_cpu
+        self.latencies += load.latencies
+        for status, count in load.errors.items():
+            self.errors[status] = self.errors.get(status, 0) + count
+
     def as_dict(self) -> dict:
         return {
             "requests_ok": self.ok,
@@ -319,119 +288,32 @@ class Result:
         }
 
 
-class RawConnection:
-    """One keep-alive HTTP/1.1 connection sending a prepared request and reading the
-    answer by its content-length: the cheapest client asyncio allows, so that the server,
-    not the load generator, is what is measured (see --client)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, port: int) -> RawConnection:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        return cls(reader, writer)
-
-    async def send(self, request: bytes) -> int:
-        """The status of the answer to `request` (read to its end)."""
-        self.writer.write(request)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        length = None
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        if length is None:
-            raise RuntimeError(f"answer without content-length: {head[:200]!r}")
-        await self.reader.readexactly(length)
-        return int(head[9:12])
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
+def one_slice(variant: Variant, clients: int, body: bytes, max_requests: int,
+              seconds: float, result: Result) -> None:
+    """`foundry.serve.loadtest.drive` on `variant`, with the server's CPU time and batch
+    counters read around it."""
+    records, passes = variant.batches()
+    server_cpu = variant.cpu_seconds()
+    load = run_load(variant.server.port, variant.requests(clients, body), clients=clients,
+                    seconds=seconds, max_requests=max_requests)
+    result.server_cpu += variant.cpu_seconds() - server_cpu
+    records_after, passes_after = variant.batches()
+    result.records += records_after - records
+    result.passes += passes_after - passes
+    result.add(load)
 
 
-async def drive(server: Server, clients: int, body: bytes, max_requests: int, seconds: float,
-                result: Result, client_kind: str) -> None:
-    """`clients` concurrent keep-alive connections, each sending one request after the
-    other, until `max_requests` were sent or `seconds` passed."""
-    import httpx
-
-    path = f"/v1/models/{server.model}/predict"
-    headers = {"content-type": "application/json"}
-    if server.full:
-        headers["authorization"] = f"Bearer {server.keys[clients]}"
-    async with contextlib.AsyncExitStack() as stack:
-        if client_kind == "raw":
-            request = "".join(
-                [f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{server.port}\r\n",
-                 *(f"{k}: {v}\r\n" for k, v in headers.items()),
-                 f"content-length: {len(body)}\r\n\r\n"]
-            ).encode() + body
-            connections = [await RawConnection.open(server.port) for _ in range(clients)]
-            for connection in connections:
-                stack.push_async_callback(connection.close)
-            senders = [partial(c.send, request) for c in connections]
-        else:
-            limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-            client = await stack.enter_async_context(
-                httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30)
-            )
-
-            async def send_httpx() -> int:
-                return (await client.post(path, content=body, headers=headers)).status_code
-
-            senders = [send_httpx] * clients
-        # Open the connections first (not measured).
-        await asyncio.gather(*(send() for send in senders))
-        sent = 0
-        latencies: list[float] = []
-        errors: dict[int, int] = {}
-
-        async def one_client(send) -> None:
-            nonlocal sent
-            while sent < max_requests and time.perf_counter() < deadline:
-                sent += 1
-                t0 = time.perf_counter()
-                status = await send()
-                if status == 200:
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors[status] = errors.get(status, 0) + 1
-
-        records, passes = server.batches()
-        server_cpu = server.cpu_seconds()
-        cpu = time.process_time()
-        started = time.perf_counter()
-        deadline = started + seconds
-        await asyncio.wait_for(asyncio.gather(*(one_client(send) for send in senders)),
-                               seconds + 60)
-        elapsed = time.perf_counter() - started
-        result.client_cpu += time.process_time() - cpu
-        result.server_cpu += server.cpu_seconds() - server_cpu
-        records_after, passes_after = server.batches()
-        result.records += records_after - records
-        result.passes += passes_after - passes
-    result.elapsed += elapsed
-    result.ok += len(latencies)
-    result.latencies += latencies
-    for status, count in errors.items():
-        result.errors[status] = result.errors.get(status, 0) + count
-
-
-def run_cases(servers: list[Server], body: bytes, args: argparse.Namespace
+def run_cases(variants: list[Variant], body: bytes, args: argparse.Namespace
               ) -> dict[tuple[str, int], Result]:
-    results = {(s.variant, c): Result() for s in servers for c in CLIENTS}
+    results = {(v.name, c): Result() for v in variants for c in CLIENTS}
     per_requests = max(1, args.requests // args.rounds)
     per_seconds = args.seconds / args.rounds
     for round_ in range(args.rounds):
-        order = servers[round_ % len(servers):] + servers[:round_ % len(servers)]
+        order = variants[round_ % len(variants):] + variants[:round_ % len(variants)]
         for clients in CLIENTS:
-            for server in order:
-                asyncio.run(drive(server, clients, body, per_requests, per_seconds,
-                                  results[server.variant, clients], args.client))
+            for variant in order:
+                one_slice(variant, clients, body, per_requests, per_seconds,
+                          results[variant.name, clients])
         print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
     return results
 
@@ -491,7 +373,7 @@ def report(results: dict[tuple[str, int], Result], args: argparse.Namespace) -> 
     if errors:
         print(f"\nwarning: non-200 answers (not counted): {errors}")
     return {
-        "settings": {"requests": args.requests, "seconds": args.seconds, "client": args.client,
+        "settings": {"requests": args.requests, "seconds": args.seconds,
                      "rounds": args.rounds, "workers": args.workers,
                      "cpus": os.cpu_count()},
         "cases": [{"variant": v, "clients": c, **results[v, c].as_dict()}
@@ -516,8 +398,6 @@ def main() -> None:
                         "whose forward pass outweighs HTTP) [foundry's default MLP]")
     parser.add_argument("--home", type=Path, default=None,
                         help="FOUNDRY_HOME to train in or reuse [a temporary directory]")
-    parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
-                        help="load generator: raw asyncio HTTP/1.1 (default) or httpx")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args()
@@ -535,24 +415,24 @@ def main() -> None:
         env = {**os.environ, "FOUNDRY_HOME": str(home)}
         for name in ("FOUNDRY_DATABASE_URL", "FOUNDRY_ADMIN_TOKEN"):
             env.pop(name, None)
-        servers = make_servers(ref, env, work, args.workers)
+        variants = make_variants(ref, env, work, args.workers)
         print(f"serving {ref}: 4 servers x {args.workers} worker(s) on {os.cpu_count()} CPUs; "
               f"per case: {args.requests} requests or {args.seconds:g} s in {args.rounds} "
               "interleaved slices", flush=True)
         try:
-            for server in servers:
-                server.start()
-            for server in servers:  # keys are made while the servers load
-                if server.full:
-                    server.keys = {c: create_key(env, f"bench-{server.variant}-{c}")
+            for variant in variants:
+                variant.server.start()
+            for variant in variants:  # keys are made while the servers load
+                if variant.full:
+                    variant.keys = {c: create_key(env, f"bench-{variant.name}-{c}")
                                    for c in CLIENTS}
-            for server in servers:
-                server.wait_ready()
+            for variant in variants:
+                variant.server.wait_ready()
             body = json.dumps(row).encode()
-            results = run_cases(servers, body, args)
+            results = run_cases(variants, body, args)
         finally:
-            for server in servers:
-                server.stop()
+            for variant in variants:
+                variant.server.stop()
     summary = report(results, args)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

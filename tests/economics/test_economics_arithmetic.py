@@ -17,7 +17,8 @@ from foundry.economics.estimate import plan_economics, price_suggestions
 
 def supplied(units_per_second: float, unit: str = "prediction") -> Throughput:
     return Throughput(
-        unit=unit, single=None, serving=None, serving_batch=64, supplied=units_per_second,
+        unit=unit, measure="supplied", server=None, server_cases=(), single=None,
+        serving=None, serving_batch=64, supplied=units_per_second,
         basis="supplied", workers=1, threads=None, per_machine=units_per_second, rows=0,
         source="test", why="test",
     )
@@ -143,7 +144,7 @@ def test_to_dict_is_plain_json_with_never_as_null():
     e = economics_from(ref="m:1", kind="tabular", throughput=supplied(1.0),
                        training_seconds=1.0, cost=CostConfig(), plans=dict(BUILTIN_PLANS))
     data = json.loads(json.dumps(e.to_dict(), allow_nan=False))
-    assert data["format_version"] == 1 and data["ref"] == "m:1"
+    assert data["format_version"] == 2 and data["ref"] == "m:1"
     assert data["cost_per_1k"] == e.cost_per_1k
     assert data["throughput"]["basis"] == "supplied"
     assert data["settings"]["serve_utilization"] == 0.5
@@ -174,6 +175,7 @@ def test_money_display_rounding():
         {"competitor_prices_per_1k": {"a": -1.0}},
         {"competitive_undercut": 1},
         {"throughput_batch": "huge"},
+        {"measure": "http"},
         {"measure_seconds": 0},
         {"serve_utilisation": 0.5},
     ],
@@ -187,6 +189,7 @@ def test_cost_section_is_optional_in_a_config():
     cfg = FoundryConfig.model_validate({"data": {"path": "x.csv"}, "features": {"target": "y"}})
     assert cfg.cost == CostConfig()
     assert cfg.cost.serve_utilization == 0.5 and cfg.cost.markup == 3.0
+    assert cfg.cost.measure == "server"  # through a real `foundry serve` by default
     custom = FoundryConfig.model_validate(
         {"data": {"path": "x.csv"}, "features": {"target": "y"},
          "cost": {"serve_machine_per_hour": 1.2, "competitor_prices_per_1k": {"v": 0.4}}}
@@ -199,7 +202,8 @@ def test_public_api_is_curated():
     import foundry.economics
 
     assert sorted(foundry.economics.__all__) == [
-        "PlanEconomics", "PriceSuggestion", "Throughput", "TrainingCost", "UnitEconomics",
+        "PlanEconomics", "PriceSuggestion", "ServerCase", "Throughput", "TrainingCost",
+        "UnitEconomics",
         "cost_per_1k", "economics_from", "estimate", "format_money", "load_saved", "save",
         "saved_path", "training_cost", "training_cost_line",
     ]

@@ -78,13 +78,15 @@ def test_cost_prints_tables_and_saves_the_json(toy, home, foundry, tmp_path):
                        "competitive": max(statistics.median([0.05, 0.07]) * 0.9, per_1k)}
 
 
-def test_json_output_and_a_measured_throughput(toy, home, foundry, tmp_path):
+def test_json_output_and_an_in_process_throughput(toy, home, foundry, tmp_path):
     out_file = tmp_path / "out" / "cost.json"
-    code, out, err = foundry("cost", toy.ref, "--seconds", "0.05", "--json", "-o", str(out_file))
+    code, out, err = foundry("cost", toy.ref, "--measure", "model", "--seconds", "0.05",
+                             "--json", "-o", str(out_file))
     assert code == 0, err
     data = json.loads(out)
     assert json.loads(out_file.read_text()) == data
     t = data["throughput"]
+    assert t["measure"] == "model" and t["server"] is None and t["server_cases"] == []
     assert t["basis"] == "single" and t["single"] > 0 and t["serving"] > 0
     assert t["per_machine"] == t["single"]
     assert data["cost_per_1k"] == 0.10 / (3600 * t["single"] * 0.5) * 1000  # the defaults
@@ -100,6 +102,7 @@ def test_json_output_and_a_measured_throughput(toy, home, foundry, tmp_path):
         (["toy", "--throughput", "0"], "--throughput must be a positive number of predictions"),
         (["toy", "--throughput", "-2"], "--throughput must be a positive number"),
         (["toy", "--seconds", "0"], "cost.measure_seconds: Input should be greater than 0"),
+        (["toy", "--measure", "fast"], "--measure must be server or model, got 'fast'"),
     ],
 )
 def test_bad_input_is_one_line_and_a_non_zero_exit(home, foundry, args, message):

@@ -16,8 +16,9 @@ from foundry.errors import ConfigError, DataError, ModelError
 from foundry.lm.load import read_manifest
 from foundry.registry import Registry
 
-QUICK = CostConfig(measure_seconds=0.05)
-"""Short timings: these tests check what is measured and used, not how fast it is."""
+QUICK = CostConfig(measure_seconds=0.05, measure="model")
+"""In process, short timings: these tests check what is measured and used, not how fast
+it is (test_economics_server.py measures through a real server)."""
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,7 @@ def test_supplied_throughput_gives_the_formulas_exactly(toy, registry):
     e = estimate(toy.ref, cost, serve=serve, throughput=123.0, registry=registry)
     assert e.ref == toy.ref and e.kind == "tabular" and e.unit == "prediction"
     assert e.throughput.basis == "supplied" and e.throughput.per_machine == 123.0
+    assert e.throughput.measure == "supplied" and e.throughput.server_cases == ()
     assert e.throughput.single is None and e.throughput.rows == 0  # nothing measured
     assert e.cost_per_1k == per_1k(cost, 123.0)
     seconds = read_manifest(toy.ref, registry=registry)[1]["training"]["seconds"]
@@ -63,7 +65,8 @@ def test_measured_throughput_is_positive_and_is_what_the_cost_uses(toy, registry
     e = estimate(toy.ref, QUICK, registry=registry)
     t = e.throughput
     assert torch.get_num_threads() == threads  # the server's thread count is undone
-    assert t.basis == "single" and t.unit == "prediction"
+    assert t.basis == "single" and t.unit == "prediction" and t.measure == "model"
+    assert t.server is None and t.server_cases == ()
     assert t.single > 0 and t.serving > 0 and t.serving_batch == 64
     assert t.per_machine == t.single  # one worker
     assert e.cost_per_1k == per_1k(QUICK, t.single)

@@ -44,7 +44,9 @@ def test_generation_throughput_prices_tokens(tiny_gpt, monkeypatch):
     t = e.throughput
     assert (e.kind, e.unit, t.unit) == ("language", "token", "token")
     assert t.single > 0 and t.serving == t.single and t.serving_batch == 1
-    assert t.basis == "single" and "one request at a time" in t.why
+    # measure: server is the default, but language models are measured in process
+    assert t.basis == "single" and t.measure == "model" and t.server_cases == ()
+    assert "in process" in t.why and "one request at a time" in t.why
     assert "split" in t.source  # the model's own text, read again
     assert e.cost_per_1k == 1.0 / (3600 * t.single * 0.5) * 1000
     assert e.cost_per_1m_tokens == e.cost_per_1k * 1000

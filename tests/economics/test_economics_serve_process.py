@@ -1,31 +1,39 @@
 """The issue's check: the cost per 1,000 predictions agrees with a throughput measured
-independently, against a real `foundry serve` process under concurrent HTTP load.
+independently, as a user load-testing a real `foundry serve` process would.
 
 1. `foundry serve` (one worker) answers CLIENTS concurrent clients, one record per
-   request, REQUESTS requests in all; the throughput is predictions answered / seconds.
+   request, for SECONDS; the throughput is predictions answered / seconds. The client is
+   deliberately not `foundry.serve.loadtest`: threads with the standard library's
+   http.client, one keep-alive connection each.
 2. `foundry cost --throughput <that>` gives exactly the formula's cost per 1k.
-3. `foundry cost` measuring in process (no HTTP, no keys, no metering): its full-batch
-   throughput is at least the HTTP one, and its cost per 1k (one record per forward pass)
-   at most 10 times the HTTP cost. No timing is compared more tightly than that.
+3. `foundry cost` with its default measurement (its own `foundry serve` of a temporary
+   copy, best of 1, 8 and 32 clients) gives a cost per 1k within a factor of TOLERANCE
+   of the cost from step 1. Both are throughputs of the same server measured on a
+   machine that other tests load at the same time, seconds apart, by clients that
+   themselves take CPU from it: they agree to tens of percent when the machine is quiet,
+   so the factor is loose on purpose. Nothing else about timing is asserted.
 """
 
 from __future__ import annotations
 
-import asyncio
+import http.client
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
-import httpx
 import pytest
-from tests.serve.serve_app_support import bearer, shared_toy
+from tests.serve.serve_app_support import shared_toy
 from tests.serve.test_serve_process import _free_port, _wait_ready
 
-CLIENTS = 8
-REQUESTS = 400
+CLIENTS = 32
+"""Where `foundry serve` answers most on a small model: the batcher's queue stays full."""
+SECONDS = 2.0
+TOLERANCE = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -33,31 +41,51 @@ def toy(tmp_path_factory):
     return shared_toy(tmp_path_factory)
 
 
-async def _load(url: str, path: str, key: str, record: dict) -> tuple[int, float]:
-    """(predictions answered, seconds) for REQUESTS requests from CLIENTS clients."""
-    sent = 0
-    answered = 0
+def _load(port: int, path: str, key: str, record: dict) -> float:
+    """Predictions per second answered to CLIENTS threads for SECONDS (each thread sends
+    its next request when the last is answered; every answer must be a 200)."""
+    body = json.dumps(record).encode()
+    headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
+    answered = [0] * CLIENTS
+    failures: list[str] = []
+    ready = threading.Barrier(CLIENTS + 1)
+    deadline = [0.0]
 
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        nonlocal sent, answered
-        while sent < REQUESTS:
-            sent += 1
-            response = await client.post(path, json=record, headers=bearer(key))
-            assert response.status_code == 200, response.text
-            answered += len(response.json()["predictions"])
+    def client(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
-    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        await asyncio.gather(*(client.post(path, json=record, headers=bearer(key))
-                               for _ in range(CLIENTS)))  # connections open, model warm
-        started = time.perf_counter()
-        await asyncio.gather(*(client_loop(client) for _ in range(CLIENTS)))
-        return answered, time.perf_counter() - started
+        def send() -> int:
+            conn.request("POST", path, body, headers)
+            answer = conn.getresponse()
+            data = answer.read()
+            if answer.status != 200:
+                failures.append(f"{answer.status}: {data[:200]!r}")
+                return 0
+            return len(json.loads(data)["predictions"])
+
+        try:
+            send()  # connected, warm
+            ready.wait()
+            while time.perf_counter() < deadline[0]:
+                answered[i] += send()
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    deadline[0] = time.perf_counter() + 600  # set properly once all are connected
+    ready.wait()
+    started = time.perf_counter()
+    deadline[0] = started + SECONDS
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - started
+    assert not failures, failures[:3]
+    return sum(answered) / seconds
 
 
 def _cost(env: dict[str, str], *args: str) -> dict:
-    import json
-
     out = subprocess.run([sys.executable, "-m", "foundry", "cost", *args, "--json"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -71,7 +99,7 @@ def test_cost_per_1k_agrees_with_a_throughput_measured_over_http(toy, tmp_path):
     home = tmp_path / "home"
     shutil.copytree(toy.home, home)
     gate = Gate(home=home)
-    key = gate.create_key("load", "enterprise").key
+    key = gate.create_key("load", "enterprise").key  # 20,000 requests a minute
     gate.close()
     env = {**os.environ, "FOUNDRY_HOME": str(home)}
     env.pop("FOUNDRY_DATABASE_URL", None)
@@ -86,9 +114,8 @@ def test_cost_per_1k_agrees_with_a_throughput_measured_over_http(toy, tmp_path):
         )
     try:
         _wait_ready(proc, url, log_path)
-        answered, seconds = asyncio.run(
-            _load(url, f"/v1/models/{toy.name}/predict", key, toy.records(1)[0])
-        )
+        http_throughput = _load(port, f"/v1/models/{toy.name}/predict", key,
+                                toy.records(1)[0])
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -96,18 +123,17 @@ def test_cost_per_1k_agrees_with_a_throughput_measured_over_http(toy, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    assert answered == REQUESTS
-    http_throughput = answered / seconds
+    assert http_throughput > 0
+    http_cost = 0.10 / (3600 * http_throughput * 0.5) * 1000  # the default prices
 
     supplied = _cost(env, toy.ref, "--throughput", repr(http_throughput))
     assert supplied["throughput"]["per_machine"] == http_throughput
-    assert supplied["cost_per_1k"] == 0.10 / (3600 * http_throughput * 0.5) * 1000
+    assert supplied["cost_per_1k"] == http_cost
 
-    measured = _cost(env, toy.ref, "--seconds", "0.5")
-    # Full batches in process are an upper bound of what the server can answer: the same
-    # predict_records, without HTTP, JSON, keys or metering, at the largest batch.
-    assert measured["throughput"]["serving"] >= http_throughput
-    # The default cost (one record per forward pass) is within a loose factor of 10 of
-    # the HTTP cost (benchmarks/cost.py: 0.7x with a fast client on 2 cores).
-    assert measured["throughput"]["basis"] == "single"
-    assert measured["cost_per_1k"] <= 10 * supplied["cost_per_1k"]
+    measured = _cost(env, toy.ref, "--seconds", "1")
+    assert measured["throughput"]["measure"] == "server"
+    ratio = measured["cost_per_1k"] / http_cost
+    assert 1 / TOLERANCE <= ratio <= TOLERANCE, (
+        f"foundry cost {measured['throughput']['per_machine']:.0f}/s, "
+        f"independent {http_throughput:.0f}/s"
+    )

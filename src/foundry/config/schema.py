@@ -825,12 +825,21 @@ class CostConfig(Section):
     competitive_undercut: float = Field(0.1, ge=0, lt=1)
     """Competitive pricing: price this fraction below the median competitor (never below
     cost)."""
+    measure: Literal["server", "model"] = "server"
+    """How `foundry cost` measures the serving throughput (`--measure`): `server` starts a
+    real `foundry serve` on a temporary copy of the model (HTTP, JSON, keys, metering,
+    batching; your registry, keys and usage are not touched) and takes the best of 1, 8
+    and 32 concurrent clients, one record per request; `model` times the model in
+    process: seconds faster, but it leaves out everything around the model and so
+    understates the cost (by 40-45% for a small MLP, benchmarks/cost.py). Language and
+    embedding models are measured in process either way."""
     throughput_batch: Literal["single", "serving"] = "single"
-    """Which measured throughput the cost uses: `single` (one record per forward pass, a
-    lone request; the higher, safer cost) or `serving` (full batches of
-    `serve.batching.max_batch_size`, reached only when requests queue)."""
+    """With `measure: model`, which in-process throughput the cost uses: `single` (one
+    record per forward pass, a lone request; the higher, safer cost) or `serving` (full
+    batches of `serve.batching.max_batch_size`, reached only when requests queue)."""
     measure_seconds: float = Field(2.0, gt=0)
-    """Seconds of timed predictions (or generation) per batch size when measuring."""
+    """Seconds each measured case runs: each client count (server), each batch size
+    (model)."""
 
     @model_validator(mode="after")
     def _competitor_prices_valid(self) -> CostConfig:

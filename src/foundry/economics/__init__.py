@@ -2,7 +2,8 @@
 margins, break-even customers and price suggestions (docs/ECONOMICS.md).
 
     from foundry.economics import estimate
-    economics = estimate("adult:3")            # measured throughput, the model's own config
+    economics = estimate("adult:3")            # measured through a real `foundry serve`
+    economics = estimate("adult:3", measure="model")   # in process: fast, leaves out HTTP
     economics.to_dict()                        # JSON for reports and dashboards
 
 `foundry cost MODEL` prints it and saves the JSON (`saved_path`); `load_saved` reads it.
@@ -11,6 +12,7 @@ margins, break-even customers and price suggestions (docs/ECONOMICS.md).
 from foundry.economics.estimate import (
     PlanEconomics,
     PriceSuggestion,
+    ServerCase,
     Throughput,
     TrainingCost,
     UnitEconomics,
@@ -28,6 +30,7 @@ from foundry.economics.estimate import (
 __all__ = [
     "PlanEconomics",
     "PriceSuggestion",
+    "ServerCase",
     "Throughput",
     "TrainingCost",
     "UnitEconomics",

@@ -1,6 +1,7 @@
 """`foundry cost MODEL`: the command function (cli.py registers it as `app.command("cost")`).
 
-foundry cost adult:3                           # measure, price with the model's own config
+foundry cost adult:3                           # load-test a real `foundry serve`, then price
+foundry cost adult:3 --measure model           # time the model in process (fast, no HTTP)
 foundry cost adult:3 --config prices.yaml      # `cost:` and `serve:` (plans) from a file
 foundry cost adult:3 --throughput 850          # a load test's requests/s instead
 foundry cost adult:3 --json                    # the JSON on stdout
@@ -42,8 +43,16 @@ def cost(
         help="Units per second of one serving machine measured elsewhere (a load test: "
         "predictions/s, tokens/s); skips the measurement.",
     ),
+    measure: str | None = typer.Option(
+        None,
+        "--measure",
+        help="server: load-test a real `foundry serve` of a temporary copy (HTTP, keys, "
+        "metering; 1, 8 and 32 clients); model: time the model in process (fast, no HTTP) "
+        "[cost.measure, server].",
+    ),
     seconds: float | None = typer.Option(
-        None, "--seconds", help="Seconds of timing per batch size [cost.measure_seconds, 2]."
+        None, "--seconds", help="Seconds per measured case: each client count (server), each "
+        "batch size (model) [cost.measure_seconds, 2]."
     ),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Also write the JSON here."
@@ -54,19 +63,24 @@ def cost(
     """Unit economics of MODEL: training cost, serving cost per 1,000 predictions (per 1M
     tokens), plan margins and break-even customers, price suggestions."""
     from foundry.economics.estimate import estimate, save
+    from foundry.progress import silenced
     from foundry.registry import Registry
 
+    if measure not in (None, "server", "model"):
+        raise ConfigError(f"--measure must be server or model, got {measure!r}")
     cost_section, serve_section = _sections(config, seconds)
     registry = Registry()
-    economics = estimate(
-        model,
-        cost_section,
-        serve=serve_section,
-        data=data,
-        throughput=throughput,
-        registry=registry,
-        quiet=quiet or json_out,
-    )
+    with silenced(quiet or json_out):
+        economics = estimate(
+            model,
+            cost_section,
+            serve=serve_section,
+            data=data,
+            throughput=throughput,
+            measure=measure,  # type: ignore[arg-type]  # checked above
+            registry=registry,
+            quiet=quiet or json_out,
+        )
     payload = economics.to_dict()
     path = save(economics, registry)
     if output is not None:
@@ -134,19 +148,28 @@ def tables(economics: Any) -> list[Any]:
     else:
         summary.add_row("training run", f"{money(e.training.cost)}  ({e.training.seconds:.1f} s "
                         f"at {money(e.training.machine_per_hour)}/h; {e.training.note})")
+    for case in t.server_cases:  # through foundry serve, per client count
+        used = " ← used" if t.basis == "server" and case.per_second == t.server else ""
+        summary.add_row(f"server, {case.clients} client(s)",
+                        f"{_rate(case.per_second, units)}  (p50 {case.p50_ms:.2f} ms, p99 "
+                        f"{case.p99_ms:.2f} ms){used}")
     if t.single is not None:
-        summary.add_row(f"throughput, 1 {unit}" if unit == "prediction" else "throughput",
+        summary.add_row(f"in process, 1 {unit}" if unit == "prediction" else "in process",
                         _rate(t.single, units) + (" ← used" if t.basis == "single" else ""))
     if t.serving is not None and t.serving_batch > 1:
-        summary.add_row(f"throughput, batch {t.serving_batch}",
+        summary.add_row(f"in process, batch {t.serving_batch}",
                         _rate(t.serving, units) + (" ← used" if t.basis == "serving" else ""))
     if t.supplied is not None:
         summary.add_row("throughput, supplied", _rate(t.supplied, units) + " ← used")
-    if t.basis != "supplied":
-        summary.add_row("measured on", f"{t.rows} rows of {t.source}, {t.threads} thread(s) "
-                        f"per worker × {t.workers} worker(s)")
+    if t.measure == "server":
+        summary.add_row("measured", f"through foundry serve ({t.workers} worker(s)), one of "
+                        f"{t.rows} rows of {t.source} per request")
+    elif t.measure == "model":
+        summary.add_row("measured", f"in process on {t.rows} rows of {t.source}, {t.threads} "
+                        f"thread(s) per worker × {t.workers} worker(s)")
     summary.add_row("why this throughput", t.why)
-    how = "as supplied" if t.basis == "supplied" else f"{t.workers} worker(s) × the one used"
+    how = {"supplied": "as supplied", "server": "the server's best, all workers"}.get(
+        t.measure, f"{t.workers} worker(s) × the one used")
     summary.add_row("one machine, busy", f"{_rate(t.per_machine, units)}  ({how})")
     summary.add_row("utilization", f"{settings['serve_utilization']:.0%} of capacity sold; "
                     f"{e.capacity_per_month:,.0f} {units} a month per machine")

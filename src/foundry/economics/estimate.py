@@ -1,7 +1,8 @@
 """Unit economics of a registered model: what training it cost, what 1,000 predictions
 (1M tokens) cost to serve, what each plan earns, and what to charge.
 
-    economics = estimate("adult:3")                       # measures throughput, then prices
+    economics = estimate("adult:3")                  # load-tests a real foundry serve, prices
+    economics = estimate("adult:3", measure="model") # in process instead: fast, no HTTP
     economics = estimate("adult:3", throughput=850.0)     # a load test's number instead
     economics.cost_per_1k, economics.plans[0].break_even_customers
     json.dumps(economics.to_dict())                       # what the report / dashboard read
@@ -46,6 +47,7 @@ __all__ = [
     "SECONDS_PER_HOUR",
     "PlanEconomics",
     "PriceSuggestion",
+    "ServerCase",
     "Throughput",
     "TrainingCost",
     "UnitEconomics",
@@ -65,9 +67,11 @@ __all__ = [
 SECONDS_PER_HOUR = 3600
 HOURS_PER_MONTH = 730
 """365 × 24 / 12: the month cloud providers bill a machine for."""
-FORMAT_VERSION = 1
-"""Of `UnitEconomics.to_dict()` (and the saved cost JSON)."""
-Basis = Literal["single", "serving", "supplied"]
+FORMAT_VERSION = 2
+"""Of `UnitEconomics.to_dict()` (and the saved cost JSON). 2: `throughput.measure`,
+`throughput.server` and `throughput.server_cases` (the served measurement)."""
+Basis = Literal["server", "single", "serving", "supplied"]
+Measure = Literal["server", "model"]
 
 
 # --------------------------------------------------------------------------- results
@@ -86,13 +90,37 @@ class TrainingCost:
 
 
 @dataclass(frozen=True)
+class ServerCase:
+    """`foundry serve` under `clients` concurrent clients, one record per request."""
+
+    clients: int
+    per_second: float
+    """Predictions answered per second by the whole server (every worker)."""
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    seconds: float
+    client_cpu_share: float
+    """Share of one core the load clients used (on the same machine): near 1, they may
+    have capped the throughput."""
+
+
+@dataclass(frozen=True)
 class Throughput:
     """How fast one serving machine answers, in units per second."""
 
     unit: Literal["prediction", "token"]
+    measure: Literal["server", "model", "supplied"]
+    """How it was obtained: `server` (a real `foundry serve` under HTTP load), `model`
+    (in process, no HTTP) or `supplied` (`--throughput`)."""
+    server: float | None
+    """Measured through `foundry serve`: the best of `server_cases`, for the whole
+    machine (all workers); None when the server was not measured."""
+    server_cases: tuple[ServerCase, ...]
+    """The server at each client count (empty when not measured)."""
     single: float | None
-    """Measured in process, one record (one prompt, one text) per call; None when a
-    throughput was supplied instead."""
+    """Measured in process, one record (one prompt, one text) per call, one worker;
+    None when not measured in process."""
     serving: float | None
     """Measured in process at `serving_batch` records per forward pass (language models:
     the same as `single`, served one request at a time)."""
@@ -100,12 +128,12 @@ class Throughput:
     supplied: float | None
     """`--throughput`: measured elsewhere (a load test), for the whole machine."""
     basis: Basis
-    """Which of the three the cost uses."""
+    """Which of them the cost uses."""
     workers: int
-    """Server worker processes per machine (`serve.workers`); a measured throughput is
-    one worker's and is multiplied by this."""
+    """Server worker processes per machine (`serve.workers`): the server runs this many;
+    an in-process throughput is one worker's and is multiplied by this."""
     threads: int | None
-    """PyTorch threads each worker gets (and the measurement used)."""
+    """PyTorch threads each worker gets (and an in-process measurement used)."""
     per_machine: float
     """The throughput the cost uses: units per second of one machine, fully busy."""
     rows: int
@@ -358,6 +386,7 @@ def estimate(
     serve: ServeConfig | None = None,
     data: str | Path | None = None,
     throughput: float | None = None,
+    measure: Measure | None = None,
     registry: Registry | None = None,
     quiet: bool = True,
 ) -> UnitEconomics:
@@ -365,10 +394,13 @@ def estimate(
 
     cost / serve: the `cost:` and `serve:` sections (default: those of the model's own
     training config; serve gives the plans, batching and workers). data: rows (prompts)
-    to time predictions on (default: the model's validation split). throughput: units
-    per second of one serving machine measured elsewhere; skips the measurement.
-    Raises ModelError (unknown model), DataError (data without the model's inputs),
-    ConfigError (a throughput that is not a positive number)."""
+    to time predictions on (default: the model's validation split). measure: `server`
+    (a real `foundry serve` of a temporary copy under HTTP load) or `model` (in process,
+    fast); default `cost.measure`. throughput: units per second of one serving machine
+    measured elsewhere; skips the measurement. quiet: no progress lines (stderr).
+    Raises ModelError (unknown model, a server that fails to start or answers errors),
+    DataError (data without the model's inputs), ConfigError (a throughput that is not a
+    positive number)."""
     from foundry.economics import throughput as measuring
     from foundry.lm.load import read_manifest
     from foundry.registry import Registry
@@ -391,14 +423,16 @@ def estimate(
                 f"--throughput must be a positive number of {unit}s per second, got {throughput}"
             )
         measured = Throughput(
-            unit=unit, single=None, serving=None, serving_batch=serving_batch,
-            supplied=float(throughput), basis="supplied", workers=serve.workers, threads=None,
+            unit=unit, measure="supplied", server=None, server_cases=(), single=None,
+            serving=None, serving_batch=serving_batch, supplied=float(throughput),
+            basis="supplied", workers=serve.workers, threads=None,
             per_machine=float(throughput), rows=0, source="supplied (--throughput)",
             why="measured elsewhere for the whole machine (e.g. a load test), used as given",
         )
     else:
         measured = _measure(pinned, kind, unit, manifest, registry, cost, serve,
-                            serving_batch, None if data is None else Path(data), say)
+                            serving_batch, None if data is None else Path(data),
+                            measure or cost.measure, say)
     seconds = (manifest.get("training") or {}).get("seconds")
     return economics_from(
         ref=pinned,
@@ -421,6 +455,7 @@ def _measure(
     serve: ServeConfig,
     serving_batch: int,
     data: Path | None,
+    measure: Measure,
     say: Reporter,
 ) -> Throughput:
     from foundry.economics import throughput as measuring
@@ -432,7 +467,31 @@ def _measure(
     else:
         rows, source = measuring.prompts_for(served, data=data, manifest=manifest)
     threads = inference_threads(serve.workers)
-    say.info(f"timing {ref} on {len(rows)} rows of {source} "
+    common = dict(unit=unit, serving_batch=serving_batch, supplied=None,
+                  workers=serve.workers, threads=threads, rows=len(rows), source=source)
+    if unit == "prediction" and measure == "server":
+        del served  # the server loads its own copy; free this one's memory first
+        say.info(f"measuring {ref} through foundry serve on {len(rows)} rows of {source} "
+                 f"(1 row per request; {', '.join(map(str, measuring.CLIENTS))} clients, "
+                 f"{cost.measure_seconds:g} s each)")
+        results = measuring.measure_server(ref, registry=registry, serve=serve, records=rows,
+                                           seconds=cost.measure_seconds, say=say)
+        cases = tuple(
+            ServerCase(clients=r.clients, per_second=r.per_second, p50_ms=r.p50_ms,
+                       p99_ms=r.p99_ms, requests=r.ok, seconds=r.seconds,
+                       client_cpu_share=r.client_cpu_share)
+            for r in results
+        )
+        best = max(cases, key=lambda c: c.per_second)
+        return Throughput(
+            **common, measure="server", server=best.per_second, server_cases=cases,
+            single=None, serving=None, basis="server", per_machine=best.per_second,
+            why=(f"a real `foundry serve` ({serve.workers} worker(s); HTTP, JSON, keys, "
+                 f"metering, batching) at its best of {len(cases)} client counts "
+                 f"({best.clients} clients), one record per request; the load clients ran "
+                 "on the same machine"),
+        )
+    say.info(f"timing {ref} in process on {len(rows)} rows of {source} "
              f"({threads} thread(s), {cost.measure_seconds:g} s per batch size)")
     restore = measuring.torch_threads(serve.workers)
     try:
@@ -451,21 +510,23 @@ def _measure(
         restore()
     if unit == "token":
         basis: Basis = "single"
-        why = ("a language model's serving thread runs one request at a time, so one "
-               "prompt per call is how it is served")
+        why = ("in process (the OpenAI routes are not load-tested): a language model's "
+               "serving thread runs one request at a time, so one prompt per call is how "
+               "it is served")
     elif cost.throughput_batch == "serving":
         basis = "serving"
-        why = (f"cost.throughput_batch is serving: full batches of {serving_batch}, "
-               "which the batcher forms only when requests queue")
+        why = (f"in process, no HTTP (measure: model); cost.throughput_batch is serving: "
+               f"full batches of {serving_batch}, which the batcher forms only when "
+               "requests queue")
     else:
         basis = "single"
-        why = ("one record per forward pass, as a lone request runs; batching only lowers "
-               "the cost when requests queue (cost.throughput_batch: serving to use it)")
+        why = ("in process, no HTTP (measure: model): one record per forward pass, as a "
+               "lone request runs; it leaves out HTTP, JSON, keys and metering, so it "
+               "understates the cost (measure: server includes them)")
     per_worker = batched if basis == "serving" else single
     return Throughput(
-        unit=unit, single=single, serving=batched, serving_batch=serving_batch, supplied=None,
-        basis=basis, workers=serve.workers, threads=threads,
-        per_machine=per_worker * serve.workers, rows=len(rows), source=source, why=why,
+        **common, measure="model", server=None, server_cases=(), single=single,
+        serving=batched, basis=basis, per_machine=per_worker * serve.workers, why=why,
     )
 
 

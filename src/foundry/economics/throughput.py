@@ -1,26 +1,38 @@
-"""Serving throughput, measured on the model exactly as `foundry serve` runs it.
+"""Serving throughput, measured through a real `foundry serve` or on the model in process.
 
-    served = load_served("adult:3", registry)          # the object a server worker loads
-    rows = prediction_records(served, data=None, manifest=manifest)   # validated records
+    served = load_served("adult:3", "tabular", registry)   # the object a server worker loads
+    rows, source = prediction_records(served, data=None, manifest=manifest)   # validated
+    cases = measure_server("adult:3", registry=registry, serve=serve, records=rows,
+                           seconds=2.0)                   # LoadResult per client count
     rate = measure_predictions(served, rows, batch_size=64, seconds=2.0)   # records/s
 
-What is timed is the work a server worker does per forward pass on its batching thread:
-`ServedModel.predict_records` (PII scrubbing, encoding, the forward pass, decoding into
-answer dicts) on records that went through the API's own `RecordValidator`. It leaves out
-HTTP, JSON, keys, rate limits and metering: an in-process throughput is an upper bound of
-what the API answers (benchmarks/cost.py measures both). Language models: tokens generated
-per second by `LanguageModel.generate`, one prompt at a time, as the model's serving
-thread runs requests one after another; embedding models: input tokens per second of
-`Embedder.embed`, one text at a time.
+`measure_server` (what `foundry cost` uses by default) registers a copy of the package in
+a temporary FOUNDRY_HOME with a key on a plan without limits, starts `python -m foundry
+serve` there (HTTP, JSON, keys, rate limits, metering, batching: the product) and drives
+it with CLIENTS concurrent keep-alive clients, one record per request, as customers send
+them (`foundry.serve.loadtest`). The user's registry, keys and usage are never touched;
+the temporary home and the server are gone when it returns.
+
+In process, what is timed is the work a server worker does per forward pass on its
+batching thread: `ServedModel.predict_records` (PII scrubbing, encoding, the forward pass,
+decoding into answer dicts) on records that went through the API's own `RecordValidator`.
+It leaves out HTTP, JSON, keys, rate limits and metering, so it overstates what the API
+answers (benchmarks/cost.py measures both). Language models: tokens generated per second
+by `LanguageModel.generate`, one prompt at a time, as the model's serving thread runs
+requests one after another; embedding models: input tokens per second of
+`Embedder.embed`, one text at a time (both in process only).
 
 PyTorch runs with the threads a server worker gets (`foundry.serve.app.inference_threads`)
-while it is timed; the count is restored afterwards.
+while it is timed in process; the count is restored afterwards.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,9 +41,13 @@ from typing import TYPE_CHECKING, Any
 from foundry.errors import DataError, ModelError
 
 if TYPE_CHECKING:
+    from foundry.config.schema import ServeConfig
+    from foundry.console import Reporter
     from foundry.registry import Registry
+    from foundry.serve.loadtest import LoadResult
 
 __all__ = [
+    "CLIENTS",
     "GENERATED_TOKENS",
     "MAX_ROWS",
     "PROMPT_CHARS",
@@ -40,8 +56,10 @@ __all__ = [
     "measure_embedding",
     "measure_generation",
     "measure_predictions",
+    "measure_server",
     "prediction_records",
     "prompts_for",
+    "sandbox_home",
     "serving_kind",
     "torch_threads",
 ]
@@ -57,6 +75,13 @@ WARMUP_CALLS = 2
 """Untimed calls first: the first ones allocate and pick kernels."""
 MIN_CALLS = 3
 """Timed calls at least, however long `seconds` is."""
+CLIENTS = (1, 8, 32)
+"""Concurrent clients the server is measured at; the best is the machine's capacity. One
+client is a lone request's path (batches of one); 32 keep the batcher's queue full."""
+MEASURE_PLAN = "foundry-cost-measure"
+"""The plan of the temporary key: no rate limit or quota a measurement could run into."""
+_OWN_FILES = {"model.safetensors", "foundry.json", "metrics.json", "card.md", "card.json"}
+"""Package files `Registry.register` writes itself; every other file is copied as is."""
 
 
 def serving_kind(manifest: dict[str, Any]) -> str:
@@ -285,3 +310,102 @@ def measure_embedding(embedder: Any, texts: list[str], *, seconds: float) -> flo
         return int(sum(embedder.embed([text])[1]))
 
     return measure(work, seconds)
+
+
+# ------------------------------------------------------------------------- server
+
+
+def measure_server(
+    ref: str,
+    *,
+    registry: Registry,
+    serve: ServeConfig,
+    records: list[dict[str, Any]],
+    seconds: float,
+    clients: tuple[int, ...] = CLIENTS,
+    say: Reporter | None = None,
+) -> list[LoadResult]:
+    """Drive a real `foundry serve` of `ref` (a temporary copy, `sandbox_home`) with
+    each count of `clients` concurrent keep-alive clients for `seconds`, one of
+    `records` per request (JSON bodies prepared once, sent in turn). The server runs
+    `serve`'s workers, batching and limits. ModelError when the server does not start or
+    answers any request with an error (with its status and body)."""
+    from foundry.console import Reporter
+    from foundry.serve.loadtest import Server, free_port, predict_request, run_load, serve_command
+
+    say = say or Reporter(quiet=True)
+    work = Path(tempfile.mkdtemp(prefix="foundry-cost-"))
+    try:
+        served_ref, key, config = sandbox_home(ref, registry=registry, serve=serve,
+                                               home=work / "home")
+        env = {**os.environ, "FOUNDRY_HOME": str(work / "home")}
+        for name in ("FOUNDRY_DATABASE_URL", "FOUNDRY_ADMIN_TOKEN"):  # the temp SQLite
+            env.pop(name, None)
+        port = free_port()
+        command = serve_command(served_ref, port, workers=serve.workers, config=config)
+        say.info(f"starting `foundry serve` on a temporary copy of {ref} "
+                 f"({serve.workers} worker(s), 127.0.0.1:{port})")
+        model = served_ref.split(":")[0]
+        requests = [predict_request(port, model, json.dumps(r).encode(), key) for r in records]
+        results = []
+        with Server(command, env=env, log=work / "server.log", workers=serve.workers,
+                    cwd=work):
+            for count in clients:
+                result = run_load(port, requests, clients=count, seconds=seconds)
+                if result.errors or not result.ok:
+                    raise ModelError(
+                        f"foundry serve answered {sum(result.errors.values())} of "
+                        f"{result.ok + sum(result.errors.values())} requests at {count} "
+                        f"client(s) with errors {result.errors}: {result.first_error}",
+                        hint="a throughput of failed requests is no serving cost; check the "
+                        "rows (--data) and the serve: section",
+                    )
+                say.info(f"  {count:>2} client(s): {result.per_second:,.1f} predictions/s, "
+                         f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms")
+                results.append(result)
+        return results
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def sandbox_home(
+    ref: str, *, registry: Registry, serve: ServeConfig, home: Path
+) -> tuple[str, str, Path]:
+    """A new FOUNDRY_HOME at `home` (its own SQLite database, whatever
+    FOUNDRY_DATABASE_URL says) holding a copy of `ref`'s package under the same name and
+    a key on MEASURE_PLAN. Returns (the copy's reference, the key, a config file whose
+    `serve:` section is `serve` plus that plan)."""
+    from foundry.config.schema import PlanConfig
+    from foundry.registry import Registry
+    from foundry.registry.package import read_package
+    from foundry.serve.gate import Gate
+
+    record = registry.resolve(ref)
+    package = read_package(record.path)
+    files: dict[str, str | bytes | Path] = {}
+    for path in sorted(record.path.rglob("*")):
+        name = path.relative_to(record.path).as_posix()
+        if path.is_file() and name not in _OWN_FILES:  # tokenizer, hf/, an .onnx graph
+            files[name] = path
+    home.mkdir(parents=True)
+    url = f"sqlite:///{(home / 'foundry.db').as_posix()}"
+    copy = Registry(home, url=url)
+    try:
+        copied = copy.register(record.name, weights=package.weights,
+                               manifest=package.manifest, metrics=package.metrics,
+                               card=package.card, files=files,
+                               description=record.description)
+    finally:
+        copy.close()
+    unlimited = PlanConfig(included_units=10**15, requests_per_minute=10**9,
+                           max_records_per_request=10**6)
+    settings = serve.model_copy(update={"plans": {**serve.plans, MEASURE_PLAN: unlimited},
+                                        "models": []})
+    gate = Gate(settings.all_plans(), home=home, url=url)
+    try:
+        key = gate.create_key("foundry cost", MEASURE_PLAN).key
+    finally:
+        gate.close()
+    config = home / "serve.yaml"  # JSON is YAML
+    config.write_text(json.dumps({"serve": settings.model_dump(mode="json")}, indent=2))
+    return copied.ref, key, config
