@@ -16,6 +16,10 @@ serve` processes of one uvicorn worker each, batching on, an enterprise key per 
     postgres-async  the same with `synchronous_commit=off` for foundry's connections (set
                     in the URL: `?options=-csynchronous_commit%3Doff`), the durability
                     closest to SQLite's NORMAL
+    ...-single      postgres / postgres-async admitting one request per transaction (the
+                    gate before group commit on PostgreSQL: `gate_runner.PG_MAX_GROUP`
+                    set to 1 in the server process), for comparison in the same run;
+                    --no-single leaves them out
 
 The load client, its cases (1, 8 and 32 concurrent keep-alive clients, one Adult row per
 request) and the interleaving of slices are serve_load.py's, reused. Without
@@ -39,11 +43,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT)]
 
-import serve_load  # noqa: E402  (the load client and model of the serving benchmark)
-from serve_load import CLIENTS, Server, create_key, free_port, run_cases, trained_model  # noqa: E402
+import serve_load  # noqa: E402  (the model, cases and report of the serving benchmark)
+from serve_load import CLIENTS, Variant, create_key, run_cases, trained_model  # noqa: E402
 from tests import pg_support  # noqa: E402
 
-VARIANTS = ("sqlite", "postgres", "postgres-async")
+from foundry.serve.loadtest import Server, free_port, serve_command  # noqa: E402
+
+VARIANTS = ("sqlite", "postgres", "postgres-async", "postgres-single", "postgres-async-single")
+
+SINGLE_LAUNCHER = """
+import runpy, sys
+from foundry.serve import gate_runner
+gate_runner.PG_MAX_GROUP = 1  # one admission per transaction, as before group commit
+sys.argv = ["foundry", *sys.argv[1:]]
+runpy.run_module("foundry", run_name="__main__")
+"""
+"""`python -m foundry ...` with PostgreSQL groups of one (workers=1: uvicorn serves in this
+process, so the setting holds)."""
 
 
 @contextlib.contextmanager
@@ -72,17 +88,19 @@ def copy_model(ref: str, source_home: Path, home: Path, url: str) -> str:
 def report(results: dict[tuple[str, int], serve_load.Result]) -> dict:
     rows = []
     print()
-    print(f"{'database':<16}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+    print(f"{'database':<23}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
           f"{'srv ms/req':>12}{'vs sqlite req/s':>17}{'errors':>8}")
     for variant in VARIANTS:
         for clients in CLIENTS:
+            if (variant, clients) not in results:
+                continue
             result = results[variant, clients]
             base = results["sqlite", clients]
             ratio = result.rps / base.rps if base.rps else float("nan")
             row = {"database": variant, "clients": clients, **result.as_dict(),
                    "rps_vs_sqlite": round(ratio, 3)}
             rows.append(row)
-            print(f"{variant:<16}{clients:>8}{row['rps']:>10.1f}{row['p50_ms']:>9.2f}"
+            print(f"{variant:<23}{clients:>8}{row['rps']:>10.1f}{row['p50_ms']:>9.2f}"
                   f"{row['p99_ms']:>9.2f}{row['server_cpu_ms_per_request']:>12.2f}"
                   f"{ratio:>16.2f}x{sum(result.errors.values()):>8}")
     return {"cpus": os.cpu_count(), "rows": rows}
@@ -100,8 +118,8 @@ def main() -> None:
                         help="slices each case is split into, interleaved [2]")
     parser.add_argument("--home", type=Path, default=None,
                         help="FOUNDRY_HOME to train in or reuse [a temporary directory]")
-    parser.add_argument("--client", choices=("raw", "httpx"), default="raw",
-                        help="load generator (see serve_load.py) [raw]")
+    parser.add_argument("--no-single", action="store_true",
+                        help="leave out the one-request-per-transaction PostgreSQL variants")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
     if args.requests > serve_load.ENTERPRISE_BUCKET - 1_000:
@@ -118,38 +136,43 @@ def main() -> None:
                     if k not in ("FOUNDRY_DATABASE_URL", "FOUNDRY_ADMIN_TOKEN")}
         async_url = pg_url + ("&" if "?" in pg_url else "?") + \
             "options=-csynchronous_commit%3Doff"
+        sqlite_env = {**base_env, "FOUNDRY_HOME": str(home)}
+        pg_env = {**base_env, "FOUNDRY_HOME": str(pg_home), "FOUNDRY_DATABASE_URL": pg_url}
+        async_env = {**pg_env, "FOUNDRY_DATABASE_URL": async_url}
         setups = {
-            "sqlite": (ref, {**base_env, "FOUNDRY_HOME": str(home)}),
-            "postgres": (pg_ref, {**base_env, "FOUNDRY_HOME": str(pg_home),
-                                  "FOUNDRY_DATABASE_URL": pg_url}),
-            "postgres-async": (pg_ref, {**base_env, "FOUNDRY_HOME": str(pg_home),
-                                        "FOUNDRY_DATABASE_URL": async_url}),
+            "sqlite": (ref, sqlite_env),
+            "postgres": (pg_ref, pg_env),
+            "postgres-async": (pg_ref, async_env),
+            "postgres-single": (pg_ref, pg_env),
+            "postgres-async-single": (pg_ref, async_env),
         }
+        if args.no_single:
+            setups = {k: v for k, v in setups.items() if not k.endswith("-single")}
         config = work / "serve.yaml"
         config.write_text("serve:\n  batching:\n    enabled: true\n")
-        servers = []
-        for variant, (model_ref, env) in setups.items():
-            port = free_port()
-            command = [sys.executable, "-m", "foundry", "serve", model_ref, "--port",
-                       str(port), "--workers", "1", "--config", str(config)]
-            # serve_load's Server sends a key only to "full..." variants: all of these are.
-            servers.append(Server(f"full-{variant}", command, env, work / f"{variant}.log", 1,
-                                  port, model=model_ref.split(":")[0]))
+        variants = []
+        for name, (model_ref, env) in setups.items():
+            command = serve_command(model_ref, free_port(), workers=1, config=config)
+            if name.endswith("-single"):  # `python -c LAUNCHER serve ...`
+                command = [sys.executable, "-c", SINGLE_LAUNCHER, *command[3:]]
+            server = Server(command, env=env, log=work / f"{name}.log")
+            # serve_load sends a key only to "full..." variants: all of these are.
+            variants.append(Variant(f"full-{name}", server, model=model_ref.split(":")[0]))
         print(f"serving {ref} from SQLite and {pg_ref} from PostgreSQL, one worker each, on "
               f"{os.cpu_count()} CPUs; per case: {args.requests} requests or "
               f"{args.seconds:g} s in {args.rounds} interleaved slices", flush=True)
         try:
-            for server in servers:
-                server.start()
-            for server in servers:  # keys are made while the servers load
-                server.keys = {c: create_key(server.env, f"bench-{server.variant}-{c}")
-                               for c in CLIENTS}
-            for server in servers:
-                server.wait_ready()
-            results = run_cases(servers, json.dumps(row).encode(), args)
+            for variant in variants:
+                variant.server.start()
+            for variant in variants:  # keys are made while the servers load
+                variant.keys = {c: create_key(variant.server.env, f"bench-{variant.name}-{c}")
+                                for c in CLIENTS}
+            for variant in variants:
+                variant.server.wait_ready()
+            results = run_cases(variants, json.dumps(row).encode(), args)
         finally:
-            for server in servers:
-                server.stop()
+            for variant in variants:
+                variant.server.stop()
     summary = report({(v.removeprefix("full-"), c): r for (v, c), r in results.items()})
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

@@ -13,6 +13,7 @@ and `foundry usage` commands start fast.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -171,10 +172,30 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         # WAL lets readers go on while one process writes. NORMAL sync in WAL loses no
         # committed transaction when a process dies (kill -9); only an OS crash or power
         # loss can drop the last commits.
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _set_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+def _set_wal(cursor: Any) -> None:
+    """WAL mode, once per database file (it is persistent). Asking to set it takes a lock
+    that SQLite may refuse at once ("database is locked", without waiting the busy timeout)
+    while other processes open or write the file: read the mode first, and retry the
+    switch within the busy timeout."""
+    import sqlite3
+
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _sqlite_driver_autocommit(dbapi_connection: Any, _record: Any) -> None:

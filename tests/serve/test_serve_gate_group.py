@@ -3,19 +3,23 @@ the outcomes one `admit` after another would give."""
 
 from __future__ import annotations
 
+import logging
 import random
 import sqlite3
+import threading
 from datetime import datetime, timezone
 
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.dialects import postgresql
+from tests import pg_support
 
 from foundry.config.schema import PlanConfig
 from foundry.serve import gate as gate_module
 from foundry.serve.errors import ApiError
 from foundry.serve.gate import Gate
 from foundry.serve.gate_api import Admission, AdmitRequest
-from foundry.serve.store import usage_events
+from foundry.serve.store import CompiledSql, usage_events
 
 pytestmark = pytest.mark.usefixtures("db_backend")  # SQLite and PostgreSQL (conftest.py)
 
@@ -106,12 +110,23 @@ def test_the_same_idempotency_key_twice_in_one_group(gate):
     assert _billed(gate) == 1
 
 
-def test_groups_give_the_outcomes_of_one_admission_after_another(foundry_home, tmp_path):
+@pytest.fixture
+def second_url(db_backend, tmp_path, request):
+    """A second empty database of the test's backend."""
+    if db_backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'second.db'}"
+        return
+    url = pg_support.create_schema(request.getfixturevalue("postgres_database"))
+    yield url
+    pg_support.drop_schema(url)
+
+
+def test_groups_give_the_outcomes_of_one_admission_after_another(second_url):
     """The same random stream of requests, admitted in random groups on one database and
     one at a time on another, ends with the same outcomes and the same usage."""
     rng = random.Random(7)
-    grouped = Gate(PLANS, clock=lambda: T0, url=f"sqlite:///{tmp_path / 'a.db'}")
-    single = Gate(PLANS, clock=lambda: T0, url=f"sqlite:///{tmp_path / 'b.db'}")
+    grouped = Gate(PLANS, clock=lambda: T0)  # the test's database (db_backend)
+    single = Gate(PLANS, clock=lambda: T0, url=second_url)
     try:
         bearers = []
         for plan in ("tiny", "slow", "big", "big"):
@@ -149,10 +164,10 @@ def test_a_database_error_in_a_group_fails_only_its_request(gate, monkeypatch, d
     key = _bearer(gate, "big")
     working = gate_module.Gate._admit_in
 
-    def flaky(self, cur, key_info, request, now, period):
+    def flaky(self, cur, key_info, request, *args, **kwargs):
         if request.request_id == "bad":
             cur.execute("SELECT no_such_column FROM usage_events")
-        return working(self, cur, key_info, request, now, period)
+        return working(self, cur, key_info, request, *args, **kwargs)
 
     monkeypatch.setattr(gate_module.Gate, "_admit_in", flaky)
     outcomes = gate.admit_many([AdmitRequest(key, "m", 1, r) for r in ("a", "bad", "c")])
@@ -164,6 +179,87 @@ def test_a_database_error_in_a_group_fails_only_its_request(gate, monkeypatch, d
 
         assert isinstance(outcomes[1], psycopg.errors.UndefinedColumn)
     assert _billed(gate) == 2  # the failed group was rolled back, then each alone
+
+
+def test_a_database_error_in_a_group_of_several_keys_fails_only_its_request(
+    gate, monkeypatch
+):
+    """Several keys and a rotated key's account: rows locked up front (PostgreSQL), then
+    the group rolled back and admitted one by one; the others are admitted, the quota
+    counted once."""
+    tiny = _bearer(gate, "tiny")
+    big = gate.create_key("acme", "big")
+    rotated = f"Bearer {gate.rotate_key(big.record.id).key}"
+    working = gate_module.Gate._admit_in
+
+    def flaky(self, cur, key_info, request, *args, **kwargs):
+        if request.request_id == "bad":
+            raise RuntimeError("injected database failure")
+        return working(self, cur, key_info, request, *args, **kwargs)
+
+    monkeypatch.setattr(gate_module.Gate, "_admit_in", flaky)
+    outcomes = gate.admit_many([
+        AdmitRequest(rotated, "m", 2, "a"),
+        AdmitRequest(tiny, "m", 4, "b"),
+        AdmitRequest(f"Bearer {big.key}", "m", 1, "bad"),
+        AdmitRequest(f"Bearer {big.key}", "m", 3, "c"),
+        AdmitRequest(tiny, "m", 2, "d"),  # 4 + 2 > 5
+    ])
+    assert [_code(o) for o in outcomes] == [
+        "admitted", "admitted", "RuntimeError", "admitted", "quota_exceeded"
+    ]
+    assert _billed(gate) == 2 + 4 + 3
+    assert gate.usage(gate.authenticate(rotated))["units_used"] == 5  # one account
+
+
+def test_groups_that_share_keys_in_opposite_orders_do_not_deadlock(gate, caplog):
+    """Two Gates (two engines, as two workers) admit groups of the same keys at once, one
+    in ascending and one in descending key order, a rotated key among them. Each group
+    locks its rows in id order first, so no transaction fails (no one-by-one fallback)
+    and every hard quota ends exactly full, as one admission after another would."""
+    quota = PLANS["big"].included_units
+    created = [gate.create_key("acme", "big") for _ in range(3)]
+    rotated = gate.rotate_key(created[0].record.id).key  # account: created[0]'s row
+    bearers = [f"Bearer {c.key}" for c in created] + [f"Bearer {rotated}"]
+    other = Gate(PLANS, clock=lambda: T0)  # same database, its own engine and pool
+    rounds, units = 40, 7  # 2 gates x 40 rounds x 7 units = 560 per key, 1120 per account
+    outcomes: list[list] = [[], []]
+    start = threading.Barrier(2)
+
+    def admit(index: int, admitting: Gate, order: list[str]) -> None:
+        start.wait()
+        for r in range(rounds):
+            group = [AdmitRequest(b, "m", units, f"{index}-{r}-{i}") for i, b in
+                     enumerate(order * 2)]
+            outcomes[index] += admitting.admit_many(group)
+
+    caplog.set_level(logging.WARNING, logger=gate_module.log.name)
+    threads = [threading.Thread(target=admit, args=(0, gate, bearers)),
+               threading.Thread(target=admit, args=(1, other, bearers[::-1]))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        other.close()
+    assert not any(thread.is_alive() for thread in threads)
+    codes = [_code(o) for per_gate in outcomes for o in per_gate]
+    assert set(codes) == {"admitted", "quota_exceeded"}  # no database error
+    assert "one by one" not in caplog.text  # no transaction failed (deadlock)
+    # Three accounts, each admitted while units fit: exactly floor(quota / units) each.
+    assert codes.count("admitted") == 3 * (quota // units)
+    assert _billed(gate) == 3 * (quota // units) * units
+    for bearer in bearers:
+        usage = gate.usage(gate.authenticate(bearer))
+        assert usage["units_used"] == quota // units * units
+
+
+def test_the_group_lock_takes_rows_in_id_order_on_postgresql():
+    lock = CompiledSql(gate_module._LOCK_GROUP, postgresql.dialect())
+    assert lock.text.endswith("ORDER BY api_keys.id FOR UPDATE OF api_keys")
+    assert "asked.account_id" in lock.text  # the accounts of rotated keys too
+    assert lock.params({"b_ids": [3, 1]}) == {"b_ids": [3, 1]}
 
 
 def test_admit_still_raises_its_refusal(gate):

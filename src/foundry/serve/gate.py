@@ -10,8 +10,9 @@
 `admit` is one database transaction, committed before it returns: the usage event of an
 admitted request is on disk before inference starts, so `kill -9` never loses usage that
 was acknowledged. It reads and writes the account's key row inside that transaction
-(SQLite: `BEGIN IMMEDIATE`; PostgreSQL: `SELECT ... FOR UPDATE`), so rate limits and
-quotas hold across threads, uvicorn workers and machines sharing the database.
+(SQLite: `BEGIN IMMEDIATE`; PostgreSQL: `SELECT ... FOR UPDATE`, all of a group's rows
+at its start, in id order), so rate limits and quotas hold across threads, uvicorn
+workers and machines sharing the database.
 
 Quota: hard-limit plans refuse a request whose units would take the period's billable
 units past `included_units`. The count is a counter on the account row (`used_units` for
@@ -42,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, bindparam, delete, insert, select, update
+from sqlalchemy import Integer, Row, any_, bindparam, delete, insert, select, union, update
+from sqlalchemy.types import ARRAY
 
 from foundry.config.schema import BUILTIN_PLANS, PlanConfig
 from foundry.serve import billing, keys
@@ -107,6 +109,27 @@ _LOCK_KEY = (
     .where(api_keys.c.id == bindparam("b_id"))
     .with_for_update()
 )
+_GROUP_IDS = bindparam("b_ids", type_=ARRAY(Integer))
+_ASKED = api_keys.alias("asked")
+_LOCK_GROUP = (
+    select(*(api_keys.c[name] for name in _KeyRow._fields))
+    .where(
+        api_keys.c.id.in_(
+            union(
+                select(_ASKED.c.id).where(_ASKED.c.id == any_(_GROUP_IDS)),
+                select(_ASKED.c.account_id).where(_ASKED.c.id == any_(_GROUP_IDS)),
+            )
+        )
+    )
+    .order_by(api_keys.c.id)
+    .with_for_update(of=api_keys)
+)
+"""PostgreSQL, first in a group's transaction: lock the rows of the group's keys and of
+their accounts in one statement, in id order. Every admitting transaction takes its row
+locks in that one order, so two workers' groups wait for each other but never deadlock
+(a rotated key's account row has a lower id than the key: `_LOCK_KEY` alone would lock
+the key first). `account_id` never changes once a key exists, so the subquery's
+unlocked read of it is safe."""
 _ACCOUNT_OF = select(api_keys.c.id, api_keys.c.account_id).where(api_keys.c.id == bindparam("b_id"))
 _FIND_IDEMPOTENT = select(*(idempotency.c[name] for name in _IdempotentRow._fields)).where(
     idempotency.c.key_id == bindparam("b_account"),
@@ -216,7 +239,8 @@ HOT_STATEMENTS = (
     _STORE_RESPONSE,
     _FORGET,
 )
-"""Every statement `admit` / `complete` / `flush` run raw (the tests compile them all)."""
+"""Every statement `admit` / `complete` / `flush` run raw on both databases (the tests
+compile them all); `_LOCK_GROUP`, PostgreSQL's only, is compiled by its own test."""
 
 
 @dataclass(frozen=True)
@@ -337,7 +361,9 @@ class Gate:
         admission in one transaction: one commit for the group instead of one each (group
         commit). The outcome of request i is at i: its Admission, or the ApiError that
         refuses it. The requests are admitted in order, each seeing the writes of those
-        before it, exactly as one `admit` call after another would.
+        before it, exactly as one `admit` call after another would. On PostgreSQL the
+        transaction first locks every row it will write, in id order (`_LOCK_GROUP`), so
+        groups of several threads or workers that share keys never deadlock.
 
         A database error fails only the transaction: the group is then admitted one by
         one, so each request gets its own outcome (an exception that is not an ApiError
@@ -425,9 +451,13 @@ class Gate:
         outcomes: list[GateAdmission | ApiError] = []
         try:
             with store.fast_write(wait=wait) as cur:
+                # SQLite: BEGIN IMMEDIATE took the database's one write lock already.
+                locked = None if store.is_sqlite else self._lock_group(cur, group)
                 for _, key, request in group:
                     try:
-                        outcomes.append(self._admit_in(cur, key, request, now, period))
+                        outcomes.append(
+                            self._admit_in(cur, key, request, now, period, locked=locked)
+                        )
                     except ApiError as exc:
                         # Every refusal comes before the request's first write, so the
                         # transaction holds nothing of it: the others go on.
@@ -442,16 +472,40 @@ class Gate:
             raise
         return outcomes
 
+    def _lock_group(
+        self, cur: Any, group: list[tuple[int, KeyInfo, AdmitRequest]]
+    ) -> dict[int, tuple[Any, ...]]:
+        """PostgreSQL: lock the rows of the group's keys and accounts in id order
+        (`_LOCK_GROUP`, one round trip); the rows as read, by id, for `_admit_in`."""
+        ids = sorted({key.id for _, key, _ in group})
+        rows = self.store.sql(_LOCK_GROUP).execute(cur, {"b_ids": ids}).fetchall()
+        return {row[0]: row for row in rows}
+
     def _admit_in(
-        self, cur: Any, key: KeyInfo, request: AdmitRequest, now: float, period: str
+        self,
+        cur: Any,
+        key: KeyInfo,
+        request: AdmitRequest,
+        now: float,
+        period: str,
+        *,
+        locked: dict[int, tuple[Any, ...]] | None = None,
     ) -> GateAdmission:
         """`admit` inside an open write transaction. Every check (and so every ApiError)
-        comes before the first write."""
+        comes before the first write.
+
+        locked: rows `_lock_group` read at the start of the transaction, by id. A row is
+        taken out when a request first uses it (as its key or its account); only such a
+        request writes it (the account's bucket and counter), so a row still in `locked`
+        is as the transaction sees it, and a row taken out is read again, with the
+        group's writes."""
         store = self.store
         plan = key.plan_config
         bucket = _Bucket(plan.requests_per_minute)
         units, idempotency_key = request.units, request.idempotency_key
-        found = store.sql(_LOCK_KEY).execute(cur, {"b_id": key.id}).fetchone()
+        found = locked.pop(key.id, None) if locked else None
+        if found is None:
+            found = store.sql(_LOCK_KEY).execute(cur, {"b_id": key.id}).fetchone()
         if found is None:
             raise _invalid_key()
         row = _KeyRow._make(found)
@@ -459,7 +513,9 @@ class Gate:
         account_id = row.account_id or row.id
         account = row
         if account_id != row.id:
-            found = store.sql(_LOCK_KEY).execute(cur, {"b_id": account_id}).fetchone()
+            found = locked.pop(account_id, None) if locked else None
+            if found is None:
+                found = store.sql(_LOCK_KEY).execute(cur, {"b_id": account_id}).fetchone()
             if found is None:
                 raise _invalid_key()
             account = _KeyRow._make(found)

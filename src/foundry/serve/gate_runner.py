@@ -24,10 +24,12 @@ The thread also groups: while it admits, newly queued requests wait, and the nex
 takes all of them (up to `max_group`). SQLite has one write lock per database, and threads
 of one process queuing on it sleep in SQLite's busy handler (1, 2, 5, 10... ms), so on
 SQLite the runner has one thread and every gate call of the process runs there in turn.
-A server database (PostgreSQL) locks per key row, so there admissions of different keys
-run in parallel on several threads, one request per transaction (a group would hold
-several keys' locks at once, and two processes could take them in opposite orders), and
-never on the loop (every statement is a network round trip).
+A server database (PostgreSQL) locks per key row, so there groups run in parallel on
+several threads, and never on the loop (every statement is a network round trip): each
+loop turn's requests go to the threads together, and a thread takes what is queued, up
+to PG_MAX_GROUP, as one transaction. That transaction first locks all its keys' rows in
+id order (`Gate._admit_group`), so groups of different threads and processes that share
+keys wait for each other instead of deadlocking.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ T = TypeVar("T")
 MAX_GROUP = 256
 """Most admissions in one transaction (the write lock is held ~10 µs per admission)."""
 
+PG_MAX_GROUP = 64
+"""Most admissions in one PostgreSQL transaction: its row locks are held for ~2 round
+trips per admission, and the other threads' groups on the same keys wait for them."""
+
 CHECKPOINT_S = 1.0
 """Seconds between WAL checkpoints (on the gate's thread) while the loop admits."""
 
@@ -66,7 +72,7 @@ class GateRunner:
         sqlite = getattr(getattr(gate, "store", None), "is_sqlite", True)
         self.gate = gate
         self.threads = threads or (1 if sqlite else 8)
-        self.max_group = max_group or (MAX_GROUP if self.threads == 1 else 1)
+        self.max_group = max_group or (MAX_GROUP if sqlite else PG_MAX_GROUP)
         self.inline = sqlite if inline is None else inline
         """Try each group on the event loop first (see the module docstring)."""
         self._turn: list[_Pending] = []
@@ -100,12 +106,12 @@ class GateRunner:
                 return outcomes[0]
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
-        if self.inline:
+        if alone and not self.inline and not self._turn:
+            self._to_thread(loop, [(request, future)])
+        else:
             if not self._turn:
                 loop.call_soon(self._admit_turn, loop)
             self._turn.append((request, future))
-        else:
-            self._to_thread(loop, [(request, future)])
         return await future
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -125,9 +131,13 @@ class GateRunner:
 
     def _admit_turn(self, loop: asyncio.AbstractEventLoop) -> None:
         """Event loop: admit this turn's requests in one transaction if that can be done
-        without waiting, else hand them to the thread."""
+        without waiting, else hand them to the thread(s), together."""
         turn, self._turn = self._turn, []
         turn = [pending for pending in turn if not pending[1].done()]
+        if not self.inline:
+            if turn:
+                self._to_thread(loop, turn)
+            return
         for start in range(0, len(turn), self.max_group):
             group = turn[start:start + self.max_group]
             try:
@@ -169,10 +179,11 @@ class GateRunner:
     def _to_thread(self, loop: asyncio.AbstractEventLoop, pending: list[_Pending]) -> None:
         with self._lock:
             self._queue.extend(pending)
-            start = self._draining < self.threads
-            if start:
-                self._draining += 1
-        if start:
+            # A drain job per queued group, up to one per thread (SQLite: one).
+            groups = -(-len(self._queue) // self.max_group)
+            start = max(0, min(self.threads, groups) - self._draining)
+            self._draining += start
+        for _ in range(start):
             self._submit(loop)
 
     def _submit(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -200,9 +211,9 @@ class GateRunner:
             except Exception as exc:  # admit_many answers per request; this is a bug
                 log.exception("admitting %d requests failed", len(group))
                 outcomes = [exc] * len(group)
-            self.groups += 1
             _post(loop, group, outcomes)
         with self._lock:
+            self.groups += bool(group)  # under the lock: several threads drain
             again = bool(self._queue)
             if not again:
                 self._draining -= 1
