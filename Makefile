@@ -8,7 +8,7 @@ WHEELS := $(wildcard /opt/wheels)
 FIND_LINKS := $(if $(WHEELS),--find-links $(WHEELS),)
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test venv install install-dev lint bench clean
+.PHONY: demo dashboard test venv install install-dev lint bench clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
 	$(PY) examples/demo.py
+
+# After `make demo`: serve the demo's models with the dashboard on; the admin token to
+# paste into the page is printed (a fresh random one unless FOUNDRY_ADMIN_TOKEN is set).
+dashboard: $(VENV)/.installed
+	@token=$${FOUNDRY_ADMIN_TOKEN:-$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(18))')}; \
+	echo "dashboard: http://127.0.0.1:8000/dashboard  admin token: $$token"; \
+	FOUNDRY_HOME=$(CURDIR)/.foundry FOUNDRY_ADMIN_TOKEN=$$token \
+	  $(VENV)/bin/foundry serve penguins:compressed --host 127.0.0.1 --port 8000
 
 test: $(VENV)/.installed-dev
 	$(PY) -m ruff check src tests benchmarks examples

@@ -64,6 +64,9 @@ def main() -> None:
     print(f"  compression     {OUT / 'runs'}/penguins-compress-*/compress.md")
     print(f"  registry        {ROOT / '.foundry'}  (foundry models list)")
     print(f"  report          {OUT / 'report.html'}  (open it in a browser; no network needed)")
+    print("  dashboard       make dashboard  (serves these models; open the printed address")
+    print("                  and paste the printed admin token: curves, fairness, compression,")
+    print("                  costs, keys, usage and revenue)")
 
 
 if __name__ == "__main__":
