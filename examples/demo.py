@@ -54,6 +54,7 @@ def main() -> None:
     runs = [p for p in (OUT / "runs").glob("penguins-*") if (p / "COMPLETED").is_file()]
     trained = (max(runs, key=lambda p: p.name) / "COMPLETED").read_text().strip()
     foundry("cost", trained)
+    foundry("cost", "penguins:compressed")  # the variant `make dashboard` serves
     foundry("report", trained, "-o", "report.html")
 
     print("\nDone. Results:")

@@ -24,6 +24,7 @@ answered as `{"error": {"message", "type", "param", "code"}}` (foundry.serve.err
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -501,8 +502,14 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             await service.start()
+            # What is loaded by now (torch, the models, their preprocessing) lives as long
+            # as the worker: keep it out of the collector's full passes, which otherwise
+            # walk all of it every few seconds under load (0.1-0.5 s stalls seen in p99).
+            gc.collect()
+            gc.freeze()
             yield
         finally:
+            gc.unfreeze()
             await service.stop()
 
     import foundry

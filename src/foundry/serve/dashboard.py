@@ -103,6 +103,10 @@ def dashboard_routers(service: Service) -> list[APIRouter]:
             check_admin_token(None, None)
         return HTMLResponse(_asset("index.html"), headers=PAGE_HEADERS)
 
+    @page.get("/favicon.ico")
+    async def favicon() -> Response:  # browsers ask for it; an empty answer, not a 404
+        return Response(status_code=204)
+
     @page.get("/dashboard/static/{file}")
     async def dashboard_static(file: str) -> Response:
         if file not in _STATIC:
