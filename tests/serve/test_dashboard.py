@@ -30,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from tests.serve.serve_app_support import PLANS, bearer, make_app, serving, shared_toy
 
 from foundry.config.schema import ServeConfig
+from foundry.serve.loadtest import free_port
 from foundry.serve.store import api_keys, usage_events
 
 ADMIN = "dashboard-admin-token-0123456789"
@@ -433,13 +434,6 @@ def _artefacts() -> Path:
     return folder
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _start_server(model: str, home: Path, port: int, log_path: Path) -> subprocess.Popen:
     env = {**os.environ, "FOUNDRY_HOME": str(home), "FOUNDRY_ADMIN_TOKEN": ADMIN}
@@ -472,7 +466,7 @@ def test_a_new_user_reads_the_dashboard_in_a_browser(browser, product, tmp_path)
     created = gate.create_key("Acme Corp", "starter")
     gate.close()
     key = created.key
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _start_server(product.variant, product.home, port, tmp_path / "server.log")
     shots = _artefacts()

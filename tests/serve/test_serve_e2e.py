@@ -24,7 +24,6 @@ import io
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -37,6 +36,8 @@ import httpx
 import pytest
 import yaml
 from tests.integration.support import adult_like
+
+from foundry.serve.loadtest import free_port
 
 MODEL = "adult"
 PREDICT = f"/v1/models/{MODEL}/predict"
@@ -72,11 +73,6 @@ ERROR_TYPES = {
 
 # ----------------------------------------------------------------------------- helpers
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -116,7 +112,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.starts += 1
         log_path = self.log_path.with_suffix(f".{self.starts}.log")
         command = [sys.executable, "-m", "foundry", "serve", MODEL, "--port", str(self.port),

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+
+from foundry.serve.loadtest import free_port
 
 openai = pytest.importorskip("openai")
 
@@ -38,11 +39,6 @@ PLANS = {
     "tpm": {"included_units": 100_000, "requests_per_minute": 10_000, "tokens_per_minute": 50},
 }
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cli(root: Path, env: dict, *args: str) -> str:
@@ -73,7 +69,7 @@ def stack(tmp_path_factory):
     keys = {plan: _cli(root, env, "keys", "create", "--name", plan, "--plan", plan,
                        "--config", "gpt.yaml")
             for plan in PLANS}
-    port = _free_port()
+    port = free_port()
     log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "foundry", "serve", "tiny-gpt", "--port", str(port),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,13 @@ import httpx
 import pytest
 from tests.serve.serve_app_support import assert_matches, bearer, shared_toy
 
+from foundry.serve.loadtest import free_port
+
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     return shared_toy(tmp_path_factory)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _serve_command(model: str, port: int) -> list[str]:
@@ -60,7 +56,7 @@ def test_serve_process_answers_over_http(toy, tmp_path):
     gate = Gate(home=toy.home)
     key = gate.create_key("acme", "pro").key
     gate.close()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "FOUNDRY_HOME": str(toy.home), "FOUNDRY_ADMIN_TOKEN": "admin-secret"}
     env.pop("FOUNDRY_DATABASE_URL", None)

@@ -17,6 +17,7 @@ from torch.utils.data import DistributedSampler
 from train_helpers import BINARY, make_classification, new_model, small_config
 
 from foundry.errors import ConfigError
+from foundry.serve.loadtest import free_port
 from foundry.training import distributed, fit
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -282,13 +283,6 @@ def _early_config():
     )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_ranks_stop_early_together_like_one_process(tmp_path):
@@ -299,7 +293,7 @@ def test_ranks_stop_early_together_like_one_process(tmp_path):
     )  # fmt: skip
     assert single.stopped_early  # the case under test: every rank must stop there too
 
-    torch.multiprocessing.spawn(_fit_in_rank, args=(_free_port(), str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(_fit_in_rank, args=(free_port(), str(tmp_path)), nprocs=2)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1]  # every rank returns rank 0's record of each epoch
     assert [r["epoch"] for r in ranks[0]["history"]] == [r["epoch"] for r in single.history]

@@ -473,6 +473,7 @@ def _register_best(
 
 
 def _safe_url(url: str) -> str:
+    # imported here: foundry.db brings SQLAlchemy, which `foundry --help` need not load
     from foundry.db import safe_url
 
     return safe_url(url)
