@@ -284,6 +284,46 @@ def _early_config():
 
 
 
+def _count_reductions_in_rank(rank: int, port: int, folder: str) -> None:
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE="2", LOCAL_RANK=str(rank))  # fmt: skip
+    reductions = []
+    plain_wrap = distributed.wrap
+
+    def counting_wrap(model, device):
+        net = plain_wrap(model, device)
+
+        def hook(state, bucket):  # every all-reduce of a gradient bucket passes here
+            reductions.append(bucket.index())
+            return allreduce_hook(None, bucket)
+
+        net.register_comm_hook(None, hook)
+        return net
+
+    distributed.wrap = counting_wrap
+    config = small_config(epochs=2, batch_size=16, gradient_accumulation=2)
+    train, val = make_classification(400, seed=0), make_classification(100, seed=1)
+    distributed.run_in_group(
+        lambda: fit(new_model(), train, val, config, BINARY, Path(folder) / "run",
+                    n_outputs=2, progress=False),
+        device="cpu",
+    )  # fmt: skip
+    Path(f"{folder}/rank{rank}.json").write_text(json.dumps(reductions))
+
+
+def test_accumulated_batches_reduce_gradients_once_per_step(tmp_path):
+    # 200 rows per rank in local batches of 8: 25 batches, 13 optimizer steps an epoch.
+    # Each step's earlier batch keeps its gradient local (no_sync); only the last reduces.
+    torch.multiprocessing.spawn(_count_reductions_in_rank, args=(free_port(), str(tmp_path)),
+                                nprocs=2)  # fmt: skip
+    for rank in range(2):
+        reductions = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert set(reductions) == {0}  # the tiny model's gradients fit one bucket
+        assert len(reductions) == 2 * 13
+
+
 @pytest.mark.slow
 def test_ranks_stop_early_together_like_one_process(tmp_path):
     train, val = make_classification(400, seed=0), make_classification(200, seed=1)

@@ -332,20 +332,25 @@ def _fit(
                     if augment is not None:
                         inputs = augment(inputs, generators["augment"])
 
-                    with autocast():
-                        outputs = net(inputs)  # [batch, n_outputs]
-                        if loss_fn is None:
-                            loss = task_loss(outputs, target)
-                        else:
-                            loss = loss_fn(outputs, {**inputs, "target": target})
                     group_start = b - b % accum  # first batch of this optimizer step
+                    last_of_step = b + 1 == group_start + accum or b + 1 == n_batches
                     if b == group_start:
                         optimizer.zero_grad(set_to_none=True)
-                    # Gradients add up over the step's batches: dividing each batch's mean loss
-                    # by their number makes the step's gradient that of their mean.
-                    scaled = loss if accum == 1 else loss / min(accum, n_batches - group_start)
-                    scaler.scale(scaled).backward()  # the scaler is a no-op unless fp16
-                    if b + 1 == group_start + accum or b + 1 == n_batches:
+                    # DDP all-reduces gradients in backward; the step's earlier batches keep
+                    # theirs local and the last one's backward reduces the sum once.
+                    sync = net.no_sync() if ddp and not last_of_step else nullcontext()
+                    with sync:
+                        with autocast():
+                            outputs = net(inputs)  # [batch, n_outputs]
+                            if loss_fn is None:
+                                loss = task_loss(outputs, target)
+                            else:
+                                loss = loss_fn(outputs, {**inputs, "target": target})
+                        # Gradients add up over the step's batches: dividing each batch's mean
+                        # loss by their number makes the step's gradient that of their mean.
+                        scaled = loss if accum == 1 else loss / min(accum, n_batches - group_start)
+                        scaler.scale(scaled).backward()  # the scaler is a no-op unless fp16
+                    if last_of_step:
                         if config.grad_clip is not None:
                             scaler.unscale_(optimizer)
                             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
