@@ -486,6 +486,7 @@ def test_a_new_user_reads_the_dashboard_in_a_browser(browser, product, tmp_path)
             # note on each refused request (the wrong token's 401, a missing favicon).
             page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error"
                     and not msg.text.startswith("Failed to load resource") else None)
+            page.clock.install()  # the auto-refresh timer runs when the test says so
             page.goto(f"{url}/dashboard")
             page.wait_for_selector("#login:not([hidden])")
             page.screenshot(path=str(shots / "01-login.png"))
@@ -520,6 +521,30 @@ def test_a_new_user_reads_the_dashboard_in_a_browser(browser, product, tmp_path)
             assert download.value.suggested_filename == "shop-1-report.html"
             report = Path(download.value.path()).read_text(encoding="utf-8")
             assert "shop:1" in report and "plotly" in report.lower()
+
+            # Auto-refresh (every 30 s by default) shows new usage and keeps the version
+            # panel the reader opened; switched off, it leaves the page alone.
+            from playwright.sync_api import expect
+
+            panel = page.locator("#model-shop details.version >> nth=1")
+            with httpx.Client(base_url=url, timeout=30) as client:
+                answer = client.post("/v1/models/shop/predict", json=product.records[:1],
+                                     headers=bearer(key))
+                assert answer.status_code == 200, answer.text
+                page.clock.run_for(31_000)
+                expect(page.locator("#tile-requests")).to_have_text("4")
+                assert page.inner_text("#tile-units") == "13"
+                assert panel.evaluate("el => el.open")
+                assert page.inner_text("#status").startswith("Updated")
+                page.select_option("#auto", "0")
+                answer = client.post("/v1/models/shop/predict", json=product.records[:1],
+                                     headers=bearer(key))
+                assert answer.status_code == 200, answer.text
+                page.clock.run_for(120_000)
+                page.wait_for_timeout(500)  # time for a (wrong) refresh to land
+                assert page.inner_text("#tile-requests") == "4"
+                page.click("#refresh")
+                expect(page.locator("#tile-requests")).to_have_text("5")
 
             page.click("#logout")
             page.wait_for_selector("#login:not([hidden])")

@@ -35,12 +35,55 @@ async function errorMessage(response) {
   }
 }
 
-async function load() {
+let loading = false;
+let timer = null;
+
+function openVersions() {
+  // which version panels the reader opened or closed, so a refresh keeps them so
+  const state = new Map();
+  for (const el of $("content").querySelectorAll("details[data-key]")) {
+    state.set(el.dataset.key, el.open);
+  }
+  return state;
+}
+
+function restoreVersions(state) {
+  for (const el of $("content").querySelectorAll("details[data-key]")) {
+    if (state.has(el.dataset.key)) el.open = state.get(el.dataset.key);
+  }
+}
+
+function scheduleRefresh() {
+  // Usage and revenue move while the server answers: reload on the chosen interval,
+  // only while the tab is visible, logged in, and no load is already under way.
+  clearInterval(timer);
+  const seconds = Number($("auto").value);
+  if (seconds > 0) {
+    timer = setInterval(() => {
+      if (token() && !loading && document.visibilityState === "visible") load(true);
+    }, seconds * 1000);
+  }
+}
+
+let latest = 0; // the newest load's number: an older answer arriving late is dropped
+
+async function load(background = false) {
+  if (background && loading) return;
+  const mine = ++latest;
+  loading = true;
+  try {
+    await fetchView(background, mine);
+  } finally {
+    if (mine === latest) loading = false;
+  }
+}
+
+async function fetchView(background, mine) {
   if (!token()) {
     showLogin("");
     return;
   }
-  $("status").textContent = "Loading…";
+  if (!background) $("status").textContent = "Loading…";
   const params = new URLSearchParams({ days: $("days").value });
   if ($("period").value) params.set("period", $("period").value);
   let response;
@@ -65,10 +108,14 @@ async function load() {
   }
   // The fragment is rendered by the server with Jinja2 autoescape; the page's CSP runs
   // no inline script, so it is shown as it comes.
-  $("content").innerHTML = await response.text();
+  const html = await response.text();
+  if (mine !== latest) return;
+  const opened = openVersions();
+  $("content").innerHTML = html;
+  restoreVersions(opened);
   $("login").hidden = true;
   $("controls").hidden = false;
-  $("status").textContent = "";
+  $("status").textContent = "Updated " + new Date().toLocaleTimeString();
 }
 
 async function downloadReport(link) {
@@ -109,9 +156,11 @@ document.addEventListener("DOMContentLoaded", () => {
     event.preventDefault();
     load();
   });
-  $("days").addEventListener("change", load);
-  $("period").addEventListener("change", load);
+  $("days").addEventListener("change", () => load());
+  $("period").addEventListener("change", () => load());
+  $("auto").addEventListener("change", scheduleRefresh);
   $("logout").addEventListener("click", () => {
+    latest++; // a load still under way must not show the page again
     sessionStorage.removeItem(TOKEN);
     showLogin("Logged out.");
   });
@@ -122,4 +171,5 @@ document.addEventListener("DOMContentLoaded", () => {
     downloadReport(link);
   });
   load();
+  scheduleRefresh();
 });
