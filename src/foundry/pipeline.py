@@ -221,7 +221,7 @@ def train(
     say.info(f"registered {record.ref} at {record.path}")
     from foundry.economics import training_cost_line
 
-    say.info(training_cost_line(fitted.seconds, cfg.cost))
+    say.info(training_cost_line(fitted.seconds, cfg.cost, machines=distributed.machines()))
     return TrainResult(
         model_ref=record.ref,
         run_dir=out_dir,
@@ -385,6 +385,7 @@ def build_manifest(
     import torch
 
     import foundry
+    from foundry.training import distributed
 
     return {
         "format_version": 1,
@@ -403,6 +404,9 @@ def build_manifest(
             "best_epoch": fitted.best_epoch,
             "epochs_run": fitted.epochs_run,
             "seconds": round(fitted.seconds, 3),
+            # what the run occupied: its cost is seconds x machines x the hourly price
+            "processes": distributed.world_size(),
+            "machines": distributed.machines(),
             "stopped_early": fitted.stopped_early,
             "best_metrics": fitted.best_metrics,
         },

@@ -216,3 +216,15 @@ def test_training_cost_line():
 
     cost = CostConfig(train_machine_per_hour=1.2)
     assert training_cost_line(43.2, cost) == "training cost: $0.0144 (43.2 s at $1.20/h)"
+    assert training_cost_line(43.2, cost, machines=2) == (
+        "training cost: $0.0288 (43.2 s x 2 machines at $1.20/h)"
+    )
+
+
+def test_a_multi_machine_run_costs_every_machine():
+    cost = CostConfig(train_machine_per_hour=3.0)
+    e = economics_from(ref="m:1", kind="tabular", throughput=supplied(1.0),
+                       training_seconds=1800.0, cost=cost, plans={}, training_machines=4)
+    assert e.training is not None and e.training.machines == 4
+    assert e.training.cost == 0.5 * 3.0 * 4
+    assert e.to_dict()["training"]["machines"] == 4

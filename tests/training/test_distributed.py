@@ -51,6 +51,19 @@ def test_batch_size_is_the_global_batch_and_must_divide():
         distributed.local_batch_size(64, 3)
 
 
+@pytest.mark.parametrize(
+    ("world", "local", "machines"),
+    [(None, None, 1), ("2", "2", 1), ("8", "4", 2), ("6", "4", 2), ("3", "1", 3)],
+)
+def test_machines_are_torchruns_nodes(monkeypatch, world, local, machines):
+    for name, value in (("WORLD_SIZE", world), ("LOCAL_WORLD_SIZE", local)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert distributed.machines() == machines
+
+
 def test_a_single_process_is_not_distributed(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setenv("RANK", "3")  # a stray RANK alone does not make a worker
@@ -207,6 +220,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(data_dir, singl
     runs = list((data_dir / "runs").iterdir())
     assert len(runs) == 1 and Path(result["run_dir"]).name == runs[0].name
     assert (runs[0] / "COMPLETED").read_text().strip() == "bc:1"
+    # two processes on one machine: the run's cost counts one machine
+    manifest = json.loads((home / "models" / "bc" / "1" / "foundry.json").read_text())
+    assert manifest["training"]["processes"] == 2 and manifest["training"]["machines"] == 1
 
     weights, history = single_process
     _assert_close(_weights(home, "bc:1"), weights)
@@ -216,6 +232,34 @@ def test_two_processes_train_like_one_with_the_same_global_batch(data_dir, singl
     for ours, theirs in zip(ddp_history, history, strict=True):
         assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
         assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_torchrun_on_two_nodes_registers_once_and_costs_both_machines(data_dir):
+    # Two torchrun agents, as on two machines (here both on localhost), meet at one c10d
+    # rendezvous: the README's multi-node command, one process per node.
+    home = data_dir / "home-nodes"
+    env = {**os.environ, "FOUNDRY_HOME": str(home),
+           "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    endpoint = f"127.0.0.1:{free_port()}"
+    agents = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+             "--node-rank", str(node), "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+             "--rdzv-endpoint", endpoint, "--rdzv-id", "two-nodes",
+             "-m", "foundry", "train", "c.yaml"],
+            cwd=data_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for node in (0, 1)
+    ]  # fmt: skip
+    outputs = [agent.communicate(timeout=300)[0] for agent in agents]
+    assert [agent.returncode for agent in agents] == [0, 0], outputs
+    assert sorted(p.name for p in (home / "models" / "bc").iterdir()) == ["1"]
+    manifest = json.loads((home / "models" / "bc" / "1" / "foundry.json").read_text())
+    assert manifest["training"]["processes"] == 2 and manifest["training"]["machines"] == 2
+    assert "x 2 machines at" in "".join(outputs)  # the printed cost counts both
 
 
 @pytest.mark.slow

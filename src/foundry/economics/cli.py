@@ -146,8 +146,9 @@ def tables(economics: Any) -> list[Any]:
     if e.training is None:
         summary.add_row("training run", "no training time recorded")
     else:
-        summary.add_row("training run", f"{money(e.training.cost)}  ({e.training.seconds:.1f} s "
-                        f"at {money(e.training.machine_per_hour)}/h; {e.training.note})")
+        on = "" if e.training.machines == 1 else f" x {e.training.machines} machines"
+        summary.add_row("training run", f"{money(e.training.cost)}  ({e.training.seconds:.1f} s"
+                        f"{on} at {money(e.training.machine_per_hour)}/h; {e.training.note})")
     for case in t.server_cases:  # through foundry serve, per client count
         used = " ← used" if t.basis == "server" and case.per_second == t.server else ""
         summary.add_row(f"server, {case.clients} client(s)",

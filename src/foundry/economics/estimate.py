@@ -83,10 +83,12 @@ class TrainingCost:
     """Training time the package's manifest records (`training.seconds`)."""
     machine_per_hour: float
     cost: float
-    """seconds / 3600 × machine_per_hour."""
+    """seconds / 3600 × machine_per_hour × machines."""
     note: str
     """What the time covers (a compressed variant: its parent's training, or its own
     fine-tune)."""
+    machines: int = 1
+    """Machines the run occupied (torchrun nodes; `--nproc N` on one machine is one)."""
 
 
 @dataclass(frozen=True)
@@ -214,17 +216,18 @@ class UnitEconomics:
 # ------------------------------------------------------------------------ arithmetic
 
 
-def training_cost(seconds: float, cost: CostConfig) -> float:
-    """What `seconds` on the training machine cost."""
-    return seconds / SECONDS_PER_HOUR * cost.train_machine_per_hour
+def training_cost(seconds: float, cost: CostConfig, machines: int = 1) -> float:
+    """What `seconds` on `machines` training machines cost."""
+    return seconds / SECONDS_PER_HOUR * cost.train_machine_per_hour * machines
 
 
-def training_cost_line(seconds: float, cost: CostConfig) -> str:
+def training_cost_line(seconds: float, cost: CostConfig, machines: int = 1) -> str:
     """One line for the end of a training run: `training cost: $0.0012 (43.2 s at
-    $0.10/h)`."""
-    money = format_money(training_cost(seconds, cost), cost.currency)
+    $0.10/h)`, or `(43.2 s x 2 machines at $0.10/h)`."""
+    money = format_money(training_cost(seconds, cost, machines), cost.currency)
     rate = format_money(cost.train_machine_per_hour, cost.currency)
-    return f"training cost: {money} ({seconds:.1f} s at {rate}/h)"
+    on = "" if machines == 1 else f" x {machines} machines"
+    return f"training cost: {money} ({seconds:.1f} s{on} at {rate}/h)"
 
 
 def cost_per_1k(price_per_hour: float, units_per_second: float, utilization: float) -> float:
@@ -322,6 +325,7 @@ def economics_from(
     cost: CostConfig,
     plans: dict[str, PlanConfig],
     training_note: str = "",
+    training_machines: int = 1,
 ) -> UnitEconomics:
     """The arithmetic, from numbers already measured (`estimate` measures them)."""
     units_per_second = throughput.per_machine
@@ -332,7 +336,8 @@ def economics_from(
     training = None
     if training_seconds is not None:
         training = TrainingCost(training_seconds, cost.train_machine_per_hour,
-                                training_cost(training_seconds, cost), training_note)
+                                training_cost(training_seconds, cost, training_machines),
+                                training_note, training_machines)
     return UnitEconomics(
         ref=ref,
         kind=kind,
@@ -434,6 +439,7 @@ def estimate(
                             serving_batch, None if data is None else Path(data),
                             measure or cost.measure, say)
     seconds = (manifest.get("training") or {}).get("seconds")
+    machines = (manifest.get("training") or {}).get("machines")  # absent before 0.x: one
     return economics_from(
         ref=pinned,
         kind=kind,
@@ -442,6 +448,7 @@ def estimate(
         cost=cost,
         plans=serve.all_plans(),
         training_note=_training_note(manifest),
+        training_machines=machines if isinstance(machines, int) and machines >= 1 else 1,
     )
 
 

@@ -57,7 +57,10 @@ def cost_blocks(cost: dict[str, Any], source: str = "") -> list[Any]:
         [f"capacity per machine per month ({unit}s)", fmt(cost.get("capacity_per_month"))],
     ]
     if training:
-        rows.append([f"training ({fmt(training.get('seconds'))} s)", money(training.get("cost"))])
+        machines = training.get("machines") or 1
+        on = "" if machines == 1 else f" x {machines} machines"
+        seconds = fmt(training.get("seconds"))
+        rows.append([f"training ({seconds} s{on})", money(training.get("cost"))])
     blocks: list[Any] = [Note(
         f"Estimated {str(cost.get('created_at', ''))[:19]} by `foundry cost {cost.get('ref', '')}`"
         + (f" ({source})" if source else "") + "; throughput basis: "

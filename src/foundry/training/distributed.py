@@ -48,6 +48,7 @@ __all__ = [
     "is_main",
     "launch_local",
     "launched",
+    "machines",
     "local_batch_size",
     "mean_over_ranks",
     "rank",
@@ -87,6 +88,16 @@ def world_size() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def machines() -> int:
+    """Machines (nodes) training together: torchrun's `WORLD_SIZE` over its processes per
+    node (`LOCAL_WORLD_SIZE`); 1 for a single process or one machine's `--nproc N`."""
+    if not launched():
+        return 1
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    return max(1, -(-world // max(1, local)))  # ceil: nodes may run different counts
 
 
 def rank() -> int:
