@@ -559,13 +559,30 @@ def main() -> None:
     """
     warnings.showwarning = _show_warning
     try:
-        app()
-    except FoundryError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise SystemExit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        raise SystemExit(130) from None
+        try:
+            app()
+        except FoundryError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise SystemExit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise SystemExit(130) from None
+    except SystemExit as done:
+        _exit_if_trained_in_group(done.code)
+        raise
+
+
+def _exit_if_trained_in_group(code: object) -> None:
+    """A torchrun worker that trained in a process group ends here, through
+    `distributed.exit_worker` (see there why); any other process returns."""
+    distributed = sys.modules.get("foundry.training.distributed")  # imported if it trained
+    if distributed is not None:
+        if code is None:
+            code = 0
+        elif not isinstance(code, int):
+            print(code, file=sys.stderr)  # what SystemExit("message") would have printed
+            code = 1
+        distributed.exit_worker(code)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,44 @@ def test_a_single_process_is_not_distributed(monkeypatch):
     assert distributed.from_main(lambda: "same") == "same"  # no group: just a call
 
 
+@pytest.mark.parametrize(
+    ("joined", "code", "expected"), [(True, 3, 3), (True, 0, 0), (False, 3, "returned")]
+)
+def test_a_worker_that_trained_in_a_group_exits_at_once_with_its_output_flushed(
+    joined, code, expected
+):
+    # A process that joined a group leaves through os._exit (gloo's threads can abort an
+    # ordinary interpreter shutdown); what it printed, unflushed, must still arrive.
+    script = (
+        "import sys\n"
+        "from foundry.training import distributed\n"
+        f"distributed._joined = {joined}\n"
+        "sys.stdout.write('result line')\n"  # no newline: still in the buffer
+        f"distributed.exit_worker({code})\n"
+        "print(' returned')\n"
+        "sys.exit(5)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    env.pop("PYTHONUNBUFFERED", None)  # stdout buffered, as a worker's pipe is
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    if expected == "returned":
+        assert done.returncode == 5 and done.stdout == "result line returned\n"
+    else:
+        assert done.returncode == expected and done.stdout == "result line"
+
+
+def test_the_cli_passes_its_exit_code_and_message_to_the_worker_exit(monkeypatch, capsys):
+    from foundry import cli
+
+    codes = []
+    monkeypatch.setattr(distributed, "exit_worker", codes.append)
+    for code in (None, 2, "bad thing"):
+        cli._exit_if_trained_in_group(code)
+    assert codes == [0, 2, 1]
+    assert capsys.readouterr().err == "bad thing\n"
+
+
 # ------------------------------------------------------------------ CLI, no launch
 
 

@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -44,6 +45,7 @@ __all__ = [
     "active",
     "broadcast_json",
     "check_config",
+    "exit_worker",
     "from_main",
     "is_main",
     "launch_local",
@@ -68,6 +70,8 @@ T = TypeVar("T")
 # give that longer than the default (10 min for NCCL). A dead worker does not leave the
 # others waiting this long: torchrun stops the whole group when one process fails.
 _TIMEOUT = timedelta(hours=2)
+
+_joined = False  # whether this process has trained in a process group (see exit_worker)
 
 
 # ------------------------------------------------------------------- where am I
@@ -165,10 +169,12 @@ def run_in_group(fn: Callable[[], T], *, device: str, share: tuple[str, ...] = (
 
     `share`: fields of `fn`'s result (a dataclass) every rank takes from rank 0's (see
     `result_from_main`): rank 0 evaluates and registers, the others wait for it."""
+    global _joined
     backend = _backend(device)
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend, timeout=_TIMEOUT)
+    _joined = True
     try:
         result = fn()
         result = result_from_main(result, share) if share else result
@@ -177,6 +183,32 @@ def run_in_group(fn: Callable[[], T], *, device: str, share: tuple[str, ...] = (
     finally:
         # also after an error: this rank leaves, torchrun stops the others
         dist.destroy_process_group()
+
+
+def exit_worker(code: int) -> None:
+    """End a process that trained in a group now, with `code`, skipping interpreter
+    shutdown; returns (does nothing) in any other process. The CLI calls it last.
+
+    DistributedDataParallel keeps its process group alive after `destroy_process_group`
+    (its reducer holds it), so gloo's worker threads outlive the training. When one of
+    them releases a finished collective's tensors while Python shuts down, it needs the
+    GIL, cannot have it, and the process aborts (`terminate called without an active
+    exception`, exit code -6) after a run that succeeded: about 1 run in 15 on a loaded
+    2-core machine; a core dump showed ProcessGroupGloo::runLoop freeing an
+    AsyncBarrierWork during Py_FinalizeEx. Leaving with os._exit, as multiprocessing's
+    children do, skips that shutdown; the streams are flushed first and every file and
+    registry write is complete by then."""
+    if not _joined:
+        return
+    import contextlib
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        # a closed or broken pipe: nothing more can be written to it anyway
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def training_device(device: torch.device) -> torch.device:
@@ -309,8 +341,6 @@ def launch_local(nproc: int, args: list[str], cfg: Any) -> None:
     Each process gets cores / nproc CPU threads (`OMP_NUM_THREADS`, unless already set):
     more would make them compete for the same cores. Raises `TrainError` when a process
     fails; torchrun then stops the others, so none waits forever."""
-    import sys
-
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
