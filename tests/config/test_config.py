@@ -173,3 +173,16 @@ def test_overrides_leave_the_callers_dict_untouched():
     loaded = load_config(raw, ["train.optimizer.lr=0.5", "train.epochs=3"])
     assert loaded.config.train.optimizer.lr == 0.5 and loaded.config.train.epochs == 3
     assert raw["train"] == {"optimizer": {"lr": 0.1}}
+
+
+def test_an_override_reaches_a_key_with_dots_in_it():
+    raw = {"tune": {"params": {"train.optimizer.lr": {"type": "log_float", "low": 1e-4,
+                                                      "high": 1e-1}}}}  # fmt: skip
+    apply_override(raw, "tune.params.train.optimizer.lr.low=1e-3")
+    assert raw["tune"]["params"]["train.optimizer.lr"]["low"] == 1e-3
+    apply_override(raw, "tune.params.train.optimizer.lr={type: float, low: 0.1, high: 0.2}")
+    assert raw["tune"]["params"] == {"train.optimizer.lr": {"type": "float", "low": 0.1,
+                                                           "high": 0.2}}  # fmt: skip
+    # without such a key the dots are sections, as always
+    apply_override(raw, "train.optimizer.lr=0.5")
+    assert raw["train"] == {"optimizer": {"lr": 0.5}}

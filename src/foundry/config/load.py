@@ -142,7 +142,9 @@ def _section_type(annotation: Any) -> type[BaseModel] | None:
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`3e-4`, `[64, 32]`)."""
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (`3e-4`, `[64, 32]`).
+    A section's existing key with dots in it is one step of the path:
+    `tune.params.train.optimizer.lr.low=1e-4` sets `low` of `tune.params["train.optimizer.lr"]`."""
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like key.path=value")
     key, _, text = item.partition("=")
@@ -158,14 +160,20 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         with contextlib.suppress(ValueError):
             value = float(value) if any(c in value for c in ".eE") else int(value)
     node = raw
-    for part in parts[:-1]:
+    # A key that itself holds dots (tune.params' "train.optimizer.lr") is matched as one
+    # step when the section has it: the longest such key wins.
+    while len(parts) > 1 and ".".join(parts) not in node:
+        width = next(
+            (n for n in range(len(parts) - 1, 1, -1) if ".".join(parts[:n]) in node), 1
+        )
+        part, parts = ".".join(parts[:width]), parts[width:]
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"override '{item}': '{part}' is not a section")
         node = child
-    node[parts[-1]] = value
+    node[".".join(parts)] = value
 
 
 def dump_config(config: FoundryConfig) -> dict[str, Any]:
