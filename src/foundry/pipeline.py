@@ -83,19 +83,14 @@ def train(
                 device=cfg.train.device,
                 share=("model_ref", "metrics", "package_path"),
             )
-    if cfg.model.type in ("gpt", "hf") and (on_epoch_end is not None or not register):
-        raise ConfigError(
-            f"model type {cfg.model.type}: on_epoch_end and register=False (what foundry "
-            "tune needs) are supported for mlp, cnn and text models only"
-        )
     if cfg.model.type == "gpt":  # a language model trained from scratch on a corpus
         from foundry.lm.gpt_pipeline import train_gpt
 
-        return train_gpt(loaded, **options)
+        return train_gpt(loaded, **options, on_epoch_end=on_epoch_end, register=register)
     if cfg.model.type == "hf":  # a pretrained Hugging Face model, fine-tuned
         from foundry.lm.hf_pipeline import train_hf
 
-        return train_hf(loaded, **options)
+        return train_hf(loaded, **options, on_epoch_end=on_epoch_end, register=register)
 
     import torch
 

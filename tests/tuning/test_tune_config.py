@@ -122,13 +122,14 @@ def test_a_config_without_a_tune_section_is_refused(write_config):
         tune(write_config(), quiet=True)
 
 
-def test_language_models_are_refused_with_a_clear_error(write_config):
+def test_an_embedding_package_is_refused_before_any_trial(write_config):
     path = write_config(
         tune={"params": {"train.optimizer.lr": LR}},
-        model={"type": "gpt", "d_model": 32, "n_heads": 2, "n_layers": 1},
+        model={"type": "hf", "name_or_path": "no/such-model", "task": "embedding"},
     )
-    with pytest.raises(ConfigError, match="model.type: foundry tune trains mlp, cnn and text"):
+    with pytest.raises(ConfigError, match="model.task embedding trains nothing"):
         tune(path, quiet=True)
+    assert not (path.parent / "runs").exists()  # refused before a study was opened
 
 
 def test_params_apply_through_the_override_machinery():

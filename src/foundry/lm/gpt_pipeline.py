@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,15 @@ def train_gpt(
     run_dir: str | Path | None = None,
     progress: bool = True,
     quiet: bool = False,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    register: bool = True,
 ) -> TrainResult:
-    """Train, evaluate and register the GPT a config describes (see `foundry.train`)."""
-    from foundry.registry import Registry
+    """Train, evaluate and register the GPT a config describes (see `foundry.train`).
+
+    `on_epoch_end(record)` gets each epoch's metrics; `register=False` writes the package
+    to `<run_dir>/package` instead of the registry (what `foundry tune` trials do).
+    """
+    from foundry.registry import Registry, write_package
 
     cfg = loaded.config
     gpt = cfg.model
@@ -123,6 +130,7 @@ def train_gpt(
         resume=resume,
         progress=progress and not quiet,
         log=None if quiet else say.info,
+        on_epoch_end=on_epoch_end,
     )
 
     # ---- evaluation: loss, perplexity, and the unigram baseline on the same tokens
@@ -141,29 +149,34 @@ def train_gpt(
     manifest = build_manifest(cfg, loaded, data, splits, tokenizer, model, fitted, block_size)
     if data.pii is not None:
         manifest["pii"] = data.pii
-    record = Registry().register(
-        cfg.name,
-        weights=model.package_weights(fitted.state_dict),
-        manifest=manifest,
-        metrics=metrics,
-        card=model_card(cfg, manifest, metrics),
-        description=cfg.description,
-        files={"tokenizer.json": tokenizer.to_json()},
-    )
-    (out_dir / "COMPLETED").write_text(record.ref + "\n")
+    package = {
+        "weights": model.package_weights(fitted.state_dict),
+        "manifest": manifest,
+        "metrics": metrics,
+        "card": model_card(cfg, manifest, metrics),
+        # the package loads without the run directory, so it carries its tokenizer
+        "files": {"tokenizer.json": tokenizer.to_json()},
+    }
+    if register:
+        record = Registry().register(cfg.name, **package, description=cfg.description)
+        ref, path = record.ref, record.path
+    else:  # a tuning trial: only the best trial's package is registered, by foundry tune
+        ref, path = "", out_dir / "package"
+        write_package(path, **package)
+    (out_dir / "COMPLETED").write_text((ref or "unregistered: package/") + "\n")
     say.info(
-        f"{record.ref} — {metrics['split']} perplexity {metrics['perplexity']:.2f} "
+        f"{ref or cfg.name} — {metrics['split']} perplexity {metrics['perplexity']:.2f} "
         f"(unigram baseline {metrics['unigram_perplexity']:.2f}, {metrics['tokens']} tokens)"
     )
-    say.info(f"registered {record.ref} at {record.path}")
+    say.info(f"registered {ref} at {path}" if ref else f"package written to {path}")
     return TrainResult(
-        model_ref=record.ref,
+        model_ref=ref,
         run_dir=out_dir,
         metrics=metrics,
         history=fitted.history,
         best_epoch=fitted.best_epoch,
         seconds=time.perf_counter() - started,
-        package_path=record.path,
+        package_path=path,
     )
 
 

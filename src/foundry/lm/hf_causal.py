@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,12 @@ from foundry.data.fingerprint import file_fingerprint
 from foundry.errors import ConfigError, ModelError
 from foundry.lm.data import DEFAULT_CHAT_TEMPLATE, encode_examples, load_lm_data
 from foundry.lm.hf_finetune import finetune_defaults
-from foundry.lm.hf_pipeline import hf_card_section, hf_manifest_section, register_hf
+from foundry.lm.hf_pipeline import (
+    hf_card_section,
+    hf_manifest_section,
+    mark_completed,
+    register_hf,
+)
 from foundry.lm.metrics import lm_metrics
 from foundry.lm.train import fit_lm
 from foundry.models.hf import HFTokenizer, load_pretrained, load_tokenizer
@@ -46,8 +52,11 @@ def train_causal_lm(
     out_dir: Path,
     progress: bool,
     say: Reporter,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    register: bool = True,
 ) -> TrainResult:
-    """Fine-tune the causal LM at `source` on the config's LM data and register it."""
+    """Fine-tune the causal LM at `source` on the config's LM data and register it
+    (`register=False`: write the package to `out_dir/package`, for a tuning trial)."""
     from foundry.models.hf_lora import apply_lora, parameter_counts
 
     started = time.perf_counter()
@@ -116,6 +125,7 @@ def train_causal_lm(
         resume=resume,
         progress=progress and not say.quiet,
         log=None if say.quiet else say.info,
+        on_epoch_end=on_epoch_end,
     )
 
     # ---- evaluate: loss, perplexity and the unigram baseline on held-out tokens
@@ -141,21 +151,30 @@ def train_causal_lm(
     if data.pii is not None:
         manifest["pii"] = data.pii
     card = _card(cfg.name, cfg.description, manifest, metrics) + hf_card_section(hf)
-    record = register_hf(cfg, model, tokenizer, hf, manifest, metrics, card, head={})
-    (out_dir / "COMPLETED").write_text(record.ref + "\n")
+    ref, path = register_hf(
+        cfg,
+        model,
+        tokenizer,
+        hf,
+        manifest,
+        metrics,
+        card,
+        head={},
+        package=None if register else out_dir / "package",
+    )
     say.info(
-        f"{record.ref} — {metrics['split']} perplexity {metrics['perplexity']:.2f} "
+        f"{ref or cfg.name} — {metrics['split']} perplexity {metrics['perplexity']:.2f} "
         f"(unigram baseline {metrics['unigram_perplexity']:.2f}, {metrics['tokens']} tokens)"
     )
-    say.info(f"registered {record.ref} at {record.path}")
+    mark_completed(out_dir, ref, path, say)
     return TrainResult(
-        model_ref=record.ref,
+        model_ref=ref,
         run_dir=out_dir,
         metrics=metrics,
         history=fitted.history,
         best_epoch=fitted.best_epoch,
         seconds=time.perf_counter() - started,
-        package_path=record.path,
+        package_path=path,
     )
 
 

@@ -133,6 +133,7 @@ def finetune(
     resume: bool = False,
     metric_fn: MetricFn | None = None,
     log: Callable[[str], None] | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> FineTuneResult:
     """Train `model` (`(input_ids [B, L], attention_mask [B, L]) → [B, n_outputs]`).
 
@@ -141,6 +142,8 @@ def finetune(
     `config.batch_size` rows. Writes `run_dir/metrics.jsonl` and `run_dir/checkpoint/`;
     `resume=True` continues from that checkpoint. Early stopping watches
     `config.early_stopping.metric` (or `train_loss` without validation data).
+    `on_epoch_end(record)` is called after each epoch's checkpoint is written (what
+    `foundry tune` prunes on); an exception it raises stops the run.
     """
     with torch_settings(config):
         return _finetune(
@@ -155,6 +158,7 @@ def finetune(
             resume=resume,
             metric_fn=metric_fn,
             log=log,
+            on_epoch_end=on_epoch_end,
         )
 
 
@@ -171,6 +175,7 @@ def _finetune(
     resume: bool,
     metric_fn: MetricFn | None,
     log: Callable[[str], None] | None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None,
 ) -> FineTuneResult:
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -299,6 +304,8 @@ def _finetune(
                 },
             )
             say(_format_epoch(record, config.epochs, monitor, improved))
+            if on_epoch_end is not None:  # after the checkpoint: a run it stops keeps the epoch
+                on_epoch_end(record)
 
     if stopped_early:
         say(

@@ -23,6 +23,7 @@ import json
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -48,7 +49,14 @@ from foundry.models.hf import (
 )
 from foundry.pipeline import TrainResult, load_splits, model_card, run_directory
 
-__all__ = ["hf_manifest_section", "manifest_base", "register_hf", "resolve_task", "train_hf"]
+__all__ = [
+    "hf_manifest_section",
+    "manifest_base",
+    "mark_completed",
+    "register_hf",
+    "resolve_task",
+    "train_hf",
+]
 
 RunKind = Literal["predict", "causal_lm", "embedding"]
 
@@ -60,9 +68,12 @@ def train_hf(
     run_dir: str | Path | None = None,
     progress: bool = True,
     quiet: bool = False,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    register: bool = True,
 ) -> TrainResult:
     """Fine-tune (or package) the Hugging Face model a config describes, evaluate it and
-    register it. Same arguments and result as `foundry.pipeline.train`."""
+    register it. Same arguments and result as `foundry.pipeline.train`; an embedding
+    package, which trains nothing, refuses `on_epoch_end` and `register=False`."""
     cfg = loaded.config
     spec = cfg.model
     assert isinstance(spec, HFModelConfig)
@@ -75,6 +86,13 @@ def train_hf(
         f"{', '.join(hf_config.architectures or ['?'])}) → {kind}"
         + (f", LoRA r={spec.lora.r}" if spec.lora else "")
     )
+    if kind == "embedding" and (on_epoch_end is not None or not register):
+        raise ConfigError(
+            "model.task embedding trains nothing (the pretrained encoder is packaged as it "
+            "is), so there is nothing to tune",
+            hint="tune a classification, regression or causal_lm model; package an "
+            "embedder with foundry train",
+        )
     out_dir = run_directory(loaded, run_dir, resume)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(dump_config(cfg), indent=2))
@@ -82,6 +100,7 @@ def train_hf(
     options = {"resume": resume, "out_dir": out_dir, "progress": progress, "say": say}
     if kind == "embedding":
         return package_embedder(loaded, source, hf_config, **options)
+    options.update(on_epoch_end=on_epoch_end, register=register)
     if kind == "causal_lm":
         from foundry.lm.hf_causal import train_causal_lm
 
@@ -134,8 +153,11 @@ def train_text_predictor(
     out_dir: Path,
     progress: bool,
     say: Reporter,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    register: bool = True,
 ) -> TrainResult:
-    """One text column → a label (classification) or a number (regression)."""
+    """One text column → a label (classification) or a number (regression).
+    `register=False` writes the package to `out_dir/package` instead (a tuning trial)."""
     from foundry.data import fingerprint
     from foundry.data.encoders.target import TargetEncoder
     from foundry.data.encoders.text import texts_of
@@ -212,6 +234,7 @@ def train_text_predictor(
         resume=resume,
         metric_fn=lambda y, out: compute_metrics(task, y, out),
         log=None if not progress else say.info,
+        on_epoch_end=on_epoch_end,
     )
     say.info(f"training throughput: {fitted.train_examples_per_second:.1f} examples/s")
 
@@ -263,7 +286,7 @@ def train_text_predictor(
         manifest["pii"] = splits.pii
         manifest["pii_scrubber"] = splits.scrubber.state_dict()
     card = model_card(cfg, manifest, metrics) + hf_card_section(hf)
-    record = register_hf(
+    ref, path = register_hf(
         cfg,
         model.encoder,
         tokenizer,
@@ -272,18 +295,18 @@ def train_text_predictor(
         metrics,
         card,
         head=model.head_state_dict(),
+        package=None if register else out_dir / "package",
     )
-    (out_dir / "COMPLETED").write_text(record.ref + "\n")
-    say.metrics(metrics, task, title=f"{record.ref} — {cfg.evaluate.split} metrics")
-    say.info(f"registered {record.ref} at {record.path}")
+    say.metrics(metrics, task, title=f"{ref or cfg.name} — {cfg.evaluate.split} metrics")
+    mark_completed(out_dir, ref, path, say)
     return TrainResult(
-        model_ref=record.ref,
+        model_ref=ref,
         run_dir=out_dir,
         metrics=metrics,
         history=fitted.history,
         best_epoch=fitted.best_epoch,
         seconds=time.perf_counter() - started,
-        package_path=record.path,
+        package_path=path,
     )
 
 
@@ -360,15 +383,14 @@ def package_embedder(
             "",
         ]
     ) + hf_card_section(hf)
-    record = register_hf(cfg, encoder, tokenizer, hf, manifest, metrics, card, head={})
-    (out_dir / "COMPLETED").write_text(record.ref + "\n")
-    say.info(f"registered {record.ref} at {record.path}")
+    ref, path = register_hf(cfg, encoder, tokenizer, hf, manifest, metrics, card, head={})
+    mark_completed(out_dir, ref, path, say)
     return TrainResult(
-        model_ref=record.ref,
+        model_ref=ref,
         run_dir=out_dir,
         metrics=metrics,
         seconds=time.perf_counter() - started,
-        package_path=record.path,
+        package_path=path,
     )
 
 
@@ -457,11 +479,17 @@ def register_hf(
     card: str,
     *,
     head: dict[str, torch.Tensor],
-) -> Any:
+    package: Path | None = None,
+) -> tuple[str, Path]:
     """Write the transformers side (adapter or full model, plus tokenizer) into a
-    temporary folder and register it with the head weights as `model.safetensors`."""
+    temporary folder and register it with the head weights as `model.safetensors`.
+
+    Returns the registry reference and the package's path. With `package` set (a
+    `foundry tune` trial, whose best is registered later) the package is written there
+    and not registered: the reference is then empty.
+    """
     from foundry.models.hf_lora import save_adapter
-    from foundry.registry import Registry
+    from foundry.registry import Registry, write_package
 
     with tempfile.TemporaryDirectory(prefix="foundry-hf-") as tmp:
         folder = Path(tmp) / hf["directory"]
@@ -471,15 +499,25 @@ def register_hf(
             else:
                 body.save_pretrained(str(folder))  # safetensors: transformers 5 writes no other
             tokenizer.hf.save_pretrained(str(folder))
-        return Registry().register(
-            cfg.name,
-            weights={k: v.detach().cpu() for k, v in head.items()},
-            manifest=manifest,
-            metrics=metrics,
-            card=card,
-            description=cfg.description,
-            files={hf["directory"]: folder},
-        )
+        contents = {
+            "weights": {k: v.detach().cpu() for k, v in head.items()},
+            "manifest": manifest,
+            "metrics": metrics,
+            "card": card,
+            "files": {hf["directory"]: folder},  # copied before the folder is removed
+        }
+        if package is not None:
+            write_package(package, **contents)
+            return "", package
+        record = Registry().register(cfg.name, **contents, description=cfg.description)
+        return record.ref, record.path
+
+
+def mark_completed(out_dir: Path, ref: str, path: Path, say: Reporter) -> None:
+    """`out_dir/COMPLETED` holds the registered reference, or names the unregistered
+    package (resuming skips completed runs either way)."""
+    (out_dir / "COMPLETED").write_text((ref or "unregistered: package/") + "\n")
+    say.info(f"registered {ref} at {path}" if ref else f"package written to {path}")
 
 
 def manifest_base(cfg: FoundryConfig, hf: dict[str, Any]) -> dict[str, Any]:

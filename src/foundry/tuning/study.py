@@ -29,7 +29,7 @@ from typing import Any
 
 from foundry.config import LoadedConfig, dump_config
 from foundry.config.load import read_yaml, validate_config
-from foundry.config.schema import FoundryConfig, TuneConfig
+from foundry.config.schema import FoundryConfig, HFModelConfig, TuneConfig
 from foundry.console import Reporter
 from foundry.errors import ConfigError, FoundryError, ModelError
 
@@ -171,10 +171,12 @@ def _plan(
     cfg = validate_config(raw, origin=str(config) if isinstance(config, str | Path) else "config")
     settings = cfg.tune
     assert settings is not None
-    if cfg.model.type in ("gpt", "hf"):
+    if isinstance(cfg.model, HFModelConfig) and cfg.model.task == "embedding":
         raise ConfigError(
-            f"model.type: foundry tune trains mlp, cnn and text models; {cfg.model.type} "
-            "pipelines do not report per-epoch metrics to a tuner yet"
+            "model.task embedding trains nothing (the pretrained encoder is packaged as it "
+            "is), so there is nothing to tune",
+            hint="tune a classification, regression or causal_lm model; package an "
+            "embedder with foundry train",
         )
     raw = {k: v for k, v in raw.items() if k != "tune"}
     check_space(raw, settings.params)
@@ -460,16 +462,31 @@ def _register_best(
             "value": best.value,
             "trials": len(study.get_trials(deepcopy=False)),
         }
+        files = _extra_files(package)
         record = registry.register(
             plan.config.name,
             weights=stored.weights,
             manifest={**stored.manifest, "tuning": tuning},
             metrics=stored.metrics,
+            # language models bring their own card, as when `foundry train` registers
+            # them; the registry renders the others' from the manifest, tuning included
+            card=stored.card if files else None,
             description=plan.config.description,
+            files=files,
         )
         study.set_user_attr(done_key, record.ref)
         (package.parent / "REGISTERED").write_text(record.ref + "\n")
         return record.ref
+
+
+def _extra_files(package: Path) -> dict[str, Path]:
+    """The package's model-specific files (a GPT's tokenizer.json, a Hugging Face model's
+    hf/ or adapter/ folder): without them a registered language model cannot load. The
+    registry writes card.json itself."""
+    from foundry.registry.refs import PACKAGE_FILES
+
+    standard = {*PACKAGE_FILES, "card.json"}
+    return {p.name: p for p in sorted(package.iterdir()) if p.name not in standard}
 
 
 def _safe_url(url: str) -> str:
