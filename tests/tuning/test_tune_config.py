@@ -178,3 +178,21 @@ def test_trials_are_shared_out_between_workers():
     assert split_trials(10, 3) == [4, 3, 3]
     assert split_trials(1, 2) == [1, 0]
     assert split_trials(None, 2) == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("model", "train", "epochs"),
+    [
+        ({"type": "mlp"}, {}, 20),  # foundry's default
+        ({"type": "mlp"}, {"epochs": 7}, 7),
+        ({"type": "hf", "name_or_path": "some/model"}, {}, 3),  # fine-tuning's default
+        ({"type": "hf", "name_or_path": "some/model"}, {"epochs": 5}, 5),
+    ],
+)
+def test_hyperband_budgets_count_the_epochs_a_trial_runs(model, train, epochs):
+    from foundry.config.load import validate_config
+    from foundry.tuning.study import trial_epochs
+
+    raw = {"name": "t", "data": {"path": "d.csv"}, "features": {"target": "y"},
+           "model": model, "train": train}  # fmt: skip
+    assert trial_epochs(validate_config(raw, origin="test")) == epochs

@@ -261,13 +261,24 @@ def _pruner(plan: Plan) -> Any:
         return optuna.pruners.MedianPruner(
             n_startup_trials=p.startup_trials, n_warmup_steps=p.warmup_epochs
         )
-    if p.type == "hyperband":  # budgets in epochs: min_epochs .. train.epochs
+    if p.type == "hyperband":  # budgets in epochs: min_epochs .. the epochs trials run
+        epochs = trial_epochs(plan.config)
         return optuna.pruners.HyperbandPruner(
-            min_resource=min(p.min_epochs, plan.config.train.epochs),
-            max_resource=plan.config.train.epochs,
+            min_resource=min(p.min_epochs, epochs),
+            max_resource=epochs,
             reduction_factor=p.reduction_factor,
         )
     return optuna.pruners.NopPruner()
+
+
+def trial_epochs(cfg: FoundryConfig) -> int:
+    """Epochs a trial of `cfg` trains: `train.epochs`, except that Hugging Face fine-tuning
+    fills its own default (3) when the config leaves the key unset."""
+    if isinstance(cfg.model, HFModelConfig):
+        from foundry.lm.hf_finetune import finetune_defaults
+
+        return finetune_defaults(cfg.train, lora=cfg.model.lora is not None)[0].epochs
+    return cfg.train.epochs
 
 
 # --------------------------------------------------------------------------- trials
