@@ -14,6 +14,11 @@ three ways, one after the other in this one command:
   OMP_NUM_THREADS=1 per process is the same rule on a 2-core machine; more threads than
   cores would make the processes compete for them.
 
+With `--accumulation K` (K > 1) each optimizer step sums K micro-batches of the global
+batch, and the N-process run is made twice: as shipped (the step's earlier micro-batches
+under DDP's `no_sync`, one all-reduce per step) and with `no_sync` disabled (an
+all-reduce after every micro-batch, what foundry did before).
+
 Reported: median seconds per epoch (training only, no validation: rank 0 alone would
 validate), samples per second, and the ratio to the 1-process run. The process start and
 process-group set-up are not in the per-epoch numbers; the wall time of each launch is
@@ -51,6 +56,13 @@ def train_once(args: dict[str, Any]) -> dict[str, float]:
     from foundry.data.schema import TaskInfo
     from foundry.training import distributed, fit
 
+    if args.get("sync_every_batch"):  # the A/B's "before": no_sync does nothing
+        import contextlib
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        DistributedDataParallel.no_sync = lambda self: contextlib.nullcontext()
+
     def run() -> dict[str, float]:
         g = torch.Generator().manual_seed(0)
         x = torch.randn(args["rows"], args["features"], generator=g)
@@ -60,6 +72,7 @@ def train_once(args: dict[str, Any]) -> dict[str, float]:
         config = TrainConfig(
             epochs=args["epochs"],
             batch_size=args["batch_size"],
+            gradient_accumulation=args["accumulation"],
             num_threads=args["threads"],
             optimizer={"type": "adam", "lr": 1e-3},
             early_stopping={"patience": None},
@@ -104,6 +117,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="global batch")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--nproc", type=int, default=2)
+    parser.add_argument("--accumulation", type=int, default=1,
+                        help="micro-batches per optimizer step (>1 adds the no_sync A/B)")
     opts = parser.parse_args()
     cores = os.cpu_count() or 1
     base = {
@@ -112,24 +127,27 @@ def main() -> None:
         "width": opts.width,
         "batch_size": opts.batch_size,
         "epochs": opts.epochs,
+        "accumulation": opts.accumulation,
     }
     print(
         f"{opts.rows} rows x {opts.features} features, MLP {opts.features}→{opts.width}→"
         f"{opts.width}→2, global batch {opts.batch_size}, {opts.epochs} epochs, {cores} cores"
+        + (f", {opts.accumulation} micro-batches per step" if opts.accumulation > 1 else "")
     )
 
+    per_proc = max(1, cores // opts.nproc)
+    ddp = f"{opts.nproc} processes x {per_proc} threads (DDP, gloo)"
+    setups = [
+        (f"1 process x {cores} threads", 1, cores, False),
+        ("1 process x 1 thread", 1, 1, False),
+        (ddp + (", no_sync" if opts.accumulation > 1 else ""), opts.nproc, per_proc, False),
+    ]
+    if opts.accumulation > 1:
+        setups.append((ddp + ", all-reduce every micro-batch", opts.nproc, per_proc, True))
     runs: list[tuple[str, int, dict[str, float], float]] = []
-    for label, nproc, threads in [
-        (f"1 process x {cores} threads", 1, cores),
-        ("1 process x 1 thread", 1, 1),
-        (
-            f"{opts.nproc} processes x {max(1, cores // opts.nproc)} threads (DDP, gloo)",
-            opts.nproc,
-            max(1, cores // opts.nproc),
-        ),
-    ]:
+    for label, nproc, threads, sync_every_batch in setups:
         start = time.perf_counter()
-        args = {**base, "threads": threads}
+        args = {**base, "threads": threads, "sync_every_batch": sync_every_batch}
         result = train_once(args) if nproc == 1 else launch(nproc, args)
         runs.append((label, nproc, result, time.perf_counter() - start))
 
