@@ -324,6 +324,26 @@ def test_an_interrupted_two_process_run_resumes(data_dir, single_process):
     _assert_close(_weights(home, json.loads(resumed.stdout)["model"]), weights)
 
 
+@pytest.mark.slow
+def test_a_two_process_run_resumes_in_one_process(data_dir, single_process):
+    # The checkpoint is rank 0's whole state (weights, optimizer, shuffle generator), and
+    # the global batch does not depend on the number of processes: a run started on 2
+    # processes finishes on 1 exactly as if it had never been split.
+    home = data_dir / "home-ddp"
+    first = foundry("train", "c.yaml", "--nproc", "2", "train.epochs=2", cwd=data_dir, home=home)
+    assert first.returncode == 0, first.stderr
+    (run,) = (data_dir / "runs").iterdir()
+    (run / "COMPLETED").unlink()
+
+    resumed = foundry("train", "c.yaml", "--resume", "--json", cwd=data_dir, home=home)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["run_dir"].endswith(run.name)
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    weights, _ = single_process
+    _assert_close(_weights(home, json.loads(resumed.stdout)["model"]), weights)
+
+
 # ------------------------------------------------------- `fit` in a process group
 
 
