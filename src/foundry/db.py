@@ -156,7 +156,7 @@ def create_db_engine(
     engine = create_engine(
         parsed, connect_args={"timeout": busy_timeout_s, "check_same_thread": False}
     )
-    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "connect", sqlite_on_connect)
     if sqlite_immediate:
         # The recipe of SQLAlchemy's SQLite dialect docs ("Serializable isolation /
         # Savepoints / Transactional DDL"): pysqlite stops emitting its own BEGIN and we
@@ -166,7 +166,9 @@ def create_db_engine(
     return engine
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+def sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """WAL and `synchronous=NORMAL` on each new SQLite connection (a `connect` event
+    listener; foundry's engines and tuning's Optuna storage use it)."""
     cursor = dbapi_connection.cursor()
     try:
         # WAL lets readers go on while one process writes. NORMAL sync in WAL loses no

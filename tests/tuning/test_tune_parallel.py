@@ -85,7 +85,8 @@ def test_a_worker_elsewhere_joins_the_study_through_postgresql(write_config, pos
             "2",
             "--quiet",
         ],
-        env={**os.environ, "FOUNDRY_TUNE_STORAGE": postgres_url},
+        # libpq's plain form, as users copy it: foundry reads it as psycopg 3
+        env={**os.environ, "FOUNDRY_TUNE_STORAGE": postgres_url.replace("+psycopg", "", 1)},
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -18,9 +18,10 @@ def open_storage(url: str) -> Any:
     moment is retried. A worker that dies leaves a RUNNING trial, which the heartbeat
     turns into FAIL after `grace_period` seconds."""
     import optuna
+    from sqlalchemy import event
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-    from foundry.db import sqlite_file
+    from foundry.db import normalize_url, sqlite_file, sqlite_on_connect
 
     try:
         path = sqlite_file(url)
@@ -30,15 +31,21 @@ def open_storage(url: str) -> Any:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
+    # postgresql:// means psycopg 3 here too, the driver foundry installs
+    target = normalize_url(url).render_as_string(hide_password=False)
     for attempt in range(6):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 storage = optuna.storages.RDBStorage(
-                    url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180
+                    target, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180
                 )
             if path is not None:
-                _sqlite_wal(storage.engine)
+                # A trial makes ~20 small commits: WAL spares each an fsync and lets
+                # other processes read meanwhile; the switch is retried while the
+                # `--jobs` processes open the file together.
+                event.listen(storage.engine, "connect", sqlite_on_connect)
+                storage.engine.dispose()  # connections made for the tables predate it
             return storage
         except (ImportError, ArgumentError, NoSuchModuleError) as exc:
             raise ConfigError(f"tune.storage: cannot use '{safe_url(url)}': {exc}") from None
@@ -48,19 +55,3 @@ def open_storage(url: str) -> Any:
             time.sleep(0.25 * (attempt + 1))
     raise AssertionError("unreachable")
 
-
-def _sqlite_wal(engine: Any) -> None:
-    """Write-ahead log with `synchronous=NORMAL` on the study's SQLite file: a trial makes
-    ~20 small commits (params, one value per epoch, attributes, state), and in the default
-    rollback-journal mode each waits for an fsync (~10 ms); in WAL mode readers in other
-    processes also go on while one writes. Local disks only, as SQLite itself requires."""
-    from sqlalchemy import event
-
-    def on_connect(connection: Any, _record: Any) -> None:
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    event.listen(engine, "connect", on_connect)
-    engine.dispose()  # connections opened while creating the tables predate the hook
