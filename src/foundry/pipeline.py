@@ -99,7 +99,6 @@ def train(
     from foundry.evaluation.trust import assess
     from foundry.models import build_model
     from foundry.predictor import Predictor
-    from foundry.registry import Registry
     from foundry.training import fit, n_outputs_for
 
     quiet = quiet or not distributed.is_main()  # rank 0 alone reports a distributed run
@@ -187,45 +186,51 @@ def train(
             f"(δ = {fitted.privacy['delta']:.2g}) spent"
         )
     manifest.update(assessment.sections)
-    if not register:
-        from foundry.registry import write_package
-
-        package = out_dir / "package"
-        card = model_card(cfg, manifest, metrics)
-        write_package(package, weights=fitted.state_dict, manifest=manifest, metrics=metrics,
-                      card=card)
-        (out_dir / "COMPLETED").write_text("unregistered: package/\n")
-        return TrainResult(
-            model_ref="",
-            run_dir=out_dir,
-            metrics=metrics,
-            history=fitted.history,
-            best_epoch=fitted.best_epoch,
-            seconds=time.perf_counter() - started,
-            package_path=package,
-        )
-    record = Registry().register(
-        cfg.name,
+    ref, path = store_package(
+        cfg,
+        out_dir,
+        register=register,
+        say=say,
         weights=fitted.state_dict,
         manifest=manifest,
         metrics=metrics,
-        description=cfg.description,
+        # registered, the card is rendered from the manifest; a trial's package needs one
+        card=None if register else model_card(cfg, manifest, metrics),
     )
-    (out_dir / "COMPLETED").write_text(record.ref + "\n")
-    say.metrics(metrics, task, title=f"{record.ref} — {cfg.evaluate.split} metrics")
-    say.info(f"registered {record.ref} at {record.path}")
+    say.metrics(metrics, task, title=f"{ref or cfg.name} — {cfg.evaluate.split} metrics")
     from foundry.economics import training_cost_line
 
     say.info(training_cost_line(fitted.seconds, cfg.cost, machines=distributed.machines()))
     return TrainResult(
-        model_ref=record.ref,
+        model_ref=ref,
         run_dir=out_dir,
         metrics=metrics,
         history=fitted.history,
         best_epoch=fitted.best_epoch,
         seconds=time.perf_counter() - started,
-        package_path=record.path,
+        package_path=path,
     )
+
+
+def store_package(
+    cfg: FoundryConfig, out_dir: Path, *, register: bool, say: Reporter, **contents: Any
+) -> tuple[str, Path]:
+    """Register a run's package as the next version of `cfg.name` or, with
+    `register=False` (a `foundry tune` trial: only the best is registered, later), write it
+    to `out_dir/package`; then mark the run COMPLETED, which resuming skips. `contents`:
+    the package (weights, manifest, metrics, card, files). Returns the registry reference
+    (empty when not registered) and the package's path."""
+    from foundry.registry import Registry, write_package
+
+    if register:
+        record = Registry().register(cfg.name, description=cfg.description, **contents)
+        ref, path = record.ref, record.path
+    else:
+        ref, path = "", out_dir / "package"
+        write_package(path, **contents)
+    (out_dir / "COMPLETED").write_text((ref or "unregistered: package/") + "\n")
+    say.info(f"registered {ref} at {path}" if ref else f"package written to {path}")
+    return ref, path
 
 
 def load_splits(loaded: LoadedConfig, say: Reporter) -> tuple[Splits, Any]:

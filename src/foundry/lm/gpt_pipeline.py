@@ -35,7 +35,7 @@ from foundry.lm.metrics import lm_metrics
 from foundry.lm.tokenizer import BPETokenizer
 from foundry.lm.train import fit_lm
 from foundry.models.gpt import GPT
-from foundry.pipeline import TrainResult, run_directory
+from foundry.pipeline import TrainResult, run_directory, store_package
 from foundry.training.loop import FitResult
 
 __all__ = ["train_gpt"]
@@ -59,8 +59,6 @@ def train_gpt(
     `on_epoch_end(record)` gets each epoch's metrics; `register=False` writes the package
     to `<run_dir>/package` instead of the registry (what `foundry tune` trials do).
     """
-    from foundry.registry import Registry, write_package
-
     cfg = loaded.config
     gpt = cfg.model
     assert isinstance(gpt, GPTConfig)
@@ -149,26 +147,22 @@ def train_gpt(
     manifest = build_manifest(cfg, loaded, data, splits, tokenizer, model, fitted, block_size)
     if data.pii is not None:
         manifest["pii"] = data.pii
-    package = {
-        "weights": model.package_weights(fitted.state_dict),
-        "manifest": manifest,
-        "metrics": metrics,
-        "card": model_card(cfg, manifest, metrics),
+    ref, path = store_package(
+        cfg,
+        out_dir,
+        register=register,
+        say=say,
+        weights=model.package_weights(fitted.state_dict),
+        manifest=manifest,
+        metrics=metrics,
+        card=model_card(cfg, manifest, metrics),
         # the package loads without the run directory, so it carries its tokenizer
-        "files": {"tokenizer.json": tokenizer.to_json()},
-    }
-    if register:
-        record = Registry().register(cfg.name, **package, description=cfg.description)
-        ref, path = record.ref, record.path
-    else:  # a tuning trial: only the best trial's package is registered, by foundry tune
-        ref, path = "", out_dir / "package"
-        write_package(path, **package)
-    (out_dir / "COMPLETED").write_text((ref or "unregistered: package/") + "\n")
+        files={"tokenizer.json": tokenizer.to_json()},
+    )
     say.info(
         f"{ref or cfg.name} — {metrics['split']} perplexity {metrics['perplexity']:.2f} "
         f"(unigram baseline {metrics['unigram_perplexity']:.2f}, {metrics['tokens']} tokens)"
     )
-    say.info(f"registered {ref} at {path}" if ref else f"package written to {path}")
     return TrainResult(
         model_ref=ref,
         run_dir=out_dir,

@@ -26,12 +26,7 @@ from foundry.data.fingerprint import file_fingerprint
 from foundry.errors import ConfigError, ModelError
 from foundry.lm.data import DEFAULT_CHAT_TEMPLATE, encode_examples, load_lm_data
 from foundry.lm.hf_finetune import finetune_defaults
-from foundry.lm.hf_pipeline import (
-    hf_card_section,
-    hf_manifest_section,
-    mark_completed,
-    register_hf,
-)
+from foundry.lm.hf_pipeline import hf_card_section, hf_manifest_section, register_hf
 from foundry.lm.metrics import lm_metrics
 from foundry.lm.train import fit_lm
 from foundry.models.hf import HFTokenizer, load_pretrained, load_tokenizer
@@ -160,13 +155,14 @@ def train_causal_lm(
         metrics,
         card,
         head={},
-        package=None if register else out_dir / "package",
+        out_dir=out_dir,
+        say=say,
+        register=register,
     )
     say.info(
         f"{ref or cfg.name} — {metrics['split']} perplexity {metrics['perplexity']:.2f} "
         f"(unigram baseline {metrics['unigram_perplexity']:.2f}, {metrics['tokens']} tokens)"
     )
-    mark_completed(out_dir, ref, path, say)
     return TrainResult(
         model_ref=ref,
         run_dir=out_dir,

@@ -47,16 +47,9 @@ from foundry.models.hf import (
     resolve_source,
     text_model_outputs,
 )
-from foundry.pipeline import TrainResult, load_splits, model_card, run_directory
+from foundry.pipeline import TrainResult, load_splits, model_card, run_directory, store_package
 
-__all__ = [
-    "hf_manifest_section",
-    "manifest_base",
-    "mark_completed",
-    "register_hf",
-    "resolve_task",
-    "train_hf",
-]
+__all__ = ["hf_manifest_section", "manifest_base", "register_hf", "resolve_task", "train_hf"]
 
 RunKind = Literal["predict", "causal_lm", "embedding"]
 
@@ -295,10 +288,11 @@ def train_text_predictor(
         metrics,
         card,
         head=model.head_state_dict(),
-        package=None if register else out_dir / "package",
+        out_dir=out_dir,
+        say=say,
+        register=register,
     )
     say.metrics(metrics, task, title=f"{ref or cfg.name} — {cfg.evaluate.split} metrics")
-    mark_completed(out_dir, ref, path, say)
     return TrainResult(
         model_ref=ref,
         run_dir=out_dir,
@@ -383,8 +377,9 @@ def package_embedder(
             "",
         ]
     ) + hf_card_section(hf)
-    ref, path = register_hf(cfg, encoder, tokenizer, hf, manifest, metrics, card, head={})
-    mark_completed(out_dir, ref, path, say)
+    ref, path = register_hf(
+        cfg, encoder, tokenizer, hf, manifest, metrics, card, head={}, out_dir=out_dir, say=say
+    )
     return TrainResult(
         model_ref=ref,
         run_dir=out_dir,
@@ -479,17 +474,15 @@ def register_hf(
     card: str,
     *,
     head: dict[str, torch.Tensor],
-    package: Path | None = None,
+    out_dir: Path,
+    say: Reporter,
+    register: bool = True,
 ) -> tuple[str, Path]:
     """Write the transformers side (adapter or full model, plus tokenizer) into a
-    temporary folder and register it with the head weights as `model.safetensors`.
-
-    Returns the registry reference and the package's path. With `package` set (a
-    `foundry tune` trial, whose best is registered later) the package is written there
-    and not registered: the reference is then empty.
-    """
+    temporary folder and store it with the head weights as `model.safetensors`, through
+    `store_package`: registered, or (`register=False`, a tuning trial) written to
+    `out_dir/package`. Returns the reference (empty when not registered) and the path."""
     from foundry.models.hf_lora import save_adapter
-    from foundry.registry import Registry, write_package
 
     with tempfile.TemporaryDirectory(prefix="foundry-hf-") as tmp:
         folder = Path(tmp) / hf["directory"]
@@ -499,25 +492,17 @@ def register_hf(
             else:
                 body.save_pretrained(str(folder))  # safetensors: transformers 5 writes no other
             tokenizer.hf.save_pretrained(str(folder))
-        contents = {
-            "weights": {k: v.detach().cpu() for k, v in head.items()},
-            "manifest": manifest,
-            "metrics": metrics,
-            "card": card,
-            "files": {hf["directory"]: folder},  # copied before the folder is removed
-        }
-        if package is not None:
-            write_package(package, **contents)
-            return "", package
-        record = Registry().register(cfg.name, **contents, description=cfg.description)
-        return record.ref, record.path
-
-
-def mark_completed(out_dir: Path, ref: str, path: Path, say: Reporter) -> None:
-    """`out_dir/COMPLETED` holds the registered reference, or names the unregistered
-    package (resuming skips completed runs either way)."""
-    (out_dir / "COMPLETED").write_text((ref or "unregistered: package/") + "\n")
-    say.info(f"registered {ref} at {path}" if ref else f"package written to {path}")
+        return store_package(  # the folder is copied before it is removed
+            cfg,
+            out_dir,
+            register=register,
+            say=say,
+            weights={k: v.detach().cpu() for k, v in head.items()},
+            manifest=manifest,
+            metrics=metrics,
+            card=card,
+            files={hf["directory"]: folder},
+        )
 
 
 def manifest_base(cfg: FoundryConfig, hf: dict[str, Any]) -> dict[str, Any]:
