@@ -219,15 +219,16 @@ class Dashboard:
         assert self.service.gate is not None
         return [record.to_dict() for record in self.service.gate.list_keys()]
 
-    def usage(self, days: int = 30) -> dict[str, Any]:
-        """Billable (status < 500) requests and units per UTC day for the last `days`."""
+    def usage(self, days: int = 30, keys: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Billable (status < 500) requests and units per UTC day for the last `days`;
+        `keys`: `self.keys()` when the caller has read them already."""
         days = max(1, min(MAX_DAYS, int(days)))
         today = int(self.now() // DAY_S)
         first = today - days + 1
         since, until = first * DAY_S, (today + 1) * DAY_S
         rows = usage_by_day(self.store, since, until)
         labels = [_day_label(d) for d in range(first, today + 1)]
-        names = {r["id"]: r for r in self.keys()}
+        names = {r["id"]: r for r in (self.keys() if keys is None else keys)}
         totals = [{"day": label, "requests": 0, "units": 0} for label in labels]
         groups: dict[str, dict[Any, dict[str, Any]]] = {"key": {}, "model": {}, "plan": {}}
         for row in rows:
@@ -274,7 +275,8 @@ class Dashboard:
     def render(self, days: int = 30, period: str | None = None) -> str:
         """The HTML fragment the page shows (every section; errors of one section are
         shown in it, not raised)."""
-        usage = self.usage(days)
+        keys = self.keys()
+        usage = self.usage(days, keys)
         try:
             revenue: dict[str, Any] = self.revenue(period)
         except ApiError as exc:
@@ -285,7 +287,6 @@ class Dashboard:
         for model in models:
             for v in model["versions"]:
                 v["charts"] = _curves(v)
-        keys = self.keys()
         context = {
             "generated": datetime.fromtimestamp(self.now(), timezone.utc)
             .strftime("%Y-%m-%d %H:%M UTC"),
@@ -300,14 +301,11 @@ class Dashboard:
                 title=f"billable units per day (UTC), {usage['since']} to {usage['until']}",
                 notes=[f"{d['requests']:,} requests" for d in usage["daily"]]),
             "revenue": revenue,
-            "report_available": _report_available(),
         }
         return _template().render(**context)
 
     def report(self, name: str, version: int) -> tuple[str, str]:
         """`foundry report name:version` as HTML, and a file name for it."""
-        if not _report_available():
-            raise ApiError(404, "not_found", "HTML reports need foundry.report (plotly)")
         from foundry.report import write_report
 
         ref = f"{name}:{version}"
@@ -337,10 +335,8 @@ class Dashboard:
 
     def _economics(self, ref: str) -> dict[str, Any] | None:
         """What `foundry cost REF` saved, summarised; None when it never ran."""
-        try:
-            from foundry.economics import load_saved
-        except ImportError:  # pragma: no cover - the economics package is part of foundry
-            return None
+        from foundry.economics import load_saved
+
         try:
             saved = load_saved(ref, self.registry)
         except (FoundryError, OSError, ValueError):
@@ -431,17 +427,6 @@ def _pick(columns: list[str], preferred: tuple[str, ...], most: int = 4) -> list
     keeps a readable legend when a classifier logs a dozen metrics per epoch."""
     ranked = [c for p in preferred for c in columns if c in (p, f"val_{p}")]
     return list(dict.fromkeys([*ranked, *columns]))[:most]
-
-
-@lru_cache(maxsize=1)
-def _report_available() -> bool:
-    try:
-        import plotly  # noqa: F401
-
-        from foundry.report import write_report  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @lru_cache(maxsize=1)

@@ -140,10 +140,8 @@ def compression_summary(
         "latency_ms": None,
         "parent_latency_ms": None,
     }
-    try:
-        from foundry.report.sources import find_compression
-    except ImportError:
-        return out
+    from foundry.report.sources import find_compression
+
     try:
         payload, _ = find_compression(manifest, record.ref)
     except (OSError, ValueError):
@@ -209,10 +207,8 @@ def scalars(values: dict[str, Any]) -> dict[str, Any]:
 def history_of(manifest: dict[str, Any], lineage: list[str]) -> tuple[str | None, list[dict]]:
     """The run directory that trained this version (or its nearest ancestor) and its
     per-epoch records (`metrics.jsonl`), found as `foundry report` finds them."""
-    try:
-        from foundry.report.sources import find_run_dir, read_history
-    except ImportError:
-        return None, []
+    from foundry.report.sources import find_run_dir, read_history
+
     try:
         run_dir, _ = find_run_dir(manifest, lineage)
         history = read_history(run_dir)
