@@ -168,3 +168,17 @@ def test_chunked_prediction_equals_one_pass(tmp_path_factory, forced, capsys, mo
 
     predictor.predict(frame)  # the library default (serving): chunked, silent
     assert capsys.readouterr().err == ""
+
+
+def test_the_training_bar_follows_the_same_rules(monkeypatch):
+    from foundry.training.progress import EpochBar
+
+    def shown(enabled: bool = True) -> bool:
+        return EpochBar(enabled=enabled, n_batches=10, epochs=2).enabled
+
+    monkeypatch.setenv(ENV, "1")
+    assert shown() and not shown(enabled=False)
+    with silenced():  # --quiet / --json
+        assert not shown()
+    monkeypatch.setenv(ENV, "0")
+    assert not shown()

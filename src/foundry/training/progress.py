@@ -27,13 +27,18 @@ class RateColumn(ProgressColumn):
 
 
 class EpochBar:
-    """A transient rich progress bar over one epoch's batches; does nothing when disabled.
+    """A transient rich progress bar over one epoch's batches; does nothing when disabled
+    by the caller or by `foundry.progress`'s rules (`--quiet`/`--json`, FOUNDRY_PROGRESS=0,
+    stderr not a terminal).
 
     The bar is moved every `every` batches and redrawn a few times a second: a small
     batch takes well under a millisecond, and redrawing on each one would cost more.
     """
 
     def __init__(self, *, enabled: bool, n_batches: int, epochs: int) -> None:
+        from foundry.progress import progress_enabled
+
+        self.enabled = enabled and progress_enabled()
         self.console = Console(stderr=True)
         self.epochs = epochs
         self.every = max(1, n_batches // 50)
@@ -50,7 +55,7 @@ class EpochBar:
                 transient=True,
                 refresh_per_second=4,
             )
-            if enabled
+            if self.enabled
             else None
         )
         self._task = None
