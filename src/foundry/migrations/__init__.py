@@ -3,7 +3,7 @@
     ensure_schema(engine)     the stores call it when they open the database: at HEAD it
                               costs one SELECT and never imports Alembic
     upgrade(url)              `foundry db upgrade`: (revision before, revision after)
-    current_revision(url)     `foundry db current`
+    read_revision(conn)       `foundry db current` (with whether tables exist)
 
 One database holds the registry index (model_versions) and the serving tables (api_keys,
 usage_events, idempotency); one chain of revisions in versions/ creates and changes them
@@ -82,18 +82,6 @@ def upgrade(url: str) -> tuple[str | None, str]:
     engine = create_db_engine(url)
     try:
         return upgrade_engine(engine)
-    finally:
-        engine.dispose()
-
-
-def current_revision(url: str) -> str | None:
-    """`foundry db current`: the revision of the database at ``url`` (None: none yet)."""
-    from foundry.db import create_db_engine
-
-    engine = create_db_engine(url)
-    try:
-        with engine.connect() as conn:
-            return read_revision(conn)
     finally:
         engine.dispose()
 
