@@ -99,7 +99,7 @@ def machines() -> int:
     node (`LOCAL_WORLD_SIZE`); 1 for a single process or one machine's `--nproc N`."""
     if not launched():
         return 1
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     return max(1, -(-world // max(1, local)))  # ceil: nodes may run different counts
 
@@ -193,7 +193,7 @@ def exit_worker(code: int) -> None:
     (its reducer holds it), so gloo's worker threads outlive the training. When one of
     them releases a finished collective's tensors while Python shuts down, it needs the
     GIL, cannot have it, and the process aborts (`terminate called without an active
-    exception`, exit code -6) after a run that succeeded: about 1 run in 15 on a loaded
+    exception`, exit code -6) after a run that succeeded: about 1 run in 20 on a loaded
     2-core machine; a core dump showed ProcessGroupGloo::runLoop freeing an
     AsyncBarrierWork during Py_FinalizeEx. Leaving with os._exit, as multiprocessing's
     children do, skips that shutdown; the streams are flushed first and every file and
