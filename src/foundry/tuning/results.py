@@ -76,8 +76,10 @@ def markdown_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
 
 def write_tables(
     out_dir: Path, rows: list[dict[str, Any]], keys: list[str], study: dict[str, Any]
-) -> str:
-    """Write trials.csv / trials.json / trials.md into `out_dir`; returns the Markdown."""
+) -> None:
+    """Write trials.csv / trials.json / trials.md into `out_dir`."""
+    from foundry.registry.package import write_json
+
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "trials.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -91,12 +93,9 @@ def write_tables(
                     r["run_dir"] or "",
                 ]
             )
-    payload = {**study, "trials": rows}
-    (out_dir / "trials.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    table = markdown_table(rows, keys)
+    write_json(out_dir / "trials.json", {**study, "trials": rows})
     title = f"# Study `{study['study_name']}`: {study['direction']} {study['metric']}\n\n"
-    (out_dir / "trials.md").write_text(title + table)
-    return table
+    (out_dir / "trials.md").write_text(title + markdown_table(rows, keys))
 
 
 def write_config(path: Path, raw: dict[str, Any], base_dir: Path, header: str) -> Path:
