@@ -50,6 +50,15 @@ class Splits:
     scrubber: Any = None
     """The fitted `PIIScrubber`; its state goes into the package for prediction."""
 
+    def evaluation(self, name: str) -> tuple[pd.DataFrame, str]:
+        """The split `evaluate.split` names and its name; when it is empty, the first
+        non-empty of val and train (what training evaluated on, and so the compress
+        stage and the report too)."""
+        frame = {"test": self.test, "val": self.val, "train": self.train}[name]
+        if len(frame) == 0:
+            frame, name = (self.val, "val") if len(self.val) else (self.train, "train")
+        return frame, name
+
 
 def train(
     config: str | Path | dict[str, Any] | LoadedConfig,
@@ -160,9 +169,8 @@ def train(
     if not distributed.is_main():  # rank 0 evaluates and registers; the others get
         return TrainResult("", out_dir, {}, fitted.history, fitted.best_epoch)  # its result
 
-    eval_df = {"test": splits.test, "val": splits.val, "train": splits.train}[cfg.evaluate.split]
-    if len(eval_df) == 0:
-        eval_df, eval_name = splits.val if len(splits.val) else splits.train, "val/train"
+    eval_df, eval_name = splits.evaluation(cfg.evaluate.split)
+    if eval_name != cfg.evaluate.split:
         say.warn(f"evaluate.split '{cfg.evaluate.split}' is empty; evaluating on {eval_name}")
     # The splits are scrubbed already, so this in-memory predictor has no scrubber.
     predictor = Predictor(model, preprocessor, task, {"features": resolved.to_dict()}, cfg.name)

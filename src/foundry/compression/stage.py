@@ -154,10 +154,7 @@ def compress(
         # the training's PII rule, as predictions apply it
         eval_df, eval_name = parent.scrub(read_table(data_path)), str(config.data)
     else:
-        eval_name = cfg.evaluate.split
-        eval_df = {"test": splits.test, "val": splits.val, "train": splits.train}[eval_name]
-        if len(eval_df) == 0:
-            eval_df, eval_name = (splits.val, "val") if len(splits.val) else (splits.train, "train")
+        eval_df, eval_name = splits.evaluation(cfg.evaluate.split)
     preprocessor = parent.preprocessor
     eval_enc = preprocessor.transform(eval_df, with_target=True)
     say.info(f"compressing {record.ref}: measured on {eval_name} ({len(eval_df)} rows)")

@@ -232,10 +232,9 @@ def train_text_predictor(
     say.info(f"training throughput: {fitted.train_examples_per_second:.1f} examples/s")
 
     # ---- evaluate on the evaluation split
-    eval_df = {"test": splits.test, "val": splits.val, "train": splits.train}[cfg.evaluate.split]
-    if len(eval_df) == 0:
-        eval_df = splits.val if len(splits.val) else splits.train
-        say.warn(f"evaluate.split '{cfg.evaluate.split}' is empty; evaluating on val/train")
+    eval_df, eval_name = splits.evaluation(cfg.evaluate.split)
+    if eval_name != cfg.evaluate.split:
+        say.warn(f"evaluate.split '{cfg.evaluate.split}' is empty; evaluating on {eval_name}")
     eval_data = tokenized(eval_df)
     outputs = text_model_outputs(model, eval_data.ids, tokenizer.pad_id)
     metrics = compute_metrics(task, eval_data.target.numpy(), outputs)

@@ -105,10 +105,7 @@ def _evaluation_split(manifest: dict[str, Any]) -> tuple[Any, str] | Unavailable
             f"the training data cannot be read again ({message}); pass --data FILE, a "
             "labelled file, to score the model on"
         )
-    name = cfg.evaluate.split
-    frame = {"test": splits.test, "val": splits.val, "train": splits.train}[name]
-    if len(frame) == 0:  # as training did: the first non-empty of val, train
-        frame, name = (splits.val, "val") if len(splits.val) else (splits.train, "train")
+    frame, name = splits.evaluation(cfg.evaluate.split)  # what training evaluated on
     return frame, f"the {name} split"
 
 
