@@ -207,8 +207,6 @@ class LoadResult:
     """What `clients` concurrent clients got in `seconds`."""
 
     clients: int
-    ok: int = 0
-    """Requests answered 200."""
     errors: dict[int, int] = field(default_factory=dict)
     """Other answers, by status."""
     first_error: str = ""
@@ -218,6 +216,11 @@ class LoadResult:
     """CPU seconds the clients (this process) used meanwhile."""
     latencies: list[float] = field(default_factory=list, repr=False)
     """Seconds per 200 answer."""
+
+    @property
+    def ok(self) -> int:
+        """Requests answered 200."""
+        return len(self.latencies)
 
     @property
     def per_second(self) -> float:
@@ -287,7 +290,6 @@ async def drive(port: int, requests: Sequence[bytes], *, clients: int, seconds: 
     finally:
         for connection in connections:
             await connection.close()
-    result.ok = len(result.latencies)
     return result
 
 
