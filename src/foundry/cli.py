@@ -60,12 +60,13 @@ def init(
 ) -> None:
     """Write a config with inferred feature types for DATA."""
     from foundry.config.init import init_config
+    from foundry.console import Reporter
     from foundry.progress import silenced
 
     with silenced(quiet or json_out):
         path = init_config(
             data, target, output=output, name=name, model=model, pretrained=pretrained,
-            force=force,
+            force=force, say=Reporter(quiet=quiet or json_out),
         )
     if json_out:
         import yaml

@@ -115,6 +115,7 @@ def train(
     started = time.perf_counter()
 
     splits, resolved = load_splits(loaded, say)
+    leakage = check_leakage(cfg, splits, resolved, say)
     image_columns = [f.name for f in resolved.inputs if f.type == "image"]
     data_fingerprint = fingerprint(
         pd.concat([splits.train, splits.val, splits.test], ignore_index=True),
@@ -187,6 +188,8 @@ def train(
     if splits.pii is not None:
         manifest["pii"] = splits.pii
         manifest["pii_scrubber"] = splits.scrubber.state_dict()
+    if leakage is not None:
+        manifest["leakage"] = leakage
     if fitted.privacy is not None:
         manifest["privacy"] = {**fitted.privacy, "fixed_layers": fixed_layers}
         say.info(
@@ -330,6 +333,39 @@ def scrub_pii(
     for line in format_report(merged):
         (say.warn if found else say.info)(line)
     return df, val, test, merged, scrubber
+
+
+def check_leakage(
+    cfg: FoundryConfig, splits: Splits, resolved: Any, say: Reporter
+) -> dict[str, Any] | None:
+    """`features.leakage`: every column of the (scrubbed) training and validation rows
+    checked for target leakage; a leak that is still an input is a loud warning unless
+    `allow` lists it. Returns the manifest's `leakage` section (None when off)."""
+    from foundry.data.leakage import find_leakage
+
+    settings = cfg.features.leakage
+    if not settings.enabled:
+        return None
+    frame = pd.concat([splits.train, splits.val], ignore_index=True)
+    inputs = set(resolved.input_names)
+    columns = []
+    for leak in find_leakage(
+        frame, resolved.target, target_type=resolved.target_type,
+        threshold=settings.threshold, seed=cfg.data.split.seed,
+    ):  # fmt: skip
+        used, allowed = leak["column"] in inputs, leak["column"] in settings.allow
+        columns.append({**leak, "input": used, "allowed": allowed})
+        if used and not allowed:
+            say.warn(
+                f"LEAKAGE: input '{leak['column']}' gives the target away: {leak['reason']}. "
+                "Metrics will look far better than the model can do on new cases. Remove "
+                "it from features.inputs (or add it to features.exclude); if its value is "
+                "known before the outcome, list it in features.leakage.allow"
+            )
+        else:
+            why = "allowed by features.leakage.allow" if allowed else "not an input"
+            say.info(f"leakage: column '{leak['column']}' ({why}): {leak['reason']}")
+    return {"threshold": settings.threshold, "columns": columns}
 
 
 def run_directory(loaded: LoadedConfig, run_dir: str | Path | None, resume: bool) -> Path:

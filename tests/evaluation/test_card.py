@@ -23,6 +23,7 @@ SECTIONS = [
     "intended_use",
     "data",
     "pii",
+    "leakage",
     "training",
     "privacy",
     "metrics",

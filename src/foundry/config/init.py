@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from foundry.console import Reporter
 from foundry.errors import ConfigError
 
 
@@ -21,19 +22,21 @@ def init_config(
     model: str | None = None,
     pretrained: str | None = None,
     force: bool = False,
+    say: Reporter | None = None,
 ) -> Path:
     """Inspect `data`, infer every column's type and write a config that trains as is.
 
     `pretrained` (a Hugging Face hub id or a local model directory) writes a fine-tuning
-    config instead: `model: {type: hf}` on the data's one text column."""
-    from foundry.config.schema import FeaturesConfig
-    from foundry.data import infer_features, read_table
+    config instead: `model: {type: hf}` on the data's one text column. Columns holding
+    personal data and target leaks are left out of the inputs; `say` prints why (and
+    the config says it in comments)."""
+    from foundry.data import read_table
 
     data_path, out_path = Path(data), Path(output)
     if out_path.exists() and not force:
         raise ConfigError(f"{out_path} already exists; pass --force to overwrite it")
     df = read_table(data_path)
-    resolved = infer_features(df, FeaturesConfig(target=target))
+    resolved, left_out = _inputs(df, target, say or Reporter())
     types = {f.type for f in resolved.inputs}
     if pretrained is not None and model not in (None, "hf"):
         raise ConfigError(
@@ -79,9 +82,65 @@ def init_config(
         + "`.\n"
         "# Every key is documented in docs/CONFIG.md (`foundry config-docs`).\n"
     )
+    # the reasons sit right under the inputs they were taken from, as YAML comments
+    head = {k: v for k, v in config.items() if k in ("name", "data", "features")}
+    rest = {k: v for k, v in config.items() if k not in head}
+    body = yaml.safe_dump(head, sort_keys=False) + _comment(left_out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    out_path.write_text(header + body + yaml.safe_dump(rest, sort_keys=False))
     return out_path
+
+
+def _inputs(df: Any, target: str, say: Reporter) -> tuple[Any, list[tuple[str, str, str]]]:
+    """The inferred features without the columns that must not be inputs: personal data
+    and identifiers (what `data.pii` with its defaults drops in training: names, birth
+    dates, addresses, ids) and target leaks (`foundry.data.leakage`). Each is said on the
+    console and returned as (column, why, how to change it) for the config's comments."""
+    from foundry.config.schema import FeaturesConfig, PIIConfig
+    from foundry.data import infer_features
+    from foundry.data.infer import ResolvedFeatures
+    from foundry.data.leakage import find_leakage
+    from foundry.data.personal import KINDS
+    from foundry.data.scrub import PIIScrubber
+
+    left: list[tuple[str, str, str]] = []
+    pii = PIIScrubber.fit(df, PIIConfig(), target=target)
+    personal = {d["column"]: d["reason"] for d in pii.identifier_columns}
+    for column, reason in personal.items():
+        what = "personal data" if reason.split(":")[0] in KINDS.values() else "identifier"
+        left.append((column, f"{what} ({reason})",
+                     "data.pii.identifiers: drop removes it in training; to use it anyway, "
+                     "list it in data.pii.keep_columns and in features.inputs"))  # fmt: skip
+    df = df.drop(columns=list(personal))
+    resolved = infer_features(df, FeaturesConfig(target=target))
+    leaks = find_leakage(df, target, target_type=resolved.target_type)
+    for leak in leaks:
+        left.append((leak["column"], f"possible target leakage ({leak['reason']})",
+                     "add it back only if its value is known before the outcome, and list it "
+                     "in features.leakage.allow"))  # fmt: skip
+    leaked = {d["column"] for d in leaks}
+    inputs = [f for f in resolved.inputs if f.name not in leaked]
+    for column, why, how in left:
+        say.warn(f"init: '{column}' left out of features.inputs: {why}; {how}")
+    if not inputs:
+        raise ConfigError(
+            "no input column is left once personal data and target leaks are left out: "
+            + "; ".join(f"'{c}': {why}" for c, why, _ in left),
+            hint="write features.inputs yourself (see the reasons above)",
+        )
+    kept = ResolvedFeatures(inputs=inputs, target=resolved.target,
+                            target_type=resolved.target_type)  # fmt: skip
+    return kept, left
+
+
+def _comment(left_out: list[tuple[str, str, str]]) -> str:
+    if not left_out:
+        return ""
+    lines = ["# Left out of features.inputs by `foundry init`:"]
+    for column, why, how in left_out:
+        lines.append(f"#   {column}: {why}.")
+        lines.append(f"#     To change: {how}.")
+    return "\n".join(lines) + "\n"
 
 
 def _finetune_sections(

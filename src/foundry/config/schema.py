@@ -103,6 +103,16 @@ class PIIConfig(Section):
     of each value, `report` only lists them."""
     identifier_names: list[str] = IDENTIFIER_NAMES
     """Column names (compared lower-case, spaces and dashes as `_`) taken as identifiers."""
+    personal: bool = True
+    """Also take as identifier columns those holding person names, birth dates, postal
+    addresses, national id numbers (SSN, NIR, BSN, DNI, CPF, codice fiscale, Steuer-ID)
+    and per-row record ids, found by column name (English, French, German, Spanish,
+    Portuguese, Italian, Dutch) and by values (name shapes, dates with human ages, street
+    shapes, id checksums); see docs/TRUST.md. They are handled as `identifiers` says."""
+    keep_columns: list[str] = []
+    """Columns never taken as identifiers nor personal data, whatever their name or values
+    (e.g. a `name` column that names products). Reported as kept, in the run's output and
+    the card."""
     salt_env: str = "FOUNDRY_PII_SALT"
     """Environment variable holding the salt of `hash`; required when anything is hashed
     (training and prediction). The salt is never stored, only a fingerprint of it."""
@@ -214,6 +224,22 @@ class FeatureConfig(Section):
     """Preprocessing of image features."""
 
 
+class LeakageConfig(Section):
+    """Target leakage: inputs that record the outcome instead of predicting it (see
+    docs/TRUST.md for the rules). `foundry init` leaves them out of `features.inputs`,
+    `train` warns when one is still an input, and the card lists them."""
+
+    enabled: bool = True
+    """Check every column of the table before training."""
+    threshold: float = Field(0.98, gt=0.5, le=1)
+    """A column that alone predicts the target this well on held-out rows is a leak:
+    ROC AUC (binary), balanced accuracy (several classes) or R² (numbers) of a one-column
+    model (a small decision tree, or the target rate per category), out of fold."""
+    allow: list[str] = []
+    """Columns known to be legitimate inputs although the check names them: `train` no
+    longer warns about them (the card still lists them, as allowed)."""
+
+
 class FeaturesConfig(Section):
     target: str | None = None
     """The column to predict. Its type decides the task: binary / category →
@@ -225,6 +251,9 @@ class FeaturesConfig(Section):
     """Input features; `None` uses every other column with an inferred type."""
     exclude: list[str] = []
     """Columns never used as inputs (identifiers, leaks)."""
+    leakage: LeakageConfig = LeakageConfig()
+    """Inputs that give the answer away (they record the outcome): found, left out by
+    `foundry init`, warned about by `train`, listed on the card."""
 
 
 # -------------------------------------------------------------------------- model

@@ -33,6 +33,7 @@ import pandas as pd
 
 from foundry.config.schema import PIIConfig
 from foundry.data.infer import ID_MIN_ROWS, ID_UNIQUE_RATIO, SAMPLE_ROWS, infer_type
+from foundry.data.personal import find_personal_columns
 from foundry.data.pii import CANDIDATE, Finding, find_pii
 from foundry.errors import ConfigError, DataError, ModelError
 
@@ -136,24 +137,48 @@ class PIIScrubber:
                     hint="available columns: " + ", ".join(map(str, df.columns)),
                 )
 
+        absent = [c for c in config.keep_columns if c not in df.columns]
+        if absent:
+            raise ConfigError(
+                f"data.pii.keep_columns: column '{absent[0]}' is not in the data",
+                hint="available columns: " + ", ".join(map(str, df.columns)),
+            )
         identifier_columns = []
         id_names = {_normalise_name(n) for n in config.identifier_names}
+        # names, birth dates, addresses, national ids (foundry.data.personal)
+        personal = (
+            {d["column"]: d for d in find_personal_columns(df, skip=protected)}
+            if config.personal
+            else {}
+        )
         for name in df.columns:
             if name in protected:
                 continue
-            if _normalise_name(name) in id_names:
+            found = personal.get(str(name))
+            if found is not None and found["kind"] != "record_id":
+                reason = found["reason"]
+            elif _normalise_name(name) in id_names:
                 reason = f"name matches '{_normalise_name(name)}'"
+            elif found is not None:
+                reason = found["reason"]
             elif _is_scannable(df[name].dtype) and (ratio := _near_unique_ratio(df[name])):
                 # floor, so 99.6% unique does not read as "100% of values unique"
                 reason = f"{int(ratio * 100)}% of values unique"
             else:
+                continue
+            if name in config.keep_columns:
+                # the user's choice, said out loud wherever the scan is reported
+                identifier_columns.append(
+                    {"column": str(name), "reason": reason, "action": "report",
+                     "kept": "data.pii.keep_columns"}  # fmt: skip
+                )
                 continue
             identifier_columns.append(
                 {"column": str(name), "reason": reason, "action": config.identifiers}
             )
 
         # a dropped or hashed identifier column has no values left to scan
-        replaced = {d["column"] for d in identifier_columns if config.identifiers != "report"}
+        replaced = {d["column"] for d in identifier_columns if d["action"] != "report"}
         if config.columns is not None:
             scan = [c for c in config.columns if c not in replaced]
         else:
@@ -200,8 +225,8 @@ class PIIScrubber:
     @property
     def changes_values(self) -> bool:
         """False when scrubbing only counts (transform then returns its input as is)."""
-        return (self.action != "report" and bool(self.scan_columns)) or (
-            self.identifiers != "report" and bool(self.identifier_columns)
+        return (self.action != "report" and bool(self.scan_columns)) or any(
+            d["action"] != "report" for d in self.identifier_columns
         )
 
     @property
@@ -210,8 +235,8 @@ class PIIScrubber:
 
     @property
     def _needs_salt(self) -> bool:
-        return (self.action == "hash" and bool(self.scan_columns)) or (
-            self.identifiers == "hash" and bool(self.identifier_columns)
+        return (self.action == "hash" and bool(self.scan_columns)) or any(
+            d["action"] == "hash" for d in self.identifier_columns
         )
 
     def _salt_for(self, error: type[Exception]) -> str:
@@ -292,8 +317,8 @@ class PIIScrubber:
     ) -> tuple[pd.DataFrame, dict[str, dict[str, int]], int]:
         present_ids = [d for d in self.identifier_columns if d["column"] in df.columns]
         columns = [c for c in self.scan_columns if c in df.columns] if scan else []
-        hashes = (self.action == "hash" and bool(columns)) or (
-            self.identifiers == "hash" and bool(present_ids)
+        hashes = (self.action == "hash" and bool(columns)) or any(
+            d["action"] == "hash" for d in present_ids
         )
         salt = self._salt_for(error) if hashes else None
 
@@ -308,12 +333,12 @@ class PIIScrubber:
                 findings[column] = counts
             row_has_pii |= hit
 
-        if self.identifiers != "report":
-            for d in present_ids:
-                if self.identifiers == "drop":
-                    out = out.drop(columns=d["column"])
-                else:
-                    out[d["column"]] = _hash_column(df[d["column"]], salt or "")
+        # each column's own action: one the user keeps (data.pii.keep_columns) is "report"
+        for d in present_ids:
+            if d["action"] == "drop":
+                out = out.drop(columns=d["column"])
+            elif d["action"] == "hash":
+                out[d["column"]] = _hash_column(df[d["column"]], salt or "")
         return out, findings, int(row_has_pii.sum())
 
     def _scrub_column(
@@ -537,12 +562,20 @@ def format_report(report: dict[str, Any]) -> list[str]:
         lines.append(f"PII: {found} in '{column}' ({done})")
     if not report["findings"] and report["columns_scanned"]:
         n = len(report["columns_scanned"])
+        columns = f"{n} column{'s' if n > 1 else ''} ({report['rows_scanned']} rows scanned)"
+        # "none found" only when no column was taken as personal either
         lines.append(
-            f"PII: none found in {n} column{'s' if n > 1 else ''} "
-            f"({report['rows_scanned']} rows scanned)"
+            f"PII: no {', '.join(report['kinds'])} values found inside {columns}"
+            if report["identifier_columns"]
+            else f"PII: none found in {columns}"
         )
     for d in report["identifier_columns"]:
-        if d["action"] == "report":
+        if d.get("kept"):
+            lines.append(
+                f"PII: identifier column '{d['column']}' kept as an input ({d['reason']}) "
+                f"because {d['kept']} lists it; remove it from there to drop it"
+            )
+        elif d["action"] == "report":
             lines.append(
                 f"PII: identifier column '{d['column']}' kept ({d['reason']}); "
                 "set data.pii.identifiers to drop or hash to remove it"

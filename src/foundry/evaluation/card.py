@@ -15,6 +15,8 @@ they do). A section whose stage did not run is ``null`` and `missing` says why:
     pii              action, kinds, rows_scanned, columns_scanned, total, rows_with_pii,
                      findings {column: {kind: count}}, identifier_columns [{column, reason,
                      action}]                      counts only, never values
+    leakage          threshold, columns [{column, rule, reason, score, input, allowed}]:
+                     columns that give the target away (`foundry.data.leakage`)
     training         summary {architecture, epochs, batch_size, loss, optimizer, lr, ...},
                      best_epoch, epochs_run, seconds, stopped_early, config (full, resolved)
     privacy          epsilon, delta, noise_multiplier, max_grad_norm, sample_rate, steps,
@@ -44,7 +46,8 @@ from typing import Any
 
 __all__ = ["CARD_VERSION", "TOP_FEATURES", "build_card", "render_card"]
 
-CARD_VERSION = 1
+CARD_VERSION = 2
+"""2: the `leakage` section."""
 TOP_FEATURES = 10
 """Features listed under explanations; the full ranking stays in foundry.json."""
 FOUR_FIFTHS = 0.8
@@ -67,6 +70,7 @@ def build_card(manifest: dict[str, Any], metrics: dict[str, Any]) -> dict[str, A
     card_config = config.get("card") or {}
     sections = {
         "pii": _pii(manifest.get("pii")),
+        "leakage": _leakage(manifest.get("leakage")),
         "privacy": _privacy(manifest.get("privacy")),
         "fairness": _fairness(manifest.get("fairness")),
         "calibration": _calibration(manifest.get("calibration")),
@@ -78,6 +82,7 @@ def build_card(manifest: dict[str, Any], metrics: dict[str, Any]) -> dict[str, A
         "intended_use": card_config.get("intended_use") or None,
         "data": _data(manifest, task),
         "pii": sections["pii"],
+        "leakage": sections["leakage"],
         "training": _training(manifest, config),
         "privacy": sections["privacy"],
         "metrics": _metrics(metrics, config),
@@ -168,6 +173,26 @@ def _pii(report: dict[str, Any] | None) -> dict[str, Any] | None:
         "identifier_columns": [
             {k: str(d.get(k)) for k in ("column", "reason", "action")}
             for d in report.get("identifier_columns") or []
+        ],
+    }
+
+
+def _leakage(section: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Column names, rules and scores; copied by name like `_pii`."""
+    if section is None:
+        return None
+    return {
+        "threshold": _clean(section.get("threshold")),
+        "columns": [
+            {
+                "column": str(d.get("column")),
+                "rule": str(d.get("rule")),
+                "reason": str(d.get("reason")),
+                "score": _clean(d.get("score")),
+                "input": bool(d.get("input")),
+                "allowed": bool(d.get("allowed")),
+            }
+            for d in section.get("columns") or []
         ],
     }
 
@@ -342,6 +367,13 @@ def _missing(
             if enabled is False
             else "not scanned — no PII report in this package (data.pii.enabled)"
         )
+    if sections["leakage"] is None:
+        enabled = ((config.get("features") or {}).get("leakage") or {}).get("enabled")
+        why["leakage"] = (
+            "not checked — features.leakage.enabled is false"
+            if enabled is False
+            else "not checked — no leakage check in this package (features.leakage.enabled)"
+        )
     if sections["privacy"] is None:
         why["privacy"] = (
             "not private — no differential-privacy guarantee; set "
@@ -389,6 +421,13 @@ def _warnings(card: dict[str, Any]) -> list[str]:
                 "differential-privacy guarantee: it may reveal individual training rows "
                 "(set train.privacy.target_epsilon)"
             )
+    leaks = [d["column"] for d in (card["leakage"] or {}).get("columns", [])
+             if d["input"] and not d["allowed"]]  # fmt: skip
+    if leaks:
+        out.append(
+            f"input(s) {', '.join(leaks)} give the target away (target leakage): the "
+            "metrics overstate what the model does on new cases (see Target leakage)"
+        )
     if privacy is not None and (privacy["epsilon"] or 0) > WEAK_EPSILON:
         out.append(
             f"ε = {_fmt(privacy['epsilon'])} is a weak privacy guarantee (above {WEAK_EPSILON:g})"
@@ -454,6 +493,7 @@ def render_card(card: dict[str, Any]) -> str:
     lines += [""]
     lines += _render_data(card["data"])
     lines += _render_pii(card["pii"], missing)
+    lines += _render_leakage(card["leakage"], missing)
     lines += _render_training(card["training"])
     lines += _render_privacy(card["privacy"], missing)
     lines += _render_metrics(card["metrics"], d["classes"])
@@ -540,6 +580,19 @@ def _render_pii(pii: dict[str, Any] | None, missing: dict[str, str]) -> list[str
         ]
         lines += [""]
     return lines
+
+
+def _render_leakage(leakage: dict[str, Any] | None, missing: dict[str, str]) -> list[str]:
+    lines = ["## Target leakage", ""]
+    if leakage is None:
+        return lines + [_missing_line(missing, "leakage"), ""]
+    if not leakage["columns"]:
+        return lines + ["No column gives the target away (`foundry.data.leakage` rules).", ""]
+    lines += ["| column | why | used as input |", "|---|---|---|"]
+    for d in leakage["columns"]:
+        used = "yes (allowed)" if d["input"] and d["allowed"] else "**yes**" if d["input"] else "no"
+        lines.append(f"| {_cell(d['column'])} | {_cell(d['reason'])} | {used} |")
+    return lines + [""]
 
 
 def _render_training(training: dict[str, Any]) -> list[str]:
