@@ -317,8 +317,8 @@ def scrub_pii(
             raise ConfigError(
                 f"features.inputs lists '{ident['column']}', an identifier column "
                 f"({ident['reason']}) that data.pii.identifiers: drop removes",
-                hint="remove it from features.inputs, or set data.pii.identifiers to "
-                "'hash' or 'report'",
+                hint="remove it from features.inputs; to use it anyway, list it in "
+                "data.pii.keep_columns (or set data.pii.identifiers to 'hash' or 'report')",
             )
     df, report = scrubber.scrub(df)
     reports = [report]

@@ -106,10 +106,22 @@ def test_a_short_prefix_shared_by_several_columns_names_the_outcome():
     assert _leaks(df, "two_year_recid") == {}
 
 
+def test_a_survival_layout_records_the_outcome():
+    rng = np.random.default_rng(0)
+    n = 300
+    df = pd.DataFrame({"two_year_recid": rng.integers(0, 2, n), "start": rng.normal(size=n),
+                       "end": rng.normal(size=n), "event": rng.normal(size=n),
+                       "x": rng.normal(size=n)})  # fmt: skip
+    assert set(_leaks(df, "two_year_recid")) == {"end", "event"}
+    # `end` without an event column is just a name
+    assert _leaks(df.drop(columns=["event"]), "two_year_recid") == {}
+
+
 def test_the_threshold_is_a_setting():
     df = compas_like(n=800).drop(columns=list(PERSONAL))
-    assert "event" in _leaks(df, "two_year_recid", "binary")
-    assert "event" not in _leaks(df, "two_year_recid", "binary", threshold=0.999)
+    assert _leaks(df, "two_year_recid", "binary")["event"] == "alone"
+    # above its score, the survival-layout name rule still names it
+    assert _leaks(df, "two_year_recid", "binary", threshold=0.999)["event"] == "name"
 
 
 def test_no_ordinary_feature_of_the_projects_datasets_is_called_a_leak(tmp_path):

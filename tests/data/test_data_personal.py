@@ -180,6 +180,9 @@ def test_birth_dates_are_found_by_values_and_event_dates_are_not():
         }
     )
     assert _kinds(df) == {"d1": "birth_date", "d2": "birth_date", "d3": "birth_date"}
+    # the same spread under the name of another date: a long history, not birthdays
+    history = pd.DataFrame({"Date": born.strftime("%Y-%m-%d"), "trade_date": born})
+    assert _kinds(history) == {}
 
 
 def test_street_addresses_are_found_by_values_in_several_languages():

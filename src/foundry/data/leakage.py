@@ -23,7 +23,8 @@ Two rules, and a column is a leak when either holds:
   `resultado`, `esito`, `uitkomst`) or is entirely `target`, `label`, `result`; or it
   carries a short prefix shared by several columns that abbreviates the target's head
   word (`r_charge_desc`, `r_offense_date`, `vr_charge_desc` for `..._recid`: ProPublica's
-  "r_" = recidivism). Generic words (`count`, `date`, `type`, `score`, `value`...) never
+  "r_" = recidivism), or it is the event or the time of a survival-analysis layout
+  (`event` next to `end`, `stop` or `duration`). Generic words (`count`, `date`, `type`, `score`, `value`...) never
   make a match on their own, so `house_age` is no leak of `median_house_value`.
 
 Measured false positives (tests/data/test_data_leakage.py): none on iris, wine, breast
@@ -66,6 +67,10 @@ _GENERIC = {
 _OUTCOME_TOKENS = {"outcome", "outcomes", "resultat", "ergebnis", "resultado", "esito",
                    "uitkomst", "uitslag"}  # fmt: skip
 _OUTCOME_WHOLE = {"target", "targets", "label", "labels", "result", "results"}
+# survival-analysis layout (`start`, `end`, `event`, as in ProPublica's COMPAS file): the
+# event indicator and the time to it are the outcome, whatever the target is called
+_SURVIVAL_EVENT = {"event"}
+_SURVIVAL_TIME = {"end", "stop", "tstop", "duration", "timetoevent", "survivaltime"}
 
 
 def find_leakage(
@@ -123,6 +128,14 @@ def _name_rule(name: str, target: str, all_columns: list[str]) -> str | None:
     word = next((t for t in tokens if t in _OUTCOME_TOKENS), None)
     if word is not None:
         return f"its name holds the outcome word '{word}'"
+    compact = {"".join(column_tokens(c)): c for c in all_columns}
+    event = next((compact[k] for k in _SURVIVAL_EVENT if k in compact), None)
+    time = next((compact[k] for k in _SURVIVAL_TIME if k in compact), None)
+    if event is not None and time is not None and name in (event, time):
+        return (
+            f"'{event}' and '{time}' are a survival-analysis layout (event indicator, time "
+            "to it): they record the outcome"
+        )
     head = target_tokens[-1] if target_tokens else ""
     if head and head not in _GENERIC and len(head) >= 3 and not head.isdigit():
         same = next((t for t in tokens if t not in _GENERIC and _related(t, head)), None)

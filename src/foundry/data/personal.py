@@ -26,7 +26,9 @@ checks are shapes and checksums):
   common given names from a small built-in list, mostly distinct values;
 - given names: single words, mostly from the same built-in list;
 - birth dates: full dates (day precision) whose implied ages today are 0-120 years, adults
-  on the median, spread over decades (an order date column spans a few years);
+  on the median, spread over decades (an order date column spans a few years), in a
+  column whose name does not say it is another date (`date`, `screening_date`: a
+  30-year price history is no list of birthdays);
 - addresses: a house number next to a street word ("12 Main St", "Hauptstraße 5",
   "rue de la Paix 3", "Keizersgracht 12");
 - national ids: US SSN (123-45-6789), French NIR (mod-97 key), Dutch BSN (11-proof),
@@ -119,6 +121,9 @@ _ID_SUFFIX = {
     "codicefiscale", "bsn", "burgerservicenummer", "sofinummer", "personnummer", "pesel",
 }  # fmt: skip
 _RECORD_ID_WHOLE = {"id", "uuid", "guid"}
+_EVENT_DATE_TOKENS = {"date", "dt", "time", "timestamp", "datetime", "day", "month",
+                      "period", "datum", "fecha", "data", "jour", "tag", "dag", "giorno",
+                      "dia", "created", "updated", "at", "on"}  # fmt: skip
 
 # ---------------------------------------------------------------- values
 # A hand-written list of common given names (en, fr, de, es, pt, it, nl): enough to tell a
@@ -250,8 +255,11 @@ def _classify(column: object, col: pd.Series) -> tuple[str, str] | None:
         kind, needs_words = by_name
         if _confirmed(kind, values, sample, needs_words):
             return kind, f"column name '{column}'"
+    # a column named as another date (`date`, `screening_date`, `fecha_pedido`) holds
+    # that date: a 30-year price history is not a list of birthdays
+    dated = bool(set(column_tokens(column)) & _EVENT_DATE_TOKENS)
     if pd.api.types.is_datetime64_any_dtype(col.dtype):
-        return _birth_dates(pd.Series(sample))
+        return None if dated else _birth_dates(pd.Series(sample))
     if pd.api.types.is_integer_dtype(col.dtype):
         strings = sample.astype(str)
         return _national_ids(strings)
@@ -261,7 +269,9 @@ def _classify(column: object, col: pd.Series) -> tuple[str, str] | None:
     strings = strings[strings.str.len() <= MAX_VALUE_CHARS]
     if len(strings) < max(10, len(sample) // 2):
         return None
-    for test in (_national_ids, _birth_dates, _addresses, _person_names):
+    tests = (_national_ids, _addresses, _person_names) if dated else (
+        _national_ids, _birth_dates, _addresses, _person_names)  # fmt: skip
+    for test in tests:
         hit = test(strings)
         if hit is not None:
             return hit
