@@ -24,8 +24,9 @@ Two rules, and a column is a leak when either holds:
   carries a short prefix shared by several columns that abbreviates the target's head
   word (`r_charge_desc`, `r_offense_date`, `vr_charge_desc` for `..._recid`: ProPublica's
   "r_" = recidivism), or it is the event or the time of a survival-analysis layout
-  (`event` next to `end`, `stop` or `duration`). Generic words (`count`, `date`, `type`, `score`, `value`...) never
-  make a match on their own, so `house_age` is no leak of `median_house_value`.
+  (`event` next to `end`, `stop` or `duration`). Generic words (`count`, `date`, `type`,
+  `score`, `value`...) never make a match on their own, so `house_age` is no leak of
+  `median_house_value`.
 
 Measured false positives (tests/data/test_data_leakage.py): none on iris, wine, breast
 cancer, digits, diabetes, penguins and the examples' tables. Reasons name the rule and the
