@@ -11,7 +11,6 @@ import re
 import pytest
 import yaml
 from tests.data.compas_like import LEAKS, PERSONAL, compas_like
-from tests.integration.support import run_subprocess
 
 from foundry.config.init import init_config
 from foundry.console import Reporter
@@ -99,24 +98,24 @@ def test_the_card_lists_leaks_and_warns_about_a_used_one():
 
 
 @pytest.mark.slow
-def test_compas_like_table_through_the_cli(tmp_path, foundry_home):
+def test_compas_like_table_through_the_cli(tmp_path, foundry_home, cli):
     """init + train through the real command: honest accuracy, the leak the user put back
     is warned about and carded, and no planted name, birth date or address is anywhere in
     the package folder."""
     df = compas_like(n=800, seed=3)
     df.to_csv(tmp_path / "compas.csv", index=False)
-    r = run_subprocess("init", "compas.csv", "--target", TARGET, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "'dob' left out of features.inputs" in r.stderr
+    r = cli("init", "compas.csv", "--target", TARGET, cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert "'dob' left out of features.inputs" in r.err
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())
     # the user puts one leak back: train must say so, loudly
     config["features"]["inputs"].append({"name": "event", "type": "number"})
-    config["train"]["epochs"] = 8
+    config["train"]["epochs"] = 5
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
 
-    r = run_subprocess("train", "config.yaml", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    out = " ".join((r.stdout + r.stderr).split())
+    r = cli("train", "config.yaml", cwd=tmp_path)
+    assert r.code == 0, r.err
+    out = " ".join((r.out + r.err).split())
     assert "LEAKAGE: input 'event' gives the target away" in out
     assert "identifier column 'first' dropped (person name" in out
     assert "identifier column 'dob' dropped (birth date" in out

@@ -413,7 +413,7 @@ def _warnings(card: dict[str, Any]) -> list[str]:
         if kept:
             out.append(
                 f"identifier column(s) {', '.join(kept)} were kept as model inputs "
-                "(data.pii.identifiers: report)"
+                "(data.pii.identifiers: report, or listed in data.pii.keep_columns)"
             )
         if privacy is None and (pii["total"] or pii["identifier_columns"]):
             out.append(
