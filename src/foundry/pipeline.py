@@ -115,7 +115,8 @@ def train(
     started = time.perf_counter()
 
     splits, resolved = load_splits(loaded, say)
-    leakage = check_leakage(cfg, splits, resolved, say)
+    # rank 0 alone: every rank reads the same rows and would print the same warnings
+    leakage = check_leakage(cfg, splits, resolved, say) if distributed.is_main() else None
     image_columns = [f.name for f in resolved.inputs if f.type == "image"]
     data_fingerprint = fingerprint(
         pd.concat([splits.train, splits.val, splits.test], ignore_index=True),

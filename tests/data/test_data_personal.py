@@ -50,6 +50,7 @@ def test_column_names_are_normalised():
         ("Date de naissance", "birth_date"), ("geburtsdatum", "birth_date"),
         ("fecha_nacimiento", "birth_date"), ("data_de_nascimento", "birth_date"),
         ("data_di_nascita", "birth_date"), ("geboortedatum", "birth_date"),
+        ("BirthDate", "birth_date"), ("born", "birth_date"),
         ("address", "address"), ("Adresse", "address"), ("anschrift", "address"),
         ("Straße", "address"), ("dirección", "address"), ("endereço", "address"),
         ("indirizzo", "address"), ("straat", "address"), ("address_line_1", "address"),

@@ -101,6 +101,9 @@ _BIRTH_SUFFIX = {
     "datanascimento", "datadenascimento", "dtnascimento", "datanascita", "datadinascita",
     "geboortedatum", "geboortedag",
 }  # fmt: skip
+# whole names only: `lieu_naissance` (place of birth) is not a date
+_BIRTH_WHOLE = {"born", "birth", "bdate", "bday", "naissance", "nacimiento", "nascimento",
+                "nascita", "geboorte", "geburt"}  # fmt: skip
 _ADDRESS_TOKENS = {
     "address", "addresses", "addr", "street", "streetname", "housenumber", "adresse",
     "anschrift", "strasse", "strassenname", "hausnummer", "direccion", "domicilio",
@@ -119,6 +122,7 @@ _ID_SUFFIX = {
     "steuernummer", "sozialversicherungsnummer", "svnr", "ausweisnummer",
     "personalausweisnummer", "dni", "nie", "nif", "numeroseguridadsocial", "cpf",
     "codicefiscale", "bsn", "burgerservicenummer", "sofinummer", "personnummer", "pesel",
+    "taxnumber", "taxidnumber", "aadhaar", "curp",
 }  # fmt: skip
 _RECORD_ID_WHOLE = {"id", "uuid", "guid"}
 _EVENT_DATE_TOKENS = {"date", "dt", "time", "timestamp", "datetime", "day", "month",
@@ -211,7 +215,7 @@ def _match_name(name: object) -> tuple[str, bool] | None:
         return "person_name", False
     if tokens[0] in ("nom", "nombre", "nome", "naam") and set(tokens[1:]) & _PERSON_WORDS:
         return "person_name", False  # nom_client, nombre_del_paciente
-    if any(t in _BIRTH_SUFFIX for t in tails):
+    if whole in _BIRTH_WHOLE or any(t in _BIRTH_SUFFIX for t in tails):
         return "birth_date", False
     if any(t in _ID_SUFFIX for t in tails):
         return "national_id", False
