@@ -70,6 +70,8 @@ MIN_DISTINCT = 10
 least `MIN_ROWS` non-missing rows (a code or a type, not people)."""
 VALUE_SHARE = 0.8
 """Share of sampled values that must pass a value test (names, ids)."""
+ADDRESS_SHARE = 0.6
+"""...and for addresses, whose shapes vary more ("Apt 4, 12 Main St", "PO Box 9")."""
 
 # ---------------------------------------------------------------- names of columns
 # Compared after `_compact` (tokens joined, no separators). "suffix" entries also match at
@@ -265,16 +267,29 @@ def _classify(column: object, col: pd.Series) -> tuple[str, str] | None:
     if pd.api.types.is_datetime64_any_dtype(col.dtype):
         return None if dated else _birth_dates(pd.Series(sample))
     if pd.api.types.is_integer_dtype(col.dtype):
-        strings = sample.astype(str)
-        return _national_ids(strings)
+        # the numeric ids (NIR, BSN, CPF, Steuer-ID) have 8 digits or more
+        if (sample.abs() >= 10**7).mean() < VALUE_SHARE:
+            return None
+        return _national_ids(sample.astype(str))
     if pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
         return None
     strings = sample[sample.map(type).eq(str)]
     strings = strings[strings.str.len() <= MAX_VALUE_CHARS]
     if len(strings) < max(10, len(sample) // 2):
         return None
-    tests = (_national_ids, _addresses, _person_names) if dated else (
-        _national_ids, _birth_dates, _addresses, _person_names)  # fmt: skip
+    # one vectorised look at the digits settles most columns: ids and addresses need
+    # them, names do not have them
+    digits = strings.str.contains(r"\d", regex=True).mean()
+    words = strings.str.contains(r"[^\W\d_]{2}", regex=True).mean()
+    # every national id is 8-16 letters and digits once its separators are gone (and
+    # is no date: 2013-01-01 is 8 digits too)
+    is_date = strings.str.fullmatch(_DATE.pattern)
+    compact = strings.str.replace(r"[\s.\-/]", "", regex=True)
+    id_shaped = (compact.str.fullmatch(r"[0-9A-Za-z]{8,16}") & ~is_date).mean()
+    tests = [_national_ids] if digits >= VALUE_SHARE and id_shaped >= VALUE_SHARE else []
+    tests += [] if dated else [_birth_dates]
+    tests += [_addresses] if min(digits, words) >= ADDRESS_SHARE else []
+    tests += [_person_names] if digits <= 1 - VALUE_SHARE else []
     for test in tests:
         hit = test(strings)
         if hit is not None:
@@ -296,8 +311,19 @@ def _confirmed(kind: str, values: pd.Series, sample: pd.Series, needs_words: boo
     return True
 
 
+def _distinct(strings: pd.Series) -> tuple[list[str], np.ndarray]:
+    """The distinct values and how often each occurs: each is tested once."""
+    counts = strings.value_counts()
+    return counts.index.tolist(), counts.to_numpy()
+
+
 def _share(strings: pd.Series, test) -> float:
-    return float(np.mean([bool(test(s)) for s in strings])) if len(strings) else 0.0
+    """The share of `strings` that pass `test`."""
+    if len(strings) == 0:
+        return 0.0
+    values, counts = _distinct(strings)
+    passed = np.fromiter((bool(test(v)) for v in values), dtype=bool, count=len(values))
+    return float(counts[passed].sum() / len(strings))
 
 
 def _pct(share: float) -> str:
@@ -308,20 +334,26 @@ def _pct(share: float) -> str:
 
 
 def _person_names(strings: pd.Series) -> tuple[str, str] | None:
-    words = [_WORD.findall(s) for s in strings]
-    shaped = [w for s, w in zip(strings, words, strict=True) if w and _only_words(s, w)]
-    if len(shaped) < VALUE_SHARE * len(strings) or strings.nunique() < MIN_DISTINCT:
+    values, counts = _distinct(strings)
+    if len(values) < MIN_DISTINCT:
         return None
-    given = np.mean([any(t.lower().strip(".") in GIVEN_NAMES for t in w) for w in shaped])
-    lengths = [len(w) for w in shaped]
-    if np.median(lengths) == 1:
+    words = [_WORD.findall(v) for v in values]
+    shaped = np.array([bool(w) and _only_words(v, w) for v, w in zip(values, words,
+                                                                       strict=True)])  # fmt: skip
+    n_shaped = counts[shaped].sum()
+    if n_shaped < VALUE_SHARE * len(strings):
+        return None
+    given = np.array([any(t.lower().strip(".") in GIVEN_NAMES for t in w) for w in words])
+    given_share = counts[shaped & given].sum() / n_shaped
+    lengths = np.array([len(w) for w in words])[shaped]
+    if np.median(np.repeat(lengths, counts[shaped])) == 1:
         # single words: a first-name column is mostly known given names
-        if given >= 0.4:
-            return "person_name", f"{_pct(given)} of values are common given names"
+        if given_share >= 0.4:
+            return "person_name", f"{_pct(given_share)} of values are common given names"
         return None
-    if max(lengths) <= 4 and given >= 0.25 and strings.nunique() / len(strings) >= 0.3:
+    if lengths.max() <= 4 and given_share >= 0.25 and len(values) / len(strings) >= 0.3:
         return "person_name", (
-            f"{_pct(len(shaped) / len(strings))} of values are 'Firstname Lastname' shapes "
+            f"{_pct(n_shaped / len(strings))} of values are 'Firstname Lastname' shapes "
             "with common given names"
         )
     return None
@@ -365,7 +397,7 @@ def _birth_dates(sample: pd.Series) -> tuple[str, str] | None:
 
 def _addresses(strings: pd.Series) -> tuple[str, str] | None:
     share = _share(strings, _is_address)
-    if share >= 0.6:
+    if share >= ADDRESS_SHARE:
         return "address", f"{_pct(share)} of values are street addresses (number + street)"
     return None
 
