@@ -233,8 +233,8 @@ def find_personal_columns(
 ) -> list[dict[str, str]]:
     """The columns of `df` (except `skip`) that hold personal data, in column order:
     `[{"column", "kind", "reason"}]`, kind one of `KINDS`. Reasons name the rule, never a
-    value ("person name: column name 'first'", "birth date: 98% of values are dates
-    with ages 18-87")."""
+    value ("person name: column name 'first'", "birth date: dates spread over decades,
+    implied ages 18-87 years")."""
     skipped = {str(c) for c in skip}
     found = []
     for column in df.columns:
