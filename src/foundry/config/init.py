@@ -103,11 +103,15 @@ def _inputs(df: Any, target: str, say: Reporter) -> tuple[Any, list[tuple[str, s
     from foundry.data.personal import KINDS
     from foundry.data.scrub import PIIScrubber
 
+    if target not in df.columns:
+        infer_features(df, FeaturesConfig(target=target))  # the error naming every column
     left: list[tuple[str, str, str]] = []
     pii = PIIScrubber.fit(df, PIIConfig(), target=target)
     personal = {d["column"]: d["reason"] for d in pii.identifier_columns}
     for column, reason in personal.items():
-        what = "personal data" if reason.split(":")[0] in KINDS.values() else "identifier"
+        label = reason.split(":")[0]  # "birth date: column name 'dob'"
+        personal_kind = label in KINDS.values() and label != KINDS["record_id"]
+        what = "personal data" if personal_kind else "identifier"
         left.append((column, f"{what} ({reason})",
                      "data.pii.identifiers: drop removes it in training; to use it anyway, "
                      "list it in data.pii.keep_columns and in features.inputs"))  # fmt: skip
