@@ -5,11 +5,10 @@ dates, amounts, version strings)."""
 from __future__ import annotations
 
 import random
-import re
 
 import pytest
 
-from foundry.data.pii import CANDIDATE, KINDS, find_pii, iban_valid, luhn_valid
+from foundry.data.pii import CANDIDATE, KINDS, compile_pattern, find_pii, iban_valid, luhn_valid
 
 
 def luhn_number(rng: random.Random, prefix: str, length: int = 16) -> str:
@@ -67,11 +66,13 @@ def test_each_kind_is_found_where_it_is():
 
 
 def test_extra_patterns_are_kinds_of_their_own():
-    patterns = {"employee_id": re.compile(r"EMP-\d{6}"), "anything": re.compile(r"\d*")}
+    patterns = {
+        "employee_id": compile_pattern("employee_id", r"EMP-\d{6}"),
+        "digits": compile_pattern("digits", r"\d{1,4}"),
+    }
     text = "EMP-004211 called from +44 20 7946 0958"
     found = [(f.kind, f.value) for f in find_pii(text, kinds=("phone",), patterns=patterns)]
-    # "anything" matches the empty string everywhere and digits inside the other two:
-    # empty matches are ignored and found kinds keep their spans
+    # "digits" matches digits inside the other two: found kinds keep their spans
     assert found == [("employee_id", "EMP-004211"), ("phone", "+44 20 7946 0958")]
 
 

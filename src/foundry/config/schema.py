@@ -94,7 +94,19 @@ class PIIConfig(Section):
     """Kinds to look for: email, phone, credit_card (Luhn-checked), iban (mod-97
     checked), ip_address (IPv4 and IPv6), url."""
     patterns: dict[str, str] = {}
-    """Extra kinds as `name: regular expression` (e.g. `employee_id: 'EMP-\\d{6}'`)."""
+    """Extra kinds as `name: regular expression` (e.g. `employee_id: 'EMP-\\d{6}'`), in
+    RE2 syntax so that a scan is linear in the text: no lookarounds, backreferences,
+    atomic groups or possessive quantifiers; `\\d`, `\\w`, `\\s`, `\\b` are ASCII
+    (`\\p{Nd}`, `\\p{L}` for other scripts). Each must match 1 to 100 characters
+    (`\\d{1,12}`, not `\\d+`). A pattern breaking a rule is refused when the config
+    loads, with the reason."""
+    max_value_chars: int | None = Field(100_000, ge=1)
+    """Longest value scanned. A longer text or category value is never scanned: it is
+    replaced whole, as one finding of kind `too_long` (`[TOO_LONG]` with `mask`, removed
+    with `drop`; counted in the report), in training and in every prediction input, so
+    nothing unscanned reaches the model. Scanning is linear (~20 ms per 100,000
+    characters of worst-case text): the cap bounds what one value can cost a serving
+    worker. `null`: no cap."""
     columns: list[str] | None = None
     """Columns to scan; `None`: every text and category column."""
     identifiers: Literal["drop", "hash", "report"] = "drop"
@@ -109,19 +121,11 @@ class PIIConfig(Section):
 
     @model_validator(mode="after")
     def _patterns_compile(self) -> PIIConfig:
-        import re
+        # the check PIIScrubber.from_state also applies to a package's patterns
+        from foundry.data.pii import compile_pattern
 
         for name, pattern in self.patterns.items():
-            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-                raise ValueError(
-                    f"data.pii.patterns: name '{name}' must be lower-case letters, digits, `_`"
-                )
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(
-                    f"data.pii.patterns.{name}: not a regular expression ({exc})"
-                ) from None
+            compile_pattern(name, pattern)  # PatternError is a ValueError naming the key
         return self
 
 
