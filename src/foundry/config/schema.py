@@ -121,6 +121,8 @@ class PIIConfig(Section):
 
     @model_validator(mode="after")
     def _patterns_compile(self) -> PIIConfig:
+        if not self.patterns:  # and no import of foundry.data while this module loads
+            return self
         # the check PIIScrubber.from_state also applies to a package's patterns
         from foundry.data.pii import compile_pattern
 

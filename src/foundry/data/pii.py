@@ -98,11 +98,13 @@ def iban_valid(text: str) -> bool:
 
 
 def _ipv4_valid(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
-        return False
-    return True
+    """What `ipaddress.IPv4Address` accepts (four octets 0-255, no leading zeros) for a
+    match of the IPv4 pattern, at a tenth of its cost: a text of dotted digits is one
+    candidate per 8 characters."""
+    parts = text.split(".")
+    return len(parts) == 4 and all(
+        p.isdigit() and int(p) <= 255 and (len(p) == 1 or p[0] != "0") for p in parts
+    )
 
 
 def _ipv6_valid(text: str) -> bool:
@@ -113,20 +115,27 @@ def _ipv6_valid(text: str) -> bool:
     return True
 
 
+_GROUPS = re.compile(r"\d+")
+_SEPARATOR = re.compile(r"[\s().-]")
+_DATE = re.compile(r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{4}")
+_NOT_VERSION = re.compile(r"[\s()+-]")
+
+
 def _phone_valid(text: str) -> bool:
     # `text` is one match of the phone pattern (at most 21 characters), so these `re`
     # calls cost a constant each
-    digits = re.sub(r"\D", "", text)
+    groups = _GROUPS.findall(text)
     # 7-15 digits (E.164 allows 15); a bare run of digits with no separator or leading +
     # is more often an id or an amount than a phone number
-    has_shape = text.startswith("+") or bool(re.search(r"[\s().-]", text))
+    if not 7 <= sum(map(len, groups)) <= 15:
+        return False
+    has_shape = text.startswith("+") or bool(_SEPARATOR.search(text))
     # groups of four digits are how card and account numbers are written, not phones
-    groups = re.findall(r"\d+", text)
     blocks_of_four = len(groups) >= 3 and all(len(g) == 4 for g in groups[:-1])
-    is_date = bool(re.fullmatch(r"\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[./-]\d{1,2}[./-]\d{4}", text))
+    is_date = bool(_DATE.fullmatch(text))
     # 3.14.512.1 is a version; 030.123.4567 is a phone
-    is_version = "." in text and not re.search(r"[\s()+-]", text) and min(map(len, groups)) < 2
-    return 7 <= len(digits) <= 15 and has_shape and not (blocks_of_four or is_date or is_version)
+    is_version = "." in text and not _NOT_VERSION.search(text) and min(map(len, groups)) < 2
+    return has_shape and not (blocks_of_four or is_date or is_version)
 
 
 # ----------------------------------------------------------------------- RE2
@@ -285,12 +294,9 @@ def find_pii(
     for d in _DETECTORS:
         if d.kind not in kinds or not _worth_running(d.kind, folded, has_digit):
             continue
-        spans = []
-        for match in d.pattern.finditer(data):
-            start, end = match.span(d.group)
-            if d.valid is None or d.valid(folded[start:end]):
-                spans.append((start, end))
-        found = _unclaimed(spans, taken)
+        spans = _unclaimed([m.span(d.group) for m in d.pattern.finditer(data)], taken)
+        # checked after claims: a card number's digits are no phone candidate to check
+        found = spans if d.valid is None else [s for s in spans if d.valid(folded[s[0] : s[1]])]
         findings += [Finding(d.kind, s, e, text[s:e]) for s, e in found]
         taken = sorted(taken + found)  # two sorted runs: a linear merge
     if patterns:
