@@ -9,11 +9,11 @@ one run).
    email among its values. Precision and recall are measured by
    tests/data/test_data_scrub.py (asserted >= 0.95).
 2. `find_pii` throughput (MB/s) on one value of `--chars` characters: ordinary text and
-   the worst cases of each kind (`adversarial`), for the Python `re` patterns the RE2
-   scan replaced (`OLD_DETECTORS`, with their per-finding overlap check) and for the RE2
-   scan, one after the other on the same value. The old scan runs in a child process
-   killed after `--guard` seconds (on several of these values it takes minutes); the new
-   one in this process, best of 3.
+   the worst cases of each kind (`adversarial`, tests/data/pii_adversarial.py). Same
+   value, one after the other: the Python `re` patterns the RE2 scan replaced
+   (`old_find_pii`, with its per-finding overlap check), in a child process killed
+   after `--guard` seconds (on several values it takes minutes), then the RE2 scan in
+   this process, best of 3.
 """
 
 from __future__ import annotations
@@ -21,16 +21,19 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import random
-import re
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from foundry.config.schema import PIIConfig
-from foundry.data import pii
-from foundry.data.scrub import PIIScrubber
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.data.pii_adversarial import adversarial, old_find_pii  # noqa: E402
+
+from foundry.config.schema import PIIConfig  # noqa: E402
+from foundry.data import pii  # noqa: E402
+from foundry.data.scrub import PIIScrubber  # noqa: E402
 
 SENTENCE = (
     "the customer asked about the new plan and said the service was slow last week "
@@ -51,64 +54,6 @@ def table(n: int, seed: int = 0) -> pd.DataFrame:
         texts.append(" ".join(row))
     plans = rng.choices(["free", "pro", "team", "billing@example.com"], k=n)
     return pd.DataFrame({"comment": texts, "plan": plans})
-
-
-def adversarial(n: int) -> dict[str, str]:
-    """Values of about `n` characters that are worst cases for the patterns: long runs a
-    pattern reads without matching (what made `re` backtrack), and values packed with
-    matches or near-matches (what costs a finding or a failed check each). The tests
-    (tests/data/test_data_pii.py) scan them at 10 KB, 100 KB and 1 MB."""
-
-    def fill(unit: str, prefix: str = "", suffix: str = "") -> str:
-        return prefix + unit * max(1, (n - len(prefix) - len(suffix)) // len(unit)) + suffix
-
-    return {
-        "email: 'a@' + 'a.' * n": fill("a.", "a@"),
-        "email: local part, no @": fill("a.") + "@",
-        "email: dense": fill("a@b.cd "),
-        "url: long path": fill("a", "http://"),
-        "url: trailing punctuation": fill(".", "http://a"),
-        "url: dense": fill("http://a.b "),
-        "phone: digits and spaces": fill("1 "),
-        "phone: brackets": fill("(1) "),
-        "phone: dense": fill("+44 20 7946 0958, "),
-        "credit_card: digits and dashes": fill("1-"),
-        "credit_card: dense": fill("4111 1111 1111 1111 "),
-        "iban: long groups": fill("WEST ", "GB82 "),
-        "iban: dense": fill("GB82 WEST 1234 5698 7654 32 "),
-        "ip_address: dotted digits": fill("1."),
-        "ip_address: colons": fill("a:"),
-        "ip_address: dense": fill("192.168.1.20 "),
-        "other scripts": fill("é４\u00a0"),
-    }
-
-
-# The patterns and loop `find_pii` had before RE2 (Python `re`), kept as the "before"
-# of the throughput table.
-OLD_DETECTORS = [
-    ("url", re.compile(r"\bhttps?://[^\s<>\"']+[^\s<>\"'.,;:!?)]", re.IGNORECASE), None),
-    ("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
-     None),
-    ("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"),
-     pii.iban_valid),
-    ("credit_card", re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), pii.luhn_valid),
-    ("ip_address", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), pii._ipv4_valid),
-    ("ip_address", re.compile(r"\b(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{1,4}\b"), pii._ipv6_valid),
-    ("phone", re.compile(r"(?<![\w+])\+?\(?\d[\d\s().-]{5,18}\d\b"), pii._phone_valid),
-]
-
-
-def old_find_pii(text: str) -> int:
-    taken: list[tuple[int, int]] = []
-    for _, pattern, valid in OLD_DETECTORS:
-        for match in pattern.finditer(text):
-            start, end = match.span()
-            if any(start < e and s < end for s, e in taken):
-                continue
-            if valid is not None and not valid(match.group()):
-                continue
-            taken.append((start, end))
-    return len(taken)
 
 
 def _seconds(scan, text: str) -> float:

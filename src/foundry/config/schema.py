@@ -97,9 +97,9 @@ class PIIConfig(Section):
     """Extra kinds as `name: regular expression` (e.g. `employee_id: 'EMP-\\d{6}'`), in
     RE2 syntax so that a scan is linear in the text: no lookarounds, backreferences,
     atomic groups or possessive quantifiers; `\\d`, `\\w`, `\\s`, `\\b` are ASCII
-    (`\\p{Nd}`, `\\p{L}` for other scripts). Each must match 1 to 100 characters
-    (`\\d{1,12}`, not `\\d+`). A pattern breaking a rule is refused when the config
-    loads, with the reason."""
+    (`\\p{Nd}`, `\\p{L}` for other scripts). Each must match 3 to 100 characters
+    (`\\d{1,12}`, not `\\d+`) and compile to at most 1,000 RE2 instructions. A pattern
+    breaking a rule is refused when the config loads, with the reason."""
     max_value_chars: int | None = Field(100_000, ge=1)
     """Longest value scanned. A longer text or category value is never scanned: it is
     replaced whole, as one finding of kind `too_long` (`[TOO_LONG]` with `mask`, removed

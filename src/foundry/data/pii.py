@@ -54,7 +54,9 @@ except ImportError:  # Python 3.10
 __all__ = [
     "CANDIDATE",
     "KINDS",
+    "MAX_PATTERN_PROGRAM",
     "MAX_PATTERN_WIDTH",
+    "MIN_PATTERN_WIDTH",
     "Finding",
     "PatternError",
     "compile_pattern",
@@ -315,11 +317,16 @@ MAX_PATTERN_WIDTH = 100
 most this far past each one, so a bounded width keeps a scan linear: `a(?:.*b)?` on
 40,000 `a`s made 40,000 matches each reading to the end of the text (1.5 s, x4 per
 doubling). Personal values (ids, account numbers, codes) are far shorter."""
-MAX_PATTERN_PROGRAM = 2_000
-"""Largest compiled pattern (RE2 instructions) accepted: RE2 falls back from its cached
-automaton to a slower simulation, still linear but by a factor of the program size,
-when a program is too large for its cache. `EMP-\\d{6}` is 14, `[a-z]{1,100}` 203;
-`\\p{L}{1,100}` (~120,000) is refused."""
+MIN_PATTERN_WIDTH = 3
+"""Shortest text an extra pattern may match. Every finding costs a few microseconds of
+Python, so a pattern matching single letters (`[a-z]`) would make 1 MB of text a
+million findings; no personal value is one or two characters."""
+MAX_PATTERN_PROGRAM = 1_000
+"""Largest compiled pattern (RE2 instructions) accepted. When a pattern's automaton
+outgrows RE2's cache, RE2 falls back to simulating it, still linear but slower by up to
+the program size: `a[ab]{97}c` (103 instructions) took 1.5 s on 1 MB of random `a`/`b`,
+a 501-instruction alternation of five such 4.9 s, `\\p{L}{10,100}x` (~120,000) 16 s on
+0.8 MB (shared 2-core machine). `EMP-\\d{6}` is 14, `[a-z]{1,100}` 203, `\\p{Lu}` 797."""
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 _RE2_ONLY = re.compile(r"(\\\\)|\\[pP](?:\{[^}]*\}|[A-Za-z])|\\z")
@@ -347,8 +354,9 @@ def compile_pattern(name: str, pattern: str, *, key: str = "data.pii.patterns") 
     The one check every extra pattern passes, from a config (`data.pii.patterns`) or a
     package (`pii_scrubber.patterns`, with `key` naming it): RE2 syntax (no lookarounds,
     backreferences, atomic groups or possessive quantifiers: they need backtracking),
-    matches 1 to MAX_PATTERN_WIDTH characters, compiles to at most MAX_PATTERN_PROGRAM
-    instructions. Such a pattern scans any text in time linear in its length.
+    matches MIN_PATTERN_WIDTH to MAX_PATTERN_WIDTH characters, compiles to at most
+    MAX_PATTERN_PROGRAM instructions. Such a pattern scans any text in time linear in
+    its length, with a constant these bounds keep small.
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise PatternError(f"{key}: name {name!r} must be lower-case letters, digits, `_`")
@@ -367,17 +375,18 @@ def compile_pattern(name: str, pattern: str, *, key: str = "data.pii.patterns") 
             "`\\z` are fine)"
         )
     low, high = parsed.getwidth()
-    if low == 0:
-        raise PatternError(
-            f"{where}: can match the empty string, which is no value to mask; make it "
-            "match at least one character"
-        )
     if high > MAX_PATTERN_WIDTH:
         length = "any length" if high >= _sre.MAXREPEAT else f"up to {high} characters"
         raise PatternError(
             f"{where}: can match text of {length}; PII patterns must match at most "
             f"{MAX_PATTERN_WIDTH} characters (so a scan stays linear in the text): bound "
             "each repetition, e.g. `\\d{1,12}` instead of `\\d+`"
+        )
+    if low < MIN_PATTERN_WIDTH:
+        raise PatternError(
+            f"{where}: can match {'the empty string' if low == 0 else f'{low} character(s)'}"
+            f"; PII patterns must match at least {MIN_PATTERN_WIDTH} characters (a shorter "
+            "match is no personal value, and costs a finding every character or two)"
         )
     if compiled.programsize > MAX_PATTERN_PROGRAM:
         raise PatternError(
