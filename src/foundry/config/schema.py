@@ -104,8 +104,9 @@ class PIIConfig(Section):
     """Longest value scanned. A longer text or category value is never scanned: it is
     replaced whole, as one finding of kind `too_long` (`[TOO_LONG]` with `mask`, removed
     with `drop`; counted in the report), in training and in every prediction input, so
-    nothing unscanned reaches the model. Scanning is linear (~20 ms per 100,000
-    characters of worst-case text): the cap bounds what one value can cost a serving
+    nothing unscanned reaches the model. Scanning is linear (~0.2 s for 100,000
+    characters of the worst text, packed with card numbers or IPs, on a busy 2-core
+    machine; ~1 ms for ordinary text): the cap bounds what one value can cost a serving
     worker. `null`: no cap."""
     columns: list[str] | None = None
     """Columns to scan; `None`: every text and category column."""
