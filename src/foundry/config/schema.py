@@ -107,7 +107,8 @@ class PIIConfig(Section):
     nothing unscanned reaches the model. Scanning is linear (~0.2 s for 100,000
     characters of the worst text, packed with card numbers or IPs, on a busy 2-core
     machine; ~1 ms for ordinary text): the cap bounds what one value can cost a serving
-    worker. `null`: no cap."""
+    worker. `null`: no cap. Language-model corpus documents are not served and have no
+    cap unless this is set."""
     columns: list[str] | None = None
     """Columns to scan; `None`: every text and category column."""
     identifiers: Literal["drop", "hash", "report"] = "drop"
