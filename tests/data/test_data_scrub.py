@@ -263,6 +263,61 @@ def test_custom_pattern_is_a_kind_of_its_own():
     assert format_report(report) == ["PII: 2 employee_id values in 'note' (masked)"]
 
 
+@pytest.mark.parametrize(
+    ("action", "replaced"), [("mask", "[TOO_LONG]"), ("drop", ""), ("report", None)]
+)
+def test_values_over_the_cap_are_replaced_whole_unscanned(action, replaced):
+    """`max_value_chars`: a longer value is one `too_long` finding, in training and in
+    prediction input alike, whatever it holds (even no candidate character at all)."""
+    long_text, long_mail = "x" * 61, "mail ana@example.com " * 3
+    df = pd.DataFrame({"note": [long_text, long_mail, "mail ana@example.com", None] * 3})
+    config = PIIConfig(action=action, max_value_chars=60)
+    scrubber = PIIScrubber.fit(df, config, target=None)
+    out, report = scrubber.scrub(df)
+    assert report["findings"] == {"note": {"too_long": 6, "email": 3}}
+    assert format_report(report)[0].startswith("PII: 6 values too long to scan, 3 emails")
+    if replaced is None:  # report: counted, left as they are
+        assert out["note"].tolist()[:2] == [long_text, long_mail]
+    else:
+        assert out["note"].tolist()[:2] == [replaced, replaced]
+    # the package carries the cap; prediction input over it is replaced the same way
+    loaded = PIIScrubber.from_state(json.loads(json.dumps(scrubber.state_dict())))
+    assert loaded.max_value_chars == 60
+    records = loaded.transform_records([{"note": long_text}, {"note": "short"}])
+    want = long_text if replaced is None else replaced
+    assert [r["note"] for r in records] == [want, "short"]
+
+
+def test_a_package_without_a_cap_gets_the_default_one():
+    df = pd.DataFrame({"note": ["mail ana@example.com"] * 3})
+    state = PIIScrubber.fit(df, PIIConfig(), target=None).state_dict()
+    del state["max_value_chars"]  # saved before the cap existed
+    loaded = PIIScrubber.from_state(state)
+    assert loaded.max_value_chars == PIIConfig().max_value_chars == 100_000
+    huge = "a@" + "a." * 60_000
+    assert loaded.transform_records([{"note": huge}]) == [{"note": "[TOO_LONG]"}]
+
+
+@pytest.mark.parametrize(
+    ("patterns", "why"),
+    [
+        ({"employee_id": r"(\d)\1{5}"}, "pii_scrubber.patterns.employee_id: uses a backreference"),
+        ({"employee_id": r"(a+)+$"}, "pii_scrubber.patterns.employee_id: can match text of any"),
+        ({"Bad": r"EMP-\d{6}"}, "pii_scrubber.patterns: name 'Bad'"),
+        ("EMP-\\d+", "pii_scrubber.patterns: must be a mapping"),
+    ],
+)
+def test_a_package_pattern_that_could_backtrack_is_refused_at_load(patterns, why):
+    """A package's patterns run on every request: `from_state` checks them as the
+    config's are checked, so a hostile foundry.json cannot bring a backtracking one."""
+    df = pd.DataFrame({"note": ["ask EMP-004211"] * 3})
+    state = PIIScrubber.fit(df, PIIConfig(patterns={"e": r"EMP-\d{6}"}), target=None).state_dict()
+    state["patterns"] = patterns
+    with pytest.raises(ModelError, match=re.escape(why)) as info:
+        PIIScrubber.from_state(state)
+    assert str(info.value).startswith("foundry.json: ")
+
+
 def test_columns_target_and_keep_limit_what_is_touched():
     df, _ = planted_table()
     only = PIIScrubber.fit(df, PIIConfig(columns=["plan"]), target="churned")

@@ -260,7 +260,7 @@ def test_tokenizer_texts_render_conversations():
 
 def test_pii_in_documents_and_messages_is_masked_before_tokenizing():
     from foundry.config.schema import PIIConfig
-    from foundry.lm.data import LMExamples, scrub_examples
+    from foundry.lm.data import scrub_examples
 
     corpus = LMExamples("corpus", ["write to ada@example.com today", "nothing here"])
     chats = LMExamples(
@@ -277,3 +277,18 @@ def test_pii_in_documents_and_messages_is_masked_before_tokenizing():
     assert out.items[0][0] == {"role": "user", "content": "my card is [CREDIT_CARD]"}
     assert out.items[0][1]["content"] == "noted, call [PHONE]"
     assert out.items[0][1]["role"] == "assistant"
+
+
+def test_a_long_corpus_document_is_scanned_whole_not_replaced():
+    """`data.pii.max_value_chars` guards serving workers; corpus documents are not served,
+    so a book-length one is scanned (linear time) unless the config sets a cap itself."""
+    from foundry.config.schema import PIIConfig
+    from foundry.lm.data import scrub_examples
+
+    book = LMExamples("corpus", ["word " * 30_000 + "mail ana@example.com", "short"])
+    out, _, report = scrub_examples(book, {}, PIIConfig())
+    assert out.items[0].endswith("word mail [EMAIL]") and report["findings"] == {
+        "text": {"email": 1}
+    }
+    out, _, report = scrub_examples(book, {}, PIIConfig(max_value_chars=100_000))
+    assert out.items[0] == "[TOO_LONG]" and report["findings"] == {"text": {"too_long": 1}}

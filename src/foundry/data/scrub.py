@@ -15,6 +15,12 @@ environment (`data.pii.salt_env`) and is never stored: the state keeps a fingerp
 that a model asked to predict with a different salt refuses instead of silently hashing
 values into codes it never saw.
 
+A value longer than `data.pii.max_value_chars` is not scanned: it is one finding of
+kind `too_long` and gets the action whole (masked, hashed, removed or counted). Scanning
+is linear in the value (`foundry.data.pii`); the cap bounds what one value can cost, and
+handling the whole value keeps "nothing unscanned reaches the model" true, where a
+scan of its first part would let the rest through, and windows cut values in two.
+
 Reports hold counts, column names and reasons, never a value that was found.
 """
 
@@ -34,7 +40,7 @@ import pandas as pd
 from foundry.config.schema import PIIConfig
 from foundry.data.infer import ID_MIN_ROWS, ID_UNIQUE_RATIO, SAMPLE_ROWS, infer_type
 from foundry.data.personal import find_personal_columns
-from foundry.data.pii import CANDIDATE, Finding, find_pii
+from foundry.data.pii import CANDIDATE, Finding, PatternError, compile_pattern, find_pii
 from foundry.errors import ConfigError, DataError, ModelError
 
 __all__ = ["PIIScrubber", "format_report", "merge_reports"]
@@ -48,6 +54,10 @@ VALUE_HASH_HEX = 8
 COLUMN_HASH_HEX = 16
 """Hex digits of the hash that replaces a whole identifier value: 64 bits keep a million
 distinct ids collision-free (32 bits would merge about a hundred pairs of them)."""
+TOO_LONG = "too_long"
+"""The finding a value longer than `max_value_chars` is, whole and unscanned."""
+DEFAULT_MAX_VALUE_CHARS = PIIConfig.model_fields["max_value_chars"].default
+"""The cap of a package saved before the cap existed: its inputs are hostile all the same."""
 
 
 def _normalise_name(name: object) -> str:
@@ -97,6 +107,7 @@ class PIIScrubber:
         salt_fingerprint: str | None,
         scan_columns: Sequence[str],
         identifier_columns: Sequence[dict[str, str]],
+        max_value_chars: int | None = DEFAULT_MAX_VALUE_CHARS,
     ) -> None:
         self.action = action
         self.kinds = tuple(kinds)
@@ -106,7 +117,10 @@ class PIIScrubber:
         self.salt_fingerprint = salt_fingerprint
         self.scan_columns = list(scan_columns)
         self.identifier_columns = [dict(d) for d in identifier_columns]
-        self._compiled = {name: re.compile(p) for name, p in self.patterns.items()}
+        self.max_value_chars = max_value_chars
+        # PatternError for a pattern that could not run in linear time (from_state turns
+        # it into a ModelError; a config's patterns were checked when it loaded)
+        self._compiled = {name: compile_pattern(name, p) for name, p in self.patterns.items()}
         self._salt: str | None = None
 
     # ------------------------------------------------------------------- fit
@@ -218,6 +232,7 @@ class PIIScrubber:
             salt_fingerprint=None,
             scan_columns=scan_columns,
             identifier_columns=identifier_columns,
+            max_value_chars=config.max_value_chars,
         )
 
     # ------------------------------------------------------------------- properties
@@ -301,11 +316,9 @@ class PIIScrubber:
             changed = None
             for column in columns:
                 value = record.get(column)
-                if type(value) is not str or (
-                    not self._compiled and not CANDIDATE.search(value)
-                ):
+                if type(value) is not str:
                     continue
-                found = find_pii(value, self.kinds, patterns=self._compiled)
+                found = self._find(value, prefilter=True)
                 if found:
                     changed = changed if changed is not None else dict(record)
                     changed[column] = self._replace(value, found, salt)
@@ -356,7 +369,7 @@ class PIIScrubber:
         has_pii = np.zeros(len(uniques), dtype=bool)
         for i in self._candidates(uniques):
             value = uniques[i]
-            found = find_pii(value, self.kinds, patterns=self._compiled)
+            found = self._find(value)
             if found:
                 has_pii[i] = True
                 for f in found:
@@ -370,6 +383,15 @@ class PIIScrubber:
             return col, counts, hit
         return _rebuild(col, codes, new_values), counts, hit
 
+    def _find(self, value: str, *, prefilter: bool = False) -> list[Finding]:
+        """What `value` holds: find_pii's findings, or the whole value as `too_long`.
+        `prefilter`: skip a value where no built-in kind can be (see `_candidates`)."""
+        if self.max_value_chars is not None and len(value) > self.max_value_chars:
+            return [Finding(TOO_LONG, 0, len(value), value)]
+        if prefilter and not self._compiled and not CANDIDATE.search(value):
+            return []
+        return find_pii(value, self.kinds, patterns=self._compiled)
+
     def _candidates(self, uniques: list[object]) -> np.ndarray:
         """Positions of the strings in `uniques` worth scanning. Most free text holds no
         PII and no digit, `@` or `:`; one vectorised test skips it (with find_pii's own
@@ -381,7 +403,10 @@ class PIIScrubber:
             return np.flatnonzero(is_str.to_numpy())
         # object dtype: Python's `re`, whose \d matches the same digits the kinds do
         # (`.str` refuses a column without a single string, e.g. booleans in object dtype)
-        hint = values.where(is_str, "").astype(str).str.contains(CANDIDATE, na=False)
+        text = values.where(is_str, "").astype(str)
+        hint = text.str.contains(CANDIDATE, na=False)
+        if self.max_value_chars is not None:  # replaced whole, whatever they hold
+            hint |= text.str.len() > self.max_value_chars
         return np.flatnonzero((is_str & hint).to_numpy())
 
     def _replace(self, text: str, found: list[Finding], salt: str | None) -> str:
@@ -413,6 +438,7 @@ class PIIScrubber:
             "salt_fingerprint": self.salt_fingerprint,
             "scan_columns": list(self.scan_columns),
             "identifier_columns": [dict(d) for d in self.identifier_columns],
+            "max_value_chars": self.max_value_chars,
         }
 
     @classmethod
@@ -423,7 +449,24 @@ class PIIScrubber:
                 f"(expected {STATE_FORMAT})",
                 hint="retrain the model with this version of foundry",
             )
-        return cls(**{k: v for k, v in state.items() if k != "format"})
+        # a package's patterns run on every request: checked as a config's are (one
+        # check, `compile_pattern`), so a hostile or outdated one is refused at load
+        patterns = state.get("patterns") or {}
+        try:
+            if not isinstance(patterns, dict):
+                raise PatternError("pii_scrubber.patterns: must be a mapping of name: pattern")
+            for name, pattern in patterns.items():
+                compile_pattern(name, pattern, key="pii_scrubber.patterns")
+        except PatternError as exc:
+            raise ModelError(
+                f"foundry.json: {exc}",
+                hint="retrain the model with this version of foundry, or remove the "
+                "pattern from the package",
+            ) from None
+        fields = {k: v for k, v in state.items() if k != "format"}
+        # a package from before the cap gets today's default: its inputs are just as hostile
+        fields.setdefault("max_value_chars", DEFAULT_MAX_VALUE_CHARS)
+        return cls(**fields)
 
 
 # ----------------------------------------------------------------------- helpers
@@ -543,6 +586,7 @@ _KIND_NAMES = {
     "iban": ("IBAN", "IBANs"),
     "ip_address": ("IP address", "IP addresses"),
     "url": ("URL", "URLs"),
+    TOO_LONG: ("value too long to scan", "values too long to scan"),
 }
 _DONE = {"mask": "masked", "hash": "hashed", "drop": "removed", "report": "left as is"}
 

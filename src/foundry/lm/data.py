@@ -220,8 +220,14 @@ def scrub_examples(
         items = [[{**m, "content": next(it)} for m in conv] for conv in ex.items]
         return LMExamples(ex.kind, items)
 
-    # One free-text column: nothing in it is an identifier column.
-    settings = config.model_copy(update={"columns": ["text"], "identifiers": "report"})
+    # One free-text column: nothing in it is an identifier column. A document can be a
+    # whole book: unless the config sets a cap, it is scanned whole (the scan is linear),
+    # never replaced as too long; the default cap protects serving workers, and corpus
+    # documents are not served.
+    update: dict[str, Any] = {"columns": ["text"], "identifiers": "report"}
+    if "max_value_chars" not in config.model_fields_set:
+        update["max_value_chars"] = None
+    settings = config.model_copy(update=update)
     frame = pd.DataFrame({"text": texts(examples)}, dtype=object)
     scrubber = PIIScrubber.fit(frame, settings, target=None)
     scrubbed, report = scrubber.scrub(frame)
