@@ -251,3 +251,23 @@ def test_a_package_with_a_backtracking_pii_pattern_is_refused_at_load(toy, tmp_p
         foundry.load("hostile:1")
     message = str(caught.value)
     assert "hostile:1" in message and pattern in message
+
+
+def test_models_verify_names_the_changed_file(home, capsys, monkeypatch):
+    from foundry.cli import main
+
+    def verify(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["foundry", "models", "verify", *args])
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    assert verify() == (0, "ok     toy:1\n", "")
+    _corrupt_same_size(_package(home) / "model.safetensors")
+    code, out, err = verify("toy")
+    assert code == 1 and out == ""
+    assert err.startswith("FAILED toy:1: ") and "model.safetensors" in err

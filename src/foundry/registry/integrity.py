@@ -50,11 +50,15 @@ _digests_lock = threading.Lock()
 _noted_legacy: set[str] = set()
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
     """sha256 of the file at `path`, hex; cached within the process (see above)."""
+    return _sha256_real(os.path.realpath(path))
+
+
+def _sha256_real(path: str) -> str:
+    """`sha256_file` of a path already resolved (realpath)."""
     stat = os.stat(path)
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns,
-           stat.st_ino)
+    key = (path, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
     with _digests_lock:
         cached = _digests.get(key)
     if cached is not None:
@@ -131,16 +135,18 @@ def verify_files(directory: Path, manifest: dict[str, Any], *, ref: str) -> bool
     if not isinstance(listed, dict):
         raise ModelError(f"model {ref}: {directory / MANIFEST} has a malformed "
                          f"'{FILES_KEY}' section", hint=hint)
+    root = os.path.join(os.path.realpath(directory), "")  # with a trailing separator
     for name, entry in listed.items():
         path = directory / name
-        if inside(path, [directory]) is None:
+        real = os.path.realpath(path)  # `inside`, once per file: symlinks followed
+        if not real.startswith(root):
             raise ModelError(f"model {ref}: {directory / MANIFEST} lists {name!r}, which is "
                              "outside the package", hint=hint)
-        if not path.is_file():
+        if not os.path.isfile(real):
             raise ModelError(f"model {ref}: package file {path} is missing", hint=hint)
         expected = entry.get("sha256") if isinstance(entry, dict) else None
         size = entry.get("bytes") if isinstance(entry, dict) else None
-        if (size is not None and path.stat().st_size != size) or sha256_file(path) != expected:
+        if (size is not None and os.path.getsize(real) != size) or _sha256_real(real) != expected:
             raise ModelError(
                 f"model {ref}: package file {path} is corrupt or was changed after "
                 "registration (its sha256 differs from the one in foundry.json)",

@@ -50,7 +50,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from foundry.db import database_url, open_engine, safe_url, sqlite_file
 from foundry.db import default_home as default_home  # re-exported: foundry.registry API
 from foundry.errors import ModelError
-from foundry.registry.integrity import Confinement, seal, verify_manifest
+from foundry.registry.integrity import Confinement, seal, verify_files, verify_manifest
 from foundry.registry.package import (
     TMP_PREFIX,
     Package,
@@ -386,6 +386,14 @@ class Registry:
             return read_package(ref)
         record = self.resolve(ref)
         return read_package(self.package_dir(record), manifest_sha256=record.manifest_sha256,
+                            ref=record.ref)
+
+    def verify(self, ref: str) -> bool:
+        """Check a version's files against the checksums recorded at registration without
+        loading it (`foundry models verify`): ModelError naming the first file that
+        differs; False for a version registered before packages carried checksums."""
+        record = self.resolve(ref)
+        return verify_files(self.package_dir(record), self.read_manifest(record),
                             ref=record.ref)
 
     def read_manifest(self, record: ModelRecord) -> dict[str, Any]:
