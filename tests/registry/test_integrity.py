@@ -196,6 +196,19 @@ def test_a_manifest_onnx_file_outside_the_package_is_not_opened(toy, tmp_path):
         load_network(hostile, None, None, 1)
 
 
+def test_a_manifest_hf_directory_outside_the_package_is_not_opened(toy):
+    from foundry.lm.hf_model import load_hf_network
+    from foundry.registry.package import Package
+
+    package = Registry(toy.home).load("toy:1")
+    hf = {"task": "embedding", "weights": "full", "directory": "../../../../../etc",
+          "source": "x", "max_length": 8}
+    hostile = Package(path=package.path, weights={}, card="", metrics={},
+                      manifest={**package.manifest, "hf": hf})
+    with pytest.raises(ModelError, match="outside"):
+        load_hf_network(hostile)
+
+
 # ------------------------------------------------------------------ serving
 
 
