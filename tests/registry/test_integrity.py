@@ -262,8 +262,8 @@ def test_a_package_with_a_backtracking_pii_pattern_is_refused_at_load(toy, tmp_p
                         metrics=package.metrics)
     with pytest.raises(ModelError) as caught:
         foundry.load("hostile:1")
-    message = str(caught.value)
-    assert "hostile:1" in message and pattern in message
+    message = str(caught.value)  # the model, and the pattern by its key path
+    assert "hostile:1" in message and "pii_scrubber.patterns.employee_id" in message
 
 
 def test_models_verify_names_the_changed_file(home, capsys, monkeypatch):
