@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -213,16 +214,25 @@ def test_a_manifest_hf_directory_outside_the_package_is_not_opened(toy):
 
 
 @pytest.mark.slow
-def test_foundry_serve_refuses_a_corrupted_package_at_startup(home, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_foundry_serve_refuses_a_corrupted_package_at_startup(home, tmp_path, workers):
+    # Two workers: checked before they start (a worker failing its start-up would be
+    # restarted by uvicorn's supervisor, and the server never exit).
     _corrupt_same_size(_package(home) / "model.safetensors")
     env = {**os.environ, "FOUNDRY_HOME": str(home)}
     env.pop("FOUNDRY_DATABASE_URL", None)
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "foundry", "serve", "toy", "--port", str(free_port()),
-         "--workers", "1"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+         "--workers", str(workers)],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its workers are stopped with it if the test times out
     )
-    output = proc.stdout + proc.stderr
+    try:
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode != 0, output
     assert "model.safetensors" in output and "corrupt" in output
 
