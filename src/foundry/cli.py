@@ -508,6 +508,34 @@ def models_show(
         _out(f"{key:>{width}}: {value}")
 
 
+@models_app.command("verify")
+def models_verify(
+    model: str | None = typer.Argument(
+        None, help="name:VERSION, name, or nothing for every version in the registry."
+    ),
+) -> None:
+    """Check model packages against the sha256 of every file recorded at registration
+    (what every load checks); exits 1 if any differs."""
+    from foundry.registry import Registry
+
+    registry = Registry()
+    refs = ([registry.resolve(model).ref] if model and ":" in model else
+            [r.ref for name in ([model] if model else [m.name for m in registry.list_models()])
+             for r in registry.versions(name)])
+    failed = 0
+    for ref in refs:
+        try:
+            checked = registry.verify(ref)
+        except FoundryError as exc:
+            failed += 1
+            typer.echo(f"FAILED {ref}: {exc}", err=True)
+            continue
+        _out(f"ok     {ref}" if checked else
+             f"ok     {ref} (registered before checksums: nothing to compare)")
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command("config-docs")
 def config_docs() -> None:
     """Print every config key with its type, default and documentation (Markdown)."""

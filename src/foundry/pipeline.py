@@ -235,7 +235,9 @@ def store_package(
     from foundry.registry import Registry, write_package
 
     if register:
-        record = Registry().register(cfg.name, description=cfg.description, **contents)
+        record = Registry().register(
+            cfg.name, description=cfg.description, run_dir=out_dir, **contents
+        )
         ref, path = record.ref, record.path
     else:
         ref, path = "", out_dir / "package"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,11 @@ import torch
 
 from foundry.data.preprocess import Preprocessor
 from foundry.data.schema import InputSchema, TaskInfo
-from foundry.errors import DataError, ModelError
+from foundry.errors import DataError, FoundryError, ModelError
 from foundry.evaluation.metrics import probabilities
 from foundry.progress import progress_bar
 from foundry.registry import Package, Registry, read_package
+from foundry.registry.integrity import Confinement
 from foundry.registry.refs import is_package_dir
 
 # Rows per forward pass at prediction time: large enough to amortise Python overhead,
@@ -61,14 +63,8 @@ class Predictor:
             ) from None
         model = load_network(package, config, schema, n_outputs)
         name = manifest.get("name", config.name)
-        return cls(
-            model,
-            preprocessor,
-            task,
-            manifest,
-            ref or f"{name}:{manifest.get('version')}",
-            **trust_state(manifest),
-        )
+        ref = ref or f"{name}:{manifest.get('version')}"
+        return cls(model, preprocessor, task, manifest, ref, **trust_state(manifest, ref=ref))
 
     @property
     def name(self) -> str:
@@ -194,14 +190,26 @@ def _chunks(df: pd.DataFrame) -> list[pd.DataFrame]:
     return [df.iloc[start : start + PREDICT_CHUNK] for start in range(0, len(df), PREDICT_CHUNK)]
 
 
-def trust_state(manifest: dict[str, Any]) -> dict[str, Any]:
+def trust_state(manifest: dict[str, Any], *, ref: str = "this model") -> dict[str, Any]:
     """What a package's trust sections change at prediction: the PII scrubber, the
-    temperature and the fairness thresholds (`Predictor` keyword arguments)."""
+    temperature and the fairness thresholds (`Predictor` keyword arguments).
+
+    The scrubber's patterns run on every customer input, so they go through the checks a
+    config's `data.pii.patterns` get (`PIIScrubber.from_state`): a pattern that could
+    backtrack refuses the package here, at load, naming `ref`."""
     state: dict[str, Any] = {}
     if manifest.get("pii_scrubber"):
         from foundry.data.scrub import PIIScrubber
 
-        scrubber = PIIScrubber.from_state(manifest["pii_scrubber"])
+        try:
+            scrubber = PIIScrubber.from_state(manifest["pii_scrubber"])
+        except (FoundryError, re.error, KeyError, TypeError, ValueError) as exc:
+            raise ModelError(
+                f"model {ref}: the PII scrubber in its foundry.json (pii_scrubber) is "
+                f"refused: {exc}",
+                hint="a package's patterns run on every request: train the model again "
+                "with patterns foundry accepts in data.pii.patterns",
+            ) from None
         if scrubber.changes_values:
             state["scrubber"] = scrubber
     temperature = (manifest.get("calibration") or {}).get("temperature")
@@ -224,7 +232,10 @@ def load_network(package: Package, config: Any, schema: InputSchema, n_outputs: 
         from foundry.compression.onnx import OnnxRunner
 
         onnx = package.manifest["compression"]
-        path = package.path / onnx.get("file", "model.onnx")
+        path = Confinement([package.path]).require(
+            package.path / str(onnx.get("file", "model.onnx")),
+            what="the ONNX file compression.file of foundry.json names,",
+        )
         if not path.is_file():
             raise ModelError(f"model package {package.path} is missing {path.name}")
         return OnnxRunner(path, onnx["input_names"])

@@ -290,18 +290,19 @@ def test_the_view_escapes_what_users_typed(toy, tmp_path):
 
 
 def test_a_broken_package_is_reported_not_fatal(tmp_path):
-    from foundry.registry import ModelRecord
+    from foundry.registry import ModelRecord, Registry
     from foundry.serve.dashboard_models import version_summary
 
-    package = tmp_path / "broken"
-    package.mkdir()
+    registry = Registry(tmp_path / "home")
+    package = registry.home / "models" / "broken" / "1"
+    package.mkdir(parents=True)
     (package / "foundry.json").write_text("{not json", encoding="utf-8")
     (package / "metrics.json").write_text("{}", encoding="utf-8")
     record = ModelRecord(
         name="broken", version=1, path=package, created_at=datetime.now(timezone.utc),
         parent=None, task="binary", metrics={"accuracy": 0.5, "note": "x"}, fingerprint=None,
         description="", tags=("latest",), size_bytes=10)
-    summary = version_summary(record, registry=None, by_ref={})
+    summary = version_summary(record, registry=registry, by_ref={})
     assert summary["problem"].startswith("cannot read the package")
     assert summary["key_metric"] == {"name": "accuracy", "value": 0.5}
     assert summary["history"] == [] and summary["fairness"] is None

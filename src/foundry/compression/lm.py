@@ -120,7 +120,7 @@ def compress_gpt(
         [model for _, model, _, _ in models], parent.tokenizer, prompts, config.repeats
     )
     if built is not None:  # registered with what was measured
-        ref = _register(registry, record.ref, manifest, built, cfg, scored[built.method])
+        ref = _register(registry, record.ref, manifest, built, cfg, scored[built.method], out_dir)
         models[1] = (built.method, built.network, ref, built.notes)
         say.info(f"registered {ref} ({built.method})")
     largest = str(GENERATION_BATCHES[-1])

@@ -216,7 +216,7 @@ def compress(
         refs = [record.ref]
         for variant, metrics in zip(built, scored[1:], strict=True):
             bar.describe(f"{record.ref}: registering {variant.method}")
-            refs.append(_register(registry, record.ref, manifest, variant, cfg, metrics))
+            refs.append(_register(registry, record.ref, manifest, variant, cfg, metrics, out_dir))
             say.info(f"registered {refs[-1]} ({variant.method})")
             bar.advance()
         bar.describe(f"compressed {record.ref}")
@@ -522,7 +522,11 @@ def _register(
     variant: _Built,
     cfg: FoundryConfig,
     metrics: dict[str, Any],
+    run_dir: Path,
 ) -> str:
+    """Register one variant; `run_dir` (this compress run's folder, compress.json's) is
+    recorded in the index: the report and dashboard read no other folder outside the
+    home."""
     new_manifest = {
         k: v for k, v in manifest.items() if k not in ("name", "version", "parent", "created_at")
     }
@@ -546,6 +550,7 @@ def _register(
         tags=[variant.method],
         description=f"{variant.method} variant of {parent_ref}",
         files=variant.files or None,
+        run_dir=run_dir,
     )
     return record.ref
 

@@ -377,11 +377,10 @@ def sandbox_home(
     `serve:` section is `serve` plus that plan)."""
     from foundry.config.schema import PlanConfig
     from foundry.registry import Registry
-    from foundry.registry.package import read_package
     from foundry.serve.gate import Gate
 
     record = registry.resolve(ref)
-    package = read_package(record.path)
+    package = registry.load(record.ref)  # checked against the index, as serving checks it
     files: dict[str, str | bytes | Path] = {}
     for path in sorted(record.path.rglob("*")):
         name = path.relative_to(record.path).as_posix()

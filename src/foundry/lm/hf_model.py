@@ -51,6 +51,7 @@ from foundry.models.hf import (
     text_model_outputs,
 )
 from foundry.registry import Package
+from foundry.registry.integrity import Confinement
 
 __all__ = [
     "HFEmbedder",
@@ -81,7 +82,7 @@ def load_hf_package(
     from foundry.predictor import trust_state
 
     task_info = TaskInfo.from_dict(package.manifest["task"])
-    scrubber = trust_state(package.manifest).get("scrubber")
+    scrubber = trust_state(package.manifest, ref=ref).get("scrubber")
     return HFTextPredictor(ref, model, tokenizer, hf, task_info, scrubber=scrubber)
 
 
@@ -100,7 +101,9 @@ def load_hf_network(package: Package) -> tuple[nn.Module, HFTokenizer]:
     """The network (eval mode, CPU) and tokenizer a package describes; LoRA adapters are
     merged into the base weights."""
     hf = hf_section(package)
-    directory = package.path / hf["directory"]
+    directory = Confinement([package.path]).require(
+        package.path / str(hf["directory"]), what="the folder hf.directory of foundry.json names,"
+    )
     if not directory.is_dir():
         raise ModelError(f"model package {package.path} is missing its {hf['directory']}/ folder")
     tokenizer = HFTokenizer(load_tokenizer(str(directory)), chat_template=hf.get("chat_template"))

@@ -9,8 +9,6 @@ The package's manifest says what it is (`config.model.type`): `gpt` packages are
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from foundry.errors import ModelError
@@ -33,14 +31,11 @@ def is_language_package(manifest: dict[str, Any]) -> bool:
 
 
 def read_manifest(ref: str, *, registry: Registry | None = None) -> tuple[str, dict[str, Any]]:
-    """(pinned ref, manifest) without reading the weights."""
+    """(pinned ref, manifest) without reading the weights; the manifest is checked
+    against the registry's record of it (ModelError if changed after registration)."""
     registry = registry or Registry()
     record = registry.resolve(ref)
-    path = Path(record.path) / "foundry.json"
-    try:
-        return record.ref, json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: cannot read the model manifest: {exc}") from exc
+    return record.ref, registry.read_manifest(record)
 
 
 def load(ref: str, *, registry: Registry | None = None) -> Any:

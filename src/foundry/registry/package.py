@@ -4,6 +4,7 @@
       model.safetensors   weights (safetensors: tensors only, no code)
       foundry.json        manifest: resolved config, preprocessing state, input schema,
                           task, library versions, data fingerprint, name/version/parent
+                          and `files`: every other file's size and sha256 (integrity.py)
       metrics.json        evaluation metrics
       card.md             model card (markdown)
       card.json           the same card as data (`foundry.evaluation.card`)
@@ -11,7 +12,8 @@
                           model or LoRA adapter directory; JSON / safetensors only
 
 A package is written into a hidden temporary directory beside its final path and renamed
-into place in one step, so a crash or a failed write never leaves a half package.
+into place in one step, so a crash or a failed write never leaves a half package. Reading
+one checks every file against the checksums in its manifest (`foundry.registry.integrity`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from foundry.errors import ModelError
+from foundry.registry.integrity import FILES_KEY, seal, verify_files, verify_manifest
 from foundry.registry.refs import PACKAGE_FILES
 
 TMP_PREFIX = ".tmp-"
@@ -47,6 +50,10 @@ class Package:
     card: str
     card_json: dict[str, Any] | None = None
     """card.json (packages written before model cards had one lack it)."""
+    checksums: dict[str, Any] | None = None
+    """foundry.json's `files` (every other file's sha256 and size), verified when read;
+    None for a package written before packages carried them. Not in `manifest`: a
+    manifest passed on to `register` gets the new package's own."""
 
 
 PackageFiles = dict[str, "str | bytes | Path"]
@@ -106,38 +113,48 @@ def stage_package(
     tmp.mkdir(parents=True)
     try:
         _save_weights(tmp / "model.safetensors", weights)
-        write_json(tmp / "foundry.json", manifest)
         write_json(tmp / "metrics.json", metrics)
         if card is not None:  # else the registry writes it once the version is known
             _write_text(tmp / "card.md", card)
         for name, content in (files or {}).items():
             _write_extra(tmp, name, content)
+        seal(tmp, manifest)  # last: it lists the checksums of every file above
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return tmp
 
 
-def read_package(directory: str | Path) -> Package:
-    """Read a package; a missing or corrupt file raises ModelError naming that file."""
+def read_package(
+    directory: str | Path, *, manifest_sha256: str | None = None, ref: str | None = None
+) -> Package:
+    """Read a package; a missing, corrupt or changed file raises ModelError naming that
+    file. `manifest_sha256`: the registry's record of foundry.json (None for a package
+    read by path, or registered before the index kept one). `ref` names the model in
+    errors (default: the directory)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ModelError(f"no model package at {directory}: not a directory")
     for name in PACKAGE_FILES:
         if not (directory / name).is_file():
             raise ModelError(f"model package {directory} is missing {name}")
+    ref = ref or str(directory)
+    verify_manifest(directory, manifest_sha256, ref=ref)
+    manifest = read_json(directory / "foundry.json")
+    # Before the weights are parsed: a changed file must not load, even if it parses.
+    verify_files(directory, manifest, ref=ref)
     weights_path = directory / "model.safetensors"
     try:
         weights = load_file(weights_path, device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{weights_path}: not a readable safetensors file: {exc}") from exc
-    manifest = _read_json(directory / "foundry.json")
-    metrics = _read_json(directory / "metrics.json")
+    metrics = read_json(directory / "metrics.json")
     try:
         card = (directory / "card.md").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelError(f"{directory / 'card.md'}: cannot read the model card: {exc}") from exc
-    card_json = _read_json(directory / "card.json") if (directory / "card.json").is_file() else None
+    card_json = read_json(directory / "card.json") if (directory / "card.json").is_file() else None
+    checksums = manifest.pop(FILES_KEY, None)
     return Package(
         path=directory,
         weights=weights,
@@ -145,6 +162,7 @@ def read_package(directory: str | Path) -> Package:
         metrics=metrics,
         card=card,
         card_json=card_json,
+        checksums=checksums,
     )
 
 
@@ -230,7 +248,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

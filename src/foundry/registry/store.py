@@ -50,10 +50,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from foundry.db import database_url, open_engine, safe_url, sqlite_file
 from foundry.db import default_home as default_home  # re-exported: foundry.registry API
 from foundry.errors import ModelError
+from foundry.registry.integrity import Confinement, seal, verify_files, verify_manifest
 from foundry.registry.package import (
     TMP_PREFIX,
     Package,
     PackageFiles,
+    read_json,
     read_package,
     stage_package,
     write_json,
@@ -95,6 +97,10 @@ class _ModelVersionRow(_Base):
     description: Mapped[str] = mapped_column(Text, nullable=False, default="")
     tags: Mapped[list[str]] = mapped_column(JSON, nullable=False)
     size_bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """sha256 of the package's foundry.json (NULL: registered before it was kept)."""
+    run_dir: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    """Absolute path of the run folder foundry created for this version, if any."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,10 @@ class ModelRecord:
     size_bytes: int
     version_count: int | None = None
     """Number of versions of this name; set by ``list_models`` only."""
+    manifest_sha256: str | None = None
+    """sha256 of foundry.json at registration (None: registered before it was kept)."""
+    run_dir: Path | None = None
+    """The run folder foundry created for this version (training or compress run)."""
 
     @property
     def ref(self) -> str:
@@ -173,6 +183,7 @@ class Registry:
         tags: Iterable[str] = (),
         description: str = "",
         files: PackageFiles | None = None,
+        run_dir: Path | str | None = None,
     ) -> ModelRecord:
         """Store a new version of ``name`` (1 for a new name, else latest + 1).
 
@@ -180,7 +191,10 @@ class Registry:
         fine-tuned variant); it must exist and is stored pinned ("name:latest" becomes
         "name:3"). ``name``, ``version`` and ``parent`` are added to the stored manifest.
         ``files``: extra package files (tokenizer, Hugging Face model or adapter
-        directory), see `foundry.registry.package.PackageFiles`.
+        directory), see `foundry.registry.package.PackageFiles`. ``run_dir``: the run
+        folder foundry created for this version; the report and dashboard read its
+        training curves and compress report, and no folder outside the home that the
+        index does not record (`foundry.registry.integrity`).
 
         Every package gets ``card.json`` (`foundry.evaluation.card.build_card` of its
         manifest and metrics); ``card`` is its markdown, rendered from that when None.
@@ -209,8 +223,10 @@ class Registry:
             for _ in range(_MAX_ATTEMPTS):
                 version = max(self._max_version(name), _max_dir_version(model_dir)) + 1
                 stored = {**manifest, "name": name, "version": version, "parent": parent_ref}
-                write_json(tmp / "foundry.json", stored)
                 _write_card(tmp, stored, metrics, card)
+                # Last: foundry.json lists the checksums of every file above, and the
+                # index keeps foundry.json's own (unchanged files are hashed once).
+                manifest_sha256 = seal(tmp, stored)
                 final = model_dir / str(version)
                 size = _dir_size(tmp)
                 try:
@@ -233,6 +249,8 @@ class Registry:
                         description=description,
                         tags=tag_list,
                         size_bytes=size,
+                        manifest_sha256=manifest_sha256,
+                        run_dir=str(Path(run_dir).resolve()) if run_dir is not None else None,
                     )
                     # expire_on_commit=False: the row's values are read after the commit.
                     with Session(engine, expire_on_commit=False) as session, session.begin():
@@ -276,6 +294,7 @@ class Registry:
                 hint=f"e.g. '{name}:<version>'; see `versions('{name}')`",
             )
         record = self.resolve(ref)
+        directory = self.package_dir(record)  # never remove a folder outside the store
         with Session(self._get_engine()) as session, session.begin():
             session.execute(
                 delete(_ModelVersionRow).where(
@@ -283,11 +302,11 @@ class Registry:
                 )
             )
         # Rename first so the package disappears in one step, then remove it.
-        trash = record.path.parent / f"{TMP_PREFIX}deleted-{uuid.uuid4().hex}"
+        trash = directory.parent / f"{TMP_PREFIX}deleted-{uuid.uuid4().hex}"
         try:
-            os.rename(record.path, trash)
+            os.rename(directory, trash)
         except OSError:
-            trash = record.path
+            trash = directory
         shutil.rmtree(trash, ignore_errors=True)
         return record
 
@@ -357,13 +376,60 @@ class Registry:
         return self.resolve(f"{record.name}:{record.version}")
 
     def load(self, ref: str | Path) -> Package:
-        """Read the package a reference points to. A path to a package directory (a Path,
-        or a string containing a path separator) is read directly."""
+        """Read the package a reference points to, every file checked against the
+        checksums recorded at registration. A path to a package directory (a Path, or a
+        string containing a path separator) is read directly (checked against its own
+        foundry.json: nothing records what it should be)."""
         if isinstance(ref, Path) or (isinstance(ref, str) and ("/" in ref or os.sep in ref)):
             if not is_package_dir(ref):
                 raise ModelError(f"{ref} is not a model package directory")
             return read_package(ref)
-        return read_package(self.resolve(ref).path)
+        record = self.resolve(ref)
+        return read_package(self.package_dir(record), manifest_sha256=record.manifest_sha256,
+                            ref=record.ref)
+
+    def verify(self, ref: str) -> bool:
+        """Check a version's files against the checksums recorded at registration without
+        loading it (`foundry models verify`): ModelError naming the first file that
+        differs; False for a version registered before packages carried checksums."""
+        record = self.resolve(ref)
+        return verify_files(self.package_dir(record), self.read_manifest(record),
+                            ref=record.ref)
+
+    def read_manifest(self, record: ModelRecord) -> dict[str, Any]:
+        """A version's foundry.json without its weights, checked against the index's
+        record of it: ModelError if it was changed after registration."""
+        directory = self.package_dir(record)
+        verify_manifest(directory, record.manifest_sha256, ref=record.ref)
+        return read_json(directory / "foundry.json")
+
+    def package_dir(self, record: ModelRecord) -> Path:
+        """The package folder of `record`, checked to lie under ``<home>/models/`` (the
+        index's path column is data too)."""
+        return Confinement([self.home / "models"]).require(
+            record.path, what=f"the package folder of {record.ref} in the registry index,"
+        )
+
+    def run_dirs(self, names: Iterable[str]) -> list[Path]:
+        """The run folders foundry recorded for the versions of `names`, newest first:
+        with the home, the only folders the report and dashboard read."""
+        names = sorted(set(names))
+        with self._session() as session:
+            if session is None or not names:
+                return []
+            query = (
+                select(_ModelVersionRow.run_dir)
+                .where(_ModelVersionRow.name.in_(names), _ModelVersionRow.run_dir.is_not(None))
+                .order_by(_ModelVersionRow.created_at.desc(), _ModelVersionRow.id.desc())
+            )
+            seen: dict[str, None] = dict.fromkeys(r for r in session.scalars(query) if r)
+        return [Path(r) for r in seen]
+
+    def confinement(self, lineage: Iterable[str]) -> Confinement:
+        """What the report and dashboard may read for a model of this lineage (refs): the
+        home and the run folders recorded for the names in it."""
+        names = {parse_ref(ref)[0] for ref in lineage}
+        return Confinement([self.home, *self.run_dirs(names)])
 
     def list_models(self) -> list[ModelRecord]:
         """The latest version of every model, by name, with ``version_count`` set."""
@@ -522,6 +588,8 @@ class Registry:
             tags=tuple(row.tags or ()),
             size_bytes=row.size_bytes,
             version_count=version_count,
+            manifest_sha256=row.manifest_sha256,
+            run_dir=Path(row.run_dir) if row.run_dir else None,
         )
 
 

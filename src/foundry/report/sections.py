@@ -547,9 +547,9 @@ def _gaps_table(audits: dict[str, dict[str, Any]]) -> Table:
 
 def _no_history(ctx: Context) -> str:
     if ctx.sources.run_dir is None:
-        return ("per-epoch history not found: no run directory under the config's "
-                "output_dir names this model (moved or deleted?); report the run "
-                "directory itself")
+        refused = "".join(f" ({r})" for r in ctx.sources.refused)
+        return ("per-epoch history not found: no run folder the registry recorded names "
+                "this model (moved or deleted?); report the run directory itself" + refused)
     return f"{ctx.sources.run_dir} has no metrics.jsonl"
 
 

@@ -18,6 +18,12 @@ Where each thing lives (written by the stage that owns it):
   variant of one compress run, the parent first.
 A model found by reference gets its run directory back by looking for the run whose
 `COMPLETED` names it (or names its nearest ancestor, for a compressed variant).
+
+Only folders foundry recorded are read: the registry home and the run folders the index
+records for the model's names (`Registry.run_dirs`); a manifest naming any other folder
+(`training.run_dir: /etc`) is not followed, and the refusal is listed in `Sources.refused`
+(`foundry.registry.integrity.Confinement`). A run directory given on the command line is
+the user's own choice and is read; the package its `COMPLETED` names must lie inside it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from foundry.errors import ModelError
+from foundry.registry.integrity import Confinement
 
 COMPLETED = "COMPLETED"
 """The file a finished training run writes, holding the registered reference."""
@@ -58,6 +65,8 @@ class Sources:
     created_at: str | None = None
     registry: Any = None
     """The `Registry` the model was found in (None for an unregistered package)."""
+    refused: list[str] = field(default_factory=list)
+    """Paths the manifest named outside the allowed folders, not read (one sentence each)."""
 
 
 def gather(target: str | Path, *, registry: Any = None) -> Sources:
@@ -92,7 +101,10 @@ def _from_run_dir(run_dir: Path, registry: Any) -> Sources:
         )
     ref = done.read_text(encoding="utf-8").strip()
     if ref.startswith(UNREGISTERED):
-        package = run_dir / ref[len(UNREGISTERED):].strip().rstrip("/")
+        package = Confinement([run_dir]).require(
+            run_dir / ref[len(UNREGISTERED):].strip().rstrip("/"),
+            what=f"the package {done} names,",
+        )
         return _from_package(package, run_dir=run_dir, run_ref=None, registry=None)
     record = registry.resolve(ref)
     return _sources(record, registry, run_dir=run_dir, run_ref=record.ref)
@@ -104,11 +116,12 @@ def _from_ref(ref: str, registry: Any) -> Sources:
 
 
 def _sources(record: Any, registry: Any, *, run_dir: Path | None, run_ref: str | None) -> Sources:
-    manifest = _read_json(record.path / "foundry.json")
+    manifest = registry.read_manifest(record)  # ModelError if changed after registration
     lineage = [r.ref for r in registry.lineage(record.ref)]
+    confinement = registry.confinement(lineage)
     if run_dir is None:
-        run_dir, run_ref = find_run_dir(manifest, lineage)
-    compression, compression_path = find_compression(manifest, record.ref)
+        run_dir, run_ref = find_run_dir(manifest, lineage, registry, confinement)
+    compression, compression_path = find_compression(record.ref, lineage, registry)
     return Sources(
         ref=record.ref,
         package_path=record.path,
@@ -122,6 +135,7 @@ def _sources(record: Any, registry: Any, *, run_dir: Path | None, run_ref: str |
         lineage=lineage,
         created_at=record.created_at.isoformat(),
         registry=registry,
+        refused=confinement.refused,
     )
 
 
@@ -149,34 +163,24 @@ def _from_package(
     )
 
 
-def output_root(manifest: dict[str, Any]) -> Path:
-    """`output_dir` of the training config, resolved as training resolved it (against
-    the config's folder, which the manifest records as `data.base_dir`)."""
-    config = manifest.get("config") or {}
-    output_dir = Path(config.get("output_dir") or "runs").expanduser()
-    if output_dir.is_absolute():
-        return output_dir
-    base = (manifest.get("data") or {}).get("base_dir")
-    return (Path(base) if base else Path.cwd()) / output_dir
-
-
-def find_run_dir(manifest: dict[str, Any], lineage: list[str]) -> tuple[Path | None, str | None]:
-    """The newest run directory whose COMPLETED names the model or, failing that, its
-    nearest ancestor (a compressed variant was not trained in a run of its own)."""
+def find_run_dir(
+    manifest: dict[str, Any], lineage: list[str], registry: Any, confinement: Confinement
+) -> tuple[Path | None, str | None]:
+    """The run directory whose COMPLETED names the model or, failing that, its nearest
+    ancestor (a compressed variant was not trained in a run of its own): the one the
+    manifest records (`training.run_dir`) if `confinement` allows it, else one of the run
+    folders the index records for the lineage's names, newest first."""
+    candidates: list[Path] = []
     recorded = (manifest.get("training") or {}).get("run_dir")
-    if recorded and (Path(recorded) / COMPLETED).is_file():  # where training said it ran
-        done = (Path(recorded) / COMPLETED).read_text(encoding="utf-8").strip()
-        if done in lineage:
-            return Path(recorded), done
-    root = output_root(manifest)
-    name = (manifest.get("config") or {}).get("name") or manifest.get("name")
-    if not name or not root.is_dir():
-        return None, None
+    if isinstance(recorded, str) and recorded:
+        allowed = confinement.allow(recorded, what="training.run_dir of foundry.json:")
+        candidates += [allowed] if allowed is not None else []
+    candidates += registry.run_dirs(_names(lineage))
     finished: dict[str, Path] = {}
-    for run in sorted(root.glob(f"{name}-*")):  # names end in a UTC time: sorted = oldest first
+    for run in candidates:
         done = run / COMPLETED
         if done.is_file():
-            finished[done.read_text(encoding="utf-8").strip()] = run
+            finished.setdefault(done.read_text(encoding="utf-8").strip(), run)
     for ref in lineage:
         if ref in finished:
             return finished[ref], ref
@@ -184,14 +188,15 @@ def find_run_dir(manifest: dict[str, Any], lineage: list[str]) -> tuple[Path | N
 
 
 def find_compression(
-    manifest: dict[str, Any], ref: str
+    ref: str, lineage: list[str], registry: Any
 ) -> tuple[dict[str, Any] | None, Path | None]:
-    """The newest compress.json in which `ref` is the parent or one of the variants."""
-    root = output_root(manifest)
-    name = (manifest.get("config") or {}).get("name") or manifest.get("name")
-    if not name or not root.is_dir():
-        return None, None
-    for path in sorted(root.glob(f"{name}-compress-*/compress.json"), reverse=True):
+    """The newest compress.json in which `ref` is the parent or one of the variants,
+    among the run folders the index records for the lineage's names (a compress run
+    records its folder with each variant it registers)."""
+    for run in registry.run_dirs(_names(lineage)):
+        path = run / "compress.json"
+        if not path.is_file():
+            continue
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
@@ -200,6 +205,10 @@ def find_compression(
         if ref in refs:
             return payload, path
     return None, None
+
+
+def _names(lineage: list[str]) -> set[str]:
+    return {ref.partition(":")[0] for ref in lineage}
 
 
 def read_history(run_dir: Path | None) -> list[dict[str, Any]]:

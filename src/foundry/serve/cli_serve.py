@@ -59,6 +59,10 @@ def serve(
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ConfigError(f"serve one version per model; several requested for: {twice}")
+    # A package that differs from its checksums fails here, as one line: a worker that
+    # failed to start would be restarted by uvicorn's supervisor over and over.
+    for record in records:
+        registry.verify(record.ref)
 
     url = f"http://{settings.host}:{settings.port}"
     typer.echo(f"serving {', '.join(refs)} at {url}  ({settings.workers} worker(s))")

@@ -322,7 +322,11 @@ class Dashboard:
     # -- one version
 
     def _version(self, record: ModelRecord, by_ref: dict[str, ModelRecord]) -> dict[str, Any]:
-        cache_key = (str(record.path), record.created_at.isoformat())
+        try:  # a foundry.json changed since it was summarised is read (and refused) again
+            changed = (record.path / "foundry.json").stat().st_mtime_ns
+        except OSError:
+            changed = None
+        cache_key = (str(record.path), record.created_at.isoformat(), changed)
         if cache_key not in self._versions:
             if len(self._versions) > 1024:
                 self._versions.clear()

@@ -4,6 +4,10 @@ left on disk: the training run's `metrics.jsonl` and the compress run's `compres
 (found as `foundry report` finds them, `foundry.report.sources`) and the unit economics
 `foundry cost` saved (`foundry.economics.load_saved`).
 
+One hostile or damaged package never fails the page: a foundry.json changed after
+registration is shown as that version's `problem`, and a folder its manifest names outside
+the registry and recorded run folders is not read, with a warning (`Registry.confinement`).
+
     version_summary(record, registry, by_ref)   # → a JSON-able dict (see its keys)
 """
 
@@ -32,23 +36,26 @@ def version_summary(
 
     summary = bare_summary(record)
     try:
-        manifest = read_json(record.path / "foundry.json")
-        metrics = read_json(record.path / "metrics.json")
-    except (OSError, ValueError) as exc:
+        manifest = registry.read_manifest(record)  # checked against the index
+        metrics = read_json(registry.package_dir(record) / "metrics.json")
+    except (OSError, ValueError, FoundryError) as exc:
         summary["problem"] = f"cannot read the package: {exc}"
         return summary
     summary["lineage"] = [r.ref for r in registry.lineage(record.ref)]
+    confinement = registry.confinement(summary["lineage"])
     training = manifest.get("training") or None
     if training:
         summary["training"] = {k: training.get(k) for k in
                                ("epochs_run", "best_epoch", "seconds", "stopped_early")}
         summary["training"]["best_metrics"] = scalars(training.get("best_metrics") or {})
-    summary["run_dir"], summary["history"] = history_of(manifest, summary["lineage"])
+    summary["run_dir"], summary["history"] = history_of(
+        manifest, summary["lineage"], registry, confinement
+    )
     card = build_card(manifest, metrics)
     summary["fairness"] = fairness_summary(card.get("fairness"))
     summary["fairness_missing"] = (card.get("missing") or {}).get("fairness")
-    summary["warnings"] = [str(w) for w in card.get("warnings") or []]
     summary["compression"] = compression_summary(record, manifest, by_ref, registry)
+    summary["warnings"] = [str(w) for w in card.get("warnings") or []] + confinement.refused
     return summary
 
 
@@ -143,7 +150,8 @@ def compression_summary(
     from foundry.report.sources import find_compression
 
     try:
-        payload, _ = find_compression(manifest, record.ref)
+        lineage = [record.ref, *([parent_ref] if parent_ref else [])]
+        payload, _ = find_compression(record.ref, lineage, registry)
     except (OSError, ValueError):
         payload = None
     for variant in (payload or {}).get("variants") or []:
@@ -204,13 +212,16 @@ def scalars(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def history_of(manifest: dict[str, Any], lineage: list[str]) -> tuple[str | None, list[dict]]:
+def history_of(
+    manifest: dict[str, Any], lineage: list[str], registry: Registry, confinement: Any
+) -> tuple[str | None, list[dict]]:
     """The run directory that trained this version (or its nearest ancestor) and its
-    per-epoch records (`metrics.jsonl`), found as `foundry report` finds them."""
+    per-epoch records (`metrics.jsonl`), found as `foundry report` finds them, inside
+    `confinement` (`foundry.registry.integrity.Confinement`)."""
     from foundry.report.sources import find_run_dir, read_history
 
     try:
-        run_dir, _ = find_run_dir(manifest, lineage)
+        run_dir, _ = find_run_dir(manifest, lineage, registry, confinement)
         history = read_history(run_dir)
     except (OSError, ValueError):
         return None, []

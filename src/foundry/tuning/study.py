@@ -484,6 +484,7 @@ def _register_best(
             card=stored.card if files else None,
             description=plan.config.description,
             files=files,
+            run_dir=package.parent,  # the trial's run folder: curves for report, dashboard
         )
         study.set_user_attr(done_key, record.ref)
         (package.parent / "REGISTERED").write_text(record.ref + "\n")
