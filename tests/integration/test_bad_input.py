@@ -94,7 +94,8 @@ def test_non_numeric_value_is_named_by_its_row_in_the_file(cli, tmp_path):
     df.loc[57, "age"] = 40
     df.to_csv(tmp_path / "d.csv", index=False)
     assert_one_line_error(
-        cli("train", "c.yaml", cwd=tmp_path), "'hours' has 1 infinite value(s) (first at row 6 of d.csv"
+        cli("train", "c.yaml", cwd=tmp_path),
+        "'hours' has 1 infinite value(s) (first at row 6 of d.csv",
     )
 
 

@@ -17,7 +17,6 @@ from foundry.config.schema import NumberPreprocessing
 from foundry.data.encoders.keys import first_row
 from foundry.errors import DataError
 
-
 RowName = Callable[[int], str]
 """Position in a column → how an error names that row ("row 7 of d.csv (...)")."""
 
