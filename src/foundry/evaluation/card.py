@@ -658,12 +658,24 @@ def _render_calibration(
     if calibration is None:
         return lines + [_missing_line(missing, "calibration"), ""]
     bins = calibration.get("bins")
-    if calibration.get("method") == "temperature":
+    fitted = calibration.get("fitted_temperature")
+    val_ece = " → ".join(_fmt(calibration.get(f"val_ece_{k}")) for k in ("before", "after"))
+    if calibration.get("method") == "temperature" and calibration.get("kept", fitted is None):
         lines.append(
             f"Temperature scaling: T = {_fmt(calibration['temperature'])}, fitted on the "
             f"validation split ({calibration.get('n_val')} rows); predictions divide the "
             "logits by T (the predicted class does not change)."
+            + (f" Kept: it lowered the validation ECE ({val_ece})." if fitted else "")
         )
+    elif calibration.get("method") == "temperature" and fitted is not None:
+        lines.append(
+            f"Temperature scaling: **not applied** (T = 1). The fitted T = {_fmt(fitted)} "
+            f"did not lower the expected calibration error on the validation split "
+            f"({calibration.get('n_val')} rows; {val_ece}), so predictions keep the "
+            "model's own probabilities."
+        )
+    elif calibration.get("method") == "temperature":
+        lines.append("Temperature scaling: not applied (T = 1); see the note below.")
     else:
         lines.append("Temperature scaling is off (evaluate.calibration.temperature_scaling).")
     lines += [
@@ -681,7 +693,7 @@ def _render_calibration(
             f"{_fmt(calibration.get(f'{key}_after'))} |"
         )
     reduction = calibration.get("ece_reduction")
-    if reduction is not None and calibration.get("method") == "temperature":
+    if reduction is not None and calibration.get("temperature") != 1.0:
         change = "reduced" if reduction >= 0 else "increased"
         lines += ["", f"Temperature scaling {change} the ECE by {abs(reduction):.1%}."]
     if calibration.get("note"):

@@ -60,11 +60,14 @@ def assess(
             temperature = float(calibration["temperature"])
             predictor = replace(predictor, temperature=temperature)
             out_eval, out_val = predictor.calibrated(out_eval), predictor.calibrated(out_val)
-            say.info(
-                f"calibration: temperature {temperature:.3f}, expected calibration error "
-                f"{calibration['ece_before']:.4f} → {calibration['ece_after']:.4f} "
-                f"({cfg.evaluate.split} split)"
-            )
+            if calibration.get("note"):  # not fitted, or fitted and not kept
+                say.info(f"calibration: {calibration['note']}")
+            else:
+                say.info(
+                    f"calibration: temperature {temperature:.3f}, expected calibration "
+                    f"error {calibration['ece_before']:.4f} → {calibration['ece_after']:.4f} "
+                    f"({cfg.evaluate.split} split)"
+                )
     metrics = compute_metrics(task, y_eval, out_eval)
     if "calibration" in sections:
         metrics["ece"] = sections["calibration"]["ece_after"]

@@ -330,9 +330,17 @@ def calibration_section(ctx: Context) -> Blocks | str:
     rows = [[name, fmt(calibration.get(f"{key}_before")), fmt(calibration.get(f"{key}_after"))]
             for name, key in (("expected calibration error", "ece"), ("accuracy", "accuracy"),
                               ("log loss (NLL)", "nll"))]
+    fitted = calibration.get("fitted_temperature")
+    if fitted is not None and not calibration.get("kept"):
+        # the identity is recorded: say what was fitted and why it is not applied
+        applied = (f"temperature 1 applied: the fitted T = {fmt(fitted)} did not lower the "
+                   f"validation ECE ({fmt(calibration.get('val_ece_before'))} → "
+                   f"{fmt(calibration.get('val_ece_after'))})")
+    else:
+        applied = (f"temperature {fmt(calibration.get('temperature'))} fitted on the "
+                   f"{calibration.get('fitted_on', 'val')} split")
     blocks.append(Table(["", "before", "after"], rows, caption=(
-        f"temperature {fmt(calibration.get('temperature'))} fitted on the "
-        f"{calibration.get('fitted_on', 'val')} split ({fmt(calibration.get('n_val'))} rows); "
+        f"{applied} ({fmt(calibration.get('n_val'))} validation rows); "
         f"measured on {fmt(calibration.get('n_eval'))} evaluation rows, "
         f"{fmt(calibration.get('bins'))} bins")))
     return blocks
