@@ -192,18 +192,22 @@ def compress(
         bar.describe(f"{record.ref}: scoring {1 + k} networks", total=steps)
 
         # ---- measure everything in this process: metrics, then round-robin timings
-        from foundry.evaluation.metrics import compute_metrics
+        from foundry.evaluation.metrics import compute_metrics, returned_metrics
         from foundry.predictor import run_model
 
         networks = [parent.model] + [b.network for b in built]
         y = eval_enc["target"].numpy()
-        # Variants of the same network keep the parent's temperature; retrained ones do not.
+        # Variants of the same network keep the parent's temperature and fairness
+        # thresholds (their metrics score the decisions they return, as the parent's
+        # registered ones do); retrained ones keep neither.
         scaled = [True] + [b.training is None for b in built]
         scored = []
         for net, same_network in zip(networks, scaled, strict=True):
             out = run_model(net, eval_enc, len(eval_df))
             scored.append(
-                compute_metrics(parent.task, y, parent.calibrated(out) if same_network else out)
+                returned_metrics(parent, eval_df, y, parent.calibrated(out))
+                if same_network
+                else compute_metrics(parent.task, y, out)
             )
             bar.advance()
         bar.describe(

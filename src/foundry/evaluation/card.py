@@ -19,7 +19,9 @@ they do). A section whose stage did not run is ``null`` and `missing` says why:
                      best_epoch, epochs_run, seconds, stopped_early, config (full, resolved)
     privacy          epsilon, delta, noise_multiplier, max_grad_norm, sample_rate, steps,
                      epochs, accountant, library, fixed_layers   (null: not private)
-    metrics          split, values {name: number | null}, confusion_matrix
+    metrics          split, values {name: number | null}, confusion_matrix, unmitigated
+                     {name: number | null} | null (with fairness mitigation the values
+                     score the decisions returned; these, the most probable class)
     fairness         sensitive_features, positive_class, before (audit), after (audit |
                      null), mitigation {constraint, objective, accuracy_before,
                      accuracy_after} | null
@@ -230,16 +232,21 @@ def _training(manifest: dict[str, Any], config: dict[str, Any]) -> dict[str, Any
 
 
 def _metrics(metrics: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    values = {
+    matrix = metrics.get("confusion_matrix")
+    unmitigated = metrics.get("unmitigated")  # evaluation.metrics.UNMITIGATED
+    return {
+        "split": (config.get("evaluate") or {}).get("split"),
+        "values": _numbers(metrics),
+        "confusion_matrix": _clean(matrix) if isinstance(matrix, list) else None,
+        "unmitigated": _numbers(unmitigated) if isinstance(unmitigated, dict) else None,
+    }
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
         str(k): _clean(v)
         for k, v in metrics.items()
         if isinstance(v, (int, float, type(None))) and not isinstance(v, bool)
-    }
-    matrix = metrics.get("confusion_matrix")
-    return {
-        "split": (config.get("evaluate") or {}).get("split"),
-        "values": values,
-        "confusion_matrix": _clean(matrix) if isinstance(matrix, list) else None,
     }
 
 
@@ -580,7 +587,22 @@ def _render_privacy(privacy: dict[str, Any] | None, missing: dict[str, str]) -> 
 
 def _render_metrics(metrics: dict[str, Any], classes: list[str]) -> list[str]:
     lines = [f"## Metrics ({metrics['split'] or 'evaluation'} split)", ""]
-    if metrics["values"]:
+    unmitigated = metrics.get("unmitigated")
+    if metrics["values"] and unmitigated:
+        lines += [
+            "Of the decisions the model returns: fairness mitigation's group thresholds "
+            "apply when a request supplies the sensitive features. Without them (the most "
+            "probable class) in the last column; the probability metrics are the same.",
+            "",
+            "| metric | returned decisions | without mitigation |",
+            "|---|---:|---:|",
+        ]
+        lines += [
+            f"| {_cell(k)} | {_fmt(v)} | "
+            f"{_fmt(unmitigated[k]) if k in unmitigated else 'same'} |"
+            for k, v in metrics["values"].items()
+        ]
+    elif metrics["values"]:
         lines += ["| metric | value |", "|---|---:|"]
         lines += [f"| {_cell(k)} | {_fmt(v)} |" for k, v in metrics["values"].items()]
     else:
@@ -588,7 +610,8 @@ def _render_metrics(metrics: dict[str, Any], classes: list[str]) -> list[str]:
     matrix = metrics["confusion_matrix"]
     # Past ~20 classes the table is wider than any page; card.json keeps it.
     if matrix and len(matrix) == len(classes) and len(classes) <= 20:
-        lines += ["", "Confusion matrix (rows: true class, columns: predicted):", ""]
+        what = "returned decision" if unmitigated else "predicted"
+        lines += ["", f"Confusion matrix (rows: true class, columns: {what}):", ""]
         lines += ["| | " + " | ".join(_cell(c) for c in classes) + " |"]
         lines += ["|---|" + "---:|" * len(classes)]
         lines += [

@@ -209,15 +209,31 @@ def metrics_section(ctx: Context) -> Blocks | str:
         fresh = _scalars(ev.metrics or {})
         columns.append(f"on {ev.source} ({ev.rows:,} rows)")
         names += [k for k in fresh if k not in registered]
+    # fairness mitigation: the values score the decisions returned; the most probable
+    # class's follow as "<metric> unmitigated" rows
+    unmitigated = [_scalars((m or {}).get("unmitigated") or {})
+                   for m in (ctx.sources.metrics, ev.metrics if fresh else None)]
     rows = []
     for name in names:
         row = [name, fmt(registered.get(name)) if name in registered else ""]
         if fresh:
             row.append(fmt(fresh.get(name)) if name in fresh else "")
         rows.append(row)
+    for name in dict.fromkeys([*unmitigated[0], *unmitigated[1]]):
+        row = [f"{name} unmitigated", fmt(unmitigated[0].get(name))
+               if name in unmitigated[0] else ""]
+        if fresh:
+            row.append(fmt(unmitigated[1].get(name)) if name in unmitigated[1] else "")
+        rows.append(row)
     if not rows:
         return "the package's metrics.json holds no values"
-    return [Table(columns, rows)]
+    blocks: Blocks = []
+    if unmitigated[0] or unmitigated[1]:
+        blocks.append(Note(
+            "With fairness mitigation: the metrics are those of the decisions the model "
+            "returns (group thresholds, applied when the sensitive columns are supplied); "
+            "the rows marked unmitigated are of the most probable class."))
+    return [*blocks, Table(columns, rows)]
 
 
 @section("confusion", "Confusion matrix")
@@ -230,12 +246,14 @@ def confusion_section(ctx: Context) -> Blocks | str:
     n = len(ev.classes)
     if n > 50:
         return f"{n} classes: too many for a readable matrix"
-    matrix = confusion_matrix(ev.y, ev.proba.argmax(axis=1), labels=list(range(n))).tolist()
+    chosen = ev.proba.argmax(axis=1) if ev.decisions is None else ev.decisions
+    matrix = confusion_matrix(ev.y, chosen, labels=list(range(n))).tolist()
     rows = [[f"true {c}", *(str(v) for v in row), str(sum(row))]
             for c, row in zip(ev.classes, matrix, strict=True)]
+    rule = ("the decision fairness mitigation returns (group thresholds)"
+            if ev.decisions is not None else "the class with the highest probability")
     table = Table(["", *(f"predicted {c}" for c in ev.classes), "rows"], rows,
-                  caption=f"{ev.rows:,} rows of {ev.source}; the class with the highest "
-                  "probability is the prediction")
+                  caption=f"{ev.rows:,} rows of {ev.source}; {rule} is the prediction")
     return [Chart(figures.confusion(matrix, ev.classes)), table]
 
 

@@ -64,6 +64,9 @@ def bare_summary(record: ModelRecord) -> dict[str, Any]:
         "size_bytes": record.size_bytes,
         "description": record.description,
         "metrics": scalars(record.metrics),
+        # with fairness mitigation, `metrics` score the decisions returned; these the
+        # most probable class (shown beside them)
+        "unmitigated": scalars((record.metrics or {}).get("unmitigated") or {}),
         "key_metric": key_metric(record.metrics),
         "lineage": [record.ref],
         "training": None,
@@ -78,11 +81,13 @@ def bare_summary(record: ModelRecord) -> dict[str, Any]:
 
 
 def key_metric(metrics: dict[str, Any]) -> dict[str, Any] | None:
-    """{name, value} of the first of KEY_METRICS present, else of the first number."""
+    """{name, value, unmitigated} of the first of KEY_METRICS present, else of the first
+    number; unmitigated: its value without fairness mitigation (None: no mitigation)."""
     values = scalars(metrics)
+    without = scalars((metrics or {}).get("unmitigated") or {})
     for name in (*KEY_METRICS, *values):
         if values.get(name) is not None:
-            return {"name": name, "value": values[name]}
+            return {"name": name, "value": values[name], "unmitigated": without.get(name)}
     return None
 
 
