@@ -24,10 +24,12 @@ def metrics_table(metrics: Mapping[str, Any], title: str) -> Table:
     for name, value in metrics.items():
         text = _cell(value)
         if text is not None:
-            # probability metrics (ROC AUC, log loss) do not depend on the decisions
-            extra = [_cell(unmitigated[name]) or "" if name in unmitigated else "(same)"]
-            extra = extra if unmitigated else []
-            table.add_row(name, text, *extra)
+            if not unmitigated:
+                table.add_row(name, text)
+            elif name in unmitigated:
+                table.add_row(name, text, _cell(unmitigated[name]) or "")
+            else:  # probability metrics (ROC AUC, log loss) do not depend on the decisions
+                table.add_row(name, text, "(same)")
     return table
 
 

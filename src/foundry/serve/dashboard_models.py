@@ -81,13 +81,16 @@ def bare_summary(record: ModelRecord) -> dict[str, Any]:
 
 
 def key_metric(metrics: dict[str, Any]) -> dict[str, Any] | None:
-    """{name, value, unmitigated} of the first of KEY_METRICS present, else of the first
-    number; unmitigated: its value without fairness mitigation (None: no mitigation)."""
+    """{name, value} of the first of KEY_METRICS present, else of the first number; with
+    fairness mitigation also "unmitigated": its value for the most probable class."""
     values = scalars(metrics)
     without = scalars((metrics or {}).get("unmitigated") or {})
     for name in (*KEY_METRICS, *values):
         if values.get(name) is not None:
-            return {"name": name, "value": values[name], "unmitigated": without.get(name)}
+            found = {"name": name, "value": values[name]}
+            if without.get(name) is not None:
+                found["unmitigated"] = without[name]
+            return found
     return None
 
 
