@@ -485,8 +485,15 @@ def compression_section(ctx: Context) -> Blocks | str:
     batches = [str(b) for b in payload.get("batch_sizes") or []] or sorted(
         {b for v in variants for b in (v.get("latency_ms") or {})}, key=int)
     unit = "ms/token" if per_token else "ms"
+    # end to end (a /predict request's whole work from raw records, foundry.compression.
+    # timing) beside the network alone, and the speed-up a request gets from it
+    e2e = bool(variants and variants[0].get("end_to_end_ms"))
+    parent_timed = (variants[0].get("end_to_end_ms") or variants[0].get("latency_ms") or {}
+                    ) if variants else {}
     columns = ["variant", "ref", "size (MB)", "parameters",
-               *(f"p50 b={b} ({unit})" for b in batches),
+               *(f"p50 {'model ' if e2e else ''}b={b} ({unit})" for b in batches),
+               *(f"p50 end-to-end b={b} (ms)" for b in batches if e2e),
+               f"speed-up{' end-to-end' if e2e else ''}",
                "tokens/s" if per_token else "rows/s"]
     if key:
         columns += [key, "change"]
@@ -494,18 +501,25 @@ def compression_section(ctx: Context) -> Blocks | str:
     for v in variants:
         marks = [m for m, on in (("tagged", v.get("ref") == payload.get("tagged")),
                                  ("this report", v.get("ref") == ctx.sources.ref)) if on]
+        timed = (v.get("end_to_end_ms") if e2e else v.get("latency_ms")) or {}
+        speedups = [f"{parent_timed[b] / timed[b]:.2f}x" if timed.get(b) and b in parent_timed
+                    else "n/a" for b in batches]
         row = [v.get("method", "") + (f" ({', '.join(marks)})" if marks else ""), v.get("ref", ""),
                fmt((v.get("size_bytes") or 0) / 1e6), fmt(v.get("parameters")),
                *(fmt((v.get("latency_ms") or {}).get(b)) for b in batches),
-               fmt(v.get("throughput"))]
+               *(fmt((v.get("end_to_end_ms") or {}).get(b)) for b in batches if e2e),
+               " / ".join(speedups), fmt(v.get("throughput"))]
         if key:
             delta = (v.get("deltas") or {}).get(key)
             row += [fmt((v.get("metrics") or {}).get(key)),
                     "" if v.get("method") == "parent" or delta is None else f"{delta:+.4f}"]
         rows.append(row)
     blocks: Blocks = [
-        Note(f"Measured in one process on {payload.get('data', '?')}, timings round-robin "
-             f"(compare ratios, not numbers across runs). {payload.get('selection', '')}"),
+        Note(f"Measured in one process on {payload.get('data', '?')}, timings warmed up and "
+             "interleaved (compare ratios, not numbers across runs)"
+             + ("; end to end: a /predict request's work from raw JSON records, which the "
+                "speed-up reads" if e2e else "")
+             + f". {payload.get('selection', '')}"),
         Chart(figures.compression(variants, batches, per_token)),
         Table(columns, rows, caption=str(ctx.sources.compression_path or "")),
     ]

@@ -147,6 +147,8 @@ def compression_summary(
                    if mine[k] is not None and theirs.get(k) is not None},
         "latency_ms": None,
         "parent_latency_ms": None,
+        "end_to_end_ms": None,
+        "parent_end_to_end_ms": None,
     }
     from foundry.report.sources import find_compression
 
@@ -157,8 +159,10 @@ def compression_summary(
     for variant in (payload or {}).get("variants") or []:
         if variant.get("ref") == record.ref:
             out["latency_ms"] = variant.get("latency_ms")
+            out["end_to_end_ms"] = variant.get("end_to_end_ms") or None
         if variant.get("ref") == parent_ref:
             out["parent_latency_ms"] = variant.get("latency_ms")
+            out["parent_end_to_end_ms"] = variant.get("end_to_end_ms") or None
     return out
 
 
