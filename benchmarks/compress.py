@@ -198,7 +198,7 @@ def small(args: argparse.Namespace) -> dict:
                 "name": "census-small",
                 "data": {"path": str(census_csv(folder))},
                 "features": {"target": "income"},
-                "model": {"type": "mlp", "layers": [128, 32]},
+                "model": {"type": "mlp", "layers": [256, 32]},
                 "train": {"epochs": min(args.epochs, 5), "batch_size": 64, "seed": 0},
                 "evaluate": {"explain": {"permutation_importance": False}},
                 "output_dir": str(folder / "runs"),
@@ -210,19 +210,77 @@ def small(args: argparse.Namespace) -> dict:
         )
         result = compress(run.model_ref, config, out_dir=folder / "compress")
         print((folder / "compress" / "compress.md").read_text())
+        cpu = cpu_per_request(result, folder, repeats=max(args.repeats, 100))
     print(f"parent: {result.variants[0].parameters:,} weights; {result.selection}")
     print_speedups(result.variants)
+    print("CPU time of one /predict request's work (process time, median; not slowed by "
+          "other processes):")
+    for method, by_batch in cpu.items():
+        print(f"{method:10s} " + "  ".join(
+            f"b={b} {ms:.3f} ms ({cpu['parent'][b] / ms:.2f}x)" for b, ms in by_batch.items()))
     out = {
         v.method: {
             "parameters": v.parameters,
             "latency_ms": v.latency_ms,
             "end_to_end_ms": v.end_to_end_ms,
+            "cpu_end_to_end_ms": cpu[v.method],
         }
         for v in result.variants
     }
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return out
+
+
+def cpu_per_request(result, folder: Path, repeats: int) -> dict[str, dict[str, float]]:
+    """Median process CPU time of the end-to-end call of each variant, alternating as the
+    stage does: on a machine where other processes take the cores, wall time includes
+    waiting for one, CPU time does not (one PyTorch thread, as a server worker on 2
+    cores has)."""
+    import statistics
+    import time
+
+    import torch
+
+    from foundry.compression import timing
+    from foundry.config.load import LoadedConfig
+    from foundry.config.schema import FoundryConfig
+    from foundry.console import Reporter
+    from foundry.pipeline import load_splits
+    from foundry.predictor import load
+
+    parent = load(result.parent)
+    cfg = FoundryConfig.model_validate(parent.manifest["config"])
+    splits, _ = load_splits(LoadedConfig(cfg, folder), Reporter(quiet=True))
+    from foundry.economics.throughput import torch_threads
+
+    restore = torch_threads(1)
+    try:
+        index = {size: torch.arange(size) % len(splits.test) for size in timing.BATCHES}
+        bodies = timing._request_bodies(parent, splits.test, index)
+        served = [
+            timing._served(parent, timing._with_current_threads(load(v.ref).model), True)
+            for v in result.variants
+        ]
+        calls = [{size: (lambda s=s, b=bodies[size]: timing._answer(s, b))
+                  for size in timing.BATCHES} for s in served]
+        for timed in calls:  # warm-up
+            for call in timed.values():
+                for _ in range(timing.WARMUP):
+                    call()
+        samples = [{size: [] for size in timing.BATCHES} for _ in calls]
+        for r in range(repeats):
+            for i in range(len(calls)) if r % 2 == 0 else reversed(range(len(calls))):
+                for size, call in calls[i].items():
+                    start = time.process_time()
+                    call()
+                    samples[i][size].append((time.process_time() - start) * 1000)
+    finally:
+        restore()
+    return {
+        v.method: {str(b): statistics.median(s[b]) for b in timing.BATCHES}
+        for v, s in zip(result.variants, samples, strict=True)
+    }
 
 
 if __name__ == "__main__":

@@ -224,7 +224,8 @@ def compress(
             f"{', '.join(map(str, BATCHES))} ({config.repeats} rounds)"
         )
         timings, unmeasured = time_networks(
-            parent, networks, scaled, eval_enc, eval_df, config.repeats, on_round=bar.advance
+            parent, networks, scaled, eval_enc, eval_df, config.repeats,
+            workers=cfg.serve.workers, on_round=bar.advance,
         )
         if unmeasured:
             say.warn(unmeasured)

@@ -14,6 +14,14 @@ without warm-up, an earlier table claimed 86x. The speed-up a user gets is the
 end-to-end one, and that is what the table's speed-up column and the choice of
 `name:compressed` read.
 
+Both run with the intra-op threads a server worker gets (`serve.workers` of the training
+config; `foundry.serve.app.inference_threads`): PyTorch's default, one thread per core,
+is not what serving uses, and on a busy machine a forward split over threads waits at
+PyTorch's thread barrier for a thread that has no core. Measured on the shared 2-core
+machine: the fp32 parent of a small MLP took 72.8 ms at batch 64 with 2 threads against
+0.11 ms for its ONNX variant, a "678x" that was the barrier, not the variant. ONNX
+Runtime sessions are opened again with the same thread count for the timing.
+
 Every call is warmed up (`WARMUP` calls each: first calls allocate, pick kernels, fill
 caches) before any is timed. Then each of `repeats` rounds times every network in turn,
 in forward order on even rounds and backward on odd ones, so load on a shared machine
@@ -23,6 +31,7 @@ median of the rounds is reported.
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import time
@@ -59,6 +68,7 @@ def time_networks(
     frame: pd.DataFrame,
     repeats: int,
     *,
+    workers: int = 1,
     on_round: Callable[[], None] | None = None,
 ) -> tuple[list[Timings], str]:
     """Model-only and end-to-end medians for each of `networks` (the parent's first).
@@ -66,8 +76,28 @@ def time_networks(
     parent: the parent `Predictor` (its preprocessing, scrubber, temperature and
     thresholds serve every variant; `same_network[i]` False: a retrained network, served
     without the parent's temperature and thresholds). encoded / frame: the same rows,
-    encoded and raw. `on_round` is called after the warm-up and after each round. Also
-    returns why end to end was not measured ("" when it was)."""
+    encoded and raw. workers: server worker processes, whose share of the cores the
+    timing gets (module docstring). `on_round` is called after the warm-up and after
+    each round. Also returns why end to end was not measured ("" when it was)."""
+    from foundry.economics.throughput import torch_threads
+
+    restore = torch_threads(workers)
+    try:
+        networks = [_with_current_threads(net) for net in networks]
+        return _time(parent, networks, same_network, encoded, frame, repeats, on_round)
+    finally:
+        restore()
+
+
+def _time(
+    parent: Any,
+    networks: list[Any],
+    same_network: list[bool],
+    encoded: dict[str, torch.Tensor],
+    frame: pd.DataFrame,
+    repeats: int,
+    on_round: Callable[[], None] | None,
+) -> tuple[list[Timings], str]:
     from foundry.predictor import run_model
 
     inputs = {k: v for k, v in encoded.items() if k != "target"}
@@ -111,8 +141,9 @@ def round_robin(
     """Median milliseconds of every call of every subject: `calls[i]` maps a key (a batch
     size, ...) to a zero-argument call of subject i. Each call runs `warmup` times
     untimed first; then each of `repeats` rounds times every subject in turn, forward on
-    even rounds and backward on odd ones (the module docstring says why). `on_round` is
-    called after the warm-up and after each round."""
+    even rounds and backward on odd ones (the module docstring says why), with the garbage
+    collector off inside a round and run between rounds. `on_round` is called after the
+    warm-up and after each round."""
     for _ in range(warmup):
         for timed in calls:
             for call in timed.values():
@@ -120,16 +151,37 @@ def round_robin(
     if on_round is not None:
         on_round()
     samples: list[dict[Any, list[float]]] = [{key: [] for key in timed} for timed in calls]
-    for r in range(repeats):
-        order = range(len(calls)) if r % 2 == 0 else range(len(calls) - 1, -1, -1)
-        for i in order:
-            for key, call in calls[i].items():
-                start = time.perf_counter()
-                call()
-                samples[i][key].append((time.perf_counter() - start) * 1000)
-        if on_round is not None:
-            on_round()
+    collecting = gc.isenabled()
+    try:
+        for r in range(repeats):
+            # as timeit does: a collection inside a timed call would charge one subject
+            # for the garbage all of them made; collect between rounds instead
+            gc.collect()
+            gc.disable()
+            order = range(len(calls)) if r % 2 == 0 else range(len(calls) - 1, -1, -1)
+            for i in order:
+                for key, call in calls[i].items():
+                    start = time.perf_counter()
+                    call()
+                    samples[i][key].append((time.perf_counter() - start) * 1000)
+            if collecting:
+                gc.enable()
+            if on_round is not None:
+                on_round()
+    finally:
+        if collecting:
+            gc.enable()
     return [{key: statistics.median(v) for key, v in s.items()} for s in samples]
+
+
+def _with_current_threads(network: Any) -> Any:
+    """An ONNX variant's session opened again with PyTorch's current thread count (the
+    stage built it with the default); any other network as it is."""
+    from foundry.compression.onnx import OnnxRunner
+
+    if isinstance(network, OnnxRunner):
+        return OnnxRunner(network.path, network.input_names, threads=torch.get_num_threads())
+    return network
 
 
 def _of(medians: dict[tuple[str, int], float], kind: str) -> dict[str, float]:
