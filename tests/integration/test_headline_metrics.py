@@ -15,6 +15,8 @@ import yaml
 import foundry
 from foundry.registry import Registry
 
+pytestmark = pytest.mark.slow  # one training run (~5-15 s) shared by the module
+
 
 def table(n: int, seed: int) -> pd.DataFrame:
     """`x` predicts `y` and is higher in group b: demographic parity needs different
