@@ -182,3 +182,44 @@ def test_the_training_bar_follows_the_same_rules(monkeypatch):
         assert not shown()
     monkeypatch.setenv(ENV, "0")
     assert not shown()
+
+
+def test_a_forced_training_run_prints_lines_inside_an_epoch(monkeypatch, capsys, tmp_path):
+    """FOUNDRY_PROGRESS=1 without a terminal: a line every LOG_EVERY_S seconds within an
+    epoch (issue 14: a 7-minute epoch printed nothing). The interval is set to 0 here so
+    every batch prints one, without waiting."""
+    import re
+
+    import torch
+
+    import foundry.training.progress as training_progress
+    from foundry.config.schema import TrainConfig
+    from foundry.data.schema import TaskInfo
+    from foundry.training import fit
+
+    monkeypatch.setattr(training_progress, "LOG_EVERY_S", 0.0)
+    x = torch.randn(100, 3, generator=torch.Generator().manual_seed(0))
+    data = {"numeric": x, "target": (x[:, 0] > 0).long()}
+    model = torch.nn.Linear(3, 2)
+    forward = model.forward
+    model.forward = lambda inputs: forward(inputs["numeric"])
+    config = TrainConfig(epochs=2, batch_size=20, num_threads=1)
+    task = TaskInfo(target="y", task="binary", classes=["a", "b"])
+
+    def train(run: str) -> str:
+        fit(model, data, None, config, task, tmp_path / run, n_outputs=2, progress=True)
+        out, err = capsys.readouterr()
+        assert out == ""
+        return err
+
+    monkeypatch.setenv(ENV, "1")
+    lines = [line for line in train("forced").splitlines() if ": batch " in line]
+    # batches 1-4 of 5 in each epoch (the 5th is followed by the epoch's own line)
+    assert [line.split(" (")[0] for line in lines] == [
+        f"epoch {e}/2: batch {b}/5" for e in (1, 2) for b in (1, 2, 3, 4)
+    ]
+    assert all(re.search(r"batch/s, \d+:\d\d:\d\d elapsed, eta ", line) for line in lines)
+    with silenced():  # --quiet / --json
+        assert ": batch " not in train("quiet")
+    monkeypatch.delenv(ENV)  # captured stderr is not a terminal: off by default
+    assert ": batch " not in train("default")

@@ -503,6 +503,11 @@ def models_show(
         )
     ]
     rows += [(k, f"{v:.4f}") for k, v in record.metrics.items() if isinstance(v, float)]
+    rows += [  # fairness mitigation: the metrics above are of the decisions returned
+        (f"{k} unmitigated", f"{v:.4f}")
+        for k, v in (record.metrics.get("unmitigated") or {}).items()
+        if isinstance(v, float)
+    ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         _out(f"{key:>{width}}: {value}")
@@ -570,9 +575,15 @@ def _record_json(r) -> dict:
 
 
 def _key_metric(metrics: dict) -> str:
+    """The version's headline metric: of the decisions it returns, with the unmitigated
+    value beside it when fairness mitigation changes them."""
     for key in ("accuracy", "rmse"):
         if isinstance(metrics.get(key), float):
-            return f"{key} {metrics[key]:.4f}"
+            text = f"{key} {metrics[key]:.4f}"
+            without = (metrics.get("unmitigated") or {}).get(key)
+            if isinstance(without, float):
+                text += f" ({without:.4f} unmitigated)"
+            return text
     return ""
 
 

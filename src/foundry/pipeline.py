@@ -251,6 +251,7 @@ def load_splits(loaded: LoadedConfig, say: Reporter) -> tuple[Splits, Any]:
     """Read the data file(s), infer feature types, and split: explicit val/test files win
     over fractions. Classification targets are split stratified."""
     from foundry.data import infer_features, read_table, split_frame
+    from foundry.data.preprocess import check_numbers
 
     data, target = loaded.config.data, loaded.config.features.target
     df = read_table(loaded.resolve(data.path), data.format, data.delimiter)
@@ -277,6 +278,10 @@ def load_splits(loaded: LoadedConfig, say: Reporter) -> tuple[Splits, Any]:
     df, val, test, pii, scrubber = scrub_pii(loaded.config, df, val, test, say)
     # Types only (no statistics are fitted here), so looking at every row leaks nothing.
     resolved = infer_features(df, loaded.config.features)
+    # before the split shuffles the rows, so a bad value is named by its row in the file
+    for frame, path in ((df, data.path), (val, data.val_path), (test, data.test_path)):
+        if frame is not None:
+            check_numbers(frame, resolved, str(path))
     stratify_on = target if resolved.target_type != "number" else None
     train_df, val_df, test_df = split_frame(
         df, SplitConfig(**{**split.model_dump(), **fractions}), stratify_on

@@ -84,6 +84,8 @@ def test_every_variant_is_registered_loads_predicts_and_is_measured(trained):
         predicted = foundry.load(v.ref).predict(heldout.head(5))
         assert list(predicted.columns)[0] == "label" and len(predicted) == 5
         assert set(v.latency_ms) == {"1", "64"} and v.throughput > 0
+        # a request's whole work from raw records, beside the network alone (issue 14)
+        assert set(v.end_to_end_ms) == {"1", "64"} and min(v.end_to_end_ms.values()) > 0
         assert v.size_bytes == record.size_bytes > 0
         assert set(v.deltas) >= {"accuracy", "log_loss"}
 
@@ -113,7 +115,10 @@ def test_every_variant_is_registered_loads_predicts_and_is_measured(trained):
 
     report = json.loads((tmp_path / "c" / "compress.json").read_text())
     assert [v["method"] for v in report["variants"]] == methods
-    assert "b=64 ms" in (tmp_path / "c" / "compress.md").read_text()
+    table = (tmp_path / "c" / "compress.md").read_text()
+    assert "model b=64 ms" in table and "end-to-end b=64 ms" in table
+    assert "speed-up end-to-end b=1/64" in table
+    assert report["variants"][1]["end_to_end_ms"] == by["int8"].end_to_end_ms
 
     # an ONNX and an int8 variant serve like any model
     for method in ("onnx_int8", "int8"):
@@ -154,6 +159,44 @@ def test_selection_takes_the_fastest_variant_within_the_budget():
     slower = [parent, v("int8", 0.90, 2.0, 20.0)]
     tagged, why = _select(slower, 0.5, classification=True)
     assert tagged is None and "nothing tagged" in why
+
+
+def test_selection_and_speed_up_read_the_end_to_end_latency():
+    """A variant 4x faster on the network alone is barely faster per request when
+    preprocessing the records dominates (issue 14: 86x claimed, ~1.1x end to end)."""
+    from foundry.compression.stage import CompressResult, comparison_table
+
+    def v(method, model_ms, e2e_ms):
+        return Variant(method, f"m:{method}", 1, 1, {"1": model_ms, "64": model_ms}, 1.0,
+                       {"accuracy": 0.9}, {"accuracy": 0.0},
+                       end_to_end_ms={"1": e2e_ms, "64": e2e_ms})
+
+    parent = v("parent", 0.4, 2.2)
+    rows = [parent, v("onnx_int8", 0.1, 2.0), v("int8", 0.3, 1.1)]
+    tagged, why = _select(rows, 0.01, classification=True)
+    assert tagged == "m:int8" and "2.00x the parent's speed (end to end)" in why
+    result = CompressResult("m:parent", rows, tagged, Path("."))
+    console_text = _render(comparison_table(result))
+    onnx_row = next(line for line in console_text.splitlines() if "onnx_int8" in line)
+    assert "1.10x / 1.10x" in onnx_row and "4.00x" not in onnx_row
+
+
+def test_timing_rounds_alternate_the_order_after_a_warm_up():
+    from foundry.compression.timing import round_robin
+
+    seen: list[str] = []
+    calls = [{1: lambda name=name: seen.append(name)} for name in "abc"]
+    medians = round_robin(calls, 3, warmup=2)
+    assert seen == list("abc" * 2) + list("abc") + list("cba") + list("abc")
+    assert len(medians) == 3 and all(set(m) == {1} for m in medians)
+
+
+def _render(table) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=300)
+    console.print(table)
+    return console.export_text()
 
 
 def test_bad_requests_are_clear_errors(trained, tmp_path):

@@ -255,6 +255,33 @@ def test_calibrate_notes_why_a_tiny_validation_split_was_not_fitted():
     assert "2 validation examples" in result["note"]
 
 
+def test_a_temperature_that_raises_the_validation_ece_is_not_kept():
+    """T minimises the NLL, not the ECE: on a model that is calibrated already except for
+    a few confident mistakes, the fitted T softens everything and the ECE rises (issue 14:
+    0.0074 → 0.0104 on Adult, and T was kept). Then the identity is recorded."""
+    # 900 rows at P(class 1) = 0.9, 90% of them class 1: exactly calibrated; plus 10 rows
+    # at logit 8 that are all wrong, which the NLL punishes and the ECE barely sees.
+    logits = np.r_[np.full(900, np.log(9.0)), np.full(10, 8.0)][:, None]
+    y = np.r_[np.ones(810), np.zeros(90), np.zeros(10)].astype(int)
+    result = calibrate(logits, y, logits, y, BINARY)
+
+    assert result["fitted_temperature"] > 1  # the NLL fit softens ...
+    assert result["val_ece_after"] > result["val_ece_before"]  # ... and the ECE rises
+    assert result["kept"] is False and result["temperature"] == 1.0
+    assert result["ece_after"] == result["ece_before"]
+    assert "did not lower the validation ECE" in result["note"]
+    assert json.loads(json.dumps(result, allow_nan=False)) == result
+
+
+def test_a_temperature_that_lowers_the_validation_ece_is_kept():
+    out_val, y_val = _noisy_binary(500, 0)
+    out_te, y_te = _noisy_binary(500, 1)
+    result = calibrate(out_val, y_val, out_te, y_te, BINARY)
+    assert result["kept"] is True
+    assert result["temperature"] == result["fitted_temperature"] > 1
+    assert result["val_ece_after"] < result["val_ece_before"]
+
+
 def test_calibrate_regression_is_none():
     assert (
         calibrate(np.zeros((5, 1)), np.zeros(5), np.zeros((5, 1)), np.zeros(5), REGRESSION) is None

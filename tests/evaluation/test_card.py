@@ -354,3 +354,17 @@ def test_table_cells_escape_pipes():
         }
     }
     assert "| 1 | a\\|b | 0.1000 |" in render_card(build_card(manifest, {}))
+
+
+def test_a_temperature_that_was_not_kept_is_said_so():
+    """The card says when the fitted T did not lower the validation ECE and the identity
+    is applied, rather than showing T = 1 as if it had been fitted (issue 14)."""
+    task = TaskInfo(target="y", task="binary", classes=["no", "yes"])
+    logits = np.r_[np.full(900, np.log(9.0)), np.full(10, 8.0)][:, None]
+    y = np.r_[np.ones(810), np.zeros(90), np.zeros(10)].astype(int)
+    manifest = _base_manifest(task.to_dict(), _config())
+    manifest["calibration"] = calibrate(logits, y, logits, y, task)
+    md = render_card(build_card(manifest, {"accuracy": 0.9}))
+    fitted = manifest["calibration"]["fitted_temperature"]
+    assert f"**not applied** (T = 1). The fitted T = {fitted:.4f} did not lower" in md
+    assert "predictions divide the logits by T" not in md

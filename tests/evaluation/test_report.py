@@ -42,3 +42,11 @@ def test_public_surface():
     ]
     for name in foundry.evaluation.__all__:
         assert hasattr(foundry.evaluation, name)
+
+
+def test_metrics_table_puts_the_unmitigated_values_beside():
+    metrics = {"accuracy": 0.834, "roc_auc": 0.9, "unmitigated": {"accuracy": 0.855}}
+    text = _render(metrics_table(metrics, "test"))
+    row = next(line for line in text.splitlines() if "accuracy" in line)
+    assert row.index("0.8340") < row.index("0.8550")
+    assert "with mitigation" in text and "(same)" in text

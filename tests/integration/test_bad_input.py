@@ -77,6 +77,28 @@ def test_inf_in_numeric_column(cli, tmp_path):
     assert_one_line_error(cli("train", "c.yaml", cwd=tmp_path), "hours")
 
 
+def test_non_numeric_value_is_named_by_its_row_in_the_file(cli, tmp_path):
+    """Not by its position in the shuffled training split (issue 14)."""
+    df = adult_like(100).astype({"age": object})
+    df.loc[57, "age"] = "forty"  # data row 58 counted from 1, line 59 of the CSV
+    df.loc[5, "hours"] = np.inf  # the other check to_float makes: data row 6
+    df.to_csv(tmp_path / "d.csv", index=False)
+    inputs = [{"name": "age", "type": "number"}, {"name": "hours", "type": "number"}]
+    write_config(
+        tmp_path / "c.yaml", "d.csv", "income", features={"target": "income", "inputs": inputs}
+    )
+    assert_one_line_error(
+        cli("train", "c.yaml", cwd=tmp_path),
+        "'age' has a non-numeric value 'forty' (row 58 of d.csv, counting data rows from 1",
+    )
+    df.loc[57, "age"] = 40
+    df.to_csv(tmp_path / "d.csv", index=False)
+    assert_one_line_error(
+        cli("train", "c.yaml", cwd=tmp_path),
+        "'hours' has 1 infinite value(s) (first at row 6 of d.csv",
+    )
+
+
 def test_nan_with_error_policy(cli, tmp_path):
     df = adult_like(100)
     df.loc[3, "hours"] = np.nan

@@ -62,6 +62,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     crashed.wait(timeout=60)
     assert killed_after is not None, "the run finished before it could be killed"
     assert not (tmp_path / "runs/crash/metrics.json").exists()
+    before_kill = json.loads(state.read_text())["seconds"]  # training time checkpointed
 
     resumed = subprocess.run(
         train_cmd("--resume", "--run-dir", "runs/crash"),
@@ -80,3 +81,9 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
         for line in (tmp_path / "runs/crash/metrics.jsonl").read_text().splitlines()
     ]
     assert epochs == [1, 2, 3, 4, 5]
+    # the registered version (and its training cost) counts both parts of the run
+    from foundry.registry import Registry
+
+    ref = (tmp_path / "runs/crash/COMPLETED").read_text().strip()
+    manifest = Registry(tmp_path / "home").load(ref).manifest
+    assert manifest["training"]["seconds"] >= round(before_kill, 3)

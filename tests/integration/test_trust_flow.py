@@ -199,7 +199,12 @@ def test_card_carries_everything(trained):
 def test_predict_applies_scrubbing_calibration_and_mitigation(trained):
     predictor = foundry.load(trained["plain"].model_ref)
     test = trained["test"]
-    assert predictor.temperature != 1.0
+    # the fitted temperature is applied only when it lowered the validation ECE
+    calibration = Registry().load(trained["plain"].model_ref).manifest["calibration"]
+    assert calibration["fitted_temperature"] not in (None, 1.0)
+    kept = calibration["val_ece_after"] < calibration["val_ece_before"]
+    assert calibration["kept"] is kept
+    assert predictor.temperature == (calibration["fitted_temperature"] if kept else 1.0)
     with_sex = predictor.predict(test)
     without_sex = predictor.predict(test.drop(columns=["sex"]))
     # the probabilities do not depend on the sensitive column; the decisions do

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -125,6 +126,26 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
     assert resumed.best_epoch == full.best_epoch and resumed.epochs_run == 5
     lines = (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5]
+
+
+def test_a_resumed_run_records_the_training_time_of_both_parts(tmp_path):
+    """A run resumed from its checkpoint reported only its own part (issue 14: 1,080 s
+    recorded as 0.2 s, and the training cost with it)."""
+    config = small_config(epochs=4, early_stopping={"patience": None})
+
+    def slow_then_crash(record):
+        time.sleep(0.5)  # after the epoch's checkpoint: counted from the next one on
+        if record["epoch"] == 2:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        _fit(tmp_path, config, on_epoch_end=slow_then_crash)
+    state = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["seconds"] >= 0.5  # epoch 1's pause came before epoch 2's checkpoint
+    resumed = _fit(tmp_path, config, resume=True)
+    assert resumed.seconds >= state["seconds"]
+    final = json.loads((tmp_path / "checkpoint" / "state.json").read_text())
+    assert state["seconds"] <= final["seconds"] <= resumed.seconds
 
 
 def test_resume_after_an_early_stop_trains_no_more(tmp_path):

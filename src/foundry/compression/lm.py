@@ -23,7 +23,6 @@ What the numbers mean:
 from __future__ import annotations
 
 import copy
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from foundry.compression.stage import (
     finish,
     report_dir,
 )
+from foundry.compression.timing import round_robin
 from foundry.config.schema import CompressConfig, FoundryConfig, GenerationConfig
 from foundry.console import Reporter
 from foundry.errors import DataError, ModelError
@@ -244,9 +244,9 @@ def _time_generation(
     models: list[Any], tokenizer: Any, prompts: list[list[int]], repeats: int
 ) -> list[dict[str, float]]:
     """Median milliseconds per generated token at each of GENERATION_BATCHES, greedy,
-    every model timed in turn within each repeat (load on a shared machine slows them
-    all alike). Stop tokens are ignored, so each call generates the same number of tokens
-    whatever the model predicts."""
+    every model timed in turn within each repeat (`timing.round_robin`: load on a shared
+    machine slows them all alike). Stop tokens are ignored, so each call generates the
+    same number of tokens whatever the model predicts."""
     from foundry.lm.generate import GenerationEngine
 
     context = models[0].context_length
@@ -259,14 +259,13 @@ def _time_generation(
         for model in models
     ]
     batches = {size: prompts[:size] for size in GENERATION_BATCHES}
-    for engine in engines:  # warm-up: first calls allocate and pick kernels
-        for batch in batches.values():
-            engine.generate_ids(batch, params)
-    samples: list[dict[int, list[float]]] = [{b: [] for b in batches} for _ in engines]
-    for _ in range(repeats):
-        for i, engine in enumerate(engines):
-            for size, batch in batches.items():
-                start = time.perf_counter()
-                engine.generate_ids(batch, params)
-                samples[i][size].append((time.perf_counter() - start) * 1000 / steps)
-    return [{str(b): round(statistics.median(s[b]), 4) for b in batches} for s in samples]
+    calls = [
+        {
+            size: (lambda engine=engine, batch=batch: engine.generate_ids(batch, params))
+            for size, batch in batches.items()
+        }
+        for engine in engines
+    ]
+    # one warm-up generation each: a generation is dozens of forwards already
+    medians = round_robin(calls, repeats, warmup=1)
+    return [{str(b): round(m[b] / steps, 4) for b in batches} for m in medians]

@@ -4,15 +4,14 @@ new version with its parent, measured side by side in one process.
     result = compress("adult:3", CompressConfig(methods=["int8", "onnx"], max_accuracy_drop=0.01))
 
 Read top to bottom: load the parent and its data again, build each variant, register it,
-then time every network round-robin (so machine noise hits all alike) and score it on
-the same rows, print and save the table, and tag the fastest variant within the
-accuracy budget `name:compressed`.
+then score every network on the same rows and time it, model only and end to end
+(`foundry.compression.timing`: warmed up, interleaved rounds), print and save the table,
+and tag the variant fastest end to end within the accuracy budget `name:compressed`.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from foundry.compression.timing import BATCHES, time_networks
 from foundry.config.schema import CompressConfig, FoundryConfig
 from foundry.console import Reporter
 from foundry.errors import ConfigError, ModelError
@@ -32,8 +32,6 @@ from foundry.registry import Registry
 
 __all__ = ["CompressResult", "Variant", "compress"]
 
-BATCHES = (1, 64)
-"""Batch sizes every variant is timed at: one API request, and a batched one."""
 TAG = "compressed"
 
 
@@ -49,13 +47,24 @@ class Variant:
     parameters: int
     """Numbers in the network (int8 and float alike)."""
     latency_ms: dict[str, float]
-    """Median forward time per batch size ("1", "64"), milliseconds."""
+    """Median time of the network alone per batch size ("1", "64"), milliseconds (per
+    generated token for a language model)."""
     throughput: float
-    """Rows per second at the largest batch size."""
+    """Rows per second at the largest batch size, end to end when measured."""
     metrics: dict[str, Any]
     deltas: dict[str, float]
     """metric - parent's metric, for every numeric metric."""
     notes: str = ""
+    end_to_end_ms: dict[str, float] = field(default_factory=dict)
+    """Median time of a whole `/predict` request's work per batch size, milliseconds:
+    raw JSON records parsed, validated, encoded, the network, decoded and written
+    (`foundry.compression.timing`). Empty when not measured (language models, inputs
+    that cannot be sent as records)."""
+
+    @property
+    def timed(self) -> dict[str, float]:
+        """What speed is judged by: end to end when measured, else the network alone."""
+        return self.end_to_end_ms or self.latency_ms
 
 
 @dataclass(frozen=True)
@@ -192,25 +201,34 @@ def compress(
         bar.describe(f"{record.ref}: scoring {1 + k} networks", total=steps)
 
         # ---- measure everything in this process: metrics, then round-robin timings
-        from foundry.evaluation.metrics import compute_metrics
+        from foundry.evaluation.metrics import compute_metrics, returned_metrics
         from foundry.predictor import run_model
 
         networks = [parent.model] + [b.network for b in built]
         y = eval_enc["target"].numpy()
-        # Variants of the same network keep the parent's temperature; retrained ones do not.
+        # Variants of the same network keep the parent's temperature and fairness
+        # thresholds (their metrics score the decisions they return, as the parent's
+        # registered ones do); retrained ones keep neither.
         scaled = [True] + [b.training is None for b in built]
         scored = []
         for net, same_network in zip(networks, scaled, strict=True):
             out = run_model(net, eval_enc, len(eval_df))
             scored.append(
-                compute_metrics(parent.task, y, parent.calibrated(out) if same_network else out)
+                returned_metrics(parent, eval_df, y, parent.calibrated(out))
+                if same_network
+                else compute_metrics(parent.task, y, out)
             )
             bar.advance()
         bar.describe(
             f"{record.ref}: timing {len(networks)} networks at batch "
             f"{', '.join(map(str, BATCHES))} ({config.repeats} rounds)"
         )
-        timings = _time_round_robin(networks, eval_enc, config.repeats, on_round=bar.advance)
+        timings, unmeasured = time_networks(
+            parent, networks, scaled, eval_enc, eval_df, config.repeats,
+            workers=cfg.serve.workers, on_round=bar.advance,
+        )
+        if unmeasured:
+            say.warn(unmeasured)
 
         # ---- register each variant with what was measured (its metrics on these rows)
         refs = [record.ref]
@@ -220,19 +238,23 @@ def compress(
             say.info(f"registered {refs[-1]} ({variant.method})")
             bar.advance()
         bar.describe(f"compressed {record.ref}")
+    largest = str(BATCHES[-1])
     variants = [
         Variant(
             method=method,
             ref=vref,
             size_bytes=registry.resolve(vref).size_bytes,
             parameters=_parameters(net),
-            latency_ms=latency,
-            throughput=round(BATCHES[-1] / latency[str(BATCHES[-1])] * 1000, 1),
+            latency_ms=timing.model_ms,
+            throughput=round(
+                BATCHES[-1] / (timing.end_to_end_ms or timing.model_ms)[largest] * 1000, 1
+            ),
             metrics=metrics,
             deltas=_deltas(metrics, scored[0]),
             notes=notes,
+            end_to_end_ms=timing.end_to_end_ms,
         )
-        for method, vref, net, latency, metrics, notes in zip(
+        for method, vref, net, timing, metrics, notes in zip(
             ["parent", *(b.method for b in built)],
             refs,
             networks,
@@ -558,42 +580,6 @@ def _register(
 # ------------------------------------------------------------------- measuring
 
 
-def _time_round_robin(
-    networks: list[Any],
-    encoded: dict[str, torch.Tensor],
-    repeats: int,
-    *,
-    on_round: Callable[[], None] | None = None,
-) -> list[dict[str, float]]:
-    """Median milliseconds per forward at each of BATCHES, every network timed in turn
-    within each repeat: load on the shared machine slows all of them alike.
-    `on_round` is called after the warm-up and after each repeat (progress)."""
-    from foundry.predictor import run_model
-
-    inputs = {k: v for k, v in encoded.items() if k != "target"}
-    n = len(next(iter(inputs.values())))
-    batches = {}
-    for size in BATCHES:
-        index = torch.arange(size) % n  # fewer rows than the batch: repeat them
-        batches[size] = {k: v[index] for k, v in inputs.items()}
-    samples: list[dict[int, list[float]]] = [{b: [] for b in BATCHES} for _ in networks]
-    for net in networks:  # warm-up: first calls allocate and pick kernels
-        for size, batch in batches.items():
-            for _ in range(3):
-                run_model(net, batch, size)
-    if on_round is not None:
-        on_round()
-    for _ in range(repeats):
-        for i, net in enumerate(networks):
-            for size, batch in batches.items():
-                start = time.perf_counter()
-                run_model(net, batch, size)
-                samples[i][size].append((time.perf_counter() - start) * 1000)
-        if on_round is not None:
-            on_round()
-    return [{str(b): round(statistics.median(s[b]), 4) for b in BATCHES} for s in samples]
-
-
 def _parameters(network: Any) -> int:
     if isinstance(network, torch.nn.Module):
         tensors = {id(t): t for t in (*network.parameters(), *network.buffers())}
@@ -621,7 +607,8 @@ def _select(
 ) -> tuple[str | None, str]:
     """The fastest variant whose quality drop is within `budget`. Speed is the geometric
     mean of its latency ratios to the parent at the batch sizes both were timed at (1 and
-    64; a language model's 1 and 8); it must be below 1.
+    64; a language model's 1 and 8), end to end when both were measured so (`timed`);
+    it must be below 1.
 
     The drop is accuracy (R² for regressors) lost, in points; with `perplexity` (language
     models) it is the relative perplexity increase, variant / parent - 1."""
@@ -640,18 +627,29 @@ def _select(
             drop = float(v.metrics[key]) / float(parent.metrics[key]) - 1
         else:
             drop = float(parent.metrics[key]) - float(v.metrics[key])
-        shared = [b for b in parent.latency_ms if b in v.latency_ms]
-        ratios = [v.latency_ms[b] / parent.latency_ms[b] for b in shared]
-        speed = float(np.prod(ratios) ** (1 / len(ratios)))
+        speed = _speed(v, parent)
         if drop <= budget + 1e-9 and speed < 1:
             candidates.append((speed, v))
     if not candidates:
         return None, f"no variant is faster than the parent within {limit}: nothing tagged"
     speed, best = min(candidates, key=lambda c: c[0])
+    how = "end to end" if best.end_to_end_ms and parent.end_to_end_ms else "model only"
     return best.ref, (
         f"fastest within {limit}: {best.method} ({best.ref}), "
-        f"{1 / speed:.2f}x the parent's speed, {key} {best.deltas.get(key, 0):+.4f}"
+        f"{1 / speed:.2f}x the parent's speed ({how}), {key} {best.deltas.get(key, 0):+.4f}"
     )
+
+
+def _speed(variant: Variant, parent: Variant) -> float:
+    """Geometric mean of variant / parent latency over the batch sizes both have: end to
+    end when both were measured so, else the network alone. Below 1: faster."""
+    mine, theirs = (
+        (variant.end_to_end_ms, parent.end_to_end_ms)
+        if variant.end_to_end_ms and parent.end_to_end_ms
+        else (variant.latency_ms, parent.latency_ms)
+    )
+    ratios = [mine[b] / theirs[b] for b in theirs if b in mine]
+    return float(np.prod(ratios) ** (1 / len(ratios)))
 
 
 # ------------------------------------------------------------------- reporting
@@ -659,29 +657,43 @@ def _select(
 
 def comparison_table(result: CompressResult, *, metrics: int = 2) -> Any:
     """The table as printed: size, parameters, latency at every batch size the variants
-    were timed at, throughput and the first `metrics` metrics with their change from the
-    parent (compress.json has them all). A language model's latencies are per generated
-    token and its throughput is in tokens (its metrics hold a perplexity)."""
+    were timed at (the network alone, and end to end when measured), the speed-up over
+    the parent (end to end when measured: what a request gains), throughput and the first
+    `metrics` metrics with their change from the parent (compress.json has them all). A
+    language model's latencies are per generated token and its throughput is in tokens
+    (its metrics hold a perplexity)."""
     from rich.table import Table
 
-    first = result.variants[0].metrics
+    parent = result.variants[0]
+    first = parent.metrics
     names = [
         k for k, v in first.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     ][:metrics]
     batches = sorted({b for v in result.variants for b in v.latency_ms}, key=int)
     per_token = "perplexity" in first
-    latency = [f"b={b} ms" + ("/token" if per_token else "") for b in batches]
+    e2e = bool(parent.end_to_end_ms)
+    unit = "ms/token" if per_token else "ms"
+    latency = [f"{'model ' if e2e else ''}b={b} {unit}" for b in batches]
+    whole = [f"end-to-end b={b} ms" for b in batches] if e2e else []
+    speedup = f"speed-up{' end-to-end' if e2e else ''} b={'/'.join(batches)}"
     rate = "tokens/s" if per_token else "rows/s"
     table = Table(title=f"compress {result.parent}  (* = tagged {TAG})")
-    for column in ("variant", "ref", "size", "params", *latency, rate, *names):
+    for column in ("variant", "ref", "size", "params", *latency, *whole, speedup, rate, *names):
         table.add_column(column, justify="left" if column in ("variant", "ref") else "right")
     for v in result.variants:
+        ratios = [
+            f"{parent.timed[b] / v.timed[b]:.2f}x" if b in v.timed and v.timed[b] else "n/a"
+            for b in batches
+        ]
         cells = [
             v.method + (" *" if v.ref == result.tagged else ""),
             v.ref,
             _size(v.size_bytes),
             f"{v.parameters:,}",
             *(f"{v.latency_ms[b]:.3f}" if b in v.latency_ms else "n/a" for b in batches),
+            *(f"{v.end_to_end_ms[b]:.3f}" if b in v.end_to_end_ms else "n/a" for b in batches
+              if e2e),
+            " / ".join(ratios),
             f"{v.throughput:,.0f}",
         ]
         for name in names:
@@ -723,7 +735,9 @@ def _write_report(
         buffer.seek(0)
         table = buffer.read()
     (out_dir / "compress.md").write_text(
-        f"# compress {result.parent}\n\nmeasured on {data}, one process, round-robin "
-        f"timings\n\n```\n{table}```\n\n{result.selection}\n"
+        f"# compress {result.parent}\n\nmeasured on {data}, one process; timings warmed "
+        "up and interleaved (foundry.compression.timing): the network alone (model) and a "
+        "whole /predict request's work from raw JSON records (end-to-end), whose ratio to "
+        f"the parent is the speed-up\n\n```\n{table}```\n\n{result.selection}\n"
     )
 

@@ -24,7 +24,7 @@ from foundry.config.schema import FeatureConfig
 from foundry.data.encoders.binary import BinaryEncoder
 from foundry.data.encoders.category import CategoryEncoder
 from foundry.data.encoders.image import ImageEncoder
-from foundry.data.encoders.number import NumberEncoder
+from foundry.data.encoders.number import NumberEncoder, to_float
 from foundry.data.encoders.target import TargetEncoder
 from foundry.data.encoders.text import TextEncoder
 from foundry.data.infer import ResolvedFeatures
@@ -207,6 +207,25 @@ class Preprocessor:
             TargetEncoder.from_state(state["target"]),
             base_dir,
         )
+
+
+def check_numbers(df: pd.DataFrame, resolved: ResolvedFeatures, source: str) -> None:
+    """DataError for a non-numeric or infinite value in a number column (inputs and a
+    number target) of `df` as it was read from the file `source`, naming the row by its
+    place in that file: 1-based, the header not counted (row 1 is the first data row;
+    in a CSV it is on line 2). Run before the split, whose shuffle would otherwise leave
+    the encoders only a row's position inside the training split to name."""
+    columns = [f.name for f in resolved.inputs if f.type == "number"]
+    if resolved.target_type == "number":
+        columns.append(resolved.target)
+    for name in columns:
+        if name in df.columns:
+            to_float(
+                df[name],
+                name,
+                row_name=lambda i: f"row {i + 1} of {source}, counting data rows from 1 "
+                "without the header",
+            )
 
 
 def drop_missing_rows(df: pd.DataFrame, resolved: ResolvedFeatures) -> pd.DataFrame:

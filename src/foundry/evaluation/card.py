@@ -21,7 +21,9 @@ they do). A section whose stage did not run is ``null`` and `missing` says why:
                      best_epoch, epochs_run, seconds, stopped_early, config (full, resolved)
     privacy          epsilon, delta, noise_multiplier, max_grad_norm, sample_rate, steps,
                      epochs, accountant, library, fixed_layers   (null: not private)
-    metrics          split, values {name: number | null}, confusion_matrix
+    metrics          split, values {name: number | null}, confusion_matrix, unmitigated
+                     {name: number | null} | null (with fairness mitigation the values
+                     score the decisions returned; these, the most probable class)
     fairness         sensitive_features, positive_class, before (audit), after (audit |
                      null), mitigation {constraint, objective, accuracy_before,
                      accuracy_after} | null
@@ -255,16 +257,21 @@ def _training(manifest: dict[str, Any], config: dict[str, Any]) -> dict[str, Any
 
 
 def _metrics(metrics: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    values = {
+    matrix = metrics.get("confusion_matrix")
+    unmitigated = metrics.get("unmitigated")  # evaluation.metrics.UNMITIGATED
+    return {
+        "split": (config.get("evaluate") or {}).get("split"),
+        "values": _numbers(metrics),
+        "confusion_matrix": _clean(matrix) if isinstance(matrix, list) else None,
+        "unmitigated": _numbers(unmitigated) if isinstance(unmitigated, dict) else None,
+    }
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
         str(k): _clean(v)
         for k, v in metrics.items()
         if isinstance(v, (int, float, type(None))) and not isinstance(v, bool)
-    }
-    matrix = metrics.get("confusion_matrix")
-    return {
-        "split": (config.get("evaluate") or {}).get("split"),
-        "values": values,
-        "confusion_matrix": _clean(matrix) if isinstance(matrix, list) else None,
     }
 
 
@@ -633,7 +640,22 @@ def _render_privacy(privacy: dict[str, Any] | None, missing: dict[str, str]) -> 
 
 def _render_metrics(metrics: dict[str, Any], classes: list[str]) -> list[str]:
     lines = [f"## Metrics ({metrics['split'] or 'evaluation'} split)", ""]
-    if metrics["values"]:
+    unmitigated = metrics.get("unmitigated")
+    if metrics["values"] and unmitigated:
+        lines += [
+            "Of the decisions the model returns: fairness mitigation's group thresholds "
+            "apply when a request supplies the sensitive features. Without them (the most "
+            "probable class) in the last column; the probability metrics are the same.",
+            "",
+            "| metric | returned decisions | without mitigation |",
+            "|---|---:|---:|",
+        ]
+        lines += [
+            f"| {_cell(k)} | {_fmt(v)} | "
+            f"{_fmt(unmitigated[k]) if k in unmitigated else 'same'} |"
+            for k, v in metrics["values"].items()
+        ]
+    elif metrics["values"]:
         lines += ["| metric | value |", "|---|---:|"]
         lines += [f"| {_cell(k)} | {_fmt(v)} |" for k, v in metrics["values"].items()]
     else:
@@ -641,7 +663,8 @@ def _render_metrics(metrics: dict[str, Any], classes: list[str]) -> list[str]:
     matrix = metrics["confusion_matrix"]
     # Past ~20 classes the table is wider than any page; card.json keeps it.
     if matrix and len(matrix) == len(classes) and len(classes) <= 20:
-        lines += ["", "Confusion matrix (rows: true class, columns: predicted):", ""]
+        what = "returned decision" if unmitigated else "predicted"
+        lines += ["", f"Confusion matrix (rows: true class, columns: {what}):", ""]
         lines += ["| | " + " | ".join(_cell(c) for c in classes) + " |"]
         lines += ["|---|" + "---:|" * len(classes)]
         lines += [
@@ -711,12 +734,24 @@ def _render_calibration(
     if calibration is None:
         return lines + [_missing_line(missing, "calibration"), ""]
     bins = calibration.get("bins")
-    if calibration.get("method") == "temperature":
+    fitted = calibration.get("fitted_temperature")
+    val_ece = " → ".join(_fmt(calibration.get(f"val_ece_{k}")) for k in ("before", "after"))
+    if calibration.get("method") == "temperature" and calibration.get("kept", fitted is None):
         lines.append(
             f"Temperature scaling: T = {_fmt(calibration['temperature'])}, fitted on the "
             f"validation split ({calibration.get('n_val')} rows); predictions divide the "
             "logits by T (the predicted class does not change)."
+            + (f" Kept: it lowered the validation ECE ({val_ece})." if fitted else "")
         )
+    elif calibration.get("method") == "temperature" and fitted is not None:
+        lines.append(
+            f"Temperature scaling: **not applied** (T = 1). The fitted T = {_fmt(fitted)} "
+            f"did not lower the expected calibration error on the validation split "
+            f"({calibration.get('n_val')} rows; {val_ece}), so predictions keep the "
+            "model's own probabilities."
+        )
+    elif calibration.get("method") == "temperature":
+        lines.append("Temperature scaling: not applied (T = 1); see the note below.")
     else:
         lines.append("Temperature scaling is off (evaluate.calibration.temperature_scaling).")
     lines += [
@@ -734,7 +769,7 @@ def _render_calibration(
             f"{_fmt(calibration.get(f'{key}_after'))} |"
         )
     reduction = calibration.get("ece_reduction")
-    if reduction is not None and calibration.get("method") == "temperature":
+    if reduction is not None and calibration.get("temperature") != 1.0:
         change = "reduced" if reduction >= 0 else "increased"
         lines += ["", f"Temperature scaling {change} the ECE by {abs(reduction):.1%}."]
     if calibration.get("note"):

@@ -52,13 +52,30 @@ def probabilities(outputs: np.ndarray, task: TaskInfo) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def compute_metrics(task: TaskInfo, y_true: np.ndarray, outputs: np.ndarray) -> Metrics:
+UNMITIGATED = "unmitigated"
+"""Key of the metrics of the most probable class, beside headline metrics that score
+decisions fairness mitigation changed (`compute_metrics(decisions=...)`)."""
+
+
+def compute_metrics(
+    task: TaskInfo,
+    y_true: np.ndarray,
+    outputs: np.ndarray,
+    *,
+    decisions: np.ndarray | None = None,
+) -> Metrics:
     """Evaluation metrics for one split.
 
     y_true: [N] class indices (classification) or the standardised target (regression,
     as in ``Encoded["target"]``). outputs: raw model outputs [N, n_outputs]; for regression
     column 0 is the standardised prediction. Regression metrics are reported in the
     target's original units (mapped back with ``task.target_mean`` / ``target_std``).
+
+    decisions: [N] class indices the model returns when they are not the most probable
+    class (fairness mitigation's group thresholds). The label metrics (accuracy,
+    precision, recall, F1, confusion matrix) then score them, and the same metrics of
+    the most probable class go under ``"unmitigated"``; ROC AUC, PR AUC and log loss
+    read the probabilities, which mitigation leaves as they are.
     """
     y = np.asarray(y_true)
     out = np.asarray(outputs, dtype=np.float64)
@@ -74,15 +91,54 @@ def compute_metrics(task: TaskInfo, y_true: np.ndarray, outputs: np.ndarray) -> 
             hint="use a larger dataset or a larger validation/test fraction",
         )
     if task.is_classification:
-        return _classification(task, y.astype(np.int64), out)
+        return _classification(task, y.astype(np.int64), out, decisions)
+    if decisions is not None:
+        raise ValueError("decisions are class indices: a regressor has none")
     return _regression(task, y.astype(np.float64), out)
 
 
-def _classification(task: TaskInfo, y: np.ndarray, outputs: np.ndarray) -> Metrics:
+def returned_metrics(
+    predictor: Any, frame: Any, y_true: np.ndarray, outputs: np.ndarray
+) -> Metrics:
+    """`compute_metrics` of the decisions `predictor` returns for the rows of `frame`:
+    with fairness mitigation and every sensitive column in `frame`, the group-thresholded
+    classes (the most probable ones beside them, under "unmitigated"); otherwise the
+    most probable class. The one place training (`assess`), `foundry evaluate`, the
+    compress table and the report decide which decisions their headline metrics score.
+
+    outputs: temperature-scaled, as `Predictor.labelled_outputs` gives them."""
+    task = predictor.task
+    sensitive_of = getattr(predictor, "sensitive_of", None)  # a fine-tuned HF model has none
+    sensitive = sensitive_of(frame) if sensitive_of and task.is_classification else None
+    if sensitive is None:
+        return compute_metrics(task, y_true, outputs)
+    chosen = predictor.mitigated(probabilities(outputs, task), sensitive)
+    return compute_metrics(task, y_true, outputs, decisions=chosen)
+
+
+def _classification(
+    task: TaskInfo, y: np.ndarray, outputs: np.ndarray, decisions: np.ndarray | None
+) -> Metrics:
     n = task.n_classes
     labels = list(range(n))
     proba = probabilities(outputs, task)  # [N, n_classes]
-    pred = proba.argmax(axis=1)
+    likeliest = proba.argmax(axis=1)
+    pred = likeliest if decisions is None else np.asarray(decisions, dtype=np.int64)
+    if pred.shape != y.shape:
+        raise ValueError(f"decisions must be [N] like y_true; got {pred.shape} and {y.shape}")
+    result = _label_metrics(y, pred, labels)
+    confusion = result.pop("confusion_matrix")
+    result["roc_auc"] = _roc_auc(y, proba, n)
+    result["pr_auc"] = _pr_auc(y, proba, n)
+    result["log_loss"] = skm.log_loss(y, proba, labels=labels)
+    result["confusion_matrix"] = confusion
+    if decisions is not None:
+        result[UNMITIGATED] = _label_metrics(y, likeliest, labels)
+    return _jsonable(result)
+
+
+def _label_metrics(y: np.ndarray, pred: np.ndarray, labels: list[int]) -> Metrics:
+    """The metrics that score predicted classes [N] (not probabilities)."""
     result: Metrics = {"accuracy": skm.accuracy_score(y, pred)}
     for average in ("macro", "weighted"):
         p, r, f, _ = skm.precision_recall_fscore_support(
@@ -91,11 +147,8 @@ def _classification(task: TaskInfo, y: np.ndarray, outputs: np.ndarray) -> Metri
         result[f"precision_{average}"] = p
         result[f"recall_{average}"] = r
         result[f"f1_{average}"] = f
-    result["roc_auc"] = _roc_auc(y, proba, n)
-    result["pr_auc"] = _pr_auc(y, proba, n)
-    result["log_loss"] = skm.log_loss(y, proba, labels=labels)
     result["confusion_matrix"] = skm.confusion_matrix(y, pred, labels=labels).tolist()
-    return _jsonable(result)
+    return result
 
 
 def _roc_auc(y: np.ndarray, proba: np.ndarray, n_classes: int) -> float | None:

@@ -10,18 +10,38 @@ from rich.table import Table
 
 def metrics_table(metrics: Mapping[str, Any], title: str) -> Table:
     """One row per scalar metric, values to 4 decimals; lists (confusion matrix) are skipped
-    and an undefined metric (None) shows as "n/a"."""
+    and an undefined metric (None) shows as "n/a". When fairness mitigation changed the
+    decisions (an "unmitigated" entry), the values are those of the decisions returned
+    and a second column gives the most probable class's."""
+    from foundry.evaluation.metrics import UNMITIGATED
+
+    unmitigated = metrics.get(UNMITIGATED)
     table = Table(title=title)
     table.add_column("metric")
-    table.add_column("value", justify="right")
+    table.add_column("with mitigation" if unmitigated else "value", justify="right")
+    if unmitigated:
+        table.add_column("without", justify="right")
     for name, value in metrics.items():
-        if value is None:
-            table.add_row(name, "n/a")
-        elif isinstance(value, int):  # bool included
-            table.add_row(name, str(value))
-        elif isinstance(value, float):
-            table.add_row(name, f"{value:.4f}")
+        text = _cell(value)
+        if text is not None:
+            if not unmitigated:
+                table.add_row(name, text)
+            elif name in unmitigated:
+                table.add_row(name, text, _cell(unmitigated[name]) or "")
+            else:  # probability metrics (ROC AUC, log loss) do not depend on the decisions
+                table.add_row(name, text, "(same)")
     return table
+
+
+def _cell(value: Any) -> str | None:
+    """A scalar metric as text; None for what is not one (a matrix, a nested dict)."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, int):  # bool included
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return None
 
 
 def confusion_table(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> Table:

@@ -1,7 +1,8 @@
 """The evaluate stage after training: calibration, metrics, fairness, feature importance.
 
     report = assess(predictor, splits.val, eval_df, cfg, say)
-    report.metrics                     # on the evaluation split, temperature-scaled
+    report.metrics                     # on the evaluation split, temperature-scaled; of the
+                                       # decisions returned (fairness mitigation applied)
     manifest.update(report.sections)   # calibration / fairness / explain: card + prediction
 
 Order matters: the temperature is fitted first (on validation outputs) so the metrics,
@@ -25,7 +26,9 @@ from foundry.errors import DataError
 @dataclass(frozen=True)
 class Assessment:
     metrics: dict[str, Any]
-    """Metrics on the evaluation split (calibrated probabilities for classifiers)."""
+    """Metrics on the evaluation split (calibrated probabilities for classifiers) of the
+    decisions the model returns: with fairness mitigation, the thresholded ones, and the
+    most probable class's under "unmitigated" (`returned_metrics`)."""
     sections: dict[str, Any]
     """Manifest sections: `calibration`, `fairness`, `explain` (those that ran)."""
     predictor: Any
@@ -42,7 +45,7 @@ def assess(
     """Calibrate on `val_df`, score `eval_df`, audit fairness and mitigate, and rank the
     inputs by permutation importance (on `val_df`, or `eval_df` when there is no
     validation split)."""
-    from foundry.evaluation.metrics import compute_metrics
+    from foundry.evaluation.metrics import returned_metrics
 
     task = predictor.task
     settings = cfg.evaluate
@@ -60,15 +63,14 @@ def assess(
             temperature = float(calibration["temperature"])
             predictor = replace(predictor, temperature=temperature)
             out_eval, out_val = predictor.calibrated(out_eval), predictor.calibrated(out_val)
-            say.info(
-                f"calibration: temperature {temperature:.3f}, expected calibration error "
-                f"{calibration['ece_before']:.4f} → {calibration['ece_after']:.4f} "
-                f"({cfg.evaluate.split} split)"
-            )
-    metrics = compute_metrics(task, y_eval, out_eval)
-    if "calibration" in sections:
-        metrics["ece"] = sections["calibration"]["ece_after"]
-
+            if calibration.get("note"):  # not fitted, or fitted and not kept
+                say.info(f"calibration: {calibration['note']}")
+            else:
+                say.info(
+                    f"calibration: temperature {temperature:.3f}, expected calibration "
+                    f"error {calibration['ece_before']:.4f} → {calibration['ece_after']:.4f} "
+                    f"({cfg.evaluate.split} split)"
+                )
     fairness = settings.fairness
     if fairness.sensitive_features and task.is_classification:
         sections["fairness"], predictor = _fairness(
@@ -76,6 +78,11 @@ def assess(
         )
     elif fairness.sensitive_features:
         say.warn("evaluate.fairness: the audit needs a classifier; skipped for a regressor")
+    # after mitigation is fitted: the headline metrics are those of the decisions the
+    # model returns (group thresholds applied), the most probable class's beside them
+    metrics = returned_metrics(predictor, eval_df, y_eval, out_eval)
+    if "calibration" in sections:
+        metrics["ece"] = sections["calibration"]["ece_after"]
 
     if settings.explain.permutation_importance:
         from foundry.evaluation.explain import permutation_importance

@@ -39,6 +39,7 @@ from foundry.training.checkpoint import (
     load_weights,
     restore_rng,
     save_checkpoint,
+    trained_seconds,
 )
 from foundry.training.early_stopping import EarlyStopping
 from foundry.training.loop import FitResult
@@ -164,8 +165,10 @@ def _fit_lm(
     def weights() -> dict[str, Tensor]:
         return {k: v for k, v in model.state_dict().items() if k not in frozen}
 
+    earlier = 0.0  # training seconds before this call (a resumed run's checkpoint)
     if resume:
         ckpt = load_checkpoint(run_dir, model=model, optimizer=optimizer, frozen=frozen)
+        earlier = trained_seconds(ckpt.state)
         step = ckpt.state["step"]
         scheduler.last_epoch = ckpt.state["scheduler_last_epoch"]
         stopper.load_state_dict(ckpt.state["early_stopping"])
@@ -274,6 +277,7 @@ def _fit_lm(
                     "best_epoch": best_epoch,
                     "stopped_early": stopped_early,
                     "train_config": config.model_dump(mode="json"),
+                    "seconds": earlier + time.perf_counter() - started,
                 },
             )
             if say is not None:
@@ -294,7 +298,7 @@ def _fit_lm(
         best_metrics=history[best_epoch - 1],
         stopped_early=stopped_early,
         state_dict=best_state,
-        seconds=time.perf_counter() - started,
+        seconds=earlier + time.perf_counter() - started,
         epochs_run=len(history),
     )
 

@@ -4,9 +4,9 @@ precision-recall curves and the regression plots are drawn from.
 The rows are the model's own evaluation split (`evaluate.split`, read and split again
 from the training config with its seed, as `foundry compress` does), or a labelled file.
 They are scored as `foundry evaluate` scores them: `Predictor.labelled_outputs`, i.e. the
-training's PII rule and the fitted temperature applied, the class with the highest
-probability chosen (fairness thresholds change decisions only when asked for, and the
-fairness section reports them separately).
+training's PII rule and the fitted temperature applied, and the decisions the model
+returns for them (`returned_metrics`): with fairness mitigation and the sensitive columns
+present, the group-thresholded class; otherwise the class with the highest probability.
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ class Evaluated:
     predicted: np.ndarray | None = None
     """Predicted values [N] in target units (regressor)."""
     metrics: dict[str, Any] | None = None
-    """`compute_metrics` of these predictions (what `foundry evaluate` prints)."""
+    """`returned_metrics` of these predictions (what `foundry evaluate` prints)."""
+    decisions: np.ndarray | None = None
+    """Class indices [N] the model returns when fairness mitigation changed them from
+    `proba.argmax(axis=1)`; None otherwise."""
 
 
 @dataclass(frozen=True)
@@ -110,20 +113,23 @@ def _evaluation_split(manifest: dict[str, Any]) -> tuple[Any, str] | Unavailable
 
 
 def _score(predictor: Any, frame: Any, source: str) -> Evaluated:
-    from foundry.evaluation.metrics import compute_metrics, probabilities
+    from foundry.evaluation.metrics import probabilities, returned_metrics
 
     task = predictor.task
     y, outputs = predictor.labelled_outputs(frame)
-    metrics = compute_metrics(task, y, outputs)
+    metrics = returned_metrics(predictor, frame, y, outputs)
     if task.is_classification:
+        proba = probabilities(outputs, task)
+        sensitive = predictor.sensitive_of(frame) if hasattr(predictor, "sensitive_of") else None
         return Evaluated(
             source=source,
             rows=len(frame),
             classification=True,
             classes=[str(c) for c in task.classes],
             y=np.asarray(y, dtype=np.int64),
-            proba=probabilities(outputs, task),
+            proba=proba,
             metrics=metrics,
+            decisions=None if sensitive is None else predictor.mitigated(proba, sensitive),
         )
     # as compute_metrics reports regression: back in the target's units
     std, mean = float(task.target_std), float(task.target_mean)

@@ -209,15 +209,31 @@ def metrics_section(ctx: Context) -> Blocks | str:
         fresh = _scalars(ev.metrics or {})
         columns.append(f"on {ev.source} ({ev.rows:,} rows)")
         names += [k for k in fresh if k not in registered]
+    # fairness mitigation: the values score the decisions returned; the most probable
+    # class's follow as "<metric> unmitigated" rows
+    unmitigated = [_scalars((m or {}).get("unmitigated") or {})
+                   for m in (ctx.sources.metrics, ev.metrics if fresh else None)]
     rows = []
     for name in names:
         row = [name, fmt(registered.get(name)) if name in registered else ""]
         if fresh:
             row.append(fmt(fresh.get(name)) if name in fresh else "")
         rows.append(row)
+    for name in dict.fromkeys([*unmitigated[0], *unmitigated[1]]):
+        row = [f"{name} unmitigated", fmt(unmitigated[0].get(name))
+               if name in unmitigated[0] else ""]
+        if fresh:
+            row.append(fmt(unmitigated[1].get(name)) if name in unmitigated[1] else "")
+        rows.append(row)
     if not rows:
         return "the package's metrics.json holds no values"
-    return [Table(columns, rows)]
+    blocks: Blocks = []
+    if unmitigated[0] or unmitigated[1]:
+        blocks.append(Note(
+            "With fairness mitigation: the metrics are those of the decisions the model "
+            "returns (group thresholds, applied when the sensitive columns are supplied); "
+            "the rows marked unmitigated are of the most probable class."))
+    return [*blocks, Table(columns, rows)]
 
 
 @section("confusion", "Confusion matrix")
@@ -230,12 +246,14 @@ def confusion_section(ctx: Context) -> Blocks | str:
     n = len(ev.classes)
     if n > 50:
         return f"{n} classes: too many for a readable matrix"
-    matrix = confusion_matrix(ev.y, ev.proba.argmax(axis=1), labels=list(range(n))).tolist()
+    chosen = ev.proba.argmax(axis=1) if ev.decisions is None else ev.decisions
+    matrix = confusion_matrix(ev.y, chosen, labels=list(range(n))).tolist()
     rows = [[f"true {c}", *(str(v) for v in row), str(sum(row))]
             for c, row in zip(ev.classes, matrix, strict=True)]
+    rule = ("the decision fairness mitigation returns (group thresholds)"
+            if ev.decisions is not None else "the class with the highest probability")
     table = Table(["", *(f"predicted {c}" for c in ev.classes), "rows"], rows,
-                  caption=f"{ev.rows:,} rows of {ev.source}; the class with the highest "
-                  "probability is the prediction")
+                  caption=f"{ev.rows:,} rows of {ev.source}; {rule} is the prediction")
     return [Chart(figures.confusion(matrix, ev.classes)), table]
 
 
@@ -330,9 +348,17 @@ def calibration_section(ctx: Context) -> Blocks | str:
     rows = [[name, fmt(calibration.get(f"{key}_before")), fmt(calibration.get(f"{key}_after"))]
             for name, key in (("expected calibration error", "ece"), ("accuracy", "accuracy"),
                               ("log loss (NLL)", "nll"))]
+    fitted = calibration.get("fitted_temperature")
+    if fitted is not None and not calibration.get("kept"):
+        # the identity is recorded: say what was fitted and why it is not applied
+        applied = (f"temperature 1 applied: the fitted T = {fmt(fitted)} did not lower the "
+                   f"validation ECE ({fmt(calibration.get('val_ece_before'))} → "
+                   f"{fmt(calibration.get('val_ece_after'))})")
+    else:
+        applied = (f"temperature {fmt(calibration.get('temperature'))} fitted on the "
+                   f"{calibration.get('fitted_on', 'val')} split")
     blocks.append(Table(["", "before", "after"], rows, caption=(
-        f"temperature {fmt(calibration.get('temperature'))} fitted on the "
-        f"{calibration.get('fitted_on', 'val')} split ({fmt(calibration.get('n_val'))} rows); "
+        f"{applied} ({fmt(calibration.get('n_val'))} validation rows); "
         f"measured on {fmt(calibration.get('n_eval'))} evaluation rows, "
         f"{fmt(calibration.get('bins'))} bins")))
     return blocks
@@ -459,8 +485,15 @@ def compression_section(ctx: Context) -> Blocks | str:
     batches = [str(b) for b in payload.get("batch_sizes") or []] or sorted(
         {b for v in variants for b in (v.get("latency_ms") or {})}, key=int)
     unit = "ms/token" if per_token else "ms"
+    # end to end (a /predict request's whole work from raw records, foundry.compression.
+    # timing) beside the network alone, and the speed-up a request gets from it
+    e2e = bool(variants and variants[0].get("end_to_end_ms"))
+    parent_timed = (variants[0].get("end_to_end_ms") or variants[0].get("latency_ms") or {}
+                    ) if variants else {}
     columns = ["variant", "ref", "size (MB)", "parameters",
-               *(f"p50 b={b} ({unit})" for b in batches),
+               *(f"p50 {'model ' if e2e else ''}b={b} ({unit})" for b in batches),
+               *(f"p50 end-to-end b={b} (ms)" for b in batches if e2e),
+               f"speed-up{' end-to-end' if e2e else ''}",
                "tokens/s" if per_token else "rows/s"]
     if key:
         columns += [key, "change"]
@@ -468,18 +501,25 @@ def compression_section(ctx: Context) -> Blocks | str:
     for v in variants:
         marks = [m for m, on in (("tagged", v.get("ref") == payload.get("tagged")),
                                  ("this report", v.get("ref") == ctx.sources.ref)) if on]
+        timed = (v.get("end_to_end_ms") if e2e else v.get("latency_ms")) or {}
+        speedups = [f"{parent_timed[b] / timed[b]:.2f}x" if timed.get(b) and b in parent_timed
+                    else "n/a" for b in batches]
         row = [v.get("method", "") + (f" ({', '.join(marks)})" if marks else ""), v.get("ref", ""),
                fmt((v.get("size_bytes") or 0) / 1e6), fmt(v.get("parameters")),
                *(fmt((v.get("latency_ms") or {}).get(b)) for b in batches),
-               fmt(v.get("throughput"))]
+               *(fmt((v.get("end_to_end_ms") or {}).get(b)) for b in batches if e2e),
+               " / ".join(speedups), fmt(v.get("throughput"))]
         if key:
             delta = (v.get("deltas") or {}).get(key)
             row += [fmt((v.get("metrics") or {}).get(key)),
                     "" if v.get("method") == "parent" or delta is None else f"{delta:+.4f}"]
         rows.append(row)
     blocks: Blocks = [
-        Note(f"Measured in one process on {payload.get('data', '?')}, timings round-robin "
-             f"(compare ratios, not numbers across runs). {payload.get('selection', '')}"),
+        Note(f"Measured in one process on {payload.get('data', '?')}, timings warmed up and "
+             "interleaved (compare ratios, not numbers across runs)"
+             + ("; end to end: a /predict request's work from raw JSON records, which the "
+                "speed-up reads" if e2e else "")
+             + f". {payload.get('selection', '')}"),
         Chart(figures.compression(variants, batches, per_token)),
         Table(columns, rows, caption=str(ctx.sources.compression_path or "")),
     ]

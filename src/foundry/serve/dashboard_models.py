@@ -71,6 +71,9 @@ def bare_summary(record: ModelRecord) -> dict[str, Any]:
         "size_bytes": record.size_bytes,
         "description": record.description,
         "metrics": scalars(record.metrics),
+        # with fairness mitigation, `metrics` score the decisions returned; these the
+        # most probable class (shown beside them)
+        "unmitigated": scalars((record.metrics or {}).get("unmitigated") or {}),
         "key_metric": key_metric(record.metrics),
         "lineage": [record.ref],
         "training": None,
@@ -85,11 +88,16 @@ def bare_summary(record: ModelRecord) -> dict[str, Any]:
 
 
 def key_metric(metrics: dict[str, Any]) -> dict[str, Any] | None:
-    """{name, value} of the first of KEY_METRICS present, else of the first number."""
+    """{name, value} of the first of KEY_METRICS present, else of the first number; with
+    fairness mitigation also "unmitigated": its value for the most probable class."""
     values = scalars(metrics)
+    without = scalars((metrics or {}).get("unmitigated") or {})
     for name in (*KEY_METRICS, *values):
         if values.get(name) is not None:
-            return {"name": name, "value": values[name]}
+            found = {"name": name, "value": values[name]}
+            if without.get(name) is not None:
+                found["unmitigated"] = without[name]
+            return found
     return None
 
 
@@ -146,6 +154,8 @@ def compression_summary(
                    if mine[k] is not None and theirs.get(k) is not None},
         "latency_ms": None,
         "parent_latency_ms": None,
+        "end_to_end_ms": None,
+        "parent_end_to_end_ms": None,
     }
     from foundry.report.sources import find_compression
 
@@ -157,8 +167,10 @@ def compression_summary(
     for variant in (payload or {}).get("variants") or []:
         if variant.get("ref") == record.ref:
             out["latency_ms"] = variant.get("latency_ms")
+            out["end_to_end_ms"] = variant.get("end_to_end_ms") or None
         if variant.get("ref") == parent_ref:
             out["parent_latency_ms"] = variant.get("latency_ms")
+            out["parent_end_to_end_ms"] = variant.get("end_to_end_ms") or None
     return out
 
 

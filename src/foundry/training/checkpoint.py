@@ -9,7 +9,8 @@
     optimizer.json          the rest of it: non-tensor state values and param_groups
     rng.safetensors         RNG states (uint8 tensors): "torch" (global CPU RNG, used by
                             dropout), "cuda.{i}", and one per named torch.Generator
-    state.json              epoch, global step, scheduler step, early stopping, history...
+    state.json              epoch, global step, scheduler step, early stopping, history,
+                            seconds (training time up to this checkpoint, resumes summed)...
 
 The folder is written as `checkpoint.tmp/` and then renamed into place, so a process
 killed mid-write leaves the previous checkpoint whole. A rename cannot replace a
@@ -41,6 +42,7 @@ __all__ = [
     "load_checkpoint",
     "restore_rng",
     "save_checkpoint",
+    "trained_seconds",
 ]
 
 CHECKPOINT = "checkpoint"
@@ -163,6 +165,16 @@ def load_checkpoint(
         rng=load_file(str(folder / "rng.safetensors")),
         best_state=load_file(str(folder / "best.safetensors")),
     )
+
+
+def trained_seconds(state: dict[str, Any]) -> float:
+    """Seconds of training a checkpoint's state.json records up to its epoch, every
+    earlier resume included: a resumed run adds its own time to this, so its manifest
+    and training cost count the whole run, not the last part. A checkpoint written before
+    "seconds" was recorded gives the sum of its epochs' seconds (without the setup)."""
+    if isinstance(state.get("seconds"), (int, float)):
+        return float(state["seconds"])
+    return float(sum(float(h.get("seconds") or 0.0) for h in state.get("history") or []))
 
 
 def load_weights(

@@ -44,6 +44,7 @@ from foundry.training.checkpoint import (
     load_checkpoint,
     restore_rng,
     save_checkpoint,
+    trained_seconds,
 )
 from foundry.training.early_stopping import EarlyStopping
 from foundry.training.losses import LossFn, build_loss
@@ -90,7 +91,9 @@ class FitResult:
     """The best epoch's weights, on CPU (also loaded into the model); `fit_lm` leaves
     out frozen parameters (a LoRA run's base model)."""
     seconds: float
-    """Wall time of this call (a resumed run counts only its own part)."""
+    """Wall time of the whole run: this call's, plus for a resumed run the time its
+    checkpoint recorded (`checkpoint.trained_seconds`). Work lost after the last
+    checkpoint of a killed process is not counted."""
     epochs_run: int
     """Epochs completed in total, including those before a resume."""
     privacy: dict[str, Any] | None = None
@@ -264,8 +267,10 @@ def _fit(
     history: list[dict[str, Any]] = []
     best_state: dict[str, Tensor] | None = None
     best_epoch, step, stopped_early = 0, 0, False
+    earlier = 0.0  # training seconds before this call (a resumed run's checkpoint)
     if resume:
         ckpt = load_checkpoint(run_dir, model=model, optimizer=optimizer)
+        earlier = trained_seconds(ckpt.state)
         if private is not None:
             private.load_state_dict(ckpt.state.get("privacy"))  # ε continues where it was
         elif "privacy" in ckpt.state:
@@ -446,6 +451,7 @@ def _fit(
                     "best_epoch": best_epoch,
                     "stopped_early": stopped_early,
                     "train_config": config.model_dump(mode="json"),
+                    "seconds": earlier + time.perf_counter() - started,
                 }
                 if private is not None:
                     state["privacy"] = private.state_dict()  # the accountant's history
@@ -475,7 +481,7 @@ def _fit(
         best_metrics=history[best_epoch - 1],
         stopped_early=stopped_early,
         state_dict=best_state,
-        seconds=time.perf_counter() - started,
+        seconds=earlier + time.perf_counter() - started,
         epochs_run=len(history),
         privacy=private.report(epochs=len(history)) if private is not None else None,
     )

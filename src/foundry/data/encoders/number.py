@@ -6,7 +6,7 @@ every statistic and every weight they touch into NaN).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,9 +17,17 @@ from foundry.config.schema import NumberPreprocessing
 from foundry.data.encoders.keys import first_row
 from foundry.errors import DataError
 
+RowName = Callable[[int], str]
+"""Position in a column → how an error names that row ("row 7 of d.csv (...)")."""
 
-def to_float(col: pd.Series, name: str) -> np.ndarray:
-    """Column → float64 [N] with NaN for missing; DataError on text or infinities."""
+
+def to_float(col: pd.Series, name: str, *, row_name: RowName | None = None) -> np.ndarray:
+    """Column → float64 [N] with NaN for missing; DataError on text or infinities.
+
+    `row_name`: how the error names the first bad row, from its position in `col`;
+    default "row <index label>" (a split's or a request's own numbering)."""
+    if row_name is None:
+        row_name = _label_namer(col.index)
     if pd.api.types.is_numeric_dtype(col.dtype):
         x = col.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
@@ -30,21 +38,32 @@ def to_float(col: pd.Series, name: str) -> np.ndarray:
         if bad.any():
             raise DataError(
                 f"number column '{name}' has a non-numeric value "
-                f"{col[bad].iloc[0]!r} (row {first_row(bad, col.index)})"
+                f"{col[bad].iloc[0]!r} ({row_name(int(np.argmax(bad.to_numpy())))})"
             )
         x = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
-    refuse_infinities(x, name, col.index)
+    refuse_infinities(x, name, col.index, row_name=row_name)
     return x
 
 
-def refuse_infinities(x: np.ndarray, name: str, index: pd.Index | Sequence[object]) -> None:
+def refuse_infinities(
+    x: np.ndarray,
+    name: str,
+    index: pd.Index | Sequence[object],
+    *,
+    row_name: RowName | None = None,
+) -> None:
     """DataError naming the first row of `x` (float64 [N]) that holds ±inf."""
     inf = np.isinf(x)
     if inf.any():
+        where = (row_name or _label_namer(index))(int(np.argmax(inf)))
         raise DataError(
-            f"number column '{name}' has {int(inf.sum())} infinite value(s) (first at row "
-            f"{first_row(inf, index)}); replace them or leave them empty (missing)"
+            f"number column '{name}' has {int(inf.sum())} infinite value(s) (first at "
+            f"{where}); replace them or leave them empty (missing)"
         )
+
+
+def _label_namer(index: pd.Index | Sequence[object]) -> RowName:
+    return lambda position: f"row {index[position]}"
 
 
 @dataclass(frozen=True)
