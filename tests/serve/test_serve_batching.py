@@ -138,7 +138,7 @@ def toy(tmp_path_factory):
 
 
 async def test_32_concurrent_requests_are_batched_and_each_gets_its_answer(toy, tmp_path):
-    app, gate = make_app(toy, tmp_path / "gate",
+    app, gate = make_app(toy, tmp_path / "gate", metrics="public",
                          batching=BatchingConfig(max_batch_size=64, max_wait_ms=50))
     key = gate.create_key("acme", "test").key
     records = toy.records(32)

@@ -77,7 +77,7 @@ def test_serve_process_answers_over_http(toy, tmp_path):
             missing_key = client.post(f"/v1/models/{toy.name}/predict", json=records)
             usage = client.get("/v1/usage", headers=bearer(key)).json()
             keys = client.get("/admin/keys", headers=bearer("admin-secret"))
-            metrics = client.get("/metrics").text
+            metrics = client.get("/metrics", headers=bearer("admin-secret")).text
             models = client.get("/v1/models").json()
         for answer in answers:
             assert answer.status_code == 200, answer.text

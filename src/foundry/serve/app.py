@@ -12,9 +12,13 @@
     GET  /dashboard, /admin/dashboard/...  the admin dashboard (foundry.serve.dashboard)
     GET  /docs, /openapi.json          OpenAPI
 
-A predict request goes: body size (413) → JSON (400) → records vs the model's inputs
-(422) → `gate.authenticate` (401/403) → records per request (413) → admission
-(429, or an idempotent replay) → the model's batcher → response → `gate.complete`.
+A predict request goes: `gate.authenticate` (401/403, before the body is read, so
+only a caller with a key learns the model's fields) → media type (415) → body size (413)
+→ JSON (400; 415 unless UTF-8) → records per request (413) → records vs the model's
+inputs (422) → admission (429, or an idempotent replay) → the model's batcher →
+response → `gate.complete`. Bodies over `serve.offload_body_bytes` are parsed and checked
+on a worker thread (foundry.serve.request_body). Slow clients and the connection cap are
+handled below the app, in the HTTP protocol (foundry.serve.http_limits).
 Gate calls are synchronous database work and run on the gate's own thread, which admits
 concurrent requests in groups (foundry.serve.gate_runner); the forward pass runs on the
 model's own thread (foundry.serve.batching):
@@ -25,8 +29,6 @@ answered as `{"error": {"message", "type", "param", "code"}}` (foundry.serve.err
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -48,10 +50,16 @@ from foundry.config.schema import ServeConfig
 from foundry.errors import ConfigError, FoundryError
 from foundry.serve.batching import Batcher
 from foundry.serve.errors import ApiError
-from foundry.serve.gate_api import Admission, AdmitRequest
+
+# The checks admission makes without the database, made again before the body is read
+# (gate.py keeps the one copy).
+from foundry.serve.gate import _check_model as check_model
+from foundry.serve.gate import _check_records as check_records
+from foundry.serve.gate_api import Admission, AdmitRequest, KeyInfo
 from foundry.serve.gate_runner import GateRunner
 from foundry.serve.lm_serving import ServedLanguageModel
 from foundry.serve.metrics import CONTENT_TYPE, ServeMetrics
+from foundry.serve.request_body import body_hash, encode_json, parse_json, read_body
 from foundry.serve.schemas import (
     ErrorResponse,
     ExplainBody,
@@ -61,6 +69,7 @@ from foundry.serve.schemas import (
     ModelList,
     PredictRequest,
     PredictResponse,
+    Records,
     Status,
     explain_body,
 )
@@ -199,14 +208,13 @@ class Service:
         status = 500
         self._in_flight += 1
         try:
+            key = await self._authenticate(request, served.name)
             with self.batchers[served.name].ticket() as ticket:
-                body = await read_body(request, self.config.max_body_bytes)
-                payload = parse_json(body)
-                records = served.validator.records_of(payload)
                 idempotency_key = request.headers.get("idempotency-key")
-                # Hashed before validate() casts values in place.
-                body_hash = _body_hash(served.name, payload) if idempotency_key else None
-                served.validator.validate(records)
+                body = await read_body(request, self.config.max_body_bytes)
+                records, body_hash = await self._checked(
+                    body, served, key, served.validator.records_of,
+                    served.name if idempotency_key else None)
                 units = len(records.items)
                 admission = None
                 if self.gate is not None:
@@ -236,7 +244,7 @@ class Service:
                         "predictions": predictions,
                         "usage": {"units": units},
                     }
-                    response = JSONResponse(content, 200, headers)  # encodes the body now
+                    response = await self._json_response(content, headers, units)
                 except Exception:
                     log.exception("model '%s' failed on request %s", served.ref, request_id)
                     if admission is not None:
@@ -286,13 +294,20 @@ class Service:
         request_id = f"explain-{uuid4().hex}"
         self._in_flight += 1
         try:
-            payload = parse_json(await read_body(request, self.config.max_body_bytes))
-            body = explain_body(payload)
+            key = await self._authenticate(request, served.name)
             idempotency_key = request.headers.get("idempotency-key")
+            raw = await read_body(request, self.config.max_body_bytes)
+            parts: list[ExplainBody] = []
+
+            def records_of(payload: Any) -> Records:
+                parts.append(explain_body(payload))
+                return parts[0].records
+
             # Hashed under its own name, so a predict body never replays as an explanation.
-            body_hash = (_body_hash(f"{served.name}/explain", payload)
-                         if idempotency_key else None)
-            served.validator.validate(body.records)
+            _, body_hash = await self._checked(
+                raw, served, key, records_of,
+                f"{served.name}/explain" if idempotency_key else None)
+            body = parts[0]
             # A model without gradients or an unknown class: refused before admission,
             # so never charged.
             explainer = await run_in_threadpool(self._explainer, served, body.target)
@@ -339,6 +354,56 @@ class Service:
             raise
         finally:
             self._in_flight -= 1
+
+    async def _authenticate(self, request: Request, model: str) -> KeyInfo | None:
+        """The caller's key, checked before the body is read: an unknown caller gets 401
+        (a key without this model 403) and never learns the model's fields from a 422.
+        A cached key costs a dict lookup here; a miss reads the database on the gate's
+        thread. None without a gate (the benchmark's bare app)."""
+        if self.gate is None:
+            return None
+        authorization = request.headers.get("authorization")
+        key = self.gate.authenticate_cached(authorization)
+        if key is None:
+            key = await self.gate_call(self.gate.authenticate, authorization)
+        check_model(key, model)
+        return key
+
+    async def _checked(
+        self,
+        body: bytes,
+        served: ServedModel | ServedTextModel,
+        key: KeyInfo | None,
+        records_of: Callable[[Any], Records],
+        hash_as: str | None,
+    ) -> tuple[Records, str | None]:
+        """Parse `body`, find its records (`records_of`), hold them to the key's plan
+        (413) and to the model's inputs (422, values cast in place); with `hash_as`, the
+        body's hash for Idempotency-Key (taken before the casts). A body over
+        `serve.offload_body_bytes` goes through all of it on a worker thread, parsed a
+        record at a time, so the loop keeps answering meanwhile (request_body)."""
+        def work(yielding: bool) -> tuple[Records, str | None]:
+            payload = parse_json(body, yielding=yielding)
+            records = records_of(payload)
+            if key is not None:
+                check_records(key, len(records.items))
+            digest = body_hash(hash_as, payload) if hash_as is not None else None
+            served.validator.validate(records)
+            return records, digest
+
+        if len(body) <= self.config.offload_body_bytes:
+            return work(False)
+        return await run_in_threadpool(work, True)
+
+    async def _json_response(self, content: dict[str, Any], headers: dict[str, str],
+                             units: int) -> Response:
+        """A 200 JSONResponse of `content`, encoded on a worker thread when it answers
+        many records (as large bodies are parsed: see `_checked`)."""
+        # ~100 bytes a prediction: the answer is about as large as the body was.
+        if units * 100 <= self.config.offload_body_bytes:
+            return JSONResponse(content, 200, headers)
+        encoded = await run_in_threadpool(partial(encode_json, content, yielding=True))
+        return Response(encoded, 200, headers, media_type="application/json")
 
     def _explainer(self, served: ServedModel | ServedTextModel, target: str | None) -> Any:
         """Worker thread: the model's Explainer (its private network copy is made once)
@@ -636,58 +701,31 @@ def _add_routes(app: FastAPI, service: Service, *, bare: bool) -> None:
 
             return JSONResponse(await service.gate_call(work, request.headers.get("authorization")))
 
-    @app.get("/metrics", tags=["health"], response_class=Response)
-    async def metrics() -> Response:
-        """Prometheus text format; counters are per worker process."""
+    exposure = service.config.metrics
+    if exposure == "off":
+        return
+
+    @app.get("/metrics", tags=["health"], response_class=Response,
+             openapi_extra={} if exposure == "public" else {"security": _BEARER})
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format; counters are per worker process. Who may read it is
+        `serve.metrics` (default: the admin token)."""
+        if exposure == "admin":
+            check_metrics_token(request.headers.get("authorization"), service.admin_token)
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
 
-# ---------------------------------------------------------------------- request body
+def check_metrics_token(authorization: str | None, token: str | None) -> None:
+    """`serve.metrics: admin`: the admin token's check, with a 403 that names the
+    setting when the server has no admin token."""
+    from foundry.serve.routes_admin import check_admin_token
 
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than `limit` bytes (413) by header and by actual count."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(size, limit)
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _too_large(size: int, limit: int) -> ApiError:
-    return ApiError(
-        413,
-        "body_too_large",
-        f"the body has {'more than ' if size > limit else ''}{size} bytes; this server "
-        f"accepts up to {limit} (serve.max_body_bytes)",
-    )
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON (send null for a missing number)")
-
-
-def parse_json(body: bytes) -> Any:
-    """The parsed body; ApiError 400 `invalid_json` for anything json.loads refuses,
-    including NaN / Infinity, which are not JSON."""
-    if not body:
-        raise ApiError(400, "invalid_json", "the body is empty; send a JSON record or list")
-    try:
-        return json.loads(body, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
-
-
-def _body_hash(model: str, payload: Any) -> str:
-    """sha256 of the model name and the canonical JSON of the body (key order ignored)."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(f"{model}\n{canonical}".encode()).hexdigest()
+    if not token:
+        raise ApiError(403, "admin_disabled",
+                       "/metrics needs the admin token (serve.metrics: admin) and this server "
+                       "has none: set FOUNDRY_ADMIN_TOKEN and send it as `Authorization: "
+                       "Bearer <token>`, or set serve.metrics: public")
+    check_admin_token(authorization, token)
 
 
 def _ms_since(started: float) -> float:
@@ -706,6 +744,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    if exc.status == 499:  # the client went away: nobody reads this answer
+        client = request.client
+        log.info("%s %s: %s (%s)", request.method, request.url.path, exc.message,
+                 f"{client.host}:{client.port}" if client else "client")
     return JSONResponse(exc.body(), exc.status, exc.headers or None)
 
 

@@ -14,23 +14,28 @@ Each worker loads its models once, at startup, and has its own batchers, metrics
 share of the cores for PyTorch (`app.inference_threads`); they share the database, so
 rate limits and quotas hold across workers.
 
-    uvicorn --factory foundry.serve.server:app_from_env     # the same, by hand
+    uvicorn --factory foundry.serve.server:app_from_env \
+        --http foundry.serve.http_limits:GuardedHttpToolsProtocol   # the same, by hand
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
 from fastapi import FastAPI
 
 from foundry.config.schema import ServeConfig
+from foundry.serve.http_limits import ENV_CONFIG as _PROTOCOL_ENV
+from foundry.serve.http_limits import PROTOCOL
 
 ENV_CONFIG = "FOUNDRY_SERVE_CONFIG"
 ENV_MODELS = "FOUNDRY_SERVE_MODELS"
 ENV_ADMIN_TOKEN = "FOUNDRY_ADMIN_TOKEN"
 ENV_BARE = "FOUNDRY_SERVE_BARE"
 FACTORY = "foundry.serve.server:app_from_env"
+assert _PROTOCOL_ENV == ENV_CONFIG  # the protocol reads the limits from the same variable
 
 
 def app_from_env() -> FastAPI:
@@ -89,5 +94,21 @@ def run_server(
         workers=config.workers,
         access_log=access_log,
         log_level=log_level,
+        log_config=log_config(),
         timeout_graceful_shutdown=10,
+        # Header / body deadlines and the connection cap (serve.header_timeout_s,
+        # body_timeout_s, max_connections), read from FOUNDRY_SERVE_CONFIG per worker.
+        http=PROTOCOL,
     )
+
+
+def log_config() -> dict:
+    """uvicorn's logging, plus foundry's serving logger (`foundry.serve`: failures, slow
+    clients closed, clients gone) at INFO through the same handler and format; without
+    it Python prints only its warnings, bare."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["foundry"] = {"handlers": ["default"], "level": "INFO",
+                                    "propagate": False}
+    return config

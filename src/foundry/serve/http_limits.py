@@ -1,0 +1,203 @@
+"""Slow and greedy clients, held off where uvicorn reads the bytes: header and body read
+deadlines, and a per-worker connection cap.
+
+uvicorn has no read timeout: `timeout_keep_alive` runs only between two requests and
+every byte received cancels it, so a client that trickles one header byte every few
+seconds (slowloris), or declares a body and never finishes it, holds its connection and
+socket for as long as it likes (measured: 1,000 such connections held for 90 s, never
+closed). ASGI middleware cannot help with headers: the app is called only once they are
+complete. So this is uvicorn's httptools protocol with three additions:
+
+- header deadline: a request's line and headers must be complete within
+  `serve.header_timeout_s` of its first byte (of the connection, for the first request);
+  past it the client gets a 408 in the API's error shape and the connection is closed.
+- body deadline: the whole body must arrive within `serve.body_timeout_s` of the end of
+  the headers; past it the same 408 (when no answer has started) and the connection is
+  closed, and the app sees the client go away. Time while uvicorn itself stopped
+  reading (the app has not consumed what arrived: the server is slow, not the client)
+  does not count against the client: the deadline is pushed back.
+- connection cap: past `serve.max_connections` open connections in this worker, a
+  request is answered 503 `server_busy` with `Retry-After` and its connection closed.
+  uvicorn's own `limit_concurrency` answers a plain-text 503 without Retry-After.
+
+`run_server` selects it (`http=PROTOCOL`); by hand: `uvicorn --http
+foundry.serve.http_limits:GuardedHttpToolsProtocol --factory
+foundry.serve.server:app_from_env`. It reads the limits from the same environment as
+the app (`FOUNDRY_SERVE_CONFIG`), once per worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass
+from functools import cache
+from http import HTTPStatus
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from foundry.config.schema import ServeConfig
+from foundry.serve.errors import ApiError
+
+PROTOCOL = "foundry.serve.http_limits:GuardedHttpToolsProtocol"
+ENV_CONFIG = "FOUNDRY_SERVE_CONFIG"  # the name server.py sets; read here to stay import-light
+RETRY_AFTER_S = 1
+"""Retry-After of the connection cap's 503: connections turn over in well under a second
+when the server is healthy, so a client that waits one second usually gets in."""
+
+log = logging.getLogger("foundry.serve")
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    header_timeout_s: float
+    body_timeout_s: float
+    max_connections: int | None
+
+    @classmethod
+    def of(cls, config: ServeConfig) -> ConnectionLimits:
+        return cls(config.header_timeout_s, config.body_timeout_s, config.max_connections)
+
+
+@cache
+def _limits_from_env() -> ConnectionLimits:
+    """This worker's limits (the config `run_server` put in the environment)."""
+    return ConnectionLimits.of(ServeConfig.model_validate_json(os.environ.get(ENV_CONFIG) or "{}"))
+
+
+def error_response(error: ApiError) -> bytes:
+    """A complete HTTP/1.1 response carrying `error` in the API's JSON shape and closing
+    the connection: written straight to the socket, where no app is running."""
+    body = json.dumps(error.body(), separators=(",", ":")).encode()
+    head = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}",
+            "content-type: application/json", f"content-length: {len(body)}",
+            "connection: close", *(f"{k}: {v}" for k, v in error.headers.items())]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def _timeout_error(what: str, seconds: float, setting: str) -> ApiError:
+    return ApiError(408, "request_timeout",
+                    f"the request's {what} did not arrive within {seconds:g} s "
+                    f"(serve.{setting}); send the whole request at once")
+
+
+def _busy_error(cap: int) -> ApiError:
+    return ApiError(503, "server_busy",
+                    f"this server worker holds its maximum of {cap} connections "
+                    f"(serve.max_connections); retry after {RETRY_AFTER_S} s",
+                    headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header / body deadlines and a connection cap
+    (see the module docstring). One per connection."""
+
+    limits: ConnectionLimits | None = None
+    """Class-level override (tests); None: `_limits_from_env()`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = self.limits or _limits_from_env()
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+
+    # -- connection ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # A connection that never sends a byte is held to the header deadline too.
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    # -- parser callbacks ------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._header_timer is None:  # the next request on a keep-alive connection
+            self._arm_header_timer()
+
+    def on_headers_complete(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        self._body_timer = self.loop.call_later(self._limits.body_timeout_s, self._body_late)
+        cap = self._limits.max_connections
+        if cap is None or len(self.connections) <= cap:
+            super().on_headers_complete()
+            return
+        # uvicorn runs `self.app` for the request: answer this one with the refusal.
+        app, self.app = self.app, _refusal_app(_busy_error(cap))
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+
+    def on_message_complete(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        super().on_message_complete()
+
+    # -- deadlines -------------------------------------------------------------
+
+    def _arm_header_timer(self) -> None:
+        self._header_timer = self.loop.call_later(self._limits.header_timeout_s,
+                                                  self._headers_late)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._header_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = self._body_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        self._close_late(_timeout_error("headers", self._limits.header_timeout_s,
+                                        "header_timeout_s"))
+
+    def _body_late(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        if self.flow.read_paused:
+            # uvicorn stopped reading because the app has not taken what arrived (or a
+            # pipelined request waits): the server is behind, not the client.
+            self._body_timer = self.loop.call_later(self._limits.body_timeout_s, self._body_late)
+            return
+        self._close_late(_timeout_error("body", self._limits.body_timeout_s,
+                                        "body_timeout_s"))
+
+    def _close_late(self, error: ApiError) -> None:
+        cycle = self.cycle
+        answering = cycle is not None and not cycle.response_complete
+        if not (answering and cycle.response_started):
+            self.transport.write(error_response(error))
+        if answering:
+            # The app (reading the body) sees the client go away; what it sends is dropped.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
+        log.info("closed the connection of %s: %s", client, error.message)
+        self.transport.close()
+
+
+def _refusal_app(error: ApiError) -> Any:
+    """An ASGI app answering every request with `error` and closing the connection."""
+    body = json.dumps(error.body(), separators=(",", ":")).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()), (b"connection", b"close"),
+               *((k.lower().encode(), v.encode()) for k, v in error.headers.items())]
+
+    async def refuse(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return refuse
