@@ -160,28 +160,36 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer = None
         if self.transport.is_closing():
             return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # The previous request on this connection is still being answered (the next
+            # one is pipelined behind it): its answer must not be cut off.
+            self._arm_header_timer()
+            return
         self._close_late(_timeout_error("headers", self._limits.header_timeout_s,
-                                        "header_timeout_s"))
+                                        "header_timeout_s"), body=False)
 
     def _body_late(self) -> None:
         self._body_timer = None
         if self.transport.is_closing():
             return
-        if self.flow.read_paused:
+        cycle = self.cycle
+        if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
             # uvicorn stopped reading because the app has not taken what arrived (or a
-            # pipelined request waits): the server is behind, not the client.
+            # pipelined request waits), or the client waits for the app to ask for the
+            # body (Expect: 100-continue): the server is behind, not the client.
             self._body_timer = self.loop.call_later(self._limits.body_timeout_s, self._body_late)
             return
         self._close_late(_timeout_error("body", self._limits.body_timeout_s,
-                                        "body_timeout_s"))
+                                        "body_timeout_s"), body=True)
 
-    def _close_late(self, error: ApiError) -> None:
-        cycle = self.cycle
-        answering = cycle is not None and not cycle.response_complete
-        if not (answering and cycle.response_started):
+    def _close_late(self, error: ApiError, *, body: bool) -> None:
+        """Answer 408 where no answer has started and close. For a late body the app has
+        the request: it sees the client go away (and what it sends is dropped); if it has
+        answered already (a 401 needs no body), the connection is simply closed."""
+        cycle = self.cycle if body else None  # headers: the request has no cycle yet
+        if cycle is None or not cycle.response_started:
             self.transport.write(error_response(error))
-        if answering:
-            # The app (reading the body) sees the client go away; what it sends is dropped.
+        if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True
             cycle.message_event.set()
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"

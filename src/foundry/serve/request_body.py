@@ -67,9 +67,9 @@ async def read_body(request: Request, limit: int) -> bytes:
                 raise _too_large(size, limit)
             chunks.append(chunk)
     except ClientDisconnect:
+        # The client hung up, or http_limits closed it at the body deadline.
         raise ApiError(499, "client_closed_request",
-                       f"the client closed the connection after {size} bytes of the body"
-                       ) from None
+                       f"the connection closed after {size} bytes of the body") from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
