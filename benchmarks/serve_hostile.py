@@ -1,0 +1,194 @@
+"""What does one huge request cost the other clients of its worker? Small requests'
+latency while a 200,000-record body is read, parsed, checked, predicted and answered.
+
+    python benchmarks/serve_hostile.py                       # 200,000 records, 3 rounds
+    python benchmarks/serve_hostile.py --records 50000 --rounds 2 --json hostile.json
+    python benchmarks/serve_hostile.py --baseline-src /work/main/src   # + an older build
+
+The Adult-like MLP of serve_load.py (14 inputs; trained in a temporary FOUNDRY_HOME or
+reused from --home), served by `foundry serve` processes of one uvicorn worker each, on
+free 127.0.0.1 ports, with the body limit and the plan raised so the big request is
+admitted:
+
+    on-loop     `serve.offload_body_bytes` above the body's size: the body is parsed with
+                json.loads, checked and its answer encoded on the event loop (the code
+                path every body took before issue 14)
+    off-loop    the default (64 KB): parsed a record at a time, checked and encoded on a
+                worker thread (foundry.serve.request_body)
+    baseline    (--baseline-src) the same command run from another source tree
+
+Each round, for each variant in turn (the order rotating): --clients keep-alive
+connections send one-record requests back to back; after a second of that, one more
+connection sends the big request. `during` is every small request that overlapped the
+big one (started before its answer, ended after it was sent), `quiet` those answered
+before it; p50 / p99 / max in milliseconds. Only 127.0.0.1 is contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serve_load import adult_like, create_key, trained_model  # noqa: E402
+
+from foundry.serve.loadtest import (  # noqa: E402
+    RawConnection,
+    Server,
+    free_port,
+    predict_request,
+    serve_command,
+)
+
+WARM_S = 1.0
+"""Small requests alone before the big one: connections open, key cached, steady state."""
+
+
+def serve_config(work: Path, name: str, body_bytes: int, records: int) -> Path:
+    serve = {
+        "max_body_bytes": body_bytes + 1_000,
+        "body_timeout_s": 600,
+        "plans": {"enterprise": {"included_units": 10**12, "requests_per_minute": 10**6,
+                                 "max_records_per_request": records}},
+    }
+    if name == "on-loop":
+        serve["offload_body_bytes"] = body_bytes * 2
+    path = work / f"serve-{name}.json"
+    path.write_text(json.dumps({"serve": serve}))  # JSON is YAML
+    return path
+
+
+async def one_round(port: int, key: str, model: str, small: bytes, big: bytes,
+                    clients: int) -> dict:
+    small_request = predict_request(port, model, small, key)
+    big_request = predict_request(port, model, big, key)
+    connections = [await RawConnection.open(port) for _ in range(clients)]
+    big_connection = await RawConnection.open(port)
+    timings: list[tuple[float, float, int]] = []  # (start, seconds, status)
+    stop = False
+
+    async def client(connection: RawConnection) -> None:
+        while not stop:
+            started = time.perf_counter()
+            status, _ = await connection.send(small_request)
+            timings.append((started, time.perf_counter() - started, status))
+
+    begin = time.perf_counter()
+    tasks = [asyncio.create_task(client(c)) for c in connections]
+    await asyncio.sleep(WARM_S)
+    sent = time.perf_counter()
+    status, body = await big_connection.send(big_request)
+    answered = time.perf_counter()
+    stop = True
+    await asyncio.gather(*tasks)
+    for connection in [*connections, big_connection]:
+        await connection.close()
+    if status != 200:
+        raise SystemExit(f"the big request got {status}: {body[:300]!r}")
+    during = [s for start, s, code in timings if start < answered and start + s > sent]
+    quiet = [s for start, s, code in timings if start + s <= sent and start > begin + WARM_S / 2]
+    errors = sum(code != 200 for *_, code in timings)
+    return {"big_s": answered - sent, "during": during, "quiet": quiet, "errors": errors}
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    if not seconds:
+        return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
+    ms = np.array(seconds) * 1000
+    return {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=200_000, help="records in the big body")
+    parser.add_argument("--rounds", type=int, default=3, help="big requests per variant")
+    parser.add_argument("--clients", type=int, default=4, help="small-request connections")
+    parser.add_argument("--home", type=Path, default=None,
+                        help="FOUNDRY_HOME to reuse (default: a temporary one)")
+    parser.add_argument("--baseline-src", type=Path, default=None,
+                        help="also serve from this source tree (e.g. an older checkout)")
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="foundry-serve-hostile-") as tmp:
+        work = Path(tmp)
+        home = args.home or work / "home"
+        ref, row = trained_model(home, work)
+        model = ref.split(":")[0]
+        frame = adult_like(args.records, seed=1).drop(columns=["income"])
+        big = frame.to_json(orient="records").encode()
+        small = json.dumps(row).encode()
+        print(f"big body: {args.records} records, {len(big) / 1e6:.1f} MB", flush=True)
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("FOUNDRY_DATABASE_URL", "FOUNDRY_ADMIN_TOKEN")}
+        env["FOUNDRY_HOME"] = str(home)
+        key = create_key(env, "hostile-bench")
+        names = ["on-loop", "off-loop"] + (["baseline"] if args.baseline_src else [])
+        servers = {}
+        for name in names:
+            port = free_port()
+            config = serve_config(work, "on-loop" if name == "baseline" else name, len(big),
+                                  args.records)
+            server_env = env
+            if name == "baseline":
+                assert args.baseline_src is not None
+                server_env = {**env, "PYTHONPATH": str(args.baseline_src.resolve())}
+                # an older build knows none of the new settings
+                raw = json.loads(config.read_text())
+                raw["serve"] = {k: v for k, v in raw["serve"].items()
+                                if k in ("max_body_bytes", "plans")}
+                config.write_text(json.dumps(raw))
+            servers[name] = Server(serve_command(ref, port, config=config), env=server_env,
+                                   log=work / f"{name}.log", port=port)
+        results: dict[str, list[dict]] = {name: [] for name in names}
+        try:
+            for server in servers.values():
+                server.start()
+            for server in servers.values():
+                server.wait_ready()
+            for r in range(args.rounds):
+                order = names[r % len(names):] + names[:r % len(names)]
+                for name in order:
+                    out = asyncio.run(one_round(servers[name].port, key, model, small, big,
+                                                args.clients))
+                    results[name].append(out)
+                    print(f"round {r + 1} {name:9s} big request {out['big_s']:.2f} s, "
+                          f"{len(out['during'])} small requests meanwhile", flush=True)
+        finally:
+            for server in servers.values():
+                server.stop()
+
+    report = {}
+    print(f"\n{'variant':10s} {'big s':>6s} | {'during: n':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
+          f"{'max ms':>8s} | {'quiet p50':>9s} {'p99':>6s} | errors")
+    for name, rounds in results.items():
+        during = percentiles([s for out in rounds for s in out["during"]])
+        quiet = percentiles([s for out in rounds for s in out["quiet"]])
+        big_s = float(np.median([out["big_s"] for out in rounds]))
+        errors = sum(out["errors"] for out in rounds)
+        report[name] = {"big_s_median": big_s, "during": during, "quiet": quiet,
+                        "errors": errors}
+        print(f"{name:10s} {big_s:6.2f} | {during['n']:9d} {during['p50_ms']:8.1f} "
+              f"{during['p99_ms']:8.1f} {during['max_ms']:8.1f} | {quiet['p50_ms']:9.2f} "
+              f"{quiet['p99_ms']:6.2f} | {errors}")
+    if "on-loop" in report and "off-loop" in report:
+        on, off = report["on-loop"]["during"], report["off-loop"]["during"]
+        print(f"\nsmall requests during the big one, on-loop / off-loop: p50 "
+              f"{on['p50_ms'] / off['p50_ms']:.0f}x, p99 {on['p99_ms'] / off['p99_ms']:.0f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                         "results": report}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
