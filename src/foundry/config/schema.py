@@ -776,8 +776,9 @@ class ServeConfig(Section):
     offload_body_bytes: int = Field(65_536, ge=0)
     """Predict and explain bodies larger than this are parsed and checked on a worker
     thread, a record at a time, so the event loop keeps answering the worker's other
-    requests meanwhile; smaller ones are parsed on the loop, where they cost less than
-    the hop to a thread (a 64 KB body parses in about a millisecond)."""
+    requests meanwhile; smaller ones are parsed on the loop, which they hold for a few
+    milliseconds at most (a 64 KB body of Adult records: 1-3 ms), about what a worker
+    thread would cost them in switching (Python hands the GIL over every 5 ms)."""
     header_timeout_s: float = Field(10.0, gt=0)
     """Seconds a client may take to send a request's line and headers, counted from its
     first byte (from the connection, for its first request); then 408 `request_timeout`

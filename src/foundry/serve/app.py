@@ -7,7 +7,8 @@
     POST /v1/models/{name}/predict     labels + probabilities / values (needs a key)
     POST /v1/models/{name}/explain     integrated-gradients attributions (needs a key)
     GET  /v1/usage                     the calling key's usage and remaining quota
-    GET  /metrics                      Prometheus text (see foundry.serve.metrics)
+    GET  /metrics                      Prometheus text (serve.metrics: admin token by
+                                       default, public or off; foundry.serve.metrics)
     /admin/keys...                     key admin behind FOUNDRY_ADMIN_TOKEN (routes_admin)
     GET  /dashboard, /admin/dashboard/...  the admin dashboard (foundry.serve.dashboard)
     GET  /docs, /openapi.json          OpenAPI
@@ -40,16 +41,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import uuid4
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from foundry.config.schema import ServeConfig
 from foundry.errors import ConfigError, FoundryError
 from foundry.serve.batching import Batcher
-from foundry.serve.errors import ApiError
+from foundry.serve.errors import ApiError, install_error_handlers
 
 # The checks admission makes without the database, made again before the body is read
 # (gate.py keeps the one copy).
@@ -588,7 +587,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
-    _install_error_handlers(app)
+    install_error_handlers(app)
     _add_routes(app, service, bare=bare)
     from foundry.serve.routes_openai import openai_router
 
@@ -730,56 +729,6 @@ def check_metrics_token(authorization: str | None, token: str | None) -> None:
 
 def _ms_since(started: float) -> float:
     return (perf_counter() - started) * 1000.0
-
-
-# ---------------------------------------------------------------------- errors
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
-
-
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    if exc.status == 499:  # the client went away: nobody reads this answer
-        client = request.client
-        log.info("%s %s: %s (%s)", request.method, request.url.path, exc.message,
-                 f"{client.host}:{client.port}" if client else "client")
-    return JSONResponse(exc.body(), exc.status, exc.headers or None)
-
-
-async def _validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-    param = ".".join(loc) or None
-    code = "missing_field" if first.get("type") == "missing" else "invalid_field"
-    where = f"{param}: " if param else ""
-    err = ApiError(422, code, f"{where}{first.get('msg', 'invalid value')}", param=param)
-    return JSONResponse(err.body(), 422)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    if exc.status_code == 404:
-        err = ApiError(404, "not_found", f"no route {request.method} {request.url.path}; "
-                       "see /docs")
-    elif exc.status_code == 405:
-        err = ApiError(405, "method_not_allowed",
-                       f"{request.method} is not allowed on {request.url.path}")
-    else:
-        err = ApiError(exc.status_code, "invalid_request", str(exc.detail))
-    return JSONResponse(err.body(), err.status, dict(exc.headers or {}) or None)
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    err = ApiError(500, "internal_error", "internal error; it has been logged")
-    return JSONResponse(err.body(), 500)
 
 
 # ---------------------------------------------------------------------- OpenAPI
