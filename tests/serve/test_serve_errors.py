@@ -456,6 +456,9 @@ def test_the_record_at_a_time_parser_equals_json_loads(records, shape, ws):
     text = json.dumps(payload, indent=1 if ws else None).replace("\n", "\n" + ws)
     body = (ws + text + ws).encode()
     assert parse_json(body, yielding=True) == json.loads(body) == parse_json(body)
+    from foundry.serve.request_body import body_hash
+
+    assert body_hash("m", payload, yielding=True) == body_hash("m", payload)
 
 
 def test_the_record_at_a_time_parser_refuses_what_json_loads_refuses():

@@ -81,7 +81,8 @@ log = logging.getLogger("foundry.serve")
 T = TypeVar("T")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 422, 429, 500)
+    code: {"model": ErrorResponse}
+    for code in (400, 401, 403, 404, 408, 413, 415, 422, 429, 500, 503)
 }
 _BEARER = [{"bearerAuth": []}]
 
@@ -211,7 +212,7 @@ class Service:
             with self.batchers[served.name].ticket() as ticket:
                 idempotency_key = request.headers.get("idempotency-key")
                 body = await read_body(request, self.config.max_body_bytes)
-                records, body_hash = await self._checked(
+                records, digest = await self._checked(
                     body, served, key, served.validator.records_of,
                     served.name if idempotency_key else None)
                 units = len(records.items)
@@ -224,7 +225,7 @@ class Service:
                             units,
                             request_id,
                             idempotency_key,
-                            body_hash,
+                            digest,
                         ),
                         alone=self._in_flight == 1,
                     )
@@ -303,7 +304,7 @@ class Service:
                 return parts[0].records
 
             # Hashed under its own name, so a predict body never replays as an explanation.
-            _, body_hash = await self._checked(
+            _, digest = await self._checked(
                 raw, served, key, records_of,
                 f"{served.name}/explain" if idempotency_key else None)
             body = parts[0]
@@ -315,7 +316,7 @@ class Service:
             if self.gate is not None:
                 admission = await self.gate_runner.admit(
                     AdmitRequest(request.headers.get("authorization"), served.name, units,
-                                 request_id, idempotency_key, body_hash),
+                                 request_id, idempotency_key, digest),
                     alone=self._in_flight == 1,
                 )
                 if admission.replay is not None:
@@ -386,7 +387,8 @@ class Service:
             records = records_of(payload)
             if key is not None:
                 check_records(key, len(records.items))
-            digest = body_hash(hash_as, payload) if hash_as is not None else None
+            digest = (body_hash(hash_as, payload, yielding=yielding)
+                      if hash_as is not None else None)
             served.validator.validate(records)
             return records, digest
 

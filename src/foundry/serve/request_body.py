@@ -6,7 +6,8 @@ A body larger than `serve.offload_body_bytes` is parsed and checked on a worker 
 GIL from the first byte to the last (about 0.5 s for 30 MB), and the event loop cannot
 run meanwhile. So `parse_json(..., yielding=True)` parses an array (or the array of
 `{"records": [...]}`) one element per `raw_decode` call, and `encode_json(...,
-yielding=True)` encodes a list of predictions one element per `dumps` call: between two
+yielding=True)` (and `body_hash`, for Idempotency-Key) encodes a list one element per
+`dumps` call: between two
 calls the interpreter hands the GIL to the loop (every 5 ms, `sys.getswitchinterval`),
 so other requests wait milliseconds rather than the whole parse. The result is exactly
 `json.loads` / `json.dumps` of the same text.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Any
 
@@ -179,11 +181,35 @@ def encode_json(content: Any, *, yielding: bool = False) -> bytes:
     return ("{" + ",".join(parts) + "}").encode()
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+def _dumps(value: Any, *, sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                      sort_keys=sort_keys)
 
 
-def body_hash(model: str, payload: Any) -> str:
-    """sha256 of the model name and the canonical JSON of the body (key order ignored)."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(f"{model}\n{canonical}".encode()).hexdigest()
+def body_hash(model: str, payload: Any, *, yielding: bool = False) -> str:
+    """sha256 of the model name and the canonical JSON of the body (key order ignored).
+    yielding=True: the same digest, a record per dumps call (module docstring)."""
+    digest = hashlib.sha256(f"{model}\n".encode())
+    for piece in _canonical(payload, 2 if yielding else 0):
+        digest.update(piece.encode())
+    return digest.hexdigest()
+
+
+def _canonical(value: Any, depth: int) -> Iterator[str]:
+    """The pieces of `json.dumps(value, sort_keys=True, compact)`, taken apart like
+    `_value` parses: arrays while depth > 0, objects at the top."""
+    if isinstance(value, list) and depth > 0:
+        yield "["
+        for i, item in enumerate(value):
+            if i:
+                yield ","
+            yield from _canonical(item, depth - 1)
+        yield "]"
+    elif isinstance(value, dict) and depth == 2:
+        yield "{"
+        for i, key in enumerate(sorted(value)):
+            yield ("," if i else "") + _dumps(key, sort_keys=True) + ":"
+            yield from _canonical(value[key], depth - 1)
+        yield "}"
+    else:
+        yield _dumps(value, sort_keys=True)
