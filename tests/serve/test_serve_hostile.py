@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import time
 
 import pytest
@@ -44,10 +45,12 @@ def server(tmp_path_factory):
     from foundry.config.schema import ServeConfig
     from foundry.serve.gate import Gate
 
-    gate = Gate(ServeConfig.model_validate(serve).all_plans(), home=toy.home)
+    home = root / "home"  # a copy: the toy's home is shared by the session's tests
+    shutil.copytree(toy.home, home)
+    gate = Gate(ServeConfig.model_validate(serve).all_plans(), home=home)
     key = gate.create_key("hostile", "big").key
     gate.close()
-    env = {**os.environ, "FOUNDRY_HOME": str(toy.home)}
+    env = {**os.environ, "FOUNDRY_HOME": str(home)}
     env.pop("FOUNDRY_DATABASE_URL", None)
     port = free_port()
     with Server(serve_command(toy.ref, port, config=config), env=env,

@@ -32,6 +32,7 @@ import asyncio
 import json
 import logging
 import os
+import weakref
 from dataclasses import dataclass
 from functools import cache
 from http import HTTPStatus
@@ -93,7 +94,11 @@ def _busy_error(cap: int) -> ApiError:
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header / body deadlines and a connection cap
-    (see the module docstring). One per connection."""
+    (see the module docstring). One per connection.
+
+    A request only notes the time at its phase changes (a clock read each); one sweep
+    per worker (`_Sweeper`) checks every connection's deadline a few times per timeout.
+    Arming and cancelling a timer per request instead cost ~3-12 µs per request."""
 
     limits: ConnectionLimits | None = None
     """Class-level override (tests); None: `_limits_from_env()`."""
@@ -101,32 +106,30 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._limits = self.limits or _limits_from_env()
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
+        self._phase: str | None = None
+        """`headers` (waiting for a request's line and headers), `body`, or None
+        (between requests: uvicorn's keep-alive timeout applies)."""
+        self._deadline = 0.0
+        """loop.time() by which the current phase must end."""
 
     # -- connection ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        _Sweeper.watch(self)
         # A connection that never sends a byte is held to the header deadline too.
-        self._arm_header_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timers()
-        super().connection_lost(exc)
+        self._enter("headers", self._limits.header_timeout_s)
 
     # -- parser callbacks ------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._header_timer is None:  # the next request on a keep-alive connection
-            self._arm_header_timer()
+        if self._phase is None:  # the next request on a keep-alive connection
+            self._enter("headers", self._limits.header_timeout_s)
 
     def on_headers_complete(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-        self._body_timer = self.loop.call_later(self._limits.body_timeout_s, self._body_late)
+        upgrade = self.parser.should_upgrade() and self._should_upgrade()
+        self._enter(None if upgrade else "body", self._limits.body_timeout_s)
         cap = self._limits.max_connections
         if cap is None or len(self.connections) <= cap:
             super().on_headers_complete()
@@ -139,53 +142,43 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.app = app
 
     def on_message_complete(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        self._phase = None
         super().on_message_complete()
 
     # -- deadlines -------------------------------------------------------------
 
-    def _arm_header_timer(self) -> None:
-        self._header_timer = self.loop.call_later(self._limits.header_timeout_s,
-                                                  self._headers_late)
+    def _enter(self, phase: str | None, seconds: float) -> None:
+        self._phase = phase
+        self._deadline = self.loop.time() + seconds
 
-    def _cancel_timers(self) -> None:
-        for timer in (self._header_timer, self._body_timer):
-            if timer is not None:
-                timer.cancel()
-        self._header_timer = self._body_timer = None
-
-    def _headers_late(self) -> None:
-        self._header_timer = None
-        if self.transport.is_closing():
-            return
-        if self.cycle is not None and not self.cycle.response_complete:
-            # The previous request on this connection is still being answered (the next
-            # one is pipelined behind it): its answer must not be cut off.
-            self._arm_header_timer()
-            return
-        self._close_late(_timeout_error("headers", self._limits.header_timeout_s,
-                                        "header_timeout_s"), body=False)
-
-    def _body_late(self) -> None:
-        self._body_timer = None
-        if self.transport.is_closing():
+    def check_deadline(self, now: float) -> None:
+        """The sweep: close the connection if its phase is past its deadline."""
+        if self._phase is None or now < self._deadline or self.transport.is_closing():
             return
         cycle = self.cycle
+        if self._phase == "headers":
+            if cycle is not None and not cycle.response_complete:
+                # The previous request on this connection is still being answered (the
+                # next one is pipelined behind it): its answer must not be cut off.
+                self._enter("headers", self._limits.header_timeout_s)
+                return
+            self._close_late(_timeout_error("headers", self._limits.header_timeout_s,
+                                            "header_timeout_s"), body=False)
+            return
         if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
             # uvicorn stopped reading because the app has not taken what arrived (or a
             # pipelined request waits), or the client waits for the app to ask for the
             # body (Expect: 100-continue): the server is behind, not the client.
-            self._body_timer = self.loop.call_later(self._limits.body_timeout_s, self._body_late)
+            self._enter("body", self._limits.body_timeout_s)
             return
-        self._close_late(_timeout_error("body", self._limits.body_timeout_s,
-                                        "body_timeout_s"), body=True)
+        self._close_late(_timeout_error("body", self._limits.body_timeout_s, "body_timeout_s"),
+                         body=True)
 
     def _close_late(self, error: ApiError, *, body: bool) -> None:
         """Answer 408 where no answer has started and close. For a late body the app has
         the request: it sees the client go away (and what it sends is dropped); if it has
         answered already (a 401 needs no body), the connection is simply closed."""
+        self._phase = None
         cycle = self.cycle if body else None  # headers: the request has no cycle yet
         if cycle is None or not cycle.response_started:
             self.transport.write(error_response(error))
@@ -195,6 +188,41 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
         log.info("closed the connection of %s: %s", client, error.message)
         self.transport.close()
+
+
+class _Sweeper:
+    """One per worker (per uvicorn server state): every `period` seconds, each guarded
+    connection checks its deadline. A connection is closed at most `period` after it:
+    a quarter of the shorter timeout, at most a second."""
+
+    _by_state: weakref.WeakKeyDictionary[Any, _Sweeper] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, connections: set[Any],
+                 period: float) -> None:
+        self.loop = loop
+        self.connections = connections
+        self.period = period
+
+    @classmethod
+    def watch(cls, protocol: GuardedHttpToolsProtocol) -> None:
+        """Start the sweep of `protocol`'s server, once."""
+        state = protocol.server_state
+        if state not in cls._by_state:
+            limits = protocol._limits
+            period = min(1.0, max(0.05, min(limits.header_timeout_s, limits.body_timeout_s) / 4))
+            sweeper = cls._by_state[state] = cls(protocol.loop, state.connections, period)
+            sweeper.loop.call_later(period, sweeper.tick)
+
+    def tick(self) -> None:
+        now = self.loop.time()
+        for connection in list(self.connections):
+            check = getattr(connection, "check_deadline", None)
+            if check is not None:
+                try:
+                    check(now)
+                except Exception:  # one broken connection must not stop the sweep
+                    log.exception("checking a connection's deadline failed")
+        self.loop.call_later(self.period, self.tick)
 
 
 def _refusal_app(error: ApiError) -> Any:

@@ -99,6 +99,7 @@ def run_server(
         # Header / body deadlines and the connection cap (serve.header_timeout_s,
         # body_timeout_s, max_connections), read from FOUNDRY_SERVE_CONFIG per worker.
         http=PROTOCOL,
+        ws="none",  # no WebSocket routes: an upgrade request is answered as plain HTTP
     )
 
 
