@@ -42,9 +42,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from foundry.config.schema import ServeConfig
 from foundry.serve.errors import ApiError
+from foundry.serve.server import ENV_CONFIG
 
 PROTOCOL = "foundry.serve.http_limits:GuardedHttpToolsProtocol"
-ENV_CONFIG = "FOUNDRY_SERVE_CONFIG"  # the name server.py sets; read here to stay import-light
 RETRY_AFTER_S = 1
 """Retry-After of the connection cap's 503: connections turn over in well under a second
 when the server is healthy, so a client that waits one second usually gets in."""

@@ -27,15 +27,12 @@ import os
 from fastapi import FastAPI
 
 from foundry.config.schema import ServeConfig
-from foundry.serve.http_limits import ENV_CONFIG as _PROTOCOL_ENV
-from foundry.serve.http_limits import PROTOCOL
 
 ENV_CONFIG = "FOUNDRY_SERVE_CONFIG"
 ENV_MODELS = "FOUNDRY_SERVE_MODELS"
 ENV_ADMIN_TOKEN = "FOUNDRY_ADMIN_TOKEN"
 ENV_BARE = "FOUNDRY_SERVE_BARE"
 FACTORY = "foundry.serve.server:app_from_env"
-assert _PROTOCOL_ENV == ENV_CONFIG  # the protocol reads the limits from the same variable
 
 
 def app_from_env() -> FastAPI:
@@ -69,6 +66,8 @@ def run_server(
     cost more per request than the metrics, which count every request anyway.
     """
     import uvicorn
+
+    from foundry.serve.http_limits import PROTOCOL
 
     refs = list(dict.fromkeys([*config.models, *models]))
     config = ServeConfig.model_validate(
