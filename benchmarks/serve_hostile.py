@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -100,6 +101,23 @@ async def one_round(port: int, key: str, model: str, small: bytes, big: bytes,
     return {"big_s": answered - sent, "during": during, "quiet": quiet, "errors": errors}
 
 
+def baseline_home(src: Path, env: dict[str, str], work: Path) -> tuple[dict[str, str], str]:
+    """The same model trained by the build in `src` (a manifest written by a newer build
+    may hold settings an older one refuses), in its own home: (its env, its ref)."""
+    home = work / "home-baseline"
+    base_env = {**env, "FOUNDRY_HOME": str(home), "PYTHONPATH": str(src.resolve())}
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+            "from serve_load import trained_model; "
+            "print(trained_model(Path(sys.argv[2]), Path(sys.argv[3]))[0])")
+    (work / "baseline").mkdir()
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent),
+                          str(home), str(work / "baseline")], env=base_env,
+                         capture_output=True, text=True, timeout=1200)
+    if out.returncode != 0:
+        raise SystemExit(f"training with {src} failed:\n{out.stderr[-2000:]}")
+    return base_env, out.stdout.strip().splitlines()[-1]
+
+
 def percentiles(seconds: list[float]) -> dict[str, float]:
     if not seconds:
         return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
@@ -132,24 +150,26 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items()
                if k not in ("FOUNDRY_DATABASE_URL", "FOUNDRY_ADMIN_TOKEN")}
         env["FOUNDRY_HOME"] = str(home)
-        key = create_key(env, "hostile-bench")
+        keys = {"on-loop": create_key(env, "hostile-bench")}
+        keys["off-loop"] = keys["on-loop"]
         names = ["on-loop", "off-loop"] + (["baseline"] if args.baseline_src else [])
         servers = {}
         for name in names:
             port = free_port()
             config = serve_config(work, "on-loop" if name == "baseline" else name, len(big),
                                   args.records)
-            server_env = env
+            server_env, server_ref = env, ref
             if name == "baseline":
                 assert args.baseline_src is not None
-                server_env = {**env, "PYTHONPATH": str(args.baseline_src.resolve())}
+                server_env, server_ref = baseline_home(args.baseline_src, env, work)
+                keys[name] = create_key(server_env, "hostile-bench")
                 # an older build knows none of the new settings
                 raw = json.loads(config.read_text())
                 raw["serve"] = {k: v for k, v in raw["serve"].items()
                                 if k in ("max_body_bytes", "plans")}
                 config.write_text(json.dumps(raw))
-            servers[name] = Server(serve_command(ref, port, config=config), env=server_env,
-                                   log=work / f"{name}.log", port=port)
+            servers[name] = Server(serve_command(server_ref, port, config=config),
+                                   env=server_env, log=work / f"{name}.log", port=port)
         results: dict[str, list[dict]] = {name: [] for name in names}
         try:
             for server in servers.values():
@@ -159,8 +179,8 @@ def main() -> None:
             for r in range(args.rounds):
                 order = names[r % len(names):] + names[:r % len(names)]
                 for name in order:
-                    out = asyncio.run(one_round(servers[name].port, key, model, small, big,
-                                                args.clients))
+                    out = asyncio.run(one_round(servers[name].port, keys[name], model, small,
+                                                big, args.clients))
                     results[name].append(out)
                     print(f"round {r + 1} {name:9s} big request {out['big_s']:.2f} s, "
                           f"{len(out['during'])} small requests meanwhile", flush=True)
