@@ -29,6 +29,7 @@ answered as `{"error": {"message", "type", "param", "code"}}` (foundry.serve.err
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -58,7 +59,13 @@ from foundry.serve.gate_api import Admission, AdmitRequest, KeyInfo
 from foundry.serve.gate_runner import GateRunner
 from foundry.serve.lm_serving import ServedLanguageModel
 from foundry.serve.metrics import CONTENT_TYPE, ServeMetrics
-from foundry.serve.request_body import body_hash, encode_json, parse_json, read_body
+from foundry.serve.request_body import (
+    body_hash,
+    encode_json,
+    parse_json,
+    read_body,
+    release,
+)
 from foundry.serve.schemas import (
     ErrorResponse,
     ExplainBody,
@@ -268,6 +275,9 @@ class Service:
                     # work, so it runs here rather than costing a hop to the gate thread.
                     self._complete(admission, 200, latency, content)
             status = 200
+            if len(body) > self.config.offload_body_bytes:  # many records: see `release`
+                asyncio.get_running_loop().run_in_executor(None, release, records.items,
+                                                           predictions)
             return response
         except ApiError as exc:
             status = exc.status
@@ -384,12 +394,18 @@ class Service:
         record at a time, so the loop keeps answering meanwhile (request_body)."""
         def work(yielding: bool) -> tuple[Records, str | None]:
             payload = parse_json(body, yielding=yielding)
-            records = records_of(payload)
-            if key is not None:
-                check_records(key, len(records.items))
-            digest = (body_hash(hash_as, payload, yielding=yielding)
-                      if hash_as is not None else None)
-            served.validator.validate(records)
+            try:
+                records = records_of(payload)
+                if key is not None:
+                    check_records(key, len(records.items))
+                digest = (body_hash(hash_as, payload, yielding=yielding)
+                          if hash_as is not None else None)
+                served.validator.validate(records)
+            except BaseException:
+                if yielding and isinstance(payload, (list, dict)):
+                    # A refused large body: freed here, not by whoever drops the error.
+                    release(*(v for v in (payload, *_values(payload)) if isinstance(v, list)))
+                raise
             return records, digest
 
         if len(body) <= self.config.offload_body_bytes:
@@ -727,6 +743,10 @@ def check_metrics_token(authorization: str | None, token: str | None) -> None:
                        "has none: set FOUNDRY_ADMIN_TOKEN and send it as `Authorization: "
                        "Bearer <token>`, or set serve.metrics: public")
     check_admin_token(authorization, token)
+
+
+def _values(payload: list | dict) -> list[Any]:
+    return list(payload.values()) if isinstance(payload, dict) else []
 
 
 def _ms_since(started: float) -> float:

@@ -10,7 +10,8 @@ yielding=True)` (and `body_hash`, for Idempotency-Key) encodes a list one elemen
 `dumps` call: between two
 calls the interpreter hands the GIL to the loop (every 5 ms, `sys.getswitchinterval`),
 so other requests wait milliseconds rather than the whole parse. The result is exactly
-`json.loads` / `json.dumps` of the same text.
+`json.loads` / `json.dumps` of the same text. And when the request ends, `release` frees
+its records a piece at a time, on a thread, for the same reason.
 """
 
 from __future__ import annotations
@@ -166,6 +167,20 @@ def _value(text: str, i: int, depth: int) -> tuple[Any, int]:
                 raise json.JSONDecodeError("Expecting ',' delimiter", text, i)
             i = _WS.match(text, i + 1).end()  # type: ignore[union-attr]
     return _DECODER.raw_decode(text, i)
+
+
+RELEASE_PIECE = 4096
+"""Objects freed per step by `release`: about a millisecond of deallocation."""
+
+
+def release(*lists: list[Any]) -> None:
+    """Empty `lists` a piece at a time (on a worker thread). Freeing 200,000 parsed
+    records is one C call that holds the GIL for ~0.3 s; wherever the last reference
+    drops (on the event loop, when the request ends), every other request waits for it.
+    Emptied here, the lists' owners later free nothing but empty lists."""
+    for items in lists:
+        while items:
+            del items[-RELEASE_PIECE:]
 
 
 def encode_json(content: Any, *, yielding: bool = False) -> bytes:
