@@ -474,3 +474,12 @@ def test_the_record_at_a_time_parser_refuses_what_json_loads_refuses():
     from starlette.responses import JSONResponse
 
     assert encode_json(content, yielding=True) == JSONResponse(content).body
+
+
+def test_release_empties_lists_in_pieces():
+    from foundry.serve.request_body import RELEASE_PIECE, release
+
+    records = [{"i": i} for i in range(RELEASE_PIECE * 2 + 3)]
+    predictions = [[i] for i in range(5)]
+    release(records, predictions, [])
+    assert records == [] and predictions == []
