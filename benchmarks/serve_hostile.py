@@ -17,6 +17,11 @@ admitted:
                 worker thread (foundry.serve.request_body)
     baseline    (--baseline-src) the same command run from another source tree
 
+Then (--slowloris N) N connections trickle one header byte every 2 s at the off-loop
+server and at the baseline (serve.header_timeout_s at its default, 10 s) for at most
+--slowloris-bound seconds, while one client sends a one-record request every 0.1 s on a
+fresh connection: when were they closed, and what did the small requests get?
+
 Each round, for each variant in turn (the order rotating): --clients keep-alive
 connections send one-record requests back to back; after a second of that, one more
 connection sends the big request. `during` is every small request that overlapped the
@@ -124,6 +129,57 @@ def baseline_home(src: Path, env: dict[str, str], work: Path) -> tuple[dict[str,
     return base_env, out.stdout.strip().splitlines()[-1]
 
 
+async def slowloris(port: int, key: str, model: str, small: bytes, connections: int,
+                    bound_s: float) -> dict:
+    """`connections` clients trickling one header byte every 2 s, for at most `bound_s`
+    seconds; meanwhile one client sends a one-record request every 0.1 s on a fresh
+    connection. Returns when each trickling connection was closed by the server (seconds
+    after it opened; None: still open at the bound) and the small requests' statuses."""
+    head = b"POST /v1/models/" + model.encode() + b"/predict HTTP/1.1\r\nhost: x\r\nx-slow: "
+    started = time.perf_counter()
+
+    async def trickle() -> float | None:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return 0.0  # refused at once
+        opened = time.perf_counter()
+        writer.write(head)
+        try:
+            while time.perf_counter() - started < bound_s:
+                try:
+                    if not await asyncio.wait_for(reader.read(4096), 2.0):
+                        return time.perf_counter() - opened
+                except asyncio.TimeoutError:
+                    writer.write(b"a")
+            return None
+        except OSError:
+            return time.perf_counter() - opened
+        finally:
+            writer.close()
+
+    statuses: list[int] = []
+
+    async def legit() -> None:
+        request = predict_request(port, model, small, key)
+        while time.perf_counter() - started < bound_s:
+            try:
+                connection = await RawConnection.open(port)
+                statuses.append((await connection.send(request))[0])
+                await connection.close()
+            except (OSError, asyncio.IncompleteReadError):
+                statuses.append(0)
+            await asyncio.sleep(0.1)
+
+    closed, _ = await asyncio.gather(asyncio.gather(*(trickle() for _ in range(connections))),
+                                     legit())
+    done = [c for c in closed if c is not None]
+    return {"connections": connections, "closed": len(done),
+            "closed_after_s_median": float(np.median(done)) if done else None,
+            "closed_after_s_max": max(done) if done else None,
+            "small_statuses": {str(k): statuses.count(k) for k in sorted(set(statuses))}}
+
+
 def percentiles(seconds: list[float]) -> dict[str, float]:
     if not seconds:
         return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
@@ -141,6 +197,10 @@ def main() -> None:
                         help="FOUNDRY_HOME to reuse (default: a temporary one)")
     parser.add_argument("--baseline-src", type=Path, default=None,
                         help="also serve from this source tree (e.g. an older checkout)")
+    parser.add_argument("--slowloris", type=int, default=1000,
+                        help="then this many header-trickling connections (0: skip)")
+    parser.add_argument("--slowloris-bound", type=float, default=30.0,
+                        help="seconds the trickling clients keep trying")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
 
@@ -171,6 +231,7 @@ def main() -> None:
             servers[name] = Server(serve_command(server_ref, port, config=config),
                                    env=server_env, log=work / f"{name}.log", port=port)
         results: dict[str, list[dict]] = {name: [] for name in names}
+        slow: dict[str, dict] = {}
         try:
             for server in servers.values():
                 server.start()
@@ -185,6 +246,13 @@ def main() -> None:
                     print(f"round {r + 1} {name:9s} big request {out['big_s']:.2f} s, "
                           f"{len(out['during'])} small requests meanwhile, longest "
                           f"{out['stalls']} s", flush=True)
+            for name in names if args.slowloris else []:
+                if name == "on-loop":
+                    continue  # the same protocol as off-loop
+                out = asyncio.run(slowloris(servers[name].port, keys[name], model, small,
+                                            args.slowloris, args.slowloris_bound))
+                slow[name] = out
+                print(f"slowloris {name:9s} {out}", flush=True)
         finally:
             for server in servers.values():
                 server.stop()
@@ -208,7 +276,7 @@ def main() -> None:
               f"{on['p50_ms'] / off['p50_ms']:.0f}x, p99 {on['p99_ms'] / off['p99_ms']:.0f}x")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "results": report}, indent=2))
+                                         "results": report, "slowloris": slow}, indent=2))
 
 
 if __name__ == "__main__":
