@@ -285,6 +285,14 @@ def test_serve_command_pins_versions_and_refuses_unknown_models(toy, monkeypatch
         cli_serve.serve(["nothing-here"], None, None, None, None)
     with pytest.raises(ConfigError, match="no models"):
         cli_serve.serve([], None, None, None, None)
+    # The hostile-client settings travel from the flags to the workers' config.
+    cli_serve.serve([toy.name], None, None, None, None, header_timeout=2.5, body_timeout=7,
+                    max_connections=50, metrics="public")
+    config = calls[-1][0]
+    assert (config.header_timeout_s, config.body_timeout_s, config.max_connections,
+            config.metrics) == (2.5, 7, 50, "public")
+    with pytest.raises(ConfigError, match="serve.metrics"):
+        cli_serve.serve([toy.name], None, None, None, None, metrics="everyone")
 
 
 def test_overflowing_outputs_become_null_not_invalid_json(toy):
