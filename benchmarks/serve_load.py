@@ -214,7 +214,9 @@ def make_variants(ref: str, env: dict[str, str], work: Path, workers: int) -> li
     for name in VARIANTS:
         batching = not name.endswith("nobatch")
         config = work / f"serve-{name}.yaml"
-        config.write_text(f"serve:\n  batching:\n    enabled: {str(batching).lower()}\n")
+        # metrics: public, for batches() (loopback only, a throwaway home)
+        config.write_text(f"serve:\n  metrics: public\n  batching:\n    enabled: "
+                          f"{str(batching).lower()}\n")
         port = free_port()
         if name.startswith("full"):
             command = serve_command(ref, port, workers=workers, config=config)

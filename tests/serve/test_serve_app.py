@@ -75,7 +75,7 @@ async def test_predictions_equal_foundry_predict(toy, app_gate, key):
 
 async def test_categories_accept_numbers_and_unseen_values(toy, app_gate, key):
     app, _ = app_gate
-    record = {"age": 51, "income": None, "color": "purple", "member": True}
+    record = {"age": 51, "income": None, "color": "purple", "member": "yes"}
     async with serving(app) as client:
         response = await client.post(f"/v1/models/{toy.name}/predict", json=record,
                                      headers=bearer(key))
@@ -176,7 +176,7 @@ async def test_idempotent_retry_is_replayed_and_charged_once(toy, app_gate, key)
 
 
 async def test_metrics_expose_requests_latency_batches_and_rejections(toy, tmp_path):
-    app, gate = make_app(toy, tmp_path / "gate")
+    app, gate = make_app(toy, tmp_path / "gate", metrics="public")
     key = gate.create_key("acme", "slow").key  # 2 requests per minute
     async with serving(app) as client:
         for _ in range(3):
@@ -285,6 +285,14 @@ def test_serve_command_pins_versions_and_refuses_unknown_models(toy, monkeypatch
         cli_serve.serve(["nothing-here"], None, None, None, None)
     with pytest.raises(ConfigError, match="no models"):
         cli_serve.serve([], None, None, None, None)
+    # The hostile-client settings travel from the flags to the workers' config.
+    cli_serve.serve([toy.name], None, None, None, None, header_timeout=2.5, body_timeout=7,
+                    max_connections=50, metrics="public")
+    config = calls[-1][0]
+    assert (config.header_timeout_s, config.body_timeout_s, config.max_connections,
+            config.metrics) == (2.5, 7, 50, "public")
+    with pytest.raises(ConfigError, match="serve.metrics"):
+        cli_serve.serve([toy.name], None, None, None, None, metrics="everyone")
 
 
 def test_overflowing_outputs_become_null_not_invalid_json(toy):

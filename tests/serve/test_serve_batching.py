@@ -68,7 +68,7 @@ async def test_batches_stop_at_max_batch_size_and_big_requests_run_alone():
     results = await _run(batcher, [[1, 2], [3, 4], [5, 6], list(range(10)), [7]])
     assert results[3] == [2 * i for i in range(10)]
     assert all(len(b) <= 4 for b in forward.batches if b != list(range(10)))
-    assert list(range(10)) in forward.batches  # larger than the limit: alone, unsplit
+    assert list(range(10)) in forward.batches  # larger than the limit: alone
 
 
 async def test_disabled_batching_runs_each_request_alone():
@@ -138,7 +138,7 @@ def toy(tmp_path_factory):
 
 
 async def test_32_concurrent_requests_are_batched_and_each_gets_its_answer(toy, tmp_path):
-    app, gate = make_app(toy, tmp_path / "gate",
+    app, gate = make_app(toy, tmp_path / "gate", metrics="public",
                          batching=BatchingConfig(max_batch_size=64, max_wait_ms=50))
     key = gate.create_key("acme", "test").key
     records = toy.records(32)
@@ -165,3 +165,36 @@ async def test_per_model_batching_settings_apply(toy, tmp_path):
     async with serving(app):
         batcher = app.state.service.batchers[toy.name]
         assert batcher.config.enabled is False
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_a_large_request_runs_in_pieces_that_let_small_ones_through(enabled):
+    """A request of 2.5 pieces and a one-record request sent just after it: the small one
+    is answered between two pieces, before the large one ends; the large one's results
+    are whole and in order (issue 14: one request must not hold a model's thread for
+    seconds)."""
+    from foundry.serve.batching import PIECE_RECORDS
+
+    forward = Recorder(delay=0.02)
+    batcher = Batcher("m", forward, BatchingConfig(enabled=enabled, max_batch_size=8,
+                                                   max_wait_ms=1))
+    large = list(range(PIECE_RECORDS * 5 // 2))
+    finished: list[str] = []
+    batcher.start()
+    try:
+        async def run(name: str, records: list) -> list:
+            out = await batcher.submit(records)
+            finished.append(name)
+            return out
+
+        big = asyncio.create_task(run("large", large))
+        while not forward.batches:  # the first piece is running
+            await asyncio.sleep(0.001)
+        small = await run("small", [-1])
+        assert await big == [2 * r for r in large]
+    finally:
+        await batcher.close()
+    assert small == [-2]
+    assert finished == ["small", "large"]
+    assert [len(b) for b in forward.batches if b != [-1]] == [PIECE_RECORDS, PIECE_RECORDS,
+                                                               PIECE_RECORDS // 2]

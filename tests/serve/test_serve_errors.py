@@ -63,8 +63,7 @@ async def test_bad_json_is_400(toy, app_gate, key):
         broken = await client.post(url, content=b'{"age": ', headers=bearer(key))
         empty = await client.post(url, content=b"", headers=bearer(key))
         nan = await client.post(url, content=b'{"age": NaN}', headers=bearer(key))
-        not_utf8 = await client.post(url, content=b"\xff\xfe{}", headers=bearer(key))
-    for response in (broken, empty, nan, not_utf8):
+    for response in (broken, empty, nan):
         error = _error(response, 400, "invalid_json")
         assert error["type"] == "invalid_request_error"
     assert "NaN" in nan.json()["error"]["message"]
@@ -324,9 +323,163 @@ def test_random_bodies_get_an_answer_in_the_error_format_never_a_crash(toy, tmp_
                 response = client.post(url, content=body, headers=bearer(key))
             else:
                 response = client.post(url, json=body, headers=bearer(key))
-            assert response.status_code in (200, 400, 413, 422), response.text
+            assert response.status_code in (200, 400, 413, 415, 422), response.text
             if response.status_code != 200:
                 assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
         check()
         assert client.get("/healthz").status_code == 200
+
+
+# ------------------------------------------------------------------ hostile input (issue 14)
+
+
+async def test_a_caller_without_a_key_gets_401_before_any_field_is_named(toy, app_gate):
+    """The body is not read before the key is checked: a bad body from an unknown caller
+    is a 401, never a 422 that lists the model's fields."""
+    app, gate = app_gate
+    url = f"/v1/models/{toy.name}/predict"
+    restricted = gate.create_key("narrow", "only_other").key
+    bad = {**RECORD, "colour": "red"}
+    async with serving(app) as client:
+        anonymous = await client.post(url, json=bad)
+        wrong = await client.post(url, json=bad, headers=bearer("fdy_" + "x" * 32))
+        not_json = await client.post(url, content=b"{oops", headers={
+            "content-type": "text/plain"})
+        explain = await client.post(f"/v1/models/{toy.name}/explain", json={"records": [bad]})
+        not_allowed = await client.post(url, json=bad, headers=bearer(restricted))
+    for response in (anonymous, not_json, explain):
+        error = _error(response, 401, "missing_api_key")
+        assert "color" not in error["message"] and "age" not in error["message"]
+    _error(wrong, 401, "invalid_api_key")
+    _error(not_allowed, 403, "model_not_allowed", "model")
+
+
+async def test_bodies_that_are_not_utf8_json_are_415(toy, app_gate, key):
+    app, _ = app_gate
+    url = f"/v1/models/{toy.name}/predict"
+    record = b'{"age": 40, "income": 1, "color": "red", "member": "no"}'
+    cases = [
+        (record, {"content-type": "text/plain"}),
+        (record, {"content-type": "application/x-www-form-urlencoded"}),
+        (record, {"content-type": "application/json; charset=utf-16"}),
+        (record.decode().encode("utf-16"), {"content-type": "application/json"}),
+        (record.decode().encode("utf-16-le"), {}),
+        (b"\xff\xfe{}", {}),
+    ]
+    async with serving(app) as client:
+        for body, headers in cases:
+            response = await client.post(url, content=body, headers={**bearer(key), **headers})
+            error = _error(response, 415, "unsupported_media_type")
+            assert error["type"] == "invalid_request_error"
+            assert "JSON" in error["message"] or "UTF-8" in error["message"]
+        fine = [await client.post(url, content=record, headers={**bearer(key), **headers})
+                for headers in ({}, {"content-type": "application/json"},
+                                {"content-type": "application/json; charset=UTF-8"},
+                                {"content-type": "application/merge-patch+json"})]
+    assert [r.status_code for r in fine] == [200] * 4, [r.text for r in fine]
+
+
+async def test_a_binary_input_takes_only_its_training_values(toy, app_gate, key):
+    """`member` was trained on "no" / "yes": anything else used to be taken as unknown
+    (0.5) and answered; now it is a 422 naming the field and the accepted values."""
+    app, _ = app_gate
+    url = f"/v1/models/{toy.name}/predict"
+    async with serving(app) as client:
+        refused = [await client.post(url, json={**RECORD, "member": value}, headers=bearer(key))
+                   for value in ("maybe", 1, True, "Yes", "")]
+        accepted = [await client.post(url, json={**RECORD, "member": value}, headers=bearer(key))
+                    for value in ("yes", "no", None)]
+    for response in refused:
+        error = _error(response, 422, "invalid_field", "member")
+        assert "'no' or 'yes' or null" in error["message"], error
+    assert [r.status_code for r in accepted] == [200] * 3
+
+
+def test_a_binary_input_trained_on_booleans_or_numbers_takes_their_json_spellings():
+    validator = RecordValidator("m", [InputSpec("flag", "binary", True, values=("False", "True")),
+                                      InputSpec("bit", "binary", True, values=("0", "1"))])
+    from foundry.serve.schemas import Records
+
+    records = Records([{"flag": True, "bit": 1}, {"flag": "False", "bit": 0.0},
+                       {"flag": None, "bit": "1"}], "", True)
+    validator.validate(records)
+    assert records.items == [{"flag": "True", "bit": "1"}, {"flag": "False", "bit": "0"},
+                             {"flag": None, "bit": "1"}]
+    for bad in ({"flag": "true", "bit": 1}, {"flag": True, "bit": 2}, {"flag": 1, "bit": 1}):
+        with pytest.raises(ApiError) as caught:
+            validator.validate(Records([bad], "", False))
+        assert caught.value.status == 422
+
+
+@pytest.mark.parametrize("exposure", ["admin", "public", "off"])
+async def test_metrics_exposure_is_a_setting(toy, tmp_path, exposure):
+    app, _ = make_app(toy, tmp_path / "gate", admin_token="admin-secret", metrics=exposure)
+    async with serving(app) as client:
+        anonymous = await client.get("/metrics")
+        wrong = await client.get("/metrics", headers=bearer("nope"))
+        admin = await client.get("/metrics", headers=bearer("admin-secret"))
+        documented = "/metrics" in (await client.get("/openapi.json")).json()["paths"]
+    if exposure == "admin":
+        _error(anonymous, 401, "missing_api_key")
+        _error(wrong, 401, "invalid_api_key")
+        assert admin.status_code == 200 and "foundry_requests_total" in admin.text
+    elif exposure == "public":
+        assert anonymous.status_code == wrong.status_code == admin.status_code == 200
+    else:
+        for response in (anonymous, admin):
+            _error(response, 404, "not_found")
+    assert documented == (exposure != "off")
+
+
+async def test_metrics_behind_the_admin_token_say_how_when_there_is_none(toy, tmp_path):
+    app, _ = make_app(toy, tmp_path / "gate")  # the default: serve.metrics = admin
+    async with serving(app) as client:
+        response = await client.get("/metrics")
+    assert "serve.metrics: public" in _error(response, 403, "admin_disabled")["message"]
+
+
+@given(st.lists(st.fixed_dictionaries({
+    "age": st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False), st.integers()),
+    "color": st.text(max_size=5), "member": st.sampled_from(["yes", "no", None])}),
+    max_size=5),
+    st.sampled_from(["list", "records", "record"]), st.sampled_from(["", " ", "\n\t "]))
+@settings(max_examples=200, deadline=None)
+def test_the_record_at_a_time_parser_equals_json_loads(records, shape, ws):
+    """parse_json(yielding=True), the large-body path, gives json.loads's result."""
+    import json
+
+    from foundry.serve.request_body import parse_json
+
+    payload = {"list": records, "records": {"records": records},
+               "record": {"record": records[0] if records else {}}}[shape]
+    text = json.dumps(payload, indent=1 if ws else None).replace("\n", "\n" + ws)
+    body = (ws + text + ws).encode()
+    assert parse_json(body, yielding=True) == json.loads(body) == parse_json(body)
+    from foundry.serve.request_body import body_hash
+
+    assert body_hash("m", payload, yielding=True) == body_hash("m", payload)
+
+
+def test_the_record_at_a_time_parser_refuses_what_json_loads_refuses():
+    from foundry.serve.request_body import encode_json, parse_json
+
+    for body in (b"[1,2", b"[1 2]", b'{"records": [1,]}', b'{"a" 1}', b"[NaN]", b"[1] x",
+                 b'{"records": [{"a": 1}], }', b"{1: 2}", b"[,]"):
+        for yielding in (False, True):
+            with pytest.raises(ApiError) as caught:
+                parse_json(body, yielding=yielding)
+            assert caught.value.code == "invalid_json", body
+    content = {"model": "m:1", "predictions": [{"label": "ü", "p": 0.5}] * 3, "usage": {"n": 3}}
+    from starlette.responses import JSONResponse
+
+    assert encode_json(content, yielding=True) == JSONResponse(content).body
+
+
+def test_release_empties_lists_in_pieces():
+    from foundry.serve.request_body import RELEASE_PIECE, release
+
+    records = [{"i": i} for i in range(RELEASE_PIECE * 2 + 3)]
+    predictions = [[i] for i in range(5)]
+    release(records, predictions, [])
+    assert records == [] and predictions == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,12 +54,16 @@ def _wait_ready(proc: subprocess.Popen, url: str, log_path, timeout: float = 120
 def test_serve_process_answers_over_http(toy, tmp_path):
     from foundry.serve.gate import Gate
 
-    gate = Gate(home=toy.home)
+    # A copy: the toy's home is shared by the session's tests, and a key left in it
+    # changes what tests/economics counts.
+    home = tmp_path / "home"
+    shutil.copytree(toy.home, home)
+    gate = Gate(home=home)
     key = gate.create_key("acme", "pro").key
     gate.close()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "FOUNDRY_HOME": str(toy.home), "FOUNDRY_ADMIN_TOKEN": "admin-secret"}
+    env = {**os.environ, "FOUNDRY_HOME": str(home), "FOUNDRY_ADMIN_TOKEN": "admin-secret"}
     env.pop("FOUNDRY_DATABASE_URL", None)
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
@@ -77,7 +82,7 @@ def test_serve_process_answers_over_http(toy, tmp_path):
             missing_key = client.post(f"/v1/models/{toy.name}/predict", json=records)
             usage = client.get("/v1/usage", headers=bearer(key)).json()
             keys = client.get("/admin/keys", headers=bearer("admin-secret"))
-            metrics = client.get("/metrics").text
+            metrics = client.get("/metrics", headers=bearer("admin-secret")).text
             models = client.get("/v1/models").json()
         for answer in answers:
             assert answer.status_code == 200, answer.text

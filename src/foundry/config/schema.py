@@ -810,6 +810,30 @@ class ServeConfig(Section):
     """Plans by name; these replace or add to the built-ins trial, starter, pro, enterprise."""
     max_body_bytes: int = Field(1_000_000, ge=1)
     """Largest request body accepted (413 beyond)."""
+    offload_body_bytes: int = Field(65_536, ge=0)
+    """Predict and explain bodies larger than this are parsed and checked on a worker
+    thread, a record at a time, so the event loop keeps answering the worker's other
+    requests meanwhile; smaller ones are parsed on the loop, which they hold for a few
+    milliseconds at most (a 64 KB body of Adult records: 1-3 ms), about what a worker
+    thread would cost them in switching (Python hands the GIL over every 5 ms)."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """Seconds a client may take to send a request's line and headers, counted from its
+    first byte (from the connection, for its first request); then 408 `request_timeout`
+    and the connection is closed, so clients that trickle headers cannot hold
+    connections (slowloris)."""
+    body_timeout_s: float = Field(30.0, gt=0)
+    """Seconds a request's whole body may take to arrive after its headers; then 408 and
+    the connection is closed. Raise it with `max_body_bytes` for large bodies on slow
+    links (1 MB at 1 Mbit/s takes 8 s)."""
+    max_connections: int | None = Field(1000, ge=1)
+    """Open connections one worker process serves; a request on a connection beyond them
+    is answered 503 `server_busy` with `Retry-After`. Below the usual 1,024 open-file
+    limit, which the database, logs and model files share. None: no cap."""
+    metrics: Literal["public", "admin", "off"] = "admin"
+    """Who may read `GET /metrics` (model names, request counts, latencies): `admin`
+    needs `Authorization: Bearer <FOUNDRY_ADMIN_TOKEN>` (Prometheus sends it with
+    `authorization: {credentials: ...}`); `public` anyone who reaches the port; `off`
+    nobody (404)."""
     rotate_grace_hours: float = Field(24.0, ge=0)
     """After `foundry keys rotate`, the old key keeps working this long."""
 

@@ -7,14 +7,19 @@
     POST /v1/models/{name}/predict     labels + probabilities / values (needs a key)
     POST /v1/models/{name}/explain     integrated-gradients attributions (needs a key)
     GET  /v1/usage                     the calling key's usage and remaining quota
-    GET  /metrics                      Prometheus text (see foundry.serve.metrics)
+    GET  /metrics                      Prometheus text (serve.metrics: admin token by
+                                       default, public or off; foundry.serve.metrics)
     /admin/keys...                     key admin behind FOUNDRY_ADMIN_TOKEN (routes_admin)
     GET  /dashboard, /admin/dashboard/...  the admin dashboard (foundry.serve.dashboard)
     GET  /docs, /openapi.json          OpenAPI
 
-A predict request goes: body size (413) → JSON (400) → records vs the model's inputs
-(422) → `gate.authenticate` (401/403) → records per request (413) → admission
-(429, or an idempotent replay) → the model's batcher → response → `gate.complete`.
+A predict request goes: `gate.authenticate` (401/403, before the body is read, so
+only a caller with a key learns the model's fields) → media type (415) → body size (413)
+→ JSON (400; 415 unless UTF-8) → records per request (413) → records vs the model's
+inputs (422) → admission (429, or an idempotent replay) → the model's batcher →
+response → `gate.complete`. Bodies over `serve.offload_body_bytes` are parsed and checked
+on a worker thread (foundry.serve.request_body). Slow clients and the connection cap are
+handled below the app, in the HTTP protocol (foundry.serve.http_limits).
 Gate calls are synchronous database work and run on the gate's own thread, which admits
 concurrent requests in groups (foundry.serve.gate_runner); the forward pass runs on the
 model's own thread (foundry.serve.batching):
@@ -24,9 +29,8 @@ answered as `{"error": {"message", "type", "param", "code"}}` (foundry.serve.err
 
 from __future__ import annotations
 
+import asyncio
 import gc
-import hashlib
-import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -38,20 +42,30 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import uuid4
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from foundry.config.schema import ServeConfig
 from foundry.errors import ConfigError, FoundryError
 from foundry.serve.batching import Batcher
-from foundry.serve.errors import ApiError
-from foundry.serve.gate_api import Admission, AdmitRequest
+from foundry.serve.errors import ApiError, install_error_handlers
+
+# The checks admission makes without the database, made again before the body is read
+# (gate.py keeps the one copy).
+from foundry.serve.gate import _check_model as check_model
+from foundry.serve.gate import _check_records as check_records
+from foundry.serve.gate_api import Admission, AdmitRequest, KeyInfo
 from foundry.serve.gate_runner import GateRunner
 from foundry.serve.lm_serving import ServedLanguageModel
 from foundry.serve.metrics import CONTENT_TYPE, ServeMetrics
+from foundry.serve.request_body import (
+    body_hash,
+    encode_json,
+    parse_json,
+    read_body,
+    release,
+)
 from foundry.serve.schemas import (
     ErrorResponse,
     ExplainBody,
@@ -61,6 +75,7 @@ from foundry.serve.schemas import (
     ModelList,
     PredictRequest,
     PredictResponse,
+    Records,
     Status,
     explain_body,
 )
@@ -73,7 +88,8 @@ log = logging.getLogger("foundry.serve")
 T = TypeVar("T")
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 422, 429, 500)
+    code: {"model": ErrorResponse}
+    for code in (400, 401, 403, 404, 408, 413, 415, 422, 429, 500, 503)
 }
 _BEARER = [{"bearerAuth": []}]
 
@@ -199,14 +215,13 @@ class Service:
         status = 500
         self._in_flight += 1
         try:
+            key = await self._authenticate(request, served.name)
             with self.batchers[served.name].ticket() as ticket:
-                body = await read_body(request, self.config.max_body_bytes)
-                payload = parse_json(body)
-                records = served.validator.records_of(payload)
                 idempotency_key = request.headers.get("idempotency-key")
-                # Hashed before validate() casts values in place.
-                body_hash = _body_hash(served.name, payload) if idempotency_key else None
-                served.validator.validate(records)
+                body = await read_body(request, self.config.max_body_bytes)
+                records, digest = await self._checked(
+                    body, served, key, served.validator.records_of,
+                    served.name if idempotency_key else None)
                 units = len(records.items)
                 admission = None
                 if self.gate is not None:
@@ -217,7 +232,7 @@ class Service:
                             units,
                             request_id,
                             idempotency_key,
-                            body_hash,
+                            digest,
                         ),
                         alone=self._in_flight == 1,
                     )
@@ -236,7 +251,7 @@ class Service:
                         "predictions": predictions,
                         "usage": {"units": units},
                     }
-                    response = JSONResponse(content, 200, headers)  # encodes the body now
+                    response = await self._json_response(content, headers, units)
                 except Exception:
                     log.exception("model '%s' failed on request %s", served.ref, request_id)
                     if admission is not None:
@@ -260,6 +275,9 @@ class Service:
                     # work, so it runs here rather than costing a hop to the gate thread.
                     self._complete(admission, 200, latency, content)
             status = 200
+            if len(body) > self.config.offload_body_bytes:  # many records: see `release`
+                asyncio.get_running_loop().run_in_executor(None, release, records.items,
+                                                           predictions)
             return response
         except ApiError as exc:
             status = exc.status
@@ -286,13 +304,20 @@ class Service:
         request_id = f"explain-{uuid4().hex}"
         self._in_flight += 1
         try:
-            payload = parse_json(await read_body(request, self.config.max_body_bytes))
-            body = explain_body(payload)
+            key = await self._authenticate(request, served.name)
             idempotency_key = request.headers.get("idempotency-key")
+            raw = await read_body(request, self.config.max_body_bytes)
+            parts: list[ExplainBody] = []
+
+            def records_of(payload: Any) -> Records:
+                parts.append(explain_body(payload))
+                return parts[0].records
+
             # Hashed under its own name, so a predict body never replays as an explanation.
-            body_hash = (_body_hash(f"{served.name}/explain", payload)
-                         if idempotency_key else None)
-            served.validator.validate(body.records)
+            _, digest = await self._checked(
+                raw, served, key, records_of,
+                f"{served.name}/explain" if idempotency_key else None)
+            body = parts[0]
             # A model without gradients or an unknown class: refused before admission,
             # so never charged.
             explainer = await run_in_threadpool(self._explainer, served, body.target)
@@ -301,7 +326,7 @@ class Service:
             if self.gate is not None:
                 admission = await self.gate_runner.admit(
                     AdmitRequest(request.headers.get("authorization"), served.name, units,
-                                 request_id, idempotency_key, body_hash),
+                                 request_id, idempotency_key, digest),
                     alone=self._in_flight == 1,
                 )
                 if admission.replay is not None:
@@ -339,6 +364,63 @@ class Service:
             raise
         finally:
             self._in_flight -= 1
+
+    async def _authenticate(self, request: Request, model: str) -> KeyInfo | None:
+        """The caller's key, checked before the body is read: an unknown caller gets 401
+        (a key without this model 403) and never learns the model's fields from a 422.
+        A cached key costs a dict lookup here; a miss reads the database on the gate's
+        thread. None without a gate (the benchmark's bare app)."""
+        if self.gate is None:
+            return None
+        authorization = request.headers.get("authorization")
+        key = self.gate.authenticate_cached(authorization)
+        if key is None:
+            key = await self.gate_call(self.gate.authenticate, authorization)
+        check_model(key, model)
+        return key
+
+    async def _checked(
+        self,
+        body: bytes,
+        served: ServedModel | ServedTextModel,
+        key: KeyInfo | None,
+        records_of: Callable[[Any], Records],
+        hash_as: str | None,
+    ) -> tuple[Records, str | None]:
+        """Parse `body`, find its records (`records_of`), hold them to the key's plan
+        (413) and to the model's inputs (422, values cast in place); with `hash_as`, the
+        body's hash for Idempotency-Key (taken before the casts). A body over
+        `serve.offload_body_bytes` goes through all of it on a worker thread, parsed a
+        record at a time, so the loop keeps answering meanwhile (request_body)."""
+        def work(yielding: bool) -> tuple[Records, str | None]:
+            payload = parse_json(body, yielding=yielding)
+            try:
+                records = records_of(payload)
+                if key is not None:
+                    check_records(key, len(records.items))
+                digest = (body_hash(hash_as, payload, yielding=yielding)
+                          if hash_as is not None else None)
+                served.validator.validate(records)
+            except BaseException:
+                if yielding and isinstance(payload, (list, dict)):
+                    # A refused large body: freed here, not by whoever drops the error.
+                    release(*(v for v in (payload, *_values(payload)) if isinstance(v, list)))
+                raise
+            return records, digest
+
+        if len(body) <= self.config.offload_body_bytes:
+            return work(False)
+        return await run_in_threadpool(work, True)
+
+    async def _json_response(self, content: dict[str, Any], headers: dict[str, str],
+                             units: int) -> Response:
+        """A 200 JSONResponse of `content`, encoded on a worker thread when it answers
+        many records (as large bodies are parsed: see `_checked`)."""
+        # ~100 bytes a prediction: the answer is about as large as the body was.
+        if units * 100 <= self.config.offload_body_bytes:
+            return JSONResponse(content, 200, headers)
+        encoded = await run_in_threadpool(partial(encode_json, content, yielding=True))
+        return Response(encoded, 200, headers, media_type="application/json")
 
     def _explainer(self, served: ServedModel | ServedTextModel, target: str | None) -> Any:
         """Worker thread: the model's Explainer (its private network copy is made once)
@@ -523,7 +605,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
-    _install_error_handlers(app)
+    install_error_handlers(app)
     _add_routes(app, service, bare=bare)
     from foundry.serve.routes_openai import openai_router
 
@@ -636,108 +718,39 @@ def _add_routes(app: FastAPI, service: Service, *, bare: bool) -> None:
 
             return JSONResponse(await service.gate_call(work, request.headers.get("authorization")))
 
-    @app.get("/metrics", tags=["health"], response_class=Response)
-    async def metrics() -> Response:
-        """Prometheus text format; counters are per worker process."""
+    exposure = service.config.metrics
+    if exposure == "off":
+        return
+
+    @app.get("/metrics", tags=["health"], response_class=Response,
+             openapi_extra={} if exposure == "public" else {"security": _BEARER})
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format; counters are per worker process. Who may read it is
+        `serve.metrics` (default: the admin token)."""
+        if exposure == "admin":
+            check_metrics_token(request.headers.get("authorization"), service.admin_token)
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
 
-# ---------------------------------------------------------------------- request body
+def check_metrics_token(authorization: str | None, token: str | None) -> None:
+    """`serve.metrics: admin`: the admin token's check, with a 403 that names the
+    setting when the server has no admin token."""
+    from foundry.serve.routes_admin import check_admin_token
+
+    if not token:
+        raise ApiError(403, "admin_disabled",
+                       "/metrics needs the admin token (serve.metrics: admin) and this server "
+                       "has none: set FOUNDRY_ADMIN_TOKEN and send it as `Authorization: "
+                       "Bearer <token>`, or set serve.metrics: public")
+    check_admin_token(authorization, token)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than `limit` bytes (413) by header and by actual count."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(size, limit)
-        chunks.append(chunk)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _too_large(size: int, limit: int) -> ApiError:
-    return ApiError(
-        413,
-        "body_too_large",
-        f"the body has {'more than ' if size > limit else ''}{size} bytes; this server "
-        f"accepts up to {limit} (serve.max_body_bytes)",
-    )
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON (send null for a missing number)")
-
-
-def parse_json(body: bytes) -> Any:
-    """The parsed body; ApiError 400 `invalid_json` for anything json.loads refuses,
-    including NaN / Infinity, which are not JSON."""
-    if not body:
-        raise ApiError(400, "invalid_json", "the body is empty; send a JSON record or list")
-    try:
-        return json.loads(body, parse_constant=_no_constants)
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
-
-
-def _body_hash(model: str, payload: Any) -> str:
-    """sha256 of the model name and the canonical JSON of the body (key order ignored)."""
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(f"{model}\n{canonical}".encode()).hexdigest()
+def _values(payload: list | dict) -> list[Any]:
+    return list(payload.values()) if isinstance(payload, dict) else []
 
 
 def _ms_since(started: float) -> float:
     return (perf_counter() - started) * 1000.0
-
-
-# ---------------------------------------------------------------------- errors
-
-
-def _install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
-
-
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return JSONResponse(exc.body(), exc.status, exc.headers or None)
-
-
-async def _validation_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-    param = ".".join(loc) or None
-    code = "missing_field" if first.get("type") == "missing" else "invalid_field"
-    where = f"{param}: " if param else ""
-    err = ApiError(422, code, f"{where}{first.get('msg', 'invalid value')}", param=param)
-    return JSONResponse(err.body(), 422)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    if exc.status_code == 404:
-        err = ApiError(404, "not_found", f"no route {request.method} {request.url.path}; "
-                       "see /docs")
-    elif exc.status_code == 405:
-        err = ApiError(405, "method_not_allowed",
-                       f"{request.method} is not allowed on {request.url.path}")
-    else:
-        err = ApiError(exc.status_code, "invalid_request", str(exc.detail))
-    return JSONResponse(err.body(), err.status, dict(exc.headers or {}) or None)
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    err = ApiError(500, "internal_error", "internal error; it has been logged")
-    return JSONResponse(err.body(), 500)
 
 
 # ---------------------------------------------------------------------- OpenAPI

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -33,6 +34,19 @@ def serve(
     workers: int | None = typer.Option(
         None, help="Worker processes [default: serve.workers, 1]; they share quotas."
     ),
+    # Annotated, so that a direct call of this function (tests) gets None defaults.
+    header_timeout: Annotated[float | None, typer.Option(
+        help="Seconds a request's headers may take to arrive [default: "
+        "serve.header_timeout_s, 10]; then 408 and the connection is closed.")] = None,
+    body_timeout: Annotated[float | None, typer.Option(
+        help="Seconds a request's body may take to arrive [default: "
+        "serve.body_timeout_s, 30].")] = None,
+    max_connections: Annotated[int | None, typer.Option(
+        help="Open connections per worker [default: serve.max_connections, 1000]; "
+        "past them 503 with Retry-After.")] = None,
+    metrics: Annotated[str | None, typer.Option(
+        help="Who may read /metrics: admin (the admin token), public or off "
+        "[default: serve.metrics, admin].")] = None,
 ) -> None:
     """Serve MODELS over HTTP: prediction API with keys, quotas, metering and batching.
 
@@ -42,7 +56,9 @@ def serve(
     from foundry.registry import Registry
     from foundry.serve.server import ENV_ADMIN_TOKEN, run_server
 
-    overrides = {"host": host, "port": port, "workers": workers}
+    overrides = {"host": host, "port": port, "workers": workers,
+                 "header_timeout_s": header_timeout, "body_timeout_s": body_timeout,
+                 "max_connections": max_connections, "metrics": metrics}
     settings = load_serve_config(config, {k: v for k, v in overrides.items() if v is not None})
     requested = list(dict.fromkeys([*settings.models, *(models or [])]))
     if not requested:
@@ -68,7 +84,9 @@ def serve(
     typer.echo(f"serving {', '.join(refs)} at {url}  ({settings.workers} worker(s))")
     for record in records:
         typer.echo(f"  POST {url}/v1/models/{record.name}/predict   ({record.task or 'model'})")
-    typer.echo(f"docs: {url}/docs   metrics: {url}/metrics")
+    exposure = {"admin": " (admin token)", "public": "", "off": None}[settings.metrics]
+    shown = f"   metrics: {url}/metrics{exposure}" if exposure is not None else ""
+    typer.echo(f"docs: {url}/docs{shown}")
     if not os.environ.get(ENV_ADMIN_TOKEN):
         typer.echo(f"admin routes disabled: set {ENV_ADMIN_TOKEN} to enable /admin/keys")
     run_server(settings.model_copy(update={"models": []}), refs)

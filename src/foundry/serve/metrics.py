@@ -10,6 +10,10 @@ Series (`GET /metrics`, Prometheus text format):
     foundry_batch_size{model}                      histogram: records per forward pass
     foundry_quota_rejections_total{reason}         429s: rate_limit_exceeded, quota_exceeded
 
+Who may read them is `serve.metrics` (app.py): `admin` (the default: the admin token, as
+a bearer; Prometheus sends one from its scrape config), `public` or `off`. They name
+every model and its traffic, which the API port should not tell any caller.
+
 With `--workers N` each worker process has its own registry, and `/metrics` shows the
 counters of whichever worker answered the scrape: sum over workers by scraping each one
 (e.g. one port per worker behind the balancer), or run one worker per container. We do not

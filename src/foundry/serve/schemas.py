@@ -112,8 +112,10 @@ class InputFeature(_Schema):
     nullable: bool
     """Whether null (a missing value) is accepted."""
     values: list[str] | None = None
-    """Binary and category inputs: the values seen in training (when there are few);
-    any other value is accepted and treated as unknown."""
+    """Binary inputs: the only values accepted (a JSON number or boolean naming one
+    also: `1` for "1", `true` for "True"); null is missing; anything else is a 422.
+    Category inputs: the values seen in training (when there are few); any other value
+    is accepted and treated as unknown."""
     example: Any = None
     """A typical value (the training mean, the most frequent category...)."""
 
@@ -166,8 +168,8 @@ class Status(_Schema):
 
 # ------------------------------------------------------------------ validation
 
-NUMBER, CATEGORY, TEXT, IMAGE = "number", "category", "text", "image"
-_KIND = {"number": NUMBER, "binary": CATEGORY, "category": CATEGORY, "text": TEXT, "image": IMAGE}
+NUMBER, BINARY, CATEGORY, TEXT, IMAGE = "number", "binary", "category", "text", "image"
+_KIND = {"number": NUMBER, "binary": BINARY, "category": CATEGORY, "text": TEXT, "image": IMAGE}
 IMAGE_FORMATS = ("PNG", "JPEG")
 MAX_IMAGE_PIXELS = 4096 * 4096
 """Larger images are refused before decoding (a 1 MB PNG can hold 100M black pixels)."""
@@ -182,9 +184,14 @@ class InputSpec:
     bound: float = math.inf
     """Numbers: the largest magnitude accepted (beyond it the encoded value overflows the
     model's float32)."""
+    values: tuple[str, ...] | None = None
+    """Binary inputs: the keys accepted (the training values; a JSON number or boolean
+    whose key is one of them too). None: any category value."""
 
     @property
     def kind(self) -> str:
+        if self.type == "binary" and self.values is None:
+            return CATEGORY  # no fitted values to hold it to
         return _KIND[self.type]
 
 
@@ -220,6 +227,9 @@ class RecordValidator:
         """Fields a record may carry besides the inputs (sensitive columns that pick
         fairness thresholds): strings, numbers, booleans or null."""
         self._specs = [(s.name, s.kind, s.nullable, s.type, s.bound) for s in self.inputs]
+        self._binary = {s.name: frozenset(s.values) for s in self.inputs
+                        if s.kind == BINARY and s.values is not None}
+        """Binary inputs: name → the keys accepted."""
 
     # -- body → records --------------------------------------------------------
 
@@ -284,6 +294,15 @@ class RecordValidator:
                     elif value is None and nullable:
                         continue
                     raise self._type_error(records, i, name, ftype, nullable, value)
+                elif kind == BINARY:
+                    if value is None and nullable:
+                        continue
+                    if vtype in (int, float, bool):
+                        value = record[name] = scalar_key(value)  # true → "True", 1 → "1"
+                    elif vtype is not str:
+                        raise self._type_error(records, i, name, ftype, nullable, value)
+                    if value not in self._binary[name]:
+                        raise self._binary_error(records, i, name, nullable, value)
                 elif kind == CATEGORY:
                     if vtype is str or (value is None and nullable):
                         continue
@@ -352,6 +371,21 @@ class RecordValidator:
             422,
             "invalid_field",
             f"{path} must be {expected} ({ftype} input), got {_json_type(value)} {shown}",
+            param=path,
+        )
+
+    def _binary_error(
+        self, records: Records, i: int, name: str, nullable: bool, value: Any
+    ) -> ApiError:
+        accepted = sorted(self._binary[name])
+        spellings = " or ".join(repr(v) for v in accepted) or "no value"
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        path = records.path(i, name)
+        return ApiError(
+            422,
+            "invalid_field",
+            f"{path} must be {spellings}{' or null' if nullable else ''} (binary input, "
+            f"the values it was trained on), got {shown}",
             param=path,
         )
 

@@ -145,6 +145,11 @@ def input_spec(feature: dict[str, Any], enc: Any) -> InputSpec:
     """What the API accepts for one input (`feature`: its entry in the manifest's
     `features.inputs`; `enc`: its fitted encoder)."""
     ftype = feature["type"]
+    if ftype == "binary" and isinstance(enc, BinaryEncoder):
+        # Only the two training values (a third is a typo or another column's value,
+        # not a missing one): `RecordValidator` refuses anything else.
+        return InputSpec(feature["name"], ftype, nullable=True,
+                         values=tuple(v for v in enc.values if v != MISSING))
     if ftype != "number":
         return InputSpec(feature["name"], ftype, nullable=ftype != "image")
     nullable = feature.get("number", {}).get("missing") != "error"

@@ -14,11 +14,13 @@ Each worker loads its models once, at startup, and has its own batchers, metrics
 share of the cores for PyTorch (`app.inference_threads`); they share the database, so
 rate limits and quotas hold across workers.
 
-    uvicorn --factory foundry.serve.server:app_from_env     # the same, by hand
+    uvicorn --factory foundry.serve.server:app_from_env \
+        --http foundry.serve.http_limits:GuardedHttpToolsProtocol   # the same, by hand
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -65,6 +67,8 @@ def run_server(
     """
     import uvicorn
 
+    from foundry.serve.http_limits import PROTOCOL
+
     refs = list(dict.fromkeys([*config.models, *models]))
     config = ServeConfig.model_validate(
         {
@@ -89,5 +93,22 @@ def run_server(
         workers=config.workers,
         access_log=access_log,
         log_level=log_level,
+        log_config=log_config(),
         timeout_graceful_shutdown=10,
+        # Header / body deadlines and the connection cap (serve.header_timeout_s,
+        # body_timeout_s, max_connections), read from FOUNDRY_SERVE_CONFIG per worker.
+        http=PROTOCOL,
+        ws="none",  # no WebSocket routes: an upgrade request is answered as plain HTTP
     )
+
+
+def log_config() -> dict:
+    """uvicorn's logging, plus foundry's serving logger (`foundry.serve`: failures, slow
+    clients closed, clients gone) at INFO through the same handler and format; without
+    it Python prints only its warnings, bare."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["foundry"] = {"handlers": ["default"], "level": "INFO",
+                                    "propagate": False}
+    return config
