@@ -21,7 +21,7 @@ from foundry.serve.store import metadata as serve_metadata
 
 pytestmark = pytest.mark.usefixtures("db_backend")  # SQLite and PostgreSQL (conftest.py)
 
-TABLES = {"model_versions", "api_keys", "usage_events", "idempotency"}
+TABLES = {"model_versions", "api_keys", "usage_events", "idempotency", "serve_leases"}
 
 
 def _registry_metadata():

@@ -41,6 +41,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -121,6 +122,8 @@ class Service:
 
         registry = Registry(self.home) if self.home is not None else Registry()
         self.state = {ref: "loading" for ref in self.refs}
+        if self.gate is not None:  # this worker's lease; a crash's reservations voided
+            await run_in_threadpool(self.gate.start)
         self._torch_threads = _set_torch_threads(inference_threads(self.config.workers))
         for ref in self.refs:
             try:
@@ -250,15 +253,10 @@ class Service:
                         f"charged; request id {request_id}",
                     ) from None
             if admission is not None:
-                latency = _ms_since(started)
                 if idempotency_key:
                     # Stored before answering, so a retry after this answer is a replay.
-                    await self.gate_call(self._complete, admission, 200, latency, content)
-                else:
-                    # `admit` already committed the usage event (status 200); all that is
-                    # left is its latency, which Gate.complete buffers without database
-                    # work, so it runs here rather than costing a hop to the gate thread.
-                    self._complete(admission, 200, latency, content)
+                    await self.gate_call(self.gate.store_response, admission, 200, content)
+                response.background = self.settle_after_answer(admission, started)
             status = 200
             return response
         except ApiError as exc:
@@ -327,10 +325,8 @@ class Service:
                                f"{request_id}") from None
             if admission is not None:
                 if idempotency_key:  # stored before answering: a retry is then a replay
-                    await self.gate_call(self._complete, admission, 200, _ms_since(started),
-                                         content)
-                else:  # only a latency to buffer (see predict)
-                    self._complete(admission, 200, _ms_since(started), None)
+                    await self.gate_call(self.gate.store_response, admission, 200, content)
+                response.background = self.settle_after_answer(admission, started)
             return response
         except ApiError as exc:
             if exc.status == 429:
@@ -391,6 +387,23 @@ class Service:
             raise ApiError(400, "invalid_model", f"model '{name}' generates text: call "
                            "POST /v1/completions or /v1/chat/completions", param="model")
         return lm
+
+    def settle_after_answer(self, admission: Admission, started: float,
+                            units: int | None = None) -> BackgroundTask:
+        """The response's background task: settle the request's reservation once Starlette
+        has written the answer to the socket (billed only when answered). A plain settle
+        is buffered by Gate.complete (no database work), so it runs on the event loop;
+        one that changes units goes to the gate's thread."""
+
+        async def settle() -> None:
+            latency = _ms_since(started)
+            if units is None:
+                self._complete(admission, 200, latency, None)
+            else:
+                await self.gate_call(self.complete_quietly, admission, 200, latency, None,
+                                     units)
+
+        return BackgroundTask(settle)
 
     def complete_quietly(self, admission: Admission, status: int, latency_ms: float,
                          response: Any, units: int | None = None) -> None:
