@@ -25,8 +25,10 @@ are refused with 422 naming the field rather than ignored.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
@@ -46,6 +48,8 @@ from foundry.serve.lm_serving import ServedLanguageModel, StreamProgress, genera
 
 if TYPE_CHECKING:
     from foundry.serve.app import Service
+
+log = logging.getLogger("foundry.serve")
 
 CLIENT_CLOSED = 499
 """Status recorded for a stream its client closed (billable: tokens were computed)."""
@@ -302,8 +306,9 @@ async def _sse(
         # first (the events are written already), so a retry after this is a replay.
         with anyio.CancelScope(shield=True):
             if status < 500 and _keyed(admission):
-                await service.gate_call(_store_quietly, service, admission,
-                                        {"object": _SSE_REPLAY, "events": sent})
+                with contextlib.suppress(Exception):  # logged; the charge still settles
+                    await service.gate_call(_store, service, admission,
+                                            {"object": _SSE_REPLAY, "events": sent})
             await _settle(service, served, admission, started, status, units)
 
 
@@ -381,7 +386,11 @@ async def _answer(service: Service, served: ServedLanguageModel, admission: Admi
     """The JSON answer; with an Idempotency-Key its body is stored first (a retry after
     the answer is a replay), and the reservation is settled once it is written."""
     if _keyed(admission):
-        await service.gate_call(_store_quietly, service, admission, content)
+        try:
+            await service.gate_call(_store, service, admission, content)
+        except Exception:  # not stored: not answered, and its reservation given back
+            await _fail(service, served, admission, started)
+            raise
 
     async def settle() -> None:
         await _settle(service, served, admission, started, 200, units)
@@ -394,10 +403,14 @@ def _keyed(admission: Admission | None) -> bool:
     return getattr(admission, "idempotency_key", None) is not None
 
 
-def _store_quietly(service: Service, admission: Admission, content: Any) -> None:
-    """Gate thread: `store_response` (nothing without an Idempotency-Key)."""
+def _store(service: Service, admission: Admission, content: Any) -> None:
+    """Gate thread: `store_response`, a failure logged and raised."""
     assert service.gate is not None
-    service.gate.store_response(admission, 200, content)
+    try:
+        service.gate.store_response(admission, 200, content)
+    except Exception:
+        log.exception("storing the answer of usage event %s failed", admission.event_id)
+        raise
 
 
 async def _settle(service: Service, served: ServedLanguageModel,
