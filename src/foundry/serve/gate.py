@@ -863,6 +863,7 @@ class Gate:
     def usage_report(self, period: str | None = None) -> billing.UsageReport:
         """Billing for `period` (`YYYY-MM`, default this month)."""
         period = billing.parse_period(period) if period else billing.period_of(self.clock())
+        self.flush()  # this process's answered requests settled first
         return billing.usage_report(self.store, self.plans, period)
 
     def close(self) -> None:
