@@ -21,9 +21,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from foundry.config.schema import PlanConfig
 from foundry.serve import gate as gate_module
+from foundry.serve import leases
 from foundry.serve.errors import ApiError
 from foundry.serve.gate import Gate
-from foundry.serve import leases
 from foundry.serve.store import RESERVED, VOIDED, CompiledSql, serve_leases, usage_events
 
 pytestmark = pytest.mark.usefixtures("db_backend")  # SQLite and PostgreSQL (conftest.py)
@@ -299,7 +299,7 @@ def test_an_abandoned_idempotent_request_is_taken_over_once_its_process_is_dead(
     assert retry.replay is None  # the dead attempt's units went back to the quota
     gate.complete(retry, status=200, latency_ms=1.0, response={})
     assert _billable_units(gate) == 5 and _billable_units(gate, "died") == 0
-    assert leases.voided_usage(gate.store, "2026-11") == (1, 5)
+    assert gate.usage_report("2026-11").voided == {"requests": 1, "units": 5}
 
 
 def test_rotated_keys_share_the_account_quota_and_bucket(gate):

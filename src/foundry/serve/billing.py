@@ -20,7 +20,7 @@ import csv
 import io
 import json
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -28,7 +28,7 @@ from sqlalchemy import and_, func, select
 
 from foundry.config.schema import PlanConfig
 from foundry.serve.errors import ApiError
-from foundry.serve.store import RESERVED, ServeStore, api_keys, usage_events
+from foundry.serve.store import RESERVED, VOIDED, ServeStore, api_keys, usage_events
 
 _PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
@@ -115,12 +115,16 @@ class UsageReport:
     rows: list[ReportRow]
     totals: dict[str, int]
     """Sums of the rows' integer columns (`requests`, `units`, ..., `amount_due_cents`)."""
+    voided: dict[str, int] = field(default_factory=lambda: {"requests": 0, "units": 0})
+    """Requests admitted in the period whose process died before settling them (never
+    billed; some may have been answered): `requests` and `units`."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "period": self.period,
             "rows": [asdict(r) for r in self.rows],
             "totals": dict(self.totals),
+            "voided": dict(self.voided),
         }
 
     def to_json(self) -> str:
@@ -180,6 +184,10 @@ def usage_report(store: ServeStore, plans: dict[str, PlanConfig], period: str) -
     with store.read() as conn:
         usage = {r.account: (int(r.requests), int(r.units)) for r in conn.execute(used)}
         keys = conn.execute(select(api_keys).order_by(api_keys.c.id)).all()
+        voided = conn.execute(
+            select(func.count(usage_events.c.id), func.coalesce(func.sum(usage_events.c.units), 0))
+            .where(usage_events.c.period == period, usage_events.c.status == VOIDED)
+        ).one()
     chains: dict[int, list[Any]] = {}
     for key in keys:
         chains.setdefault(key.account_id or key.id, []).append(key)
@@ -214,7 +222,8 @@ def usage_report(store: ServeStore, plans: dict[str, PlanConfig], period: str) -
         )
     rows.sort(key=lambda r: (r.name, r.key))
     totals = {c: sum(getattr(r, c) for r in rows) for c in _SUMMED}
-    return UsageReport(period=period, rows=rows, totals=totals)
+    return UsageReport(period=period, rows=rows, totals=totals,
+                       voided={"requests": int(voided[0]), "units": int(voided[1])})
 
 
 def _active(key: Any, start: float, end: float) -> bool:

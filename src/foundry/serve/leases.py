@@ -20,9 +20,10 @@ refreshed by a heartbeat; a lease is dead when
 one transaction: status VOIDED (never billed), its units given back to the account's
 quota counter, an Idempotency-Key still in progress freed (so a retry runs at once
 instead of answering 409). Each void is logged (request id, units) and stays in the
-table, so the answers lost to a crash are counted. Every serving process sweeps when it
-starts and then every SWEEP_S, so a dead process's reservations are voided within about
-a second on its own host and LEASE_TTL_S + SWEEP_S from another.
+table, so the answers lost to a crash are counted (`foundry usage report` shows them).
+Every serving process sweeps when it starts and then every SWEEP_S, so a dead process's
+reservations are voided within about a second on its own host and LEASE_TTL_S + SWEEP_S
+from another.
 
 A live process whose lease was taken for dead (another host that missed heartbeats for
 LEASE_TTL_S) finds its row gone at its next heartbeat and registers a new one; its
@@ -318,13 +319,3 @@ def sweep(store: ServeStore) -> Voided:
         log.warning("voided %d reservations (%d units) of %d dead serving processes",
                     voided, units, len(dead))
     return Voided(len(dead), voided, units)
-
-
-def voided_usage(store: ServeStore, period: str) -> tuple[int, int]:
-    """(requests, units) voided in a period: answers possibly lost to crashes."""
-    with store.read() as conn:
-        count, units = conn.execute(
-            select(func.count(usage_events.c.id), func.coalesce(func.sum(usage_events.c.units), 0))
-            .where(usage_events.c.period == period, usage_events.c.status == VOIDED)
-        ).one()
-    return int(count), int(units)
