@@ -388,20 +388,13 @@ class Service:
                            "POST /v1/completions or /v1/chat/completions", param="model")
         return lm
 
-    def settle_after_answer(self, admission: Admission, started: float,
-                            units: int | None = None) -> BackgroundTask:
+    def settle_after_answer(self, admission: Admission, started: float) -> BackgroundTask:
         """The response's background task: settle the request's reservation once Starlette
-        has written the answer to the socket (billed only when answered). A plain settle
-        is buffered by Gate.complete (no database work), so it runs on the event loop;
-        one that changes units goes to the gate's thread."""
+        has handed the answer to the socket (billed only when answered). Gate.complete
+        buffers it (no database work), so it runs on the event loop."""
 
         async def settle() -> None:
-            latency = _ms_since(started)
-            if units is None:
-                self._complete(admission, 200, latency, None)
-            else:
-                await self.gate_call(self.complete_quietly, admission, 200, latency, None,
-                                     units)
+            self._complete(admission, 200, _ms_since(started), None)
 
         return BackgroundTask(settle)
 

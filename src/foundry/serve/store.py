@@ -163,6 +163,9 @@ serve_leases = Table(
     Column("created_at", Double, nullable=False),
     Column("heartbeat_at", Double, nullable=False),
     # Epoch seconds by the database's clock (one clock for every host).
+    # Ids never reused (SQLite AUTOINCREMENT): a reservation made under a lease swept as
+    # dead must never look like a newer process's.
+    sqlite_autoincrement=True,
 )
 
 

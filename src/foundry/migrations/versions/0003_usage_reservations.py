@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("pid_start", sa.BigInteger(), nullable=True),
         sa.Column("created_at", sa.Double(), nullable=False),
         sa.Column("heartbeat_at", sa.Double(), nullable=False),
+        sqlite_autoincrement=True,  # ids never reused (see foundry.serve.store)
     )
     op.add_column("usage_events", sa.Column("lease_id", sa.BigInteger(), nullable=True))
     op.create_index(
