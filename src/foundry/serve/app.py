@@ -255,7 +255,7 @@ class Service:
             if admission is not None:
                 if idempotency_key:
                     # Stored before answering, so a retry after this answer is a replay.
-                    await self.gate_call(self.gate.store_response, admission, 200, content)
+                    await self.gate_call(self.store_answer, admission, content)
                 response.background = self.settle_after_answer(admission, started)
             status = 200
             return response
@@ -325,7 +325,7 @@ class Service:
                                f"{request_id}") from None
             if admission is not None:
                 if idempotency_key:  # stored before answering: a retry is then a replay
-                    await self.gate_call(self.gate.store_response, admission, 200, content)
+                    await self.gate_call(self.store_answer, admission, content)
                 response.background = self.settle_after_answer(admission, started)
             return response
         except ApiError as exc:
@@ -398,6 +398,18 @@ class Service:
 
         return BackgroundTask(settle)
 
+    def store_answer(self, admission: Admission, content: Any) -> None:
+        """Gate thread: store an Idempotency-Key's answer before it is written. If that
+        fails, the request fails: 500, not charged, the key freed for a retry."""
+        assert self.gate is not None
+        try:
+            self.gate.store_response(admission, 200, content)
+        except Exception:
+            log.exception("storing the answer of usage event %s failed", admission.event_id)
+            self.complete_quietly(admission, 500, 0.0, None)
+            raise ApiError(500, "internal_error", "the answer could not be stored for the "
+                           "Idempotency-Key; this request was not charged: retry it") from None
+
     def complete_quietly(self, admission: Admission, status: int, latency_ms: float,
                          response: Any, units: int | None = None) -> None:
         """Gate thread: `gate.complete`, a failure logged (see `_complete`)."""
@@ -415,8 +427,10 @@ class Service:
     def _complete(
         self, admission: Admission, status: int, latency_ms: float, response: Any
     ) -> None:
-        """Gate thread: record the outcome. A failure here is logged, not answered: the
-        usage was committed by `admit` and the client has (or is getting) its answer."""
+        """Record the outcome (`Gate.complete`: a plain settlement is only buffered, so
+        this also runs on the event loop). A failure is logged, not answered: the client
+        has (or is getting) its answer; the reservation stays unbilled and is voided when
+        this process ends."""
         assert self.gate is not None
         try:
             self.gate.complete(admission, status=status, latency_ms=latency_ms,

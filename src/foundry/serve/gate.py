@@ -964,7 +964,7 @@ class Gate:
         return int(old[0])
 
     def _start_flusher(self) -> None:
-        """The thread that writes buffered latencies when no admission comes along."""
+        """The thread that writes buffered settlements when no admission comes along."""
         pending = self._pending
         thread = threading.Thread(
             target=_flusher,
