@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from foundry.config.schema import PlanConfig
 from foundry.serve import gate as gate_module
-from foundry.serve import leases
+from foundry.serve import leases, settlements
 from foundry.serve.errors import ApiError
 from foundry.serve.gate import Gate
 from foundry.serve.store import RESERVED, VOIDED, CompiledSql, serve_leases, usage_events
@@ -413,7 +413,7 @@ def _outcome(gate, admission) -> tuple[int, float | None]:
 
 
 def test_a_buffered_settlement_is_written_by_the_flusher_thread(gate, monkeypatch):
-    monkeypatch.setattr(gate_module, "SETTLE_FLUSH_S", 0.02)
+    monkeypatch.setattr(settlements, "SETTLE_FLUSH_S", 0.02)
     key = _key(gate, "tiny")
     adm = gate.admit(key, model="m", units=1, request_id="a")
     gate.complete(adm, status=200, latency_ms=7.0)
@@ -429,7 +429,7 @@ def test_a_buffered_settlement_is_written_by_the_flusher_thread(gate, monkeypatc
 
 @pytest.mark.sqlite_only  # traces SQLite's statements
 def test_admissions_take_buffered_settlements_along(gate, monkeypatch):
-    monkeypatch.setattr(gate_module, "SETTLE_FLUSH_S", 3600.0)
+    monkeypatch.setattr(settlements, "SETTLE_FLUSH_S", 3600.0)
     key = _key(gate, "shared")
     seen = _trace_sqlite(gate)
     done = [gate.admit(key, model="m", units=1, request_id=f"r{i}") for i in range(3)]

@@ -43,8 +43,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -60,6 +58,7 @@ from foundry.serve import billing, keys
 from foundry.serve.errors import ApiError
 from foundry.serve.gate_api import Admission, AdmitRequest, KeyInfo, RateState, StoredResponse
 from foundry.serve.leases import Lease
+from foundry.serve.settlements import PendingSettlements, flush_at_exit
 from foundry.serve.store import (
     RESERVED,
     ServeStore,
@@ -75,11 +74,6 @@ transaction, so a key revoked by another process is refused by the next admissio
 once; only routes that authenticate without admitting may lag this long."""
 _AUTH_CACHE_MAX = 10_000
 _MAX_IDEMPOTENCY_KEY = 255
-SETTLE_FLUSH_S = 0.1
-"""Seconds a buffered settlement (see `Gate.complete`) waits for an admission to take it
-along before the flusher thread writes it (within twice this). Under load every
-admission's transaction writes all that is buffered, so at a crash the answers not yet
-settled are about those of the requests in flight; they are voided, never billed."""
 
 log = logging.getLogger(__name__)
 
@@ -299,14 +293,14 @@ class Gate:
         """By Authorization header."""
         self._period: tuple[float, float, str] = (0.0, 0.0, "")
         """(start, end, `YYYY-MM`) of the billing period of the last admission."""
-        self._pending = _PendingSettlements()
+        self._pending = PendingSettlements()
         self.lease = Lease(self.store)
         """This process's lease: held by every reservation it makes (foundry.serve.leases)."""
         # Settlements still buffered when the Gate is dropped or the interpreter exits are
         # written then, and the lease released (a kill -9 leaves both to the next sweep:
         # the unsettled reservations are voided, never billed).
         self._finalizer = weakref.finalize(
-            self, _flush_pending, self.store, self._pending, self.lease
+            self, flush_at_exit, self.store, self._pending, self.lease, _write_settlements
         )
 
     def __repr__(self) -> str:
@@ -712,7 +706,7 @@ class Gate:
         A success that changes no units and stores nothing (the usual case) only needs
         its status written, and that is buffered: written in one batch with others inside
         the next admission's transaction, by a background thread within 2 x
-        SETTLE_FLUSH_S when no admission comes along, and by `flush` / `close`. So it
+        `settlements.SETTLE_FLUSH_S` when no admission comes along, and by `flush` / `close`. So it
         never waits on the database (the app calls it on its event loop). A crash before
         that write leaves the reservation open, and the next sweep voids it: an answer
         given but not billed, counted (status VOIDED), never the reverse."""
@@ -730,7 +724,7 @@ class Gate:
         store_body = ikey is not None and response is not None and status < 500
         if status < 500 and not settle_units and not store_body:
             if self._pending.add({"b_id": event, "b_status": status, "b_latency": latency_ms}):
-                self._start_flusher()
+                self._pending.start_flusher(weakref.ref(self))
             return
         store = self.store
         with store.fast_write() as cur:
@@ -787,8 +781,7 @@ class Gate:
         if not rows:
             return 0
         try:
-            with self.store.fast_write() as cur:
-                self.store.sql(_SETTLE).executemany(cur, rows)
+            _write_settlements(self.store, rows)
         except BaseException:
             self._pending.put_back(rows)
             raise
@@ -963,18 +956,6 @@ class Gate:
             return 0
         return int(old[0])
 
-    def _start_flusher(self) -> None:
-        """The thread that writes buffered settlements when no admission comes along."""
-        pending = self._pending
-        thread = threading.Thread(
-            target=_flusher,
-            args=(weakref.ref(self), pending, pending.stop),
-            name="foundry-gate-flush",
-            daemon=True,
-        )
-        pending.flusher = thread
-        thread.start()
-
     def _event_facts(self, event_id: int) -> tuple[int, int, str, str | None]:
         with self.store.read() as conn:
             event = conn.execute(_EVENT, {"b_id": event_id}).one()
@@ -982,97 +963,10 @@ class Gate:
         return owner.account_id or owner.id, event.units, event.period, event.idempotency_key
 
 
-class _PendingSettlements:
-    """Settlements of answered requests waiting to be written (see `Gate.complete`)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.rows: list[dict[str, Any]] = []
-        self.since = 0.0
-        """time.monotonic() when the oldest row was added."""
-        self.flusher: threading.Thread | None = None
-        self.stop = threading.Event()
-        self.pid = os.getpid()
-
-    def add(self, row: dict[str, Any]) -> bool:
-        """Buffer one row; True when the caller must start a flusher thread."""
-        with self.lock:
-            self._after_fork()
-            if not self.rows:
-                self.since = time.monotonic()
-            self.rows.append(row)
-            if self.flusher is not None:
-                return False
-            self.flusher = _STARTING
-            return True
-
-    def take(self) -> list[dict[str, Any]]:
-        """The buffered rows, emptying the buffer."""
-        with self.lock:
-            self._after_fork()
-            rows, self.rows = self.rows, []
-            return rows
-
-    def put_back(self, rows: list[dict[str, Any]]) -> None:
-        """Rows whose transaction failed: written with the next flush."""
-        with self.lock:
-            if not self.rows:
-                self.since = time.monotonic()
-            self.rows = rows + self.rows
-
-    def stop_flusher(self) -> None:
-        with self.lock:
-            thread, self.flusher = self.flusher, None
-            stop, self.stop = self.stop, threading.Event()
-        stop.set()
-        if isinstance(thread, threading.Thread) and thread is not threading.current_thread():
-            thread.join(timeout=5)
-
-    def _after_fork(self) -> None:
-        # The parent's rows are the parent's to write, and its thread is not ours.
-        if self.pid != os.getpid():
-            self.pid = os.getpid()
-            self.rows, self.flusher, self.stop = [], None, threading.Event()
-
-
-_STARTING: Any = object()  # `flusher` while the thread is being started
-
-
-def _flusher(ref: weakref.ref[Gate], pending: _PendingSettlements, stop: threading.Event) -> None:
-    """Thread: every SETTLE_FLUSH_S, write the buffered settlements no admission took
-    along; it ends when the buffer is empty (the next buffered settlement starts
-    another), when `stop` is set (Gate.close) or when its Gate is gone."""
-    while not stop.wait(SETTLE_FLUSH_S):
-        gate = ref()
-        if gate is None:
-            return  # the finalizer writes what is left
-        with pending.lock:
-            if not pending.rows:
-                if pending.flusher is threading.current_thread():
-                    pending.flusher = None
-                return
-            # While requests come, an admission takes the rows along first and this
-            # thread seldom competes for the write lock.
-            due = time.monotonic() - pending.since >= SETTLE_FLUSH_S
-        if due:
-            try:
-                gate.flush()
-            except Exception:
-                log.exception("writing buffered settlements failed; will retry")
-        del gate
-
-
-def _flush_pending(store: ServeStore, pending: _PendingSettlements, lease: Lease) -> None:
-    """weakref.finalize of a Gate: write what it still buffered, release its lease."""
-    rows = pending.take()
-    try:
-        if rows:
-            with store.fast_write() as cur:
-                store.sql(_SETTLE).executemany(cur, rows)
-        lease.release()
-    except Exception:
-        log.warning("could not write %d buffered settlements or release the lease at "
-                    "exit; the next process voids those reservations", len(rows))
+def _write_settlements(store: ServeStore, rows: list[dict[str, Any]]) -> None:
+    """Buffered settlements, in one transaction (`Gate.flush`, and at exit)."""
+    with store.fast_write() as cur:
+        store.sql(_SETTLE).executemany(cur, rows)
 
 
 class _Bucket:
