@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from sqlalchemy import insert, select, update
 
 from foundry.config.schema import PlanConfig
 from foundry.serve import leases
+from foundry.serve.errors import ApiError
 from foundry.serve.gate import Gate
 from foundry.serve.store import RESERVED, VOIDED, idempotency, serve_leases, usage_events
 
@@ -126,3 +128,46 @@ def test_closing_a_gate_voids_what_it_still_holds(foundry_home):
     with g.store.read() as conn:
         assert conn.execute(select(serve_leases)).first() is None
     assert g.usage(key)["remaining_units"] == 3
+
+
+_HOLDER = """
+import sys
+import time
+from foundry.config.schema import PlanConfig
+from foundry.serve.gate import Gate
+g = Gate({"tiny": PlanConfig(included_units=5, hard_limit=True, requests_per_minute=1000)})
+adm = g.admit(g.authenticate(sys.argv[1]), model="m", units=5, request_id="held",
+              idempotency_key="order-7", request_hash="h")
+print(adm.event_id, flush=True)
+sys.stdin.read()  # generating... until killed
+"""
+
+
+def test_a_key_held_by_a_killed_process_is_taken_over_within_seconds(gate, foundry_home):
+    created = gate.create_key("acme", "tiny")
+    key = gate.authenticate(created.key)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, created.key],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "FOUNDRY_HOME": str(foundry_home)})
+    try:
+        held = int(holder.stdout.readline())
+        with pytest.raises(ApiError) as busy:  # its process runs: in progress
+            gate.admit(key, model="m", units=5, request_id="retry", idempotency_key="order-7",
+                       request_hash="h")
+        assert busy.value.code == "idempotency_in_progress"
+    finally:
+        holder.kill()  # SIGKILL: no finalizer, no close
+        holder.wait(timeout=30)
+    # This process's lease thread sweeps every second: the retry takes over, and the
+    # dead request's 5 units are back in the quota (it could not fit otherwise).
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            retry = gate.admit(key, model="m", units=5, request_id="retry",
+                               idempotency_key="order-7", request_hash="h")
+            break
+        except ApiError as exc:
+            assert exc.code == "idempotency_in_progress", exc
+            assert time.monotonic() < deadline, "still 409 10 s after the kill"
+            time.sleep(0.2)
+    assert retry.replay is None and _status(gate, held) == VOIDED
