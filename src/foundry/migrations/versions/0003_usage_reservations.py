@@ -29,24 +29,30 @@ _RESERVED = sa.text("status = 600")  # foundry.serve.store.RESERVED, frozen here
 
 
 def upgrade() -> None:
-    op.create_table(
-        "serve_leases",
-        sa.Column("id", _BIG_ID, primary_key=True, autoincrement=True),
-        sa.Column("host", sa.String(255), nullable=False),
-        sa.Column("pid", sa.Integer(), nullable=False),
-        sa.Column("pid_start", sa.BigInteger(), nullable=True),
-        sa.Column("created_at", sa.Double(), nullable=False),
-        sa.Column("heartbeat_at", sa.Double(), nullable=False),
-        sqlite_autoincrement=True,  # ids never reused (see foundry.serve.store)
-    )
-    op.add_column("usage_events", sa.Column("lease_id", sa.BigInteger(), nullable=True))
-    op.create_index(
-        "ix_usage_events_reserved",
-        "usage_events",
-        ["lease_id"],
-        sqlite_where=_RESERVED,
-        postgresql_where=_RESERVED,
-    )
+    # Only what is missing (as 0002 does): a database made by a store's create_all at
+    # this code's table definitions, before migrations existed, has them already.
+    inspector = sa.inspect(op.get_bind())
+    if "serve_leases" not in inspector.get_table_names():
+        op.create_table(
+            "serve_leases",
+            sa.Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+            sa.Column("host", sa.String(255), nullable=False),
+            sa.Column("pid", sa.Integer(), nullable=False),
+            sa.Column("pid_start", sa.BigInteger(), nullable=True),
+            sa.Column("created_at", sa.Double(), nullable=False),
+            sa.Column("heartbeat_at", sa.Double(), nullable=False),
+            sqlite_autoincrement=True,  # ids never reused (see foundry.serve.store)
+        )
+    if "lease_id" not in {c["name"] for c in inspector.get_columns("usage_events")}:
+        op.add_column("usage_events", sa.Column("lease_id", sa.BigInteger(), nullable=True))
+    if "ix_usage_events_reserved" not in {i["name"] for i in inspector.get_indexes("usage_events")}:
+        op.create_index(
+            "ix_usage_events_reserved",
+            "usage_events",
+            ["lease_id"],
+            sqlite_where=_RESERVED,
+            postgresql_where=_RESERVED,
+        )
 
 
 def downgrade() -> None:
