@@ -5,6 +5,7 @@ dynamic batching buy? Loopback HTTP load against `foundry serve`.
     python benchmarks/serve_load.py --requests 5000 --seconds 20 --json serve_load.json
     python benchmarks/serve_load.py --home /tmp/bench-home   # reuse the model trained there
     python benchmarks/serve_load.py --layers 1024,1024,1024  # a model heavier than HTTP
+    PYTHONPATH=old/src python benchmarks/serve_load.py --compare-src new/src   # before/after
 
 It trains a small MLP on a generated Adult-like table (14 inputs, like the UCI Adult
 census table) with `foundry.train` in a temporary FOUNDRY_HOME (or reuses `adult` from
@@ -36,6 +37,12 @@ per answered request, which other load on the machine disturbs far less than wal
 numbers; `batch` is the mean number of records per forward pass (from /metrics; one
 worker's counters, so exact only with --workers 1).
 
+--compare-src SRC adds a fifth server, `full-cmp`: `full` run from another checkout's
+`src` (PYTHONPATH=SRC) on a copy of the trained FOUNDRY_HOME made before any server starts
+(so a newer schema migrates its own copy), interleaved with the others; the report adds
+the `full-cmp / full` throughput ratio per client count. Run the script itself with the
+older code, so that its database is one both can open.
+
 Targets (issue #9): full ≥ 80% of bare's throughput; auth + metering add < 1 ms at p50
 (full - bare at 1 client); batching ≥ 3x throughput at 32 clients. `--check` exits 1 if
 one is missed. Only 127.0.0.1 is contacted, on ports this script binds.
@@ -46,6 +53,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -209,15 +217,26 @@ class Variant:
         return values["sum"], values["count"]
 
 
-def make_variants(ref: str, env: dict[str, str], work: Path, workers: int) -> list[Variant]:
+def make_variants(ref: str, env: dict[str, str], work: Path, workers: int,
+                  compare_src: Path | None = None) -> list[Variant]:
     variants = []
-    for name in VARIANTS:
+    for name in VARIANTS + (("full-cmp",) if compare_src else ()):
         batching = not name.endswith("nobatch")
         config = work / f"serve-{name}.yaml"
         # metrics: public, for batches() (loopback only, a throwaway home)
         config.write_text(f"serve:\n  metrics: public\n  batching:\n    enabled: "
                           f"{str(batching).lower()}\n")
         port = free_port()
+        if name == "full-cmp":
+            assert compare_src is not None
+            home = work / "home-cmp"
+            shutil.copytree(env["FOUNDRY_HOME"], home)
+            cmp_env = {**env, "FOUNDRY_HOME": str(home), "PYTHONPATH": str(compare_src)}
+            command = serve_command(ref, port, workers=workers, config=config)
+            server = Server(command, env=cmp_env, log=work / f"{name}.log", port=port,
+                            workers=workers)
+            variants.append(Variant(name, server, model=ref.split(":")[0]))
+            continue
         if name.startswith("full"):
             command = serve_command(ref, port, workers=workers, config=config)
         else:
@@ -327,7 +346,8 @@ def report(results: dict[tuple[str, int], Result], args: argparse.Namespace) -> 
     print()
     print(f"{'variant':<14}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
           f"{'srv ms/req':>12}{'batch':>7}{'client CPU':>12}{'errors':>8}")
-    for variant in VARIANTS:
+    names = sorted({v for v, _ in results}, key=lambda v: (v not in VARIANTS, v))
+    for variant in names:
         for clients in CLIENTS:
             r = results[variant, clients]
             share = r.client_cpu / r.elapsed if r.elapsed else 0.0
@@ -348,6 +368,11 @@ def report(results: dict[tuple[str, int], Result], args: argparse.Namespace) -> 
             print(f"  {label:<42}{ratio:>7.2f}")
             if not suffix:
                 checks.append((label, ratio, ">= 0.80", ratio >= 0.80))
+    if "full-cmp" in names:
+        print("\nfull-cmp / full throughput (the other checkout against this run's code)")
+        for clients in CLIENTS:
+            ratio = rps("full-cmp", clients) / max(rps("full", clients), 1e-9)
+            print(f"  {f'full-cmp/full @ {clients:>2} clients':<42}{ratio:>7.2f}")
     print("\nauth + metering at p50, 1 client: full - bare (target < 1 ms)")
     for suffix in ("", "-nobatch"):
         full, bare = results[f"full{suffix}", 1], results[f"bare{suffix}", 1]
@@ -379,7 +404,7 @@ def report(results: dict[tuple[str, int], Result], args: argparse.Namespace) -> 
                      "rounds": args.rounds, "workers": args.workers,
                      "cpus": os.cpu_count()},
         "cases": [{"variant": v, "clients": c, **results[v, c].as_dict()}
-                  for v in VARIANTS for c in CLIENTS],
+                  for v in names for c in CLIENTS],
         "checks": [{"check": label, "value": round(value, 3), "target": target, "ok": ok}
                    for label, value, target, ok in checks],
     }
@@ -401,6 +426,9 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=None,
                         help="FOUNDRY_HOME to train in or reuse [a temporary directory]")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument("--compare-src", type=Path, default=None,
+                        help="src folder of another checkout: adds `full-cmp`, full served "
+                        "from it (before / after a change, in one run)")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args()
     if args.requests > ENTERPRISE_BUCKET - 1_000:
@@ -417,8 +445,9 @@ def main() -> None:
         env = {**os.environ, "FOUNDRY_HOME": str(home)}
         for name in ("FOUNDRY_DATABASE_URL", "FOUNDRY_ADMIN_TOKEN"):
             env.pop(name, None)
-        variants = make_variants(ref, env, work, args.workers)
-        print(f"serving {ref}: 4 servers x {args.workers} worker(s) on {os.cpu_count()} CPUs; "
+        variants = make_variants(ref, env, work, args.workers, args.compare_src)
+        print(f"serving {ref}: {len(variants)} servers x {args.workers} worker(s) on "
+              f"{os.cpu_count()} CPUs; "
               f"per case: {args.requests} requests or {args.seconds:g} s in {args.rounds} "
               "interleaved slices", flush=True)
         try:
@@ -426,7 +455,8 @@ def main() -> None:
                 variant.server.start()
             for variant in variants:  # keys are made while the servers load
                 if variant.full:
-                    variant.keys = {c: create_key(env, f"bench-{variant.name}-{c}")
+                    variant.keys = {c: create_key(variant.server.env,
+                                                  f"bench-{variant.name}-{c}")
                                    for c in CLIENTS}
             for variant in variants:
                 variant.server.wait_ready()

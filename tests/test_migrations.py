@@ -21,7 +21,7 @@ from foundry.serve.store import metadata as serve_metadata
 
 pytestmark = pytest.mark.usefixtures("db_backend")  # SQLite and PostgreSQL (conftest.py)
 
-TABLES = {"model_versions", "api_keys", "usage_events", "idempotency"}
+TABLES = {"model_versions", "api_keys", "usage_events", "idempotency", "serve_leases"}
 
 
 def _registry_metadata():
@@ -121,6 +121,10 @@ def test_a_database_from_before_migrations_is_stamped_not_recreated(engine):
     with engine.begin() as conn:
         conn.execute(text("ALTER TABLE api_keys DROP COLUMN tpm_tokens"))
         conn.execute(text("ALTER TABLE api_keys DROP COLUMN tpm_updated"))
+        # Usage reservations (revision 0002) came later still.
+        conn.execute(text("DROP TABLE serve_leases"))
+        conn.execute(text("DROP INDEX ix_usage_events_reserved"))
+        conn.execute(text("ALTER TABLE usage_events DROP COLUMN lease_id"))
         conn.execute(text(
             "INSERT INTO usage_events (key_id, model, units, status, request_id, created_at, "
             "period) VALUES (1, 'm', 3, 200, 'old', 0, '2026-11')"

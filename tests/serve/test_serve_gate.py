@@ -16,14 +16,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from foundry.config.schema import PlanConfig
 from foundry.serve import gate as gate_module
+from foundry.serve import leases, settlements
 from foundry.serve.errors import ApiError
 from foundry.serve.gate import Gate
-from foundry.serve.store import CompiledSql, usage_events
+from foundry.serve.store import RESERVED, VOIDED, CompiledSql, serve_leases, usage_events
 
 pytestmark = pytest.mark.usefixtures("db_backend")  # SQLite and PostgreSQL (conftest.py)
 
@@ -73,8 +74,11 @@ def _key(gate, plan, **kwargs):
 
 
 def _billable_units(gate, request_prefix: str = "") -> int:
+    """Units held by billable events and by open reservations (admitted, not answered
+    yet): what the quota counts."""
+    held = (usage_events.c.status < 500) | (usage_events.c.status == RESERVED)
     query = select(func.coalesce(func.sum(usage_events.c.units), 0)).where(
-        usage_events.c.status < 500, usage_events.c.request_id.startswith(request_prefix)
+        held, usage_events.c.request_id.startswith(request_prefix)
     )
     with gate.store.read() as conn:
         return int(conn.scalar(query))
@@ -85,11 +89,13 @@ def test_admit_and_complete_write_one_usage_event(gate):
     adm = gate.admit(key, model="iris", units=3, request_id="req-1")
     assert adm.replay is None and adm.event_id is not None
     assert adm.rate.limit == 1_000 and adm.rate.remaining == 999
-    with gate.store.read() as conn:  # committed by admit, before inference
+    with gate.store.read() as conn:  # reserved by admit, before inference
         row = conn.execute(select(usage_events)).one()
-    assert (row.status, row.latency_ms) == (200, None)
+    assert (row.status, row.latency_ms) == (RESERVED, None)
+    assert row.lease_id == gate.lease.id
+    assert gate.usage(key)["reserved_units"] == 3 and gate.usage(key)["units_used"] == 0
     gate.complete(adm, status=200, latency_ms=12.5, response={"predictions": [1, 2, 3]})
-    assert gate.flush() == 1  # a plain success's latency is buffered (see Gate.complete)
+    assert gate.flush() == 1  # a plain success's settlement is buffered (Gate.complete)
     with gate.store.read() as conn:
         row = conn.execute(select(usage_events)).one()
     assert (row.key_id, row.model, row.units, row.status) == (key.id, "iris", 3, 200)
@@ -103,6 +109,7 @@ def test_admit_and_complete_write_one_usage_event(gate):
         "period": "2026-11",
         "requests": 1,
         "units_used": 3,
+        "reserved_units": 0,
         "included_units": 5,
         "remaining_units": 2,
         "hard_limit": True,
@@ -144,7 +151,8 @@ def test_a_request_larger_than_the_quota_left_is_refused_whole(gate):
 def test_plans_without_a_hard_limit_bill_overage_instead(gate):
     key = _key(gate, "metered")
     for i in range(4):
-        gate.admit(key, model="m", units=1, request_id=str(i))
+        adm = gate.admit(key, model="m", units=1, request_id=str(i))
+        gate.complete(adm, status=200, latency_ms=1.0)
     usage = gate.usage(key)
     assert (usage["units_used"], usage["overage_units"], usage["remaining_units"]) == (4, 2, 0)
     assert usage["amount_due_cents"] == 1  # ceil(2 * 100 / 1000)
@@ -165,7 +173,7 @@ def test_failed_requests_are_not_billed_and_give_their_units_back(gate):
         gate.admit(key, model="m", units=1, request_id="x")
     with gate.store.read() as conn:
         statuses = sorted(conn.scalars(select(usage_events.c.status)))
-    assert statuses == [200] * 5 + [500]
+    assert statuses == [500] + [RESERVED] * 5  # five reservations in flight
 
 
 def test_token_bucket_allows_a_burst_then_refills(gate, clock):
@@ -268,14 +276,30 @@ def test_a_failed_idempotent_request_can_be_retried(gate):
     assert _billable_units(gate) == 1
 
 
-def test_an_abandoned_idempotent_request_is_taken_over(gate, clock):
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_an_abandoned_idempotent_request_is_taken_over_once_its_process_is_dead(gate, clock):
     key = _key(gate, "tiny")
-    gate.admit(key, model="m", units=5, request_id="died", idempotency_key="k")  # no complete
-    clock.now = T0 + gate_module.IDEMPOTENCY_STALE_S
+    died = gate.admit(key, model="m", units=5, request_id="died", idempotency_key="k")
+    with pytest.raises(ApiError) as exc:  # its process is alive: in progress, however long
+        gate.admit(key, model="m", units=5, request_id="early", idempotency_key="k")
+    assert (exc.value.status, exc.value.code) == (409, "idempotency_in_progress")
+    # The lease of "died" now names a dead process on this host (as after a kill -9).
+    with gate.store.write() as conn:
+        conn.execute(update(serve_leases).where(serve_leases.c.id == gate.lease.id)
+                     .values(pid=_dead_pid()))
+    leases.sweep(gate.store)  # (or the lease thread's own sweep got there first)
+    assert _event(gate, died.event_id).status == VOIDED
     retry = gate.admit(key, model="m", units=5, request_id="retry", idempotency_key="k")
     assert retry.replay is None  # the dead attempt's units went back to the quota
     gate.complete(retry, status=200, latency_ms=1.0, response={})
     assert _billable_units(gate) == 5 and _billable_units(gate, "died") == 0
+    assert gate.usage_report("2026-11").voided == {"requests": 1, "units": 5}
 
 
 def test_rotated_keys_share_the_account_quota_and_bucket(gate):
@@ -287,7 +311,7 @@ def test_rotated_keys_share_the_account_quota_and_bucket(gate):
     for key in (old, new):
         with pytest.raises(ApiError, match="quota"):
             gate.admit(key, model="m", units=1, request_id="c")
-    assert gate.usage(new)["units_used"] == gate.usage(old)["units_used"] == 5
+    assert gate.usage(new)["reserved_units"] == gate.usage(old)["reserved_units"] == 5
     first = gate.admit(new, model="m", units=0, request_id="d", idempotency_key="k")
     gate.complete(first, status=200, latency_ms=1.0, response="r")
     assert gate.admit(old, model="m", units=0, request_id="e", idempotency_key="k").replay
@@ -306,7 +330,8 @@ def test_bad_arguments(gate):
 def _trace_sqlite(gate) -> list[str]:
     """Every statement the gate's SQLite connections run from now on."""
     seen: list[str] = []
-    gate.close()  # drop kept connections: the next checkout gets the trace callback
+    gate.start()  # the lease: registered once, before the traced admissions
+    gate.store.close()  # drop kept connections: the next checkout gets the trace callback
     event.listen(
         gate.store.engine,
         "checkout",
@@ -354,14 +379,14 @@ def test_hot_statements_compile_for_postgresql_with_row_locks_and_returning(gate
     insert = compiled[gate_module._INSERT_EVENT_RETURNING]
     assert insert.text.startswith("INSERT INTO usage_events")
     assert insert.text.endswith("RETURNING usage_events.id")
-    finish = compiled[gate_module._FINISH_EVENT]
+    finish = compiled[gate_module._SETTLE]
     assert finish.params({"b_id": 1, "b_status": 503, "b_latency": 2.0}) == {
         "b_id": 1,
         "b_status": 503,
         "b_latency": 2.0,
-        "status_1": 500,
+        "status_1": RESERVED,
     }
-    assert "usage_events.status < %(status_1)s" in finish.text
+    assert "usage_events.status = %(status_1)s" in finish.text
     for stmt, sql in compiled.items():
         assert "?" not in sql.text, sql
         assert ("FOR UPDATE" in sql.text) == (stmt is gate_module._LOCK_KEY), sql
@@ -369,9 +394,9 @@ def test_hot_statements_compile_for_postgresql_with_row_locks_and_returning(gate
     lite = sqlite.dialect()
     lock = CompiledSql(gate_module._LOCK_KEY, lite)
     assert lock.text.endswith("WHERE api_keys.id = ?") and lock.params({"b_id": 7}) == (7,)
-    finish = CompiledSql(gate_module._FINISH_EVENT, lite)
+    finish = CompiledSql(gate_module._SETTLE, lite)
     params = finish.params({"b_id": 1, "b_status": 503, "b_latency": 2})
-    assert params == (503, 2.0, 1, 500) and type(params[1]) is float  # SQLAlchemy's Double
+    assert params == (503, 2.0, 1, RESERVED) and type(params[1]) is float  # SQLAlchemy's Double
 
 
 # --------------------------------------------------------------- buffered latencies
@@ -387,8 +412,8 @@ def _outcome(gate, admission) -> tuple[int, float | None]:
     return row.status, row.latency_ms
 
 
-def test_a_buffered_latency_is_written_by_the_flusher_thread(gate, monkeypatch):
-    monkeypatch.setattr(gate_module, "LATENCY_FLUSH_S", 0.02)
+def test_a_buffered_settlement_is_written_by_the_flusher_thread(gate, monkeypatch):
+    monkeypatch.setattr(settlements, "SETTLE_FLUSH_S", 0.02)
     key = _key(gate, "tiny")
     adm = gate.admit(key, model="m", units=1, request_id="a")
     gate.complete(adm, status=200, latency_ms=7.0)
@@ -403,26 +428,24 @@ def test_a_buffered_latency_is_written_by_the_flusher_thread(gate, monkeypatch):
 
 
 @pytest.mark.sqlite_only  # traces SQLite's statements
-def test_admissions_take_buffered_latencies_along(gate, monkeypatch):
-    monkeypatch.setattr(gate_module, "LATENCY_FLUSH_MAX", 3)
-    monkeypatch.setattr(gate_module, "LATENCY_FLUSH_S", 3600.0)
+def test_admissions_take_buffered_settlements_along(gate, monkeypatch):
+    monkeypatch.setattr(settlements, "SETTLE_FLUSH_S", 3600.0)
     key = _key(gate, "shared")
     seen = _trace_sqlite(gate)
     done = [gate.admit(key, model="m", units=1, request_id=f"r{i}") for i in range(3)]
     for i, adm in enumerate(done):
         gate.complete(adm, status=200, latency_ms=float(i))
-    assert [_event(gate, adm.event_id).latency_ms for adm in done] == [None] * 3
+    assert [_outcome(gate, adm) for adm in done] == [(RESERVED, None)] * 3
     seen.clear()
     gate.admit(key, model="m", units=1, request_id="r3")  # the fourth carries them
     assert [s.split()[0] for s in seen] == ["BEGIN", "SELECT", "UPDATE", "INSERT"] + [
         "UPDATE"
     ] * 3 + ["COMMIT"]
-    assert [_event(gate, adm.event_id).latency_ms for adm in done] == [0.0, 1.0, 2.0]
+    assert [_outcome(gate, adm) for adm in done] == [(200, 0.0), (200, 1.0), (200, 2.0)]
     assert gate._pending.rows == [] and gate.flush() == 0
 
 
-def test_a_refused_admission_still_writes_the_buffered_latencies(gate, monkeypatch):
-    monkeypatch.setattr(gate_module, "LATENCY_FLUSH_MAX", 1)
+def test_a_refused_admission_still_writes_the_buffered_settlements(gate):
     key = _key(gate, "tiny")
     adm = gate.admit(key, model="m", units=5, request_id="a")
     gate.complete(adm, status=200, latency_ms=3.0)
@@ -433,8 +456,7 @@ def test_a_refused_admission_still_writes_the_buffered_latencies(gate, monkeypat
     assert _billable_units(gate) == 5
 
 
-def test_a_failed_admission_transaction_puts_the_latencies_back(gate, monkeypatch, db_error):
-    monkeypatch.setattr(gate_module, "LATENCY_FLUSH_MAX", 1)
+def test_a_failed_admission_transaction_puts_the_settlements_back(gate, monkeypatch, db_error):
     key = _key(gate, "shared")
     adm = gate.admit(key, model="m", units=1, request_id="a")
     gate.complete(adm, status=200, latency_ms=4.0)
@@ -451,7 +473,7 @@ def test_a_failed_admission_transaction_puts_the_latencies_back(gate, monkeypatc
     assert gate.flush() == 1 and _event(gate, adm.event_id).latency_ms == 4.0
 
 
-def test_status_changes_and_stored_responses_are_never_buffered(gate):
+def test_failures_and_stored_responses_are_never_buffered(gate):
     key = _key(gate, "tiny")
     ok, created, boom = (gate.admit(key, model="m", units=1, request_id=r) for r in "abc")
     ikey = gate.admit(key, model="m", units=1, request_id="d", idempotency_key="k")
@@ -460,14 +482,15 @@ def test_status_changes_and_stored_responses_are_never_buffered(gate):
     gate.complete(boom, status=503, latency_ms=3.0)
     gate.complete(ikey, status=200, latency_ms=4.0, response={"a": 1})
     outcomes = [_outcome(gate, adm) for adm in (ok, created, boom, ikey)]
-    assert outcomes == [(200, None), (201, 2.0), (503, 3.0), (200, 4.0)]
-    assert [row["b_id"] for row in gate._pending.rows] == [ok.event_id]
-    assert gate.usage(key)["units_used"] == 3  # the 503 was refunded at once
+    assert outcomes == [(RESERVED, None), (RESERVED, None), (503, 3.0), (200, 4.0)]
+    assert [row["b_id"] for row in gate._pending.rows] == [ok.event_id, created.event_id]
+    # The 503 was refunded at once (usage() writes this process's settlements first).
+    assert gate.usage(key)["units_used"] == 3
     replay = gate.admit(key, model="m", units=1, request_id="e", idempotency_key="k").replay
     assert replay is not None and replay.body == {"a": 1}
-    # A latency buffered for an event that failed meanwhile cannot bring it back.
+    # A settlement buffered for an event that failed meanwhile cannot bring it back.
     gate.complete(boom, status=200, latency_ms=9.0)
-    assert gate.flush() == 2
+    assert gate.flush() == 1
     assert _outcome(gate, ok) == (200, 1.0) and _outcome(gate, boom) == (503, 3.0)
     assert gate.usage(key)["units_used"] == 3
 
@@ -519,7 +542,7 @@ def test_a_refusal_keeps_the_connection_and_a_database_error_drops_it(gate, db_e
         cur.execute("UPDATE api_keys SET used_units = 0")
         cur.execute("SELECT nope FROM nowhere")
     assert gate.store._idle == []
-    assert gate.usage(key)["units_used"] == 5  # rolled back
+    assert gate.usage(key)["reserved_units"] == 5  # rolled back
     with pytest.raises(ApiError, match="quota"):
         gate.admit(key, model="m", units=1, request_id="c")
 
@@ -556,7 +579,8 @@ def _admit_many(home: str, key: str, barrier, results, n: int) -> None:
 
     def one(i: int) -> str:
         try:
-            g.admit(info, model="m", units=1, request_id=f"c-{os.getpid()}-{i}")
+            adm = g.admit(info, model="m", units=1, request_id=f"c-{os.getpid()}-{i}")
+            g.complete(adm, status=200, latency_ms=1.0)  # settled at the latest on exit
             return "ok"
         except ApiError as exc:
             return exc.code

@@ -42,6 +42,7 @@ def clock():
 @pytest.fixture
 def gate(clock):
     g = Gate(PLANS, clock=clock)
+    g.start()
     yield g
     g.close()
 
@@ -65,7 +66,7 @@ def test_a_reservation_is_settled_to_the_tokens_used(gate):
     bearer = f"Bearer {gate.create_key('acme', 'lm').key}"
     key = gate.authenticate(bearer)
     adm = _admit(gate, bearer, units=300, tokens=300, rid="a")  # prompt 44 + max_tokens 256
-    assert gate.usage(key)["units_used"] == 300  # reserved while generating
+    assert gate.usage(key)["reserved_units"] == 300  # reserved while generating
     gate.complete(adm, status=200, latency_ms=5.0, units=44 + 17)
     assert tuple(_units(gate, adm.event_id)) == (61, 200)
     assert gate.usage(key)["units_used"] == 61

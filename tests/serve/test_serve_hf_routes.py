@@ -103,3 +103,26 @@ def test_an_embedding_model_does_not_generate(stack):
     assert wrong.value.body["code"] == "invalid_model"
     with pytest.raises(openai.UnprocessableEntityError):
         client.embeddings.create(model="minilm-embed", input=TEXTS, dimensions=128)
+
+
+def test_embeddings_with_an_idempotency_key_are_replayed_and_charged_once(stack):
+    client = openai.OpenAI(base_url=f"{stack['url']}/v1", api_key=stack["key"], max_retries=0)
+    auth = {"authorization": f"Bearer {stack['key']}"}
+
+    def spent() -> int:
+        usage = httpx.get(f"{stack['url']}/v1/usage", headers=auth, timeout=30).json()
+        return usage["units_used"] + usage["reserved_units"]
+
+    before = spent()
+    key = {"Idempotency-Key": "embed-1"}
+    first = client.embeddings.with_raw_response.create(model="minilm-embed", input=TEXTS,
+                                                      extra_headers=key)
+    again = client.embeddings.with_raw_response.create(model="minilm-embed", input=TEXTS,
+                                                      extra_headers=key)
+    assert "idempotent-replayed" not in first.headers
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.parse().model_dump() == first.parse().model_dump()
+    assert spent() - before == first.parse().usage.total_tokens  # charged once
+    with pytest.raises(openai.UnprocessableEntityError) as other:
+        client.embeddings.create(model="minilm-embed", input=TEXTS[:1], extra_headers=key)
+    assert other.value.body["code"] == "idempotency_key_reused"

@@ -214,3 +214,68 @@ def test_token_quota_and_token_rate_limit(stack):
     headers = limited.value.response.headers
     assert limited.value.body["code"] == "rate_limit_exceeded"
     assert headers["x-ratelimit-limit-tokens"] == "50" and int(headers["retry-after"]) >= 1
+
+
+def _spent(stack, plan: str = "lm") -> int:
+    usage = _usage(stack, plan)
+    return usage["units_used"] + usage["reserved_units"]
+
+
+def test_idempotency_key_replays_a_generation_and_charges_it_once(stack):
+    client = _client(stack)
+    before = _spent(stack)
+    # Sampled (temperature 1, no seed): only a replay gives the same text twice.
+    ask = {"model": "tiny-gpt", "prompt": "The cat", "max_tokens": 12, "temperature": 1}
+    first = client.completions.create(**ask, extra_headers={"Idempotency-Key": "gen-1"})
+    again = client.completions.with_raw_response.create(
+        **ask, extra_headers={"Idempotency-Key": "gen-1"})
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.parse().model_dump() == first.model_dump()  # same id, text and usage
+    assert _spent(stack) - before == first.usage.total_tokens  # charged once
+
+    # Chat too, and the same key on another route is another request's key: refused.
+    messages = [{"role": "user", "content": "Where did the fox go?"}]
+    chat = client.chat.completions.create(model="tiny-gpt", messages=messages,
+                                          max_tokens=8, temperature=1,
+                                          extra_headers={"Idempotency-Key": "chat-1"})
+    assert client.chat.completions.create(
+        model="tiny-gpt", messages=messages, max_tokens=8, temperature=1,
+        extra_headers={"Idempotency-Key": "chat-1"}).model_dump() == chat.model_dump()
+    assert _spent(stack) - before == first.usage.total_tokens + chat.usage.total_tokens
+    with pytest.raises(openai.UnprocessableEntityError) as other_route:
+        client.chat.completions.create(model="tiny-gpt", messages=messages, max_tokens=12,
+                                       extra_headers={"Idempotency-Key": "gen-1"})
+    assert other_route.value.body["code"] == "idempotency_key_reused"
+
+
+def test_idempotency_key_with_another_body_is_refused(stack):
+    headers = {"authorization": f"Bearer {stack['keys']['lm']}", "Idempotency-Key": "body-1"}
+    url = f"{stack['url']}/v1/completions"
+    body = {"model": "tiny-gpt", "prompt": "The dog", "max_tokens": 4}
+    with httpx.Client(timeout=60) as http:
+        first = http.post(url, json=body, headers=headers)
+        before = _spent(stack)
+        reordered = http.post(url, json=dict(reversed(body.items())), headers=headers)
+        other = http.post(url, json={**body, "prompt": "The hen"}, headers=headers)
+    assert first.status_code == reordered.status_code == 200
+    assert reordered.json() == first.json()  # the same request, keys in another order
+    assert other.status_code == 422 and other.json()["error"]["code"] == \
+        "idempotency_key_reused"
+    assert other.json()["error"]["param"] == "Idempotency-Key"
+    assert _spent(stack) == before  # neither the replay nor the refusal is charged
+
+
+def test_idempotency_key_replays_a_whole_stream(stack):
+    # A stream's events are stored once its last one is written: a retry just after
+    # may get 409 idempotency_in_progress (Retry-After: 1), which the client retries.
+    client = openai.OpenAI(base_url=f"{stack['url']}/v1", api_key=stack["keys"]["lm"],
+                           max_retries=3, timeout=60)
+    ask = {"model": "tiny-gpt", "messages": [{"role": "user", "content": "Tell me"}],
+           "max_tokens": 10, "temperature": 1, "stream": True,
+           "stream_options": {"include_usage": True},
+           "extra_headers": {"Idempotency-Key": "stream-1"}}
+    before = _spent(stack)
+    first = [c.model_dump() for c in client.chat.completions.create(**ask)]
+    again = [c.model_dump() for c in client.chat.completions.create(**ask)]
+    assert again == first and first[-1]["usage"]["total_tokens"] > 0
+    assert _spent(stack) - before == first[-1]["usage"]["total_tokens"]

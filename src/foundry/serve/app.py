@@ -44,6 +44,7 @@ from uuid import uuid4
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from foundry.config.schema import ServeConfig
@@ -137,6 +138,8 @@ class Service:
 
         registry = Registry(self.home) if self.home is not None else Registry()
         self.state = {ref: "loading" for ref in self.refs}
+        if self.gate is not None:  # this worker's lease; a crash's reservations voided
+            await run_in_threadpool(self.gate.start)
         self._torch_threads = _set_torch_threads(inference_threads(self.config.workers))
         for ref in self.refs:
             try:
@@ -265,15 +268,10 @@ class Service:
                         f"charged; request id {request_id}",
                     ) from None
             if admission is not None:
-                latency = _ms_since(started)
                 if idempotency_key:
                     # Stored before answering, so a retry after this answer is a replay.
-                    await self.gate_call(self._complete, admission, 200, latency, content)
-                else:
-                    # `admit` already committed the usage event (status 200); all that is
-                    # left is its latency, which Gate.complete buffers without database
-                    # work, so it runs here rather than costing a hop to the gate thread.
-                    self._complete(admission, 200, latency, content)
+                    await self.gate_call(self.store_answer, admission, content)
+                response.background = self.settle_after_answer(admission, started)
             status = 200
             if len(body) > self.config.offload_body_bytes:  # many records: see `release`
                 asyncio.get_running_loop().run_in_executor(None, release, records.items,
@@ -352,10 +350,8 @@ class Service:
                                f"{request_id}") from None
             if admission is not None:
                 if idempotency_key:  # stored before answering: a retry is then a replay
-                    await self.gate_call(self._complete, admission, 200, _ms_since(started),
-                                         content)
-                else:  # only a latency to buffer (see predict)
-                    self._complete(admission, 200, _ms_since(started), None)
+                    await self.gate_call(self.store_answer, admission, content)
+                response.background = self.settle_after_answer(admission, started)
             return response
         except ApiError as exc:
             if exc.status == 429:
@@ -474,6 +470,28 @@ class Service:
                            "POST /v1/completions or /v1/chat/completions", param="model")
         return lm
 
+    def settle_after_answer(self, admission: Admission, started: float) -> BackgroundTask:
+        """The response's background task: settle the request's reservation once Starlette
+        has handed the answer to the socket (billed only when answered). Gate.complete
+        buffers it (no database work), so it runs on the event loop."""
+
+        async def settle() -> None:
+            self._complete(admission, 200, _ms_since(started), None)
+
+        return BackgroundTask(settle)
+
+    def store_answer(self, admission: Admission, content: Any) -> None:
+        """Gate thread: store an Idempotency-Key's answer before it is written. If that
+        fails, the request fails: 500, not charged, the key freed for a retry."""
+        assert self.gate is not None
+        try:
+            self.gate.store_response(admission, 200, content)
+        except Exception:
+            log.exception("storing the answer of usage event %s failed", admission.event_id)
+            self.complete_quietly(admission, 500, 0.0, None)
+            raise ApiError(500, "internal_error", "the answer could not be stored for the "
+                           "Idempotency-Key; this request was not charged: retry it") from None
+
     def complete_quietly(self, admission: Admission, status: int, latency_ms: float,
                          response: Any, units: int | None = None) -> None:
         """Gate thread: `gate.complete`, a failure logged (see `_complete`)."""
@@ -491,8 +509,10 @@ class Service:
     def _complete(
         self, admission: Admission, status: int, latency_ms: float, response: Any
     ) -> None:
-        """Gate thread: record the outcome. A failure here is logged, not answered: the
-        usage was committed by `admit` and the client has (or is getting) its answer."""
+        """Record the outcome (`Gate.complete`: a plain settlement is only buffered, so
+        this also runs on the event loop). A failure is logged, not answered: the client
+        has (or is getting) its answer; the reservation stays unbilled and is voided when
+        this process ends."""
         assert self.gate is not None
         try:
             self.gate.complete(admission, status=status, latency_ms=latency_ms,

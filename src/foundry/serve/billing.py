@@ -2,7 +2,10 @@
 
 For one account (a key and the keys rotated from it) in one period:
 
-    units        = sum of `units` over its usage events with status < 500
+    units        = sum of `units` over its settled usage events with status < 500
+                   (an admitted request is a reservation, status RESERVED = 600, until its
+                   answer is written; one whose process died is VOIDED = 601: neither is
+                   billed)
     overage      = max(0, units - plan.included_units)
     overage cost = ceil(overage × plan.overage_cents_per_1k / 1000)     integer cents
     amount due   = plan.price_cents + overage cost
@@ -17,7 +20,7 @@ import csv
 import io
 import json
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,7 +28,7 @@ from sqlalchemy import and_, func, select
 
 from foundry.config.schema import PlanConfig
 from foundry.serve.errors import ApiError
-from foundry.serve.store import ServeStore, api_keys, usage_events
+from foundry.serve.store import RESERVED, VOIDED, ServeStore, api_keys, usage_events
 
 _PERIOD_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
@@ -112,12 +115,16 @@ class UsageReport:
     rows: list[ReportRow]
     totals: dict[str, int]
     """Sums of the rows' integer columns (`requests`, `units`, ..., `amount_due_cents`)."""
+    voided: dict[str, int] = field(default_factory=lambda: {"requests": 0, "units": 0})
+    """Requests admitted in the period whose process died before settling them (never
+    billed; some may have been answered): `requests` and `units`."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "period": self.period,
             "rows": [asdict(r) for r in self.rows],
             "totals": dict(self.totals),
+            "voided": dict(self.voided),
         }
 
     def to_json(self) -> str:
@@ -134,21 +141,25 @@ class UsageReport:
         return out.getvalue()
 
 
-def account_usage(store: ServeStore, account_id: int, period: str) -> tuple[int, int]:
-    """(requests, billable units) of one account in a period."""
+def account_usage(store: ServeStore, account_id: int, period: str) -> tuple[int, int, int]:
+    """(requests, billable units, units reserved by requests in flight) of one account in
+    a period. Billable: settled (answered) with status < 500; the reservations count
+    against a hard quota but are not billed until their answer is written."""
     account = func.coalesce(api_keys.c.account_id, api_keys.c.id)
+    billed = usage_events.c.status < 500
     query = (
-        select(func.count(usage_events.c.id), func.coalesce(func.sum(usage_events.c.units), 0))
-        .select_from(usage_events.join(api_keys, api_keys.c.id == usage_events.c.key_id))
-        .where(
-            usage_events.c.period == period,
-            usage_events.c.status < 500,
-            account == account_id,
+        select(
+            func.count(usage_events.c.id).filter(billed),
+            func.coalesce(func.sum(usage_events.c.units).filter(billed), 0),
+            func.coalesce(func.sum(usage_events.c.units).filter(
+                usage_events.c.status == RESERVED), 0),
         )
+        .select_from(usage_events.join(api_keys, api_keys.c.id == usage_events.c.key_id))
+        .where(usage_events.c.period == period, account == account_id)
     )
     with store.read() as conn:
-        requests, units = conn.execute(query).one()
-    return int(requests), int(units)
+        requests, units, reserved = conn.execute(query).one()
+    return int(requests), int(units), int(reserved)
 
 
 def usage_report(store: ServeStore, plans: dict[str, PlanConfig], period: str) -> UsageReport:
@@ -173,6 +184,10 @@ def usage_report(store: ServeStore, plans: dict[str, PlanConfig], period: str) -
     with store.read() as conn:
         usage = {r.account: (int(r.requests), int(r.units)) for r in conn.execute(used)}
         keys = conn.execute(select(api_keys).order_by(api_keys.c.id)).all()
+        voided = conn.execute(
+            select(func.count(usage_events.c.id), func.coalesce(func.sum(usage_events.c.units), 0))
+            .where(usage_events.c.period == period, usage_events.c.status == VOIDED)
+        ).one()
     chains: dict[int, list[Any]] = {}
     for key in keys:
         chains.setdefault(key.account_id or key.id, []).append(key)
@@ -207,7 +222,8 @@ def usage_report(store: ServeStore, plans: dict[str, PlanConfig], period: str) -
         )
     rows.sort(key=lambda r: (r.name, r.key))
     totals = {c: sum(getattr(r, c) for r in rows) for c in _SUMMED}
-    return UsageReport(period=period, rows=rows, totals=totals)
+    return UsageReport(period=period, rows=rows, totals=totals,
+                       voided={"requests": int(voided[0]), "units": int(voided[1])})
 
 
 def _active(key: Any, start: float, end: float) -> bool:

@@ -240,7 +240,12 @@ def _report_table(report: Any) -> str:
         format_cents(t["amount_due_cents"]),
     )
     body = _columns([header, *rows, total], right=frozenset({3, 4, 5, 6, 7}))  # numbers align right
-    return f"usage for {report.period} (UTC)\n{body}"
+    text = f"usage for {report.period} (UTC)\n{body}"
+    voided = report.voided
+    if voided["requests"]:
+        text += (f"\nvoided (their process died before settling them; not billed): "
+                 f"{voided['requests']} requests, {voided['units']} units\n")
+    return text
 
 
 def _columns(table: list[tuple[str, ...]], right: frozenset[int] = frozenset()) -> str:

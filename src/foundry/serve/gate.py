@@ -1,23 +1,31 @@
 """The gate every billable request passes (docs/SERVING.md, "Admission is one transaction").
 
+    gate.start()                                                       once per process
     key = gate.authenticate(request.headers.get("authorization"))    401 / 403
     adm = gate.admit(key, model=..., units=..., request_id=...,        403 / 409 / 422 / 429
                      idempotency_key=..., request_hash=...)
     if adm.replay: answer adm.replay (nothing charged, do not call complete)
     ... run the model ...
-    gate.complete(adm, status=200, latency_ms=..., response=body)      before answering
+    gate.store_response(adm, 200, body)          with an Idempotency-Key, before answering
+    ... write the answer ...
+    gate.complete(adm, status=200, latency_ms=...)                    after answering
 
-`admit` is one database transaction, committed before it returns: the usage event of an
-admitted request is on disk before inference starts, so `kill -9` never loses usage that
-was acknowledged. It reads and writes the account's key row inside that transaction
-(SQLite: `BEGIN IMMEDIATE`; PostgreSQL: `SELECT ... FOR UPDATE`, all of a group's rows
-at its start, in id order), so rate limits and quotas hold across threads, uvicorn
-workers and machines sharing the database.
+`admit` is one database transaction, committed before it returns: it *reserves* the
+request's units (a usage event with status RESERVED, held by this process's lease), so a
+hard quota holds whatever the concurrency and `kill -9` never loses a reservation. It
+reads and writes the account's key row inside that transaction (SQLite: `BEGIN
+IMMEDIATE`; PostgreSQL: `SELECT ... FOR UPDATE`, all of a group's rows at its start, in
+id order), so rate limits and quotas hold across threads, uvicorn workers and machines
+sharing the database. `complete`, called once the answer is written, *settles* the
+reservation (status 200: billed); a process that dies first leaves its reservations open,
+and the next process to sweep voids them (foundry.serve.leases): never billed for an
+answer that was not written.
 
 Quota: hard-limit plans refuse a request whose units would take the period's billable
 units past `included_units`. The count is a counter on the account row (`used_units` for
 `used_period`), changed in the same transactions that write usage events: +units on
-admit, -units when `complete` reports a 5xx. Billing itself sums the events.
+admit (the reservation), -units when `complete` reports a 5xx or a sweep voids the
+reservation. Billing itself sums the settled events.
 
 Rate limit: a token bucket per account with capacity `requests_per_minute`, refilled at
 rpm/60 tokens per second; each admitted request takes one token.
@@ -25,8 +33,9 @@ rpm/60 tokens per second; each admitted request takes one token.
 Cost: a plain admission is BEGIN IMMEDIATE, three statements (read the key row, update
 its bucket and counter, insert the event) and COMMIT, run on a raw DBAPI connection kept
 between requests with SQL compiled once per dialect (`ServeStore.fast_write` / `.sql`);
-a plain success's `complete` only buffers its latency. About 0.04 ms per request in all
-on SQLite, against 0.2 ms through SQLAlchemy's execution layer with a second commit.
+a plain success's `complete` only buffers its settlement, which the next admission's
+transaction writes. About 0.04 ms per request in all on SQLite, against 0.2 ms through
+SQLAlchemy's execution layer with a second commit.
 """
 
 from __future__ import annotations
@@ -34,8 +43,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -50,25 +57,23 @@ from foundry.config.schema import BUILTIN_PLANS, PlanConfig
 from foundry.serve import billing, keys
 from foundry.serve.errors import ApiError
 from foundry.serve.gate_api import Admission, AdmitRequest, KeyInfo, RateState, StoredResponse
-from foundry.serve.store import ServeStore, StoreBusy, api_keys, idempotency, usage_events
+from foundry.serve.leases import Lease
+from foundry.serve.settlements import PendingSettlements, flush_at_exit
+from foundry.serve.store import (
+    RESERVED,
+    ServeStore,
+    StoreBusy,
+    api_keys,
+    idempotency,
+    usage_events,
+)
 
 AUTH_CACHE_S = 2.0
 """Seconds (monotonic) `authenticate` reuses a key's row. `admit` re-reads the row in its
 transaction, so a key revoked by another process is refused by the next admission at
 once; only routes that authenticate without admitting may lag this long."""
 _AUTH_CACHE_MAX = 10_000
-IDEMPOTENCY_STALE_S = 300.0
-"""An Idempotency-Key whose first request has not completed after this many seconds is
-taken over by a retry: that request died (crash, kill) before answering, so its event is
-marked failed (not billed) and the retry runs as a new request."""
 _MAX_IDEMPOTENCY_KEY = 255
-LATENCY_FLUSH_S = 0.5
-"""Seconds a plain success's latency waits in memory before the next admission writes it
-(see `Gate.complete`); with no admission after it, the flusher thread writes it within
-three times this. A kill -9 can lose these latencies, never usage or a status."""
-LATENCY_FLUSH_MAX = 64
-"""Buffered latencies that make the next admission write them all (a few µs each, under
-the write lock: kept small so that admission still holds the lock only briefly)."""
 
 log = logging.getLogger(__name__)
 
@@ -155,40 +160,44 @@ _REFUND = (
     )
     .values(used_units=api_keys.c.used_units - bindparam("b_units"))
 )
-# latency_ms starts NULL; status 200 until `complete` says otherwise.
+# latency_ms starts NULL; status RESERVED until `complete` settles it.
 _INSERT_EVENT = insert(usage_events).values(
     key_id=bindparam("b_key"),
     model=bindparam("b_model"),
     units=bindparam("b_units"),
-    status=200,
+    status=RESERVED,
     request_id=bindparam("b_request"),
     created_at=bindparam("b_now"),
     period=bindparam("b_period"),
     idempotency_key=bindparam("b_ikey"),
+    lease_id=bindparam("b_lease"),
 )
 _INSERT_EVENT_RETURNING = _INSERT_EVENT.returning(usage_events.c.id)
-_FINISH_EVENT = (
+_SETTLE = (
     update(usage_events)
-    .where(usage_events.c.id == bindparam("b_id"), usage_events.c.status < 500)
+    .where(usage_events.c.id == bindparam("b_id"), usage_events.c.status == RESERVED)
     .values(status=bindparam("b_status"), latency_ms=bindparam("b_latency"))
 )
-_SETTLE_EVENT = (
+"""Settle a reservation (or fail it, status >= 500). Only an open reservation: a voided
+one stays voided (its units went back to the quota), and nothing is settled twice."""
+_SETTLE_UNITS = (
     update(usage_events)
-    .where(usage_events.c.id == bindparam("b_id"), usage_events.c.status < 500)
+    .where(usage_events.c.id == bindparam("b_id"), usage_events.c.status == RESERVED)
     .values(
         status=bindparam("b_status"),
         latency_ms=bindparam("b_latency"),
         units=bindparam("b_units"),
     )
 )
-"""A request whose units were reserved (a language model's prompt + max_tokens) ends
-with what it used."""
-_SET_LATENCY = (
+"""A request whose admission reserved more than it used (a language model's prompt +
+max_tokens) is settled to what it used."""
+_ABANDON = (
     update(usage_events)
     .where(usage_events.c.id == bindparam("b_id"), usage_events.c.status < 500)
-    .values(latency_ms=bindparam("b_latency"))
+    .values(status=500)
 )
-"""A buffered latency: never touches `status`, so it cannot undo a status change."""
+"""An in-flight Idempotency-Key's event written before reservations existed (status 200
+at admission, no lease): its request died unanswered, so it is not billed."""
 _EVENT_UNITS = select(usage_events.c.units, usage_events.c.period, usage_events.c.status).where(
     usage_events.c.id == bindparam("b_id")
 )
@@ -230,9 +239,9 @@ HOT_STATEMENTS = (
     _REFUND,
     _INSERT_EVENT,
     _INSERT_EVENT_RETURNING,
-    _FINISH_EVENT,
-    _SETTLE_EVENT,
-    _SET_LATENCY,
+    _SETTLE,
+    _SETTLE_UNITS,
+    _ABANDON,
     _EVENT_UNITS,
     _INSERT_IDEMPOTENT,
     _TAKE_OVER,
@@ -284,14 +293,25 @@ class Gate:
         """By Authorization header."""
         self._period: tuple[float, float, str] = (0.0, 0.0, "")
         """(start, end, `YYYY-MM`) of the billing period of the last admission."""
-        self._pending = _PendingLatencies()
-        # Latencies still buffered when the Gate is dropped or the interpreter exits
-        # are written then (a kill -9 loses the few not yet written; never usage, which
-        # `admit` committed, nor a status, which `complete` commits).
-        self._finalizer = weakref.finalize(self, _flush_pending, self.store, self._pending)
+        self._pending = PendingSettlements()
+        self.lease = Lease(self.store)
+        """This process's lease: held by every reservation it makes (foundry.serve.leases)."""
+        # Settlements still buffered when the Gate is dropped or the interpreter exits are
+        # written then, and the lease released (a kill -9 leaves both to the next sweep:
+        # the unsettled reservations are voided, never billed).
+        self._finalizer = weakref.finalize(
+            self, flush_at_exit, self.store, self._pending, self.lease, _write_settlements
+        )
 
     def __repr__(self) -> str:
         return f"Gate(plans={list(self.plans)}, store={self.store!r})"
+
+    def start(self) -> None:
+        """Register this process's lease and void what dead processes left reserved (then
+        again every second, on the lease's thread). Admissions call it when needed; a
+        server calls it at startup, so a crash's reservations are voided (and their quota
+        given back) as soon as the next process starts."""
+        self.lease.start()
 
     # -- per request ------------------------------------------------------------------
 
@@ -444,6 +464,11 @@ class Gate:
         """One write transaction admitting `group` in order: each member's Admission or
         the ApiError refusing it. Raises (rolling everything back) on a database error;
         wait=False: StoreBusy when the write lock is taken (see `ServeStore.fast_write`)."""
+        lease = self.lease.current()
+        if lease is None:
+            if not wait:  # registering is a transaction of its own: not on the loop
+                raise StoreBusy("no lease yet")
+            lease = self.lease.start()
         now = self.clock()
         period = self._period_of(now)
         store, pending = self.store, self._pending
@@ -456,16 +481,17 @@ class Gate:
                 for _, key, request in group:
                     try:
                         outcomes.append(
-                            self._admit_in(cur, key, request, now, period, locked=locked)
+                            self._admit_in(cur, key, request, now, period, lease,
+                                           locked=locked)
                         )
                     except ApiError as exc:
                         # Every refusal comes before the request's first write, so the
                         # transaction holds nothing of it: the others go on.
                         outcomes.append(exc)
-                if pending.rows:  # buffered latencies ride along in this transaction
-                    flushed = pending.take(due_only=True)
+                if pending.rows:  # buffered settlements ride along in this transaction
+                    flushed = pending.take()
                     if flushed:
-                        store.sql(_SET_LATENCY).executemany(cur, flushed)
+                        store.sql(_SETTLE).executemany(cur, flushed)
         except BaseException:
             if flushed:
                 pending.put_back(flushed)
@@ -488,6 +514,7 @@ class Gate:
         request: AdmitRequest,
         now: float,
         period: str,
+        lease: int,
         *,
         locked: dict[int, tuple[Any, ...]] | None = None,
     ) -> GateAdmission:
@@ -554,7 +581,8 @@ class Gate:
                         ),
                         account_id=account_id,
                     )
-                if now - stored.created_at < IDEMPOTENCY_STALE_S:
+                refund = self._units_to_abandon(cur, stored, period)
+                if refund is None:
                     raise ApiError(
                         409,
                         "idempotency_in_progress",
@@ -564,7 +592,6 @@ class Gate:
                         headers={"Retry-After": "1"},
                     )
                 stale = stored
-                refund = self._units_to_abandon(cur, stale, period)
 
         if tokens < 1:
             wait = max(1, math.ceil((1 - tokens) / bucket.rate))
@@ -598,10 +625,8 @@ class Gate:
             )
 
         # -- writes: nothing below refuses the request --
-        if stale is not None and stale.event_id is not None:
-            store.sql(_FINISH_EVENT).execute(
-                cur, {"b_id": stale.event_id, "b_status": 500, "b_latency": None}
-            )
+        if refund:
+            store.sql(_ABANDON).execute(cur, {"b_id": stale.event_id})
         store.sql(_TAKE).execute(
             cur,
             {
@@ -622,6 +647,7 @@ class Gate:
             "b_now": now,
             "b_period": period,
             "b_ikey": idempotency_key,
+            "b_lease": lease,
         }
         if store.returning_ids:
             event_id = store.sql(_INSERT_EVENT_RETURNING).execute(cur, event).fetchone()[0]
@@ -667,51 +693,53 @@ class Gate:
         response: Any | None = None,
         units: int | None = None,
     ) -> None:
-        """Record how an admitted request ended. `units`: what it used, when its admission
+        """Settle an admitted request: call it once the answer is written (a request is
+        billed only when it was answered). `units`: what it used, when its admission
         reserved more (a language model reserves prompt + max_tokens and uses prompt +
         the tokens it generated): the event and the quota counter are set to it.
-        `status >= 500`: not billed, its units go back to the quota, and its
-        Idempotency-Key is freed so a retry runs again.
-        Otherwise `response` (JSON-able) is stored for Idempotency-Key replays. A replay
-        admission (event_id None) needs no completion: this does nothing.
+        `status >= 500`: not billed, its units go back to the quota and its
+        Idempotency-Key is freed so a retry runs again; committed before this returns (so
+        before the error is answered). `response` (JSON-able), with an Idempotency-Key
+        whose answer `store_response` did not store: stored now, in the same transaction.
+        A replay admission (event_id None) needs no completion: this does nothing.
 
-        A plain success (status 200, no Idempotency-Key) changes nothing that billing,
-        quotas or replays read: `admit` already wrote its event with status 200. Only its
-        latency is left, and that is buffered and written in one batch with others:
-        inside the next admission's transaction once LATENCY_FLUSH_MAX are waiting or the
-        oldest has waited LATENCY_FLUSH_S, by a background thread when no admission comes
-        along, and by `flush` / `close`. So a plain success never waits on the database
-        (the app calls it on its event loop). Every other outcome (a status change, a
-        stored response, a refund) is committed before this returns."""
+        A success that changes no units and stores nothing (the usual case) only needs
+        its status written, and that is buffered: written in one batch with others inside
+        the next admission's transaction, by a background thread within 2 x
+        `settlements.SETTLE_FLUSH_S` when no admission comes along, and by `flush` / `close`. So it
+        never waits on the database (the app calls it on its event loop). A crash before
+        that write leaves the reservation open, and the next sweep voids it: an answer
+        given but not billed, counted (status VOIDED), never the reverse."""
         if admission.event_id is None:
             return
         event = admission.event_id
-        reserved = admission.units if isinstance(admission, GateAdmission) else None
-        if units is not None and (units < 0 or reserved is not None and units > reserved):
-            raise ValueError(f"units must be between 0 and the {reserved} reserved, got {units}")
-        settle = units is not None and units != reserved
         if isinstance(admission, GateAdmission) and admission.period:
-            if status == 200 and admission.idempotency_key is None and not settle:
-                if self._pending.add({"b_id": event, "b_latency": latency_ms}):
-                    self._start_flusher()
-                return
-            account_id, reserved_units = admission.account_id, admission.units
+            account_id, reserved = admission.account_id, admission.units
             period, ikey = admission.period, admission.idempotency_key
         else:
-            account_id, reserved_units, period, ikey = self._event_facts(event)
-            if units is not None and units > reserved_units:
-                raise ValueError(f"units must be at most the {reserved_units} reserved")
+            account_id, reserved, period, ikey = self._event_facts(event)
+        if units is not None and not 0 <= units <= reserved:
+            raise ValueError(f"units must be between 0 and the {reserved} reserved, got {units}")
+        settle_units = units is not None and units != reserved and status < 500
+        store_body = ikey is not None and response is not None and status < 500
+        if status < 500 and not settle_units and not store_body:
+            if self._pending.add({"b_id": event, "b_status": status, "b_latency": latency_ms}):
+                self._pending.start_flusher(weakref.ref(self))
+            return
         store = self.store
         with store.fast_write() as cur:
             values = {"b_id": event, "b_status": status, "b_latency": latency_ms}
-            if settle and status < 500:
+            if settle_units:
                 values["b_units"] = units
-                finished = store.sql(_SETTLE_EVENT).execute(cur, values).rowcount
-                give_back = reserved_units - units
+                settled = store.sql(_SETTLE_UNITS).execute(cur, values).rowcount
+                give_back = reserved - (units or 0)
             else:
-                finished = store.sql(_FINISH_EVENT).execute(cur, values).rowcount
-                give_back = reserved_units if status >= 500 else 0
-            if give_back and finished:
+                settled = store.sql(_SETTLE).execute(cur, values).rowcount
+                give_back = reserved if status >= 500 else 0
+            if not settled:
+                log.warning("usage event %s was voided before it was settled (its lease "
+                            "was taken for dead): answered, not billed", event)
+            if give_back and settled:
                 store.sql(_REFUND).execute(
                     cur, {"b_account": account_id, "b_period": period, "b_units": give_back}
                 )
@@ -720,21 +748,40 @@ class Gate:
             params = {"b_account": account_id, "b_ikey": ikey, "b_event": event}
             if status >= 500:
                 store.sql(_FORGET).execute(cur, params)
-            else:
+            elif store_body:
                 body = json.dumps(response, separators=(",", ":"), default=str)
                 store.sql(_STORE_RESPONSE).execute(
                     cur, {**params, "b_status": status, "b_body": body}
                 )
 
+    def store_response(self, admission: Admission, status: int, response: Any) -> None:
+        """With an Idempotency-Key: store the answer before it is written, so a retry
+        after it is a replay; one transaction. The reservation stays open until
+        `complete` (after the answer is written) settles it. Nothing to do without a key."""
+        if admission.event_id is None:
+            return
+        if isinstance(admission, GateAdmission) and admission.period:
+            account_id, ikey = admission.account_id, admission.idempotency_key
+        else:
+            account_id, _, _, ikey = self._event_facts(admission.event_id)
+        if ikey is None:
+            return
+        body = json.dumps(response, separators=(",", ":"), default=str)
+        with self.store.fast_write() as cur:
+            self.store.sql(_STORE_RESPONSE).execute(
+                cur,
+                {"b_account": account_id, "b_ikey": ikey, "b_event": admission.event_id,
+                 "b_status": status, "b_body": body},
+            )
+
     def flush(self) -> int:
-        """Write the buffered latencies of plain successes now (one transaction); how many.
-        They are put back (and written later) if the transaction fails."""
-        rows = self._pending.take(due_only=False)
+        """Write the buffered settlements now (one transaction); how many. They are put
+        back (and written later) if the transaction fails."""
+        rows = self._pending.take()
         if not rows:
             return 0
         try:
-            with self.store.fast_write() as cur:
-                self.store.sql(_SET_LATENCY).executemany(cur, rows)
+            _write_settlements(self.store, rows)
         except BaseException:
             self._pending.put_back(rows)
             raise
@@ -747,7 +794,10 @@ class Gate:
             row = conn.execute(_ACCOUNT_OF, {"b_id": key.id}).one_or_none()
         if row is None:
             raise _invalid_key()
-        requests, units = billing.account_usage(self.store, row.account_id or row.id, period)
+        self.flush()  # this process's answers settled, so the caller sees them billed
+        requests, units, reserved = billing.account_usage(
+            self.store, row.account_id or row.id, period
+        )
         bill = billing.charge(key.plan_config, units)
         return {
             "key": key.prefix,
@@ -756,8 +806,9 @@ class Gate:
             "period": period,
             "requests": requests,
             "units_used": units,
+            "reserved_units": reserved,
             "included_units": bill.included_units,
-            "remaining_units": max(0, bill.included_units - units),
+            "remaining_units": max(0, bill.included_units - units - reserved),
             "hard_limit": key.plan_config.hard_limit,
             "overage_units": bill.overage_units,
             "amount_due_cents": bill.amount_due_cents,
@@ -805,13 +856,16 @@ class Gate:
     def usage_report(self, period: str | None = None) -> billing.UsageReport:
         """Billing for `period` (`YYYY-MM`, default this month)."""
         period = billing.parse_period(period) if period else billing.period_of(self.clock())
+        self.flush()  # this process's answered requests settled first
         return billing.usage_report(self.store, self.plans, period)
 
     def close(self) -> None:
-        """Write the buffered latencies, stop the flusher thread, release connections."""
+        """Write the buffered settlements, stop the threads, release the lease (voiding
+        what it still reserves: requests that will not be answered) and connections."""
         self._pending.stop_flusher()
         try:
             self.flush()
+            self.lease.release()
         finally:
             self.store.close()
 
@@ -883,27 +937,24 @@ class Gate:
             self._period = (start, end, period)
         return period
 
-    def _units_to_abandon(self, cur: Any, stale: _IdempotentRow, period: str) -> int:
-        """Units the dead in-flight request of `stale` holds in this period's counter: what
-        marking its event failed gives back (read only; `_admit_in` writes the mark)."""
-        if stale.event_id is None:
+    def _units_to_abandon(self, cur: Any, stored: _IdempotentRow, period: str) -> int | None:
+        """An Idempotency-Key row whose request has no stored answer: None while that
+        request's reservation is open (it is in flight: 409), else the units a takeover
+        gives back to this period's counter (read only; `_admit_in` writes).
+
+        A reservation whose process died is voided by the next sweep (every second in
+        every serving process, foundry.serve.leases), which frees the key too; an event
+        that is not a reservation any more (voided, failed) lets the retry take over at
+        once. One written before reservations existed (status 200 at admission) is the
+        only case with units to give back."""
+        if stored.event_id is None:
             return 0
-        old = self.store.sql(_EVENT_UNITS).execute(cur, {"b_id": stale.event_id}).fetchone()
+        old = self.store.sql(_EVENT_UNITS).execute(cur, {"b_id": stored.event_id}).fetchone()
+        if old is not None and old[2] == RESERVED:
+            return None
         if old is None or old[2] >= 500 or old[1] != period:
             return 0
         return int(old[0])
-
-    def _start_flusher(self) -> None:
-        """The thread that writes buffered latencies when no admission comes along."""
-        pending = self._pending
-        thread = threading.Thread(
-            target=_flusher,
-            args=(weakref.ref(self), pending, pending.stop),
-            name="foundry-gate-flush",
-            daemon=True,
-        )
-        pending.flusher = thread
-        thread.start()
 
     def _event_facts(self, event_id: int) -> tuple[int, int, str, str | None]:
         with self.store.read() as conn:
@@ -912,104 +963,10 @@ class Gate:
         return owner.account_id or owner.id, event.units, event.period, event.idempotency_key
 
 
-class _PendingLatencies:
-    """Latencies of plain successes waiting to be written (see `Gate.complete`)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.rows: list[dict[str, Any]] = []
-        self.since = 0.0
-        """time.monotonic() when the oldest row was added."""
-        self.flusher: threading.Thread | None = None
-        self.stop = threading.Event()
-        self.pid = os.getpid()
-
-    def add(self, row: dict[str, Any]) -> bool:
-        """Buffer one row; True when the caller must start a flusher thread."""
-        with self.lock:
-            self._after_fork()
-            if not self.rows:
-                self.since = time.monotonic()
-            self.rows.append(row)
-            if self.flusher is not None:
-                return False
-            self.flusher = _STARTING
-            return True
-
-    def take(self, *, due_only: bool) -> list[dict[str, Any]]:
-        """The buffered rows, emptying the buffer; with due_only, only once LATENCY_FLUSH_MAX
-        are waiting or the oldest has waited LATENCY_FLUSH_S (else [])."""
-        with self.lock:
-            self._after_fork()
-            rows = self.rows
-            if not rows or (
-                due_only
-                and len(rows) < LATENCY_FLUSH_MAX
-                and time.monotonic() - self.since < LATENCY_FLUSH_S
-            ):
-                return []
-            self.rows = []
-            return rows
-
-    def put_back(self, rows: list[dict[str, Any]]) -> None:
-        """Rows whose transaction failed: written with the next flush."""
-        with self.lock:
-            if not self.rows:
-                self.since = time.monotonic()
-            self.rows = rows + self.rows
-
-    def stop_flusher(self) -> None:
-        with self.lock:
-            thread, self.flusher = self.flusher, None
-            stop, self.stop = self.stop, threading.Event()
-        stop.set()
-        if isinstance(thread, threading.Thread) and thread is not threading.current_thread():
-            thread.join(timeout=5)
-
-    def _after_fork(self) -> None:
-        # The parent's rows are the parent's to write, and its thread is not ours.
-        if self.pid != os.getpid():
-            self.pid = os.getpid()
-            self.rows, self.flusher, self.stop = [], None, threading.Event()
-
-
-_STARTING: Any = object()  # `flusher` while the thread is being started
-
-
-def _flusher(ref: weakref.ref[Gate], pending: _PendingLatencies, stop: threading.Event) -> None:
-    """Thread: every LATENCY_FLUSH_S, write the buffered latencies no admission took
-    along; it ends when the buffer is empty (the next buffered latency starts another),
-    when `stop` is set (Gate.close) or when its Gate is gone."""
-    while not stop.wait(LATENCY_FLUSH_S):
-        gate = ref()
-        if gate is None:
-            return  # the finalizer writes what is left
-        with pending.lock:
-            if not pending.rows:
-                if pending.flusher is threading.current_thread():
-                    pending.flusher = None
-                return
-            # Twice the admissions' threshold: while requests come, an admission takes
-            # the rows along first and this thread never competes for the write lock.
-            due = time.monotonic() - pending.since >= 2 * LATENCY_FLUSH_S
-        if due:
-            try:
-                gate.flush()
-            except Exception:
-                log.exception("writing buffered request latencies failed; will retry")
-        del gate
-
-
-def _flush_pending(store: ServeStore, pending: _PendingLatencies) -> None:
-    """weakref.finalize of a Gate: write what it still buffered."""
-    rows = pending.take(due_only=False)
-    if not rows:
-        return
-    try:
-        with store.fast_write() as cur:
-            store.sql(_SET_LATENCY).executemany(cur, rows)
-    except Exception:
-        log.warning("could not write %d buffered request latencies at exit", len(rows))
+def _write_settlements(store: ServeStore, rows: list[dict[str, Any]]) -> None:
+    """Buffered settlements, in one transaction (`Gate.flush`, and at exit)."""
+    with store.fast_write() as cur:
+        store.sql(_SETTLE).executemany(cur, rows)
 
 
 class _Bucket:

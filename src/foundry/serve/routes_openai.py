@@ -7,8 +7,17 @@
 
 Metering: a request's units are tokens. Admission reserves prompt + max_tokens (so a
 hard quota is never overspent and the tokens-per-minute bucket sees the worst case) and
-`Gate.complete(..., units=)` settles it to prompt + completion tokens. A stream cut off by
-its client is charged for the tokens generated until then (status 499, billable).
+`Gate.complete(..., units=)`, once the answer is written, settles it to prompt +
+completion tokens. A stream cut off by its client is charged for the tokens generated
+until then (status 499, billable).
+
+Idempotency-Key (as on /predict): the same key and body replays the first answer and is
+charged once; the same key with another body is a 422 `idempotency_key_reused`; a retry
+while the first is running gets 409 `idempotency_in_progress` (Retry-After: 1). A stream
+is replayed whole: the same `data:` events, ending as the first one ended (the events a
+client that left early had been sent, for a stream cut off). Bodies are compared after
+parsing (the same request sent with its keys in another order is the same request) and
+per route, so a chat body never replays as a completion.
 Errors are the API's one format; unsupported OpenAI options (n > 1, logprobs, tools...)
 are refused with 422 naming the field rather than ignored.
 """
@@ -16,7 +25,10 @@ are refused with 422 naming the field rather than ignored.
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,14 +39,17 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.background import BackgroundTask
 
 from foundry.config.schema import GenerationConfig
 from foundry.serve.errors import ApiError
-from foundry.serve.gate_api import Admission, AdmitRequest
+from foundry.serve.gate_api import Admission, AdmitRequest, StoredResponse
 from foundry.serve.lm_serving import ServedLanguageModel, StreamProgress, generation_params
 
 if TYPE_CHECKING:
     from foundry.serve.app import Service
+
+log = logging.getLogger("foundry.serve")
 
 CLIENT_CLOSED = 499
 """Status recorded for a stream its client closed (billable: tokens were computed)."""
@@ -166,7 +181,9 @@ def openai_router(service: Service) -> APIRouter:
                            f"dimensions, not {body.dimensions}", param="dimensions")
         started = time.perf_counter()
         tokens = sum(served.model.count_tokens(t) for t in texts)
-        admission = await _admit(service, served, request, tokens, tokens)
+        admission = await _admit(service, served, request, body, tokens, tokens)
+        if admission is not None and admission.replay is not None:
+            return _replay(admission, admission.replay)
         try:
             vectors, counts = await served.embed(texts)
         except Exception:
@@ -179,8 +196,7 @@ def openai_router(service: Service) -> APIRouter:
         ]
         content = {"object": "list", "data": data, "model": served.name,
                    "usage": {"prompt_tokens": used, "total_tokens": used}}
-        await _settle(service, served, admission, started, 200, min(used, tokens))
-        return JSONResponse(content, headers=_headers(admission))
+        return await _answer(service, served, admission, started, content, min(used, tokens))
 
     return router
 
@@ -209,7 +225,9 @@ async def _generate(
         for n in counts
     ]
     reserved = sum(counts) + sum(p.max_tokens for p in params)
-    admission = await _admit(service, served, request, reserved, reserved)
+    admission = await _admit(service, served, request, body, reserved, reserved)
+    if admission is not None and admission.replay is not None:
+        return _replay(admission, admission.replay)
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid4().hex}"
     created = int(time.time())
     if body.stream:
@@ -230,8 +248,7 @@ async def _generate(
     usage = _usage(sum(counts), completion_tokens)
     content = {"id": ident, "object": "chat.completion" if chat else "text_completion",
                "created": created, "model": served.name, "choices": choices, "usage": usage}
-    await _settle(service, served, admission, started, 200, usage["total_tokens"])
-    return JSONResponse(content, headers=_headers(admission))
+    return await _answer(service, served, admission, started, content, usage["total_tokens"])
 
 
 async def _sse(
@@ -253,11 +270,17 @@ async def _sse(
     progress = StreamProgress()
     kind = "chat.completion.chunk" if chat else "text_completion"
     status = CLIENT_CLOSED
+    sent: list[str] = []
+    """The events written so far: an Idempotency-Key's replay is these."""
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
         data = {"id": ident, "object": kind, "created": created, "model": served.name,
                 "choices": choices, **extra}
-        return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+        return event(json.dumps(data, separators=(",", ":")))
+
+    def event(data: str) -> bytes:
+        sent.append(data)
+        return b"data: " + data.encode() + b"\n\n"
 
     try:
         if chat:
@@ -268,7 +291,7 @@ async def _sse(
                 yield chunk([_stream_choice(delta.text, delta.finish_reason, chat=chat)])
         if include_usage:
             yield chunk([], usage=_usage(prompt_tokens, progress.completion_tokens))
-        yield b"data: [DONE]\n\n"
+        yield event("[DONE]")
         status = 200
     except Exception:
         status = 500
@@ -279,8 +302,13 @@ async def _sse(
     finally:
         units = prompt_tokens + progress.completion_tokens
         # Shielded: when the client goes away Starlette cancels this generator, and the
-        # tokens computed must still be charged (and the reservation settled).
+        # tokens computed must still be charged (and the reservation settled). Stored
+        # first (the events are written already), so a retry after this is a replay.
         with anyio.CancelScope(shield=True):
+            if status < 500 and _keyed(admission):
+                with contextlib.suppress(Exception):  # logged; the charge still settles
+                    await service.gate_call(_store, service, admission,
+                                            {"object": _SSE_REPLAY, "events": sent})
             await _settle(service, served, admission, started, status, units)
 
 
@@ -312,17 +340,77 @@ def _encode(vector: np.ndarray, encoding: str) -> list[float] | str:
 # ---------------------------------------------------------------------- metering
 
 
+_SSE_REPLAY = "foundry.sse_replay"
+"""`object` of a stored stream: {"object": _SSE_REPLAY, "events": [data, ...]}."""
+
+
 async def _admit(service: Service, served: ServedLanguageModel, request: Request,
-                 units: int, tokens: int) -> Admission | None:
+                 body: BaseModel, units: int, tokens: int) -> Admission | None:
+    """Reserve `units` (check the key, rate, quota); with an Idempotency-Key, the
+    admission may be a replay of the first answer."""
     if service.gate is None:  # bare app (benchmarks only)
         return None
-    admission = await service.gate_runner.admit(
+    ikey = request.headers.get("idempotency-key")
+    body_hash = _body_hash(request.url.path, body) if ikey is not None else None
+    return await service.gate_runner.admit(
         AdmitRequest(request.headers.get("authorization"), served.name, units,
-                     uuid4().hex, tokens=tokens)
+                     uuid4().hex, ikey, body_hash, tokens=tokens)
     )
-    if admission.replay is not None:  # no Idempotency-Key is passed: cannot happen
-        raise ApiError(500, "internal_error", "unexpected replay")
-    return admission
+
+
+def _body_hash(route: str, body: BaseModel) -> str:
+    """The request as parsed (defaults filled in, keys in order) and its route."""
+    text = json.dumps({"route": route, "body": body.model_dump(mode="json")},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _replay(admission: Admission, stored: StoredResponse) -> Response:
+    """The first answer of an Idempotency-Key again (charged nothing)."""
+    headers = {**_headers(admission), "idempotent-replayed": "true"}
+    body = stored.body
+    if isinstance(body, dict) and body.get("object") == _SSE_REPLAY:
+        events = [b"data: " + data.encode() + b"\n\n" for data in body["events"]]
+
+        async def again() -> AsyncIterator[bytes]:
+            for item in events:
+                yield item
+
+        return StreamingResponse(again(), stored.status, media_type="text/event-stream",
+                                 headers={**headers, "cache-control": "no-cache"})
+    return JSONResponse(body, stored.status, headers)
+
+
+async def _answer(service: Service, served: ServedLanguageModel, admission: Admission | None,
+                  started: float, content: dict[str, Any], units: int) -> Response:
+    """The JSON answer; with an Idempotency-Key its body is stored first (a retry after
+    the answer is a replay), and the reservation is settled once it is written."""
+    if _keyed(admission):
+        try:
+            await service.gate_call(_store, service, admission, content)
+        except Exception:  # not stored: not answered, and its reservation given back
+            await _fail(service, served, admission, started)
+            raise
+
+    async def settle() -> None:
+        await _settle(service, served, admission, started, 200, units)
+
+    return JSONResponse(content, headers=_headers(admission), background=BackgroundTask(settle))
+
+
+def _keyed(admission: Admission | None) -> bool:
+    """Admitted with an Idempotency-Key (its answer is to be stored)."""
+    return getattr(admission, "idempotency_key", None) is not None
+
+
+def _store(service: Service, admission: Admission, content: Any) -> None:
+    """Gate thread: `store_response`, a failure logged and raised."""
+    assert service.gate is not None
+    try:
+        service.gate.store_response(admission, 200, content)
+    except Exception:
+        log.exception("storing the answer of usage event %s failed", admission.event_id)
+        raise
 
 
 async def _settle(service: Service, served: ServedLanguageModel,

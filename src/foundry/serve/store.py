@@ -2,8 +2,12 @@
 
     api_keys       one row per key; a rotation chain shares the root key's row as its
                    account (rate bucket and quota counter live there)
-    usage_events   one row per admitted request: what billing sums
+    usage_events   one row per admitted request: a reservation (status RESERVED) until
+                   its answer is written, then settled to the HTTP status; billing sums
+                   the settled rows with status < 500
     idempotency    the stored answer of each (account, Idempotency-Key)
+    serve_leases   one row per serving process (Gate): host, pid, heartbeat; the
+                   reservations of a dead one are voided (foundry.serve.leases)
 
 They sit in the registry's database (`foundry.db.database_url`: FOUNDRY_DATABASE_URL or
 `<FOUNDRY_HOME>/foundry.db`). Times are epoch seconds (float, UTC), money is integer
@@ -39,6 +43,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql import ClauseElement
@@ -57,6 +62,14 @@ metadata = MetaData()
 
 # SQLite autoincrements only an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT.
 _BIG_ID = BigInteger().with_variant(Integer, "sqlite")
+
+RESERVED = 600
+"""usage_events.status of an admitted request whose answer is not written yet: its units
+count against the quota (the account's counter) but are not billed. Not an HTTP status,
+and >= 500, so "billable = status < 500" holds for every row."""
+VOIDED = 601
+"""usage_events.status of a reservation whose process died before settling it (see
+foundry.serve.leases): never billed, its units given back to the quota."""
 
 api_keys = Table(
     "api_keys",
@@ -99,13 +112,25 @@ usage_events = Table(
     Column("model", String(200), nullable=False),
     Column("units", Integer, nullable=False),
     Column("status", Integer, nullable=False),
-    # HTTP status: 200 when admitted, the final one after `complete`; >= 500 is not billed.
+    # RESERVED when admitted, the HTTP status once the answer is written (settled),
+    # VOIDED if its process died first. Billable: status < 500.
     Column("latency_ms", Double, nullable=True),
     Column("request_id", String(100), nullable=False),
     Column("created_at", Double, nullable=False),
     Column("period", String(7), nullable=False),
     Column("idempotency_key", String(255), nullable=True),
+    Column("lease_id", BigInteger, nullable=True),
+    # The serving process (serve_leases.id) holding the reservation. Added by migration
+    # 0002; NULL on events written before it.
     Index("ix_usage_events_period_key", "period", "key_id"),
+    # Only the open reservations (a few per process): the sweep of a dead process's
+    # reservations reads this index; settling a request drops its entry.
+    Index(
+        "ix_usage_events_reserved",
+        "lease_id",
+        sqlite_where=text(f"status = {RESERVED}"),
+        postgresql_where=text(f"status = {RESERVED}"),
+    ),
 )
 
 idempotency = Table(
@@ -122,6 +147,25 @@ idempotency = Table(
     Column("response_json", Text, nullable=True),
     Column("created_at", Double, nullable=False),
     UniqueConstraint("key_id", "idempotency_key", name="uq_idempotency_key"),
+)
+
+serve_leases = Table(
+    "serve_leases",
+    metadata,
+    Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    Column("host", String(255), nullable=False),
+    # Hostname, boot id and pid namespace: two rows with the same host can check each
+    # other's pid (foundry.serve.leases.host_id).
+    Column("pid", Integer, nullable=False),
+    Column("pid_start", BigInteger, nullable=True),
+    # The process's start time in clock ticks since boot (Linux /proc/PID/stat), so a
+    # pid reused by another process is not taken for the lease's.
+    Column("created_at", Double, nullable=False),
+    Column("heartbeat_at", Double, nullable=False),
+    # Epoch seconds by the database's clock (one clock for every host).
+    # Ids never reused (SQLite AUTOINCREMENT): a reservation made under a lease swept as
+    # dead must never look like a newer process's.
+    sqlite_autoincrement=True,
 )
 
 
