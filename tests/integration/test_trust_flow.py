@@ -247,3 +247,50 @@ def test_evaluate_reports_the_audit_on_a_new_file(trained, cli):
         metrics["fairness_mitigated"]["demographic_parity_difference"]
     )
     assert 0 <= metrics["ece"] < 0.2
+
+
+@pytest.mark.slow
+def test_the_api_scrubs_pii_in_the_request_path_small_and_large_bodies(trained):
+    """The server scrubs in the request's own path (inline for a small body, on a worker
+    thread past a few KB), not on the model's batching thread: both give the masked
+    record's answer."""
+    import asyncio
+
+    import httpx
+
+    from foundry.config.schema import ServeConfig
+    from foundry.serve.app import create_app
+    from foundry.serve.gate import Gate
+
+    ref = trained["plain"].model_ref
+    gate = Gate(home=trained["home"])
+    key = gate.create_key("trust-api", "pro").key
+    test = trained["test"]
+    row = json.loads(test.drop(columns=["approved", "email", "customer_ref"]).head(1)
+                     .to_json(orient="records"))[0]
+    leaked = {**row, "notes": "wants the offer sent to someone.else@example.org soon"}
+    masked = {**row, "notes": "wants the offer sent to [EMAIL] soon"}
+    padding = [{**row, "notes": "x" * 200}] * 40  # past the 4 KB inline limit
+
+    async def ask() -> list[dict]:
+        app = create_app(ServeConfig(), [ref], gate=gate, home=trained["home"])
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                url = f"/v1/models/{ref.split(':')[0]}/predict"
+                answers = []
+                for records in ([leaked], [masked], [leaked, *padding]):
+                    response = await client.post(url, json={"records": records},
+                                                 headers={"authorization": f"Bearer {key}"})
+                    assert response.status_code == 200, response.text
+                    answers.append(response.json()["predictions"][0])
+                return answers
+
+    try:
+        small, reference, large = asyncio.run(ask())
+    finally:
+        gate.close()
+    assert small["probabilities"] == pytest.approx(reference["probabilities"])
+    assert large["probabilities"] == pytest.approx(reference["probabilities"])
+    served_text = json.dumps([small, large])
+    assert "someone.else" not in served_text

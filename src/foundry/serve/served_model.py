@@ -82,14 +82,30 @@ class ServedModel:
     # ------------------------------------------------------------------ inference
 
     def predict_records(self, records: list[dict]) -> list[dict[str, Any]]:
-        """Validated records → one prediction dict per record (runs on a worker thread).
+        """Validated records → one prediction dict per record (runs on a worker thread):
+        `forward_records(scrub(records))`."""
+        return self.forward_records(self.scrub(records))
 
-        No DataFrame: `transform_records` encodes the records' Python values directly,
-        bit for bit as `Predictor.outputs` encodes a frame of them.
-        """
+    @property
+    def scrubs(self) -> bool:
+        """Whether `scrub` changes values (a PII scrubber that masks, hashes or drops)."""
+        scrubber = self.predictor.scrubber
+        return scrubber is not None and scrubber.changes_values
+
+    def scrub(self, records: list[dict]) -> list[dict]:
+        """The records with PII masked as in training (new dicts where a value changes).
+        The server calls it in the request's own path, not on the model's batching
+        thread: a body packed with PII-like values costs ~1 s/MB to scan, and on the
+        batching thread every other client of the model would wait for it."""
+        if not self.scrubs:
+            return records
+        return self.predictor.scrubber.transform_records(records)
+
+    def forward_records(self, records: list[dict]) -> list[dict[str, Any]]:
+        """Scrubbed, validated records → one prediction dict per record (the batcher's
+        forward). No DataFrame: `transform_records` encodes the records' Python values
+        directly, bit for bit as `Predictor.outputs` encodes a frame of them."""
         predictor = self.predictor
-        if predictor.scrubber is not None:
-            records = predictor.scrubber.transform_records(records)
         encoded = predictor.preprocessor.transform_records(records)
         outputs = predictor.calibrated(run_model(predictor.model, encoded, len(records)))
         return self._decode(outputs, records)
