@@ -39,7 +39,7 @@ def _test_split(audited):
     from foundry.config.schema import FoundryConfig
     from foundry.console import Reporter
     from foundry.evaluation.metrics import probabilities
-    from foundry.pipeline import load_splits
+    from foundry.data.dataset import load_splits
     from foundry.predictor import load
 
     manifest = _manifest(audited)
