@@ -129,7 +129,7 @@ def train(
         best_epoch=best_epoch,
         seconds=time.perf_counter() - started,
         package_path=path,
-        model=fitted.model,
+        model=evaluation.model if evaluation.model is not None else fitted.model,
     )
 
 

@@ -7,6 +7,7 @@ example here fails `test_every_registered_model_type_has_an_example`: add one.
 
 from __future__ import annotations
 
+import base64
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,11 @@ class Example:
     bad_match: str = ""
     checks: tuple[str, ...] = ()
     """Manifest sections its training must have written (calibration, fairness, ...)."""
+    records: list[dict[str, Any]] | None = None
+    """`batch` as an API client sends it (default: the table's rows as JSON records)."""
+
+    def served_records(self) -> list[dict[str, Any]]:
+        return self.records if self.records is not None else self.batch.to_dict("records")
 
 
 def _table(root: Path) -> Path:
@@ -99,7 +105,11 @@ def cnn(root: Path) -> Example:
     }
     batch = pd.DataFrame({"image": sorted(str(p) for p in folder.rglob("*.png"))[:4]})
     bad = pd.DataFrame({"image": [str(root / "no-such-image.png")]})
-    return Example(config, batch, "predict", bad=bad, bad_match="no-such-image")
+    # served images are the files' bytes, base64-encoded (the API fetches no paths)
+    records = [
+        {"image": base64.b64encode(Path(path).read_bytes()).decode()} for path in batch["image"]
+    ]
+    return Example(config, batch, "predict", bad=bad, bad_match="no-such-image", records=records)
 
 
 def text(root: Path) -> Example:

@@ -104,7 +104,7 @@ async def test_served_equals_local(trained, tmp_path):
     app, key = _app(result.model_ref, home, tmp_path)
     async with serving(app) as client:
         if example.route == "predict":
-            records = example.batch.to_dict(orient="records")
+            records = example.served_records()
             response = await client.post(
                 f"/v1/models/{name}/predict", json=records, headers=bearer(key)
             )
@@ -140,7 +140,7 @@ async def test_optional_hooks_work_where_declared(trained, tmp_path):
         return
     name = result.model_ref.split(":")[0]
     app, key = _app(result.model_ref, home, tmp_path)
-    records = example.batch.head(2).to_dict(orient="records")
+    records = example.served_records()[:2]
     async with serving(app) as client:
         response = await client.post(
             f"/v1/models/{name}/explain", json={"records": records}, headers=bearer(key)

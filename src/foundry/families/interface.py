@@ -84,6 +84,9 @@ class Evaluation:
     """On the evaluation split; written to metrics.json and registered."""
     sections: dict[str, Any] = field(default_factory=dict)
     """Manifest sections the evaluation adds (calibration, fairness, explanations)."""
+    model: Any = None
+    """`Fitted.model` as evaluation adjusted it (a calibration temperature, fairness
+    thresholds): what the package will load as. None: `Fitted.model` unchanged."""
 
 
 @dataclass

@@ -46,7 +46,8 @@ class HFData:
 @register_family("hf")
 class HFFamily:
     name = "hf"
-    supports = frozenset()
+    supports = frozenset({"explain"})
+    """Integrated gradients over tokens, for the classify task (`evaluation.explain`)."""
 
     def prepare(self, run: Run) -> HFData:
         from foundry.models.hf import load_pretrained_config, resolve_source

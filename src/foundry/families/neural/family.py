@@ -116,7 +116,7 @@ class NeuralFamily:
         if eval_name != cfg.evaluate.split:
             say.warn(f"evaluate.split '{cfg.evaluate.split}' is empty; evaluating on {eval_name}")
         assessment = assess(fitted.model, data.splits.val, eval_df, cfg, say)
-        return Evaluation(assessment.metrics, assessment.sections)
+        return Evaluation(assessment.metrics, assessment.sections, assessment.predictor)
 
     def package(
         self, fitted: Fitted, data: NeuralData, evaluation: Evaluation, run: Run
