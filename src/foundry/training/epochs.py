@@ -2,7 +2,7 @@
 
     ledger = EpochLedger(run_dir, config, monitor, model=..., optimizer=..., ...)
     if resume:
-        state = ledger.resume()             # weights, optimizer, schedule, stopper, RNG
+        ledger.resume()                     # weights, optimizer, schedule, stopper, RNG
     with ledger.metrics_file():             # metrics.jsonl, rewritten from the history
         for epoch in ledger.epochs():       # stops after an early stop
             ... train one epoch, validate: the loop's own step ...
@@ -94,14 +94,17 @@ class EpochLedger:
 
     # ------------------------------------------------------------------- resume
 
-    def resume(self) -> dict[str, Any]:
+    def resume(self, extras: Callable[[dict[str, Any]], None] | None = None) -> None:
         """Load the run directory's checkpoint into the model, optimizer, schedule,
-        early stopping, gradient scaler and generators; returns its state (a loop reads
-        its own extras from it, e.g. the privacy accountant)."""
+        early stopping, gradient scaler and generators. `extras(state)` reads the
+        loop's own part of the checkpoint's state (the privacy accountant) first, so it
+        can refuse a checkpoint before anything else is restored from it."""
         ckpt = load_checkpoint(
             self.run_dir, model=self.model, optimizer=self.optimizer, frozen=self.frozen
         )
         state = ckpt.state
+        if extras is not None:
+            extras(state)
         self.step = state.get("step", 0)
         self.scheduler.last_epoch = state["scheduler_last_epoch"]
         self.stopper.load_state_dict(state["early_stopping"])
@@ -115,7 +118,6 @@ class EpochLedger:
             changed = changed_keys(state["train_config"], self.config.model_dump(mode="json"))
             if changed and self.say is not None:
                 self.say(f"resuming with changed train settings: {', '.join(changed)}")
-        return state
 
     # ------------------------------------------------------------------- epochs
 

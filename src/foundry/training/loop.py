@@ -263,8 +263,8 @@ def _fit(
         on_epoch_end=on_epoch_end,
         writer=writer,
     )
-    if resume:
-        state = ledger.resume()
+
+    def privacy_state(state: dict[str, Any]) -> None:
         if private is not None:
             private.load_state_dict(state.get("privacy"))  # ε continues where it was
         elif "privacy" in state:
@@ -273,6 +273,9 @@ def _fit(
                 "would void its guarantee",
                 hint="resume with the same train.privacy, or start a new run",
             )
+
+    if resume:
+        ledger.resume(privacy_state)
     if private is not None and say is not None:
         say(private.describe())
     net = model  # what the training steps call
