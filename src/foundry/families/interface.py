@@ -23,10 +23,11 @@ kind of object), so "fit → package → load gives the same outputs" is one com
 The conformance suite (tests/models/test_family_conformance.py) checks this for every
 registered family.
 
-Optional hooks are plain attributes a family may leave out (`getattr(family, name,
-None)`): `explain`, `compress`, `generate`, `refuses_predict` (why a loaded model has
-no labels to predict, e.g. a language model). A family is a plain class, not a
-subclass of anything: there is no base class to keep in step.
+Optional hooks are declared, not inherited: `supports`, a frozenset naming what the
+family does beyond the stages above (`explain`, `calibration`, `fairness`, `compress`,
+`privacy`, `generate`); `foundry run` reads it instead of model type names, and the
+conformance suite checks each declared hook. A family is a plain class, not a subclass
+of anything: there is no base class to keep in step.
 """
 
 from __future__ import annotations
