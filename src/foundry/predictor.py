@@ -295,15 +295,15 @@ def load(ref: str | Path, *, registry: Registry | None = None) -> Any:
         registry = registry or Registry()
         record = registry.resolve(str(ref))
         package, name = registry.load(record.ref), record.ref
+    from foundry.families import family_of_package
     from foundry.lm.load import is_language_package, model_type
 
-    if not is_language_package(package.manifest):
-        return Predictor.from_package(package, ref=name)
     task = (package.manifest.get("hf") or {}).get("task")
-    if model_type(package.manifest) == "hf" and task in ("classification", "regression"):
-        from foundry.lm.hf_model import load_hf_package
-
-        return load_hf_package(package, name)
+    if model_type(package.manifest) is None:  # a manifest that names no model type
+        return Predictor.from_package(package, ref=name)
+    if not is_language_package(package.manifest) or task in ("classification", "regression"):
+        # the family that trained it loads it (a Predictor, an HFTextPredictor, ...)
+        return family_of_package(package.manifest).load(package, name)
     what = "an embedding model" if task == "embedding" else "a language model"
     raise ModelError(
         f"model {name} is {what}: it has no labels to predict",

@@ -16,7 +16,7 @@ from foundry.config.init import init_config
 from foundry.console import Reporter
 from foundry.data.infer import ResolvedFeatures
 from foundry.evaluation.card import build_card, render_card
-from foundry.pipeline import Splits, check_leakage
+from foundry.data.dataset import Splits, check_leakage
 
 TARGET = "two_year_recid"
 

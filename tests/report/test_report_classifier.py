@@ -38,8 +38,8 @@ def _test_split(audited):
     from foundry.config.load import LoadedConfig
     from foundry.config.schema import FoundryConfig
     from foundry.console import Reporter
+    from foundry.data.dataset import load_splits
     from foundry.evaluation.metrics import probabilities
-    from foundry.pipeline import load_splits
     from foundry.predictor import load
 
     manifest = _manifest(audited)

@@ -109,8 +109,8 @@ def compress(
     models, variants that are already int8 or ONNX) and ConfigError for settings that do
     not fit. GPT models go to `foundry.compression.lm.compress_gpt` (int8 only)."""
     from foundry.config.load import LoadedConfig
+    from foundry.data.dataset import load_splits
     from foundry.lm.load import is_language_package, model_type
-    from foundry.pipeline import load_splits
     from foundry.predictor import Predictor
 
     say = Reporter(quiet=quiet)
@@ -152,7 +152,7 @@ def compress(
     base_dir = Path((manifest.get("data") or {}).get("base_dir") or Path.cwd())
     loaded = LoadedConfig(cfg, base_dir)
     splits, resolved = load_splits(loaded, say)
-    from foundry.pipeline import image_augmenter
+    from foundry.families.neural import image_augmenter
 
     augment = image_augmenter(cfg, resolved)  # prune's fine-tune and distill train as training did
     if config.data is not None:

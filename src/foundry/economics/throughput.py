@@ -159,8 +159,8 @@ def _own_split(manifest: dict[str, Any], ref: str) -> tuple[Any, str]:
     from foundry.config.load import LoadedConfig
     from foundry.config.schema import FoundryConfig
     from foundry.console import Reporter
+    from foundry.data.dataset import load_splits
     from foundry.errors import FoundryError
-    from foundry.pipeline import load_splits
 
     try:
         cfg = FoundryConfig.model_validate(manifest["config"])

@@ -57,7 +57,7 @@ from foundry.errors import ModelError
 from foundry.lm.api import Completion, Delta, FinishReason
 from foundry.lm.tokenizer import TokenizerLike
 
-__all__ = ["GenerationEngine", "StepFn", "pick_next_tokens"]
+__all__ = ["GenerationEngine", "StepFn", "greedy_texts", "pick_next_tokens"]
 
 _REPLACEMENT = "\ufffd"
 """What a decoder shows for the bytes of a character not yet complete."""
@@ -406,3 +406,11 @@ class _TextTracker:
                     earliest = min(earliest, end - k)
                     break
         return earliest
+
+
+def greedy_texts(model: Any, prompts: list[str], max_tokens: int = 8) -> list[str]:
+    """Greedy (temperature 0) continuations of `prompts` by a `LanguageModel`: the same
+    weights give the same texts, so a model family's `outputs` for language models
+    (the conformance suite compares a fitted model with its loaded package)."""
+    params = GenerationConfig(max_tokens=max_tokens, temperature=0.0)
+    return [completion.text for completion in model.generate(list(prompts), params)]

@@ -5,7 +5,8 @@
     [c] = lm.generate([lm.render_chat([{"role": "user", "content": "Hi"}])], params)
 
 The package holds model.safetensors (the GPT's state dict), tokenizer.json, and a
-manifest whose `model` entry rebuilds the architecture (see gpt_pipeline.build_manifest).
+manifest whose `model` entry rebuilds the architecture (see
+foundry.families.gpt.family.build_manifest).
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ checkpointed, so a LoRA run never writes the frozen base weights.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -27,7 +26,6 @@ import torch
 from torch import Tensor, nn
 
 from foundry.config.schema import (
-    EarlyStoppingConfig,
     OptimizerConfig,
     SchedulerConfig,
     TrainConfig,
@@ -35,13 +33,8 @@ from foundry.config.schema import (
 from foundry.data.schema import TaskInfo
 from foundry.errors import TrainError
 from foundry.models.hf import pad_batch, text_model_outputs
-from foundry.training import EarlyStopping, build_loss, build_optimizer, build_scheduler
-from foundry.training.checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-)
+from foundry.training import build_loss, build_optimizer, build_scheduler
+from foundry.training.epochs import EpochLedger
 from foundry.training.runtime import precision_context, resolve_device, torch_settings
 
 __all__ = ["FineTuneResult", "TokenizedSplit", "finetune", "finetune_defaults"]
@@ -197,35 +190,31 @@ def _finetune(
     scheduler = build_scheduler(
         optimizer, config.scheduler, steps_per_epoch, config.epochs * steps_per_epoch
     )
-    es: EarlyStoppingConfig = config.early_stopping
-    monitor = es.metric if val is not None else "train_loss"
-    stopper = EarlyStopping(monitor, es.mode, es.patience, es.min_delta)
+    monitor = config.early_stopping.metric if val is not None else "train_loss"
     torch.manual_seed(config.seed)  # dropout
     generators = {"shuffle": torch.Generator().manual_seed(config.seed)}
-    weights = _TrainableWeights(model, trainable)
-    say = log or (lambda _: None)
-
-    history: list[dict[str, Any]] = []
-    best_state: dict[str, Tensor] | None = None
-    best_epoch, stopped_early = 0, False
+    # only the trainable weights are checkpointed and kept (training.epochs does that)
+    ledger = EpochLedger(
+        run_dir,
+        config,
+        monitor,
+        model=_TrainableWeights(model, trainable),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        generators=generators,
+        format_epoch=_format_epoch,
+        say=log or (lambda _: None),
+        on_epoch_end=on_epoch_end,
+    )
     train_seconds, train_examples = 0.0, 0
     if resume:
-        ckpt = load_checkpoint(run_dir, model=weights, optimizer=optimizer)
-        scheduler.last_epoch = ckpt.state["scheduler_last_epoch"]
-        stopper.load_state_dict(ckpt.state["early_stopping"])
-        scaler.load_state_dict(ckpt.state["grad_scaler"])
-        history, best_epoch = ckpt.state["history"], ckpt.state["best_epoch"]
-        stopped_early = ckpt.state["stopped_early"]
-        best_state = ckpt.best_state
-        restore_rng(ckpt.rng, generators)
-        say(f"resuming after epoch {len(history)}")
+        ledger.resume()
+        if log is not None:
+            log(f"resuming after epoch {len(ledger.history)}")
 
-    with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as metrics_file:
-        for record in history:
-            metrics_file.write(json.dumps(record) + "\n")
-        for epoch in range(len(history) + 1, config.epochs + 1):
-            if stopped_early:
-                break
+    with ledger.metrics_file():
+        for epoch in ledger.epochs():
             epoch_start = time.perf_counter()
 
             # ---- train one epoch: `accumulate` micro-batches per optimizer step
@@ -252,6 +241,7 @@ def _finetune(
                 scaler.update()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+            ledger.step += steps_per_epoch
             train_seconds += time.perf_counter() - epoch_start
             train_examples += n_rows
 
@@ -262,7 +252,7 @@ def _finetune(
                     "lower train.optimizer.lr or set train.grad_clip"
                 )
 
-            # ---- validate, record
+            # ---- validate, record; best weights, early stopping, checkpoint: the ledger
             record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
             if val is not None:
                 outputs = text_model_outputs(model, val.ids, pad_id, batch_size=2 * batch_size)
@@ -273,55 +263,17 @@ def _finetune(
                         record.setdefault(f"val_{name}", float(value))
             record["lr"] = optimizer.param_groups[0]["lr"]
             record["seconds"] = time.perf_counter() - epoch_start
-            history.append(record)
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
+            ledger.end_epoch(record)
 
-            # ---- keep the best trainable weights; checkpoint
-            if monitor not in record:
-                raise TrainError(
-                    f"train.early_stopping.metric is {monitor!r}, which is not computed; "
-                    f"available: {', '.join(k for k in record if k not in ('epoch', 'seconds'))}"
-                )
-            improved = stopper.update(record[monitor])
-            if improved or best_state is None:
-                best_epoch, best_state = epoch, weights.state_dict()
-            stopped_early = stopper.should_stop
-            save_checkpoint(
-                run_dir,
-                model=weights,
-                optimizer=optimizer,
-                best_state=best_state,
-                rng=capture_rng(generators),
-                state={
-                    "epoch": epoch,
-                    "scheduler_last_epoch": scheduler.last_epoch,
-                    "early_stopping": stopper.state_dict(),
-                    "grad_scaler": scaler.state_dict(),
-                    "history": history,
-                    "best_epoch": best_epoch,
-                    "stopped_early": stopped_early,
-                },
-            )
-            say(_format_epoch(record, config.epochs, monitor, improved))
-            if on_epoch_end is not None:  # after the checkpoint: a run it stops keeps the epoch
-                on_epoch_end(record)
-
-    if stopped_early:
-        say(
-            f"stopped early: {monitor} did not improve for {es.patience} epochs; "
-            f"keeping epoch {best_epoch}"
-        )
-    assert best_state is not None
-    weights.load_state_dict(best_state)
+    kept = ledger.finish(started)
     model.eval()
     return FineTuneResult(
-        history=history,
-        best_epoch=best_epoch,
-        best_metrics=history[best_epoch - 1],
-        stopped_early=stopped_early,
-        epochs_run=len(history),
-        seconds=time.perf_counter() - started,
+        history=kept["history"],
+        best_epoch=kept["best_epoch"],
+        best_metrics=kept["best_metrics"],
+        stopped_early=kept["stopped_early"],
+        epochs_run=kept["epochs_run"],
+        seconds=kept["seconds"],
         train_examples_per_second=train_examples / train_seconds if train_seconds else 0.0,
     )
 

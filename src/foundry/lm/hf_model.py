@@ -242,11 +242,16 @@ class HFTextPredictor:
         column = pd.Series([r[self.text_column] for r in records])
         return self.predict_texts(self._texts(pd.DataFrame({self.text_column: column})))
 
+    def table_outputs(self, df: pd.DataFrame) -> np.ndarray:
+        """`outputs` of the text column of `df` (as `Predictor.outputs(df)` reads a table);
+        a table without the column is refused, naming it."""
+        self._require_text(df)
+        return self.outputs(self._texts(df))
+
     def predict(self, df: pd.DataFrame) -> pd.DataFrame:
         """Like `foundry.predictor.Predictor.predict`: `<target>` and one
         `probability_<class>` column per class (classifiers)."""
-        self._require_text(df)
-        outputs = self.outputs(self._texts(df))
+        outputs = self.table_outputs(df)
         target = self.task.target
         if not self.task.is_classification:
             values = outputs[:, 0].astype(np.float64) * self.task.target_std + self.task.target_mean

@@ -3,8 +3,9 @@
     lm = foundry.lm.load("tiny-gpt")          # a LanguageModel (foundry.lm.api)
     emb = foundry.lm.load("minilm-embed:1")   # an Embedder
 
-The package's manifest says what it is (`config.model.type`): `gpt` packages are loaded by
-`foundry.lm.gpt_model`, `hf` packages by `foundry.lm.hf_model`.
+The package's manifest says what it is (`config.model.type`); the family that trained it
+loads it (`foundry.families`: `gpt` through `foundry.lm.gpt_model`, `hf` through
+`foundry.lm.hf_model`).
 """
 
 from __future__ import annotations
@@ -47,16 +48,12 @@ def load(ref: str, *, registry: Registry | None = None) -> Any:
 
 def load_package(package: Package, ref: str) -> Any:
     """What `load` returns, for a package already read."""
-    kind = model_type(package.manifest)
-    if kind == "gpt":
-        from foundry.lm.gpt_model import load_gpt_package
+    if not is_language_package(package.manifest):
+        kind = model_type(package.manifest)
+        raise ModelError(
+            f"model {ref} is a {kind or 'tabular'} model, not a language model: use "
+            f"`foundry predict` / POST /v1/models/{ref.split(':')[0]}/predict for it"
+        )
+    from foundry.families import family_of_package
 
-        return load_gpt_package(package, ref)
-    if kind == "hf":
-        from foundry.lm.hf_model import load_hf_package
-
-        return load_hf_package(package, ref)
-    raise ModelError(
-        f"model {ref} is a {kind or 'tabular'} model, not a language model: use "
-        f"`foundry predict` / POST /v1/models/{ref.split(':')[0]}/predict for it"
-    )
+    return family_of_package(package.manifest).load(package, ref)

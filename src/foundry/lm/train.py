@@ -18,7 +18,6 @@ hold different numbers of targets (instruction data).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -33,25 +32,11 @@ from torch.nn import functional as F
 from foundry.config.schema import TrainConfig
 from foundry.errors import TrainError
 from foundry.lm.data import IGNORE, TokenData
-from foundry.training.checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    load_weights,
-    restore_rng,
-    save_checkpoint,
-    trained_seconds,
-)
-from foundry.training.early_stopping import EarlyStopping
+from foundry.training.epochs import EpochLedger
 from foundry.training.loop import FitResult
 from foundry.training.optim import build_optimizer, build_scheduler
 from foundry.training.progress import EpochBar
-from foundry.training.runtime import (
-    changed_keys,
-    cpu_copy,
-    precision_context,
-    resolve_device,
-    torch_settings,
-)
+from foundry.training.runtime import precision_context, resolve_device, torch_settings
 
 __all__ = ["TokenLossFn", "evaluate_tokens", "exp_loss", "fit_lm", "next_token_loss", "perplexity"]
 
@@ -143,9 +128,7 @@ def _fit_lm(
         raise TrainError("the model has no trainable parameters (every requires_grad is False)")
     optimizer = build_optimizer(params, config.optimizer, fused=True)
     scheduler = build_scheduler(optimizer, config.scheduler, n_steps, total_steps)
-    es = config.early_stopping
-    monitor = es.metric if val is not None else "train_loss"
-    stopper = EarlyStopping(monitor, es.mode, es.patience, es.min_delta)
+    monitor = config.early_stopping.metric if val is not None else "train_loss"
 
     # ---- randomness: the global RNG (dropout) and a generator for the row order
     torch.manual_seed(config.seed)
@@ -154,41 +137,31 @@ def _fit_lm(
     bar = EpochBar(enabled=progress, n_batches=n_batches, epochs=config.epochs)
     say = log if log is not None else (bar.console.print if progress else None)
 
-    # ---- state carried from epoch to epoch (and through checkpoints)
-    history: list[dict[str, Any]] = []
-    best_state: dict[str, Tensor] | None = None
-    best_epoch, step, stopped_early = 0, 0, False
+    # ---- what carries from epoch to epoch (and through checkpoints): training.epochs.
     # Frozen weights (a LoRA run's base model) never change: checkpoints and the copy of
     # the best epoch hold only the rest, not gigabytes of base weights per epoch.
     frozen = {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
-
-    def weights() -> dict[str, Tensor]:
-        return {k: v for k, v in model.state_dict().items() if k not in frozen}
-
-    earlier = 0.0  # training seconds before this call (a resumed run's checkpoint)
+    ledger = EpochLedger(
+        run_dir,
+        config,
+        monitor,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        generators=generators,
+        format_epoch=_format_epoch,
+        say=say,
+        on_epoch_end=on_epoch_end,
+        frozen=frozen,
+        missing_monitor="a language model does not compute; use val_loss, val_perplexity "
+        "or train_loss",
+    )
     if resume:
-        ckpt = load_checkpoint(run_dir, model=model, optimizer=optimizer, frozen=frozen)
-        earlier = trained_seconds(ckpt.state)
-        step = ckpt.state["step"]
-        scheduler.last_epoch = ckpt.state["scheduler_last_epoch"]
-        stopper.load_state_dict(ckpt.state["early_stopping"])
-        scaler.load_state_dict(ckpt.state["grad_scaler"])
-        history = ckpt.state["history"]
-        best_epoch = ckpt.state["best_epoch"]
-        stopped_early = ckpt.state["stopped_early"]
-        best_state = ckpt.best_state
-        restore_rng(ckpt.rng, generators)
-        changed = changed_keys(ckpt.state["train_config"], config.model_dump(mode="json"))
-        if changed and say is not None:
-            say(f"resuming with changed train settings: {', '.join(changed)}")
+        ledger.resume()
 
-    with open(run_dir / "metrics.jsonl", "w", encoding="utf-8") as metrics_file, bar:
-        for record in history:
-            metrics_file.write(json.dumps(record) + "\n")
-
-        for epoch in range(len(history) + 1, config.epochs + 1):
-            if stopped_early:
-                break
+    with ledger.metrics_file(), bar:
+        for epoch in ledger.epochs():
             epoch_start = time.perf_counter()
 
             # ---- train one epoch
@@ -224,7 +197,7 @@ def _fit_lm(
                 loss_sum += batch_sum.detach()
                 token_count += (batch_labels != IGNORE).sum()
                 bar.advance(b + 1)
-            step += n_steps
+            ledger.step += n_steps
 
             tokens = int(token_count.item())
             train_loss = loss_sum.item() / max(tokens, 1)
@@ -235,7 +208,7 @@ def _fit_lm(
                 )
             train_seconds = time.perf_counter() - epoch_start
 
-            # ---- validate, record
+            # ---- validate, record; best weights, early stopping, checkpoint: the ledger
             record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
             if val is not None:
                 val_loss, _ = evaluate_tokens(model, val, batch_size=batch_size, autocast=autocast)
@@ -244,63 +217,9 @@ def _fit_lm(
             record["lr"] = optimizer.param_groups[0]["lr"]
             record["tokens_per_second"] = tokens / train_seconds if train_seconds > 0 else 0.0
             record["seconds"] = time.perf_counter() - epoch_start
-            history.append(record)
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
+            ledger.end_epoch(record)
 
-            # ---- early stopping: keep the best weights
-            if monitor not in record:
-                raise TrainError(
-                    f"train.early_stopping.metric is {monitor!r}, which a language model "
-                    "does not compute; use val_loss, val_perplexity or train_loss"
-                )
-            improved = stopper.update(record[monitor])
-            if improved or best_state is None:
-                best_epoch = epoch
-                best_state = cpu_copy(weights())
-            stopped_early = stopper.should_stop
-
-            save_checkpoint(
-                run_dir,
-                model=model,
-                optimizer=optimizer,
-                best_state=best_state,
-                weights=weights(),
-                rng=capture_rng(generators),
-                state={
-                    "epoch": epoch,
-                    "step": step,
-                    "scheduler_last_epoch": scheduler.last_epoch,
-                    "early_stopping": stopper.state_dict(),
-                    "grad_scaler": scaler.state_dict(),
-                    "history": history,
-                    "best_epoch": best_epoch,
-                    "stopped_early": stopped_early,
-                    "train_config": config.model_dump(mode="json"),
-                    "seconds": earlier + time.perf_counter() - started,
-                },
-            )
-            if say is not None:
-                say(_format_epoch(record, config.epochs, monitor, improved))
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-
-    if stopped_early and say is not None:
-        say(
-            f"stopped early: {monitor} did not improve for {es.patience} epochs; "
-            f"keeping epoch {best_epoch}"
-        )
-    assert best_state is not None
-    load_weights(model, best_state, frozen)
-    return FitResult(
-        history=history,
-        best_epoch=best_epoch,
-        best_metrics=history[best_epoch - 1],
-        stopped_early=stopped_early,
-        state_dict=best_state,
-        seconds=earlier + time.perf_counter() - started,
-        epochs_run=len(history),
-    )
+    return FitResult(**ledger.finish(started))
 
 
 # ---------------------------------------------------------------------------- loss

@@ -14,7 +14,7 @@ prompt, each new token costs one position's work instead of the whole sequence's
 
 This model is not in the tabular model registry: `build_model` maps an InputSchema of
 table columns to `[batch, n_outputs]`, which is not what a language model does. The LM
-pipeline (`foundry.lm.gpt_pipeline`) builds it with `GPT(config, vocab_size)`.
+family (`foundry.families.gpt`) builds it with `GPT(config, vocab_size)`.
 """
 
 from __future__ import annotations

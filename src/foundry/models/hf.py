@@ -404,7 +404,7 @@ class HFTokenizer:
         self._lock = threading.Lock()
         self.chat_template: str | None = chat_template or getattr(tokenizer, "chat_template", None)
         # Encoders (BERT) have no EOS; their [SEP] ends a text. Causal LMs need a real
-        # EOS: foundry.lm.hf_causal refuses a tokenizer without one.
+        # EOS: foundry.families.hf.causal refuses a tokenizer without one.
         eos = next(
             (i for i in (tokenizer.eos_token_id, tokenizer.sep_token_id) if i is not None), 0
         )

@@ -93,7 +93,7 @@ def _evaluation_split(manifest: dict[str, Any]) -> tuple[Any, str] | Unavailable
     from foundry.config.load import LoadedConfig
     from foundry.config.schema import FoundryConfig
     from foundry.console import Reporter
-    from foundry.pipeline import load_splits
+    from foundry.data.dataset import load_splits
 
     try:
         cfg = FoundryConfig.model_validate(manifest["config"])

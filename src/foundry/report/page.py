@@ -122,7 +122,7 @@ def render(
     import plotly
     from plotly.offline import get_plotlyjs
 
-    import foundry
+    from foundry.version import __version__
 
     shown, omitted = [], []
     for s in sections:
@@ -151,6 +151,6 @@ def render(
         omitted=omitted,
         plotlyjs=bundle,
         generated=generated,
-        version=foundry.__version__,
+        version=__version__,
         plotly_version=plotly.__version__,
     )

@@ -629,11 +629,11 @@ def create_app(
             gc.unfreeze()
             await service.stop()
 
-    import foundry
+    from foundry.version import __version__
 
     app = FastAPI(
         title="foundry",
-        version=foundry.__version__,
+        version=__version__,
         description="Predictions from registered foundry models. Authenticate with "
         "`Authorization: Bearer fdy_...`; errors are `{\"error\": {message, type, param, "
         "code}}`.",

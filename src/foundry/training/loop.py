@@ -20,10 +20,8 @@ global batch, DDP averages the gradients, rank 0 validates and alone writes file
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
-import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -39,20 +37,11 @@ from foundry.config.schema import TrainConfig
 from foundry.data.schema import TaskInfo
 from foundry.errors import TrainError
 from foundry.training import distributed
-from foundry.training.checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    restore_rng,
-    save_checkpoint,
-    trained_seconds,
-)
-from foundry.training.early_stopping import EarlyStopping
+from foundry.training.epochs import EpochLedger
 from foundry.training.losses import LossFn, build_loss
 from foundry.training.optim import build_optimizer, build_scheduler
 from foundry.training.progress import EpochBar
 from foundry.training.runtime import (
-    changed_keys,
-    cpu_copy,
     precision_context,
     resolve_device,
     torch_settings,
@@ -239,9 +228,7 @@ def _fit(
     task_loss = build_loss(config.loss, task, n_outputs)  # and validation's loss
     optimizer = build_optimizer(model.parameters(), config.optimizer)
     scheduler = build_scheduler(optimizer, config.scheduler, n_steps, total_steps)
-    es = config.early_stopping
-    monitor = es.metric if val is not None else "train_loss"
-    stopper = EarlyStopping(monitor, es.mode, es.patience, es.min_delta)
+    monitor = config.early_stopping.metric if val is not None else "train_loss"
 
     # ---- randomness: the global RNG (dropout) plus one generator each for shuffling
     # and augmentation, so that adding augmentation does not change the batch order
@@ -263,34 +250,34 @@ def _fit(
     if not writer:
         say = None
 
-    # ---- state carried from epoch to epoch (and through checkpoints)
-    history: list[dict[str, Any]] = []
-    best_state: dict[str, Tensor] | None = None
-    best_epoch, step, stopped_early = 0, 0, False
-    earlier = 0.0  # training seconds before this call (a resumed run's checkpoint)
-    if resume:
-        ckpt = load_checkpoint(run_dir, model=model, optimizer=optimizer)
-        earlier = trained_seconds(ckpt.state)
+    # ---- state carried from epoch to epoch (and through checkpoints): training.epochs
+    ledger = EpochLedger(
+        run_dir,
+        config,
+        monitor,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        generators=generators,
+        format_epoch=_format_epoch,
+        say=say,
+        on_epoch_end=on_epoch_end,
+        writer=writer,
+    )
+
+    def privacy_state(state: dict[str, Any]) -> None:
         if private is not None:
-            private.load_state_dict(ckpt.state.get("privacy"))  # ε continues where it was
-        elif "privacy" in ckpt.state:
+            private.load_state_dict(state.get("privacy"))  # ε continues where it was
+        elif "privacy" in state:
             raise TrainError(
                 "the checkpoint comes from a run with train.privacy: resuming without it "
                 "would void its guarantee",
                 hint="resume with the same train.privacy, or start a new run",
             )
-        step = ckpt.state["step"]
-        scheduler.last_epoch = ckpt.state["scheduler_last_epoch"]
-        stopper.load_state_dict(ckpt.state["early_stopping"])
-        scaler.load_state_dict(ckpt.state["grad_scaler"])
-        history = ckpt.state["history"]
-        best_epoch = ckpt.state["best_epoch"]
-        stopped_early = ckpt.state["stopped_early"]
-        best_state = ckpt.best_state
-        restore_rng(ckpt.rng, generators)
-        changed = changed_keys(ckpt.state["train_config"], config.model_dump(mode="json"))
-        if changed and say is not None:
-            say(f"resuming with changed train settings: {', '.join(changed)}")
+
+    if resume:
+        ledger.resume(privacy_state)
     if private is not None and say is not None:
         say(private.describe())
     net = model  # what the training steps call
@@ -303,19 +290,12 @@ def _fit(
                 f"(global batch {config.batch_size})"
             )
 
-    # metrics.jsonl is rewritten from the (restored) history, so no epoch appears twice
-    metrics_path = run_dir / "metrics.jsonl" if writer else os.devnull
     with (
-        open(metrics_path, "w", encoding="utf-8") as metrics_file,
+        ledger.metrics_file(),
         bar,
         private if private is not None else nullcontext(),  # Opacus hooks, removed after
     ):
-        for record in history:
-            metrics_file.write(json.dumps(record) + "\n")
-
-        for epoch in range(len(history) + 1, config.epochs + 1):
-            if stopped_early:  # also set by a resumed run that had stopped early
-                break
+        for epoch in ledger.epochs():
             epoch_start = time.perf_counter()
             if ddp:  # each rank its own dropout and augmentation (see seed_for_rank)
                 torch.manual_seed(distributed.seed_for_rank(config.seed, epoch))
@@ -386,7 +366,7 @@ def _fit(
                             batch_losses.append(loss.detach())
                     scheduler.step()
                     bar.advance(b + 1)
-            step += n_steps
+            ledger.step += n_steps
 
             epoch_loss = torch.stack(batch_losses).mean()
             if ddp:
@@ -420,70 +400,19 @@ def _fit(
             record["seconds"] = time.perf_counter() - epoch_start
             if ddp:  # rank 0 validated: all ranks take its record, and so decide alike
                 record = distributed.broadcast_json(record)
-            history.append(record)
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
+            # ---- best weights, early stopping, checkpoint, the epoch line: the ledger.
+            # DP-SGD without validation data keeps every epoch: choosing or stopping at an
+            # epoch by its training loss would look at the private rows outside DP.
+            ledger.end_epoch(
+                record,
+                # the accountant's history
+                extra_state={"privacy": private.state_dict()} if private is not None else None,
+                keep_every=private is not None and val is None,
+            )
 
-            # ---- early stopping: keep the best weights
-            if monitor not in record:
-                raise TrainError(
-                    f"train.early_stopping.metric is {monitor!r}, which is not computed; "
-                    f"available: {', '.join(k for k in record if k not in ('epoch', 'seconds'))}"
-                )
-            improved = stopper.update(record[monitor])
-            stopped_early = stopper.should_stop
-            if private is not None and val is None:
-                # Choosing or stopping at an epoch by its training loss would look at the
-                # private rows outside DP: keep the last epoch, run them all.
-                improved, stopped_early = True, False
-            if improved or best_state is None:
-                best_epoch = epoch
-                best_state = cpu_copy(model.state_dict())
-
-            if writer:
-                state = {
-                    "epoch": epoch,
-                    "step": step,
-                    "scheduler_last_epoch": scheduler.last_epoch,
-                    "early_stopping": stopper.state_dict(),
-                    "grad_scaler": scaler.state_dict(),
-                    "history": history,
-                    "best_epoch": best_epoch,
-                    "stopped_early": stopped_early,
-                    "train_config": config.model_dump(mode="json"),
-                    "seconds": earlier + time.perf_counter() - started,
-                }
-                if private is not None:
-                    state["privacy"] = private.state_dict()  # the accountant's history
-                save_checkpoint(
-                    run_dir,
-                    model=model,
-                    optimizer=optimizer,
-                    best_state=best_state,
-                    rng=capture_rng(generators),
-                    state=state,
-                )
-            if say is not None:
-                say(_format_epoch(record, config.epochs, monitor, improved))
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-
-    if stopped_early and say is not None:
-        say(
-            f"stopped early: {monitor} did not improve for {es.patience} epochs; "
-            f"keeping epoch {best_epoch}"
-        )
-    assert best_state is not None  # set by the first epoch, or by the checkpoint
-    model.load_state_dict(best_state)
     return FitResult(
-        history=history,
-        best_epoch=best_epoch,
-        best_metrics=history[best_epoch - 1],
-        stopped_early=stopped_early,
-        state_dict=best_state,
-        seconds=earlier + time.perf_counter() - started,
-        epochs_run=len(history),
-        privacy=private.report(epochs=len(history)) if private is not None else None,
+        **ledger.finish(started),
+        privacy=private.report(epochs=len(ledger.history)) if private is not None else None,
     )
 
 

@@ -1,61 +1,53 @@
-"""Fine-tuning a pretrained causal LM (GPT-2, Llama, Qwen...) on a corpus or on
-instructions, fully or with LoRA adapters.
+"""Hugging Face family, task causal_lm: a pretrained causal LM (GPT-2, Llama, Qwen...)
+fine-tuned on a corpus or on instructions, fully or with LoRA adapters.
 
-data (corpus or instructions, split by document) → the checkpoint's own tokenizer and
-chat template → token rows with loss masks (`foundry.lm.data`: completion tokens only
-for instructions) → `fit_lm` (`foundry.lm.train`) → held-out loss and perplexity →
-package (adapter or full model + tokenizer; see `foundry.lm.hf_model`).
-
-Read top to bottom; the data and training steps are the ones our own GPT uses.
+prepare   the checkpoint's own tokenizer and chat template → data (corpus or
+          instructions, split by document) → token rows with loss masks
+          (`foundry.lm.data`: completion tokens only for instructions)
+fit       pretrained weights, LoRA if asked → `lm.train.fit_lm` (as our GPT trains)
+evaluate  held-out loss, perplexity and the unigram baseline
+package   adapter or full model + tokenizer (see `foundry.lm.hf_model`)
 """
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 from foundry.config import LoadedConfig
 from foundry.config.schema import HFModelConfig
-from foundry.console import Reporter
-from foundry.data.fingerprint import file_fingerprint
 from foundry.errors import ConfigError, ModelError
-from foundry.lm.data import DEFAULT_CHAT_TEMPLATE, encode_examples, load_lm_data
-from foundry.lm.hf_finetune import finetune_defaults
-from foundry.lm.hf_pipeline import hf_card_section, hf_manifest_section, register_hf
-from foundry.lm.metrics import lm_metrics
-from foundry.lm.train import fit_lm
-from foundry.models.hf import HFTokenizer, load_pretrained, load_tokenizer
-from foundry.pipeline import TrainResult
+from foundry.families.hf.package import (
+    hf_card_section,
+    hf_contents,
+    hf_manifest_section,
+    manifest_base,
+)
+from foundry.families.interface import Evaluation, Fitted, PackageContents, Run
+from foundry.families.manifest import training_section
 
-__all__ = ["TASK", "context_length_of", "train_causal_lm"]
+__all__ = ["TASK", "context_length_of", "evaluate", "fit", "package", "prepare", "summarize"]
 
 TASK = "language_modeling"
 """The task a causal LM package records in the registry (as our GPT's do)."""
 
 
-def train_causal_lm(
-    loaded: LoadedConfig,
-    source: str,
-    hf_config: Any,
-    *,
-    resume: bool,
-    out_dir: Path,
-    progress: bool,
-    say: Reporter,
-    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
-    register: bool = True,
-) -> TrainResult:
-    """Fine-tune the causal LM at `source` on the config's LM data and register it
-    (`register=False`: write the package to `out_dir/package`, for a tuning trial)."""
-    from foundry.models.hf_lora import apply_lora, parameter_counts
+@dataclass
+class CausalData:
+    tokenizer: Any
+    data: Any
+    """`lm.data.LMData`: documents or conversations per split."""
+    splits: dict[str, Any]
+    """split name → `TokenData`."""
+    block_size: int
+    context_length: int
 
-    started = time.perf_counter()
-    cfg = loaded.config
+
+def prepare(run: Run, source: str, hf_config: Any) -> CausalData:
+    from foundry.lm.data import encode_examples, load_lm_data
+    from foundry.models.hf import HFTokenizer, load_tokenizer
+
+    cfg, say = run.config, run.say
     spec, lm = cfg.model, cfg.lm
     assert isinstance(spec, HFModelConfig)
 
@@ -75,7 +67,7 @@ def train_causal_lm(
         )
 
     # ---- data: documents or conversations, split, tokenized with loss masks
-    data = load_lm_data(loaded)
+    data = load_lm_data(run.loaded)
     unit = "documents" if data.kind == "corpus" else "conversations"
     say.info(
         f"data: {cfg.data.path} ({data.kind}; {unit} train/val/test = "
@@ -98,79 +90,84 @@ def train_causal_lm(
         + "/".join(str(splits[n].n_targets) for n in ("train", "val", "test"))
         + f"; block_size {block_size}"
     )
+    return CausalData(tokenizer, data, splits, block_size, context_length)
 
-    # ---- model: pretrained weights, LoRA adapters if asked (seeded: A is random)
-    train_cfg, filled = finetune_defaults(cfg.train, lora=spec.lora is not None)
+
+def fit(data: Any, train: Any, run: Run) -> Fitted:
+    """Pretrained weights, LoRA adapters if asked (seeded: A is random), then next-token
+    loss over the masked targets."""
+    import torch
+
+    from foundry.lm.hf_finetune import finetune_defaults
+    from foundry.lm.hf_model import HFLanguageModel
+    from foundry.lm.train import fit_lm
+    from foundry.models.hf import load_pretrained
+    from foundry.models.hf_lora import apply_lora, parameter_counts
+
+    cfg, say, own = run.config, run.say, data.data
+    spec, lm = cfg.model, cfg.lm
+    assert isinstance(spec, HFModelConfig)
+    train_cfg, filled = finetune_defaults(train, lora=spec.lora is not None)
     if filled:
         say.info(f"fine-tuning defaults for train keys not set: {', '.join(filled)}")
     torch.manual_seed(train_cfg.seed)
-    model = load_pretrained(source, "causal_lm", revision=spec.revision)
+    model = load_pretrained(data.source, "causal_lm", revision=spec.revision)
     if spec.lora is not None:
         model = apply_lora(model, spec.lora, "CAUSAL_LM")
     trainable, total = parameter_counts(model)
     say.info(f"parameters: {trainable:,} trainable of {total:,} ({100 * trainable / total:.2f}%)")
-
-    # ---- train: next-token loss over the masked targets
-    fitted = fit_lm(
+    result = fit_lm(
         model,
-        splits["train"],
-        splits["val"],
+        own.splits["train"],
+        own.splits["val"],
         train_cfg,
-        out_dir,
-        resume=resume,
-        progress=progress and not say.quiet,
+        run.out_dir,
+        resume=run.resume,
+        progress=run.progress and not say.quiet,
         log=None if say.quiet else say.info,
-        on_epoch_end=on_epoch_end,
+        on_epoch_end=run.on_epoch_end,
     )
-
-    # ---- evaluate: loss, perplexity and the unigram baseline on held-out tokens
     model.eval()
-    metrics = lm_metrics(
-        model,
-        splits,
-        evaluate_split=cfg.evaluate.split,
-        vocab_size=tokenizer.vocab_size,
-        batch_size=train_cfg.batch_size,
-    )
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-
-    # ---- package
-    hf = hf_manifest_section(spec, source, hf_config, task="causal_lm")
+    hf = hf_manifest_section(spec, data.source, data.hf_config, task="causal_lm")
     hf.update(
-        context_length=context_length,
+        context_length=own.context_length,
         chat_template=lm.chat_template,
         parameters={"trainable": trainable, "total": total},
         train_defaults_filled=filled,
     )
-    manifest = _manifest(loaded, hf, data, splits, block_size, fitted, train_cfg, tokenizer)
-    if data.pii is not None:
-        manifest["pii"] = data.pii
-    card = _card(cfg.name, cfg.description, manifest, metrics) + hf_card_section(hf)
-    ref, path = register_hf(
-        cfg,
-        model,
-        tokenizer,
-        hf,
-        manifest,
-        metrics,
-        card,
-        head={},
-        out_dir=out_dir,
-        say=say,
-        register=register,
+    language_model = HFLanguageModel(cfg.name, model, own.tokenizer, hf, generation=lm.generation)
+    return Fitted(language_model, result, {"hf": hf, "train": train_cfg})
+
+
+def evaluate(fitted: Fitted, data: Any, run: Run) -> Evaluation:
+    """Loss, perplexity and the unigram baseline on held-out tokens."""
+    from foundry.lm.metrics import lm_metrics
+
+    own = data.data
+    metrics = lm_metrics(
+        fitted.model.model,
+        own.splits,
+        evaluate_split=run.config.evaluate.split,
+        vocab_size=own.tokenizer.vocab_size,
+        batch_size=fitted.state["train"].batch_size,
     )
-    say.info(
-        f"{ref or cfg.name} — {metrics['split']} perplexity {metrics['perplexity']:.2f} "
+    return Evaluation(metrics)
+
+
+def package(fitted: Fitted, data: Any, evaluation: Evaluation, run: Run) -> PackageContents:
+    cfg, own, hf = run.config, data.data, fitted.state["hf"]
+    manifest = _manifest(run.loaded, hf, own, fitted.result, fitted.state["train"])
+    if own.data.pii is not None:
+        manifest["pii"] = own.data.pii
+    card = _card(cfg.name, cfg.description, manifest, evaluation.metrics) + hf_card_section(hf)
+    return hf_contents(fitted.model.model, own.tokenizer, hf, manifest, card, head={})
+
+
+def summarize(ref: str, fitted: Fitted, evaluation: Evaluation, run: Run) -> None:
+    metrics = evaluation.metrics
+    run.say.info(
+        f"{ref or run.config.name} — {metrics['split']} perplexity {metrics['perplexity']:.2f} "
         f"(unigram baseline {metrics['unigram_perplexity']:.2f}, {metrics['tokens']} tokens)"
-    )
-    return TrainResult(
-        model_ref=ref,
-        run_dir=out_dir,
-        metrics=metrics,
-        history=fitted.history,
-        best_epoch=fitted.best_epoch,
-        seconds=time.perf_counter() - started,
-        package_path=path,
     )
 
 
@@ -188,18 +185,12 @@ def context_length_of(hf_config: Any) -> int:
 
 
 def _manifest(
-    loaded: LoadedConfig,
-    hf: dict[str, Any],
-    data: Any,
-    splits: dict[str, Any],
-    block_size: int,
-    fitted: Any,
-    train_cfg: Any,
-    tokenizer: HFTokenizer,
+    loaded: LoadedConfig, hf: dict[str, Any], own: CausalData, fitted: Any, train_cfg: Any
 ) -> dict[str, Any]:
-    from foundry.lm.hf_pipeline import manifest_base
+    from foundry.data.fingerprint import file_fingerprint
+    from foundry.lm.data import DEFAULT_CHAT_TEMPLATE
 
-    cfg = loaded.config
+    cfg, data, splits, tokenizer = loaded.config, own.data, own.splits, own.tokenizer
     paths = [loaded.resolve(p) for p in (cfg.data.path, cfg.data.val_path, cfg.data.test_path)]
     return {
         **manifest_base(cfg, hf),
@@ -216,16 +207,9 @@ def _manifest(
             "kind": data.kind,
             "examples": {n: len(getattr(data, n)) for n in ("train", "val", "test")},
             "target_tokens": {n: splits[n].n_targets for n in ("train", "val", "test")},
-            "block_size": block_size,
+            "block_size": own.block_size,
         },
-        "training": {
-            "best_epoch": fitted.best_epoch,
-            "epochs_run": fitted.epochs_run,
-            "seconds": round(fitted.seconds, 3),
-            "stopped_early": fitted.stopped_early,
-            "best_metrics": fitted.best_metrics,
-            "train": train_cfg.model_dump(mode="json"),
-        },
+        "training": {**training_section(fitted), "train": train_cfg.model_dump(mode="json")},
     }
 
 

@@ -1,0 +1,219 @@
+"""Neural networks over encoded columns: `model.type` mlp, cnn, text (any architecture
+registered with `foundry.models.register_model`).
+
+prepare   data.load_splits → Preprocessor fitted on train → encoded train / val tensors
+fit       models.build_model (seeded) → DP-SGD layers if `train.privacy` → training.fit
+evaluate  evaluation.trust.assess: metrics, calibration, fairness, explanations
+package   weights (safetensors) + manifest (preprocessing state, schema, task) + card
+load      predictor.Predictor.from_package
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from foundry.families.interface import Evaluation, Fitted, PackageContents, Run
+from foundry.families.manifest import provenance, table_card, training_section
+from foundry.families.registry import register_family
+from foundry.models.registry import registered_models
+
+__all__ = ["NeuralFamily", "image_augmenter"]
+
+
+@dataclass
+class NeuralData:
+    splits: Any
+    """`data.dataset.Splits`: the scrubbed train / val / test frames."""
+    resolved: Any
+    """`ResolvedFeatures`: the inputs and target with their types."""
+    preprocessor: Any
+    train: dict[str, Any]
+    """Encoded training tensors (`data.schema.Encoded`)."""
+    val: dict[str, Any] | None
+    fingerprint: str
+    leakage: dict[str, Any] | None = None
+    """The manifest's `leakage` section (`data.dataset.check_leakage`); rank 0 only."""
+
+
+@register_family("neural", model_types=registered_models)
+class NeuralFamily:
+    """Tabular MLP, image CNN, text networks: one family, the architecture picked by
+    `model.type` from `foundry.models`' registry."""
+
+    name = "neural"
+    supports = frozenset({"explain", "calibration", "fairness", "compress", "privacy"})
+    """Optional hooks the conformance suite checks (see interface.py)."""
+
+    def prepare(self, run: Run) -> NeuralData:
+        from foundry.data import Preprocessor, fingerprint
+        from foundry.data.dataset import check_leakage, load_splits
+        from foundry.training import distributed
+
+        loaded, say = run.loaded, run.say
+        splits, resolved = load_splits(loaded, say)
+        # rank 0 alone: every rank reads the same rows and would print the same warnings
+        leakage = (check_leakage(loaded.config, splits, resolved, say)
+                   if distributed.is_main() else None)
+        image_columns = [f.name for f in resolved.inputs if f.type == "image"]
+        data_fingerprint = fingerprint(
+            pd.concat([splits.train, splits.val, splits.test], ignore_index=True),
+            image_columns=image_columns,
+            base_dir=loaded.base_dir,
+        )
+        say.info(
+            f"features: {len(resolved.inputs)} inputs → target '{resolved.target}' "
+            f"({resolved.target_type}); rows train/val/test = "
+            f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)}"
+        )
+        preprocessor = Preprocessor.fit(splits.train, resolved, base_dir=loaded.base_dir)
+        train_enc = preprocessor.transform(preprocessor.prepare(splits.train))
+        val_enc = preprocessor.transform(splits.val) if len(splits.val) else None
+        return NeuralData(splits, resolved, preprocessor, train_enc, val_enc, data_fingerprint,
+                          leakage)
+
+    def fit(self, data: NeuralData, train: Any, run: Run) -> Fitted:
+        import torch
+
+        from foundry.evaluation import compute_metrics
+        from foundry.models import build_model
+        from foundry.predictor import Predictor
+        from foundry.training import fit, n_outputs_for
+
+        cfg, say = run.config, run.say
+        task, schema = data.preprocessor.task, data.preprocessor.schema
+        n_outputs = n_outputs_for(train.loss, task)
+        torch.manual_seed(train.seed)  # weights are initialised from this seed
+        model = build_model(cfg.model, schema, n_outputs)
+        fixed_layers: list[str] = []
+        if train.privacy is not None:
+            from foundry.training.privacy import make_private_model
+
+            model, fixed_layers = make_private_model(model)
+            for change in fixed_layers:
+                say.warn(f"differential privacy: {change} (Opacus cannot train the original)")
+        result = fit(
+            model,
+            data.train,
+            data.val,
+            train,
+            task,
+            run.out_dir,
+            n_outputs=n_outputs,
+            resume=run.resume,
+            progress=run.progress and not say.quiet,
+            augment=image_augmenter(cfg, data.resolved),
+            metric_fn=lambda y, out: compute_metrics(task, y, out),
+            log=None if say.quiet else say.info,
+            on_epoch_end=run.on_epoch_end,
+        )
+        # The splits are scrubbed already, so this in-memory predictor has no scrubber.
+        predictor = Predictor(
+            model, data.preprocessor, task, {"features": data.resolved.to_dict()}, cfg.name
+        )
+        return Fitted(predictor, result, {"n_outputs": n_outputs, "fixed_layers": fixed_layers})
+
+    def evaluate(self, fitted: Fitted, data: NeuralData, run: Run) -> Evaluation:
+        from foundry.evaluation.trust import assess
+
+        cfg, say = run.config, run.say
+        eval_df, eval_name = data.splits.evaluation(cfg.evaluate.split)
+        if eval_name != cfg.evaluate.split:
+            say.warn(f"evaluate.split '{cfg.evaluate.split}' is empty; evaluating on {eval_name}")
+        assessment = assess(fitted.model, data.splits.val, eval_df, cfg, say)
+        return Evaluation(assessment.metrics, assessment.sections, assessment.predictor)
+
+    def package(
+        self, fitted: Fitted, data: NeuralData, evaluation: Evaluation, run: Run
+    ) -> PackageContents:
+        from foundry.training import distributed
+
+        cfg, say, result = run.config, run.say, fitted.result
+        preprocessor, splits = data.preprocessor, data.splits
+        manifest = {
+            **provenance(cfg),
+            "features": data.resolved.to_dict(),
+            "preprocessing": preprocessor.state_dict(),
+            "schema": preprocessor.schema.to_dict(),
+            "task": preprocessor.task.to_dict(),
+            "n_outputs": fitted.state["n_outputs"],
+            "fingerprint": data.fingerprint,
+            "data": {
+                "path": cfg.data.path,
+                "rows": {
+                    "train": len(splits.train),
+                    "val": len(splits.val),
+                    "test": len(splits.test),
+                },
+                # where relative data paths start: `foundry compress` reads the splits again
+                "base_dir": str(run.loaded.base_dir),
+            },
+            "training": {
+                **training_section(result),
+                # what the run occupied: its cost is seconds x machines x the hourly price
+                "processes": distributed.world_size(),
+                "machines": distributed.machines(),
+                "run_dir": str(run.out_dir),  # curves for `foundry report`, dashboard
+            },
+        }
+        if splits.pii is not None:
+            manifest["pii"] = splits.pii
+            manifest["pii_scrubber"] = splits.scrubber.state_dict()
+        if data.leakage is not None:
+            manifest["leakage"] = data.leakage
+        if result.privacy is not None:
+            manifest["privacy"] = {**result.privacy, "fixed_layers": fitted.state["fixed_layers"]}
+            say.info(
+                f"differential privacy: ε = {result.privacy['epsilon']:.3f} "
+                f"(δ = {result.privacy['delta']:.2g}) spent"
+            )
+        manifest.update(evaluation.sections)
+        return PackageContents(
+            weights=result.state_dict,
+            manifest=manifest,
+            # registered, the card is rendered from the manifest; a trial's package needs one
+            card=None if run.register else table_card(cfg, manifest, evaluation.metrics),
+        )
+
+    def summarize(self, ref: str, fitted: Fitted, evaluation: Evaluation, run: Run) -> None:
+        from foundry.economics import training_cost_line
+        from foundry.training import distributed
+
+        cfg, say = run.config, run.say
+        title = f"{ref or cfg.name} — {cfg.evaluate.split} metrics"
+        say.metrics(evaluation.metrics, fitted.model.task, title=title)
+        machines = distributed.machines()
+        say.info(training_cost_line(fitted.result.seconds, cfg.cost, machines=machines))
+
+    def load(self, package: Any, ref: str) -> Any:
+        from foundry.predictor import Predictor
+
+        return Predictor.from_package(package, ref=ref)
+
+    def outputs(self, model: Any, batch: pd.DataFrame) -> Any:
+        return model.outputs(batch)
+
+
+def image_augmenter(cfg: Any, resolved: Any):
+    """The training-batch hook for image augmentation, or None when nothing is enabled."""
+    from foundry.data import augment_images
+
+    images = [
+        f
+        for f in resolved.inputs
+        if f.type == "image"
+        and (f.image.augment.flip or f.image.augment.crop or f.image.augment.rotate)
+    ]
+    if not images:
+        return None
+
+    def augment(batch: dict, generator) -> dict:
+        out = dict(batch)
+        for f in images:
+            key = f"image:{f.name}"
+            out[key] = augment_images(batch[key], f.image.augment, generator)
+        return out
+
+    return augment
