@@ -14,9 +14,9 @@ from tests.data.compas_like import LEAKS, PERSONAL, compas_like
 
 from foundry.config.init import init_config
 from foundry.console import Reporter
+from foundry.data.dataset import Splits, check_leakage
 from foundry.data.infer import ResolvedFeatures
 from foundry.evaluation.card import build_card, render_card
-from foundry.data.dataset import Splits, check_leakage
 
 TARGET = "two_year_recid"
 
