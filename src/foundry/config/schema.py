@@ -705,6 +705,15 @@ class DistillConfig(Section):
     epochs: int | None = Field(None, ge=1)
     """Student training epochs; `None`: `train.epochs`."""
 
+    @model_validator(mode="after")
+    def _student_is_a_network(self) -> DistillConfig:
+        if isinstance(self.student, GBMConfig):
+            raise ValueError(
+                "student: distillation trains a network on the teacher's outputs; a gbm "
+                "student cannot be trained that way (use type: mlp)"
+            )
+        return self
+
 
 class CompressConfig(Section):
     """`foundry compress` / the compress stage of `foundry run`: variants of a trained

@@ -1,0 +1,110 @@
+"""`model: {type: gbm}` with its defaults against LightGBM's own defaults, on the same
+rows: accuracy (R² for regression) on the test split and fit seconds, mean over split
+seeds.
+
+    python benchmarks/gbm_defaults.py [--seeds 3]
+
+foundry's gbm trains on the train split and stops early on the val split (up to 1,000
+rounds); LightGBM's defaults (`LGBMClassifier()` / `LGBMRegressor()`: 100 rounds, no
+early stopping) train on train + val, so neither sees the test rows and the baseline
+sees more rows. Both are given one thread (see `threads_for` in
+foundry/families/gbm/booster.py); fit seconds are the booster's training only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def datasets() -> dict[str, tuple[pd.DataFrame, str]]:
+    from palmerpenguins import load_penguins
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
+
+    out = {}
+    for name, loader in (("breast_cancer", load_breast_cancer), ("wine", load_wine),
+                         ("digits", load_digits), ("diabetes", load_diabetes)):
+        frame = loader(as_frame=True).frame
+        out[name] = (frame, "target")
+    out["penguins"] = (load_penguins().drop(columns=["year"]), "species")
+    return out
+
+
+def run(seeds: int) -> list[dict]:
+    import lightgbm as lgb
+
+    import foundry
+    from foundry.config.schema import SplitConfig
+    from foundry.data import split_frame
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (df, target) in datasets().items():
+            regression = name == "diabetes"
+            path = Path(tmp) / f"{name}.csv"
+            df.to_csv(path, index=False)
+            for seed in range(seeds):
+                split = {"seed": seed}
+                config = {
+                    "name": f"bench-{name}",
+                    "data": {"path": str(path), "split": split},
+                    "features": {"target": target,
+                                 **({"target_type": "category"} if not regression else {})},
+                    "model": {"type": "gbm"},
+                    "train": {"num_threads": 1},
+                    "evaluate": {"split": "test", "explain": {"permutation_importance": False}},
+                    "output_dir": str(Path(tmp) / "runs"),
+                }
+                result = foundry.train(config, progress=False, quiet=True, register=False)
+                ours = result.metrics["r2" if regression else "accuracy"]
+                manifest = json.loads((result.package_path / "foundry.json").read_text())
+                fit_s = manifest["training"]["seconds"]
+                train, val, test = split_frame(
+                    pd.read_csv(path), SplitConfig(seed=seed), None if regression else target
+                )
+                fit = pd.concat([train, val])
+                x_cols = [c for c in fit.columns if c != target]
+                model = (lgb.LGBMRegressor if regression else lgb.LGBMClassifier)(
+                    n_jobs=1, verbose=-1
+                )
+                xf, xt = _native(fit[x_cols]), _native(test[x_cols])
+                started = time.perf_counter()
+                model.fit(xf, fit[target])
+                base_s = time.perf_counter() - started
+                pred = model.predict(xt)
+                if regression:
+                    from sklearn.metrics import r2_score
+
+                    base = r2_score(test[target], pred)
+                else:
+                    base = float(np.mean(pred == test[target].to_numpy()))
+                rows.append({"dataset": name, "seed": seed, "foundry_gbm": ours,
+                             "lightgbm_defaults": base, "foundry_fit_s": fit_s,
+                             "lightgbm_fit_s": base_s})
+    return rows
+
+
+def _native(x: pd.DataFrame) -> pd.DataFrame:
+    """Text columns as pandas categories: LightGBM's own native categorical path."""
+    return x.apply(lambda c: c if pd.api.types.is_numeric_dtype(c) else c.astype("category"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, default=3)
+    args = parser.parse_args()
+    frame = pd.DataFrame(run(args.seeds))
+    summary = frame.groupby("dataset")[
+        ["foundry_gbm", "lightgbm_defaults", "foundry_fit_s", "lightgbm_fit_s"]
+    ].mean()
+    print(summary.round(4).to_string())
+
+
+if __name__ == "__main__":
+    main()
