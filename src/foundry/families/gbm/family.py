@@ -195,6 +195,9 @@ class GBMFamily:
                 "processes": 1,  # LightGBM's threads, on one machine
                 "machines": 1,
                 "run_dir": str(run.out_dir),
+                # the card's training table: boosting settings, in rounds (not epochs)
+                "unit": "round",
+                "settings": _card_settings(cfg.model, fitted.state["params"]),
             },
             "gbm": {
                 "file": MODEL_FILE,
@@ -310,6 +313,16 @@ def lightgbm_params(
         # LightGBM's documented recipe for repeatable results: fixed row-wise histograms.
         params.update(deterministic=True, force_row_wise=True)
     return params, task.n_classes if objective == "multiclass" else 1
+
+
+def _card_settings(model: Any, params: dict[str, Any]) -> dict[str, Any]:
+    keys = ("n_estimators", "early_stopping_rounds", "learning_rate", "num_leaves",
+            "min_child_samples", "feature_fraction", "lambda_l1", "lambda_l2", "class_weight")
+    settings = {k: getattr(model, k) for k in keys}
+    settings["class_weight"] = json.dumps(settings["class_weight"]) \
+        if isinstance(settings["class_weight"], dict) else settings["class_weight"]
+    return {"objective": params["objective"], **settings, "seed": params["seed"],
+            "threads": params["num_threads"]}
 
 
 def class_weights(setting: Any, y: np.ndarray, task: Any) -> np.ndarray | None:
