@@ -386,7 +386,7 @@ class GBMConfig(Section):
     training vocabulary), missing numbers as missing (LightGBM learns which way they go).
     The defaults are LightGBM's own, plus early stopping on the validation split. The
     `train` section's `seed` and `num_threads` apply (`None`: one LightGBM thread per
-    50,000 training rows; more threads only slow small tables down); its network
+    50,000 training rows: more threads slow small tables down); its network
     settings (epochs, batch size, optimizer, loss) do not."""
     objective: Literal[
         "auto", "binary", "multiclass", "regression", "regression_l1", "huber"

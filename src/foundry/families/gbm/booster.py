@@ -75,11 +75,10 @@ class BoosterModel:
 def threads_for(n_rows: int) -> int:
     """LightGBM threads when `train.num_threads` is not set: one per 50,000 rows, up to
     the cores. OpenMP threads spin while they wait, so on small tables more threads are
-    slower, and on a busy machine far slower: 455 rows x 30 columns, 188 rounds took
-    0.53 s on 1 thread, 6.6 s on 2 and 46 s on LightGBM's default, on a shared 2-core
-    machine. Prediction takes the same rule: an API batch of a few rows runs on one.
-    (Not a benchmark: the reason the default is not LightGBM's all-cores.)"""
-
+    slower, and on a busy machine far slower (`benchmarks/gbm_defaults.py --threads`:
+    569 rows, 188 rounds, 0.30 s on 1 thread vs 2.5 s on 2 on a loaded 2-core machine).
+    Prediction takes the same rule: an API batch of a few rows runs on one thread.
+    """
     return max(1, min(os.cpu_count() or 1, n_rows // 50_000))
 
 
