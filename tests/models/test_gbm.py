@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -204,6 +203,7 @@ def test_cli_trains_breast_cancer_and_a_real_server_serves_it(tmp_path):
     loaded model does."""
     from sklearn.datasets import load_breast_cancer
     from tests.serve.serve_app_support import assert_matches, bearer
+    from tests.serve.test_serve_process import _wait_ready
 
     from foundry.serve.gate import Gate
     from foundry.serve.loadtest import free_port
@@ -266,16 +266,3 @@ def test_cli_trains_breast_cancer_and_a_real_server_serves_it(tmp_path):
     assert body["method"] == "tree_shap" and len(body["rows"]) == 2
     assert len(body["rows"][0]["attributions"]) == 30
 
-
-def _wait_ready(proc: subprocess.Popen, url: str, log_path: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"server not ready after {timeout} s:\n{log_path.read_text()}")
