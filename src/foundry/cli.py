@@ -365,10 +365,12 @@ def explain(
 
     console = Console()
     explanations = result.explanations
-    console.print(
-        f"{result.model_ref}: integrated gradients ({explanations['steps']} steps) of "
-        f"{explanations['output']}"
+    method = (
+        f"integrated gradients ({explanations['steps']} steps)"
+        if explanations["method"] == "integrated_gradients"
+        else "exact TreeSHAP contributions"  # gbm
     )
+    console.print(f"{result.model_ref}: {method} of {explanations['output']}")
     for table in attribution_tables(explanations, result.frame, top=top):
         console.print(table)
     if result.importance is not None:

@@ -20,6 +20,7 @@ CASES = {
     "linear_regression": ("line", "r2", 0.98),
     "penguins": ("penguins", "accuracy", 0.93),
     "penguins_tune": ("penguins", "accuracy", 0.93),
+    "penguins_gbm": ("penguins", "accuracy", 0.93),
     "reviews_text": ("reviews", "accuracy", 0.85),
 }
 

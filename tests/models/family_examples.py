@@ -134,6 +134,43 @@ def text(root: Path) -> Example:
     return Example(config, batch, "predict", bad=pd.DataFrame({"x": [1]}), bad_match="review")
 
 
+def gbm(root: Path) -> Example:
+    """LightGBM over the same table, with missing numbers (NaN, which trees take as they
+    are), a category column (native categorical) and fairness mitigation (the group
+    thresholds apply to served predictions too)."""
+    path = _table(root)
+    df = pd.read_csv(path)
+    df.loc[::7, "age"] = np.nan
+    df.to_csv(path, index=False)
+    rows = df.drop(columns=["tier"]).head(8)
+    config = {
+        **_common(root, "conf-gbm"),
+        "data": {"path": str(path)},
+        "features": {"target": "tier"},
+        "model": {"type": "gbm", "n_estimators": 40, "min_child_samples": 5},
+        "evaluate": {
+            "fairness": {
+                "sensitive_features": ["group"],
+                "mitigation": {"constraint": "demographic_parity", "tolerance": 0.2},
+            }
+        },
+    }
+    # JSON has no NaN: a missing number is sent as null
+    records = [
+        {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+        for r in rows.to_dict("records")
+    ]
+    return Example(
+        config,
+        rows,
+        "predict",
+        bad=rows.assign(age="old"),
+        bad_match="age",
+        checks=("fairness", "explain", "calibration"),
+        records=records,
+    )
+
+
 def _corpus(root: Path) -> Path:
     rng = random.Random(0)
     subjects, verbs = ["the cat", "a dog", "the owl"], ["sat on", "ran to", "looked at"]
@@ -223,6 +260,7 @@ EXAMPLES: dict[str, Callable[[Path], Example]] = {
     "mlp": mlp,
     "cnn": cnn,
     "text": text,
+    "gbm": gbm,
     "gpt": gpt,
     "hf-classifier": hf_classifier,
     "hf-lora": hf_lora,

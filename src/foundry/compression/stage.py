@@ -130,6 +130,15 @@ def compress(
             "handles mlp, cnn, text and gpt models",
             hint="serve it as it is, or train a smaller model",
         )
+    from foundry.families import family_of_package
+
+    family = family_of_package(manifest)
+    if "compress" not in getattr(family, "supports", frozenset()):  # gbm: it says why
+        raise ModelError(
+            f"model {record.ref} has no compressed variant: "
+            + getattr(family, "why_not_compress", "its model family cannot be compressed"),
+            hint=getattr(family, "smaller_model_hint", "serve it as it is"),
+        )
     done = (manifest.get("compression") or {}).get("method")
     if done in ("int8", "onnx", "onnx_int8"):
         raise ModelError(

@@ -416,8 +416,67 @@ class HFModelConfig(Section):
     """Hub revision (branch, tag or commit) to pin."""
 
 
+class GBMConfig(Section):
+    type: Literal["gbm"] = "gbm"
+    """Gradient-boosted decision trees (LightGBM) over number, binary and category
+    features: categories go in as LightGBM's native categorical features (codes of the
+    training vocabulary), missing numbers as missing (LightGBM learns which way they go).
+    The defaults are LightGBM's own, plus early stopping on the validation split. The
+    `train` section's `seed` and `num_threads` apply (`None`: one LightGBM thread per
+    50,000 training rows: more threads slow small tables down); its network
+    settings (epochs, batch size, optimizer, loss) do not."""
+    objective: Literal[
+        "auto", "binary", "multiclass", "regression", "regression_l1", "huber"
+    ] = "auto"
+    """`auto`: `binary` (log loss) for two classes, `multiclass` (softmax) for more,
+    `regression` (L2) for a number target; `regression_l1` and `huber` are the robust
+    regression losses."""
+    n_estimators: int = Field(1000, ge=1)
+    """Most boosting rounds (LightGBM's `num_boost_round`); early stopping usually ends
+    far sooner. Without a validation split every round is trained."""
+    early_stopping_rounds: int | None = Field(50, ge=1)
+    """Stop when the validation loss has not improved for this many rounds and keep the
+    best round; `None` trains all `n_estimators` rounds."""
+    learning_rate: float = Field(0.1, gt=0)
+    """Shrinkage applied to each tree (smaller: more rounds, often a little better)."""
+    num_leaves: int = Field(31, ge=2, le=131072)
+    """Most leaves per tree: the main capacity setting."""
+    max_depth: int = Field(-1, ge=-1)
+    """Deepest tree; -1: no limit (num_leaves bounds the tree instead)."""
+    min_child_samples: int = Field(20, ge=1)
+    """Fewest training rows in a leaf (LightGBM's `min_data_in_leaf`)."""
+    feature_fraction: float = Field(1.0, gt=0, le=1)
+    """Fraction of the inputs each tree may split on (column subsampling)."""
+    bagging_fraction: float = Field(1.0, gt=0, le=1)
+    """Fraction of the training rows each bagging round draws (needs bagging_freq > 0)."""
+    bagging_freq: int = Field(0, ge=0)
+    """Redraw the bagging sample every this many rounds; 0: no bagging."""
+    lambda_l1: float = Field(0.0, ge=0)
+    """L1 penalty on leaf values."""
+    lambda_l2: float = Field(0.0, ge=0)
+    """L2 penalty on leaf values."""
+    class_weight: Literal["balanced"] | dict[str, Annotated[float, Field(gt=0)]] | None = None
+    """Classification: weight each training row by its class. `balanced`: rows / (classes
+    x rows of the class), so every class weighs the same in total; a map `{class label:
+    weight}` (unlisted classes weigh 1); `None`: every row weighs 1."""
+    max_cat_to_onehot: int = Field(4, ge=1)
+    """Category inputs with at most this many values are split one-vs-rest; larger ones
+    by LightGBM's sorted-gradient partition."""
+    seed: int | None = None
+    """Seed of LightGBM's sampling (bagging, feature fraction); `None`: `train.seed`."""
+
+    @model_validator(mode="after")
+    def _bagging_needs_a_frequency(self) -> GBMConfig:
+        if self.bagging_fraction < 1 and self.bagging_freq == 0:
+            raise ValueError(
+                "bagging_fraction < 1 has no effect while bagging_freq is 0; "
+                "set bagging_freq (e.g. 1) to draw a new sample every round"
+            )
+        return self
+
+
 ModelConfig = Annotated[
-    MLPConfig | CNNConfig | TextModelConfig | GPTConfig | HFModelConfig,
+    MLPConfig | CNNConfig | TextModelConfig | GPTConfig | HFModelConfig | GBMConfig,
     Field(discriminator="type"),
 ]
 
@@ -682,6 +741,15 @@ class DistillConfig(Section):
     """Softens both distributions before they are compared (Hinton et al. use 2-20)."""
     epochs: int | None = Field(None, ge=1)
     """Student training epochs; `None`: `train.epochs`."""
+
+    @model_validator(mode="after")
+    def _student_is_a_network(self) -> DistillConfig:
+        if isinstance(self.student, GBMConfig):
+            raise ValueError(
+                "student: distillation trains a network on the teacher's outputs; a gbm "
+                "student cannot be trained that way (use type: mlp)"
+            )
+        return self
 
 
 class CompressConfig(Section):
@@ -1066,7 +1134,7 @@ class FoundryConfig(Section):
     features: FeaturesConfig = FeaturesConfig()
     """What to predict and from which columns (language models on a corpus need none)."""
     model: ModelConfig = MLPConfig()
-    """Architecture; `type` picks one of mlp, cnn, text, gpt, hf."""
+    """Architecture; `type` picks one of mlp, cnn, text, gpt, hf, gbm."""
     lm: LMConfig = LMConfig()
     """Language models only: corpus / instruction columns, chat template, generation."""
     train: TrainConfig = TrainConfig()
@@ -1101,7 +1169,9 @@ class FoundryConfig(Section):
 
     @model_validator(mode="after")
     def _privacy_only_for_our_models(self) -> FoundryConfig:
-        if self.train.privacy is not None and isinstance(self.model, GPTConfig | HFModelConfig):
+        if self.train.privacy is not None and isinstance(
+            self.model, GPTConfig | HFModelConfig | GBMConfig
+        ):
             raise ValueError(
                 f"train.privacy: differentially private training is built for mlp, cnn and "
                 f"text models, not for model type '{self.model.type}'; remove train.privacy "

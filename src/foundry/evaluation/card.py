@@ -246,8 +246,11 @@ def _training(manifest: dict[str, Any], config: dict[str, Any]) -> dict[str, Any
         summary[key] = _clean(value)
     summary["private"] = manifest.get("privacy") is not None
     done = manifest.get("training") or {}
+    if isinstance(done.get("settings"), dict):  # a family that does not train by epochs
+        summary = {"architecture": summary["architecture"], **_clean(done["settings"])}
     return {
         "summary": summary,
+        "unit": done.get("unit", "epoch"),
         "best_epoch": _clean(done.get("best_epoch")),
         "epochs_run": _clean(done.get("epochs_run")),
         "seconds": _clean(done.get("seconds")),
@@ -606,8 +609,8 @@ def _render_training(training: dict[str, Any]) -> list[str]:
     s = training["summary"]
     rows = [(k.replace("_", " "), v) for k, v in s.items() if v is not None]
     rows += [
-        ("epochs run", training["epochs_run"]),
-        ("best epoch", training["best_epoch"]),
+        (f"{training.get('unit', 'epoch')}s run", training["epochs_run"]),
+        (f"best {training.get('unit', 'epoch')}", training["best_epoch"]),
         ("stopped early", training["stopped_early"]),
         ("training time", None if training["seconds"] is None else f"{training['seconds']:.1f} s"),
     ]

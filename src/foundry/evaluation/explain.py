@@ -2,7 +2,9 @@
 for one row (local).
 
     permutation_importance(predictor, val_df)   # drop in the main metric per shuffled column
-    explain(predictor, df, steps=50)            # Integrated Gradients (Captum) per row
+    explain(predictor, df, steps=50)            # Integrated Gradients (Captum) per row;
+                                                # a model with `local_explainer` (gbm:
+                                                # TreeSHAP) answers in the same format
     Explainer(predictor).explain_records(recs)  # the same for API records (the /explain route)
     explain_file("adult:3", "rows.csv")         # what `foundry explain` calls
 
@@ -196,8 +198,12 @@ class Explainer:
             )
         self.predictor = predictor
         self.task = predictor.task
-        if hasattr(predictor, "preprocessor"):
-            self._network: _FoundryNetwork | _HFTextNetwork = _FoundryNetwork(predictor)
+        # A model that explains itself (gbm: exact TreeSHAP) has `local_explainer`.
+        own = getattr(getattr(predictor, "model", None), "local_explainer", None)
+        if own is not None:
+            self._network: Any = own(predictor)
+        elif hasattr(predictor, "preprocessor"):
+            self._network = _FoundryNetwork(predictor)
         elif hasattr(predictor, "text_column"):
             self._network = _HFTextNetwork(predictor)
         else:
@@ -252,6 +258,8 @@ class Explainer:
         if steps < 2:
             raise DataError(f"steps must be at least 2, got {steps}")
         fixed = self.target_index(target)
+        if hasattr(self._network, "explain_encoded"):  # its own method, no integral
+            return self._network.explain_encoded(encoded, predicted, fixed)
         classes = [str(c) for c in self.task.classes]
         net = self._network
         rows: list[dict[str, Any]] = []

@@ -1,0 +1,392 @@
+"""Gradient-boosted trees on LightGBM: `model.type: gbm`.
+
+prepare   data.load_splits → Preprocessor fitted on train (vocabularies, target) →
+          NativeInputs: one float64 matrix, categories as codes, missing numbers NaN
+fit       lgb.train on the training split, early stopping on the validation split's
+          loss; per-round records in metrics.jsonl (what `foundry tune` prunes on)
+evaluate  evaluation.trust.assess: metrics, calibration, fairness, importance
+package   model.txt (LightGBM's text format) with its sha256 in foundry.json, plus the
+          preprocessing state, schema and task a neural package has (no weights)
+load      Predictor(BoosterModel, NativeInputs): predict / predict_proba / labelled
+          outputs / serving / explanations (TreeSHAP) as for any table model
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from foundry.errors import ConfigError, ModelError
+from foundry.families.gbm.booster import MODEL_FILE, BoosterModel, sha256_text, threads_for
+from foundry.families.interface import Evaluation, Fitted, PackageContents, Run
+from foundry.families.manifest import provenance, table_card, training_section
+from foundry.families.registry import register_family
+
+__all__ = ["GBMFamily", "lightgbm_params"]
+
+_LOSS = {
+    "binary": ("binary_logloss", "binary_error"),
+    "multiclass": ("multi_logloss", "multi_error"),
+}
+"""objective → (the loss early stopping watches, the error rate logged beside it);
+regression objectives watch l2 (`val_loss` is then the MSE on the standardised target,
+as the neural family's)."""
+
+
+@dataclass
+class GBMData:
+    splits: Any
+    resolved: Any
+    inputs: Any
+    """`NativeInputs` fitted on the training split."""
+    train: dict[str, Any]
+    val: dict[str, Any] | None
+    fingerprint: str
+    leakage: dict[str, Any] | None = None
+    """The manifest's `leakage` section (`data.dataset.check_leakage`)."""
+
+
+@register_family("gbm")
+class GBMFamily:
+    """LightGBM boosters over number, binary and category columns."""
+
+    name = "gbm"
+    supports = frozenset({"explain", "calibration", "fairness"})
+    """No `compress` (`why_not_compress`); no `privacy`: DP-SGD trains networks."""
+    why_not_compress = (
+        "foundry compress's methods act on a network's layers (int8 Linear layers, an "
+        "ONNX export of the PyTorch graph, pruning neurons, distilling into a smaller "
+        "network) and a LightGBM booster has none; an ONNX Runtime tree-ensemble variant "
+        "is not built because it has not been measured to be faster"
+    )
+    smaller_model_hint = (
+        "a smaller, faster booster has fewer or smaller trees: train again with a lower "
+        "model.n_estimators or model.num_leaves, or a larger model.learning_rate"
+    )
+
+    def prepare(self, run: Run) -> GBMData:
+        from foundry.data import Preprocessor, fingerprint
+        from foundry.data.dataset import check_leakage, load_splits
+        from foundry.families.gbm.inputs import NativeInputs, check_inputs
+
+        say = run.say
+        splits, resolved = load_splits(run.loaded, say)
+        check_inputs(resolved)  # before fitting anything on a text or image column
+        leakage = check_leakage(run.config, splits, resolved, say)
+        data_fingerprint = fingerprint(
+            pd.concat([splits.train, splits.val, splits.test], ignore_index=True)
+        )
+        say.info(
+            f"features: {len(resolved.inputs)} inputs → target '{resolved.target}' "
+            f"({resolved.target_type}); rows train/val/test = "
+            f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)}"
+        )
+        inputs = NativeInputs(Preprocessor.fit(splits.train, resolved))
+        train = inputs.transform(inputs.prepare(splits.train))
+        val = inputs.transform(splits.val) if len(splits.val) else None
+        return GBMData(splits, resolved, inputs, train, val, data_fingerprint, leakage)
+
+    def fit(self, data: GBMData, train: Any, run: Run) -> Fitted:
+        import lightgbm as lgb
+
+        from foundry.predictor import Predictor
+        from foundry.training.loop import FitResult
+
+        cfg, say = run.config, run.say
+        task = data.inputs.task
+        x, y = data.train["features"].numpy(), data.train["target"].numpy()
+        params, n_outputs = lightgbm_params(cfg.model, train, task, len(x))
+        weight = class_weights(cfg.model.class_weight, y, task)
+        # Generic feature names: LightGBM refuses some characters in names, and column j
+        # is input j of the manifest anyway.
+        names = [f"f{j}" for j in range(x.shape[1])]
+        dataset = lgb.Dataset(
+            x, label=y, weight=weight, feature_name=names,
+            categorical_feature=data.inputs.categorical, free_raw_data=False,
+        )
+        valid_sets, valid_names, callbacks = [dataset], ["train"], []
+        if data.val is not None:
+            val = lgb.Dataset(
+                data.val["features"].numpy(), label=data.val["target"].numpy(),
+                reference=dataset,
+            )
+            valid_sets, valid_names = [dataset, val], ["train", "val"]
+            if cfg.model.early_stopping_rounds is not None:
+                callbacks.append(
+                    lgb.early_stopping(
+                        cfg.model.early_stopping_rounds, first_metric_only=True, verbose=False
+                    )
+                )
+        else:
+            say.warn("gbm: no validation split, so no early stopping: every round is trained")
+        history: list[dict[str, Any]] = []
+        callbacks.append(_recorder(history, task, run))
+        started = time.perf_counter()
+        booster = lgb.train(
+            params,
+            dataset,
+            num_boost_round=cfg.model.n_estimators,
+            valid_sets=valid_sets,
+            valid_names=valid_names,
+            callbacks=callbacks,
+        )
+        seconds = time.perf_counter() - started
+        rounds = len(history)  # the booster keeps only the best round's trees
+        best = booster.best_iteration or rounds
+        say.info(
+            f"gbm: {rounds} rounds trained, best {best} kept ({booster.num_trees()} trees) "
+            f"in {seconds:.2f} s on {params['num_threads']} thread(s)"
+        )
+        # The in-memory model is the packaged text read back: "fit → package → load gives
+        # the same outputs" holds by construction (the text keeps the best round's trees).
+        model = BoosterModel.from_string(booster.model_to_string(), n_outputs)
+        result = FitResult(
+            history=history,
+            best_epoch=best,
+            best_metrics=history[best - 1] if history else {},
+            stopped_early=rounds < cfg.model.n_estimators,
+            state_dict={},
+            seconds=seconds,
+            epochs_run=rounds,
+        )
+        # The splits are scrubbed already, so this in-memory predictor has no scrubber.
+        predictor = Predictor(
+            model, data.inputs, task, {"features": data.resolved.to_dict(),
+                                       "n_outputs": n_outputs}, cfg.name,
+        )
+        return Fitted(predictor, result, {"n_outputs": n_outputs, "params": params})
+
+    def evaluate(self, fitted: Fitted, data: GBMData, run: Run) -> Evaluation:
+        from foundry.evaluation.trust import assess
+
+        cfg, say = run.config, run.say
+        eval_df, eval_name = data.splits.evaluation(cfg.evaluate.split)
+        if eval_name != cfg.evaluate.split:
+            say.warn(f"evaluate.split '{cfg.evaluate.split}' is empty; evaluating on {eval_name}")
+        assessment = assess(fitted.model, data.splits.val, eval_df, cfg, say)
+        return Evaluation(assessment.metrics, assessment.sections, assessment.predictor)
+
+    def package(
+        self, fitted: Fitted, data: GBMData, evaluation: Evaluation, run: Run
+    ) -> PackageContents:
+        import lightgbm as lgb
+
+        cfg, result, splits = run.config, fitted.result, data.splits
+        text = fitted.model.model.to_string()
+        manifest = {
+            **provenance(cfg, lightgbm=lgb.__version__),
+            "features": data.resolved.to_dict(),
+            "preprocessing": data.inputs.state_dict(),
+            "schema": data.inputs.schema.to_dict(),
+            "task": data.inputs.task.to_dict(),
+            "n_outputs": fitted.state["n_outputs"],
+            "fingerprint": data.fingerprint,
+            "data": {
+                "path": cfg.data.path,
+                "rows": {"train": len(splits.train), "val": len(splits.val),
+                         "test": len(splits.test)},
+                "base_dir": str(run.loaded.base_dir),
+            },
+            "training": {
+                **training_section(result),
+                "processes": 1,  # LightGBM's threads, on one machine
+                "machines": 1,
+                "run_dir": str(run.out_dir),
+                # the card's training table: boosting settings, in rounds (not epochs)
+                "unit": "round",
+                "settings": _card_settings(cfg.model, fitted.state["params"]),
+            },
+            "gbm": {
+                "file": MODEL_FILE,
+                "sha256": sha256_text(text),
+                "trees": fitted.model.model.booster.num_trees(),
+                "best_iteration": result.best_epoch,
+                "params": fitted.state["params"],
+            },
+        }
+        if splits.pii is not None:
+            manifest["pii"] = splits.pii
+            manifest["pii_scrubber"] = splits.scrubber.state_dict()
+        if data.leakage is not None:
+            manifest["leakage"] = data.leakage
+        manifest.update(evaluation.sections)
+        return PackageContents(
+            weights={},
+            manifest=manifest,
+            card=None if run.register else table_card(cfg, manifest, evaluation.metrics),
+            files={MODEL_FILE: text.encode("utf-8")},
+        )
+
+    def summarize(self, ref: str, fitted: Fitted, evaluation: Evaluation, run: Run) -> None:
+        from foundry.economics import training_cost_line
+
+        cfg, say = run.config, run.say
+        title = f"{ref or cfg.name} — {cfg.evaluate.split} metrics"
+        say.metrics(evaluation.metrics, fitted.model.task, title=title)
+        say.info(training_cost_line(fitted.result.seconds, cfg.cost))
+
+    def load(self, package: Any, ref: str) -> Any:
+        from foundry.families.gbm.inputs import NativeInputs
+        from foundry.predictor import Predictor, trust_state
+
+        manifest = package.manifest
+        try:
+            from foundry.data.schema import TaskInfo
+
+            entry = manifest["gbm"]
+            task = TaskInfo.from_dict(manifest["task"])
+            inputs = NativeInputs.from_state(manifest["preprocessing"])
+            n_outputs = int(manifest["n_outputs"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(
+                f"{package.path}/foundry.json is not a gbm model manifest ({exc})"
+            ) from None
+        path = package.path / entry.get("file", MODEL_FILE)
+        if not path.is_file():
+            raise ModelError(f"model package {package.path} is missing {path.name}")
+        text = path.read_bytes().decode("utf-8")
+        if sha256_text(text) != entry.get("sha256"):
+            raise ModelError(
+                f"{path} does not match the sha256 in foundry.json: the package was "
+                "changed or damaged after it was written",
+                hint="register the model again (foundry train) or restore the package",
+            )
+        model = BoosterModel.from_string(text, n_outputs)
+        name = manifest.get("name") or (manifest.get("config") or {}).get("name", "model")
+        return Predictor(
+            model, inputs, task, manifest, ref or f"{name}:{manifest.get('version')}",
+            **trust_state(manifest),
+        )
+
+    def outputs(self, model: Any, batch: pd.DataFrame) -> Any:
+        return model.outputs(batch)
+
+
+def lightgbm_params(
+    model: Any, train: Any, task: Any, n_rows: int
+) -> tuple[dict[str, Any], int]:
+    """LightGBM's parameters for a `GBMConfig` (and the train section's seed and
+    threads) on `task` with `n_rows` training rows, and the raw scores per row the
+    booster will give."""
+    objective = model.objective
+    if objective == "auto":
+        objective = (
+            "regression" if not task.is_classification
+            else "binary" if task.n_classes == 2 else "multiclass"
+        )
+    if task.is_classification != (objective in _LOSS):
+        kind = f"classification ({task.n_classes} classes)" if task.is_classification \
+            else "regression"
+        raise ConfigError(
+            f"model.objective '{objective}' does not fit target '{task.target}', a "
+            f"{kind} task",
+            hint="leave model.objective at auto to pick it from the target",
+        )
+    if objective == "binary" and task.n_classes != 2:
+        raise ConfigError(
+            f"model.objective binary needs two classes; '{task.target}' has "
+            f"{task.n_classes}",
+            hint="use multiclass, or auto",
+        )
+    loss, error = _LOSS.get(objective, ("l2", None))
+    params: dict[str, Any] = {
+        "objective": objective,
+        "metric": [loss, *([error] if error else [])],
+        "learning_rate": model.learning_rate,
+        "num_leaves": model.num_leaves,
+        "max_depth": model.max_depth,
+        "min_data_in_leaf": model.min_child_samples,
+        "feature_fraction": model.feature_fraction,
+        "bagging_fraction": model.bagging_fraction,
+        "bagging_freq": model.bagging_freq,
+        "lambda_l1": model.lambda_l1,
+        "lambda_l2": model.lambda_l2,
+        "max_cat_to_onehot": model.max_cat_to_onehot,
+        "seed": model.seed if model.seed is not None else train.seed,
+        "verbosity": -1,
+    }
+    if objective == "multiclass":
+        params["num_class"] = task.n_classes
+    params["num_threads"] = train.num_threads or threads_for(n_rows)
+    if train.deterministic:
+        # LightGBM's documented recipe for repeatable results: fixed row-wise histograms.
+        params.update(deterministic=True, force_row_wise=True)
+    return params, task.n_classes if objective == "multiclass" else 1
+
+
+def _card_settings(model: Any, params: dict[str, Any]) -> dict[str, Any]:
+    keys = ("n_estimators", "early_stopping_rounds", "learning_rate", "num_leaves",
+            "min_child_samples", "feature_fraction", "lambda_l1", "lambda_l2", "class_weight")
+    settings = {k: getattr(model, k) for k in keys}
+    settings["class_weight"] = json.dumps(settings["class_weight"]) \
+        if isinstance(settings["class_weight"], dict) else settings["class_weight"]
+    return {"objective": params["objective"], **settings, "seed": params["seed"],
+            "threads": params["num_threads"]}
+
+
+def class_weights(setting: Any, y: np.ndarray, task: Any) -> np.ndarray | None:
+    """Per-row training weights from `model.class_weight` (None: unweighted)."""
+    if setting is None:
+        return None
+    if not task.is_classification:
+        raise ConfigError(
+            "model.class_weight needs a classification target; "
+            f"'{task.target}' is a number", hint="remove model.class_weight",
+        )
+    classes = [str(c) for c in task.classes]
+    if setting == "balanced":
+        counts = np.bincount(y.astype(np.int64), minlength=len(classes)).astype(np.float64)
+        per_class = len(y) / (len(classes) * np.maximum(counts, 1.0))
+    else:
+        unknown = sorted(set(setting) - set(classes))
+        if unknown:
+            raise ConfigError(
+                f"model.class_weight: {unknown} are not classes of '{task.target}' "
+                f"(classes: {', '.join(classes)})"
+            )
+        per_class = np.array([float(setting.get(c, 1.0)) for c in classes])
+    return per_class[y.astype(np.int64)]
+
+
+def _recorder(history: list[dict[str, Any]], task: Any, run: Run):
+    """A LightGBM callback: one record per round in `history` and metrics.jsonl, as the
+    neural loop writes per epoch (`epoch` = round, `train_loss`, `val_loss`,
+    `val_accuracy` or `val_rmse`), every `every`-th handed to `run.on_epoch_end`
+    (tune's pruner)."""
+    # A tune trial reports to Optuna's database in on_epoch_end (~55 ms a report here on
+    # SQLite): every round of a 1,000-round ceiling made a penguins trial take 40 s
+    # instead of 1 s, so at most ~50 reports per run, every `every` rounds.
+    every = max(1, run.config.model.n_estimators // 50)
+    path = run.out_dir / "metrics.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    started = time.perf_counter()
+
+    def record(env: Any) -> None:
+        entry: dict[str, Any] = {"epoch": env.iteration + 1}
+        for split, metric, value, _ in env.evaluation_result_list:
+            if metric.endswith("error"):
+                entry[f"{split}_accuracy"] = 1.0 - value
+            elif split + "_loss" not in entry:  # the first metric is the loss
+                entry[f"{split}_loss"] = value
+                if metric == "l2":
+                    entry[f"{split}_rmse"] = math.sqrt(value) * task.target_std
+        entry.pop("train_accuracy", None)
+        entry.pop("train_rmse", None)
+        entry["seconds"] = round(time.perf_counter() - started, 4)
+        history.append(entry)
+        with path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+        if run.on_epoch_end is not None and entry["epoch"] % every == 0:
+            run.on_epoch_end(entry)
+
+    # LightGBM runs callbacks by `order`: this one (20, as its record_evaluation) before
+    # early stopping (30), so the round that ends training is recorded too.
+    record.order = 20  # type: ignore[attr-defined]
+    return record
