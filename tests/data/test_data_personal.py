@@ -199,6 +199,15 @@ def test_street_addresses_are_found_by_values_in_several_languages():
     assert _kinds(df) == {"home": "address"}
 
 
+def test_file_paths_with_street_words_are_not_addresses():
+    """An image folder's paths ("square/12.png", "circle/3.png") hold a street word and
+    a number, but no words apart: not addresses (the shapes example trains on them)."""
+    rng = np.random.default_rng(7)
+    df = pd.DataFrame({"image": [f"data/shapes/{rng.choice(['square', 'circle'])}/"
+                                 f"{rng.integers(0, 999)}.png" for _ in range(N)]})
+    assert _kinds(df) == {}
+
+
 def test_no_ordinary_column_of_the_projects_datasets_is_taken_as_personal(tmp_path):
     """The false-positive check: sklearn's bundled tables, penguins, the examples'."""
     for name, (df, target) in real_tables(tmp_path).items():

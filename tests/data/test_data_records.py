@@ -172,6 +172,12 @@ def _category(known: list[str]) -> st.SearchStrategy:
     )
 
 
+def _binary(values: list[str]) -> st.SearchStrategy:
+    """What the validator lets through to a binary input: its training values or null
+    (anything else is a 422 naming the field: tests/serve/test_serve_errors.py)."""
+    return st.one_of(st.sampled_from(values), st.none())
+
+
 def _text() -> st.SearchStrategy:
     sentences = st.lists(st.sampled_from(WORDS), max_size=12).map(" ".join)
     return st.none() | sentences | st.text(max_size=40)
@@ -183,7 +189,7 @@ def _value(spec: InputSpec, enc: Any) -> st.SearchStrategy:
     if isinstance(enc, CategoryEncoder):
         return _category(enc.vocab)
     if isinstance(enc, BinaryEncoder):
-        return _category(enc.values)
+        return _binary(enc.values)
     assert isinstance(enc, TextEncoder)
     return _text()
 

@@ -117,7 +117,8 @@ def _inputs(df: Any, target: str, say: Reporter) -> tuple[Any, list[tuple[str, s
                      "list it in data.pii.keep_columns and in features.inputs"))  # fmt: skip
     df = df.drop(columns=list(personal))
     resolved = infer_features(df, FeaturesConfig(target=target))
-    leaks = find_leakage(df, target, target_type=resolved.target_type)
+    leaks = find_leakage(df, target, target_type=resolved.target_type,
+                         content=[f.name for f in resolved.inputs if f.type in ("text", "image")])
     for leak in leaks:
         left.append((leak["column"], f"possible target leakage ({leak['reason']})",
                      "add it back only if its value is known before the outcome, and list it "

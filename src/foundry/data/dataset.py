@@ -154,6 +154,7 @@ def check_leakage(
     columns = []
     for leak in find_leakage(
         frame, resolved.target, target_type=resolved.target_type,
+        content=[f.name for f in resolved.inputs if f.type in ("text", "image")],
         threshold=settings.threshold, seed=cfg.data.split.seed,
     ):  # fmt: skip
         used, allowed = leak["column"] in inputs, leak["column"] in settings.allow

@@ -80,13 +80,18 @@ def find_leakage(
     *,
     target_type: str,
     columns: Iterable[str] | None = None,
+    content: Iterable[str] = (),
     threshold: float = THRESHOLD,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """The columns among `columns` (default: every column but the target) that leak the
     target, in column order: `[{"column", "rule": "name" | "alone", "reason", "score"}]`
     (`score`: the one-column model's held-out score, None when not measured).
-    `target_type` is binary, category or number, as `foundry.data.infer` resolves it."""
+    `target_type` is binary, category or number, as `foundry.data.infer` resolves it.
+    `content`: text and image columns, held to the name rule only: reading the target
+    from a review's words or a photo's pixels is the task a text or image model is for,
+    not a leak (a sentiment table's text alone predicts its label almost perfectly)."""
+    content = {str(c) for c in content}
     names = [str(c) for c in (columns if columns is not None else df.columns) if c != target]
     frame = df[[*names, target]]
     frame = frame[frame[target].notna()]
@@ -98,7 +103,8 @@ def find_leakage(
     found = []
     for name in names:
         by_name = _name_rule(name, target, [str(c) for c in df.columns])
-        score = _alone_score(frame[name], y, target_type, folds) if y is not None else None
+        measured = y is not None and name not in content
+        score = _alone_score(frame[name], y, target_type, folds) if measured else None
         if score is not None and score >= threshold:
             metric = {"binary": "ROC AUC", "category": "balanced accuracy"}.get(
                 target_type, "R²"

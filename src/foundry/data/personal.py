@@ -403,6 +403,10 @@ def _addresses(strings: pd.Series) -> tuple[str, str] | None:
 
 
 def _is_address(text: str) -> bool:
+    # An address has words apart: "12 Main St". A file path or URL has none
+    # ("shapes/square/12.png" names a street word and a number, but is no address).
+    if not re.search(r"\w\s+\w", text):
+        return False
     tokens = re.findall(r"\w+", text.lower())
     if not 2 <= len(tokens) <= 12:
         return False
