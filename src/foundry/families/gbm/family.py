@@ -27,6 +27,7 @@ from foundry.families.gbm.booster import MODEL_FILE, BoosterModel, sha256_text, 
 from foundry.families.interface import Evaluation, Fitted, PackageContents, Run
 from foundry.families.manifest import provenance, table_card, training_section
 from foundry.families.registry import register_family
+from foundry.families.table import data_sections, evaluate_table
 
 __all__ = ["GBMFamily", "lightgbm_params"]
 
@@ -163,14 +164,7 @@ class GBMFamily:
         return Fitted(predictor, result, {"n_outputs": n_outputs, "params": params})
 
     def evaluate(self, fitted: Fitted, data: GBMData, run: Run) -> Evaluation:
-        from foundry.evaluation.trust import assess
-
-        cfg, say = run.config, run.say
-        eval_df, eval_name = data.splits.evaluation(cfg.evaluate.split)
-        if eval_name != cfg.evaluate.split:
-            say.warn(f"evaluate.split '{cfg.evaluate.split}' is empty; evaluating on {eval_name}")
-        assessment = assess(fitted.model, data.splits.val, eval_df, cfg, say)
-        return Evaluation(assessment.metrics, assessment.sections, assessment.predictor)
+        return evaluate_table(fitted, data.splits, run)
 
     def package(
         self, fitted: Fitted, data: GBMData, evaluation: Evaluation, run: Run
@@ -210,11 +204,7 @@ class GBMFamily:
                 "params": fitted.state["params"],
             },
         }
-        if splits.pii is not None:
-            manifest["pii"] = splits.pii
-            manifest["pii_scrubber"] = splits.scrubber.state_dict()
-        if data.leakage is not None:
-            manifest["leakage"] = data.leakage
+        manifest.update(data_sections(splits, data.leakage))
         manifest.update(evaluation.sections)
         return PackageContents(
             weights={},

@@ -18,6 +18,7 @@ import pandas as pd
 from foundry.families.interface import Evaluation, Fitted, PackageContents, Run
 from foundry.families.manifest import provenance, table_card, training_section
 from foundry.families.registry import register_family
+from foundry.families.table import data_sections, evaluate_table
 from foundry.models.registry import registered_models
 
 __all__ = ["NeuralFamily", "image_augmenter"]
@@ -116,14 +117,7 @@ class NeuralFamily:
         return Fitted(predictor, result, {"n_outputs": n_outputs, "fixed_layers": fixed_layers})
 
     def evaluate(self, fitted: Fitted, data: NeuralData, run: Run) -> Evaluation:
-        from foundry.evaluation.trust import assess
-
-        cfg, say = run.config, run.say
-        eval_df, eval_name = data.splits.evaluation(cfg.evaluate.split)
-        if eval_name != cfg.evaluate.split:
-            say.warn(f"evaluate.split '{cfg.evaluate.split}' is empty; evaluating on {eval_name}")
-        assessment = assess(fitted.model, data.splits.val, eval_df, cfg, say)
-        return Evaluation(assessment.metrics, assessment.sections, assessment.predictor)
+        return evaluate_table(fitted, data.splits, run)
 
     def package(
         self, fitted: Fitted, data: NeuralData, evaluation: Evaluation, run: Run
@@ -158,11 +152,7 @@ class NeuralFamily:
                 "run_dir": str(run.out_dir),  # curves for `foundry report`, dashboard
             },
         }
-        if splits.pii is not None:
-            manifest["pii"] = splits.pii
-            manifest["pii_scrubber"] = splits.scrubber.state_dict()
-        if data.leakage is not None:
-            manifest["leakage"] = data.leakage
+        manifest.update(data_sections(splits, data.leakage))
         if result.privacy is not None:
             manifest["privacy"] = {**result.privacy, "fixed_layers": fitted.state["fixed_layers"]}
             say.info(

@@ -1,0 +1,36 @@
+"""What the families over a table (neural, gbm) share after fitting: the evaluation on
+`evaluate.split` with the trust sections, and the manifest sections the data stage
+found (PII, leakage)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from foundry.families.interface import Evaluation, Fitted, Run
+
+__all__ = ["data_sections", "evaluate_table"]
+
+
+def evaluate_table(fitted: Fitted, splits: Any, run: Run) -> Evaluation:
+    """Metrics, calibration, fairness and explanations (`evaluation.trust.assess`) of
+    `fitted.model` on `evaluate.split` (or the first non-empty split after it)."""
+    from foundry.evaluation.trust import assess
+
+    cfg, say = run.config, run.say
+    eval_df, eval_name = splits.evaluation(cfg.evaluate.split)
+    if eval_name != cfg.evaluate.split:
+        say.warn(f"evaluate.split '{cfg.evaluate.split}' is empty; evaluating on {eval_name}")
+    assessment = assess(fitted.model, splits.val, eval_df, cfg, say)
+    return Evaluation(assessment.metrics, assessment.sections, assessment.predictor)
+
+
+def data_sections(splits: Any, leakage: dict[str, Any] | None) -> dict[str, Any]:
+    """foundry.json's `pii` report and `pii_scrubber` state (the scrubber runs again on
+    every served record) and the `leakage` section (`data.dataset.check_leakage`)."""
+    sections: dict[str, Any] = {}
+    if splits.pii is not None:
+        sections["pii"] = splits.pii
+        sections["pii_scrubber"] = splits.scrubber.state_dict()
+    if leakage is not None:
+        sections["leakage"] = leakage
+    return sections
