@@ -226,6 +226,25 @@ def _client(url: str, connections: int) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=url, timeout=60, limits=limits)
 
 
+def _spend(url: str, key: str, n: int) -> Counter:
+    """`n` one-record predictions on 32 connections; the statuses counted (any refusal
+    must be `quota_exceeded`): what a key has left after a crash."""
+
+    async def spend() -> list[int]:
+        sem = asyncio.Semaphore(32)
+        async with _client(url, 32) as client:
+            async def one() -> int:
+                async with sem:
+                    r = await client.post(PREDICT, json=RECORD, headers=bearer(key))
+                if r.status_code != 200:
+                    assert_error(r, 429, "quota_exceeded")
+                return r.status_code
+
+            return await asyncio.gather(*(one() for _ in range(n)))
+
+    return Counter(_run(spend()))
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Stack:
     root = tmp_path_factory.mktemp("e2e")
@@ -369,19 +388,7 @@ def test_kill_9_of_the_server_mid_load_bills_answered_work_and_quota_holds(stack
         assert units <= included
 
         # The quota counter survived the crash too: the rest of the quota, not one unit more.
-        async def finish() -> list[int]:
-            sem = asyncio.Semaphore(32)
-            async with _client(server.url, 32) as client:
-                async def one() -> int:
-                    async with sem:
-                        r = await client.post(PREDICT, json=RECORD, headers=bearer(key["key"]))
-                    if r.status_code != 200:
-                        assert_error(r, 429, "quota_exceeded")
-                    return r.status_code
-
-                return await asyncio.gather(*(one() for _ in range(included - units + 50)))
-
-        statuses = Counter(_run(finish()))
+        statuses = _spend(server.url, key["key"], included - units + 50)
         assert statuses == {200: included - units, 429: 50}
         row = stack.report_row(key)
         assert row["units"] == included
@@ -692,18 +699,7 @@ def test_kill_9_of_a_worker_bills_only_answered_requests(stack):
         usage = httpx.get(f"{server.url}/v1/usage", headers=bearer(key["key"])).json()
         assert usage["reserved_units"] == 0 and usage["remaining_units"] == included - used
 
-        async def finish() -> list[int]:
-            sem = asyncio.Semaphore(32)
-            async with _client(server.url, 32) as client:
-                async def one() -> int:
-                    async with sem:
-                        r = await client.post(PREDICT, json=RECORD, headers=bearer(key["key"]))
-                    if r.status_code != 200:
-                        assert_error(r, 429, "quota_exceeded")
-                    return r.status_code
-
-                return await asyncio.gather(*(one() for _ in range(included - used + 20)))
-
-        assert Counter(_run(finish())) == {200: included - used, 429: 20}
+        assert _spend(server.url, key["key"], included - used + 20) == {200: included - used,
+                                                                         429: 20}
     finally:
         server.stop()
