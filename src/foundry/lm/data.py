@@ -153,6 +153,12 @@ class LMData:
     pii: dict[str, Any] | None = None
     """What `data.pii` found in the texts (None when scanning is off)."""
 
+    def summary(self, path: object) -> str:
+        """The run's data line: `data: PATH (corpus; documents train/val/test = a/b/c)`."""
+        unit = "documents" if self.kind == "corpus" else "conversations"
+        return (f"data: {path} ({self.kind}; {unit} train/val/test = "
+                f"{len(self.train)}/{len(self.val)}/{len(self.test)})")
+
 
 def load_lm_data(loaded: LoadedConfig) -> LMData:
     """Read `data.path` (and `data.val_path` / `data.test_path`) as LM data and split it.

@@ -59,11 +59,7 @@ class GPTFamily:
 
         # ---- data, split by document / conversation
         data = load_lm_data(run.loaded)
-        unit = "documents" if data.kind == "corpus" else "conversations"
-        say.info(
-            f"data: {cfg.data.path} ({data.kind}; {unit} train/val/test = "
-            f"{len(data.train)}/{len(data.val)}/{len(data.test)})"
-        )
+        say.info(data.summary(cfg.data.path))
 
         # ---- tokenizer: learned on the training split only (a resumed run reuses its own)
         run.out_dir.mkdir(parents=True, exist_ok=True)  # the data are good: the run starts

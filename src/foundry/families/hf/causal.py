@@ -68,10 +68,8 @@ def prepare(run: Run, source: str, hf_config: Any) -> CausalData:
 
     # ---- data: documents or conversations, split, tokenized with loss masks
     data = load_lm_data(run.loaded)
-    unit = "documents" if data.kind == "corpus" else "conversations"
     say.info(
-        f"data: {cfg.data.path} ({data.kind}; {unit} train/val/test = "
-        f"{len(data.train)}/{len(data.val)}/{len(data.test)}); chat template: "
+        f"{data.summary(cfg.data.path)}; chat template: "
         + ("the tokenizer's" if tokenizer.chat_template else "foundry's default")
     )
     splits = {
