@@ -266,3 +266,23 @@ def test_cli_trains_breast_cancer_and_a_real_server_serves_it(tmp_path):
     assert body["method"] == "tree_shap" and len(body["rows"]) == 2
     assert len(body["rows"][0]["attributions"]) == 30
 
+
+
+def test_a_booster_file_outside_the_package_is_refused(regressor, tmp_path):
+    """gbm.file of a package loaded by path may not lead out of the package (the one
+    containment check every manifest path goes through)."""
+    import json
+    import shutil
+
+    from foundry.registry.integrity import seal
+
+    result, home, _ = regressor
+    copy = tmp_path / "package"
+    shutil.copytree(Registry(home).load(result.model_ref).path, copy)
+    outside = tmp_path / "model.txt"
+    shutil.copy(copy / "model.txt", outside)
+    manifest = json.loads((copy / "foundry.json").read_text())
+    manifest["gbm"]["file"] = "../model.txt"
+    seal(copy, manifest)  # consistent checksums: only the path is hostile
+    with pytest.raises(ModelError, match="outside"):
+        foundry.load(copy)

@@ -224,6 +224,7 @@ class GBMFamily:
     def load(self, package: Any, ref: str) -> Any:
         from foundry.families.gbm.inputs import NativeInputs
         from foundry.predictor import Predictor, trust_state
+        from foundry.registry.integrity import Confinement
 
         manifest = package.manifest
         try:
@@ -237,7 +238,10 @@ class GBMFamily:
             raise ModelError(
                 f"{package.path}/foundry.json is not a gbm model manifest ({exc})"
             ) from None
-        path = package.path / entry.get("file", MODEL_FILE)
+        path = Confinement([package.path]).require(
+            package.path / str(entry.get("file", MODEL_FILE)),
+            what="the booster file gbm.file of foundry.json names,",
+        )
         if not path.is_file():
             raise ModelError(f"model package {package.path} is missing {path.name}")
         text = path.read_bytes().decode("utf-8")
