@@ -8,9 +8,18 @@ everything else has a default or is inferred from the data.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 FeatureType = Literal["number", "binary", "category", "text", "image"]
 
@@ -869,7 +878,7 @@ class UpstreamConfig(Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
     """The model name clients call here (`model` in their requests, plans' `models`)."""
-    upstream: str = Field(pattern=r"^https?://[^\s/]+")
+    upstream: str
     """Base URL of the engine's OpenAI API, up to and including its `/v1`
     (`http://10.0.0.5:8000/v1`); `/completions` and `/chat/completions` are appended."""
     model: str | None = None
@@ -892,6 +901,21 @@ class UpstreamConfig(Section):
     """Open connections to the upstream per worker process; a request beyond them waits
     up to `timeout_s` for one, then 503 `upstream_busy` with Retry-After."""
 
+    @field_validator("upstream")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+(/\S*)?$", v):
+            raise ValueError("must be the engine's base URL, like http://10.0.0.5:8000/v1")
+        return v
+
+
+ServedModelEntry = Annotated[
+    Annotated[str, Tag("ref")] | Annotated[UpstreamConfig, Tag("upstream")],
+    # by shape, so a mistyped upstream entry's error names its key, not "not a string"
+    Discriminator(lambda v: "ref" if isinstance(v, str) else "upstream"),
+]
+"""A `serve.models` entry: a registry reference, or an upstream engine."""
+
 
 class ServeConfig(Section):
     host: str = "127.0.0.1"
@@ -900,7 +924,7 @@ class ServeConfig(Section):
     """TCP port."""
     workers: int = Field(1, ge=1)
     """uvicorn worker processes; they share the database, so quotas hold across them."""
-    models: list[str | UpstreamConfig] = []
+    models: list[ServedModelEntry] = []
     """Models to serve: registry references (`name`, `name:3`; the CLI arguments add to
     these), or language models answered by another OpenAI-compatible engine
     (`{name, upstream, model, api_key_env}`, see `serve.models` below)."""
