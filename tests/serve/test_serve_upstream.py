@@ -50,6 +50,20 @@ def _cli(root: Path, env: dict, *args: str) -> str:
     return out.stdout.strip()
 
 
+def _key(home: Path) -> str:
+    """A key on plan `lm` in the SQLite store at `home`, made in this process (a
+    `foundry keys create` subprocess would spend seconds importing)."""
+    from foundry.config.schema import PlanConfig
+    from foundry.serve.gate import Gate
+
+    plans = {name: PlanConfig(**plan) for name, plan in PLANS.items()}
+    gate = Gate(plans, url=f"sqlite:///{(home / 'foundry.db').as_posix()}")
+    try:
+        return gate.create_key("team", "lm").key
+    finally:
+        gate.close()
+
+
 def _serve(root: Path, env: dict, log_name: str, *args: str):
     port = free_port()
     log = open(root / log_name, "wb")  # noqa: SIM115 - closed by the fixture
@@ -97,9 +111,7 @@ def stack(tmp_path_factory):
         )
     )
     _cli(root, engine_env, "train", "gpt.yaml")
-    engine_key = _cli(
-        root, engine_env, "keys", "create", "--name", "gate", "--plan", "lm", "--config", "gpt.yaml"
-    )
+    engine_key = _key(root / "engine")
     procs = [_serve(root, engine_env, "engine.log", "tiny-gpt", "--config", "gpt.yaml")]
     engine_url = procs[0][2]
 
@@ -127,12 +139,10 @@ def stack(tmp_path_factory):
             }
         )
     )
-    key = _cli(
-        root, gate_env, "keys", "create", "--name", "team", "--plan", "lm", "--config", "gate.yaml"
-    )
+    key = _key(root / "gate")
     procs.append(_serve(root, gate_env, "gate.log", "--config", "gate.yaml"))
     yield {"gate": procs[1][2], "engine": engine_url, "key": key, "engine_key": engine_key}
-    for proc, log, _ in procs:
+    for proc, log, _ in reversed(procs):  # the gate first: it closes its connections
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=30)
@@ -168,10 +178,17 @@ def test_completions_and_chat_are_relayed_and_metered_by_the_engines_usage(stack
     )  # the entry's max_tokens
     assert chat.choices[0].message.content == same.choices[0].message.content
     assert chat.usage == same.usage
+    # Idempotency-Key: a sampled answer replayed, charged once
+    ask = {"model": "chat", "prompt": "The hen", "max_tokens": 6, "temperature": 1}
+    first = gate.completions.create(**ask, extra_headers={"Idempotency-Key": "up-1"})
+    again = gate.completions.with_raw_response.create(
+        **ask, extra_headers={"Idempotency-Key": "up-1"}
+    )
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.parse().model_dump() == first.model_dump()
     # charged the engine's counts, not the reservation (prompt bytes + max_tokens)
-    assert (
-        _used(stack["gate"], stack["key"]) - before
-        == got.usage.total_tokens + chat.usage.total_tokens
+    assert _used(stack["gate"], stack["key"]) - before == (
+        got.usage.total_tokens + chat.usage.total_tokens + first.usage.total_tokens
     )
 
 
