@@ -8,10 +8,12 @@ import json
 import random
 
 import pandas as pd
+import pytest
 import yaml
 from tests.config.init_tables import WORDS, package_table
 
 
+@pytest.mark.slow
 def test_init_keeps_unique_package_names_as_text_and_the_ngram_model_learns_from_them(
     cli, tmp_path
 ):
