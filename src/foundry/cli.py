@@ -46,7 +46,9 @@ def init(
     output: Path = typer.Option(Path("config.yaml"), "--output", "-o", help="Config to write."),
     name: str | None = typer.Option(None, help="Model name (default: the data file's stem)."),
     model: str | None = typer.Option(
-        None, help="mlp, cnn, text or hf (default: from the inputs; hf with --pretrained)."
+        None,
+        help="Model type (gbm, ngram, mlp, text, cnn, hf...). Default: by the data: gbm for "
+        "tables, ngram for any text input, cnn for images, hf with --pretrained.",
     ),
     pretrained: str | None = typer.Option(
         None,
@@ -58,7 +60,12 @@ def init(
         False, "--json", help="Print the path and the written config as JSON."
     ),
 ) -> None:
-    """Write a config with inferred feature types for DATA."""
+    """Write a config for DATA: inferred feature types and the model that fits the data.
+
+    Says which model it chose and why, the epochs and batch size of a network (from the
+    number of rows, so a default run stays within ~10 minutes on 2 CPU cores), and each
+    column it left out (personal data, opaque identifiers, target leaks) with the reason.
+    """
     from foundry.config.init import init_config
     from foundry.console import Reporter
     from foundry.progress import silenced
@@ -365,11 +372,11 @@ def explain(
 
     console = Console()
     explanations = result.explanations
-    method = (
-        f"integrated gradients ({explanations['steps']} steps)"
-        if explanations["method"] == "integrated_gradients"
-        else "exact TreeSHAP contributions"  # gbm
-    )
+    method = {
+        "integrated_gradients": f"integrated gradients ({explanations['steps']} steps)",
+        "tree_shap": "exact TreeSHAP contributions",  # gbm
+        "linear_contributions": "exact linear contributions (weight x tf-idf)",  # ngram
+    }.get(explanations["method"], explanations["method"])
     console.print(f"{result.model_ref}: {method} of {explanations['output']}")
     for table in attribution_tables(explanations, result.frame, top=top):
         console.print(table)
