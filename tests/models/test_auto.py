@@ -137,6 +137,19 @@ def test_a_spent_budget_stops_the_first_candidate_and_skips_the_rest(order, tmp_
     assert "budget was spent" in second["note"] and second["metric"] is None
 
 
+@pytest.mark.slow
+def test_a_candidate_that_cannot_take_the_inputs_fails_without_ending_the_search(tmp_path):
+    config = _config(tmp_path, budget="1m", candidates=["cnn", "gbm"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FOUNDRY_HOME", str(tmp_path / "home"))
+        result = foundry.train(config, progress=False, quiet=True)
+    board = _board(result)
+    assert [row["model"] for row in board["rows"]] == ["gbm", "cnn"]  # trained first
+    gbm, cnn = board["rows"]
+    assert gbm["status"] == "best" and board["winner"] == "gbm"
+    assert cnn["status"] == "failed" and "image input" in cnn["note"]
+
+
 @pytest.mark.parametrize("budget", ["5 minutes", "m5", "-1m", "0", "", "1d"])
 def test_a_bad_budget_names_model_budget(budget, tmp_path):
     with pytest.raises(ConfigError, match=r"model\.budget"):

@@ -20,7 +20,16 @@ from typing import Any
 
 __all__ = ["leaderboard_caption", "leaderboard_table"]
 
-COLUMNS = ["rank", "model", "val {metric}", "fit s", "predict ms / 1k rows", "package", "status"]
+COLUMNS = [
+    "rank",
+    "model",
+    "val {metric}",
+    "fit s",
+    "predict ms / 1k rows",
+    "package",
+    "status",
+    "note",
+]
 
 
 def leaderboard_table(section: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -32,9 +41,6 @@ def leaderboard_table(section: dict[str, Any]) -> tuple[list[str], list[list[str
     for row in section.get("rows") or []:
         trained = row.get("metric") is not None
         rank += trained
-        status = str(row.get("status", ""))
-        if row.get("note"):
-            status += f": {row['note']}"
         rows.append(
             [
                 str(rank) if trained else "",
@@ -43,7 +49,8 @@ def leaderboard_table(section: dict[str, Any]) -> tuple[list[str], list[list[str
                 _number(row.get("fit_seconds"), 2),
                 _number(row.get("predict_ms_per_1k"), 1),
                 _size(row.get("package_bytes")),
-                status,
+                str(row.get("status", "")),
+                str(row.get("note") or ""),
             ]
         )
     return columns, rows

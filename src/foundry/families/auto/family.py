@@ -126,11 +126,17 @@ class AutoFamily:
         section = fitted.state["leaderboard"]
         columns, rows = leaderboard_table(section)
         table = Table(title="leaderboard", caption=leaderboard_caption(section))
-        for i, column in enumerate(columns):  # rank, model, the numbers, status
-            table.add_column(column, justify="right" if 1 < i < len(columns) - 1 else "left")
+        # rank, model, the numbers, status; the notes go under the table (a narrow
+        # terminal would wrap them into tall cells)
+        for i, column in enumerate(columns[:-1]):
+            justify = "right" if 1 < i < len(columns) - 2 else "left"
+            table.add_column(column, justify=justify, no_wrap=i == 1)  # model names whole
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*row[:-1])
         run.say.console.print(table)
+        for row in rows:
+            if row[-1]:
+                run.say.info(f"  {row[1]}: {row[-1]}")
 
     def load(self, package: Any, ref: str) -> Any:
         return family_of_package(package.manifest).load(package, ref)

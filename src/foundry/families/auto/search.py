@@ -70,17 +70,25 @@ def search(run: Run, val: Any, names: list[str]) -> list[Candidate]:
         if i > 0 and left <= 0:  # the first always runs: a search must have a winner
             _not_trained(run.say, cand, "skipped", f"the {budget:g} s budget was spent")
             continue
-        run.say.info(f"auto: training {name} ({i + 1}/{len(names)}, {max(left, 0):.0f} s left)")
-        _train(run, cand, val, deadline)
+        # Its share of what is left, so that every candidate gets a turn: one that ends
+        # sooner leaves more to the next. The last one may use all that is left.
+        share = max(left, 0) / (len(names) - i)
+        run.say.info(
+            f"auto: training {name} ({i + 1}/{len(names)}, {share:.0f} s of "
+            f"{max(left, 0):.0f} s left)"
+        )
+        _train(run, cand, val, time.perf_counter() + share)
     return out
 
 
 def rank(candidates: list[Candidate], goal: str) -> list[Candidate]:
-    """Trained candidates best first by `row["metric"]` (classification ties: the lower
-    log loss first), then the others in the order they were tried."""
+    """Trained candidates best first by `row["metric"]`, then the others, each group in
+    the order they were tried: a tie goes to the candidate tried first, the cheaper one
+    (a tie is common on a small validation split; the log loss would break it for the
+    networks, whose probabilities are trained for it, over a linear SVM's)."""
     trained = [c for c in candidates if c.row.get("metric") is not None]
     sign = -1.0 if goal == "max" else 1.0
-    trained.sort(key=lambda c: (sign * c.row["metric"], c.row.get("log_loss") or 0.0))
+    trained.sort(key=lambda c: sign * c.row["metric"])  # stable: ties keep their order
     return trained + [c for c in candidates if c.row.get("metric") is None]
 
 
@@ -121,7 +129,7 @@ def _train(run: Run, cand: Candidate, val: Any, deadline: float) -> None:
         return
     result = cand.fitted.result
     epochs = result.epochs_run if result is not None else None
-    unit = "rounds" if cand.row["type"] == "gbm" else "epochs"
+    unit = ("round" if cand.row["type"] == "gbm" else "epoch") + ("" if epochs == 1 else "s")
     cand.row.update(
         status="trained",
         note=f"stopped by the budget after {epochs} {unit}" if guard.stopped else "",
