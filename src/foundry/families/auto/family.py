@@ -24,7 +24,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from foundry.errors import ConfigError, ModelError
-from foundry.families.auto.search import Candidate, default_candidates, rank, search
+from foundry.families.auto.search import (
+    Candidate,
+    WarnOnce,
+    default_candidates,
+    rank,
+    search,
+)
 from foundry.families.interface import Evaluation, Fitted, PackageContents, Run
 from foundry.families.registry import family_of_package, register_family
 
@@ -37,6 +43,8 @@ class AutoData:
     """`data.dataset.Splits`: what every candidate is scored on (`splits.val`)."""
     names: list[str]
     """The candidates to try, in order."""
+    seen: set[str]
+    """The warnings printed already: a candidate reading the data does not repeat them."""
 
 
 @register_family("auto")
@@ -52,7 +60,8 @@ class AutoFamily:
         from foundry.data.dataset import load_splits
 
         cfg = run.config
-        splits, resolved = load_splits(run.loaded, run.say)
+        say = WarnOnce(quiet=run.say.quiet)
+        splits, resolved = load_splits(run.loaded, say)
         if len(splits.val) == 0:
             raise ConfigError(
                 "model.type auto picks the best candidate on the validation split, and "
@@ -71,11 +80,11 @@ class AutoFamily:
             f"{cfg.model.budget:g} s; rows train/val/test = "
             f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)}"
         )
-        return AutoData(splits, names)
+        return AutoData(splits, names, say.seen)
 
     def fit(self, data: AutoData, train: Any, run: Run) -> Fitted:
         started = time.perf_counter()
-        candidates = search(run, data.splits.val, data.names)
+        candidates = search(run, data.splits.val, data.names, data.seen)
         ranked = rank(candidates, _goal(candidates))
         winner = ranked[0]
         if winner.fitted is None:

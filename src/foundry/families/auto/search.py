@@ -28,7 +28,7 @@ from foundry.errors import FoundryError
 from foundry.families.interface import Evaluation, Fitted, Run
 from foundry.families.registry import family_for, registered_families
 
-__all__ = ["Candidate", "default_candidates", "rank", "search"]
+__all__ = ["Candidate", "WarnOnce", "default_candidates", "rank", "search"]
 
 
 @dataclass
@@ -44,6 +44,20 @@ class Candidate:
     fitted: Fitted | None = None
 
 
+@dataclass
+class WarnOnce(Reporter):
+    """A reporter that prints each warning once: every candidate reads the same data and
+    would repeat the data stage's warnings (PII found, a leaking column) after the
+    search's own reading of it. `seen` is shared by the search and its candidates."""
+
+    seen: set[str] = field(default_factory=set)
+
+    def warn(self, message: str) -> None:
+        if message not in self.seen:
+            self.seen.add(message)
+            super().warn(message)
+
+
 def default_candidates(input_types: set[str]) -> list[str]:
     """The candidates that fit inputs of these types, cheapest / strongest first (an
     unregistered family, e.g. ngram in a build without it, is left out)."""
@@ -57,9 +71,10 @@ def default_candidates(input_types: set[str]) -> list[str]:
     return [n for n in names if AUTO_CANDIDATES[n]["type"] in available]
 
 
-def search(run: Run, val: Any, names: list[str]) -> list[Candidate]:
+def search(run: Run, val: Any, names: list[str], seen: set[str]) -> list[Candidate]:
     """Train `names` in order within `model.budget` seconds and score each on `val` (the
-    validation rows); every candidate gets a leaderboard row."""
+    validation rows); every candidate gets a leaderboard row. `seen`: the warnings
+    printed already (`WarnOnce`)."""
     budget = run.config.model.budget
     deadline = time.perf_counter() + budget
     out: list[Candidate] = []
@@ -77,7 +92,7 @@ def search(run: Run, val: Any, names: list[str]) -> list[Candidate]:
             f"auto: training {name} ({i + 1}/{len(names)}, {share:.0f} s of "
             f"{max(left, 0):.0f} s left)"
         )
-        _train(run, cand, val, time.perf_counter() + share)
+        _train(run, cand, val, time.perf_counter() + share, seen)
     return out
 
 
@@ -92,7 +107,7 @@ def rank(candidates: list[Candidate], goal: str) -> list[Candidate]:
     return trained + [c for c in candidates if c.row.get("metric") is None]
 
 
-def _train(run: Run, cand: Candidate, val: Any, deadline: float) -> None:
+def _train(run: Run, cand: Candidate, val: Any, deadline: float, seen: set[str]) -> None:
     """Prepare, fit, score and package one candidate, filling its row."""
     from foundry.config import load_config
 
@@ -110,7 +125,7 @@ def _train(run: Run, cand: Candidate, val: Any, deadline: float) -> None:
     cand.run = Run(
         loaded,
         run.out_dir / "candidates" / cand.name,
-        Reporter(quiet=True),  # one line per candidate here; warnings still print
+        WarnOnce(quiet=True, seen=seen),  # one line per candidate here; new warnings print
         progress=False,
         on_epoch_end=guard,
         register=False,
