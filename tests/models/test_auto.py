@@ -191,6 +191,7 @@ def test_the_report_and_the_dashboard_show_the_leaderboard(searched, tmp_path):
     report = write_report(result.model_ref, tmp_path / "r.html", registry=Registry(home))
     page = read_page(report.path)
     assert "leaderboard" in report.sections
+    assert "training" in report.sections  # the winner's curves, in the run's directory
     [table] = page.tables["leaderboard"]
     assert table[0][:3] == ["rank", "model", "val accuracy"]
     assert [row[1] for row in table[1:]][0] == winner and len(table) == 3
@@ -209,4 +210,5 @@ def test_the_report_and_the_dashboard_show_the_leaderboard(searched, tmp_path):
     (version,) = models["models"][0]["versions"]
     board = version["leaderboard"]
     assert board["columns"][:2] == ["rank", "model"] and board["rows"][0][1] == winner
+    assert version["history"]  # the winner's curves
     assert "Model search" in view and "val accuracy" in view

@@ -557,12 +557,14 @@ class AutoConfig(Section):
     regression) as its own model type, with the leaderboard in its manifest."""
     budget: float = Field(300.0, gt=0)
     """Wall-clock seconds for the search: a duration (`30s`, `5m`, `1h`) or a number of
-    seconds. A candidate starts only while budget is left, and a network or booster that
-    would run past it stops at its best epoch / round so far; the winner's evaluation
-    and packaging come after it."""
+    seconds. A candidate starts only while budget is left and gets its share of what is
+    left (left / candidates still to try); a network or booster that would run past its
+    share stops at its best epoch / round so far. The winner's evaluation and packaging
+    come after the budget."""
     candidates: list[CandidateName] | None = None
-    """Which candidates to try, in this order; `None`: those that fit the inputs, in the
-    order `gbm, ngram, mlp, text, text-transformer, cnn`."""
+    """Which candidates to try, in this order; `None`: those that fit the inputs,
+    cheapest / strongest first: `[gbm, mlp]` for a table, `[ngram, text,
+    text-transformer]` with a text input, `[cnn]` with an image input."""
     overrides: dict[CandidateName, dict[str, Any]] = {}
     """Model settings per candidate, e.g. `{mlp: {layers: [64]}, gbm: {num_leaves: 15}}`
     (the keys of that model type's section)."""

@@ -19,6 +19,7 @@ for regression, computed by one function on the same validation rows for every c
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -101,8 +102,19 @@ class AutoFamily:
             "rows": [c.row for c in ranked],
         }
         assert winner.run is not None
-        # the winner's later stages report and register as the run itself does
-        winner.run = replace(winner.run, say=run.say, register=run.register, on_epoch_end=None)
+        # The run's curves are the winner's: its metrics.jsonl goes where `foundry report`
+        # and the dashboard look (the run directory the registry records), and its later
+        # stages report, register and name the run directory as the run itself does.
+        curves = winner.run.out_dir / "metrics.jsonl"
+        if curves.is_file():
+            shutil.copyfile(curves, run.out_dir / "metrics.jsonl")
+        winner.run = replace(
+            winner.run,
+            out_dir=run.out_dir,
+            say=run.say,
+            register=run.register,
+            on_epoch_end=None,
+        )
         return Fitted(
             winner.fitted.model,
             winner.fitted.result,
