@@ -76,6 +76,11 @@ class AutoFamily:
                 f"model.candidates: no candidate fits inputs of type {sorted(types)}",
                 hint="list the candidates to try in model.candidates",
             )
+        if "compress" in cfg.model_fields_set:  # `foundry run` asks this family, not the winner's
+            say.warn(
+                "compress: foundry run does not compress a model search's winner; run "
+                "`foundry compress NAME:VERSION` on it once registered"
+            )
         run.say.info(
             f"auto: {len(names)} candidates ({', '.join(names)}) within "
             f"{cfg.model.budget:g} s; rows train/val/test = "
