@@ -487,7 +487,7 @@ class NGramConfig(Section):
     applies; its network settings (epochs, batch size, optimizer, loss) do not."""
     word_ngrams: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = (1, 2)
     """Word n-gram lengths (shortest, longest); `None`: no word n-grams."""
-    char_ngrams: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = (1, 4)
+    char_ngrams: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = (2, 4)
     """Character n-gram lengths inside word boundaries (scikit-learn's `char_wb`);
     `None`: no character n-grams."""
     lowercase: bool = True

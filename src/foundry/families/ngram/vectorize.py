@@ -30,6 +30,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from foundry.errors import DataError
+from foundry.families.ngram.chargrams import CharCounter
 
 __all__ = ["TOKEN_PATTERN", "TextNGrams", "texts_of"]
 
@@ -104,27 +105,37 @@ class TextNGrams:
         from sklearn.feature_extraction.text import CountVectorizer
 
         common = {"ngram_range": tuple(ngram_range), "lowercase": lowercase}
-        if hash_features is not None:
-            counts = _hasher(kind, common, hash_features).transform(texts).tocsr()
-            vocabulary, n_columns = None, hash_features
-        else:
-            counter = CountVectorizer(
-                **_analyzer(kind),
-                **common,
-                min_df=min(min_df, max(1, len(texts))),
-                max_features=max_features,
-                dtype=np.float64,
-            )
-            try:
-                counts = counter.fit_transform(texts).tocsr()
-            except ValueError as exc:  # "empty vocabulary" / "no terms remain"
-                raise DataError(
-                    f"text column '{column}' gives no {kind} n-grams to learn from ({exc})",
-                    hint="check that the column holds text; a lower model.min_df keeps "
-                    "rarer n-grams",
-                ) from None
-            names = counter.get_feature_names_out()
-            vocabulary, n_columns = [str(t) for t in names], len(names)
+        vocabulary: list[str] | None
+        try:
+            if hash_features is not None:
+                vocabulary, n_columns = None, hash_features
+                counts = _counter(kind, common, None, n_columns).transform(texts)
+            elif kind == "char":
+                _, vocabulary, counts = CharCounter.fit(
+                    texts,
+                    ngram_range,
+                    lowercase,
+                    min_df=min(min_df, max(1, len(texts))),
+                    max_features=max_features,
+                )
+                n_columns = len(vocabulary)
+            else:
+                counter = CountVectorizer(
+                    **WORDS,
+                    **common,
+                    min_df=min(min_df, max(1, len(texts))),
+                    max_features=max_features,
+                    dtype=np.float64,
+                )
+                counts = counter.fit_transform(texts)
+                vocabulary = [str(t) for t in counter.get_feature_names_out()]
+                n_columns = len(vocabulary)
+        except ValueError as exc:  # "empty vocabulary" / "no terms remain"
+            raise DataError(
+                f"text column '{column}' gives no {kind} n-grams to learn from ({exc})",
+                hint="check that the column holds text; a lower model.min_df keeps rarer n-grams",
+            ) from None
+        counts = counts.tocsr()
         rows_with = np.bincount(counts.indices, minlength=n_columns).astype(np.float64)
         idf = np.log((1.0 + len(texts)) / (1.0 + rows_with)) + 1.0
         grams = cls(
@@ -152,25 +163,17 @@ class TextNGrams:
         return normalize(x, norm="l2", copy=False)
 
     def _counter(self) -> Any:
-        from sklearn.feature_extraction.text import CountVectorizer
-
-        if self._built is not None:
-            return self._built
-        common = {"ngram_range": self.ngram_range, "lowercase": self.lowercase}
-        if self.vocabulary is None:
-            counter = _hasher(self.kind, common, self.n_columns)
-        else:
-            counter = CountVectorizer(
-                **_analyzer(self.kind), **common, vocabulary=self.vocabulary, dtype=np.float64
-            )
-            counter.transform([""])  # indexes the vocabulary now, not in a served request
-        self._built = counter
-        return counter
+        if self._built is None:
+            common = {"ngram_range": self.ngram_range, "lowercase": self.lowercase}
+            self._built = _counter(self.kind, common, self.vocabulary, self.n_columns)
+        return self._built
 
     def grams_of(self, text: str) -> dict[int, list[str]]:
         """The n-grams of one text by the column they count in (several in hashing mode
         when they collide): what an explanation names a column by."""
         counter = self._counter()
+        if isinstance(counter, CharCounter):
+            return counter.grams_of(text)
         grams = sorted(set(counter.build_analyzer()(text)))
         if self.vocabulary is not None:
             index = counter.vocabulary_  # term → column, as `_counter` indexed it
@@ -180,9 +183,10 @@ class TextNGrams:
                     out.setdefault(index[g], []).append(g)
             return out
         # one "document" per n-gram: the hasher gives each its column
-        single = _hasher(
-            self.kind,
+        single = _counter(
+            "word",
             {"ngram_range": (1, 1), "lowercase": False},
+            None,
             self.n_columns,
             analyzer=lambda g: [g],
         )
@@ -226,19 +230,29 @@ class TextNGrams:
         )
 
 
-def _analyzer(kind: Kind) -> dict[str, Any]:
-    if kind == "word":
-        return {"analyzer": "word", "token_pattern": TOKEN_PATTERN}
-    return {"analyzer": "char_wb"}
+WORDS = {"analyzer": "word", "token_pattern": TOKEN_PATTERN}
 
 
-def _hasher(kind: Kind, common: dict[str, Any], n_columns: int, analyzer: Any = None) -> Any:
-    from sklearn.feature_extraction.text import HashingVectorizer
+def _counter(
+    kind: Kind,
+    common: dict[str, Any],
+    vocabulary: list[str] | None,
+    n_columns: int,
+    analyzer: Any = None,
+) -> Any:
+    """What counts `kind` n-grams into columns: a `CharCounter`, scikit-learn's
+    CountVectorizer over `vocabulary` or, without one, its HashingVectorizer."""
+    from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer
 
-    settings = _analyzer(kind) if analyzer is None else {"analyzer": analyzer}
+    if kind == "char" and analyzer is None:
+        return CharCounter(common["ngram_range"], common["lowercase"], vocabulary, n_columns)
+    if vocabulary is not None:
+        counter = CountVectorizer(**WORDS, **common, vocabulary=vocabulary, dtype=np.float64)
+        counter.transform([""])  # indexes the vocabulary now, not in a served request
+        return counter
     # counts, not signed or normalised: the TF-IDF weighting is ours, as for a vocabulary
     return HashingVectorizer(
-        **settings,
+        **(WORDS if analyzer is None else {"analyzer": analyzer}),
         **common,
         n_features=n_columns,
         alternate_sign=False,
