@@ -568,6 +568,11 @@ class AutoConfig(Section):
     overrides: dict[CandidateName, dict[str, Any]] = {}
     """Model settings per candidate, e.g. `{mlp: {layers: [64]}, gbm: {num_leaves: 15}}`
     (the keys of that model type's section)."""
+    ensemble: Literal["if_better", "always", "never"] = "if_better"
+    """With two or more trained candidates, also build a weighted ensemble of them
+    (Caruana's greedy selection on the validation predictions) and register it (model
+    type `ensemble`) when its validation metric beats the best single candidate's
+    (`if_better`), whatever it scores (`always`), or never."""
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -601,9 +606,19 @@ class AutoConfig(Section):
         return self
 
 
+class EnsembleConfig(Section):
+    type: Literal["ensemble"] = "ensemble"
+    """A weighted average of other models' probabilities (values for regression), written
+    by a model search (`type: auto`, `ensemble`); its package holds each member's."""
+    members: list[CandidateName] = []
+    """The candidates it averages, in the order of `weights`."""
+    weights: list[float] = []
+    """Each member's weight (they sum to 1)."""
+
+
 ModelConfig = Annotated[
     MLPConfig | CNNConfig | TextModelConfig | GPTConfig | HFModelConfig | GBMConfig
-    | NGramConfig | AutoConfig,
+    | NGramConfig | AutoConfig | EnsembleConfig,
     Field(discriminator="type"),
 ]
 

@@ -29,6 +29,7 @@ from foundry.families.auto.search import (
     Candidate,
     WarnOnce,
     default_candidates,
+    ensemble,
     rank,
     search,
 )
@@ -91,11 +92,21 @@ class AutoFamily:
     def fit(self, data: AutoData, train: Any, run: Run) -> Fitted:
         started = time.perf_counter()
         candidates = search(run, data.splits.val, data.names, data.seen)
-        ranked = rank(candidates, _goal(candidates))
+        goal = _goal(candidates)
+        ranked = rank(candidates, goal)
         winner = ranked[0]
         if winner.fitted is None:
             why = "; ".join(f"{c.name}: {c.row.get('note')}" for c in candidates)
             raise ModelError(f"model.type auto: no candidate could be trained ({why})")
+        trained = [c for c in ranked if c.fitted is not None]
+        if run.config.model.ensemble != "never" and len(trained) > 1:
+            combined = ensemble(run, data.splits, trained, data.seen)
+            sign = 1.0 if goal == "max" else -1.0
+            better = sign * (combined.row["metric"] - winner.row["metric"]) > 0
+            if run.config.model.ensemble == "always" or better:
+                ranked, winner = [combined, *ranked], combined
+            else:  # after the candidates it does not beat (ties go to the single model)
+                ranked = rank([*candidates, combined], goal)
         winner.row["status"] = "best"
         leaderboard = {
             "metric": winner.row["metric_name"],
