@@ -5,7 +5,8 @@ prepare   data.load_splits once: the inputs' types pick the candidates (gbm, mlp
           data fails here as for any family
 fit       each candidate in order is its own family's prepare + fit on a copy of the
           config with the candidate's model, in `<run>/candidates/<name>`, within
-          `model.budget` (search.py); scored on the validation split; the best wins
+          `model.budget` (search.py); scored on the validation split; the best wins,
+          unless the `ensemble` family's weighted ensemble of them beats it
 evaluate  the winner's family evaluates the winner (metrics, calibration, fairness...)
 package   the winner's family packages the winner: the registered package *is* a gbm /
           mlp / ... package (`config.model.type` is the winner's, so `foundry.load` and
@@ -13,8 +14,9 @@ package   the winner's family packages the winner: the registered package *is* a
 load      never called for a package of this family (there are none): it delegates to
           the family the package names, like `foundry.load`
 
-The validation metric is accuracy for classification (ties: the lower log loss) and RMSE
-for regression, computed by one function on the same validation rows for every candidate.
+The validation metric is accuracy for classification and RMSE for regression, computed
+by one function on the same validation rows for every candidate; a tie goes to the
+candidate tried first (the cheaper one), and to a single model over the ensemble.
 """
 
 from __future__ import annotations
