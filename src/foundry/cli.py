@@ -459,6 +459,21 @@ def generate(
     _out(completion.text)
 
 
+@app.command()
+def export(
+    model: str = typer.Argument(..., help="A foundry GPT: name, name:latest or name:VERSION."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (new or empty)."),
+) -> None:
+    """Write a GPT trained by foundry as a Hugging Face transformers folder (config.json,
+    model.safetensors, tokenizer files, generation_config.json) that
+    AutoModelForCausalLM / AutoTokenizer, vLLM, TGI and llama.cpp's converters load.
+    Packages trained now carry the same folder as hf/; this writes it for older ones."""
+    from foundry.lm.export import export_package
+
+    path = export_package(model, out)
+    _out(f"wrote {path} (AutoModelForCausalLM.from_pretrained({str(path)!r}) loads it)")
+
+
 @models_app.command("list")
 def models_list(json_out: bool = typer.Option(False, "--json")) -> None:
     """Every model name with its latest version."""

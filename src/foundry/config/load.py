@@ -102,6 +102,9 @@ def format_error(err: dict[str, Any]) -> str:
     # Discriminated unions put the tag in the path (model.mlp.layers): drop it.
     if len(loc) >= 2 and loc[0] == "model" and loc[1] in _ARCHS:
         arch = loc.pop(1)
+    # serve.models entries are told apart by shape (schema.ServedModelEntry): drop that tag
+    if loc[:2] == ["serve", "models"] and len(loc) >= 4 and loc[3] in ("ref", "upstream"):
+        loc.pop(3)
     key = ".".join(loc) or "(top level)"
     if err["type"] == "union_tag_invalid":
         return f"{key}.type: unknown model type (allowed: {', '.join(_ARCHS)})"

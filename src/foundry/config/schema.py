@@ -11,7 +11,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 FeatureType = Literal["number", "binary", "category", "text", "image"]
 
@@ -1003,6 +1011,53 @@ class BatchingConfig(Section):
     """Longest a request waits for others to join its batch."""
 
 
+class UpstreamConfig(Section):
+    """A language model answered by another OpenAI-compatible engine (vLLM, TGI,
+    llama.cpp's server, another `foundry serve`) and sold through this server's keys,
+    plans, quotas, idempotency and usage report (foundry.serve.upstream). An entry of
+    `serve.models`: `{name: chat, upstream: http://gpu-1:8000/v1, model: Qwen/Qwen2.5-7B}`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
+    """The model name clients call here (`model` in their requests, plans' `models`)."""
+    upstream: str
+    """Base URL of the engine's OpenAI API, up to and including its `/v1`
+    (`http://10.0.0.5:8000/v1`); `/completions` and `/chat/completions` are appended."""
+    model: str | None = None
+    """The model id the upstream serves (what it lists in its own `/v1/models`);
+    `None`: the same as `name`."""
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Name of the environment variable holding the upstream's API key (sent to it as
+    `Authorization: Bearer ...`); the key itself never goes in the YAML. `None`: no key."""
+    max_tokens: int = Field(256, ge=1)
+    """Completion tokens a request gets when it sets no `max_tokens`; sent to the
+    upstream, so every request has a bound to reserve against the quota."""
+    context_length: int | None = Field(None, ge=1)
+    """Shown in `GET /v1/models`; `None`: not shown (the upstream enforces its own)."""
+    connect_timeout_s: float = Field(5.0, gt=0)
+    """Seconds to open a connection to the upstream; then 504 `upstream_timeout`."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Seconds to wait for the upstream's next bytes (the whole answer when not
+    streaming, the first token, each later chunk); then 504 `upstream_timeout`."""
+    max_connections: int = Field(64, ge=1)
+    """Open connections to the upstream per worker process; a request beyond them waits
+    up to `timeout_s` for one, then 503 `upstream_busy` with Retry-After."""
+
+    @field_validator("upstream")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+(/\S*)?$", v):
+            raise ValueError("must be the engine's base URL, like http://10.0.0.5:8000/v1")
+        return v
+
+
+ServedModelEntry = Annotated[
+    Annotated[str, Tag("ref")] | Annotated[UpstreamConfig, Tag("upstream")],
+    # by shape, so a mistyped upstream entry's error names its key, not "not a string"
+    Discriminator(lambda v: "ref" if isinstance(v, str) else "upstream"),
+]
+"""A `serve.models` entry: a registry reference, or an upstream engine."""
+
+
 class ServeConfig(Section):
     host: str = "127.0.0.1"
     """Interface to bind (127.0.0.1 keeps the API on this machine)."""
@@ -1010,8 +1065,10 @@ class ServeConfig(Section):
     """TCP port."""
     workers: int = Field(1, ge=1)
     """uvicorn worker processes; they share the database, so quotas hold across them."""
-    models: list[str] = []
-    """Model references to serve (`name`, `name:3`); the CLI arguments add to these."""
+    models: list[ServedModelEntry] = []
+    """Models to serve: registry references (`name`, `name:3`; the CLI arguments add to
+    these), or language models answered by another OpenAI-compatible engine
+    (`{name, upstream, model, api_key_env}`, see `serve.models` below)."""
     batching: BatchingConfig = BatchingConfig()
     """Dynamic batching defaults for every model."""
     model_batching: dict[str, BatchingConfig] = {}
@@ -1056,8 +1113,24 @@ class ServeConfig(Section):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _upstream_names_once(self) -> ServeConfig:
+        names = [m.name for m in self.upstreams()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"serve.models: upstream name(s) {twice} given more than once")
+        return self
+
     def all_plans(self) -> dict[str, PlanConfig]:
         return {**BUILTIN_PLANS, **self.plans}
+
+    def model_refs(self) -> list[str]:
+        """The registry references in `models` (not the upstreams)."""
+        return [m for m in self.models if isinstance(m, str)]
+
+    def upstreams(self) -> list[UpstreamConfig]:
+        """The upstream engines in `models`."""
+        return [m for m in self.models if isinstance(m, UpstreamConfig)]
 
 
 # --------------------------------------------------------------------------- cost
