@@ -541,9 +541,93 @@ class NGramConfig(Section):
         return self
 
 
+# The model search's candidates: name → the model section it trains (a `model.type` and
+# the settings that make it that candidate). Default order: cheapest and strongest first,
+# so that a short budget still trains the ones most likely to win.
+AUTO_CANDIDATES: dict[str, dict[str, Any]] = {
+    "gbm": {"type": "gbm"},
+    "ngram": {"type": "ngram"},
+    "mlp": {"type": "mlp"},
+    "text": {"type": "text", "encoder": "cnn"},
+    "text-transformer": {"type": "text", "encoder": "transformer"},
+    "cnn": {"type": "cnn"},
+}
+CandidateName = Literal["gbm", "ngram", "mlp", "text", "text-transformer", "cnn"]
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h)?\s*$")
+_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+class AutoConfig(Section):
+    type: Literal["auto"] = "auto"
+    """A time-budgeted model search: train the candidates that fit the data (gbm and mlp
+    for tables; n-gram, text CNN and text transformer for text; cnn for images) on the
+    same train / validation split, one after another until the budget is spent, and
+    register the best by the validation metric (accuracy for classification, RMSE for
+    regression) as its own model type, with the leaderboard in its manifest."""
+    budget: float = Field(300.0, gt=0)
+    """Wall-clock seconds for the search: a duration (`30s`, `5m`, `1h`) or a number of
+    seconds. A candidate starts only while budget is left and gets its share of what is
+    left (left / candidates still to try); a network or booster that would run past its
+    share stops at its best epoch / round so far. The winner's evaluation and packaging
+    come after the budget."""
+    candidates: list[CandidateName] | None = None
+    """Which candidates to try, in this order; `None`: those that fit the inputs,
+    cheapest / strongest first: `[gbm, mlp]` for a table, `[ngram, text,
+    text-transformer]` with a text input, `[cnn]` with an image input."""
+    overrides: dict[CandidateName, dict[str, Any]] = {}
+    """Model settings per candidate, e.g. `{mlp: {layers: [64]}, gbm: {num_leaves: 15}}`
+    (the keys of that model type's section)."""
+    ensemble: Literal["if_better", "always", "never"] = "if_better"
+    """With two or more trained candidates, also build a weighted ensemble of them
+    (Caruana's greedy selection on the validation predictions) and register it (model
+    type `ensemble`) when its validation metric beats the best single candidate's
+    (`if_better`), whatever it scores (`always`), or never."""
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            match = _DURATION.match(value)
+            if match is None:
+                raise ValueError(
+                    f"{value!r} is not a duration; write it like 30s, 5m, 1h or a number "
+                    "of seconds"
+                )
+            return float(match.group(1)) * _SECONDS[match.group(2)]
+        return value
+
+    @model_validator(mode="after")
+    def _overrides_are_model_settings(self) -> AutoConfig:
+        from pydantic import TypeAdapter, ValidationError
+
+        adapter = TypeAdapter(ModelConfig)
+        for name, settings in self.overrides.items():
+            if "type" in settings:
+                raise ValueError(f"overrides.{name}: leave out 'type' (the candidate sets it)")
+            try:
+                adapter.validate_python({**AUTO_CANDIDATES[name], **settings})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                key = ".".join(str(p) for p in err["loc"][1:])
+                problem = ("not a setting of this model type" if err["type"] == "extra_forbidden"
+                           else err["msg"].removeprefix("Value error, "))
+                raise ValueError(f"overrides.{name}.{key}: {problem}") from None
+        return self
+
+
+class EnsembleConfig(Section):
+    type: Literal["ensemble"] = "ensemble"
+    """A weighted average of other models' probabilities (values for regression), written
+    by a model search (`type: auto`, `ensemble`); its package holds each member's."""
+    members: list[CandidateName] = []
+    """The candidates it averages, in the order of `weights`."""
+    weights: list[float] = []
+    """Each member's weight (they sum to 1)."""
+
+
 ModelConfig = Annotated[
     MLPConfig | CNNConfig | TextModelConfig | GPTConfig | HFModelConfig | GBMConfig
-    | NGramConfig,
+    | NGramConfig | AutoConfig | EnsembleConfig,
     Field(discriminator="type"),
 ]
 
@@ -1266,7 +1350,8 @@ class FoundryConfig(Section):
     features: FeaturesConfig = FeaturesConfig()
     """What to predict and from which columns (language models on a corpus need none)."""
     model: ModelConfig = MLPConfig()
-    """Architecture; `type` picks one of mlp, cnn, text, gpt, hf, gbm, ngram."""
+    """Architecture; `type` picks one of mlp, cnn, text, gpt, hf, gbm, ngram, auto (a
+    model search)."""
     lm: LMConfig = LMConfig()
     """Language models only: corpus / instruction columns, chat template, generation."""
     train: TrainConfig = TrainConfig()
