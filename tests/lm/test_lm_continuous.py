@@ -8,12 +8,13 @@ import threading
 
 import pytest
 import torch
+from tests.lm.lm_helpers import ByteTokenizer, tiny_gpt
 
 from foundry.config.schema import GenerationConfig
 from foundry.lm.continuous import ContinuousBatcher, QueueFull
 from foundry.lm.generate import GenerationEngine
 from foundry.lm.gpt_model import GPTCacheIO
-from tests.lm.lm_helpers import ByteTokenizer, tiny_gpt
+
 
 # Tensors this small run fastest on one thread, and on a machine whose cores are shared
 # a second OpenMP thread that is descheduled makes every op wait (measured: 10-30x).
@@ -117,8 +118,11 @@ def test_rows_join_at_the_next_step_and_leave_when_they_finish():
                 second.append(b.submit(PROMPTS[2], GenerationConfig(max_tokens=3), lambda d: None))
 
         ended = threading.Event()
-        b.submit(PROMPTS[1], GenerationConfig(max_tokens=12, temperature=0),
-                 lambda d: (emit_first(d), d is None and ended.set()))
+        b.submit(
+            PROMPTS[1],
+            GenerationConfig(max_tokens=12, temperature=0),
+            lambda d: (emit_first(d), d is None and ended.set()),
+        )
         assert ended.wait(30)
     finally:
         b.close()
@@ -196,8 +200,9 @@ def test_decode_logits_are_bit_identical_alone_and_batched():
         def run(prompts: list[str]) -> list[torch.Tensor]:
             logits.clear()
             ended = threading.Semaphore(0)
-            handles = [b.submit(p, params, lambda d: d is None and ended.release())
-                       for p in prompts]
+            handles = [
+                b.submit(p, params, lambda d: d is None and ended.release()) for p in prompts
+            ]
             for _ in handles:
                 ended.acquire()
             return [torch.cat(logits[id(h._request.generator)]) for h in handles]

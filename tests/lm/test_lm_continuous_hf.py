@@ -8,12 +8,12 @@ import threading
 
 import pytest
 import torch
+from tests.lm.hf_tiny import gpt2_dir, llama_dir
 
 from foundry.config.schema import GenerationConfig
 from foundry.lm.continuous import ContinuousBatcher
 from foundry.lm.hf_model import HFLanguageModel
 from foundry.models.hf import HFTokenizer, load_tokenizer
-from tests.lm.hf_tiny import gpt2_dir, llama_dir
 
 transformers = pytest.importorskip("transformers")
 
@@ -42,19 +42,20 @@ def _batcher(directory, *, lora: bool = False) -> tuple[ContinuousBatcher, torch
     return batcher, model
 
 
-def _tokens(batcher: ContinuousBatcher, prompts: list[list[int]],
-            params: GenerationConfig) -> list[list[int]]:
+def _tokens(
+    batcher: ContinuousBatcher, prompts: list[list[int]], params: GenerationConfig
+) -> list[list[int]]:
     """Every prompt submitted at once (as ids); each row's generated ids."""
     ended = threading.Semaphore(0)
-    handles = [batcher.submit(p, params, lambda d: d is None and ended.release())
-               for p in prompts]
+    handles = [batcher.submit(p, params, lambda d: d is None and ended.release()) for p in prompts]
     for _ in handles:
         assert ended.acquire(timeout=120)
     return [h.row.tokens for h in handles]
 
 
-@pytest.mark.parametrize(("make", "lora"), [(llama_dir, False), (gpt2_dir, False),
-                                            (llama_dir, True)])
+@pytest.mark.parametrize(
+    ("make", "lora"), [(llama_dir, False), (gpt2_dir, False), (llama_dir, True)]
+)
 def test_hf_models_batch_to_their_own_greedy_tokens(tmp_path, make, lora):
     batcher, model = _batcher(make(tmp_path), lora=lora)
     try:
@@ -67,9 +68,10 @@ def test_hf_models_batch_to_their_own_greedy_tokens(tmp_path, make, lora):
         batcher.close()
     stop = set(batcher.engine.stop_ids)
     for prompt, tokens in zip(PROMPTS, got, strict=True):
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False,
-                             pad_token_id=0)
-        expected = out[0, len(prompt):].tolist()
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=8, do_sample=False, pad_token_id=0
+        )
+        expected = out[0, len(prompt) :].tolist()
         cut = next((i for i, t in enumerate(expected) if t in stop), len(expected))
         assert tokens == expected[:cut]
     assert together == alone

@@ -301,13 +301,13 @@ class ContinuousBatcher:
         decoding = [r for r in self._active if r.pending is not None]
         if decoding:
             self._decode(decoding)
+        # prompt chunks within the step's token budget, one chunk at least
         budget = self.max_batch_tokens - len(decoding)
-        prefilled = 0
-        for request in [r for r in self._active if r.pending is None and r.row.finish is None]:
-            if prefilled and budget <= 0:
+        reading = [r for r in self._active if r.pending is None and r.row.finish is None]
+        for i, request in enumerate(reading):
+            if i and budget <= 0:
                 break
             budget -= self._prefill(request)
-            prefilled += 1
         finished = [r for r in self._active if r.row.finish is not None]
         for request in finished:
             self._active.remove(request)
