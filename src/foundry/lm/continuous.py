@@ -251,7 +251,9 @@ class ContinuousBatcher:
     # ------------------------------------------------------------------ the loop
 
     def _is_full(self) -> bool:
-        return not self._free and len(self._waiting) >= self.max_queue
+        # requests that arrived during a step wait even when slots are free: they count
+        # against those slots first, then against the queue
+        return len(self._waiting) >= len(self._free) + self.max_queue
 
     def _wake(self) -> None:
         with self._lock:
