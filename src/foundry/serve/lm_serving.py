@@ -66,6 +66,7 @@ class ServedLanguageModel:
     batcher: ContinuousBatcher | None = field(init=False, default=None)
     """The continuous-batching engine; None: the one-at-a-time engine."""
     _lm_metrics: LMMetrics | None = field(init=False, default=None, repr=False)
+    _deliveries: _Handoff | None = field(init=False, default=None, repr=False)
     _executor: ThreadPoolExecutor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -205,11 +206,15 @@ class ServedLanguageModel:
                 progress.completion_tokens = item.completion_tokens
                 if item.finish_reason is not None:
                     progress.finish_reason = item.finish_reason
-            with contextlib.suppress(RuntimeError):  # the loop may be closed
-                loop.call_soon_threadsafe(queue.put_nowait, item)
+            self._handoff(loop).put(queue, item)
 
         handle = self._submit(prompt, params, emit)
         return _batched_deltas(queue, handle)
+
+    def _handoff(self, loop: asyncio.AbstractEventLoop) -> _Handoff:
+        if self._deliveries is None or self._deliveries.loop is not loop:
+            self._deliveries = _Handoff(loop)
+        return self._deliveries
 
     async def stream(
         self, prompt: str, params: GenerationConfig, progress: StreamProgress
@@ -261,6 +266,31 @@ class ServedLanguageModel:
         if self.batcher is not None:
             await loop.run_in_executor(None, self.batcher.close)
         await loop.run_in_executor(None, self._executor.shutdown)
+
+
+class _Handoff:
+    """Deltas from the engine thread to the event loop, one wake-up per batch of them:
+    a step of 16 rows would otherwise wake the loop 16 times, and each wake-up is a
+    round of the GIL between the two threads."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._items: list[tuple[asyncio.Queue[Any], Any]] = []
+        self._lock = threading.Lock()
+
+    def put(self, queue: asyncio.Queue[Any], item: Any) -> None:
+        with self._lock:
+            self._items.append((queue, item))
+            first = len(self._items) == 1
+        if first:  # a flush is not yet scheduled
+            with contextlib.suppress(RuntimeError):  # the loop may be closed
+                self.loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for queue, item in items:
+            queue.put_nowait(item)
 
 
 def _resolve(future: asyncio.Future[Any]) -> None:
