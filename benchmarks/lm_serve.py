@@ -376,8 +376,16 @@ def main() -> None:
     env = {**os.environ, "FOUNDRY_HOME": str(work / "home")}
     env.pop("FOUNDRY_DATABASE_URL", None)
     build_models(work, env)
+    # The in-process parts run on as many PyTorch threads as a server worker does on
+    # this machine (foundry.serve.app.inference_threads), so they are compared fairly.
+    import torch
+
+    from foundry.serve.app import inference_threads
+
+    torch.set_num_threads(inference_threads(1))
 
     results: dict = {
+        "torch_threads": torch.get_num_threads(),
         "cores": os.cpu_count(),
         "tokens": args.tokens,
         "rounds": args.rounds,
