@@ -422,6 +422,7 @@ def generate(
     ),
 ) -> None:
     """Generate text with a registered language model (gpt, or hf causal_lm)."""
+    from foundry.config.schema import LMServeConfig
     from foundry.errors import ModelError
     from foundry.lm.api import LanguageModel
     from foundry.lm.load import load
@@ -433,7 +434,8 @@ def generate(
     lm = load(model, registry=registry)
     if not isinstance(lm, LanguageModel):
         raise ModelError(f"model {model} makes embeddings, it does not generate text")
-    served = ServedLanguageModel.from_model(lm, registry)
+    # one request: the one-at-a-time engine (no batching thread, no KV slots)
+    served = ServedLanguageModel.from_model(lm, registry, settings=LMServeConfig(max_concurrent=1))
     text = lm.render_chat([{"role": "user", "content": prompt}]) if chat else prompt
     try:
         params = generation_params(

@@ -1059,6 +1059,29 @@ ServedModelEntry = Annotated[
 """A `serve.models` entry: a registry reference, or an upstream engine."""
 
 
+class LMServeConfig(Section):
+    """How a served language model shares its engine between requests (continuous
+    batching, `foundry.lm.continuous`; docs/SERVING.md)."""
+
+    max_concurrent: int = Field(32, ge=1)
+    """Streams generated together: the KV-cache slots, allocated once per model
+    (memory: max_concurrent x layers x 2 x kv_heads x (context + 1) x head_dim x 4
+    bytes; the example GPT: 16 MB at 32). 1 = the one-at-a-time engine: each request
+    has the model's thread to itself until it ends."""
+    max_queue: int = Field(64, ge=0)
+    """Requests that may wait for a slot; beyond them a request is refused with 503
+    `server_busy` and `Retry-After`, so a burst does not pile up unbounded latency."""
+    max_batch_tokens: int = Field(256, ge=1)
+    """Tokens one engine step computes (one per running stream, plus prompt chunks of
+    new requests, one chunk at least): bounds how long a burst of new prompts delays
+    the tokens of running streams."""
+    prefill_chunk: int = Field(64, ge=1)
+    """A prompt is read this many tokens per forward pass, so a long prompt delays the
+    running streams by one chunk per step rather than its whole length."""
+    retry_after_s: int = Field(1, ge=1)
+    """`Retry-After` of a 503 when the queue is full."""
+
+
 class ServeConfig(Section):
     host: str = "127.0.0.1"
     """Interface to bind (127.0.0.1 keeps the API on this machine)."""
@@ -1104,6 +1127,8 @@ class ServeConfig(Section):
     nobody (404)."""
     rotate_grace_hours: float = Field(24.0, ge=0)
     """After `foundry keys rotate`, the old key keeps working this long."""
+    lm: LMServeConfig = LMServeConfig()
+    """Language models: continuous batching and its bounds."""
 
     @model_validator(mode="after")
     def _plan_names_fit_the_database(self) -> ServeConfig:

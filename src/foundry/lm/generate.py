@@ -57,7 +57,15 @@ from foundry.errors import ModelError
 from foundry.lm.api import Completion, Delta, FinishReason
 from foundry.lm.tokenizer import TokenizerLike
 
-__all__ = ["GenerationEngine", "StepFn", "greedy_texts", "pick_next_tokens"]
+__all__ = [
+    "GenerationEngine",
+    "Row",
+    "StepFn",
+    "TextTracker",
+    "advance_row",
+    "greedy_texts",
+    "pick_next_tokens",
+]
 
 _REPLACEMENT = "\ufffd"
 """What a decoder shows for the bytes of a character not yet complete."""
@@ -78,7 +86,7 @@ class StepFn(Protocol):
 
 
 @dataclass
-class _Row:
+class Row:
     """One prompt's progress."""
 
     prompt: list[int]
@@ -89,7 +97,7 @@ class _Row:
     computed: int = 0
     """Tokens generated, a final stop id included (that is what was computed)."""
     finish: FinishReason | None = None
-    text: _TextTracker | None = None
+    text: TextTracker | None = None
 
 
 class GenerationEngine:
@@ -130,15 +138,15 @@ class GenerationEngine:
         """One completion per prompt, all prompts in one batch."""
         if not prompts:
             return []
-        rows = self._rows([self._encode(p) for p in prompts], params, text=True)
+        rows = self.new_rows([self.encode_prompt(p) for p in prompts], params, text=True)
         for _ in self._decode(rows, params):
             pass
-        return [self._completion(row) for row in rows]
+        return [self.completion_of(row) for row in rows]
 
     def stream(self, prompt: str, params: GenerationConfig) -> Iterator[Delta]:
         """The completion of one prompt as deltas, one per generated token (a delta's text
         may be empty while text is held back); the last has `finish_reason` set."""
-        [row] = self._rows([self._encode(prompt)], params, text=True)
+        [row] = self.new_rows([self.encode_prompt(prompt)], params, text=True)
         tracker = row.text
         assert tracker is not None
         for _ in self._decode([row], params):
@@ -151,14 +159,14 @@ class GenerationEngine:
     ) -> list[list[int]]:
         """Token level: the generated ids of each prompt (stop id excluded). Stop strings
         need a tokenizer and are not checked here."""
-        rows = self._rows([list(p) for p in prompt_ids], params, text=False)
+        rows = self.new_rows([list(p) for p in prompt_ids], params, text=False)
         for _ in self._decode(rows, params):
             pass
         return [row.tokens for row in rows]
 
     # --------------------------------------------------------------------- helpers
 
-    def _encode(self, prompt: str) -> list[int]:
+    def encode_prompt(self, prompt: str) -> list[int]:
         if self.tokenizer is None:
             raise ValueError("this GenerationEngine has no tokenizer; use generate_ids")
         ids = self.tokenizer.encode(prompt)
@@ -166,9 +174,9 @@ class GenerationEngine:
         # (it is then the one prompt token counted).
         return ids or [self.tokenizer.eos_id]
 
-    def _rows(
+    def new_rows(
         self, prompts: list[list[int]], params: GenerationConfig, *, text: bool
-    ) -> list[_Row]:
+    ) -> list[Row]:
         rows = []
         for ids in prompts:
             if not ids:
@@ -180,11 +188,11 @@ class GenerationEngine:
                     hint="shorten the prompt",
                 )
             budget = min(params.max_tokens, self.context_length - len(ids))
-            tracker = _TextTracker(self.tokenizer, params.stop) if text and self.tokenizer else None
-            rows.append(_Row(prompt=ids, budget=budget, text=tracker))
+            tracker = TextTracker(self.tokenizer, params.stop) if text and self.tokenizer else None
+            rows.append(Row(prompt=ids, budget=budget, text=tracker))
         return rows
 
-    def _completion(self, row: _Row) -> Completion:
+    def completion_of(self, row: Row) -> Completion:
         assert row.finish is not None
         text = row.text.final() if row.text is not None else ""
         return Completion(
@@ -196,7 +204,7 @@ class GenerationEngine:
 
     # ----------------------------------------------------------------- the loop
 
-    def _decode(self, rows: list[_Row], params: GenerationConfig) -> Iterator[None]:
+    def _decode(self, rows: list[Row], params: GenerationConfig) -> Iterator[None]:
         """Run the batch to the end, yielding after each generated token (rows updated)."""
         device, b = self.device, len(rows)
         width = max(len(row.prompt) for row in rows)
@@ -256,17 +264,22 @@ class GenerationEngine:
                 positions = torch.cat([positions, next_position], dim=1)
                 step_ids, step_positions = ids, positions
 
-    def _advance(self, row: _Row, token: int) -> None:
-        """Record one generated token and decide whether the row is done."""
-        row.computed += 1
-        if token in self.stop_ids:
-            row.finish = "stop"
-            return
-        row.tokens.append(token)
-        if row.text is not None and row.text.update(row.tokens):
-            row.finish = "stop"  # a stop string appeared
-        elif len(row.tokens) >= row.budget:
-            row.finish = "length"
+    def _advance(self, row: Row, token: int) -> None:
+        advance_row(row, token, self.stop_ids)
+
+
+def advance_row(row: Row, token: int, stop_ids: frozenset[int]) -> None:
+    """Record one generated token and decide whether the row is done (both engines:
+    this one and `foundry.lm.continuous`)."""
+    row.computed += 1
+    if token in stop_ids:
+        row.finish = "stop"
+        return
+    row.tokens.append(token)
+    if row.text is not None and row.text.update(row.tokens):
+        row.finish = "stop"  # a stop string appeared
+    elif len(row.tokens) >= row.budget:
+        row.finish = "length"
 
 
 # ------------------------------------------------------------------------ sampling
@@ -335,7 +348,7 @@ def _mark_seen(seen: Tensor, ids: Tensor) -> Tensor:
 # -------------------------------------------------------------------- text tracking
 
 
-class _TextTracker:
+class TextTracker:
     """The text of a row's tokens, cut at the first stop string, and how much of it is
     final: what may still change (an incomplete character, a possible stop string start)
     is held back from streams.

@@ -15,17 +15,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from foundry.config.schema import GenerationConfig, GPTConfig, LMConfig
 from foundry.errors import ModelError
 from foundry.lm.api import Completion, Delta
+from foundry.lm.continuous import ContinuousBatcher
 from foundry.lm.data import render_chat
 from foundry.lm.generate import GenerationEngine
 from foundry.lm.tokenizer import BPETokenizer
-from foundry.models.gpt import GPT
+from foundry.models.gpt import GPT, KVCache
 from foundry.registry.package import Package
 
-__all__ = ["GPTLanguageModel", "load_gpt_package"]
+__all__ = ["GPTCacheIO", "GPTLanguageModel", "load_gpt_package"]
 
 
 class GPTLanguageModel:
@@ -67,6 +69,21 @@ class GPTLanguageModel:
 
     def stream(self, prompt: str, params: GenerationConfig) -> Iterator[Delta]:
         return self.engine.stream(prompt, params)
+
+    def continuous_batcher(self, **settings: Any) -> ContinuousBatcher:
+        """A continuous-batching engine over this model (`foundry.lm.continuous`);
+        `settings` are ContinuousBatcher's keyword arguments."""
+        return ContinuousBatcher(self.engine, GPTCacheIO(), **settings)
+
+
+class GPTCacheIO:
+    """`foundry.lm.continuous.CacheIO` for our GPT's `KVCache`."""
+
+    def build(self, layers: list[tuple[Tensor, Tensor]], filled: int) -> KVCache:
+        return KVCache.from_tensors(layers, filled)
+
+    def read(self, cache: KVCache) -> list[tuple[Tensor, Tensor]]:
+        return cache.tensors()
 
 
 def load_gpt_package(

@@ -345,6 +345,19 @@ class HFLanguageModel:
     def stream(self, prompt: str, params: GenerationConfig) -> Iterator[Delta]:
         return self.engine.stream(prompt, self._params(params))
 
+    def continuous_batcher(self, **settings: Any) -> Any:
+        """A continuous-batching engine over this model (`foundry.lm.continuous`);
+        `settings` are ContinuousBatcher's keyword arguments."""
+        from foundry.lm.continuous import ContinuousBatcher
+        from foundry.lm.hf_step import HFCacheIO
+
+        # Plain matmul + softmax attention: the SDPA kernel on CPU splits its work by
+        # batch size, so a row would get other low bits alone than among others (see
+        # foundry.lm.continuous). This model object then serves the batcher only.
+        if hasattr(self.model, "set_attn_implementation"):
+            self.model.set_attn_implementation("eager")
+        return ContinuousBatcher(self.engine, HFCacheIO(), adjust=self._params, **settings)
+
     def _params(self, params: GenerationConfig) -> GenerationConfig:
         """With foundry's default chat layout on a tokenizer that lacks its `<|end|>`
         as one token, the marker is text: stop on it as a string."""

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["HFCausalLMStep"]
+__all__ = ["HFCacheIO", "HFCausalLMStep"]
 
 
 class HFCausalLMStep:
@@ -51,3 +51,18 @@ class HFCausalLMStep:
         )
         logits = out.logits.float() if out.logits.dtype != torch.float32 else out.logits
         return logits, (out.past_key_values if use_cache else None)
+
+
+class HFCacheIO:
+    """`foundry.lm.continuous.CacheIO` for transformers' `DynamicCache`: the engine's
+    slots become the cache's layers, and the layers' keys and values are read back."""
+
+    def build(self, layers: list[tuple[Tensor, Tensor]], filled: int) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache(
+            ddp_cache_data=[(k[:, :, :filled], v[:, :, :filled]) for k, v in layers]
+        )
+
+    def read(self, cache: Any) -> list[tuple[Tensor, Tensor]]:
+        return [(layer.keys, layer.values) for layer in cache.layers]

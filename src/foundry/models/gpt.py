@@ -46,6 +46,30 @@ class KVCache:
         self._keys: list[Tensor] = []
         self._values: list[Tensor] = []
         self._sizes: list[int] = []
+        self.batch_invariant = False
+        """Attend with plain matmul + softmax rather than scaled_dot_product_attention,
+        whose CPU kernel splits the work by batch size and so gives a row different low
+        bits alone and in a batch (the continuous-batching engine sets it)."""
+
+    @classmethod
+    def from_tensors(cls, layers: list[tuple[Tensor, Tensor]], filled: int) -> KVCache:
+        """A cache over existing buffers (keys, values) [B, H, W, Dh] per layer whose first
+        `filled` positions are the tokens seen; new tokens are written in place while
+        W has room (the continuous-batching engine gathers its slots this way)."""
+        cache = cls()
+        cache.batch_invariant = True
+        for k, v in layers:
+            cache._keys.append(k)
+            cache._values.append(v)
+            cache._sizes.append(filled)
+        return cache
+
+    def tensors(self) -> list[tuple[Tensor, Tensor]]:
+        """Per layer the keys and values seen, [B, H, T_seen, Dh] (views)."""
+        return [
+            (k[:, :, :n], v[:, :, :n])
+            for k, v, n in zip(self._keys, self._values, self._sizes, strict=True)
+        ]
 
     @property
     def length(self) -> int:
@@ -131,6 +155,10 @@ class Attention(nn.Module):
             q, k = rotary(q, positions), rotary(k, positions)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # [B, H, T_total, Dh]
+        if cache is not None and cache.batch_invariant and mask is not None:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # [B, H, t, T]
+            y = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
+            return self.proj(y.transpose(1, 2).reshape(b, t, d))
         y = F.scaled_dot_product_attention(
             q,
             k,

@@ -150,7 +150,9 @@ class Service:
                 kind = await run_in_threadpool(_serving_kind, ref, registry)
                 language = kind == "language"
                 if language:
-                    lm = await run_in_threadpool(ServedLanguageModel.load, ref, registry)
+                    lm = await run_in_threadpool(
+                        partial(ServedLanguageModel.load, ref, registry,
+                                settings=self.config.lm, metrics=self.metrics))
                 elif kind == "text":
                     served = await run_in_threadpool(_load_text_model, ref, registry)
                 else:

@@ -1,16 +1,24 @@
 """Language models behind the API: generation and embeddings off the event loop.
 
-    served = ServedLanguageModel.load("tiny-gpt:2", registry)     # once per worker
-    completion = await served.generate(prompt, params)            # on the model's thread
-    async for delta in served.stream(prompt, params, progress):   # deltas as they come
+    served = ServedLanguageModel.load("tiny-gpt:2", registry, settings=config.lm)
+    completion = await served.generate(prompt, params)            # on the model's engine
+    deltas = served.open_stream(prompt, params, progress)          # 503 here when full
+    async for delta in deltas:                                     # deltas as they come
         ...
 
-Each model has one thread: generation is compute-bound, and PyTorch already spreads one
-forward pass over the cores it is given, so requests for a model run one after another
-(a stream holds the thread until it ends or its client goes away). A stream's deltas are
-handed to the event loop as they are produced; when the client disconnects, the
-generator is closed on the model's thread and `progress.completion_tokens` says how many
-tokens were computed, which is what the request is charged.
+Two engines, by `serve.lm.max_concurrent`:
+
+- above 1 (the default, 32), continuous batching (`foundry.lm.continuous`): one engine
+  thread per model runs steps; a request joins the running batch at the next step and
+  leaves when it ends. At most `max_queue` requests wait for a slot; past that a request
+  is refused with 503 `server_busy` and Retry-After, before anything is reserved.
+- 1, the one-at-a-time engine: each model has one thread, and a request (a whole
+  stream) holds it until it ends or its client goes away; nothing is refused.
+
+Either way a stream's deltas are handed to the event loop as they are produced; when
+the client disconnects, its row leaves the batch at the next step (or its generator is
+closed on the model's thread) and `progress.completion_tokens` says how many tokens were
+computed, which is what the request is charged.
 """
 
 from __future__ import annotations
@@ -25,9 +33,11 @@ from typing import Any
 
 import anyio
 
-from foundry.config.schema import GenerationConfig
+from foundry.config.schema import GenerationConfig, LMServeConfig
 from foundry.lm.api import Completion, Delta, Embedder, LanguageModel
+from foundry.lm.continuous import ContinuousBatcher, QueueFull
 from foundry.serve.errors import ApiError
+from foundry.serve.metrics import LMMetrics, ServeMetrics
 
 _DONE = object()
 
@@ -50,23 +60,55 @@ class ServedLanguageModel:
     """A `foundry.lm.api.LanguageModel` or `Embedder`."""
     defaults: GenerationConfig = field(default_factory=GenerationConfig)
     """The model's `lm.generation` section: what a request leaves unset."""
+    settings: LMServeConfig = field(default_factory=LMServeConfig)
+    """`serve.lm`: continuous batching and its bounds."""
+    metrics: ServeMetrics | None = None
+    batcher: ContinuousBatcher | None = field(init=False, default=None)
+    """The continuous-batching engine; None: the one-at-a-time engine."""
+    _lm_metrics: LMMetrics | None = field(init=False, default=None, repr=False)
+    _deliveries: _Handoff | None = field(init=False, default=None, repr=False)
     _executor: ThreadPoolExecutor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"foundry-lm-{self.name}")
+        if self.settings.max_concurrent > 1 and hasattr(self.model, "continuous_batcher"):
+            hooks: dict[str, Any] = {}
+            if self.metrics is not None:
+                batcher_ref: list[ContinuousBatcher] = []
+                self._lm_metrics = self.metrics.language_model(
+                    self.name,
+                    running=lambda: batcher_ref[0].running if batcher_ref else 0,
+                    queued=lambda: batcher_ref[0].queued if batcher_ref else 0,
+                )
+                hooks = {"on_step": self._lm_metrics.on_step,
+                         "on_admit": self._lm_metrics.on_admit}
+            s = self.settings
+            self.batcher = self.model.continuous_batcher(
+                max_concurrent=s.max_concurrent, max_queue=s.max_queue,
+                max_batch_tokens=s.max_batch_tokens, prefill_chunk=s.prefill_chunk,
+                name=self.name, **hooks,
+            )
+            if self.metrics is not None:
+                batcher_ref.append(self.batcher)
+            self.batcher.start()
 
     @classmethod
-    def load(cls, ref: str, registry: Any) -> ServedLanguageModel:
+    def load(cls, ref: str, registry: Any, *, settings: LMServeConfig | None = None,
+             metrics: ServeMetrics | None = None) -> ServedLanguageModel:
         from foundry.lm.load import load
 
-        return cls.from_model(load(ref, registry=registry), registry)
+        return cls.from_model(load(ref, registry=registry), registry, settings=settings,
+                              metrics=metrics)
 
     @classmethod
-    def from_model(cls, model: Any, registry: Any = None) -> ServedLanguageModel:
+    def from_model(cls, model: Any, registry: Any = None, *,
+                   settings: LMServeConfig | None = None,
+                   metrics: ServeMetrics | None = None) -> ServedLanguageModel:
         """Serve an already loaded model (its `ref` is pinned, `name:version`); its
         `generation` attribute (the package's `lm.generation`) gives the defaults."""
         defaults = getattr(model, "generation", None) or GenerationConfig()
-        return cls(model.ref.split(":")[0], model.ref, model, defaults)
+        return cls(model.ref.split(":")[0], model.ref, model, defaults,
+                   settings or LMServeConfig(), metrics)
 
     @property
     def generates(self) -> bool:
@@ -99,12 +141,80 @@ class ServedLanguageModel:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args))
 
+    def check_capacity(self) -> None:
+        """503 `server_busy` (with Retry-After) when a new request would be refused:
+        checked before the request reserves anything at the gate."""
+        if self.batcher is not None and self.batcher.full():
+            raise self._busy()
+
+    def _busy(self) -> ApiError:
+        if self._lm_metrics is not None:
+            self._lm_metrics.rejected()
+        s = self.settings
+        return ApiError(
+            503, "server_busy",
+            f"model '{self.name}' is generating {s.max_concurrent} streams and "
+            f"{s.max_queue} requests are waiting (serve.lm.max_concurrent, "
+            f"serve.lm.max_queue): retry after {s.retry_after_s} s",
+            headers={"Retry-After": str(s.retry_after_s)},
+        )
+
+    def _submit(self, prompt: str, params: GenerationConfig,
+                emit: Any) -> Any:
+        assert self.batcher is not None
+        try:
+            return self.batcher.submit(prompt, params, emit)
+        except QueueFull:
+            raise self._busy() from None
+
     async def generate(self, prompt: str, params: GenerationConfig) -> Completion:
-        [completion] = await self.run(self.model.generate, [prompt], params)
-        return completion
+        if self.batcher is None:
+            [completion] = await self.run(self.model.generate, [prompt], params)
+            return completion
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[Any] = loop.create_future()
+        failures: list[BaseException] = []
+
+        def emit(item: Any) -> None:
+            if isinstance(item, BaseException):
+                failures.append(item)
+            elif item is None:
+                with contextlib.suppress(RuntimeError):  # the loop may be closed
+                    loop.call_soon_threadsafe(_resolve, ended)
+
+        handle = self._submit(prompt, params, emit)
+        await ended
+        if failures:
+            raise failures[0]
+        return self.batcher.engine.completion_of(handle.row)
 
     async def embed(self, texts: list[str]) -> tuple[Any, list[int]]:
         return await self.run(self.model.embed, texts)
+
+    def open_stream(
+        self, prompt: str, params: GenerationConfig, progress: StreamProgress
+    ) -> AsyncIterator[Delta]:
+        """`stream`, with the request queued now: a full queue is a 503 here, before
+        the response starts."""
+        if self.batcher is None:
+            return self.stream(prompt, params, progress)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def emit(item: Any) -> None:
+            if isinstance(item, Delta):  # on the engine thread, before the client reads
+                progress.completion_tokens = item.completion_tokens
+                if item.finish_reason is not None:
+                    progress.finish_reason = item.finish_reason
+            self._handoff(loop).put(queue, item)
+
+        handle = self._submit(prompt, params, emit)
+        return _batched_deltas(queue, handle)
+
+    def _handoff(self, loop: asyncio.AbstractEventLoop) -> _Handoff:
+        if self._deliveries is None or self._deliveries.loop is not loop:
+            self._deliveries = _Handoff(loop)
+        return self._deliveries
 
     async def stream(
         self, prompt: str, params: GenerationConfig, progress: StreamProgress
@@ -152,7 +262,63 @@ class ServedLanguageModel:
                 await running
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown)
+        loop = asyncio.get_running_loop()
+        if self.batcher is not None:
+            await loop.run_in_executor(None, self.batcher.close)
+        await loop.run_in_executor(None, self._executor.shutdown)
+
+
+class _Handoff:
+    """Deltas from the engine thread to the event loop, one wake-up per batch of them:
+    a step of 16 rows would otherwise wake the loop 16 times, and each wake-up is a
+    round of the GIL between the two threads."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._items: list[tuple[asyncio.Queue[Any], Any]] = []
+        self._lock = threading.Lock()
+
+    def put(self, queue: asyncio.Queue[Any], item: Any) -> None:
+        with self._lock:
+            self._items.append((queue, item))
+            first = len(self._items) == 1
+        if first:  # a flush is not yet scheduled
+            with contextlib.suppress(RuntimeError):  # the loop may be closed
+                self.loop.call_soon_threadsafe(self._flush)
+
+    def _flush(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
+def _resolve(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _batched_deltas(queue: asyncio.Queue[Any], handle: Any) -> AsyncIterator[Delta]:
+    """A row's deltas from the engine thread. Leaving early (a client gone) cancels the
+    row and waits until it has left the batch, so `progress` is final when the caller
+    charges the request."""
+    ended = False
+    try:
+        while True:
+            item = await queue.get()
+            if item is None:
+                ended = True
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        if not ended:
+            handle.cancel()
+            # Shielded: a client that went away cancels this task (Starlette).
+            with anyio.CancelScope(shield=True):
+                while await queue.get() is not None:
+                    pass
 
 
 def generation_params(

@@ -10,6 +10,17 @@ Series (`GET /metrics`, Prometheus text format):
     foundry_batch_size{model}                      histogram: records per forward pass
     foundry_quota_rejections_total{reason}         429s: rate_limit_exceeded, quota_exceeded
 
+Language models on the continuous-batching engine (foundry.lm.continuous):
+
+    foundry_lm_queue_wait_seconds{model}           histogram: submitted → took a slot
+    foundry_lm_running{model}                      gauge: rows in the running batch now
+    foundry_lm_queued{model}                       gauge: requests waiting for a slot now
+    foundry_lm_batch_rows{model}                   histogram: rows per decode step
+    foundry_lm_tokens_total{model}                 tokens generated (rate() = tokens/s)
+    foundry_lm_tokens_per_second{model}            gauge: tokens generated over the last
+                                                   5 seconds, per second
+    foundry_lm_rejections_total{model}             503s: the queue was full
+
 Who may read them is `serve.metrics` (app.py): `admin` (the default: the admin token, as
 a bearer; Prometheus sends one from its scrape config), `public` or `off`. They name
 every model and its traffic, which the API port should not tell any caller.
@@ -23,10 +34,16 @@ protocol that a plain `foundry serve` should not impose.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -35,6 +52,12 @@ from prometheus_client import (
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Records per forward pass: powers of two up to the largest plan's max_records_per_request.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 5000)
+
+# Seconds a language-model request waits for a slot: none when one is free, a few
+# steps (tens of ms) under load, seconds when the queue is long.
+QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+TOKEN_RATE_WINDOW_S = 5.0
+"""foundry_lm_tokens_per_second averages over this many seconds."""
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -70,6 +93,41 @@ class ServeMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self._lm_wait = Histogram(
+            "foundry_lm_queue_wait_seconds",
+            "Seconds a language-model request waited for a slot in the running batch.",
+            ["model"],
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=self.registry,
+        )
+        self._lm_running = Gauge(
+            "foundry_lm_running", "Rows in the running batch.", ["model"], registry=self.registry
+        )
+        self._lm_queued = Gauge(
+            "foundry_lm_queued", "Requests waiting for a slot.", ["model"], registry=self.registry
+        )
+        self._lm_rows = Histogram(
+            "foundry_lm_batch_rows",
+            "Rows in one decode step of a language model.",
+            ["model"],
+            buckets=BATCH_BUCKETS[:8],
+            registry=self.registry,
+        )
+        self._lm_tokens = Counter(
+            "foundry_lm_tokens_total", "Tokens generated.", ["model"], registry=self.registry
+        )
+        self._lm_rate = Gauge(
+            "foundry_lm_tokens_per_second",
+            f"Tokens generated per second over the last {TOKEN_RATE_WINDOW_S:g} seconds.",
+            ["model"],
+            registry=self.registry,
+        )
+        self._lm_rejections = Counter(
+            "foundry_lm_rejections_total",
+            "Language-model requests refused with 503 because the queue was full.",
+            ["model"],
+            registry=self.registry,
+        )
         # label values → child: `.labels()` takes a lock and hashes; this is a dict hit.
         self._request_children: dict[tuple[str, int], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
@@ -98,6 +156,60 @@ class ServeMetrics:
         """One 429: `reason` is the error code (rate_limit_exceeded, quota_exceeded)."""
         self._rejections.labels(reason).inc()
 
+    def language_model(
+        self, model: str, running: Callable[[], int], queued: Callable[[], int]
+    ) -> LMMetrics:
+        """The series of one served language model; `running` and `queued` are read at
+        each scrape."""
+        self._lm_running.labels(model).set_function(running)
+        self._lm_queued.labels(model).set_function(queued)
+        lm = LMMetrics(
+            self._lm_wait.labels(model),
+            self._lm_rows.labels(model),
+            self._lm_tokens.labels(model),
+            self._lm_rejections.labels(model),
+        )
+        self._lm_rate.labels(model).set_function(lm.tokens_per_second)
+        return lm
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every series."""
         return generate_latest(self.registry)
+
+
+class LMMetrics:
+    """One language model's series, fed from its engine thread (`on_step`, `on_admit`)
+    and its routes (`rejected`)."""
+
+    def __init__(
+        self, wait: Histogram, rows: Histogram, tokens: Counter, rejections: Counter
+    ) -> None:
+        self._wait, self._rows, self._tokens, self._rejections = wait, rows, tokens, rejections
+        self._recent: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def on_admit(self, seconds: float) -> None:
+        self._wait.observe(seconds)
+
+    def on_step(self, rows: int, tokens: int) -> None:
+        if rows:
+            self._rows.observe(rows)
+        if tokens:
+            self._tokens.inc(tokens)
+            now = time.monotonic()
+            with self._lock:
+                self._recent.append((now, tokens))
+                self._drop_old(now)
+
+    def rejected(self) -> None:
+        self._rejections.inc()
+
+    def tokens_per_second(self) -> float:
+        now = time.monotonic()
+        with self._lock:
+            self._drop_old(now)
+            return sum(n for _, n in self._recent) / TOKEN_RATE_WINDOW_S
+
+    def _drop_old(self, now: float) -> None:
+        while self._recent and self._recent[0][0] < now - TOKEN_RATE_WINDOW_S:
+            self._recent.popleft()

@@ -24,6 +24,7 @@ are refused with 422 naming the field rather than ignored.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -41,7 +42,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.background import BackgroundTask
 
-from foundry.config.schema import GenerationConfig
+from foundry.lm.api import Delta
 from foundry.serve.errors import ApiError
 from foundry.serve.gate_api import Admission, AdmitRequest, StoredResponse
 from foundry.serve.lm_serving import ServedLanguageModel, StreamProgress, generation_params
@@ -249,6 +250,7 @@ async def _generate(
         for n in counts
     ]
     reserved = sum(counts) + sum(p.max_tokens for p in params)
+    served.check_capacity()  # a full queue: 503 before anything is reserved
     admission = await _admit(service, served, request, body, reserved, reserved)
     if admission is not None and admission.replay is not None:
         return _replay(admission, admission.replay)
@@ -256,19 +258,27 @@ async def _generate(
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _sse(service, served, admission, started, prompts[0], params[0], counts[0],
+        progress = StreamProgress()
+        try:  # queued now: the queue filling up since the check is a 503, not charged
+            deltas = served.open_stream(prompts[0], params[0], progress)
+        except ApiError as exc:
+            await _settle(service, served, admission, started, exc.status, 0)
+            raise
+        events = _sse(service, served, admission, started, deltas, progress, counts[0],
                       ident, created, chat=chat, include_usage=include_usage)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={**_headers(admission), "cache-control": "no-cache"})
-    choices, completion_tokens = [], 0
-    try:
-        for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
-            done = await served.generate(prompt, p)
-            completion_tokens += done.completion_tokens
-            choices.append(_choice(i, done.text, done.finish_reason, chat=chat))
+    try:  # every prompt joins the batch at once
+        done = await asyncio.gather(*(served.generate(prompt, p)
+                                      for prompt, p in zip(prompts, params, strict=True)))
+    except ApiError as exc:
+        await _settle(service, served, admission, started, exc.status, 0)
+        raise
     except Exception:
         await _fail(service, served, admission, started)
         raise
+    completion_tokens = sum(c.completion_tokens for c in done)
+    choices = [_choice(i, c.text, c.finish_reason, chat=chat) for i, c in enumerate(done)]
     usage = _usage(sum(counts), completion_tokens)
     content = {"id": ident, "object": "chat.completion" if chat else "text_completion",
                "created": created, "model": served.name, "choices": choices, "usage": usage}
@@ -280,8 +290,8 @@ async def _sse(
     served: ServedLanguageModel,
     admission: Admission | None,
     started: float,
-    prompt: str,
-    params: GenerationConfig,
+    deltas: AsyncIterator[Delta],
+    progress: StreamProgress,
     prompt_tokens: int,
     ident: str,
     created: int,
@@ -291,7 +301,6 @@ async def _sse(
 ) -> AsyncIterator[bytes]:
     """`data: {chunk}` events, the usage chunk if asked, `data: [DONE]`; whatever happens
     (end, client gone, failure) the request is charged for the tokens computed."""
-    progress = StreamProgress()
     kind = "chat.completion.chunk" if chat else "text_completion"
     status = CLIENT_CLOSED
     sent: list[str] = []
@@ -310,7 +319,7 @@ async def _sse(
         if chat:
             yield chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
                           "finish_reason": None}])
-        async for delta in served.stream(prompt, params, progress):
+        async for delta in deltas:
             if delta.text or delta.finish_reason is not None:
                 yield chunk([_stream_choice(delta.text, delta.finish_reason, chat=chat)])
         if include_usage:

@@ -1,0 +1,439 @@
+"""Language-model serving under load, through the real server: continuous batching
+against the one-at-a-time engine, and against transformers' own continuous batching.
+
+    python benchmarks/lm_serve.py                      # builds both models, a table
+    python benchmarks/lm_serve.py --streams 1,4,16 --tokens 64 --json
+    python benchmarks/lm_serve.py --work /tmp/lmbench  # reuse models built by a former run
+
+Models (built once under --work, nothing downloaded):
+- the example GPT: examples/gpt_corpus.yaml (4 layers x 128, vocab 2048, context 128)
+  trained for one epoch on the corpus's first 400 docstrings (`data.path=...
+  train.epochs=1`): the architecture, hence the speed, is the example's; the full
+  training takes minutes that a load test does not need;
+- a tiny Llama: `transformers.LlamaConfig` (4 layers x 128, 4 heads, 2 key/value heads,
+  context 128), random weights, a byte-level BPE tokenizer trained on the same corpus,
+  saved locally and registered with `foundry train` (one epoch on the same 400 docstrings).
+
+For each model and each engine, `foundry serve` runs in a subprocess on 127.0.0.1 with
+`serve.lm.max_concurrent: 32` (continuous batching) or `1` (one request at a time), and
+N clients (N in --streams) each stream a completion of --tokens tokens (sampled, seeded,
+`stream_options.include_usage`) at once, --rounds times. Reported per N: aggregate
+tokens/s (completion tokens of all streams / wall time from the first request to the
+last `[DONE]`), time to first token p50/p99 (request sent → first text chunk) and
+inter-token latency p50/p99 (gaps between text chunks of a stream).
+
+transformers' continuous batching (`model.generate_batch`, transformers >= 4.56; it runs
+on CPU) decodes the same Llama weights, the same prompts and --tokens in-process, N at
+once; its tokens/s has no HTTP in it, so the comparison flatters it.
+
+Each engine is measured in its own server, one after the other; the machine is shared,
+so only ratios from one run mean anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from foundry.serve.loadtest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPTS = [
+    "Return the number of",
+    "This module provides",
+    "Raise ValueError if",
+    "The default is",
+    "Create a new",
+    "If the file",
+    "A list of",
+    "Read the data",
+]
+PLAN = {
+    "bench": {"included_units": 10**9, "requests_per_minute": 10**6, "tokens_per_minute": 10**9}
+}
+
+
+def _run(args: list[str], env: dict[str, str], cwd: Path) -> str:
+    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{' '.join(args)} failed:\n{out.stderr[-3000:]}")
+    return out.stdout.strip()
+
+
+def _foundry(env: dict[str, str], cwd: Path, *args: str) -> str:
+    return _run([sys.executable, "-m", "foundry", *args], env, cwd)
+
+
+# ------------------------------------------------------------------------- models
+
+
+def build_models(work: Path, env: dict[str, str]) -> None:
+    """The example GPT and a tiny Llama, registered under `work/home` (once)."""
+    if (work / "built").exists():
+        return
+    corpus = ROOT / "examples" / "data" / "lm_corpus.jsonl"
+    if not corpus.exists():
+        _run([sys.executable, str(ROOT / "examples" / "make_lm_data.py"), "corpus"], env, ROOT)
+    docs = work / "docs.jsonl"
+    lines = corpus.read_text(encoding="utf-8").splitlines()[:400]
+    docs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _foundry(
+        env,
+        work,
+        "train",
+        str(ROOT / "examples" / "gpt_corpus.yaml"),
+        f"data.path={docs}",
+        "train.epochs=1",
+        f"output_dir={work / 'runs'}",
+        "-q",
+    )
+    llama = _tiny_llama(work, corpus)
+    config = {
+        "name": "tiny-llama",
+        "data": {"path": str(docs)},
+        "model": {"type": "hf", "name_or_path": str(llama), "task": "causal_lm", "max_length": 128},
+        "train": {"epochs": 1, "batch_size": 8},
+        "output_dir": str(work / "runs"),
+    }
+    (work / "llama.yaml").write_text(yaml.safe_dump(config))
+    _foundry(env, work, "train", "llama.yaml", "-q")
+    (work / "built").write_text("")
+
+
+def _tiny_llama(work: Path, corpus: Path) -> Path:
+    """LlamaConfig with random weights and a BPE tokenizer trained on the corpus."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()[:2000]]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=2048,
+            special_tokens=["<s>", "</s>", "<pad>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        model_max_length=128,
+    )
+    config = LlamaConfig(
+        hidden_size=128,
+        intermediate_size=352,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        vocab_size=len(tok),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    path = work / "tiny-llama-base"
+    LlamaForCausalLM(config).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
+
+
+# ------------------------------------------------------------------------- load
+
+
+async def _stream(
+    client: httpx.AsyncClient, model: str, prompt: str, tokens: int, seed: int
+) -> dict:
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": tokens,
+        "temperature": 0.8,
+        "seed": seed,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    sent = time.perf_counter()
+    chunks: list[float] = []
+    usage = 0
+    async with client.stream("POST", "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{r.status_code}: {(await r.aread())[:300]!r}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            data = json.loads(line[6:])
+            if data.get("usage"):
+                usage = data["usage"]["completion_tokens"]
+            elif data["choices"] and data["choices"][0]["text"]:
+                chunks.append(time.perf_counter())
+    return {"sent": sent, "chunks": chunks, "tokens": usage, "end": time.perf_counter()}
+
+
+async def _load(url: str, key: str, model: str, n: int, tokens: int, rounds: int) -> dict:
+    limits = httpx.Limits(max_connections=n + 4)
+    headers = {"authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(
+        base_url=url, headers=headers, timeout=600, limits=limits
+    ) as client:
+        await _stream(client, model, PROMPTS[0], 8, 0)  # warm-up
+        results, wall, total = [], 0.0, 0
+        for r in range(rounds):
+            start = time.perf_counter()
+            batch = await asyncio.gather(
+                *(
+                    _stream(client, model, PROMPTS[i % len(PROMPTS)], tokens, 1000 * r + i)
+                    for i in range(n)
+                )
+            )
+            wall += time.perf_counter() - start
+            total += sum(b["tokens"] for b in batch)
+            results += batch
+    ttft = [b["chunks"][0] - b["sent"] for b in results if b["chunks"]]
+    itl = [
+        b["chunks"][i + 1] - b["chunks"][i] for b in results for i in range(len(b["chunks"]) - 1)
+    ]
+    return {
+        "streams": n,
+        "tokens_per_s": total / wall,
+        "tokens": total,
+        "ttft_p50_ms": _pct(ttft, 50),
+        "ttft_p99_ms": _pct(ttft, 99),
+        "itl_p50_ms": _pct(itl, 50),
+        "itl_p99_ms": _pct(itl, 99),
+    }
+
+
+def _pct(values: list[float], q: int) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return 1000 * ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+@contextlib.contextmanager
+def _server(work: Path, env: dict[str, str], max_concurrent: int):
+    config = {
+        "serve": {
+            "plans": PLAN,
+            "metrics": "public",
+            "lm": {"max_concurrent": max_concurrent, "max_queue": 256},
+        }
+    }
+    path = work / f"serve-{max_concurrent}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    key = _foundry(
+        env,
+        work,
+        "keys",
+        "create",
+        "--name",
+        f"bench-{max_concurrent}",
+        "--plan",
+        "bench",
+        "--config",
+        str(path),
+    )
+    port = free_port()
+    log = open(work / f"server-{max_concurrent}.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "foundry",
+            "serve",
+            "gpt-corpus",
+            "tiny-llama",
+            "--port",
+            str(port),
+            "--config",
+            str(path),
+        ],
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit((work / f"server-{max_concurrent}.log").read_text()[-3000:])
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit("the server did not start in 300 s")
+            time.sleep(0.3)
+        yield url, key
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        log.close()
+
+
+# ------------------------------------------------------------------------- baselines
+
+
+def prefill_ms(env: dict[str, str], ref: str) -> float:
+    """One prompt's prefill in-process (median of 20 forward passes over PROMPTS[0])."""
+    import torch
+
+    os.environ["FOUNDRY_HOME"] = env["FOUNDRY_HOME"]
+    from foundry.lm.load import load
+
+    lm = load(ref)
+    ids = torch.tensor([lm.engine.encode_prompt(PROMPTS[0])])
+    times = []
+    for _ in range(21):
+        start = time.perf_counter()
+        lm.engine.step(
+            ids,
+            cache=None,
+            attention_mask=None,
+            position_ids=torch.arange(ids.shape[1])[None],
+            use_cache=True,
+        )
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times[1:])
+
+
+def transformers_batch(env: dict[str, str], streams: list[int], tokens: int) -> list[dict]:
+    """transformers' `generate_batch` on the Llama package's weights, in-process."""
+    import torch
+    import transformers
+
+    os.environ["FOUNDRY_HOME"] = env["FOUNDRY_HOME"]
+    from foundry.lm.load import load
+
+    lm = load("tiny-llama")
+    model, tok = lm.model, lm.tokenizer
+    prompts = [tok.encode(p) for p in PROMPTS]
+    config = transformers.GenerationConfig(
+        max_new_tokens=tokens,
+        do_sample=True,
+        temperature=0.8,
+        eos_token_id=tok.eos_id,
+        pad_token_id=tok.pad_id,
+    )
+    rows = []
+    # One manager for every call (`persistent_manager`), sized by a first call with the
+    # most streams: a fresh manager costs ~2 minutes of set-up on CPU here, which would
+    # swamp the generation it is asked to do.
+    batch = {"generation_config": config, "persistent_manager": True, "warmup": False}
+    with torch.inference_mode():
+        model.generate_batch(
+            inputs=[prompts[i % len(prompts)] for i in range(max(streams))], **batch
+        )
+        for n in streams:
+            start = time.perf_counter()
+            out = model.generate_batch(
+                inputs=[prompts[i % len(prompts)] for i in range(n)], **batch
+            )
+            wall = time.perf_counter() - start
+            total = sum(len(o.generated_tokens) for o in out.values())
+            rows.append({"streams": n, "tokens_per_s": total / wall, "tokens": total})
+    return rows
+
+
+# ------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--streams", default="1,4,16,32")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    streams = [int(s) for s in args.streams.split(",")]
+    work = args.work or Path(tempfile.mkdtemp(prefix="lm-serve-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "FOUNDRY_HOME": str(work / "home")}
+    env.pop("FOUNDRY_DATABASE_URL", None)
+    build_models(work, env)
+    # The in-process parts run on as many PyTorch threads as a server worker does on
+    # this machine (foundry.serve.app.inference_threads), so they are compared fairly.
+    import torch
+
+    from foundry.serve.app import inference_threads
+
+    torch.set_num_threads(inference_threads(1))
+
+    results: dict = {
+        "torch_threads": torch.get_num_threads(),
+        "cores": os.cpu_count(),
+        "tokens": args.tokens,
+        "rounds": args.rounds,
+        "engines": {},
+    }
+    for engine, slots in (("continuous", 32), ("one-at-a-time", 1)):
+        with _server(work, env, slots) as (url, key):
+            for model in ("gpt-corpus", "tiny-llama"):
+                rows = [
+                    asyncio.run(_load(url, key, model, n, args.tokens, args.rounds))
+                    for n in streams
+                ]
+                results["engines"].setdefault(engine, {})[model] = rows
+    results["prefill_ms"] = {m: prefill_ms(env, m) for m in ("gpt-corpus", "tiny-llama")}
+    if not args.skip_transformers:
+        try:
+            results["transformers_generate_batch"] = transformers_batch(env, streams, args.tokens)
+        except Exception as exc:  # report it rather than lose the run
+            results["transformers_generate_batch"] = f"did not run: {exc!r}"
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    _table(results)
+
+
+def _table(results: dict) -> None:
+    print(
+        f"{results['cores']} cores, {results['tokens']} tokens per stream, "
+        f"{results['rounds']} rounds"
+    )
+    for engine, models in results["engines"].items():
+        for model, rows in models.items():
+            print(f"\n{engine} · {model}")
+            print("streams  tokens/s  TTFT p50  TTFT p99  ITL p50  ITL p99  (ms)")
+            for r in rows:
+                print(
+                    f"{r['streams']:>7}  {r['tokens_per_s']:>8.0f}  {r['ttft_p50_ms']:>8.1f}  "
+                    f"{r['ttft_p99_ms']:>8.1f}  {r['itl_p50_ms']:>7.1f}  {r['itl_p99_ms']:>7.1f}"
+                )
+    print(f"\nprefill of one prompt, in-process (ms): {results['prefill_ms']}")
+    hf = results.get("transformers_generate_batch")
+    if isinstance(hf, list):
+        print("\ntransformers generate_batch · tiny-llama (in-process, no HTTP)")
+        for r in hf:
+            print(f"{r['streams']:>7}  {r['tokens_per_s']:>8.0f} tokens/s")
+    elif hf:
+        print(f"\ntransformers generate_batch: {hf}")
+
+
+if __name__ == "__main__":
+    main()

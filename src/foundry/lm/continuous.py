@@ -1,0 +1,428 @@
+"""Continuous (iteration-level) batching: many streams share one engine thread.
+
+    batcher = ContinuousBatcher(engine, GPTCacheIO(), max_concurrent=32, name="gpt")
+    batcher.start()
+    handle = batcher.submit(prompt, params, emit)   # emit(Delta) per token, then emit(None)
+    handle.cancel()                                  # leaves the batch at the next step
+    batcher.close()
+
+One thread per served model runs steps. Each step:
+
+1. waiting requests take free slots (FIFO; at most `max_concurrent` rows, the rest wait
+   in a queue of at most `max_queue`; `submit` raises `QueueFull` past it);
+2. rows whose client went away (`cancel`) leave, their slot freed;
+3. every decoding row advances one token in one batched forward pass;
+4. prompts of new rows are read in chunks of `prefill_chunk` tokens, one row per
+   forward pass, while the step's tokens stay within `max_batch_tokens` (one chunk at
+   least), so a long prompt delays the running streams by one chunk per step, not by
+   its whole length. A row's last chunk gives its first token.
+
+KV cache: one buffer per layer, [max_concurrent, kv_heads, context + 1, head_dim],
+allocated once (on the first prompt, when the model's shapes are known) and never grown;
+a row owns one slot from its first chunk to its last token. A decode step gathers the
+rows' slots into the model's own cache type (`CacheIO.build`), runs the step contract of
+`foundry.lm.generate` (so our GPT and any transformers causal LM, LoRA merged or not,
+run here unchanged) and writes each row's new key/value back into its slot.
+
+Same text alone or batched. Every row samples from its own logits with its own
+`torch.Generator` (seeded with its `seed`) and its own parameters, so neighbours never
+touch its randomness. The logits themselves must not depend on the neighbours either,
+and batched float32 kernels do not promise that: MKL's sgemm on this machine gives a
+row different low bits when the batch has 1-3 or 5-7 or 9-11 rows than when it is
+padded to a multiple of 4 (measured on Linear layers of 64-4096 features: rows in full
+blocks of 4 match a 64-row batch bit for bit), and scaled_dot_product_attention over L
+keys differs in the last bit from the same keys padded and masked to a longer width.
+That is enough to flip a sampled token now and then. So shapes are fixed where they
+matter: a decode step pads its rows to a multiple of `ROW_QUANTUM` and always attends
+over the whole slot width (context + 1, masked), and a prompt's chunks run alone, cut at
+the same places whatever else is running. A row's arithmetic is then the same alone or
+among 31 others (tests/lm/test_lm_continuous.py checks it token for token).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from foundry.config.schema import GenerationConfig
+from foundry.lm.api import Completion, Delta
+from foundry.lm.generate import GenerationEngine, Row, advance_row, pick_next_tokens
+
+__all__ = ["CacheIO", "ContinuousBatcher", "QueueFull", "RowHandle", "ROW_QUANTUM"]
+
+ROW_QUANTUM = 4
+"""Decode batches are padded to a multiple of this many rows (see the module doc)."""
+
+Emit = Callable[[Delta | BaseException | None], None]
+"""Called on the engine thread: a Delta per token, an exception if the step failed,
+then None once the row has left the batch (finished, cancelled or failed)."""
+
+
+class CacheIO(Protocol):
+    """How the engine moves keys and values between its slots and a model's cache."""
+
+    def build(self, layers: list[tuple[Tensor, Tensor]], filled: int) -> Any:
+        """A cache holding `layers[i] = (keys, values)` [B, H, W, Dh], of which the first
+        `filled` positions are the tokens seen (W may be larger: spare room to append)."""
+        ...
+
+    def read(self, cache: Any) -> list[tuple[Tensor, Tensor]]:
+        """The cache's keys and values per layer, [B, H, T, Dh] for the T tokens seen."""
+        ...
+
+
+class QueueFull(Exception):
+    """Every slot is taken and `max_queue` requests already wait."""
+
+
+@dataclass
+class _Request:
+    row: Row
+    params: GenerationConfig
+    generator: torch.Generator
+    emit: Emit
+    enqueued: float
+    slot: int = -1
+    cached: int = 0
+    """Tokens of this row in its slot's cache."""
+    pending: int | None = None
+    """The last sampled token, fed at the next decode step."""
+    cancelled: bool = False
+    seen: set[int] = field(default_factory=set)
+    """Tokens so far, for the repetition penalty."""
+
+
+class RowHandle:
+    """The caller's side of one submitted row."""
+
+    def __init__(self, request: _Request, wake: Callable[[], None]) -> None:
+        self._request = request
+        self._wake = wake
+
+    @property
+    def row(self) -> Row:
+        """The row's progress (its tokens, finish reason and text once it has left)."""
+        return self._request.row
+
+    def cancel(self) -> None:
+        """Leave the batch at the next step (the tokens computed until then stand)."""
+        self._request.cancelled = True
+        self._wake()
+
+
+class ContinuousBatcher:
+    """Continuous batching over a `GenerationEngine`'s step, tokenizer and stop ids."""
+
+    def __init__(
+        self,
+        engine: GenerationEngine,
+        cache_io: CacheIO,
+        *,
+        max_concurrent: int = 32,
+        max_queue: int = 64,
+        max_batch_tokens: int = 256,
+        prefill_chunk: int = 64,
+        name: str = "lm",
+        adjust: Callable[[GenerationConfig], GenerationConfig] | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        on_admit: Callable[[float], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.io = cache_io
+        self.max_concurrent = max_concurrent
+        self.max_queue = max_queue
+        self.max_batch_tokens = max_batch_tokens
+        self.prefill_chunk = prefill_chunk
+        self.name = name
+        self.adjust = adjust
+        """The model's own request adjustments (e.g. an end-of-turn stop string)."""
+        self.on_step = on_step
+        """on_step(decode rows, tokens generated) after each step (metrics)."""
+        self.on_admit = on_admit
+        """on_admit(seconds waited in the queue) when a request takes a slot."""
+        self._lock = threading.Condition()
+        self._waiting: deque[_Request] = deque()
+        self._active: list[_Request] = []
+        self._free = list(range(max_concurrent - 1, -1, -1))
+        self._slots: list[tuple[Tensor, Tensor]] = []
+        self._width = engine.context_length + 1  # + the token a decode step appends
+        self._sampled = 0
+        """Tokens generated in the current step."""
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ public
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"foundry-lm-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._active)
+
+    def full(self) -> bool:
+        """No slot free and the queue at its bound: a new request would be refused."""
+        with self._lock:
+            return self._is_full()
+
+    def submit(self, prompt: str | list[int], params: GenerationConfig, emit: Emit) -> RowHandle:
+        """Queue one completion; `emit` gets its deltas on the engine thread. Raises
+        `QueueFull` when every slot is taken and `max_queue` requests wait already,
+        `foundry.errors.ModelError` when the prompt leaves no room to generate."""
+        if self.adjust is not None:
+            params = self.adjust(params)
+        ids = self.engine.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
+        [row] = self.engine.new_rows([ids], params, text=isinstance(prompt, str))
+        request = _Request(row, params, _generator(params.seed), emit, time.perf_counter())
+        if params.repetition_penalty != 1.0:
+            request.seen.update(ids)
+        with self._lock:
+            if self._is_full():
+                raise QueueFull(
+                    f"model '{self.name}' has {self.max_concurrent} streams running and "
+                    f"{self.max_queue} waiting"
+                )
+            self._waiting.append(request)
+            self._lock.notify_all()
+        return RowHandle(request, self._wake)
+
+    def generate(self, prompts: list[str], params: GenerationConfig) -> list[Completion]:
+        """Blocking: one completion per prompt, each prompt its own row."""
+        done = threading.Semaphore(0)
+        failures: list[BaseException] = []
+
+        def emit(item: Delta | BaseException | None) -> None:
+            if isinstance(item, BaseException):
+                failures.append(item)
+            elif item is None:
+                done.release()
+
+        handles = [self.submit(p, params, emit) for p in prompts]
+        for _ in handles:
+            done.acquire()
+        if failures:
+            raise failures[0]
+        return [self.engine.completion_of(h.row) for h in handles]
+
+    def stream(self, prompt: str, params: GenerationConfig) -> Iterator[Delta]:
+        """Blocking: the deltas of one completion (closing the iterator cancels it)."""
+        items: deque[Delta | BaseException | None] = deque()
+        ready = threading.Semaphore(0)
+
+        def emit(item: Delta | BaseException | None) -> None:
+            items.append(item)
+            ready.release()
+
+        handle = self.submit(prompt, params, emit)
+        try:
+            while True:
+                ready.acquire()
+                item = items.popleft()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            handle.cancel()
+
+    # ------------------------------------------------------------------ the loop
+
+    def _is_full(self) -> bool:
+        # requests that arrived during a step wait even when slots are free: they count
+        # against those slots first, then against the queue
+        return len(self._waiting) >= len(self._free) + self.max_queue
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._lock.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and not self._waiting and not self._active:
+                    self._lock.wait()
+                if self._closed:
+                    break
+                self._admit()
+            try:
+                self._step()
+            except BaseException as exc:  # every row in the batch fails; the engine goes on
+                for request in self._active:
+                    request.emit(exc)
+                    self._leave(request)
+                self._active = []
+        for request in [*self._active, *self._waiting]:  # closed: nothing more will come
+            request.emit(RuntimeError(f"model '{self.name}' is shutting down"))
+            request.emit(None)
+
+    def _admit(self) -> None:
+        """Waiting requests take free slots (the lock is held)."""
+        now = time.perf_counter()
+        while self._waiting and self._free:
+            request = self._waiting.popleft()
+            if request.cancelled:  # gone before it started: nothing computed
+                request.emit(None)
+                continue
+            request.slot = self._free.pop()
+            self._active.append(request)
+            if self.on_admit is not None:
+                self.on_admit(now - request.enqueued)
+
+    def _leave(self, request: _Request) -> None:
+        with self._lock:
+            self._free.append(request.slot)
+        request.emit(None)
+
+    def _step(self) -> None:
+        for request in [r for r in self._active if r.cancelled]:
+            self._active.remove(request)
+            self._leave(request)
+        decoding = [r for r in self._active if r.pending is not None]
+        if decoding:
+            self._decode(decoding)
+        # prompt chunks within the step's token budget, one chunk at least
+        budget = self.max_batch_tokens - len(decoding)
+        reading = [r for r in self._active if r.pending is None and r.row.finish is None]
+        for i, request in enumerate(reading):
+            if i and budget <= 0:
+                break
+            budget -= self._prefill(request)
+        finished = [r for r in self._active if r.row.finish is not None]
+        for request in finished:
+            self._active.remove(request)
+            self._leave(request)
+        if self.on_step is not None:
+            self.on_step(len(decoding), self._sampled)
+        self._sampled = 0
+
+    def _prefill(self, request: _Request) -> int:
+        """One chunk of a row's prompt, alone; the last chunk samples its first token."""
+        start, prompt = request.cached, request.row.prompt
+        chunk = prompt[start : start + self.prefill_chunk]
+        t, device = len(chunk), self.engine.device
+        cache = None
+        if start:
+            cache = self.io.build(
+                [
+                    (
+                        k[request.slot : request.slot + 1, :, :start],
+                        v[request.slot : request.slot + 1, :, :start],
+                    )
+                    for k, v in self._slots
+                ],
+                start,
+            )
+        with torch.inference_mode():
+            logits, cache = self.engine.step(
+                torch.tensor([chunk], dtype=torch.int64, device=device),
+                cache=cache,
+                attention_mask=None,
+                position_ids=torch.arange(start, start + t, device=device)[None],
+                use_cache=True,
+            )
+            layers = self.io.read(cache)
+            if not self._slots:
+                self._allocate(layers)
+            for (slot_k, slot_v), (k, v) in zip(self._slots, layers, strict=True):
+                slot_k[request.slot, :, start : start + t] = k[0, :, start : start + t]
+                slot_v[request.slot, :, start : start + t] = v[0, :, start : start + t]
+        request.cached += t
+        if request.cached == len(prompt):
+            self._sample(request, logits[:, -1])
+        return t
+
+    def _decode(self, rows: list[_Request]) -> None:
+        """One token for every decoding row, in one forward pass of a fixed shape."""
+        n = len(rows)
+        padded = -(-n // ROW_QUANTUM) * ROW_QUANTUM
+        device, width = self.engine.device, self._width
+        context = width - 1
+        slots = torch.tensor([r.slot for r in rows] + [rows[0].slot] * (padded - n), device=device)
+        lengths = [r.cached for r in rows] + [0] * (padded - n)
+        ids = [r.pending for r in rows] + [self.engine.pad_id] * (padded - n)
+        # mask [padded, context + 1]: each row's own tokens, and the one appended now
+        # (column `context`); padding rows see only that one
+        mask = (
+            torch.arange(width, device=device)[None] < torch.tensor(lengths, device=device)[:, None]
+        )
+        mask[:, context] = True
+        with torch.inference_mode():
+            cache = self.io.build(
+                [(k.index_select(0, slots), v.index_select(0, slots)) for k, v in self._slots],
+                context,
+            )
+            logits, cache = self.engine.step(
+                torch.tensor(ids, dtype=torch.int64, device=device)[:, None],
+                cache=cache,
+                attention_mask=mask.long(),
+                position_ids=torch.tensor(lengths, device=device)[:, None],
+                use_cache=True,
+            )
+            real, at = slots[:n], torch.tensor(lengths[:n], device=device)
+            for (slot_k, slot_v), (k, v) in zip(self._slots, self.io.read(cache), strict=True):
+                slot_k[real, :, at] = k[:n, :, context]
+                slot_v[real, :, at] = v[:n, :, context]
+        for i, request in enumerate(rows):
+            request.cached += 1
+            self._sample(request, logits[i : i + 1, -1])
+
+    def _sample(self, request: _Request, logits: Tensor) -> None:
+        """The row's next token from its own logits [1, V] and generator; its delta."""
+        seen = None
+        if request.params.repetition_penalty != 1.0:
+            seen = torch.zeros((1, max(request.seen) + 1), dtype=torch.bool)
+            seen[0, list(request.seen)] = True
+            seen = seen.to(logits.device)
+        self._sampled += 1
+        token = int(pick_next_tokens(logits.float(), request.params, [request.generator], seen))
+        row = request.row
+        advance_row(row, token, self.engine.stop_ids)
+        request.seen.add(token)
+        request.pending = token if row.finish is None else None
+        text = row.text
+        if row.finish is not None:
+            request.emit(Delta(text.take_rest() if text else "", row.computed, row.finish))
+        else:
+            request.emit(Delta(text.take_ready() if text else "", row.computed))
+
+    def _allocate(self, layers: list[tuple[Tensor, Tensor]]) -> None:
+        """The slot buffers, shaped after the model's first cache (zeros: a masked slot
+        position must hold a finite number, as 0 x NaN is NaN)."""
+        for k, v in layers:
+            _, heads, _, dim = k.shape
+            self._slots.append(
+                (
+                    k.new_zeros((self.max_concurrent, heads, self._width, dim)),
+                    v.new_zeros((self.max_concurrent, v.shape[1], self._width, v.shape[3])),
+                )
+            )
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    """The row's own CPU generator: its seed, or fresh entropy."""
+    if seed is None:
+        return torch.Generator().manual_seed(random.SystemRandom().randrange(2**63))
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,140 @@
+"""Continuous batching through the real server (`foundry serve` subprocess): concurrent
+streams share the engine and each gets what it gets alone; past the bounded queue a
+request is refused with 503 + Retry-After in the OpenAI error shape, charged nothing;
+the engine's series are in /metrics."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from foundry.serve.loadtest import free_port
+
+pytestmark = pytest.mark.slow
+
+CORPUS = "\n\n".join(
+    f"The {animal} sat on the {thing}. Then the {animal} ran to the {thing} again."
+    for animal in ("cat", "dog", "fox", "owl")
+    for thing in ("mat", "wall", "box")
+)
+PLAN = {"lm": {"included_units": 1_000_000, "requests_per_minute": 100_000,
+               "tokens_per_minute": 10_000_000}}
+
+
+def _cli(root: Path, env: dict, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "foundry", *args], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lmbatch")
+    env = {**os.environ, "FOUNDRY_HOME": str(root / "home")}
+    env.pop("FOUNDRY_DATABASE_URL", None)
+    (root / "corpus.txt").write_text(CORPUS)
+    config = {
+        "name": "tiny-gpt",
+        "data": {"path": "corpus.txt"},
+        "model": {"type": "gpt", "n_layers": 1, "d_model": 32, "n_heads": 2,
+                  "context_length": 512, "vocab_size": 300},
+        "train": {"epochs": 1, "batch_size": 16, "optimizer": {"lr": 3e-3}},
+        "lm": {"generation": {"max_tokens": 8, "temperature": 0}},
+        # two slots, no queue; a prompt read one token per step, so two long prompts
+        # hold both slots long enough for a third request to find them taken
+        "serve": {"plans": PLAN, "metrics": "public",
+                  "lm": {"max_concurrent": 2, "max_queue": 0, "prefill_chunk": 1,
+                         "max_batch_tokens": 1, "retry_after_s": 2}},
+    }
+    (root / "gpt.yaml").write_text(yaml.safe_dump(config))
+    _cli(root, env, "train", "gpt.yaml")
+    key = _cli(root, env, "keys", "create", "--name", "lm", "--plan", "lm",
+               "--config", "gpt.yaml")
+    port = free_port()
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "foundry", "serve", "tiny-gpt", "--port", str(port),
+         "--config", "gpt.yaml"],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, (root / "server.log").read_text()
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        assert time.monotonic() < deadline, (root / "server.log").read_text()
+        time.sleep(0.2)
+    yield {"url": url, "headers": {"authorization": f"Bearer {key}"}}
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=30)
+    log.close()
+
+
+def _complete(server, prompt: str, **extra) -> httpx.Response:
+    body = {"model": "tiny-gpt", "prompt": prompt, "max_tokens": 8, "temperature": 0,
+            **extra}
+    return httpx.post(f"{server['url']}/v1/completions", json=body,
+                      headers=server["headers"], timeout=120)
+
+
+def _metric(server, name: str) -> float:
+    text = httpx.get(f"{server['url']}/metrics", timeout=30).text
+    found = re.search(rf'^{name}\{{model="tiny-gpt"\}} (\S+)$', text, re.MULTILINE)
+    assert found, f"{name} not in /metrics"
+    return float(found.group(1))
+
+
+def _usage(server) -> int:
+    r = httpx.get(f"{server['url']}/v1/usage", headers=server["headers"], timeout=30)
+    return r.json()["units_used"]
+
+
+def test_a_full_queue_is_a_503_with_retry_after_and_charges_nothing(server):
+    long_prompt = "The cat sat on the mat. " * 50  # a few hundred tokens, read one a step
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        running = [pool.submit(_complete, server, long_prompt) for _ in range(2)]
+        deadline = time.monotonic() + 60
+        while _metric(server, "foundry_lm_running") < 2:
+            assert time.monotonic() < deadline, "the two long prompts never ran together"
+            time.sleep(0.01)
+        before = _usage(server)
+        refused = _complete(server, "The dog")
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "2"
+        error = refused.json()["error"]
+        assert error["code"] == "server_busy" and error["type"] == "server_error"
+        assert "serve.lm.max_queue" in error["message"]
+        answers = [f.result() for f in running]
+    assert [a.status_code for a in answers] == [200, 200]
+    # the refused request reserved and was charged nothing; the two that ran were
+    assert _usage(server) - before == sum(a.json()["usage"]["total_tokens"] for a in answers)
+    assert _metric(server, "foundry_lm_rejections_total") == 1
+    assert _complete(server, "The dog").status_code == 200  # slots free again
+
+
+def test_concurrent_requests_get_what_they_get_alone_and_metrics_show_the_engine(server):
+    prompts = ["The cat sat on the", "Then the fox ran"]  # two slots, no queue
+    params = {"temperature": 1.0, "seed": 7, "max_tokens": 10}
+    alone = [_complete(server, p, **params).json()["choices"][0]["text"] for p in prompts]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda p: _complete(server, p, **params), prompts))
+    assert [r.json()["choices"][0]["text"] for r in together] == alone
+    assert _metric(server, "foundry_lm_tokens_total") > 0
+    assert _metric(server, "foundry_lm_queue_wait_seconds_count") >= 4
+    assert _metric(server, "foundry_lm_batch_rows_count") > 0
+    assert _metric(server, "foundry_lm_tokens_per_second") > 0
+    assert _metric(server, "foundry_lm_queued") == 0
