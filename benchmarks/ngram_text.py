@@ -70,7 +70,10 @@ def debian_packages(rows: int | None = 24000, top: int = 12, seed: int = 0) -> p
 
 
 def python_docstrings(
-    rows: int | None = 12000, top: int = 12, seed: int = 0, min_words: int = 5,
+    rows: int | None = 12000,
+    top: int = 12,
+    seed: int = 0,
+    min_words: int = 5,
     files_per_package: int = 150,
 ) -> pd.DataFrame:
     """docstring / package: the docstrings of the functions and classes of the packages
@@ -128,11 +131,16 @@ def run(
         for seed in range(seeds):
             config = {
                 "name": "bench-ngram",
-                "data": {"path": str(path), "split": {"seed": seed},
-                         # unique package names are kept: their parts are the signal
-                         "pii": {"keep_columns": columns}},
-                "features": {"target": TARGET,
-                             "inputs": [{"name": c, "type": "text"} for c in columns]},
+                "data": {
+                    "path": str(path),
+                    "split": {"seed": seed},
+                    # unique package names are kept: their parts are the signal
+                    "pii": {"keep_columns": columns},
+                },
+                "features": {
+                    "target": TARGET,
+                    "inputs": [{"name": c, "type": "text"} for c in columns],
+                },
                 "model": {"type": "ngram", **(settings or {})},
                 "evaluate": {"split": "test", "explain": {"permutation_importance": False}},
                 "output_dir": str(Path(tmp) / "runs"),
@@ -144,17 +152,22 @@ def run(
             train, val, test = split_frame(pd.read_csv(path), SplitConfig(seed=seed), TARGET)
             both = _svc(pd.concat([train, val]), test, columns)
             same = _svc(train, test, columns)
-            out.append({
-                "seed": seed,
-                "foundry_ngram": result.metrics["accuracy"],
-                "foundry_macro_f1": result.metrics["f1_macro"],
-                "svc_train_val": both["accuracy"], "svc_train_val_macro_f1": both["f1_macro"],
-                "svc_train": same["accuracy"], "svc_train_macro_f1": same["f1_macro"],
-                "foundry_fit_s": manifest["ngram"]["fit_seconds"],
-                "foundry_train_wall_s": wall,
-                "svc_train_val_fit_s": both["seconds"], "svc_train_fit_s": same["seconds"],
-                "columns": manifest["ngram"]["columns"],
-            })
+            out.append(
+                {
+                    "seed": seed,
+                    "foundry_ngram": result.metrics["accuracy"],
+                    "foundry_macro_f1": result.metrics["f1_macro"],
+                    "svc_train_val": both["accuracy"],
+                    "svc_train_val_macro_f1": both["f1_macro"],
+                    "svc_train": same["accuracy"],
+                    "svc_train_macro_f1": same["f1_macro"],
+                    "foundry_fit_s": manifest["ngram"]["fit_seconds"],
+                    "foundry_train_wall_s": wall,
+                    "svc_train_val_fit_s": both["seconds"],
+                    "svc_train_fit_s": same["seconds"],
+                    "columns": manifest["ngram"]["columns"],
+                }
+            )
             print(json.dumps(out[-1]), flush=True)
     return out
 
@@ -175,8 +188,11 @@ def _svc(fit: pd.DataFrame, test: pd.DataFrame, columns: list[str]) -> dict:
     seconds = time.perf_counter() - started
     pred = model.predict(vectorizer.transform(joined(test)))
     y = test[TARGET].to_numpy()
-    return {"accuracy": float(np.mean(pred == y)),
-            "f1_macro": float(f1_score(y, pred, average="macro")), "seconds": seconds}
+    return {
+        "accuracy": float(np.mean(pred == y)),
+        "f1_macro": float(f1_score(y, pred, average="macro")),
+        "seconds": seconds,
+    }
 
 
 def sweep(df: pd.DataFrame, columns: list[str], seed: int = 0) -> None:
@@ -189,8 +205,9 @@ def sweep(df: pd.DataFrame, columns: list[str], seed: int = 0) -> None:
     from foundry.families.ngram.linear import LinearModel, fit_head
 
     train, val, test = split_frame(df[[*columns, TARGET]], SplitConfig(seed=seed), TARGET)
-    resolved = ResolvedFeatures([FeatureConfig(name=c, type="text") for c in columns],
-                                TARGET, "category")
+    resolved = ResolvedFeatures(
+        [FeatureConfig(name=c, type="text") for c in columns], TARGET, "category"
+    )
     candidates = [
         {"char_ngrams": None},
         {"char_ngrams": [2, 4]},
@@ -208,16 +225,24 @@ def sweep(df: pd.DataFrame, columns: list[str], seed: int = 0) -> None:
         inputs, encoded = NGramInputs.fit(train, resolved, model)
         vectorised = time.perf_counter() - started
         task = inputs.task
-        w, b = fit_head(encoded["features"].matrix, encoded["target"].numpy(), model, task,
-                        None, 0)
+        w, b = fit_head(encoded["features"].matrix, encoded["target"].numpy(), model, task, None, 0)
         seconds = time.perf_counter() - started
         linear = LinearModel(w, b)
         x_test = inputs.transform(test)
         pred = linear.scores(x_test["features"].matrix).argmax(1)
         accuracy = float(np.mean(pred == x_test["target"].numpy()))
-        print(json.dumps({**settings, "accuracy": round(accuracy, 4),
-                          "columns": inputs.n_columns, "vectorise_s": round(vectorised, 2),
-                          "fit_s": round(seconds, 2)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    **settings,
+                    "accuracy": round(accuracy, 4),
+                    "columns": inputs.n_columns,
+                    "vectorise_s": round(vectorised, 2),
+                    "fit_s": round(seconds, 2),
+                }
+            ),
+            flush=True,
+        )
     base = _svc(pd.concat([train, val]), test, columns)
     print(json.dumps({"baseline": "tfidf 1-2 + LinearSVC, train+val", **base}))
     base = _svc(train, test, columns)
