@@ -5,6 +5,7 @@ and the same split: test accuracy, macro-F1 and fit seconds, in one run.
                                     [--set C=1.0 --set char_ngrams=[2,5] ...]
     python benchmarks/ngram_text.py --sweep    # candidate defaults on one split
     python benchmarks/ngram_text.py --count    # char n-gram counting: ours vs scikit-learn
+    python benchmarks/ngram_text.py --tol      # the SVM's stopping tolerance, 1e-4 vs 1e-3
 
 The table is built offline from this machine's Debian package lists (`apt-cache
 dumpavail`): one row per binary package, `package` (its name: `python3-foo`,
@@ -280,6 +281,37 @@ def count(df: pd.DataFrame, columns: list[str], repeats: int = 3) -> None:
     print(f"{len(texts)} rows; CountVectorizer / CharCounter: median {np.median(ratios):.2f}x")
 
 
+def tolerance(df: pd.DataFrame, seeds: int = 3) -> None:
+    """LinearSVC at tol 1e-4 (LIBLINEAR's default) and 1e-3 on the family's own matrices
+    (defaults), both column sets, each seed: test accuracy and head seconds."""
+    from sklearn.svm import LinearSVC
+
+    from foundry.config.schema import FeatureConfig, NGramConfig, SplitConfig
+    from foundry.data import split_frame
+    from foundry.data.infer import ResolvedFeatures
+    from foundry.families.ngram.inputs import NGramInputs
+
+    for columns in (["description"], ["package", "description"]):
+        for seed in range(seeds):
+            train, _, test = split_frame(df[[*columns, TARGET]], SplitConfig(seed=seed), TARGET)
+            resolved = ResolvedFeatures(
+                [FeatureConfig(name=c, type="text") for c in columns], TARGET, "category"
+            )
+            inputs, encoded = NGramInputs.fit(train, resolved, NGramConfig())
+            x, y = encoded["features"].matrix, encoded["target"].numpy()
+            tested = inputs.transform(test)
+            out: dict = {"columns": columns, "seed": seed}
+            for tol in (1e-4, 1e-3):
+                started = time.perf_counter()
+                head = LinearSVC(C=0.5, tol=tol, dual=True).fit(x, y)
+                out[f"seconds_tol_{tol}"] = round(time.perf_counter() - started, 2)
+                pred = head.predict(tested["features"].matrix)
+                out[f"accuracy_tol_{tol}"] = round(
+                    float(np.mean(pred == tested["target"].numpy())), 4
+                )
+            print(json.dumps(out), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=3)
@@ -289,6 +321,7 @@ def main() -> None:
     parser.add_argument("--dataset", choices=["debian", "docstrings"], default="debian")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--count", action="store_true")
+    parser.add_argument("--tol", action="store_true")
     args = parser.parse_args()
     import yaml
 
@@ -304,6 +337,9 @@ def main() -> None:
         return
     if args.count:
         count(df, columns)
+        return
+    if args.tol:
+        tolerance(df)
         return
     settings = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     rows = run(df, columns, args.seeds, settings)
