@@ -1,7 +1,8 @@
 """`make demo`: the whole path on data that ships with our dependencies, as a user types it.
 
 1. write the Palmer penguins table to demo-output/penguins.csv and split off new rows
-2. foundry init      → a config with inferred feature types
+2. foundry init      → a config with inferred feature types (--model mlp: a network,
+                       so step 6 has variants to measure; step 10 shows what init picks)
 3. foundry train     → progress, per-epoch metrics, early stopping, registry
 4. foundry evaluate  → metrics on held-out rows
 5. foundry predict   → predictions.csv
@@ -11,6 +12,9 @@
 8. foundry cost      → what a training run, 1,000 predictions and each plan cost
 9. foundry report    → demo-output/report.html: curves, metrics, confusion matrix, ROC / PR,
                        calibration, fairness by sex, importance, compression, cost
+10. foundry init --search 15s + foundry train → a time-budgeted model search (gbm, mlp)
+                       on the same table: the leaderboard, the best registered as
+                       penguins-search; its report (search-report.html) shows the leaderboard
 """
 
 from __future__ import annotations
@@ -40,7 +44,11 @@ def main() -> None:
     df.iloc[300:].to_csv(OUT / "new_penguins.csv", index=False)  # 44 rows the model never sees
     print(f"data: {OUT / 'penguins.csv'} (300 rows) and new_penguins.csv (44 rows)")
 
-    foundry("init", "penguins.csv", "--target", "species", "--name", "penguins", "--force")
+    # init would pick gbm for this table (the search below shows it); the demo trains the
+    # network so that `foundry compress` has int8 / ONNX variants to measure (a booster has
+    # none that pay at this size)
+    foundry("init", "penguins.csv", "--target", "species", "--name", "penguins",
+            "--model", "mlp", "--force")  # fmt: skip
     # the config as `foundry init` wrote it, plus a fairness audit by the penguins' sex
     foundry("train", "config.yaml", "evaluate.fairness.sensitive_features=[sex]")
     foundry("evaluate", "penguins:latest", "--data", "new_penguins.csv", "-o", "metrics.json")
@@ -56,6 +64,11 @@ def main() -> None:
     foundry("cost", trained)
     foundry("cost", "penguins:compressed")  # the variant `make dashboard` serves
     foundry("report", trained, "-o", "report.html")
+    # a model search: every candidate that fits the table, within 15 s, the best registered
+    foundry("init", "penguins.csv", "--target", "species", "--name", "penguins-search",
+            "--search", "15s", "-o", "search.yaml", "--force")  # fmt: skip
+    foundry("train", "search.yaml")
+    foundry("report", "penguins-search:latest", "-o", "search-report.html")
 
     print("\nDone. Results:")
     print(f"  config          {OUT / 'config.yaml'}")
@@ -65,6 +78,7 @@ def main() -> None:
     print(f"  compression     {OUT / 'runs'}/penguins-compress-*/compress.md")
     print(f"  registry        {ROOT / '.foundry'}  (foundry models list)")
     print(f"  report          {OUT / 'report.html'}  (open it in a browser; no network needed)")
+    print(f"  model search    {OUT / 'search-report.html'}  (the leaderboard; penguins-search)")
     print("  dashboard       make dashboard  (serves these models; open the printed address")
     print("                  and paste the printed admin token: curves, fairness, compression,")
     print("                  costs, keys, usage and revenue)")

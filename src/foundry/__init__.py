@@ -73,7 +73,8 @@ def evaluate(ref: str, data: Any, *, output: Any = None) -> EvaluationResult:
 
 
 def init(data: Any, target: str, **kwargs: Any) -> Any:
-    """Write a config with inferred feature types; returns its path."""
+    """Write a config with inferred feature types and the model for the data (gbm, ngram,
+    cnn; hf with `pretrained=`); returns its path."""
     from foundry.config.init import init_config
 
     return init_config(data, target, **kwargs)

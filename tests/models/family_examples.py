@@ -228,6 +228,40 @@ def ngram(root: Path) -> Example:
     )
 
 
+def auto(root: Path) -> Example:
+    """A model search over gbm and a small mlp: the registered package is the winner's
+    own (`config.model.type` gbm or mlp), so the suite checks it as that family's."""
+    path = _table(root)
+    rows = pd.read_csv(path).drop(columns=["tier"]).head(6)
+    config = {
+        **_common(root, "conf-auto"),
+        "data": {"path": str(path)},
+        "features": {"target": "tier"},
+        "model": {
+            "type": "auto",
+            "budget": "2m",
+            "candidates": ["gbm", "mlp"],
+            "overrides": {"gbm": {"n_estimators": 40, "min_child_samples": 5},
+                          "mlp": {"layers": [8]}},
+        },
+    }
+    return Example(
+        config, rows, "predict", bad=rows.drop(columns=["age"]), bad_match="age",
+        checks=("explain",),
+    )
+
+
+def ensemble(root: Path) -> Example:
+    """A model search told to register its ensemble of gbm and a small mlp whatever it
+    scores (`ensemble: always`): the package holds both members' packages."""
+    example = auto(root)
+    example.config["name"] = "conf-ensemble"
+    example.config["model"]["ensemble"] = "always"
+    example.config["evaluate"] = {"fairness": {"sensitive_features": ["group"]}}
+    example.checks = ("fairness", "calibration")
+    return example
+
+
 def _corpus(root: Path) -> Path:
     rng = random.Random(0)
     subjects, verbs = ["the cat", "a dog", "the owl"], ["sat on", "ran to", "looked at"]
@@ -319,6 +353,8 @@ EXAMPLES: dict[str, Callable[[Path], Example]] = {
     "text": text,
     "gbm": gbm,
     "ngram": ngram,
+    "auto": auto,
+    "ensemble": ensemble,
     "gpt": gpt,
     "hf-classifier": hf_classifier,
     "hf-lora": hf_lora,

@@ -18,6 +18,13 @@ from foundry.config import schema
 def _type_name(annotation: Any) -> str:
     text = str(annotation).replace("typing.", "").replace("foundry.config.schema.", "")
     text = re.sub(r"Annotated\[(\w+), FieldInfo\(.*?\)\]\)\]", r"\1", text)
+    # a union told apart by shape (Tag / Discriminator, schema.ServedModelEntry): A | B
+    text = re.sub(r"Annotated\[(\w+), Tag\(tag='[^']*'\)\]", r"\1", text)
+    text = re.sub(
+        r"Annotated\[Union\[([^\[\]]*)\], Discriminator\(.*?\)\]",
+        lambda m: m.group(1).replace(", ", " | "),
+        text,
+    )
     return text.replace("<class '", "").replace("'>", "")
 
 

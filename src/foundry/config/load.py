@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,16 +13,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from foundry.config.schema import (
-    CNNConfig,
-    FoundryConfig,
-    MLPConfig,
-    ServeConfig,
-    TextModelConfig,
-)
+from foundry.config.schema import FoundryConfig, ModelConfig, ServeConfig
 from foundry.errors import ConfigError
 
-_ARCHS: dict[str, type[BaseModel]] = {"mlp": MLPConfig, "cnn": CNNConfig, "text": TextModelConfig}
+_ARCHS: dict[str, type[BaseModel]] = {
+    cls.model_fields["type"].default: cls
+    for cls in typing.get_args(typing.get_args(ModelConfig)[0])
+}
+"""model.type → its section, read from the schema's union (an error inside `model:` names
+`model.budget`, not pydantic's `model.auto.budget`)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,9 @@ def format_error(err: dict[str, Any]) -> str:
     # Discriminated unions put the tag in the path (model.mlp.layers): drop it.
     if len(loc) >= 2 and loc[0] == "model" and loc[1] in _ARCHS:
         arch = loc.pop(1)
+    # serve.models entries are told apart by shape (schema.ServedModelEntry): drop that tag
+    if loc[:2] == ["serve", "models"] and len(loc) >= 4 and loc[3] in ("ref", "upstream"):
+        loc.pop(3)
     key = ".".join(loc) or "(top level)"
     if err["type"] == "union_tag_invalid":
         return f"{key}.type: unknown model type (allowed: {', '.join(_ARCHS)})"

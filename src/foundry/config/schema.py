@@ -8,9 +8,18 @@ everything else has a default or is inferred from the data.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 FeatureType = Literal["number", "binary", "category", "text", "image"]
 
@@ -112,9 +121,10 @@ class PIIConfig(Section):
     columns: list[str] | None = None
     """Columns to scan; `None`: every text and category column."""
     identifiers: Literal["drop", "hash", "report"] = "drop"
-    """Columns that identify a person (near-unique strings, or a name in
-    `identifier_names`): `drop` removes them from the inputs, `hash` keeps a salted hash
-    of each value, `report` only lists them."""
+    """Columns that identify a person or a row (opaque near-unique strings: UUIDs, hex
+    hashes, numbered or near-random ids; or a name in `identifier_names`): `drop` removes
+    them from the inputs, `hash` keeps a salted hash of each value, `report` only lists
+    them. Near-unique strings with structure (package names, paths, URLs) are inputs."""
     identifier_names: list[str] = IDENTIFIER_NAMES
     """Column names (compared lower-case, spaces and dashes as `_`) taken as identifiers."""
     personal: bool = True
@@ -532,9 +542,93 @@ class NGramConfig(Section):
         return self
 
 
+# The model search's candidates: name → the model section it trains (a `model.type` and
+# the settings that make it that candidate). Default order: cheapest and strongest first,
+# so that a short budget still trains the ones most likely to win.
+AUTO_CANDIDATES: dict[str, dict[str, Any]] = {
+    "gbm": {"type": "gbm"},
+    "ngram": {"type": "ngram"},
+    "mlp": {"type": "mlp"},
+    "text": {"type": "text", "encoder": "cnn"},
+    "text-transformer": {"type": "text", "encoder": "transformer"},
+    "cnn": {"type": "cnn"},
+}
+CandidateName = Literal["gbm", "ngram", "mlp", "text", "text-transformer", "cnn"]
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h)?\s*$")
+_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+class AutoConfig(Section):
+    type: Literal["auto"] = "auto"
+    """A time-budgeted model search: train the candidates that fit the data (gbm and mlp
+    for tables; n-gram, text CNN and text transformer for text; cnn for images) on the
+    same train / validation split, one after another until the budget is spent, and
+    register the best by the validation metric (accuracy for classification, RMSE for
+    regression) as its own model type, with the leaderboard in its manifest."""
+    budget: float = Field(300.0, gt=0)
+    """Wall-clock seconds for the search: a duration (`30s`, `5m`, `1h`) or a number of
+    seconds. A candidate starts only while budget is left and gets its share of what is
+    left (left / candidates still to try); a network or booster that would run past its
+    share stops at its best epoch / round so far. The winner's evaluation and packaging
+    come after the budget."""
+    candidates: list[CandidateName] | None = None
+    """Which candidates to try, in this order; `None`: those that fit the inputs,
+    cheapest / strongest first: `[gbm, mlp]` for a table, `[ngram, text,
+    text-transformer]` with a text input, `[cnn]` with an image input."""
+    overrides: dict[CandidateName, dict[str, Any]] = {}
+    """Model settings per candidate, e.g. `{mlp: {layers: [64]}, gbm: {num_leaves: 15}}`
+    (the keys of that model type's section)."""
+    ensemble: Literal["if_better", "always", "never"] = "if_better"
+    """With two or more trained candidates, also build a weighted ensemble of them
+    (Caruana's greedy selection on the validation predictions) and register it (model
+    type `ensemble`) when its validation metric beats the best single candidate's
+    (`if_better`), whatever it scores (`always`), or never."""
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            match = _DURATION.match(value)
+            if match is None:
+                raise ValueError(
+                    f"{value!r} is not a duration; write it like 30s, 5m, 1h or a number "
+                    "of seconds"
+                )
+            return float(match.group(1)) * _SECONDS[match.group(2)]
+        return value
+
+    @model_validator(mode="after")
+    def _overrides_are_model_settings(self) -> AutoConfig:
+        from pydantic import TypeAdapter, ValidationError
+
+        adapter = TypeAdapter(ModelConfig)
+        for name, settings in self.overrides.items():
+            if "type" in settings:
+                raise ValueError(f"overrides.{name}: leave out 'type' (the candidate sets it)")
+            try:
+                adapter.validate_python({**AUTO_CANDIDATES[name], **settings})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                key = ".".join(str(p) for p in err["loc"][1:])
+                problem = ("not a setting of this model type" if err["type"] == "extra_forbidden"
+                           else err["msg"].removeprefix("Value error, "))
+                raise ValueError(f"overrides.{name}.{key}: {problem}") from None
+        return self
+
+
+class EnsembleConfig(Section):
+    type: Literal["ensemble"] = "ensemble"
+    """A weighted average of other models' probabilities (values for regression), written
+    by a model search (`type: auto`, `ensemble`); its package holds each member's."""
+    members: list[CandidateName] = []
+    """The candidates it averages, in the order of `weights`."""
+    weights: list[float] = []
+    """Each member's weight (they sum to 1)."""
+
+
 ModelConfig = Annotated[
     MLPConfig | CNNConfig | TextModelConfig | GPTConfig | HFModelConfig | GBMConfig
-    | NGramConfig,
+    | NGramConfig | AutoConfig | EnsembleConfig,
     Field(discriminator="type"),
 ]
 
@@ -919,6 +1013,53 @@ class BatchingConfig(Section):
     """Longest a request waits for others to join its batch."""
 
 
+class UpstreamConfig(Section):
+    """A language model answered by another OpenAI-compatible engine (vLLM, TGI,
+    llama.cpp's server, another `foundry serve`) and sold through this server's keys,
+    plans, quotas, idempotency and usage report (foundry.serve.upstream). An entry of
+    `serve.models`: `{name: chat, upstream: http://gpu-1:8000/v1, model: Qwen/Qwen2.5-7B}`."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=128)
+    """The model name clients call here (`model` in their requests, plans' `models`)."""
+    upstream: str
+    """Base URL of the engine's OpenAI API, up to and including its `/v1`
+    (`http://10.0.0.5:8000/v1`); `/completions` and `/chat/completions` are appended."""
+    model: str | None = None
+    """The model id the upstream serves (what it lists in its own `/v1/models`);
+    `None`: the same as `name`."""
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Name of the environment variable holding the upstream's API key (sent to it as
+    `Authorization: Bearer ...`); the key itself never goes in the YAML. `None`: no key."""
+    max_tokens: int = Field(256, ge=1)
+    """Completion tokens a request gets when it sets no `max_tokens`; sent to the
+    upstream, so every request has a bound to reserve against the quota."""
+    context_length: int | None = Field(None, ge=1)
+    """Shown in `GET /v1/models`; `None`: not shown (the upstream enforces its own)."""
+    connect_timeout_s: float = Field(5.0, gt=0)
+    """Seconds to open a connection to the upstream; then 504 `upstream_timeout`."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Seconds to wait for the upstream's next bytes (the whole answer when not
+    streaming, the first token, each later chunk); then 504 `upstream_timeout`."""
+    max_connections: int = Field(64, ge=1)
+    """Open connections to the upstream per worker process; a request beyond them waits
+    up to `timeout_s` for one, then 503 `upstream_busy` with Retry-After."""
+
+    @field_validator("upstream")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+(/\S*)?$", v):
+            raise ValueError("must be the engine's base URL, like http://10.0.0.5:8000/v1")
+        return v
+
+
+ServedModelEntry = Annotated[
+    Annotated[str, Tag("ref")] | Annotated[UpstreamConfig, Tag("upstream")],
+    # by shape, so a mistyped upstream entry's error names its key, not "not a string"
+    Discriminator(lambda v: "ref" if isinstance(v, str) else "upstream"),
+]
+"""A `serve.models` entry: a registry reference, or an upstream engine."""
+
+
 class ServeConfig(Section):
     host: str = "127.0.0.1"
     """Interface to bind (127.0.0.1 keeps the API on this machine)."""
@@ -926,8 +1067,10 @@ class ServeConfig(Section):
     """TCP port."""
     workers: int = Field(1, ge=1)
     """uvicorn worker processes; they share the database, so quotas hold across them."""
-    models: list[str] = []
-    """Model references to serve (`name`, `name:3`); the CLI arguments add to these."""
+    models: list[ServedModelEntry] = []
+    """Models to serve: registry references (`name`, `name:3`; the CLI arguments add to
+    these), or language models answered by another OpenAI-compatible engine
+    (`{name, upstream, model, api_key_env}`, see `serve.models` below)."""
     batching: BatchingConfig = BatchingConfig()
     """Dynamic batching defaults for every model."""
     model_batching: dict[str, BatchingConfig] = {}
@@ -972,8 +1115,24 @@ class ServeConfig(Section):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _upstream_names_once(self) -> ServeConfig:
+        names = [m.name for m in self.upstreams()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"serve.models: upstream name(s) {twice} given more than once")
+        return self
+
     def all_plans(self) -> dict[str, PlanConfig]:
         return {**BUILTIN_PLANS, **self.plans}
+
+    def model_refs(self) -> list[str]:
+        """The registry references in `models` (not the upstreams)."""
+        return [m for m in self.models if isinstance(m, str)]
+
+    def upstreams(self) -> list[UpstreamConfig]:
+        """The upstream engines in `models`."""
+        return [m for m in self.models if isinstance(m, UpstreamConfig)]
 
 
 # --------------------------------------------------------------------------- cost
@@ -1192,7 +1351,8 @@ class FoundryConfig(Section):
     features: FeaturesConfig = FeaturesConfig()
     """What to predict and from which columns (language models on a corpus need none)."""
     model: ModelConfig = MLPConfig()
-    """Architecture; `type` picks one of mlp, cnn, text, gpt, hf, gbm, ngram."""
+    """Architecture; `type` picks one of mlp, cnn, text, gpt, hf, gbm, ngram, auto (a
+    model search)."""
     lm: LMConfig = LMConfig()
     """Language models only: corpus / instruction columns, chat template, generation."""
     train: TrainConfig = TrainConfig()

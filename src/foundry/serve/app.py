@@ -179,6 +179,14 @@ class Service:
             self.batchers[served.name] = batcher
             self.models[served.name] = self.models[served.ref] = served
             self.state[ref] = "loaded"
+        for upstream in self.config.upstreams():  # answered by another engine
+            from foundry.serve.upstream import UpstreamModel
+
+            if upstream.name in self.language_models or upstream.name in self.batchers:
+                raise ConfigError(f"serve.models: upstream '{upstream.name}' has the name of "
+                                  "a registry model served here; rename one of them")
+            self.language_models[upstream.name] = UpstreamModel.open(upstream)
+            self.state[upstream.name] = "loaded"
 
     async def stop(self) -> None:
         for ref in self.state:
@@ -604,7 +612,7 @@ def create_app(
     responses, but no gate — no keys, no metering, no /v1/usage, no /admin — so the cost
     of authentication and metering can be measured against it. Never expose it.
     """
-    refs = list(dict.fromkeys([*serve_config.models, *models]))
+    refs = list(dict.fromkeys([*serve_config.model_refs(), *models]))
     owns_gate = not bare and gate is None
     if bare:
         gate = None

@@ -60,8 +60,9 @@ def serve(
                  "header_timeout_s": header_timeout, "body_timeout_s": body_timeout,
                  "max_connections": max_connections, "metrics": metrics}
     settings = load_serve_config(config, {k: v for k, v in overrides.items() if v is not None})
-    requested = list(dict.fromkeys([*settings.models, *(models or [])]))
-    if not requested:
+    requested = list(dict.fromkeys([*settings.model_refs(), *(models or [])]))
+    upstreams = settings.upstreams()
+    if not requested and not upstreams:
         raise ConfigError(
             "no models to serve: name them (`foundry serve adult:3`) or list them in the "
             "config's serve.models"
@@ -80,13 +81,27 @@ def serve(
     for record in records:
         registry.verify(record.ref)
 
+    for upstream in upstreams:  # a missing key fails here, as one line, not per request
+        if upstream.api_key_env and not os.environ.get(upstream.api_key_env):
+            raise ConfigError(
+                f"serve.models: upstream '{upstream.name}' takes its API key from the "
+                f"environment variable {upstream.api_key_env}, which is not set"
+            )
+        if upstream.name in names:
+            raise ConfigError(f"serve.models: upstream '{upstream.name}' has the name of a "
+                              "registry model served here; rename one of them")
+
     url = f"http://{settings.host}:{settings.port}"
-    typer.echo(f"serving {', '.join(refs)} at {url}  ({settings.workers} worker(s))")
+    served = [*refs, *(u.name for u in upstreams)]
+    typer.echo(f"serving {', '.join(served)} at {url}  ({settings.workers} worker(s))")
     for record in records:
         typer.echo(f"  POST {url}/v1/models/{record.name}/predict   ({record.task or 'model'})")
+    for upstream in upstreams:
+        typer.echo(f"  POST {url}/v1/chat/completions   ({upstream.name}: relayed to "
+                   f"{upstream.upstream})")
     exposure = {"admin": " (admin token)", "public": "", "off": None}[settings.metrics]
     shown = f"   metrics: {url}/metrics{exposure}" if exposure is not None else ""
     typer.echo(f"docs: {url}/docs{shown}")
     if not os.environ.get(ENV_ADMIN_TOKEN):
         typer.echo(f"admin routes disabled: set {ENV_ADMIN_TOKEN} to enable /admin/keys")
-    run_server(settings.model_copy(update={"models": []}), refs)
+    run_server(settings.model_copy(update={"models": upstreams}), refs)

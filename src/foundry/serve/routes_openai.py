@@ -160,12 +160,16 @@ def openai_router(service: Service) -> APIRouter:
         if body.stream and len(prompts) > 1:
             raise ApiError(422, "invalid_field", "stream one prompt at a time",
                            param="prompt")
+        if _upstream(served):  # another engine answers (serve/upstream.py)
+            return await _relay(service, served, request, body, chat=False)
         return await _generate(service, served, request, body, prompts, chat=False)
 
     @router.post("/v1/chat/completions", openapi_extra=bearer)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         """Chat completion (OpenAI `chat.completions`); `stream: true` answers with SSE."""
         served = service.language_model(body.model, generate=True)
+        if _upstream(served):
+            return await _relay(service, served, request, body, chat=True)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         prompt = served.model.render_chat(messages)
         return await _generate(service, served, request, body, [prompt], chat=True)
@@ -199,6 +203,26 @@ def openai_router(service: Service) -> APIRouter:
         return await _answer(service, served, admission, started, content, min(used, tokens))
 
     return router
+
+
+# ---------------------------------------------------------------------- upstreams
+
+
+# Imported when called: serve/upstream.py imports this module's metering helpers.
+
+
+def _upstream(served: Any) -> bool:
+    """A `serve.models` entry with `upstream:` (answered by another OpenAI engine)."""
+    from foundry.serve.upstream import UpstreamModel
+
+    return isinstance(served, UpstreamModel)
+
+
+async def _relay(service: Service, served: Any, request: Request, body: Any,
+                 *, chat: bool) -> Response:
+    from foundry.serve.upstream import relay
+
+    return await relay(service, served, request, body, chat=chat)
 
 
 # ---------------------------------------------------------------------- generation

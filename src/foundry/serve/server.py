@@ -69,14 +69,15 @@ def run_server(
 
     from foundry.serve.http_limits import PROTOCOL
 
-    refs = list(dict.fromkeys([*config.models, *models]))
+    refs = list(dict.fromkeys([*config.model_refs(), *models]))
     config = ServeConfig.model_validate(
         {
             **config.model_dump(),
             "host": host if host is not None else config.host,
             "port": port if port is not None else config.port,
             "workers": workers if workers is not None else config.workers,
-            "models": [],  # all of them travel in FOUNDRY_SERVE_MODELS
+            # registry models travel in FOUNDRY_SERVE_MODELS; upstreams stay here
+            "models": [u.model_dump() for u in config.upstreams()],
         }
     )
     os.environ[ENV_CONFIG] = config.model_dump_json()

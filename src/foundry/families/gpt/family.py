@@ -5,7 +5,9 @@ prepare   data (corpus or instructions, split by document) → byte-level BPE to
 fit       GPT (seeded) → `lm.train.fit_lm` (next-token loss, completion tokens only for
           instructions)
 evaluate  held-out loss, perplexity and the unigram baseline on the same tokens
-package   weights (safetensors, tied head once) + tokenizer.json + manifest + card
+package   weights (safetensors, tied head once) + tokenizer.json + manifest + card, and
+          hf/: the same model as a transformers checkpoint (`lm.export`) that other
+          engines (vLLM, TGI, llama.cpp's converters) load
 load      `lm.gpt_model.load_gpt_package` → a `GPTLanguageModel`
 """
 
@@ -118,7 +120,11 @@ class GPTFamily:
             on_epoch_end=run.on_epoch_end,
         )
         language_model = GPTLanguageModel(
-            model, data.tokenizer, ref=cfg.name, chat_template=cfg.lm.chat_template
+            model,
+            data.tokenizer,
+            ref=cfg.name,
+            chat_template=cfg.lm.chat_template,
+            generation=cfg.lm.generation,  # as the package loads (its hf/ records them)
         )
         return Fitted(language_model, result)
 
@@ -142,6 +148,8 @@ class GPTFamily:
     def package(
         self, fitted: Fitted, data: GPTData, evaluation: Evaluation, run: Run
     ) -> PackageContents:
+        from foundry.lm.export import HF_FOLDER, hf_files
+
         cfg = run.config
         model = fitted.model.model
         manifest = build_manifest(cfg, run.loaded, data, model, fitted.result)
@@ -152,7 +160,13 @@ class GPTFamily:
             manifest=manifest,
             card=model_card(cfg, manifest, evaluation.metrics),
             # the package loads without the run directory, so it carries its tokenizer
-            files={"tokenizer.json": data.tokenizer.to_json()},
+            files={
+                "tokenizer.json": data.tokenizer.to_json(),
+                **{
+                    f"{HF_FOLDER}/{name}": content
+                    for name, content in hf_files(fitted.model).items()
+                },
+            },
         )
 
     def summarize(self, ref: str, fitted: Fitted, evaluation: Evaluation, run: Run) -> None:
@@ -240,6 +254,9 @@ def model_card(cfg: FoundryConfig, manifest: dict[str, Any], metrics: dict[str, 
         f"{gpt['vocab_size']} tokens trained on the train split",
         f"- trained {training['epochs_run']} epochs (best {training['best_epoch']}) "
         f"in {training['seconds']:.1f} s",
+        "- `hf/` holds the same model as a Hugging Face transformers checkpoint "
+        f"({'GPT-2' if g['positions'] == 'learned' else 'GPT-NeoX'} architecture): "
+        '`AutoModelForCausalLM.from_pretrained("hf")` loads it, as do vLLM and TGI',
         "",
         f"## Metrics ({metrics['split']} split, {metrics['tokens']} tokens)",
         f"- perplexity: {metrics['perplexity']:.3f}",
