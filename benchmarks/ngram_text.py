@@ -5,6 +5,7 @@ and the same split: test accuracy, macro-F1 and fit seconds, in one run.
                                     [--set C=1.0 --set char_ngrams=[2,5] ...]
     python benchmarks/ngram_text.py --sweep    # candidate defaults on one split
     python benchmarks/ngram_text.py --count    # char n-gram counting: ours vs scikit-learn
+    python benchmarks/ngram_text.py --tol      # the SVM's stopping tolerance, 1e-4 vs 1e-3
 
 The table is built offline from this machine's Debian package lists (`apt-cache
 dumpavail`): one row per binary package, `package` (its name: `python3-foo`,
@@ -69,6 +70,54 @@ def debian_packages(rows: int | None = 24000, top: int = 12, seed: int = 0) -> p
     return df
 
 
+def python_docstrings(
+    rows: int | None = 12000,
+    top: int = 12,
+    seed: int = 0,
+    min_words: int = 5,
+    files_per_package: int = 150,
+) -> pd.DataFrame:
+    """docstring / package: the docstrings of the functions and classes of the packages
+    installed beside this Python (its site-packages, read with `ast`, nothing imported;
+    the first `files_per_package` files of each, sorted, so building takes a minute, not
+    seven), target the top-level package they come from (the `top` packages with the
+    most), a seeded sample of `rows`. Long texts, where `debian_packages` has short ones."""
+    import site
+
+    records: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for root in map(Path, site.getsitepackages()):
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            package = folder.name
+            if package.startswith(("_", ".")) or package.endswith((".dist-info", ".libs")):
+                continue
+            for path in sorted(folder.glob("**/*.py"))[:files_per_package]:
+                records += _docstrings(path, package, min_words, seen)
+    df = pd.DataFrame(records)
+    common = [s for s, _ in Counter(df["package"]).most_common(top)]
+    df = df[df["package"].isin(common)].reset_index(drop=True)
+    if rows is not None and rows < len(df):
+        df = df.sample(rows, random_state=seed).reset_index(drop=True)
+    return df.rename(columns={"package": TARGET})
+
+
+def _docstrings(path: Path, package: str, min_words: int, seen: set[str]) -> list[dict]:
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+        return []
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            doc = ast.get_docstring(node)
+            if doc and len(doc.split()) >= min_words and doc not in seen:
+                seen.add(doc)
+                out.append({"docstring": doc, "package": package})
+    return out
+
+
 def run(
     df: pd.DataFrame, columns: list[str], seeds: int, settings: dict | None = None
 ) -> list[dict]:
@@ -83,11 +132,16 @@ def run(
         for seed in range(seeds):
             config = {
                 "name": "bench-ngram",
-                "data": {"path": str(path), "split": {"seed": seed},
-                         # unique package names are kept: their parts are the signal
-                         "pii": {"keep_columns": columns}},
-                "features": {"target": TARGET,
-                             "inputs": [{"name": c, "type": "text"} for c in columns]},
+                "data": {
+                    "path": str(path),
+                    "split": {"seed": seed},
+                    # unique package names are kept: their parts are the signal
+                    "pii": {"keep_columns": columns},
+                },
+                "features": {
+                    "target": TARGET,
+                    "inputs": [{"name": c, "type": "text"} for c in columns],
+                },
                 "model": {"type": "ngram", **(settings or {})},
                 "evaluate": {"split": "test", "explain": {"permutation_importance": False}},
                 "output_dir": str(Path(tmp) / "runs"),
@@ -99,17 +153,22 @@ def run(
             train, val, test = split_frame(pd.read_csv(path), SplitConfig(seed=seed), TARGET)
             both = _svc(pd.concat([train, val]), test, columns)
             same = _svc(train, test, columns)
-            out.append({
-                "seed": seed,
-                "foundry_ngram": result.metrics["accuracy"],
-                "foundry_macro_f1": result.metrics["f1_macro"],
-                "svc_train_val": both["accuracy"], "svc_train_val_macro_f1": both["f1_macro"],
-                "svc_train": same["accuracy"], "svc_train_macro_f1": same["f1_macro"],
-                "foundry_fit_s": manifest["ngram"]["fit_seconds"],
-                "foundry_train_wall_s": wall,
-                "svc_train_val_fit_s": both["seconds"], "svc_train_fit_s": same["seconds"],
-                "columns": manifest["ngram"]["columns"],
-            })
+            out.append(
+                {
+                    "seed": seed,
+                    "foundry_ngram": result.metrics["accuracy"],
+                    "foundry_macro_f1": result.metrics["f1_macro"],
+                    "svc_train_val": both["accuracy"],
+                    "svc_train_val_macro_f1": both["f1_macro"],
+                    "svc_train": same["accuracy"],
+                    "svc_train_macro_f1": same["f1_macro"],
+                    "foundry_fit_s": manifest["ngram"]["fit_seconds"],
+                    "foundry_train_wall_s": wall,
+                    "svc_train_val_fit_s": both["seconds"],
+                    "svc_train_fit_s": same["seconds"],
+                    "columns": manifest["ngram"]["columns"],
+                }
+            )
             print(json.dumps(out[-1]), flush=True)
     return out
 
@@ -130,8 +189,11 @@ def _svc(fit: pd.DataFrame, test: pd.DataFrame, columns: list[str]) -> dict:
     seconds = time.perf_counter() - started
     pred = model.predict(vectorizer.transform(joined(test)))
     y = test[TARGET].to_numpy()
-    return {"accuracy": float(np.mean(pred == y)),
-            "f1_macro": float(f1_score(y, pred, average="macro")), "seconds": seconds}
+    return {
+        "accuracy": float(np.mean(pred == y)),
+        "f1_macro": float(f1_score(y, pred, average="macro")),
+        "seconds": seconds,
+    }
 
 
 def sweep(df: pd.DataFrame, columns: list[str], seed: int = 0) -> None:
@@ -144,8 +206,9 @@ def sweep(df: pd.DataFrame, columns: list[str], seed: int = 0) -> None:
     from foundry.families.ngram.linear import LinearModel, fit_head
 
     train, val, test = split_frame(df[[*columns, TARGET]], SplitConfig(seed=seed), TARGET)
-    resolved = ResolvedFeatures([FeatureConfig(name=c, type="text") for c in columns],
-                                TARGET, "category")
+    resolved = ResolvedFeatures(
+        [FeatureConfig(name=c, type="text") for c in columns], TARGET, "category"
+    )
     candidates = [
         {"char_ngrams": None},
         {"char_ngrams": [2, 4]},
@@ -163,16 +226,24 @@ def sweep(df: pd.DataFrame, columns: list[str], seed: int = 0) -> None:
         inputs, encoded = NGramInputs.fit(train, resolved, model)
         vectorised = time.perf_counter() - started
         task = inputs.task
-        w, b = fit_head(encoded["features"].matrix, encoded["target"].numpy(), model, task,
-                        None, 0)
+        w, b = fit_head(encoded["features"].matrix, encoded["target"].numpy(), model, task, None, 0)
         seconds = time.perf_counter() - started
         linear = LinearModel(w, b)
         x_test = inputs.transform(test)
         pred = linear.scores(x_test["features"].matrix).argmax(1)
         accuracy = float(np.mean(pred == x_test["target"].numpy()))
-        print(json.dumps({**settings, "accuracy": round(accuracy, 4),
-                          "columns": inputs.n_columns, "vectorise_s": round(vectorised, 2),
-                          "fit_s": round(seconds, 2)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    **settings,
+                    "accuracy": round(accuracy, 4),
+                    "columns": inputs.n_columns,
+                    "vectorise_s": round(vectorised, 2),
+                    "fit_s": round(seconds, 2),
+                }
+            ),
+            flush=True,
+        )
     base = _svc(pd.concat([train, val]), test, columns)
     print(json.dumps({"baseline": "tfidf 1-2 + LinearSVC, train+val", **base}))
     base = _svc(train, test, columns)
@@ -210,25 +281,65 @@ def count(df: pd.DataFrame, columns: list[str], repeats: int = 3) -> None:
     print(f"{len(texts)} rows; CountVectorizer / CharCounter: median {np.median(ratios):.2f}x")
 
 
+def tolerance(df: pd.DataFrame, seeds: int = 3) -> None:
+    """LinearSVC at tol 1e-4 (LIBLINEAR's default) and 1e-3 on the family's own matrices
+    (defaults), both column sets, each seed: test accuracy and head seconds."""
+    from sklearn.svm import LinearSVC
+
+    from foundry.config.schema import FeatureConfig, NGramConfig, SplitConfig
+    from foundry.data import split_frame
+    from foundry.data.infer import ResolvedFeatures
+    from foundry.families.ngram.inputs import NGramInputs
+
+    for columns in (["description"], ["package", "description"]):
+        for seed in range(seeds):
+            train, _, test = split_frame(df[[*columns, TARGET]], SplitConfig(seed=seed), TARGET)
+            resolved = ResolvedFeatures(
+                [FeatureConfig(name=c, type="text") for c in columns], TARGET, "category"
+            )
+            inputs, encoded = NGramInputs.fit(train, resolved, NGramConfig())
+            x, y = encoded["features"].matrix, encoded["target"].numpy()
+            tested = inputs.transform(test)
+            out: dict = {"columns": columns, "seed": seed}
+            for tol in (1e-4, 1e-3):
+                started = time.perf_counter()
+                head = LinearSVC(C=0.5, tol=tol, dual=True).fit(x, y)
+                out[f"seconds_tol_{tol}"] = round(time.perf_counter() - started, 2)
+                pred = head.predict(tested["features"].matrix)
+                out[f"accuracy_tol_{tol}"] = round(
+                    float(np.mean(pred == tested["target"].numpy())), 4
+                )
+            print(json.dumps(out), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rows", type=int, default=24000)
     parser.add_argument("--columns", action="append", default=[], metavar="COLUMN")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--dataset", choices=["debian", "docstrings"], default="debian")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--count", action="store_true")
+    parser.add_argument("--tol", action="store_true")
     args = parser.parse_args()
     import yaml
 
-    columns = args.columns or ["package", "description"]
-    df = debian_packages(args.rows)
-    print(f"{len(df)} packages, {df[TARGET].nunique()} sections; columns: {columns}")
+    if args.dataset == "docstrings":
+        columns = args.columns or ["docstring"]
+        df = python_docstrings(min(args.rows, 12000))
+    else:
+        columns = args.columns or ["package", "description"]
+        df = debian_packages(args.rows)
+    print(f"{args.dataset}: {len(df)} rows, {df[TARGET].nunique()} classes; columns: {columns}")
     if args.sweep:
         sweep(df, columns)
         return
     if args.count:
         count(df, columns)
+        return
+    if args.tol:
+        tolerance(df)
         return
     settings = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     rows = run(df, columns, args.seeds, settings)

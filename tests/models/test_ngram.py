@@ -406,3 +406,24 @@ def test_more_rows_than_a_forward_chunk_give_the_same_outputs(trained, monkeypat
     whole = model.outputs(rows)
     monkeypatch.setattr("foundry.predictor.PREDICT_CHUNK", 2)  # run_model slices the rows
     assert np.array_equal(model.outputs(rows), whole)
+
+
+def test_a_binary_model_has_one_log_odds_and_explains_either_class(tmp_path):
+    from foundry.evaluation.explain import explain
+
+    config = _config(tmp_path)
+    frame = pd.read_csv(config["data"]["path"])
+    frame[frame.section != "go"].to_csv(config["data"]["path"], index=False)
+    result = foundry.train(config, progress=False, quiet=True, register=False)
+    model = foundry.load(result.package_path)
+    rows = _rows().head(2)  # a python and a perl package
+    raw = model.outputs(rows)[:, 0] * model.temperature  # [N]: log-odds of classes[1]
+    assert model.manifest["n_outputs"] == 1
+    assert model.predict(rows)["section"].tolist() == ["python", "perl"]
+    second = str(model.task.classes[1])
+    for target in (None, "perl", "python"):
+        for i, row in enumerate(explain(model, rows, target=target)["rows"]):
+            sign = 1.0 if row["target_class"] == second else -1.0
+            assert row["output"] == pytest.approx(sign * raw[i], abs=1e-5)
+            total = row["baseline_output"] + sum(row["attributions"].values())
+            assert total == pytest.approx(row["output"], abs=1e-9)

@@ -90,8 +90,14 @@ def fit_head(
 
         # The primal (dual=False) is faster with more rows than useful columns; n-gram
         # matrices have more columns than rows, where the dual wins.
+        # tol 1e-3, not LIBLINEAR's 1e-4: the same test accuracy on all 6 splits of
+        # benchmarks/ngram_text.py's Debian table, in 10-35% less time.
         head = LinearSVC(
-            C=model.C, max_iter=model.max_iter, random_state=seed, dual=x.shape[1] > x.shape[0]
+            C=model.C,
+            max_iter=model.max_iter,
+            random_state=seed,
+            tol=1e-3,
+            dual=x.shape[1] > x.shape[0],
         )
     else:
         from sklearn.linear_model import LogisticRegression
