@@ -111,6 +111,13 @@ async def test_served_equals_local(trained, tmp_path):
             assert response.status_code == 200, response.text
             expected = loaded.predict(example.batch)
             assert_matches(response.json()["predictions"], expected, loaded.task.target)
+            # the ready-to-send request GET /v1/models/{name} shows a client is answered
+            detail = (await client.get(f"/v1/models/{name}", headers=bearer(key))).json()
+            assert all(row["example"] is not None for row in detail["inputs"]), detail
+            response = await client.post(
+                f"/v1/models/{name}/predict", json=detail["example"], headers=bearer(key)
+            )
+            assert response.status_code == 200, response.text
         elif example.route == "completions":
             body = {"model": name, "prompt": example.batch, "max_tokens": 8, "temperature": 0}
             response = await client.post("/v1/completions", json=body, headers=bearer(key))

@@ -193,6 +193,9 @@ def _describe(spec: InputSpec, enc: Any) -> dict[str, Any]:
         example = " ".join(w for w in words if w) or "some text"
     elif isinstance(enc, ImageEncoder):
         example = _gray_png(enc.width, enc.height, enc.channels)
+    elif spec.type == "text":
+        # a family with its own text state (ngram's vocabularies) has no TextEncoder
+        example = "some text"
     out["values"] = values
     out["example"] = example
     return out
