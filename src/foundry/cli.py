@@ -365,11 +365,11 @@ def explain(
 
     console = Console()
     explanations = result.explanations
-    method = (
-        f"integrated gradients ({explanations['steps']} steps)"
-        if explanations["method"] == "integrated_gradients"
-        else "exact TreeSHAP contributions"  # gbm
-    )
+    method = {
+        "integrated_gradients": f"integrated gradients ({explanations['steps']} steps)",
+        "tree_shap": "exact TreeSHAP contributions",  # gbm
+        "linear_contributions": "exact linear contributions (weight x tf-idf)",  # ngram
+    }.get(explanations["method"], explanations["method"])
     console.print(f"{result.model_ref}: {method} of {explanations['output']}")
     for table in attribution_tables(explanations, result.frame, top=top):
         console.print(table)

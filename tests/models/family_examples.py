@@ -171,6 +171,63 @@ def gbm(root: Path) -> Example:
     )
 
 
+def ngram(root: Path) -> Example:
+    """TF-IDF n-grams and a linear head over a structured-name text column (package names
+    split on punctuation), a free-text column and a category, with a fairness audit."""
+    rng = random.Random(0)
+    stems = {"python": "python3-{}", "perl": "lib{}-perl", "go": "golang-{}-dev"}
+    words = ["foo", "bar", "baz", "qux", "zip", "zap", "lorem", "ipsum"]
+    rows = []
+    for i in range(90):
+        section = list(stems)[i % 3]
+        rows.append(
+            {
+                "package": stems[section].format(f"{rng.choice(words)}{i}"),
+                "description": f"{rng.choice(words)} {rng.choice(words)} module",
+                "group": rng.choice(["a", "b"]),
+                "section": section,
+            }
+        )
+    path = root / "packages.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    config = {
+        **_common(root, "conf-ngram"),
+        # package names are unique, and kept: their parts are the signal
+        "data": {"path": str(path), "pii": {"keep_columns": ["package"]}},
+        "features": {
+            "target": "section",
+            "inputs": [
+                {"name": "package", "type": "text"},
+                {"name": "description", "type": "text"},
+                {"name": "group", "type": "category"},
+            ],
+        },
+        "model": {"type": "ngram"},
+        "evaluate": {"fairness": {"sensitive_features": ["group"]}},
+    }
+    batch = pd.DataFrame(
+        {
+            "package": ["python3-newthing", "libnew-perl", "golang-new-dev"],
+            "description": ["foo module", "bar baz module", None],
+            "group": ["a", "b", "c"],
+        }
+    )
+    records = [
+        {"package": "python3-newthing", "description": "foo module", "group": "a"},
+        {"package": "libnew-perl", "description": "bar baz module", "group": "b"},
+        {"package": "golang-new-dev", "description": None, "group": "c"},
+    ]
+    return Example(
+        config,
+        batch,
+        "predict",
+        bad=batch.drop(columns=["package"]),
+        bad_match="package",
+        checks=("fairness", "explain", "calibration"),
+        records=records,
+    )
+
+
 def _corpus(root: Path) -> Path:
     rng = random.Random(0)
     subjects, verbs = ["the cat", "a dog", "the owl"], ["sat on", "ran to", "looked at"]
@@ -261,6 +318,7 @@ EXAMPLES: dict[str, Callable[[Path], Example]] = {
     "cnn": cnn,
     "text": text,
     "gbm": gbm,
+    "ngram": ngram,
     "gpt": gpt,
     "hf-classifier": hf_classifier,
     "hf-lora": hf_lora,

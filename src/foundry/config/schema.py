@@ -482,8 +482,65 @@ class GBMConfig(Section):
         return self
 
 
+class NGramConfig(Section):
+    type: Literal["ngram"] = "ngram"
+    """A linear text classifier over TF-IDF n-grams, trained in seconds on a CPU by
+    scikit-learn: every text input becomes word n-grams (split on punctuation too, so
+    `python3-foo`, `libbar-perl`, `a/b/c.py` and URLs give useful words) and character
+    n-grams, TF-IDF weighted (sublinear tf, L2 norm); category and binary inputs are
+    one-hot, number inputs standardised as for every model. Stored as JSON (vocabulary,
+    settings) and safetensors (idf, weights); no pickle. The `train` section's `seed`
+    applies; its network settings (epochs, batch size, optimizer, loss) do not."""
+    word_ngrams: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = (1, 2)
+    """Word n-gram lengths (shortest, longest); `None`: no word n-grams."""
+    char_ngrams: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] | None = (2, 4)
+    """Character n-gram lengths inside word boundaries (scikit-learn's `char_wb`);
+    `None`: no character n-grams."""
+    lowercase: bool = True
+    """Lower-case texts before counting n-grams."""
+    min_df: int = Field(2, ge=1)
+    """An n-gram enters the vocabulary when at least this many training rows have it
+    (fewer: it cannot generalise, and the package grows)."""
+    max_features: int | None = Field(None, ge=1)
+    """Most n-grams per text input and kind (word / char), the most frequent kept;
+    `None`: every n-gram that passes `min_df`."""
+    hash_features: int | None = Field(None, ge=16)
+    """Hash n-grams into this many columns per text input and kind instead of fitting a
+    vocabulary (no vocabulary stored: a small package on a huge vocabulary; colliding
+    n-grams share a weight); `None`: a fitted vocabulary."""
+    head: Literal["svm", "logistic"] = "svm"
+    """The linear head. `svm`: a linear SVM (LIBLINEAR, one-vs-rest, squared hinge),
+    the fastest and usually the most accurate; its scores become probabilities by
+    sigmoid / softmax, scaled by the temperature calibration fits. `logistic`: logistic
+    regression (softmax over the classes), probabilities by construction, slower.
+    Number targets always get ridge regression."""
+    C: float = Field(0.5, gt=0)
+    """Inverse regularisation strength (larger: fits the training rows more closely);
+    ridge regression uses alpha = 1 / (2 C)."""
+    max_iter: int = Field(1000, ge=1)
+    """Most solver iterations."""
+    class_weight: Literal["balanced"] | dict[str, Annotated[float, Field(gt=0)]] | None = None
+    """Classification: weight each training row by its class. `balanced`: rows / (classes
+    x rows of the class), so every class weighs the same in total; a map `{class label:
+    weight}` (unlisted classes weigh 1); `None`: every row weighs 1."""
+
+    @model_validator(mode="after")
+    def _some_ngrams_and_ordered_ranges(self) -> NGramConfig:
+        if self.word_ngrams is None and self.char_ngrams is None:
+            raise ValueError("word_ngrams and char_ngrams are both None: set at least one")
+        for key in ("word_ngrams", "char_ngrams"):
+            low_high = getattr(self, key)
+            if low_high is not None and low_high[0] > low_high[1]:
+                raise ValueError(
+                    f"{key}: the shortest length {low_high[0]} is above the longest "
+                    f"{low_high[1]}; write [shortest, longest]"
+                )
+        return self
+
+
 ModelConfig = Annotated[
-    MLPConfig | CNNConfig | TextModelConfig | GPTConfig | HFModelConfig | GBMConfig,
+    MLPConfig | CNNConfig | TextModelConfig | GPTConfig | HFModelConfig | GBMConfig
+    | NGramConfig,
     Field(discriminator="type"),
 ]
 
@@ -751,10 +808,10 @@ class DistillConfig(Section):
 
     @model_validator(mode="after")
     def _student_is_a_network(self) -> DistillConfig:
-        if isinstance(self.student, GBMConfig):
+        if isinstance(self.student, GBMConfig | NGramConfig):
             raise ValueError(
-                "student: distillation trains a network on the teacher's outputs; a gbm "
-                "student cannot be trained that way (use type: mlp)"
+                "student: distillation trains a network on the teacher's outputs; a "
+                f"{self.student.type} student cannot be trained that way (use type: mlp)"
             )
         return self
 
@@ -1141,7 +1198,7 @@ class FoundryConfig(Section):
     features: FeaturesConfig = FeaturesConfig()
     """What to predict and from which columns (language models on a corpus need none)."""
     model: ModelConfig = MLPConfig()
-    """Architecture; `type` picks one of mlp, cnn, text, gpt, hf, gbm."""
+    """Architecture; `type` picks one of mlp, cnn, text, gpt, hf, gbm, ngram."""
     lm: LMConfig = LMConfig()
     """Language models only: corpus / instruction columns, chat template, generation."""
     train: TrainConfig = TrainConfig()
@@ -1177,7 +1234,7 @@ class FoundryConfig(Section):
     @model_validator(mode="after")
     def _privacy_only_for_our_models(self) -> FoundryConfig:
         if self.train.privacy is not None and isinstance(
-            self.model, GPTConfig | HFModelConfig | GBMConfig
+            self.model, GPTConfig | HFModelConfig | GBMConfig | NGramConfig
         ):
             raise ValueError(
                 f"train.privacy: differentially private training is built for mlp, cnn and "

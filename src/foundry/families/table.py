@@ -1,14 +1,17 @@
-"""What the families over a table (neural, gbm) share after fitting: the evaluation on
-`evaluate.split` with the trust sections, and the manifest sections the data stage
-found (PII, leakage)."""
+"""What the families over a table (neural, gbm, ngram) share: per-row class weights
+(`model.class_weight`), the evaluation on `evaluate.split` with the trust sections, and
+the manifest sections the data stage found (PII, leakage)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from foundry.errors import ConfigError
 from foundry.families.interface import Evaluation, Fitted, Run
 
-__all__ = ["data_sections", "evaluate_table"]
+__all__ = ["class_weights", "data_sections", "evaluate_table"]
 
 
 def evaluate_table(
@@ -38,3 +41,27 @@ def data_sections(splits: Any, leakage: dict[str, Any] | None) -> dict[str, Any]
     if leakage is not None:
         sections["leakage"] = leakage
     return sections
+
+
+def class_weights(setting: Any, y: np.ndarray, task: Any) -> np.ndarray | None:
+    """Per-row training weights from `model.class_weight` (None: unweighted)."""
+    if setting is None:
+        return None
+    if not task.is_classification:
+        raise ConfigError(
+            "model.class_weight needs a classification target; "
+            f"'{task.target}' is a number", hint="remove model.class_weight",
+        )
+    classes = [str(c) for c in task.classes]
+    if setting == "balanced":
+        counts = np.bincount(y.astype(np.int64), minlength=len(classes)).astype(np.float64)
+        per_class = len(y) / (len(classes) * np.maximum(counts, 1.0))
+    else:
+        unknown = sorted(set(setting) - set(classes))
+        if unknown:
+            raise ConfigError(
+                f"model.class_weight: {unknown} are not classes of '{task.target}' "
+                f"(classes: {', '.join(classes)})"
+            )
+        per_class = np.array([float(setting.get(c, 1.0)) for c in classes])
+    return per_class[y.astype(np.int64)]

@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from foundry.errors import ConfigError, ModelError
@@ -27,7 +26,7 @@ from foundry.families.gbm.booster import MODEL_FILE, BoosterModel, sha256_text, 
 from foundry.families.interface import Evaluation, Fitted, PackageContents, Run
 from foundry.families.manifest import provenance, table_card, training_section
 from foundry.families.registry import register_family
-from foundry.families.table import data_sections, evaluate_table
+from foundry.families.table import class_weights, data_sections, evaluate_table
 
 __all__ = ["GBMFamily", "lightgbm_params"]
 
@@ -384,30 +383,6 @@ def _card_settings(model: Any, params: dict[str, Any]) -> dict[str, Any]:
         if isinstance(settings["class_weight"], dict) else settings["class_weight"]
     return {"objective": params["objective"], **settings, "seed": params["seed"],
             "threads": params["num_threads"]}
-
-
-def class_weights(setting: Any, y: np.ndarray, task: Any) -> np.ndarray | None:
-    """Per-row training weights from `model.class_weight` (None: unweighted)."""
-    if setting is None:
-        return None
-    if not task.is_classification:
-        raise ConfigError(
-            "model.class_weight needs a classification target; "
-            f"'{task.target}' is a number", hint="remove model.class_weight",
-        )
-    classes = [str(c) for c in task.classes]
-    if setting == "balanced":
-        counts = np.bincount(y.astype(np.int64), minlength=len(classes)).astype(np.float64)
-        per_class = len(y) / (len(classes) * np.maximum(counts, 1.0))
-    else:
-        unknown = sorted(set(setting) - set(classes))
-        if unknown:
-            raise ConfigError(
-                f"model.class_weight: {unknown} are not classes of '{task.target}' "
-                f"(classes: {', '.join(classes)})"
-            )
-        per_class = np.array([float(setting.get(c, 1.0)) for c in classes])
-    return per_class[y.astype(np.int64)]
 
 
 def _recorder(history: list[dict[str, Any]], task: Any, run: Run):
