@@ -46,7 +46,9 @@ def init(
     output: Path = typer.Option(Path("config.yaml"), "--output", "-o", help="Config to write."),
     name: str | None = typer.Option(None, help="Model name (default: the data file's stem)."),
     model: str | None = typer.Option(
-        None, help="mlp, cnn, text or hf (default: from the inputs; hf with --pretrained)."
+        None,
+        help="Model type (gbm, ngram, mlp, text, cnn, hf...). Default: by the data: gbm for "
+        "tables, ngram for any text input, cnn for images, hf with --pretrained.",
     ),
     pretrained: str | None = typer.Option(
         None,

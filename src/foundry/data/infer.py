@@ -7,7 +7,10 @@ so inference costs the same on 1k rows as on 10M.
 from __future__ import annotations
 
 import difflib
+import math
+import re
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,9 +30,28 @@ TEXT_MIN_TOKENS = 4.0
 TEXT_MIN_CHARS = 30.0
 """...and so are mostly-unique strings averaging this many characters."""
 ID_UNIQUE_RATIO = 0.95
-"""Short strings this unique are identifiers, not categories (skipped from inputs)."""
+"""Strings this unique are no categories (every value would be unseen at prediction):
+they are text when they have structure, identifiers when opaque (`identifier_reason`)."""
 ID_MIN_ROWS = 20
 """Below this many rows every category looks unique; do not call anything an ID."""
+OPAQUE_SHARE = 0.9
+"""UUIDs / hex hashes: this share of a column's values must be one."""
+NUMBERED_MAX_FORMS = 20
+"""Values that differ only in their digits (`CR-00017-B`, `user_912`) are numbered ids
+when, digits set aside, at most this many forms (and a tenth of the rows) remain."""
+RANDOM_MIN_BITS = 5.0
+"""Near-random strings have at least this many bits of entropy per character (Miller-Madow
+corrected)... Measured (`benchmarks/identifier_rule.py`, 20-1000 values, 5 draws):
+random base64 5.9-6.0, random lower-case or upper-case alphanumerics 5.1-5.2; Debian
+package names 4.6-4.7, file paths 4.7-4.9, URLs 4.8-5.0, English words 4.1-4.3."""
+RANDOM_MAX_SHARED = 0.2
+"""...and under this share of values with a sub-token of 3+ characters (`python`, `perl`,
+`lib`, `123`) that another value holds too. Measured alike on up to `TOKEN_SAMPLE` values:
+random base64 / alphanumerics 0-0.12; Debian package names 0.10-0.45 at 20 values, 0.73
+at 1,000; module paths, URLs, file paths, e-mail addresses 0.6-1.0."""
+TOKEN_SAMPLE = 1_000
+"""Values the sub-token rule reads: random strings share more 3-character runs the more
+values are compared (base64 of 24 characters: 0.41 at 5,000), structured ones plateau."""
 CLASS_TARGET_MAX_INTS = 10
 """An integer target with at most this many distinct values is a class label."""
 
@@ -71,7 +93,9 @@ def infer_type(series: pd.Series) -> FeatureType:
 
     image: strings ending in an image extension; binary: exactly 2 distinct values;
     number: any other numeric column (few distinct integers stay numbers);
-    text: strings averaging >= 4 tokens, or mostly-unique long strings; else category.
+    text: strings averaging >= 4 tokens, mostly-unique long strings, or near-unique
+    strings (`python3-foo`, `libbar-perl`: their sub-tokens carry what a category of
+    unseen values cannot; opaque ones are dropped by `identifier_reason`); else category.
     """
     values = series.dropna()
     if len(values) == 0:
@@ -85,9 +109,57 @@ def infer_type(series: pd.Series) -> FeatureType:
         return "image"
     if _has_two_values(values.astype(str) if values.dtype == object else values):
         return "binary"
-    if _looks_like_text(sample):
+    if _looks_like_text(sample) or (
+        len(values) >= ID_MIN_ROWS and _unique_ratio(sample) > ID_UNIQUE_RATIO
+    ):
         return "text"
     return "category"
+
+
+def identifier_reason(col: pd.Series) -> str | None:
+    """Why `col` is an opaque identifier (a reason naming the rule, never a value), or None.
+
+    Only integer row counters and near-unique short strings qualify, and of those strings
+    only opaque ones: UUIDs, hex hashes, numbered ids (`CR-00017-B`: the values differ
+    only in their digits), near-random strings (high entropy per character, no sub-token
+    shared between values). Near-unique strings with structure (package names, product
+    codes, paths, URLs) are kept: `infer_type` makes them text."""
+    values = col.dropna()
+    n = len(values)
+    if n < ID_MIN_ROWS or pd.api.types.is_bool_dtype(values.dtype):
+        return None
+    if _is_numeric(values):
+        # A saved pandas index or an auto-increment key: n distinct consecutive integers.
+        counter = (
+            pd.api.types.is_integer_dtype(values.dtype)
+            and values.is_unique
+            and int(values.max()) - int(values.min()) + 1 == n
+        )
+        return f"row numbers: {n} distinct consecutive integers" if counter else None
+    sample = _sample(values).astype(str)
+    if _unique_ratio(sample) <= ID_UNIQUE_RATIO:
+        return None
+    if sample.str.count(r"\S+").mean() >= TEXT_MIN_TOKENS:
+        return None  # free text
+    if sample.str.lower().str.endswith(IMAGE_EXTENSIONS).mean() >= 0.9:
+        return None  # image paths
+    share = sample.str.fullmatch(_UUID).mean()
+    if share >= OPAQUE_SHARE:
+        return f"UUIDs: {_pct(share)} of values"
+    share = sample.str.fullmatch(_HEX).mean()
+    if share >= OPAQUE_SHARE:
+        return f"hex hashes: {_pct(share)} of values are hex strings of 8+ digits"
+    forms = sample.str.replace(r"\d+", "0", regex=True).nunique()
+    if forms <= min(NUMBERED_MAX_FORMS, len(sample) // 10):
+        return f"numbered ids: the values differ only in their digits, {forms} form(s) without them"
+    head = sample.iloc[:TOKEN_SAMPLE]
+    bits, shared = _char_entropy(head), _shared_token_share(head)
+    if bits >= RANDOM_MIN_BITS and shared < RANDOM_MAX_SHARED:
+        return (
+            f"near-random strings: {bits:.1f} bits per character, {_pct(shared)} of values "
+            "share a sub-token with another"
+        )
+    return None
 
 
 def infer_features(df: pd.DataFrame, features: FeaturesConfig) -> ResolvedFeatures:
@@ -185,32 +257,51 @@ def _infer_inputs(
         if col.isna().all():
             warnings.warn(f"column '{name}' is entirely missing; skipped", stacklevel=3)
             continue
-        feature_type = infer_type(col)
-        if _looks_like_id(col, feature_type):
+        reason = identifier_reason(col)
+        if reason is not None:
             warnings.warn(
-                f"column '{name}' looks like an identifier (almost every value is unique); "
-                "skipped. List it in features.inputs to use it anyway",
+                f"column '{name}' looks like an identifier ({reason}); skipped. List it in "
+                "features.inputs to use it anyway",
                 stacklevel=3,
             )
             continue
-        inputs.append(FeatureConfig(name=str(name), type=feature_type))
+        inputs.append(FeatureConfig(name=str(name), type=infer_type(col)))
     return inputs
 
 
-def _looks_like_id(col: pd.Series, feature_type: FeatureType) -> bool:
-    """Short near-unique strings, or integers that are exactly a row counter."""
-    values = col.dropna()
-    n = len(values)
-    if n < ID_MIN_ROWS:
-        return False
-    if feature_type == "category":
-        sample = _sample(values).astype(str)
-        unique_ratio = sample.nunique() / len(sample)
-        return unique_ratio > ID_UNIQUE_RATIO and sample.str.len().mean() <= 40
-    if feature_type == "number" and pd.api.types.is_integer_dtype(values.dtype):
-        # A saved pandas index or an auto-increment key: n distinct consecutive integers.
-        return values.is_unique and int(values.max()) - int(values.min()) + 1 == n
-    return False
+_UUID = re.compile(r"\{?[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\}?", re.I)
+_HEX = re.compile(r"(0x)?[0-9a-f]{8,}", re.I)
+_SUBTOKEN = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+"""Sub-tokens: words split on punctuation, case changes and digit runs (`libFoo2-perl`
+-> lib, Foo, 2, perl)."""
+
+
+def _char_entropy(strings: pd.Series) -> float:
+    """Bits per character over all of `strings`, with the Miller-Madow correction (a few
+    hundred characters under-read a 64-letter alphabet by ~0.2 bits otherwise)."""
+    counts = Counter("".join(strings))
+    total = sum(counts.values())
+    if total == 0:
+        return 0.0
+    bits = -sum(c / total * math.log2(c / total) for c in counts.values())
+    return bits + (len(counts) - 1) / (2 * total * math.log(2))
+
+
+def _shared_token_share(strings: pd.Series) -> float:
+    """Share of values holding a sub-token of 3+ characters that another value holds."""
+    tokens = [{t.lower() for t in _SUBTOKEN.findall(s) if len(t) >= 3} for s in strings]
+    values_with = Counter(t for ts in tokens for t in ts)
+    shared = sum(any(values_with[t] >= 2 for t in ts) for ts in tokens)
+    return shared / max(len(tokens), 1)
+
+
+def _unique_ratio(sample: pd.Series) -> float:
+    return sample.nunique() / len(sample)
+
+
+def _pct(share: float) -> str:
+    # floor, so 99.6% does not read as "100% of values"
+    return f"{int(share * 100)}%"
 
 
 def _has_two_values(values: pd.Series) -> bool:

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from foundry.config.schema import PIIConfig
-from foundry.data.infer import ID_MIN_ROWS, ID_UNIQUE_RATIO, SAMPLE_ROWS, infer_type
+from foundry.data.infer import identifier_reason
 from foundry.data.personal import find_personal_columns
 from foundry.data.pii import CANDIDATE, Finding, PatternError, compile_pattern, find_pii
 from foundry.errors import ConfigError, DataError, ModelError
@@ -47,8 +47,6 @@ __all__ = ["PIIScrubber", "format_report", "merge_reports"]
 
 STATE_FORMAT = 1
 """Bumped when `state_dict()`'s layout changes incompatibly."""
-ID_MAX_MEAN_CHARS = 40
-"""Near-unique strings longer than this on average are sentences, not identifiers."""
 VALUE_HASH_HEX = 8
 """Hex digits of the hash that replaces a value inside text (`[EMAIL:3f9a0c12]`)."""
 COLUMN_HASH_HEX = 16
@@ -75,21 +73,6 @@ def _is_scannable(dtype: Any) -> bool:
         or pd.api.types.is_object_dtype(dtype)
         or pd.api.types.is_string_dtype(dtype)
     )
-
-
-def _near_unique_ratio(col: pd.Series) -> float | None:
-    """The share of distinct values when `col` holds short near-unique strings (how
-    `foundry.data.infer` spots id columns), else None. Free text and image paths are
-    near-unique too but are not identifiers: `infer_type` sets them apart."""
-    values = col.dropna()
-    if len(values) < ID_MIN_ROWS or infer_type(col) != "category":
-        return None
-    sample = values if len(values) <= SAMPLE_ROWS else values.sample(SAMPLE_ROWS, random_state=0)
-    sample = sample.astype(str)
-    ratio = sample.nunique() / len(sample)
-    if ratio > ID_UNIQUE_RATIO and sample.str.len().mean() <= ID_MAX_MEAN_CHARS:
-        return ratio
-    return None
 
 
 class PIIScrubber:
@@ -175,9 +158,10 @@ class PIIScrubber:
                 reason = f"name matches '{_normalise_name(name)}'"
             elif found is not None:
                 reason = found["reason"]
-            elif _is_scannable(df[name].dtype) and (ratio := _near_unique_ratio(df[name])):
-                # floor, so 99.6% unique does not read as "100% of values unique"
-                reason = f"{int(ratio * 100)}% of values unique"
+            elif _is_scannable(df[name].dtype) and (why := identifier_reason(df[name])):
+                # the rule `foundry init` and feature inference drop identifiers by: UUIDs,
+                # hashes, numbered and near-random ids; package names or paths stay
+                reason = why
             else:
                 continue
             if name in config.keep_columns:
