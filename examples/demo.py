@@ -11,6 +11,9 @@
 8. foundry cost      → what a training run, 1,000 predictions and each plan cost
 9. foundry report    → demo-output/report.html: curves, metrics, confusion matrix, ROC / PR,
                        calibration, fairness by sex, importance, compression, cost
+10. foundry init --search 15s + foundry train → a time-budgeted model search (gbm, mlp)
+                       on the same table: the leaderboard, the best registered as
+                       penguins-search; its report (search-report.html) shows the leaderboard
 """
 
 from __future__ import annotations
@@ -56,6 +59,11 @@ def main() -> None:
     foundry("cost", trained)
     foundry("cost", "penguins:compressed")  # the variant `make dashboard` serves
     foundry("report", trained, "-o", "report.html")
+    # a model search: every candidate that fits the table, within 15 s, the best registered
+    foundry("init", "penguins.csv", "--target", "species", "--name", "penguins-search",
+            "--search", "15s", "-o", "search.yaml", "--force")  # fmt: skip
+    foundry("train", "search.yaml")
+    foundry("report", "penguins-search:latest", "-o", "search-report.html")
 
     print("\nDone. Results:")
     print(f"  config          {OUT / 'config.yaml'}")
@@ -65,6 +73,7 @@ def main() -> None:
     print(f"  compression     {OUT / 'runs'}/penguins-compress-*/compress.md")
     print(f"  registry        {ROOT / '.foundry'}  (foundry models list)")
     print(f"  report          {OUT / 'report.html'}  (open it in a browser; no network needed)")
+    print(f"  model search    {OUT / 'search-report.html'}  (the leaderboard; penguins-search)")
     print("  dashboard       make dashboard  (serves these models; open the printed address")
     print("                  and paste the printed admin token: curves, fairness, compression,")
     print("                  costs, keys, usage and revenue)")

@@ -54,6 +54,10 @@ def init(
         None,
         help="Fine-tune this Hugging Face model (hub id or local directory) on the text column.",
     ),
+    search: str | None = typer.Option(
+        None, help="Write a time-budgeted model search instead (model: {type: auto}), "
+        "e.g. --search 5m: the candidates that fit the data, the best registered."
+    ),
     force: bool = typer.Option(False, help="Overwrite an existing config."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the config's path."),
     json_out: bool = typer.Option(
@@ -68,7 +72,7 @@ def init(
     with silenced(quiet or json_out):
         path = init_config(
             data, target, output=output, name=name, model=model, pretrained=pretrained,
-            force=force, say=Reporter(quiet=quiet or json_out),
+            force=force, say=Reporter(quiet=quiet or json_out), search=search,
         )
     if json_out:
         import yaml
@@ -129,11 +133,21 @@ def train(
                     "run_dir": str(result.run_dir),
                     "metrics": result.metrics,
                     "best_epoch": result.best_epoch,
+                    **_leaderboard(result),
                 }
             )
         )
     else:
         _out(f"{result.model_ref}  run: {result.run_dir}")
+
+
+def _leaderboard(result) -> dict:
+    """`{"leaderboard": ...}` of a model search's package (`model.type: auto`), else {}."""
+    path = result.package_path / "foundry.json" if result.package_path else None
+    if path is None or not path.is_file():
+        return {}
+    board = json.loads(path.read_text()).get("leaderboard")
+    return {"leaderboard": board} if board else {}
 
 
 @app.command("run")
@@ -158,6 +172,7 @@ def run_cmd(
             "metrics": result.metrics,
             "best_epoch": result.best_epoch,
             "seconds": result.seconds,
+            **_leaderboard(result),
             "compression": None if c is None else {
                 "tagged": c.tagged, "selection": c.selection, "report_dir": str(c.report_dir),
                 "variants": [v.ref for v in c.variants],

@@ -41,7 +41,8 @@ def test_minimal_config_fills_documented_defaults():
             {"train": {"optimizer": {"type": "adm"}}},
             "'sgd', 'adagrad', 'rmsprop', 'adam' or 'adamw'",
         ),
-        ({"model": {"type": "rnn"}}, "model.type: unknown model type (allowed: mlp, cnn, text)"),
+        # every type of the schema's union, gbm and auto included
+        ({"model": {"type": "rnn"}}, "unknown model type (allowed: mlp, cnn, text, gpt, hf, gbm"),
         ({"train": {"epochs": "many"}}, "train.epochs: Input should be a valid integer"),
         ({"data": {"path": "x", "split": {"train": 0.5}}}, "must sum to 1"),
         ({"train": {"optimizer": {"type": "adam", "nesterov": True}}}, "nesterov needs type: sgd"),

@@ -228,6 +228,29 @@ def ngram(root: Path) -> Example:
     )
 
 
+def auto(root: Path) -> Example:
+    """A model search over gbm and a small mlp: the registered package is the winner's
+    own (`config.model.type` gbm or mlp), so the suite checks it as that family's."""
+    path = _table(root)
+    rows = pd.read_csv(path).drop(columns=["tier"]).head(6)
+    config = {
+        **_common(root, "conf-auto"),
+        "data": {"path": str(path)},
+        "features": {"target": "tier"},
+        "model": {
+            "type": "auto",
+            "budget": "2m",
+            "candidates": ["gbm", "mlp"],
+            "overrides": {"gbm": {"n_estimators": 40, "min_child_samples": 5},
+                          "mlp": {"layers": [8]}},
+        },
+    }
+    return Example(
+        config, rows, "predict", bad=rows.drop(columns=["age"]), bad_match="age",
+        checks=("explain",),
+    )
+
+
 def _corpus(root: Path) -> Path:
     rng = random.Random(0)
     subjects, verbs = ["the cat", "a dog", "the owl"], ["sat on", "ran to", "looked at"]
@@ -319,6 +342,7 @@ EXAMPLES: dict[str, Callable[[Path], Example]] = {
     "text": text,
     "gbm": gbm,
     "ngram": ngram,
+    "auto": auto,
     "gpt": gpt,
     "hf-classifier": hf_classifier,
     "hf-lora": hf_lora,

@@ -54,8 +54,9 @@ def _test_split(audited):
 def test_every_section_is_there_with_its_heading(report):
     result, page = report
     assert result.sections == EVERY_SECTION
-    # the one section that does not apply to a classifier, with its reason
-    assert set(result.omitted) == {"regression"}
+    # the sections that do not apply to a classifier trained without a model search
+    assert set(result.omitted) == {"regression", "leaderboard"}
+    assert "search" in result.omitted["leaderboard"]
     for section in EVERY_SECTION:
         assert page.headings[section], section
     for section in ("training", "learning_rate", "confusion", "roc", "pr", "calibration",

@@ -24,13 +24,15 @@ def init_config(
     pretrained: str | None = None,
     force: bool = False,
     say: Reporter | None = None,
+    search: str | None = None,
 ) -> Path:
     """Inspect `data`, infer every column's type and write a config that trains as is.
 
     `pretrained` (a Hugging Face hub id or a local model directory) writes a fine-tuning
     config instead: `model: {type: hf}` on the data's one text column. Columns holding
     personal data and target leaks are left out of the inputs; `say` prints why (and
-    the config says it in comments)."""
+    the config says it in comments). `search` (a duration: `5m`) writes a model search
+    instead, `model: {type: auto, budget: <search>}`."""
     from foundry.data import read_table
 
     data_path, out_path = Path(data), Path(output)
@@ -47,6 +49,10 @@ def init_config(
         raise ConfigError(
             "--model hf needs --pretrained: a Hugging Face hub id or a local model directory "
             "(e.g. --pretrained sentence-transformers/all-MiniLM-L6-v2)"
+        )
+    if search is not None and (model is not None or pretrained is not None):
+        raise ConfigError(
+            "--search tries the model types itself; leave out --model and --pretrained"
         )
     known = _model_types()
     if model is not None and model not in known:
@@ -87,12 +93,15 @@ def init_config(
             "optimizer": {"type": "adam", "lr": 0.001},
             "early_stopping": {"metric": "val_loss", "patience": schedule.patience},
         }
+    if search is not None:
+        config["model"] = {"type": "auto", "budget": _duration(search)}
     if model == "hf":
         assert pretrained is not None
         config.update(_finetune_sections(resolved, pretrained, out_path, data_path))
     header = (
         f"# Written by `foundry init {data} --target {target}"
         + (f" --pretrained {pretrained}" if pretrained else "")
+        + (f" --search {search}" if search else "")
         + "`.\n"
         "# Every key is documented in docs/CONFIG.md (`foundry config-docs`).\n"
     )
@@ -103,6 +112,20 @@ def init_config(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(header + body + yaml.safe_dump(rest, sort_keys=False))
     return out_path
+
+
+def _duration(search: str) -> str:
+    """`--search` as written, once `model.budget` has accepted it."""
+    from pydantic import ValidationError
+
+    from foundry.config.schema import AutoConfig
+
+    try:
+        AutoConfig(budget=search)
+    except ValidationError as exc:
+        why = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"--search {search!r} (model.budget): {why}") from None
+    return search
 
 
 def _inputs(df: Any, target: str, say: Reporter) -> tuple[Any, list[tuple[str, str, str]]]:

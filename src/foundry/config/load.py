@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,16 +13,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from foundry.config.schema import (
-    CNNConfig,
-    FoundryConfig,
-    MLPConfig,
-    ServeConfig,
-    TextModelConfig,
-)
+from foundry.config.schema import FoundryConfig, ModelConfig, ServeConfig
 from foundry.errors import ConfigError
 
-_ARCHS: dict[str, type[BaseModel]] = {"mlp": MLPConfig, "cnn": CNNConfig, "text": TextModelConfig}
+_ARCHS: dict[str, type[BaseModel]] = {
+    cls.model_fields["type"].default: cls
+    for cls in typing.get_args(typing.get_args(ModelConfig)[0])
+}
+"""model.type → its section, read from the schema's union (an error inside `model:` names
+`model.budget`, not pydantic's `model.auto.budget`)."""
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ everything else has a default or is inferred from the data.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FeatureType = Literal["number", "binary", "category", "text", "image"]
 
@@ -538,9 +539,76 @@ class NGramConfig(Section):
         return self
 
 
+# The model search's candidates: name → the model section it trains (a `model.type` and
+# the settings that make it that candidate). Default order: cheapest and strongest first,
+# so that a short budget still trains the ones most likely to win.
+AUTO_CANDIDATES: dict[str, dict[str, Any]] = {
+    "gbm": {"type": "gbm"},
+    "ngram": {"type": "ngram"},
+    "mlp": {"type": "mlp"},
+    "text": {"type": "text", "encoder": "cnn"},
+    "text-transformer": {"type": "text", "encoder": "transformer"},
+    "cnn": {"type": "cnn"},
+}
+CandidateName = Literal["gbm", "ngram", "mlp", "text", "text-transformer", "cnn"]
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h)?\s*$")
+_SECONDS = {None: 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+class AutoConfig(Section):
+    type: Literal["auto"] = "auto"
+    """A time-budgeted model search: train the candidates that fit the data (gbm and mlp
+    for tables; n-gram, text CNN and text transformer for text; cnn for images) on the
+    same train / validation split, one after another until the budget is spent, and
+    register the best by the validation metric (accuracy for classification, RMSE for
+    regression) as its own model type, with the leaderboard in its manifest."""
+    budget: float = Field(300.0, gt=0)
+    """Wall-clock seconds for the search: a duration (`30s`, `5m`, `1h`) or a number of
+    seconds. A candidate starts only while budget is left, and a network or booster that
+    would run past it stops at its best epoch / round so far; the winner's evaluation
+    and packaging come after it."""
+    candidates: list[CandidateName] | None = None
+    """Which candidates to try, in this order; `None`: those that fit the inputs, in the
+    order `gbm, ngram, mlp, text, text-transformer, cnn`."""
+    overrides: dict[CandidateName, dict[str, Any]] = {}
+    """Model settings per candidate, e.g. `{mlp: {layers: [64]}, gbm: {num_leaves: 15}}`
+    (the keys of that model type's section)."""
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            match = _DURATION.match(value)
+            if match is None:
+                raise ValueError(
+                    f"{value!r} is not a duration; write it like 30s, 5m, 1h or a number "
+                    "of seconds"
+                )
+            return float(match.group(1)) * _SECONDS[match.group(2)]
+        return value
+
+    @model_validator(mode="after")
+    def _overrides_are_model_settings(self) -> AutoConfig:
+        from pydantic import TypeAdapter, ValidationError
+
+        adapter = TypeAdapter(ModelConfig)
+        for name, settings in self.overrides.items():
+            if "type" in settings:
+                raise ValueError(f"overrides.{name}: leave out 'type' (the candidate sets it)")
+            try:
+                adapter.validate_python({**AUTO_CANDIDATES[name], **settings})
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                key = ".".join(str(p) for p in err["loc"][1:])
+                problem = ("not a setting of this model type" if err["type"] == "extra_forbidden"
+                           else err["msg"].removeprefix("Value error, "))
+                raise ValueError(f"overrides.{name}.{key}: {problem}") from None
+        return self
+
+
 ModelConfig = Annotated[
     MLPConfig | CNNConfig | TextModelConfig | GPTConfig | HFModelConfig | GBMConfig
-    | NGramConfig,
+    | NGramConfig | AutoConfig,
     Field(discriminator="type"),
 ]
 
@@ -1198,7 +1266,8 @@ class FoundryConfig(Section):
     features: FeaturesConfig = FeaturesConfig()
     """What to predict and from which columns (language models on a corpus need none)."""
     model: ModelConfig = MLPConfig()
-    """Architecture; `type` picks one of mlp, cnn, text, gpt, hf, gbm, ngram."""
+    """Architecture; `type` picks one of mlp, cnn, text, gpt, hf, gbm, ngram, auto (a
+    model search)."""
     lm: LMConfig = LMConfig()
     """Language models only: corpus / instruction columns, chat template, generation."""
     train: TrainConfig = TrainConfig()

@@ -57,7 +57,9 @@ class Run:
     resume: bool = False
     progress: bool = True
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None
-    """Each epoch's metrics (what `foundry tune` prunes on); raising stops the run."""
+    """Each epoch's (gbm: every few rounds') metrics (what `foundry tune` prunes on);
+    raising stops the run, except `training.epochs.StopTraining`, which ends training
+    as early stopping does, keeping the best epoch (a model search's time budget)."""
     register: bool = True
     """False: the package goes to `<out_dir>/package`, not the registry (tuning)."""
 

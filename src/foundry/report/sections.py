@@ -236,6 +236,17 @@ def metrics_section(ctx: Context) -> Blocks | str:
     return [*blocks, Table(columns, rows)]
 
 
+@section("leaderboard", "Model search")
+def leaderboard_section(ctx: Context) -> Blocks | str:
+    from foundry.evaluation.leaderboard import leaderboard_caption, leaderboard_table
+
+    board = ctx.manifest.get("leaderboard")
+    if not isinstance(board, dict):
+        return "the model was not picked by a search (model.type auto)"
+    columns, rows = leaderboard_table(board)
+    return [Note(leaderboard_caption(board)), Table(columns, rows)]
+
+
 @section("confusion", "Confusion matrix")
 def confusion_section(ctx: Context) -> Blocks | str:
     ev = _classifier(ctx)

@@ -55,6 +55,7 @@ def version_summary(
     summary["fairness"] = fairness_summary(card.get("fairness"))
     summary["fairness_missing"] = (card.get("missing") or {}).get("fairness")
     summary["compression"] = compression_summary(record, manifest, by_ref, registry)
+    summary["leaderboard"] = leaderboard_summary(manifest.get("leaderboard"))
     summary["warnings"] = [str(w) for w in card.get("warnings") or []] + confinement.refused
     return summary
 
@@ -82,6 +83,7 @@ def bare_summary(record: ModelRecord) -> dict[str, Any]:
         "fairness": None,
         "fairness_missing": None,
         "compression": None,
+        "leaderboard": None,
         "warnings": [],
         "problem": None,
     }
@@ -204,6 +206,17 @@ def economics_summary(saved: dict[str, Any]) -> dict[str, Any]:
         ],
         "created_at": saved.get("created_at"),
     }
+
+
+def leaderboard_summary(board: Any) -> dict[str, Any] | None:
+    """A model search's leaderboard (`model.type: auto`) as the table the report and
+    the run's output show; None for a model not picked by a search."""
+    from foundry.evaluation.leaderboard import leaderboard_caption, leaderboard_table
+
+    if not isinstance(board, dict):
+        return None
+    columns, rows = leaderboard_table(board)
+    return {"caption": leaderboard_caption(board), "columns": columns, "rows": rows}
 
 
 def read_json(path: Path) -> dict[str, Any]:

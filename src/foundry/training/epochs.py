@@ -41,10 +41,15 @@ from foundry.training.checkpoint import (
 from foundry.training.early_stopping import EarlyStopping
 from foundry.training.runtime import changed_keys, cpu_copy
 
-__all__ = ["EpochLedger"]
+__all__ = ["EpochLedger", "StopTraining"]
 
 FormatEpoch = Callable[[dict[str, Any], int, str, bool], str]
 """`(record, epochs, monitor, improved) -> line`: each loop words its own epoch line."""
+
+
+class StopTraining(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised by an `on_epoch_end` hook to end training after this epoch as early
+    stopping does: the best epoch so far is kept (a model search's time budget)."""
 
 
 class EpochLedger:
@@ -84,6 +89,8 @@ class EpochLedger:
         self.history: list[dict[str, Any]] = []
         self.best_state: dict[str, Tensor] | None = None
         self.best_epoch, self.step, self.stopped_early = 0, 0, False
+        self.stop_reason = ""
+        """Why `on_epoch_end` stopped the run (`StopTraining`'s message); empty otherwise."""
         self._file: TextIO | None = None
         self.started = time.perf_counter()
         self.earlier = 0.0
@@ -203,7 +210,10 @@ class EpochLedger:
         if self.say is not None:
             self.say(self.format_epoch(record, self.config.epochs, self.monitor, improved))
         if self.on_epoch_end is not None:
-            self.on_epoch_end(record)
+            try:
+                self.on_epoch_end(record)
+            except StopTraining as stop:  # e.g. a search's time budget: keep the best epoch
+                self.stopped_early, self.stop_reason = True, str(stop)
         return improved
 
     # ------------------------------------------------------------------- finish
@@ -213,10 +223,11 @@ class EpochLedger:
         the model; returns the `FitResult` fields every loop shares (`started`: the
         `time.perf_counter()` the loop began at)."""
         if self.stopped_early and self.say is not None:
-            self.say(
-                f"stopped early: {self.monitor} did not improve for "
-                f"{self.config.early_stopping.patience} epochs; keeping epoch {self.best_epoch}"
+            why = self.stop_reason or (
+                f"{self.monitor} did not improve for "
+                f"{self.config.early_stopping.patience} epochs"
             )
+            self.say(f"stopped early: {why}; keeping epoch {self.best_epoch}")
         assert self.best_state is not None  # set by the first epoch, or by the checkpoint
         load_weights(self.model, self.best_state, self.frozen)
         return {

@@ -391,6 +391,10 @@ def _recorder(history: list[dict[str, Any]], task: Any, run: Run):
     neural loop writes per epoch (`epoch` = round, `train_loss`, `val_loss`,
     `val_accuracy` or `val_rmse`), every `every`-th handed to `run.on_epoch_end`
     (tune's pruner)."""
+    import lightgbm as lgb
+
+    from foundry.training.epochs import StopTraining
+
     # A tune trial reports to Optuna's database in on_epoch_end (~55 ms a report here on
     # SQLite): every round of a 1,000-round ceiling made a penguins trial take 40 s
     # instead of 1 s, so at most ~50 reports per run, every `every` rounds.
@@ -416,7 +420,12 @@ def _recorder(history: list[dict[str, Any]], task: Any, run: Run):
         with path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
         if run.on_epoch_end is not None and entry["epoch"] % every == 0:
-            run.on_epoch_end(entry)
+            try:
+                run.on_epoch_end(entry)
+            except StopTraining:  # a search's time budget: keep the best round so far
+                key = "val_loss" if "val_loss" in entry else "train_loss"
+                best = min(range(len(history)), key=lambda i: history[i][key])
+                raise lgb.callback.EarlyStopException(best, env.evaluation_result_list) from None
 
     # LightGBM runs callbacks by `order`: this one (20, as its record_evaluation) before
     # early stopping (30), so the round that ends training is recorded too.

@@ -1,0 +1,161 @@
+"""A time-budgeted model search: `model: {type: auto, budget: 5m}`.
+
+prepare   data.load_splits once: the inputs' types pick the candidates (gbm, mlp for a
+          table; ngram, text CNN, text transformer for text; cnn for images), and bad
+          data fails here as for any family
+fit       each candidate in order is its own family's prepare + fit on a copy of the
+          config with the candidate's model, in `<run>/candidates/<name>`, within
+          `model.budget` (search.py); scored on the validation split; the best wins
+evaluate  the winner's family evaluates the winner (metrics, calibration, fairness...)
+package   the winner's family packages the winner: the registered package *is* a gbm /
+          mlp / ... package (`config.model.type` is the winner's, so `foundry.load` and
+          serving need nothing new), plus a `leaderboard` section
+load      never called for a package of this family (there are none): it delegates to
+          the family the package names, like `foundry.load`
+
+The validation metric is accuracy for classification (ties: the lower log loss) and RMSE
+for regression, computed by one function on the same validation rows for every candidate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from foundry.errors import ConfigError, ModelError
+from foundry.families.auto.search import (
+    Candidate,
+    WarnOnce,
+    default_candidates,
+    rank,
+    search,
+)
+from foundry.families.interface import Evaluation, Fitted, PackageContents, Run
+from foundry.families.registry import family_of_package, register_family
+
+__all__ = ["AutoFamily"]
+
+
+@dataclass
+class AutoData:
+    splits: Any
+    """`data.dataset.Splits`: what every candidate is scored on (`splits.val`)."""
+    names: list[str]
+    """The candidates to try, in order."""
+    seen: set[str]
+    """The warnings printed already: a candidate reading the data does not repeat them."""
+
+
+@register_family("auto")
+class AutoFamily:
+    """Trains the candidates that fit the data within a time budget; packages the best."""
+
+    name = "auto"
+    supports: frozenset[str] = frozenset()
+    """The registered package is the winner's: its own family's hooks apply to it (the
+    conformance suite and `foundry compress` read the package's family, not this one)."""
+
+    def prepare(self, run: Run) -> AutoData:
+        from foundry.data.dataset import load_splits
+
+        cfg = run.config
+        say = WarnOnce(quiet=run.say.quiet)
+        splits, resolved = load_splits(run.loaded, say)
+        if len(splits.val) == 0:
+            raise ConfigError(
+                "model.type auto picks the best candidate on the validation split, and "
+                "data.split leaves it empty",
+                hint="give data.split a validation share (e.g. data.split.val: 0.1)",
+            )
+        types = {f.type for f in resolved.inputs}
+        names = list(cfg.model.candidates or default_candidates(types))
+        if not names:
+            raise ConfigError(
+                f"model.candidates: no candidate fits inputs of type {sorted(types)}",
+                hint="list the candidates to try in model.candidates",
+            )
+        run.say.info(
+            f"auto: {len(names)} candidates ({', '.join(names)}) within "
+            f"{cfg.model.budget:g} s; rows train/val/test = "
+            f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)}"
+        )
+        return AutoData(splits, names, say.seen)
+
+    def fit(self, data: AutoData, train: Any, run: Run) -> Fitted:
+        started = time.perf_counter()
+        candidates = search(run, data.splits.val, data.names, data.seen)
+        ranked = rank(candidates, _goal(candidates))
+        winner = ranked[0]
+        if winner.fitted is None:
+            why = "; ".join(f"{c.name}: {c.row.get('note')}" for c in candidates)
+            raise ModelError(f"model.type auto: no candidate could be trained ({why})")
+        winner.row["status"] = "best"
+        leaderboard = {
+            "metric": winner.row["metric_name"],
+            "goal": _goal(candidates),
+            "split": "val",
+            "budget_seconds": run.config.model.budget,
+            "seconds": round(time.perf_counter() - started, 3),
+            "winner": winner.name,
+            "rows": [c.row for c in ranked],
+        }
+        assert winner.run is not None
+        # the winner's later stages report and register as the run itself does
+        winner.run = replace(winner.run, say=run.say, register=run.register, on_epoch_end=None)
+        return Fitted(
+            winner.fitted.model,
+            winner.fitted.result,
+            {"winner": winner, "leaderboard": leaderboard},
+        )
+
+    def evaluate(self, fitted: Fitted, data: AutoData, run: Run) -> Evaluation:
+        winner: Candidate = fitted.state["winner"]
+        evaluation = winner.family.evaluate(winner.fitted, winner.data, winner.run)
+        evaluation.sections["leaderboard"] = fitted.state["leaderboard"]
+        return evaluation
+
+    def package(
+        self, fitted: Fitted, data: AutoData, evaluation: Evaluation, run: Run
+    ) -> PackageContents:
+        winner: Candidate = fitted.state["winner"]
+        contents = winner.family.package(winner.fitted, winner.data, evaluation, winner.run)
+        contents.manifest["leaderboard"] = fitted.state["leaderboard"]
+        return contents
+
+    def summarize(self, ref: str, fitted: Fitted, evaluation: Evaluation, run: Run) -> None:
+        from foundry.evaluation.leaderboard import leaderboard_caption, leaderboard_table
+
+        winner: Candidate = fitted.state["winner"]
+        winner.family.summarize(ref, winner.fitted, evaluation, winner.run)
+        if run.say.quiet:
+            return
+        from rich.table import Table
+
+        section = fitted.state["leaderboard"]
+        columns, rows = leaderboard_table(section)
+        table = Table(title="leaderboard", caption=leaderboard_caption(section))
+        # rank, model, the numbers, status; the notes go under the table (a narrow
+        # terminal would wrap them into tall cells)
+        for i, column in enumerate(columns[:-1]):
+            justify = "right" if 1 < i < len(columns) - 2 else "left"
+            table.add_column(column, justify=justify, no_wrap=i == 1)  # model names whole
+        for row in rows:
+            table.add_row(*row[:-1])
+        run.say.console.print(table)
+        for row in rows:
+            if row[-1]:
+                run.say.info(f"  {row[1]}: {row[-1]}")
+
+    def load(self, package: Any, ref: str) -> Any:
+        return family_of_package(package.manifest).load(package, ref)
+
+    def outputs(self, model: Any, batch: Any) -> Any:
+        """The winner's model is a table model (`Predictor`): its raw scores."""
+        return model.outputs(batch)
+
+
+def _goal(candidates: list[Candidate]) -> str:
+    """max for accuracy (classification), min for RMSE: every candidate has the task."""
+    names = {c.row.get("metric_name") for c in candidates} - {None}
+    return "min" if names == {"rmse"} else "max"
