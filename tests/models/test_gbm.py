@@ -186,17 +186,35 @@ def test_the_temperature_is_fitted_on_the_early_stopped_boosters_val_outputs(tmp
     without the refit."""
     fitted = []
     for refit in (True, False):
-        config = _config(tmp_path, "tier", refit=refit)
-        # a fifth of the labels flipped: mistakes on val, so a temperature is fitted
-        df = pd.read_csv(config["data"]["path"])
-        flip = np.random.default_rng(1).random(len(df)) < 0.2
-        df.loc[flip, "tier"] = np.where(df.tier[flip] == "high", "low", "high")
-        df.to_csv(config["data"]["path"], index=False)
+        # mistakes on val, so a temperature is fitted
+        config = _noisy(_config(tmp_path, "tier", refit=refit))
         result = foundry.train(config, progress=False, quiet=True, register=False)
         manifest = json.loads((result.package_path / "foundry.json").read_text())
         fitted.append(manifest["calibration"]["fitted_temperature"])
     assert fitted[0] is not None
     assert fitted[0] == pytest.approx(fitted[1])
+
+
+def _noisy(config: dict) -> dict:
+    """A fifth of the `tier` labels flipped: a model makes mistakes on held-out rows."""
+    df = pd.read_csv(config["data"]["path"])
+    flip = np.random.default_rng(1).random(len(df)) < 0.2
+    df.loc[flip, "tier"] = np.where(df.tier[flip] == "high", "low", "high")
+    df.to_csv(config["data"]["path"], index=False)
+    return config
+
+
+def test_auto_ranks_a_refitted_booster_by_its_fit_before_the_refit(tmp_path):
+    """The refitted booster trained on the validation rows: auto's validation score for
+    gbm is the early-stopped booster's, the accuracy LightGBM logged at the best round."""
+    config = _noisy(_config(tmp_path, "tier"))
+    config["model"] = {"type": "auto", "budget": "60s", "candidates": ["gbm"],
+                       "overrides": {"gbm": {"n_estimators": 60, "min_child_samples": 5}}}
+    result = foundry.train(config, progress=False, quiet=True, register=False)
+    manifest = json.loads((result.package_path / "foundry.json").read_text())
+    row = manifest["leaderboard"]["rows"][0]
+    assert manifest["gbm"]["refit"] is not None
+    assert row["metric"] == pytest.approx(manifest["training"]["best_metrics"]["val_accuracy"])
 
 
 def test_a_class_weight_map_names_classes_of_the_target(tmp_path):

@@ -138,7 +138,9 @@ def _train(run: Run, cand: Candidate, val: Any, deadline: float, seen: set[str])
     try:
         cand.fitted = cand.family.fit(cand.data, cand.run.config.train, cand.run)
         fit_seconds = time.perf_counter() - began
-        scores = _score(cand.fitted.model, val)
+        # a refitted gbm trained on val too: it is ranked by its fit before the refit
+        fitted = cand.fitted
+        scores = _score(fitted.model if fitted.holdout is None else fitted.holdout, val)
     except FoundryError as exc:
         _not_trained(say, cand, "failed", exc.message)
         return

@@ -176,14 +176,13 @@ class GBMFamily:
             seconds=seconds,
             epochs_run=rounds,
         )
-        state = {"n_outputs": n_outputs, "params": params, "refit": refit,
-                 "holdout": holdout}
-        return Fitted(predictor, result, state)
+        state = {"n_outputs": n_outputs, "params": params, "refit": refit}
+        return Fitted(predictor, result, state, holdout=holdout)
 
     def evaluate(self, fitted: Fitted, data: GBMData, run: Run) -> Evaluation:
-        # A refitted booster trained on the validation rows: the temperature and the
-        # fairness thresholds are fitted on the early-stopped booster's outputs there.
-        return evaluate_table(fitted, data.splits, run, holdout=fitted.state["holdout"])
+        # A refitted booster trained on the validation rows: evaluate_table fits the
+        # temperature and fairness thresholds on fitted.holdout's outputs there.
+        return evaluate_table(fitted, data.splits, run)
 
     def package(
         self, fitted: Fitted, data: GBMData, evaluation: Evaluation, run: Run
