@@ -117,6 +117,9 @@ def run_foundry(config: dict, seed: int, work: Path, splits: tuple) -> dict[str,
         "predict_ms_1k": latency_ms(result.model.predict, x_test),
         "model": manifest["config"]["model"]["type"],
     }
+    board = manifest.get("leaderboard")
+    if board is not None:  # auto: the whole search is its fit; the winner's is a part
+        row.update(fit_s=board["seconds"], model=f"auto → {board['winner']}")
     # foundry's own test metric comes from its own split: equal if the splits are ours
     if abs(result.metrics.get("accuracy", row["accuracy"]) - row["accuracy"]) > 1e-9:
         row["note"] = f"foundry's own test accuracy {result.metrics['accuracy']:.4f} differs"
@@ -277,7 +280,9 @@ def run(
                     }
                 )
                 print(
-                    f"  seed {seed} {method}: accuracy {row['accuracy']:.4f}, fit "
+                    f"  seed {seed} {method}"
+                    + (f" ({row['model']})" if row.get("model") else "")
+                    + f": accuracy {row['accuracy']:.4f}, fit "
                     f"{row['fit_s']:.2f} s, train {row['train_s']:.2f} s"
                     + (f" [{row['note']}]" if row.get("note") else ""),
                     flush=True,
@@ -305,6 +310,7 @@ def summary(rows: list[dict[str, Any]]) -> pd.DataFrame:
         )
         .reset_index()
     )
+    table["model"] = [_models(scored, r.dataset, r.method) for r in table.itertuples()]
     ratios = []
     for _, r in table.iterrows():
         same = table[table.dataset == r.dataset]
@@ -321,17 +327,30 @@ def summary(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return table
 
 
+def _models(scored: pd.DataFrame, dataset: str, method: str) -> str:
+    """Which model a foundry method trained over the seeds: "gbm", "auto → gbm x3,
+    auto → mlp x2"; "" for a baseline."""
+    if "model" not in scored:
+        return ""
+    picked = scored[(scored.dataset == dataset) & (scored.method == method)]["model"]
+    counts = picked.dropna().value_counts()
+    if len(counts) == 1:
+        return str(counts.index[0])
+    return ", ".join(f"{m} x{n}" for m, n in counts.items())
+
+
 def markdown(table: pd.DataFrame) -> str:
     lines = [
-        "| dataset | method | accuracy (mean ± std) | macro-F1 | fit s | train s | "
+        "| dataset | method | model | accuracy (mean ± std) | macro-F1 | fit s | train s | "
         "predict ms / 1k rows | fit vs baseline |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in table.iterrows():
         std = 0.0 if pd.isna(r.accuracy_std) else r.accuracy_std
+        train = f"{r.train_s:.2f}" if r.method.startswith("foundry") else "-"
         lines.append(
-            f"| {r.dataset} | {r.method} | {r.accuracy:.4f} ± {std:.4f} | "
-            f"{r.macro_f1:.4f} | {r.fit_s:.2f} | {r.train_s:.2f} | {r.predict_ms_1k:.1f} | "
+            f"| {r.dataset} | {r.method} | {r.model} | {r.accuracy:.4f} ± {std:.4f} | "
+            f"{r.macro_f1:.4f} | {r.fit_s:.2f} | {train} | {r.predict_ms_1k:.1f} | "
             f"{r.fit_vs_baseline:.2f}x |"
         )
     return "\n".join(lines)
