@@ -231,9 +231,11 @@ def run(
     methods: tuple[str, ...],
     auto_budget: str,
     work: Path,
+    out: Path | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (dataset, method, seed); a method that cannot run on a dataset gives
-    one row with `skipped` (the reason) instead of scores."""
+    one row with `skipped` (the reason) instead of scores. `out`: the rows so far are
+    written there as JSON after each dataset (a long run cut short keeps them)."""
     import foundry
 
     rows: list[dict[str, Any]] = []
@@ -287,6 +289,8 @@ def run(
                     + (f" [{row['note']}]" if row.get("note") else ""),
                     flush=True,
                 )
+        if out is not None:
+            out.write_text(json.dumps(rows, indent=1))
     return rows
 
 
@@ -385,9 +389,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         parser.error(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
     datasets = build_all(cache_dir(), args.max_text_rows, args.only or None)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = run(datasets, args.seeds, methods, args.auto_budget, Path(tmp))
-    if args.out:
-        args.out.write_text(json.dumps(rows, indent=1))
+        rows = run(datasets, args.seeds, methods, args.auto_budget, Path(tmp), args.out)
     table = summary(rows)
     if not table.empty:
         print(markdown(table))
