@@ -397,3 +397,12 @@ def test_every_class_gets_a_score_row_and_two_classes_get_one_log_odds():
     weight, bias = fit_head(x, np.array([0, 0, 0, 1, 1, 1]), NGramConfig(), two, None, 0)
     assert weight.shape == (1, 6)
     assert ((x @ weight.T + bias)[:, 0] > 0).tolist() == [False] * 3 + [True] * 3
+
+
+def test_more_rows_than_a_forward_chunk_give_the_same_outputs(trained, monkeypatch):
+    _, package = trained
+    model = foundry.load(package)
+    rows = _rows()
+    whole = model.outputs(rows)
+    monkeypatch.setattr("foundry.predictor.PREDICT_CHUNK", 2)  # run_model slices the rows
+    assert np.array_equal(model.outputs(rows), whole)
