@@ -17,6 +17,10 @@ function plus noise).
 Each table is split once (seed 0) into `train.csv` (80%) and `test.csv` (20%, stratified)
 in a temporary folder. Both sides see only `train.csv` until the final test score.
 
+Since issue 15 `foundry init` picks gradient-boosted trees (`model: {type: gbm}`) for
+these tables, so the foundry side is LightGBM with foundry's defaults; `init --model mlp`
+is the MLP the numbers before that measured.
+
 foundry side, exactly what a user does (FOUNDRY_HOME points at a temporary folder):
 `foundry.init(train.csv, target)` → `foundry.train(config.yaml)` with no overrides →
 `foundry.evaluate(model_ref, test.csv).metrics["accuracy"]`. The train time is the wall

@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import base64
+import hashlib
+import random
+import string
+import uuid
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from foundry.config.schema import FeatureConfig, FeaturesConfig
 from foundry.data import ResolvedFeatures, infer_features, infer_type
+from foundry.data.infer import ID_MIN_ROWS, identifier_reason
 from foundry.errors import DataError
 
 N = 60
@@ -111,3 +118,58 @@ def test_input_errors() -> None:
 def test_resolved_features_round_trip() -> None:
     r = infer_features(mixed_frame()[["age", "color", "label"]], FeaturesConfig(target="label"))
     assert ResolvedFeatures.from_dict(r.to_dict()) == r
+
+
+def _columns(n: int) -> dict[str, list]:
+    """Near-unique columns of each kind issue 15 names, `n` values each (seeded)."""
+    rng = random.Random(0)
+    words = ["http", "json", "yaml", "crypto", "image", "sound", "mail", "sql", "font", "git"]
+    pairs = [(a, b) for a in words for b in words if a != b]
+    picks = rng.sample(pairs, n)
+    return {
+        # structure: kept, as text
+        "packages": [
+            rng.choice(["python3-{}{}", "lib{}-{}-perl", "golang-{}-{}"]).format(a, b)
+            for a, b in picks
+        ],
+        "paths": [f"src/{a}/{b}_{i}.py" for i, (a, b) in enumerate(picks)],
+        "urls": [f"https://example.org/{a}/{b}" for a, b in picks],
+        "codes": [f"{a[:3].upper()}-{b[:2].upper()}{rng.randrange(100, 999)}" for a, b in picks],
+        "emails": [f"{a}.{b}@example.com" for a, b in picks],
+        "words": [f"{a}{b}" for a, b in picks],
+        # opaque: dropped
+        "uuids": [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(n)],
+        "sha1": [hashlib.sha1(rng.randbytes(8)).hexdigest() for _ in range(n)],
+        "base64": [base64.b64encode(rng.randbytes(12)).decode() for _ in range(n)],
+        "alnum": [
+            "".join(rng.choices(string.ascii_uppercase + string.digits, k=8)) for _ in range(n)
+        ],
+        "numbered": [f"user_{i}" for i in rng.sample(range(10**6), n)],
+    }
+
+
+@pytest.mark.parametrize("n", [30, 90])
+def test_structured_unique_strings_are_text_and_opaque_ones_identifiers(n) -> None:
+    reasons = {name: identifier_reason(pd.Series(v)) for name, v in _columns(n).items()}
+    kept = {name for name, reason in reasons.items() if reason is None}
+    assert kept == {"packages", "paths", "urls", "codes", "emails", "words"}, reasons
+    assert reasons["uuids"].startswith("UUIDs: 100% of values")
+    assert reasons["sha1"].startswith("hex hashes: 100%")
+    assert reasons["base64"].startswith("near-random strings:")
+    assert reasons["alnum"].startswith("near-random strings:")
+    assert reasons["numbered"].startswith("numbered ids:")
+    for name in kept:
+        assert infer_type(pd.Series(_columns(n)[name])) == "text", name
+
+
+def test_identifier_rule_leaves_repeated_values_numbers_and_small_tables_alone() -> None:
+    rng = np.random.default_rng(0)
+    repeated = pd.Series([str(uuid.UUID(int=int(i), version=4)) for i in rng.integers(0, 5, 60)])
+    assert identifier_reason(repeated) is None  # 5 distinct values: a category
+    assert infer_type(repeated) == "category"
+    assert identifier_reason(pd.Series(rng.normal(size=60))) is None
+    assert identifier_reason(pd.Series(rng.permutation(60) * 7)) is None  # not a counter
+    assert identifier_reason(pd.Series(np.arange(60) + 1000)).startswith("row numbers:")
+    few = pd.Series([str(uuid.UUID(int=i, version=4)) for i in range(ID_MIN_ROWS - 1)])
+    assert identifier_reason(few) is None  # below ID_MIN_ROWS every column looks unique
+    assert infer_type(pd.Series(["a", "b", "c"] * 3)) == "category"

@@ -1,4 +1,6 @@
-"""`foundry init DATA --target COL`: a starting config with inferred feature types."""
+"""`foundry init DATA --target COL`: a starting config with inferred feature types and the
+model that fits the data (gbm for tables, ngram for text, cnn for images, hf with
+--pretrained), each choice said on the console in a line."""
 
 from __future__ import annotations
 
@@ -28,11 +30,15 @@ def init_config(
 ) -> Path:
     """Inspect `data`, infer every column's type and write a config that trains as is.
 
-    `pretrained` (a Hugging Face hub id or a local model directory) writes a fine-tuning
-    config instead: `model: {type: hf}` on the data's one text column. Columns holding
-    personal data and target leaks are left out of the inputs; `say` prints why (and
-    the config says it in comments). `search` (a duration: `5m`) writes a model search
-    instead, `model: {type: auto, budget: <search>}`."""
+    The model is `model` when given, else chosen by the inputs: any image → cnn, any
+    text → ngram, else gbm; the neural families (mlp, text, cnn) get epochs, batch size
+    and patience from the number of training rows (`_neural_schedule`). `pretrained` (a
+    Hugging Face hub id or a local model directory) writes a fine-tuning config instead:
+    `model: {type: hf}` on the data's one text column. Columns holding personal data,
+    opaque identifiers and target leaks are left out of the inputs; `say` prints why
+    (and the config says it in comments), and which model was chosen and why. `search`
+    (a duration: `5m`) writes a model search instead, `model: {type: auto, budget:
+    <search>}`."""
     from foundry.data import read_table
 
     data_path, out_path = Path(data), Path(output)
@@ -232,10 +238,13 @@ def _choose_model(resolved: Any, model: str | None, pretrained: str | None) -> t
     )
 
 
-NEURAL_ROWS_PER_S = {"mlp": 20_000, "text": 500, "cnn": 200}
-"""Training rows per second of each neural family's default model on 2 CPU cores
-(`benchmarks/init_rules.py --part throughput`); cnn at 32x32 pixels (`CNN_PIXELS`), and
-per pixel beyond. Families not listed (gbm, ngram, hf) set no epochs here."""
+NEURAL_ROWS_PER_S = {"mlp": 1_500, "text": 75, "cnn": 60}
+"""Training rows per second of each neural family's default model on 2 CPU cores, as
+rows per CPU-second of a whole 3-epoch `foundry.train` (`python benchmarks/init_rules.py
+throughput`: mlp 1,513 on 16,000 rows of 12 columns, text 74 on 1,600 sentences of 12
+words, cnn 61 on 480 RGB images of 32x32): an idle 2-core machine is at least that fast.
+cnn scales by pixels (`CNN_PIXELS`). Families not listed (gbm, ngram, hf) get no epochs
+from init: trees and linear models stop by themselves, hf has its fine-tuning recipe."""
 CNN_PIXELS = 32 * 32
 TIME_BUDGET_S = 600
 """A default run of a neural family trains for at most about this long on 2 cores."""
@@ -296,8 +305,11 @@ def _image_pixels(df: Any, resolved: Any) -> int | None:
     first = df[images[0]].dropna()
     if first.empty:
         return None
-    with Image.open(first.iloc[0]) as img:
-        return img.width * img.height
+    try:
+        with Image.open(first.iloc[0]) as img:
+            return img.width * img.height
+    except OSError:
+        return None  # training names the unreadable file; the estimate takes 32x32
 
 
 def _comment(left_out: list[tuple[str, str, str]]) -> str:

@@ -113,9 +113,10 @@ class PIIConfig(Section):
     columns: list[str] | None = None
     """Columns to scan; `None`: every text and category column."""
     identifiers: Literal["drop", "hash", "report"] = "drop"
-    """Columns that identify a person (near-unique strings, or a name in
-    `identifier_names`): `drop` removes them from the inputs, `hash` keeps a salted hash
-    of each value, `report` only lists them."""
+    """Columns that identify a person or a row (opaque near-unique strings: UUIDs, hex
+    hashes, numbered or near-random ids; or a name in `identifier_names`): `drop` removes
+    them from the inputs, `hash` keeps a salted hash of each value, `report` only lists
+    them. Near-unique strings with structure (package names, paths, URLs) are inputs."""
     identifier_names: list[str] = IDENTIFIER_NAMES
     """Column names (compared lower-case, spaces and dashes as `_`) taken as identifiers."""
     personal: bool = True

@@ -1,4 +1,6 @@
-"""Deciding what each column is (number, binary, category, text, image) and what the task is.
+"""Deciding what each column is (number, binary, category, text, image), which columns
+are opaque identifiers (`identifier_reason`: skipped from inputs, and dropped by the PII
+scrubber and `foundry init` by the same rule) and what the task is.
 
 All checks run as pandas column operations on a sample of at most 10k non-missing values,
 so inference costs the same on 1k rows as on 10M.
@@ -40,15 +42,18 @@ NUMBERED_MAX_FORMS = 20
 """Values that differ only in their digits (`CR-00017-B`, `user_912`) are numbered ids
 when, digits set aside, at most this many forms (and a tenth of the rows) remain."""
 RANDOM_MIN_BITS = 5.0
-"""Near-random strings have at least this many bits of entropy per character (Miller-Madow
-corrected)... Measured (`benchmarks/identifier_rule.py`, 20-1000 values, 5 draws):
-random base64 5.9-6.0, random lower-case or upper-case alphanumerics 5.1-5.2; Debian
-package names 4.6-4.7, file paths 4.7-4.9, URLs 4.8-5.0, English words 4.1-4.3."""
+"""Near-random strings have at least this many bits of entropy per character (Miller-
+Madow corrected)... Measured by `python benchmarks/init_rules.py identifiers` (min-max of
+5 draws of 20 to 1,000 values): random base64 6.0, random alphanumerics 5.1-5.2; Debian
+package names 4.5-4.7, file paths 4.7-4.8, URLs 4.6-4.8, Python module paths 4.3-4.4,
+English words 4.1-4.3 (uuid4 4.05 and sha1 4.0 have rules of their own)."""
 RANDOM_MAX_SHARED = 0.2
 """...and under this share of values with a sub-token of 3+ characters (`python`, `perl`,
-`lib`, `123`) that another value holds too. Measured alike on up to `TOKEN_SAMPLE` values:
-random base64 / alphanumerics 0-0.12; Debian package names 0.10-0.45 at 20 values, 0.73
-at 1,000; module paths, URLs, file paths, e-mail addresses 0.6-1.0."""
+`lib`, `123`) that another value holds too. Measured alike: random base64 and
+alphanumerics 0-0.10; Debian package names 0.20-0.50 at 20 values, 0.73-0.77 at 1,000;
+module paths, URLs, file paths, manual page names 0.7-1.0; English words 0 (their
+entropy keeps them). Random lower-case letters (4.7 bits, shared 0) stay text: entropy
+cannot tell them from package names."""
 TOKEN_SAMPLE = 1_000
 """Values the sub-token rule reads: random strings share more 3-character runs the more
 values are compared (base64 of 24 characters: 0.41 at 5,000), structured ones plateau."""
