@@ -251,6 +251,17 @@ def auto(root: Path) -> Example:
     )
 
 
+def ensemble(root: Path) -> Example:
+    """A model search told to register its ensemble of gbm and a small mlp whatever it
+    scores (`ensemble: always`): the package holds both members' packages."""
+    example = auto(root)
+    example.config["name"] = "conf-ensemble"
+    example.config["model"]["ensemble"] = "always"
+    example.config["evaluate"] = {"fairness": {"sensitive_features": ["group"]}}
+    example.checks = ("fairness", "calibration")
+    return example
+
+
 def _corpus(root: Path) -> Path:
     rng = random.Random(0)
     subjects, verbs = ["the cat", "a dog", "the owl"], ["sat on", "ran to", "looked at"]
@@ -343,6 +354,7 @@ EXAMPLES: dict[str, Callable[[Path], Example]] = {
     "gbm": gbm,
     "ngram": ngram,
     "auto": auto,
+    "ensemble": ensemble,
     "gpt": gpt,
     "hf-classifier": hf_classifier,
     "hf-lora": hf_lora,

@@ -74,9 +74,7 @@ def _board(result) -> dict:
 
 
 @pytest.mark.slow
-def test_the_best_candidate_by_validation_accuracy_is_registered_as_itself(
-    searched, monkeypatch
-):
+def test_the_best_candidate_by_validation_accuracy_is_registered_as_itself(searched, monkeypatch):
     from foundry.console import Reporter
     from foundry.data.dataset import load_splits
 
@@ -84,7 +82,7 @@ def test_the_best_candidate_by_validation_accuracy_is_registered_as_itself(
     board = _board(result)
     assert board["metric"] == "accuracy" and board["goal"] == "max"
     rows = {row["model"]: row for row in board["rows"]}
-    assert set(rows) == {"gbm", "mlp"}
+    assert set(rows) == {"gbm", "mlp", "ensemble"}  # the ensemble of the two, if_better
     assert all(row["status"] in ("best", "trained") for row in rows.values())
     # each candidate's own package, scored again here on the validation rows the run used
     ran = load_config(json.loads((result.run_dir / "config.json").read_text()))
@@ -101,6 +99,9 @@ def test_the_best_candidate_by_validation_accuracy_is_registered_as_itself(
     assert rows[winner]["status"] == "best"
     assert accuracy[winner] == max(accuracy.values())
     assert board["rows"][0]["model"] == winner  # ranked best first
+    # the ensemble is registered only when it beats every single candidate (ties: not)
+    singles = max(accuracy["gbm"], accuracy["mlp"])
+    assert (winner == "ensemble") == (accuracy["ensemble"] > singles)
 
     manifest = Registry(home).load(result.model_ref).manifest
     assert manifest["config"]["model"]["type"] == winner  # the winner's own package
@@ -138,6 +139,31 @@ def test_a_spent_budget_stops_the_first_candidate_and_skips_the_rest(order, tmp_
 
 
 @pytest.mark.slow
+def test_an_ensemble_holds_its_members_packages_and_predicts_their_weighted_mean(tmp_path):
+    """`ensemble: always`: registered whatever it scores. Its package holds each member's
+    own package; its probabilities are the weighted mean of the members'."""
+    config = _config(tmp_path, budget="2m", ensemble="always")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FOUNDRY_HOME", str(tmp_path / "home"))
+        result = foundry.train(config, progress=False, quiet=True)
+        loaded = foundry.load(result.model_ref)
+    manifest = Registry(tmp_path / "home").load(result.model_ref).manifest
+    assert manifest["config"]["model"]["type"] == "ensemble"
+    assert _board(result)["winner"] == "ensemble"
+    members = manifest["ensemble"]["members"]
+    assert sum(m["weight"] for m in members) == pytest.approx(1.0)
+    batch = pd.read_csv(tmp_path / "table.csv").drop(columns=["tier"]).head(20)
+    mean = sum(
+        m["weight"] * foundry.load(result.package_path / m["dir"]).predict_proba(batch)
+        for m in members
+    )
+    # then the temperature calibration fitted on the ensemble's validation outputs
+    scaled = np.exp(np.log(mean) / manifest["calibration"]["temperature"])
+    expected = scaled / scaled.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(loaded.predict_proba(batch), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
 def test_a_candidate_that_cannot_take_the_inputs_fails_without_ending_the_search(tmp_path):
     config = _config(tmp_path, budget="1m", candidates=["cnn", "gbm"])
     with pytest.MonkeyPatch.context() as mp:
@@ -156,8 +182,10 @@ def test_a_bad_budget_names_model_budget(budget, tmp_path):
         load_config(_config(tmp_path, budget=budget))
 
 
-@pytest.mark.parametrize(("written", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600),
-                                                  ("90", 90), (45, 45), ("1.5m", 90)])
+@pytest.mark.parametrize(
+    ("written", "seconds"),
+    [("30s", 30), ("5m", 300), ("1h", 3600), ("90", 90), (45, 45), ("1.5m", 90)],
+)
 def test_a_budget_is_a_duration_or_seconds(written, seconds, tmp_path):
     assert load_config(_config(tmp_path, budget=written)).config.model.budget == seconds
 
@@ -170,8 +198,7 @@ def test_a_bad_override_names_the_candidate_and_key(tmp_path):
 
 
 def test_init_search_writes_a_model_search(tmp_path):
-    path = foundry.init(_table(tmp_path / "t.csv"), "tier", output=tmp_path / "c.yaml",
-                        search="5m")
+    path = foundry.init(_table(tmp_path / "t.csv"), "tier", output=tmp_path / "c.yaml", search="5m")
     model = load_config(path).config.model
     assert (model.type, model.budget) == ("auto", 300)
     assert "--search 5m" in path.read_text()
@@ -191,9 +218,10 @@ def test_the_report_and_the_dashboard_show_the_leaderboard(searched, tmp_path):
     report = write_report(result.model_ref, tmp_path / "r.html", registry=Registry(home))
     page = read_page(report.path)
     assert "leaderboard" in report.sections
+    assert "training" in report.sections  # the winner's curves, in the run's directory
     [table] = page.tables["leaderboard"]
     assert table[0][:3] == ["rank", "model", "val accuracy"]
-    assert [row[1] for row in table[1:]][0] == winner and len(table) == 3
+    assert [row[1] for row in table[1:]][0] == winner and len(table) == 4  # + ensemble
 
     serve_config = ServeConfig()
     gate = Gate(serve_config.all_plans(), home=tmp_path / "gate")
@@ -209,4 +237,5 @@ def test_the_report_and_the_dashboard_show_the_leaderboard(searched, tmp_path):
     (version,) = models["models"][0]["versions"]
     board = version["leaderboard"]
     assert board["columns"][:2] == ["rank", "model"] and board["rows"][0][1] == winner
+    assert version["history"]  # the winner's curves
     assert "Model search" in view and "val accuracy" in view

@@ -566,15 +566,22 @@ class AutoConfig(Section):
     regression) as its own model type, with the leaderboard in its manifest."""
     budget: float = Field(300.0, gt=0)
     """Wall-clock seconds for the search: a duration (`30s`, `5m`, `1h`) or a number of
-    seconds. A candidate starts only while budget is left, and a network or booster that
-    would run past it stops at its best epoch / round so far; the winner's evaluation
-    and packaging come after it."""
+    seconds. A candidate starts only while budget is left and gets its share of what is
+    left (left / candidates still to try); a network or booster that would run past its
+    share stops at its best epoch / round so far. The winner's evaluation and packaging
+    come after the budget."""
     candidates: list[CandidateName] | None = None
-    """Which candidates to try, in this order; `None`: those that fit the inputs, in the
-    order `gbm, ngram, mlp, text, text-transformer, cnn`."""
+    """Which candidates to try, in this order; `None`: those that fit the inputs,
+    cheapest / strongest first: `[gbm, mlp]` for a table, `[ngram, text,
+    text-transformer]` with a text input, `[cnn]` with an image input."""
     overrides: dict[CandidateName, dict[str, Any]] = {}
     """Model settings per candidate, e.g. `{mlp: {layers: [64]}, gbm: {num_leaves: 15}}`
     (the keys of that model type's section)."""
+    ensemble: Literal["if_better", "always", "never"] = "if_better"
+    """With two or more trained candidates, also build a weighted ensemble of them
+    (Caruana's greedy selection on the validation predictions) and register it (model
+    type `ensemble`) when its validation metric beats the best single candidate's
+    (`if_better`), whatever it scores (`always`), or never."""
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -608,9 +615,19 @@ class AutoConfig(Section):
         return self
 
 
+class EnsembleConfig(Section):
+    type: Literal["ensemble"] = "ensemble"
+    """A weighted average of other models' probabilities (values for regression), written
+    by a model search (`type: auto`, `ensemble`); its package holds each member's."""
+    members: list[CandidateName] = []
+    """The candidates it averages, in the order of `weights`."""
+    weights: list[float] = []
+    """Each member's weight (they sum to 1)."""
+
+
 ModelConfig = Annotated[
     MLPConfig | CNNConfig | TextModelConfig | GPTConfig | HFModelConfig | GBMConfig
-    | NGramConfig | AutoConfig,
+    | NGramConfig | AutoConfig | EnsembleConfig,
     Field(discriminator="type"),
 ]
 

@@ -242,7 +242,7 @@ def leaderboard_section(ctx: Context) -> Blocks | str:
 
     board = ctx.manifest.get("leaderboard")
     if not isinstance(board, dict):
-        return "the model was not picked by a search (model.type auto)"
+        return "the model was not picked by a model search: model.type auto"
     columns, rows = leaderboard_table(board)
     return [Note(leaderboard_caption(board)), Table(columns, rows)]
 

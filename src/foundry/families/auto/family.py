@@ -19,6 +19,7 @@ for regression, computed by one function on the same validation rows for every c
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,6 +29,7 @@ from foundry.families.auto.search import (
     Candidate,
     WarnOnce,
     default_candidates,
+    ensemble,
     rank,
     search,
 )
@@ -75,6 +77,11 @@ class AutoFamily:
                 f"model.candidates: no candidate fits inputs of type {sorted(types)}",
                 hint="list the candidates to try in model.candidates",
             )
+        if "compress" in cfg.model_fields_set:  # `foundry run` asks this family, not the winner's
+            say.warn(
+                "compress: foundry run does not compress a model search's winner; run "
+                "`foundry compress NAME:VERSION` on it once registered"
+            )
         run.say.info(
             f"auto: {len(names)} candidates ({', '.join(names)}) within "
             f"{cfg.model.budget:g} s; rows train/val/test = "
@@ -85,11 +92,21 @@ class AutoFamily:
     def fit(self, data: AutoData, train: Any, run: Run) -> Fitted:
         started = time.perf_counter()
         candidates = search(run, data.splits.val, data.names, data.seen)
-        ranked = rank(candidates, _goal(candidates))
+        goal = _goal(candidates)
+        ranked = rank(candidates, goal)
         winner = ranked[0]
         if winner.fitted is None:
             why = "; ".join(f"{c.name}: {c.row.get('note')}" for c in candidates)
             raise ModelError(f"model.type auto: no candidate could be trained ({why})")
+        trained = [c for c in ranked if c.fitted is not None]
+        if run.config.model.ensemble != "never" and len(trained) > 1:
+            combined = ensemble(run, data.splits, trained, data.seen)
+            sign = 1.0 if goal == "max" else -1.0
+            better = sign * (combined.row["metric"] - winner.row["metric"]) > 0
+            if run.config.model.ensemble == "always" or better:
+                ranked, winner = [combined, *ranked], combined
+            else:  # after the candidates it does not beat (ties go to the single model)
+                ranked = rank([*candidates, combined], goal)
         winner.row["status"] = "best"
         leaderboard = {
             "metric": winner.row["metric_name"],
@@ -101,8 +118,19 @@ class AutoFamily:
             "rows": [c.row for c in ranked],
         }
         assert winner.run is not None
-        # the winner's later stages report and register as the run itself does
-        winner.run = replace(winner.run, say=run.say, register=run.register, on_epoch_end=None)
+        # The run's curves are the winner's: its metrics.jsonl goes where `foundry report`
+        # and the dashboard look (the run directory the registry records), and its later
+        # stages report, register and name the run directory as the run itself does.
+        curves = winner.run.out_dir / "metrics.jsonl"
+        if curves.is_file():
+            shutil.copyfile(curves, run.out_dir / "metrics.jsonl")
+        winner.run = replace(
+            winner.run,
+            out_dir=run.out_dir,
+            say=run.say,
+            register=run.register,
+            on_epoch_end=None,
+        )
         return Fitted(
             winner.fitted.model,
             winner.fitted.result,

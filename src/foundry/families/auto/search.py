@@ -28,7 +28,7 @@ from foundry.errors import FoundryError
 from foundry.families.interface import Evaluation, Fitted, Run
 from foundry.families.registry import family_for, registered_families
 
-__all__ = ["Candidate", "WarnOnce", "default_candidates", "rank", "search"]
+__all__ = ["Candidate", "WarnOnce", "default_candidates", "ensemble", "rank", "search"]
 
 
 @dataclass
@@ -159,6 +159,59 @@ def _train(run: Run, cand: Candidate, val: Any, deadline: float, seen: set[str])
         f"auto: {cand.name}: validation {scores['metric_name']} {scores['metric']:.4f}, "
         f"fit {fit_seconds:.1f} s" + (f" ({cand.row['note']})" if cand.row["note"] else "")
     )
+
+
+def ensemble(run: Run, splits: Any, trained: list[Candidate], seen: set[str]) -> Candidate:
+    """A weighted ensemble of the `trained` candidates (the `ensemble` family: Caruana
+    selection on the validation split), scored and packaged as a candidate."""
+    import json
+    from types import SimpleNamespace
+
+    from foundry.config import load_config
+
+    cand = Candidate("ensemble", {"model": "ensemble", "type": "ensemble"})
+    began = time.perf_counter()
+    raw = dump_config(run.config)
+    raw["model"] = {"type": "ensemble", "members": [c.name for c in trained]}
+    loaded = LoadedConfig(load_config(raw).config, run.loaded.base_dir)
+    cand.family = family_for("ensemble")
+    cand.run = Run(
+        loaded,
+        run.out_dir / "candidates" / "ensemble",
+        WarnOnce(quiet=True, seen=seen),
+        progress=False,
+        register=False,
+    )
+    packages = [c.run.out_dir / "package" for c in trained if c.run is not None]
+    # what `ensemble.EnsembleData` holds (a family does not import another family)
+    cand.data = SimpleNamespace(
+        members=[
+            (c.name, c.fitted.model, p)
+            for c, p in zip(trained, packages, strict=True)
+            if c.fitted is not None
+        ],  # fmt: skip
+        splits=splits,
+        manifest=json.loads((packages[0] / "foundry.json").read_text()),
+    )
+    cand.fitted = cand.family.fit(cand.data, loaded.config.train, cand.run)
+    scores = _score(cand.fitted.model, splits.val)
+    shares = ", ".join(
+        f"{name} {w:.2f}"
+        for (name, _, _), w in zip(cand.fitted.state["members"], cand.fitted.state["weights"],
+                                   strict=True)
+    )  # fmt: skip
+    cand.row.update(
+        status="trained",
+        note=f"weights {shares}",
+        fit_seconds=round(time.perf_counter() - began, 3),
+        epochs=None,
+        **scores,
+    )
+    cand.row["package_bytes"] = _package_size(cand, scores)
+    run.say.info(
+        f"auto: ensemble ({shares}): validation {scores['metric_name']} {scores['metric']:.4f}"
+    )
+    return cand
 
 
 def _score(model: Any, val: Any) -> dict[str, Any]:
