@@ -11,10 +11,11 @@ alternating, after a warm-up: why foundry's default is one thread per 50,000 row
 
 foundry's gbm trains on the train split and stops early on the val split (up to 1,000
 rounds), then refits on train + val for the round count found (`model.refit`; `--set
-refit=false` measures without it); LightGBM's defaults (`LGBMClassifier()` / `LGBMRegressor()`: 100 rounds, no
-early stopping) train on train + val (`lightgbm_defaults`: what a user of LightGBM
-alone would fit on the same non-test rows) and on the train split only
-(`lightgbm_train_only`: the rows foundry's booster fits). No side sees the test rows.
+refit=false` measures without it); LightGBM's defaults (`LGBMClassifier()` /
+`LGBMRegressor()`: 100 rounds, no early stopping) train on train + val
+(`lightgbm_defaults`: what a user of LightGBM alone would fit on the same non-test rows)
+and on the train split only (`lightgbm_train_only`: the rows foundry's early-stopped
+booster fits). No side sees the test rows.
 Both get one thread (see `threads_for` in foundry/families/gbm/booster.py); fit seconds
 are the booster's training only (LightGBM's default fit on train + val).
 """
