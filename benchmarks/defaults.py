@@ -271,6 +271,13 @@ def run(
                     rows.append({"dataset": ds.name, "method": method, "skipped": skipped[method]})
                     print(f"  {method}: skipped ({skipped[method]})", flush=True)
                     continue
+                except Exception as exc:  # one method's failure must not end the run
+                    why = f"failed on seed {seed}: {type(exc).__name__}: {exc}"
+                    rows.append(
+                        {"dataset": ds.name, "method": method, "seed": seed, "skipped": why}
+                    )
+                    print(f"  {method}: {why}", flush=True)
+                    continue
                 rows.append(
                     {
                         "dataset": ds.name,
