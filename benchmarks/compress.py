@@ -213,11 +213,17 @@ def small(args: argparse.Namespace) -> dict:
         cpu = cpu_per_request(result, folder, repeats=max(args.repeats, 100))
     print(f"parent: {result.variants[0].parameters:,} weights; {result.selection}")
     print_speedups(result.variants)
-    print("CPU time of one /predict request's work (process time, median; not slowed by "
-          "other processes):")
+    print(
+        "CPU time of one /predict request's work (process time, median; not slowed by "
+        "other processes):"
+    )
     for method, by_batch in cpu.items():
-        print(f"{method:10s} " + "  ".join(
-            f"b={b} {ms:.3f} ms ({cpu['parent'][b] / ms:.2f}x)" for b, ms in by_batch.items()))
+        print(
+            f"{method:10s} "
+            + "  ".join(
+                f"b={b} {ms:.3f} ms ({cpu['parent'][b] / ms:.2f}x)" for b, ms in by_batch.items()
+            )
+        )
     out = {
         v.method: {
             "parameters": v.parameters,
@@ -262,8 +268,10 @@ def cpu_per_request(result, folder: Path, repeats: int) -> dict[str, dict[str, f
             timing._served(parent, timing._with_current_threads(load(v.ref).model), True)
             for v in result.variants
         ]
-        calls = [{size: (lambda s=s, b=bodies[size]: timing._answer(s, b))
-                  for size in timing.BATCHES} for s in served]
+        calls = [
+            {size: (lambda s=s, b=bodies[size]: timing._answer(s, b)) for size in timing.BATCHES}
+            for s in served
+        ]
         for timed in calls:  # warm-up
             for call in timed.values():
                 for _ in range(timing.WARMUP):

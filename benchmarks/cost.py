@@ -51,12 +51,17 @@ ROWS = 300
 """Rows of the generated table sent (one per request) and timed by `foundry cost`."""
 
 
-def http_throughput(ref: str, bodies: list[bytes], env: dict[str, str], work: Path,
-                    args: argparse.Namespace) -> dict[int, LoadResult]:
+def http_throughput(
+    ref: str, bodies: list[bytes], env: dict[str, str], work: Path, args: argparse.Namespace
+) -> dict[int, LoadResult]:
     """Predictions per second of `foundry serve REF` at each client count in CLIENTS."""
     port = free_port()
-    server = Server(serve_command(ref, port, workers=args.workers), env=env,
-                    log=work / "full.log", workers=args.workers)
+    server = Server(
+        serve_command(ref, port, workers=args.workers),
+        env=env,
+        log=work / "full.log",
+        workers=args.workers,
+    )
     model = ref.split(":")[0]
     results = {}
     server.start()
@@ -65,11 +70,13 @@ def http_throughput(ref: str, bodies: list[bytes], env: dict[str, str], work: Pa
         server.wait_ready()
         for clients in CLIENTS:
             requests = [predict_request(port, model, body, keys[clients]) for body in bodies]
-            result = run_load(port, requests, clients=clients, seconds=args.seconds,
-                              max_requests=args.requests)
+            result = run_load(
+                port, requests, clients=clients, seconds=args.seconds, max_requests=args.requests
+            )
             if result.errors:
-                raise SystemExit(f"errors at {clients} clients: {result.errors}: "
-                                 f"{result.first_error}")
+                raise SystemExit(
+                    f"errors at {clients} clients: {result.errors}: {result.first_error}"
+                )
             results[clients] = result
             print(f"  {clients:>2} clients: {result.per_second:,.1f} predictions/s", flush=True)
     finally:
@@ -79,14 +86,23 @@ def http_throughput(ref: str, bodies: list[bytes], env: dict[str, str], work: Pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=10.0,
-                        help="seconds per HTTP load case [10]")
-    parser.add_argument("--requests", type=int, default=15_000,
-                        help="most requests per case [15000: under the enterprise rate limit]")
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="seconds per HTTP load case [10]"
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=15_000,
+        help="most requests per case [15000: under the enterprise rate limit]",
+    )
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers [1]")
     parser.add_argument("--layers", default=None, help="hidden sizes of the MLP, e.g. 1024,1024")
-    parser.add_argument("--home", type=Path, default=None,
-                        help="FOUNDRY_HOME to train in or reuse [a temporary directory]")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="FOUNDRY_HOME to train in or reuse [a temporary directory]",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
     os.environ.pop("FOUNDRY_DATABASE_URL", None)  # the temporary home's own SQLite
@@ -109,8 +125,11 @@ def main() -> None:
         records = json.loads(table.drop(columns=["income"]).to_json(orient="records"))
         bodies = [json.dumps(r).encode() for r in records]
 
-        print(f"1. independent load on `foundry serve {ref}` ({args.workers} worker(s), "
-              f"{os.cpu_count()} CPUs), {args.seconds:g} s per case", flush=True)
+        print(
+            f"1. independent load on `foundry serve {ref}` ({args.workers} worker(s), "
+            f"{os.cpu_count()} CPUs), {args.seconds:g} s per case",
+            flush=True,
+        )
         results = http_throughput(ref, bodies, env, work, args)
         best_clients = max(CLIENTS, key=lambda c: results[c].per_second)
         http = results[best_clients].per_second
@@ -120,14 +139,18 @@ def main() -> None:
         registry = Registry(home)
         keys_before = _count_keys(home)
         print("2. foundry cost (measure: server) ...", flush=True)
-        served = estimate(ref, cost, serve=serve, data=rows_csv, registry=registry,
-                          quiet=False)
+        served = estimate(ref, cost, serve=serve, data=rows_csv, registry=registry, quiet=False)
         assert _count_keys(home) == keys_before, "foundry cost must not add keys to the home"
         print("3. foundry cost --measure model ...", flush=True)
-        single = estimate(ref, cost, serve=serve, data=rows_csv, registry=registry,
-                          measure="model")
-        batched = estimate(ref, cost.model_copy(update={"throughput_batch": "serving"}),
-                           serve=serve, data=rows_csv, registry=registry, measure="model")
+        single = estimate(ref, cost, serve=serve, data=rows_csv, registry=registry, measure="model")
+        batched = estimate(
+            ref,
+            cost.model_copy(update={"throughput_batch": "serving"}),
+            serve=serve,
+            data=rows_csv,
+            registry=registry,
+            measure="model",
+        )
         supplied = estimate(ref, cost, serve=serve, throughput=http, registry=registry)
 
     http_cost = cost_per_1k(cost.serve_machine_per_hour, http, cost.serve_utilization)
@@ -135,33 +158,56 @@ def main() -> None:
     best_served = max(served.throughput.server_cases, key=lambda c: c.per_second)
     rows = [
         (f"HTTP, independent load test (best: {best_clients} clients)", http, http_cost),
-        (f"foundry cost, measure: server (best: {best_served.clients} clients)",
-         served.throughput.per_machine, served.cost_per_1k),
-        ("foundry cost --measure model, batch 1", single.throughput.per_machine,
-         single.cost_per_1k),
-        (f"foundry cost --measure model, batch {batched.throughput.serving_batch}",
-         batched.throughput.per_machine, batched.cost_per_1k),
+        (
+            f"foundry cost, measure: server (best: {best_served.clients} clients)",
+            served.throughput.per_machine,
+            served.cost_per_1k,
+        ),
+        (
+            "foundry cost --measure model, batch 1",
+            single.throughput.per_machine,
+            single.cost_per_1k,
+        ),
+        (
+            f"foundry cost --measure model, batch {batched.throughput.serving_batch}",
+            batched.throughput.per_machine,
+            batched.cost_per_1k,
+        ),
     ]
-    print(f"\n{'throughput measured':<58}{'predictions/s':>15}{'$ per 1k':>14}"
-          f"{'÷ HTTP cost':>13}")
+    print(f"\n{'throughput measured':<58}{'predictions/s':>15}{'$ per 1k':>14}{'÷ HTTP cost':>13}")
     for label, rate, per_1k in rows:
         print(f"{label:<58}{rate:>15,.1f}{per_1k:>14.3e}{per_1k / http_cost:>13.3f}")
-    print("\nindependent HTTP per client count: " + ", ".join(
-        f"{c}: {results[c].per_second:,.1f}/s (p50 {results[c].p50_ms:.2f} ms)"
-        for c in CLIENTS))
-    print("foundry cost (server) per client count: " + ", ".join(
-        f"{c.clients}: {c.per_second:,.1f}/s (p50 {c.p50_ms:.2f} ms)"
-        for c in served.throughput.server_cases))
-    print(f"foundry cost --throughput {http:.1f}: ${supplied.cost_per_1k:.3e} per 1k "
-          "(identical to the HTTP cost)")
+    print(
+        "\nindependent HTTP per client count: "
+        + ", ".join(
+            f"{c}: {results[c].per_second:,.1f}/s (p50 {results[c].p50_ms:.2f} ms)" for c in CLIENTS
+        )
+    )
+    print(
+        "foundry cost (server) per client count: "
+        + ", ".join(
+            f"{c.clients}: {c.per_second:,.1f}/s (p50 {c.p50_ms:.2f} ms)"
+            for c in served.throughput.server_cases
+        )
+    )
+    print(
+        f"foundry cost --throughput {http:.1f}: ${supplied.cost_per_1k:.3e} per 1k "
+        "(identical to the HTTP cost)"
+    )
     summary = {
         "model": ref,
         "workers": args.workers,
         "cpus": os.cpu_count(),
         "seconds_per_case": args.seconds,
-        "http": {str(c): {"rps": results[c].per_second, "p50_ms": results[c].p50_ms,
-                          "p99_ms": results[c].p99_ms, "requests_ok": results[c].ok}
-                 for c in CLIENTS},
+        "http": {
+            str(c): {
+                "rps": results[c].per_second,
+                "p50_ms": results[c].p50_ms,
+                "p99_ms": results[c].p99_ms,
+                "requests_ok": results[c].ok,
+            }
+            for c in CLIENTS
+        },
         "http_throughput": http,
         "http_cost_per_1k": http_cost,
         "server_measured": served.throughput.per_machine,

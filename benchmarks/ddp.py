@@ -117,8 +117,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="global batch")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--nproc", type=int, default=2)
-    parser.add_argument("--accumulation", type=int, default=1,
-                        help="micro-batches per optimizer step (>1 adds the no_sync A/B)")
+    parser.add_argument(
+        "--accumulation",
+        type=int,
+        default=1,
+        help="micro-batches per optimizer step (>1 adds the no_sync A/B)",
+    )
     opts = parser.parse_args()
     cores = os.cpu_count() or 1
     base = {

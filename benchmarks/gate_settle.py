@@ -44,8 +44,13 @@ def _run(src: str, seconds: float) -> float:
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "PYTHONPATH": src, "FOUNDRY_HOME": home}
         env.pop("FOUNDRY_DATABASE_URL", None)
-        out = subprocess.run([sys.executable, "-c", _CHILD, str(seconds)], env=env,
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(seconds)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -61,12 +66,17 @@ def main() -> None:
         order = [(here, new), (args.other, old)]
         for src, out in order if r % 2 == 0 else order[::-1]:
             out.append(_run(src, args.seconds))
-        print(f"round {r + 1}: new {new[-1]:,.0f}/s  old {old[-1]:,.0f}/s  "
-              f"ratio {new[-1] / old[-1]:.2f}", flush=True)
+        print(
+            f"round {r + 1}: new {new[-1]:,.0f}/s  old {old[-1]:,.0f}/s  "
+            f"ratio {new[-1] / old[-1]:.2f}",
+            flush=True,
+        )
     ratios = [n / o for n, o in zip(new, old, strict=True)]
-    print(f"median: new {statistics.median(new):,.0f}/s, old {statistics.median(old):,.0f}/s,"
-          f" ratio new/old {statistics.median(ratios):.2f} "
-          f"(range {min(ratios):.2f}-{max(ratios):.2f})")
+    print(
+        f"median: new {statistics.median(new):,.0f}/s, old {statistics.median(old):,.0f}/s,"
+        f" ratio new/old {statistics.median(ratios):.2f} "
+        f"(range {min(ratios):.2f}-{max(ratios):.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ breast_cancer (188 rounds) with 1 thread, 2 threads and its default (all cores),
 alternating, after a warm-up: why foundry's default is one thread per 50,000 rows.
 
 foundry's gbm trains on the train split and stops early on the val split (up to 1,000
-rounds); LightGBM's defaults (`LGBMClassifier()` / `LGBMRegressor()`: 100 rounds, no
-early stopping) train on train + val (`lightgbm_defaults`: what a user of LightGBM
-alone would fit on the same non-test rows) and on the train split only
-(`lightgbm_train_only`: the rows foundry's booster fits). No side sees the test rows.
+rounds), then refits on train + val for the round count found (`model.refit`; `--set
+refit=false` measures without it); LightGBM's defaults (`LGBMClassifier()` /
+`LGBMRegressor()`: 100 rounds, no early stopping) train on train + val
+(`lightgbm_defaults`: what a user of LightGBM alone would fit on the same non-test rows)
+and on the train split only (`lightgbm_train_only`: the rows foundry's early-stopped
+booster fits). No side sees the test rows.
 Both get one thread (see `threads_for` in foundry/families/gbm/booster.py); fit seconds
 are the booster's training only (LightGBM's default fit on train + val).
 """
@@ -35,8 +37,12 @@ def datasets() -> dict[str, tuple[pd.DataFrame, str]]:
     from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
 
     out = {}
-    for name, loader in (("breast_cancer", load_breast_cancer), ("wine", load_wine),
-                         ("digits", load_digits), ("diabetes", load_diabetes)):
+    for name, loader in (
+        ("breast_cancer", load_breast_cancer),
+        ("wine", load_wine),
+        ("digits", load_digits),
+        ("diabetes", load_diabetes),
+    ):
         frame = loader(as_frame=True).frame
         out[name] = (frame, "target")
     out["penguins"] = (load_penguins().drop(columns=["year"]), "species")
@@ -61,8 +67,10 @@ def run(seeds: int, settings: dict | None = None, only: list[str] | None = None)
                 config = {
                     "name": f"bench-{name}",
                     "data": {"path": str(path), "split": split},
-                    "features": {"target": target,
-                                 **({"target_type": "category"} if not regression else {})},
+                    "features": {
+                        "target": target,
+                        **({"target_type": "category"} if not regression else {}),
+                    },
                     "model": {"type": "gbm", **(settings or {})},
                     "train": {"num_threads": 1},
                     "evaluate": {"split": "test", "explain": {"permutation_importance": False}},
@@ -77,9 +85,17 @@ def run(seeds: int, settings: dict | None = None, only: list[str] | None = None)
                 )
                 base, base_s = _lightgbm(pd.concat([train, val]), test, target, regression)
                 same_rows, _ = _lightgbm(train, test, target, regression)
-                rows.append({"dataset": name, "seed": seed, "foundry_gbm": ours,
-                             "lightgbm_defaults": base, "lightgbm_train_only": same_rows,
-                             "foundry_fit_s": fit_s, "lightgbm_fit_s": base_s})
+                rows.append(
+                    {
+                        "dataset": name,
+                        "seed": seed,
+                        "foundry_gbm": ours,
+                        "lightgbm_defaults": base,
+                        "lightgbm_train_only": same_rows,
+                        "foundry_fit_s": fit_s,
+                        "lightgbm_fit_s": base_s,
+                    }
+                )
     return rows
 
 
@@ -140,8 +156,13 @@ def main() -> None:
     model = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     frame = pd.DataFrame(run(args.seeds, model, args.only))
     summary = frame.groupby("dataset")[
-        ["foundry_gbm", "lightgbm_defaults", "lightgbm_train_only", "foundry_fit_s",
-         "lightgbm_fit_s"]
+        [
+            "foundry_gbm",
+            "lightgbm_defaults",
+            "lightgbm_train_only",
+            "foundry_fit_s",
+            "lightgbm_fit_s",
+        ]
     ].mean()
     print(summary.round(4).to_string())
 

@@ -41,10 +41,11 @@ from foundry.registry.integrity import clear_cache
 
 def _register(registry: Registry, name: str, megabytes: float) -> Path:
     n = max(1, int(megabytes * 1e6 / 4))  # float32: 4 bytes a value
-    side = int(n ** 0.5)
+    side = int(n**0.5)
     weights = {"w": torch.randn(side, side), "b": torch.randn(side)}
-    record = registry.register(name, weights=weights, manifest={"task": "binary"},
-                               metrics={"accuracy": 0.5})
+    record = registry.register(
+        name, weights=weights, manifest={"task": "binary"}, metrics={"accuracy": 0.5}
+    )
     return record.path
 
 
@@ -55,8 +56,13 @@ def _make_legacy(registry: Registry, name: str) -> None:
     del manifest["files"]
     (package / "foundry.json").write_text(json.dumps(manifest))
     with registry._get_engine().begin() as conn:  # a benchmark may reach inside
-        conn.execute(text("UPDATE model_versions SET manifest_sha256 = NULL "
-                          "WHERE name = :name AND version = 1"), {"name": name})
+        conn.execute(
+            text(
+                "UPDATE model_versions SET manifest_sha256 = NULL "
+                "WHERE name = :name AND version = 1"
+            ),
+            {"name": name},
+        )
 
 
 def _time(fn) -> float:
@@ -74,8 +80,10 @@ def main() -> None:
     logging.getLogger("foundry.registry").setLevel(logging.ERROR)  # the legacy note
     with tempfile.TemporaryDirectory() as tmp:
         registry = Registry(Path(tmp) / "home")
-        print("| package | unverified | unverified + use | verified, cold | verified, warm "
-              "| cold − (unverified + use) | warm − unverified |")
+        print(
+            "| package | unverified | unverified + use | verified, cold | verified, warm "
+            "| cold − (unverified + use) | warm − unverified |"
+        )
         print("|---|---|---|---|---|---|---|")
         for name, mb in (("large", args.mb), ("small", 0.05)):
             _register(registry, f"{name}-legacy", mb)
@@ -89,8 +97,9 @@ def main() -> None:
 
             sides = {
                 "unverified": lambda name=name: registry.load(f"{name}-legacy:1"),
-                "used": lambda name=name: [t.sum() for t in registry.load(
-                    f"{name}-legacy:1").weights.values()],
+                "used": lambda name=name: [
+                    t.sum() for t in registry.load(f"{name}-legacy:1").weights.values()
+                ],
                 # warm before cold: right after hashing 50 MB the next read of the same
                 # file ran ~20 ms slower (allocator and page-cache effects, measured),
                 # which is not what a process that loaded the package earlier pays
@@ -104,10 +113,12 @@ def main() -> None:
                 for key, fn in sides.items():
                     times[key].append(_time(fn))
             med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-            print(f"| {name} ({size / 1e6:.2f} MB) | {med['unverified']:.1f} ms "
-                  f"| {med['used']:.1f} ms | {med['cold']:.1f} ms | {med['warm']:.1f} ms "
-                  f"| {med['cold'] - med['used']:+.1f} ms "
-                  f"| {med['warm'] - med['unverified']:+.1f} ms |")
+            print(
+                f"| {name} ({size / 1e6:.2f} MB) | {med['unverified']:.1f} ms "
+                f"| {med['used']:.1f} ms | {med['cold']:.1f} ms | {med['warm']:.1f} ms "
+                f"| {med['cold'] - med['used']:+.1f} ms "
+                f"| {med['warm'] - med['unverified']:+.1f} ms |"
+            )
         registry.close()
 
 

@@ -145,8 +145,10 @@ def main() -> None:
     print(f"| pandas read_csv | {read_s:.2f} | {args.rows / read_s:,.0f} |")
     print(f"| PIIScrubber.scrub (former `re` scan) | {old_s:.2f} | {args.rows / old_s:,.0f} |")
     print(f"| PIIScrubber.scrub | {scrub_s:.2f} | {args.rows / scrub_s:,.0f} |")
-    print(f"scrubbing costs {scrub_s / read_s:.2f}x reading the CSV "
-          f"({scrub_s / old_s:.2f}x the former scan)")
+    print(
+        f"scrubbing costs {scrub_s / read_s:.2f}x reading the CSV "
+        f"({scrub_s / old_s:.2f}x the former scan)"
+    )
     throughput(args.chars, args.guard)
 
 

@@ -44,15 +44,20 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="foundry-serve-gc-") as tmp, \
-            postgres_database(None) as pg_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="foundry-serve-gc-") as tmp,
+        postgres_database(None) as pg_url,
+    ):
         work = Path(tmp)
         home = work / "home"
         ref, row = trained_model(home, work)
         pg_home = work / "home-pg"
         pg_ref = copy_model(ref, home, pg_home, pg_url)
-        base = {k: v for k, v in os.environ.items()
-                if k not in ("FOUNDRY_DATABASE_URL", "FOUNDRY_ADMIN_TOKEN")}
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("FOUNDRY_DATABASE_URL", "FOUNDRY_ADMIN_TOKEN")
+        }
         sqlite_env = {**base, "FOUNDRY_HOME": str(home)}
         pg_env = {**base, "FOUNDRY_HOME": str(pg_home), "FOUNDRY_DATABASE_URL": pg_url}
         config = work / "serve.yaml"
@@ -79,16 +84,20 @@ def main() -> None:
                 v.server.stop()
 
     rows = []
-    print(f"\n{'server':<20}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'p99 vs no-freeze':>18}")
+    print(
+        f"\n{'server':<20}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'p99 vs no-freeze':>18}"
+    )
     for (name, clients), result in sorted(results.items()):
         name = name.removeprefix("full-")
         other = results[f"full-{name.split('-', 1)[0]}-no-freeze", clients]
         d = result.as_dict()
         ratio = d["p99_ms"] / other.as_dict()["p99_ms"]
         rows.append({"server": name, "clients": clients, **d, "p99_vs_no_freeze": ratio})
-        print(f"{name:<20}{clients:>8}{d['rps']:>10.1f}{d['p50_ms']:>9.2f}{d['p99_ms']:>9.2f}"
-              f"{ratio:>17.2f}x")
+        print(
+            f"{name:<20}{clients:>8}{d['rps']:>10.1f}{d['p50_ms']:>9.2f}{d['p99_ms']:>9.2f}"
+            f"{ratio:>17.2f}x"
+        )
     if args.json:
         args.json.write_text(json.dumps({"cpus": os.cpu_count(), "rows": rows}, indent=2))
 

@@ -64,8 +64,13 @@ def serve_config(work: Path, name: str, body_bytes: int, records: int) -> Path:
     knows)."""
     serve: dict = {
         "max_body_bytes": body_bytes + 1_000,
-        "plans": {"enterprise": {"included_units": 10**12, "requests_per_minute": 10**6,
-                                 "max_records_per_request": records}},
+        "plans": {
+            "enterprise": {
+                "included_units": 10**12,
+                "requests_per_minute": 10**6,
+                "max_records_per_request": records,
+            }
+        },
     }
     if name != "baseline":  # a slow machine may take longer than 30 s to send 60 MB
         serve["body_timeout_s"] = 600
@@ -78,8 +83,9 @@ def serve_config(work: Path, name: str, body_bytes: int, records: int) -> Path:
     return path
 
 
-async def one_round(port: int, key: str, model: str, small: bytes, big: bytes,
-                    clients: int) -> dict:
+async def one_round(
+    port: int, key: str, model: str, small: bytes, big: bytes, clients: int
+) -> dict:
     small_request = predict_request(port, model, small, key)
     big_request = predict_request(port, model, big, key)
     connections = [await RawConnection.open(port) for _ in range(clients)]
@@ -108,8 +114,13 @@ async def one_round(port: int, key: str, model: str, small: bytes, big: bytes,
     during = [s for start, s, code in timings if start < answered and start + s > sent]
     quiet = [s for start, s, code in timings if start + s <= sent and start > begin + WARM_S / 2]
     errors = sum(code != 200 for *_, code in timings)
-    return {"big_s": answered - sent, "during": during, "quiet": quiet, "errors": errors,
-            "stalls": sorted(set(round(s, 2) for s in during), reverse=True)[:3]}
+    return {
+        "big_s": answered - sent,
+        "during": during,
+        "quiet": quiet,
+        "errors": errors,
+        "stalls": sorted(set(round(s, 2) for s in during), reverse=True)[:3],
+    }
 
 
 def baseline_home(src: Path, env: dict[str, str], work: Path) -> tuple[dict[str, str], str]:
@@ -117,20 +128,34 @@ def baseline_home(src: Path, env: dict[str, str], work: Path) -> tuple[dict[str,
     may hold settings an older one refuses), in its own home: (its env, its ref)."""
     home = work / "home-baseline"
     base_env = {**env, "FOUNDRY_HOME": str(home), "PYTHONPATH": str(src.resolve())}
-    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
-            "from serve_load import trained_model; "
-            "print(trained_model(Path(sys.argv[2]), Path(sys.argv[3]))[0])")
+    code = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); "
+        "from serve_load import trained_model; "
+        "print(trained_model(Path(sys.argv[2]), Path(sys.argv[3]))[0])"
+    )
     (work / "baseline").mkdir()
-    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent),
-                          str(home), str(work / "baseline")], env=base_env,
-                         capture_output=True, text=True, timeout=1200)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(Path(__file__).resolve().parent),
+            str(home),
+            str(work / "baseline"),
+        ],
+        env=base_env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     if out.returncode != 0:
         raise SystemExit(f"training with {src} failed:\n{out.stderr[-2000:]}")
     return base_env, out.stdout.strip().splitlines()[-1]
 
 
-async def slowloris(port: int, key: str, model: str, small: bytes, connections: int,
-                    bound_s: float) -> dict:
+async def slowloris(
+    port: int, key: str, model: str, small: bytes, connections: int, bound_s: float
+) -> dict:
     """`connections` clients trickling one header byte every 2 s, for at most `bound_s`
     seconds; meanwhile one client sends a one-record request every 0.1 s on a fresh
     connection. Returns when each trickling connection was closed by the server (seconds
@@ -171,21 +196,29 @@ async def slowloris(port: int, key: str, model: str, small: bytes, connections: 
                 statuses.append(0)
             await asyncio.sleep(0.1)
 
-    closed, _ = await asyncio.gather(asyncio.gather(*(trickle() for _ in range(connections))),
-                                     legit())
+    closed, _ = await asyncio.gather(
+        asyncio.gather(*(trickle() for _ in range(connections))), legit()
+    )
     done = [c for c in closed if c is not None]
-    return {"connections": connections, "closed": len(done),
-            "closed_after_s_median": float(np.median(done)) if done else None,
-            "closed_after_s_max": max(done) if done else None,
-            "small_statuses": {str(k): statuses.count(k) for k in sorted(set(statuses))}}
+    return {
+        "connections": connections,
+        "closed": len(done),
+        "closed_after_s_median": float(np.median(done)) if done else None,
+        "closed_after_s_max": max(done) if done else None,
+        "small_statuses": {str(k): statuses.count(k) for k in sorted(set(statuses))},
+    }
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
     if not seconds:
         return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
     ms = np.array(seconds) * 1000
-    return {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max())}
+    return {
+        "n": len(ms),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+    }
 
 
 def main() -> None:
@@ -193,14 +226,27 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200_000, help="records in the big body")
     parser.add_argument("--rounds", type=int, default=3, help="big requests per variant")
     parser.add_argument("--clients", type=int, default=4, help="small-request connections")
-    parser.add_argument("--home", type=Path, default=None,
-                        help="FOUNDRY_HOME to reuse (default: a temporary one)")
-    parser.add_argument("--baseline-src", type=Path, default=None,
-                        help="also serve from this source tree (e.g. an older checkout)")
-    parser.add_argument("--slowloris", type=int, default=1000,
-                        help="then this many header-trickling connections (0: skip)")
-    parser.add_argument("--slowloris-bound", type=float, default=30.0,
-                        help="seconds the trickling clients keep trying")
+    parser.add_argument(
+        "--home", type=Path, default=None, help="FOUNDRY_HOME to reuse (default: a temporary one)"
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="also serve from this source tree (e.g. an older checkout)",
+    )
+    parser.add_argument(
+        "--slowloris",
+        type=int,
+        default=1000,
+        help="then this many header-trickling connections (0: skip)",
+    )
+    parser.add_argument(
+        "--slowloris-bound",
+        type=float,
+        default=30.0,
+        help="seconds the trickling clients keep trying",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
 
@@ -213,8 +259,11 @@ def main() -> None:
         big = frame.to_json(orient="records").encode()
         small = json.dumps(row).encode()
         print(f"big body: {args.records} records, {len(big) / 1e6:.1f} MB", flush=True)
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("FOUNDRY_DATABASE_URL", "FOUNDRY_ADMIN_TOKEN")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("FOUNDRY_DATABASE_URL", "FOUNDRY_ADMIN_TOKEN")
+        }
         env["FOUNDRY_HOME"] = str(home)
         keys = {"on-loop": create_key(env, "hostile-bench")}
         keys["off-loop"] = keys["on-loop"]
@@ -228,8 +277,12 @@ def main() -> None:
                 assert args.baseline_src is not None
                 server_env, server_ref = baseline_home(args.baseline_src, env, work)
                 keys[name] = create_key(server_env, "hostile-bench")
-            servers[name] = Server(serve_command(server_ref, port, config=config),
-                                   env=server_env, log=work / f"{name}.log", port=port)
+            servers[name] = Server(
+                serve_command(server_ref, port, config=config),
+                env=server_env,
+                log=work / f"{name}.log",
+                port=port,
+            )
         results: dict[str, list[dict]] = {name: [] for name in names}
         slow: dict[str, dict] = {}
         try:
@@ -238,19 +291,31 @@ def main() -> None:
             for server in servers.values():
                 server.wait_ready()
             for r in range(args.rounds):
-                order = names[r % len(names):] + names[:r % len(names)]
+                order = names[r % len(names) :] + names[: r % len(names)]
                 for name in order:
-                    out = asyncio.run(one_round(servers[name].port, keys[name], model, small,
-                                                big, args.clients))
+                    out = asyncio.run(
+                        one_round(servers[name].port, keys[name], model, small, big, args.clients)
+                    )
                     results[name].append(out)
-                    print(f"round {r + 1} {name:9s} big request {out['big_s']:.2f} s, "
-                          f"{len(out['during'])} small requests meanwhile, longest "
-                          f"{out['stalls']} s", flush=True)
+                    print(
+                        f"round {r + 1} {name:9s} big request {out['big_s']:.2f} s, "
+                        f"{len(out['during'])} small requests meanwhile, longest "
+                        f"{out['stalls']} s",
+                        flush=True,
+                    )
             for name in names if args.slowloris else []:
                 if name == "on-loop":
                     continue  # the same protocol as off-loop
-                out = asyncio.run(slowloris(servers[name].port, keys[name], model, small,
-                                            args.slowloris, args.slowloris_bound))
+                out = asyncio.run(
+                    slowloris(
+                        servers[name].port,
+                        keys[name],
+                        model,
+                        small,
+                        args.slowloris,
+                        args.slowloris_bound,
+                    )
+                )
                 slow[name] = out
                 print(f"slowloris {name:9s} {out}", flush=True)
         finally:
@@ -258,25 +323,38 @@ def main() -> None:
                 server.stop()
 
     report = {}
-    print(f"\n{'variant':10s} {'big s':>6s} | {'during: n':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
-          f"{'max ms':>8s} | {'quiet p50':>9s} {'p99':>6s} | errors")
+    print(
+        f"\n{'variant':10s} {'big s':>6s} | {'during: n':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
+        f"{'max ms':>8s} | {'quiet p50':>9s} {'p99':>6s} | errors"
+    )
     for name, rounds in results.items():
         during = percentiles([s for out in rounds for s in out["during"]])
         quiet = percentiles([s for out in rounds for s in out["quiet"]])
         big_s = float(np.median([out["big_s"] for out in rounds]))
         errors = sum(out["errors"] for out in rounds)
-        report[name] = {"big_s_median": big_s, "during": during, "quiet": quiet,
-                        "errors": errors}
-        print(f"{name:10s} {big_s:6.2f} | {during['n']:9d} {during['p50_ms']:8.1f} "
-              f"{during['p99_ms']:8.1f} {during['max_ms']:8.1f} | {quiet['p50_ms']:9.2f} "
-              f"{quiet['p99_ms']:6.2f} | {errors}")
+        report[name] = {"big_s_median": big_s, "during": during, "quiet": quiet, "errors": errors}
+        print(
+            f"{name:10s} {big_s:6.2f} | {during['n']:9d} {during['p50_ms']:8.1f} "
+            f"{during['p99_ms']:8.1f} {during['max_ms']:8.1f} | {quiet['p50_ms']:9.2f} "
+            f"{quiet['p99_ms']:6.2f} | {errors}"
+        )
     if "on-loop" in report and "off-loop" in report:
         on, off = report["on-loop"]["during"], report["off-loop"]["during"]
-        print(f"\nsmall requests during the big one, on-loop / off-loop: p50 "
-              f"{on['p50_ms'] / off['p50_ms']:.0f}x, p99 {on['p99_ms'] / off['p99_ms']:.0f}x")
+        print(
+            f"\nsmall requests during the big one, on-loop / off-loop: p50 "
+            f"{on['p50_ms'] / off['p50_ms']:.0f}x, p99 {on['p99_ms'] / off['p99_ms']:.0f}x"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "results": report, "slowloris": slow}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "results": report,
+                    "slowloris": slow,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

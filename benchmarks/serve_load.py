@@ -101,35 +101,49 @@ def adult_like(n: int, seed: int = 0) -> pd.DataFrame:
         return rng.choice(values, n, p=p)
 
     education = pick(["hs", "some-college", "bachelors", "masters", "doctorate", "11th"])
-    level = pd.Series(education).map(
-        {"11th": 0, "hs": 1, "some-college": 2, "bachelors": 3, "masters": 4, "doctorate": 5}
-    ).to_numpy()
+    level = (
+        pd.Series(education)
+        .map({"11th": 0, "hs": 1, "some-college": 2, "bachelors": 3, "masters": 4, "doctorate": 5})
+        .to_numpy()
+    )
     age = rng.integers(17, 90, n).astype(float)
     hours = rng.normal(40, 12, n).clip(1, 99).round()
     gain = np.where(rng.random(n) < 0.08, rng.integers(1_000, 99_999, n), 0).astype(float)
     df = pd.DataFrame(
         {
             "age": age,
-            "workclass": pick(["private", "self-emp", "local-gov", "state-gov", "federal-gov",
-                               "without-pay"]),
+            "workclass": pick(
+                ["private", "self-emp", "local-gov", "state-gov", "federal-gov", "without-pay"]
+            ),
             "fnlwgt": rng.integers(12_000, 1_500_000, n).astype(float),
             "education": education,
             "education_num": (level * 2 + 7).astype(float),
-            "marital_status": pick(["married", "never-married", "divorced", "widowed",
-                                    "separated"]),
-            "occupation": pick(["tech-support", "craft-repair", "sales", "exec-managerial",
-                                "prof-specialty", "other-service", "adm-clerical"]),
-            "relationship": pick(["husband", "wife", "own-child", "not-in-family",
-                                  "unmarried"]),
-            "race": pick(["white", "black", "asian-pac-islander", "other"],
-                         [0.8, 0.1, 0.05, 0.05]),
+            "marital_status": pick(
+                ["married", "never-married", "divorced", "widowed", "separated"]
+            ),
+            "occupation": pick(
+                [
+                    "tech-support",
+                    "craft-repair",
+                    "sales",
+                    "exec-managerial",
+                    "prof-specialty",
+                    "other-service",
+                    "adm-clerical",
+                ]
+            ),
+            "relationship": pick(["husband", "wife", "own-child", "not-in-family", "unmarried"]),
+            "race": pick(["white", "black", "asian-pac-islander", "other"], [0.8, 0.1, 0.05, 0.05]),
             "sex": pick(["male", "female"]),
             "capital_gain": gain,
-            "capital_loss": np.where(rng.random(n) < 0.05, rng.integers(100, 4_000, n),
-                                     0).astype(float),
+            "capital_loss": np.where(rng.random(n) < 0.05, rng.integers(100, 4_000, n), 0).astype(
+                float
+            ),
             "hours_per_week": hours,
-            "native_country": pick(["united-states", "mexico", "india", "germany", "other"],
-                                   [0.85, 0.05, 0.03, 0.02, 0.05]),
+            "native_country": pick(
+                ["united-states", "mexico", "india", "germany", "other"],
+                [0.85, 0.05, 0.03, 0.02, 0.05],
+            ),
         }
     )
     logit = 0.04 * (age - 38) + 0.04 * (hours - 40) + 0.7 * level + gain / 20_000 - 2.6
@@ -165,8 +179,11 @@ def trained_model(home: Path, work: Path, layers: list[int] | None = None) -> tu
     }
     started = time.perf_counter()
     result = foundry.train(config, progress=False, quiet=True)
-    print(f"trained {result.model_ref} in {time.perf_counter() - started:.1f} s "
-          f"(FOUNDRY_HOME={home})", flush=True)
+    print(
+        f"trained {result.model_ref} in {time.perf_counter() - started:.1f} s "
+        f"(FOUNDRY_HOME={home})",
+        flush=True,
+    )
     return result.model_ref, row
 
 
@@ -217,15 +234,17 @@ class Variant:
         return values["sum"], values["count"]
 
 
-def make_variants(ref: str, env: dict[str, str], work: Path, workers: int,
-                  compare_src: Path | None = None) -> list[Variant]:
+def make_variants(
+    ref: str, env: dict[str, str], work: Path, workers: int, compare_src: Path | None = None
+) -> list[Variant]:
     variants = []
     for name in VARIANTS + (("full-cmp",) if compare_src else ()):
         batching = not name.endswith("nobatch")
         config = work / f"serve-{name}.yaml"
         # metrics: public, for batches() (loopback only, a throwaway home)
-        config.write_text(f"serve:\n  metrics: public\n  batching:\n    enabled: "
-                          f"{str(batching).lower()}\n")
+        config.write_text(
+            f"serve:\n  metrics: public\n  batching:\n    enabled: {str(batching).lower()}\n"
+        )
         port = free_port()
         if name == "full-cmp":
             assert compare_src is not None
@@ -233,26 +252,35 @@ def make_variants(ref: str, env: dict[str, str], work: Path, workers: int,
             shutil.copytree(env["FOUNDRY_HOME"], home)
             cmp_env = {**env, "FOUNDRY_HOME": str(home), "PYTHONPATH": str(compare_src)}
             command = serve_command(ref, port, workers=workers, config=config)
-            server = Server(command, env=cmp_env, log=work / f"{name}.log", port=port,
-                            workers=workers)
+            server = Server(
+                command, env=cmp_env, log=work / f"{name}.log", port=port, workers=workers
+            )
             variants.append(Variant(name, server, model=ref.split(":")[0]))
             continue
         if name.startswith("full"):
             command = serve_command(ref, port, workers=workers, config=config)
         else:
-            command = [sys.executable, "-c", BARE_LAUNCHER, str(config), ref, str(port),
-                       str(workers)]
-        server = Server(command, env=env, log=work / f"{name}.log", port=port,
-                        workers=workers)
+            command = [
+                sys.executable,
+                "-c",
+                BARE_LAUNCHER,
+                str(config),
+                ref,
+                str(port),
+                str(workers),
+            ]
+        server = Server(command, env=env, log=work / f"{name}.log", port=port, workers=workers)
         variants.append(Variant(name, server, model=ref.split(":")[0]))
     return variants
 
 
 def create_key(env: dict[str, str], name: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "foundry", "keys", "create", "--name", name, "--plan",
-         "enterprise"],
-        env=env, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "foundry", "keys", "create", "--name", name, "--plan", "enterprise"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     if out.returncode != 0:
         raise SystemExit(f"foundry keys create failed:\n{out.stderr}")
@@ -309,14 +337,20 @@ class Result:
         }
 
 
-def one_slice(variant: Variant, clients: int, body: bytes, max_requests: int,
-              seconds: float, result: Result) -> None:
+def one_slice(
+    variant: Variant, clients: int, body: bytes, max_requests: int, seconds: float, result: Result
+) -> None:
     """`foundry.serve.loadtest.drive` on `variant`, with the server's CPU time and batch
     counters read around it."""
     records, passes = variant.batches()
     server_cpu = variant.cpu_seconds()
-    load = run_load(variant.server.port, variant.requests(clients, body), clients=clients,
-                    seconds=seconds, max_requests=max_requests)
+    load = run_load(
+        variant.server.port,
+        variant.requests(clients, body),
+        clients=clients,
+        seconds=seconds,
+        max_requests=max_requests,
+    )
     result.server_cpu += variant.cpu_seconds() - server_cpu
     records_after, passes_after = variant.batches()
     result.records += records_after - records
@@ -324,17 +358,24 @@ def one_slice(variant: Variant, clients: int, body: bytes, max_requests: int,
     result.add(load)
 
 
-def run_cases(variants: list[Variant], body: bytes, args: argparse.Namespace
-              ) -> dict[tuple[str, int], Result]:
+def run_cases(
+    variants: list[Variant], body: bytes, args: argparse.Namespace
+) -> dict[tuple[str, int], Result]:
     results = {(v.name, c): Result() for v in variants for c in CLIENTS}
     per_requests = max(1, args.requests // args.rounds)
     per_seconds = args.seconds / args.rounds
     for round_ in range(args.rounds):
-        order = variants[round_ % len(variants):] + variants[:round_ % len(variants)]
+        order = variants[round_ % len(variants) :] + variants[: round_ % len(variants)]
         for clients in CLIENTS:
             for variant in order:
-                one_slice(variant, clients, body, per_requests, per_seconds,
-                          results[variant.name, clients])
+                one_slice(
+                    variant,
+                    clients,
+                    body,
+                    per_requests,
+                    per_seconds,
+                    results[variant.name, clients],
+                )
         print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
     return results
 
@@ -344,16 +385,20 @@ def run_cases(variants: list[Variant], body: bytes, args: argparse.Namespace
 
 def report(results: dict[tuple[str, int], Result], args: argparse.Namespace) -> dict:
     print()
-    print(f"{'variant':<14}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'srv ms/req':>12}{'batch':>7}{'client CPU':>12}{'errors':>8}")
+    print(
+        f"{'variant':<14}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'srv ms/req':>12}{'batch':>7}{'client CPU':>12}{'errors':>8}"
+    )
     names = sorted({v for v, _ in results}, key=lambda v: (v not in VARIANTS, v))
     for variant in names:
         for clients in CLIENTS:
             r = results[variant, clients]
             share = r.client_cpu / r.elapsed if r.elapsed else 0.0
-            print(f"{variant:<14}{clients:>8}{r.rps:>10.1f}{r.pct(50):>9.2f}{r.pct(99):>9.2f}"
-                  f"{1000 * r.server_cpu / max(1, r.ok):>12.2f}{r.batch:>7.1f}{share:>11.0%}"
-                  f"{sum(r.errors.values()):>8}")
+            print(
+                f"{variant:<14}{clients:>8}{r.rps:>10.1f}{r.pct(50):>9.2f}{r.pct(99):>9.2f}"
+                f"{1000 * r.server_cpu / max(1, r.ok):>12.2f}{r.batch:>7.1f}{share:>11.0%}"
+                f"{sum(r.errors.values()):>8}"
+            )
     print(f"\n{LUDWIG}")
 
     def rps(v: str, c: int) -> float:
@@ -391,49 +436,83 @@ def report(results: dict[tuple[str, int], Result], args: argparse.Namespace) -> 
     print()
     for label, value, target, ok in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {label}: {value:.2f} (target {target})")
-    busy = [f"{v}@{c}" for (v, c), r in results.items()
-            if r.elapsed and r.client_cpu / r.elapsed > 0.9]
+    busy = [
+        f"{v}@{c}" for (v, c), r in results.items() if r.elapsed and r.client_cpu / r.elapsed > 0.9
+    ]
     if busy:
-        print(f"\nnote: the load generator used > 90% of a core in {', '.join(busy)}; "
-              "there the client, not the server, may cap req/s")
+        print(
+            f"\nnote: the load generator used > 90% of a core in {', '.join(busy)}; "
+            "there the client, not the server, may cap req/s"
+        )
     errors = {f"{v}@{c}": r.errors for (v, c), r in results.items() if r.errors}
     if errors:
         print(f"\nwarning: non-200 answers (not counted): {errors}")
     return {
-        "settings": {"requests": args.requests, "seconds": args.seconds,
-                     "rounds": args.rounds, "workers": args.workers,
-                     "cpus": os.cpu_count()},
-        "cases": [{"variant": v, "clients": c, **results[v, c].as_dict()}
-                  for v in names for c in CLIENTS],
-        "checks": [{"check": label, "value": round(value, 3), "target": target, "ok": ok}
-                   for label, value, target, ok in checks],
+        "settings": {
+            "requests": args.requests,
+            "seconds": args.seconds,
+            "rounds": args.rounds,
+            "workers": args.workers,
+            "cpus": os.cpu_count(),
+        },
+        "cases": [
+            {"variant": v, "clients": c, **results[v, c].as_dict()} for v in names for c in CLIENTS
+        ],
+        "checks": [
+            {"check": label, "value": round(value, 3), "target": target, "ok": ok}
+            for label, value, target, ok in checks
+        ],
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=5_000,
-                        help="most requests per case (variant x clients) [5000]")
-    parser.add_argument("--seconds", type=float, default=10.0,
-                        help="most seconds per case [10]")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="slices each case is split into, interleaved with the others [3]")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="uvicorn workers per server [1: the client gets the other core]")
-    parser.add_argument("--layers", default=None,
-                        help="hidden sizes of the served MLP, e.g. 1024,1024,1024 (a model "
-                        "whose forward pass outweighs HTTP) [foundry's default MLP]")
-    parser.add_argument("--home", type=Path, default=None,
-                        help="FOUNDRY_HOME to train in or reuse [a temporary directory]")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=5_000,
+        help="most requests per case (variant x clients) [5000]",
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="most seconds per case [10]")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="slices each case is split into, interleaved with the others [3]",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn workers per server [1: the client gets the other core]",
+    )
+    parser.add_argument(
+        "--layers",
+        default=None,
+        help="hidden sizes of the served MLP, e.g. 1024,1024,1024 (a model "
+        "whose forward pass outweighs HTTP) [foundry's default MLP]",
+    )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="FOUNDRY_HOME to train in or reuse [a temporary directory]",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
-    parser.add_argument("--compare-src", type=Path, default=None,
-                        help="src folder of another checkout: adds `full-cmp`, full served "
-                        "from it (before / after a change, in one run)")
+    parser.add_argument(
+        "--compare-src",
+        type=Path,
+        default=None,
+        help="src folder of another checkout: adds `full-cmp`, full served "
+        "from it (before / after a change, in one run)",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args()
     if args.requests > ENTERPRISE_BUCKET - 1_000:
-        parser.error(f"--requests above {ENTERPRISE_BUCKET - 1_000} would run into the "
-                     f"enterprise plan's rate limit ({ENTERPRISE_BUCKET} requests per minute)")
+        parser.error(
+            f"--requests above {ENTERPRISE_BUCKET - 1_000} would run into the "
+            f"enterprise plan's rate limit ({ENTERPRISE_BUCKET} requests per minute)"
+        )
     if args.rounds < 1 or args.requests < args.rounds:
         parser.error("need --rounds >= 1 and --requests >= --rounds")
 
@@ -446,18 +525,22 @@ def main() -> None:
         for name in ("FOUNDRY_DATABASE_URL", "FOUNDRY_ADMIN_TOKEN"):
             env.pop(name, None)
         variants = make_variants(ref, env, work, args.workers, args.compare_src)
-        print(f"serving {ref}: {len(variants)} servers x {args.workers} worker(s) on "
-              f"{os.cpu_count()} CPUs; "
-              f"per case: {args.requests} requests or {args.seconds:g} s in {args.rounds} "
-              "interleaved slices", flush=True)
+        print(
+            f"serving {ref}: {len(variants)} servers x {args.workers} worker(s) on "
+            f"{os.cpu_count()} CPUs; "
+            f"per case: {args.requests} requests or {args.seconds:g} s in {args.rounds} "
+            "interleaved slices",
+            flush=True,
+        )
         try:
             for variant in variants:
                 variant.server.start()
             for variant in variants:  # keys are made while the servers load
                 if variant.full:
-                    variant.keys = {c: create_key(variant.server.env,
-                                                  f"bench-{variant.name}-{c}")
-                                   for c in CLIENTS}
+                    variant.keys = {
+                        c: create_key(variant.server.env, f"bench-{variant.name}-{c}")
+                        for c in CLIENTS
+                    }
             for variant in variants:
                 variant.server.wait_ready()
             body = json.dumps(row).encode()

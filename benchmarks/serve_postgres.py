@@ -79,8 +79,11 @@ def copy_model(ref: str, source_home: Path, home: Path, url: str) -> str:
 
     package = Registry(source_home).load(ref)
     record = Registry(home, url=url).register(
-        ref.split(":")[0], weights=package.weights, manifest=package.manifest,
-        metrics=package.metrics, card=package.card,
+        ref.split(":")[0],
+        weights=package.weights,
+        manifest=package.manifest,
+        metrics=package.metrics,
+        card=package.card,
     )
     return record.ref
 
@@ -88,8 +91,10 @@ def copy_model(ref: str, source_home: Path, home: Path, url: str) -> str:
 def report(results: dict[tuple[str, int], serve_load.Result]) -> dict:
     rows = []
     print()
-    print(f"{'database':<23}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'srv ms/req':>12}{'vs sqlite req/s':>17}{'errors':>8}")
+    print(
+        f"{'database':<23}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'srv ms/req':>12}{'vs sqlite req/s':>17}{'errors':>8}"
+    )
     for variant in VARIANTS:
         for clients in CLIENTS:
             if (variant, clients) not in results:
@@ -97,45 +102,70 @@ def report(results: dict[tuple[str, int], serve_load.Result]) -> dict:
             result = results[variant, clients]
             base = results["sqlite", clients]
             ratio = result.rps / base.rps if base.rps else float("nan")
-            row = {"database": variant, "clients": clients, **result.as_dict(),
-                   "rps_vs_sqlite": round(ratio, 3)}
+            row = {
+                "database": variant,
+                "clients": clients,
+                **result.as_dict(),
+                "rps_vs_sqlite": round(ratio, 3),
+            }
             rows.append(row)
-            print(f"{variant:<23}{clients:>8}{row['rps']:>10.1f}{row['p50_ms']:>9.2f}"
-                  f"{row['p99_ms']:>9.2f}{row['server_cpu_ms_per_request']:>12.2f}"
-                  f"{ratio:>16.2f}x{sum(result.errors.values()):>8}")
+            print(
+                f"{variant:<23}{clients:>8}{row['rps']:>10.1f}{row['p50_ms']:>9.2f}"
+                f"{row['p99_ms']:>9.2f}{row['server_cpu_ms_per_request']:>12.2f}"
+                f"{ratio:>16.2f}x{sum(result.errors.values()):>8}"
+            )
     return {"cpus": os.cpu_count(), "rows": rows}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--postgres-url", default=None,
-                        help="a PostgreSQL server to create the benchmark's database on "
-                        "(SQLAlchemy URL; its user may CREATE DATABASE) [a throwaway one]")
-    parser.add_argument("--requests", type=int, default=4_000,
-                        help="most requests per case (database x clients) [4000]")
+    parser.add_argument(
+        "--postgres-url",
+        default=None,
+        help="a PostgreSQL server to create the benchmark's database on "
+        "(SQLAlchemy URL; its user may CREATE DATABASE) [a throwaway one]",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=4_000,
+        help="most requests per case (database x clients) [4000]",
+    )
     parser.add_argument("--seconds", type=float, default=8.0, help="most seconds per case [8]")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="slices each case is split into, interleaved [2]")
-    parser.add_argument("--home", type=Path, default=None,
-                        help="FOUNDRY_HOME to train in or reuse [a temporary directory]")
-    parser.add_argument("--no-single", action="store_true",
-                        help="leave out the one-request-per-transaction PostgreSQL variants")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="slices each case is split into, interleaved [2]"
+    )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=None,
+        help="FOUNDRY_HOME to train in or reuse [a temporary directory]",
+    )
+    parser.add_argument(
+        "--no-single",
+        action="store_true",
+        help="leave out the one-request-per-transaction PostgreSQL variants",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     args = parser.parse_args()
     if args.requests > serve_load.ENTERPRISE_BUCKET - 1_000:
         parser.error("--requests would run into the enterprise plan's rate limit")
 
-    with tempfile.TemporaryDirectory(prefix="foundry-serve-pg-") as tmp, \
-            postgres_database(args.postgres_url) as pg_url:
+    with (
+        tempfile.TemporaryDirectory(prefix="foundry-serve-pg-") as tmp,
+        postgres_database(args.postgres_url) as pg_url,
+    ):
         work = Path(tmp)
         home = (args.home or work / "home").resolve()
         ref, row = trained_model(home, work)
         pg_home = work / "home-pg"  # packages of the PostgreSQL registry (same weights)
         pg_ref = copy_model(ref, home, pg_home, pg_url)
-        base_env = {k: v for k, v in os.environ.items()
-                    if k not in ("FOUNDRY_DATABASE_URL", "FOUNDRY_ADMIN_TOKEN")}
-        async_url = pg_url + ("&" if "?" in pg_url else "?") + \
-            "options=-csynchronous_commit%3Doff"
+        base_env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("FOUNDRY_DATABASE_URL", "FOUNDRY_ADMIN_TOKEN")
+        }
+        async_url = pg_url + ("&" if "?" in pg_url else "?") + "options=-csynchronous_commit%3Doff"
         sqlite_env = {**base_env, "FOUNDRY_HOME": str(home)}
         pg_env = {**base_env, "FOUNDRY_HOME": str(pg_home), "FOUNDRY_DATABASE_URL": pg_url}
         async_env = {**pg_env, "FOUNDRY_DATABASE_URL": async_url}
@@ -158,15 +188,19 @@ def main() -> None:
             server = Server(command, env=env, log=work / f"{name}.log")
             # serve_load sends a key only to "full..." variants: all of these are.
             variants.append(Variant(f"full-{name}", server, model=model_ref.split(":")[0]))
-        print(f"serving {ref} from SQLite and {pg_ref} from PostgreSQL, one worker each, on "
-              f"{os.cpu_count()} CPUs; per case: {args.requests} requests or "
-              f"{args.seconds:g} s in {args.rounds} interleaved slices", flush=True)
+        print(
+            f"serving {ref} from SQLite and {pg_ref} from PostgreSQL, one worker each, on "
+            f"{os.cpu_count()} CPUs; per case: {args.requests} requests or "
+            f"{args.seconds:g} s in {args.rounds} interleaved slices",
+            flush=True,
+        )
         try:
             for variant in variants:
                 variant.server.start()
             for variant in variants:  # keys are made while the servers load
-                variant.keys = {c: create_key(variant.server.env, f"bench-{variant.name}-{c}")
-                                for c in CLIENTS}
+                variant.keys = {
+                    c: create_key(variant.server.env, f"bench-{variant.name}-{c}") for c in CLIENTS
+                }
             for variant in variants:
                 variant.server.wait_ready()
             results = run_cases(variants, json.dumps(row).encode(), args)

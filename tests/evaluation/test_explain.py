@@ -354,3 +354,25 @@ def test_fine_tuned_hugging_face_classifiers_are_explained_per_token(tmp_path):
         gap = row["output"] - row["baseline_output"]
         assert abs(row["convergence_delta"]) < 0.05 * max(1.0, abs(gap))
     assert permutation_importance(predictor, rows.assign(label=predicted), repeats=2)
+
+
+@pytest.mark.parametrize(
+    ("task", "n_outputs"),
+    [("binary", 1), ("multiclass", 4), ("regression", 1)],
+)
+def test_importance_scores_the_metric_compute_metrics_gives(task, n_outputs):
+    """Permutation importance scores with its own accuracy / R² (the full metrics cost
+    seconds per call on many classes); they equal compute_metrics' values."""
+    from foundry.data.schema import TaskInfo
+    from foundry.evaluation.explain import _main_metric
+    from foundry.evaluation.metrics import compute_metrics
+
+    rng = np.random.default_rng(0)
+    classes = [] if task == "regression" else [f"c{i}" for i in range(max(2, n_outputs))]
+    info = TaskInfo("y", task, classes, target_mean=50.0, target_std=7.0)
+    outputs = rng.normal(size=(60, n_outputs))
+    y = rng.normal(size=60) if task == "regression" else rng.integers(0, len(classes), 60)
+    metric = "r2" if task == "regression" else "accuracy"
+    assert _main_metric(info, y, outputs) == pytest.approx(
+        compute_metrics(info, y, outputs)[metric], abs=1e-12
+    )

@@ -130,6 +130,112 @@ def test_records_encode_as_frames_do(regressor, monkeypatch):
     np.testing.assert_array_equal(frame, served)  # NaN in the same places too
 
 
+def _root_rows(model_text: str) -> int:
+    """Training rows under the first tree's root: LightGBM writes each tree's node
+    counts into its text format (`internal_count=root ...`, or `leaf_count=` for a
+    one-leaf tree)."""
+    tree = model_text.split("Tree=0", 1)[1]
+    for key in ("internal_count=", "leaf_count="):
+        if key in tree:
+            return int(tree.split(key, 1)[1].split()[0])
+    raise AssertionError("no node counts in the booster text")
+
+
+def test_the_refit_trains_on_train_and_val_for_the_recorded_rounds(regressor):
+    result, _, _ = regressor
+    manifest = json.loads((result.package_path / "foundry.json").read_text())
+    rows, gbm = manifest["data"]["rows"], manifest["gbm"]
+    text = (result.package_path / "model.txt").read_text()
+    assert gbm["refit"]["rows"] == rows["train"] + rows["val"]
+    assert _root_rows(text) == rows["train"] + rows["val"]
+    # a regressor's refit: the best round scaled by the rows (n_estimators 60 caps it)
+    scaled = round(gbm["best_iteration"] * (rows["train"] + rows["val"]) / rows["train"])
+    assert gbm["refit"]["rounds"] == min(60, scaled)
+    assert gbm["trees"] == gbm["refit"]["rounds"]
+
+
+def test_without_refit_the_early_stopped_booster_is_packaged(tmp_path):
+    result = foundry.train(
+        _config(tmp_path, "tier", refit=False), progress=False, quiet=True, register=False
+    )
+    manifest = json.loads((result.package_path / "foundry.json").read_text())
+    gbm = manifest["gbm"]
+    assert gbm["refit"] is None
+    assert gbm["trees"] == gbm["best_iteration"]  # binary: one tree per round
+    assert _root_rows((result.package_path / "model.txt").read_text()) == \
+        manifest["data"]["rows"]["train"]
+
+
+def test_a_classifiers_refit_takes_at_least_lightgbms_default_rounds():
+    from foundry.config.schema import GBMConfig
+    from foundry.families.gbm.family import _refit_rounds
+
+    model = GBMConfig()
+    assert _refit_rounds(model, 40, 800, 100, classifier=False) == {"rows": 900, "rounds": 45}
+    assert _refit_rounds(model, 40, 800, 100, classifier=True)["rounds"] == 100
+    assert _refit_rounds(model, 400, 800, 100, classifier=True)["rounds"] == 450
+    capped = GBMConfig(n_estimators=300)
+    assert _refit_rounds(capped, 400, 800, 100, classifier=True)["rounds"] == 300
+    fixed = GBMConfig(early_stopping_rounds=None, n_estimators=70)
+    assert _refit_rounds(fixed, 70, 800, 100, classifier=True)["rounds"] == 70
+
+
+def test_the_temperature_is_fitted_on_the_early_stopped_boosters_val_outputs(tmp_path):
+    """The refitted booster saw the val rows; its own outputs there would be in-sample.
+    So the fitted temperature is the one the early-stopped booster gives, with or
+    without the refit."""
+    fitted = []
+    for refit in (True, False):
+        # mistakes on val, so a temperature is fitted
+        config = _noisy(_config(tmp_path, "tier", refit=refit))
+        result = foundry.train(config, progress=False, quiet=True, register=False)
+        manifest = json.loads((result.package_path / "foundry.json").read_text())
+        fitted.append(manifest["calibration"]["fitted_temperature"])
+    assert fitted[0] is not None
+    assert fitted[0] == pytest.approx(fitted[1])
+
+
+def _noisy(config: dict) -> dict:
+    """A fifth of the `tier` labels flipped: a model makes mistakes on held-out rows."""
+    df = pd.read_csv(config["data"]["path"])
+    flip = np.random.default_rng(1).random(len(df)) < 0.2
+    df.loc[flip, "tier"] = np.where(df.tier[flip] == "high", "low", "high")
+    df.to_csv(config["data"]["path"], index=False)
+    return config
+
+
+def test_auto_ranks_a_refitted_booster_by_its_fit_before_the_refit(tmp_path):
+    """The refitted booster trained on the validation rows: auto's validation score for
+    gbm is the early-stopped booster's, the accuracy LightGBM logged at the best round."""
+    config = _noisy(_config(tmp_path, "tier"))
+    config["model"] = {"type": "auto", "budget": "60s", "candidates": ["gbm"],
+                       "overrides": {"gbm": {"n_estimators": 60, "min_child_samples": 5}}}
+    result = foundry.train(config, progress=False, quiet=True, register=False)
+    manifest = json.loads((result.package_path / "foundry.json").read_text())
+    row = manifest["leaderboard"]["rows"][0]
+    assert manifest["gbm"]["refit"] is not None
+    assert row["metric"] == pytest.approx(manifest["training"]["best_metrics"]["val_accuracy"])
+
+
+def test_an_ensemble_weighs_a_refitted_booster_by_its_fit_before_the_refit(tmp_path):
+    """The ensemble's weights and validation score come from the members' held-out
+    fits: with the refitted booster's in-sample outputs the ensemble scored as well
+    as the refit did on rows it had trained on."""
+    config = _noisy(_config(tmp_path, "tier"))
+    config["model"] = {"type": "auto", "budget": "60s", "candidates": ["gbm", "mlp"],
+                       "ensemble": "always",
+                       "overrides": {"gbm": {"n_estimators": 60, "min_child_samples": 5},
+                                     "mlp": {"layers": [8]}}}
+    config["train"] = {"num_threads": 1, "epochs": 5}
+    result = foundry.train(config, progress=False, quiet=True, register=False)
+    rows = json.loads((result.package_path / "foundry.json").read_text())["leaderboard"]["rows"]
+    metric = {row["model"]: row.get("metric") for row in rows}
+    singles = [v for k, v in metric.items() if k != "ensemble" and v is not None]
+    # in-sample, the refit made the ensemble 0.9 on val (gbm held out: 0.8, mlp 0.75);
+    # held out it is within a val row (0.05) of its best member
+    assert metric["ensemble"] <= max(singles) + 0.05
+
+
 def test_a_class_weight_map_names_classes_of_the_target(tmp_path):
     config = _config(tmp_path, "tier", class_weight={"high": 2.0, "medium": 1.0})
     with pytest.raises(ConfigError, match="medium"):

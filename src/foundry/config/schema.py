@@ -447,6 +447,14 @@ class GBMConfig(Section):
     early_stopping_rounds: int | None = Field(50, ge=1)
     """Stop when the validation loss has not improved for this many rounds and keep the
     best round; `None` trains all `n_estimators` rounds."""
+    refit: bool = True
+    """After early stopping, train once more on the train + validation rows for the best
+    round count x (train + val rows) / train rows (at least 100 rounds for a classifier,
+    at most n_estimators), and package that booster: it learns from every non-test row,
+    as LightGBM alone fitted on them would (on small tables the held-out tenth is worth
+    accuracy: `benchmarks/gbm_defaults.py`). The temperature and fairness thresholds are
+    still fitted on validation outputs of the early-stopped booster, which never saw
+    those rows. `false`: package the early-stopped booster."""
     learning_rate: float = Field(0.1, gt=0)
     """Shrinkage applied to each tree (smaller: more rounds, often a little better)."""
     num_leaves: int = Field(31, ge=2, le=131072)

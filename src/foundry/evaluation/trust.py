@@ -41,10 +41,16 @@ def assess(
     eval_df: pd.DataFrame,
     cfg: FoundryConfig,
     say: Reporter,
+    holdout: Any = None,
 ) -> Assessment:
     """Calibrate on `val_df`, score `eval_df`, audit fairness and mitigate, and rank the
     inputs by permutation importance (on `val_df`, or `eval_df` when there is no
-    validation split)."""
+    validation split).
+
+    `holdout`: when `predictor` was trained on `val_df`'s rows too (gbm's refit on train +
+    val), a predictor that was not (the early-stopped booster): the temperature and the
+    fairness thresholds are fitted on its validation outputs, since the returned model's
+    own would be in-sample (overconfident), and permutation importance uses `eval_df`."""
     from foundry.evaluation.metrics import returned_metrics
 
     task = predictor.task
@@ -52,7 +58,8 @@ def assess(
     sections: dict[str, Any] = {}
     y_eval, out_eval = predictor.labelled_outputs(eval_df)
     has_val = len(val_df) > 0
-    y_val, out_val = predictor.labelled_outputs(val_df) if has_val else (None, None)
+    scorer = predictor if holdout is None else holdout
+    y_val, out_val = scorer.labelled_outputs(val_df) if has_val else (None, None)
 
     if task.is_classification and has_val:
         from foundry.evaluation.calibration import calibrate
@@ -87,7 +94,7 @@ def assess(
     if settings.explain.permutation_importance:
         from foundry.evaluation.explain import permutation_importance
 
-        frame = val_df if has_val else eval_df
+        frame = val_df if has_val and holdout is None else eval_df
         importance = permutation_importance(
             predictor,
             frame,

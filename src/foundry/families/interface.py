@@ -79,6 +79,11 @@ class Fitted:
     trains nothing (a pretrained embedder packaged as it is)."""
     state: dict[str, Any] = field(default_factory=dict)
     """Whatever else the family's later stages need (tokenizer, counts, ...)."""
+    holdout: Any = None
+    """When `model` also trained on the validation rows (gbm refits on train + val), the
+    same fit before that, which did not: whatever is fitted or scored on the validation
+    split (temperature, fairness thresholds, `auto`'s ranking) uses it. None: `model`
+    never saw the validation rows."""
 
 
 @dataclass

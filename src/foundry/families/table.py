@@ -16,14 +16,15 @@ __all__ = ["class_weights", "data_sections", "evaluate_table"]
 
 def evaluate_table(fitted: Fitted, splits: Any, run: Run) -> Evaluation:
     """Metrics, calibration, fairness and explanations (`evaluation.trust.assess`) of
-    `fitted.model` on `evaluate.split` (or the first non-empty split after it)."""
+    `fitted.model` on `evaluate.split` (or the first non-empty split after it); the
+    validation-fitted parts use `fitted.holdout`'s outputs where there is one."""
     from foundry.evaluation.trust import assess
 
     cfg, say = run.config, run.say
     eval_df, eval_name = splits.evaluation(cfg.evaluate.split)
     if eval_name != cfg.evaluate.split:
         say.warn(f"evaluate.split '{cfg.evaluate.split}' is empty; evaluating on {eval_name}")
-    assessment = assess(fitted.model, splits.val, eval_df, cfg, say)
+    assessment = assess(fitted.model, splits.val, eval_df, cfg, say, holdout=fitted.holdout)
     return Evaluation(assessment.metrics, assessment.sections, assessment.predictor)
 
 

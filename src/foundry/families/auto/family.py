@@ -137,6 +137,7 @@ class AutoFamily:
             winner.fitted.model,
             winner.fitted.result,
             {"winner": winner, "leaderboard": leaderboard},
+            holdout=winner.fitted.holdout,
         )
 
     def evaluate(self, fitted: Fitted, data: AutoData, run: Run) -> Evaluation:

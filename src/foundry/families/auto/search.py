@@ -138,7 +138,9 @@ def _train(run: Run, cand: Candidate, val: Any, deadline: float, seen: set[str])
     try:
         cand.fitted = cand.family.fit(cand.data, cand.run.config.train, cand.run)
         fit_seconds = time.perf_counter() - began
-        scores = _score(cand.fitted.model, val)
+        # a refitted gbm trained on val too: it is ranked by its fit before the refit
+        fitted = cand.fitted
+        scores = _score(fitted.model if fitted.holdout is None else fitted.holdout, val)
     except FoundryError as exc:
         _not_trained(say, cand, "failed", exc.message)
         return
@@ -190,9 +192,11 @@ def ensemble(run: Run, splits: Any, trained: list[Candidate], seen: set[str]) ->
         ],  # fmt: skip
         splits=splits,
         manifest=json.loads((packages[0] / "foundry.json").read_text()),
+        holdouts=[c.fitted.holdout for c in trained if c.fitted is not None],
     )
     cand.fitted = cand.family.fit(cand.data, loaded.config.train, cand.run)
-    scores = _score(cand.fitted.model, splits.val)
+    fitted = cand.fitted  # ranked by its held-out fit, as a refitted gbm is
+    scores = _score(fitted.model if fitted.holdout is None else fitted.holdout, splits.val)
     shares = ", ".join(
         f"{name} {w:.2f}"
         for (name, _, _), w in zip(cand.fitted.state["members"], cand.fitted.state["weights"],

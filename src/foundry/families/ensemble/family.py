@@ -42,6 +42,10 @@ class EnsembleData:
     """`data.dataset.Splits`: selection on `splits.val`, evaluation as configured."""
     manifest: dict[str, Any]
     """The first member's foundry.json: the features, task and data sections it shares."""
+    holdouts: list[Any] | None = None
+    """Per member, its `Fitted.holdout` (the fit that never saw the validation rows: gbm
+    before its refit on train + val) or None; the weights are chosen on those, since a
+    refitted member's validation outputs are in-sample and would win every round."""
 
 
 @register_family("ensemble")
@@ -64,7 +68,9 @@ class EnsembleFamily:
 
         started = time.perf_counter()
         members = [predictor for _, predictor, _ in data.members]
-        scored = [member_scores(m, data.splits.val) for m in members]
+        held = [h if h is not None else m
+                for m, h in zip(members, data.holdouts or [None] * len(members), strict=True)]
+        scored = [member_scores(m, data.splits.val) for m in held]
         y = scored[0][0]
         weights = select_weights(y, [s for _, s in scored], members[0].task, ROUNDS)
         kept = [i for i, w in enumerate(weights) if w > 0]
@@ -72,12 +78,18 @@ class EnsembleFamily:
         predictor = _predictor(
             [members[i] for i in kept], [weights[i] for i in kept], data.manifest, run.config.name
         )
+        holdout = None  # the same weights over the held-out fits, for what val scores
+        if any(held[i] is not members[i] for i in kept):
+            holdout = _predictor(
+                [held[i] for i in kept], [weights[i] for i in kept], data.manifest,
+                run.config.name,
+            )
         state = {
             "members": chosen,
             "weights": [weights[i] for i in kept],
             "seconds": time.perf_counter() - started,
         }
-        return Fitted(predictor, None, state)
+        return Fitted(predictor, None, state, holdout=holdout)
 
     def evaluate(self, fitted: Fitted, data: EnsembleData, run: Run) -> Evaluation:
         return evaluate_table(fitted, data.splits, run)

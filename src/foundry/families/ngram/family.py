@@ -137,7 +137,13 @@ class NGramFamily:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(entry) + "\n")
         if run.on_epoch_end is not None:
-            run.on_epoch_end(entry)
+            from contextlib import suppress
+
+            from foundry.training.epochs import StopTraining
+
+            # e.g. auto's budget: a stop after the one pass there is changes nothing
+            with suppress(StopTraining):
+                run.on_epoch_end(entry)
         head = "ridge" if not task.is_classification else model_cfg.head
         say.info(f"ngram: {head} head over {x.shape[1]} columns fitted in {head_seconds:.2f} s")
         result = FitResult(
