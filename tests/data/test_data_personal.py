@@ -65,6 +65,9 @@ def test_personal_columns_are_found_by_name(name, kind):
     rng = np.random.default_rng(0)
     # values that say nothing by themselves: only the name can find the column
     values = [f"v{i} {w}" for i, w in enumerate(_words(rng))]
+    if name in ("nom", "nombre"):
+        # `name` alone needs name-shaped values (capitalised words), not given names
+        values = [f"{w.title()} {v.title()}" for w, v in zip(_words(rng), _words(rng), strict=True)]
     if kind == "record_id":
         values = list(rng.permutation(10 * N)[:N])
     assert _kinds(pd.DataFrame({name: values})) == {name: kind}
@@ -258,3 +261,40 @@ def test_personal_detection_can_be_turned_off():
     df = compas_like(n=400)[["first", "last", "age", "two_year_recid"]]
     scrubber = PIIScrubber.fit(df, PIIConfig(personal=False), target="two_year_recid")
     assert scrubber.identifier_columns == []
+
+
+
+def _names_of_things(rng) -> list[str]:
+    stems = ["grep", "python3", "libssl", "golang", "git", "perl", "node", "xz", "zstd"]
+    tails = ["", "-dev", "-doc", "5.36", "-utils", " commit", ".conf", "-perl", " list"]
+    return [f"{rng.choice(stems)}{rng.choice(tails)}{i % 7 or ''}" for i in range(N)]
+
+
+@pytest.mark.parametrize("column", ["name", "Name", "names", "nombre"])
+def test_a_name_column_of_packages_or_commands_is_kept_as_an_input(column):
+    # a manual page's or a package's `name` is the strongest text feature of such tables;
+    # only people's names (by values, below) make a `name` column personal data
+    rng = np.random.default_rng(2)
+    df = pd.DataFrame({column: _names_of_things(rng), "section": rng.choice(["1", "8"], N)})
+    assert _kinds(df) == {}
+    scrubber = PIIScrubber.fit(df, PIIConfig(), target="section")
+    assert scrubber.identifier_columns == []
+    assert column in scrubber.transform(df).columns
+
+
+SURNAMES = ["Garcia", "Smith", "Okafor", "Nguyen", "Muller", "Rossi", "O'Neil", "Smith-Jones"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        lambda i: f"{['Maria', 'John', 'Ana'][i % 3]} {SURNAMES[i % 8]}{'abcdefghij'[i % 10]}",
+        lambda i: f"{SURNAMES[i % 8]}{'abcdefghij'[i % 10]}",  # capitalised surnames
+        lambda i: f"{['maria', 'john', 'ana', 'peter'][i % 4]} {'abcdefghij'[i % 10]}lopez",
+    ],
+)
+def test_a_name_column_of_people_is_still_dropped(values):
+    df = pd.DataFrame({"name": [values(i) for i in range(N)], "y": [i % 2 for i in range(N)]})
+    scrubber = PIIScrubber.fit(df, PIIConfig(), target="y")
+    assert [c["column"] for c in scrubber.identifier_columns] == ["name"]
+    assert "name" not in scrubber.transform(df).columns

@@ -62,7 +62,8 @@ PIIKind = Literal["email", "phone", "credit_card", "iban", "ip_address", "url"]
 PII_KINDS: tuple[str, ...] = ("email", "phone", "credit_card", "iban", "ip_address", "url")
 
 IDENTIFIER_NAMES: list[str] = [
-    "name",
+    # not `name` alone: a person's name is found by column name *and* values
+    # (foundry.data.personal), and `name` of a package or command is a useful text input
     "first_name",
     "last_name",
     "full_name",

@@ -87,6 +87,9 @@ _NAME_SUFFIX = {
     "cognome", "nomecognome", "voornaam", "voornamen", "achternaam", "familienaam",
     "tussenvoegsel", "geslachtsnaam",
 }  # fmt: skip
+# `name` alone names a package, a product or a command as often as a person: the values
+# decide (`_people_shaped`)
+_GENERIC_NAME = {"name", "names", "nom", "nombre", "nome", "naam"}
 _NAME_WHOLE = {"name", "names", "first", "last", "nom", "nombre", "nome", "naam", "fname",
                "lname", "fullnames"}  # fmt: skip
 _PERSON_WORDS = {
@@ -259,7 +262,10 @@ def _classify(column: object, col: pd.Series) -> tuple[str, str] | None:
     by_name = _match_name(column)
     if by_name is not None:
         kind, needs_words = by_name
-        if _confirmed(kind, values, sample, needs_words):
+        generic = _compact(column_tokens(column)) in _GENERIC_NAME
+        if _confirmed(kind, values, sample, needs_words) and (
+            not generic or _people_shaped(sample.astype(str))
+        ):
             return kind, f"column name '{column}'"
     # a column named as another date (`date`, `screening_date`, `fecha_pedido`) holds
     # that date: a 30-year price history is not a list of birthdays
@@ -309,6 +315,21 @@ def _confirmed(kind: str, values: pd.Series, sample: pd.Series, needs_words: boo
         strings = sample.astype(str)
         return strings.str.contains(r"[^\W\d_]{2}", regex=True).mean() >= VALUE_SHARE
     return True
+
+
+def _people_shaped(strings: pd.Series) -> bool:
+    """Whether a column called just `name` holds people's names: most values are one to
+    four words of letters (`Ana Lopez`, `O'Neil`, `Smith-Jones`), and they are written
+    capitalised or hold common given names. A package's, command's or product's name
+    (`python3-foo`, `gcloud compute instances list`, `libssl-dev`, `grep`) is not, and
+    stays an input: in such tables it is often the strongest text feature."""
+    word = r"[^\W\d_]+(?:['.\-][^\W\d_]+)*\.?"
+    shaped = strings.str.fullmatch(rf"{word}(?:[ ,]+{word}){{0,3}}")
+    if shaped.mean() < VALUE_SHARE:
+        return False
+    capitalised = strings.str.match(r"[^\W\d_a-z]").mean()
+    given = strings.map(lambda v: any(w.lower() in GIVEN_NAMES for w in _WORD.findall(v)))
+    return bool(capitalised >= 0.5 or given.mean() >= 0.1)
 
 
 def _distinct(strings: pd.Series) -> tuple[list[str], np.ndarray]:
