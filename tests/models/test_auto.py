@@ -239,3 +239,29 @@ def test_the_report_and_the_dashboard_show_the_leaderboard(searched, tmp_path):
     assert board["columns"][:2] == ["rank", "model"] and board["rows"][0][1] == winner
     assert version["history"]  # the winner's curves
     assert "Model search" in view and "val accuracy" in view
+
+
+def test_a_network_whose_first_epoch_would_overrun_its_share_is_not_started(tmp_path):
+    """The budget stops a network between epochs only: a text CNN whose first epoch (at
+    the measured rows per second) is longer than its share of the budget is skipped and
+    says so, rather than overrunning the search by minutes."""
+    rng = np.random.default_rng(0)
+    words = np.array(["fast", "slow", "red", "blue", "tiny", "huge", "calm", "loud"])
+    n = 2000
+    df = pd.DataFrame({"review": [" ".join(rng.choice(words, 6)) for _ in range(n)]})
+    df["label"] = np.where(df.review.str.contains("fast"), "pos", "neg")
+    df.to_csv(tmp_path / "reviews.csv", index=False)
+    config = {
+        "name": "texts",
+        "data": {"path": str(tmp_path / "reviews.csv")},
+        "features": {"target": "label"},
+        "model": {"type": "auto", "budget": "5s", "candidates": ["ngram", "text"]},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FOUNDRY_HOME", str(tmp_path / "home"))
+        result = foundry.train(config, progress=False, quiet=True)
+    first, second = _board(result)["rows"]
+    assert first["model"] == "ngram" and first["status"] == "best"
+    assert second["model"] == "text" and second["status"] == "skipped"
+    assert "one epoch of 1,600 rows would take" in second["note"], second["note"]

@@ -93,7 +93,9 @@ class AutoFamily:
 
     def fit(self, data: AutoData, train: Any, run: Run) -> Fitted:
         started = time.perf_counter()
-        candidates = search(run, data.splits.val, data.names, data.seen)
+        candidates = search(
+            run, data.splits.val, data.names, data.seen, train_rows=len(data.splits.train)
+        )
         goal = _goal(candidates)
         ranked = rank(candidates, goal)
         winner = ranked[0]

@@ -71,10 +71,13 @@ def default_candidates(input_types: set[str]) -> list[str]:
     return [n for n in names if AUTO_CANDIDATES[n]["type"] in available]
 
 
-def search(run: Run, val: Any, names: list[str], seen: set[str]) -> list[Candidate]:
+def search(
+    run: Run, val: Any, names: list[str], seen: set[str], train_rows: int = 0
+) -> list[Candidate]:
     """Train `names` in order within `model.budget` seconds and score each on `val` (the
     validation rows); every candidate gets a leaderboard row. `seen`: the warnings
-    printed already (`WarnOnce`)."""
+    printed already (`WarnOnce`); `train_rows`: the training split's size, what a
+    network's first epoch is estimated from."""
     budget = run.config.model.budget
     deadline = time.perf_counter() + budget
     out: list[Candidate] = []
@@ -88,12 +91,33 @@ def search(run: Run, val: Any, names: list[str], seen: set[str]) -> list[Candida
         # Its share of what is left, so that every candidate gets a turn: one that ends
         # sooner leaves more to the next. The last one may use all that is left.
         share = max(left, 0) / (len(names) - i)
+        epoch = _first_epoch_seconds(cand.row["type"], train_rows)
+        if i > 0 and epoch > share:
+            # the budget can stop a network only between epochs: one whose first epoch
+            # alone would overrun its share is not started (a text CNN on 10,000
+            # docstrings took 200 s of a 30 s search before this)
+            _not_trained(
+                run.say, cand, "skipped",
+                f"one epoch of {train_rows:,} rows would take ~{epoch:.0f} s on 2 CPU "
+                f"cores, more than its {share:.0f} s share of the budget",
+            )  # fmt: skip
+            continue
         run.say.info(
             f"auto: training {name} ({i + 1}/{len(names)}, {share:.0f} s of "
             f"{max(left, 0):.0f} s left)"
         )
         _train(run, cand, val, time.perf_counter() + share, seen)
     return out
+
+
+def _first_epoch_seconds(model_type: str, train_rows: int) -> float:
+    """A network's first epoch at the measured rows per second of its default model on 2
+    CPU cores (`foundry.config.init.NEURAL_ROWS_PER_S`, what init sizes epochs by); 0
+    for the families the budget can stop at any round (gbm) or that fit in one pass."""
+    from foundry.config.init import NEURAL_ROWS_PER_S
+
+    rate = NEURAL_ROWS_PER_S.get(model_type)
+    return train_rows / rate if rate else 0.0
 
 
 def rank(candidates: list[Candidate], goal: str) -> list[Candidate]:
