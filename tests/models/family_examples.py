@@ -27,7 +27,8 @@ class Example:
     batch: Any
     """What the family's `outputs` reads: a table, or a list of texts."""
     route: str
-    """How it is served: predict (/v1/models/{name}/predict), completions, embeddings."""
+    """How it is served: predict (/v1/models/{name}/predict), completions, embeddings,
+    recommend (/v1/models/{name}/recommend; `batch` is a list of user ids)."""
     bad: Any = None
     """A batch `outputs` must refuse with a FoundryError matching `bad_match`."""
     bad_match: str = ""
@@ -256,6 +257,29 @@ def hf_embedding(root: Path) -> Example:
     return Example(config, ["the cat sat on the mat", "a dog ran"], "embeddings")
 
 
+def _interactions(root: Path, name: str, model: dict[str, Any]) -> Example:
+    from foundry.recommend.planted import planted_interactions
+
+    path = root / "events.csv"
+    planted_interactions(60, seed=0).to_csv(path, index=False)
+    config = {
+        **_common(root, name),
+        "data": {"path": str(path)},
+        "recommend": {"user": "user", "item": "item", "weight": "weight", "time": "ts"},
+        "model": model,
+    }
+    # user ids: two seen in training and one the model must answer with popularity
+    return Example(config, ["u0", "u7", "nobody"], "recommend", bad="u0", bad_match="list")
+
+
+def popularity(root: Path) -> Example:
+    return _interactions(root, "conf-popularity", {"type": "popularity"})
+
+
+def mf(root: Path) -> Example:
+    return _interactions(root, "conf-mf", {"type": "mf", "factors": 4, "iterations": 3})
+
+
 EXAMPLES: dict[str, Callable[[Path], Example]] = {
     "mlp": mlp,
     "cnn": cnn,
@@ -266,5 +290,7 @@ EXAMPLES: dict[str, Callable[[Path], Example]] = {
     "hf-lora": hf_lora,
     "hf-causal-lm": hf_causal_lm,
     "hf-embedding": hf_embedding,
+    "popularity": popularity,
+    "mf": mf,
 }
 """case id → builder; a case's `model.type` is its config's."""
