@@ -72,7 +72,7 @@ def evaluate(ref: str, data: Any, *, output: Any = None) -> EvaluationResult:
     return evaluate_model(ref, data, output=output)
 
 
-def init(data: Any, target: str, **kwargs: Any) -> Any:
+def init(data: Any, target: str | None, **kwargs: Any) -> Any:
     """Write a config with inferred feature types; returns its path."""
     from foundry.config.init import init_config
 
