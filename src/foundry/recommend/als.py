@@ -1,18 +1,19 @@
-"""Alternating least squares for implicit feedback (Hu, Koren & Volinsky 2008), exact.
+"""Alternating least squares for implicit feedback (Hu, Koren & Volinsky 2008), each
+half-sweep solved by a few conjugate-gradient steps (Takács, Pilászy & Tikk 2011, the
+method of the `implicit` library).
 
 Every observed (user, item) pair has preference 1 and confidence c = 1 + alpha × weight;
 every other pair preference 0 and confidence 1. With the item factors Y fixed, each
-user's vector solves
+user's vector x solves
 
-    (YᵀY + Yᵤᵀ (Cᵤ - I) Yᵤ + λI) xᵤ = Yᵤᵀ Cᵤ 1        Yᵤ: [nᵤ, d], the items u touched
+    (YᵀY + λI + Σᵢ (cᵢ - 1) yᵢ yᵢᵀ) x = Σᵢ cᵢ yᵢ          (i: the items the user touched)
 
-and the other way round for items. YᵀY is shared by all rows, so a row costs its own
-nᵤ·d² plus one d×d solve: the rows are solved in batches (numpy's batched solve), the
-per-row sums Σ (c-1) y yᵀ made with one `np.add.reduceat` over the row's entries, which
-CSR keeps together. A row with many entries (a popular item) is solved alone with a
-matmul instead, so no batch holds more than `_BATCH_ENTRIES` outer products in memory.
-This is the textbook algorithm with no conjugate-gradient shortcut: at foundry's
-development scale (10⁵ interactions, d = 64) a sweep takes well under a second.
+Solving it exactly costs d³ per user plus building each user's d×d matrix: 57 s a sweep
+on the 274k-interaction Debian graph at d = 64 (measured, with numpy's batched solve).
+Conjugate gradient never builds the matrix: a product A·p for *every* user at once is
+P·(YᵀY + λI) plus one sparse product over the interactions, and three steps warm-started
+from the previous sweep's vectors reach the accuracy that matters for ranking (as
+`implicit` finds; its default is 3). All of it is whole-array numpy and scipy.sparse.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["fit_als"]
+__all__ = ["CG_STEPS", "fit_als", "solve_rows"]
 
-_BATCH_ENTRIES = 4096
-"""Outer products [n, d, d] held at once: 4096 × 64² float32 = 64 MB."""
+CG_STEPS = 3
+"""Conjugate-gradient steps per half-sweep (implicit's default)."""
 
 
 def fit_als(
@@ -40,65 +41,57 @@ def fit_als(
     """`matrix`: scipy CSR [n_users, n_items] of weights. Returns the user factors
     [n_users, factors] and item factors [n_items, factors], float32."""
     rng = np.random.default_rng(seed)
-    confidence = matrix.astype(np.float64).tocsr()
+    confidence = matrix.astype(np.float32).tocsr()
+    confidence.sum_duplicates()
     confidence.data = alpha * confidence.data  # c - 1
     by_item = confidence.T.tocsr()
     # Small random starts (implicit's choice): zeros would keep every solve at zero.
-    users = rng.normal(0, 0.01, (matrix.shape[0], factors))
-    items = rng.normal(0, 0.01, (matrix.shape[1], factors))
+    users = (rng.random((matrix.shape[0], factors), dtype=np.float32) - 0.5) * 0.01
+    items = (rng.random((matrix.shape[1], factors), dtype=np.float32) - 0.5) * 0.01
     for iteration in range(iterations):
-        users = solve_rows(confidence, items, regularization)
-        items = solve_rows(by_item, users, regularization)
+        users = solve_rows(confidence, items, users, regularization)
+        items = solve_rows(by_item, users, items, regularization)
         if on_iteration is not None:
             on_iteration(iteration + 1, users, items)
-    return users.astype(np.float32), items.astype(np.float32)
+    return users, items
 
 
-def solve_rows(confidence: Any, fixed: np.ndarray, regularization: float) -> np.ndarray:
-    """Each row's least-squares vector against `fixed` [n_cols, d] (see the module
-    docstring); `confidence` holds c - 1 per entry. float64 [n_rows, d]."""
-    n_rows, d = confidence.shape[0], fixed.shape[1]
-    base = fixed.T @ fixed + regularization * np.eye(d)  # YᵀY + λI: [d, d]
-    out = np.zeros((n_rows, d))
-    indptr, indices, data = confidence.indptr, confidence.indices, confidence.data
-    counts = np.diff(indptr)
-    rows = np.flatnonzero(counts)  # a row with no entries keeps the zero vector
-    batch: list[int] = []
-    entries = 0
-    for r in rows.tolist():
-        n = int(counts[r])
-        if n > _BATCH_ENTRIES:
-            lo, hi = indptr[r], indptr[r + 1]
-            y, w = fixed[indices[lo:hi]], data[lo:hi]
-            a = base + (y * w[:, None]).T @ y
-            out[r] = np.linalg.solve(a, ((1.0 + w)[:, None] * y).sum(axis=0))
-            continue
-        if entries + n > _BATCH_ENTRIES:
-            _solve_batch(batch, indptr, indices, data, fixed, base, out)
-            batch, entries = [], 0
-        batch.append(r)
-        entries += n
-    _solve_batch(batch, indptr, indices, data, fixed, base, out)
-    return out
-
-
-def _solve_batch(
-    batch: list[int],
-    indptr: np.ndarray,
-    indices: np.ndarray,
-    data: np.ndarray,
+def solve_rows(
+    confidence: Any,
     fixed: np.ndarray,
-    base: np.ndarray,
-    out: np.ndarray,
-) -> None:
-    if not batch:
-        return
-    rows = np.asarray(batch)
-    starts, ends = indptr[rows], indptr[rows + 1]
-    take = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])
-    y, w = fixed[indices[take]], data[take]  # [n, d], [n]
-    offsets = np.r_[0, np.cumsum(ends - starts)[:-1]]  # each row's first entry in `take`
-    outer = (y * w[:, None])[:, :, None] * y[:, None, :]  # [n, d, d]
-    a = base + np.add.reduceat(outer, offsets, axis=0)  # [rows, d, d]
-    b = np.add.reduceat((1.0 + w)[:, None] * y, offsets, axis=0)  # [rows, d]
-    out[rows] = np.linalg.solve(a, b[:, :, None])[:, :, 0]
+    start: np.ndarray,
+    regularization: float,
+    steps: int = CG_STEPS,
+) -> np.ndarray:
+    """Every row's vector against `fixed` [n_cols, d] (see the module docstring), by
+    `steps` conjugate-gradient steps from `start` [n_rows, d]; `confidence` holds c - 1
+    per entry. float32 [n_rows, d]."""
+    from scipy.sparse import csr_matrix
+
+    d = fixed.shape[1]
+    gram = fixed.T @ fixed + regularization * np.eye(d, dtype=np.float32)  # [d, d]
+    indptr, cols, c = confidence.indptr, confidence.indices, confidence.data
+    rows = np.repeat(np.arange(confidence.shape[0]), np.diff(indptr))  # entry → row
+    fixed_at = fixed[cols]  # [nnz, d]: each entry's fixed vector
+
+    def times_a(p: np.ndarray) -> np.ndarray:  # A·p for every row at once: [n_rows, d]
+        s = c * np.einsum("nd,nd->n", fixed_at, p[rows])
+        return p @ gram + csr_matrix((s, cols, indptr), shape=confidence.shape) @ fixed
+
+    b = csr_matrix((1.0 + c, cols, indptr), shape=confidence.shape) @ fixed  # Σ c y
+    x = start.copy()
+    r = b - times_a(x)
+    p = r.copy()
+    rs = np.einsum("nd,nd->n", r, r)
+    for _ in range(steps):
+        ap = times_a(p)
+        # a row whose residual is already zero takes no step (0/0 otherwise)
+        denom = np.einsum("nd,nd->n", p, ap)
+        step = np.divide(rs, denom, out=np.zeros_like(rs), where=denom > 0)
+        x += step[:, None] * p
+        r -= step[:, None] * ap
+        rs_next = np.einsum("nd,nd->n", r, r)
+        beta = np.divide(rs_next, rs, out=np.zeros_like(rs), where=rs > 0)
+        p = r + beta[:, None] * p
+        rs = rs_next
+    return x.astype(np.float32, copy=False)

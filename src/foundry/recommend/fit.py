@@ -91,28 +91,45 @@ def evaluate_recommender(
     target = _csr([held], n_users, n_items)
     users = np.flatnonzero(np.diff(target.indptr))
 
-    def lists():
+    def truth(u: int) -> set[int]:
+        return set(target.indices[target.indptr[u] : target.indptr[u + 1]].tolist())
+
+    def popular_lists():
+        # one ranking for everyone: walk it past each user's seen items
+        order = np.argsort(-model.popularity, kind="stable").tolist()
+        for u in users.tolist():
+            banned = (
+                set(seen.indices[seen.indptr[u] : seen.indptr[u + 1]].tolist())
+                if seen is not None
+                else set()
+            )
+            top = []
+            for i in order:
+                if i not in banned:
+                    top.append(i)
+                    if len(top) == k:
+                        break
+            yield top, truth(u)
+
+    def factor_lists():
+        import torch
+
         for start in range(0, len(users), _EVAL_USERS_PER_BATCH):
             chunk = users[start : start + _EVAL_USERS_PER_BATCH]
-            if model.user_factors is not None and model.item_factors is not None:
-                scores = model.user_factors[chunk] @ model.item_factors.T  # [B, n_items]
-            else:
-                scores = np.broadcast_to(model.popularity, (len(chunk), n_items)).copy()
+            scores = model.user_factors[chunk] @ model.item_factors.T  # [B, n_items]
             if seen is not None:
                 rows = seen[chunk]
                 scores[
                     np.repeat(np.arange(len(chunk)), np.diff(rows.indptr)), rows.indices
                 ] = -np.inf
-            kk = min(k, n_items)
-            part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+            # torch.topk: 1.3 s → ~0.05 s a [1024, 38k] batch against np.argpartition
+            # (measured on the Debian graph); -inf (seen) sorts last and is dropped
+            values, part = torch.topk(torch.from_numpy(scores), min(k, n_items), dim=1)
+            finite = torch.isfinite(values).numpy()
             for row, u in enumerate(chunk.tolist()):
-                candidates = part[row]
-                values = scores[row, candidates]
-                ranked = candidates[np.lexsort((candidates, -values))]
-                ranked = ranked[np.isfinite(scores[row, ranked])]
-                truth = target.indices[target.indptr[u] : target.indptr[u + 1]]
-                yield ranked.tolist(), set(truth.tolist())
+                yield part[row].numpy()[finite[row]].tolist(), truth(u)
 
+    lists = popular_lists if model.user_factors is None else factor_lists
     out = ranking_metrics(lists(), k=k, n_items=n_items)
     return out
 
