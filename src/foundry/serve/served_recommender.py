@@ -183,9 +183,14 @@ class ServedRecommender:
             and model.user_factors is not None
         ]
         if known:
+            import torch
+
             assert model.user_factors is not None and model.item_factors is not None
             users = np.array([u for _, u in known])
-            scores = model.user_factors[users] @ model.item_factors.T  # [batch, n_items]
+            # [batch, n_items], by torch as `Recommender.scores` (see there why)
+            scores = (
+                torch.from_numpy(model.user_factors[users]) @ torch.from_numpy(model.item_factors).T
+            ).numpy()
             for row, (i, u) in enumerate(known):
                 query = queries[i]
                 exclude = query.get("exclude_seen", model.exclude_seen)
