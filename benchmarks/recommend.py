@@ -6,8 +6,9 @@
 retrieval  One user's top 10 of n items with d = 64 float32 factors: the score product
            (item matrix × user vector: numpy, then torch.mv) and the selection, timed
            apart, two selections alternated query by query on the same scores:
-           np.argpartition (+ sorting the 10) and torch.topk. Then `Recommender.recommend` as served (product, seen
-           items masked, selection, ids). p50 / p90 in ms over --queries after warm-up,
+           np.argpartition (+ sorting the 10) and torch.topk. Then
+           `Recommender.recommend` as served (product, seen items masked, selection,
+           ids). p50 / p90 in ms over --queries after warm-up,
            on the threads numpy's BLAS and torch have (all cores).
 quality    The Debian dependency graph (examples/make_interactions.py: a package is a
            user, what it depends on / recommends are its items), random 20% of each
