@@ -525,8 +525,8 @@ class GBMConfig(Section):
 
 class PopularityConfig(Section):
     type: Literal["popularity"] = "popularity"
-    """Recommends the items most users interacted with in training (weights summed), the
-    same list for everyone: the baseline every recommender is measured against. Reads
+    """Recommends the items most users interacted with in training, the same list for
+    everyone: the baseline every recommender is measured against. Reads
     the `recommend` section."""
 
 
@@ -538,11 +538,13 @@ class MFConfig(Section):
     factors: int = Field(64, ge=1, le=1024)
     """Length of each user and item vector (larger fits more taste, costs more)."""
     iterations: int = Field(15, ge=1)
-    """ALS sweeps (each solves every user, then every item, exactly)."""
+    """ALS sweeps (each solves every user, then every item, by 3 conjugate-gradient
+    steps warm-started from the last sweep, as the `implicit` library does)."""
     regularization: float = Field(0.05, ge=0)
-    """L2 penalty on the factors, per interaction (scaled by each row's count)."""
-    alpha: float = Field(10.0, gt=0)
-    """Confidence of an observed interaction: 1 + alpha × weight."""
+    """L2 penalty λ on the factors (added to each row's normal equations)."""
+    alpha: float = Field(20.0, gt=0)
+    """Confidence of an observed interaction: 1 + alpha × weight (20 beat 5 and 10 on the
+    Debian graph's validation split: benchmarks/recommend.py)."""
     seed: int | None = None
     """Seed of the initial factors; None: `train.seed`."""
 

@@ -151,7 +151,7 @@ def init_recommend_config(
             "factors": 64,
             "iterations": 15,
             "regularization": 0.05,
-            "alpha": 10.0,
+            "alpha": 20.0,
         },
     }
     header = (
