@@ -174,6 +174,8 @@ def test_train_package_load_gives_the_same_scores(tmp_path):
     users = ["u0", "u5", "unknown"]
     np.testing.assert_array_equal(result.model.score_matrix(users), loaded.score_matrix(users))
     assert loaded.recommend("u5", k=4) == result.model.recommend("u5", k=4)
+    with pytest.raises(FoundryError, match="recommender"):
+        loaded.predict(df)
     card = (result.package_path / "card.md").read_text()
     assert "| recall@10 |" in card and "popularity" in card
 

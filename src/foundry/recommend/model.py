@@ -147,6 +147,14 @@ class Recommender:
             "source": source,
         }
 
+    def predict(self, *_: Any, **__: Any) -> Any:
+        """`foundry predict` / `Predictor.predict`'s name: a recommender has no labels."""
+        raise ModelError(
+            f"model {self.ref or self.kind} is a recommender: it has no labels to predict",
+            hint=f"foundry recommend {self.name or 'NAME'} --user ID -k 10, "
+            "Recommender.recommend(user=...), or POST /v1/models/NAME/recommend",
+        )
+
     # ------------------------------------------------------------------ state
 
     def state_dict(self) -> dict[str, Any]:
