@@ -257,7 +257,7 @@ def hf_embedding(root: Path) -> Example:
     return Example(config, ["the cat sat on the mat", "a dog ran"], "embeddings")
 
 
-def _interactions(root: Path, name: str, model: dict[str, Any]) -> Example:
+def _interactions(root: Path, name: str, model: dict[str, Any], **recommend: Any) -> Example:
     from foundry.recommend.planted import planted_interactions
 
     path = root / "events.csv"
@@ -265,7 +265,8 @@ def _interactions(root: Path, name: str, model: dict[str, Any]) -> Example:
     config = {
         **_common(root, name),
         "data": {"path": str(path)},
-        "recommend": {"user": "user", "item": "item", "weight": "weight", "time": "ts"},
+        "recommend": {"user": "user", "item": "item", "weight": "weight", "time": "ts",
+                      **recommend},
         "model": model,
     }
     # user ids: two seen in training and one the model must answer with popularity
@@ -280,6 +281,15 @@ def mf(root: Path) -> Example:
     return _interactions(root, "conf-mf", {"type": "mf", "factors": 4, "iterations": 3})
 
 
+def two_tower(root: Path) -> Example:
+    from foundry.recommend.planted import planted_item_features
+
+    features = root / "items.csv"
+    planted_item_features().to_csv(features, index=False)
+    model = {"type": "two_tower", "dim": 4, "epochs": 2, "batch_size": 64}
+    return _interactions(root, "conf-two-tower", model, item_features=str(features))
+
+
 EXAMPLES: dict[str, Callable[[Path], Example]] = {
     "mlp": mlp,
     "cnn": cnn,
@@ -292,5 +302,6 @@ EXAMPLES: dict[str, Callable[[Path], Example]] = {
     "hf-embedding": hf_embedding,
     "popularity": popularity,
     "mf": mf,
+    "two_tower": two_tower,
 }
 """case id → builder; a case's `model.type` is its config's."""

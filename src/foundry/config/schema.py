@@ -275,7 +275,7 @@ class FeaturesConfig(Section):
 
 class RecommendConfig(Section):
     """An interactions table: one row per (user, item) event, optionally weighted and
-    timed. Read by the recommender models (`model.type` popularity or mf)."""
+    timed. Read by the recommender models (`model.type` popularity, mf, two_tower)."""
 
     user: str = "user"
     """Column naming who interacted (any id: numbers are read as text)."""
@@ -301,6 +301,10 @@ class RecommendConfig(Section):
     """Length of the list the ranking metrics score (Recall@k, NDCG@k, ...)."""
     exclude_seen: bool = True
     """Leave out items a user already interacted with in training (metrics and serving)."""
+    item_features: str | None = None
+    """A table of item features (relative to the config): the `item` column and any
+    others, each value a token (`a|b` splits into two, e.g. genres). Read by
+    `two_tower`; its items without interactions are recommended from their features."""
 
     @model_validator(mode="after")
     def _held_out_leaves_training(self) -> RecommendConfig:
@@ -549,7 +553,30 @@ class MFConfig(Section):
     """Seed of the initial factors; None: `train.seed`."""
 
 
-RECOMMENDER_TYPES = ("popularity", "mf")
+class TwoTowerConfig(Section):
+    type: Literal["two_tower"] = "two_tower"
+    """A user tower (an id embedding) and an item tower (an id embedding plus the mean
+    of the item's feature embeddings, from `recommend.item_features`), trained in
+    PyTorch with in-batch softmax. Items with features but no interactions (new items)
+    get a vector from their features alone, so they are recommended too."""
+    dim: int = Field(64, ge=1, le=1024)
+    """Length of the user and item vectors."""
+    epochs: int = Field(10, ge=1)
+    """Passes over the training interactions."""
+    batch_size: int = Field(1024, ge=2)
+    """Interactions per step; the other items of a batch are each row's negatives."""
+    lr: float = Field(0.01, gt=0)
+    """Adam's learning rate."""
+    temperature: float = Field(0.1, gt=0)
+    """Divides the scores in the softmax (lower: sharper)."""
+    id_dropout: float = Field(0.5, ge=0, le=1)
+    """Share of steps' items whose id embedding is left out, so the feature part learns
+    to stand alone (what a new item has)."""
+    seed: int | None = None
+    """Seed of the initial weights and batches; None: `train.seed`."""
+
+
+RECOMMENDER_TYPES = ("popularity", "mf", "two_tower")
 """`model.type` values trained on an interactions table (the `recommend` section)."""
 
 
@@ -561,7 +588,8 @@ ModelConfig = Annotated[
     | HFModelConfig
     | GBMConfig
     | PopularityConfig
-    | MFConfig,
+    | MFConfig
+    | TwoTowerConfig,
     Field(discriminator="type"),
 ]
 
@@ -1284,9 +1312,9 @@ class FoundryConfig(Section):
     features: FeaturesConfig = FeaturesConfig()
     """What to predict and from which columns (language models on a corpus need none)."""
     model: ModelConfig = MLPConfig()
-    """Architecture; `type` picks one of mlp, cnn, text, gpt, hf, gbm, popularity, mf."""
+    """Architecture; `type` picks one of mlp, cnn, text, gpt, hf, gbm, popularity, mf, two_tower."""
     recommend: RecommendConfig = RecommendConfig()
-    """Recommenders only (`model.type` popularity, mf): the interactions table's user,
+    """Recommenders only (`model.type` popularity, mf, two_tower): the interactions table's user,
     item, weight and time columns, the held-out split and k."""
     lm: LMConfig = LMConfig()
     """Language models only: corpus / instruction columns, chat template, generation."""
@@ -1323,12 +1351,12 @@ class FoundryConfig(Section):
     @property
     def is_recommender(self) -> bool:
         """Trained on an interactions table (the `recommend` section), not on a target."""
-        return isinstance(self.model, PopularityConfig | MFConfig)
+        return isinstance(self.model, PopularityConfig | MFConfig | TwoTowerConfig)
 
     @model_validator(mode="after")
     def _privacy_only_for_our_models(self) -> FoundryConfig:
-        if self.train.privacy is not None and isinstance(
-            self.model, GPTConfig | HFModelConfig | GBMConfig | PopularityConfig | MFConfig
+        if self.train.privacy is not None and (
+            isinstance(self.model, GPTConfig | HFModelConfig | GBMConfig) or self.is_recommender
         ):
             raise ValueError(
                 f"train.privacy: differentially private training is built for mlp, cnn and "
@@ -1352,6 +1380,6 @@ class FoundryConfig(Section):
             raise ValueError(
                 "features.target is required: the column to predict (only language "
                 "models, model type gpt or hf with task causal_lm, and recommenders, model "
-                "type popularity or mf, train without one)"
+                "type popularity, mf or two_tower, train without one)"
             )
         return self

@@ -41,9 +41,16 @@ def popularity_of(train: Interactions) -> Recommender:
 
 
 def fit_recommender(
-    train: Interactions, model: Any, rec: Any, *, seed: int, on_iteration: Any = None
+    train: Interactions,
+    model: Any,
+    rec: Any,
+    *,
+    seed: int,
+    on_iteration: Any = None,
+    tokens: list[list[str]] | None = None,
 ) -> tuple[Recommender, float]:
-    """(the fitted model, seconds). `model`: a `PopularityConfig` or `MFConfig`."""
+    """(the fitted model, seconds). `model`: a `PopularityConfig`, `MFConfig` or
+    `TwoTowerConfig` (which reads each item's feature `tokens`)."""
     from foundry.recommend.als import fit_als
 
     started = time.perf_counter()
@@ -51,6 +58,30 @@ def fit_recommender(
     base.exclude_seen = rec.exclude_seen
     if model.type == "popularity":
         return base, time.perf_counter() - started
+    if model.type == "two_tower":
+        from foundry.recommend.two_tower import fit_two_tower
+
+        users, items, _ = fit_two_tower(
+            train,
+            tokens or [[] for _ in train.items],
+            model,
+            seed=model.seed if model.seed is not None else seed,
+            on_epoch=None
+            if on_iteration is None
+            else (lambda e: on_iteration(e["epoch"], None, None, train_loss=e["train_loss"])),
+        )
+        fitted = Recommender(
+            "two_tower",
+            train.users,
+            train.items,
+            base.popularity,
+            base.seen_indptr,
+            base.seen_items,
+            users,
+            items,
+            exclude_seen=rec.exclude_seen,
+        )
+        return fitted, time.perf_counter() - started
     users, items = fit_als(
         train.matrix(),
         factors=model.factors,

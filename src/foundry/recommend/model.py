@@ -30,7 +30,7 @@ __all__ = ["Recommender", "top_k"]
 @dataclass
 class Recommender:
     kind: str
-    """`popularity` or `mf` (the `model.type` it was trained as)."""
+    """`popularity`, `mf` or `two_tower` (the `model.type` it was trained as)."""
     users: list[str]
     items: list[str]
     popularity: np.ndarray
@@ -79,6 +79,9 @@ class Recommender:
         if not known:
             return None
         assert self.item_factors is not None
+        if self.kind == "two_tower":  # the direction of their items, as a user vector is
+            mean = self.item_factors[known].mean(axis=0)
+            return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
         y = self.item_factors.astype(np.float64)
         chosen = y[known]  # confidence 1 + alpha for each recent item, weight 1
         a = y.T @ y + self.alpha * chosen.T @ chosen + self.regularization * np.eye(y.shape[1])

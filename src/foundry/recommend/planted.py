@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["planted_interactions"]
+__all__ = ["planted_interactions", "planted_item_features"]
 
 
 def planted_interactions(
@@ -38,3 +38,16 @@ def planted_interactions(
         for t, item in enumerate(rng.permutation(chosen).tolist()):
             rows.append((f"u{u}", f"i{item}", int(rng.integers(1, 4)), t))
     return pd.DataFrame(rows, columns=["user", "item", "weight", "ts"])
+
+
+def planted_item_features(
+    *, groups: int = 4, block: int = 10, shared: int = 20, new_per_group: int = 2
+) -> pd.DataFrame:
+    """Columns item and genre for `planted_interactions`' items (genre `g<group>` for a
+    group's block, `shared` for the shared ones) plus `new_per_group` new items per group
+    (`n<group>_<j>`, in no interaction): a model reading features should rank a group's
+    new items high for that group's users."""
+    rows = [(f"i{i}", f"g{i // block}") for i in range(groups * block)]
+    rows += [(f"i{groups * block + j}", "shared") for j in range(shared)]
+    rows += [(f"n{g}_{j}", f"g{g}") for g in range(groups) for j in range(new_per_group)]
+    return pd.DataFrame(rows, columns=["item", "genre"])

@@ -38,9 +38,11 @@ class RecommendData:
     """`InteractionSplits`."""
     fingerprint: str
     source: str
+    tokens: list[list[str]] | None = None
+    """Each item's feature tokens (`recommend.item_features`), or None without one."""
 
 
-@register_family("recommend", model_types=("popularity", "mf"))
+@register_family("recommend", model_types=("popularity", "mf", "two_tower"))
 class RecommendFamily:
     """Popularity and implicit-feedback matrix factorization over (user, item) events."""
 
@@ -60,13 +62,16 @@ class RecommendFamily:
         data = read_interactions(
             path, cfg.recommend, fmt=cfg.data.format, delimiter=cfg.data.delimiter
         )
+        tokens = None
+        if cfg.recommend.item_features is not None:
+            data, tokens = _with_item_features(data, run)
         splits = split_interactions(data, cfg.recommend)
         say.info(
             f"interactions: {len(data)} events, {len(data.users)} users, {len(data.items)} "
             f"items; {cfg.recommend.split} split train/val/test = {len(splits.train)}/"
             f"{len(splits.val)}/{len(splits.test)}"
         )
-        return RecommendData(splits, _fingerprint(data), str(path))
+        return RecommendData(splits, _fingerprint(data), str(path), tokens)
 
     def fit(self, data: RecommendData, train: Any, run: Run) -> Fitted:
         import time
@@ -81,8 +86,12 @@ class RecommendFamily:
         path.write_text("")
         started = time.perf_counter()
 
-        def record(iteration: int, users: np.ndarray, items: np.ndarray) -> None:
-            entry = {"epoch": iteration, "seconds": round(time.perf_counter() - started, 4)}
+        def record(iteration: int, users: Any, items: Any, **extra: float) -> None:
+            entry = {
+                "epoch": iteration,
+                **extra,
+                "seconds": round(time.perf_counter() - started, 4),
+            }
             history.append(entry)
             with path.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
@@ -90,7 +99,12 @@ class RecommendFamily:
                 run.on_epoch_end(entry)
 
         model, seconds = fit_recommender(
-            data.splits.train, cfg.model, cfg.recommend, seed=train.seed, on_iteration=record
+            data.splits.train,
+            cfg.model,
+            cfg.recommend,
+            seed=train.seed,
+            on_iteration=record,
+            tokens=data.tokens,
         )
         run.say.info(
             f"{cfg.model.type}: fitted in {seconds:.2f} s on {len(model.users)} "
@@ -227,6 +241,9 @@ def recommend_card(cfg: Any, manifest: dict[str, Any], metrics: dict[str, Any]) 
         f"- `mf`: {rec['factors']} factors per user and item, fitted by ALS "
         f"(regularization {rec['regularization']}, alpha {rec['alpha']})"
         if rec["kind"] == "mf"
+        else "- `two_tower`: user id tower, item tower of id + feature embeddings "
+        f"({rec['factors']} dimensions, in-batch softmax); new items from their features"
+        if rec["kind"] == "two_tower"
         else "- `popularity`: the same list for everyone, the items most users touched"
     )
     lines = [
@@ -256,6 +273,30 @@ def recommend_card(cfg: Any, manifest: dict[str, Any], metrics: dict[str, Any]) 
         key = f"{name}@{k}"
         lines.append(f"| {key} | {metrics[key]:.4f} | {metrics['popularity'][key]:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def _with_item_features(data: Any, run: Run) -> tuple[Any, list[list[str]]]:
+    """`data` with the feature table's items that have no interactions added to its
+    catalogue (new items), and every item's feature tokens."""
+    from dataclasses import replace
+
+    from foundry.data import read_table
+    from foundry.recommend.two_tower import item_tokens
+
+    rec = run.config.recommend
+    path = run.loaded.resolve(rec.item_features)
+    table = read_table(path)
+    if rec.item not in table.columns:
+        item_tokens(table, rec.item, [], source=str(path))  # the error naming the columns
+    known = set(data.items)
+    new = [i for i in dict.fromkeys(table[rec.item].astype(str).tolist()) if i not in known]
+    data = replace(data, items=data.items + new)
+    tokens = item_tokens(table, rec.item, data.items, source=str(path))
+    run.say.info(
+        f"item features: {sum(1 for t in tokens if t)} of {len(data.items)} items have "
+        f"some; {len(new)} new items (features, no interactions)"
+    )
+    return data, tokens
 
 
 def _fingerprint(data: Any) -> str:
