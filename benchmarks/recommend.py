@@ -13,8 +13,9 @@ retrieval  One user's top 10 of n items with d = 64 float32 factors: the score p
 quality    The Debian dependency graph (examples/make_interactions.py: a package is a
            user, what it depends on / recommends are its items), random 20% of each
            package's items held out for test and 10% for validation. Popularity and mf
-           (ALS); mf's alpha picked on validation from --alphas, then scored on test.
-           Recall@10, NDCG@10, coverage@10, fit seconds.
+           (ALS); mf's alpha picked on validation from --alphas, then scored on test;
+           two_tower (defaults, --tower-epochs) over each package's section and
+           priority. Recall@10, NDCG@10, coverage@10, fit seconds.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def retrieval(n_items: int, *, d: int = 64, k: int = 10, queries: int = 200) -> 
     print(f"{'':>9}        recommend() total {_ms(served)}")
 
 
-def quality(alphas: list[float], factors: int, iterations: int) -> None:
+def quality(alphas: list[float], factors: int, iterations: int, tower_epochs: int) -> None:
     from make_interactions import debian_dependencies
 
     from foundry.config.schema import MFConfig, PopularityConfig, RecommendConfig
@@ -136,10 +137,29 @@ def quality(alphas: list[float], factors: int, iterations: int) -> None:
     assert chosen is not None
     model, seconds, alpha = chosen
     pop, pop_seconds = fit_recommender(splits.train, PopularityConfig(), rec, seed=0)
+    # two_tower over each package's section and priority, restricted to the packages in
+    # the graph (so the catalogue is mf's: a package nobody depends on is never a right
+    # answer here)
+    import pandas as pd
+    from make_interactions import debian_item_features
+
+    from foundry.config.schema import TwoTowerConfig
+    from foundry.recommend.two_tower import item_tokens
+
+    features = pd.read_csv(debian_item_features())
+    tokens = item_tokens(features, "dependency", data.items)
+    towers, tower_seconds = fit_recommender(
+        splits.train, TwoTowerConfig(epochs=tower_epochs), rec, seed=0, tokens=tokens
+    )
     print(
         f"  test split, {factors} factors, {iterations} iterations, alpha {alpha} (chosen on val):"
     )
-    for name, m, s in (("popularity", pop, pop_seconds), ("mf", model, seconds)):
+    runs = (
+        ("popularity", pop, pop_seconds),
+        ("mf", model, seconds),
+        ("two_tower", towers, tower_seconds),
+    )
+    for name, m, s in runs:
         got = evaluate_recommender(m, splits, "test", k=10)
         print(
             f"  {name:<10} recall@10 {got['recall@10']:.4f}  ndcg@10 {got['ndcg@10']:.4f}"
@@ -153,6 +173,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-retrieval", action="store_true")
+    parser.add_argument("--tower-epochs", type=int, default=10)
     parser.add_argument("--alphas", default="5,20")
     parser.add_argument("--factors", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=10)
@@ -160,10 +182,11 @@ def main() -> None:
     import torch
 
     print(f"threads: torch {torch.get_num_threads()}")
-    for n in (int(s) for s in args.sizes.split(",")):
+    for n in () if args.skip_retrieval else (int(s) for s in args.sizes.split(",")):
         retrieval(n, queries=args.queries)
     if not args.skip_quality:
-        quality([float(a) for a in args.alphas.split(",")], args.factors, args.iterations)
+        alphas = [float(a) for a in args.alphas.split(",")]
+        quality(alphas, args.factors, args.iterations, args.tower_epochs)
 
 
 if __name__ == "__main__":

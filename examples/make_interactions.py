@@ -1,6 +1,6 @@
 """Write interactions tables for the recommender examples into examples/data/.
 
-    python examples/make_interactions.py            # both
+    python examples/make_interactions.py            # all three
     python examples/make_interactions.py debian     # just one
 
 debian   real, offline: Debian's package metadata (`apt-cache dumpavail`, the package
@@ -8,6 +8,7 @@ debian   real, offline: Debian's package metadata (`apt-cache dumpavail`, the pa
          Pre-Depends on (weight 2) or Recommends (weight 1) are its items. No time: split
          it at random (`recommend.split: random`). How many rows depends on the machine's
          apt sources (63,697 packages on the Debian 12 image this was written on).
+debian_items  each package's Section and Priority: item features for `two_tower`.
 planted  generated: groups of users who share a block of items (foundry.recommend.planted),
          with a time column, for a temporal split.
 
@@ -60,14 +61,27 @@ def parse_dumpavail(text: str, *, min_items: int = 1) -> pd.DataFrame:
     return df[counts >= min_items].reset_index(drop=True)
 
 
-def debian_dependencies(path: Path | None = None, *, min_items: int = 3) -> Path:
-    """The dependency graph of the packages apt knows, as interactions (see the module
-    docstring); written once, then reused."""
-    path = path or DATA / "debian_deps.csv"
-    if path.exists():
-        return path
+def parse_sections(text: str) -> pd.DataFrame:
+    """`apt-cache dumpavail` text → columns dependency (the package), section (`python`,
+    `libs`, `contrib/games`: the area part dropped) and priority: item features for
+    the two-tower model."""
+    rows, package, fields = [], None, {}
+    for line in [*text.splitlines(), "Package: "]:
+        if line.startswith("Package: "):
+            if package:
+                rows.append((package, fields.get("Section"), fields.get("Priority")))
+            package, fields = line[len("Package: ") :].strip(), {}
+            continue
+        field, _, value = line.partition(": ")
+        if field in ("Section", "Priority"):
+            fields[field] = value.strip().split("/")[-1]
+    df = pd.DataFrame(rows, columns=["dependency", "section", "priority"])
+    return df.drop_duplicates("dependency").reset_index(drop=True)
+
+
+def _dumpavail() -> str:
     try:
-        text = subprocess.run(
+        return subprocess.run(
             ["apt-cache", "dumpavail"], capture_output=True, text=True, check=True
         ).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
@@ -75,7 +89,25 @@ def debian_dependencies(path: Path | None = None, *, min_items: int = 3) -> Path
             f"apt-cache dumpavail failed ({exc}): this builder needs a Debian "
             "or Ubuntu machine with package lists (apt-get update)"
         ) from None
-    df = parse_dumpavail(text, min_items=min_items)
+
+
+def debian_item_features(path: Path | None = None) -> Path:
+    """Each package's section and priority (`dependency` column), for two_tower's
+    `recommend.item_features`; written once, then reused."""
+    path = path or DATA / "debian_items.csv"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        parse_sections(_dumpavail()).to_csv(path, index=False)
+    return path
+
+
+def debian_dependencies(path: Path | None = None, *, min_items: int = 3) -> Path:
+    """The dependency graph of the packages apt knows, as interactions (see the module
+    docstring); written once, then reused."""
+    path = path or DATA / "debian_deps.csv"
+    if path.exists():
+        return path
+    df = parse_dumpavail(_dumpavail(), min_items=min_items)
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(path, index=False)
     return path
@@ -90,7 +122,7 @@ def planted(path: Path | None = None, n_users: int = 2000) -> Path:
     return path
 
 
-BUILDERS = {"debian": debian_dependencies, "planted": planted}
+BUILDERS = {"debian": debian_dependencies, "debian_items": debian_item_features, "planted": planted}
 
 if __name__ == "__main__":
     for name in sys.argv[1:] or list(BUILDERS):
