@@ -72,9 +72,10 @@ def evaluate(ref: str, data: Any, *, output: Any = None) -> EvaluationResult:
     return evaluate_model(ref, data, output=output)
 
 
-def init(data: Any, target: str, **kwargs: Any) -> Any:
+def init(data: Any, target: str | None, **kwargs: Any) -> Any:
     """Write a config with inferred feature types and the model for the data (gbm, ngram,
-    cnn; hf with `pretrained=`); returns its path."""
+    cnn; hf with `pretrained=`; a recommender with `task="recommend"`, no target);
+    returns its path."""
     from foundry.config.init import init_config
 
     return init_config(data, target, **kwargs)

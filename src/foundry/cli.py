@@ -42,7 +42,10 @@ def _out(text: str) -> None:
 @app.command()
 def init(
     data: Path = typer.Argument(..., help="CSV / Parquet / JSONL file or image folder."),
-    target: str = typer.Option(..., "--target", "-t", help="Column to predict."),
+    target: str | None = typer.Option(None, "--target", "-t", help="Column to predict."),
+    task: str | None = typer.Option(
+        None, help="recommend: DATA is an interactions table (user, item[, weight, time])."
+    ),
     output: Path = typer.Option(Path("config.yaml"), "--output", "-o", help="Config to write."),
     name: str | None = typer.Option(None, help="Model name (default: the data file's stem)."),
     model: str | None = typer.Option(
@@ -76,8 +79,9 @@ def init(
 
     with silenced(quiet or json_out):
         path = init_config(
-            data, target, output=output, name=name, model=model, pretrained=pretrained,
-            force=force, say=Reporter(quiet=quiet or json_out), search=search,
+            data, target, task=task, output=output, name=name, model=model,
+            pretrained=pretrained, force=force, say=Reporter(quiet=quiet or json_out),
+            search=search,
         )
     if json_out:
         import yaml
@@ -345,6 +349,40 @@ def predict(
         predictions.to_csv(sys.stdout, index=False)
     elif not quiet:
         typer.echo(f"wrote {len(predictions)} predictions to {output}", err=True)
+
+
+@app.command()
+def recommend(
+    model: str = typer.Argument(..., help="Recommender: name, name:latest or name:VERSION."),
+    user: str | None = typer.Option(None, "--user", "-u", help="A user id seen in training."),
+    items: str | None = typer.Option(
+        None, help="Comma-separated recent items of a user the model does not know."
+    ),
+    k: int = typer.Option(10, "-k", min=1, max=1000, help="How many items."),
+    keep_seen: bool = typer.Option(
+        False, help="Keep items the user already interacted with (default: left out)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the answer as JSON."),
+) -> None:
+    """The top K items MODEL (model type popularity or mf) recommends for a user."""
+    from foundry.predictor import load
+    from foundry.recommend.model import Recommender
+
+    if user is None and not items:
+        raise ConfigError("give --user ID, or --items A,B,C for someone the model does not know")
+    recommender = load(model)
+    if not isinstance(recommender, Recommender):
+        raise ConfigError(f"{model} is not a recommender (model type popularity or mf); "
+                          "predict with `foundry predict`")
+    recent = [i.strip() for i in items.split(",") if i.strip()] if items else None
+    answer = recommender.recommend(user, items=recent, k=k,
+                                   exclude_seen=False if keep_seen else None)
+    if json_out:
+        _out(json.dumps({"model": recommender.ref, "user": user, **answer}))
+        return
+    _out(f"# {recommender.ref}: top {k} for {user or 'recent items'} ({answer['source']})")
+    for rank, entry in enumerate(answer["items"], 1):
+        _out(f"{rank:>3}  {entry['item']}  {entry['score']:.4f}")
 
 
 @app.command()

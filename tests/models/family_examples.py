@@ -27,7 +27,8 @@ class Example:
     batch: Any
     """What the family's `outputs` reads: a table, or a list of texts."""
     route: str
-    """How it is served: predict (/v1/models/{name}/predict), completions, embeddings."""
+    """How it is served: predict (/v1/models/{name}/predict), completions, embeddings,
+    recommend (/v1/models/{name}/recommend; `batch` is a list of user ids)."""
     bad: Any = None
     """A batch `outputs` must refuse with a FoundryError matching `bad_match`."""
     bad_match: str = ""
@@ -347,6 +348,39 @@ def hf_embedding(root: Path) -> Example:
     return Example(config, ["the cat sat on the mat", "a dog ran"], "embeddings")
 
 
+def _interactions(root: Path, name: str, model: dict[str, Any], **recommend: Any) -> Example:
+    from foundry.recommend.planted import planted_interactions
+
+    path = root / "events.csv"
+    planted_interactions(60, seed=0).to_csv(path, index=False)
+    config = {
+        **_common(root, name),
+        "data": {"path": str(path)},
+        "recommend": {"user": "user", "item": "item", "weight": "weight", "time": "ts",
+                      **recommend},
+        "model": model,
+    }
+    # user ids: two seen in training and one the model must answer with popularity
+    return Example(config, ["u0", "u7", "nobody"], "recommend", bad="u0", bad_match="list")
+
+
+def popularity(root: Path) -> Example:
+    return _interactions(root, "conf-popularity", {"type": "popularity"})
+
+
+def mf(root: Path) -> Example:
+    return _interactions(root, "conf-mf", {"type": "mf", "factors": 4, "iterations": 3})
+
+
+def two_tower(root: Path) -> Example:
+    from foundry.recommend.planted import planted_item_features
+
+    features = root / "items.csv"
+    planted_item_features().to_csv(features, index=False)
+    model = {"type": "two_tower", "dim": 4, "epochs": 2, "batch_size": 64}
+    return _interactions(root, "conf-two-tower", model, item_features=str(features))
+
+
 EXAMPLES: dict[str, Callable[[Path], Example]] = {
     "mlp": mlp,
     "cnn": cnn,
@@ -360,5 +394,8 @@ EXAMPLES: dict[str, Callable[[Path], Example]] = {
     "hf-lora": hf_lora,
     "hf-causal-lm": hf_causal_lm,
     "hf-embedding": hf_embedding,
+    "popularity": popularity,
+    "mf": mf,
+    "two_tower": two_tower,
 }
 """case id → builder; a case's `model.type` is its config's."""

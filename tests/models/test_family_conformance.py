@@ -118,6 +118,19 @@ async def test_served_equals_local(trained, tmp_path):
                 f"/v1/models/{name}/predict", json=detail["example"], headers=bearer(key)
             )
             assert response.status_code == 200, response.text
+        elif example.route == "recommend":
+            body = {"queries": [{"user": user, "k": 5} for user in example.batch]}
+            response = await client.post(
+                f"/v1/models/{name}/recommend", json=body, headers=bearer(key)
+            )
+            assert response.status_code == 200, response.text
+            answers = response.json()["recommendations"]
+            for served, user in zip(answers, example.batch, strict=True):
+                local = loaded.recommend(user, k=5)
+                items = [r["item"] for r in local["items"]]
+                assert [r["item"] for r in served["items"]] == items
+                _same(np.array([r["score"] for r in served["items"]]),
+                      np.array([r["score"] for r in local["items"]]))
         elif example.route == "completions":
             body = {"model": name, "prompt": example.batch, "max_tokens": 8, "temperature": 0}
             response = await client.post("/v1/completions", json=body, headers=bearer(key))
@@ -172,6 +185,10 @@ async def test_bad_inputs_get_clear_errors(trained, tmp_path):
         if example.route == "predict":
             response = await client.post(
                 f"/v1/models/{name}/predict", json=[{"no_such_input": 1}], headers=bearer(key)
+            )
+        elif example.route == "recommend":  # a query with neither a user nor items
+            response = await client.post(
+                f"/v1/models/{name}/recommend", json={"k": 3}, headers=bearer(key)
             )
         elif example.route == "completions":  # no prompt
             response = await client.post(

@@ -18,8 +18,9 @@ from foundry.errors import ConfigError
 
 def init_config(
     data: str | Path,
-    target: str,
+    target: str | None,
     *,
+    task: str | None = None,
     output: str | Path = "config.yaml",
     name: str | None = None,
     model: str | None = None,
@@ -38,8 +39,21 @@ def init_config(
     opaque identifiers and target leaks are left out of the inputs; `say` prints why
     (and the config says it in comments), and which model was chosen and why. `search`
     (a duration: `5m`) writes a model search instead, `model: {type: auto, budget:
-    <search>}`, and no training schedule."""
+    <search>}`, and no training schedule. `task="recommend"`
+    writes a recommender config for an interactions table instead
+    (foundry.recommend.init: no target)."""
     from foundry.data import read_table
+
+    if task not in (None, "recommend"):
+        raise ConfigError(f"--task {task} is not a task foundry init knows; the one there "
+                          "is: recommend (leave --task out for a table with a target)")
+    if task == "recommend":
+        from foundry.recommend.init import init_recommend_config
+
+        return init_recommend_config(data, output=output, name=name, force=force, say=say)
+    if target is None:
+        raise ConfigError("--target is required: the column to predict (or --task "
+                          "recommend for an interactions table)")
 
     data_path, out_path = Path(data), Path(output)
     if out_path.exists() and not force:

@@ -275,6 +275,49 @@ class FeaturesConfig(Section):
     `foundry init`, warned about by `train`, listed on the card."""
 
 
+class RecommendConfig(Section):
+    """An interactions table: one row per (user, item) event, optionally weighted and
+    timed. Read by the recommender models (`model.type` popularity, mf, two_tower)."""
+
+    user: str = "user"
+    """Column naming who interacted (any id: numbers are read as text)."""
+    item: str = "item"
+    """Column naming what they interacted with."""
+    weight: str | None = None
+    """Column of interaction strength (play count, rating, 1); None: every row counts 1.
+    Repeated (user, item) rows add up."""
+    time: str | None = None
+    """Column of when it happened (a number or a date); needed by `split: temporal`."""
+    split: Literal["temporal", "random"] = "temporal"
+    """How each user's interactions are held out: `temporal` holds out their latest
+    (what recommending the next items needs), `random` a seeded random sample."""
+    test: float = Field(0.2, gt=0, lt=1)
+    """Fraction of each user's interactions held out for the final evaluation (at least
+    one for a user with two or more; a user's only interaction stays in training)."""
+    val: float = Field(0.0, ge=0, lt=1)
+    """Fraction of each user's interactions held out for validation (before the test
+    ones in time), for choosing hyper-parameters without touching test."""
+    seed: int = 42
+    """Seed of the random split (and of ties in time); the same seed gives the same split."""
+    k: int = Field(10, ge=1, le=1000)
+    """Length of the list the ranking metrics score (Recall@k, NDCG@k, ...)."""
+    exclude_seen: bool = True
+    """Leave out items a user already interacted with in training (metrics and serving)."""
+    item_features: str | None = None
+    """A table of item features (relative to the config): the `item` column and any
+    others, each value a token (`a|b` splits into two, e.g. genres). Read by
+    `two_tower`; its items without interactions are recommended from their features."""
+
+    @model_validator(mode="after")
+    def _held_out_leaves_training(self) -> RecommendConfig:
+        if self.test + self.val >= 1:
+            raise ValueError(
+                f"test + val must leave interactions to train on; got {self.test} + "
+                f"{self.val} = {self.test + self.val:g}"
+            )
+        return self
+
+
 # -------------------------------------------------------------------------- model
 
 Activation = Literal["relu", "gelu", "tanh", "sigmoid"]
@@ -635,9 +678,63 @@ class EnsembleConfig(Section):
     """Each member's weight (they sum to 1)."""
 
 
+class PopularityConfig(Section):
+    type: Literal["popularity"] = "popularity"
+    """Recommends the items most users interacted with in training, the same list for
+    everyone: the baseline every recommender is measured against. Reads
+    the `recommend` section."""
+
+
+class MFConfig(Section):
+    type: Literal["mf"] = "mf"
+    """Matrix factorization for implicit feedback, fitted by alternating least squares
+    (Hu, Koren & Volinsky 2008): a user's score for an item is the dot product of their
+    factor vectors. Reads the `recommend` section."""
+    factors: int = Field(64, ge=1, le=1024)
+    """Length of each user and item vector (larger fits more taste, costs more)."""
+    iterations: int = Field(15, ge=1)
+    """ALS sweeps (each solves every user, then every item, by 3 conjugate-gradient
+    steps warm-started from the last sweep, as the `implicit` library does)."""
+    regularization: float = Field(0.05, ge=0)
+    """L2 penalty λ on the factors (added to each row's normal equations)."""
+    alpha: float = Field(20.0, gt=0)
+    """Confidence of an observed interaction: 1 + alpha × weight (20 beat 5 and 10 on the
+    Debian graph's validation split: benchmarks/recommend.py)."""
+    seed: int | None = None
+    """Seed of the initial factors; None: `train.seed`."""
+
+
+class TwoTowerConfig(Section):
+    type: Literal["two_tower"] = "two_tower"
+    """A user tower (an id embedding) and an item tower (an id embedding plus the mean
+    of the item's feature embeddings, from `recommend.item_features`), trained in
+    PyTorch with in-batch softmax. Items with features but no interactions (new items)
+    get a vector from their features alone, so they are recommended too."""
+    dim: int = Field(64, ge=1, le=1024)
+    """Length of the user and item vectors."""
+    epochs: int = Field(10, ge=1)
+    """Passes over the training interactions."""
+    batch_size: int = Field(1024, ge=2)
+    """Interactions per step; the other items of a batch are each row's negatives."""
+    lr: float = Field(0.01, gt=0)
+    """Adam's learning rate."""
+    temperature: float = Field(0.1, gt=0)
+    """Divides the scores in the softmax (lower: sharper)."""
+    id_dropout: float = Field(0.5, ge=0, le=1)
+    """Share of steps' items whose id embedding is left out, so the feature part learns
+    to stand alone (what a new item has)."""
+    seed: int | None = None
+    """Seed of the initial weights and batches; None: `train.seed`."""
+
+
+RECOMMENDER_TYPES = ("popularity", "mf", "two_tower")
+"""`model.type` values trained on an interactions table (the `recommend` section)."""
+
+
 ModelConfig = Annotated[
     MLPConfig | CNNConfig | TextModelConfig | GPTConfig | HFModelConfig | GBMConfig
-    | NGramConfig | AutoConfig | EnsembleConfig,
+    | NGramConfig | AutoConfig | EnsembleConfig | PopularityConfig | MFConfig
+    | TwoTowerConfig,
     Field(discriminator="type"),
 ]
 
@@ -1386,7 +1483,10 @@ class FoundryConfig(Section):
     """What to predict and from which columns (language models on a corpus need none)."""
     model: ModelConfig = MLPConfig()
     """Architecture; `type` picks one of mlp, cnn, text, gpt, hf, gbm, ngram, auto (a
-    model search)."""
+    model search), ensemble, popularity, mf, two_tower."""
+    recommend: RecommendConfig = RecommendConfig()
+    """Recommenders only (`model.type` popularity, mf, two_tower): the interactions
+    table's user, item, weight and time columns, the held-out split and k."""
     lm: LMConfig = LMConfig()
     """Language models only: corpus / instruction columns, chat template, generation."""
     train: TrainConfig = TrainConfig()
@@ -1419,10 +1519,16 @@ class FoundryConfig(Section):
             return model.task == "auto" and self.features.target is None
         return False
 
+    @property
+    def is_recommender(self) -> bool:
+        """Trained on an interactions table (the `recommend` section), not on a target."""
+        return isinstance(self.model, PopularityConfig | MFConfig | TwoTowerConfig)
+
     @model_validator(mode="after")
     def _privacy_only_for_our_models(self) -> FoundryConfig:
-        if self.train.privacy is not None and isinstance(
-            self.model, GPTConfig | HFModelConfig | GBMConfig | NGramConfig
+        if self.train.privacy is not None and (
+            isinstance(self.model, GPTConfig | HFModelConfig | GBMConfig | NGramConfig)
+            or self.is_recommender
         ):
             raise ValueError(
                 f"train.privacy: differentially private training is built for mlp, cnn and "
@@ -1441,9 +1547,11 @@ class FoundryConfig(Section):
 
     @model_validator(mode="after")
     def _target_unless_language_model(self) -> FoundryConfig:
-        if self.features.target is None and not self.is_language_model:
+        needs_target = not (self.is_language_model or self.is_recommender)
+        if self.features.target is None and needs_target:
             raise ValueError(
                 "features.target is required: the column to predict (only language "
-                "models, model type gpt or hf with task causal_lm, train without one)"
+                "models, model type gpt or hf with task causal_lm, and recommenders, model "
+                "type popularity, mf or two_tower, train without one)"
             )
         return self

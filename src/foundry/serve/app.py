@@ -6,6 +6,8 @@
     GET  /v1/models/{name}             input schema + a ready-to-send example body
     POST /v1/models/{name}/predict     labels + probabilities / values (needs a key)
     POST /v1/models/{name}/explain     integrated-gradients attributions (needs a key)
+    POST /v1/models/{name}/recommend   a recommender's top-k items for a user (needs a key;
+                                       served_recommender)
     GET  /v1/usage                     the calling key's usage and remaining quota
     GET  /metrics                      Prometheus text (serve.metrics: admin token by
                                        default, public or off; foundry.serve.metrics)
@@ -77,11 +79,14 @@ from foundry.serve.schemas import (
     ModelList,
     PredictRequest,
     PredictResponse,
+    RecommendRequest,
+    RecommendResponse,
     Records,
     Status,
     explain_body,
 )
 from foundry.serve.served_model import ServedModel, ServedTextModel
+from foundry.serve.served_recommender import ServedRecommender
 
 if TYPE_CHECKING:
     from foundry.serve.gate import Gate
@@ -120,7 +125,7 @@ class Service:
         self.home = home
         self.admin_token = admin_token or None
         self.metrics = ServeMetrics()
-        self.models: dict[str, ServedModel | ServedTextModel] = {}
+        self.models: dict[str, ServedModel | ServedTextModel | ServedRecommender] = {}
         """By name and by `name:version` (both spellings route to the same model)."""
         self.batchers: dict[str, Batcher] = {}
         self.language_models: dict[str, ServedLanguageModel] = {}
@@ -155,6 +160,9 @@ class Service:
                                 settings=self.config.lm, metrics=self.metrics))
                 elif kind == "text":
                     served = await run_in_threadpool(_load_text_model, ref, registry)
+                elif kind == "recommend":
+                    served = await run_in_threadpool(ServedRecommender.load, ref,
+                                                     registry=registry)
                 else:
                     served = await run_in_threadpool(ServedModel.load, ref, registry=registry)
             except Exception as exc:
@@ -213,7 +221,7 @@ class Service:
     def ready(self) -> bool:
         return bool(self.state) and all(s == "loaded" for s in self.state.values())
 
-    def model(self, name: str) -> ServedModel | ServedTextModel:
+    def model(self, name: str) -> ServedModel | ServedTextModel | ServedRecommender:
         served = self.models.get(name)
         if served is None:
             names = sorted({m.name for m in self.models.values()})
@@ -228,7 +236,14 @@ class Service:
 
     # ------------------------------------------------------------------ predict
 
-    async def predict(self, served: ServedModel | ServedTextModel, request: Request) -> Response:
+    async def predict(self, served: ServedModel | ServedTextModel | ServedRecommender,
+                      request: Request, *, answers: str = "predictions") -> Response:
+        """POST /v1/models/{name}/predict, and /recommend (`answers="recommendations"`:
+        a recommender's queries are its records, metered and batched the same way)."""
+        if (answers == "recommendations") != isinstance(served, ServedRecommender):
+            route = "recommend" if isinstance(served, ServedRecommender) else "predict"
+            raise ApiError(400, "invalid_model", f"model '{served.name}' is served on "
+                           f"POST /v1/models/{served.name}/{route}", param="model")
         started = perf_counter()
         request_id = uuid4().hex
         status = 500
@@ -238,9 +253,11 @@ class Service:
             with self.batchers[served.name].ticket() as ticket:
                 idempotency_key = request.headers.get("idempotency-key")
                 body = await read_body(request, self.config.max_body_bytes)
+                # A recommend body hashes under its own name: it never replays as predict.
+                hash_as = served.name if answers == "predictions" else f"{served.name}/recommend"
                 records, digest = await self._checked(
                     body, served, key, served.validator.records_of,
-                    served.name if idempotency_key else None)
+                    hash_as if idempotency_key else None)
                 units = len(records.items)
                 admission = None
                 if self.gate is not None:
@@ -267,7 +284,7 @@ class Service:
                     predictions = await ticket.submit(records.items)
                     content = {
                         "model": served.ref,
-                        "predictions": predictions,
+                        answers: predictions,
                         "usage": {"units": units},
                     }
                     response = await self._json_response(content, headers, units)
@@ -314,6 +331,10 @@ class Service:
                            "explanations cover models with input features; it is served on "
                            "the OpenAI-compatible routes", param="model")
         served = self.model(name)
+        if isinstance(served, ServedRecommender):
+            raise ApiError(400, "model_not_explainable", f"model '{name}' is a recommender: "
+                           "its scores are dot products of learned factors, with no input "
+                           "features to attribute them to", param="model")
         started = perf_counter()
         request_id = f"explain-{uuid4().hex}"
         self._in_flight += 1
@@ -578,10 +599,13 @@ def _explain_records(
 
 def _serving_kind(ref: str, registry: Any) -> str:
     """`language` (OpenAI-compatible routes), `text` (a fine-tuned Hugging Face
-    classifier / regressor on /predict) or `tabular`."""
-    from foundry.lm.load import is_language_package, read_manifest
+    classifier / regressor on /predict), `recommend` (/recommend) or `tabular`."""
+    from foundry.config.schema import RECOMMENDER_TYPES
+    from foundry.lm.load import is_language_package, model_type, read_manifest
 
     manifest = read_manifest(ref, registry=registry)[1]
+    if model_type(manifest) in RECOMMENDER_TYPES:
+        return "recommend"
     if not is_language_package(manifest):
         return "tabular"
     task = (manifest.get("hf") or {}).get("task")
@@ -749,6 +773,30 @@ def _add_routes(app: FastAPI, service: Service, *, bare: bool) -> None:
         unit per record; at most 100 records and 200 steps a request."""
         return await service.explain(name, request)
 
+    @app.post(
+        "/v1/models/{name}/recommend",
+        response_model=RecommendResponse,
+        tags=["models"],
+        responses=_ERRORS,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": "#/components/schemas/RecommendRequest"}
+                    }
+                },
+            },
+            **({} if bare else {"security": _BEARER}),
+        },
+    )
+    async def recommend(name: str, request: Request) -> Response:
+        """A recommender's top-k items (best first, with scores) for a user id, or for
+        someone known only by recent items; a user unknown to training gets the
+        popularity list. Needs `Authorization: Bearer <key>`; metered like predict, one
+        unit per query."""
+        return await service.predict(service.model(name), request, answers="recommendations")
+
     if not bare:
 
         @app.get("/v1/usage", tags=["account"], openapi_extra={"security": _BEARER},
@@ -817,6 +865,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     explain = ExplainRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(explain.pop("$defs", {}))
     schemas["ExplainRequest"] = explain
+    recommend = RecommendRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(recommend.pop("$defs", {}))
+    schemas["RecommendRequest"] = recommend
     components["securitySchemes"] = {
         "bearerAuth": {"type": "http", "scheme": "bearer",
                        "description": "An API key (fdy_...) or, for /admin, the admin token."}

@@ -89,6 +89,49 @@ class PredictResponse(_Schema):
     usage: Usage
 
 
+class RecommendQuery(_Schema):
+    user: str | int | None = None
+    """A user id seen in training; an unknown one gets the popularity list (or, with
+    `items`, a list folded in from them)."""
+    items: list[str | int] | None = None
+    """Recent items of someone the model does not know (at most 1000)."""
+    k: int = Field(10, ge=1, le=1000)
+    """How many items to return."""
+    exclude_seen: bool | None = None
+    """Leave out items the user already interacted with; null: the model's setting."""
+
+
+class RecommendQueries(_Schema):
+    queries: list[RecommendQuery]
+    """Several queries, answered in order (one unit each)."""
+
+
+class RecommendRequest(RootModel[RecommendQuery | RecommendQueries]):
+    """One query, or `{"queries": [...]}`."""
+
+
+class ScoredItem(_Schema):
+    item: str
+    score: float
+    """The model's score (a dot product, or the popularity count): higher is better."""
+
+
+class Recommendation(_Schema):
+    items: list[ScoredItem]
+    """Best first."""
+    source: str
+    """`model` (the user's factors, learned or folded in) or `popularity` (nothing is
+    known of the user)."""
+
+
+class RecommendResponse(_Schema):
+    model: str
+    """The model version that answered, `name:version`."""
+    recommendations: list[Recommendation]
+    """One per query, in request order."""
+    usage: Usage
+
+
 class ErrorDetail(_Schema):
     message: str
     """What went wrong and what to change."""

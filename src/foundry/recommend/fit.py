@@ -1,0 +1,177 @@
+"""Fit a recommender on the training interactions, and score it on held-out ones.
+
+    model   = fit_recommender(splits.train, cfg.model, cfg.recommend, seed=cfg.train.seed)
+    metrics = evaluate_recommender(model, splits, "test", k=10)
+
+The popularity model is every recommender's baseline: `evaluate_recommender` is run on
+both, on the same split, and the card shows them side by side.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from foundry.recommend.data import Interactions, InteractionSplits
+from foundry.recommend.metrics import ranking_metrics
+from foundry.recommend.model import Recommender
+
+__all__ = ["evaluate_recommender", "fit_recommender", "popularity_of"]
+
+_EVAL_USERS_PER_BATCH = 1024
+"""Users scored in one matrix product when evaluating ([1024, n_items] float32)."""
+
+
+def popularity_of(train: Interactions) -> Recommender:
+    """The popularity model of `train`: items ranked by how many users touched them."""
+    matrix = train.matrix()
+    binary = matrix.copy()
+    binary.data[:] = 1.0
+    popularity = np.asarray(binary.sum(axis=0)).ravel().astype(np.float32)
+    return Recommender(
+        "popularity",
+        train.users,
+        train.items,
+        popularity,
+        matrix.indptr.astype(np.int64),
+        matrix.indices.astype(np.int64),
+    )
+
+
+def fit_recommender(
+    train: Interactions,
+    model: Any,
+    rec: Any,
+    *,
+    seed: int,
+    on_iteration: Any = None,
+    tokens: list[list[str]] | None = None,
+) -> tuple[Recommender, float]:
+    """(the fitted model, seconds). `model`: a `PopularityConfig`, `MFConfig` or
+    `TwoTowerConfig` (which reads each item's feature `tokens`)."""
+    from foundry.recommend.als import fit_als
+
+    started = time.perf_counter()
+    base = popularity_of(train)
+    base.exclude_seen = rec.exclude_seen
+    if model.type == "popularity":
+        return base, time.perf_counter() - started
+    if model.type == "two_tower":
+        from foundry.recommend.two_tower import fit_two_tower
+
+        users, items, _ = fit_two_tower(
+            train,
+            tokens or [[] for _ in train.items],
+            model,
+            seed=model.seed if model.seed is not None else seed,
+            on_epoch=None
+            if on_iteration is None
+            else (lambda e: on_iteration(e["epoch"], None, None, train_loss=e["train_loss"])),
+        )
+        fitted = Recommender(
+            "two_tower",
+            train.users,
+            train.items,
+            base.popularity,
+            base.seen_indptr,
+            base.seen_items,
+            users,
+            items,
+            exclude_seen=rec.exclude_seen,
+        )
+        return fitted, time.perf_counter() - started
+    users, items = fit_als(
+        train.matrix(),
+        factors=model.factors,
+        iterations=model.iterations,
+        regularization=model.regularization,
+        alpha=model.alpha,
+        seed=model.seed if model.seed is not None else seed,
+        on_iteration=on_iteration,
+    )
+    fitted = Recommender(
+        "mf",
+        train.users,
+        train.items,
+        base.popularity,
+        base.seen_indptr,
+        base.seen_items,
+        users,
+        items,
+        model.regularization,
+        model.alpha,
+        rec.exclude_seen,
+    )
+    return fitted, time.perf_counter() - started
+
+
+def evaluate_recommender(
+    model: Recommender, splits: InteractionSplits, split: str, *, k: int
+) -> dict[str, Any]:
+    """Ranking metrics of `model`'s top-k lists on `split`'s held-out items, for every
+    user who has some. With `exclude_seen`, what the user did before the split (training,
+    and validation when scoring test) is left out of their list, as serving does."""
+    held = splits.held_out(split)
+    before = [splits.train] + ([splits.val] if split == "test" else [])
+    if split == "train":
+        before = []
+    n_users, n_items = len(model.users), len(model.items)
+    seen = _csr(before, n_users, n_items) if model.exclude_seen else None
+    target = _csr([held], n_users, n_items)
+    users = np.flatnonzero(np.diff(target.indptr))
+
+    def truth(u: int) -> set[int]:
+        return set(target.indices[target.indptr[u] : target.indptr[u + 1]].tolist())
+
+    def popular_lists():
+        # one ranking for everyone: walk it past each user's seen items
+        order = np.argsort(-model.popularity, kind="stable").tolist()
+        for u in users.tolist():
+            banned = (
+                set(seen.indices[seen.indptr[u] : seen.indptr[u + 1]].tolist())
+                if seen is not None
+                else set()
+            )
+            top = []
+            for i in order:
+                if i not in banned:
+                    top.append(i)
+                    if len(top) == k:
+                        break
+            yield top, truth(u)
+
+    def factor_lists():
+        import torch
+
+        for start in range(0, len(users), _EVAL_USERS_PER_BATCH):
+            chunk = users[start : start + _EVAL_USERS_PER_BATCH]
+            scores = model.user_factors[chunk] @ model.item_factors.T  # [B, n_items]
+            if seen is not None:
+                rows = seen[chunk]
+                scores[
+                    np.repeat(np.arange(len(chunk)), np.diff(rows.indptr)), rows.indices
+                ] = -np.inf
+            # torch.topk: 1.3 s → ~0.05 s a [1024, 38k] batch against np.argpartition
+            # (measured on the Debian graph); -inf (seen) sorts last and is dropped
+            values, part = torch.topk(torch.from_numpy(scores), min(k, n_items), dim=1)
+            finite = torch.isfinite(values).numpy()
+            for row, u in enumerate(chunk.tolist()):
+                yield part[row].numpy()[finite[row]].tolist(), truth(u)
+
+    lists = popular_lists if model.user_factors is None else factor_lists
+    out = ranking_metrics(lists(), k=k, n_items=n_items)
+    return out
+
+
+def _csr(parts: list[Interactions], n_users: int, n_items: int) -> Any:
+    from scipy.sparse import csr_matrix
+
+    if not parts or not sum(len(p) for p in parts):
+        return csr_matrix((n_users, n_items), dtype=np.float32)
+    user = np.concatenate([p.user for p in parts])
+    item = np.concatenate([p.item for p in parts])
+    out = csr_matrix((np.ones(len(user), np.float32), (user, item)), shape=(n_users, n_items))
+    out.sum_duplicates()
+    return out
