@@ -41,6 +41,7 @@ among 31 others (tests/lm/test_lm_continuous.py checks it token for token).
 
 from __future__ import annotations
 
+import heapq
 import random
 import threading
 import time
@@ -151,7 +152,9 @@ class ContinuousBatcher:
         self._lock = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._active: list[_Request] = []
-        self._free = list(range(max_concurrent - 1, -1, -1))
+        self._free = list(range(max_concurrent))
+        """Free slots, a heap: the lowest is taken first, so running rows stay at the front
+        of the slot buffers, which a decode step uses as its batch (`_decode`)."""
         self._slots: list[tuple[Tensor, Tensor]] = []
         self._width = engine.context_length + 1  # + the token a decode step appends
         self._sampled = 0
@@ -286,14 +289,14 @@ class ContinuousBatcher:
             if request.cancelled:  # gone before it started: nothing computed
                 request.emit(None)
                 continue
-            request.slot = self._free.pop()
+            request.slot = heapq.heappop(self._free)
             self._active.append(request)
             if self.on_admit is not None:
                 self.on_admit(now - request.enqueued)
 
     def _leave(self, request: _Request) -> None:
         with self._lock:
-            self._free.append(request.slot)
+            heapq.heappush(self._free, request.slot)
         request.emit(None)
 
     def _step(self) -> None:
@@ -355,39 +358,43 @@ class ContinuousBatcher:
         return t
 
     def _decode(self, rows: list[_Request]) -> None:
-        """One token for every decoding row, in one forward pass of a fixed shape."""
-        n = len(rows)
-        padded = -(-n // ROW_QUANTUM) * ROW_QUANTUM
+        """One token for every decoding row, in one forward pass of a fixed shape.
+
+        The batch is the slot buffers' first `padded` slots themselves (a view, nothing
+        gathered): slots are handed out lowest first, so the running rows sit at the
+        front, and slot i is batch row i. Slots in that range that are not decoding (free,
+        or still reading their prompt) ride along as padding: their input is the pad
+        token and they see only the column appended now, which is never read back."""
         device, width = self.engine.device, self._width
         context = width - 1
-        slots = torch.tensor([r.slot for r in rows] + [rows[0].slot] * (padded - n), device=device)
-        lengths = [r.cached for r in rows] + [0] * (padded - n)
-        ids = [r.pending for r in rows] + [self.engine.pad_id] * (padded - n)
+        top = max(r.slot for r in rows) + 1
+        padded = min(-(-top // ROW_QUANTUM) * ROW_QUANTUM, self.max_concurrent)
+        ids = [self.engine.pad_id] * padded
+        lengths = [0] * padded
+        for r in rows:
+            ids[r.slot], lengths[r.slot] = r.pending, r.cached
+        lengths_t = torch.tensor(lengths, device=device)
         # mask [padded, context + 1]: each row's own tokens, and the one appended now
         # (column `context`); padding rows see only that one
-        mask = (
-            torch.arange(width, device=device)[None] < torch.tensor(lengths, device=device)[:, None]
-        )
+        mask = torch.arange(width, device=device)[None] < lengths_t[:, None]
         mask[:, context] = True
         with torch.inference_mode():
-            cache = self.io.build(
-                [(k.index_select(0, slots), v.index_select(0, slots)) for k, v in self._slots],
-                context,
-            )
+            cache = self.io.build([(k[:padded], v[:padded]) for k, v in self._slots], context)
             logits, cache = self.engine.step(
                 torch.tensor(ids, dtype=torch.int64, device=device)[:, None],
                 cache=cache,
                 attention_mask=mask.long(),
-                position_ids=torch.tensor(lengths, device=device)[:, None],
+                position_ids=lengths_t[:, None],
                 use_cache=True,
             )
-            real, at = slots[:n], torch.tensor(lengths[:n], device=device)
+            real = torch.tensor([r.slot for r in rows], device=device)
+            at = lengths_t[real]
             for (slot_k, slot_v), (k, v) in zip(self._slots, self.io.read(cache), strict=True):
-                slot_k[real, :, at] = k[:n, :, context]
-                slot_v[real, :, at] = v[:n, :, context]
-        for i, request in enumerate(rows):
+                slot_k[real, :, at] = k[real, :, context]
+                slot_v[real, :, at] = v[real, :, context]
+        for request in rows:
             request.cached += 1
-            self._sample(request, logits[i : i + 1, -1])
+            self._sample(request, logits[request.slot : request.slot + 1, -1])
 
     def _sample(self, request: _Request, logits: Tensor) -> None:
         """The row's next token from its own logits [1, V] and generator; its delta."""
