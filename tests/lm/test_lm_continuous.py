@@ -209,7 +209,8 @@ def test_decode_logits_are_bit_identical_alone_and_batched(prefill_chunk):
     real = continuous.pick_next_tokens
 
     def keep(row_logits, params, generators, seen=None):  # records, then the real thing
-        logits.setdefault(id(generators[0]), []).append(row_logits.clone())
+        for one, generator in zip(row_logits, generators, strict=True):  # rows by generator
+            logits.setdefault(id(generator), []).append(one[None].clone())
         return real(row_logits, params, generators, seen)
 
     continuous.pick_next_tokens = keep

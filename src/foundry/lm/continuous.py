@@ -369,7 +369,7 @@ class ContinuousBatcher:
                 slot_v[request.slot, :, start : start + t] = v[0, :, start : start + t]
         request.cached += t
         if request.cached == len(prompt):
-            self._sample(request, logits[:, -1])
+            self._sample([request], logits[:, -1])
         return t
 
     def _prefill_short(self, rows: list[_Request], width: int) -> None:
@@ -407,8 +407,7 @@ class ContinuousBatcher:
                     slot_k[request.slot, :, :t] = k[i, :, width - t :]
                     slot_v[request.slot, :, :t] = v[i, :, width - t :]
                 request.cached = t
-        for i, request in enumerate(rows):
-            self._sample(request, logits[i : i + 1, -1])
+        self._sample(rows, logits[: len(rows), -1])
 
     def _decode(self, rows: list[_Request]) -> None:
         """One token for every decoding row, in one forward pass of a fixed shape.
@@ -447,26 +446,44 @@ class ContinuousBatcher:
                 slot_v[real, :, at] = v[real, :, context]
         for request in rows:
             request.cached += 1
-            self._sample(request, logits[request.slot : request.slot + 1, -1])
+        self._sample(rows, logits[real, -1])
 
-    def _sample(self, request: _Request, logits: Tensor) -> None:
-        """The row's next token from its own logits [1, V] and generator; its delta."""
-        seen = None
-        if request.params.repetition_penalty != 1.0:
-            seen = torch.zeros((1, max(request.seen) + 1), dtype=torch.bool)
-            seen[0, list(request.seen)] = True
-            seen = seen.to(logits.device)
-        self._sampled += 1
-        token = int(pick_next_tokens(logits.float(), request.params, [request.generator], seen))
-        row = request.row
-        advance_row(row, token, self.engine.stop_ids)
-        request.seen.add(token)
-        request.pending = token if row.finish is None else None
-        text = row.text
-        if row.finish is not None:
-            request.emit(Delta(text.take_rest() if text else "", row.computed, row.finish))
-        else:
-            request.emit(Delta(text.take_ready() if text else "", row.computed))
+    def _sample(self, rows: list[_Request], logits: Tensor) -> None:
+        """Each row's next token from its own logits (`logits[i]` [V] is row i's) and its
+        own generator, then its delta. Rows with the same sampling parameters are picked
+        in one call (one softmax, sort and cumsum over their rows: row-wise operations,
+        so a row's token is the one it gets alone); a row with a repetition penalty
+        alone, with its own tokens seen."""
+        groups: dict[tuple, list[int]] = {}
+        for i, request in enumerate(rows):
+            p = request.params
+            key = (p.temperature, p.top_k, p.top_p) if p.repetition_penalty == 1.0 else (i,)
+            groups.setdefault(key, []).append(i)
+        tokens = [0] * len(rows)
+        logits = logits.float()
+        for members in groups.values():
+            first = rows[members[0]]
+            seen = None
+            if first.params.repetition_penalty != 1.0:
+                seen = torch.zeros((1, max(first.seen) + 1), dtype=torch.bool)
+                seen[0, list(first.seen)] = True
+                seen = seen.to(logits.device)
+            picked = pick_next_tokens(
+                logits[members], first.params, [rows[i].generator for i in members], seen
+            )
+            for i, token in zip(members, picked.tolist(), strict=True):
+                tokens[i] = token
+        self._sampled += len(rows)
+        for request, token in zip(rows, tokens, strict=True):
+            row = request.row
+            advance_row(row, token, self.engine.stop_ids)
+            request.seen.add(token)
+            request.pending = token if row.finish is None else None
+            text = row.text
+            if row.finish is not None:
+                request.emit(Delta(text.take_rest() if text else "", row.computed, row.finish))
+            else:
+                request.emit(Delta(text.take_ready() if text else "", row.computed))
 
     def _allocate(self, layers: list[tuple[Tensor, Tensor]]) -> None:
         """The slot buffers, shaped after the model's first cache (zeros: a masked slot
