@@ -420,7 +420,7 @@ class ContinuousBatcher:
         device, width = self.engine.device, self._width
         context = width - 1
         top = max(r.slot for r in rows) + 1
-        padded = min(-(-top // ROW_QUANTUM) * ROW_QUANTUM, self.max_concurrent)
+        padded = -(-top // ROW_QUANTUM) * ROW_QUANTUM  # the buffers have room (_allocate)
         ids = [self.engine.pad_id] * padded
         lengths = [0] * padded
         for r in rows:
@@ -439,11 +439,16 @@ class ContinuousBatcher:
                 position_ids=lengths_t[:, None],
                 use_cache=True,
             )
-            real = torch.tensor([r.slot for r in rows], device=device)
-            at = lengths_t[real]
+            # each row's new key/value (column `context`) to its own next position, for
+            # every batch row at once: a padding row's goes onto column `context` itself
+            write_at = [context] * padded
+            for r in rows:
+                write_at[r.slot] = r.cached
+            at = torch.tensor(write_at, device=device)
             for (slot_k, slot_v), (k, v) in zip(self._slots, self.io.read(cache), strict=True):
-                slot_k[real, :, at] = k[real, :, context]
-                slot_v[real, :, at] = v[real, :, context]
+                _write_column(slot_k, k[:, :, context], at)
+                _write_column(slot_v, v[:, :, context], at)
+            real = torch.tensor([r.slot for r in rows], device=device)
         for request in rows:
             request.cached += 1
         self._sample(rows, logits[real, -1])
@@ -488,14 +493,25 @@ class ContinuousBatcher:
     def _allocate(self, layers: list[tuple[Tensor, Tensor]]) -> None:
         """The slot buffers, shaped after the model's first cache (zeros: a masked slot
         position must hold a finite number, as 0 x NaN is NaN)."""
+        rows = -(-self.max_concurrent // ROW_QUANTUM) * ROW_QUANTUM  # + padding rows
         for k, v in layers:
             _, heads, _, dim = k.shape
             self._slots.append(
                 (
-                    k.new_zeros((self.max_concurrent, heads, self._width, dim)),
-                    v.new_zeros((self.max_concurrent, v.shape[1], self._width, v.shape[3])),
+                    k.new_zeros((rows, heads, self._width, dim)),
+                    v.new_zeros((rows, v.shape[1], self._width, v.shape[3])),
                 )
             )
+
+
+def _write_column(slots: Tensor, column: Tensor, at: Tensor) -> None:
+    """slots[b, :, at[b]] = column[b] for b < len(at), in one index_copy_ over the
+    (contiguous) buffer's rows of head_dim values: slots [S, H, W, Dh], column [B, H, Dh].
+    Indexing the buffer with two index tensors instead (index_put) costs several times
+    as much, and this runs twice per layer per step."""
+    b, heads, width, dim = column.shape[0], slots.shape[1], slots.shape[2], slots.shape[3]
+    rows = torch.arange(b * heads, device=at.device).view(b, heads) * width
+    slots.view(-1, dim).index_copy_(0, (rows + at[:, None]).flatten(), column.reshape(-1, dim))
 
 
 def _short_width(tokens: int) -> int:
