@@ -432,8 +432,8 @@ def _table(results: dict) -> None:
             print("streams  tokens/s  tokens/stream  TTFT p50  TTFT p99  ITL p50  ITL p99  (ms)")
             for r in rows:
                 print(
-                    f"{r['streams']:>7}  {r['tokens_per_s']:>8.0f}  {r['tokens_per_stream']:>13.1f}  "
-                    f"{r['ttft_p50_ms']:>8.1f}  "
+                    f"{r['streams']:>7}  {r['tokens_per_s']:>8.0f}  "
+                    f"{r['tokens_per_stream']:>13.1f}  {r['ttft_p50_ms']:>8.1f}  "
                     f"{r['ttft_p99_ms']:>8.1f}  {r['itl_p50_ms']:>7.1f}  {r['itl_p99_ms']:>7.1f}"
                 )
     print(f"\nprefill of one prompt, in-process (ms): {results['prefill_ms']}")

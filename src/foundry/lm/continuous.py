@@ -12,17 +12,20 @@ One thread per served model runs steps. Each step:
    in a queue of at most `max_queue`; `submit` raises `QueueFull` past it);
 2. rows whose client went away (`cancel`) leave, their slot freed;
 3. every decoding row advances one token in one batched forward pass;
-4. prompts of new rows are read in chunks of `prefill_chunk` tokens, one row per
-   forward pass, while the step's tokens stay within `max_batch_tokens` (one chunk at
-   least), so a long prompt delays the running streams by one chunk per step, not by
-   its whole length. A row's last chunk gives its first token.
+4. prompts of new rows are read while the step's tokens stay within `max_batch_tokens`
+   (one prompt at least): a prompt that fits in one `prefill_chunk` together with the
+   other such prompts of its padded width (one forward pass for 16 prompts arriving at
+   once, not 16), a longer one in chunks of `prefill_chunk` tokens, one row per forward
+   pass, so it delays the running streams by one chunk per step, not by its whole
+   length. A row's last chunk gives its first token.
 
-KV cache: one buffer per layer, [max_concurrent, kv_heads, context + 1, head_dim],
-allocated once (on the first prompt, when the model's shapes are known) and never grown;
-a row owns one slot from its first chunk to its last token. A decode step gathers the
-rows' slots into the model's own cache type (`CacheIO.build`), runs the step contract of
-`foundry.lm.generate` (so our GPT and any transformers causal LM, LoRA merged or not,
-run here unchanged) and writes each row's new key/value back into its slot.
+KV cache: one buffer per layer, [max_concurrent rounded up to ROW_QUANTUM, kv_heads,
+context + 1, head_dim], allocated once (on the first prompt, when the model's shapes are
+known) and never grown; a row owns one slot from its first chunk to its last token, the
+lowest free one. A decode step hands the buffers' first slots (a view) to the model as
+its own cache type (`CacheIO.build`), runs the step contract of `foundry.lm.generate`
+(so our GPT and any transformers causal LM, LoRA merged or not, run here unchanged) and
+writes each row's new key/value to its next position.
 
 Same text alone or batched. Every row samples from its own logits with its own
 `torch.Generator` (seeded with its `seed`) and its own parameters, so neighbours never
@@ -34,8 +37,9 @@ blocks of 4 match a 64-row batch bit for bit), and scaled_dot_product_attention 
 keys differs in the last bit from the same keys padded and masked to a longer width.
 That is enough to flip a sampled token now and then. So shapes are fixed where they
 matter: a decode step pads its rows to a multiple of `ROW_QUANTUM` and always attends
-over the whole slot width (context + 1, masked), and a prompt's chunks run alone, cut at
-the same places whatever else is running. A row's arithmetic is then the same alone or
+over the whole slot width (context + 1, masked), a short prompt is read at a width set
+by its own length in a batch padded to ROW_QUANTUM rows, and a long prompt's chunks run
+alone, cut at the same places whatever else is running. A row's arithmetic is then the same alone or
 among 31 others (tests/lm/test_lm_continuous.py checks it token for token).
 """
 
