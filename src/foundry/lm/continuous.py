@@ -11,13 +11,14 @@ One thread per served model runs steps. Each step:
 1. waiting requests take free slots (FIFO; at most `max_concurrent` rows, the rest wait
    in a queue of at most `max_queue`; `submit` raises `QueueFull` past it);
 2. rows whose client went away (`cancel`) leave, their slot freed;
-3. every decoding row advances one token in one batched forward pass;
-4. prompts of new rows are read while the step's tokens stay within `max_batch_tokens`
+3. prompts of new rows are read while the step's tokens stay within `max_batch_tokens`
    (one prompt at least): a prompt that fits in one `prefill_chunk` together with the
    other such prompts of its padded width (one forward pass for 16 prompts arriving at
    once, not 16), a longer one in chunks of `prefill_chunk` tokens, one row per forward
    pass, so it delays the running streams by one chunk per step, not by its whole
-   length. A row's last chunk gives its first token.
+   length. A row's last chunk gives its first token;
+4. every row that was decoding when the step began advances one token in one batched
+   forward pass.
 
 KV cache: one buffer per layer, [max_concurrent rounded up to ROW_QUANTUM, kv_heads,
 context + 1, head_dim], allocated once (on the first prompt, when the model's shapes are
@@ -313,11 +314,11 @@ class ContinuousBatcher:
             self._active.remove(request)
             self._leave(request)
         decoding = [r for r in self._active if r.pending is not None]
-        if decoding:
-            self._decode(decoding)
         # prompt chunks within the step's token budget, one chunk at least. A prompt that
         # fits in one chunk is read together with the other short ones of its width
-        # (`_prefill_short`); a longer one chunk by chunk, alone (`_prefill`).
+        # (`_prefill_short`); a longer one chunk by chunk, alone (`_prefill`). Read before
+        # the decode pass, so a new row's first token does not wait for it (time to first
+        # token); the running rows wait for the prompts either way.
         budget = self.max_batch_tokens - len(decoding)
         reading = [r for r in self._active if r.pending is None and r.row.finish is None]
         short: dict[int, list[_Request]] = {}
@@ -332,6 +333,8 @@ class ContinuousBatcher:
                 budget -= self._prefill(request)
         for width, requests in short.items():
             self._prefill_short(requests, width)
+        if decoding:
+            self._decode(decoding)
         finished = [r for r in self._active if r.row.finish is not None]
         for request in finished:
             self._active.remove(request)
