@@ -156,10 +156,8 @@ class LMData:
     def summary(self, path: object) -> str:
         """The run's data line: `data: PATH (corpus; documents train/val/test = a/b/c)`."""
         unit = "documents" if self.kind == "corpus" else "conversations"
-        return (
-            f"data: {path} ({self.kind}; {unit} train/val/test = "
-            f"{len(self.train)}/{len(self.val)}/{len(self.test)})"
-        )
+        return (f"data: {path} ({self.kind}; {unit} train/val/test = "
+                f"{len(self.train)}/{len(self.val)}/{len(self.test)})")
 
 
 def load_lm_data(loaded: LoadedConfig) -> LMData:
