@@ -58,6 +58,22 @@ def test_a_row_gives_the_same_tokens_alone_and_among_16_others(batcher, temperat
         assert len({c.text for c in together}) > 1
 
 
+def test_short_prompts_read_in_one_pass_give_the_same_tokens_as_alone():
+    # prefill_chunk 64: every prompt fits one chunk, so the 17 arriving together are read
+    # in shared left-padded passes (one per padded width) rather than one by one
+    steps: list[tuple[int, int]] = []
+    b = _batcher(steps, prefill_chunk=64, max_batch_tokens=1024)
+    try:
+        params = GenerationConfig(max_tokens=12, temperature=1.0, seed=7)
+        alone = [b.generate([p], params)[0].text for p in PROMPTS]
+        steps.clear()
+        together = [c.text for c in b.generate(PROMPTS, params)]
+    finally:
+        b.close()
+    assert together == alone
+    assert steps[0] == (0, len(PROMPTS))  # one step read every prompt: a first token each
+
+
 def test_rows_that_join_while_others_run_still_give_their_own_tokens(batcher):
     params = GenerationConfig(max_tokens=30, temperature=1.0, seed=5)
     alone = {p: batcher.generate([p], params)[0].text for p in PROMPTS[:6]}
@@ -180,17 +196,21 @@ def test_the_queue_is_bounded():
         b.close()
 
 
-def test_decode_logits_are_bit_identical_alone_and_batched():
+# prefill_chunk 8: most prompts read chunk by chunk, alone; 64: all read in shared passes
+@pytest.mark.parametrize("prefill_chunk", [8, 64])
+def test_decode_logits_are_bit_identical_alone_and_batched(prefill_chunk):
     """The property the token-level tests rest on, checked on the logits themselves:
-    every row's logits, step by step, alone == among 16 others."""
+    every row's logits, step by step (its first token's included), alone == among 16
+    others."""
     import foundry.lm.continuous as continuous
 
-    b = _batcher()
+    b = _batcher(prefill_chunk=prefill_chunk, max_batch_tokens=1024)
     logits: dict[int, list[torch.Tensor]] = {}
     real = continuous.pick_next_tokens
 
     def keep(row_logits, params, generators, seen=None):  # records, then the real thing
-        logits.setdefault(id(generators[0]), []).append(row_logits.clone())
+        for one, generator in zip(row_logits, generators, strict=True):  # rows by generator
+            logits.setdefault(id(generator), []).append(one[None].clone())
         return real(row_logits, params, generators, seen)
 
     continuous.pick_next_tokens = keep

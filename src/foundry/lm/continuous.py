@@ -11,18 +11,22 @@ One thread per served model runs steps. Each step:
 1. waiting requests take free slots (FIFO; at most `max_concurrent` rows, the rest wait
    in a queue of at most `max_queue`; `submit` raises `QueueFull` past it);
 2. rows whose client went away (`cancel`) leave, their slot freed;
-3. every decoding row advances one token in one batched forward pass;
-4. prompts of new rows are read in chunks of `prefill_chunk` tokens, one row per
-   forward pass, while the step's tokens stay within `max_batch_tokens` (one chunk at
-   least), so a long prompt delays the running streams by one chunk per step, not by
-   its whole length. A row's last chunk gives its first token.
+3. prompts of new rows are read while the step's tokens stay within `max_batch_tokens`
+   (one prompt at least): a prompt that fits in one `prefill_chunk` together with the
+   other such prompts of its padded width (one forward pass for 16 prompts arriving at
+   once, not 16), a longer one in chunks of `prefill_chunk` tokens, one row per forward
+   pass, so it delays the running streams by one chunk per step, not by its whole
+   length. A row's last chunk gives its first token;
+4. every row that was decoding when the step began advances one token in one batched
+   forward pass.
 
-KV cache: one buffer per layer, [max_concurrent, kv_heads, context + 1, head_dim],
-allocated once (on the first prompt, when the model's shapes are known) and never grown;
-a row owns one slot from its first chunk to its last token. A decode step gathers the
-rows' slots into the model's own cache type (`CacheIO.build`), runs the step contract of
-`foundry.lm.generate` (so our GPT and any transformers causal LM, LoRA merged or not,
-run here unchanged) and writes each row's new key/value back into its slot.
+KV cache: one buffer per layer, [max_concurrent rounded up to ROW_QUANTUM, kv_heads,
+context + 1, head_dim], allocated once (on the first prompt, when the model's shapes are
+known) and never grown; a row owns one slot from its first chunk to its last token, the
+lowest free one. A decode step hands the buffers' first slots (a view) to the model as
+its own cache type (`CacheIO.build`), runs the step contract of `foundry.lm.generate`
+(so our GPT and any transformers causal LM, LoRA merged or not, run here unchanged) and
+writes each row's new key/value to its next position.
 
 Same text alone or batched. Every row samples from its own logits with its own
 `torch.Generator` (seeded with its `seed`) and its own parameters, so neighbours never
@@ -34,13 +38,15 @@ blocks of 4 match a 64-row batch bit for bit), and scaled_dot_product_attention 
 keys differs in the last bit from the same keys padded and masked to a longer width.
 That is enough to flip a sampled token now and then. So shapes are fixed where they
 matter: a decode step pads its rows to a multiple of `ROW_QUANTUM` and always attends
-over the whole slot width (context + 1, masked), and a prompt's chunks run alone, cut at
-the same places whatever else is running. A row's arithmetic is then the same alone or
+over the whole slot width (context + 1, masked), a short prompt is read at a width set
+by its own length in a batch padded to ROW_QUANTUM rows, and a long prompt's chunks run
+alone, cut at the same places whatever else is running. A row's arithmetic is then the same alone or
 among 31 others (tests/lm/test_lm_continuous.py checks it token for token).
 """
 
 from __future__ import annotations
 
+import heapq
 import random
 import threading
 import time
@@ -72,6 +78,11 @@ class CacheIO(Protocol):
     def build(self, layers: list[tuple[Tensor, Tensor]], filled: int) -> Any:
         """A cache holding `layers[i] = (keys, values)` [B, H, W, Dh], of which the first
         `filled` positions are the tokens seen (W may be larger: spare room to append)."""
+        ...
+
+    def empty(self) -> Any:
+        """A cache with nothing in it yet, whose attention does not depend on the batch
+        size (a prompt pass fills it)."""
         ...
 
     def read(self, cache: Any) -> list[tuple[Tensor, Tensor]]:
@@ -151,7 +162,9 @@ class ContinuousBatcher:
         self._lock = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._active: list[_Request] = []
-        self._free = list(range(max_concurrent - 1, -1, -1))
+        self._free = list(range(max_concurrent))
+        """Free slots, a heap: the lowest is taken first, so running rows stay at the front
+        of the slot buffers, which a decode step uses as its batch (`_decode`)."""
         self._slots: list[tuple[Tensor, Tensor]] = []
         self._width = engine.context_length + 1  # + the token a decode step appends
         self._sampled = 0
@@ -286,14 +299,14 @@ class ContinuousBatcher:
             if request.cancelled:  # gone before it started: nothing computed
                 request.emit(None)
                 continue
-            request.slot = self._free.pop()
+            request.slot = heapq.heappop(self._free)
             self._active.append(request)
             if self.on_admit is not None:
                 self.on_admit(now - request.enqueued)
 
     def _leave(self, request: _Request) -> None:
         with self._lock:
-            self._free.append(request.slot)
+            heapq.heappush(self._free, request.slot)
         request.emit(None)
 
     def _step(self) -> None:
@@ -301,15 +314,27 @@ class ContinuousBatcher:
             self._active.remove(request)
             self._leave(request)
         decoding = [r for r in self._active if r.pending is not None]
-        if decoding:
-            self._decode(decoding)
-        # prompt chunks within the step's token budget, one chunk at least
+        # prompt chunks within the step's token budget, one chunk at least. A prompt that
+        # fits in one chunk is read together with the other short ones of its width
+        # (`_prefill_short`); a longer one chunk by chunk, alone (`_prefill`). Read before
+        # the decode pass, so a new row's first token does not wait for it (time to first
+        # token); the running rows wait for the prompts either way.
         budget = self.max_batch_tokens - len(decoding)
         reading = [r for r in self._active if r.pending is None and r.row.finish is None]
+        short: dict[int, list[_Request]] = {}
         for i, request in enumerate(reading):
             if i and budget <= 0:
                 break
-            budget -= self._prefill(request)
+            if request.cached == 0 and len(request.row.prompt) <= self.prefill_chunk:
+                width = _short_width(len(request.row.prompt))
+                short.setdefault(width, []).append(request)
+                budget -= width
+            else:
+                budget -= self._prefill(request)
+        for width, requests in short.items():
+            self._prefill_short(requests, width)
+        if decoding:
+            self._decode(decoding)
         finished = [r for r in self._active if r.row.finish is not None]
         for request in finished:
             self._active.remove(request)
@@ -351,74 +376,155 @@ class ContinuousBatcher:
                 slot_v[request.slot, :, start : start + t] = v[0, :, start : start + t]
         request.cached += t
         if request.cached == len(prompt):
-            self._sample(request, logits[:, -1])
+            self._sample([request], logits[:, -1])
         return t
 
+    def _prefill_short(self, rows: list[_Request], width: int) -> None:
+        """Whole prompts of at most `width` tokens in one forward pass, each left-padded
+        to `width` (masked, positions from 0 at its first token), and each row's first
+        token. The batch is padded to a multiple of ROW_QUANTUM rows (as a decode step's
+        is: measured, 5 rows of width 8 give a row other low bits than 1 row does, 8 rows
+        the same as 4) and attention runs through the model's batch-invariant path, so a
+        row's arithmetic depends on its own prompt and `width` only."""
+        device, pad = self.engine.device, self.engine.pad_id
+        ids, mask, positions = [], [], []
+        for request in rows:
+            prompt, gap = request.row.prompt, width - len(request.row.prompt)
+            ids.append([pad] * gap + prompt)
+            mask.append([0] * gap + [1] * len(prompt))
+            positions.append([0] * gap + list(range(len(prompt))))
+        for _ in range(-len(rows) % ROW_QUANTUM):  # padding rows, as in a decode step
+            ids.append([pad] * width)
+            mask.append([1] * width)
+            positions.append(list(range(width)))
+        with torch.inference_mode():
+            logits, cache = self.engine.step(
+                torch.tensor(ids, dtype=torch.int64, device=device),
+                cache=self.io.empty(),
+                attention_mask=torch.tensor(mask, device=device),
+                position_ids=torch.tensor(positions, device=device),
+                use_cache=True,
+            )
+            layers = self.io.read(cache)
+            if not self._slots:
+                self._allocate(layers)
+            for i, request in enumerate(rows):
+                t = len(request.row.prompt)
+                for (slot_k, slot_v), (k, v) in zip(self._slots, layers, strict=True):
+                    slot_k[request.slot, :, :t] = k[i, :, width - t :]
+                    slot_v[request.slot, :, :t] = v[i, :, width - t :]
+                request.cached = t
+        self._sample(rows, logits[: len(rows), -1])
+
     def _decode(self, rows: list[_Request]) -> None:
-        """One token for every decoding row, in one forward pass of a fixed shape."""
-        n = len(rows)
-        padded = -(-n // ROW_QUANTUM) * ROW_QUANTUM
+        """One token for every decoding row, in one forward pass of a fixed shape.
+
+        The batch is the slot buffers' first `padded` slots themselves (a view, nothing
+        gathered): slots are handed out lowest first, so the running rows sit at the
+        front, and slot i is batch row i. Slots in that range that are not decoding (free,
+        or still reading their prompt) ride along as padding: their input is the pad
+        token and they see only the column appended now, which is never read back."""
         device, width = self.engine.device, self._width
         context = width - 1
-        slots = torch.tensor([r.slot for r in rows] + [rows[0].slot] * (padded - n), device=device)
-        lengths = [r.cached for r in rows] + [0] * (padded - n)
-        ids = [r.pending for r in rows] + [self.engine.pad_id] * (padded - n)
+        top = max(r.slot for r in rows) + 1
+        padded = -(-top // ROW_QUANTUM) * ROW_QUANTUM  # the buffers have room (_allocate)
+        ids = [self.engine.pad_id] * padded
+        lengths = [0] * padded
+        for r in rows:
+            ids[r.slot], lengths[r.slot] = r.pending, r.cached
+        lengths_t = torch.tensor(lengths, device=device)
         # mask [padded, context + 1]: each row's own tokens, and the one appended now
         # (column `context`); padding rows see only that one
-        mask = (
-            torch.arange(width, device=device)[None] < torch.tensor(lengths, device=device)[:, None]
-        )
+        mask = torch.arange(width, device=device)[None] < lengths_t[:, None]
         mask[:, context] = True
         with torch.inference_mode():
-            cache = self.io.build(
-                [(k.index_select(0, slots), v.index_select(0, slots)) for k, v in self._slots],
-                context,
-            )
+            cache = self.io.build([(k[:padded], v[:padded]) for k, v in self._slots], context)
             logits, cache = self.engine.step(
                 torch.tensor(ids, dtype=torch.int64, device=device)[:, None],
                 cache=cache,
                 attention_mask=mask.long(),
-                position_ids=torch.tensor(lengths, device=device)[:, None],
+                position_ids=lengths_t[:, None],
                 use_cache=True,
             )
-            real, at = slots[:n], torch.tensor(lengths[:n], device=device)
+            # each row's new key/value (column `context`) to its own next position, for
+            # every batch row at once: a padding row's goes onto column `context` itself
+            write_at = [context] * padded
+            for r in rows:
+                write_at[r.slot] = r.cached
+            at = torch.tensor(write_at, device=device)
             for (slot_k, slot_v), (k, v) in zip(self._slots, self.io.read(cache), strict=True):
-                slot_k[real, :, at] = k[:n, :, context]
-                slot_v[real, :, at] = v[:n, :, context]
-        for i, request in enumerate(rows):
+                _write_column(slot_k, k[:, :, context], at)
+                _write_column(slot_v, v[:, :, context], at)
+            real = torch.tensor([r.slot for r in rows], device=device)
+        for request in rows:
             request.cached += 1
-            self._sample(request, logits[i : i + 1, -1])
+        self._sample(rows, logits[real, -1])
 
-    def _sample(self, request: _Request, logits: Tensor) -> None:
-        """The row's next token from its own logits [1, V] and generator; its delta."""
-        seen = None
-        if request.params.repetition_penalty != 1.0:
-            seen = torch.zeros((1, max(request.seen) + 1), dtype=torch.bool)
-            seen[0, list(request.seen)] = True
-            seen = seen.to(logits.device)
-        self._sampled += 1
-        token = int(pick_next_tokens(logits.float(), request.params, [request.generator], seen))
-        row = request.row
-        advance_row(row, token, self.engine.stop_ids)
-        request.seen.add(token)
-        request.pending = token if row.finish is None else None
-        text = row.text
-        if row.finish is not None:
-            request.emit(Delta(text.take_rest() if text else "", row.computed, row.finish))
-        else:
-            request.emit(Delta(text.take_ready() if text else "", row.computed))
+    def _sample(self, rows: list[_Request], logits: Tensor) -> None:
+        """Each row's next token from its own logits (`logits[i]` [V] is row i's) and its
+        own generator, then its delta. Rows with the same sampling parameters are picked
+        in one call (one softmax, sort and cumsum over their rows: row-wise operations,
+        so a row's token is the one it gets alone); a row with a repetition penalty
+        alone, with its own tokens seen."""
+        groups: dict[tuple, list[int]] = {}
+        for i, request in enumerate(rows):
+            p = request.params
+            key = (p.temperature, p.top_k, p.top_p) if p.repetition_penalty == 1.0 else (i,)
+            groups.setdefault(key, []).append(i)
+        tokens = [0] * len(rows)
+        logits = logits.float()
+        for members in groups.values():
+            first = rows[members[0]]
+            seen = None
+            if first.params.repetition_penalty != 1.0:
+                seen = torch.zeros((1, max(first.seen) + 1), dtype=torch.bool)
+                seen[0, list(first.seen)] = True
+                seen = seen.to(logits.device)
+            picked = pick_next_tokens(
+                logits[members], first.params, [rows[i].generator for i in members], seen
+            )
+            for i, token in zip(members, picked.tolist(), strict=True):
+                tokens[i] = token
+        self._sampled += len(rows)
+        for request, token in zip(rows, tokens, strict=True):
+            row = request.row
+            advance_row(row, token, self.engine.stop_ids)
+            request.seen.add(token)
+            request.pending = token if row.finish is None else None
+            text = row.text
+            if row.finish is not None:
+                request.emit(Delta(text.take_rest() if text else "", row.computed, row.finish))
+            else:
+                request.emit(Delta(text.take_ready() if text else "", row.computed))
 
     def _allocate(self, layers: list[tuple[Tensor, Tensor]]) -> None:
         """The slot buffers, shaped after the model's first cache (zeros: a masked slot
         position must hold a finite number, as 0 x NaN is NaN)."""
+        rows = -(-self.max_concurrent // ROW_QUANTUM) * ROW_QUANTUM  # + padding rows
         for k, v in layers:
             _, heads, _, dim = k.shape
             self._slots.append(
                 (
-                    k.new_zeros((self.max_concurrent, heads, self._width, dim)),
-                    v.new_zeros((self.max_concurrent, v.shape[1], self._width, v.shape[3])),
+                    k.new_zeros((rows, heads, self._width, dim)),
+                    v.new_zeros((rows, v.shape[1], self._width, v.shape[3])),
                 )
             )
+
+
+def _write_column(slots: Tensor, column: Tensor, at: Tensor) -> None:
+    """slots[b, :, at[b]] = column[b] for b < len(at), in one index_copy_ over the
+    (contiguous) buffer's rows of head_dim values: slots [S, H, W, Dh], column [B, H, Dh].
+    Indexing the buffer with two index tensors instead (index_put) costs several times
+    as much, and this runs twice per layer per step."""
+    b, heads, width, dim = column.shape[0], slots.shape[1], slots.shape[2], slots.shape[3]
+    rows = torch.arange(b * heads, device=at.device).view(b, heads) * width
+    slots.view(-1, dim).index_copy_(0, (rows + at[:, None]).flatten(), column.reshape(-1, dim))
+
+
+def _short_width(tokens: int) -> int:
+    """The padded width a short prompt is read at: a multiple of 8, so that prompts of
+    similar length share a forward pass (a row's width is its own, whatever else runs)."""
+    return -(-tokens // 8) * 8
 
 
 def _generator(seed: int | None) -> torch.Generator:

@@ -82,6 +82,9 @@ class GPTCacheIO:
     def build(self, layers: list[tuple[Tensor, Tensor]], filled: int) -> KVCache:
         return KVCache.from_tensors(layers, filled)
 
+    def empty(self) -> KVCache:
+        return KVCache.from_tensors([], 0)
+
     def read(self, cache: KVCache) -> list[tuple[Tensor, Tensor]]:
         return cache.tensors()
 

@@ -64,5 +64,10 @@ class HFCacheIO:
             ddp_cache_data=[(k[:, :, :filled], v[:, :, :filled]) for k, v in layers]
         )
 
+    def empty(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache()
+
     def read(self, cache: Any) -> list[tuple[Tensor, Tensor]]:
         return [(layer.keys, layer.values) for layer in cache.layers]
