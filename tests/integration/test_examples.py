@@ -45,12 +45,13 @@ def test_example_trains_and_learns(config, tmp_path):
     assert foundry.load(run.model_ref).manifest["config"]["name"] == run.model_ref.split(":")[0]
 
 
-# Language-model examples, tested where their data makers live.
+# Language-model and recommender examples, tested where their data makers live.
 LANGUAGE_EXAMPLES = {
     "gpt_corpus": "tests/lm/test_lm_example.py",
     "minilm_lora": "tests/lm/test_lm_hf_classify.py",
     "tiny_llama_lora": "tests/lm/test_lm_examples_chat.py",
     "gpt_chat": "tests/lm/test_lm_examples_chat.py",
+    "recommend": "tests/recommend/test_recommend_example.py",
 }
 
 
