@@ -124,13 +124,7 @@ class Preprocessor:
         for a handful of records far cheaper than a frame and pandas / Arrow per column.
         """
         n = len(records)
-        names = [e.name for e in self.encoders]
-        try:
-            columns = {name: [r[name] for r in records] for name in names}
-        except KeyError as exc:
-            raise DataError(
-                f"a record lacks the input {exc} (inputs: {', '.join(names)})"
-            ) from None
+        columns = record_columns(records, [e.name for e in self.encoders])
         out: dict[str, torch.Tensor] = {}
         if self._numeric:
             numeric = np.empty((n, len(self._numeric)), dtype=np.float32)  # [N, n_numeric]
@@ -207,6 +201,15 @@ class Preprocessor:
             TargetEncoder.from_state(state["target"]),
             base_dir,
         )
+
+
+def record_columns(records: list[dict[str, Any]], names: list[str]) -> dict[str, list[Any]]:
+    """Records (one dict of input values per row) → each input's values, in row order;
+    DataError naming the input a record lacks."""
+    try:
+        return {name: [r[name] for r in records] for name in names}
+    except KeyError as exc:
+        raise DataError(f"a record lacks the input {exc} (inputs: {', '.join(names)})") from None
 
 
 def check_numbers(df: pd.DataFrame, resolved: ResolvedFeatures, source: str) -> None:

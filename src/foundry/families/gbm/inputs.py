@@ -34,6 +34,7 @@ from foundry.data.encoders.keys import first_row
 from foundry.data.encoders.number import NumberEncoder, refuse_infinities, to_float
 from foundry.data.preprocess import Preprocessor
 from foundry.errors import ConfigError, DataError
+from foundry.families.table import PreprocessorView
 
 __all__ = ["NativeInputs", "check_inputs"]
 
@@ -56,7 +57,7 @@ def check_inputs(resolved: Any) -> None:
         )
 
 
-class NativeInputs:
+class NativeInputs(PreprocessorView):
     """A fitted `Preprocessor` seen as LightGBM's input matrix (see the module docstring).
     It answers what `Predictor`, the API and the evaluation read from a preprocessor."""
 
@@ -64,7 +65,7 @@ class NativeInputs:
         check_inputs(preprocessor.resolved)
         self.base = preprocessor
 
-    # What callers read from a preprocessor, delegated.
+    # What callers read from a preprocessor, delegated (the rest: `PreprocessorView`).
     @property
     def encoders(self) -> list[Any]:
         return self.base.encoders
@@ -72,27 +73,6 @@ class NativeInputs:
     @property
     def resolved(self) -> Any:
         return self.base.resolved
-
-    @property
-    def target(self) -> Any:
-        return self.base.target
-
-    @property
-    def schema(self) -> Any:
-        return self.base.schema
-
-    @property
-    def task(self) -> Any:
-        return self.base.task
-
-    def prepare(self, df: pd.DataFrame) -> pd.DataFrame:
-        return self.base.prepare(df)
-
-    def decode_labels(self, indices: np.ndarray) -> np.ndarray:
-        return self.base.decode_labels(indices)
-
-    def denormalize(self, values: np.ndarray) -> np.ndarray:
-        return self.base.denormalize(values)
 
     def state_dict(self) -> dict[str, Any]:
         return self.base.state_dict()

@@ -29,9 +29,10 @@ import torch
 
 from foundry.data.encoders.category import CategoryEncoder
 from foundry.data.infer import ResolvedFeatures
-from foundry.data.preprocess import Preprocessor
+from foundry.data.preprocess import Preprocessor, record_columns
 from foundry.errors import ConfigError, DataError
 from foundry.families.ngram.vectorize import TextNGrams, texts_of
+from foundry.families.table import PreprocessorView
 
 __all__ = ["KEY", "Block", "NGramInputs", "SparseRows", "check_inputs"]
 
@@ -78,7 +79,7 @@ class Block:
     stop: int
 
 
-class NGramInputs:
+class NGramInputs(PreprocessorView):
     """The fitted shared `Preprocessor` (non-text inputs, target) plus each text input's
     n-grams; answers what `Predictor`, the API and the evaluation ask of a preprocessor."""
 
@@ -154,32 +155,11 @@ class NGramInputs:
         encoded["target"] = torch.from_numpy(base.target.transform(df[resolved.target]))
         return inputs, encoded
 
-    # What callers read from a preprocessor, delegated.
+    # What callers read from a preprocessor, delegated (the rest: `PreprocessorView`).
     @property
     def encoders(self) -> list[Any]:
         """One per input, in order: the shared encoder, or a text input's n-grams."""
         return [enc for _, enc in self._inputs if not isinstance(enc, list)] + self.texts
-
-    @property
-    def target(self) -> Any:
-        return self.base.target
-
-    @property
-    def task(self) -> Any:
-        return self.base.task
-
-    @property
-    def schema(self) -> Any:
-        return self.base.schema
-
-    def prepare(self, df: pd.DataFrame) -> pd.DataFrame:
-        return self.base.prepare(df)
-
-    def decode_labels(self, indices: np.ndarray) -> np.ndarray:
-        return self.base.decode_labels(indices)
-
-    def denormalize(self, values: np.ndarray) -> np.ndarray:
-        return self.base.denormalize(values)
 
     # -------------------------------------------------------------- the matrix
 
@@ -198,13 +178,7 @@ class NGramInputs:
 
     def transform_records(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """API records → the matrix `transform` gives for a frame of the same values."""
-        names = self.resolved.input_names
-        try:
-            columns = {name: [r[name] for r in records] for name in names}
-        except KeyError as exc:
-            raise DataError(
-                f"a record lacks the input {exc} (inputs: {', '.join(names)})"
-            ) from None
+        columns = record_columns(records, self.resolved.input_names)
         blocks = []
         for f, enc in self._inputs:
             values = columns[f.name]
