@@ -9,7 +9,7 @@ from typing import Any
 from foundry.config import dump_config
 from foundry.config.schema import FoundryConfig
 
-__all__ = ["provenance", "table_card", "training_section"]
+__all__ = ["card_header", "data_section", "provenance", "table_card", "training_section"]
 
 
 def provenance(cfg: FoundryConfig, **versions: str) -> dict[str, Any]:
@@ -32,6 +32,33 @@ def provenance(cfg: FoundryConfig, **versions: str) -> dict[str, Any]:
     }
 
 
+def data_section(run: Any, splits: Any) -> dict[str, Any]:
+    """manifest["data"] of a model trained on rows split three ways: the data path, the
+    rows per split, and where relative data paths start (`run.loaded.base_dir`):
+    `foundry compress` reads the splits again."""
+    return {
+        "path": run.config.data.path,
+        "rows": {
+            "train": len(splits.train),
+            "val": len(splits.val),
+            "test": len(splits.test),
+        },
+        "base_dir": str(run.loaded.base_dir),
+    }
+
+
+def card_header(cfg: FoundryConfig) -> list[str]:
+    """A model card's first lines: the name, the description, and the `## Data` heading
+    whose lines the family writes next."""
+    return [
+        f"# {cfg.name}",
+        "",
+        cfg.description or "_No description given (set `description` in the config)._",
+        "",
+        "## Data",
+    ]
+
+
 def training_section(fitted: Any) -> dict[str, Any]:
     """manifest["training"] from a `FitResult`: what the report, the card and `foundry
     cost` read (epochs, best epoch, seconds, whether it stopped early)."""
@@ -50,11 +77,7 @@ def table_card(cfg: FoundryConfig, manifest: dict[str, Any], metrics: dict[str, 
     (`evaluation.card`), this one goes into unregistered (tuning trial) packages."""
     rows = manifest["data"]["rows"]
     lines = [
-        f"# {cfg.name}",
-        "",
-        cfg.description or "_No description given (set `description` in the config)._",
-        "",
-        "## Data",
+        *card_header(cfg),
         f"- source: `{cfg.data.path}`",
         f"- fingerprint: `{manifest['fingerprint']}`",
         f"- rows: train {rows['train']}, val {rows['val']}, test {rows['test']}",

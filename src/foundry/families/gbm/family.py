@@ -25,9 +25,14 @@ import pandas as pd
 from foundry.errors import ConfigError, ModelError
 from foundry.families.gbm.booster import MODEL_FILE, BoosterModel, sha256_text, threads_for
 from foundry.families.interface import Evaluation, Fitted, PackageContents, Run
-from foundry.families.manifest import provenance, table_card, training_section
+from foundry.families.manifest import data_section, provenance, training_section
 from foundry.families.registry import register_family
-from foundry.families.table import class_weights, data_sections, evaluate_table
+from foundry.families.table import (
+    class_weights,
+    evaluate_table,
+    summarize_table,
+    table_package,
+)
 
 __all__ = ["GBMFamily", "lightgbm_params"]
 
@@ -199,12 +204,7 @@ class GBMFamily:
             "task": data.inputs.task.to_dict(),
             "n_outputs": fitted.state["n_outputs"],
             "fingerprint": data.fingerprint,
-            "data": {
-                "path": cfg.data.path,
-                "rows": {"train": len(splits.train), "val": len(splits.val),
-                         "test": len(splits.test)},
-                "base_dir": str(run.loaded.base_dir),
-            },
+            "data": data_section(run, splits),
             "training": {
                 **training_section(result),
                 "processes": 1,  # LightGBM's threads, on one machine
@@ -225,22 +225,13 @@ class GBMFamily:
                 "params": fitted.state["params"],
             },
         }
-        manifest.update(data_sections(splits, data.leakage))
-        manifest.update(evaluation.sections)
-        return PackageContents(
-            weights={},
-            manifest=manifest,
-            card=None if run.register else table_card(cfg, manifest, evaluation.metrics),
-            files={MODEL_FILE: text.encode("utf-8")},
+        return table_package(
+            manifest, splits, data.leakage, evaluation, run,
+            weights={}, files={MODEL_FILE: text.encode("utf-8")},
         )
 
     def summarize(self, ref: str, fitted: Fitted, evaluation: Evaluation, run: Run) -> None:
-        from foundry.economics import training_cost_line
-
-        cfg, say = run.config, run.say
-        title = f"{ref or cfg.name} — {cfg.evaluate.split} metrics"
-        say.metrics(evaluation.metrics, fitted.model.task, title=title)
-        say.info(training_cost_line(fitted.result.seconds, cfg.cost))
+        summarize_table(ref, fitted, evaluation, run)
 
     def load(self, package: Any, ref: str) -> Any:
         from foundry.families.gbm.inputs import NativeInputs

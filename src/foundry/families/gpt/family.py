@@ -20,7 +20,7 @@ from foundry.config import LoadedConfig
 from foundry.config.schema import FoundryConfig, GPTConfig
 from foundry.errors import ConfigError
 from foundry.families.interface import Evaluation, Fitted, PackageContents, Run
-from foundry.families.manifest import provenance, training_section
+from foundry.families.manifest import card_header, provenance, training_section
 from foundry.families.registry import register_family
 
 __all__ = ["GPTFamily"]
@@ -237,11 +237,7 @@ def model_card(cfg: FoundryConfig, manifest: dict[str, Any], metrics: dict[str, 
     g = gpt["config"]
     ex, tok = data["examples"], data["target_tokens"]
     lines = [
-        f"# {cfg.name}",
-        "",
-        cfg.description or "_No description given (set `description` in the config)._",
-        "",
-        "## Data",
+        *card_header(cfg),
         f"- source: `{cfg.data.path}` ({data['kind']})",
         f"- fingerprint: `{manifest['fingerprint']}`",
         f"- examples: train {ex['train']}, val {ex['val']}, test {ex['test']}",

@@ -16,9 +16,9 @@ from typing import Any
 import pandas as pd
 
 from foundry.families.interface import Evaluation, Fitted, PackageContents, Run
-from foundry.families.manifest import provenance, table_card, training_section
+from foundry.families.manifest import data_section, provenance, training_section
 from foundry.families.registry import register_family
-from foundry.families.table import data_sections, evaluate_table
+from foundry.families.table import evaluate_table, summarize_table, table_package
 from foundry.models.registry import registered_models
 
 __all__ = ["NeuralFamily", "image_augmenter"]
@@ -134,16 +134,7 @@ class NeuralFamily:
             "task": preprocessor.task.to_dict(),
             "n_outputs": fitted.state["n_outputs"],
             "fingerprint": data.fingerprint,
-            "data": {
-                "path": cfg.data.path,
-                "rows": {
-                    "train": len(splits.train),
-                    "val": len(splits.val),
-                    "test": len(splits.test),
-                },
-                # where relative data paths start: `foundry compress` reads the splits again
-                "base_dir": str(run.loaded.base_dir),
-            },
+            "data": data_section(run, splits),
             "training": {
                 **training_section(result),
                 # what the run occupied: its cost is seconds x machines x the hourly price
@@ -152,30 +143,20 @@ class NeuralFamily:
                 "run_dir": str(run.out_dir),  # curves for `foundry report`, dashboard
             },
         }
-        manifest.update(data_sections(splits, data.leakage))
         if result.privacy is not None:
             manifest["privacy"] = {**result.privacy, "fixed_layers": fitted.state["fixed_layers"]}
             say.info(
                 f"differential privacy: ε = {result.privacy['epsilon']:.3f} "
                 f"(δ = {result.privacy['delta']:.2g}) spent"
             )
-        manifest.update(evaluation.sections)
-        return PackageContents(
-            weights=result.state_dict,
-            manifest=manifest,
-            # registered, the card is rendered from the manifest; a trial's package needs one
-            card=None if run.register else table_card(cfg, manifest, evaluation.metrics),
+        return table_package(
+            manifest, splits, data.leakage, evaluation, run, weights=result.state_dict
         )
 
     def summarize(self, ref: str, fitted: Fitted, evaluation: Evaluation, run: Run) -> None:
-        from foundry.economics import training_cost_line
         from foundry.training import distributed
 
-        cfg, say = run.config, run.say
-        title = f"{ref or cfg.name} — {cfg.evaluate.split} metrics"
-        say.metrics(evaluation.metrics, fitted.model.task, title=title)
-        machines = distributed.machines()
-        say.info(training_cost_line(fitted.result.seconds, cfg.cost, machines=machines))
+        summarize_table(ref, fitted, evaluation, run, machines=distributed.machines())
 
     def load(self, package: Any, ref: str) -> Any:
         from foundry.predictor import Predictor

@@ -27,9 +27,14 @@ import pandas as pd
 
 from foundry.errors import DataError, ModelError
 from foundry.families.interface import Evaluation, Fitted, PackageContents, Run
-from foundry.families.manifest import provenance, table_card, training_section
+from foundry.families.manifest import data_section, provenance, training_section
 from foundry.families.registry import register_family
-from foundry.families.table import class_weights, data_sections, evaluate_table
+from foundry.families.table import (
+    class_weights,
+    evaluate_table,
+    summarize_table,
+    table_package,
+)
 
 __all__ = ["VOCABULARY_FILE", "NGramFamily"]
 
@@ -186,15 +191,7 @@ class NGramFamily:
             "task": inputs.task.to_dict(),
             "n_outputs": linear.n_outputs,
             "fingerprint": data.fingerprint,
-            "data": {
-                "path": cfg.data.path,
-                "rows": {
-                    "train": len(splits.train),
-                    "val": len(splits.val),
-                    "test": len(splits.test),
-                },
-                "base_dir": str(run.loaded.base_dir),
-            },
+            "data": data_section(run, splits),
             "training": {
                 **training_section(result),
                 "processes": 1,
@@ -216,27 +213,23 @@ class NGramFamily:
                 ],
             },
         }
-        manifest.update(data_sections(splits, data.leakage))
-        manifest.update(evaluation.sections)
         weights = {
             **inputs.idf_tensors(),
             "linear.weight": torch.from_numpy(linear.weight),
             "linear.bias": torch.from_numpy(linear.bias),
         }
-        return PackageContents(
+        return table_package(
+            manifest,
+            splits,
+            data.leakage,
+            evaluation,
+            run,
             weights=weights,
-            manifest=manifest,
-            card=None if run.register else table_card(cfg, manifest, evaluation.metrics),
             files={VOCABULARY_FILE: vocabulary.encode("utf-8")},
         )
 
     def summarize(self, ref: str, fitted: Fitted, evaluation: Evaluation, run: Run) -> None:
-        from foundry.economics import training_cost_line
-
-        cfg, say = run.config, run.say
-        title = f"{ref or cfg.name} — {cfg.evaluate.split} metrics"
-        say.metrics(evaluation.metrics, fitted.model.task, title=title)
-        say.info(training_cost_line(fitted.result.seconds, cfg.cost))
+        summarize_table(ref, fitted, evaluation, run)
 
     def load(self, package: Any, ref: str) -> Any:
         from foundry.data.schema import TaskInfo

@@ -22,7 +22,7 @@ import numpy as np
 
 from foundry.errors import ModelError
 from foundry.families.interface import Evaluation, Fitted, PackageContents, Run
-from foundry.families.manifest import provenance, training_section
+from foundry.families.manifest import card_header, data_section, provenance, training_section
 from foundry.families.registry import register_family
 
 __all__ = ["IDS_FILE", "RecommendFamily"]
@@ -169,15 +169,7 @@ class RecommendFamily:
                 "k": cfg.recommend.k,
             },
             "fingerprint": data.fingerprint,
-            "data": {
-                "path": cfg.data.path,
-                "rows": {
-                    "train": len(splits.train),
-                    "val": len(splits.val),
-                    "test": len(splits.test),
-                },
-                "base_dir": str(run.loaded.base_dir),
-            },
+            "data": data_section(run, splits),
             "training": {
                 **training_section(fitted.result),
                 "unit": "iteration",
@@ -247,11 +239,7 @@ def recommend_card(cfg: Any, manifest: dict[str, Any], metrics: dict[str, Any]) 
         else "- `popularity`: the same list for everyone, the items most users touched"
     )
     lines = [
-        f"# {cfg.name}",
-        "",
-        cfg.description or "_No description given (set `description` in the config)._",
-        "",
-        "## Data",
+        *card_header(cfg),
         f"- source: `{cfg.data.path}` (fingerprint `{manifest['fingerprint'][:16]}`)",
         f"- {rec['users']} users, {rec['items']} items; interactions train {rows['train']}, "
         f"val {rows['val']}, test {rows['test']}",
