@@ -84,21 +84,27 @@ def trained(tmp_path_factory):
 # ---------------------------------------------------------------- n-grams
 
 
-def test_structured_names_split_on_punctuation_into_words():
+def _word_grams(column: str, texts: list[str], *, ngram_range=(1, 2), min_df=1):
+    """Word n-grams, lowercased, sublinear TF, no vocabulary cap, no hashing:
+    (TextNGrams, the training rows' TF-IDF matrix)."""
     from foundry.families.ngram.vectorize import TextNGrams
 
-    texts = ["python3-foo", "libbar-perl", "src/a_b/c.py", "https://x.org/y?q=1"]
-    grams, _ = TextNGrams.fit(
-        "name",
+    return TextNGrams.fit(
+        column,
         texts,
         kind="word",
-        ngram_range=(1, 2),
+        ngram_range=ngram_range,
         lowercase=True,
         sublinear_tf=True,
-        min_df=1,
+        min_df=min_df,
         max_features=None,
         hash_features=None,
     )
+
+
+def test_structured_names_split_on_punctuation_into_words():
+    texts = ["python3-foo", "libbar-perl", "src/a_b/c.py", "https://x.org/y?q=1"]
+    grams, _ = _word_grams("name", texts)
     words = set(grams.vocabulary)
     assert {"python3", "foo", "libbar", "perl", "src", "a", "b", "c", "py"} <= words
     assert {"https", "x", "org", "y", "q", "1", "python3 foo", "libbar perl"} <= words
@@ -122,20 +128,8 @@ def test_char_ngrams_count_as_scikit_learns_char_wb(ngram_range):
 
 
 def test_tfidf_weighting_is_scikit_learns_sublinear_l2():
-    from foundry.families.ngram.vectorize import TextNGrams
-
     texts = ["a cat sat", "a cat ran ran ran", "dogs ran", "the cat"]
-    grams, x = TextNGrams.fit(
-        "t",
-        texts,
-        kind="word",
-        ngram_range=(1, 2),
-        lowercase=True,
-        sublinear_tf=True,
-        min_df=1,
-        max_features=None,
-        hash_features=None,
-    )
+    grams, x = _word_grams("t", texts)
     reference = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, token_pattern=r"(?u)[^\W_]+")
     expected = reference.fit_transform(texts).toarray()
     assert grams.vocabulary == list(reference.get_feature_names_out())
@@ -143,20 +137,8 @@ def test_tfidf_weighting_is_scikit_learns_sublinear_l2():
 
 
 def test_min_df_pruning_everything_is_a_data_error_naming_the_column():
-    from foundry.families.ngram.vectorize import TextNGrams
-
     with pytest.raises(DataError, match="'name'") as caught:
-        TextNGrams.fit(
-            "name",
-            ["a", "b"],
-            kind="word",
-            ngram_range=(1, 1),
-            lowercase=True,
-            sublinear_tf=True,
-            min_df=2,
-            max_features=None,
-            hash_features=None,
-        )
+        _word_grams("name", ["a", "b"], ngram_range=(1, 1), min_df=2)
     assert "min_df" in str(caught.value.hint)
 
 

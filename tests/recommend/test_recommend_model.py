@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from tests.recommend.recommend_support import planted_config
 
 import foundry
 from foundry.config.schema import MFConfig, PopularityConfig, RecommendConfig
@@ -159,15 +160,9 @@ def test_recent_items_fold_a_new_user_into_their_group():
 
 
 def test_train_package_load_gives_the_same_scores(tmp_path):
-    df = planted_interactions(60, seed=3)
-    df.to_csv(tmp_path / "events.csv", index=False)
-    config = {
-        "name": "rec-pkg",
-        "data": {"path": str(tmp_path / "events.csv")},
-        "recommend": {"user": "user", "item": "item", "weight": "weight", "time": "ts"},
-        "model": {"type": "mf", "factors": 4, "iterations": 3},
-        "output_dir": str(tmp_path / "runs"),
-    }
+    model = {"type": "mf", "factors": 4, "iterations": 3}
+    config = planted_config(tmp_path, "rec-pkg", model, n_users=60, seed=3)
+    df = pd.read_csv(tmp_path / "events.csv")
     result = foundry.train(config, progress=False, quiet=True)
     assert result.metrics["recall@10"] >= 0 and "recall@10" in result.metrics["popularity"]
     loaded = foundry.load(result.model_ref)

@@ -9,6 +9,7 @@ import json
 import pandas as pd
 import pytest
 import yaml
+from tests.recommend.recommend_support import planted_config
 from tests.serve.serve_app_support import bearer, serving
 
 import foundry
@@ -96,14 +97,8 @@ def test_init_refuses_an_unknown_task_and_a_missing_target(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("recommend")
-    planted_interactions(80, seed=5).to_csv(root / "events.csv", index=False)
-    config = {
-        "name": "picks",
-        "data": {"path": str(root / "events.csv")},
-        "recommend": {"user": "user", "item": "item", "weight": "weight", "time": "ts"},
-        "model": {"type": "mf", "factors": 4, "iterations": 4},
-        "output_dir": str(root / "runs"),
-    }
+    model = {"type": "mf", "factors": 4, "iterations": 4}
+    config = planted_config(root, "picks", model, n_users=80, seed=5)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FOUNDRY_HOME", str(root / "home"))
         result = foundry.train(config, progress=False, quiet=True)

@@ -1,9 +1,12 @@
 """Shared by the app, batching, errors and process tests: a small real model, an app
-around it, and an HTTP client on the app (ASGI, no sockets)."""
+around it, and an HTTP client on the app (ASGI, no sockets); `run_cli` for the tests
+that drive `foundry` in a subprocess (the server itself: `foundry.serve.loadtest.Server`)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -124,6 +127,15 @@ async def serving(app) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
+
+
+def run_cli(root: Path, env: dict, *args: str) -> str:
+    """`python -m foundry ARGS` run in `root` with `env`: its stdout, stripped (a non-zero
+    exit fails the test with its stderr)."""
+    out = subprocess.run([sys.executable, "-m", "foundry", *args], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
 
 
 def bearer(key: str) -> dict[str, str]:

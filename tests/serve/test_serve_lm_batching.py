@@ -6,20 +6,16 @@ the engine's series are in /metrics."""
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from tests.serve.serve_app_support import run_cli
 
-from foundry.serve.loadtest import free_port
+from foundry.serve.loadtest import Server, free_port, serve_command
 
 pytestmark = pytest.mark.slow
 
@@ -30,13 +26,6 @@ CORPUS = "\n\n".join(
 )
 PLAN = {"lm": {"included_units": 1_000_000, "requests_per_minute": 100_000,
                "tokens_per_minute": 10_000_000}}
-
-
-def _cli(root: Path, env: dict, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "foundry", *args], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -59,29 +48,12 @@ def server(tmp_path_factory):
                          "max_batch_tokens": 1, "retry_after_s": 2}},
     }
     (root / "gpt.yaml").write_text(yaml.safe_dump(config))
-    _cli(root, env, "train", "gpt.yaml")
-    key = _cli(root, env, "keys", "create", "--name", "lm", "--plan", "lm",
-               "--config", "gpt.yaml")
-    port = free_port()
-    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "foundry", "serve", "tiny-gpt", "--port", str(port),
-         "--config", "gpt.yaml"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, (root / "server.log").read_text()
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        assert time.monotonic() < deadline, (root / "server.log").read_text()
-        time.sleep(0.2)
-    yield {"url": url, "headers": {"authorization": f"Bearer {key}"}}
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=30)
-    log.close()
+    run_cli(root, env, "train", "gpt.yaml")
+    key = run_cli(root, env, "keys", "create", "--name", "lm", "--plan", "lm",
+                  "--config", "gpt.yaml")
+    command = serve_command("tiny-gpt", free_port(), config=root / "gpt.yaml")
+    with Server(command, env=env, log=root / "server.log", cwd=root) as running:
+        yield {"url": running.url, "headers": {"authorization": f"Bearer {key}"}}
 
 
 def _complete(server, prompt: str, **extra) -> httpx.Response:

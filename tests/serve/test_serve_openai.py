@@ -6,20 +6,16 @@ come in the API's one shape."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from tests.serve.serve_app_support import run_cli
 
-from foundry.serve.loadtest import free_port
+from foundry.serve.loadtest import Server, free_port, serve_command
 
 openai = pytest.importorskip("openai")
 
@@ -41,13 +37,6 @@ PLANS = {
 
 
 
-def _cli(root: Path, env: dict, *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "foundry", *args], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("openai")
@@ -65,30 +54,13 @@ def stack(tmp_path_factory):
         "serve": {"plans": PLANS},
     }
     (root / "gpt.yaml").write_text(yaml.safe_dump(config))
-    _cli(root, env, "train", "gpt.yaml")
-    keys = {plan: _cli(root, env, "keys", "create", "--name", plan, "--plan", plan,
-                       "--config", "gpt.yaml")
+    run_cli(root, env, "train", "gpt.yaml")
+    keys = {plan: run_cli(root, env, "keys", "create", "--name", plan, "--plan", plan,
+                          "--config", "gpt.yaml")
             for plan in PLANS}
-    port = free_port()
-    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "foundry", "serve", "tiny-gpt", "--port", str(port),
-         "--config", "gpt.yaml"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, (root / "server.log").read_text()
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        assert time.monotonic() < deadline, (root / "server.log").read_text()
-        time.sleep(0.2)
-    yield {"root": root, "home": home, "env": env, "url": url, "keys": keys}
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(timeout=30)
-    log.close()
+    command = serve_command("tiny-gpt", free_port(), config=root / "gpt.yaml")
+    with Server(command, env=env, log=root / "server.log", cwd=root) as running:
+        yield {"root": root, "home": home, "env": env, "url": running.url, "keys": keys}
 
 
 def _client(stack, plan: str = "lm") -> openai.OpenAI:

@@ -8,11 +8,8 @@ error shape, not charged."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,8 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from tests.serve.serve_app_support import run_cli
 
-from foundry.serve.loadtest import free_port
+from foundry.serve.loadtest import Server, free_port, serve_command
 
 openai = pytest.importorskip("openai")
 
@@ -37,19 +35,6 @@ CORPUS = "\n\n".join(
 PLANS = {"lm": {"included_units": 1_000_000, "requests_per_minute": 10_000}}
 
 
-def _cli(root: Path, env: dict, *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "foundry", *args],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
 def _key(home: Path) -> str:
     """A key on plan `lm` in the SQLite store at `home`, made in this process (a
     `foundry keys create` subprocess would spend seconds importing)."""
@@ -62,28 +47,6 @@ def _key(home: Path) -> str:
         return gate.create_key("team", "lm").key
     finally:
         gate.close()
-
-
-def _serve(root: Path, env: dict, log_name: str, *args: str):
-    port = free_port()
-    log = open(root / log_name, "wb")  # noqa: SIM115 - closed by the fixture
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "foundry", "serve", *args, "--port", str(port)],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, (root / log_name).read_text()
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return proc, log, url
-        assert time.monotonic() < deadline, (root / log_name).read_text()
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +73,15 @@ def stack(tmp_path_factory):
             }
         )
     )
-    _cli(root, engine_env, "train", "gpt.yaml")
+    run_cli(root, engine_env, "train", "gpt.yaml")
     engine_key = _key(root / "engine")
-    procs = [_serve(root, engine_env, "engine.log", "tiny-gpt", "--config", "gpt.yaml")]
-    engine_url = procs[0][2]
+    engine = Server(
+        serve_command("tiny-gpt", free_port(), config=root / "gpt.yaml"),
+        env=engine_env,
+        log=root / "engine.log",
+        cwd=root,
+    )
+    engine_url = engine.url  # known before it starts: the port is chosen now
 
     gate_env = {**base, "FOUNDRY_HOME": str(root / "gate"), "ENGINE_KEY": engine_key}
     (root / "gate.yaml").write_text(
@@ -140,13 +108,16 @@ def stack(tmp_path_factory):
         )
     )
     key = _key(root / "gate")
-    procs.append(_serve(root, gate_env, "gate.log", "--config", "gate.yaml"))
-    yield {"gate": procs[1][2], "engine": engine_url, "key": key, "engine_key": engine_key}
-    for proc, log, _ in reversed(procs):  # the gate first: it closes its connections
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=30)
-        log.close()
+    # no model of its own: everything it serves is upstream
+    gate_command = [sys.executable, "-m", "foundry", "serve", "--config", "gate.yaml"]
+    gate = Server(
+        [*gate_command, "--port", str(free_port())],
+        env=gate_env,
+        log=root / "gate.log",
+        cwd=root,
+    )
+    with engine, gate:  # stopped in reverse: the gate first, it closes its connections
+        yield {"gate": gate.url, "engine": engine_url, "key": key, "engine_key": engine_key}
 
 
 def _client(url: str, key: str) -> openai.OpenAI:

@@ -188,59 +188,65 @@ def hf_weights(model: Any) -> dict[str, Tensor]:
     return {k: v.detach().cpu().to(torch.float32).contiguous().clone() for k, v in out.items()}
 
 
+_GPT2_FIXED = {
+    "embed.weight": "wte.weight",
+    "pos_embed.weight": "wpe.weight",
+    "ln_f.weight": "ln_f.weight",
+    "ln_f.bias": "ln_f.bias",
+}
+_GPT2_BLOCK = {
+    "ln1": "ln_1",
+    "ln2": "ln_2",
+    "attn.qkv": "attn.c_attn",
+    "attn.proj": "attn.c_proj",
+    "mlp.0": "mlp.c_fc",
+    "mlp.2": "mlp.c_proj",
+}
+_NEOX_FIXED = {
+    "embed.weight": "embed_in.weight",
+    "ln_f.weight": "final_layer_norm.weight",
+    "ln_f.bias": "final_layer_norm.bias",
+}
+_NEOX_BLOCK = {
+    "ln1": "input_layernorm",
+    "ln2": "post_attention_layernorm",
+    "attn.qkv": "attention.query_key_value",
+    "attn.proj": "attention.dense",
+    "mlp.0": "mlp.dense_h_to_4h",
+    "mlp.2": "mlp.dense_4h_to_h",
+}
+
+
+def _block_weight(key: str, block: dict[str, str], architecture: str) -> tuple[str, str, str]:
+    """`blocks.{i}.{module}.{param}` → (i, module, param); ModelError when `block` (the
+    architecture's names of a block's modules) has no counterpart for `module`."""
+    _, layer, rest = key.split(".", 2)
+    module, param = rest.rsplit(".", 1)
+    if module not in block:
+        raise ModelError(f"GPT weight {key} has no {architecture} counterpart")
+    return layer, module, param
+
+
 def _gpt2_names(key: str, value: Tensor, cfg: Any) -> tuple[str, Tensor]:
     """foundry name → GPT-2's. GPT-2's Conv1D stores Linear weights as [in, out]."""
-    fixed = {
-        "embed.weight": "wte.weight",
-        "pos_embed.weight": "wpe.weight",
-        "ln_f.weight": "ln_f.weight",
-        "ln_f.bias": "ln_f.bias",
-    }
-    if key in fixed:
-        return fixed[key], value
-    _, layer, rest = key.split(".", 2)  # blocks.{i}.{rest}
-    module, param = rest.rsplit(".", 1)
-    target = {
-        "ln1": "ln_1",
-        "ln2": "ln_2",
-        "attn.qkv": "attn.c_attn",
-        "attn.proj": "attn.c_proj",
-        "mlp.0": "mlp.c_fc",
-        "mlp.2": "mlp.c_proj",
-    }
-    if module not in target:
-        raise ModelError(f"GPT weight {key} has no GPT-2 counterpart")
+    if key in _GPT2_FIXED:
+        return _GPT2_FIXED[key], value
+    layer, module, param = _block_weight(key, _GPT2_BLOCK, "GPT-2")
     conv = module not in ("ln1", "ln2") and param == "weight"
-    return f"h.{layer}.{target[module]}.{param}", value.t() if conv else value
+    return f"h.{layer}.{_GPT2_BLOCK[module]}.{param}", value.t() if conv else value
 
 
 def _neox_names(key: str, value: Tensor, cfg: Any) -> tuple[str, Tensor]:
     """foundry name → GPT-NeoX's; the fused qkv rows go from [q | k | v] (each all
     heads) to per head [q_h | k_h | v_h], the layout NeoX splits."""
-    fixed = {
-        "embed.weight": "embed_in.weight",
-        "ln_f.weight": "final_layer_norm.weight",
-        "ln_f.bias": "final_layer_norm.bias",
-    }
-    if key in fixed:
-        return fixed[key], value
-    _, layer, rest = key.split(".", 2)
-    module, param = rest.rsplit(".", 1)
-    target = {
-        "ln1": "input_layernorm",
-        "ln2": "post_attention_layernorm",
-        "attn.qkv": "attention.query_key_value",
-        "attn.proj": "attention.dense",
-        "mlp.0": "mlp.dense_h_to_4h",
-        "mlp.2": "mlp.dense_4h_to_h",
-    }
-    if module not in target:
-        raise ModelError(f"GPT weight {key} has no GPT-NeoX counterpart")
+    if key in _NEOX_FIXED:
+        return _NEOX_FIXED[key], value
+    layer, module, param = _block_weight(key, _NEOX_BLOCK, "GPT-NeoX")
     if module == "attn.qkv":
         heads, head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
         # rows [3, H, Dh] → [H, 3, Dh]
         value = value.reshape(3, heads, head_dim, -1).transpose(0, 1).reshape(value.shape)
-    return f"layers.{layer}.{target[module]}.{param}", value
+    return f"layers.{layer}.{_NEOX_BLOCK[module]}.{param}", value
 
 
 def export_package(ref: str, out: Path, *, registry: Any = None) -> Path:

@@ -10,6 +10,7 @@ both, on the same split, and the card shows them side by side.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,8 @@ def fit_recommender(
     tokens: list[list[str]] | None = None,
 ) -> tuple[Recommender, float]:
     """(the fitted model, seconds). `model`: a `PopularityConfig`, `MFConfig` or
-    `TwoTowerConfig` (which reads each item's feature `tokens`)."""
+    `TwoTowerConfig` (which reads each item's feature `tokens`). A learned model is the
+    popularity model (its fallback list and each user's seen items) plus factors."""
     from foundry.recommend.als import fit_als
 
     started = time.perf_counter()
@@ -70,17 +72,7 @@ def fit_recommender(
             if on_iteration is None
             else (lambda e: on_iteration(e["epoch"], None, None, train_loss=e["train_loss"])),
         )
-        fitted = Recommender(
-            "two_tower",
-            train.users,
-            train.items,
-            base.popularity,
-            base.seen_indptr,
-            base.seen_items,
-            users,
-            items,
-            exclude_seen=rec.exclude_seen,
-        )
+        fitted = replace(base, kind="two_tower", user_factors=users, item_factors=items)
         return fitted, time.perf_counter() - started
     users, items = fit_als(
         train.matrix(),
@@ -91,18 +83,14 @@ def fit_recommender(
         seed=model.seed if model.seed is not None else seed,
         on_iteration=on_iteration,
     )
-    fitted = Recommender(
-        "mf",
-        train.users,
-        train.items,
-        base.popularity,
-        base.seen_indptr,
-        base.seen_items,
-        users,
-        items,
-        model.regularization,
-        model.alpha,
-        rec.exclude_seen,
+    # regularization and alpha also fold in a user known only by recent items
+    fitted = replace(
+        base,
+        kind="mf",
+        user_factors=users,
+        item_factors=items,
+        regularization=model.regularization,
+        alpha=model.alpha,
     )
     return fitted, time.perf_counter() - started
 

@@ -89,6 +89,8 @@ from foundry.serve.served_model import ServedModel, ServedTextModel
 from foundry.serve.served_recommender import ServedRecommender
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from foundry.serve.gate import Gate
 
 log = logging.getLogger("foundry.serve")
@@ -694,6 +696,37 @@ def create_app(
 # ---------------------------------------------------------------------- routes
 
 
+_HAND_PARSED_BODIES = (PredictRequest, ExplainRequest, RecommendRequest)
+"""Bodies the model routes parse themselves; `_openapi` adds their schemas."""
+
+
+def _model_post(
+    app: FastAPI,
+    verb: str,
+    response_model: type[BaseModel],
+    request_model: type[BaseModel],
+    *,
+    bare: bool,
+) -> Callable[[T], T]:
+    """The decorator of `POST /v1/models/{name}/<verb>`, a metered model route. Its
+    handler parses the body by hand, so FastAPI cannot see it: the body's schema is
+    named here (and added by `_openapi`). It needs a bearer key unless the app is bare."""
+    body_ref = {"$ref": f"#/components/schemas/{request_model.__name__}"}
+    return app.post(
+        f"/v1/models/{{name}}/{verb}",
+        response_model=response_model,
+        tags=["models"],
+        responses=_ERRORS,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": body_ref}},
+            },
+            **({} if bare else {"security": _BEARER}),
+        },
+    )
+
+
 def _add_routes(app: FastAPI, service: Service, *, bare: bool) -> None:
     @app.get("/healthz", response_model=Status, tags=["health"])
     async def healthz() -> Response:
@@ -732,64 +765,20 @@ def _add_routes(app: FastAPI, service: Service, *, bare: bool) -> None:
             return JSONResponse(service.language_models[name].summary())
         return JSONResponse(service.model(name).detail)
 
-    @app.post(
-        "/v1/models/{name}/predict",
-        response_model=PredictResponse,
-        tags=["models"],
-        responses=_ERRORS,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
-                },
-            },
-            **({} if bare else {"security": _BEARER}),
-        },
-    )
+    @_model_post(app, "predict", PredictResponse, PredictRequest, bare=bare)
     async def predict(name: str, request: Request) -> Response:
         """Predict one record or a list. Needs `Authorization: Bearer <key>`; an
         `Idempotency-Key` header makes retries safe (same answer, charged once)."""
         return await service.predict(service.model(name), request)
 
-    @app.post(
-        "/v1/models/{name}/explain",
-        response_model=ExplainResponse,
-        tags=["models"],
-        responses=_ERRORS,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/ExplainRequest"}}
-                },
-            },
-            **({} if bare else {"security": _BEARER}),
-        },
-    )
+    @_model_post(app, "explain", ExplainResponse, ExplainRequest, bare=bare)
     async def explain(name: str, request: Request) -> Response:
         """Integrated-gradients attributions of each record's prediction (or of `target`)
         to every input. Needs `Authorization: Bearer <key>`; metered like predict, one
         unit per record; at most 100 records and 200 steps a request."""
         return await service.explain(name, request)
 
-    @app.post(
-        "/v1/models/{name}/recommend",
-        response_model=RecommendResponse,
-        tags=["models"],
-        responses=_ERRORS,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {"$ref": "#/components/schemas/RecommendRequest"}
-                    }
-                },
-            },
-            **({} if bare else {"security": _BEARER}),
-        },
-    )
+    @_model_post(app, "recommend", RecommendResponse, RecommendRequest, bare=bare)
     async def recommend(name: str, request: Request) -> Response:
         """A recommender's top-k items (best first, with scores) for a user id, or for
         someone known only by recent items; a user unknown to training gets the
@@ -850,24 +839,19 @@ def _ms_since(started: float) -> float:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's document + the predict body (parsed by hand, so FastAPI cannot see it)
-    and the bearer-key security scheme."""
+    """FastAPI's document + the request bodies of `_model_post` routes (parsed by hand,
+    so FastAPI cannot see them) and the bearer-key security scheme."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
-    body = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     components = schema.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
-    schemas.update(body.pop("$defs", {}))
-    schemas["PredictRequest"] = body
-    explain = ExplainRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    schemas.update(explain.pop("$defs", {}))
-    schemas["ExplainRequest"] = explain
-    recommend = RecommendRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    schemas.update(recommend.pop("$defs", {}))
-    schemas["RecommendRequest"] = recommend
+    for request in _HAND_PARSED_BODIES:
+        body = request.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(body.pop("$defs", {}))
+        schemas[request.__name__] = body
     components["securitySchemes"] = {
         "bearerAuth": {"type": "http", "scheme": "bearer",
                        "description": "An API key (fdy_...) or, for /admin, the admin token."}
