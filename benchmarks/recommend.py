@@ -37,69 +37,98 @@ def _ms(samples: list[float]) -> str:
     return f"p50 {statistics.median(samples):7.3f} ms  p90 {q[8]:7.3f} ms"
 
 
-def retrieval(n_items: int, *, d: int = 64, k: int = 10, queries: int = 200) -> None:
-    import torch
+def _p(samples: list[float]) -> str:
+    return (
+        f"p50 {statistics.median(samples):7.3f} ms  p99 {float(np.percentile(samples, 99)):7.3f} ms"
+    )
 
+
+def retrieval(n_items: int, *, d: int = 64, k: int = 10, queries: int = 200) -> None:
+    """`Recommender.recommend` as served (user vector, 50 seen items masked, top k, ids),
+    exact against the approximate index, alternated query by query."""
+    from dataclasses import replace
+
+    from foundry.recommend.index import build_item_index
     from foundry.recommend.model import Recommender
 
     rng = np.random.default_rng(0)
-    items = rng.standard_normal((n_items, d), dtype=np.float32)
-    users = rng.standard_normal((64, d), dtype=np.float32)
-    items_t = torch.from_numpy(items)
-    product, mv, argpartition, topk = [], [], [], []
-    for q in range(queries + 20):  # the first 20 warm up
-        u = users[q % len(users)]
-        t0 = time.perf_counter()
-        scores = items @ u
-        t1 = time.perf_counter()
-        torch.mv(items_t, torch.from_numpy(u))
-        mv.append((time.perf_counter() - t1) * 1e3)
-        t1 = time.perf_counter()
-        if q % 2 == 0:  # alternate which selection goes first
-            part = np.argpartition(scores, n_items - k)[n_items - k :]
-            top_a = part[np.argsort(-scores[part])]
-            t2 = time.perf_counter()
-            top_t = torch.topk(torch.from_numpy(scores), k).indices.numpy()
-            t3 = time.perf_counter()
-            a, t = t2 - t1, t3 - t2
-        else:
-            top_t = torch.topk(torch.from_numpy(scores), k).indices.numpy()
-            t2 = time.perf_counter()
-            part = np.argpartition(scores, n_items - k)[n_items - k :]
-            top_a = part[np.argsort(-scores[part])]
-            t3 = time.perf_counter()
-            t, a = t2 - t1, t3 - t2
-        assert set(top_a.tolist()) == set(top_t.tolist())
-        if q >= 20:
-            product.append((t1 - t0) * 1e3)
-            argpartition.append(a * 1e3)
-            topk.append(t * 1e3)
-    # as served: a known user, their seen items masked, ids and scores out
-    seen = rng.choice(n_items, 50, replace=False)
-    model = Recommender(
+    # learned factors cluster by taste: 10⁴ taste centres, each item and user one of
+    # them plus noise as large as the centre (pure Gaussian vectors, with no structure,
+    # are the worst case of any index and unlike what ALS learns)
+    centres = rng.standard_normal((10_000, d), dtype=np.float32)
+    items = centres[rng.integers(0, len(centres), n_items)]
+    items += rng.standard_normal((n_items, d), dtype=np.float32)
+    users = centres[rng.integers(0, len(centres), 2 * queries + 256)]
+    users += rng.standard_normal(users.shape, dtype=np.float32)
+    seen = np.sort(rng.choice(n_items, 50, replace=False))
+    indptr = np.arange(len(users) + 1) * 50
+    exact = Recommender(
         "mf",
-        ["u"],
+        [f"u{i}" for i in range(len(users))],
         [str(i) for i in range(n_items)],
         np.zeros(n_items, np.float32),
-        np.array([0, 50]),
-        np.sort(seen),
-        users[:1],
+        indptr,
+        np.tile(seen, len(users)),
+        users,
         items,
     )
-    served = []
-    for q in range(queries + 20):
-        t0 = time.perf_counter()
-        model.recommend("u", k=k)
-        if q >= 20:
-            served.append((time.perf_counter() - t0) * 1e3)
-    print(f"{n_items:>9,} items  numpy items @ u   {_ms(product)}")
-    print(f"{'':>9}        torch.mv          {_ms(mv[20:])}")
-    print(f"{'':>9}        np.argpartition   {_ms(argpartition)}")
-    print(f"{'':>9}        torch.topk        {_ms(topk)}")
-    print(f"{'':>9}        recommend() total {_ms(served)}")
+    started = time.perf_counter()
+    # tuned on 200 users, timed and scored on others
+    index = build_item_index(items, queries=users[-200:], recall=0.95, seed=0)
+    build = time.perf_counter() - started
+    approximate = replace(exact, index=index)
+    timings: dict[str, list[float]] = {"exact": [], "index": []}
+    overlap = []
+    for q in range(queries + 20):  # the first 20 warm up
+        user = f"u{q}"
+        got = {}
+        for name in ("exact", "index") if q % 2 else ("index", "exact"):
+            model = exact if name == "exact" else approximate
+            t0 = time.perf_counter()
+            got[name] = {e["item"] for e in model.recommend(user, k=k)["items"]}
+            if q >= 20:
+                timings[name].append((time.perf_counter() - t0) * 1e3)
+        overlap.append(len(got["exact"] & got["index"]) / k)
+    print(f"{n_items:>9,} items  exact recommend()   {_p(timings['exact'])}")
+    print(
+        f"{'':>9}        index recommend()   {_p(timings['index'])}  recall@{k} vs exact "
+        f"{np.mean(overlap):.3f}  (build {build:.1f} s: {index.cells} cells, nprobe "
+        f"{index.nprobe}, {len(index.to_bytes()) / 1e6:.0f} MB)"
+    )
 
 
-def quality(alphas: list[float], factors: int, iterations: int, tower_epochs: int) -> None:
+def _implicit_als(train, factors, iterations, regularization, alpha):
+    """`implicit`'s ALS (CPU, conjugate gradient) on the same training matrix, wrapped as
+    a foundry `Recommender` so the same evaluation scores it; None without implicit."""
+    from dataclasses import replace
+
+    from threadpoolctl import threadpool_limits
+
+    from foundry.recommend.fit import popularity_of
+
+    try:
+        from implicit.cpu.als import AlternatingLeastSquares
+    except ImportError:
+        return None, 0.0
+    started = time.perf_counter()
+    # implicit asks for one BLAS thread (its own threads parallelise over users)
+    with threadpool_limits(1, "blas"):
+        als = AlternatingLeastSquares(
+            factors=factors,
+            regularization=regularization,
+            alpha=alpha,
+            iterations=iterations,
+            random_state=0,
+        )
+        als.fit(train.matrix(), show_progress=False)
+    seconds = time.perf_counter() - started
+    users, items = np.asarray(als.user_factors), np.asarray(als.item_factors)
+    return replace(popularity_of(train), kind="mf", user_factors=users, item_factors=items), seconds
+
+
+def quality(
+    alphas: list[float], regs: list[float], factors: int, iterations: int, tower_epochs: int
+) -> None:
     from make_interactions import debian_dependencies
 
     from foundry.config.schema import MFConfig, PopularityConfig, RecommendConfig
@@ -122,21 +151,33 @@ def quality(alphas: list[float], factors: int, iterations: int, tower_epochs: in
         f"{len(data.items):,} items; train/val/test {len(splits.train):,}/"
         f"{len(splits.val):,}/{len(splits.test):,}"
     )
-    chosen, best = None, -1.0
+    # the same grid for both libraries, chosen on validation NDCG@10, never on test
+    best: dict[str, tuple[float, object, float, str]] = {}
     for alpha in alphas:
-        model, seconds = fit_recommender(
-            splits.train, MFConfig(factors=factors, iterations=iterations, alpha=alpha), rec, seed=0
-        )
-        val = evaluate_recommender(model, splits, "val", k=10)
-        print(
-            f"  mf alpha {alpha:>5}: val recall@10 {val['recall@10']:.4f}  "
-            f"ndcg@10 {val['ndcg@10']:.4f}  (fit {seconds:.1f} s)"
-        )
-        if val["ndcg@10"] > best:
-            chosen, best = (model, seconds, alpha), val["ndcg@10"]
-    assert chosen is not None
-    model, seconds, alpha = chosen
+        for reg in regs:
+            settings = f"alpha {alpha:g}, reg {reg:g}"
+            ours, ours_s = fit_recommender(
+                splits.train,
+                MFConfig(factors=factors, iterations=iterations, alpha=alpha, regularization=reg),
+                rec,
+                seed=0,
+            )
+            theirs, theirs_s = _implicit_als(splits.train, factors, iterations, reg, alpha)
+            line = f"  val  {settings:<20}"
+            for name, model, seconds in (("foundry", ours, ours_s), ("implicit", theirs, theirs_s)):
+                if model is None:
+                    continue
+                val = evaluate_recommender(model, splits, "val", k=10)
+                line += (
+                    f"  {name} recall@10 {val['recall@10']:.4f} ndcg@10 {val['ndcg@10']:.4f}"
+                    f" ({seconds:.1f} s)"
+                )
+                if val["ndcg@10"] > best.get(name, (-1.0,))[0]:
+                    best[name] = (val["ndcg@10"], model, seconds, settings)
+            print(line, flush=True)
     pop, pop_seconds = fit_recommender(splits.train, PopularityConfig(), rec, seed=0)
+    # `foundry init --task recommend`'s model section is MFConfig's defaults
+    defaults, defaults_seconds = fit_recommender(splits.train, MFConfig(), rec, seed=0)
     # two_tower over each package's section and priority, restricted to the packages in
     # the graph (so the catalogue is mf's: a package nobody depends on is never a right
     # answer here)
@@ -151,21 +192,54 @@ def quality(alphas: list[float], factors: int, iterations: int, tower_epochs: in
     towers, tower_seconds = fit_recommender(
         splits.train, TwoTowerConfig(epochs=tower_epochs), rec, seed=0, tokens=tokens
     )
-    print(
-        f"  test split, {factors} factors, {iterations} iterations, alpha {alpha} (chosen on val):"
+    print(f"  test split, {factors} factors, {iterations} iterations (settings chosen on val):")
+    runs = [("popularity", pop, pop_seconds)]
+    for name in ("foundry", "implicit"):
+        if name in best:
+            _, model, seconds, settings = best[name]
+            runs.append((f"{name} mf ({settings})", model, seconds))
+    d = MFConfig()
+    runs.append(
+        (
+            f"foundry mf defaults ({d.factors} f, {d.iterations} it, alpha {d.alpha:g}, "
+            f"reg {d.regularization:g})",
+            defaults,
+            defaults_seconds,
+        )
     )
-    runs = (
-        ("popularity", pop, pop_seconds),
-        ("mf", model, seconds),
-        ("two_tower", towers, tower_seconds),
-    )
+    runs.append((f"two_tower ({tower_epochs} epochs)", towers, tower_seconds))
     for name, m, s in runs:
         got = evaluate_recommender(m, splits, "test", k=10)
         print(
-            f"  {name:<10} recall@10 {got['recall@10']:.4f}  ndcg@10 {got['ndcg@10']:.4f}"
-            f"  coverage@10 {got['coverage@10']:.4f}  fit {s:6.2f} s  "
-            f"({got['users']:,} users)"
+            f"  {name:<48} recall@10 {got['recall@10']:.4f}  ndcg@10 {got['ndcg@10']:.4f}"
+            f"  coverage@10 {got['coverage@10']:.4f}  fit {s:6.2f} s  ({got['users']:,} users)"
         )
+    # the approximate index on real factors (forced: the catalogue is below index_above)
+    from dataclasses import replace
+
+    from foundry.recommend.index import build_item_index
+
+    model = best["foundry"][1]
+    index = build_item_index(
+        model.item_factors, queries=model.user_factors[:200], recall=0.95, seed=0
+    )
+    indexed = replace(model, index=index)
+    users = [u for u in model.users[200:2200]]
+    overlap = np.mean(
+        [
+            len(
+                {e["item"] for e in indexed.recommend(u)["items"]}
+                & {e["item"] for e in model.recommend(u)["items"]}
+            )
+            / 10
+            for u in users
+        ]
+    )
+    print(
+        f"  index on foundry's best mf: {index.cells} cells, nprobe {index.nprobe}, built in "
+        f"{index.build_seconds:.1f} s; top 10 overlap with exact {overlap:.3f} on {len(users):,} "
+        "other users"
+    )
 
 
 def main() -> None:
@@ -174,10 +248,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-retrieval", action="store_true")
-    parser.add_argument("--tower-epochs", type=int, default=10)
-    parser.add_argument("--alphas", default="5,20")
+    parser.add_argument("--tower-epochs", type=int, default=2)
+    parser.add_argument("--alphas", default="5,20,40")
+    parser.add_argument("--regs", default="0.01,0.1")
     parser.add_argument("--factors", type=int, default=64)
-    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--iterations", type=int, default=15)
     args = parser.parse_args()
     import torch
 
@@ -186,7 +261,8 @@ def main() -> None:
         retrieval(n, queries=args.queries)
     if not args.skip_quality:
         alphas = [float(a) for a in args.alphas.split(",")]
-        quality(alphas, args.factors, args.iterations, args.tower_epochs)
+        regs = [float(r) for r in args.regs.split(",")]
+        quality(alphas, regs, args.factors, args.iterations, args.tower_epochs)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ tables (the served route: test_recommend_serve.py)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -182,3 +183,60 @@ def test_a_recommender_config_needs_no_target_but_a_table_model_does():
     assert cfg.is_recommender
     with pytest.raises(FoundryError, match="features.target"):
         load_config({"data": {"path": "x.csv"}, "model": {"type": "mlp"}})
+
+
+def test_approximate_index_is_packaged_checksummed_and_ranks_as_exact(tmp_path):
+    pytest.importorskip("faiss")
+    from dataclasses import replace
+
+    from foundry.recommend.index import INDEX_FILE
+
+    model = {"type": "mf", "factors": 8, "iterations": 3}
+    config = planted_config(tmp_path, "rec-ann", model, n_users=120, seed=5)
+    # recall 1.0: probe until the index's top 10 is exact top 10 on the sample users
+    config["recommend"].update({"index": "approximate", "index_recall": 1.0})
+    result = foundry.train(config, progress=False, quiet=True)
+    described = json.loads((result.package_path / "foundry.json").read_text())["recommend"]
+    assert described["index"]["recall@10_vs_exact"] == 1.0
+    loaded = foundry.load(result.model_ref)
+    assert loaded.index is not None
+    exact = replace(loaded, index=None)
+    for user in ("u0", "u7", "u33"):
+        got = loaded.recommend(user, k=5)
+        assert [e["item"] for e in got["items"]] == [
+            e["item"] for e in exact.recommend(user, k=5)["items"]
+        ]
+        seen = {loaded.items[i] for i in loaded.seen(loaded.user_index[user]).tolist()}
+        assert not seen & {e["item"] for e in got["items"]}
+    # the index file is covered by the package's checksums like the weights
+    path = result.package_path / INDEX_FILE
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(FoundryError, match=INDEX_FILE):
+        foundry.load(result.model_ref)
+
+
+def test_index_probes_enough_cells_for_the_recall_asked():
+    pytest.importorskip("faiss")
+    from foundry.recommend.index import build_item_index
+
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((40, 16), dtype=np.float32)
+    items = centers[rng.integers(0, 40, 4000)] + 0.7 * rng.standard_normal((4000, 16), np.float32)
+    users = rng.standard_normal((300, 16), dtype=np.float32)
+    index = build_item_index(items, queries=users[:100], recall=0.9, seed=0)
+    assert index.cells > 1 and index.recall >= 0.9
+    # on users it was not tuned on, close to what it measured, and exact scores
+    found = index.search(items, users[100:], 10, [None] * 200)
+    exact = np.argsort(-(users[100:] @ items.T), axis=1)[:, :10]
+    overlap = np.mean(
+        [
+            len(set(f.tolist()) & set(e.tolist())) / 10
+            for (f, _), e in zip(found, exact, strict=True)
+        ]
+    )
+    assert overlap >= 0.85
+    top, scores = found[0]
+    np.testing.assert_allclose(scores, items[top] @ users[100], rtol=1e-5)

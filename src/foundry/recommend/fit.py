@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from foundry.recommend.data import Interactions, InteractionSplits
+from foundry.recommend.index import ItemIndex
 from foundry.recommend.metrics import ranking_metrics
 from foundry.recommend.model import Recommender
 
@@ -73,6 +74,7 @@ def fit_recommender(
             else (lambda e: on_iteration(e["epoch"], None, None, train_loss=e["train_loss"])),
         )
         fitted = replace(base, kind="two_tower", user_factors=users, item_factors=items)
+        fitted.index = index_for(items, users, rec, seed=seed)
         return fitted, time.perf_counter() - started
     users, items = fit_als(
         train.matrix(),
@@ -92,7 +94,21 @@ def fit_recommender(
         regularization=model.regularization,
         alpha=model.alpha,
     )
+    fitted.index = index_for(items, users, rec, seed=seed)
     return fitted, time.perf_counter() - started
+
+
+def index_for(items: np.ndarray, users: np.ndarray, rec: Any, *, seed: int) -> ItemIndex | None:
+    """The approximate index `rec.index` asks for (`auto`: from `rec.index_above` items),
+    its recall checked on up to 200 training users' vectors; None: exact retrieval."""
+    wanted = rec.index == "approximate" or (rec.index == "auto" and len(items) >= rec.index_above)
+    if not wanted:
+        return None
+    from foundry.recommend.index import build_item_index
+
+    rng = np.random.default_rng(seed)
+    sample = users[rng.choice(len(users), min(200, len(users)), replace=False)]
+    return build_item_index(items, queries=sample, recall=rec.index_recall, seed=seed)
 
 
 def evaluate_recommender(

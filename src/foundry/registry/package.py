@@ -69,6 +69,9 @@ _EXTRA_SUFFIXES = (
     # An ONNX file is a protobuf graph of standard operators plus tensors: no code runs
     # when it is read (compressed variants ship one).
     ".onnx",
+    # FAISS's own index serialization (flat arrays read by its C++ reader, no code):
+    # a large catalogue's approximate item index (foundry/recommend/index.py).
+    ".faiss",
 )
 """What extra files may be: data formats that cannot carry code (no pickles)."""
 

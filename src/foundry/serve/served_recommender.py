@@ -9,8 +9,8 @@
 The request goes the predict route's way (key, body checks, admission, metering, the
 model's batcher, settlement: `Service.predict`): a query is a record, and the batcher's
 forward answers a batch of queries, so concurrent requests share one matrix product
-over the item factors (`forward_records`). Answers are what `Recommender.recommend`
-gives for the same query.
+over the item factors, or one search of the approximate index (`forward_records`).
+Answers are what `Recommender.recommend` gives for the same query.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from foundry.recommend.model import Recommender, top_k
+from foundry.recommend.model import Recommender
 from foundry.serve.errors import ApiError
 from foundry.serve.schemas import Records
 
@@ -183,28 +183,28 @@ class ServedRecommender:
             and model.user_factors is not None
         ]
         if known:
-            import torch
-
-            assert model.user_factors is not None and model.item_factors is not None
             users = np.array([u for _, u in known])
-            # [batch, n_items], by torch as `Recommender.scores` (see there why)
-            scores = (
-                torch.from_numpy(model.user_factors[users]) @ torch.from_numpy(model.item_factors).T
-            ).numpy()
-            for row, (i, u) in enumerate(known):
+            banned = []
+            for i, u in known:
                 query = queries[i]
-                exclude = query.get("exclude_seen", model.exclude_seen)
                 recent = [
                     model.item_index[str(v)]
                     for v in query.get("items") or []
                     if str(v) in model.item_index
                 ]
-                banned = np.r_[model.seen(u), recent].astype(np.int64) if exclude else None
-                top, values = top_k(scores[row], query.get("k", 10), banned)
+                exclude = query.get("exclude_seen", model.exclude_seen)
+                banned.append(np.r_[model.seen(u), recent].astype(np.int64) if exclude else None)
+            # one [batch, d] × [d, n_items] product (or one index search) for the batch;
+            # each query's own k is cut from the largest asked
+            k = max(queries[i].get("k", 10) for i, _ in known)
+            assert model.user_factors is not None
+            found = model.top_items(model.user_factors[users], k, banned)
+            for (i, _), (top, values) in zip(known, found, strict=True):
+                n = queries[i].get("k", 10)
                 answers[i] = {
                     "items": [
                         {"item": model.items[t], "score": float(s)}
-                        for t, s in zip(top.tolist(), values.tolist(), strict=True)
+                        for t, s in zip(top[:n].tolist(), values[:n].tolist(), strict=True)
                     ],
                     "source": "model",
                 }

@@ -24,6 +24,7 @@ from foundry.errors import ModelError
 from foundry.families.interface import Evaluation, Fitted, PackageContents, Run
 from foundry.families.manifest import card_header, data_section, provenance, training_section
 from foundry.families.registry import register_family
+from foundry.recommend.index import INDEX_FILE
 
 __all__ = ["IDS_FILE", "RecommendFamily"]
 
@@ -176,11 +177,15 @@ class RecommendFamily:
                 "run_dir": str(run.out_dir),
             },
         }
+        files: dict[str, Any] = {IDS_FILE: json.dumps(model.ids())}
+        if model.index is not None:
+            manifest["recommend"]["index"] = model.index.describe()
+            files[INDEX_FILE] = model.index.to_bytes()
         return PackageContents(
             weights=model.state_dict(),
             manifest=manifest,
             card=recommend_card(cfg, manifest, evaluation.metrics),
-            files={IDS_FILE: json.dumps(model.ids())},
+            files=files,
         )
 
     def summarize(self, ref: str, fitted: Fitted, evaluation: Evaluation, run: Run) -> None:
@@ -209,13 +214,22 @@ class RecommendFamily:
             raise ModelError(
                 f"{package.path}/foundry.json is not a recommender manifest (no recommend section)"
             )
-        path = Confinement([package.path]).require(
-            package.path / IDS_FILE, what="the recommender's id file"
-        )
+        confine = Confinement([package.path])
+        path = confine.require(package.path / IDS_FILE, what="the recommender's id file")
         if not path.is_file():
             raise ModelError(f"model package {package.path} is missing {IDS_FILE}")
         ids = json.loads(path.read_text(encoding="utf-8"))
-        return Recommender.from_state(package.weights, ids, settings, ref=ref, manifest=manifest)
+        index = None
+        if isinstance(settings.get("index"), dict):
+            from foundry.recommend.index import ItemIndex
+
+            file = confine.require(package.path / INDEX_FILE, what="the item index")
+            if not file.is_file():
+                raise ModelError(f"model package {package.path} is missing {INDEX_FILE}")
+            index = ItemIndex.from_bytes(file.read_bytes(), settings["index"])
+        return Recommender.from_state(
+            package.weights, ids, settings, ref=ref, manifest=manifest, index=index
+        )
 
     def outputs(self, model: Any, batch: Any) -> np.ndarray:
         """float32 [len(batch), n_items]: every item's score for each user id in
