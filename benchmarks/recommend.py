@@ -176,8 +176,12 @@ def quality(
                     best[name] = (val["ndcg@10"], model, seconds, settings)
             print(line, flush=True)
     pop, pop_seconds = fit_recommender(splits.train, PopularityConfig(), rec, seed=0)
-    # `foundry init --task recommend`'s model section is MFConfig's defaults
-    defaults, defaults_seconds = fit_recommender(splits.train, MFConfig(), rec, seed=0)
+    # the model section `foundry init --task recommend` writes (alpha and regularization
+    # auto: chosen inside the training split)
+    from foundry.recommend.init import INIT_MODEL
+
+    init = MFConfig(**{key: v for key, v in INIT_MODEL.items() if key != "type"})
+    defaults, defaults_seconds = fit_recommender(splits.train, init, rec, seed=0)
     # two_tower over each package's section and priority, restricted to the packages in
     # the graph (so the catalogue is mf's: a package nobody depends on is never a right
     # answer here)
@@ -198,11 +202,10 @@ def quality(
         if name in best:
             _, model, seconds, settings = best[name]
             runs.append((f"{name} mf ({settings})", model, seconds))
-    d = MFConfig()
     runs.append(
         (
-            f"foundry mf defaults ({d.factors} f, {d.iterations} it, alpha {d.alpha:g}, "
-            f"reg {d.regularization:g})",
+            f"foundry init's mf (auto: alpha {defaults.alpha:g}, reg "
+            f"{defaults.regularization:g}, {init.iterations} it)",
             defaults,
             defaults_seconds,
         )

@@ -240,3 +240,52 @@ def test_index_probes_enough_cells_for_the_recall_asked():
     assert overlap >= 0.85
     top, scores = found[0]
     np.testing.assert_allclose(scores, items[top] @ users[100], rtol=1e-5)
+
+
+def test_tune_searches_recommender_settings_on_validation_ndcg(tmp_path):
+    from foundry.tuning import tune
+
+    model = {"type": "mf", "factors": 4, "iterations": 2}
+    config = planted_config(tmp_path, "rec-tune", model, n_users=60, seed=2)
+    config["recommend"]["val"] = 0.2
+    config["tune"] = {
+        "metric": "ndcg@10",
+        "n_trials": 2,
+        "sampler": "grid",
+        "params": {"model.alpha": {"type": "choice", "values": [1.0, 40.0]}},
+    }
+    result = tune(config, quiet=True)
+    assert result.metric == "val_ndcg@10" and result.direction == "maximize"
+    values = sorted(t["value"] for t in result.trials)
+    assert len(values) == 2 and all(0 <= v <= 1 for v in values)
+    best = next(t for t in result.trials if t["trial"] == result.best_trial)
+    assert best["value"] == values[-1]
+
+
+def test_init_on_a_movielens_shaped_table_trains_past_popularity(tmp_path):
+    import yaml
+
+    from foundry.recommend.fit import AUTO_ALPHAS, AUTO_REGULARIZATIONS
+    from foundry.recommend.init import init_recommend_config
+    from foundry.recommend.planted import ratings_table
+
+    ratings_table(200, 300, per_user=30, seed=1).to_csv(tmp_path / "ratings.csv", index=False)
+    path = init_recommend_config(tmp_path / "ratings.csv", output=tmp_path / "config.yaml")
+    config = yaml.safe_load(path.read_text())
+    assert config["recommend"] == {
+        "user": "userId",
+        "item": "movieId",
+        "weight": "rating",
+        "time": "timestamp",
+        "split": "temporal",
+        "test": 0.2,
+        "val": 0.0,
+        "k": 10,
+    }
+    result = foundry.train(
+        str(path), ["output_dir=" + str(tmp_path / "runs")], progress=False, quiet=True
+    )
+    assert result.metrics["ndcg@10"] > 1.2 * result.metrics["popularity"]["ndcg@10"]
+    chosen = json.loads((result.package_path / "foundry.json").read_text())["recommend"]
+    assert chosen["alpha"] in AUTO_ALPHAS
+    assert chosen["regularization"] in AUTO_REGULARIZATIONS

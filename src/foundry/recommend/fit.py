@@ -76,13 +76,16 @@ def fit_recommender(
         fitted = replace(base, kind="two_tower", user_factors=users, item_factors=items)
         fitted.index = index_for(items, users, rec, seed=seed)
         return fitted, time.perf_counter() - started
+    seed = model.seed if model.seed is not None else seed
+    if "auto" in (model.alpha, model.regularization):
+        model = choose_als_settings(train, model, rec, seed=seed)
     users, items = fit_als(
         train.matrix(),
         factors=model.factors,
         iterations=model.iterations,
         regularization=model.regularization,
         alpha=model.alpha,
-        seed=model.seed if model.seed is not None else seed,
+        seed=seed,
         on_iteration=on_iteration,
     )
     # regularization and alpha also fold in a user known only by recent items
@@ -96,6 +99,54 @@ def fit_recommender(
     )
     fitted.index = index_for(items, users, rec, seed=seed)
     return fitted, time.perf_counter() - started
+
+
+AUTO_ALPHAS = (1.0, 4.0, 16.0, 40.0)
+AUTO_REGULARIZATIONS = (0.05, 1.0, 10.0)
+AUTO_SWEEPS = 5
+"""ALS sweeps of each candidate fit: rankings of candidates settle well before the
+scores do."""
+
+
+def choose_als_settings(train: Interactions, model: Any, rec: Any, *, seed: int) -> Any:
+    """`model` with its `auto` alpha and regularization chosen on an inner split of
+    `train` (each user's latest 10%, or a random 10% for `split: random`; test and val
+    are never read): alpha first (at regularization 0.05 when that is auto too), then
+    regularization at that alpha, each by NDCG@k."""
+    from foundry.recommend.als import fit_als
+    from foundry.recommend.data import split_interactions
+
+    inner = split_interactions(
+        train, rec.model_copy(update={"test": 0.1, "val": 0.0, "item_features": None})
+    )
+
+    scores: dict[tuple[float, float], float] = {}
+
+    def score(alpha: float, regularization: float) -> float:
+        if (alpha, regularization) in scores:
+            return scores[alpha, regularization]
+        users, items = fit_als(
+            inner.train.matrix(),
+            factors=model.factors,
+            iterations=min(AUTO_SWEEPS, model.iterations),
+            regularization=regularization,
+            alpha=alpha,
+            seed=seed,
+        )
+        base = popularity_of(inner.train)
+        base.exclude_seen = rec.exclude_seen
+        candidate = replace(base, user_factors=users, item_factors=items)
+        got = evaluate_recommender(candidate, inner, "test", k=rec.k)[f"ndcg@{rec.k}"]
+        scores[alpha, regularization] = got
+        return got
+
+    alpha, regularization = model.alpha, model.regularization
+    if alpha == "auto":
+        reg = 0.05 if regularization == "auto" else regularization
+        alpha = max(AUTO_ALPHAS, key=lambda a: score(a, reg))
+    if regularization == "auto":
+        regularization = max(AUTO_REGULARIZATIONS, key=lambda r: score(alpha, r))
+    return model.model_copy(update={"alpha": alpha, "regularization": regularization})
 
 
 def index_for(items: np.ndarray, users: np.ndarray, rec: Any, *, seed: int) -> ItemIndex | None:

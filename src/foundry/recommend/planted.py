@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["planted_interactions", "planted_item_features"]
+__all__ = ["planted_interactions", "planted_item_features", "ratings_table"]
 
 
 def planted_interactions(
@@ -51,3 +51,40 @@ def planted_item_features(
     rows += [(f"i{groups * block + j}", "shared") for j in range(shared)]
     rows += [(f"n{g}_{j}", f"g{g}") for g in range(groups) for j in range(new_per_group)]
     return pd.DataFrame(rows, columns=["item", "genre"])
+
+
+def ratings_table(
+    n_users: int = 1000,
+    n_items: int = 1700,
+    *,
+    per_user: int = 100,
+    dim: int = 8,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """A MovieLens-shaped table, columns userId, movieId, rating (1-5), timestamp (Unix
+    seconds): the shape of public ratings data, for `foundry init` and its defaults.
+
+    Each user and movie has a taste vector; a user rates about `per_user` movies (a
+    long-tailed count, at least 20 as MovieLens keeps), drawn without replacement with
+    odds ∝ popularity (Zipf) × exp(taste match), each at a time after the movie's
+    release (movies come out over the whole period, so the latest are held out by a
+    temporal split as in real logs); the rating rises with the taste match."""
+    rng = np.random.default_rng(seed)
+    users = rng.standard_normal((n_users, dim)) / np.sqrt(dim)
+    movies = rng.standard_normal((n_items, dim)) / np.sqrt(dim)
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.9
+    release = rng.uniform(0, 0.8, n_items)  # a share of the logged period
+    start = 9.0e8  # 1998, in Unix seconds; the log covers three years
+    span = 3 * 365 * 86400
+    rows = []
+    for u in range(n_users):
+        match = movies @ users[u] * 6.0
+        odds = popularity * np.exp(match)
+        n = int(min(n_items // 2, max(20, rng.lognormal(np.log(per_user) - 0.5, 1.0))))
+        chosen = rng.choice(n_items, n, replace=False, p=odds / odds.sum())
+        joined = rng.uniform(0, 0.6)
+        when = np.maximum(release[chosen], joined) + rng.exponential(0.1, n)
+        stars = np.clip(np.round(3.2 + 0.5 * match[chosen] + rng.normal(0, 0.9, n)), 1, 5)
+        for m, t, r in zip(chosen.tolist(), when.tolist(), stars.tolist(), strict=True):
+            rows.append((u + 1, m + 1, int(r), int(start + t * span)))
+    return pd.DataFrame(rows, columns=["userId", "movieId", "rating", "timestamp"])

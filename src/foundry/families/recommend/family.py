@@ -87,6 +87,12 @@ class RecommendFamily:
         path.write_text("")
         started = time.perf_counter()
 
+        # With a validation split, `on_epoch_end` (foundry tune's objective and pruner)
+        # gets one record, after fitting, carrying the val ranking metrics
+        # (`val_ndcg@10`...): scoring every user after every ALS sweep would cost more
+        # than the sweep. Without one, a record per sweep as it comes.
+        validate = len(data.splits.val) > 0
+
         def record(iteration: int, users: Any, items: Any, **extra: float) -> None:
             entry = {
                 "epoch": iteration,
@@ -96,7 +102,7 @@ class RecommendFamily:
             history.append(entry)
             with path.open("a") as f:
                 f.write(json.dumps(entry) + "\n")
-            if run.on_epoch_end is not None:
+            if run.on_epoch_end is not None and not validate:
                 run.on_epoch_end(entry)
 
         model, seconds = fit_recommender(
@@ -111,6 +117,17 @@ class RecommendFamily:
             f"{cfg.model.type}: fitted in {seconds:.2f} s on {len(model.users)} "
             f"users × {len(model.items)} items"
         )
+        if validate:
+            from foundry.recommend.fit import evaluate_recommender
+
+            val = evaluate_recommender(model, data.splits, "val", k=cfg.recommend.k)
+            if not history:  # popularity: nothing iterated, one record for its val figures
+                history.append({"epoch": 1, "seconds": round(seconds, 4)})
+            history[-1].update({f"val_{key}": v for key, v in val.items() if key != "users"})
+            with path.open("a") as f:
+                f.write(json.dumps(history[-1]) + "\n")
+            if run.on_epoch_end is not None:
+                run.on_epoch_end(history[-1])
         iterations = len(history)
         result = FitResult(
             history=history,
