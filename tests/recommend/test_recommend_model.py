@@ -289,3 +289,28 @@ def test_init_on_a_movielens_shaped_table_trains_past_popularity(tmp_path):
     chosen = json.loads((result.package_path / "foundry.json").read_text())["recommend"]
     assert chosen["alpha"] in AUTO_ALPHAS
     assert chosen["regularization"] in AUTO_REGULARIZATIONS
+
+
+def test_compress_offers_int8_item_vectors_with_the_ranking_change(tmp_path):
+    from foundry.compression import compress
+    from foundry.config.schema import CompressConfig
+
+    model = {"type": "mf", "factors": 64, "iterations": 3}  # item vectors outweigh the rest
+    config = planted_config(tmp_path, "rec-int8", model, n_users=80, seed=4)
+    trained = foundry.train(config, progress=False, quiet=True)
+    result = compress(
+        trained.model_ref, CompressConfig(methods=["int8", "onnx"]), out_dir=tmp_path / "c"
+    )
+    parent, int8 = result.variants
+    assert int8.method == "int8" and "onnx" in result.skipped
+    assert parent.metrics["ndcg@10"] == trained.metrics["ndcg@10"]
+    assert int8.deltas["ndcg@10"] == pytest.approx(
+        int8.metrics["ndcg@10"] - parent.metrics["ndcg@10"], abs=1e-6
+    )
+    assert int8.size_bytes < parent.size_bytes
+    loaded = foundry.load(int8.ref)
+    original = foundry.load(trained.model_ref)
+    # within int8 rounding of the parent's vectors, and it recommends
+    np.testing.assert_allclose(loaded.item_factors, original.item_factors, atol=0.01)
+    assert len(loaded.recommend("u1", k=5)["items"]) == 5
+    assert "ndcg@10" in (result.report_dir / "compress.md").read_text()

@@ -124,6 +124,12 @@ def compress(
         return compress_gpt(
             record, package, config, registry=registry, out_dir=out_dir, say=say
         )
+    if manifest.get("task") == "recommend":
+        from foundry.recommend.compress import compress_recommender
+
+        return compress_recommender(
+            record, package, config, registry=registry, out_dir=out_dir, say=say
+        )
     if is_language_package(manifest):
         raise ModelError(
             f"model {record.ref} is a fine-tuned Hugging Face model: foundry compress "

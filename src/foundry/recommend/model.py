@@ -220,6 +220,13 @@ class Recommender:
             tensor = weights.get(name)
             return None if tensor is None else tensor.numpy()
 
+        item_factors = array("item_factors")
+        codes = array("item_factors_int8")
+        scales = array("item_scales")
+        if item_factors is None and codes is not None and scales is not None:
+            # an int8 variant (foundry compress): float32 again for scoring
+            item_factors = codes.astype(np.float32) * scales[:, None]
+
         model = cls(
             kind=settings["kind"],
             users=[str(u) for u in ids["users"]],
@@ -228,7 +235,7 @@ class Recommender:
             seen_indptr=array("seen_indptr"),
             seen_items=array("seen_items"),
             user_factors=array("user_factors"),
-            item_factors=array("item_factors"),
+            item_factors=item_factors,
             regularization=float(settings.get("regularization", 0.0)),
             alpha=float(settings.get("alpha", 1.0)),
             exclude_seen=bool(settings.get("exclude_seen", True)),

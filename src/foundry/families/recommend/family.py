@@ -48,11 +48,8 @@ class RecommendFamily:
     """Popularity and implicit-feedback matrix factorization over (user, item) events."""
 
     name = "recommend"
-    supports = frozenset({"recommend"})
-    why_not_compress = (
-        "foundry compress's methods act on a network's layers; a recommender is a pair of "
-        "factor matrices (int8 item factors are not built yet)"
-    )
+    supports = frozenset({"recommend", "compress"})
+    """`compress`: int8 item vectors (foundry/recommend/compress.py)."""
     why_not_explain = "a recommender's scores are dot products of learned factors: no inputs"
 
     def prepare(self, run: Run) -> RecommendData:
