@@ -182,3 +182,17 @@ def test_cli_recommends_for_a_user_and_for_recent_items(trained, monkeypatch):
     ]
     refused = runner.invoke(app, ["recommend", result.model_ref])
     assert refused.exit_code != 0 and "--user" in str(refused.exception)
+
+
+def test_cost_prices_a_recommendation(tmp_path):
+    from foundry.config.schema import CostConfig
+    from foundry.economics import estimate
+
+    config = planted_config(tmp_path, "rec-cost", {"type": "popularity"}, n_users=40, seed=6)
+    ref = foundry.train(config, progress=False, quiet=True).model_ref
+    cost = CostConfig(measure_seconds=0.3)
+    # in process (measure: server starts `foundry serve`, ~40 s on the loaded CI machine)
+    economics = estimate(ref, cost, measure="model")
+    assert economics.kind == "recommend" and economics.unit == "prediction"
+    assert economics.throughput.single > 0 and economics.cost_per_1k > 0
+    assert "training users" in economics.throughput.source

@@ -21,8 +21,9 @@ plan prices come from the plans' integer cents (/ 100). Only display rounds
     value-based        = value_per_1k × value_share
     competitive        = max(median competitor price × (1 − competitive_undercut), cost)
 
-A unit is a prediction (one record) for models served on /predict and a token for
-language models (prompt + completion tokens, as plans meter them).
+A unit is a prediction (one record) for models served on /predict, a recommendation
+(one query: a user's top k) on /recommend, and a token for language models (prompt +
+completion tokens, as plans meter them).
 """
 
 from __future__ import annotations
@@ -185,7 +186,8 @@ class UnitEconomics:
 
     ref: str
     kind: str
-    """tabular, text (served on /predict), language or embedding (OpenAI routes)."""
+    """tabular, text (served on /predict), recommend (/recommend), language or embedding
+    (OpenAI routes)."""
     unit: Literal["prediction", "token"]
     currency: str
     settings: dict[str, Any]
@@ -417,7 +419,8 @@ def estimate(
     cost = cost or CostConfig.model_validate(own.get("cost") or {})
     serve = serve or ServeConfig.model_validate(own.get("serve") or {})
     kind = measuring.serving_kind(manifest)
-    unit: Literal["prediction", "token"] = "prediction" if kind in ("tabular", "text") else "token"
+    predicted = ("tabular", "text", "recommend")  # one unit a record / query, as metered
+    unit: Literal["prediction", "token"] = "prediction" if kind in predicted else "token"
     name = pinned.split(":")[0]
     batching = serve.model_batching.get(name, serve.batching)
     serving_batch = batching.max_batch_size if batching.enabled and unit == "prediction" else 1
@@ -469,7 +472,9 @@ def _measure(
     from foundry.serve.app import inference_threads
 
     served = measuring.load_served(ref, kind, registry)
-    if unit == "prediction":
+    if kind == "recommend":
+        rows, source = measuring.recommend_queries(served)
+    elif unit == "prediction":
         rows, source = measuring.prediction_records(served, data=data, manifest=manifest)
     else:
         rows, source = measuring.prompts_for(served, data=data, manifest=manifest)
@@ -481,8 +486,10 @@ def _measure(
         say.info(f"measuring {ref} through foundry serve on {len(rows)} rows of {source} "
                  f"(1 row per request; {', '.join(map(str, measuring.CLIENTS))} clients, "
                  f"{cost.measure_seconds:g} s each)")
-        results = measuring.measure_server(ref, registry=registry, serve=serve, records=rows,
-                                           seconds=cost.measure_seconds, say=say)
+        results = measuring.measure_server(
+            ref, registry=registry, serve=serve, records=rows, seconds=cost.measure_seconds,
+            say=say, route="recommend" if kind == "recommend" else "predict",
+        )
         cases = tuple(
             ServerCase(clients=r.clients, per_second=r.per_second, p50_ms=r.p50_ms,
                        p99_ms=r.p99_ms, requests=r.ok, seconds=r.seconds,

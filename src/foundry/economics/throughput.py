@@ -87,9 +87,12 @@ _OWN_FILES = {"model.safetensors", "foundry.json", "metrics.json", "card.md", "c
 def serving_kind(manifest: dict[str, Any]) -> str:
     """How `foundry serve` serves a package: `tabular` (mlp, cnn, text models) and `text`
     (fine-tuned Hugging Face classifiers / regressors) on /predict, counted in predictions;
-    `language` (gpt, hf causal LM) and `embedding` on the OpenAI routes, counted in tokens."""
+    `language` (gpt, hf causal LM) and `embedding` on the OpenAI routes, counted in tokens;
+    `recommend` on /recommend, counted in queries (a recommendation of k items)."""
     from foundry.lm.load import is_language_package
 
+    if manifest.get("task") == "recommend":
+        return "recommend"  # /recommend, one unit a query (as metered)
     if not is_language_package(manifest):
         return "tabular"
     task = (manifest.get("hf") or {}).get("task")
@@ -101,6 +104,10 @@ def serving_kind(manifest: dict[str, Any]) -> str:
 def load_served(ref: str, kind: str, registry: Registry) -> Any:
     """The object a server worker loads for `ref` (see `foundry.serve.app.App.start`):
     a `ServedModel`, `ServedTextModel`, or the LanguageModel / Embedder itself."""
+    if kind == "recommend":
+        from foundry.serve.served_recommender import ServedRecommender
+
+        return ServedRecommender.load(ref, registry=registry)
     if kind == "tabular":
         from foundry.serve.served_model import ServedModel
 
@@ -153,6 +160,15 @@ def prediction_records(
     except ApiError as exc:
         raise DataError(f"{source}: {exc.message}") from None
     return records.items, source
+
+
+def recommend_queries(served: Any) -> tuple[list[dict[str, Any]], str]:
+    """Queries of the model's own training users (up to MAX_ROWS, k = 10): what the
+    served route answers most."""
+    users = served.model.users[:MAX_ROWS]
+    if not users:
+        raise DataError(f"model {served.ref} has no training users to time queries for")
+    return [{"user": u, "k": 10} for u in users], f"{len(users)} training users, k = 10"
 
 
 def _own_split(manifest: dict[str, Any], ref: str) -> tuple[Any, str]:
@@ -324,6 +340,7 @@ def measure_server(
     seconds: float,
     clients: tuple[int, ...] = CLIENTS,
     say: Reporter | None = None,
+    route: str = "predict",
 ) -> list[LoadResult]:
     """Drive a real `foundry serve` of `ref` (a temporary copy, `sandbox_home`) with
     each count of `clients` concurrent keep-alive clients for `seconds`, one of
@@ -346,7 +363,10 @@ def measure_server(
         say.info(f"starting `foundry serve` on a temporary copy of {ref} "
                  f"({serve.workers} worker(s), 127.0.0.1:{port})")
         model = served_ref.split(":")[0]
-        requests = [predict_request(port, model, json.dumps(r).encode(), key) for r in records]
+        requests = [
+            predict_request(port, model, json.dumps(r).encode(), key, route=route)
+            for r in records
+        ]
         results = []
         with Server(command, env=env, log=work / "server.log", workers=serve.workers,
                     cwd=work):

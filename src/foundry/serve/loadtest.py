@@ -160,10 +160,12 @@ class Server:
 # ------------------------------------------------------------------------------- load
 
 
-def predict_request(port: int, model: str, body: bytes, key: str | None) -> bytes:
-    """The bytes of one POST /v1/models/{model}/predict with a JSON `body` (`key`: the
-    bearer key; None for a server without keys)."""
-    head = [f"POST /v1/models/{model}/predict HTTP/1.1", f"host: 127.0.0.1:{port}",
+def predict_request(
+    port: int, model: str, body: bytes, key: str | None, *, route: str = "predict"
+) -> bytes:
+    """The bytes of one POST /v1/models/{model}/{route} (predict, or recommend) with a
+    JSON `body` (`key`: the bearer key; None for a server without keys)."""
+    head = [f"POST /v1/models/{model}/{route} HTTP/1.1", f"host: 127.0.0.1:{port}",
             "content-type: application/json", f"content-length: {len(body)}"]
     if key is not None:
         head.append(f"authorization: Bearer {key}")

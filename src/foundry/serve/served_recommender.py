@@ -170,6 +170,10 @@ class ServedRecommender:
 
     scrubs = False  # ids, not free text: nothing for the PII scrubber to mask
 
+    def predict_records(self, queries: list[dict]) -> list[dict[str, Any]]:
+        """What `foundry cost` times in process (ServedModel's name for it)."""
+        return self.forward_records(queries)
+
     def forward_records(self, queries: list[dict]) -> list[dict[str, Any]]:
         """The batcher's forward: validated queries → one answer each. Known users'
         scores come from one [batch, d] × [d, n_items] product."""
