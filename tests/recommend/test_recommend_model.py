@@ -291,7 +291,7 @@ def test_init_on_a_movielens_shaped_table_trains_past_popularity(tmp_path):
     assert chosen["regularization"] in AUTO_REGULARIZATIONS
 
 
-def test_compress_offers_int8_item_vectors_with_the_ranking_change(tmp_path):
+def test_compress_report_and_dashboard_show_the_ranking_metrics(tmp_path):
     from foundry.compression import compress
     from foundry.config.schema import CompressConfig
 
@@ -314,3 +314,17 @@ def test_compress_offers_int8_item_vectors_with_the_ranking_change(tmp_path):
     np.testing.assert_allclose(loaded.item_factors, original.item_factors, atol=0.01)
     assert len(loaded.recommend("u1", k=5)["items"]) == 5
     assert "ndcg@10" in (result.report_dir / "compress.md").read_text()
+    # the report and the dashboard show the ranking metrics beside the baseline's
+    from foundry.registry import Registry
+    from foundry.report import write_report
+    from foundry.serve.dashboard_models import bare_summary
+
+    report = write_report(trained.model_ref, tmp_path / "report.html")
+    page = report.path.read_text()
+    assert "popularity baseline (test split)" in page and "ndcg@10" in page
+    summary = bare_summary(Registry().resolve(trained.model_ref))
+    assert summary["key_metric"] == {
+        "name": "ndcg@10",
+        "value": trained.metrics["ndcg@10"],
+        "baseline": trained.metrics["popularity"]["ndcg@10"],
+    }

@@ -62,6 +62,8 @@ def evaluate(sources: Any, data: str | Path | None) -> Evaluated | Unavailable:
         if task == "embedding":
             return Unavailable("an embedding model makes vectors, not labels")
         return Unavailable("a language model predicts tokens, not labels")
+    if manifest.get("task") == "recommend":  # its ranking metrics are in the metrics table
+        return Unavailable("a recommender ranks items, it predicts no labels")
     from foundry.predictor import load
 
     if sources.registry is not None:

@@ -228,6 +228,12 @@ def metrics_section(ctx: Context) -> Blocks | str:
     if not rows:
         return "the package's metrics.json holds no values"
     blocks: Blocks = []
+    # a recommender: the popularity baseline on the same split, so the lift is visible
+    baseline = _scalars((ctx.sources.metrics or {}).get("popularity") or {})
+    if baseline:
+        columns.append(f"popularity baseline ({split} split)")
+        for row in rows:
+            row.append(fmt(baseline.get(row[0])) if row[0] in baseline else "")
     if unmitigated[0] or unmitigated[1]:
         blocks.append(Note(
             "With fairness mitigation: the metrics are those of the decisions the model "

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from foundry.registry import ModelRecord, Registry
 
 KEY_METRICS = ("accuracy", "r2", "perplexity", "f1", "roc_auc", "rmse", "mae", "loss")
-"""The metric a version is summarised by: the first of these its metrics.json has."""
+"""The metric a version is summarised by: the first of these its metrics.json has (a
+recommender: its ndcg@k, with the popularity baseline's beside it)."""
 
 
 def version_summary(
@@ -75,6 +76,8 @@ def bare_summary(record: ModelRecord) -> dict[str, Any]:
         # with fairness mitigation, `metrics` score the decisions returned; these the
         # most probable class (shown beside them)
         "unmitigated": scalars((record.metrics or {}).get("unmitigated") or {}),
+        # a recommender's popularity baseline on the same split (shown beside)
+        "baseline": scalars((record.metrics or {}).get("popularity") or {}),
         "key_metric": key_metric(record.metrics),
         "lineage": [record.ref],
         "training": None,
@@ -94,11 +97,16 @@ def key_metric(metrics: dict[str, Any]) -> dict[str, Any] | None:
     fairness mitigation also "unmitigated": its value for the most probable class."""
     values = scalars(metrics)
     without = scalars((metrics or {}).get("unmitigated") or {})
-    for name in (*KEY_METRICS, *values):
-        if values.get(name) is not None:
-            found = {"name": name, "value": values[name]}
+    baseline = scalars((metrics or {}).get("popularity") or {})
+    ranking = [name for name in values if name.startswith("ndcg@")]  # recommenders
+    for name in (*KEY_METRICS, *ranking, *values):
+        value = values.get(name)
+        if value is not None and not isinstance(value, str):
+            found = {"name": name, "value": value}
             if without.get(name) is not None:
                 found["unmitigated"] = without[name]
+            if baseline.get(name) is not None:
+                found["baseline"] = baseline[name]
             return found
     return None
 
