@@ -1,21 +1,25 @@
 """Recommenders: retrieval latency at 10⁵ and 10⁶ items, and quality on real data.
 
-    python benchmarks/recommend.py                   # retrieval + Debian quality
-    python benchmarks/recommend.py --skip-quality    # retrieval only (~1 min)
+    python benchmarks/recommend.py                   # retrieval + Debian + ratings
+    python benchmarks/recommend.py --skip-quality --skip-ratings   # retrieval only
+    python benchmarks/recommend.py --ratings-only    # the MovieLens-shaped table only
 
-retrieval  One user's top 10 of n items with d = 64 float32 factors: the score product
-           (item matrix × user vector: numpy, then torch.mv) and the selection, timed
-           apart, two selections alternated query by query on the same scores:
-           np.argpartition (+ sorting the 10) and torch.topk. Then
-           `Recommender.recommend` as served (product, seen items masked, selection,
-           ids). p50 / p90 in ms over --queries after warm-up,
-           on the threads numpy's BLAS and torch have (all cores).
+retrieval  `Recommender.recommend` as served (user vector, 50 seen items masked, top 10,
+           ids) over n items with d = 64 float32 vectors clustered by taste, exact
+           against the approximate index (recommend/index.py), alternated query by
+           query: p50 / p99 ms over --queries after 20 warm-up, the index's top-10
+           overlap with exact (recall@10) and its build seconds, cells, nprobe, size.
 quality    The Debian dependency graph (examples/make_interactions.py: a package is a
            user, what it depends on / recommends are its items), random 20% of each
-           package's items held out for test and 10% for validation. Popularity and mf
-           (ALS); mf's alpha picked on validation from --alphas, then scored on test;
-           two_tower (defaults, --tower-epochs) over each package's section and
-           priority. Recall@10, NDCG@10, coverage@10, fit seconds.
+           package's items held out for test and 10% for validation. foundry's mf and
+           implicit's ALS over the same grid (--alphas × --regs), each one's best on
+           validation NDCG@10 scored on test, beside popularity, the model section
+           `foundry init` writes (alpha / regularization auto) and two_tower
+           (--tower-epochs, each package's section and priority as features); then the
+           approximate index built on the best mf's real vectors. Recall@10, NDCG@10,
+           coverage@10, fit seconds.
+ratings    A generated MovieLens-shaped table (ratings 1-5, timestamps), per-user
+           temporal split: the same comparison on the shape of public ratings data.
 """
 
 from __future__ import annotations
@@ -245,12 +249,70 @@ def quality(
     )
 
 
+def ratings(alphas: list[float], regs: list[float]) -> None:
+    """A generated MovieLens-shaped table (foundry.recommend.planted.ratings_table:
+    1,000 users, 1,700 movies, ~100 ratings of 1-5 stars a user, timestamps), each
+    user's latest 20% held out for test and the 10% before for validation: the shape of
+    a public ratings dataset read with `foundry init`'s config. Popularity, foundry's mf
+    and implicit's ALS tuned on one grid on validation, and init's model section."""
+    from foundry.config.schema import MFConfig, PopularityConfig, RecommendConfig
+    from foundry.recommend.data import interactions_from_frame, split_interactions
+    from foundry.recommend.fit import evaluate_recommender, fit_recommender
+    from foundry.recommend.init import INIT_MODEL, infer_interaction_columns
+    from foundry.recommend.planted import ratings_table
+
+    df = ratings_table()
+    columns = infer_interaction_columns(df)  # as foundry init reads them
+    rec = RecommendConfig(**columns, split="temporal", test=0.2, val=0.1)
+    splits = split_interactions(interactions_from_frame(df, rec), rec)
+    print(
+        f"\nMovieLens-shaped ratings: {len(df):,} ratings, columns {columns}; "
+        f"train/val/test {len(splits.train):,}/{len(splits.val):,}/{len(splits.test):,}"
+    )
+    best: dict[str, tuple[float, object, float, str]] = {}
+    for alpha in alphas:
+        for reg in regs:
+            settings = f"alpha {alpha:g}, reg {reg:g}"
+            config = MFConfig(alpha=alpha, regularization=reg)
+            ours, ours_s = fit_recommender(splits.train, config, rec, seed=0)
+            theirs, theirs_s = _implicit_als(splits.train, 64, 15, reg, alpha)
+            line = f"  val  {settings:<20}"
+            for name, model, seconds in (("foundry", ours, ours_s), ("implicit", theirs, theirs_s)):
+                if model is None:
+                    continue
+                val = evaluate_recommender(model, splits, "val", k=10)
+                line += f"  {name} recall@10 {val['recall@10']:.4f} ndcg@10 {val['ndcg@10']:.4f}"
+                if val["ndcg@10"] > best.get(name, (-1.0,))[0]:
+                    best[name] = (val["ndcg@10"], model, seconds, settings)
+            print(line, flush=True)
+    init = MFConfig(**{key: v for key, v in INIT_MODEL.items() if key != "type"})
+    defaults, defaults_s = fit_recommender(splits.train, init, rec, seed=0)
+    pop, pop_s = fit_recommender(splits.train, PopularityConfig(), rec, seed=0)
+    runs = [("popularity", pop, pop_s)]
+    runs += [(f"{n} mf ({b[3]})", b[1], b[2]) for n, b in best.items()]
+    runs.append(
+        (
+            f"foundry init's mf (auto: alpha {defaults.alpha:g}, reg {defaults.regularization:g})",
+            defaults,
+            defaults_s,
+        )
+    )
+    for name, m, s in runs:
+        got = evaluate_recommender(m, splits, "test", k=10)
+        print(
+            f"  {name:<48} recall@10 {got['recall@10']:.4f}  ndcg@10 {got['ndcg@10']:.4f}"
+            f"  coverage@10 {got['coverage@10']:.4f}  fit {s:6.2f} s"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-retrieval", action="store_true")
+    parser.add_argument("--skip-ratings", action="store_true")
+    parser.add_argument("--ratings-only", action="store_true")
     parser.add_argument("--tower-epochs", type=int, default=2)
     parser.add_argument("--alphas", default="5,20,40")
     parser.add_argument("--regs", default="0.01,0.1")
@@ -260,12 +322,17 @@ def main() -> None:
     import torch
 
     print(f"threads: torch {torch.get_num_threads()}")
+    alphas = [float(a) for a in args.alphas.split(",")]
+    regs = [float(r) for r in args.regs.split(",")]
+    if args.ratings_only:
+        ratings([1.0, 4.0, 16.0], [0.05, 10.0])
+        return
     for n in () if args.skip_retrieval else (int(s) for s in args.sizes.split(",")):
         retrieval(n, queries=args.queries)
     if not args.skip_quality:
-        alphas = [float(a) for a in args.alphas.split(",")]
-        regs = [float(r) for r in args.regs.split(",")]
         quality(alphas, regs, args.factors, args.iterations, args.tower_epochs)
+    if not args.skip_ratings:
+        ratings([1.0, 4.0, 16.0], [0.05, 10.0])
 
 
 if __name__ == "__main__":

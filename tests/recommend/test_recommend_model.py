@@ -208,6 +208,12 @@ def test_approximate_index_is_packaged_checksummed_and_ranks_as_exact(tmp_path):
         ]
         seen = {loaded.items[i] for i in loaded.seen(loaded.user_index[user]).tolist()}
         assert not seen & {e["item"] for e in got["items"]}
+    # a served batch goes through the index too, each query cut to its own k
+    from foundry.serve.served_recommender import ServedRecommender
+
+    served = ServedRecommender.from_model(loaded)
+    answers = served.forward_records([{"user": "u0", "k": 5}, {"user": "u7", "k": 3}])
+    assert answers == [loaded.recommend("u0", k=5), loaded.recommend("u7", k=3)]
     # the index file is covered by the package's checksums like the weights
     path = result.package_path / INDEX_FILE
     path.chmod(0o644)
