@@ -325,14 +325,14 @@ def main() -> None:
     alphas = [float(a) for a in args.alphas.split(",")]
     regs = [float(r) for r in args.regs.split(",")]
     if args.ratings_only:
-        ratings([1.0, 4.0, 16.0], [0.05, 10.0])
+        ratings([0.25, 1.0, 4.0, 16.0], [0.05, 10.0, 30.0])
         return
     for n in () if args.skip_retrieval else (int(s) for s in args.sizes.split(",")):
         retrieval(n, queries=args.queries)
     if not args.skip_quality:
         quality(alphas, regs, args.factors, args.iterations, args.tower_epochs)
     if not args.skip_ratings:
-        ratings([1.0, 4.0, 16.0], [0.05, 10.0])
+        ratings([0.25, 1.0, 4.0, 16.0], [0.05, 10.0, 30.0])
 
 
 if __name__ == "__main__":

@@ -101,8 +101,8 @@ def fit_recommender(
     return fitted, time.perf_counter() - started
 
 
-AUTO_ALPHAS = (1.0, 4.0, 16.0, 40.0)
-AUTO_REGULARIZATIONS = (0.05, 1.0, 10.0)
+AUTO_ALPHAS = (0.25, 1.0, 4.0, 16.0, 40.0)
+AUTO_REGULARIZATIONS = (0.05, 1.0, 10.0, 30.0)
 AUTO_SWEEPS = 5
 """ALS sweeps of each candidate fit: rankings of candidates settle well before the
 scores do."""
@@ -111,8 +111,9 @@ scores do."""
 def choose_als_settings(train: Interactions, model: Any, rec: Any, *, seed: int) -> Any:
     """`model` with its `auto` alpha and regularization chosen on an inner split of
     `train` (each user's latest 10%, or a random 10% for `split: random`; test and val
-    are never read): alpha first (at regularization 0.05 when that is auto too), then
-    regularization at that alpha, each by NDCG@k."""
+    are never read), by NDCG@k: alpha (at regularization 0.05 when that is auto too),
+    regularization at that alpha, then alpha again at that regularization (the best
+    alpha moves with it: 1 at 0.05, 0.25-0.5 at 10-30 on dense ratings)."""
     from foundry.recommend.als import fit_als
     from foundry.recommend.data import split_interactions
 
@@ -141,11 +142,13 @@ def choose_als_settings(train: Interactions, model: Any, rec: Any, *, seed: int)
         return got
 
     alpha, regularization = model.alpha, model.regularization
+    reg = 0.05 if regularization == "auto" else regularization
     if alpha == "auto":
-        reg = 0.05 if regularization == "auto" else regularization
         alpha = max(AUTO_ALPHAS, key=lambda a: score(a, reg))
     if regularization == "auto":
         regularization = max(AUTO_REGULARIZATIONS, key=lambda r: score(alpha, r))
+        if model.alpha == "auto":
+            alpha = max(AUTO_ALPHAS, key=lambda a: score(a, regularization))
     return model.model_copy(update={"alpha": alpha, "regularization": regularization})
 
 
