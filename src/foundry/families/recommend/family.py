@@ -110,9 +110,18 @@ class RecommendFamily:
             on_iteration=record,
             tokens=data.tokens,
         )
+        chosen = ""
+        if "auto" in (
+            getattr(cfg.model, "alpha", None),
+            getattr(cfg.model, "regularization", None),
+        ):
+            chosen = (
+                f" (alpha {model.alpha:g}, regularization {model.regularization:g}: chosen "
+                "on 10% of each user's training interactions held out)"
+            )
         run.say.info(
             f"{cfg.model.type}: fitted in {seconds:.2f} s on {len(model.users)} "
-            f"users × {len(model.items)} items"
+            f"users × {len(model.items)} items{chosen}"
         )
         if validate:
             from foundry.recommend.fit import evaluate_recommender
