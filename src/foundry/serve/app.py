@@ -13,7 +13,8 @@
                                        default, public or off; foundry.serve.metrics)
     /admin/keys...                     key admin behind FOUNDRY_ADMIN_TOKEN (routes_admin)
     GET  /dashboard, /admin/dashboard/...  the admin dashboard (foundry.serve.dashboard)
-    GET  /docs, /openapi.json          OpenAPI
+    GET  /docs, /redoc, /openapi.json  OpenAPI: Swagger UI and ReDoc, their assets served
+                                       here, no CDN (foundry.serve.api_docs)
 
 A predict request goes: `gate.authenticate` (401/403, before the body is read, so
 only a caller with a key learns the model's fields) → media type (415) → body size (413)
@@ -218,6 +219,7 @@ class Service:
             await runner.close()
         if self.owns_gate and self.gate is not None:
             self.gate.close()
+        self.metrics.close()
 
     @property
     def ready(self) -> bool:
@@ -674,8 +676,13 @@ def create_app(
         "`Authorization: Bearer fdy_...`; errors are `{\"error\": {message, type, param, "
         "code}}`.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from a CDN: ours serve their own assets
+        redoc_url=None,
     )
     app.state.service = service
+    from foundry.serve.api_docs import add_api_docs
+
+    add_api_docs(app)
     install_error_handlers(app)
     _add_routes(app, service, bare=bare)
     from foundry.serve.routes_openai import openai_router
