@@ -349,13 +349,12 @@ class HFLanguageModel:
         """A continuous-batching engine over this model (`foundry.lm.continuous`);
         `settings` are ContinuousBatcher's keyword arguments."""
         from foundry.lm.continuous import ContinuousBatcher
-        from foundry.lm.hf_step import HFCacheIO
+        from foundry.lm.hf_step import HFCacheIO, batch_invariant_attention
 
         # Plain matmul + softmax attention: the SDPA kernel on CPU splits its work by
         # batch size, so a row would get other low bits alone than among others (see
         # foundry.lm.continuous). This model object then serves the batcher only.
-        if hasattr(self.model, "set_attn_implementation"):
-            self.model.set_attn_implementation("eager")
+        batch_invariant_attention(self.model)
         return ContinuousBatcher(self.engine, HFCacheIO(), adjust=self._params, **settings)
 
     def _params(self, params: GenerationConfig) -> GenerationConfig:
