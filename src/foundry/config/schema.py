@@ -1187,6 +1187,13 @@ class LMServeConfig(Section):
     running streams by one chunk per step rather than its whole length."""
     retry_after_s: int = Field(1, ge=1)
     """`Retry-After` of a 503 when the queue is full."""
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """Where served language models run: `cuda` (the first GPU), `auto` (CUDA when
+    present, else the CPU) or `cpu`."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights, activations and KV cache of served language models: `bfloat16` halves
+    their memory and is what GPUs run fastest; tokens are sampled from float32 logits
+    either way. A row's tokens stay the same alone or batched only in float32 on CPU."""
 
 
 class ServeConfig(Section):
