@@ -30,6 +30,15 @@ once; its tokens/s has no HTTP in it, so the comparison flatters it.
 Each engine is measured in its own server, one after the other; the machine is shared,
 so only ratios from one run mean anything.
 
+--baseline-src DIR: also measure the continuous-batching server of another checkout
+(its `src/` folder, e.g. `git worktree add /tmp/base main`), as engine `baseline`,
+alternating with this tree's server --repeats times: a before/after in one run.
+
+--engine-cpu: also the engine alone, in-process (no HTTP), for this tree and the
+baseline: N Llama prompts x --tokens submitted at once to `continuous_batcher`, in tokens
+per second of the engine thread's CPU time (`time.thread_time` around each step), a
+measure a busy shared machine disturbs far less than the wall clock.
+
 --device / --dtype: where the served models run (`serve.lm.device`, `serve.lm.dtype`)
 and where transformers' figure and the prefill timing run, so every figure of a run is on
 the same device and dtype.
@@ -244,9 +253,14 @@ def _server(
     max_concurrent: int,
     device: str = "cpu",
     dtype: str = "float32",
+    src: Path | None = None,
 ):
-    lm = {"max_concurrent": max_concurrent, "max_queue": 256, "device": device, "dtype": dtype}
+    lm: dict = {"max_concurrent": max_concurrent, "max_queue": 256}
+    if (device, dtype) != ("cpu", "float32"):  # keys a baseline's schema may not have
+        lm.update(device=device, dtype=dtype)
     config = {"serve": {"plans": PLAN, "metrics": "public", "lm": lm}}
+    if src is not None:  # another checkout's foundry (--baseline-src)
+        env = {**env, "PYTHONPATH": str(src)}
     path = work / f"serve-{max_concurrent}.yaml"
     path.write_text(yaml.safe_dump(config))
     key = _foundry(
@@ -382,6 +396,51 @@ def transformers_batch(
     return rows
 
 
+_ENGINE_CPU = """
+import json, os, sys, threading, time
+import torch
+torch.set_num_threads(1)
+from foundry.config.schema import GenerationConfig
+from foundry.lm.load import load
+ref, n, tokens, prompts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+batcher = load(ref).continuous_batcher(max_concurrent=32, max_queue=256, name="bench")
+cpu = [0.0]
+step = batcher._step
+def timed():
+    start = time.thread_time()
+    step()
+    cpu[0] += time.thread_time() - start
+batcher._step = timed
+batcher.start()
+def run():
+    done = threading.Semaphore(0)
+    rows = [batcher.submit(prompts[i % len(prompts)], GenerationConfig(
+        max_tokens=tokens, temperature=0.8, top_k=10**6, seed=i),
+        lambda item: item is None and done.release()) for i in range(n)]
+    for _ in rows:
+        done.acquire()
+    return sum(r.row.computed for r in rows)
+run()
+figures = []
+for _ in range(3):
+    cpu[0] = 0.0
+    figures.append(run() / cpu[0])
+batcher.close()
+print(json.dumps(figures))
+"""
+
+
+def engine_cpu(env: dict[str, str], src: Path | None, n: int, tokens: int) -> list[float]:
+    """Tokens per CPU-second of the engine thread, tiny Llama, `n` rows (--engine-cpu),
+    in a subprocess importing foundry from `src` (None: this tree)."""
+    if src is not None:
+        env = {**env, "PYTHONPATH": str(src)}
+    out = _run(
+        [sys.executable, "-c", _ENGINE_CPU, "tiny-llama", str(n), str(tokens), *PROMPTS], env, ROOT
+    )
+    return json.loads(out.splitlines()[-1])
+
+
 # ------------------------------------------------------------------------- main
 
 
@@ -400,6 +459,9 @@ def main() -> None:
         default="continuous,one-at-a-time",
         help="which servers to measure (comma-separated)",
     )
+    parser.add_argument("--baseline-src", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--engine-cpu", action="store_true")
     args = parser.parse_args()
     dtype = DTYPES[args.dtype]
     streams = [int(s) for s in args.streams.split(",")]
@@ -425,17 +487,35 @@ def main() -> None:
         "dtype": dtype,
         "engines": {},
     }
-    engines = args.engines.split(",")
-    for engine, slots in (("continuous", 32), ("one-at-a-time", 1)):
-        if engine not in engines:
-            continue
-        with _server(work, env, slots, args.device, dtype) as (url, key):
-            for model in ("gpt-corpus", "tiny-llama"):
-                rows = [
-                    asyncio.run(_load(url, key, model, n, args.tokens, args.rounds))
-                    for n in streams
-                ]
-                results["engines"].setdefault(engine, {})[model] = rows
+    servers = [
+        (engine, slots, None)
+        for engine, slots in (("continuous", 32), ("one-at-a-time", 1))
+        if engine in args.engines.split(",")
+    ]
+    if args.baseline_src is not None and "continuous" in args.engines.split(","):
+        servers.append(("baseline", 32, args.baseline_src.resolve()))
+    for repeat in range(args.repeats):
+        # alternate the order, so neither side always runs first on a drifting machine
+        for engine, slots, src in servers if repeat % 2 == 0 else servers[::-1]:
+            label = engine if args.repeats == 1 else f"{engine} #{repeat + 1}"
+            with _server(work, env, slots, args.device, dtype, src) as (url, key):
+                for model in ("gpt-corpus", "tiny-llama"):
+                    rows = [
+                        asyncio.run(_load(url, key, model, n, args.tokens, args.rounds))
+                        for n in streams
+                    ]
+                    results["engines"].setdefault(label, {})[model] = rows
+    if args.engine_cpu:
+        sides = [("continuous", None)]
+        if args.baseline_src is not None:
+            sides.append(("baseline", args.baseline_src.resolve()))
+        n = max(streams)
+        for repeat in range(max(2, args.repeats)):
+            for side, src in sides if repeat % 2 == 0 else sides[::-1]:
+                figures = engine_cpu(env, src, n, args.tokens)
+                results.setdefault("engine_cpu_tokens_per_s", {}).setdefault(side, []).append(
+                    figures
+                )
     results["prefill_ms"] = {
         m: prefill_ms(env, m, args.device, dtype) for m in ("gpt-corpus", "tiny-llama")
     }
