@@ -107,8 +107,9 @@ ENGINE_SWITCH_INTERVAL_S = 0.0005
 """Python's GIL switch interval in a worker that runs a continuous-batching engine
 thread (default 0.005). Between its PyTorch calls that thread holds the GIL, and the
 event loop, back from a socket read or write, waited up to the whole default interval
-for it, on every request and every streamed chunk (docs/BENCHMARKS.md, "Language-model
-serving under load": what it changed through `foundry serve`)."""
+for it, on every request and every streamed chunk. Measured effect (docs/BENCHMARKS.md,
+"Language-model serving under load", follow-up): more tokens/s on average, inconclusive
+on a machine at load 11-15; 0.005 here reverts it."""
 _SCRUB_INLINE_BYTES = 4_096
 """Bodies up to this size are PII-scrubbed on the event loop (~4 ms at worst, at the
 ~1 MB/s of a value packed with PII-like candidates); larger ones on a worker thread."""
