@@ -43,6 +43,7 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    update,
 )
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -101,6 +102,20 @@ class _ModelVersionRow(_Base):
     """sha256 of the package's foundry.json (NULL: registered before it was kept)."""
     run_dir: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     """Absolute path of the run folder foundry created for this version, if any."""
+
+
+class _ModelAliasRow(_Base):
+    """`name:alias` → one version (`foundry models alias`). One row per alias, so moving
+    it is one UPDATE: a reader sees the old version or the new one, never none or two."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("name", "alias", name="uq_model_aliases_name_alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    alias: Mapped[str] = mapped_column(String(64), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
 @dataclass(frozen=True)
@@ -184,8 +199,10 @@ class Registry:
         description: str = "",
         files: PackageFiles | None = None,
         run_dir: Path | str | None = None,
+        version: int | None = None,
     ) -> ModelRecord:
-        """Store a new version of ``name`` (1 for a new name, else latest + 1).
+        """Store a new version of ``name`` (1 for a new name, else latest + 1; `version`:
+        exactly that number, ModelError if it is taken — `foundry models import`).
 
         ``parent`` is a reference to the model this one derives from (a compressed or
         fine-tuned variant); it must exist and is stored pinned ("name:latest" becomes
@@ -220,8 +237,13 @@ class Registry:
             files=files,
         )
         try:
+            wanted = version
             for _ in range(_MAX_ATTEMPTS):
-                version = max(self._max_version(name), _max_dir_version(model_dir)) + 1
+                version = wanted or max(self._max_version(name), _max_dir_version(model_dir)) + 1
+                taken = wanted and (model_dir / str(wanted)).exists()
+                if taken or (wanted and self._version_taken(name, wanted)):
+                    raise ModelError(f"{name}:{wanted} already exists in the registry at "
+                                     f"{self.home}", hint="import it under another name (--as)")
                 stored = {**manifest, "name": name, "version": version, "parent": parent_ref}
                 _write_card(tmp, stored, metrics, card)
                 # Last: foundry.json lists the checksums of every file above, and the
@@ -301,6 +323,11 @@ class Registry:
                     _ModelVersionRow.name == name, _ModelVersionRow.version == version
                 )
             )
+            session.execute(  # an alias never points at a deleted version
+                delete(_ModelAliasRow).where(
+                    _ModelAliasRow.name == name, _ModelAliasRow.version == version
+                )
+            )
         # Rename first so the package disappears in one step, then remove it.
         trash = directory.parent / f"{TMP_PREFIX}deleted-{uuid.uuid4().hex}"
         try:
@@ -316,7 +343,10 @@ class Registry:
         """The record a reference points to; ModelError with suggestions if none."""
         name, version = parse_ref(ref)
         if isinstance(version, str) and version != "latest":
-            return self._resolve_tag(name, version)
+            aliased = self._alias_version(name, version)
+            if aliased is None:
+                return self._resolve_tag(name, version)
+            version = aliased
         with self._session() as session:
             query = select(_ModelVersionRow).where(_ModelVersionRow.name == name)
             if version == "latest":
@@ -374,6 +404,82 @@ class Registry:
                 if tags != list(row.tags or ()):
                     row.tags = tags  # a new list: SQLAlchemy sees the JSON change
         return self.resolve(f"{record.name}:{record.version}")
+
+    def untag(self, ref: str, tag: str) -> ModelRecord:
+        """Take `tag` off the version `ref` resolves to; ModelError if it does not carry
+        it. Returns the updated record."""
+        record = self.resolve(ref)
+        if tag not in record.tags:
+            raise ModelError(f"{record.ref} is not tagged {tag!r}",
+                             hint=f"its tags: {', '.join(record.tags) or 'none'}")
+        with Session(self._get_engine()) as session, session.begin():
+            row = session.scalars(select(_ModelVersionRow).where(
+                _ModelVersionRow.name == record.name,
+                _ModelVersionRow.version == record.version)).one()
+            row.tags = [t for t in (row.tags or ()) if t != tag]
+        return self.resolve(record.ref)
+
+    def set_alias(self, name: str, alias: str, version: int) -> ModelRecord:
+        """Point `name:alias` at `version` (creating the alias or moving it in one
+        UPDATE). Returns the record it now names."""
+        validate_tag(alias)
+        record = self.resolve(format_ref(name, version))
+        for _ in range(2):  # a concurrent first set of the same alias: update it instead
+            try:
+                with Session(self._get_engine()) as session, session.begin():
+                    moved = session.execute(
+                        update(_ModelAliasRow)
+                        .where(_ModelAliasRow.name == name, _ModelAliasRow.alias == alias)
+                        .values(version=version, updated_at=datetime.now(timezone.utc))
+                    ).rowcount
+                    if not moved:
+                        session.add(_ModelAliasRow(name=name, alias=alias, version=version,
+                                                   updated_at=datetime.now(timezone.utc)))
+                return record
+            except IntegrityError:
+                continue
+        raise ModelError(f"could not set the alias {name}:{alias}; try again")
+
+    def remove_alias(self, name: str, alias: str) -> int:
+        """Delete `name:alias`; returns the version it named (ModelError if none)."""
+        version = self._alias_version(name, alias)
+        if version is None:
+            raise ModelError(f"model '{name}' has no alias {alias!r}",
+                             hint=f"its aliases: {', '.join(self.aliases(name)) or 'none'}")
+        with Session(self._get_engine()) as session, session.begin():
+            session.execute(delete(_ModelAliasRow).where(
+                _ModelAliasRow.name == name, _ModelAliasRow.alias == alias))
+        return version
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """{alias: version} of `name`, by alias."""
+        with self._session() as session:
+            if session is None:
+                return {}
+            rows = session.execute(
+                select(_ModelAliasRow.alias, _ModelAliasRow.version)
+                .where(_ModelAliasRow.name == name).order_by(_ModelAliasRow.alias))
+            return {alias: version for alias, version in rows}
+
+    def children(self, ref: str) -> list[str]:
+        """The versions registered with `ref` as their parent (compressed variants,
+        fine-tunes), as refs."""
+        record = self.resolve(ref)
+        with self._session() as session:
+            if session is None:
+                return []
+            rows = session.execute(
+                select(_ModelVersionRow.name, _ModelVersionRow.version)
+                .where(_ModelVersionRow.parent == record.ref)
+                .order_by(_ModelVersionRow.name, _ModelVersionRow.version))
+            return [format_ref(n, v) for n, v in rows]
+
+    def _alias_version(self, name: str, alias: str) -> int | None:
+        with self._session() as session:
+            if session is None:
+                return None
+            return session.scalar(select(_ModelAliasRow.version).where(
+                _ModelAliasRow.name == name, _ModelAliasRow.alias == alias))
 
     def load(self, ref: str | Path) -> Package:
         """Read the package a reference points to, every file checked against the

@@ -163,6 +163,9 @@ serve_leases = Table(
     Column("created_at", Double, nullable=False),
     Column("heartbeat_at", Double, nullable=False),
     # Epoch seconds by the database's clock (one clock for every host).
+    Column("models", JSON(none_as_null=True), nullable=True),
+    # The pinned refs (`adult:3`) this process serves: `foundry models delete` refuses
+    # them while the lease lives. Added by migration 0004.
     # Ids never reused (SQLite AUTOINCREMENT): a reservation made under a lease swept as
     # dead must never look like a newer process's.
     sqlite_autoincrement=True,
