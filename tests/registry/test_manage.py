@@ -102,8 +102,9 @@ def test_force_deletes_a_parent_and_keeps_its_children():
 def exported(tmp_path) -> tuple[Registry, Path]:
     reg = Registry(tmp_path / "source")
     _register(reg)
-    _register(reg, files={"tokenizer.json": '{"vocab": [1, 2]}'}, tags=["int8"],
-              description="second")
+    _register(
+        reg, files={"tokenizer.json": '{"vocab": [1, 2]}'}, tags=["int8"], description="second"
+    )
     return reg, export_version(reg, "adult:2", tmp_path / "adult-2.tar.gz").path
 
 
@@ -155,8 +156,11 @@ def test_import_refuses_a_tampered_or_incomplete_archive(exported, tmp_path):
     tampered = _rewrite(archive, tmp_path / "tampered.tar.gz", flip)
     with pytest.raises(ModelError, match="package/model.safetensors does not match its sha256"):
         import_archive(target, tampered)
-    dropped = _rewrite(archive, tmp_path / "dropped.tar.gz",
-                       lambda n, d: None if n == "package/metrics.json" else (n, d))
+    dropped = _rewrite(
+        archive,
+        tmp_path / "dropped.tar.gz",
+        lambda n, d: None if n == "package/metrics.json" else (n, d),
+    )
     with pytest.raises(ModelError, match="package/metrics.json listed in export.json but missing"):
         import_archive(target, dropped)
     with pytest.raises(ModelError, match="no model named 'adult'"):
@@ -166,9 +170,11 @@ def test_import_refuses_a_tampered_or_incomplete_archive(exported, tmp_path):
 def test_import_rejects_path_traversal_and_links(exported, tmp_path):
     _, archive = exported
     target = Registry(tmp_path / "target")
-    escape = _rewrite(archive, tmp_path / "escape.tar.gz",
-                      lambda n, d: ("package/../../evil.json", d) if n.endswith("card.md")
-                      else (n, d))
+    escape = _rewrite(
+        archive,
+        tmp_path / "escape.tar.gz",
+        lambda n, d: ("package/../../evil.json", d) if n.endswith("card.md") else (n, d),
+    )
     with pytest.raises(ModelError, match=r"'package/\.\./\.\./evil.json' points outside"):
         import_archive(target, escape)
     linked = tmp_path / "link.tar.gz"
