@@ -1470,6 +1470,34 @@ def _tune_key_problem(config: FoundryConfig, key: str) -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------- tracking
+
+
+class MLflowTrackConfig(Section):
+    uri: str | None = None
+    """MLflow tracking URI: a server (`http://127.0.0.1:5000`) or a local store
+    (`sqlite:///mlflow.db`, a folder). Default: the MLFLOW_TRACKING_URI environment
+    variable."""
+    experiment: str | None = None
+    """Experiment the run goes into (created if missing). Default: the config's `name`."""
+    run_name: str | None = None
+    """Name of the MLflow run. Default: the run directory's name."""
+    artifacts: bool = True
+    """Upload the model card, metrics and config files of the run as artifacts."""
+
+
+class TrackConfig(Section):
+    """Experiment trackers a training run also reports to. A tracker that fails (server
+    down) is warned about once and dropped: it never fails the run."""
+
+    mlflow: MLflowTrackConfig | None = None
+    """Log params (the flattened config), per-epoch metrics (gbm: every few rounds), the
+    final metrics and the card to MLflow (`pip install 'foundry[tracking]'`)."""
+    tensorboard: bool = False
+    """Write TensorBoard event files to `<run_dir>/tensorboard` (`tensorboard --logdir
+    runs`): per-epoch and final metrics, the config as text."""
+
+
 class FoundryConfig(Section):
     """A whole pipeline: data → features → model → train → evaluate → registry."""
 
@@ -1506,6 +1534,8 @@ class FoundryConfig(Section):
     """Folder for run directories (checkpoints, metrics.jsonl); relative to the config."""
     tune: TuneConfig | None = None
     """Hyper-parameter search run by `foundry tune` (`train` and `run` ignore it)."""
+    track: TrackConfig = TrackConfig()
+    """Experiment tracking: MLflow and TensorBoard (off unless set)."""
 
     @property
     def is_language_model(self) -> bool:
