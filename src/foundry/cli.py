@@ -19,6 +19,7 @@ from foundry.errors import ConfigError, FoundryError
 from foundry.report.cli import report as report_command
 from foundry.serve.cli_admin import keys_app, usage_app
 from foundry.serve.cli_serve import serve as serve_command
+from foundry.tracking.cli import runs_app
 from foundry.tuning.cli import tune_command
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(usage_app, name="usage")
 app.add_typer(db_app, name="db")
+app.add_typer(runs_app, name="runs")
 
 
 def _out(text: str) -> None:
