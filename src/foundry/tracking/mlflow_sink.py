@@ -18,6 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,10 @@ _METRICS_PER_CALL = 1000  # MLflow's log_batch limit on metrics
 _NOT_IN_A_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
 """MLflow accepts these characters in param and metric names (group names in fairness
 metrics may hold others, e.g. `<=50K`)."""
+
+
+_NOTHING = object()
+"""Nothing taken from the queue (None is the stop)."""
 
 
 def _key(name: str) -> str:
@@ -65,7 +70,9 @@ class MLflowSink:
         self.experiment = settings.experiment or default_experiment
         self.client = MlflowClient(tracking_uri=self.uri)
         self.run_id: str | None = None
-        self._queue: queue.Queue[Callable[[], Any] | None] = queue.Queue()
+        # Work for the background thread: a list of Metric (merged with the lists queued
+        # behind it into one log_batch), a call, or None (stop).
+        self._queue: queue.Queue[list[Any] | Callable[[], Any] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._failed = False
 
@@ -91,14 +98,12 @@ class MLflowSink:
         log.info("MLflow run %s in experiment %r at %s", self.run_id, self.experiment, self.uri)
 
     def epoch(self, step: int, metrics: dict[str, float]) -> None:
-        stamp = int(time.time() * 1000)
-        self._submit(lambda: self._log_metrics(metrics, step, stamp))
+        self._submit(_metrics(metrics, step))
 
     def finish(self, metrics: dict[str, float], files: list[Path], failed: bool) -> None:
         if self.run_id is None:
             return
-        stamp = int(time.time() * 1000)
-        self._submit(lambda: self._log_metrics(metrics, 0, stamp))
+        self._submit(_metrics(metrics, 0))
         if self.settings.artifacts:
             for path in files:
                 self._submit(lambda p=path: self.client.log_artifact(self.run_id, str(p)))
@@ -115,19 +120,38 @@ class MLflowSink:
 
     # -- the background thread --------------------------------------------------------
 
-    def _submit(self, work: Callable[[], Any]) -> None:
+    def _submit(self, work: list[Any] | Callable[[], Any]) -> None:
         if not self._failed:
             self._queue.put(work)
 
     def _work(self) -> None:
-        while (work := self._queue.get()) is not None:
-            if self._failed:
-                continue
-            try:
-                work()
-            except Exception as exc:
-                self._failed = True
-                self._warn(f"{exc}")
+        """Run the queued work in order; consecutive metrics go in one log_batch (one
+        request for all the epochs queued while the previous request was under way)."""
+        work = self._queue.get()
+        while work is not None:
+            following: Any = _NOTHING
+            if isinstance(work, list):
+                batch = list(work)
+                while len(batch) < _METRICS_PER_CALL:
+                    try:
+                        following = self._queue.get_nowait()
+                    except queue.Empty:
+                        following = _NOTHING
+                        break
+                    if not isinstance(following, list):
+                        break  # a call or the stop: run it after this batch
+                    batch.extend(following)
+                    following = _NOTHING
+                call: Callable[[], Any] = partial(self._log_metrics, batch)
+            else:
+                call = work
+            if not self._failed:
+                try:
+                    call()
+                except Exception as exc:
+                    self._failed = True
+                    self._warn(f"{exc}")
+            work = self._queue.get() if following is _NOTHING else following
 
     def _warn(self, why: str) -> None:
         message = f"experiment tracking: MLflow failed ({why}); the run goes on without it"
@@ -153,9 +177,14 @@ class MLflowSink:
         for i in range(0, len(items), _PARAMS_PER_CALL):
             self.client.log_batch(self.run_id, params=items[i : i + _PARAMS_PER_CALL])
 
-    def _log_metrics(self, metrics: dict[str, float], step: int, stamp: int) -> None:
-        from mlflow.entities import Metric
-
-        items = [Metric(_key(k), v, stamp, step) for k, v in metrics.items()]
+    def _log_metrics(self, items: list[Any]) -> None:
         for i in range(0, len(items), _METRICS_PER_CALL):
             self.client.log_batch(self.run_id, metrics=items[i : i + _METRICS_PER_CALL])
+
+
+def _metrics(metrics: dict[str, float], step: int) -> list[Any]:
+    """MLflow Metric entities of one epoch (or the final metrics, step 0), stamped now."""
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    return [Metric(_key(k), v, stamp, step) for k, v in metrics.items()]
