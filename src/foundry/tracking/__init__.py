@@ -117,7 +117,9 @@ class _Guarded:
             message = (
                 f"experiment tracking: {self.sink.name} failed ({exc}); the run goes on without it"
             )
-            log.warning("%s", message, exc_info=log.isEnabledFor(logging.DEBUG))
+            # One line for the user (the CLI prints warnings as `warning: ...`); the
+            # traceback only in the debug log.
+            log.debug("%s", message, exc_info=True)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 

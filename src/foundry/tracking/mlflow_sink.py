@@ -155,7 +155,7 @@ class MLflowSink:
 
     def _warn(self, why: str) -> None:
         message = f"experiment tracking: MLflow failed ({why}); the run goes on without it"
-        log.warning("%s", message)
+        log.debug("%s", message)  # the user sees the warning: one line, not two
         warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def _probe(self) -> None:
