@@ -6,6 +6,7 @@ A server that cannot start fails the tests, never skips them."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -66,14 +67,16 @@ def mlflow_url(tmp_path_factory):
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the server and its workers
         )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_mlflow(url, process, log)
         yield url
-    finally:
-        process.terminate()
+    finally:  # the group: uvicorn's workers and MLflow's job runner are its children
+        os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
