@@ -104,25 +104,30 @@ def seal(directory: Path, manifest: dict[str, Any]) -> str:
     return sha256_file(directory / MANIFEST)
 
 
-def verify_manifest(directory: Path, expected: str | None, *, ref: str) -> None:
+def verify_manifest(directory: Path, expected: str | None, *, ref: str,
+                    origin: str | None = None) -> None:
     """Refuse a foundry.json whose sha256 is not the one the index recorded (None: a
-    version registered before the index kept one; nothing to compare)."""
+    version registered before the index kept one; nothing to compare). `origin`: where
+    the files were downloaded from (an s3:// URL), named in the error instead of
+    `directory` (`foundry.registry.artifacts`)."""
     if expected is None:
         return
     actual = sha256_file(Path(directory) / MANIFEST)
     if actual != expected:
         raise ModelError(
-            f"model {ref}: {Path(directory) / MANIFEST} was changed after registration "
+            f"model {ref}: {_shown(directory, MANIFEST, origin)} was changed after registration "
             f"(sha256 {actual[:12]}…, the registry recorded {expected[:12]}…); refusing "
             "to load it",
             hint="restore the package from a backup, or train and register it again",
         )
 
 
-def verify_files(directory: Path, manifest: dict[str, Any], *, ref: str) -> bool:
+def verify_files(directory: Path, manifest: dict[str, Any], *, ref: str,
+                 origin: str | None = None) -> bool:
     """Check every file the manifest lists (size, then sha256) and that no file was added.
     Returns False for a package written before packages carried checksums (logged once
-    per package); raises ModelError naming the first file that differs."""
+    per package); raises ModelError naming the first file that differs (under `origin`,
+    the URL it was downloaded from, when given)."""
     directory = Path(directory)
     listed = manifest.get(FILES_KEY)
     if listed is None:
@@ -143,12 +148,14 @@ def verify_files(directory: Path, manifest: dict[str, Any], *, ref: str) -> bool
             raise ModelError(f"model {ref}: {directory / MANIFEST} lists {name!r}, which is "
                              "outside the package", hint=hint)
         if not os.path.isfile(real):
-            raise ModelError(f"model {ref}: package file {path} is missing", hint=hint)
+            raise ModelError(f"model {ref}: package file {_shown(directory, name, origin)} "
+                             "is missing", hint=hint)
         expected = entry.get("sha256") if isinstance(entry, dict) else None
         size = entry.get("bytes") if isinstance(entry, dict) else None
         if (size is not None and os.path.getsize(real) != size) or _sha256_real(real) != expected:
             raise ModelError(
-                f"model {ref}: package file {path} is corrupt or was changed after "
+                f"model {ref}: package file {_shown(directory, name, origin)} is corrupt "
+                "or was changed after "
                 "registration (its sha256 differs from the one in foundry.json)",
                 hint=hint,
             )
@@ -161,6 +168,11 @@ def verify_files(directory: Path, manifest: dict[str, Any], *, ref: str) -> bool
             "restore the package from a backup",
         )
     return True
+
+
+def _shown(directory: Path, name: str, origin: str | None) -> str:
+    """How an error names package file `name`: its URL when downloaded, else its path."""
+    return f"{origin}/{name}" if origin else str(Path(directory) / name)
 
 
 def inside(path: str | Path, roots: Iterable[str | Path]) -> Path | None:
