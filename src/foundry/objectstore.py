@@ -12,11 +12,14 @@ AWS tool reads (botocore's chain):
     FOUNDRY_S3_ENDPOINT_URL                     the same for foundry alone; wins over them
 
 Why s3fs rather than pyarrow's S3FileSystem (already installed with pyarrow): pandas reads
-``s3://`` URLs through fsspec (`storage_options`), so a data path needs no reader of our
-own; botocore's credential and endpoint chain is the one the rest of a team's AWS tools
+``s3://`` URLs through fsspec (`storage_options`) and pyarrow datasets take an fsspec
+filesystem (`pyarrow.fs.FSSpecHandler`), so data readers need no S3 code of their own;
+botocore's credential and endpoint chain is the one the rest of a team's AWS tools
 use; and pyarrow's S3 is the AWS C++ SDK as process-wide state (initialised once,
 `pyarrow.fs.finalize_s3` before exit). The price is aiobotocore + botocore + aiohttp
-(~20 MB), hence the `s3` extra. Nothing here imports s3fs until a URL is used.
+(~45 MB installed, most of it botocore's service descriptions), hence the `s3` extra;
+nothing here imports s3fs until a URL is used. Like every fsspec async filesystem it is
+not fork-safe: open objects in the process that uses them.
 """
 
 from __future__ import annotations
