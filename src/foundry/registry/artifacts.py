@@ -34,7 +34,13 @@ from typing import Any
 
 from foundry.errors import ModelError
 from foundry.objectstore import describe_failure, filesystem, split_url
-from foundry.registry.integrity import FILES_KEY, MANIFEST, verify_files, verify_manifest
+from foundry.registry.integrity import (
+    FILES_KEY,
+    MANIFEST,
+    moved,
+    verify_files,
+    verify_manifest,
+)
 from foundry.registry.package import TMP_PREFIX, read_json
 
 ARTIFACTS_ENV = "FOUNDRY_ARTIFACTS"
@@ -106,8 +112,10 @@ class ArtifactStore:
             names = _listed_files(manifest, ref=ref, origin=origin)
             self._download(rel, names, tmp, ref=ref)
             verify_files(tmp, manifest, ref=ref, origin=origin)
+            real_tmp = os.path.realpath(tmp)
             try:
                 os.rename(tmp, destination)
+                moved(real_tmp, destination)
             except OSError as exc:
                 if not (destination / MANIFEST).is_file():
                     raise ModelError(

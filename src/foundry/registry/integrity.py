@@ -73,6 +73,19 @@ def _sha256_real(path: str) -> str:
     return hexdigest
 
 
+def moved(old: str | Path, new: str | Path) -> None:
+    """Folder `old` was renamed to `new`: keep the digests cached for the files in it. A
+    rename changes neither the size, mtime, ctime nor inode of the files inside, so the
+    next stat of a file still matches unless it was written since (a downloaded package
+    is verified in a hidden folder, then renamed into the cache; not hashed twice)."""
+    old_root = os.path.join(os.path.realpath(old), "")
+    new_root = os.path.join(os.path.realpath(new), "")
+    with _digests_lock:
+        for key in [k for k in _digests if k[0].startswith(old_root)]:
+            renamed = (new_root + key[0][len(old_root):], *key[1:])
+            _digests[renamed] = _digests.pop(key)
+
+
 def clear_cache() -> None:
     """Forget cached digests (benchmarks time the uncached path)."""
     with _digests_lock:

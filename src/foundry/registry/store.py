@@ -29,7 +29,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -240,19 +240,26 @@ class Registry:
             # keeps foundry.json's own (unchanged files are hashed once).
             return seal(tmp, stored)
 
-        fields = {  # the row's columns that do not change between attempts
-            "name": name,
-            "parent": parent_ref,
-            "task": _task_name(manifest.get("task")),
-            "metrics": metrics,
-            "fingerprint": _optional_str(manifest.get("fingerprint")),
-            "description": description,
-            "tags": tag_list,
-            "run_dir": str(Path(run_dir).resolve()) if run_dir is not None else None,
-        }
+        def new_row(version: int, path: str, size: int, manifest_sha256: str) -> _ModelVersionRow:
+            return _ModelVersionRow(
+                name=name,
+                version=version,
+                path=path,
+                created_at=datetime.now(timezone.utc),
+                parent=parent_ref,
+                task=_task_name(manifest.get("task")),
+                metrics=metrics,
+                fingerprint=_optional_str(manifest.get("fingerprint")),
+                description=description,
+                tags=tag_list,
+                size_bytes=size,
+                manifest_sha256=manifest_sha256,
+                run_dir=str(Path(run_dir).resolve()) if run_dir is not None else None,
+            )
+
         try:
             if self.artifacts is not None:
-                return self._register_shared(tmp, self.artifacts, fields, seal_as)
+                return self._register_shared(name, tmp, self.artifacts, seal_as, new_row)
             for _ in range(_MAX_ATTEMPTS):
                 version = max(self._max_version(name), _max_dir_version(model_dir)) + 1
                 manifest_sha256 = seal_as(version)
@@ -266,14 +273,8 @@ class Registry:
                         continue
                     raise ModelError(f"cannot move the model package to {final}: {exc}") from exc
                 try:
-                    row = _ModelVersionRow(
-                        **fields,
-                        version=version,
-                        path=final.relative_to(self.home).as_posix(),
-                        created_at=datetime.now(timezone.utc),
-                        size_bytes=size,
-                        manifest_sha256=manifest_sha256,
-                    )
+                    row = new_row(version, final.relative_to(self.home).as_posix(), size,
+                                  manifest_sha256)
                     # expire_on_commit=False: the row's values are read after the commit.
                     with Session(engine, expire_on_commit=False) as session, session.begin():
                         session.add(row)
@@ -304,23 +305,26 @@ class Registry:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
-    def _register_shared(self, tmp: Path, store: ArtifactStore, fields: dict[str, Any],
-                         seal_as: Any) -> ModelRecord:
+    def _register_shared(
+        self,
+        name: str,
+        tmp: Path,
+        store: ArtifactStore,
+        seal_as: Callable[[int], str],
+        new_row: Callable[[int, str, int, str], _ModelVersionRow],
+    ) -> ModelRecord:
         """`register` with an artifact store: upload the sealed package `tmp` under a path
         of its own, then insert the row; a version taken meanwhile by another writer
         (the unique constraint) removes the upload and tries the next number. The
         package stays in this home as its cached copy."""
-        name = fields["name"]
         for _ in range(_MAX_ATTEMPTS):
             version = self._max_version(name) + 1
             manifest_sha256 = seal_as(version)
             rel = store.new_path(name, version)
             size = _dir_size(tmp)
             store.upload(tmp, rel)  # first: no row ever points at objects not there
-            row = _ModelVersionRow(**fields, version=version, path=rel,
-                                   created_at=datetime.now(timezone.utc), size_bytes=size,
-                                   manifest_sha256=manifest_sha256)
             try:
+                row = new_row(version, rel, size, manifest_sha256)
                 with Session(self._get_engine(), expire_on_commit=False) as session, \
                         session.begin():
                     session.add(row)
