@@ -8,8 +8,9 @@ home's cache (warm: the copy the first load left), in one process, alternating.
 
 One package of `--mb` MB (one float32 tensor) is registered from home A into a fresh
 bucket on an S3-compatible server (FOUNDRY_TEST_S3_URL, else `python -m moto.server` on a
-free 127.0.0.1 port, tests/s3_support.py) with the index in one SQLite file; home B then
-loads it `--repeats` times each way after one warm-up of each:
+free 127.0.0.1 port, tests/s3_support.py) with the index in one SQLite file (twice: the
+second registration is timed, the first also creates the tables); home B then loads it
+`--repeats` times each way after one warm-up of each:
 
     cold    B's cached folder removed first: download, verify, rename, then load
     cached  the folder left by the previous load: what every later start of a server
@@ -68,9 +69,12 @@ def main() -> None:
         b = Registry(Path(tmp) / "b", index, artifacts=store)
         n = int(args.mb * 1e6 / 4)
         weights = {"w": torch.randn(n, generator=torch.Generator().manual_seed(0))}
-        start = time.perf_counter()
-        record = a.register("bench", weights=weights, manifest={"task": "binary"}, metrics={})
-        upload = time.perf_counter() - start
+        # The first registration also creates the index tables and imports the card
+        # renderer and s3fs; the second one is timed.
+        for _ in range(2):
+            start = time.perf_counter()
+            record = a.register("bench", weights=weights, manifest={"task": "binary"}, metrics={})
+            upload = time.perf_counter() - start
         size_mb = record.size_bytes / 1e6
         times: dict[str, list[float]] = {"cold": [], "cached": []}
         for i in range(args.repeats + 1):  # the first round is the warm-up
@@ -81,7 +85,7 @@ def main() -> None:
 
     cold, cached = (statistics.median(times[c]) for c in ("cold", "cached"))
     print(
-        f"package {size_mb:.1f} MB; register (seal + upload + row) {upload:.2f} s; "
+        f"package {size_mb:.1f} MB; register (seal + upload + row; 2nd) {upload:.2f} s; "
         f"medians of {args.repeats}:"
     )
     print(f"  cold (download + verify + load)  {cold * 1000:8.1f} ms  ({size_mb / cold:.0f} MB/s)")
