@@ -125,6 +125,23 @@ def test_a_store_that_cannot_be_written_leaves_no_row(homes):
     assert [p.name for p in (a.home / "models" / "churn").iterdir()] == []
 
 
+def test_a_row_the_database_refuses_takes_its_upload_back(homes):
+    """Upload first, then the row: when the row is refused the objects are removed, so
+    the bucket holds no package that no row names."""
+    a = homes("a")
+    first = _register(a)
+    with a._get_engine().begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON model_versions "
+            "BEGIN SELECT RAISE(ABORT, 'quota exceeded'); END"
+        )
+    with pytest.raises(ModelError, match="quota exceeded"):
+        _register(a)
+    fs = filesystem(error=ModelError)
+    assert {k.split("/")[4] for k in fs.find(f"{a.artifacts.url[5:]}/models/")} == {first.path.name}
+    assert [r.version for r in a.versions("churn")] == [1]
+
+
 def test_a_home_without_the_store_says_which_setting_is_missing(homes):
     _register(homes("a"))
     with pytest.raises(ModelError, match="FOUNDRY_ARTIFACTS is not set"):
