@@ -89,7 +89,7 @@ class ArtifactStore:
             # One call: s3fs sends the files concurrently (and large ones in parts).
             self._fs().put([str(p) for p in local], remote)
         except Exception as exc:  # botocore and aiohttp raise many kinds; all mean "not stored"
-            self.remove(rel, quiet=True)
+            self.remove(rel)
             raise ModelError(
                 f"cannot write the model package to {self.object_url(rel)}: "
                 f"{describe_failure(exc)}",
@@ -124,9 +124,10 @@ class ArtifactStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def remove(self, rel: str, *, quiet: bool = False) -> None:
+    def remove(self, rel: str) -> None:
         """Delete the objects under `rel` (nothing there is fine). A failure is logged
-        with `quiet`, else raised as ModelError."""
+        with the URL, not raised: it leaves objects no index row names, which nothing
+        reads, and the caller's outcome (a refused registration, a delete) stands."""
         prefix = f"{self._root}/{rel}/"  # the '/' keeps models/a/3-x from matching 3-xy
         try:
             fs = self._fs()
@@ -134,12 +135,7 @@ class ArtifactStore:
             if keys:
                 fs.rm(keys)
         except Exception as exc:
-            if not quiet:
-                raise ModelError(
-                    f"cannot remove {self.object_url(rel)}: {describe_failure(exc)}",
-                    hint=_STORE_HINT,
-                ) from exc
-            log.warning("could not remove %s: %s", self.object_url(rel), exc)
+            log.warning("could not remove %s (remove it by hand): %s", self.object_url(rel), exc)
 
     def _download(self, rel: str, names: list[str], into: Path, *, ref: str) -> None:
         for name in names:

@@ -329,7 +329,7 @@ class Registry:
                         session.begin():
                     session.add(row)
             except IntegrityError as exc:
-                store.remove(rel, quiet=True)
+                store.remove(rel)
                 if self._version_taken(name, version):
                     continue
                 raise ModelError(
@@ -339,7 +339,7 @@ class Registry:
                 # A commit can fail after the server applied it (a dropped connection):
                 # the objects go only once the row is known to be absent.
                 if not self._maybe_recorded(name, version, rel):
-                    store.remove(rel, quiet=True)
+                    store.remove(rel)
                 if isinstance(exc, SQLAlchemyError):
                     raise ModelError(
                         f"cannot record {name}:{version} in the registry database "
@@ -391,7 +391,7 @@ class Registry:
         if self.artifacts is not None:
             # After the row: a version is never listed without its objects. A failure
             # leaves objects no row names (logged with their URL), not a broken model.
-            self.artifacts.remove(directory.relative_to(self.home).as_posix(), quiet=True)
+            self.artifacts.remove(directory.relative_to(self.home).as_posix())
         # Rename first so the package disappears in one step, then remove it.
         trash = directory.parent / f"{TMP_PREFIX}deleted-{uuid.uuid4().hex}"
         try:
