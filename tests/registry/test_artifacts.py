@@ -169,3 +169,27 @@ def test_concurrent_registrations_from_two_homes_get_distinct_versions(homes):
     c = homes("c")
     values = sorted(float(c.load(f"churn:{v}").weights["w"][0]) for v in range(1, 7))
     assert values == [0.0, 1.0, 2.0, 10.0, 11.0, 12.0]
+
+
+def test_digests_follow_a_renamed_folder_until_a_file_changes(tmp_path):
+    """`integrity.moved`: a fetched package is hashed once, in its hidden folder; after the
+    rename into the cache the digests still answer, and a later write is hashed again."""
+    import hashlib
+    import os
+
+    from foundry.registry import integrity
+
+    before, after = tmp_path / ".tmp-fetch", tmp_path / "1-abc"
+    before.mkdir()
+    (before / "model.safetensors").write_bytes(b"x" * 1000)
+    integrity.clear_cache()
+    digest = integrity.sha256_file(before / "model.safetensors")
+    os.rename(before, after)
+    integrity.moved(before, after)
+    with integrity._digests_lock:
+        assert [k[0] for k in integrity._digests] == [str(after.resolve() / "model.safetensors")]
+    assert integrity.sha256_file(after / "model.safetensors") == digest
+    (after / "model.safetensors").write_bytes(b"y" * 999)
+    assert (
+        integrity.sha256_file(after / "model.safetensors") == hashlib.sha256(b"y" * 999).hexdigest()
+    )
