@@ -188,3 +188,21 @@ def test_import_rejects_path_traversal_and_links(exported, tmp_path):
         import_archive(target, linked)
     assert not (tmp_path / "evil.json").exists()
     assert not list(tmp_path.rglob("evil.json"))
+
+
+def test_import_and_delete_with_a_shared_artifact_store(exported, tmp_path, s3_bucket):
+    """Through `Registry.register` / `delete`, so the objects in the bucket follow: an
+    import in one home keeps its version number and loads in another; a delete there
+    removes the version for both."""
+    _, archive = exported
+    url = f"sqlite:///{tmp_path / 'index.db'}"
+    a = Registry(tmp_path / "a", url, artifacts=f"{s3_bucket}/team")
+    b = Registry(tmp_path / "b", url, artifacts=f"{s3_bucket}/team")
+    assert import_archive(a, archive).ref == "adult:2"
+    with pytest.raises(ModelError, match="adult:2 already exists"):
+        import_archive(b, archive)
+    assert torch.equal(b.load("adult:2").weights["w"], a.load("adult:2").weights["w"])
+    b.set_alias("adult", "production", 2)
+    assert delete_version(b, "adult:2", served={}).aliases == ("production",)
+    with pytest.raises(ModelError, match="no model named 'adult'"):
+        a.resolve("adult:production")
