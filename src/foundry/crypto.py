@@ -9,6 +9,8 @@
     rewrap_file(path, new) / rewrap_field(value, new)   key rotation (`foundry keys
                                                         rotate-encryption`)
 
+Database fields are encrypted directly under the master key (see `encrypt_field`).
+
 Envelope encryption (docs/SECURITY.md): every file gets its own random 256-bit data key;
 the payload is AES-256-GCM under that data key, and the data key is stored in the file's
 header wrapped (AES-256-GCM again) by the master key. Rotating the master key rewrites
@@ -68,7 +70,7 @@ TAG = 16
 _PREFIX = struct.Struct(">8sB8s12s48sI")  # magic, version, key id, wrap nonce, wrapped, chunk
 HEADER_BYTES = _PREFIX.size
 FIELD_PREFIX = "enc1:"
-"""Database fields that are encrypted start with this (then base64 of a file-format blob)."""
+"""Database fields that are encrypted start with this (see `encrypt_field`)."""
 
 
 class EncryptionError(FoundryError):
@@ -373,27 +375,56 @@ def read_tensors(path: str | Path, device: str = "cpu") -> dict:
 
 
 def encrypt_field(value: str | None) -> str | None:
-    """A database column's value, encrypted when a key is set (`enc1:` + base64)."""
+    """A database column's value, encrypted when a key is set: `enc1:` + base64 of key id
+    (8) + nonce (12) + AES-256-GCM ciphertext and tag. Directly under the master key, not
+    enveloped: a field is small, its column has a width, and rotation rewrites it anyway."""
     ring = keyring()
     if value is None or ring is None:
         return value
-    return FIELD_PREFIX + base64.b64encode(encrypt(value.encode("utf-8"), ring.current)).decode()
+    return _seal_field(value.encode("utf-8"), ring.current)
+
+
+def _seal_field(plain: bytes, master: MasterKey) -> str:
+    nonce = secrets.token_bytes(12)
+    blob = master.key_id + nonce + _aesgcm(master.key).encrypt(nonce, plain, master.key_id)
+    return FIELD_PREFIX + base64.b64encode(blob).decode()
 
 
 def decrypt_field(value: str | None, *, what: str = "a database field") -> str | None:
     """The plaintext of a column written by `encrypt_field` (plaintext passes through)."""
     if value is None or not value.startswith(FIELD_PREFIX):
         return value
+    return _open_field(value, keyring(), what=what).decode("utf-8")
+
+
+def _open_field(value: str, ring: Keyring | None, *, what: str) -> bytes:
+    from cryptography.exceptions import InvalidTag
+
     blob = base64.b64decode(value[len(FIELD_PREFIX) :])
-    return decrypt(blob, keyring(), what=what).decode("utf-8")
+    key_id, nonce, sealed = blob[:8], blob[8:20], blob[20:]
+    if ring is None:
+        raise EncryptionError(
+            f"{what} is encrypted and no key is set",
+            hint=f"set {ENV_KEY} or {ENV_KEY_FILE} to the key it was written with",
+        )
+    master = ring.find(key_id)
+    if master is None:
+        raise EncryptionError(
+            f"{what} was encrypted with another key (key id {key_id.hex()}) than the "
+            f"one(s) set in {ENV_KEY}",
+            hint="set the key it was written with",
+        )
+    try:
+        return _aesgcm(master.key).decrypt(nonce, sealed, key_id)
+    except InvalidTag as exc:
+        raise EncryptionError(f"{what} is damaged (its authentication tag fails)") from exc
 
 
 def rewrap_field(value: str | None, new: MasterKey, ring: Keyring | None = None) -> str | None:
-    """`value` with its data key re-wrapped under `new`; None when nothing changes."""
+    """`value` encrypted under `new` instead; None when nothing changes (plaintext, or
+    already under `new`)."""
     if value is None or not value.startswith(FIELD_PREFIX):
         return None
-    blob = base64.b64decode(value[len(FIELD_PREFIX) :])
-    header = _rewrapped_header(blob[:HEADER_BYTES], new, ring or keyring(), what="a database field")
-    if header is None:
+    if base64.b64decode(value[len(FIELD_PREFIX) :])[:8] == new.key_id:
         return None
-    return FIELD_PREFIX + base64.b64encode(header + blob[HEADER_BYTES:]).decode()
+    return _seal_field(_open_field(value, ring or keyring(), what="a database field"), new)
