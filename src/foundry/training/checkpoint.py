@@ -83,13 +83,13 @@ def save_checkpoint(
     tmp.mkdir(parents=True)
 
     write_tensors(
-        _to_cpu(model.state_dict() if weights is None else weights), str(tmp / "model.safetensors")
+        tmp / "model.safetensors", _to_cpu(model.state_dict() if weights is None else weights)
     )
-    write_tensors(_to_cpu(best_state), str(tmp / "best.safetensors"))
+    write_tensors(tmp / "best.safetensors", _to_cpu(best_state))
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    write_tensors(opt_tensors, str(tmp / "optimizer.safetensors"))
+    write_tensors(tmp / "optimizer.safetensors", opt_tensors)
     _write_json(tmp / "optimizer.json", opt_meta)
-    write_tensors(_to_cpu(rng), str(tmp / "rng.safetensors"))
+    write_tensors(tmp / "rng.safetensors", _to_cpu(rng))
     _write_json(tmp / "state.json", state)
 
     if final.exists():
