@@ -403,3 +403,22 @@ def _check_models(models: list[str] | None) -> list[str] | None:
             param="models",
         )
     return cleaned
+
+
+def rotate_field_encryption(store: ServeStore, new: crypto.MasterKey,
+                            ring: crypto.Keyring | None) -> int:
+    """Re-encrypt the encrypted columns (key names, stored idempotent answers) under `new`
+    (`foundry keys rotate-encryption`); one transaction; how many values changed."""
+    from foundry.serve.store import idempotency
+
+    changed = 0
+    with store.write() as conn:
+        for table, column in ((api_keys, "name"), (idempotency, "response_json")):
+            rows = conn.execute(select(table.c.id, table.c[column])).all()
+            for row_id, value in rows:
+                rotated = crypto.rewrap_field(value, new, ring)
+                if rotated is not None:
+                    conn.execute(update(table).where(table.c.id == row_id)
+                                 .values({column: rotated}))
+                    changed += 1
+    return changed
