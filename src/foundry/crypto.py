@@ -254,6 +254,41 @@ def read_bytes(path: str | Path) -> bytes:
     return decrypt(raw, keyring(), what=str(path))
 
 
+def read_bytes_and_sha256(path: str | Path) -> tuple[bytes | bytearray, str]:
+    """The plaintext of the file at `path` and its sha256 (hex), in one pass: each chunk is
+    decrypted straight into one buffer (no join) and hashed on a second thread while the
+    next is decrypted (hashlib lets go of the GIL), so a package's weights cost about
+    what hashing a plain file costs (benchmarks/encryption.py)."""
+    raw = Path(path).read_bytes()
+    if not is_encrypted_bytes(raw):
+        return raw, hashlib.sha256(raw).hexdigest()
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cryptography.exceptions import InvalidTag
+
+    key, chunk = _unwrap(raw[:HEADER_BYTES], keyring(), what=str(path))
+    cipher = _aesgcm(key)
+    body = memoryview(raw)[HEADER_BYTES:]
+    step = chunk + TAG
+    n_chunks = max(1, -(-len(body) // step))
+    plain = bytearray(len(body) - TAG * n_chunks)
+    out = memoryview(plain)
+    digest = hashlib.sha256()
+    with ThreadPoolExecutor(1) as hasher:  # one thread: updates run in order
+        for i in range(n_chunks):
+            sealed = body[i * step : (i + 1) * step]
+            target = out[i * chunk : i * chunk + len(sealed) - TAG]
+            try:
+                cipher.decrypt_into(_chunk_nonce(i, i == n_chunks - 1), sealed, None, target)
+            except InvalidTag as exc:
+                raise EncryptionError(
+                    f"{path} is damaged or truncated (chunk {i} fails its authentication tag)",
+                    hint="restore it from a backup",
+                ) from exc
+            hasher.submit(digest.update, target)
+    return plain, digest.hexdigest()
+
+
 def read_text(path: str | Path) -> str:
     return read_bytes(path).decode("utf-8")
 

@@ -18,7 +18,6 @@ one checks every file against the checksums in its manifest (`foundry.registry.i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -150,16 +149,16 @@ def read_package(
     verify_manifest(directory, manifest_sha256, ref=ref)
     manifest = read_json(directory / "foundry.json")
     weights_path = directory / "model.safetensors"
-    plain: bytes | None = None
+    plain: bytes | bytearray | None = None
     if crypto.is_encrypted(weights_path):
         # Decrypted once, whole: its digest is recorded so verifying does not decrypt again.
-        plain = crypto.read_bytes(weights_path)
-        remember_digest(weights_path, hashlib.sha256(plain).hexdigest())
+        plain, digest = crypto.read_bytes_and_sha256(weights_path)
+        remember_digest(weights_path, digest)
     # Before the weights are parsed: a changed file must not load, even if it parses.
     verify_files(directory, manifest, ref=ref)
     try:
         # A plaintext file is memory-mapped by safetensors; decrypted bytes are parsed.
-        weights = load(plain) if plain is not None else load_file(weights_path, device="cpu")
+        weights = load(bytes(plain)) if plain is not None else load_file(weights_path, device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{weights_path}: not a readable safetensors file: {exc}") from exc
     metrics = read_json(directory / "metrics.json")
