@@ -2,6 +2,7 @@
 
     write_bytes(path, data) / write_text(path, text)   encrypted when a key is set
     read_bytes(path) / read_text(path)                  either kind, decrypted on load
+    read_buffer(path, digest)                           large files: one buffer, hashed
     write_tensors(path, tensors) / read_tensors(path)   safetensors files
     seal_file(path)                                     encrypt a file a library wrote
     plain_directory(folder)                             a folder a library reads by path
@@ -56,6 +57,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from foundry.errors import FoundryError
 
@@ -254,39 +256,44 @@ def read_bytes(path: str | Path) -> bytes:
     return decrypt(raw, keyring(), what=str(path))
 
 
-def read_bytes_and_sha256(path: str | Path) -> tuple[bytes | bytearray, str]:
-    """The plaintext of the file at `path` and its sha256 (hex), in one pass: each chunk is
-    decrypted straight into one buffer (no join) and hashed on a second thread while the
-    next is decrypted (hashlib lets go of the GIL), so a package's weights cost about
-    what hashing a plain file costs (benchmarks/encryption.py)."""
-    raw = Path(path).read_bytes()
-    if not is_encrypted_bytes(raw):
-        return raw, hashlib.sha256(raw).hexdigest()
-    from concurrent.futures import ThreadPoolExecutor
+def read_buffer(path: str | Path, digest: Any = None) -> bytearray:
+    """The plaintext of the file at `path` in one buffer, fed to `digest` (a hashlib
+    object) on the way. Costs about what hashing and memory-mapping the plain file cost
+    (benchmarks/encryption.py): the file is read a chunk at a time into one reused buffer
+    (never whole: a second copy of a large file in fresh memory cost more than the AES),
+    each chunk decrypted straight into its place in the output and hashed while it is in
+    cache. (Hashing on a second thread was slower on a busy 2-core machine.)"""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(HEADER_BYTES)
+        if not is_encrypted_bytes(head):
+            plain = bytearray(head + f.read())
+            if digest is not None:
+                digest.update(plain)
+            return plain
+        from cryptography.exceptions import InvalidTag
 
-    from cryptography.exceptions import InvalidTag
-
-    key, chunk = _unwrap(raw[:HEADER_BYTES], keyring(), what=str(path))
-    cipher = _aesgcm(key)
-    body = memoryview(raw)[HEADER_BYTES:]
-    step = chunk + TAG
-    n_chunks = max(1, -(-len(body) // step))
-    plain = bytearray(len(body) - TAG * n_chunks)
-    out = memoryview(plain)
-    digest = hashlib.sha256()
-    with ThreadPoolExecutor(1) as hasher:  # one thread: updates run in order
+        key, chunk = _unwrap(head, keyring(), what=str(path))
+        cipher = _aesgcm(key)
+        step = chunk + TAG
+        body = size - HEADER_BYTES
+        n_chunks = max(1, -(-body // step))
+        plain = bytearray(max(0, body - TAG * n_chunks))
+        out = memoryview(plain)
+        sealed = memoryview(bytearray(step))
         for i in range(n_chunks):
-            sealed = body[i * step : (i + 1) * step]
-            target = out[i * chunk : i * chunk + len(sealed) - TAG]
+            n = f.readinto(sealed)
+            target = out[i * chunk : i * chunk + max(0, n - TAG)]
             try:
-                cipher.decrypt_into(_chunk_nonce(i, i == n_chunks - 1), sealed, None, target)
-            except InvalidTag as exc:
+                cipher.decrypt_into(_chunk_nonce(i, i == n_chunks - 1), sealed[:n], None, target)
+            except (InvalidTag, ValueError) as exc:
                 raise EncryptionError(
                     f"{path} is damaged or truncated (chunk {i} fails its authentication tag)",
                     hint="restore it from a backup",
                 ) from exc
-            hasher.submit(digest.update, target)
-    return plain, digest.hexdigest()
+            if digest is not None:
+                digest.update(target)
+    return plain
 
 
 def read_text(path: str | Path) -> str:
@@ -390,20 +397,78 @@ def write_tensors(path: str | Path, tensors: dict, *, fsync: bool = False) -> No
     """safetensors at `path` (contiguous CPU tensors), encrypted when a key is set."""
     from safetensors.torch import save, save_file
 
-    if keyring() is None:
-        save_file(tensors, str(path))
-    else:
+    if keyring() is not None:
         write_bytes(path, save(tensors), fsync=fsync)
+        return
+    save_file(tensors, str(path))
+    if fsync:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def read_tensors(path: str | Path, device: str = "cpu") -> dict:
     """The tensors of a safetensors file, encrypted or not (plaintext is memory-mapped)."""
-    from safetensors.torch import load, load_file
+    from safetensors.torch import load_file
 
     if not is_encrypted(path):
         return load_file(str(path), device=device)
-    tensors = load(read_bytes(path))
+    tensors = tensors_from_buffer(read_buffer(path), source=str(path))
     return tensors if device == "cpu" else {k: v.to(device) for k, v in tensors.items()}
+
+
+_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+"""safetensors dtype names read without a copy (others go through safetensors.load)."""
+
+
+def tensors_from_buffer(buffer: bytearray, *, source: str) -> dict:
+    """The tensors of a decrypted safetensors file, as views of `buffer` (no copy: what a
+    memory map gives a plaintext file). The format is an 8-byte little-endian header
+    length, a JSON header of {name: {dtype, shape, data_offsets}}, then the data; the
+    file's checksum was verified before this runs."""
+    import json
+
+    import torch
+
+    try:
+        (size,) = struct.unpack("<Q", bytes(buffer[:8]))
+        header = json.loads(bytes(buffer[8 : 8 + size]))
+        start = 8 + size
+        tensors = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in _DTYPES:
+                raise KeyError(info["dtype"])
+            dtype = getattr(torch, _DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            count = (end - begin) // dtype.itemsize
+            flat = (
+                torch.frombuffer(buffer, dtype=dtype, count=count, offset=start + begin)
+                if count
+                else torch.empty(0, dtype=dtype)
+            )
+            tensors[name] = flat.reshape(info["shape"])
+        return tensors
+    except KeyError:  # a dtype read above through safetensors itself (a copy)
+        from safetensors.torch import load
+
+        return load(bytes(buffer))
+    except (ValueError, TypeError, RuntimeError, struct.error) as exc:
+        raise EncryptionError(f"{source}: not a readable safetensors file: {exc}") from exc
 
 
 def rotate_tree(root: str | Path, new: MasterKey, ring: Keyring | None = None) -> int:

@@ -18,6 +18,7 @@ one checks every file against the checksums in its manifest (`foundry.registry.i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, load_file, save
+from safetensors.torch import load_file
 
 from foundry import crypto
 from foundry.errors import ModelError
@@ -149,16 +150,19 @@ def read_package(
     verify_manifest(directory, manifest_sha256, ref=ref)
     manifest = read_json(directory / "foundry.json")
     weights_path = directory / "model.safetensors"
-    plain: bytes | bytearray | None = None
+    plain: bytearray | None = None
     if crypto.is_encrypted(weights_path):
         # Decrypted once, whole: its digest is recorded so verifying does not decrypt again.
-        plain, digest = crypto.read_bytes_and_sha256(weights_path)
-        remember_digest(weights_path, digest)
+        digest = hashlib.sha256()
+        plain = crypto.read_buffer(weights_path, digest)
+        remember_digest(weights_path, digest.hexdigest())
     # Before the weights are parsed: a changed file must not load, even if it parses.
     verify_files(directory, manifest, ref=ref)
     try:
-        # A plaintext file is memory-mapped by safetensors; decrypted bytes are parsed.
-        weights = load(bytes(plain)) if plain is not None else load_file(weights_path, device="cpu")
+        # A plaintext file is memory-mapped by safetensors; decrypted weights are views of
+        # the one buffer they were decrypted into.
+        weights = (crypto.tensors_from_buffer(plain, source=str(weights_path))
+                   if plain is not None else load_file(weights_path, device="cpu"))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{weights_path}: not a readable safetensors file: {exc}") from exc
     metrics = read_json(directory / "metrics.json")
@@ -206,7 +210,7 @@ def _save_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
             tensor = tensor.clone()
         seen_storages.add(tensor.untyped_storage().data_ptr())
         tensors[key] = tensor
-    crypto.write_bytes(path, save(tensors))
+    crypto.write_tensors(path, tensors, fsync=True)
 
 
 def _write_extra(root: Path, name: str, content: str | bytes | Path) -> None:
