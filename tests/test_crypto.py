@@ -128,3 +128,20 @@ def test_a_malformed_key_names_the_variable(monkeypatch):
     monkeypatch.setenv(crypto.ENV_KEY, "not-a-key")
     with pytest.raises(EncryptionError, match="FOUNDRY_ENCRYPTION_KEY: an encryption key must"):
         crypto.keyring()
+
+
+def test_tables_are_encrypted_and_keys_decrypt_prints_them(key, tmp_path):
+    import io
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from foundry.cli import app
+    from foundry.writers import write_table
+
+    table = pd.DataFrame({"customer": [MARKER, "other"], "score": [0.25, 0.75]})
+    path = write_table(table, tmp_path / "predictions.csv")
+    assert path.read_bytes().startswith(crypto.MAGIC) and MARKER.encode() not in path.read_bytes()
+    result = CliRunner().invoke(app, ["keys", "decrypt", str(path)])
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(result.stdout)), table)
