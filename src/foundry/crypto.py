@@ -59,6 +59,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from foundry.errors import FoundryError
 
 ENV_KEY = "FOUNDRY_ENCRYPTION_KEY"
@@ -73,6 +75,10 @@ _PREFIX = struct.Struct(">8sB8s12s48sI")  # magic, version, key id, wrap nonce, 
 HEADER_BYTES = _PREFIX.size
 FIELD_PREFIX = "enc1:"
 """Database fields that are encrypted start with this (see `encrypt_field`)."""
+
+
+Buffer = np.ndarray
+"""A file's plaintext in memory (uint8, writable): what `read_buffer` returns."""
 
 
 class EncryptionError(FoundryError):
@@ -256,44 +262,81 @@ def read_bytes(path: str | Path) -> bytes:
     return decrypt(raw, keyring(), what=str(path))
 
 
-def read_buffer(path: str | Path, digest: Any = None) -> bytearray:
+def read_buffer(path: str | Path, digest: Any = None, *, overlap: bool = True) -> Buffer:
     """The plaintext of the file at `path` in one buffer, fed to `digest` (a hashlib
-    object) on the way. Costs about what hashing and memory-mapping the plain file cost
-    (benchmarks/encryption.py): the file is read a chunk at a time into one reused buffer
-    (never whole: a second copy of a large file in fresh memory cost more than the AES),
-    each chunk decrypted straight into its place in the output and hashed while it is in
-    cache. (Hashing on a second thread was slower on a busy 2-core machine.)"""
+    object) on the way (benchmarks/encryption.py):
+
+    - the file is read a chunk at a time into one reused buffer, never whole (a second
+      copy of a large file in fresh memory cost more than the AES);
+    - each chunk is decrypted straight into its place in the output (numpy.empty: not
+      zero-filled first, as a bytearray would be);
+    - `overlap`: a second thread reads and decrypts while this one hashes what is done,
+      in order (both let go of the GIL), so the load costs about the larger of the two
+      rather than their sum: about what hashing the plain file costs.
+    """
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(HEADER_BYTES)
         if not is_encrypted_bytes(head):
-            plain = bytearray(head + f.read())
+            plain = np.frombuffer(bytearray(head + f.read()), dtype=np.uint8)
             if digest is not None:
                 digest.update(plain)
             return plain
-        from cryptography.exceptions import InvalidTag
-
         key, chunk = _unwrap(head, keyring(), what=str(path))
-        cipher = _aesgcm(key)
-        step = chunk + TAG
         body = size - HEADER_BYTES
-        n_chunks = max(1, -(-body // step))
-        plain = bytearray(max(0, body - TAG * n_chunks))
+        n_chunks = max(1, -(-body // (chunk + TAG)))
+        plain = np.empty(max(0, body - TAG * n_chunks), dtype=np.uint8)
         out = memoryview(plain)
-        sealed = memoryview(bytearray(step))
-        for i in range(n_chunks):
-            n = f.readinto(sealed)
-            target = out[i * chunk : i * chunk + max(0, n - TAG)]
+        chunks = _decrypt_into(f, _aesgcm(key), chunk, n_chunks, out, what=str(path))
+        if digest is None or not overlap:
+            for target in chunks:
+                if digest is not None:
+                    digest.update(target)
+            return plain
+        import queue
+        import threading
+
+        done: queue.Queue = queue.Queue()
+
+        def decrypt_all() -> None:
             try:
-                cipher.decrypt_into(_chunk_nonce(i, i == n_chunks - 1), sealed[:n], None, target)
-            except (InvalidTag, ValueError) as exc:
-                raise EncryptionError(
-                    f"{path} is damaged or truncated (chunk {i} fails its authentication tag)",
-                    hint="restore it from a backup",
-                ) from exc
-            if digest is not None:
-                digest.update(target)
+                for target in chunks:
+                    done.put(target)
+                done.put(None)
+            except BaseException as exc:  # handed to the hashing thread, raised there
+                done.put(exc)
+
+        worker = threading.Thread(target=decrypt_all, name="foundry-decrypt", daemon=True)
+        worker.start()
+        try:
+            while (item := done.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                digest.update(item)
+        finally:
+            worker.join()
     return plain
+
+
+def _decrypt_into(
+    f: Any, cipher: Any, chunk: int, n_chunks: int, out: memoryview, *, what: str
+) -> Iterator[memoryview]:
+    """Read and decrypt each chunk of the open file `f` (past its header) into its place
+    in `out`; yields each decrypted slice in order."""
+    from cryptography.exceptions import InvalidTag
+
+    sealed = memoryview(bytearray(chunk + TAG))
+    for i in range(n_chunks):
+        n = f.readinto(sealed)
+        target = out[i * chunk : i * chunk + max(0, n - TAG)]
+        try:
+            cipher.decrypt_into(_chunk_nonce(i, i == n_chunks - 1), sealed[:n], None, target)
+        except (InvalidTag, ValueError) as exc:
+            raise EncryptionError(
+                f"{what} is damaged or truncated (chunk {i} fails its authentication tag)",
+                hint="restore it from a backup",
+            ) from exc
+        yield target
 
 
 def read_text(path: str | Path) -> str:
@@ -434,7 +477,7 @@ _DTYPES = {
 """safetensors dtype names read without a copy (others go through safetensors.load)."""
 
 
-def tensors_from_buffer(buffer: bytearray, *, source: str) -> dict:
+def tensors_from_buffer(buffer: Buffer, *, source: str) -> dict:
     """The tensors of a decrypted safetensors file, as views of `buffer` (no copy: what a
     memory map gives a plaintext file). The format is an 8-byte little-endian header
     length, a JSON header of {name: {dtype, shape, data_offsets}}, then the data; the
@@ -444,8 +487,8 @@ def tensors_from_buffer(buffer: bytearray, *, source: str) -> dict:
     import torch
 
     try:
-        (size,) = struct.unpack("<Q", bytes(buffer[:8]))
-        header = json.loads(bytes(buffer[8 : 8 + size]))
+        (size,) = struct.unpack("<Q", buffer[:8].tobytes())
+        header = json.loads(buffer[8 : 8 + size].tobytes())
         start = 8 + size
         tensors = {}
         for name, info in header.items():
@@ -466,7 +509,7 @@ def tensors_from_buffer(buffer: bytearray, *, source: str) -> dict:
     except KeyError:  # a dtype read above through safetensors itself (a copy)
         from safetensors.torch import load
 
-        return load(bytes(buffer))
+        return load(buffer.tobytes())
     except (ValueError, TypeError, RuntimeError, struct.error) as exc:
         raise EncryptionError(f"{source}: not a readable safetensors file: {exc}") from exc
 

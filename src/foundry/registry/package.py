@@ -150,7 +150,7 @@ def read_package(
     verify_manifest(directory, manifest_sha256, ref=ref)
     manifest = read_json(directory / "foundry.json")
     weights_path = directory / "model.safetensors"
-    plain: bytearray | None = None
+    plain: crypto.Buffer | None = None
     if crypto.is_encrypted(weights_path):
         # Decrypted once, whole: its digest is recorded so verifying does not decrypt again.
         digest = hashlib.sha256()
