@@ -145,3 +145,23 @@ def test_tables_are_encrypted_and_keys_decrypt_prints_them(key, tmp_path):
     result = CliRunner().invoke(app, ["keys", "decrypt", str(path)])
     assert result.exit_code == 0, result.output
     pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(result.stdout)), table)
+
+
+def test_plain_directory_is_a_private_copy_deleted_after(key, tmp_path):
+    folder = tmp_path / "hf"
+    (folder / "sub").mkdir(parents=True)
+    crypto.write_text(folder / "config.json", "{}")
+    crypto.write_bytes(folder / "sub" / "model.bin", b"weights")
+    with crypto.plain_directory(folder) as plain:
+        assert plain != folder and (plain.stat().st_mode & 0o077) == 0
+        assert (plain / "sub" / "model.bin").read_bytes() == b"weights"
+    assert not plain.exists()
+
+
+def test_serving_a_public_address_without_tls_warns_first(capsys):
+    from foundry.errors import ModelError
+    from foundry.serve.cli_serve import serve
+
+    with pytest.raises(ModelError):
+        serve(["no-such-model"], None, "0.0.0.0", 8000, 1)
+    assert "warning: serving on 0.0.0.0 without TLS" in capsys.readouterr().err

@@ -228,8 +228,13 @@ def _write_extra(root: Path, name: str, content: str | bytes | Path) -> None:
                     _write_extra(root, (rel / item.relative_to(content)).as_posix(), item)
             return
         _check_suffix(name)
-        # Through crypto both ways: a source file that is itself encrypted is re-encrypted
-        # under a fresh data key (or stored plain when no key is set now).
+        if crypto.keyring() is None and not crypto.is_encrypted(content):
+            shutil.copyfile(content, target)  # streamed: Hugging Face weights can be GBs
+            with open(target, "rb") as f:
+                os.fsync(f.fileno())
+            return
+        # An encrypted source is re-encrypted under a fresh data key (or stored plain
+        # when no key is set now).
         crypto.write_bytes(target, crypto.read_bytes(content))
         return
     _check_suffix(name)

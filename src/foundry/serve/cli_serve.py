@@ -75,6 +75,17 @@ def serve(
     tls = {k: str(v) if isinstance(v, Path) else v for k, v in tls.items() if v is not None}
     overrides["tls"] = tls or None
     settings = load_serve_config(config, {k: v for k, v in overrides.items() if v is not None})
+    from foundry.serve.tls import check_files, is_loopback
+
+    check_files(settings.tls)  # a wrong path or a mismatched key: one line, now
+    url = f"{'https' if settings.tls.enabled else 'http'}://{settings.host}:{settings.port}"
+    if not settings.tls.enabled and not is_loopback(settings.host):  # once, first
+        typer.echo(
+            f"warning: serving on {settings.host} without TLS: API keys and records cross "
+            "the network in clear; give --tls-cert and --tls-key, or put a TLS proxy in "
+            "front (docs/SECURITY.md)",
+            err=True,
+        )
     requested = list(dict.fromkeys([*settings.model_refs(), *(models or [])]))
     upstreams = settings.upstreams()
     if not requested and not upstreams:
@@ -106,17 +117,6 @@ def serve(
             raise ConfigError(f"serve.models: upstream '{upstream.name}' has the name of a "
                               "registry model served here; rename one of them")
 
-    from foundry.serve.tls import check_files, is_loopback
-
-    check_files(settings.tls)  # a wrong path or a mismatched key: one line, now
-    url = f"{'https' if settings.tls.enabled else 'http'}://{settings.host}:{settings.port}"
-    if not settings.tls.enabled and not is_loopback(settings.host):
-        typer.echo(
-            f"warning: serving on {settings.host} without TLS: API keys and records cross "
-            "the network in clear; give --tls-cert and --tls-key, or put a TLS proxy in "
-            "front (docs/SECURITY.md)",
-            err=True,
-        )
     served = [*refs, *(u.name for u in upstreams)]
     typer.echo(f"serving {', '.join(served)} at {url}  ({settings.workers} worker(s))")
     for record in records:
