@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.registry import Registry
 from foundry.registry.integrity import clear_cache
 

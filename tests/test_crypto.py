@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 import torch
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.config.schema import PlanConfig
 from foundry.crypto import EncryptionError
 

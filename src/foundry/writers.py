@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.errors import DataError
 
 _WRITERS = {

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from tests.serve.serve_app_support import assert_matches, bearer, run_cli, train_toy
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.serve.loadtest import Server, free_port, serve_command
 
 trustme = pytest.importorskip("trustme")

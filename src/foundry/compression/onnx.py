@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.errors import ModelError
 
 _TEXT_PREFIX = "text:"

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.compression.timing import BATCHES, time_networks
 from foundry.config.schema import CompressConfig, FoundryConfig
 from foundry.console import Reporter

@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.errors import DataError, ModelError
 
 __all__ = [

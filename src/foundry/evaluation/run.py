@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.errors import DataError, ModelError
 
 

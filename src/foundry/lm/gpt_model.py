@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.config.schema import GenerationConfig, GPTConfig, LMConfig
 from foundry.errors import ModelError
 from foundry.lm.api import Completion, Delta

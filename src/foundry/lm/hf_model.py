@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.config.schema import GenerationConfig, LMConfig
 from foundry.data.encoders.target import TargetEncoder
 from foundry.data.encoders.text import texts_of

@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.errors import ModelError
 from foundry.registry.integrity import (
     FILES_KEY,

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.errors import ModelError
 from foundry.registry.integrity import Confinement
 

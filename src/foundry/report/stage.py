@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.report.cost import find_cost
 from foundry.report.evaluation import evaluate
 from foundry.report.page import render

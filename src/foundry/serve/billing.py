@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.config.schema import PlanConfig
 from foundry.serve.errors import ApiError
 from foundry.serve.store import RESERVED, VOIDED, ServeStore, api_keys, usage_events

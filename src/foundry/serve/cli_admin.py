@@ -183,7 +183,7 @@ def keys_rotate(
 @keys_app.command("new-encryption-key")
 def keys_new_encryption_key() -> None:
     """Print a new master key for FOUNDRY_ENCRYPTION_KEY (32 random bytes, base64)."""
-    from foundry import crypto
+    import foundry.crypto as crypto
 
     typer.echo(crypto.new_key())
     _say("keep it in a secret store: without it nothing written under it can be read")
@@ -202,7 +202,7 @@ def keys_rotate_encryption(
     payloads are not rewritten) and re-encrypt the database's encrypted fields. The
     current key(s) come from FOUNDRY_ENCRYPTION_KEY / FOUNDRY_ENCRYPTION_KEY_FILE."""
     with _one_line_errors():
-        from foundry import crypto
+        import foundry.crypto as crypto
         from foundry.registry import Registry
         from foundry.serve.keys import rotate_field_encryption
         from foundry.serve.store import ServeStore
@@ -235,7 +235,7 @@ def keys_decrypt(
     import sys
 
     with _one_line_errors():
-        from foundry import crypto
+        import foundry.crypto as crypto
 
         plain = crypto.read_bytes(path)
     if output is None:

@@ -47,7 +47,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from starlette.concurrency import run_in_threadpool
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.errors import FoundryError
 from foundry.serve import billing
 from foundry.serve.dashboard_charts import bar_chart, line_chart, number, sparkline

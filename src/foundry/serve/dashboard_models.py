@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.errors import FoundryError
 
 if TYPE_CHECKING:

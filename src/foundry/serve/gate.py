@@ -53,7 +53,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Integer, Row, any_, bindparam, delete, insert, select, union, update
 from sqlalchemy.types import ARRAY
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.config.schema import BUILTIN_PLANS, PlanConfig
 from foundry.serve import billing, keys
 from foundry.serve.errors import ApiError

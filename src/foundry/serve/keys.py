@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Row, bindparam, func, or_, select, update
 from sqlalchemy.engine import Connection
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.config.schema import PlanConfig
 from foundry.serve.errors import ApiError
 from foundry.serve.store import ServeStore, api_keys

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from foundry import crypto
+import foundry.crypto as crypto
 from foundry.config import LoadedConfig
 from foundry.config.schema import FoundryConfig, GPTConfig
 from foundry.errors import ConfigError
