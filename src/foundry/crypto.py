@@ -149,9 +149,15 @@ def enabled() -> bool:
 # --------------------------------------------------------------------------- blobs
 
 
-def _aesgcm(key: bytes):  # noqa: ANN202 - cryptography is imported only when used
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+def _aesgcm(key: bytes) -> Any:
+    """AES-256-GCM under `key`; `cryptography` is imported only when a key is in use."""
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError:
+        raise EncryptionError(
+            f"{ENV_KEY} is set but the cryptography package is not installed",
+            hint="pip install 'foundry[encryption]'",
+        ) from None
     return AESGCM(key)
 
 
@@ -329,8 +335,12 @@ def _decrypt_into(
     for i in range(n_chunks):
         n = f.readinto(sealed)
         target = out[i * chunk : i * chunk + max(0, n - TAG)]
+        nonce = _chunk_nonce(i, i == n_chunks - 1)
         try:
-            cipher.decrypt_into(_chunk_nonce(i, i == n_chunks - 1), sealed[:n], None, target)
+            if hasattr(cipher, "decrypt_into"):  # cryptography 45+: no intermediate copy
+                cipher.decrypt_into(nonce, sealed[:n], None, target)
+            else:
+                target[:] = cipher.decrypt(nonce, sealed[:n], None)
         except (InvalidTag, ValueError) as exc:
             raise EncryptionError(
                 f"{what} is damaged or truncated (chunk {i} fails its authentication tag)",
