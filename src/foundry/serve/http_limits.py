@@ -129,7 +129,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._tls is not None:  # HTTPS: the peer certificate, for mutual TLS on /admin
-            self.scope["extensions"] = {"tls": self._tls}
+            self.scope.setdefault("extensions", {})["tls"] = self._tls  # type: ignore[typeddict-item]
         if self._phase is None:  # the next request on a keep-alive connection
             self._enter("headers", self._limits.header_timeout_s)
 
