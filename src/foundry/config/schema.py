@@ -1211,13 +1211,13 @@ class TLSConfig(Section):
     @model_validator(mode="after")
     def _cert_and_key_together(self) -> TLSConfig:
         if bool(self.cert) != bool(self.key):
-            raise ValueError("serve.tls: give both cert and key (--tls-cert and --tls-key)")
+            raise ValueError("give both cert and key (--tls-cert and --tls-key)")
         if self.client_ca and not self.cert:
-            raise ValueError("serve.tls.client_ca needs cert and key: mutual TLS is TLS")
+            raise ValueError("client_ca needs cert and key: mutual TLS is TLS")
         if self.https_only and not self.cert:
             raise ValueError(
-                "serve.tls.https_only is set but no certificate is: give --tls-cert and "
-                "--tls-key (serve.tls.cert, serve.tls.key)"
+                "https_only is set but no certificate is: give --tls-cert and --tls-key "
+                "(serve.tls.cert, serve.tls.key)"
             )
         return self
 
