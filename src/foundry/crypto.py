@@ -204,7 +204,7 @@ def _unwrap(header: bytes, ring: Keyring | None, *, what: str) -> tuple[bytes, i
     if master is None:
         raise EncryptionError(
             f"{what} was encrypted with another key (key id "
-            f"{key_id.hex()}) than the one(s) set in {ENV_KEY}",
+            f"{key_id.hex()}) than the one(s) set in {ENV_KEY} / {ENV_KEY_FILE}",
             hint="set the key it was written with; during a rotation "
             "list both keys, new first, separated by a comma",
         )
@@ -572,7 +572,7 @@ def _open_field(value: str, ring: Keyring | None, *, what: str) -> bytes:
     if master is None:
         raise EncryptionError(
             f"{what} was encrypted with another key (key id {key_id.hex()}) than the "
-            f"one(s) set in {ENV_KEY}",
+            f"one(s) set in {ENV_KEY} / {ENV_KEY_FILE}",
             hint="set the key it was written with",
         )
     try:

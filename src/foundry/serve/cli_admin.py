@@ -222,7 +222,7 @@ def keys_rotate_encryption(
                     if root.exists())
         fields = rotate_field_encryption(ServeStore(), new, ring)
     _say(f"re-wrapped {files} file(s) and re-encrypted {fields} database field(s) under key "
-         f"{new.key_id.hex()}; now set FOUNDRY_ENCRYPTION_KEY to the new key")
+         f"{new.key_id.hex()}; now set FOUNDRY_ENCRYPTION_KEY (or _FILE) to the new key")
 
 
 @keys_app.command("decrypt")
