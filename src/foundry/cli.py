@@ -157,7 +157,9 @@ def _leaderboard(result) -> dict:
     path = result.package_path / "foundry.json" if result.package_path else None
     if path is None or not path.is_file():
         return {}
-    board = json.loads(path.read_text()).get("leaderboard")
+    import foundry.crypto as crypto
+
+    board = json.loads(crypto.read_text(path)).get("leaderboard")
     return {"leaderboard": board} if board else {}
 
 

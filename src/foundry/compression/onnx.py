@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import foundry.crypto as crypto
 from foundry.errors import ModelError
 
 _TEXT_PREFIX = "text:"
@@ -300,7 +301,10 @@ class OnnxRunner:
         if "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+            # An encrypted file is decrypted into memory: ONNX Runtime also reads bytes.
+            source = crypto.read_bytes(self.path) if crypto.is_encrypted(self.path) else str(
+                self.path)
+            self.session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:
             raise ModelError(f"cannot load the ONNX model {self.path}: {_reason(exc)}") from None
         graph_inputs = [i.name for i in self.session.get_inputs()]

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import foundry.crypto as crypto
 from foundry.compression.timing import BATCHES, time_networks
 from foundry.config.schema import CompressConfig, FoundryConfig
 from foundry.console import Reporter
@@ -331,6 +332,9 @@ def finish(
         skipped=skipped,
     )
     _write_report(result, out_dir, data, time.perf_counter() - started, units or {})
+    # The folder's ONNX exports hold weights, its reports the measurements: encrypted now
+    # when a key is set (the variants were registered through the registry already).
+    crypto.seal_tree(out_dir)
     if not say.quiet:
         from rich.console import Console
 

@@ -1189,6 +1189,43 @@ class LMServeConfig(Section):
     """`Retry-After` of a 503 when the queue is full."""
 
 
+class TLSConfig(Section):
+    """HTTPS (docs/SECURITY.md): TLS 1.2+ terminated by foundry itself, on the one port it
+    listens on; with a certificate there is no plain-HTTP listener."""
+
+    cert: str | None = None
+    """PEM certificate (chain) the server presents (`--tls-cert`). With `key`: HTTPS."""
+    key: str | None = None
+    """PEM private key of `cert` (`--tls-key`)."""
+    client_ca: str | None = None
+    """PEM certificate of a CA (`--tls-client-ca`): /admin routes then also need a client
+    certificate it signed, presented in the TLS handshake (mutual TLS); prediction
+    clients need none."""
+    https_only: bool = False
+    """Refuse to start without `cert` and `key` (`--https-only`), so a deployment that lost
+    its certificate never serves in clear."""
+    hsts_max_age_s: int = Field(31_536_000, ge=0)
+    """`Strict-Transport-Security: max-age` sent with every HTTPS answer (one year):
+    browsers then refuse plain HTTP to this host."""
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TLSConfig:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("give both cert and key (--tls-cert and --tls-key)")
+        if self.client_ca and not self.cert:
+            raise ValueError("client_ca needs cert and key: mutual TLS is TLS")
+        if self.https_only and not self.cert:
+            raise ValueError(
+                "https_only is set but no certificate is: give --tls-cert and --tls-key "
+                "(serve.tls.cert, serve.tls.key)"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert)
+
+
 class ServeConfig(Section):
     host: str = "127.0.0.1"
     """Interface to bind (127.0.0.1 keeps the API on this machine)."""
@@ -1236,6 +1273,8 @@ class ServeConfig(Section):
     """After `foundry keys rotate`, the old key keeps working this long."""
     lm: LMServeConfig = LMServeConfig()
     """Language models: continuous batching and its bounds."""
+    tls: TLSConfig = TLSConfig()
+    """HTTPS: certificate, key, mutual TLS for /admin, HSTS (docs/SECURITY.md)."""
 
     @model_validator(mode="after")
     def _plan_names_fit_the_database(self) -> ServeConfig:

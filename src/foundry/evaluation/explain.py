@@ -51,6 +51,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+import foundry.crypto as crypto
 from foundry.errors import DataError, ModelError
 
 __all__ = [
@@ -706,7 +707,7 @@ def explain_file(
     result = ExplainResult(predictor.ref, path, explanations, ranked, out_path, shown)
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(result.to_dict(), indent=2))
+        crypto.write_text(out_path, json.dumps(result.to_dict(), indent=2), fsync=False)
     return result
 
 

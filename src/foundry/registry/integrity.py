@@ -21,7 +21,6 @@ reports. A hostile or copied-in manifest can then name /etc/passwd but nothing r
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -29,15 +28,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from foundry.crypto import plain_sha256
 from foundry.errors import ModelError
 
 FILES_KEY = "files"
 """Manifest key holding {relative path: {"sha256": hex, "bytes": size}} of every package
 file but foundry.json."""
 MANIFEST = "foundry.json"
-_READ_SIZE = 1 << 20
-"""Bytes per read when hashing: past ~256 KiB the hash, not the calls, is the cost
-(benchmarks/package_verify.py)."""
 
 log = logging.getLogger("foundry.registry")
 
@@ -63,14 +60,20 @@ def _sha256_real(path: str) -> str:
         cached = _digests.get(key)
     if cached is not None:
         return cached
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_READ_SIZE):
-            digest.update(chunk)
-    hexdigest = digest.hexdigest()
+    # Over the plaintext: an encrypted file's checksum holds across key rotations.
+    hexdigest = plain_sha256(path)
     with _digests_lock:
         _digests[key] = hexdigest
     return hexdigest
+
+
+def remember_digest(path: str | Path, hexdigest: str) -> None:
+    """Record the digest of the plaintext just read from `path` (an encrypted file that a
+    reader decrypted whole anyway), so that verifying it does not decrypt it again."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    with _digests_lock:
+        _digests[(real, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)] = hexdigest
 
 
 def moved(old: str | Path, new: str | Path) -> None:

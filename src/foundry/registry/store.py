@@ -55,6 +55,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+import foundry.crypto as crypto
 from foundry.db import database_url, open_engine, safe_url, sqlite_file
 from foundry.db import default_home as default_home  # re-exported: foundry.registry API
 from foundry.errors import ModelError
@@ -869,4 +870,4 @@ def _write_card(directory: Path, manifest: dict[str, Any], metrics: dict[str, An
     card_json = build_card(manifest, metrics)
     write_json(directory / "card.json", card_json)
     if card is None:
-        (directory / "card.md").write_text(render_card(card_json), encoding="utf-8")
+        crypto.write_text(directory / "card.md", render_card(card_json), fsync=False)

@@ -75,7 +75,8 @@ api_keys = Table(
     "api_keys",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(200), nullable=False),
+    # Text: encrypted when FOUNDRY_ENCRYPTION_KEY is set (foundry.crypto.encrypt_field).
+    Column("name", Text, nullable=False),
     Column("prefix", String(16), nullable=False, index=True),
     # First 12 characters of the key (`fdy_` + 8): shown in listings and logs.
     Column("key_hash", String(64), nullable=False, unique=True),

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import foundry.crypto as crypto
 from foundry.config import LoadedConfig
 from foundry.config.schema import FoundryConfig, GPTConfig
 from foundry.errors import ConfigError
@@ -67,12 +68,12 @@ class GPTFamily:
         run.out_dir.mkdir(parents=True, exist_ok=True)  # the data are good: the run starts
         tokenizer_file = run.out_dir / "tokenizer.json"
         if run.resume and tokenizer_file.is_file():
-            tokenizer = BPETokenizer.from_json(tokenizer_file.read_text(encoding="utf-8"))
+            tokenizer = BPETokenizer.from_json(crypto.read_text(tokenizer_file))
         else:
             tokenizer = BPETokenizer.train(
                 tokenizer_texts(data.train, lm.chat_template), gpt.vocab_size
             )
-            tokenizer_file.write_text(tokenizer.to_json(), encoding="utf-8")
+            crypto.write_text(tokenizer_file, tokenizer.to_json(), fsync=False)
 
         # ---- token rows
         splits = {
