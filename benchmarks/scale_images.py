@@ -4,6 +4,7 @@
     python benchmarks/scale_images.py --sizes 10000,50000      # other folder sizes
     python benchmarks/scale_images.py --repeat 2 --json out.json
     python benchmarks/scale_images.py --model small            # 1/4 of the filters (CPU)
+    python benchmarks/scale_images.py --sizes 50000 --memory-up-to 50000 --paths memory
 
 Generates image folders of N small PNGs (32x32 RGB, 10 classes: noise plus a coloured
 square whose place and colour give the class; written by a process pool, kept under
@@ -155,6 +156,7 @@ def main() -> None:
     parser.add_argument("--memory-up-to", type=int, default=10000,
                         help="also run the in-memory path on folders up to this size")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=1, help="runs per (size, path)")
+    parser.add_argument("--paths", default="memory,lazy", help="which paths to run at all")
     parser.add_argument("--workdir", default="/tmp/foundry-scale-images")
     parser.add_argument("--json", help="also write every result here")
     parser.add_argument("--model", choices=sorted(MODELS), default="default",
@@ -172,6 +174,7 @@ def main() -> None:
         if seconds:
             print(f"generated {n:,} images in {seconds:.1f}s ({n / seconds:,.0f}/s)", flush=True)
         paths = ["memory", "lazy"] if n <= args.memory_up_to else ["lazy"]
+        paths = [p for p in paths if p in args.paths.split(",")]
         for _ in range(args.repeat):
             for loading in paths:  # alternating: drift on a busy machine hits both
                 result = run_child(folder, loading, args.model)

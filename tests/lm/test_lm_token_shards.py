@@ -134,6 +134,7 @@ def test_unfinished_build_is_not_reused(tmp_path: Path) -> None:
     (data.data.folder / "meta.json").unlink()  # as if the build had been killed
     rebuilt = prepare(loaded, tmp_path / "run2")
     assert not rebuilt.data.reused
-    assert np.load(rebuilt.data.folder / "documents.npy")[-1] == rebuilt.data.folder.joinpath(
-        "shard-00000.bin"
-    ).stat().st_size // 2
+    assert (
+        np.load(rebuilt.data.folder / "documents.npy")[-1]
+        == rebuilt.data.folder.joinpath("shard-00000.bin").stat().st_size // 2
+    )

@@ -119,15 +119,17 @@ class _Batches(Dataset):
     """Item b = batch b of the epoch: every lazy column's rows decoded. A DataLoader
     with `batch_size=None` hands these out in order, decoded ahead by its workers."""
 
-    def __init__(self, columns: dict[str, LazyImages], batches: list[np.ndarray]) -> None:
-        self.columns, self.batches = columns, batches
+    def __init__(
+        self, columns: dict[str, LazyImages], batches: list[np.ndarray], *, threads: bool
+    ) -> None:
+        self.columns, self.batches, self.threads = columns, batches, threads
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, b: int) -> dict[str, Tensor]:
         rows = self.batches[b]
-        return {k: col.decode_rows(rows, threads=False) for k, col in self.columns.items()}
+        return {k: col.decode_rows(rows, threads=self.threads) for k, col in self.columns.items()}
 
 
 def epoch_inputs(
@@ -152,7 +154,7 @@ def epoch_inputs(
     workers = max(col.workers for col in lazy.values())
     device = next(iter(lazy.values())).device
     loader = DataLoader(
-        _Batches(lazy, batches),
+        _Batches(lazy, batches, threads=workers == 0),  # no workers: a thread pool
         batch_size=None,  # each item is already a whole batch
         num_workers=workers,
         # a few batches ahead per worker: enough to hide decode jitter, memory bounded

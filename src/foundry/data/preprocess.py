@@ -247,8 +247,9 @@ def check_numbers(df: pd.DataFrame, resolved: ResolvedFeatures, source: str) -> 
             to_float(
                 df[name],
                 name,
-                row_name=lambda i: f"row {i + 1} of {source}, counting data rows from 1 "
-                "without the header",
+                row_name=lambda i: (
+                    f"row {i + 1} of {source}, counting data rows from 1 without the header"
+                ),
             )
 
 

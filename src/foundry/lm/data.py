@@ -161,8 +161,10 @@ class LMData:
     def summary(self, path: object) -> str:
         """The run's data line: `data: PATH (corpus; documents train/val/test = a/b/c)`."""
         unit = "documents" if self.kind == "corpus" else "conversations"
-        return (f"data: {path} ({self.kind}; {unit} train/val/test = "
-                f"{len(self.train)}/{len(self.val)}/{len(self.test)})")
+        return (
+            f"data: {path} ({self.kind}; {unit} train/val/test = "
+            f"{len(self.train)}/{len(self.val)}/{len(self.test)})"
+        )
 
 
 def load_lm_data(loaded: LoadedConfig) -> LMData:
@@ -281,7 +283,10 @@ def split_positions(n: int, split: SplitConfig, path: Path, kind: str) -> dict[s
             hint="separate documents with blank lines, give data.val_path / data.test_path, "
             "or set data.split to {train: 1.0, val: 0, test: 0}",
         ) from exc
-    return {name: part["i"].to_numpy() for name, part in zip(("train", "val", "test"), parts, strict=True)}
+    return {
+        name: part["i"].to_numpy()
+        for name, part in zip(("train", "val", "test"), parts, strict=True)
+    }
 
 
 def read_lm_file(

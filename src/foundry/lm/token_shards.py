@@ -240,8 +240,9 @@ def prepare_corpus(
     """
     from foundry.data.fingerprint import file_fingerprint
 
+    if path.stat().st_size == 0:
+        raise DataError(f"data file is empty (0 bytes): {path}")
     reading = _reading(cfg, file_fingerprint([path]))
-    cache.mkdir(parents=True, exist_ok=True)
     counted: dict[str, Any] = {}
 
     def split() -> dict[str, np.ndarray]:
@@ -280,6 +281,7 @@ def prepare_corpus(
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no folder
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
@@ -406,6 +408,7 @@ class TokenWindows:
         self.n = int(self.cum[-1])  # stream length
         self.n_rows = math.ceil((self.n - 1) / block_size) if self.n >= 2 else 0
         self.eos, self.pad = shards.meta["eos_id"], shards.meta["pad_id"]
+        self._last: tuple[bytes, tuple[Tensor, Tensor]] | None = None
         self.input_ids = _Rows(self, 0, torch.device("cpu"))
         self.labels = _Rows(self, 1, torch.device("cpu"))
 
@@ -444,6 +447,14 @@ class TokenWindows:
             rows = idx.cpu().numpy()
         else:
             rows = np.asarray(idx, dtype=np.int64)
+        # fit_lm asks for a batch's input_ids and then its labels: read the rows once
+        key = rows.tobytes()
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        self._last = (key, self._read(rows))
+        return self._last[1]
+
+    def _read(self, rows: np.ndarray) -> tuple[Tensor, Tensor]:
         b = self.block_size
         ids = np.full((len(rows), b), self.pad, dtype=np.int64)
         labels = np.full((len(rows), b), IGNORE, dtype=np.int64)

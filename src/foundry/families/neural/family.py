@@ -58,8 +58,9 @@ class NeuralFamily:
         loaded, say = run.loaded, run.say
         splits, resolved = load_splits(loaded, say)
         # rank 0 alone: every rank reads the same rows and would print the same warnings
-        leakage = (check_leakage(loaded.config, splits, resolved, say)
-                   if distributed.is_main() else None)
+        leakage = (
+            check_leakage(loaded.config, splits, resolved, say) if distributed.is_main() else None
+        )
         image_columns = [f.name for f in resolved.inputs if f.type == "image"]
         data_fingerprint = fingerprint(
             pd.concat([splits.train, splits.val, splits.test], ignore_index=True),
@@ -80,8 +81,9 @@ class NeuralFamily:
         encode = partial(preprocessor.transform, lazy_images=lazy, image_workers=images.workers)
         train_enc = encode(train_df)
         val_enc = encode(splits.val) if len(splits.val) else None
-        return NeuralData(splits, resolved, preprocessor, train_enc, val_enc, data_fingerprint,
-                          leakage)
+        return NeuralData(
+            splits, resolved, preprocessor, train_enc, val_enc, data_fingerprint, leakage
+        )
 
     def fit(self, data: NeuralData, train: Any, run: Run) -> Fitted:
         import torch
