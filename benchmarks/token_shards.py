@@ -114,7 +114,7 @@ def main() -> None:
         write_corpus(work / f"corpus-{mb}mb.txt", mb)
     tokenizer_file = work / "tokenizer.json"
     if not tokenizer_file.exists():
-        from foundry.lm.data import _text_documents
+        from foundry.lm.token_shards import _text_documents
         from foundry.lm.tokenizer import BPETokenizer
 
         docs = itertools.islice(_text_documents(work / f"corpus-{min(sizes)}mb.txt"), 2000)
