@@ -159,8 +159,12 @@ def main() -> None:
     parser.add_argument("--paths", default="memory,lazy", help="which paths to run at all")
     parser.add_argument("--workdir", default="/tmp/foundry-scale-images")
     parser.add_argument("--json", help="also write every result here")
-    parser.add_argument("--model", choices=sorted(MODELS), default="default",
-                        help="default: model.type cnn as init writes it; small: 1/4 filters")  # fmt: skip
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default="default",
+        help="default: model.type cnn as init writes it; small: 1/4 of its filters",
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

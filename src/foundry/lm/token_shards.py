@@ -216,6 +216,8 @@ def _reading(cfg: FoundryConfig, corpus_sha: str) -> dict[str, Any]:
         "format": cfg.data.format,
         "text_column": cfg.lm.text_column,
         "pii": cfg.data.pii.model_dump(mode="json"),
+        # `hash` output depends on the salt, which is never stored: only its digest is
+        "salt": hashlib.sha256(os.environ.get(cfg.data.pii.salt_env, "").encode()).hexdigest(),
         "split": cfg.data.split.model_dump(mode="json"),
     }
 
