@@ -154,6 +154,19 @@ class PIIConfig(Section):
         return self
 
 
+class ImageLoadingConfig(Section):
+    """How training images reach the model (image folders and image columns)."""
+
+    loading: Literal["auto", "memory", "lazy"] = "auto"
+    """`memory`: decode every training image once into one float32 array (fastest
+    epochs; memory grows with the number of images); `lazy`: keep paths and decode each
+    batch in DataLoader workers (memory flat in the number of images); `auto`: memory
+    while the decoded training images take at most 1 GiB, else lazy."""
+    workers: int | None = Field(None, ge=0)
+    """DataLoader worker processes decoding lazy batches; `None`: CPU cores - 1, at most
+    4; 0 decodes in the training process."""
+
+
 class DataConfig(Section):
     path: str
     """Training data: a CSV, Parquet or JSONL file, or an image folder laid out as
@@ -170,6 +183,8 @@ class DataConfig(Section):
     """CSV delimiter; `None` sniffs it from the first lines."""
     pii: PIIConfig = PIIConfig()
     """Personal data: found, masked / hashed / dropped, and reported."""
+    images: ImageLoadingConfig = ImageLoadingConfig()
+    """Training images decoded once into memory, or per batch by DataLoader workers."""
 
 
 # ----------------------------------------------------------------------- features
