@@ -83,6 +83,10 @@ def train(
                 share=("model_ref", "metrics", "package_path"),
             )
     family = family_for(cfg.model.type)
+    if cfg.evaluate.fairness.sensitive_features:  # the audit runs last: fail before training
+        from foundry.extras import require
+
+        require("trust", "fairlearn", "the fairness audit (evaluate.fairness)")
     quiet = quiet or not distributed.is_main()  # rank 0 alone reports a distributed run
     say = Reporter(quiet=quiet)
     started = time.perf_counter()
