@@ -27,13 +27,24 @@ def run(*cmd: str) -> str:
 
 def measure(extras: str) -> dict[str, object]:
     wheels = Path("/opt/wheels")
-    source = (["--find-links", str(wheels)] if wheels.is_dir()
-              else ["--extra-index-url", "https://download.pytorch.org/whl/cpu"])
+    source = (
+        ["--find-links", str(wheels)]
+        if wheels.is_dir()
+        else ["--extra-index-url", "https://download.pytorch.org/whl/cpu"]
+    )
     with tempfile.TemporaryDirectory(prefix="foundry-size-") as tmp:
         venv = Path(tmp) / "venv"
         run(sys.executable, "-m", "venv", str(venv))
-        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *source,
-               "-c", "constraints/cpu.txt"]
+        pip = [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            *source,
+            "-c",
+            "constraints/cpu.txt",
+        ]
         started = time.perf_counter()
         run(*pip, "torch")
         run(*pip, "-e", f".[{extras}]" if extras else ".")
@@ -53,8 +64,12 @@ def measure(extras: str) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--extras", action="append", default=None,
-                        help="extras to install (repeat for several runs; '' = core)")
+    parser.add_argument(
+        "--extras",
+        action="append",
+        default=None,
+        help="extras to install (repeat for several runs; '' = core)",
+    )
     args = parser.parse_args()
     for extras in args.extras or [""]:
         print(measure(extras), flush=True)

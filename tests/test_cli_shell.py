@@ -29,8 +29,7 @@ def test_show_completion_prints_a_bash_script_that_completes_commands():
     assert "complete -o default -F _foundry_completion foundry" in result.output
     assert "_FOUNDRY_COMPLETE=complete_bash" in result.output
     # what that script asks the program when the user presses TAB after `foundry models `
-    env = {"_FOUNDRY_COMPLETE": "complete_bash", "COMP_WORDS": "foundry models ",
-           "COMP_CWORD": "2"}
+    env = {"_FOUNDRY_COMPLETE": "complete_bash", "COMP_WORDS": "foundry models ", "COMP_CWORD": "2"}
     asked = runner.invoke(app, [], prog_name="foundry", env=env)
     assert asked.output.split() == ["list", "show", "verify"]
 
@@ -41,8 +40,12 @@ def config(tmp_path):
     df = pd.DataFrame({"x": rng.normal(size=120), "c": rng.choice(["a", "b"], 120)})
     df["y"] = np.where(df.x > 0, "yes", "no")
     df.to_csv(tmp_path / "t.csv", index=False)
-    return {"name": "quiet", "data": {"path": str(tmp_path / "t.csv")},
-            "features": {"target": "y"}, "model": {"type": "gbm", "n_estimators": 5}}
+    return {
+        "name": "quiet",
+        "data": {"path": str(tmp_path / "t.csv")},
+        "features": {"target": "y"},
+        "model": {"type": "gbm", "n_estimators": 5},
+    }
 
 
 def test_the_python_api_is_quiet_and_logs_to_the_foundry_logger(config, capsys, caplog):

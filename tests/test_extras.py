@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import pytest
 
 from foundry.extras import DISTRIBUTION, EXTRAS, MissingExtraError, install_command, require
 from foundry.serve.loadtest import Server, free_port
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "tests" / "without_extras.py"
@@ -77,14 +78,19 @@ def core(tmp_path_factory):
     work = tmp_path_factory.mktemp("core")
     rng = np.random.default_rng(0)
     n = 200
-    df = pd.DataFrame({"age": rng.integers(18, 80, n),
-                       "education": rng.choice(["hs", "bachelors", "masters"], n),
-                       "hours": rng.integers(10, 60, n)})
+    df = pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, n),
+            "education": rng.choice(["hs", "bachelors", "masters"], n),
+            "hours": rng.integers(10, 60, n),
+        }
+    )
     df["income"] = np.where(df.age + df.hours / 2 + rng.normal(0, 5, n) > 60, "high", "low")
     df.iloc[:160].to_csv(work / "train.csv", index=False)
     df.iloc[160:].to_csv(work / "test.csv", index=False)
-    pd.DataFrame({"review": ["good stuff", "bad thing"] * 10,
-                  "label": ["pos", "neg"] * 10}).to_csv(work / "reviews.csv", index=False)
+    pd.DataFrame({"review": ["good stuff", "bad thing"] * 10, "label": ["pos", "neg"] * 10}).to_csv(
+        work / "reviews.csv", index=False
+    )
     (work / "hf.yaml").write_text(
         "name: rev\ndata: {path: reviews.csv}\nfeatures: {target: label}\n"
         "model: {type: hf, name_or_path: bert-base-uncased}\n"
@@ -96,16 +102,30 @@ def core(tmp_path_factory):
         "train": ["train", "config.yaml", "-q"],
         "predict": ["predict", "adult:latest", "test.csv", "-o", "predictions.csv", "-q"],
         "key": ["keys", "create", "--name", "acme", "--plan", "trial"],
-        "init_mlp": ["init", "train.csv", "-t", "income", "--name", "net", "--model", "mlp",
-                     "-o", "mlp.yaml", "-q"],
+        "init_mlp": [
+            "init",
+            "train.csv",
+            "-t",
+            "income",
+            "--name",
+            "net",
+            "--model",
+            "mlp",
+            "-o",
+            "mlp.yaml",
+            "-q",
+        ],
         "train_mlp": ["train", "mlp.yaml", "train.epochs=1", "-q"],
         # one feature of each extra
         "report": ["report", "adult:1"],
         "tune": ["tune", "config.yaml"],
-        "fairness": ["train", "config.yaml", "evaluate.fairness.sensitive_features=[education]",
-                     "-q"],
-        "privacy": ["train", "mlp.yaml", "train.epochs=1", "train.privacy.target_epsilon=3",
-                    "-q"],
+        "fairness": [
+            "train",
+            "config.yaml",
+            "evaluate.fairness.sensitive_features=[education]",
+            "-q",
+        ],
+        "privacy": ["train", "mlp.yaml", "train.epochs=1", "train.privacy.target_epsilon=3", "-q"],
         "explain": ["explain", "net:1", "test.csv", "--importance"],
         "onnx": ["compress", "net:1"],
         "llm": ["train", "hf.yaml"],
@@ -114,10 +134,16 @@ def core(tmp_path_factory):
     home = {"FOUNDRY_HOME": str(work / ".foundry")}
     specs = [{"args": args, "env": home} for args in commands.values()]
     specs[list(commands).index("postgres")]["env"] = {
-        **home, "FOUNDRY_DATABASE_URL": "postgresql+psycopg://u:p@127.0.0.1:9/foundry"}
+        **home,
+        "FOUNDRY_DATABASE_URL": "postgresql+psycopg://u:p@127.0.0.1:9/foundry",
+    }
     (work / "commands.json").write_text(json.dumps(specs))
-    subprocess.run([sys.executable, str(DRIVER), "batch", "commands.json", "results.json"],
-                   cwd=work, check=True, timeout=600)
+    subprocess.run(
+        [sys.executable, str(DRIVER), "batch", "commands.json", "results.json"],
+        cwd=work,
+        check=True,
+        timeout=600,
+    )
     *results, modules = json.loads((work / "results.json").read_text())
     return work, dict(zip(commands, results, strict=True)), modules["modules"]
 
@@ -134,10 +160,19 @@ def test_core_commands_work_without_any_extra(core):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("feature", "extra"), [
-    ("report", "report"), ("tune", "tune"), ("fairness", "trust"), ("privacy", "trust"),
-    ("explain", "trust"), ("onnx", "onnx"), ("llm", "llm"), ("postgres", "postgres"),
-])
+@pytest.mark.parametrize(
+    ("feature", "extra"),
+    [
+        ("report", "report"),
+        ("tune", "tune"),
+        ("fairness", "trust"),
+        ("privacy", "trust"),
+        ("explain", "trust"),
+        ("onnx", "onnx"),
+        ("llm", "llm"),
+        ("postgres", "postgres"),
+    ],
+)
 def test_each_extra_feature_fails_with_one_line_naming_the_install(core, feature, extra):
     result = core[1][feature]
     err = result["err"].strip()
@@ -164,13 +199,24 @@ def test_a_core_install_serves_a_tabular_model(core):
     key = results["key"]["out"].strip()
     port = free_port()
     env = {**os.environ, "FOUNDRY_HOME": str(work / ".foundry")}
-    command = [sys.executable, str(DRIVER), "cli", "serve", "adult", "--host", "127.0.0.1",
-               "--port", str(port)]
+    command = [
+        sys.executable,
+        str(DRIVER),
+        "cli",
+        "serve",
+        "adult",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with Server(command, env=env, log=work / "serve.log", cwd=work) as server:
         body = json.dumps({"records": [{"age": 40, "education": "hs", "hours": 50}]}).encode()
         request = urllib.request.Request(
-            f"{server.url}/v1/models/adult/predict", data=body,
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+            f"{server.url}/v1/models/adult/predict",
+            data=body,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+        )
         with urllib.request.urlopen(request, timeout=30) as answer:
             predictions = json.loads(answer.read())["predictions"]
     assert predictions[0]["label"] in ("high", "low")

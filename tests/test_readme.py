@@ -26,8 +26,9 @@ import pytest
 from foundry.serve.loadtest import Server, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-MARKED = re.compile(r"<!-- readme-test: (run|background|python) -->\n```(\w+)\n(.*?)\n```",
-                    re.DOTALL)
+MARKED = re.compile(
+    r"<!-- readme-test: (run|background|python) -->\n```(\w+)\n(.*?)\n```", re.DOTALL
+)
 
 
 def marked_blocks(text: str) -> list[tuple[str, str]]:
@@ -46,8 +47,11 @@ def test_the_markers_are_found():
 @pytest.fixture
 def scratch(tmp_path):
     """A scratch 'checkout': examples/ copied, a bin/ with `foundry` and `python`."""
-    shutil.copytree(ROOT / "examples", tmp_path / "examples",
-                    ignore=shutil.ignore_patterns("data", "runs", ".foundry", "__pycache__"))
+    shutil.copytree(
+        ROOT / "examples",
+        tmp_path / "examples",
+        ignore=shutil.ignore_patterns("data", "runs", ".foundry", "__pycache__"),
+    )
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     # scripts, not symlinks: a link to a venv's python would lose the venv
@@ -74,16 +78,25 @@ def test_every_marked_readme_block_runs(scratch):
         for i, (kind, code) in enumerate(marked_blocks((ROOT / "README.md").read_text())):
             code = code.replace("8000", port)
             if kind == "background":
-                server = Server(["bash", "-euo", "pipefail", "-c", code], env=env,
-                                log=work / f"block-{i}.log", port=int(port), cwd=work)
+                server = Server(
+                    ["bash", "-euo", "pipefail", "-c", code],
+                    env=env,
+                    log=work / f"block-{i}.log",
+                    port=int(port),
+                    cwd=work,
+                )
                 server.start()
                 servers.append(server)
                 server.wait_ready()
                 continue
-            command = ([sys.executable, "-c", code] if kind == "python"
-                       else ["bash", "-euo", "pipefail", "-c", code])
-            done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True,
-                                  timeout=600)
+            command = (
+                [sys.executable, "-c", code]
+                if kind == "python"
+                else ["bash", "-euo", "pipefail", "-c", code]
+            )
+            done = subprocess.run(
+                command, cwd=work, env=env, capture_output=True, text=True, timeout=600
+            )
             assert done.returncode == 0, f"block {i}:\n{code}\n---\n{done.stderr[-3000:]}"
             if "/predict" in code:  # curl -s prints the error body instead of failing
                 assert '"predictions"' in done.stdout, done.stdout

@@ -77,9 +77,7 @@ def load(ref: Any) -> Predictor:
     return _load(ref)
 
 
-def evaluate(
-    ref: str, data: Any, *, output: Any = None, verbose: bool = False
-) -> EvaluationResult:
+def evaluate(ref: str, data: Any, *, output: Any = None, verbose: bool = False) -> EvaluationResult:
     """Metrics of a registered model on a labelled data file."""
     from foundry.evaluation.run import evaluate_model
 

@@ -41,8 +41,7 @@ class MissingExtraError(FoundryError):
         self.extra = extra
         self.module = module
         super().__init__(
-            f"{feature} needs {module} (not installed); install it with: "
-            f"{install_command(extra)}"
+            f"{feature} needs {module} (not installed); install it with: {install_command(extra)}"
         )
 
 
