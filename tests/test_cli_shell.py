@@ -35,7 +35,8 @@ def test_show_completion_prints_a_bash_script_that_completes_commands():
 
 
 @pytest.fixture
-def config(tmp_path):
+def config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a config given as a dict writes its run under the cwd
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"x": rng.normal(size=120), "c": rng.choice(["a", "b"], 120)})
     df["y"] = np.where(df.x > 0, "yes", "no")
