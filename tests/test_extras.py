@@ -130,6 +130,7 @@ def core(tmp_path_factory):
         "onnx": ["compress", "net:1"],
         "llm": ["train", "hf.yaml"],
         "postgres": ["models", "list"],
+        "s3": ["train", "config.yaml", "data.path=s3://bucket/train.csv", "-q"],
     }
     home = {"FOUNDRY_HOME": str(work / ".foundry")}
     specs = [{"args": args, "env": home} for args in commands.values()]
@@ -171,6 +172,7 @@ def test_core_commands_work_without_any_extra(core):
         ("onnx", "onnx"),
         ("llm", "llm"),
         ("postgres", "postgres"),
+        ("s3", "s3"),
     ],
 )
 def test_each_extra_feature_fails_with_one_line_naming_the_install(core, feature, extra):

@@ -30,6 +30,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "report": ("plotly",),
     "postgres": ("psycopg",),
     "tune": ("optuna",),
+    "s3": ("s3fs",),
 }
 """extra → the top-level modules it installs that foundry imports."""
 

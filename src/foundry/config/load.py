@@ -37,6 +37,12 @@ class LoadedConfig:
         p = Path(path).expanduser()
         return p if p.is_absolute() else (self.base_dir / p)
 
+    def data_source(self, path: str | None) -> Path | str | None:
+        """A data path for `read_table`: an ``s3://`` URL as it is, else `resolve`."""
+        from foundry.objectstore import is_url
+
+        return path if is_url(path) else self.resolve(path)
+
 
 def load_config(
     source: str | Path | dict[str, Any], overrides: list[str] | None = None

@@ -12,17 +12,24 @@ writer took that number first) and then inserting the row, whose unique (name, v
 constraint catches writers that share the database but not the directory. Either
 conflict means: try the next number. A crash between the rename and the insert leaves an
 invisible directory whose number is skipped, never a half package or a row without one.
+
+With FOUNDRY_ARTIFACTS=s3://bucket/prefix the packages live in object storage, shared by
+every home on the same database, and each home's `models/` folder is its local cache
+(`foundry.registry.artifacts`): a package is uploaded under a path of its own before its
+row is inserted, and a home loading a version it does not hold downloads and verifies it
+first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -50,6 +57,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from foundry.db import database_url, open_engine, safe_url, sqlite_file
 from foundry.db import default_home as default_home  # re-exported: foundry.registry API
 from foundry.errors import ModelError
+from foundry.registry.artifacts import ARTIFACTS_ENV, ArtifactStore, artifact_store
 from foundry.registry.integrity import Confinement, seal, verify_files, verify_manifest
 from foundry.registry.package import (
     TMP_PREFIX,
@@ -155,19 +163,24 @@ class Registry:
 
     home: store root (default ``default_home()``, resolved now). url: SQLAlchemy database
     URL (default ``FOUNDRY_DATABASE_URL``, else ``sqlite:///<home>/foundry.db``). The
-    database's tables are created (or migrated, `foundry.migrations`) on first use. Safe
-    to share between threads; several processes may use the same home and database at
-    once.
+    database's tables are created (or migrated, `foundry.migrations`) on first use.
+    artifacts: ``s3://bucket/prefix`` where packages are shared (default
+    ``FOUNDRY_ARTIFACTS``; unset: packages live in the home only). Safe to share between
+    threads; several processes may use the same home and database at once, and several
+    homes the same database and artifact store.
     """
 
-    def __init__(self, home: Path | str | None = None, url: str | None = None) -> None:
+    def __init__(self, home: Path | str | None = None, url: str | None = None, *,
+                 artifacts: str | None = None) -> None:
         self.home = Path(home).expanduser().resolve() if home is not None else default_home()
         self.url = database_url(self.home, url)
+        self.artifacts: ArtifactStore | None = artifact_store(artifacts)
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"Registry(home={str(self.home)!r}, url={self._safe_url()!r})"
+        shared = f", artifacts={self.artifacts.url!r}" if self.artifacts is not None else ""
+        return f"Registry(home={str(self.home)!r}, url={self._safe_url()!r}{shared})"
 
     # -- writing ----------------------------------------------------------------------
 
@@ -219,14 +232,37 @@ class Registry:
             card=card,
             files=files,
         )
+
+        def seal_as(version: int) -> str:
+            stored = {**manifest, "name": name, "version": version, "parent": parent_ref}
+            _write_card(tmp, stored, metrics, card)
+            # Last: foundry.json lists the checksums of every file above, and the index
+            # keeps foundry.json's own (unchanged files are hashed once).
+            return seal(tmp, stored)
+
+        def new_row(version: int, path: str, size: int, manifest_sha256: str) -> _ModelVersionRow:
+            return _ModelVersionRow(
+                name=name,
+                version=version,
+                path=path,
+                created_at=datetime.now(timezone.utc),
+                parent=parent_ref,
+                task=_task_name(manifest.get("task")),
+                metrics=metrics,
+                fingerprint=_optional_str(manifest.get("fingerprint")),
+                description=description,
+                tags=tag_list,
+                size_bytes=size,
+                manifest_sha256=manifest_sha256,
+                run_dir=str(Path(run_dir).resolve()) if run_dir is not None else None,
+            )
+
         try:
+            if self.artifacts is not None:
+                return self._register_shared(name, tmp, self.artifacts, seal_as, new_row)
             for _ in range(_MAX_ATTEMPTS):
                 version = max(self._max_version(name), _max_dir_version(model_dir)) + 1
-                stored = {**manifest, "name": name, "version": version, "parent": parent_ref}
-                _write_card(tmp, stored, metrics, card)
-                # Last: foundry.json lists the checksums of every file above, and the
-                # index keeps foundry.json's own (unchanged files are hashed once).
-                manifest_sha256 = seal(tmp, stored)
+                manifest_sha256 = seal_as(version)
                 final = model_dir / str(version)
                 size = _dir_size(tmp)
                 try:
@@ -237,21 +273,8 @@ class Registry:
                         continue
                     raise ModelError(f"cannot move the model package to {final}: {exc}") from exc
                 try:
-                    row = _ModelVersionRow(
-                        name=name,
-                        version=version,
-                        path=final.relative_to(self.home).as_posix(),
-                        created_at=datetime.now(timezone.utc),
-                        parent=parent_ref,
-                        task=_task_name(manifest.get("task")),
-                        metrics=metrics,
-                        fingerprint=_optional_str(manifest.get("fingerprint")),
-                        description=description,
-                        tags=tag_list,
-                        size_bytes=size,
-                        manifest_sha256=manifest_sha256,
-                        run_dir=str(Path(run_dir).resolve()) if run_dir is not None else None,
-                    )
+                    row = new_row(version, final.relative_to(self.home).as_posix(), size,
+                                  manifest_sha256)
                     # expire_on_commit=False: the row's values are read after the commit.
                     with Session(engine, expire_on_commit=False) as session, session.begin():
                         session.add(row)
@@ -282,6 +305,70 @@ class Registry:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    def _register_shared(
+        self,
+        name: str,
+        tmp: Path,
+        store: ArtifactStore,
+        seal_as: Callable[[int], str],
+        new_row: Callable[[int, str, int, str], _ModelVersionRow],
+    ) -> ModelRecord:
+        """`register` with an artifact store: upload the sealed package `tmp` under a path
+        of its own, then insert the row; a version taken meanwhile by another writer
+        (the unique constraint) removes the upload and tries the next number. The
+        package stays in this home as its cached copy."""
+        for _ in range(_MAX_ATTEMPTS):
+            version = self._max_version(name) + 1
+            manifest_sha256 = seal_as(version)
+            rel = store.new_path(name, version)
+            size = _dir_size(tmp)
+            store.upload(tmp, rel)  # first: no row ever points at objects not there
+            try:
+                row = new_row(version, rel, size, manifest_sha256)
+                with Session(self._get_engine(), expire_on_commit=False) as session, \
+                        session.begin():
+                    session.add(row)
+            except IntegrityError as exc:
+                store.remove(rel)
+                if self._version_taken(name, version):
+                    continue
+                raise ModelError(
+                    f"the registry database refused {name}:{version}: {exc.orig}"
+                ) from exc
+            except BaseException as exc:
+                # A commit can fail after the server applied it (a dropped connection):
+                # the objects go only once the row is known to be absent.
+                if not self._maybe_recorded(name, version, rel):
+                    store.remove(rel)
+                if isinstance(exc, SQLAlchemyError):
+                    raise ModelError(
+                        f"cannot record {name}:{version} in the registry database "
+                        f"{self._safe_url()!r}: {exc}"
+                    ) from exc
+                raise
+            # This home's cached copy: its first load downloads nothing (if the rename
+            # fails, the first load fetches it instead).
+            with contextlib.suppress(OSError):
+                os.rename(tmp, self.home / rel)
+            return self._record(row)
+        raise ModelError(
+            f"could not allocate a version of '{name}' after {_MAX_ATTEMPTS} attempts",
+            hint="too many concurrent registrations of the same name",
+        )
+
+    def _maybe_recorded(self, name: str, version: int, path: str) -> bool:
+        """Whether the row (name, version, path) may exist: True when the database says
+        so or cannot be asked."""
+        try:
+            with Session(self._get_engine()) as session:
+                query = select(_ModelVersionRow.id).where(
+                    _ModelVersionRow.name == name, _ModelVersionRow.version == version,
+                    _ModelVersionRow.path == path,
+                )
+                return session.scalar(query) is not None
+        except SQLAlchemyError:
+            return True
+
     def delete(self, ref: str) -> ModelRecord:
         """Remove one version (the reference must name it: "adult:3"). Returns its record.
 
@@ -301,6 +388,10 @@ class Registry:
                     _ModelVersionRow.name == name, _ModelVersionRow.version == version
                 )
             )
+        if self.artifacts is not None:
+            # After the row: a version is never listed without its objects. A failure
+            # leaves objects no row names (logged with their URL), not a broken model.
+            self.artifacts.remove(directory.relative_to(self.home).as_posix())
         # Rename first so the package disappears in one step, then remove it.
         trash = directory.parent / f"{TMP_PREFIX}deleted-{uuid.uuid4().hex}"
         try:
@@ -385,7 +476,7 @@ class Registry:
                 raise ModelError(f"{ref} is not a model package directory")
             return read_package(ref)
         record = self.resolve(ref)
-        return read_package(self.package_dir(record), manifest_sha256=record.manifest_sha256,
+        return read_package(self.local_dir(record), manifest_sha256=record.manifest_sha256,
                             ref=record.ref)
 
     def verify(self, ref: str) -> bool:
@@ -393,13 +484,13 @@ class Registry:
         loading it (`foundry models verify`): ModelError naming the first file that
         differs; False for a version registered before packages carried checksums."""
         record = self.resolve(ref)
-        return verify_files(self.package_dir(record), self.read_manifest(record),
+        return verify_files(self.local_dir(record), self.read_manifest(record),
                             ref=record.ref)
 
     def read_manifest(self, record: ModelRecord) -> dict[str, Any]:
         """A version's foundry.json without its weights, checked against the index's
         record of it: ModelError if it was changed after registration."""
-        directory = self.package_dir(record)
+        directory = self.local_dir(record)
         verify_manifest(directory, record.manifest_sha256, ref=record.ref)
         return read_json(directory / "foundry.json")
 
@@ -409,6 +500,24 @@ class Registry:
         return Confinement([self.home / "models"]).require(
             record.path, what=f"the package folder of {record.ref} in the registry index,"
         )
+
+    def local_dir(self, record: ModelRecord) -> Path:
+        """`package_dir`, downloaded from the artifact store first (and verified) when
+        this home does not hold it yet."""
+        directory = self.package_dir(record)
+        if (directory / "foundry.json").is_file():
+            return directory
+        rel = directory.relative_to(self.home).as_posix()
+        if self.artifacts is not None:
+            self.artifacts.fetch(rel, directory, manifest_sha256=record.manifest_sha256,
+                                 ref=record.ref)
+        elif not directory.name.isdigit():  # a `<version>-<id>` path: a shared package
+            raise ModelError(
+                f"model {record.ref} was registered to an artifact store ({rel}), and "
+                f"{ARTIFACTS_ENV} is not set",
+                hint=f"set {ARTIFACTS_ENV} to the s3:// URL it was registered with",
+            )
+        return directory
 
     def run_dirs(self, names: Iterable[str]) -> list[Path]:
         """The run folders foundry recorded for the versions of `names`, newest first:
