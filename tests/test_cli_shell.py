@@ -23,9 +23,12 @@ def test_version_prints_the_version_and_the_distribution():
     assert result.output.strip() == f"foundry {foundry.__version__} ({DISTRIBUTION})"
 
 
-def test_show_completion_prints_a_bash_script_that_completes_commands():
-    result = runner.invoke(app, ["--show-completion", "bash"], prog_name="foundry")
-    assert result.exit_code == 0
+def test_show_completion_prints_a_bash_script_that_completes_commands(monkeypatch):
+    # typer picks the shell from the parent processes (shellingham): make it bash here,
+    # whatever runs the tests
+    monkeypatch.setattr("typer.completion._get_shell_name", lambda: "bash")
+    result = runner.invoke(app, ["--show-completion"], prog_name="foundry")
+    assert result.exit_code == 0, result.output
     assert "complete -o default -F _foundry_completion foundry" in result.output
     assert "_FOUNDRY_COMPLETE=complete_bash" in result.output
     # what that script asks the program when the user presses TAB after `foundry models `
