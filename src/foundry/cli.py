@@ -26,7 +26,8 @@ app = typer.Typer(
     name="foundry",
     help="From a data file to a trained, evaluated, registered model — one config.",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion (bash, zsh, fish, PowerShell): typer's own.
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -39,6 +40,25 @@ app.add_typer(runs_app, name="runs")
 
 def _out(text: str) -> None:
     typer.echo(text)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from foundry.extras import DISTRIBUTION
+        from foundry.version import __version__
+
+        _out(f"foundry {__version__} ({DISTRIBUTION})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True,
+        help="Print foundry's version and exit.",
+    ),
+) -> None:
+    """From a data file to a trained, evaluated, registered model — one config."""
 
 
 @app.command()
@@ -556,7 +576,7 @@ def main() -> None:
     warnings.showwarning = _show_warning
     try:
         try:
-            app()
+            app(prog_name="foundry")
         except FoundryError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise SystemExit(exc.exit_code) from None

@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from foundry.errors import FoundryError
+from foundry.extras import install_command
 
 ENV_KEY = "FOUNDRY_ENCRYPTION_KEY"
 ENV_KEY_FILE = "FOUNDRY_ENCRYPTION_KEY_FILE"
@@ -156,7 +157,7 @@ def _aesgcm(key: bytes) -> Any:
     except ImportError:
         raise EncryptionError(
             f"{ENV_KEY} is set but the cryptography package is not installed",
-            hint="pip install 'foundry[encryption]'",
+            hint=install_command("encryption"),
         ) from None
     return AESGCM(key)
 

@@ -32,7 +32,6 @@ from foundry.errors import FoundryError
 ENDPOINT_ENV = "FOUNDRY_S3_ENDPOINT_URL"
 SCHEMES = ("s3://",)
 """URL forms read through object storage; everything else is a local path."""
-INSTALL_HINT = "install the object-storage client: pip install 'foundry[s3]' (s3fs)"
 
 
 def is_url(path: object) -> bool:
@@ -65,12 +64,16 @@ def storage_options() -> dict[str, Any]:
 def filesystem(*, error: type[FoundryError]) -> Any:
     """An s3fs filesystem configured from the environment (fsspec reuses one instance per
     set of options). `error` is raised, with the install line, when s3fs is missing."""
+    from foundry.extras import install_command
+
     try:
         import s3fs
-    except ImportError as exc:
-        raise error(
-            f"s3:// paths need s3fs, which is not installed ({exc})", hint=INSTALL_HINT
-        ) from exc
+    except ModuleNotFoundError as exc:
+        if exc.name != "s3fs":  # a broken install: the extra's command would not fix it
+            raise
+        raise error(  # the line foundry.extras.require gives, in the caller's error type
+            f"s3:// paths need s3fs (not installed); install it with: {install_command('s3')}"
+        ) from None
     return s3fs.S3FileSystem(**storage_options())
 
 

@@ -84,6 +84,13 @@ def train(
                 share=("model_ref", "metrics", "package_path"),
             )
     family = family_for(cfg.model.type)
+    # optional libraries a config asks for: a missing one fails here, before any work
+    from foundry.extras import require
+
+    if cfg.train.privacy is not None:
+        require("trust", "opacus", "differentially private training (train.privacy)")
+    if cfg.evaluate.fairness.sensitive_features:  # the audit runs last, after training
+        require("trust", "fairlearn", "the fairness audit (evaluate.fairness)")
     quiet = quiet or not distributed.is_main()  # rank 0 alone reports a distributed run
     say = Reporter(quiet=quiet)
     started = time.perf_counter()

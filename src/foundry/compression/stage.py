@@ -155,6 +155,10 @@ def compress(
             "train again on the same data without a privacy guarantee",
             hint="compress it with int8, onnx or onnx_int8 (no retraining)",
         )
+    if any(m.startswith("onnx") for m in config.methods):
+        from foundry.compression.onnx import require_onnx
+
+        require_onnx("ONNX compression (compress.methods onnx, onnx_int8)")
     parent = Predictor.from_package(package, ref=record.ref)
     started = time.perf_counter()
 
@@ -336,11 +340,7 @@ def finish(
     # when a key is set (the variants were registered through the registry already).
     crypto.seal_tree(out_dir)
     if not say.quiet:
-        from rich.console import Console
-
-        # a pipe reports 80 columns: a wider table than that wraps less badly than it folds
-        console = say.console
-        Console(file=console.file, width=max(console.width, 150)).print(comparison_table(result))
+        say.table(comparison_table(result), width=150)
         say.info(f"table and every metric: {out_dir / 'compress.md'}, compress.json")
     return result
 

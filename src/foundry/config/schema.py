@@ -1546,7 +1546,7 @@ class TrackConfig(Section):
 
     mlflow: MLflowTrackConfig | None = None
     """Log params (the flattened config), per-epoch metrics (gbm: every few rounds), the
-    final metrics and the card to MLflow (`pip install 'foundry[tracking]'`)."""
+    final metrics and the card to MLflow (`pip install 'foundry-mlops[tracking]'`)."""
     tensorboard: bool = False
     """Write TensorBoard event files to `<run_dir>/tensorboard` (`tensorboard --logdir
     runs`): per-epoch and final metrics, the config as text."""

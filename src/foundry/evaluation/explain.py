@@ -53,6 +53,7 @@ from torch import nn
 
 import foundry.crypto as crypto
 from foundry.errors import DataError, ModelError
+from foundry.extras import require
 
 __all__ = [
     "ExplainResult",
@@ -334,6 +335,7 @@ def _integrate(
     [B, ...]) from `baselines`, for output column `targets[i]` of row i; `extra` tensors
     (integer ids, masks) pass along unchanged. Returns (attributions per input, float64
     numpy shaped like it; convergence delta per row)."""
+    require("trust", "captum", "integrated-gradients explanations")
     from captum.attr import IntegratedGradients
 
     attributions, delta = IntegratedGradients(net.explained_forward).attribute(

@@ -24,6 +24,7 @@ from typing import Any
 
 from foundry.config.schema import MLflowTrackConfig
 from foundry.errors import ConfigError
+from foundry.extras import require
 
 log = logging.getLogger("foundry.tracking")
 
@@ -50,13 +51,7 @@ class MLflowSink:
     name = "MLflow"
 
     def __init__(self, settings: MLflowTrackConfig, *, default_experiment: str) -> None:
-        try:
-            from mlflow import MlflowClient
-        except ImportError as exc:
-            raise ConfigError(
-                "track.mlflow needs the MLflow client: pip install 'foundry[tracking]' "
-                "(or mlflow-skinny)"
-            ) from exc
+        MlflowClient = require("tracking", "mlflow", "track.mlflow").MlflowClient
         self.uri = settings.uri or os.environ.get("MLFLOW_TRACKING_URI")
         if not self.uri:
             raise ConfigError(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from foundry.errors import ConfigError
+from foundry.extras import require
 
 FOLDER = "tensorboard"
 
@@ -19,12 +19,7 @@ class TensorBoardSink:
     name = "TensorBoard"
 
     def __init__(self) -> None:
-        try:
-            import tensorboardX  # noqa: F401
-        except ImportError as exc:
-            raise ConfigError(
-                "track.tensorboard needs tensorboardX: pip install 'foundry[tracking]'"
-            ) from exc
+        require("tracking", "tensorboardX", "track.tensorboard")
         self.writer = None
 
     def begin(self, run_dir: Path, params: dict[str, str]) -> None:
