@@ -202,6 +202,10 @@ class Service:
             self.batchers[served.name] = batcher
             self.models[served.name] = self.models[served.ref] = served
             self.state[ref] = "loaded"
+        if self.gate is not None:  # `foundry models delete` refuses what is served
+            served = sorted({m.ref for m in (*self.models.values(),
+                                             *self.language_models.values())})
+            await run_in_threadpool(self.gate.lease.record_models, served)
         for upstream in self.config.upstreams():  # answered by another engine
             from foundry.serve.upstream import UpstreamModel
 

@@ -47,12 +47,21 @@ def app_from_env() -> FastAPI:
 
     config = ServeConfig.model_validate_json(os.environ.get(ENV_CONFIG) or "{}")
     models = json.loads(os.environ.get(ENV_MODELS) or "[]")
-    return create_app(
+    app = create_app(
         config,
         models,
         admin_token=os.environ.get(ENV_ADMIN_TOKEN) or None,
         bare=os.environ.get(ENV_BARE) == "1",
     )
+    if config.tls.enabled:  # HSTS, and mutual TLS on /admin (foundry.serve.tls)
+        from foundry.serve.tls import TLSHeaders
+
+        app.add_middleware(
+            TLSHeaders,
+            hsts_max_age_s=config.tls.hsts_max_age_s,
+            require_client_cert=bool(config.tls.client_ca),
+        )
+    return app
 
 
 def run_server(
@@ -74,6 +83,7 @@ def run_server(
     import uvicorn
 
     from foundry.serve.http_limits import PROTOCOL
+    from foundry.serve.tls import uvicorn_options
 
     refs = list(dict.fromkeys([*config.model_refs(), *models]))
     config = ServeConfig.model_validate(
@@ -107,6 +117,8 @@ def run_server(
             # body_timeout_s, max_connections), read from FOUNDRY_SERVE_CONFIG per worker.
             http=PROTOCOL,
             ws="none",  # no WebSocket routes: an upgrade request is answered as plain HTTP
+            # serve.tls: HTTPS on this same socket, TLS 1.2+ (no plain listener besides).
+            **uvicorn_options(config.tls),
         )
 
 
