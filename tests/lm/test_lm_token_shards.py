@@ -148,7 +148,7 @@ def test_encrypted_shards_read_the_same_rows_hold_no_plaintext_and_rotate(
     from foundry.crypto import EncryptionError
 
     monkeypatch.setattr(token_shards, "SHARD_TOKENS", 500)  # several shard files
-    monkeypatch.setattr(crypto, "CHUNK", 64)  # rows cross chunks, chunks are cached
+    monkeypatch.setattr(token_shards, "SHARD_CHUNK", 64)  # rows cross chunks
     corpus = write_txt(tmp_path / "corpus.txt", documents())
     loaded = config(corpus, tmp_path)
     plain = prepare(loaded, tmp_path / "run1")

@@ -70,6 +70,11 @@ __all__ = [
 
 SHARD_TOKENS = 1 << 27
 """Tokens per shard file (256 MiB as uint16): files a filesystem and a copy handle well."""
+SHARD_CHUNK = 1 << 12
+"""Plaintext bytes per encrypted chunk of a shard (a key set): 4 KiB, not the 1 MiB of
+other files, because a row read by offset decrypts every chunk it touches; random rows
+read 12x faster than from 1 MiB chunks, for 16 bytes of tag per 4 KiB (0.4% on disk)
+(benchmarks/token_shards.py --encrypted, docs/BENCHMARKS.md)."""
 FORMAT = 1
 """Bumped when the shard layout changes: older shard folders are then rebuilt."""
 _ENCODE_BATCH = 1024  # documents tokenized per `encode_batch` call (parallel in Rust)
@@ -304,7 +309,9 @@ def _write_atomic(path: Path, text: str) -> None:
 def _open_shard(path: Path) -> Any:
     """A shard file to append tokens to: encrypted a chunk at a time when a key is set."""
     ring = crypto.keyring()
-    return crypto.EncryptingWriter(path, ring.current) if ring else path.open("wb")
+    if ring is None:
+        return path.open("wb")
+    return crypto.EncryptingWriter(path, ring.current, chunk=SHARD_CHUNK)
 
 
 def _save_npy(path: Path, values: np.ndarray) -> None:
@@ -397,11 +404,12 @@ def _build(
 
 class _SealedShard:
     """An encrypted shard, sliced like the memory map of a plain one: the tokens of a
-    slice are read through `crypto.ChunkReader` (only the 1 MiB chunks covering them are
+    slice are read through `crypto.ChunkReader` (only the chunks covering them are
     decrypted, the last few kept)."""
 
     def __init__(self, path: Path, dtype: np.dtype) -> None:
-        self.reader, self.dtype = crypto.ChunkReader(path), dtype
+        # 16 chunks of 4 KiB: a row's neighbours in the same document are still there
+        self.reader, self.dtype = crypto.ChunkReader(path, cache=16), dtype
 
     def __getitem__(self, part: slice) -> np.ndarray:
         size = self.dtype.itemsize
