@@ -187,7 +187,7 @@ def test_streamed_writes_are_encrypt_and_read_back_by_offset(key, tmp_path, monk
     assert crypto.read_bytes(path) == data
     assert crypto.plain_sha256(path) == hashlib.sha256(data).hexdigest()
 
-    reader = crypto.ChunkReader(path, cache=2)
+    reader = crypto.ChunkReader(path, cache_bytes=128)
     assert reader.size == size
     for _ in range(30):
         start = rng.randint(0, size)

@@ -399,11 +399,11 @@ class ChunkReader:
     """Random access to an encrypted file's plaintext by offset (`read(offset, size)`),
     decrypting only the chunks that cover the range, each checked against its tag. Each
     chunk has its own nonce (its index) and tag, so any one decrypts alone. The last
-    `cache` decrypted chunks are kept (least recently used dropped first), so reading a
-    file in order decrypts every chunk once. Reads with `os.pread`: no shared file
+    decrypted chunks are kept, up to `cache_bytes` (at least one; least recently used
+    dropped first), so reading a file in order decrypts every chunk once. Reads with `os.pread`: no shared file
     position, so it keeps working in forked DataLoader workers."""
 
-    def __init__(self, path: str | Path, *, cache: int = 4) -> None:
+    def __init__(self, path: str | Path, *, cache_bytes: int = 4 << 20) -> None:
         self.path = str(path)
         self._fd = os.open(path, os.O_RDONLY)
         try:
@@ -420,7 +420,7 @@ class ChunkReader:
         self.size = max(0, body - TAG * self.n_chunks)
         """Plaintext bytes."""
         self._cache: dict[int, bytes] = {}  # insertion order = recency (moved on a hit)
-        self._keep = max(1, cache)
+        self._keep = max(1, cache_bytes // self.chunk)
 
     def _plain_chunk(self, i: int) -> bytes:
         hit = self._cache.pop(i, None)

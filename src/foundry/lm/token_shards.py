@@ -408,8 +408,9 @@ class _SealedShard:
     decrypted, the last few kept)."""
 
     def __init__(self, path: Path, dtype: np.dtype) -> None:
-        # 16 chunks of 4 KiB: a row's neighbours in the same document are still there
-        self.reader, self.dtype = crypto.ChunkReader(path, cache=16), dtype
+        # 64 KiB a shard: the chunks of the last rows read (a document's next row is
+        # likely there); a random row of a large corpus hits no cache of any size
+        self.reader, self.dtype = crypto.ChunkReader(path, cache_bytes=1 << 16), dtype
 
     def __getitem__(self, part: slice) -> np.ndarray:
         size = self.dtype.itemsize
