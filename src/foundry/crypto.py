@@ -400,8 +400,9 @@ class ChunkReader:
     decrypting only the chunks that cover the range, each checked against its tag. Each
     chunk has its own nonce (its index) and tag, so any one decrypts alone. The last
     decrypted chunks are kept, up to `cache_bytes` (at least one; least recently used
-    dropped first), so reading a file in order decrypts every chunk once. Reads with `os.pread`: no shared file
-    position, so it keeps working in forked DataLoader workers."""
+    dropped first), so reading a file in order decrypts every chunk once. Reads with
+    `os.pread`: no shared file position, so it keeps working in forked DataLoader
+    workers."""
 
     def __init__(self, path: str | Path, *, cache_bytes: int = 4 << 20) -> None:
         self.path = str(path)
