@@ -142,10 +142,12 @@ def test_unfinished_build_is_not_reused(tmp_path: Path) -> None:
 
 
 def test_encrypted_shards_read_the_same_rows_hold_no_plaintext_and_rotate(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, foundry_home: Path
 ) -> None:
     import foundry.crypto as crypto
     from foundry.crypto import EncryptionError
+    from foundry.registry import Registry
+    from foundry.serve.cli_admin import keys_rotate_encryption
 
     monkeypatch.setattr(token_shards, "SHARD_TOKENS", 500)  # several shard files
     monkeypatch.setattr(token_shards, "SHARD_CHUNK", 64)  # rows cross chunks
@@ -179,10 +181,14 @@ def test_encrypted_shards_read_the_same_rows_hold_no_plaintext_and_rotate(
         raw = path.read_bytes()
         assert not any(n in raw for n in needles), f"{path} holds plaintext tokens"
 
-    # rotation re-wraps the headers; the new key alone reads them (and reuses them)
+    # `foundry keys rotate-encryption` re-wraps the shards beside a registered run's
+    # folder; the new key alone then reads them (and reuses them)
+    Registry().register("shards", weights={"w": torch.zeros(2)}, manifest={}, metrics={},
+                        run_dir=tmp_path / "runs" / "shards-1")  # fmt: skip
     new = crypto.MasterKey.parse(crypto.new_key(), source="test")
-    ring = crypto.keyring()
-    assert crypto.rotate_tree(cache, new, ring) == len(stored)
+    (tmp_path / "new.key").write_text(base64.b64encode(new.key).decode())
+    keys_rotate_encryption(new_key_file=tmp_path / "new.key", paths=None)
+    assert {p.read_bytes()[9:17] for p in stored} == {new.key_id}  # key id in each header
     monkeypatch.setenv(crypto.ENV_KEY, base64.b64encode(new.key).decode())
     again = prepare(loaded, tmp_path / "run3")
     assert again.data.reused and again.data.folder == folder
