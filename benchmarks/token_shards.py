@@ -15,6 +15,14 @@ the first 2,000 documents, and then, each in a fresh subprocess:
 
 Reported: peak RSS (`ru_maxrss`), seconds, and for shards the rows of 256 tokens read per
 second by offset (random batches of 32). The target: shard memory flat in corpus size.
+
+    PYTHONPATH=src python benchmarks/token_shards.py --encrypted --sizes-mb 8
+
+Encryption at rest (issue 20): the same corpus built into shards twice, in clear and with
+FOUNDRY_ENCRYPTION_KEY set, then rows read from both in one process, alternating rounds
+of 1 s each after a warm-up: random batches of 32 rows (each row in another chunk) and
+the split's rows in order. `--chunks-kb` lists the chunk sizes the encrypted shards are
+built with, one build each (the header records it; `lm.token_shards.SHARD_CHUNK`).
 """
 
 from __future__ import annotations
@@ -98,11 +106,80 @@ def child(mode: str, corpus: str, tokenizer_file: str, workdir: str) -> dict[str
     return out
 
 
+def encrypted(corpus: Path, tokenizer_file: Path, work: Path, chunks_kb: list[int],
+              rounds: int) -> None:  # fmt: skip
+    """Rows/s read from plain vs encrypted shards of `corpus` (one build per chunk size),
+    alternating."""
+    import os
+
+    import torch
+
+    import foundry.crypto as crypto
+    from foundry.lm import token_shards
+    from foundry.lm.token_shards import open_corpus_splits, prepare_corpus
+    from foundry.lm.tokenizer import BPETokenizer
+
+    shutil.rmtree(work, ignore_errors=True)  # a new key each run: build afresh
+    cfg = config(corpus, work)
+    tokenizer = BPETokenizer.from_json(tokenizer_file.read_text())
+    windows = {}
+    for kb in [0, *chunks_kb]:
+        mode = f"encrypted, {kb} KiB chunks" if kb else "plain"
+        if kb:
+            os.environ.setdefault(crypto.ENV_KEY, crypto.new_key())
+            token_shards.SHARD_CHUNK = kb << 10
+        started = time.perf_counter()
+        built, _ = prepare_corpus(corpus, cfg, work / f"token_shards-{kb}",
+                                  lambda _texts: tokenizer, BPETokenizer.to_json)  # fmt: skip
+        print(f"{mode:<26} shards built in {time.perf_counter() - started:5.1f}s, "
+              f"{sum(p.stat().st_size for p in built.folder.glob('shard-*')):,} bytes",
+              flush=True)  # fmt: skip
+        windows[mode] = open_corpus_splits(built, BLOCK)["train"]
+    n = len(windows["plain"])
+    check = torch.randint(n, (64,), generator=torch.Generator().manual_seed(1))
+    for w in windows.values():
+        assert torch.equal(w.input_ids[check], windows["plain"].input_ids[check])
+
+    def rate(w: Any, order: str, seconds: float, gen: torch.Generator) -> float:
+        read, start, at = 0, time.perf_counter(), 0
+        while time.perf_counter() - start < seconds:
+            if order == "random":
+                idx = torch.randint(n, (32,), generator=gen)
+            else:  # the split's rows in order: its documents are in split (shuffled) order
+                idx = torch.arange(at, at + 32) % n
+                at += 32
+            w.input_ids[idx], w.labels[idx]
+            read += 32
+        return read / (time.perf_counter() - start)
+
+    for order in ("random", "in order"):
+        gen = torch.Generator().manual_seed(0)
+        for w in windows.values():  # warm-up: page cache, first chunks
+            rate(w, order, 0.3, gen)
+        got: dict[str, list[float]] = {mode: [] for mode in windows}
+        for _ in range(rounds):
+            for mode, w in windows.items():
+                got[mode].append(rate(w, order, 1.0, gen))
+        median = {mode: sorted(v)[len(v) // 2] for mode, v in got.items()}
+        for mode, value in median.items():
+            print(f"rows read /s, {order:<8} (median of {rounds}, 32 x {BLOCK} a batch): "
+                  f"{mode:<26} {value:9,.0f}  {value / median['plain']:.2f} x plain",
+                  flush=True)  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes-mb", default="20,80")
     parser.add_argument("--workdir", default="/tmp/foundry-token-shards")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--encrypted",
+        action="store_true",
+        help="rows/s from encrypted vs plain shards (first size only)",
+    )
+    parser.add_argument("--chunks-kb", default="1024,16,4",
+                        help="with --encrypted: the chunk sizes to compare")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(*args.child)))
@@ -119,6 +196,11 @@ def main() -> None:
 
         docs = itertools.islice(_text_documents(work / f"corpus-{min(sizes)}mb.txt"), 2000)
         tokenizer_file.write_text(BPETokenizer.train(docs, VOCAB).to_json())
+    if args.encrypted:
+        corpus = work / f"corpus-{sizes[0]}mb.txt"
+        chunks = [int(kb) for kb in args.chunks_kb.split(",")]
+        encrypted(corpus, tokenizer_file, work / "encrypted", chunks, args.rounds)
+        return
     for mb in sizes:
         corpus = work / f"corpus-{mb}mb.txt"
         for mode in ("memory", "shards", "reuse"):

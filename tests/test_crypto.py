@@ -4,6 +4,7 @@ re-wraps headers only; checkpoints and database fields go through the same key."
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 
 import pytest
@@ -165,3 +166,35 @@ def test_serving_a_public_address_without_tls_warns_first(capsys):
     with pytest.raises(ModelError):
         serve(["no-such-model"], None, "0.0.0.0", 8000, 1)
     assert "warning: serving on 0.0.0.0 without TLS" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [0, 1, 64, 65, 192, 1000])
+def test_streamed_writes_are_encrypt_and_read_back_by_offset(key, tmp_path, monkeypatch, size):
+    import random
+
+    monkeypatch.setattr(crypto, "CHUNK", 64)  # many chunks from a few bytes
+    data = bytes(random.Random(size).randrange(256) for _ in range(size))
+    path = tmp_path / "streamed.bin"
+    rng = random.Random(0)
+    with crypto.EncryptingWriter(path, crypto.keyring().current) as writer:
+        at = 0
+        while at < size:  # pieces smaller and larger than a chunk
+            step = rng.randint(1, 150)
+            writer.write(data[at : at + step])
+            at += step
+    whole = crypto.encrypt(data, crypto.keyring().current)
+    assert path.stat().st_size == len(whole)
+    assert crypto.read_bytes(path) == data
+    assert crypto.plain_sha256(path) == hashlib.sha256(data).hexdigest()
+
+    reader = crypto.ChunkReader(path, cache_bytes=128)
+    assert reader.size == size
+    for _ in range(30):
+        start = rng.randint(0, size)
+        length = rng.randint(0, 200)
+        assert reader.read(start, length) == data[start : start + length]
+    if size > 64:  # dropping the last chunk (at a chunk boundary) fails the tags
+        cut = crypto.HEADER_BYTES + 64 + crypto.TAG
+        path.write_bytes(path.read_bytes()[:cut])
+        with pytest.raises(EncryptionError, match="chunk 0 fails its authentication tag"):
+            crypto.ChunkReader(path).read(0, 1)

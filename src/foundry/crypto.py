@@ -4,6 +4,8 @@
     read_bytes(path) / read_text(path)                  either kind, decrypted on load
     read_buffer(path, digest)                           large files: one buffer, hashed
     write_tensors(path, tensors) / read_tensors(path)   safetensors files
+    EncryptingWriter(path, master)                      a file written a piece at a time
+    ChunkReader(path)                                   random access, by plaintext offset
     seal_file(path)                                     encrypt a file a library wrote
     plain_directory(folder)                             a folder a library reads by path
     encrypt_field(text) / decrypt_field(value)          database columns
@@ -348,6 +350,121 @@ def _decrypt_into(
                 hint="restore it from a backup",
             ) from exc
         yield target
+
+
+class EncryptingWriter:
+    """A file written a piece at a time (`write`, then `close`), encrypted chunk by chunk
+    as it goes: the same bytes `encrypt` gives for the whole plaintext (under another
+    data key), so `read_bytes`, `ChunkReader`, `rewrap_file` and rotation read it. Holds
+    at most one chunk: a chunk is sealed only once more data follows it, because the last
+    one carries the last-chunk flag in its nonce and which is last is known at `close`."""
+
+    def __init__(self, path: str | Path, master: MasterKey, *, chunk: int | None = None) -> None:
+        chunk = chunk or CHUNK
+        data_key = secrets.token_bytes(32)
+        nonce = secrets.token_bytes(12)
+        wrapped = _aesgcm(master.key).encrypt(
+            nonce, data_key, MAGIC + bytes([VERSION]) + master.key_id
+        )
+        self._cipher, self._chunk, self._index = _aesgcm(data_key), chunk, 0
+        self._pending = bytearray()
+        self._file = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._file.write(_PREFIX.pack(MAGIC, VERSION, master.key_id, nonce, wrapped, chunk))
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._pending += data
+        while len(self._pending) > self._chunk:  # more follows: this chunk is not the last
+            self._seal(memoryview(self._pending)[: self._chunk], last=False)
+            del self._pending[: self._chunk]
+
+    def _seal(self, plain: memoryview | bytearray, *, last: bool) -> None:
+        nonce = _chunk_nonce(self._index, last)
+        self._file.write(self._cipher.encrypt(nonce, bytes(plain), None))
+        self._index += 1
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        self._seal(self._pending, last=True)  # an empty file is one empty chunk, as encrypt
+        self._pending = bytearray()
+        self._file.close()
+
+    def __enter__(self) -> EncryptingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ChunkReader:
+    """Random access to an encrypted file's plaintext by offset (`read(offset, size)`),
+    decrypting only the chunks that cover the range, each checked against its tag. Each
+    chunk has its own nonce (its index) and tag, so any one decrypts alone. The last
+    decrypted chunks are kept, up to `cache_bytes` (at least one; least recently used
+    dropped first), so reading a file in order decrypts every chunk once. Reads with
+    `os.pread`: no shared file position, so it keeps working in forked DataLoader
+    workers."""
+
+    def __init__(self, path: str | Path, *, cache_bytes: int = 4 << 20) -> None:
+        self.path = str(path)
+        self._fd = os.open(path, os.O_RDONLY)
+        try:
+            header = os.pread(self._fd, HEADER_BYTES, 0)
+            if not is_encrypted_bytes(header):
+                raise EncryptionError(f"{path}: not an encrypted file (no foundry header)")
+            key, self.chunk = _unwrap(header, keyring(), what=self.path)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._cipher = _aesgcm(key)
+        body = os.fstat(self._fd).st_size - HEADER_BYTES
+        self.n_chunks = max(1, -(-body // (self.chunk + TAG)))
+        self.size = max(0, body - TAG * self.n_chunks)
+        """Plaintext bytes."""
+        self._cache: dict[int, bytes] = {}  # insertion order = recency (moved on a hit)
+        self._keep = max(1, cache_bytes // self.chunk)
+
+    def _plain_chunk(self, i: int) -> bytes:
+        hit = self._cache.pop(i, None)
+        if hit is None:
+            from cryptography.exceptions import InvalidTag
+
+            step = self.chunk + TAG
+            sealed = os.pread(self._fd, step, HEADER_BYTES + i * step)
+            try:
+                hit = self._cipher.decrypt(_chunk_nonce(i, i == self.n_chunks - 1), sealed, None)
+            except InvalidTag as exc:
+                raise EncryptionError(
+                    f"{self.path} is damaged or truncated (chunk {i} fails its authentication tag)",
+                    hint="restore it from a backup, or delete it to have it rebuilt",
+                ) from exc
+            if len(self._cache) >= self._keep:
+                del self._cache[next(iter(self._cache))]
+        self._cache[i] = hit
+        return hit
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Plaintext bytes [offset, offset + size) (fewer past the end)."""
+        stop = min(offset + size, self.size)
+        parts = []
+        while offset < stop:
+            i, start = divmod(offset, self.chunk)
+            plain = self._plain_chunk(i)
+            take = min(stop - offset, len(plain) - start)
+            if take <= 0:  # cannot happen with a file that passed its tags; never spin
+                break
+            parts.append(plain[start : start + take])
+            offset += take
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 def read_text(path: str | Path) -> str:

@@ -3,6 +3,7 @@ as the in-memory path; reused while corpus and tokenizer are unchanged, rebuilt 
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 from pathlib import Path
@@ -138,3 +139,76 @@ def test_unfinished_build_is_not_reused(tmp_path: Path) -> None:
         np.load(rebuilt.data.folder / "documents.npy")[-1]
         == rebuilt.data.folder.joinpath("shard-00000.bin").stat().st_size // 2
     )
+
+
+def test_encrypted_shards_read_the_same_rows_hold_no_plaintext_and_rotate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, foundry_home: Path
+) -> None:
+    import foundry.crypto as crypto
+    from foundry.crypto import EncryptionError
+    from foundry.registry import Registry
+    from foundry.serve.cli_admin import keys_rotate_encryption
+
+    monkeypatch.setattr(token_shards, "SHARD_TOKENS", 500)  # several shard files
+    monkeypatch.setattr(token_shards, "SHARD_CHUNK", 64)  # rows cross chunks
+    corpus = write_txt(tmp_path / "corpus.txt", documents())
+    loaded = config(corpus, tmp_path)
+    plain = prepare(loaded, tmp_path / "run1")
+    plain_files = {*plain.data.folder.parent.glob("tokenizer-*.json")}
+
+    first = crypto.new_key()
+    monkeypatch.setenv(crypto.ENV_KEY, first)
+    sealed = prepare(loaded, tmp_path / "run2")  # a key now: not the plain folder
+    folder = sealed.data.folder
+    assert not sealed.data.reused and folder != plain.data.folder
+    memory = load_lm_data(loaded)
+    for name in ("train", "val", "test"):
+        expected = corpus_blocks(getattr(memory, name).items, sealed.tokenizer, 16)
+        everything = torch.arange(len(expected))
+        assert torch.equal(sealed.splits[name].input_ids[everything], expected.input_ids)
+        assert torch.equal(sealed.splits[name].labels[everything], expected.labels)
+    shards = TokenShards(folder)
+    assert isinstance(shards.shards[0], token_shards._SealedShard) and shards.meta["shards"] > 2
+
+    # every file but meta.json is ciphertext; no 16 bytes of the plain shards appear
+    cache = folder.parent
+    stored = [p for p in [*folder.iterdir(), *cache.glob("tokenizer-*.json")]
+              if p.name != "meta.json" and p not in plain_files]  # fmt: skip
+    assert len(stored) >= 5 + shards.meta["shards"] and all(crypto.is_encrypted(p) for p in stored)
+    clear = b"".join(p.read_bytes() for p in sorted(plain.data.folder.glob("shard-*.bin")))
+    needles = [clear[i : i + 16] for i in range(0, len(clear) - 16, 16)]
+    for path in stored:
+        raw = path.read_bytes()
+        assert not any(n in raw for n in needles), f"{path} holds plaintext tokens"
+
+    # `foundry keys rotate-encryption` re-wraps the shards beside a registered run's
+    # folder; the new key alone then reads them (and reuses them)
+    Registry().register("shards", weights={"w": torch.zeros(2)}, manifest={}, metrics={},
+                        run_dir=tmp_path / "runs" / "shards-1")  # fmt: skip
+    new = crypto.MasterKey.parse(crypto.new_key(), source="test")
+    (tmp_path / "new.key").write_text(base64.b64encode(new.key).decode())
+    keys_rotate_encryption(new_key_file=tmp_path / "new.key", paths=None)
+    assert {p.read_bytes()[9:17] for p in stored} == {new.key_id}  # key id in each header
+    monkeypatch.setenv(crypto.ENV_KEY, base64.b64encode(new.key).decode())
+    again = prepare(loaded, tmp_path / "run3")
+    assert again.data.reused and again.data.folder == folder
+    rows = torch.tensor([3, 0, 1])
+    assert torch.equal(again.splits["train"].input_ids[rows], expected_rows(memory, again, rows))
+
+    monkeypatch.setenv(crypto.ENV_KEY, first)  # the old key no longer opens them
+    with pytest.raises(EncryptionError, match=r"shard-00000\.bin was encrypted with another key"):
+        TokenShards(folder)
+
+    monkeypatch.setenv(crypto.ENV_KEY, base64.b64encode(new.key).decode())
+    damaged = folder / "shard-00001.bin"
+    raw = bytearray(damaged.read_bytes())
+    raw[crypto.HEADER_BYTES + 100] ^= 1  # a byte of chunk 1
+    damaged.write_bytes(bytes(raw))
+    shards = TokenShards(folder)
+    shards.read(500, 532)  # chunk 0 of the damaged shard still reads
+    with pytest.raises(EncryptionError, match=r"shard-00001\.bin is damaged.*chunk 1 fails"):
+        shards.read(500, 1000)
+
+    monkeypatch.delenv(crypto.ENV_KEY)  # no key: the plain folder again, reused
+    back = prepare(loaded, tmp_path / "run4")
+    assert back.data.reused and back.data.folder == plain.data.folder

@@ -18,6 +18,14 @@ corpus is hashed again), and a changed corpus or tokenizer builds a new one. A b
 written to a temporary folder and renamed when complete, so a killed build is never
 reused. (The GPT tokenizer is cached the same way, as `tokenizer-<key>.json`.)
 
+With an encryption key set (FOUNDRY_ENCRYPTION_KEY, docs/SECURITY.md) the shards, the
+document offsets, the split orders and the cached tokenizer are written through
+`foundry.crypto` (the shards streamed a chunk at a time), and a shard is read through
+`crypto.ChunkReader`: only the chunks holding the requested tokens are decrypted, not the
+whole shard. Whether a key is set is part of the folder key, so a folder written in clear
+is never taken for an encrypted one or the reverse; meta.json (counts, settings, hashes)
+stays in clear.
+
 A split's token stream is its documents in split order, each followed by EOS: the
 stream `corpus_blocks` builds from the same documents. `TokenWindows` cuts it into rows
 of `block_size` exactly as `corpus_blocks` does and reads each row from the shards when
@@ -30,6 +38,7 @@ a batch asks for it, so training on the windows is training on the same rows.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -45,6 +54,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+import foundry.crypto as crypto
 from foundry.config.schema import FoundryConfig
 from foundry.errors import ConfigError, DataError
 from foundry.lm.data import IGNORE, split_positions
@@ -60,6 +70,11 @@ __all__ = [
 
 SHARD_TOKENS = 1 << 27
 """Tokens per shard file (256 MiB as uint16): files a filesystem and a copy handle well."""
+SHARD_CHUNK = 1 << 12
+"""Plaintext bytes per encrypted chunk of a shard (a key set): 4 KiB, not the 1 MiB of
+other files, because a row read by offset decrypts every chunk it touches; random rows
+read 12x faster than from 1 MiB chunks, for 16 bytes of tag per 4 KiB (0.4% on disk)
+(benchmarks/token_shards.py --encrypted, docs/BENCHMARKS.md)."""
 FORMAT = 1
 """Bumped when the shard layout changes: older shard folders are then rebuilt."""
 _ENCODE_BATCH = 1024  # documents tokenized per `encode_batch` call (parallel in Rust)
@@ -261,18 +276,21 @@ def prepare_corpus(
         docs = _scrubbed(corpus_documents(path, cfg), cfg, [])
         return (doc for i, doc in enumerate(docs) if in_train[i])
 
+    # With a key set, the cached files are encrypted: a different name than in clear, so
+    # neither kind is taken for the other (the plain names are those of before).
+    sealed = ["encrypted"] if crypto.enabled() else []
     tokenizer = None
     tok_file = None
     if tokenizer_key is not None and load_tokenizer is not None:
-        tok_file = cache / f"tokenizer-{_key(reading, tokenizer_key)[:20]}.json"
+        tok_file = cache / f"tokenizer-{_key(reading, tokenizer_key, *sealed)[:20]}.json"
         if tok_file.is_file():
-            tokenizer = load_tokenizer(tok_file.read_text(encoding="utf-8"))
+            tokenizer = load_tokenizer(crypto.read_text(tok_file))
     if tokenizer is None:
         tokenizer = make_tokenizer(train_texts)
         if tok_file is not None:
             _write_atomic(tok_file, tokenizer_json(tokenizer))
     tok_sha = hashlib.sha256(tokenizer_json(tokenizer).encode()).hexdigest()
-    folder = cache / _key(FORMAT, reading, tok_sha)[:20]
+    folder = cache / _key(FORMAT, reading, tok_sha, *sealed)[:20]
     reused = (folder / "meta.json").is_file()
     if not reused:
         _build(folder, path, cfg, tokenizer, split(), reading, tok_sha)
@@ -284,8 +302,30 @@ def prepare_corpus(
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.parent.mkdir(parents=True, exist_ok=True)  # only now: bad data leaves no folder
-    tmp.write_text(text, encoding="utf-8")
+    crypto.write_text(tmp, text, fsync=False)  # encrypted when a key is set
     os.replace(tmp, path)
+
+
+def _open_shard(path: Path) -> Any:
+    """A shard file to append tokens to: encrypted a chunk at a time when a key is set."""
+    ring = crypto.keyring()
+    if ring is None:
+        return path.open("wb")
+    return crypto.EncryptingWriter(path, ring.current, chunk=SHARD_CHUNK)
+
+
+def _save_npy(path: Path, values: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, values)
+    crypto.write_bytes(path, buffer.getvalue(), fsync=False)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """An offsets / split file: memory-mapped in clear, else decrypted into memory (8
+    bytes a document: small beside the tokens)."""
+    if not crypto.is_encrypted(path):
+        return np.load(path, mmap_mode="r")
+    return np.load(io.BytesIO(crypto.read_bytes(path)))
 
 
 def _build(
@@ -305,7 +345,7 @@ def _build(
     tmp.mkdir(parents=True)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     starts = array("q", [0])  # document i: tokens [starts[i], starts[i + 1])
-    shard, shard_file, written = 0, (tmp / "shard-00000.bin").open("wb"), 0
+    shard, shard_file, written = 0, _open_shard(tmp / "shard-00000.bin"), 0
     encode_batch = getattr(tokenizer, "encode_batch", None)
     reports: list[dict] = []
 
@@ -316,7 +356,7 @@ def _build(
             if room == 0:
                 shard_file.close()
                 shard, written = shard + 1, 0
-                shard_file = (tmp / f"shard-{shard:05d}.bin").open("wb")
+                shard_file = _open_shard(tmp / f"shard-{shard:05d}.bin")
                 continue
             shard_file.write(ids[:room].tobytes())
             written += min(room, len(ids))
@@ -333,9 +373,9 @@ def _build(
                 starts.append(starts[-1] + len(ids))
             batch = []
     shard_file.close()
-    np.save(tmp / "documents.npy", np.frombuffer(starts, dtype=np.int64))
+    _save_npy(tmp / "documents.npy", np.frombuffer(starts, dtype=np.int64))
     for name, positions in split.items():
-        np.save(tmp / f"split-{name}.npy", np.asarray(positions, dtype=np.int64))
+        _save_npy(tmp / f"split-{name}.npy", np.asarray(positions, dtype=np.int64))
     meta = {
         "format": FORMAT,
         "dtype": np.dtype(dtype).name,
@@ -346,6 +386,7 @@ def _build(
         "eos_id": tokenizer.eos_id,
         "pad_id": tokenizer.pad_id,
         "tokenizer_sha256": tok_sha,
+        "encrypted": crypto.enabled(),
         "reading": reading,
         "pii": merge_reports(reports) if reports else None,
     }
@@ -361,8 +402,25 @@ def _build(
 # -------------------------------------------------------------------- the windows
 
 
+class _SealedShard:
+    """An encrypted shard, sliced like the memory map of a plain one: the tokens of a
+    slice are read through `crypto.ChunkReader` (only the chunks covering them are
+    decrypted, the last few kept)."""
+
+    def __init__(self, path: Path, dtype: np.dtype) -> None:
+        # 64 KiB a shard: the chunks of the last rows read (a document's next row is
+        # likely there); a random row of a large corpus hits no cache of any size
+        self.reader, self.dtype = crypto.ChunkReader(path, cache_bytes=1 << 16), dtype
+
+    def __getitem__(self, part: slice) -> np.ndarray:
+        size = self.dtype.itemsize
+        raw = self.reader.read(part.start * size, (part.stop - part.start) * size)
+        return np.frombuffer(raw, dtype=self.dtype)
+
+
 class TokenShards:
-    """The memory-mapped tokens of a shard folder, read by [start, stop) offset."""
+    """The tokens of a shard folder, read by [start, stop) offset: memory-mapped, or
+    through `_SealedShard` when the files are encrypted."""
 
     def __init__(self, folder: Path) -> None:
         self.meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
@@ -376,9 +434,13 @@ class TokenShards:
             size = min(self.shard_tokens, n - i * self.shard_tokens)
             f = folder / f"shard-{i:05d}.bin"
             # np.memmap cannot map 0 bytes: an empty corpus has one empty shard
-            self.shards.append(np.memmap(f, dtype=dtype, mode="r") if size > 0 else
-                               np.zeros(0, dtype=dtype))  # fmt: skip
-        self.starts = np.load(folder / "documents.npy", mmap_mode="r")
+            if size == 0:
+                self.shards.append(np.zeros(0, dtype=dtype))
+            elif crypto.is_encrypted(f):
+                self.shards.append(_SealedShard(f, dtype))
+            else:
+                self.shards.append(np.memmap(f, dtype=dtype, mode="r"))
+        self.starts = _load_npy(folder / "documents.npy")
         self.folder = folder
 
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -392,7 +454,7 @@ class TokenShards:
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     def windows(self, split: str, block_size: int) -> TokenWindows:
-        order = np.load(self.folder / f"split-{split}.npy")
+        order = np.asarray(_load_npy(self.folder / f"split-{split}.npy"))
         return TokenWindows(self, order, block_size)
 
 

@@ -195,8 +195,8 @@ def keys_rotate_encryption(
         ..., "--new-key-file", help="File holding the new master key (base64; "
         "`foundry keys new-encryption-key > FILE`)."),
     paths: list[Path] | None = typer.Argument(
-        None, help="More files or folders to re-wrap (default: the registry home and the "
-        "run folders its index recorded)."),
+        None, help="More files or folders to re-wrap (default: the registry home, the "
+        "run folders its index recorded and the token_shards folders beside them)."),
 ) -> None:
     """Re-wrap every encrypted file's data key under a new master key (headers only, the
     payloads are not rewritten) and re-encrypt the database's encrypted fields. The
@@ -217,7 +217,10 @@ def keys_rotate_encryption(
         ring = crypto.Keyring((*ring.keys, new))  # files a stopped rotation already moved
         registry = Registry()
         names = [record.name for record in registry.list_models()]
-        roots = [registry.home, *registry.run_dirs(names), *(paths or [])]
+        run_dirs = registry.run_dirs(names)
+        # LM token shards live beside the runs (<output_dir>/token_shards), not inside
+        shards = [run.parent / "token_shards" for run in run_dirs]
+        roots = [registry.home, *run_dirs, *shards, *(paths or [])]
         files = sum(crypto.rotate_tree(root, new, ring) for root in dict.fromkeys(roots)
                     if root.exists())
         fields = rotate_field_encryption(ServeStore(), new, ring)
