@@ -3,28 +3,45 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# The CPU wheel of torch lies in /opt/wheels on our machines; elsewhere pip uses PyPI.
+# The CPU wheel of torch lies in /opt/wheels on our machines; elsewhere pip takes it from
+# PyTorch's CPU index. constraints/cpu.txt pins it: the library's own metadata has no
+# upper bound on torch (a user's CUDA torch must satisfy it), so the pin lives here.
 WHEELS := $(wildcard /opt/wheels)
-FIND_LINKS := $(if $(WHEELS),--find-links $(WHEELS),)
-TORCH_PIN ?= torch==2.13.0
+FIND_LINKS := $(if $(WHEELS),--find-links $(WHEELS),--extra-index-url https://download.pytorch.org/whl/cpu)
+PIP_INSTALL := $(PIP) install -q $(FIND_LINKS) -c constraints/cpu.txt
 
-.PHONY: demo dashboard test venv install install-dev lint bench clean
+.PHONY: demo dashboard test venv install install-core install-dev check-cpu lint bench clean
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	@touch $@
 
-# torch is installed first and pinned so that the project's range is already met
-# by the CPU build and pip never reaches for a CUDA build.
-$(VENV)/.installed: $(VENV)/.created pyproject.toml
-	$(PIP) install -q $(FIND_LINKS) "$(TORCH_PIN)"
-	$(PIP) install -q $(FIND_LINKS) -e ".[examples]"
+# torch is installed first so that pip never reaches for a CUDA build; then every extra
+# (`all`: the demo compresses to ONNX, writes the report, audits fairness).
+$(VENV)/.installed: $(VENV)/.created pyproject.toml constraints/cpu.txt
+	$(PIP_INSTALL) torch
+	$(PIP_INSTALL) -e ".[all,examples]"
+	@$(MAKE) --no-print-directory check-cpu
 	@touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -q $(FIND_LINKS) -e ".[dev,examples]"
+	$(PIP_INSTALL) -e ".[all,dev,examples]"
+	@$(MAKE) --no-print-directory check-cpu
 	@touch $@
+
+# The core alone (tabular and text models, gbm, registry, CLI, serving): what
+# `pip install foundry-mlops` gives; docs/INSTALL.md lists what each extra adds.
+install-core: $(VENV)/.created
+	$(PIP_INSTALL) torch
+	$(PIP_INSTALL) -e .
+	@$(MAKE) --no-print-directory check-cpu
+
+# A CUDA build of torch would have brought several GB of nvidia-* packages.
+check-cpu:
+	@if $(PIP) list 2>/dev/null | grep -i '^nvidia-'; then \
+	  echo "error: nvidia-* packages were installed (a CUDA torch); see constraints/cpu.txt" >&2; \
+	  exit 1; fi
 
 venv install: $(VENV)/.installed
 

@@ -4,6 +4,7 @@ against the one-at-a-time engine, and against transformers' own continuous batch
     python benchmarks/lm_serve.py                      # builds both models, a table
     python benchmarks/lm_serve.py --streams 1,4,16 --tokens 64 --json
     python benchmarks/lm_serve.py --work /tmp/lmbench  # reuse models built by a former run
+    python benchmarks/lm_serve.py --device cuda --dtype bf16   # on a GPU (serve.lm.device/dtype)
 
 Models (built once under --work, nothing downloaded):
 - the example GPT: examples/gpt_corpus.yaml (4 layers x 128, vocab 2048, context 128)
@@ -28,6 +29,19 @@ once; its tokens/s has no HTTP in it, so the comparison flatters it.
 
 Each engine is measured in its own server, one after the other; the machine is shared,
 so only ratios from one run mean anything.
+
+--baseline-src DIR: also measure the continuous-batching server of another checkout
+(its `src/` folder, e.g. `git worktree add /tmp/base main`), as engine `baseline`,
+alternating with this tree's server --repeats times: a before/after in one run.
+
+--engine-cpu: also the engine alone, in-process (no HTTP), for this tree and the
+baseline: N Llama prompts x --tokens submitted at once to `continuous_batcher`, in tokens
+per second of the engine thread's CPU time (`time.thread_time` around each step), a
+measure a busy shared machine disturbs far less than the wall clock.
+
+--device / --dtype: where the served models run (`serve.lm.device`, `serve.lm.dtype`)
+and where transformers' figure and the prefill timing run, so every figure of a run is on
+the same device and dtype.
 """
 
 from __future__ import annotations
@@ -61,6 +75,7 @@ PROMPTS = [
     "A list of",
     "Read the data",
 ]
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 FULL_DISTRIBUTION = 10**6
 """A top_k above any vocabulary: sampling skips the cut (foundry.lm.generate)."""
 PLAN = {
@@ -232,14 +247,20 @@ def _pct(values: list[float], q: int) -> float:
 
 
 @contextlib.contextmanager
-def _server(work: Path, env: dict[str, str], max_concurrent: int):
-    config = {
-        "serve": {
-            "plans": PLAN,
-            "metrics": "public",
-            "lm": {"max_concurrent": max_concurrent, "max_queue": 256},
-        }
-    }
+def _server(
+    work: Path,
+    env: dict[str, str],
+    max_concurrent: int,
+    device: str = "cpu",
+    dtype: str = "float32",
+    src: Path | None = None,
+):
+    lm: dict = {"max_concurrent": max_concurrent, "max_queue": 256}
+    if (device, dtype) != ("cpu", "float32"):  # keys a baseline's schema may not have
+        lm.update(device=device, dtype=dtype)
+    config = {"serve": {"plans": PLAN, "metrics": "public", "lm": lm}}
+    if src is not None:  # another checkout's foundry (--baseline-src)
+        env = {**env, "PYTHONPATH": str(src)}
     path = work / f"serve-{max_concurrent}.yaml"
     path.write_text(yaml.safe_dump(config))
     key = _foundry(
@@ -298,38 +319,51 @@ def _server(work: Path, env: dict[str, str], max_concurrent: int):
 # ------------------------------------------------------------------------- baselines
 
 
-def prefill_ms(env: dict[str, str], ref: str) -> float:
+def prefill_ms(env: dict[str, str], ref: str, device: str = "cpu", dtype: str = "float32") -> float:
     """One prompt's prefill in-process (median of 20 forward passes over PROMPTS[0])."""
     import torch
 
     os.environ["FOUNDRY_HOME"] = env["FOUNDRY_HOME"]
     from foundry.lm.load import load
+    from foundry.serve.lm_serving import place
 
     lm = load(ref)
-    ids = torch.tensor([lm.engine.encode_prompt(PROMPTS[0])])
+    place(lm, device, dtype)
+    ids = torch.tensor([lm.engine.encode_prompt(PROMPTS[0])], device=lm.engine.device)
     times = []
     for _ in range(21):
         start = time.perf_counter()
-        lm.engine.step(
-            ids,
-            cache=None,
-            attention_mask=None,
-            position_ids=torch.arange(ids.shape[1])[None],
-            use_cache=True,
-        )
+        with torch.inference_mode():
+            lm.engine.step(
+                ids,
+                cache=None,
+                attention_mask=None,
+                position_ids=torch.arange(ids.shape[1], device=ids.device)[None],
+                use_cache=True,
+            )
+        if ids.is_cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times[1:])
 
 
-def transformers_batch(env: dict[str, str], streams: list[int], tokens: int) -> list[dict]:
+def transformers_batch(
+    env: dict[str, str],
+    streams: list[int],
+    tokens: int,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> list[dict]:
     """transformers' `generate_batch` on the Llama package's weights, in-process."""
     import torch
     import transformers
 
     os.environ["FOUNDRY_HOME"] = env["FOUNDRY_HOME"]
     from foundry.lm.load import load
+    from foundry.serve.lm_serving import place
 
     lm = load("tiny-llama")
+    place(lm, device, dtype)
     model, tok = lm.model, lm.tokenizer
     prompts = [tok.encode(p) for p in PROMPTS]
     config = transformers.GenerationConfig(
@@ -354,10 +388,57 @@ def transformers_batch(env: dict[str, str], streams: list[int], tokens: int) -> 
             out = model.generate_batch(
                 inputs=[prompts[i % len(prompts)] for i in range(n)], **batch
             )
+            if device != "cpu":
+                torch.cuda.synchronize()
             wall = time.perf_counter() - start
             total = sum(len(o.generated_tokens) for o in out.values())
             rows.append({"streams": n, "tokens_per_s": total / wall, "tokens": total})
     return rows
+
+
+_ENGINE_CPU = """
+import json, os, sys, threading, time
+import torch
+torch.set_num_threads(1)
+from foundry.config.schema import GenerationConfig
+from foundry.lm.load import load
+ref, n, tokens, prompts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+batcher = load(ref).continuous_batcher(max_concurrent=32, max_queue=256, name="bench")
+cpu = [0.0]
+step = batcher._step
+def timed():
+    start = time.thread_time()
+    step()
+    cpu[0] += time.thread_time() - start
+batcher._step = timed
+batcher.start()
+def run():
+    done = threading.Semaphore(0)
+    rows = [batcher.submit(prompts[i % len(prompts)], GenerationConfig(
+        max_tokens=tokens, temperature=0.8, top_k=10**6, seed=i),
+        lambda item: item is None and done.release()) for i in range(n)]
+    for _ in rows:
+        done.acquire()
+    return sum(r.row.computed for r in rows)
+run()
+figures = []
+for _ in range(3):
+    cpu[0] = 0.0
+    figures.append(run() / cpu[0])
+batcher.close()
+print(json.dumps(figures))
+"""
+
+
+def engine_cpu(env: dict[str, str], src: Path | None, n: int, tokens: int) -> list[float]:
+    """Tokens per CPU-second of the engine thread, tiny Llama, `n` rows (--engine-cpu),
+    in a subprocess importing foundry from `src` (None: this tree)."""
+    if src is not None:
+        env = {**env, "PYTHONPATH": str(src)}
+    out = _run(
+        [sys.executable, "-c", _ENGINE_CPU, "tiny-llama", str(n), str(tokens), *PROMPTS], env, ROOT
+    )
+    return json.loads(out.splitlines()[-1])
 
 
 # ------------------------------------------------------------------------- main
@@ -371,7 +452,18 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--skip-transformers", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument(
+        "--engines",
+        default="continuous,one-at-a-time",
+        help="which servers to measure (comma-separated)",
+    )
+    parser.add_argument("--baseline-src", type=Path, default=None)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--engine-cpu", action="store_true")
     args = parser.parse_args()
+    dtype = DTYPES[args.dtype]
     streams = [int(s) for s in args.streams.split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="lm-serve-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -391,20 +483,47 @@ def main() -> None:
         "cores": os.cpu_count(),
         "tokens": args.tokens,
         "rounds": args.rounds,
+        "device": args.device,
+        "dtype": dtype,
         "engines": {},
     }
-    for engine, slots in (("continuous", 32), ("one-at-a-time", 1)):
-        with _server(work, env, slots) as (url, key):
-            for model in ("gpt-corpus", "tiny-llama"):
-                rows = [
-                    asyncio.run(_load(url, key, model, n, args.tokens, args.rounds))
-                    for n in streams
-                ]
-                results["engines"].setdefault(engine, {})[model] = rows
-    results["prefill_ms"] = {m: prefill_ms(env, m) for m in ("gpt-corpus", "tiny-llama")}
+    servers = [
+        (engine, slots, None)
+        for engine, slots in (("continuous", 32), ("one-at-a-time", 1))
+        if engine in args.engines.split(",")
+    ]
+    if args.baseline_src is not None and "continuous" in args.engines.split(","):
+        servers.append(("baseline", 32, args.baseline_src.resolve()))
+    for repeat in range(args.repeats):
+        # alternate the order, so neither side always runs first on a drifting machine
+        for engine, slots, src in servers if repeat % 2 == 0 else servers[::-1]:
+            label = engine if args.repeats == 1 else f"{engine} #{repeat + 1}"
+            with _server(work, env, slots, args.device, dtype, src) as (url, key):
+                for model in ("gpt-corpus", "tiny-llama"):
+                    rows = [
+                        asyncio.run(_load(url, key, model, n, args.tokens, args.rounds))
+                        for n in streams
+                    ]
+                    results["engines"].setdefault(label, {})[model] = rows
+    if args.engine_cpu:
+        sides = [("continuous", None)]
+        if args.baseline_src is not None:
+            sides.append(("baseline", args.baseline_src.resolve()))
+        n = max(streams)
+        for repeat in range(max(2, args.repeats)):
+            for side, src in sides if repeat % 2 == 0 else sides[::-1]:
+                figures = engine_cpu(env, src, n, args.tokens)
+                results.setdefault("engine_cpu_tokens_per_s", {}).setdefault(side, []).append(
+                    figures
+                )
+    results["prefill_ms"] = {
+        m: prefill_ms(env, m, args.device, dtype) for m in ("gpt-corpus", "tiny-llama")
+    }
     if not args.skip_transformers:
         try:
-            results["transformers_generate_batch"] = transformers_batch(env, streams, args.tokens)
+            results["transformers_generate_batch"] = transformers_batch(
+                env, streams, args.tokens, args.device, dtype
+            )
         except Exception as exc:  # report it rather than lose the run
             results["transformers_generate_batch"] = f"did not run: {exc!r}"
     if args.json:
@@ -416,7 +535,7 @@ def main() -> None:
 def _table(results: dict) -> None:
     print(
         f"{results['cores']} cores, {results['tokens']} tokens per stream, "
-        f"{results['rounds']} rounds"
+        f"{results['rounds']} rounds, {results['device']} {results['dtype']}"
     )
     for engine, models in results["engines"].items():
         for model, rows in models.items():

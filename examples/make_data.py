@@ -143,6 +143,40 @@ def reviews(n: int = 1200) -> Path:
     return _write_csv(pd.DataFrame(rows), "reviews.csv")
 
 
+def adult(n: int = 1000) -> Path:
+    """A census-like table (the README's example): income class from age, work class,
+    education and weekly hours. Writes adult.csv (training), adult_test.csv (labelled,
+    for `foundry evaluate`) and adult_new.csv (no income column, for `foundry predict`)."""
+    rng = np.random.default_rng(3)
+    total = n + n // 4 + 20
+    education = rng.choice(
+        ["hs-grad", "some-college", "bachelors", "masters", "doctorate"],
+        total,
+        p=[0.35, 0.25, 0.25, 0.1, 0.05],
+    )
+    df = pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, total),
+            "workclass": rng.choice(
+                ["private", "self-emp", "government"], total, p=[0.7, 0.15, 0.15]
+            ),
+            "education": education,
+            "hours": np.clip(rng.normal(40, 10, total).round(), 5, 90).astype(int),
+        }
+    )
+    years = (
+        pd.Series(education)
+        .map({"hs-grad": 0, "some-college": 1, "bachelors": 3, "masters": 4, "doctorate": 5})
+        .to_numpy()
+    )
+    # a middle-aged, educated, long-hours worker earns more; noise keeps it learnable
+    score = 0.6 * years + 0.04 * (df.hours - 40) - 0.002 * (df.age - 47) ** 2
+    df["income"] = np.where(score + rng.normal(0, 0.8, total) > 0.9, ">50K", "<=50K")
+    _write_csv(df.iloc[n + n // 4 :].drop(columns="income"), "adult_new.csv")
+    _write_csv(df.iloc[n : n + n // 4], "adult_test.csv")
+    return _write_csv(df.iloc[:n], "adult.csv")
+
+
 def _write_csv(df: pd.DataFrame, name: str) -> Path:
     DATA.mkdir(parents=True, exist_ok=True)
     path = DATA / name
@@ -151,6 +185,7 @@ def _write_csv(df: pd.DataFrame, name: str) -> Path:
 
 
 MAKERS = {
+    "adult": adult,
     "binary10": binary10,
     "line": line,
     "penguins": penguins,

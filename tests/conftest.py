@@ -5,6 +5,9 @@ Storage tests run on both databases: a module that says
 (`[sqlite]`) and on PostgreSQL (`[postgresql]`: FOUNDRY_DATABASE_URL set to a fresh,
 empty schema; see tests/pg_support.py for where the server comes from). A test marked
 ``@pytest.mark.sqlite_only`` (it opens the SQLite file itself) runs on SQLite alone.
+
+Object-storage tests take ``s3_bucket``: a fresh bucket on a real S3-compatible server
+(moto; tests/s3_support.py says where it comes from), with the environment pointing at it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from tests import pg_support
+from tests import pg_support, s3_support
 
 
 @pytest.fixture(autouse=True)
@@ -20,6 +23,8 @@ def foundry_home(tmp_path, monkeypatch):
     home = tmp_path / "foundry-home"
     monkeypatch.setenv("FOUNDRY_HOME", str(home))
     monkeypatch.delenv("FOUNDRY_DATABASE_URL", raising=False)
+    # A developer's shared artifact store must not receive the tests' models.
+    monkeypatch.delenv("FOUNDRY_ARTIFACTS", raising=False)
     return home
 
 
@@ -73,3 +78,20 @@ def db_backend(request, foundry_home, monkeypatch):
     if request.param == "postgresql":
         monkeypatch.setenv("FOUNDRY_DATABASE_URL", request.getfixturevalue("postgres_url"))
     return request.param
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """URL of an S3-compatible server for this session (FOUNDRY_TEST_S3_URL, else a moto
+    server started here); a failure, never a skip, without one."""
+    with s3_support.s3_endpoint() as url:
+        yield url
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+    """``s3://<fresh bucket>``, with credentials and FOUNDRY_S3_ENDPOINT_URL set for it
+    (child processes inherit them)."""
+    for name, value in s3_support.environment(s3_server).items():
+        monkeypatch.setenv(name, value)
+    return s3_support.create_bucket()

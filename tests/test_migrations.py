@@ -204,7 +204,7 @@ def test_db_current_and_upgrade_commands(foundry_home):
     [
         ("nonsense", "Could not parse"),
         ("mysql://u:secret@localhost/x", "driver is not installed"),
-        ("postgresql+psycopg2://u:secret@localhost/x", "pip install 'psycopg[binary]'"),
+        ("postgresql+psycopg2://u:secret@localhost/x", "pip install 'foundry-mlops[postgres]'"),
     ],
 )
 def test_a_bad_url_or_missing_driver_names_the_setting(url, says, monkeypatch):

@@ -12,31 +12,53 @@ from pathlib import Path
 
 import typer
 
+from foundry.cli_models import models_app
 from foundry.db_cli import db_app
 from foundry.economics.cli import cost as cost_command
 from foundry.errors import ConfigError, FoundryError
 from foundry.report.cli import report as report_command
 from foundry.serve.cli_admin import keys_app, usage_app
 from foundry.serve.cli_serve import serve as serve_command
+from foundry.tracking.cli import runs_app
 from foundry.tuning.cli import tune_command
 
 app = typer.Typer(
     name="foundry",
     help="From a data file to a trained, evaluated, registered model — one config.",
     no_args_is_help=True,
-    add_completion=False,
+    # --install-completion / --show-completion (bash, zsh, fish, PowerShell): typer's own.
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-models_app = typer.Typer(help="Browse the model registry.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(keys_app, name="keys")
 app.add_typer(usage_app, name="usage")
 app.add_typer(db_app, name="db")
+app.add_typer(runs_app, name="runs")
 
 
 def _out(text: str) -> None:
     typer.echo(text)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from foundry.extras import DISTRIBUTION
+        from foundry.version import __version__
+
+        _out(f"foundry {__version__} ({DISTRIBUTION})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True,
+        help="Print foundry's version and exit.",
+    ),
+) -> None:
+    """From a data file to a trained, evaluated, registered model — one config."""
 
 
 @app.command()
@@ -155,7 +177,9 @@ def _leaderboard(result) -> dict:
     path = result.package_path / "foundry.json" if result.package_path else None
     if path is None or not path.is_file():
         return {}
-    board = json.loads(path.read_text()).get("leaderboard")
+    import foundry.crypto as crypto
+
+    board = json.loads(crypto.read_text(path)).get("leaderboard")
     return {"leaderboard": board} if board else {}
 
 
@@ -521,105 +545,6 @@ def export(
     _out(f"wrote {path} (AutoModelForCausalLM.from_pretrained({str(path)!r}) loads it)")
 
 
-@models_app.command("list")
-def models_list(json_out: bool = typer.Option(False, "--json")) -> None:
-    """Every model name with its latest version."""
-    from foundry.registry import Registry
-
-    registry = Registry()
-    records = registry.list_models()
-    if json_out:
-        _out(json.dumps([_record_json(r) for r in records]))
-        return
-    if not records:
-        _out(f"no models registered in {registry.home} yet — run `foundry train CONFIG`")
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"models in {registry.home}")
-    for col in ("name", "latest", "task", "created (UTC)", "key metric"):
-        table.add_column(col)
-    for r in records:
-        table.add_row(
-            r.name,
-            str(r.version),
-            r.task or "",
-            r.created_at.strftime("%Y-%m-%d %H:%M"),
-            _key_metric(r.metrics),
-        )
-    Console().print(table)
-
-
-@models_app.command("show")
-def models_show(
-    model: str = typer.Argument(..., help="name, name:latest or name:VERSION."),
-    json_out: bool = typer.Option(False, "--json"),
-) -> None:
-    """One model version: where it lives, its lineage, data and metrics."""
-    from foundry.registry import Registry
-
-    registry = Registry()
-    record = registry.resolve(model)
-    info = _record_json(record)
-    info["versions"] = [r.version for r in registry.versions(record.name)]
-    info["lineage"] = [r.ref for r in registry.lineage(record.ref)]
-    if json_out:
-        _out(json.dumps(info, default=str))
-        return
-    rows = [
-        (k, info[k])
-        for k in (
-            "ref",
-            "path",
-            "created_at",
-            "task",
-            "parent",
-            "fingerprint",
-            "size_bytes",
-            "versions",
-            "lineage",
-        )
-    ]
-    rows += [(k, f"{v:.4f}") for k, v in record.metrics.items() if isinstance(v, float)]
-    rows += [  # fairness mitigation: the metrics above are of the decisions returned
-        (f"{k} unmitigated", f"{v:.4f}")
-        for k, v in (record.metrics.get("unmitigated") or {}).items()
-        if isinstance(v, float)
-    ]
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        _out(f"{key:>{width}}: {value}")
-
-
-@models_app.command("verify")
-def models_verify(
-    model: str | None = typer.Argument(
-        None, help="name:VERSION, name, or nothing for every version in the registry."
-    ),
-) -> None:
-    """Check model packages against the sha256 of every file recorded at registration
-    (what every load checks); exits 1 if any differs."""
-    from foundry.registry import Registry
-
-    registry = Registry()
-    refs = ([registry.resolve(model).ref] if model and ":" in model else
-            [r.ref for name in ([model] if model else [m.name for m in registry.list_models()])
-             for r in registry.versions(name)])
-    failed = 0
-    for ref in refs:
-        try:
-            checked = registry.verify(ref)
-        except FoundryError as exc:
-            failed += 1
-            typer.echo(f"FAILED {ref}: {exc}", err=True)
-            continue
-        _out(f"ok     {ref}" if checked else
-             f"ok     {ref} (registered before checksums: nothing to compare)")
-    if failed:
-        raise typer.Exit(1)
-
-
 @app.command("config-docs")
 def config_docs() -> None:
     """Print every config key with its type, default and documentation (Markdown)."""
@@ -638,34 +563,6 @@ app.command("cost")(cost_command)
 app.command("report")(report_command)
 
 
-def _record_json(r) -> dict:
-    return {
-        "ref": r.ref,
-        "name": r.name,
-        "version": r.version,
-        "path": str(r.path),
-        "created_at": r.created_at.isoformat(),
-        "task": r.task,
-        "parent": r.parent,
-        "fingerprint": r.fingerprint,
-        "size_bytes": r.size_bytes,
-        "metrics": r.metrics,
-    }
-
-
-def _key_metric(metrics: dict) -> str:
-    """The version's headline metric: of the decisions it returns, with the unmitigated
-    value beside it when fairness mitigation changes them."""
-    for key in ("accuracy", "rmse"):
-        if isinstance(metrics.get(key), float):
-            text = f"{key} {metrics[key]:.4f}"
-            without = (metrics.get("unmitigated") or {}).get(key)
-            if isinstance(without, float):
-                text += f" ({without:.4f} unmitigated)"
-            return text
-    return ""
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings (a skipped ID column, an unstratified split) as one plain line each."""
     typer.echo(f"warning: {message}", err=True)
@@ -679,7 +576,7 @@ def main() -> None:
     warnings.showwarning = _show_warning
     try:
         try:
-            app()
+            app(prog_name="foundry")
         except FoundryError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise SystemExit(exc.exit_code) from None

@@ -22,6 +22,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from foundry.errors import FoundryError
+from foundry.extras import install_command, require
 
 # Seconds SQLite waits for another writer's lock before "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -104,7 +105,7 @@ def url_error(
     if isinstance(exc, ImportError):
         postgres = safe_url(url).startswith(("postgres", "<"))
         hint = (
-            "install the PostgreSQL driver: pip install 'psycopg[binary]'"
+            f"install the PostgreSQL driver: {install_command('postgres')}"
             if postgres
             else "its driver is not installed; foundry is tested on SQLite and PostgreSQL"
         ) + "; " + hint
@@ -149,6 +150,8 @@ def create_db_engine(
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() != "sqlite":
+        if parsed.drivername == "postgresql+psycopg":
+            require("postgres", "psycopg", "a PostgreSQL database (FOUNDRY_DATABASE_URL)")
         return create_engine(parsed, pool_pre_ping=True)
     path = sqlite_file(url)
     if path is not None:

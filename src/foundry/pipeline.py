@@ -21,6 +21,7 @@ from foundry.config.schema import FoundryConfig
 from foundry.console import Reporter
 from foundry.errors import TrainError
 from foundry.families import Run, family_for
+from foundry.tracking import flatten, start_tracking
 
 __all__ = ["TrainResult", "run", "run_directory", "store_package", "train"]
 
@@ -83,17 +84,30 @@ def train(
                 share=("model_ref", "metrics", "package_path"),
             )
     family = family_for(cfg.model.type)
+    # optional libraries a config asks for: a missing one fails here, before any work
+    from foundry.extras import require
+
+    if cfg.train.privacy is not None:
+        require("trust", "opacus", "differentially private training (train.privacy)")
+    if cfg.evaluate.fairness.sensitive_features:  # the audit runs last, after training
+        require("trust", "fairlearn", "the fairness audit (evaluate.fairness)")
     quiet = quiet or not distributed.is_main()  # rank 0 alone reports a distributed run
     say = Reporter(quiet=quiet)
     started = time.perf_counter()
 
     # one run directory, which rank 0 of a distributed run picks and alone writes
     out_dir = Path(distributed.from_main(lambda: str(run_directory(loaded, run_dir, resume))))
+    # MLflow / TensorBoard (the `track:` section): rank 0 reports, from each epoch's record
+    tracker = start_tracking(cfg.track, name=cfg.name) if distributed.is_main() else None
+    if tracker is not None:
+        on_epoch_end = tracker.hook(on_epoch_end)
     run_ = Run(loaded, out_dir, say, resume, progress, on_epoch_end, register)
     data = family.prepare(run_)  # bad data fails here, before a run directory exists
     if distributed.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(dump_config(cfg), indent=2))
+        if tracker is not None:
+            tracker.begin(out_dir, flatten(dump_config(cfg)))
     say.info(f"run directory: {out_dir}")
 
     fitted = family.fit(data, cfg.train, run_)
@@ -121,6 +135,9 @@ def train(
         if contents.cleanup is not None:
             contents.cleanup()
     family.summarize(ref, fitted, evaluation, run_)
+    if tracker is not None:
+        run_files = [out_dir / n for n in ("config.json", "metrics.json", "metrics.jsonl")]
+        tracker.finish(evaluation.metrics, [*run_files, path / "card.md", path / "card.json"])
     return TrainResult(
         model_ref=ref,
         run_dir=out_dir,

@@ -13,7 +13,8 @@ When it is on (`progress_enabled`), first rule that applies wins:
 2. `FOUNDRY_PROGRESS=0`: off; `FOUNDRY_PROGRESS=1`: on, also when stderr is a file or a
    pipe (CI logs, tests), where it is printed as a plain line every few seconds and
    once at the end instead of a redrawn bar.
-3. Otherwise on when stderr is a terminal (a caller's explicit `enabled=True` too).
+3. Called from the Python API (`foundry.train()`..., see `foundry.console.output`): off.
+4. Otherwise on when stderr is a terminal (a caller's explicit `enabled=True` too).
 
 Nothing is ever written to stdout: it carries results that scripts pipe. A disabled bar
 is a no-op, and an enabled one is cheap per `advance` (an addition and a clock read; rich
@@ -68,6 +69,10 @@ def progress_enabled(enabled: bool | None = None) -> bool:
         return False
     if forced in ("1", "true", "yes", "on"):
         return True
+    from foundry.console import console_output
+
+    if not console_output():  # the Python API: bars only when FOUNDRY_PROGRESS=1 asks
+        return False
     return enabled if enabled is not None else _stderr_is_terminal()
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+import foundry.crypto as crypto
 from foundry.errors import DataError
 
 _WRITERS = {
@@ -27,5 +28,6 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     writer(df, tmp)
+    crypto.seal_file(tmp)  # rows of customer data: encrypted when a key is set
     tmp.replace(path)
     return path

@@ -77,12 +77,12 @@ def test_no_pickle_anywhere(tmp_path, monkeypatch):
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
-    def broken_save(tensors, path):
+    def broken_save(path, tensors, fsync):
         with open(path, "wb") as f:
             f.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(package_mod, "save_file", broken_save)
+    monkeypatch.setattr(package_mod.crypto, "write_tensors", broken_save)
     with pytest.raises(OSError, match="disk full"):
         _write(tmp_path / "pkg")
     assert list(tmp_path.iterdir()) == []

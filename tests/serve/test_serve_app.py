@@ -77,8 +77,9 @@ async def test_categories_accept_numbers_and_unseen_values(toy, app_gate, key):
     app, _ = app_gate
     record = {"age": 51, "income": None, "color": "purple", "member": "yes"}
     async with serving(app) as client:
-        response = await client.post(f"/v1/models/{toy.name}/predict", json=record,
-                                     headers=bearer(key))
+        response = await client.post(
+            f"/v1/models/{toy.name}/predict", json=record, headers=bearer(key)
+        )
     assert response.status_code == 200, response.text
     assert_matches(response.json()["predictions"], toy.expected([record]), "tier")
 
@@ -88,8 +89,7 @@ async def test_regression_values_equal_foundry_predict(toy_regression, tmp_path)
     key = gate.create_key("acme", "test").key
     records = toy_regression.records(8)
     async with serving(app) as client:
-        response = await client.post("/v1/models/spend/predict", json=records,
-                                     headers=bearer(key))
+        response = await client.post("/v1/models/spend/predict", json=records, headers=bearer(key))
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
     assert set(predictions[0]) == {"value"}
@@ -103,8 +103,9 @@ async def test_model_schema_and_its_example_body(toy, app_gate, key):
         detail = await client.get(f"/v1/models/{toy.name}")
         by_ref = await client.get(f"/v1/models/{toy.ref}")
         example = detail.json()["example"]
-        answer = await client.post(f"/v1/models/{toy.name}/predict", json=example,
-                                   headers=bearer(key))
+        answer = await client.post(
+            f"/v1/models/{toy.name}/predict", json=example, headers=bearer(key)
+        )
     [summary] = listing["models"]
     assert summary["ref"] == toy.ref and summary["version"] == 1
     assert summary["task"] == {"type": "binary", "target": "tier", "classes": ["high", "low"]}
@@ -143,12 +144,40 @@ async def test_health_readiness_and_openapi(toy, app_gate):
     assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
 
 
+async def test_docs_pages_use_only_assets_served_here(app_gate):
+    """/docs and /redoc work offline: every script, style and icon they name is a path on
+    this server (no CDN, no fonts from elsewhere), and each answers 200."""
+    import re
+
+    async with serving(app_gate[0]) as client:
+        pages = {path: await client.get(path) for path in ("/docs", "/redoc")}
+        assets = set()
+        for path, page in pages.items():
+            assert page.status_code == 200, path
+            assert "http://" not in page.text and "https://" not in page.text, path
+            urls = re.findall(r'(?:src|href|spec-url)="([^"]+)"|url: \'([^\']+)\'', page.text)
+            urls = [a or b for a, b in urls]
+            assert len(urls) >= 2, (path, urls)  # the script, its style or spec
+            assert all(u.startswith("/") and not u.startswith("//") for u in urls), urls
+            assets.update(urls)
+        answers = {url: await client.get(url) for url in assets}
+    assert {
+        "/openapi.json",
+        "/docs-assets/swagger-ui-bundle.js",
+        "/docs-assets/redoc.standalone.js",
+    } <= assets
+    for url, answer in answers.items():
+        assert answer.status_code == 200, url
+        assert len(answer.content) > 1000, url
+
+
 async def test_usage_counts_the_records_of_the_calling_key(toy, app_gate, key):
     app, gate = app_gate
     other = gate.create_key("other", "test").key
     async with serving(app) as client:
-        await client.post(f"/v1/models/{toy.name}/predict", json=toy.records(5),
-                          headers=bearer(key))
+        await client.post(
+            f"/v1/models/{toy.name}/predict", json=toy.records(5), headers=bearer(key)
+        )
         mine = (await client.get("/v1/usage", headers=bearer(key))).json()
         theirs = (await client.get("/v1/usage", headers=bearer(other))).json()
         anonymous = await client.get("/v1/usage")
@@ -180,8 +209,9 @@ async def test_metrics_expose_requests_latency_batches_and_rejections(toy, tmp_p
     key = gate.create_key("acme", "slow").key  # 2 requests per minute
     async with serving(app) as client:
         for _ in range(3):
-            await client.post(f"/v1/models/{toy.name}/predict", json=toy.records(1),
-                              headers=bearer(key))
+            await client.post(
+                f"/v1/models/{toy.name}/predict", json=toy.records(1), headers=bearer(key)
+            )
         text = (await client.get("/metrics")).text
     assert 'foundry_requests_total{model="toy",status="200"} 2.0' in text
     assert 'foundry_requests_total{model="toy",status="429"} 1.0' in text
@@ -196,24 +226,29 @@ async def test_admin_routes_need_the_admin_token(toy, app_gate):
     async with serving(app) as client:
         anonymous = await client.get("/admin/keys")
         wrong = await client.get("/admin/keys", headers=bearer("admin-secre"))
-        customer_key = (await client.post("/admin/keys", headers=admin,
-                                          json={"name": "acme", "plan": "test"}))
+        customer_key = await client.post(
+            "/admin/keys", headers=admin, json={"name": "acme", "plan": "test"}
+        )
         created = customer_key.json()
-        bad_plan = await client.post("/admin/keys", headers=admin,
-                                     json={"name": "x", "plan": "gold"})
+        bad_plan = await client.post(
+            "/admin/keys", headers=admin, json={"name": "x", "plan": "gold"}
+        )
         bad_body = await client.post("/admin/keys", headers=admin, json={"plan": "test"})
         listed = (await client.get("/admin/keys", headers=admin)).json()
-        works = await client.post(f"/v1/models/{toy.name}/predict", json=toy.records(1),
-                                  headers=bearer(created["key"]))
-        rotated = await client.post(f"/admin/keys/{created['prefix']}/rotate", headers=admin,
-                                    json={"grace_hours": 0})
-        old_after_rotation = await client.post(f"/v1/models/{toy.name}/predict",
-                                               json=toy.records(1),
-                                               headers=bearer(created["key"]))
+        works = await client.post(
+            f"/v1/models/{toy.name}/predict", json=toy.records(1), headers=bearer(created["key"])
+        )
+        rotated = await client.post(
+            f"/admin/keys/{created['prefix']}/rotate", headers=admin, json={"grace_hours": 0}
+        )
+        old_after_rotation = await client.post(
+            f"/v1/models/{toy.name}/predict", json=toy.records(1), headers=bearer(created["key"])
+        )
         new_key = rotated.json()["key"]
         revoked = await client.delete(f"/admin/keys/{rotated.json()['id']}", headers=admin)
-        after_revoke = await client.post(f"/v1/models/{toy.name}/predict",
-                                         json=toy.records(1), headers=bearer(new_key))
+        after_revoke = await client.post(
+            f"/v1/models/{toy.name}/predict", json=toy.records(1), headers=bearer(new_key)
+        )
     assert anonymous.status_code == 401
     assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
     assert customer_key.status_code == 201 and created["key"].startswith("fdy_")
@@ -286,11 +321,24 @@ def test_serve_command_pins_versions_and_refuses_unknown_models(toy, monkeypatch
     with pytest.raises(ConfigError, match="no models"):
         cli_serve.serve([], None, None, None, None)
     # The hostile-client settings travel from the flags to the workers' config.
-    cli_serve.serve([toy.name], None, None, None, None, header_timeout=2.5, body_timeout=7,
-                    max_connections=50, metrics="public")
+    cli_serve.serve(
+        [toy.name],
+        None,
+        None,
+        None,
+        None,
+        header_timeout=2.5,
+        body_timeout=7,
+        max_connections=50,
+        metrics="public",
+    )
     config = calls[-1][0]
-    assert (config.header_timeout_s, config.body_timeout_s, config.max_connections,
-            config.metrics) == (2.5, 7, 50, "public")
+    assert (
+        config.header_timeout_s,
+        config.body_timeout_s,
+        config.max_connections,
+        config.metrics,
+    ) == (2.5, 7, 50, "public")
     with pytest.raises(ConfigError, match="serve.metrics"):
         cli_serve.serve([toy.name], None, None, None, None, metrics="everyone")
 

@@ -1,8 +1,10 @@
-"""`foundry serve` as a real process: uvicorn, two workers, HTTP over loopback."""
+"""`foundry serve` as a real process: uvicorn, two workers, HTTP over loopback; `/metrics`
+sums both workers (prometheus_client's multiprocess mode, foundry.serve.metrics)."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +21,6 @@ from foundry.serve.loadtest import free_port
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     return shared_toy(tmp_path_factory)
-
 
 
 def _serve_command(model: str, port: int) -> list[str]:
@@ -63,12 +64,24 @@ def test_serve_process_answers_over_http(toy, tmp_path):
     gate.close()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "FOUNDRY_HOME": str(home), "FOUNDRY_ADMIN_TOKEN": "admin-secret"}
+    # TMPDIR: the server's metrics directory (foundry-metrics-*) lands where the test sees it
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {
+        **os.environ,
+        "FOUNDRY_HOME": str(home),
+        "FOUNDRY_ADMIN_TOKEN": "admin-secret",
+        "TMPDIR": str(scratch),
+    }
     env.pop("FOUNDRY_DATABASE_URL", None)
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            _serve_command(toy.name, port), env=env, stdout=log, stderr=subprocess.STDOUT,
+            _serve_command(toy.name, port),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             cwd=tmp_path,
         )
     try:
@@ -84,6 +97,27 @@ def test_serve_process_answers_over_http(toy, tmp_path):
             keys = client.get("/admin/keys", headers=bearer("admin-secret"))
             metrics = client.get("/metrics", headers=bearer("admin-secret")).text
             models = client.get("/v1/models").json()
+        # One connection per request, until both workers have answered some (the kernel
+        # hands each new connection to either); then every scrape, whichever worker
+        # answers it, shows the requests of both.
+        (metrics_dir,) = scratch.glob("foundry-metrics-*")
+        answered = len(answers)
+        while len(_requests_by_worker(metrics_dir)) < 2 and answered < 200:
+            one = httpx.post(
+                f"{url}/v1/models/{toy.name}/predict",
+                json=records[:1],
+                headers=bearer(key),
+                timeout=30,
+            )
+            assert one.status_code == 200, one.text
+            answered += 1
+        by_worker = _requests_by_worker(metrics_dir)
+        assert len(by_worker) == 2, by_worker
+        assert sum(by_worker.values()) == answered
+        scrapes = [
+            httpx.get(f"{url}/metrics", headers=bearer("admin-secret")).text for _ in range(6)
+        ]
+        assert {_requests_ok(scrape) for scrape in scrapes} == {answered}
         for answer in answers:
             assert answer.status_code == 200, answer.text
             assert_matches(answer.json()["predictions"], toy.expected(records), "tier")
@@ -103,3 +137,28 @@ def test_serve_process_answers_over_http(toy, tmp_path):
     output = log_path.read_text()
     assert f"{url}/docs" in output  # the start banner names the docs
     assert toy.ref in output
+
+
+def _requests_ok(exposition: str) -> float:
+    """foundry_requests_total{status="200"} summed over models, from /metrics' text."""
+    pattern = r'^foundry_requests_total\{[^}]*status="200"[^}]*\} ([0-9.e+]+)$'
+    return sum(float(v) for v in re.findall(pattern, exposition, flags=re.MULTILINE))
+
+
+def _requests_by_worker(metrics_dir) -> dict[str, float]:
+    """Answered predict requests per worker pid, each worker's counter file read alone
+    (prometheus_client's collector on a directory holding only that file)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    counts = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        alone = metrics_dir.parent / f"alone-{path.stem}"
+        alone.mkdir(exist_ok=True)
+        shutil.copy(path, alone / path.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(alone))
+        n = _requests_ok(generate_latest(registry).decode())
+        if n:
+            counts[path.stem] = n
+    return counts

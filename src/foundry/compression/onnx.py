@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
+import foundry.crypto as crypto
 from foundry.errors import ModelError
+from foundry.extras import require
 
 _TEXT_PREFIX = "text:"
 """Keys of token-id inputs: their dimension 1 (sequence length) is dynamic too."""
@@ -81,6 +83,7 @@ def export_onnx(
     Raises `ModelError` naming the model class when it cannot be exported or the outputs
     differ; `path` is then left untouched.
     """
+    require_onnx("ONNX export")
     path = Path(path)
     name = type(model).__name__
     example = {k: v for k, v in example.items() if k != "target"}
@@ -223,6 +226,13 @@ def _check(
     return worst, tuple(runner.input_names)
 
 
+def require_onnx(feature: str) -> None:
+    """Raise the one-line install hint unless the `onnx` extra (exporter, graph library,
+    runtime) is installed; called before any work so nothing is half built."""
+    for module in ("onnx", "onnxscript", "onnxruntime"):
+        require("onnx", module, feature)
+
+
 def quantize_onnx(src: Path, dst: Path) -> Path:
     """Write `src` with int8 weights to `dst` (ONNX Runtime dynamic quantization) and
     check that it runs; returns `dst`.
@@ -233,6 +243,7 @@ def quantize_onnx(src: Path, dst: Path) -> Path:
     (`quant_pre_process`) is not run: on these graphs it gives no smaller file, and its
     symbolic shape inference fails on the text encoders' masks.
     """
+    require("onnx", "onnxruntime", "int8 ONNX quantization")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, dst = Path(src), Path(dst)
@@ -285,8 +296,7 @@ class OnnxRunner:
         *,
         threads: int | None = None,
     ) -> None:
-        import onnxruntime as ort
-
+        ort = require("onnx", "onnxruntime", f"running the ONNX model {path}")
         self.path = Path(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -300,7 +310,10 @@ class OnnxRunner:
         if "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+            # An encrypted file is decrypted into memory: ONNX Runtime also reads bytes.
+            source = crypto.read_bytes(self.path) if crypto.is_encrypted(self.path) else str(
+                self.path)
+            self.session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:
             raise ModelError(f"cannot load the ONNX model {self.path}: {_reason(exc)}") from None
         graph_inputs = [i.name for i in self.session.get_inputs()]
@@ -351,8 +364,7 @@ class OnnxRunner:
     def num_parameters(self) -> int:
         """Number of values stored in the graph's initializers (weights, biases, scales)."""
         if self._n_parameters is None:
-            import onnx
-
+            onnx = require("onnx", "onnx", "reading an ONNX graph")
             graph = onnx.load(str(self.path), load_external_data=False).graph
             self._n_parameters = sum(int(np.prod(t.dims)) for t in graph.initializer)
         return self._n_parameters

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import foundry.crypto as crypto
 from foundry.compression.timing import BATCHES, time_networks
 from foundry.config.schema import CompressConfig, FoundryConfig
 from foundry.console import Reporter
@@ -160,6 +161,10 @@ def compress(
             "train again on the same data without a privacy guarantee",
             hint="compress it with int8, onnx or onnx_int8 (no retraining)",
         )
+    if any(m.startswith("onnx") for m in config.methods):
+        from foundry.compression.onnx import require_onnx
+
+        require_onnx("ONNX compression (compress.methods onnx, onnx_int8)")
     parent = Predictor.from_package(package, ref=record.ref)
     started = time.perf_counter()
 
@@ -337,12 +342,11 @@ def finish(
         skipped=skipped,
     )
     _write_report(result, out_dir, data, time.perf_counter() - started, units or {})
+    # The folder's ONNX exports hold weights, its reports the measurements: encrypted now
+    # when a key is set (the variants were registered through the registry already).
+    crypto.seal_tree(out_dir)
     if not say.quiet:
-        from rich.console import Console
-
-        # a pipe reports 80 columns: a wider table than that wraps less badly than it folds
-        console = say.console
-        Console(file=console.file, width=max(console.width, 150)).print(comparison_table(result))
+        say.table(comparison_table(result), width=150)
         say.info(f"table and every metric: {out_dir / 'compress.md'}, compress.json")
     return result
 

@@ -37,6 +37,12 @@ class LoadedConfig:
         p = Path(path).expanduser()
         return p if p.is_absolute() else (self.base_dir / p)
 
+    def data_source(self, path: str | None) -> Path | str | None:
+        """A data path for `read_table`: an ``s3://`` URL as it is, else `resolve`."""
+        from foundry.objectstore import is_url
+
+        return path if is_url(path) else self.resolve(path)
+
 
 def load_config(
     source: str | Path | dict[str, Any], overrides: list[str] | None = None
@@ -73,8 +79,12 @@ def load_serve_config(path: Path | None, overrides: dict[str, Any] | None = None
     section = raw.get("serve") or {}
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: serve must be a mapping of settings")
+    merged = dict(section)
+    for key, value in (overrides or {}).items():  # a nested override (tls) adds to its section
+        both = isinstance(value, dict) and isinstance(section.get(key), dict)
+        merged[key] = {**section[key], **value} if both else value
     try:
-        return ServeConfig.model_validate({**section, **(overrides or {})})
+        return ServeConfig.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors()[0]
         more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""

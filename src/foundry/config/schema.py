@@ -154,6 +154,19 @@ class PIIConfig(Section):
         return self
 
 
+class ImageLoadingConfig(Section):
+    """How training images reach the model (image folders and image columns)."""
+
+    loading: Literal["auto", "memory", "lazy"] = "auto"
+    """`memory`: decode every training image once into one float32 array (fastest
+    epochs; memory grows with the number of images); `lazy`: keep paths and decode each
+    batch in DataLoader workers (memory flat in the number of images); `auto`: memory
+    while the decoded training images take at most 1 GiB, else lazy."""
+    workers: int | None = Field(None, ge=0)
+    """DataLoader worker processes decoding lazy batches; `None`: CPU cores - 1, at most
+    4; 0 decodes in the training process."""
+
+
 class DataConfig(Section):
     path: str
     """Training data: a CSV, Parquet or JSONL file, or an image folder laid out as
@@ -170,6 +183,8 @@ class DataConfig(Section):
     """CSV delimiter; `None` sniffs it from the first lines."""
     pii: PIIConfig = PIIConfig()
     """Personal data: found, masked / hashed / dropped, and reported."""
+    images: ImageLoadingConfig = ImageLoadingConfig()
+    """Training images decoded once into memory, or per batch by DataLoader workers."""
 
 
 # ----------------------------------------------------------------------- features
@@ -1202,6 +1217,50 @@ class LMServeConfig(Section):
     running streams by one chunk per step rather than its whole length."""
     retry_after_s: int = Field(1, ge=1)
     """`Retry-After` of a 503 when the queue is full."""
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    """Where served language models run: `cuda` (the first GPU), `auto` (CUDA when
+    present, else the CPU) or `cpu`."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights, activations and KV cache of served language models: `bfloat16` halves
+    their memory and is what GPUs run fastest; tokens are sampled from float32 logits
+    either way. A row's tokens stay the same alone or batched only in float32 on CPU."""
+
+
+class TLSConfig(Section):
+    """HTTPS (docs/SECURITY.md): TLS 1.2+ terminated by foundry itself, on the one port it
+    listens on; with a certificate there is no plain-HTTP listener."""
+
+    cert: str | None = None
+    """PEM certificate (chain) the server presents (`--tls-cert`). With `key`: HTTPS."""
+    key: str | None = None
+    """PEM private key of `cert` (`--tls-key`)."""
+    client_ca: str | None = None
+    """PEM certificate of a CA (`--tls-client-ca`): /admin routes then also need a client
+    certificate it signed, presented in the TLS handshake (mutual TLS); prediction
+    clients need none."""
+    https_only: bool = False
+    """Refuse to start without `cert` and `key` (`--https-only`), so a deployment that lost
+    its certificate never serves in clear."""
+    hsts_max_age_s: int = Field(31_536_000, ge=0)
+    """`Strict-Transport-Security: max-age` sent with every HTTPS answer (one year):
+    browsers then refuse plain HTTP to this host."""
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TLSConfig:
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("give both cert and key (--tls-cert and --tls-key)")
+        if self.client_ca and not self.cert:
+            raise ValueError("client_ca needs cert and key: mutual TLS is TLS")
+        if self.https_only and not self.cert:
+            raise ValueError(
+                "https_only is set but no certificate is: give --tls-cert and --tls-key "
+                "(serve.tls.cert, serve.tls.key)"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert)
 
 
 class ServeConfig(Section):
@@ -1251,6 +1310,8 @@ class ServeConfig(Section):
     """After `foundry keys rotate`, the old key keeps working this long."""
     lm: LMServeConfig = LMServeConfig()
     """Language models: continuous batching and its bounds."""
+    tls: TLSConfig = TLSConfig()
+    """HTTPS: certificate, key, mutual TLS for /admin, HSTS (docs/SECURITY.md)."""
 
     @model_validator(mode="after")
     def _plan_names_fit_the_database(self) -> ServeConfig:
@@ -1485,6 +1546,34 @@ def _tune_key_problem(config: FoundryConfig, key: str) -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------- tracking
+
+
+class MLflowTrackConfig(Section):
+    uri: str | None = None
+    """MLflow tracking URI: a server (`http://127.0.0.1:5000`) or a local store
+    (`sqlite:///mlflow.db`, a folder). Default: the MLFLOW_TRACKING_URI environment
+    variable."""
+    experiment: str | None = None
+    """Experiment the run goes into (created if missing). Default: the config's `name`."""
+    run_name: str | None = None
+    """Name of the MLflow run. Default: the run directory's name."""
+    artifacts: bool = True
+    """Upload the model card, metrics and config files of the run as artifacts."""
+
+
+class TrackConfig(Section):
+    """Experiment trackers a training run also reports to. A tracker that fails (server
+    down) is warned about once and dropped: it never fails the run."""
+
+    mlflow: MLflowTrackConfig | None = None
+    """Log params (the flattened config), per-epoch metrics (gbm: every few rounds), the
+    final metrics and the card to MLflow (`pip install 'foundry-mlops[tracking]'`)."""
+    tensorboard: bool = False
+    """Write TensorBoard event files to `<run_dir>/tensorboard` (`tensorboard --logdir
+    runs`): per-epoch and final metrics, the config as text."""
+
+
 class FoundryConfig(Section):
     """A whole pipeline: data → features → model → train → evaluate → registry."""
 
@@ -1521,6 +1610,8 @@ class FoundryConfig(Section):
     """Folder for run directories (checkpoints, metrics.jsonl); relative to the config."""
     tune: TuneConfig | None = None
     """Hyper-parameter search run by `foundry tune` (`train` and `run` ignore it)."""
+    track: TrackConfig = TrackConfig()
+    """Experiment tracking: MLflow and TensorBoard (off unless set)."""
 
     @property
     def is_language_model(self) -> bool:

@@ -49,14 +49,14 @@ def load_splits(loaded: LoadedConfig, say: Reporter) -> tuple[Splits, Any]:
     from foundry.data.preprocess import check_numbers
 
     data, target = loaded.config.data, loaded.config.features.target
-    df = read_table(loaded.resolve(data.path), data.format, data.delimiter)
+    df = read_table(loaded.data_source(data.path), data.format, data.delimiter)
     val = (
-        read_table(loaded.resolve(data.val_path), data.format, data.delimiter)
+        read_table(loaded.data_source(data.val_path), data.format, data.delimiter)
         if data.val_path
         else None
     )
     test = (
-        read_table(loaded.resolve(data.test_path), data.format, data.delimiter)
+        read_table(loaded.data_source(data.test_path), data.format, data.delimiter)
         if data.test_path
         else None
     )

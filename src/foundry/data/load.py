@@ -1,7 +1,8 @@
 """Reading a training table from disk: CSV, Parquet, JSONL or an image folder.
 
 Every failure a user can cause (missing file, empty file, ragged CSV, unknown extension,
-image folder without classes) is a `DataError` whose message names the file.
+image folder without classes) is a `DataError` whose message names the file. A table may
+also be an object (`s3://bucket/key.parquet`, `read_url`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import io
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -59,8 +60,13 @@ def read_table(
     A CSV or JSONL file of `PROGRESS_MIN_BYTES` or more shows a bytes progress bar on
     stderr (`progress`: None decides by `foundry.progress.progress_enabled`, False
     never). The parser is the same one-shot call either way, fed as it reads: the frame
-    (values, dtypes) does not depend on whether a bar was shown.
+    (values, dtypes) does not depend on whether a bar was shown. An ``s3://`` URL is read
+    by `read_url`.
     """
+    from foundry.objectstore import is_url
+
+    if is_url(path):
+        return read_url(str(path), format, delimiter)
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file not found: {path}")
@@ -106,7 +112,10 @@ def sniff_delimiter(path: Path) -> str:
     if path.suffix.lower() == ".tsv":
         return "\t"
     with path.open("r", encoding="utf-8", errors="replace", newline="") as f:
-        sample = f.read(_SNIFF_BYTES)
+        return _sniff(f.read(_SNIFF_BYTES))
+
+
+def _sniff(sample: str) -> str:
     # Cut at the last full line so a truncated row does not confuse the sniffer.
     if len(sample) == _SNIFF_BYTES and "\n" in sample:
         sample = sample[: sample.rfind("\n")]
@@ -204,6 +213,46 @@ def _read_jsonl(path: Path, bar: Any = None) -> pd.DataFrame:
         return pd.read_json(io.StringIO(b"".join(blocks).decode("utf-8")), lines=True)
     except (ValueError, json.JSONDecodeError) as e:
         raise DataError(f"malformed JSONL {path}: {_one_line(e)}") from e
+
+
+def read_url(url: str, format: str = "auto", delimiter: str | None = None) -> pd.DataFrame:
+    """A CSV, Parquet or JSONL table stored as one object (``s3://bucket/key``), read
+    whole through fsspec (endpoint and credentials: `foundry.objectstore`). Image
+    folders stay local."""
+    from foundry.objectstore import describe_failure, filesystem
+
+    suffix = PurePosixPath(url).suffix.lower()
+    fmt = format if format != "auto" else FORMAT_BY_SUFFIX.get(suffix)
+    if fmt not in ("csv", "parquet", "jsonl"):
+        raise DataError(
+            f"cannot read {url}: an s3:// data path must be a .csv, .parquet or .jsonl "
+            "file (or set data.format); image folders must be local"
+        )
+    try:
+        data = filesystem(error=DataError).cat_file(url)
+    except FileNotFoundError as e:
+        raise DataError(f"data file not found: {url}") from e
+    except Exception as e:  # botocore / aiohttp: credentials, endpoint, network
+        raise DataError(f"cannot read {url}: {describe_failure(e)}") from e
+    if not data:
+        raise DataError(f"data file is empty (0 bytes): {url}")
+    try:
+        if fmt == "parquet":
+            df = pd.read_parquet(io.BytesIO(data))
+        elif fmt == "jsonl":
+            df = pd.read_json(io.BytesIO(data), lines=True)
+        else:
+            sample = data[:_SNIFF_BYTES].decode("utf-8", errors="replace")
+            sep = delimiter or ("\t" if suffix == ".tsv" else _sniff(sample))
+            try:  # the engines `_read_csv` uses, in the same order: the same frame
+                df = pd.read_csv(io.BytesIO(data), sep=sep, engine="pyarrow")
+            except (ValueError, OSError):
+                df = pd.read_csv(io.BytesIO(data), sep=sep, encoding_errors="replace")
+    except (ValueError, OSError) as e:  # also pandas' EmptyDataError and ArrowInvalid
+        raise DataError(f"malformed {fmt} file {url}: {_one_line(e)}") from e
+    if len(df) == 0:
+        raise DataError(f"data file has no rows: {url}")
+    return df
 
 
 def read_image_folder(path: Path) -> pd.DataFrame:

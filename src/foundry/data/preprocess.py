@@ -23,7 +23,7 @@ import torch
 from foundry.config.schema import FeatureConfig
 from foundry.data.encoders.binary import BinaryEncoder
 from foundry.data.encoders.category import CategoryEncoder
-from foundry.data.encoders.image import ImageEncoder
+from foundry.data.encoders.image import ImageEncoder, resolve_paths
 from foundry.data.encoders.number import NumberEncoder, to_float
 from foundry.data.encoders.target import TargetEncoder
 from foundry.data.encoders.text import TextEncoder
@@ -88,8 +88,19 @@ class Preprocessor:
 
     # ---------------------------------------------------------------- transform
 
-    def transform(self, df: pd.DataFrame, with_target: bool = True) -> dict[str, torch.Tensor]:
-        """Frame → `Encoded` (see foundry.data.schema); rows stay in order, none dropped."""
+    def transform(
+        self,
+        df: pd.DataFrame,
+        with_target: bool = True,
+        *,
+        lazy_images: bool = False,
+        image_workers: int | None = None,
+    ) -> dict[str, Any]:
+        """Frame → `Encoded` (see foundry.data.schema); rows stay in order, none dropped.
+
+        `lazy_images`: image columns become `LazyImages` (paths, decoded per batch by
+        `image_workers` DataLoader workers; see foundry.data.lazy_images) instead of
+        float32 [N, C, H, W] tensors; their rows are the same values."""
         names = [*self.resolved.input_names, *([self.target.name] if with_target else [])]
         _require_columns(df, names, "data")
         n = len(df)
@@ -107,7 +118,13 @@ class Preprocessor:
         for enc in self._text:
             out[f"text:{enc.name}"] = torch.from_numpy(enc.transform(df[enc.name]))
         for enc in self._image:
-            out[f"image:{enc.name}"] = torch.from_numpy(enc.transform(df[enc.name]))
+            if lazy_images:
+                from foundry.data.lazy_images import LazyImages
+
+                paths = resolve_paths(df[enc.name], enc.name, enc.base_dir)
+                out[f"image:{enc.name}"] = LazyImages(enc, paths, workers=image_workers)
+            else:
+                out[f"image:{enc.name}"] = torch.from_numpy(enc.transform(df[enc.name]))
         if with_target:
             out["target"] = torch.from_numpy(self.target.transform(df[self.target.name]))
         return out
@@ -161,6 +178,10 @@ class Preprocessor:
             text=[TextInput(e.name, e.vocab_size, e.max_length) for e in self._text],
             image=[ImageInput(e.name, e.channels, e.height, e.width) for e in self._image],
         )
+
+    @property
+    def image_encoders(self) -> list[ImageEncoder]:
+        return list(self._image)
 
     @property
     def task(self) -> TaskInfo:
@@ -226,8 +247,9 @@ def check_numbers(df: pd.DataFrame, resolved: ResolvedFeatures, source: str) -> 
             to_float(
                 df[name],
                 name,
-                row_name=lambda i: f"row {i + 1} of {source}, counting data rows from 1 "
-                "without the header",
+                row_name=lambda i: (
+                    f"row {i + 1} of {source}, counting data rows from 1 without the header"
+                ),
             )
 
 

@@ -51,7 +51,9 @@ import pandas as pd
 import torch
 from torch import nn
 
+import foundry.crypto as crypto
 from foundry.errors import DataError, ModelError
+from foundry.extras import require
 
 __all__ = [
     "ExplainResult",
@@ -333,6 +335,7 @@ def _integrate(
     [B, ...]) from `baselines`, for output column `targets[i]` of row i; `extra` tensors
     (integer ids, masks) pass along unchanged. Returns (attributions per input, float64
     numpy shaped like it; convergence delta per row)."""
+    require("trust", "captum", "integrated-gradients explanations")
     from captum.attr import IntegratedGradients
 
     attributions, delta = IntegratedGradients(net.explained_forward).attribute(
@@ -706,7 +709,7 @@ def explain_file(
     result = ExplainResult(predictor.ref, path, explanations, ranked, out_path, shown)
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(result.to_dict(), indent=2))
+        crypto.write_text(out_path, json.dumps(result.to_dict(), indent=2), fsync=False)
     return result
 
 

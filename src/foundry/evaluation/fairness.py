@@ -44,6 +44,7 @@ from sklearn.base import BaseEstimator
 
 from foundry.config.schema import MitigationConfig
 from foundry.errors import ConfigError, DataError, ModelError
+from foundry.extras import require
 
 __all__ = [
     "MISSING",
@@ -163,6 +164,7 @@ def audit(
     row has no TPR, and no negative row no FPR, and is left out of that range instead of
     counting as 0). Returns a JSON-able dict; undefined values are None.
     """
+    require("trust", "fairlearn", "the fairness audit (evaluate.fairness)")
     from fairlearn.metrics import (
         MetricFrame,
         count,
@@ -396,6 +398,7 @@ def fit_mitigation(
     "count", "p0", "operator0", "threshold0", "p1", "operator1", "threshold1", "p_ignore",
     "prediction_constant"}}, ...}; infinite thresholds are the strings "inf" / "-inf".
     """
+    require("trust", "fairlearn", "fairness mitigation (evaluate.fairness.mitigation)")
     from fairlearn import __version__ as fairlearn_version
     from fairlearn.postprocessing import ThresholdOptimizer
 

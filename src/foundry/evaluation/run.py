@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import foundry.crypto as crypto
 from foundry.errors import DataError, ModelError
 
 
@@ -135,7 +136,7 @@ def _manifest(ref: str) -> tuple[str, dict[str, Any]]:
     if is_package_dir(Path(ref)):
         manifest_path = Path(ref) / "foundry.json"
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest = json.loads(crypto.read_text(manifest_path))
         except (OSError, json.JSONDecodeError) as exc:
             raise ModelError(f"{manifest_path}: cannot read the model manifest: {exc}") from exc
         return f"{manifest.get('name', Path(ref).name)}:{manifest.get('version')}", manifest

@@ -153,11 +153,18 @@ class LMData:
     pii: dict[str, Any] | None = None
     """What `data.pii` found in the texts (None when scanning is off)."""
 
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Documents / conversations per split."""
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
     def summary(self, path: object) -> str:
         """The run's data line: `data: PATH (corpus; documents train/val/test = a/b/c)`."""
         unit = "documents" if self.kind == "corpus" else "conversations"
-        return (f"data: {path} ({self.kind}; {unit} train/val/test = "
-                f"{len(self.train)}/{len(self.val)}/{len(self.test)})")
+        return (
+            f"data: {path} ({self.kind}; {unit} train/val/test = "
+            f"{len(self.train)}/{len(self.val)}/{len(self.test)})"
+        )
 
 
 def load_lm_data(loaded: LoadedConfig) -> LMData:
@@ -226,14 +233,7 @@ def scrub_examples(
         items = [[{**m, "content": next(it)} for m in conv] for conv in ex.items]
         return LMExamples(ex.kind, items)
 
-    # One free-text column: nothing in it is an identifier column. A document can be a
-    # whole book: unless the config sets a cap, it is scanned whole (the scan is linear),
-    # never replaced as too long; the default cap protects serving workers, and corpus
-    # documents are not served.
-    update: dict[str, Any] = {"columns": ["text"], "identifiers": "report"}
-    if "max_value_chars" not in config.model_fields_set:
-        update["max_value_chars"] = None
-    settings = config.model_copy(update=update)
+    settings = lm_pii_settings(config)
     frame = pd.DataFrame({"text": texts(examples)}, dtype=object)
     scrubber = PIIScrubber.fit(frame, settings, target=None)
     scrubbed, report = scrubber.scrub(frame)
@@ -247,24 +247,46 @@ def scrub_examples(
     return out, others, merge_reports(reports)
 
 
+def lm_pii_settings(config: Any) -> Any:
+    """`data.pii` as it applies to LM texts: one free-text column, so nothing in it is
+    an identifier column. A document can be a whole book: unless the config sets a cap,
+    it is scanned whole (the scan is linear), never replaced as too long; the default
+    cap protects serving workers, and corpus documents are not served."""
+    update: dict[str, Any] = {"columns": ["text"], "identifiers": "report"}
+    if "max_value_chars" not in config.model_fields_set:
+        update["max_value_chars"] = None
+    return config.model_copy(update=update)
+
+
 def split_examples(
     examples: LMExamples, split: SplitConfig, path: Path
 ) -> tuple[LMExamples, LMExamples, LMExamples]:
     """Seeded train / val / test split of whole documents or conversations."""
+    parts = split_positions(len(examples), split, path, examples.kind)
+    train, val, test = (examples.take(parts[name].tolist()) for name in ("train", "val", "test"))
+    return train, val, test
+
+
+def split_positions(n: int, split: SplitConfig, path: Path, kind: str) -> dict[str, Any]:
+    """The seeded split of `n` documents or conversations: split name → int64 positions
+    (in the order the split draws them). Depends on `n` and `split` alone, so a corpus
+    read as a stream (`lm.token_shards`) splits as one read whole."""
     from foundry.data import split_frame
 
-    frame = pd.DataFrame({"i": range(len(examples))})
+    frame = pd.DataFrame({"i": range(n)})
     try:
         parts = split_frame(frame, split, None)
     except DataError as exc:
-        unit = "documents" if examples.kind == "corpus" else "conversations"
+        unit = "documents" if kind == "corpus" else "conversations"
         raise DataError(
-            f"{path}: {len(examples)} {unit} cannot be split as data.split asks: {exc.message}",
+            f"{path}: {n} {unit} cannot be split as data.split asks: {exc.message}",
             hint="separate documents with blank lines, give data.val_path / data.test_path, "
             "or set data.split to {train: 1.0, val: 0, test: 0}",
         ) from exc
-    train, val, test = (examples.take(part["i"].tolist()) for part in parts)
-    return train, val, test
+    return {
+        name: part["i"].to_numpy()
+        for name, part in zip(("train", "val", "test"), parts, strict=True)
+    }
 
 
 def read_lm_file(
@@ -417,6 +439,11 @@ class TokenData:
     def n_targets(self) -> int:
         """Tokens the loss covers."""
         return int((self.labels != IGNORE).sum())
+
+    def target_counts(self, vocab_size: int) -> Tensor:
+        """float64 [vocab_size]: how often each token id is a target."""
+        targets = self.labels[self.labels != IGNORE]
+        return torch.bincount(targets, minlength=vocab_size).double()
 
 
 def tokenizer_texts(examples: LMExamples, template: str | None = None) -> Iterator[str]:

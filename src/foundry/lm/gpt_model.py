@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import foundry.crypto as crypto
 from foundry.config.schema import GenerationConfig, GPTConfig, LMConfig
 from foundry.errors import ModelError
 from foundry.lm.api import Completion, Delta
@@ -110,7 +111,7 @@ def load_gpt_package(
     if not tokenizer_file.is_file():
         raise ModelError(f"model package {package.path} is missing tokenizer.json")
     tokenizer = BPETokenizer.from_json(
-        tokenizer_file.read_text(encoding="utf-8"), source=str(tokenizer_file)
+        crypto.read_text(tokenizer_file), source=str(tokenizer_file)
     )
     model = GPT(config, vocab_size)
     if (manifest.get("compression") or {}).get("method") == "int8":

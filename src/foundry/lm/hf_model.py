@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+import foundry.crypto as crypto
 from foundry.config.schema import GenerationConfig, LMConfig
 from foundry.data.encoders.target import TargetEncoder
 from foundry.data.encoders.text import texts_of
@@ -106,6 +107,15 @@ def load_hf_network(package: Package) -> tuple[nn.Module, HFTokenizer]:
     )
     if not directory.is_dir():
         raise ModelError(f"model package {package.path} is missing its {hf['directory']}/ folder")
+    # transformers and PEFT read folders by path: an encrypted one is decrypted into a
+    # private temporary folder for the load and deleted after (foundry.crypto).
+    with crypto.plain_directory(directory) as plain:
+        return _load_hf_network(package, hf, plain)
+
+
+def _load_hf_network(
+    package: Package, hf: dict[str, Any], directory: Path
+) -> tuple[nn.Module, HFTokenizer]:
     tokenizer = HFTokenizer(load_tokenizer(str(directory)), chat_template=hf.get("chat_template"))
     task, head = hf["task"], hf.get("head", "pooled")
     kind = {"causal_lm": "causal_lm", "embedding": "encoder"}.get(task) or (
@@ -349,13 +359,12 @@ class HFLanguageModel:
         """A continuous-batching engine over this model (`foundry.lm.continuous`);
         `settings` are ContinuousBatcher's keyword arguments."""
         from foundry.lm.continuous import ContinuousBatcher
-        from foundry.lm.hf_step import HFCacheIO
+        from foundry.lm.hf_step import HFCacheIO, batch_invariant_attention
 
         # Plain matmul + softmax attention: the SDPA kernel on CPU splits its work by
         # batch size, so a row would get other low bits alone than among others (see
         # foundry.lm.continuous). This model object then serves the batcher only.
-        if hasattr(self.model, "set_attn_implementation"):
-            self.model.set_attn_implementation("eager")
+        batch_invariant_attention(self.model)
         return ContinuousBatcher(self.engine, HFCacheIO(), adjust=self._params, **settings)
 
     def _params(self, params: GenerationConfig) -> GenerationConfig:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from foundry.lm.data import IGNORE, TokenData
+from foundry.lm.data import TokenData
 from foundry.lm.train import evaluate_tokens, exp_loss
 
 __all__ = ["lm_metrics", "unigram_perplexity"]
@@ -22,13 +22,14 @@ __all__ = ["lm_metrics", "unigram_perplexity"]
 def unigram_perplexity(train: TokenData, heldout: TokenData, vocab_size: int) -> float:
     """Perplexity on `heldout`'s targets of p(token) = (count in train targets + 1) /
     (train targets + vocab_size): add-one smoothing, so unseen tokens are not infinite."""
-    train_targets = train.labels[train.labels != IGNORE]
-    counts = torch.bincount(train_targets, minlength=vocab_size).double()
+    # counts, not the tokens themselves: token shards (lm.token_shards) are read a chunk
+    # at a time rather than gathered whole
+    counts = train.target_counts(vocab_size)
     log_p = torch.log((counts + 1) / (counts.sum() + vocab_size))
-    targets = heldout.labels[heldout.labels != IGNORE]
-    if len(targets) == 0:
+    held = heldout.target_counts(vocab_size)
+    if held.sum() == 0:
         return float("nan")
-    return math.exp(-log_p[targets].mean().item())
+    return math.exp(-(held * log_p).sum().item() / held.sum().item())
 
 
 def lm_metrics(

@@ -35,7 +35,7 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-HEAD = "0003_usage_reservations"
+HEAD = "0005_encrypted_key_names"
 """The newest revision in versions/ (a test keeps the two in step)."""
 VERSION_TABLE = "foundry_alembic_version"
 MIGRATION_LOCK_ID = 0x466F756E64727900

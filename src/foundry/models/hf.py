@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from foundry.errors import ModelError
+from foundry.extras import require
 
 __all__ = [
     "HFTokenizer",
@@ -119,6 +120,7 @@ def quiet_transformers() -> Iterator[None]:
     """transformers draws a progress bar per model loaded or saved and notes every newly
     initialised head: keep the console for foundry's own lines (the global settings are
     restored afterwards)."""
+    require("llm", "transformers", "pretrained Hugging Face models (model.type hf)")
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -184,6 +186,7 @@ def _download_error(source: str, what: str, exc: BaseException) -> ModelError:
 
 def load_pretrained_config(source: str, revision: str | None = None) -> Any:
     """The transformers `PretrainedConfig` of a hub id or local directory."""
+    require("llm", "transformers", "pretrained Hugging Face models (model.type hf)")
     from transformers import AutoConfig
 
     if is_local(source):
@@ -216,6 +219,7 @@ def load_pretrained(
     `sequence_classification` (AutoModelForSequenceClassification; pass `num_labels`).
     The model comes back in eval mode, float32, on the CPU.
     """
+    require("llm", "transformers", "pretrained Hugging Face models (model.type hf)")
     from transformers import (
         AutoModel,
         AutoModelForCausalLM,
@@ -247,6 +251,7 @@ def load_pretrained(
 
 def load_tokenizer(source: str, revision: str | None = None) -> Any:
     """The checkpoint's tokenizer (a `PreTrainedTokenizerBase`)."""
+    require("llm", "transformers", "pretrained Hugging Face models (model.type hf)")
     from transformers import AutoTokenizer
 
     try:

@@ -21,6 +21,7 @@ from torch import nn
 
 from foundry.config.schema import LoRAConfig
 from foundry.errors import ConfigError, ModelError
+from foundry.extras import require
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -53,6 +54,7 @@ def target_modules_for(model: nn.Module, lora: LoRAConfig) -> list[str] | str:
     """The layers to adapt: `lora.target_modules`, else the table for the model type."""
     if lora.target_modules is not None:
         return list(lora.target_modules)
+    require("llm", "peft", "LoRA adapters (lora:)")
     from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TABLE
 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -67,6 +69,7 @@ def apply_lora(model: nn.Module, lora: LoRAConfig, task: PeftTask) -> Any:
     """Wrap a transformers model in a peft model whose only trainable weights are the
     LoRA matrices (for `SEQ_CLS`, the classification head too: peft keeps a trainable
     copy of it and saves it with the adapter). Seed torch before calling: A is random."""
+    require("llm", "peft", "LoRA adapters (lora:)")
     from peft import LoraConfig, get_peft_model
 
     targets = target_modules_for(model, lora)
@@ -128,6 +131,7 @@ def save_adapter(peft_model: Any, directory: Path) -> None:
 def load_adapter(base: nn.Module, directory: Path, *, merge: bool = True) -> nn.Module:
     """Apply a saved adapter to `base`; `merge=True` folds it into the base weights and
     returns a plain transformers model (no peft wrapper left at inference)."""
+    require("llm", "peft", "LoRA adapters (lora:)")
     from peft import PeftModel
 
     if not (directory / "adapter_model.safetensors").is_file():

@@ -33,8 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from foundry.errors import ModelError
-
 __all__ = ["INDEX_FILE", "ItemIndex", "build_item_index", "import_faiss"]
 
 INDEX_FILE = "items.faiss"
@@ -47,14 +45,11 @@ RECALL_AT = 10
 
 
 def import_faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as e:  # an optional extra: only large catalogues need it
-        raise ModelError(
-            "an approximate item index needs faiss-cpu, which is not installed",
-            hint="pip install 'foundry[recommend]' (or faiss-cpu), or set recommend.index: exact",
-        ) from e
-    return faiss
+    """faiss, from the `recommend` extra: only large catalogues need it (else the one-line
+    error naming the install; `recommend.index: exact` needs nothing)."""
+    from foundry.extras import require
+
+    return require("recommend", "faiss", "the approximate item index (recommend.index)")
 
 
 @dataclass

@@ -21,7 +21,6 @@ reports. A hostile or copied-in manifest can then name /etc/passwd but nothing r
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -29,15 +28,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from foundry.crypto import plain_sha256
 from foundry.errors import ModelError
 
 FILES_KEY = "files"
 """Manifest key holding {relative path: {"sha256": hex, "bytes": size}} of every package
 file but foundry.json."""
 MANIFEST = "foundry.json"
-_READ_SIZE = 1 << 20
-"""Bytes per read when hashing: past ~256 KiB the hash, not the calls, is the cost
-(benchmarks/package_verify.py)."""
 
 log = logging.getLogger("foundry.registry")
 
@@ -63,14 +60,33 @@ def _sha256_real(path: str) -> str:
         cached = _digests.get(key)
     if cached is not None:
         return cached
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_READ_SIZE):
-            digest.update(chunk)
-    hexdigest = digest.hexdigest()
+    # Over the plaintext: an encrypted file's checksum holds across key rotations.
+    hexdigest = plain_sha256(path)
     with _digests_lock:
         _digests[key] = hexdigest
     return hexdigest
+
+
+def remember_digest(path: str | Path, hexdigest: str) -> None:
+    """Record the digest of the plaintext just read from `path` (an encrypted file that a
+    reader decrypted whole anyway), so that verifying it does not decrypt it again."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    with _digests_lock:
+        _digests[(real, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)] = hexdigest
+
+
+def moved(old: str | Path, new: str | Path) -> None:
+    """Folder `old` was renamed to `new`: keep the digests cached for the files in it. A
+    rename changes neither the size, mtime, ctime nor inode of the files inside, so the
+    next stat of a file still matches unless it was written since (a downloaded package
+    is verified in a hidden folder, then renamed into the cache; not hashed twice)."""
+    old_root = os.path.join(os.path.realpath(old), "")
+    new_root = os.path.join(os.path.realpath(new), "")
+    with _digests_lock:
+        for key in [k for k in _digests if k[0].startswith(old_root)]:
+            renamed = (new_root + key[0][len(old_root):], *key[1:])
+            _digests[renamed] = _digests.pop(key)
 
 
 def clear_cache() -> None:
@@ -104,25 +120,30 @@ def seal(directory: Path, manifest: dict[str, Any]) -> str:
     return sha256_file(directory / MANIFEST)
 
 
-def verify_manifest(directory: Path, expected: str | None, *, ref: str) -> None:
+def verify_manifest(directory: Path, expected: str | None, *, ref: str,
+                    origin: str | None = None) -> None:
     """Refuse a foundry.json whose sha256 is not the one the index recorded (None: a
-    version registered before the index kept one; nothing to compare)."""
+    version registered before the index kept one; nothing to compare). `origin`: where
+    the files were downloaded from (an s3:// URL), named in the error instead of
+    `directory` (`foundry.registry.artifacts`)."""
     if expected is None:
         return
     actual = sha256_file(Path(directory) / MANIFEST)
     if actual != expected:
         raise ModelError(
-            f"model {ref}: {Path(directory) / MANIFEST} was changed after registration "
+            f"model {ref}: {_shown(directory, MANIFEST, origin)} was changed after registration "
             f"(sha256 {actual[:12]}…, the registry recorded {expected[:12]}…); refusing "
             "to load it",
             hint="restore the package from a backup, or train and register it again",
         )
 
 
-def verify_files(directory: Path, manifest: dict[str, Any], *, ref: str) -> bool:
+def verify_files(directory: Path, manifest: dict[str, Any], *, ref: str,
+                 origin: str | None = None) -> bool:
     """Check every file the manifest lists (size, then sha256) and that no file was added.
     Returns False for a package written before packages carried checksums (logged once
-    per package); raises ModelError naming the first file that differs."""
+    per package); raises ModelError naming the first file that differs (under `origin`,
+    the URL it was downloaded from, when given)."""
     directory = Path(directory)
     listed = manifest.get(FILES_KEY)
     if listed is None:
@@ -143,12 +164,14 @@ def verify_files(directory: Path, manifest: dict[str, Any], *, ref: str) -> bool
             raise ModelError(f"model {ref}: {directory / MANIFEST} lists {name!r}, which is "
                              "outside the package", hint=hint)
         if not os.path.isfile(real):
-            raise ModelError(f"model {ref}: package file {path} is missing", hint=hint)
+            raise ModelError(f"model {ref}: package file {_shown(directory, name, origin)} "
+                             "is missing", hint=hint)
         expected = entry.get("sha256") if isinstance(entry, dict) else None
         size = entry.get("bytes") if isinstance(entry, dict) else None
         if (size is not None and os.path.getsize(real) != size) or _sha256_real(real) != expected:
             raise ModelError(
-                f"model {ref}: package file {path} is corrupt or was changed after "
+                f"model {ref}: package file {_shown(directory, name, origin)} is corrupt "
+                "or was changed after "
                 "registration (its sha256 differs from the one in foundry.json)",
                 hint=hint,
             )
@@ -161,6 +184,11 @@ def verify_files(directory: Path, manifest: dict[str, Any], *, ref: str) -> bool
             "restore the package from a backup",
         )
     return True
+
+
+def _shown(directory: Path, name: str, origin: str | None) -> str:
+    """How an error names package file `name`: its URL when downloaded, else its path."""
+    return f"{origin}/{name}" if origin else str(Path(directory) / name)
 
 
 def inside(path: str | Path, roots: Iterable[str | Path]) -> Path | None:

@@ -18,6 +18,7 @@ one checks every file against the checksums in its manifest (`foundry.registry.i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,10 +29,17 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+import foundry.crypto as crypto
 from foundry.errors import ModelError
-from foundry.registry.integrity import FILES_KEY, seal, verify_files, verify_manifest
+from foundry.registry.integrity import (
+    FILES_KEY,
+    remember_digest,
+    seal,
+    verify_files,
+    verify_manifest,
+)
 from foundry.registry.refs import PACKAGE_FILES
 
 TMP_PREFIX = ".tmp-"
@@ -144,16 +152,25 @@ def read_package(
     ref = ref or str(directory)
     verify_manifest(directory, manifest_sha256, ref=ref)
     manifest = read_json(directory / "foundry.json")
+    weights_path = directory / "model.safetensors"
+    plain: crypto.Buffer | None = None
+    if crypto.is_encrypted(weights_path):
+        # Decrypted once, whole: its digest is recorded so verifying does not decrypt again.
+        digest = hashlib.sha256()
+        plain = crypto.read_buffer(weights_path, digest)
+        remember_digest(weights_path, digest.hexdigest())
     # Before the weights are parsed: a changed file must not load, even if it parses.
     verify_files(directory, manifest, ref=ref)
-    weights_path = directory / "model.safetensors"
     try:
-        weights = load_file(weights_path, device="cpu")
+        # A plaintext file is memory-mapped by safetensors; decrypted weights are views of
+        # the one buffer they were decrypted into.
+        weights = (crypto.tensors_from_buffer(plain, source=str(weights_path))
+                   if plain is not None else load_file(weights_path, device="cpu"))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{weights_path}: not a readable safetensors file: {exc}") from exc
     metrics = read_json(directory / "metrics.json")
     try:
-        card = (directory / "card.md").read_text(encoding="utf-8")
+        card = crypto.read_text(directory / "card.md")
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelError(f"{directory / 'card.md'}: cannot read the model card: {exc}") from exc
     card_json = read_json(directory / "card.json") if (directory / "card.json").is_file() else None
@@ -196,8 +213,7 @@ def _save_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
             tensor = tensor.clone()
         seen_storages.add(tensor.untyped_storage().data_ptr())
         tensors[key] = tensor
-    save_file(tensors, str(path))
-    _fsync(path)
+    crypto.write_tensors(path, tensors, fsync=True)
 
 
 def _write_extra(root: Path, name: str, content: str | bytes | Path) -> None:
@@ -215,15 +231,18 @@ def _write_extra(root: Path, name: str, content: str | bytes | Path) -> None:
                     _write_extra(root, (rel / item.relative_to(content)).as_posix(), item)
             return
         _check_suffix(name)
-        shutil.copyfile(content, target)
-        _fsync(target)
+        if crypto.keyring() is None and not crypto.is_encrypted(content):
+            shutil.copyfile(content, target)  # streamed: Hugging Face weights can be GBs
+            with open(target, "rb") as f:
+                os.fsync(f.fileno())
+            return
+        # An encrypted source is re-encrypted under a fresh data key (or stored plain
+        # when no key is set now).
+        crypto.write_bytes(target, crypto.read_bytes(content))
         return
     _check_suffix(name)
     if isinstance(content, bytes):
-        with open(target, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
+        crypto.write_bytes(target, content)
     else:
         _write_text(target, content)
 
@@ -237,23 +256,12 @@ def _check_suffix(name: str) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    crypto.write_text(path, text)
 
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(crypto.read_text(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(data, dict):

@@ -1,7 +1,9 @@
-"""Model references: ``name``, ``name:latest``, ``name:<version>`` or ``name:<tag>``.
+"""Model references: ``name``, ``name:latest``, ``name:<version>`` or ``name:<alias or tag>``.
 
-A tag (``compressed``, ``production``) names whichever version carries it: tags move
-from version to version (`Registry.tag`), versions never change."""
+An alias (``production``: `Registry.set_alias`, one index row per alias) names the version
+it points to; a tag (``compressed``, ``int8``) names the newest version carrying it. Both
+move from version to version (an alias wins over a tag of the same name); versions never
+change. docs/REGISTRY.md has the commands."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ Version = int | Literal["latest"] | str
 
 ACCEPTED_FORMS = (
     "'name', 'name:latest', 'name:<version>' with a version >= 1 (e.g. 'adult:3') or "
-    "'name:<tag>' (e.g. 'adult:compressed')"
+    "'name:<alias or tag>' (e.g. 'adult:production')"
 )
 _TAG = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 

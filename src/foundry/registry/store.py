@@ -12,17 +12,24 @@ writer took that number first) and then inserting the row, whose unique (name, v
 constraint catches writers that share the database but not the directory. Either
 conflict means: try the next number. A crash between the rename and the insert leaves an
 invisible directory whose number is skipped, never a half package or a row without one.
+
+With FOUNDRY_ARTIFACTS=s3://bucket/prefix the packages live in object storage, shared by
+every home on the same database, and each home's `models/` folder is its local cache
+(`foundry.registry.artifacts`): a package is uploaded under a path of its own before its
+row is inserted, and a home loading a version it does not hold downloads and verifies it
+first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -43,13 +50,16 @@ from sqlalchemy import (
     delete,
     func,
     select,
+    update,
 )
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+import foundry.crypto as crypto
 from foundry.db import database_url, open_engine, safe_url, sqlite_file
 from foundry.db import default_home as default_home  # re-exported: foundry.registry API
 from foundry.errors import ModelError
+from foundry.registry.artifacts import ARTIFACTS_ENV, ArtifactStore, artifact_store
 from foundry.registry.integrity import Confinement, seal, verify_files, verify_manifest
 from foundry.registry.package import (
     TMP_PREFIX,
@@ -101,6 +111,20 @@ class _ModelVersionRow(_Base):
     """sha256 of the package's foundry.json (NULL: registered before it was kept)."""
     run_dir: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     """Absolute path of the run folder foundry created for this version, if any."""
+
+
+class _ModelAliasRow(_Base):
+    """`name:alias` → one version (`foundry models alias`). One row per alias, so moving
+    it is one UPDATE: a reader sees the old version or the new one, never none or two."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (UniqueConstraint("name", "alias", name="uq_model_aliases_name_alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    alias: Mapped[str] = mapped_column(String(64), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
 @dataclass(frozen=True)
@@ -155,19 +179,24 @@ class Registry:
 
     home: store root (default ``default_home()``, resolved now). url: SQLAlchemy database
     URL (default ``FOUNDRY_DATABASE_URL``, else ``sqlite:///<home>/foundry.db``). The
-    database's tables are created (or migrated, `foundry.migrations`) on first use. Safe
-    to share between threads; several processes may use the same home and database at
-    once.
+    database's tables are created (or migrated, `foundry.migrations`) on first use.
+    artifacts: ``s3://bucket/prefix`` where packages are shared (default
+    ``FOUNDRY_ARTIFACTS``; unset: packages live in the home only). Safe to share between
+    threads; several processes may use the same home and database at once, and several
+    homes the same database and artifact store.
     """
 
-    def __init__(self, home: Path | str | None = None, url: str | None = None) -> None:
+    def __init__(self, home: Path | str | None = None, url: str | None = None, *,
+                 artifacts: str | None = None) -> None:
         self.home = Path(home).expanduser().resolve() if home is not None else default_home()
         self.url = database_url(self.home, url)
+        self.artifacts: ArtifactStore | None = artifact_store(artifacts)
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"Registry(home={str(self.home)!r}, url={self._safe_url()!r})"
+        shared = f", artifacts={self.artifacts.url!r}" if self.artifacts is not None else ""
+        return f"Registry(home={str(self.home)!r}, url={self._safe_url()!r}{shared})"
 
     # -- writing ----------------------------------------------------------------------
 
@@ -184,8 +213,10 @@ class Registry:
         description: str = "",
         files: PackageFiles | None = None,
         run_dir: Path | str | None = None,
+        version: int | None = None,
     ) -> ModelRecord:
-        """Store a new version of ``name`` (1 for a new name, else latest + 1).
+        """Store a new version of ``name`` (1 for a new name, else latest + 1; `version`:
+        exactly that number, ModelError if it is taken — `foundry models import`).
 
         ``parent`` is a reference to the model this one derives from (a compressed or
         fine-tuned variant); it must exist and is stored pinned ("name:latest" becomes
@@ -219,14 +250,56 @@ class Registry:
             card=card,
             files=files,
         )
+
+        def seal_as(version: int) -> str:
+            stored = {**manifest, "name": name, "version": version, "parent": parent_ref}
+            _write_card(tmp, stored, metrics, card)
+            # Last: foundry.json lists the checksums of every file above, and the index
+            # keeps foundry.json's own (unchanged files are hashed once).
+            return seal(tmp, stored)
+
+        def new_row(version: int, path: str, size: int, manifest_sha256: str) -> _ModelVersionRow:
+            return _ModelVersionRow(
+                name=name,
+                version=version,
+                path=path,
+                created_at=datetime.now(timezone.utc),
+                parent=parent_ref,
+                task=_task_name(manifest.get("task")),
+                metrics=metrics,
+                fingerprint=_optional_str(manifest.get("fingerprint")),
+                description=description,
+                tags=tag_list,
+                size_bytes=size,
+                manifest_sha256=manifest_sha256,
+                run_dir=str(Path(run_dir).resolve()) if run_dir is not None else None,
+            )
+
+        def taken(version: int) -> ModelError:
+            return ModelError(f"{name}:{version} already exists in the registry at "
+                              f"{self.home}", hint="import it under another name (--as)")
+
+        wanted = version  # `foundry models import`: this number or none
+
+        def next_version(following: int) -> int:
+            """`following` (latest + 1), or the version asked for if it is free."""
+            if wanted is None:
+                return following
+            if self._version_taken(name, wanted):
+                raise taken(wanted)
+            return wanted
+
         try:
+            if self.artifacts is not None:
+                return self._register_shared(name, tmp, self.artifacts, seal_as, new_row,
+                                             next_version)
             for _ in range(_MAX_ATTEMPTS):
-                version = max(self._max_version(name), _max_dir_version(model_dir)) + 1
-                stored = {**manifest, "name": name, "version": version, "parent": parent_ref}
-                _write_card(tmp, stored, metrics, card)
-                # Last: foundry.json lists the checksums of every file above, and the
-                # index keeps foundry.json's own (unchanged files are hashed once).
-                manifest_sha256 = seal(tmp, stored)
+                version = next_version(
+                    max(self._max_version(name), _max_dir_version(model_dir)) + 1
+                )
+                if wanted is not None and (model_dir / str(wanted)).exists():
+                    raise taken(wanted)
+                manifest_sha256 = seal_as(version)
                 final = model_dir / str(version)
                 size = _dir_size(tmp)
                 try:
@@ -237,21 +310,8 @@ class Registry:
                         continue
                     raise ModelError(f"cannot move the model package to {final}: {exc}") from exc
                 try:
-                    row = _ModelVersionRow(
-                        name=name,
-                        version=version,
-                        path=final.relative_to(self.home).as_posix(),
-                        created_at=datetime.now(timezone.utc),
-                        parent=parent_ref,
-                        task=_task_name(manifest.get("task")),
-                        metrics=metrics,
-                        fingerprint=_optional_str(manifest.get("fingerprint")),
-                        description=description,
-                        tags=tag_list,
-                        size_bytes=size,
-                        manifest_sha256=manifest_sha256,
-                        run_dir=str(Path(run_dir).resolve()) if run_dir is not None else None,
-                    )
+                    row = new_row(version, final.relative_to(self.home).as_posix(), size,
+                                  manifest_sha256)
                     # expire_on_commit=False: the row's values are read after the commit.
                     with Session(engine, expire_on_commit=False) as session, session.begin():
                         session.add(row)
@@ -282,6 +342,71 @@ class Registry:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
+    def _register_shared(
+        self,
+        name: str,
+        tmp: Path,
+        store: ArtifactStore,
+        seal_as: Callable[[int], str],
+        new_row: Callable[[int, str, int, str], _ModelVersionRow],
+        next_version: Callable[[int], int],
+    ) -> ModelRecord:
+        """`register` with an artifact store: upload the sealed package `tmp` under a path
+        of its own, then insert the row; a version taken meanwhile by another writer
+        (the unique constraint) removes the upload and tries the next number. The
+        package stays in this home as its cached copy."""
+        for _ in range(_MAX_ATTEMPTS):
+            version = next_version(self._max_version(name) + 1)
+            manifest_sha256 = seal_as(version)
+            rel = store.new_path(name, version)
+            size = _dir_size(tmp)
+            store.upload(tmp, rel)  # first: no row ever points at objects not there
+            try:
+                row = new_row(version, rel, size, manifest_sha256)
+                with Session(self._get_engine(), expire_on_commit=False) as session, \
+                        session.begin():
+                    session.add(row)
+            except IntegrityError as exc:
+                store.remove(rel)
+                if self._version_taken(name, version):
+                    continue
+                raise ModelError(
+                    f"the registry database refused {name}:{version}: {exc.orig}"
+                ) from exc
+            except BaseException as exc:
+                # A commit can fail after the server applied it (a dropped connection):
+                # the objects go only once the row is known to be absent.
+                if not self._maybe_recorded(name, version, rel):
+                    store.remove(rel)
+                if isinstance(exc, SQLAlchemyError):
+                    raise ModelError(
+                        f"cannot record {name}:{version} in the registry database "
+                        f"{self._safe_url()!r}: {exc}"
+                    ) from exc
+                raise
+            # This home's cached copy: its first load downloads nothing (if the rename
+            # fails, the first load fetches it instead).
+            with contextlib.suppress(OSError):
+                os.rename(tmp, self.home / rel)
+            return self._record(row)
+        raise ModelError(
+            f"could not allocate a version of '{name}' after {_MAX_ATTEMPTS} attempts",
+            hint="too many concurrent registrations of the same name",
+        )
+
+    def _maybe_recorded(self, name: str, version: int, path: str) -> bool:
+        """Whether the row (name, version, path) may exist: True when the database says
+        so or cannot be asked."""
+        try:
+            with Session(self._get_engine()) as session:
+                query = select(_ModelVersionRow.id).where(
+                    _ModelVersionRow.name == name, _ModelVersionRow.version == version,
+                    _ModelVersionRow.path == path,
+                )
+                return session.scalar(query) is not None
+        except SQLAlchemyError:
+            return True
+
     def delete(self, ref: str) -> ModelRecord:
         """Remove one version (the reference must name it: "adult:3"). Returns its record.
 
@@ -301,6 +426,15 @@ class Registry:
                     _ModelVersionRow.name == name, _ModelVersionRow.version == version
                 )
             )
+            session.execute(  # an alias never points at a deleted version
+                delete(_ModelAliasRow).where(
+                    _ModelAliasRow.name == name, _ModelAliasRow.version == version
+                )
+            )
+        if self.artifacts is not None:
+            # After the row: a version is never listed without its objects. A failure
+            # leaves objects no row names (logged with their URL), not a broken model.
+            self.artifacts.remove(directory.relative_to(self.home).as_posix())
         # Rename first so the package disappears in one step, then remove it.
         trash = directory.parent / f"{TMP_PREFIX}deleted-{uuid.uuid4().hex}"
         try:
@@ -316,7 +450,10 @@ class Registry:
         """The record a reference points to; ModelError with suggestions if none."""
         name, version = parse_ref(ref)
         if isinstance(version, str) and version != "latest":
-            return self._resolve_tag(name, version)
+            aliased = self._alias_version(name, version)
+            if aliased is None:
+                return self._resolve_tag(name, version)
+            version = aliased
         with self._session() as session:
             query = select(_ModelVersionRow).where(_ModelVersionRow.name == name)
             if version == "latest":
@@ -375,6 +512,82 @@ class Registry:
                     row.tags = tags  # a new list: SQLAlchemy sees the JSON change
         return self.resolve(f"{record.name}:{record.version}")
 
+    def untag(self, ref: str, tag: str) -> ModelRecord:
+        """Take `tag` off the version `ref` resolves to; ModelError if it does not carry
+        it. Returns the updated record."""
+        record = self.resolve(ref)
+        if tag not in record.tags:
+            raise ModelError(f"{record.ref} is not tagged {tag!r}",
+                             hint=f"its tags: {', '.join(record.tags) or 'none'}")
+        with Session(self._get_engine()) as session, session.begin():
+            row = session.scalars(select(_ModelVersionRow).where(
+                _ModelVersionRow.name == record.name,
+                _ModelVersionRow.version == record.version)).one()
+            row.tags = [t for t in (row.tags or ()) if t != tag]
+        return self.resolve(record.ref)
+
+    def set_alias(self, name: str, alias: str, version: int) -> ModelRecord:
+        """Point `name:alias` at `version` (creating the alias or moving it in one
+        UPDATE). Returns the record it now names."""
+        validate_tag(alias)
+        record = self.resolve(format_ref(name, version))
+        for _ in range(2):  # a concurrent first set of the same alias: update it instead
+            try:
+                with Session(self._get_engine()) as session, session.begin():
+                    moved = session.execute(
+                        update(_ModelAliasRow)
+                        .where(_ModelAliasRow.name == name, _ModelAliasRow.alias == alias)
+                        .values(version=version, updated_at=datetime.now(timezone.utc))
+                    ).rowcount
+                    if not moved:
+                        session.add(_ModelAliasRow(name=name, alias=alias, version=version,
+                                                   updated_at=datetime.now(timezone.utc)))
+                return record
+            except IntegrityError:
+                continue
+        raise ModelError(f"could not set the alias {name}:{alias}; try again")
+
+    def remove_alias(self, name: str, alias: str) -> int:
+        """Delete `name:alias`; returns the version it named (ModelError if none)."""
+        version = self._alias_version(name, alias)
+        if version is None:
+            raise ModelError(f"model '{name}' has no alias {alias!r}",
+                             hint=f"its aliases: {', '.join(self.aliases(name)) or 'none'}")
+        with Session(self._get_engine()) as session, session.begin():
+            session.execute(delete(_ModelAliasRow).where(
+                _ModelAliasRow.name == name, _ModelAliasRow.alias == alias))
+        return version
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """{alias: version} of `name`, by alias."""
+        with self._session() as session:
+            if session is None:
+                return {}
+            rows = session.execute(
+                select(_ModelAliasRow.alias, _ModelAliasRow.version)
+                .where(_ModelAliasRow.name == name).order_by(_ModelAliasRow.alias))
+            return {alias: version for alias, version in rows}
+
+    def children(self, ref: str) -> list[str]:
+        """The versions registered with `ref` as their parent (compressed variants,
+        fine-tunes), as refs."""
+        record = self.resolve(ref)
+        with self._session() as session:
+            if session is None:
+                return []
+            rows = session.execute(
+                select(_ModelVersionRow.name, _ModelVersionRow.version)
+                .where(_ModelVersionRow.parent == record.ref)
+                .order_by(_ModelVersionRow.name, _ModelVersionRow.version))
+            return [format_ref(n, v) for n, v in rows]
+
+    def _alias_version(self, name: str, alias: str) -> int | None:
+        with self._session() as session:
+            if session is None:
+                return None
+            return session.scalar(select(_ModelAliasRow.version).where(
+                _ModelAliasRow.name == name, _ModelAliasRow.alias == alias))
+
     def load(self, ref: str | Path) -> Package:
         """Read the package a reference points to, every file checked against the
         checksums recorded at registration. A path to a package directory (a Path, or a
@@ -385,7 +598,7 @@ class Registry:
                 raise ModelError(f"{ref} is not a model package directory")
             return read_package(ref)
         record = self.resolve(ref)
-        return read_package(self.package_dir(record), manifest_sha256=record.manifest_sha256,
+        return read_package(self.local_dir(record), manifest_sha256=record.manifest_sha256,
                             ref=record.ref)
 
     def verify(self, ref: str) -> bool:
@@ -393,13 +606,13 @@ class Registry:
         loading it (`foundry models verify`): ModelError naming the first file that
         differs; False for a version registered before packages carried checksums."""
         record = self.resolve(ref)
-        return verify_files(self.package_dir(record), self.read_manifest(record),
+        return verify_files(self.local_dir(record), self.read_manifest(record),
                             ref=record.ref)
 
     def read_manifest(self, record: ModelRecord) -> dict[str, Any]:
         """A version's foundry.json without its weights, checked against the index's
         record of it: ModelError if it was changed after registration."""
-        directory = self.package_dir(record)
+        directory = self.local_dir(record)
         verify_manifest(directory, record.manifest_sha256, ref=record.ref)
         return read_json(directory / "foundry.json")
 
@@ -409,6 +622,24 @@ class Registry:
         return Confinement([self.home / "models"]).require(
             record.path, what=f"the package folder of {record.ref} in the registry index,"
         )
+
+    def local_dir(self, record: ModelRecord) -> Path:
+        """`package_dir`, downloaded from the artifact store first (and verified) when
+        this home does not hold it yet."""
+        directory = self.package_dir(record)
+        if (directory / "foundry.json").is_file():
+            return directory
+        rel = directory.relative_to(self.home).as_posix()
+        if self.artifacts is not None:
+            self.artifacts.fetch(rel, directory, manifest_sha256=record.manifest_sha256,
+                                 ref=record.ref)
+        elif not directory.name.isdigit():  # a `<version>-<id>` path: a shared package
+            raise ModelError(
+                f"model {record.ref} was registered to an artifact store ({rel}), and "
+                f"{ARTIFACTS_ENV} is not set",
+                hint=f"set {ARTIFACTS_ENV} to the s3:// URL it was registered with",
+            )
+        return directory
 
     def run_dirs(self, names: Iterable[str]) -> list[Path]:
         """The run folders foundry recorded for the versions of `names`, newest first:
@@ -639,4 +870,4 @@ def _write_card(directory: Path, manifest: dict[str, Any], metrics: dict[str, An
     card_json = build_card(manifest, metrics)
     write_json(directory / "card.json", card_json)
     if card is None:
-        (directory / "card.md").write_text(render_card(card_json), encoding="utf-8")
+        crypto.write_text(directory / "card.md", render_card(card_json), fsync=False)

@@ -11,6 +11,12 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
+from foundry.extras import require
+
+# The report's modules import this one at their top, so this one check, before the plotly
+# imports, gives `foundry report` (and the dashboard's report link) the one-line hint.
+require("report", "plotly", "the HTML report (foundry report)")
+# ruff: noqa: E402
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 

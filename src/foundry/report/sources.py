@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import foundry.crypto as crypto
 from foundry.errors import ModelError
 from foundry.registry.integrity import Confinement
 
@@ -198,8 +199,8 @@ def find_compression(
         if not path.is_file():
             continue
         try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            payload = json.loads(crypto.read_text(path))
+        except (OSError, json.JSONDecodeError, crypto.EncryptionError):
             continue  # a compress run that died while writing: not this model's report
         refs = {payload.get("parent")} | {v.get("ref") for v in payload.get("variants") or []}
         if ref in refs:
@@ -216,7 +217,7 @@ def read_history(run_dir: Path | None) -> list[dict[str, Any]]:
     if run_dir is None or not (run_dir / "metrics.jsonl").is_file():
         return []
     records = []
-    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+    for line in crypto.read_text(run_dir / "metrics.jsonl").splitlines():
         line = line.strip()
         if line:
             try:
@@ -228,8 +229,8 @@ def read_history(run_dir: Path | None) -> list[dict[str, Any]]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(crypto.read_text(path))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelError(f"{path}: cannot read it as JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a JSON object")

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import foundry.crypto as crypto
 from foundry.report.cost import find_cost
 from foundry.report.evaluation import evaluate
 from foundry.report.page import render
@@ -59,7 +60,7 @@ def write_report(
     path = (Path(output) if output is not None else default_output(sources)).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
+    crypto.write_text(tmp, page, fsync=False)  # encrypted when a key is set
     tmp.replace(path)  # a reader never sees half a page
     return ReportResult(
         path=path,

@@ -13,7 +13,8 @@
                                        default, public or off; foundry.serve.metrics)
     /admin/keys...                     key admin behind FOUNDRY_ADMIN_TOKEN (routes_admin)
     GET  /dashboard, /admin/dashboard/...  the admin dashboard (foundry.serve.dashboard)
-    GET  /docs, /openapi.json          OpenAPI
+    GET  /docs, /redoc, /openapi.json  OpenAPI: Swagger UI and ReDoc, their assets served
+                                       here, no CDN (foundry.serve.api_docs)
 
 A predict request goes: `gate.authenticate` (401/403, before the body is read, so
 only a caller with a key learns the model's fields) → media type (415) → body size (413)
@@ -35,6 +36,7 @@ import asyncio
 import gc
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -101,6 +103,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code in (400, 401, 403, 404, 408, 413, 415, 422, 429, 500, 503)
 }
 _BEARER = [{"bearerAuth": []}]
+ENGINE_SWITCH_INTERVAL_S = 0.0005
+"""Python's GIL switch interval in a worker that runs a continuous-batching engine
+thread (default 0.005). Between its PyTorch calls that thread holds the GIL, and the
+event loop, back from a socket read or write, waited up to the whole default interval
+for it, on every request and every streamed chunk. Measured effect (docs/BENCHMARKS.md,
+"Language-model serving under load", follow-up): more tokens/s on average, inconclusive
+on a machine at load 11-15; 0.005 here reverts it."""
 _SCRUB_INLINE_BYTES = 4_096
 """Bodies up to this size are PII-scrubbed on the event loop (~4 ms at worst, at the
 ~1 MB/s of a value packed with PII-like candidates); larger ones on a worker thread."""
@@ -138,6 +147,8 @@ class Service:
         """Predict requests under way in this process (a lone one is admitted at once)."""
         self._torch_threads: int | None = None
         """PyTorch's thread count before start(), restored by stop()."""
+        self._switch_interval: float | None = None
+        """Python's GIL switch interval before start(), restored by stop()."""
         self.explainers: dict[str, Any] = {}
         """`foundry.evaluation.explain.Explainer` by model ref, made on first use."""
 
@@ -191,6 +202,10 @@ class Service:
             self.batchers[served.name] = batcher
             self.models[served.name] = self.models[served.ref] = served
             self.state[ref] = "loaded"
+        if self.gate is not None:  # `foundry models delete` refuses what is served
+            served = sorted({m.ref for m in (*self.models.values(),
+                                             *self.language_models.values())})
+            await run_in_threadpool(self.gate.lease.record_models, served)
         for upstream in self.config.upstreams():  # answered by another engine
             from foundry.serve.upstream import UpstreamModel
 
@@ -199,6 +214,9 @@ class Service:
                                   "a registry model served here; rename one of them")
             self.language_models[upstream.name] = UpstreamModel.open(upstream)
             self.state[upstream.name] = "loaded"
+        if any(getattr(m, "batcher", None) for m in self.language_models.values()):
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(ENGINE_SWITCH_INTERVAL_S)
 
     async def stop(self) -> None:
         for ref in self.state:
@@ -213,11 +231,15 @@ class Service:
         if self._torch_threads is not None:
             _set_torch_threads(self._torch_threads)
             self._torch_threads = None
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None
         runner, self._gate_runner = self._gate_runner, None
         if runner is not None:  # let pending usage writes finish
             await runner.close()
         if self.owns_gate and self.gate is not None:
             self.gate.close()
+        self.metrics.close()
 
     @property
     def ready(self) -> bool:
@@ -674,8 +696,13 @@ def create_app(
         "`Authorization: Bearer fdy_...`; errors are `{\"error\": {message, type, param, "
         "code}}`.",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load from a CDN: ours serve their own assets
+        redoc_url=None,
     )
     app.state.service = service
+    from foundry.serve.api_docs import add_api_docs
+
+    add_api_docs(app)
     install_error_handlers(app)
     _add_routes(app, service, bare=bare)
     from foundry.serve.routes_openai import openai_router

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 
+import foundry.crypto as crypto
 from foundry.config.schema import PlanConfig
 from foundry.serve.errors import ApiError
 from foundry.serve.store import RESERVED, VOIDED, ServeStore, api_keys, usage_events
@@ -196,12 +197,13 @@ def usage_report(store: ServeStore, plans: dict[str, PlanConfig], period: str) -
         if account_id not in usage and not any(_active(k, start, end) for k in chain):
             continue
         current = chain[-1]  # the newest key of the chain
+        name = crypto.decrypt_field(current.name, what=f"the name of key {current.prefix}")
         plan = plans.get(current.plan)
         if plan is None:
             raise ApiError(
                 500,
                 "unknown_plan",
-                f"key {current.prefix} ({current.name}) is on plan {current.plan!r}, which is "
+                f"key {current.prefix} ({name}) is on plan {current.plan!r}, which is "
                 f"not configured (plans: {', '.join(plans)}); pass the serving config",
             )
         requests, units = usage.get(account_id, (0, 0))
@@ -209,7 +211,7 @@ def usage_report(store: ServeStore, plans: dict[str, PlanConfig], period: str) -
         rows.append(
             ReportRow(
                 key=current.prefix,
-                name=current.name,
+                name=name,
                 plan=current.plan,
                 requests=requests,
                 units=units,

@@ -4,6 +4,9 @@
     foundry keys list [--json]
     foundry keys revoke fdy_abcd1234          (or the key id)
     foundry keys rotate fdy_abcd1234 [--grace-hours 24]
+    foundry keys new-encryption-key            a master key for FOUNDRY_ENCRYPTION_KEY
+    foundry keys rotate-encryption --new-key-file NEW   (docs/SECURITY.md)
+    foundry keys decrypt report.html -o plain.html
     foundry usage report [--period 2026-11] [--format table|csv|json] [--output FILE]
 
 They use the same database as `foundry serve` (FOUNDRY_DATABASE_URL or
@@ -172,6 +175,76 @@ def keys_rotate(
         f"old key works for {hours:g} more hours. Store the new key now: it cannot be "
         "shown again."
     )
+
+
+# ------------------------------------------------------------------ encryption at rest
+
+
+@keys_app.command("new-encryption-key")
+def keys_new_encryption_key() -> None:
+    """Print a new master key for FOUNDRY_ENCRYPTION_KEY (32 random bytes, base64)."""
+    import foundry.crypto as crypto
+
+    typer.echo(crypto.new_key())
+    _say("keep it in a secret store: without it nothing written under it can be read")
+
+
+@keys_app.command("rotate-encryption")
+def keys_rotate_encryption(
+    new_key_file: Path = typer.Option(
+        ..., "--new-key-file", help="File holding the new master key (base64; "
+        "`foundry keys new-encryption-key > FILE`)."),
+    paths: list[Path] | None = typer.Argument(
+        None, help="More files or folders to re-wrap (default: the registry home, the "
+        "run folders its index recorded and the token_shards folders beside them)."),
+) -> None:
+    """Re-wrap every encrypted file's data key under a new master key (headers only, the
+    payloads are not rewritten) and re-encrypt the database's encrypted fields. The
+    current key(s) come from FOUNDRY_ENCRYPTION_KEY / FOUNDRY_ENCRYPTION_KEY_FILE."""
+    with _one_line_errors():
+        import foundry.crypto as crypto
+        from foundry.registry import Registry
+        from foundry.serve.keys import rotate_field_encryption
+        from foundry.serve.store import ServeStore
+
+        ring = crypto.keyring()
+        if ring is None:
+            raise crypto.EncryptionError(
+                "no current key: set FOUNDRY_ENCRYPTION_KEY (or _FILE) to the key the data "
+                "was written with")
+        new = crypto.MasterKey.parse(new_key_file.read_text(encoding="utf-8"),
+                                     source=str(new_key_file))
+        ring = crypto.Keyring((*ring.keys, new))  # files a stopped rotation already moved
+        registry = Registry()
+        names = [record.name for record in registry.list_models()]
+        run_dirs = registry.run_dirs(names)
+        # LM token shards live beside the runs (<output_dir>/token_shards), not inside
+        shards = [run.parent / "token_shards" for run in run_dirs]
+        roots = [registry.home, *run_dirs, *shards, *(paths or [])]
+        files = sum(crypto.rotate_tree(root, new, ring) for root in dict.fromkeys(roots)
+                    if root.exists())
+        fields = rotate_field_encryption(ServeStore(), new, ring)
+    _say(f"re-wrapped {files} file(s) and re-encrypted {fields} database field(s) under key "
+         f"{new.key_id.hex()}; now set FOUNDRY_ENCRYPTION_KEY (or _FILE) to the new key")
+
+
+@keys_app.command("decrypt")
+def keys_decrypt(
+    path: Path = typer.Argument(..., help="A file foundry wrote encrypted (a report, a table)."),
+    output: Path | None = typer.Option(None, "--output", "-o",
+                                       help="Write the plaintext here [default: stdout]."),
+) -> None:
+    """Print (or write) the plaintext of a file foundry encrypted, e.g. an HTML report."""
+    import sys
+
+    with _one_line_errors():
+        import foundry.crypto as crypto
+
+        plain = crypto.read_bytes(path)
+    if output is None:
+        sys.stdout.buffer.write(plain)
+    else:
+        output.write_bytes(plain)
 
 
 # ---------------------------------------------------------------------------- usage

@@ -47,6 +47,17 @@ def serve(
     metrics: Annotated[str | None, typer.Option(
         help="Who may read /metrics: admin (the admin token), public or off "
         "[default: serve.metrics, admin].")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        help="PEM certificate: serve HTTPS (TLS 1.2+) instead of HTTP [default: "
+        "serve.tls.cert].")] = None,
+    tls_key: Annotated[Path | None, typer.Option(
+        help="PEM private key of --tls-cert [default: serve.tls.key].")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option(
+        help="PEM CA certificate: /admin routes also need a client certificate it signed "
+        "(mutual TLS) [default: serve.tls.client_ca].")] = None,
+    https_only: Annotated[bool | None, typer.Option(
+        "--https-only", help="Refuse to start without --tls-cert / --tls-key "
+        "[default: serve.tls.https_only].")] = None,
 ) -> None:
     """Serve MODELS over HTTP: prediction API with keys, quotas, metering and batching.
 
@@ -59,7 +70,22 @@ def serve(
     overrides = {"host": host, "port": port, "workers": workers,
                  "header_timeout_s": header_timeout, "body_timeout_s": body_timeout,
                  "max_connections": max_connections, "metrics": metrics}
+    tls = {"cert": tls_cert, "key": tls_key, "client_ca": tls_client_ca,
+           "https_only": https_only}
+    tls = {k: str(v) if isinstance(v, Path) else v for k, v in tls.items() if v is not None}
+    overrides["tls"] = tls or None
     settings = load_serve_config(config, {k: v for k, v in overrides.items() if v is not None})
+    from foundry.serve.tls import check_files, is_loopback
+
+    check_files(settings.tls)  # a wrong path or a mismatched key: one line, now
+    url = f"{'https' if settings.tls.enabled else 'http'}://{settings.host}:{settings.port}"
+    if not settings.tls.enabled and not is_loopback(settings.host):  # once, first
+        typer.echo(
+            f"warning: serving on {settings.host} without TLS: API keys and records cross "
+            "the network in clear; give --tls-cert and --tls-key, or put a TLS proxy in "
+            "front (docs/SECURITY.md)",
+            err=True,
+        )
     requested = list(dict.fromkeys([*settings.model_refs(), *(models or [])]))
     upstreams = settings.upstreams()
     if not requested and not upstreams:
@@ -91,7 +117,6 @@ def serve(
             raise ConfigError(f"serve.models: upstream '{upstream.name}' has the name of a "
                               "registry model served here; rename one of them")
 
-    url = f"http://{settings.host}:{settings.port}"
     served = [*refs, *(u.name for u in upstreams)]
     typer.echo(f"serving {', '.join(served)} at {url}  ({settings.workers} worker(s))")
     for record in records:

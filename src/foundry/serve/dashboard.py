@@ -47,6 +47,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 from starlette.concurrency import run_in_threadpool
 
+import foundry.crypto as crypto
 from foundry.errors import FoundryError
 from foundry.serve import billing
 from foundry.serve.dashboard_charts import bar_chart, line_chart, number, sparkline
@@ -319,7 +320,7 @@ class Dashboard:
             except FoundryError as exc:
                 raise ApiError(404, "model_not_found", f"no report for {ref}: {exc}",
                                param="model") from None
-            html = path.read_text(encoding="utf-8")
+            html = crypto.read_text(path)  # written encrypted when a key is set
         return html, f"{name}-{version}-report.html"
 
     # -- one version

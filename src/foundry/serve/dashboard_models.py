@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import foundry.crypto as crypto
 from foundry.errors import FoundryError
 
 if TYPE_CHECKING:
@@ -228,7 +229,7 @@ def leaderboard_summary(board: Any) -> dict[str, Any] | None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(crypto.read_text(path))
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return data

@@ -53,6 +53,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Integer, Row, any_, bindparam, delete, insert, select, union, update
 from sqlalchemy.types import ARRAY
 
+import foundry.crypto as crypto
 from foundry.config.schema import BUILTIN_PLANS, PlanConfig
 from foundry.serve import billing, keys
 from foundry.serve.errors import ApiError
@@ -577,7 +578,8 @@ class Gate:
                         event_id=None,
                         rate=bucket.state(tokens),
                         replay=StoredResponse(
-                            stored.status, json.loads(stored.response_json or "null")
+                            stored.status,
+                            json.loads(crypto.decrypt_field(stored.response_json) or "null"),
                         ),
                         account_id=account_id,
                     )
@@ -749,7 +751,9 @@ class Gate:
             if status >= 500:
                 store.sql(_FORGET).execute(cur, params)
             elif store_body:
-                body = json.dumps(response, separators=(",", ":"), default=str)
+                # The answer holds customer data: encrypted when a key is set.
+                body = crypto.encrypt_field(
+                    json.dumps(response, separators=(",", ":"), default=str))
                 store.sql(_STORE_RESPONSE).execute(
                     cur, {**params, "b_status": status, "b_body": body}
                 )
@@ -766,7 +770,8 @@ class Gate:
             account_id, _, _, ikey = self._event_facts(admission.event_id)
         if ikey is None:
             return
-        body = json.dumps(response, separators=(",", ":"), default=str)
+        # The answer holds customer data: encrypted when a key is set.
+        body = crypto.encrypt_field(json.dumps(response, separators=(",", ":"), default=str))
         with self.store.fast_write() as cur:
             self.store.sql(_STORE_RESPONSE).execute(
                 cur,
@@ -883,7 +888,7 @@ class Gate:
         models = list(row.models) if row.models is not None else plan.models
         return KeyInfo(
             id=row.id,
-            name=row.name,
+            name=crypto.decrypt_field(row.name, what=f"the name of key {row.prefix}"),
             prefix=row.prefix,
             plan=row.plan,
             plan_config=plan,

@@ -43,6 +43,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from foundry.config.schema import ServeConfig
 from foundry.serve.errors import ApiError
 from foundry.serve.server import ENV_CONFIG
+from foundry.serve.tls import tls_extension
 
 PROTOCOL = "foundry.serve.http_limits:GuardedHttpToolsProtocol"
 RETRY_AFTER_S = 1
@@ -111,11 +112,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         (between requests: uvicorn's keep-alive timeout applies)."""
         self._deadline = 0.0
         """loop.time() by which the current phase must end."""
+        self._tls: dict[str, Any] | None = None
+        """The ASGI TLS extension of this connection (HTTPS), set once connected."""
 
     # -- connection ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._tls = tls_extension(transport)  # once per connection: the handshake is done
         _Sweeper.watch(self)
         # A connection that never sends a byte is held to the header deadline too.
         self._enter("headers", self._limits.header_timeout_s)
@@ -124,6 +128,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        if self._tls is not None:  # HTTPS: the peer certificate, for mutual TLS on /admin
+            self.scope.setdefault("extensions", {})["tls"] = self._tls  # type: ignore[typeddict-item]
         if self._phase is None:  # the next request on a keep-alive connection
             self._enter("headers", self._limits.header_timeout_s)
 

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Row, bindparam, func, or_, select, update
 from sqlalchemy.engine import Connection
 
+import foundry.crypto as crypto
 from foundry.config.schema import PlanConfig
 from foundry.serve.errors import ApiError
 from foundry.serve.store import ServeStore, api_keys
@@ -150,7 +151,7 @@ def key_status(row: Any, now: float) -> str:
 def record_of(row: Any, now: float) -> KeyRecord:
     return KeyRecord(
         id=row.id,
-        name=row.name,
+        name=crypto.decrypt_field(row.name, what=f"the name of key {row.prefix}"),
         prefix=row.prefix,
         plan=row.plan,
         models=list(row.models) if row.models is not None else None,
@@ -290,7 +291,7 @@ def rotate_key(
         new_id = _insert(
             conn,
             secret,
-            name=old.name,
+            name=crypto.decrypt_field(old.name, what=f"the name of key {old.prefix}"),
             plan=old.plan,
             models=old.models,
             now=now,
@@ -352,7 +353,9 @@ def _insert(
 ) -> int:
     result = conn.execute(
         api_keys.insert().values(
-            name=name,
+            # Who the key is for identifies a customer and is never queried: encrypted
+            # when a key is set (docs/SECURITY.md).
+            name=crypto.encrypt_field(name),
             prefix=secret[:PREFIX_LENGTH],
             key_hash=hash_key(secret),
             plan=plan,
@@ -400,3 +403,22 @@ def _check_models(models: list[str] | None) -> list[str] | None:
             param="models",
         )
     return cleaned
+
+
+def rotate_field_encryption(store: ServeStore, new: crypto.MasterKey,
+                            ring: crypto.Keyring | None) -> int:
+    """Re-encrypt the encrypted columns (key names, stored idempotent answers) under `new`
+    (`foundry keys rotate-encryption`); one transaction; how many values changed."""
+    from foundry.serve.store import idempotency
+
+    changed = 0
+    with store.write() as conn:
+        for table, column in ((api_keys, "name"), (idempotency, "response_json")):
+            rows = conn.execute(select(table.c.id, table.c[column])).all()
+            for row_id, value in rows:
+                rotated = crypto.rewrap_field(value, new, ring)
+                if rotated is not None:
+                    conn.execute(update(table).where(table.c.id == row_id)
+                                 .values({column: rotated}))
+                    changed += 1
+    return changed

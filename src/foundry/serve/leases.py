@@ -149,6 +149,8 @@ class Lease:
         self.store = store
         self.id: int | None = None
         self.pid = 0
+        self.models: list[str] = []
+        """The pinned refs this process serves (`record_models`), kept on the row."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -175,6 +177,17 @@ class Lease:
         self._thread = thread
         thread.start()
         return lease
+
+    def record_models(self, refs: list[str]) -> None:
+        """Record on this process's row which versions it serves (`served_refs`)."""
+        self.models = list(refs)
+        lease = self.current()
+        if lease is None:
+            return
+        with self.store.write() as conn:
+            conn.execute(
+                update(serve_leases).where(serve_leases.c.id == lease).values(models=self.models)
+            )
 
     def heartbeat(self) -> None:
         """Refresh the row; register again if another process took it for dead."""
@@ -214,7 +227,8 @@ class Lease:
             now = db_epoch(conn.dialect.name)
             created = conn.execute(
                 insert(serve_leases).values(host=host_id(), pid=pid, pid_start=pid_start(pid),
-                                            created_at=now, heartbeat_at=now)
+                                            created_at=now, heartbeat_at=now,
+                                            models=self.models or None)
             )
         return int(created.inserted_primary_key[0])
 
@@ -247,6 +261,21 @@ def dead_leases(store: ServeStore) -> list[int]:
         elif now - row.heartbeat_at > LEASE_TTL_S:
             dead.append(row.id)
     return dead
+
+
+def served_refs(store: ServeStore) -> dict[str, int]:
+    """{pinned ref: how many live serving processes hold it}: what `foundry models
+    delete` refuses. Dead processes' rows (not swept yet) do not count."""
+    dead = set(dead_leases(store))
+    with store.read() as conn:
+        rows = conn.execute(select(serve_leases.c.id, serve_leases.c.models)).all()
+    served: dict[str, int] = {}
+    for lease, models in rows:
+        if lease in dead:
+            continue
+        for ref in models or ():
+            served[ref] = served.get(ref, 0) + 1
+    return served
 
 
 _ORPHANS = (

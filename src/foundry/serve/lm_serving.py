@@ -80,35 +80,56 @@ class ServedLanguageModel:
                     running=lambda: batcher_ref[0].running if batcher_ref else 0,
                     queued=lambda: batcher_ref[0].queued if batcher_ref else 0,
                 )
-                hooks = {"on_step": self._lm_metrics.on_step,
-                         "on_admit": self._lm_metrics.on_admit}
+                hooks = {"on_step": self._lm_metrics.on_step, "on_admit": self._lm_metrics.on_admit}
             s = self.settings
             self.batcher = self.model.continuous_batcher(
-                max_concurrent=s.max_concurrent, max_queue=s.max_queue,
-                max_batch_tokens=s.max_batch_tokens, prefill_chunk=s.prefill_chunk,
-                name=self.name, **hooks,
+                max_concurrent=s.max_concurrent,
+                max_queue=s.max_queue,
+                max_batch_tokens=s.max_batch_tokens,
+                prefill_chunk=s.prefill_chunk,
+                name=self.name,
+                **hooks,
             )
             if self.metrics is not None:
                 batcher_ref.append(self.batcher)
             self.batcher.start()
 
     @classmethod
-    def load(cls, ref: str, registry: Any, *, settings: LMServeConfig | None = None,
-             metrics: ServeMetrics | None = None) -> ServedLanguageModel:
+    def load(
+        cls,
+        ref: str,
+        registry: Any,
+        *,
+        settings: LMServeConfig | None = None,
+        metrics: ServeMetrics | None = None,
+    ) -> ServedLanguageModel:
         from foundry.lm.load import load
 
-        return cls.from_model(load(ref, registry=registry), registry, settings=settings,
-                              metrics=metrics)
+        settings = settings or LMServeConfig()
+        model = load(ref, registry=registry)
+        place(model, settings.device, settings.dtype)
+        return cls.from_model(model, registry, settings=settings, metrics=metrics)
 
     @classmethod
-    def from_model(cls, model: Any, registry: Any = None, *,
-                   settings: LMServeConfig | None = None,
-                   metrics: ServeMetrics | None = None) -> ServedLanguageModel:
+    def from_model(
+        cls,
+        model: Any,
+        registry: Any = None,
+        *,
+        settings: LMServeConfig | None = None,
+        metrics: ServeMetrics | None = None,
+    ) -> ServedLanguageModel:
         """Serve an already loaded model (its `ref` is pinned, `name:version`); its
         `generation` attribute (the package's `lm.generation`) gives the defaults."""
         defaults = getattr(model, "generation", None) or GenerationConfig()
-        return cls(model.ref.split(":")[0], model.ref, model, defaults,
-                   settings or LMServeConfig(), metrics)
+        return cls(
+            model.ref.split(":")[0],
+            model.ref,
+            model,
+            defaults,
+            settings or LMServeConfig(),
+            metrics,
+        )
 
     @property
     def generates(self) -> bool:
@@ -152,15 +173,15 @@ class ServedLanguageModel:
             self._lm_metrics.rejected()
         s = self.settings
         return ApiError(
-            503, "server_busy",
+            503,
+            "server_busy",
             f"model '{self.name}' is generating {s.max_concurrent} streams and "
             f"{s.max_queue} requests are waiting (serve.lm.max_concurrent, "
             f"serve.lm.max_queue): retry after {s.retry_after_s} s",
             headers={"Retry-After": str(s.retry_after_s)},
         )
 
-    def _submit(self, prompt: str, params: GenerationConfig,
-                emit: Any) -> Any:
+    def _submit(self, prompt: str, params: GenerationConfig, emit: Any) -> Any:
         assert self.batcher is not None
         try:
             return self.batcher.submit(prompt, params, emit)
@@ -319,6 +340,29 @@ async def _batched_deltas(queue: asyncio.Queue[Any], handle: Any) -> AsyncIterat
             with anyio.CancelScope(shield=True):
                 while await queue.get() is not None:
                     pass
+
+
+def place(model: Any, device: str, dtype: str) -> None:
+    """Move a loaded language model (its `model` module and `engine`) to `serve.lm`'s
+    device and dtype; the packages load on the CPU in float32."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and dtype == "float32":
+        return
+    if device == "cuda" and not torch.cuda.is_available():
+        from foundry.errors import ConfigError
+
+        raise ConfigError(
+            "serve.lm.device is cuda but PyTorch sees no CUDA device here: "
+            "set serve.lm.device: cpu (or auto)"
+        )
+    module, engine = getattr(model, "model", None), getattr(model, "engine", None)
+    if module is None or engine is None:  # an embedder: stays where it loaded
+        return
+    module.to(device=torch.device(device), dtype=getattr(torch, dtype))
+    engine.device = torch.device(device)
 
 
 def generation_params(

@@ -24,6 +24,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -87,6 +88,8 @@ class Server:
     """0: taken from the command's `--port`."""
     workers: int = 1
     cwd: Path | None = None
+    tls_ca: Path | None = None
+    """The CA that signed the server's certificate when it serves HTTPS (`--tls-cert`)."""
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -95,7 +98,7 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_ca else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         with open(self.log, "wb") as out:
@@ -121,7 +124,9 @@ class Server:
 
     def _ready(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=5) as answer:
+            context = ssl.create_default_context(cafile=self.tls_ca) if self.tls_ca else None
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=5,
+                                        context=context) as answer:
                 return answer.status == 200
         except (urllib.error.URLError, OSError):  # refused, 503 while loading, timeout
             return False

@@ -25,15 +25,20 @@ Who may read them is `serve.metrics` (app.py): `admin` (the default: the admin t
 a bearer; Prometheus sends one from its scrape config), `public` or `off`. They name
 every model and its traffic, which the API port should not tell any caller.
 
-With `--workers N` each worker process has its own registry, and `/metrics` shows the
-counters of whichever worker answered the scrape: sum over workers by scraping each one
-(e.g. one port per worker behind the balancer), or run one worker per container. We do not
-use prometheus_client's multiprocess mode: it needs a shared directory and a cleanup
-protocol that a plain `foundry serve` should not impose.
+With `--workers N` (N > 1) the workers share their series through prometheus_client's
+multiprocess mode: `foundry serve` (server.run_server) sets PROMETHEUS_MULTIPROC_DIR to a
+fresh directory for that server before the workers start (removed when it stops), each
+worker writes its values to its own memory-mapped files there, and whichever worker
+answers `/metrics` reads them all. Counters and histograms are summed over workers;
+the gauges (`foundry_lm_running`, `_queued`, `_tokens_per_second`) are summed over the
+live workers (`livesum`): a worker that stops is dropped from them. A gauge read from a
+function is written to its file by each worker every GAUGE_REFRESH_S (and by the
+answering worker at the scrape), so another worker's gauges are up to that old.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -46,6 +51,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 
 # Seconds: a small model answers in about a millisecond; a big batch or a slow gate in tens.
@@ -60,6 +66,11 @@ TOKEN_RATE_WINDOW_S = 5.0
 """foundry_lm_tokens_per_second averages over this many seconds."""
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Set (by server.run_server, for --workers > 1) before the workers import
+prometheus_client, which picks its file-backed values from it at import."""
+GAUGE_REFRESH_S = 1.0
+"""Multiprocess mode: seconds between writes of the function-read gauges to the files."""
 
 
 class ServeMetrics:
@@ -67,6 +78,11 @@ class ServeMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess_dir = os.environ.get(MULTIPROC_ENV) or None
+        """Set: this worker shares its series with the server's others (module docstring)."""
+        self._polled: list[tuple[Gauge, Callable[[], float]]] = []
+        self._refresher: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._requests = Counter(
             "foundry_requests_total",
             "Predict requests answered, by model and HTTP status.",
@@ -101,10 +117,18 @@ class ServeMetrics:
             registry=self.registry,
         )
         self._lm_running = Gauge(
-            "foundry_lm_running", "Rows in the running batch.", ["model"], registry=self.registry
+            "foundry_lm_running",
+            "Rows in the running batch.",
+            ["model"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self._lm_queued = Gauge(
-            "foundry_lm_queued", "Requests waiting for a slot.", ["model"], registry=self.registry
+            "foundry_lm_queued",
+            "Requests waiting for a slot.",
+            ["model"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self._lm_rows = Histogram(
             "foundry_lm_batch_rows",
@@ -121,6 +145,7 @@ class ServeMetrics:
             f"Tokens generated per second over the last {TOKEN_RATE_WINDOW_S:g} seconds.",
             ["model"],
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self._lm_rejections = Counter(
             "foundry_lm_rejections_total",
@@ -161,20 +186,59 @@ class ServeMetrics:
     ) -> LMMetrics:
         """The series of one served language model; `running` and `queued` are read at
         each scrape."""
-        self._lm_running.labels(model).set_function(running)
-        self._lm_queued.labels(model).set_function(queued)
+        self._read_from(self._lm_running.labels(model), running)
+        self._read_from(self._lm_queued.labels(model), queued)
         lm = LMMetrics(
             self._lm_wait.labels(model),
             self._lm_rows.labels(model),
             self._lm_tokens.labels(model),
             self._lm_rejections.labels(model),
         )
-        self._lm_rate.labels(model).set_function(lm.tokens_per_second)
+        self._read_from(self._lm_rate.labels(model), lm.tokens_per_second)
         return lm
 
+    def _read_from(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """`gauge` shows `read()`: at each scrape in one process; in multiprocess mode
+        written to its file every GAUGE_REFRESH_S by a thread of this worker (the files
+        are all another worker can read)."""
+        if self.multiprocess_dir is None:
+            gauge.set_function(read)
+            return
+        gauge.set(read())
+        self._polled.append((gauge, read))
+        if self._refresher is None:
+            self._refresher = threading.Thread(
+                target=self._refresh_every, name="foundry-metrics", daemon=True
+            )
+            self._refresher.start()
+
+    def _refresh(self) -> None:
+        for gauge, read in self._polled:
+            gauge.set(read())
+
+    def _refresh_every(self) -> None:
+        while not self._stopping.wait(GAUGE_REFRESH_S):
+            self._refresh()
+
+    def close(self) -> None:
+        """Stop the refresh thread; in multiprocess mode, drop this worker from the
+        `livesum` gauges (its counters and histograms stay counted)."""
+        self._stopping.set()
+        if self._refresher is not None:
+            self._refresher.join()
+            self._refresher = None
+        if self.multiprocess_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
+
     def render(self) -> bytes:
-        """The Prometheus text exposition of every series."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition of every series (of every worker, in
+        multiprocess mode)."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        self._refresh()
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return generate_latest(registry)
 
 
 class LMMetrics:

@@ -5,6 +5,7 @@
     DELETE /admin/keys/{ref}          revoke (ref: id, prefix `fdy_abcd1234` or the key)
     POST   /admin/keys/{ref}/rotate   {grace_hours?} → the new key; the old one works
                                       for grace_hours more (default serve.rotate_grace_hours)
+    /admin/models/...                 tag, alias, delete, export, import (routes_models)
 
 Requests carry `Authorization: Bearer <admin token>`, compared in constant time. Without
 a configured token every admin route answers 403 and says how to set one.
@@ -99,6 +100,9 @@ def admin_router(service: Service) -> APIRouter:
         created = await service.gate_call(gate().rotate_key, ref, hours)
         return JSONResponse(created.to_dict(), 201)
 
+    from foundry.serve.routes_models import add_model_routes
+
+    add_model_routes(router, service)
     return router
 
 

@@ -75,7 +75,8 @@ api_keys = Table(
     "api_keys",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(200), nullable=False),
+    # Text: encrypted when FOUNDRY_ENCRYPTION_KEY is set (foundry.crypto.encrypt_field).
+    Column("name", Text, nullable=False),
     Column("prefix", String(16), nullable=False, index=True),
     # First 12 characters of the key (`fdy_` + 8): shown in listings and logs.
     Column("key_hash", String(64), nullable=False, unique=True),
@@ -163,6 +164,9 @@ serve_leases = Table(
     Column("created_at", Double, nullable=False),
     Column("heartbeat_at", Double, nullable=False),
     # Epoch seconds by the database's clock (one clock for every host).
+    Column("models", JSON(none_as_null=True), nullable=True),
+    # The pinned refs (`adult:3`) this process serves: `foundry models delete` refuses
+    # them while the lease lives. Added by migration 0004.
     # Ids never reused (SQLite AUTOINCREMENT): a reservation made under a lease swept as
     # dead must never look like a newer process's.
     sqlite_autoincrement=True,

@@ -12,6 +12,8 @@
     state.json              epoch, global step, scheduler step, early stopping, history,
                             seconds (training time up to this checkpoint, resumes summed)...
 
+With FOUNDRY_ENCRYPTION_KEY set every file is encrypted (`foundry.crypto`).
+
 The folder is written as `checkpoint.tmp/` and then renamed into place, so a process
 killed mid-write leaves the previous checkpoint whole. A rename cannot replace a
 non-empty folder, so the old one is first moved to `checkpoint.old/`; a kill between the
@@ -29,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from foundry.crypto import read_tensors, read_text, write_tensors, write_text
 from foundry.errors import TrainError
 
 __all__ = [
@@ -80,14 +82,14 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)  # left over from a killed save
     tmp.mkdir(parents=True)
 
-    save_file(
-        _to_cpu(model.state_dict() if weights is None else weights), str(tmp / "model.safetensors")
+    write_tensors(
+        tmp / "model.safetensors", _to_cpu(model.state_dict() if weights is None else weights)
     )
-    save_file(_to_cpu(best_state), str(tmp / "best.safetensors"))
+    write_tensors(tmp / "best.safetensors", _to_cpu(best_state))
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+    write_tensors(tmp / "optimizer.safetensors", opt_tensors)
     _write_json(tmp / "optimizer.json", opt_meta)
-    save_file(_to_cpu(rng), str(tmp / "rng.safetensors"))
+    write_tensors(tmp / "rng.safetensors", _to_cpu(rng))
     _write_json(tmp / "state.json", state)
 
     if final.exists():
@@ -105,7 +107,7 @@ def _to_cpu(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(obj, indent=1) + "\n", fsync=False)
 
 
 def _flatten_optimizer(sd: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -151,19 +153,19 @@ def load_checkpoint(
         )
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
-        saved = load_file(str(folder / "model.safetensors"), device=str(device))
+        saved = read_tensors(str(folder / "model.safetensors"), device=str(device))
         load_weights(model, saved, frozen)
     except RuntimeError as e:
         raise TrainError(f"the checkpoint in {folder} does not fit this model: {e}") from e
 
-    meta = json.loads((folder / "optimizer.json").read_text(encoding="utf-8"))
-    tensors = load_file(str(folder / "optimizer.safetensors"))
+    meta = json.loads(read_text(folder / "optimizer.json"))
+    tensors = read_tensors(str(folder / "optimizer.safetensors"))
     optimizer.load_state_dict(_unflatten_optimizer(tensors, meta, optimizer))
 
     return Checkpoint(
-        state=json.loads((folder / "state.json").read_text(encoding="utf-8")),
-        rng=load_file(str(folder / "rng.safetensors")),
-        best_state=load_file(str(folder / "best.safetensors")),
+        state=json.loads(read_text(folder / "state.json")),
+        rng=read_tensors(str(folder / "rng.safetensors")),
+        best_state=read_tensors(str(folder / "best.safetensors")),
     )
 
 

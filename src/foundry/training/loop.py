@@ -11,7 +11,9 @@ the privacy spent is recorded per epoch.
 Speed matters as much as clarity here: an epoch should cost what a hand-written
 `for i in range(0, n, bs)` loop costs. So each batch is one index operation per input
 tensor (no DataLoader, no per-row work), and nothing reads a GPU value back per batch:
-the loss is summed as a tensor and read once per epoch.
+the loss is summed as a tensor and read once per epoch. The one exception is an image
+column too big to decode into memory (`foundry.data.lazy_images.LazyImages`): its
+batches are decoded ahead, in the same shuffled order, by DataLoader workers.
 
 In a distributed run (torchrun, `foundry train --nproc N`; see
 `foundry.training.distributed`) every process runs this same loop on its share of each
@@ -34,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from foundry.config.schema import TrainConfig
+from foundry.data.lazy_images import epoch_inputs
 from foundry.data.schema import TaskInfo
 from foundry.errors import TrainError
 from foundry.training import distributed
@@ -310,9 +313,10 @@ def _fit(
                 if ddp:
                     # this rank's rows of each global batch
                     perm = distributed.shard(perm, distributed.rank(), world)
-                for b in range(n_batches):
+                # image columns kept as paths (data.images) arrive decoded by workers
+                batches = epoch_inputs(train, input_keys, perm, batch_size, n_batches)
+                for b, inputs in enumerate(batches):
                     idx = perm[b * batch_size : (b + 1) * batch_size]
-                    inputs = {k: train[k][idx] for k in input_keys}
                     target = train["target"][idx]
                     if augment is not None:
                         inputs = augment(inputs, generators["augment"])

@@ -27,6 +27,13 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+from foundry.extras import require
+
+# Every caller imports this module only when train.privacy is set (or a DP package loads),
+# so checking here, before the opacus imports, covers them all with one line.
+# ruff: noqa: E402
+require("trust", "opacus", "differentially private training (train.privacy)")
+
 import opacus
 import torch
 from opacus.accountants import create_accountant

@@ -102,7 +102,9 @@ def tune(
     run. `worker_index` offsets the sampler seed so workers draw different trials;
     `threads` sets torch's CPU threads for this process's trials.
     """
-    import optuna
+    from foundry.extras import require
+
+    optuna = require("tune", "optuna", "hyper-parameter search (foundry tune)")
 
     from foundry.tuning.storage import open_storage
 

@@ -72,7 +72,13 @@ class ImageEncoder:
 
     def transform(self, col: pd.Series) -> np.ndarray:
         """Column of paths [N] → float32 [N, C, H, W]."""
-        return self._normalized(self.decode(resolve_paths(col, self.name, self.base_dir)))
+        return self.transform_paths(resolve_paths(col, self.name, self.base_dir))
+
+    def transform_paths(self, paths: Sequence[Path], *, threads: bool = True) -> np.ndarray:
+        """Resolved paths [N] → float32 [N, C, H, W]. Each image's pixels depend on that
+        image alone, so any subset of rows equals those rows of the whole column
+        (`foundry.data.lazy_images` decodes per batch on that promise)."""
+        return self._normalized(self.decode(paths, threads=threads))
 
     def encode_list(self, blobs: Sequence[bytes]) -> np.ndarray:
         """PNG/JPEG file contents [N] (as the API receives them) → float32 [N, C, H, W],
@@ -95,9 +101,9 @@ class ImageEncoder:
             x /= np.asarray(self.std, dtype=np.float32)[:, None, None]
         return x
 
-    def decode(self, paths: Sequence[Path | BinaryIO]) -> np.ndarray:
-        """Files (paths or open binary files) → uint8 [N, H, W, C], decoded in parallel,
-        resized to (height, width)."""
+    def decode(self, paths: Sequence[Path | BinaryIO], *, threads: bool = True) -> np.ndarray:
+        """Files (paths or open binary files) → uint8 [N, H, W, C], resized to (height,
+        width); decoded on a thread pool unless `threads` is False or N is small."""
         out = np.empty((len(paths), self.height, self.width, self.channels), dtype=np.uint8)
         mode = "L" if self.channels == 1 else "RGB"
 
@@ -108,7 +114,7 @@ class ImageEncoder:
                     img = img.resize((self.width, self.height), Image.Resampling.BILINEAR)
                 out[i] = np.asarray(img, dtype=np.uint8).reshape(out.shape[1:])
 
-        if len(paths) < 2 * _WORKERS:
+        if not threads or len(paths) < 2 * _WORKERS:
             for i in range(len(paths)):
                 load(i)
         else:

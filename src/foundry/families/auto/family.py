@@ -175,7 +175,7 @@ class AutoFamily:
             table.add_column(column, justify=justify, no_wrap=i == 1)  # model names whole
         for row in rows:
             table.add_row(*row[:-1])
-        run.say.console.print(table)
+        run.say.table(table)
         for row in rows:
             if row[-1]:
                 run.say.info(f"  {row[1]}: {row[-1]}")

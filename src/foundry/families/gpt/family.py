@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import foundry.crypto as crypto
 from foundry.config import LoadedConfig
 from foundry.config.schema import FoundryConfig, GPTConfig
 from foundry.errors import ConfigError
@@ -32,11 +33,13 @@ TASK = "language_modeling"
 @dataclass
 class GPTData:
     data: Any
-    """`lm.data.LMData`: documents or conversations per split."""
+    """`lm.data.LMData`: documents or conversations per split; for a corpus file,
+    `lm.token_shards.StreamedCorpus` (documents counted, not held)."""
     tokenizer: Any
     """The `BPETokenizer` learned on the training split."""
     splits: dict[str, Any]
-    """split name → `TokenData` (token rows with loss masks)."""
+    """split name → `TokenData` (token rows with loss masks), or `TokenWindows` read
+    from the corpus's token shards."""
     block_size: int
 
 
@@ -47,6 +50,7 @@ class GPTFamily:
 
     def prepare(self, run: Run) -> GPTData:
         from foundry.lm.data import encode_examples, load_lm_data, tokenizer_texts
+        from foundry.lm.token_shards import open_corpus_splits, prepare_corpus, streamable_corpus
         from foundry.lm.tokenizer import BPETokenizer
 
         cfg, say = run.config, run.say
@@ -59,32 +63,57 @@ class GPTFamily:
                 f"({gpt.context_length}); the model cannot attend over it"
             )
 
-        # ---- data, split by document / conversation
-        data = load_lm_data(run.loaded)
-        say.info(data.summary(cfg.data.path))
-
-        # ---- tokenizer: learned on the training split only (a resumed run reuses its own)
-        run.out_dir.mkdir(parents=True, exist_ok=True)  # the data are good: the run starts
+        # ---- data, split by document / conversation. A corpus file is streamed into
+        # token shards beside the runs (reused while corpus and tokenizer are unchanged);
+        # instruction data is read whole.
+        path = run.loaded.resolve(cfg.data.path)
+        assert path is not None
         tokenizer_file = run.out_dir / "tokenizer.json"
-        if run.resume and tokenizer_file.is_file():
-            tokenizer = BPETokenizer.from_json(tokenizer_file.read_text(encoding="utf-8"))
-        else:
-            tokenizer = BPETokenizer.train(
-                tokenizer_texts(data.train, lm.chat_template), gpt.vocab_size
-            )
-            tokenizer_file.write_text(tokenizer.to_json(), encoding="utf-8")
+        resumed = run.resume and tokenizer_file.is_file()  # a resumed run keeps its own
+        if streamable_corpus(cfg, path):
+            if lm.loss_on == "completion":
+                raise ConfigError(
+                    "lm.loss_on is 'completion' but the data is a corpus (no prompts or "
+                    "completions); use auto or all"
+                )
 
-        # ---- token rows
-        splits = {
-            name: encode_examples(
-                getattr(data, name),
-                tokenizer,
-                block_size=block_size,
-                loss_on=lm.loss_on,
-                chat_template=lm.chat_template,
-            )
-            for name in ("train", "val", "test")
-        }
+            def learn(train_texts: Any) -> BPETokenizer:
+                if resumed:
+                    return BPETokenizer.from_json(crypto.read_text(tokenizer_file))
+                return BPETokenizer.train(train_texts(), gpt.vocab_size)
+
+            data, tokenizer = prepare_corpus(
+                path, cfg, run.loaded.resolve(cfg.output_dir) / "token_shards",  # type: ignore[operator]
+                learn, BPETokenizer.to_json,
+                tokenizer_key=None if resumed else {"bpe_vocab_size": gpt.vocab_size},
+                load_tokenizer=BPETokenizer.from_json,
+            )  # fmt: skip
+            say.info(data.summary(cfg.data.path))
+            say.info(f"token shards: {'reused' if data.reused else 'built'} {data.folder}")
+            splits = open_corpus_splits(data, block_size)
+        else:
+            data = load_lm_data(run.loaded)
+            say.info(data.summary(cfg.data.path))
+            # tokenizer: learned on the training split only
+            if resumed:
+                tokenizer = BPETokenizer.from_json(crypto.read_text(tokenizer_file))
+            else:
+                tokenizer = BPETokenizer.train(
+                    tokenizer_texts(data.train, lm.chat_template), gpt.vocab_size
+                )
+            splits = {
+                name: encode_examples(
+                    getattr(data, name),
+                    tokenizer,
+                    block_size=block_size,
+                    loss_on=lm.loss_on,
+                    chat_template=lm.chat_template,
+                )
+                for name in ("train", "val", "test")
+            }
+        run.out_dir.mkdir(parents=True, exist_ok=True)  # the data are good: the run starts
+        if not resumed:
+            crypto.write_text(tokenizer_file, tokenizer.to_json(), fsync=False)
         say.info(
             f"tokenizer: {tokenizer.vocab_size} tokens; target tokens train/val/test = "
             + "/".join(str(splits[name].n_targets) for name in ("train", "val", "test"))
@@ -220,7 +249,7 @@ def build_manifest(
         "data": {
             "path": cfg.data.path,
             "kind": examples.kind,
-            "examples": {n: len(getattr(examples, n)) for n in ("train", "val", "test")},
+            "examples": examples.sizes,
             "target_tokens": {n: data.splits[n].n_targets for n in ("train", "val", "test")},
             "block_size": data.block_size,
             # relative data paths in `config` resolve against this (foundry compress

@@ -36,7 +36,8 @@ TASK = "language_modeling"
 class CausalData:
     tokenizer: Any
     data: Any
-    """`lm.data.LMData`: documents or conversations per split."""
+    """`lm.data.LMData`: documents or conversations per split; for a corpus file,
+    `lm.token_shards.StreamedCorpus` (documents counted, not held)."""
     splits: dict[str, Any]
     """split name → `TokenData`."""
     block_size: int
@@ -45,6 +46,7 @@ class CausalData:
 
 def prepare(run: Run, source: str, hf_config: Any) -> CausalData:
     from foundry.lm.data import encode_examples, load_lm_data
+    from foundry.lm.token_shards import open_corpus_splits, prepare_corpus, streamable_corpus
     from foundry.models.hf import HFTokenizer, load_tokenizer
 
     cfg, say = run.config, run.say
@@ -66,23 +68,39 @@ def prepare(run: Run, source: str, hf_config: Any) -> CausalData:
             f"attends over at most {context_length} tokens"
         )
 
-    # ---- data: documents or conversations, split, tokenized with loss masks
-    data = load_lm_data(run.loaded)
-    say.info(
-        f"{data.summary(cfg.data.path)}; chat template: "
-        + ("the tokenizer's" if tokenizer.chat_template else "foundry's default")
-    )
-    splits = {
-        name: encode_examples(
-            getattr(data, name),
-            tokenizer,
-            block_size=block_size,
-            loss_on=lm.loss_on,
-            chat_template=tokenizer.chat_template,
-            **tokenizer.template_variables,
+    # ---- data: documents or conversations, split, tokenized with loss masks. A corpus
+    # file is streamed into token shards beside the runs (lm.token_shards), reused while
+    # corpus and tokenizer are unchanged.
+    path = run.loaded.resolve(cfg.data.path)
+    assert path is not None
+    if streamable_corpus(cfg, path):
+        if lm.loss_on == "completion":
+            raise ConfigError(
+                "lm.loss_on is 'completion' but the data is a corpus (no prompts or "
+                "completions); use auto or all"
+            )
+        cache = run.loaded.resolve(cfg.output_dir) / "token_shards"  # type: ignore[operator]
+        data, _ = prepare_corpus(path, cfg, cache, lambda _texts: tokenizer, _tokenizer_text)
+        say.info(f"{data.summary(cfg.data.path)}; token shards "
+                 f"{'reused' if data.reused else 'built'}: {data.folder}")  # fmt: skip
+        splits = open_corpus_splits(data, block_size)
+    else:
+        data = load_lm_data(run.loaded)
+        say.info(
+            f"{data.summary(cfg.data.path)}; chat template: "
+            + ("the tokenizer's" if tokenizer.chat_template else "foundry's default")
         )
-        for name in ("train", "val", "test")
-    }
+        splits = {
+            name: encode_examples(
+                getattr(data, name),
+                tokenizer,
+                block_size=block_size,
+                loss_on=lm.loss_on,
+                chat_template=tokenizer.chat_template,
+                **tokenizer.template_variables,
+            )
+            for name in ("train", "val", "test")
+        }
     say.info(
         "target tokens train/val/test = "
         + "/".join(str(splits[n].n_targets) for n in ("train", "val", "test"))
@@ -182,6 +200,17 @@ def context_length_of(hf_config: Any) -> int:
     )
 
 
+def _tokenizer_text(tokenizer: Any) -> str:
+    """What identifies a checkpoint's tokenizer for the token shard cache: its
+    tokenizer.json (fast tokenizers), else its vocabulary and special tokens."""
+    import json
+
+    hf = tokenizer.hf
+    if getattr(hf, "is_fast", False):
+        return hf.backend_tokenizer.to_str()
+    return json.dumps([hf.get_vocab(), hf.all_special_tokens], sort_keys=True)
+
+
 def _manifest(
     loaded: LoadedConfig, hf: dict[str, Any], own: CausalData, fitted: Any, train_cfg: Any
 ) -> dict[str, Any]:
@@ -203,7 +232,7 @@ def _manifest(
         "data": {
             "path": cfg.data.path,
             "kind": data.kind,
-            "examples": {n: len(getattr(data, n)) for n in ("train", "val", "test")},
+            "examples": data.sizes,
             "target_tokens": {n: splits[n].n_targets for n in ("train", "val", "test")},
             "block_size": own.block_size,
         },

@@ -11,6 +11,7 @@ load      predictor.Predictor.from_package
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -51,13 +52,15 @@ class NeuralFamily:
     def prepare(self, run: Run) -> NeuralData:
         from foundry.data import Preprocessor, fingerprint
         from foundry.data.dataset import check_leakage, load_splits
+        from foundry.data.lazy_images import use_lazy
         from foundry.training import distributed
 
         loaded, say = run.loaded, run.say
         splits, resolved = load_splits(loaded, say)
         # rank 0 alone: every rank reads the same rows and would print the same warnings
-        leakage = (check_leakage(loaded.config, splits, resolved, say)
-                   if distributed.is_main() else None)
+        leakage = (
+            check_leakage(loaded.config, splits, resolved, say) if distributed.is_main() else None
+        )
         image_columns = [f.name for f in resolved.inputs if f.type == "image"]
         data_fingerprint = fingerprint(
             pd.concat([splits.train, splits.val, splits.test], ignore_index=True),
@@ -70,10 +73,17 @@ class NeuralFamily:
             f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)}"
         )
         preprocessor = Preprocessor.fit(splits.train, resolved, base_dir=loaded.base_dir)
-        train_enc = preprocessor.transform(preprocessor.prepare(splits.train))
-        val_enc = preprocessor.transform(splits.val) if len(splits.val) else None
-        return NeuralData(splits, resolved, preprocessor, train_enc, val_enc, data_fingerprint,
-                          leakage)
+        train_df = preprocessor.prepare(splits.train)
+        images = loaded.config.data.images
+        lazy = use_lazy(images.loading, preprocessor.image_encoders, len(train_df))
+        if lazy:
+            say.info("images: decoded per batch by DataLoader workers (data.images.loading)")
+        encode = partial(preprocessor.transform, lazy_images=lazy, image_workers=images.workers)
+        train_enc = encode(train_df)
+        val_enc = encode(splits.val) if len(splits.val) else None
+        return NeuralData(
+            splits, resolved, preprocessor, train_enc, val_enc, data_fingerprint, leakage
+        )
 
     def fit(self, data: NeuralData, train: Any, run: Run) -> Fitted:
         import torch
