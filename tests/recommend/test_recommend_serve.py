@@ -9,11 +9,10 @@ import json
 import pandas as pd
 import pytest
 import yaml
-from tests.recommend.recommend_support import planted_config
+from tests.recommend.recommend_support import planted_config, recommend_app
 from tests.serve.serve_app_support import bearer, serving
 
 import foundry
-from foundry.config.schema import PlanConfig, ServeConfig
 from foundry.errors import ConfigError
 from foundry.recommend.init import infer_interaction_columns
 from foundry.recommend.planted import planted_interactions
@@ -105,19 +104,10 @@ def trained(tmp_path_factory):
     return result, root / "home"
 
 
-def _app(ref, home, gate_home):
-    from foundry.serve.app import create_app
-    from foundry.serve.gate import Gate
-
-    config = ServeConfig(plans={"test": PlanConfig(included_units=1000, requests_per_minute=1000)})
-    gate = Gate(config.all_plans(), home=gate_home)
-    return create_app(config, [ref], gate=gate, home=home), gate
-
-
 async def test_recommend_route_answers_as_the_model_and_is_metered(trained, tmp_path):
     result, home = trained
     model = result.model
-    app, gate = _app(result.model_ref, home, tmp_path / "gate")
+    app, gate = recommend_app(result.model_ref, home, tmp_path / "gate")
     key = gate.create_key("acme", "test").key
     queries = [
         {"user": "u1", "k": 5},
