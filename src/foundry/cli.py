@@ -83,6 +83,12 @@ def init(
         None, help="Write a time-budgeted model search instead (model: {type: auto}), "
         "e.g. --search 5m: the candidates that fit the data, the best registered."
     ),
+    item_features: Path | None = typer.Option(
+        None, help="--task recommend: an item feature table (recommend.item_features)."
+    ),
+    user_features: Path | None = typer.Option(
+        None, help="--task recommend: a user feature table (recommend.user_features)."
+    ),
     force: bool = typer.Option(False, help="Overwrite an existing config."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the config's path."),
     json_out: bool = typer.Option(
@@ -104,6 +110,9 @@ def init(
             data, target, task=task, output=output, name=name, model=model,
             pretrained=pretrained, force=force, say=Reporter(quiet=quiet or json_out),
             search=search,
+            feature_tables={k: v for k, v in
+                            {"item_features": item_features, "user_features": user_features}.items()
+                            if v is not None},
         )
     if json_out:
         import yaml

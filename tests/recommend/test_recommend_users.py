@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from tests.recommend.recommend_support import recommend_app
 from tests.serve.serve_app_support import bearer, serving
 
@@ -159,3 +160,38 @@ def test_cli_user_features(trained, monkeypatch):
     answer = json.loads(out.stdout)
     assert answer["source"] == "model"
     _same(answer, result.model.recommend(user_features=features, k=4))
+
+
+def test_init_writes_a_two_tower_config_with_the_user_table(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from foundry.cli import app
+
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "home"))
+    planted_interactions(40, seed=3).to_csv(tmp_path / "events.csv", index=False)
+    planted_user_features(40).to_csv(tmp_path / "users.csv", index=False)
+    (tmp_path / "conf").mkdir()
+    args = ["init", str(tmp_path / "events.csv"), "--task", "recommend", "-q"]
+    out = CliRunner().invoke(
+        app,
+        [
+            *args,
+            "--user-features",
+            str(tmp_path / "users.csv"),
+            "-o",
+            str(tmp_path / "conf/c.yaml"),
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    config = yaml.safe_load((tmp_path / "conf/c.yaml").read_text())
+    assert config["recommend"]["user_features"] == "../users.csv"  # relative to the config
+    assert config["model"]["type"] == "two_tower"
+    result = foundry.train(tmp_path / "conf/c.yaml", progress=False, quiet=True)
+    assert result.model.user_encoder is not None
+    assert set(result.model.user_encoder.columns) == {"segment", "age", "device"}
+    # a table keyed by another column is refused, naming the column it lacks
+    planted_user_features(40).rename(columns={"user": "uid"}).to_csv(tmp_path / "bad.csv")
+    refused = CliRunner().invoke(
+        app, [*args, "--user-features", str(tmp_path / "bad.csv"), "-o", str(tmp_path / "d.yaml")]
+    )
+    assert refused.exit_code != 0 and "'user'" in str(refused.exception)
