@@ -13,7 +13,7 @@ from tests.recommend.recommend_support import planted_config, recommend_app
 from tests.serve.serve_app_support import bearer, serving
 
 import foundry
-from foundry.errors import ConfigError
+from foundry.errors import ConfigError, ModelError
 from foundry.recommend.init import infer_interaction_columns
 from foundry.recommend.planted import planted_interactions
 
@@ -172,6 +172,9 @@ def test_cli_recommends_for_a_user_and_for_recent_items(trained, monkeypatch):
     ]
     refused = runner.invoke(app, ["recommend", result.model_ref])
     assert refused.exit_code != 0 and "--user" in str(refused.exception)
+    # mf reads no user features: refused, naming the field, not silently ignored
+    with pytest.raises(ModelError, match="user_features.age.*reads no user features"):
+        result.model.recommend("u3", user_features={"age": 30})
 
 
 def test_cost_prices_a_recommendation(tmp_path):

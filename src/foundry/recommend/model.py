@@ -85,13 +85,14 @@ class Recommender:
         user_features: dict[str, Any] | None = None,
     ) -> np.ndarray | None:
         """The user's factor vector: learned (a training user), from `user_features`
-        and/or folded in from `items` (anyone else), or None (fall back to popularity)."""
+        and/or folded in from `items` (anyone else), or None (fall back to popularity).
+        `user_features` are checked first, whoever the user, as serving checks them."""
+        self.check_user_features(user_features)
         if self.user_factors is None:
             return None
         index = self.user_index.get(user) if user is not None else None
         if index is not None:
             return self.user_factors[index]
-        self.check_user_features(user_features)
         known = [self.item_index[i] for i in items or [] if i in self.item_index]
         from_features = (
             self.user_encoder.vector(user_features)
