@@ -22,7 +22,7 @@ and serving are those of matrix factorization (`Recommender`).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -124,6 +124,11 @@ class UserEncoder:
     """The token vocabulary, row order of `vectors`."""
     vectors: np.ndarray
     """float32 [len(tokens), dim]."""
+    index: dict[str, int] = field(init=False, repr=False, compare=False)
+    """token → row of `vectors`, built once (not per query)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "index", {t: j for j, t in enumerate(self.tokens)})
 
     def problem(self, features: Any) -> tuple[str | None, str] | None:
         """(the field at fault, what is wrong) with a request's `features`, or None."""
@@ -147,13 +152,8 @@ class UserEncoder:
 
     def vector(self, features: dict[str, Any]) -> np.ndarray | None:
         """The unit direction of `features`' known tokens, or None (none known)."""
-        index = {t: j for j, t in enumerate(self.tokens)}
-        rows = [
-            index[t]
-            for name, value in features.items()
-            for t in value_tokens(name, value)[:MAX_TOKENS]
-            if t in index
-        ]
+        tokens = [t for name, value in features.items() for t in value_tokens(name, value)]
+        rows = [self.index[t] for t in tokens[:MAX_TOKENS] if t in self.index]  # as training
         if not rows:
             return None
         mean = self.vectors[rows].mean(axis=0)
