@@ -193,10 +193,10 @@ def quality(
     from make_interactions import debian_item_features
 
     from foundry.config.schema import TwoTowerConfig
-    from foundry.recommend.two_tower import item_tokens
+    from foundry.recommend.two_tower import feature_tokens
 
     features = pd.read_csv(debian_item_features())
-    tokens = item_tokens(features, "dependency", data.items)
+    tokens = feature_tokens(features, "dependency", data.items)
     towers, tower_seconds = fit_recommender(
         splits.train, TwoTowerConfig(epochs=tower_epochs), rec, seed=0, tokens=tokens
     )

@@ -83,6 +83,12 @@ def init(
         None, help="Write a time-budgeted model search instead (model: {type: auto}), "
         "e.g. --search 5m: the candidates that fit the data, the best registered."
     ),
+    item_features: Path | None = typer.Option(
+        None, help="--task recommend: an item feature table (recommend.item_features)."
+    ),
+    user_features: Path | None = typer.Option(
+        None, help="--task recommend: a user feature table (recommend.user_features)."
+    ),
     force: bool = typer.Option(False, help="Overwrite an existing config."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the config's path."),
     json_out: bool = typer.Option(
@@ -104,6 +110,9 @@ def init(
             data, target, task=task, output=output, name=name, model=model,
             pretrained=pretrained, force=force, say=Reporter(quiet=quiet or json_out),
             search=search,
+            feature_tables={k: v for k, v in
+                            {"item_features": item_features, "user_features": user_features}.items()
+                            if v is not None},
         )
     if json_out:
         import yaml
@@ -382,6 +391,12 @@ def recommend(
     items: str | None = typer.Option(
         None, help="Comma-separated recent items of a user the model does not know."
     ),
+    user_features: str | None = typer.Option(
+        None,
+        "--user-features",
+        help='A new user\'s features as JSON, e.g. \'{"country": "de"}\' (two_tower trained '
+        "with recommend.user_features).",
+    ),
     k: int = typer.Option(10, "-k", min=1, max=1000, help="How many items."),
     keep_seen: bool = typer.Option(
         False, help="Keep items the user already interacted with (default: left out)."
@@ -392,19 +407,30 @@ def recommend(
     from foundry.predictor import load
     from foundry.recommend.model import Recommender
 
-    if user is None and not items:
-        raise ConfigError("give --user ID, or --items A,B,C for someone the model does not know")
+    features = None
+    if user_features is not None:
+        try:
+            features = json.loads(user_features)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--user-features is not JSON ({e})",
+                              hint="give an object of feature column → value") from e
+        if not isinstance(features, dict):
+            raise ConfigError("--user-features must be a JSON object of feature column → value")
+    if user is None and not items and features is None:
+        raise ConfigError("give --user ID, or --items A,B,C or --user-features JSON for "
+                          "someone the model does not know")
     recommender = load(model)
     if not isinstance(recommender, Recommender):
         raise ConfigError(f"{model} is not a recommender (model type popularity or mf); "
                           "predict with `foundry predict`")
     recent = [i.strip() for i in items.split(",") if i.strip()] if items else None
-    answer = recommender.recommend(user, items=recent, k=k,
+    answer = recommender.recommend(user, items=recent, user_features=features, k=k,
                                    exclude_seen=False if keep_seen else None)
     if json_out:
         _out(json.dumps({"model": recommender.ref, "user": user, **answer}))
         return
-    _out(f"# {recommender.ref}: top {k} for {user or 'recent items'} ({answer['source']})")
+    who = user or ("recent items" if recent else "user features")
+    _out(f"# {recommender.ref}: top {k} for {who} ({answer['source']})")
     for rank, entry in enumerate(answer["items"], 1):
         _out(f"{rank:>3}  {entry['item']}  {entry['score']:.4f}")
 

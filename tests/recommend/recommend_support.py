@@ -21,3 +21,15 @@ def planted_config(
         "model": model,
         "output_dir": str(root / "runs"),
     }
+
+
+def recommend_app(ref: str, home: Path, gate_home: Path) -> tuple[Any, Any]:
+    """(the real serving app for `ref` from registry `home`, its gate): a key from
+    `gate.create_key("acme", "test")` calls it."""
+    from foundry.config.schema import PlanConfig, ServeConfig
+    from foundry.serve.app import create_app
+    from foundry.serve.gate import Gate
+
+    config = ServeConfig(plans={"test": PlanConfig(included_units=1000, requests_per_minute=1000)})
+    gate = Gate(config.all_plans(), home=gate_home)
+    return create_app(config, [ref], gate=gate, home=home), gate

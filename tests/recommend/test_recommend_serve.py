@@ -9,12 +9,11 @@ import json
 import pandas as pd
 import pytest
 import yaml
-from tests.recommend.recommend_support import planted_config
+from tests.recommend.recommend_support import planted_config, recommend_app
 from tests.serve.serve_app_support import bearer, serving
 
 import foundry
-from foundry.config.schema import PlanConfig, ServeConfig
-from foundry.errors import ConfigError
+from foundry.errors import ConfigError, ModelError
 from foundry.recommend.init import infer_interaction_columns
 from foundry.recommend.planted import planted_interactions
 
@@ -105,19 +104,10 @@ def trained(tmp_path_factory):
     return result, root / "home"
 
 
-def _app(ref, home, gate_home):
-    from foundry.serve.app import create_app
-    from foundry.serve.gate import Gate
-
-    config = ServeConfig(plans={"test": PlanConfig(included_units=1000, requests_per_minute=1000)})
-    gate = Gate(config.all_plans(), home=gate_home)
-    return create_app(config, [ref], gate=gate, home=home), gate
-
-
 async def test_recommend_route_answers_as_the_model_and_is_metered(trained, tmp_path):
     result, home = trained
     model = result.model
-    app, gate = _app(result.model_ref, home, tmp_path / "gate")
+    app, gate = recommend_app(result.model_ref, home, tmp_path / "gate")
     key = gate.create_key("acme", "test").key
     queries = [
         {"user": "u1", "k": 5},
@@ -182,6 +172,9 @@ def test_cli_recommends_for_a_user_and_for_recent_items(trained, monkeypatch):
     ]
     refused = runner.invoke(app, ["recommend", result.model_ref])
     assert refused.exit_code != 0 and "--user" in str(refused.exception)
+    # mf reads no user features: refused, naming the field, not silently ignored
+    with pytest.raises(ModelError, match="user_features.age.*reads no user features"):
+        result.model.recommend("u3", user_features={"age": 30})
 
 
 def test_cost_prices_a_recommendation(tmp_path):

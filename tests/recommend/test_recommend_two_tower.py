@@ -10,7 +10,7 @@ import pytest
 import foundry
 from foundry.errors import DataError
 from foundry.recommend.planted import planted_interactions, planted_item_features
-from foundry.recommend.two_tower import item_tokens
+from foundry.recommend.two_tower import feature_tokens
 
 
 def _config(root, **model):
@@ -37,11 +37,11 @@ def _config(root, **model):
     }
 
 
-def test_item_tokens_split_values_and_skip_missing():
+def test_feature_tokens_split_values_and_skip_missing():
     df = pd.DataFrame({"item": ["a", "b", "c"], "genre": ["x|y", None, "z"]})
-    assert item_tokens(df, "item", ["b", "a", "d"]) == [[], ["genre=x", "genre=y"], []]
+    assert feature_tokens(df, "item", ["b", "a", "d"]) == [[], ["genre=x", "genre=y"], []]
     with pytest.raises(DataError, match="'sku'"):
-        item_tokens(df, "sku", ["a"])
+        feature_tokens(df, "sku", ["a"])
 
 
 def test_two_tower_beats_popularity_and_recommends_new_items_by_features(tmp_path):

@@ -28,6 +28,7 @@ def init_config(
     force: bool = False,
     say: Reporter | None = None,
     search: str | None = None,
+    feature_tables: dict[str, Any] | None = None,
 ) -> Path:
     """Inspect `data`, infer every column's type and write a config that trains as is.
 
@@ -41,7 +42,8 @@ def init_config(
     (a duration: `5m`) writes a model search instead, `model: {type: auto, budget:
     <search>}`, and no training schedule. `task="recommend"`
     writes a recommender config for an interactions table instead
-    (foundry.recommend.init: no target)."""
+    (foundry.recommend.init: no target; `feature_tables`: its `item_features` /
+    `user_features` tables)."""
     from foundry.data import read_table
 
     if task not in (None, "recommend"):
@@ -50,7 +52,11 @@ def init_config(
     if task == "recommend":
         from foundry.recommend.init import init_recommend_config
 
-        return init_recommend_config(data, output=output, name=name, force=force, say=say)
+        return init_recommend_config(
+            data, output=output, name=name, force=force, say=say, **(feature_tables or {})
+        )
+    if feature_tables:
+        raise ConfigError("--item-features / --user-features are for --task recommend")
     if target is None:
         raise ConfigError("--target is required: the column to predict (or --task "
                           "recommend for an interactions table)")

@@ -322,6 +322,11 @@ class RecommendConfig(Section):
     """A table of item features (relative to the config): the `item` column and any
     others, each value a token (`a|b` splits into two, e.g. genres). Read by
     `two_tower`; its items without interactions are recommended from their features."""
+    user_features: str | None = None
+    """A table of user features (relative to the config): the `user` column and any
+    others (categories, numbers, text tokens as in `item_features`). Read by
+    `two_tower`'s user tower: a user unseen in training who brings features gets
+    recommendations from them (`user_features` in a recommend request)."""
     index: Literal["auto", "exact", "approximate"] = "auto"
     """Retrieval of a user's top k: `exact` scores every item (a full read of the item
     matrix a query: 49 ms at 10⁶ items), `approximate` a FAISS IVF index over int8 item

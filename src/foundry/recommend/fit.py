@@ -50,9 +50,11 @@ def fit_recommender(
     seed: int,
     on_iteration: Any = None,
     tokens: list[list[str]] | None = None,
+    users: Any = None,
 ) -> tuple[Recommender, float]:
     """(the fitted model, seconds). `model`: a `PopularityConfig`, `MFConfig` or
-    `TwoTowerConfig` (which reads each item's feature `tokens`). A learned model is the
+    `TwoTowerConfig` (which reads each item's feature `tokens`, and with `users`, a
+    `UserFeatures`, each training user's). A learned model is the
     popularity model (its fallback list and each user's seen items) plus factors."""
     from foundry.recommend.als import fit_als
 
@@ -64,7 +66,7 @@ def fit_recommender(
     if model.type == "two_tower":
         from foundry.recommend.two_tower import fit_two_tower
 
-        users, items, _ = fit_two_tower(
+        users_v, items, facts = fit_two_tower(
             train,
             tokens or [[] for _ in train.items],
             model,
@@ -72,9 +74,17 @@ def fit_recommender(
             on_epoch=None
             if on_iteration is None
             else (lambda e: on_iteration(e["epoch"], None, None, train_loss=e["train_loss"])),
+            user_tokens=None if users is None else users.tokens,
+            user_columns=None if users is None else users.columns,
         )
-        fitted = replace(base, kind="two_tower", user_factors=users, item_factors=items)
-        fitted.index = index_for(items, users, rec, seed=seed)
+        fitted = replace(
+            base,
+            kind="two_tower",
+            user_factors=users_v,
+            item_factors=items,
+            user_encoder=facts.get("user_encoder"),
+        )
+        fitted.index = index_for(items, users_v, rec, seed=seed)
         return fitted, time.perf_counter() - started
     seed = model.seed if model.seed is not None else seed
     if "auto" in (model.alpha, model.regularization):

@@ -134,8 +134,12 @@ def init_recommend_config(
     name: str | None = None,
     force: bool = False,
     say: Reporter | None = None,
+    item_features: str | Path | None = None,
+    user_features: str | Path | None = None,
 ) -> Path:
-    """Write a recommender config for the interactions table at `data`."""
+    """Write a recommender config for the interactions table at `data`; with an item or
+    user feature table (each keyed by the inferred item / user column), a two_tower
+    config that reads them (the model type that does)."""
     from foundry.data import read_table
 
     say = say or Reporter()
@@ -153,11 +157,28 @@ def init_recommend_config(
     recommend: dict[str, Any] = {k: v for k, v in columns.items()}
     recommend["split"] = "temporal" if columns["time"] else "random"
     recommend.update({"test": 0.2, "val": 0.0, "k": 10})
+    model: dict[str, Any] = dict(INIT_MODEL)
+    tables = {"item_features": item_features, "user_features": user_features}
+    for key, table in tables.items():
+        if table is None:
+            continue
+        id_column = columns["user" if key == "user_features" else "item"]
+        found = read_table(Path(table)).columns
+        if id_column not in found:
+            raise ConfigError(
+                f"{table} (--{key.replace('_', '-')}) has no column '{id_column}', the "
+                f"{key.split('_')[0]} column of {data}; its columns: "
+                f"{', '.join(map(str, found))}",
+                hint=f"name the {key.split('_')[0]} column '{id_column}' in both tables",
+            )
+        recommend[key] = os.path.relpath(Path(table).resolve(), out_path.resolve().parent)
+        model = {"type": "two_tower"}
+        say.info(f"init: recommend.{key} '{table}' (read by model.type two_tower)")
     config = {
         "name": name,
         "data": {"path": rel},
         "recommend": recommend,
-        "model": dict(INIT_MODEL),
+        "model": model,
     }
     header = (
         f"# Written by `foundry init {data} --task recommend`.\n"

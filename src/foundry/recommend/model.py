@@ -3,27 +3,35 @@
     model = foundry.load("deps:1")
     model.recommend(user="python3-numpy", k=10)        # [{"item", "score"}, ...]
     model.recommend(items=["libc6", "zlib1g"], k=10)   # a user not seen in training
+    model.recommend(user_features={"country": "de"})   # two_tower with user features
 
 Scores: mf, the dot product of the user's vector with every item's ([n_items]); a user
 unknown to training but with recent items gets a vector folded in from them (one ALS
-step against the fixed item factors); a user with neither gets the popularity list, as
-the popularity model gives everyone. Retrieval is exact (one matrix-vector product over
-the item matrix and `torch.topk`) or, for a large catalogue, through an approximate
-index (recommend/index.py); benchmarks/recommend.py measures both at 10⁵ and 10⁶ items.
+step against the fixed item factors; two_tower: their direction), and under a
+two_tower trained with `recommend.user_features`, one who brings features gets the user
+tower's feature part (with recent items too: the two directions added); a user with
+none of these gets the popularity list, as the popularity model gives everyone.
+Retrieval is exact (one matrix-vector product over the item matrix and `torch.topk`)
+or, for a large catalogue, through an approximate index (recommend/index.py);
+benchmarks/recommend.py measures both at 10⁵ and 10⁶ items.
 
 State (`state_dict` / `from_state`): float32 tensors for model.safetensors and the ids as
-JSON (ids.json): no pickle.
+JSON (ids.json; a user tower's feature columns and token vocabulary in
+user_features.json, its token vectors in model.safetensors): no pickle.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from foundry.errors import ModelError
 from foundry.recommend.index import ItemIndex
+
+if TYPE_CHECKING:
+    from foundry.recommend.two_tower import UserEncoder
 
 __all__ = ["Recommender", "top_k"]
 
@@ -50,6 +58,8 @@ class Recommender:
     exclude_seen: bool = True
     index: ItemIndex | None = None
     """The approximate item index (large catalogues), or None: exact retrieval."""
+    user_encoder: UserEncoder | None = None
+    """two_tower with `recommend.user_features`: places a new user by their features."""
     ref: str = ""
     manifest: dict[str, Any] = field(default_factory=dict)
     user_index: dict[str, int] = field(init=False, repr=False)
@@ -69,27 +79,61 @@ class Recommender:
         return self.seen_items[self.seen_indptr[user] : self.seen_indptr[user + 1]]
 
     def user_vector(
-        self, user: str | None = None, items: list[str] | None = None
+        self,
+        user: str | None = None,
+        items: list[str] | None = None,
+        user_features: dict[str, Any] | None = None,
     ) -> np.ndarray | None:
-        """The user's factor vector: learned (a training user), folded in from `items`
-        (anyone else with known items), or None (fall back to popularity)."""
+        """The user's factor vector: learned (a training user), from `user_features`
+        and/or folded in from `items` (anyone else), or None (fall back to popularity).
+        `user_features` are checked first, whoever the user, as serving checks them."""
+        self.check_user_features(user_features)
         if self.user_factors is None:
             return None
         index = self.user_index.get(user) if user is not None else None
         if index is not None:
             return self.user_factors[index]
         known = [self.item_index[i] for i in items or [] if i in self.item_index]
+        from_features = (
+            self.user_encoder.vector(user_features)
+            if self.user_encoder is not None and user_features
+            else None
+        )
         if not known:
-            return None
+            return from_features
         assert self.item_factors is not None
         if self.kind == "two_tower":  # the direction of their items, as a user vector is
             mean = self.item_factors[known].mean(axis=0)
-            return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+            direction = mean / max(float(np.linalg.norm(mean)), 1e-12)
+            if from_features is not None:  # both: the two directions added
+                direction = direction + from_features
+                direction = direction / max(float(np.linalg.norm(direction)), 1e-12)
+            return direction.astype(np.float32)
         y = self.item_factors.astype(np.float64)
         chosen = y[known]  # confidence 1 + alpha for each recent item, weight 1
         a = y.T @ y + self.alpha * chosen.T @ chosen + self.regularization * np.eye(y.shape[1])
         b = (1.0 + self.alpha) * chosen.sum(axis=0)
         return np.linalg.solve(a, b).astype(np.float32)
+
+    def user_features_problem(self, features: Any) -> tuple[str | None, str] | None:
+        """(the field at fault, what is wrong) with a query's user features, or None;
+        serving answers 422 with it, `recommend` raises `ModelError`."""
+        if features is None:
+            return None
+        if self.user_encoder is None:
+            field = next(iter(features), None) if isinstance(features, dict) else None
+            return field, (
+                f"model {self.ref or self.kind} reads no user features (a two_tower model "
+                "trained with recommend.user_features does)"
+            )
+        return self.user_encoder.problem(features)
+
+    def check_user_features(self, features: Any) -> None:
+        problem = self.user_features_problem(features)
+        if problem is not None:
+            field, message = problem
+            where = f"user_features.{field}" if field else "user_features"
+            raise ModelError(f"{where}: {message}")
 
     def scores(
         self, user: str | None = None, items: list[str] | None = None
@@ -143,11 +187,13 @@ class Recommender:
         user: str | None = None,
         *,
         items: list[str] | None = None,
+        user_features: dict[str, Any] | None = None,
         k: int = 10,
         exclude_seen: bool | None = None,
     ) -> dict[str, Any]:
         """The top `k` items for `user` (an id seen in training) or for someone whose
-        recent `items` are given, best first: {"items": [{"item", "score"}], "source"}.
+        recent `items` and/or `user_features` (two_tower trained with user features) are
+        given, best first: {"items": [{"item", "score"}], "source"}.
         Items the user interacted with in training, and the given recent items, are left
         out unless `exclude_seen` is False."""
         if k < 1:
@@ -163,7 +209,7 @@ class Recommender:
             if recent:
                 parts.append(np.asarray(recent, np.int64))
             banned = np.concatenate(parts) if parts else None
-        vector = self.user_vector(user, items)
+        vector = self.user_vector(user, items, user_features)
         if vector is None:
             top, values = top_k(self.popularity, k, banned)
             source = "popularity"
@@ -200,7 +246,16 @@ class Recommender:
         if self.user_factors is not None and self.item_factors is not None:
             state["user_factors"] = torch.from_numpy(np.ascontiguousarray(self.user_factors))
             state["item_factors"] = torch.from_numpy(np.ascontiguousarray(self.item_factors))
+        if self.user_encoder is not None:
+            vectors = np.ascontiguousarray(self.user_encoder.vectors, np.float32)
+            state["user_token_vectors"] = torch.from_numpy(vectors)
         return state
+
+    def user_features_json(self) -> dict[str, Any] | None:
+        """user_features.json: the user tower's feature columns and token vocabulary."""
+        if self.user_encoder is None:
+            return None
+        return {"columns": self.user_encoder.columns, "tokens": self.user_encoder.tokens}
 
     def ids(self) -> dict[str, list[str]]:
         return {"users": self.users, "items": self.items}
@@ -215,6 +270,7 @@ class Recommender:
         ref: str = "",
         manifest: dict[str, Any] | None = None,
         index: ItemIndex | None = None,
+        user_features: dict[str, Any] | None = None,
     ) -> Recommender:
         def array(name: str) -> np.ndarray | None:
             tensor = weights.get(name)
@@ -227,6 +283,16 @@ class Recommender:
             # an int8 variant (foundry compress): float32 again for scoring
             item_factors = codes.astype(np.float32) * scales[:, None]
 
+        encoder = None
+        if user_features is not None:
+            from foundry.recommend.two_tower import UserEncoder
+
+            vectors = array("user_token_vectors")
+            tokens = [str(t) for t in user_features.get("tokens", [])]
+            if vectors is None or len(vectors) != len(tokens):
+                raise ModelError("the package's user token vectors do not match its vocabulary")
+            columns = {str(c): str(kind) for c, kind in user_features["columns"].items()}
+            encoder = UserEncoder(columns, tokens, vectors)
         model = cls(
             kind=settings["kind"],
             users=[str(u) for u in ids["users"]],
@@ -240,6 +306,7 @@ class Recommender:
             alpha=float(settings.get("alpha", 1.0)),
             exclude_seen=bool(settings.get("exclude_seen", True)),
             index=index,
+            user_encoder=encoder,
             ref=ref,
             manifest=manifest or {},
         )

@@ -12,7 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["planted_interactions", "planted_item_features", "ratings_table"]
+__all__ = [
+    "planted_interactions",
+    "planted_item_features",
+    "planted_user_features",
+    "ratings_table",
+]
 
 
 def planted_interactions(
@@ -51,6 +56,22 @@ def planted_item_features(
     rows += [(f"i{groups * block + j}", "shared") for j in range(shared)]
     rows += [(f"n{g}_{j}", f"g{g}") for g in range(groups) for j in range(new_per_group)]
     return pd.DataFrame(rows, columns=["item", "genre"])
+
+
+def planted_user_features(n_users: int = 200, *, groups: int = 4, seed: int = 0) -> pd.DataFrame:
+    """Columns user, segment (`s<group>`: the group of `planted_interactions`' user, which
+    decides the block they like), age (a number unrelated to taste) and device (text,
+    noise) for users `u0`..: a model reading user features should recommend a new user
+    their segment's block, where popularity recommends the shared one."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "user": [f"u{u}" for u in range(n_users)],
+            "segment": [f"s{u % groups}" for u in range(n_users)],
+            "age": rng.integers(18, 70, n_users),
+            "device": rng.choice(["phone", "tablet", "desktop"], n_users),
+        }
+    )
 
 
 def ratings_table(

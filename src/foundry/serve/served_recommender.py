@@ -2,6 +2,7 @@
 
     {"user": "42", "k": 10}                          one query
     {"items": ["libc6", "zlib1g"], "k": 5}           someone known by recent items
+    {"user_features": {"country": "de"}, "k": 5}     a new user known by features
     {"queries": [{"user": "42"}, {"user": "7"}]}     several (one unit each)
     → {"model": "deps:1", "recommendations": [{"items": [{"item", "score"}],
        "source": "model" | "popularity"}], "usage": {"units": n}}
@@ -30,15 +31,18 @@ MAX_K = 1000
 """Largest list a query may ask for."""
 MAX_RECENT_ITEMS = 1000
 """Most recent items one query may carry."""
-_FIELDS = frozenset({"user", "items", "k", "exclude_seen"})
+_FIELDS = frozenset({"user", "items", "user_features", "k", "exclude_seen"})
 
 
 class QueryValidator:
     """Body → queries, each checked (422 naming the field); `Service.predict` calls
     `records_of` then `validate`, as for a model's records."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, user_features_problem: Any = None) -> None:
         self.model = model
+        self.user_features_problem = user_features_problem
+        """`Recommender.user_features_problem`: a query's user features checked against
+        the columns and kinds the model was trained with."""
 
     def records_of(self, payload: Any) -> Records:
         if isinstance(payload, dict) and set(payload) == {"queries"}:
@@ -76,14 +80,24 @@ class QueryValidator:
                     param=records.path(i, unknown[0]),
                 )
             user, items = query.get("user"), query.get("items")
-            if user is None and not items:
+            features = query.get("user_features")
+            if user is None and not items and features is None:
                 raise ApiError(
                     422,
                     "invalid_field",
-                    'a query needs a user id ("user") '
-                    'or a non-empty list of recent items ("items")',
+                    'a query needs a user id ("user"), a non-empty list of recent items '
+                    '("items") or a new user\'s features ("user_features")',
                     param=records.path(i, "user"),
                 )
+            problem = (
+                self.user_features_problem(features)
+                if features is not None and self.user_features_problem is not None
+                else None
+            )
+            if problem is not None:
+                field, message = problem
+                name = f"user_features.{field}" if field else "user_features"
+                raise ApiError(422, "invalid_field", message, param=records.path(i, name))
             if user is not None and not isinstance(user, str | int) or isinstance(user, bool):
                 raise ApiError(
                     422,
@@ -159,9 +173,24 @@ class ServedRecommender:
                 },
             ],
         }
+        if model.user_encoder is not None:
+            summary["inputs"].append(
+                {
+                    "name": "user_features",
+                    "type": "object",
+                    "nullable": True,
+                    "values": None,
+                    "example": None,
+                    "fields": model.user_encoder.columns,  # column → number / text
+                }
+            )
         example = {"user": summary["inputs"][0]["example"], "k": 10}
         return cls(
-            model.name, model, QueryValidator(model.name), summary, {**summary, "example": example}
+            model.name,
+            model,
+            QueryValidator(model.name, model.user_features_problem),
+            summary,
+            {**summary, "example": example},
         )
 
     @property
@@ -218,6 +247,7 @@ class ServedRecommender:
                 answers[i] = model.recommend(
                     None if user is None else str(user),
                     items=[str(v) for v in query.get("items") or []],
+                    user_features=query.get("user_features"),
                     k=query.get("k", 10),
                     exclude_seen=query.get("exclude_seen"),
                 )

@@ -26,8 +26,10 @@ from foundry.families.manifest import card_header, data_section, provenance, tra
 from foundry.families.registry import register_family
 from foundry.recommend.index import INDEX_FILE
 
-__all__ = ["IDS_FILE", "RecommendFamily"]
+__all__ = ["IDS_FILE", "USER_FEATURES_FILE", "RecommendFamily"]
 
+USER_FEATURES_FILE = "user_features.json"
+"""A user tower's feature columns and token vocabulary (two_tower with user features)."""
 IDS_FILE = "ids.json"
 """The package's user and item ids ({"users": [...], "items": [...]}), index order."""
 METRICS = ("recall", "ndcg", "hit_rate", "map", "coverage")
@@ -41,6 +43,8 @@ class RecommendData:
     source: str
     tokens: list[list[str]] | None = None
     """Each item's feature tokens (`recommend.item_features`), or None without one."""
+    users: Any = None
+    """`UserFeatures` (`recommend.user_features`), or None without one."""
 
 
 @register_family("recommend", model_types=("popularity", "mf", "two_tower"))
@@ -63,13 +67,16 @@ class RecommendFamily:
         tokens = None
         if cfg.recommend.item_features is not None:
             data, tokens = _with_item_features(data, run)
+        users = None
+        if cfg.recommend.user_features is not None:
+            users = _user_features(data, run)
         splits = split_interactions(data, cfg.recommend)
         say.info(
             f"interactions: {len(data)} events, {len(data.users)} users, {len(data.items)} "
             f"items; {cfg.recommend.split} split train/val/test = {len(splits.train)}/"
             f"{len(splits.val)}/{len(splits.test)}"
         )
-        return RecommendData(splits, _fingerprint(data), str(path), tokens)
+        return RecommendData(splits, _fingerprint(data), str(path), tokens, users)
 
     def fit(self, data: RecommendData, train: Any, run: Run) -> Fitted:
         import time
@@ -109,6 +116,7 @@ class RecommendFamily:
             seed=train.seed,
             on_iteration=record,
             tokens=data.tokens,
+            users=data.users,
         )
         chosen = ""
         if "auto" in (
@@ -201,6 +209,9 @@ class RecommendFamily:
             },
         }
         files: dict[str, Any] = {IDS_FILE: json.dumps(model.ids())}
+        if model.user_encoder is not None:
+            manifest["recommend"]["user_features"] = model.user_encoder.columns
+            files[USER_FEATURES_FILE] = json.dumps(model.user_features_json())
         if model.index is not None:
             manifest["recommend"]["index"] = model.index.describe()
             files[INDEX_FILE] = model.index.to_bytes()
@@ -250,8 +261,20 @@ class RecommendFamily:
             if not file.is_file():
                 raise ModelError(f"model package {package.path} is missing {INDEX_FILE}")
             index = ItemIndex.from_bytes(file.read_bytes(), settings["index"])
+        user_features = None
+        if isinstance(settings.get("user_features"), dict):
+            file = confine.require(package.path / USER_FEATURES_FILE, what="the user features")
+            if not file.is_file():
+                raise ModelError(f"model package {package.path} is missing {USER_FEATURES_FILE}")
+            user_features = json.loads(file.read_text(encoding="utf-8"))
         return Recommender.from_state(
-            package.weights, ids, settings, ref=ref, manifest=manifest, index=index
+            package.weights,
+            ids,
+            settings,
+            ref=ref,
+            manifest=manifest,
+            index=index,
+            user_features=user_features,
         )
 
     def outputs(self, model: Any, batch: Any) -> np.ndarray:
@@ -270,8 +293,11 @@ def recommend_card(cfg: Any, manifest: dict[str, Any], metrics: dict[str, Any]) 
         f"- `mf`: {rec['factors']} factors per user and item, fitted by ALS "
         f"(regularization {rec['regularization']}, alpha {rec['alpha']})"
         if rec["kind"] == "mf"
-        else "- `two_tower`: user id tower, item tower of id + feature embeddings "
+        else "- `two_tower`: user tower of id"
+        + (" + feature embeddings" if rec.get("user_features") else "")
+        + ", item tower of id + feature embeddings "
         f"({rec['factors']} dimensions, in-batch softmax); new items from their features"
+        + ("; new users from theirs" if rec.get("user_features") else "")
         if rec["kind"] == "two_tower"
         else "- `popularity`: the same list for everyone, the items most users touched"
     )
@@ -306,22 +332,42 @@ def _with_item_features(data: Any, run: Run) -> tuple[Any, list[list[str]]]:
     from dataclasses import replace
 
     from foundry.data import read_table
-    from foundry.recommend.two_tower import item_tokens
+    from foundry.recommend.two_tower import feature_tokens
 
     rec = run.config.recommend
     path = run.loaded.resolve(rec.item_features)
     table = read_table(path)
     if rec.item not in table.columns:
-        item_tokens(table, rec.item, [], source=str(path))  # the error naming the columns
+        feature_tokens(table, rec.item, [], source=str(path))  # the error naming the columns
     known = set(data.items)
     new = [i for i in dict.fromkeys(table[rec.item].astype(str).tolist()) if i not in known]
     data = replace(data, items=data.items + new)
-    tokens = item_tokens(table, rec.item, data.items, source=str(path))
+    tokens = feature_tokens(table, rec.item, data.items, source=str(path))
     run.say.info(
         f"item features: {sum(1 for t in tokens if t)} of {len(data.items)} items have "
         f"some; {len(new)} new items (features, no interactions)"
     )
     return data, tokens
+
+
+def _user_features(data: Any, run: Run) -> Any:
+    """The user feature table's tokens for each training user, and its column kinds
+    (users only in the table are skipped: without interactions there is nothing to
+    learn from them)."""
+    from foundry.data import read_table
+    from foundry.recommend.two_tower import user_features_of
+
+    rec = run.config.recommend
+    if run.config.model.type != "two_tower":
+        run.say.info(f"recommend.user_features: read by two_tower, not {run.config.model.type}")
+        return None
+    path = run.loaded.resolve(rec.user_features)
+    users = user_features_of(read_table(path), rec.user, data.users, str(path))
+    run.say.info(
+        f"user features: {sum(1 for t in users.tokens if t)} of {len(data.users)} users "
+        f"have some ({', '.join(users.columns)})"
+    )
+    return users
 
 
 def _fingerprint(data: Any) -> str:
