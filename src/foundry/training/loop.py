@@ -11,7 +11,9 @@ the privacy spent is recorded per epoch.
 Speed matters as much as clarity here: an epoch should cost what a hand-written
 `for i in range(0, n, bs)` loop costs. So each batch is one index operation per input
 tensor (no DataLoader, no per-row work), and nothing reads a GPU value back per batch:
-the loss is summed as a tensor and read once per epoch.
+the loss is summed as a tensor and read once per epoch. Data too big for memory is the
+exception: `train` is then a `foundry.data.stream.StreamedTable`, whose DataLoader
+workers read, encode and shuffle blocks of rows while this loop trains (docs/DATA.md).
 
 In a distributed run (torchrun, `foundry train --nproc N`; see
 `foundry.training.distributed`) every process runs this same loop on its share of each
@@ -23,7 +25,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,7 @@ from foundry.training.runtime import (
 )
 
 if TYPE_CHECKING:
+    from foundry.data.stream import StreamedTable
     from foundry.training.privacy import PrivateTraining
 
 __all__ = ["AugmentFn", "BatchLossFn", "FitResult", "MetricFn", "fit"]
@@ -94,7 +97,7 @@ class FitResult:
 
 def fit(
     model: nn.Module,
-    train: Encoded,
+    train: Encoded | StreamedTable,
     val: Encoded | None,
     config: TrainConfig,
     task: TaskInfo,
@@ -109,7 +112,8 @@ def fit(
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     loss_fn: BatchLossFn | None = None,
 ) -> FitResult:
-    """Train `model` on `train` (an Encoded dict with "target"), validating on `val`.
+    """Train `model` on `train` (an Encoded dict with "target", or a streamed table:
+    `foundry.data.stream.StreamedTable`), validating on `val`.
 
     Writes `run_dir/metrics.jsonl` (one JSON line per epoch) and `run_dir/checkpoint/`
     (after every epoch). `resume=True` continues from that checkpoint and ends with the
@@ -164,7 +168,7 @@ def fit(
 
 def _fit(
     model: nn.Module,
-    train: Encoded,
+    train: Encoded | StreamedTable,
     val: Encoded | None,
     config: TrainConfig,
     task: TaskInfo,
@@ -190,13 +194,20 @@ def _fit(
     if ddp:
         device = distributed.training_device(device)  # cuda → this rank's GPU
     model.to(device)
-    input_keys = [k for k in train if k != "target"]
-    train = {k: v.to(device) for k, v in train.items()}
+    # streamed data (foundry.data.stream): batches arrive from DataLoader workers
+    streamed: StreamedTable | None = None if isinstance(train, dict) else train
+    if streamed is not None:
+        _check_streamable(config, loss_fn)
+        input_keys, n_rows = streamed.input_keys, streamed.n_rows
+    else:
+        input_keys = [k for k in train if k != "target"]
+        train = {k: v.to(device) for k, v in train.items()}
+        n_rows = len(train["target"])
     if val is not None and len(val["target"]) == 0:
         val = None
     if val is not None:
         val = {k: v.to(device) for k, v in val.items()}
-    n_rows, batch_size = len(train["target"]), config.batch_size
+    batch_size = config.batch_size
     if n_rows == 0:
         raise TrainError("the training split has no rows")
     world, n_local = 1, n_rows  # processes training together; rows this one trains on
@@ -207,6 +218,8 @@ def _fit(
     n_batches = math.ceil(n_local / batch_size)
     if n_local > 1 and n_local % batch_size == 1:
         n_batches -= 1  # BatchNorm cannot train on a last batch of one row: skip it
+    if streamed is not None:  # each rank reads its own shards (see batches_per_epoch)
+        n_batches = streamed.batches_per_epoch(batch_size, world)
     # Gradient accumulation: `accum` batches per optimizer step (the last step of an
     # epoch may have fewer); the schedule counts optimizer steps.
     accum = config.gradient_accumulation
@@ -306,14 +319,20 @@ def _fit(
             bar.start_epoch(epoch)
             batch_losses: list[Tensor] = []  # read once per epoch: no GPU→CPU sync per batch
             if private is None:
-                perm = torch.randperm(n_rows, generator=generators["shuffle"]).to(device)
-                if ddp:
-                    # this rank's rows of each global batch
-                    perm = distributed.shard(perm, distributed.rank(), world)
-                for b in range(n_batches):
-                    idx = perm[b * batch_size : (b + 1) * batch_size]
-                    inputs = {k: train[k][idx] for k in input_keys}
-                    target = train["target"][idx]
+                if streamed is not None:  # a fresh shard order and shuffle per epoch
+                    rank = distributed.rank() if ddp else 0
+                    batches = streamed.batches(epoch, batch_size, rank=rank, world=world)
+                else:
+                    perm = torch.randperm(n_rows, generator=generators["shuffle"]).to(device)
+                    if ddp:
+                        # this rank's rows of each global batch
+                        perm = distributed.shard(perm, distributed.rank(), world)
+                    batches = _slices(train, perm, batch_size)
+                for b, batch in zip(range(n_batches), batches, strict=False):
+                    if streamed is not None:
+                        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    inputs = {k: batch[k] for k in input_keys}
+                    target = batch["target"]
                     if augment is not None:
                         inputs = augment(inputs, generators["augment"])
 
@@ -345,6 +364,7 @@ def _fit(
 
                     batch_losses.append(loss.detach())
                     bar.advance(b + 1)
+                batches.close()  # a stream's workers stop here (rows past n_batches unread)
             else:  # DP-SGD: each step a Poisson sample of rows, in physical batches
                 for b, rows in enumerate(private.sample_steps(generators["shuffle"])):
                     parts = rows.to(device).split(batch_size)  # one empty part if no rows
@@ -414,6 +434,28 @@ def _fit(
         **ledger.finish(started),
         privacy=private.report(epochs=len(ledger.history)) if private is not None else None,
     )
+
+
+def _slices(train: Encoded, perm: Tensor, batch_size: int) -> Generator[Encoded, None, None]:
+    """In-memory batches: one index operation per tensor, rows in `perm`'s order."""
+    for i in range(0, len(perm), batch_size):
+        idx = perm[i : i + batch_size]
+        yield {k: v[idx] for k, v in train.items()}
+
+
+def _check_streamable(config: TrainConfig, loss_fn: BatchLossFn | None) -> None:
+    """TrainError for what needs every training row in memory."""
+    if config.privacy is not None:
+        raise TrainError(
+            "train.privacy (DP-SGD) samples rows at random across the whole table, "
+            "which streamed data cannot do",
+            hint="set data.streaming: false, or train without train.privacy",
+        )
+    if loss_fn is not None:
+        raise TrainError(
+            "distillation needs the training rows in memory",
+            hint="set data.streaming: false",
+        )
 
 
 # ------------------------------------------------------------------------ validation
