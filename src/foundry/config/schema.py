@@ -166,10 +166,10 @@ class StreamConfig(Section):
     workers: int = Field(2, ge=0, le=64)
     """DataLoader worker processes reading and encoding row groups (0: in the training
     process). Each holds at most `shuffle_buffer / workers` rows."""
-    shuffle_buffer: int = Field(65_536, ge=1)
+    shuffle_buffer: int = Field(262_144, ge=1)
     """Rows held for shuffling (in all workers together); together with a fresh shard /
     row-group order each epoch, the rows of a batch come from all over the table."""
-    block_rows: int = Field(16_384, ge=64)
+    block_rows: int = Field(65_536, ge=64)
     """Rows decoded at a time from a row group or a CSV / JSONL shard."""
     sample_rows: int = Field(100_000, ge=100)
     """Size of the uniform samples kept in memory: of the validation split (validated

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import glob
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +25,7 @@ from foundry.errors import DataError
 
 __all__ = ["Piece", "ShardedTable", "available_memory", "open_shards"]
 
+_SIZE_PROBE_ROWS = 256  # rows decoded to estimate a Parquet table's size in memory
 _TEXT_EXPANSION = 2.0
 """CSV / JSONL: decoded pandas size per byte of file, roughly (numbers shrink, strings
 grow into Python objects); only `streaming: auto` reads it."""
@@ -48,8 +49,9 @@ class ShardedTable:
     pieces: list[Piece]
     delimiter: str | None
     decoded_bytes: int
-    """Estimated size of the whole table in memory (Parquet: the uncompressed size
-    its metadata records; CSV / JSONL: file size x `_TEXT_EXPANSION`)."""
+    """Estimated size of the whole table in memory (Parquet: its rows x the decoded
+    size of its first 256 rows, at least the uncompressed size its metadata records;
+    CSV / JSONL: file size x `_TEXT_EXPANSION`)."""
 
     @property
     def rows(self) -> int | None:
@@ -116,7 +118,15 @@ def open_shards(path: str | Path, format: str, delimiter: str | None) -> Sharded
     sep = delimiter
     if fmt == "csv" and sep is None:
         sep = sniff_delimiter(files[0])
-    return ShardedTable(files, fmt, pieces, sep, decoded)
+    table = ShardedTable(files, fmt, pieces, sep, decoded)
+    if fmt == "parquet" and table.rows:
+        # The metadata's sizes are of the encoded pages: a dictionary-encoded string
+        # column decodes to many times that. Its first rows, decoded, say how much.
+        head = next(table.read(pieces[0], None, _SIZE_PROBE_ROWS), None)
+        if head is not None and len(head):
+            per_row = head.memory_usage(deep=True, index=False).sum() / len(head)
+            table = replace(table, decoded_bytes=max(decoded, int(per_row * table.rows)))
+    return table
 
 
 def available_memory() -> int:

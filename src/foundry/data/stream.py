@@ -34,7 +34,6 @@ from foundry.config.schema import FoundryConfig
 from foundry.console import Reporter
 from foundry.data.preprocess import Preprocessor
 from foundry.data.shards import ShardedTable
-from foundry.data.stream_fit import split_codes
 from foundry.errors import DataError
 
 __all__ = ["Scrub", "StreamedTable", "rank_pieces", "stream_splits"]
@@ -61,6 +60,7 @@ class StreamedTable:
         *,
         columns: list[str],
         piece_rows: list[int],
+        masks: list[np.ndarray],
         rows: dict[str, int],
         fingerprint: str,
     ) -> None:
@@ -68,6 +68,8 @@ class StreamedTable:
         self.split, self.stream = cfg.data.split, cfg.data.stream
         self.columns = columns
         self.piece_rows = piece_rows
+        self.masks = masks
+        """Per piece, its training rows as packed bits (`stream_fit.StreamFit.masks`)."""
         self.rows = rows
         """Rows per split in the whole table (the manifest's `data.rows`)."""
         self.fingerprint = fingerprint
@@ -142,18 +144,24 @@ class _Blocks(IterableDataset):
     def __iter__(self) -> Iterator[Encoded]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        torch.set_num_threads(1)  # the workers share the machine with the training process
+        if info is not None:  # a worker: the training process has the other cores
+            torch.set_num_threads(1)
         s = self.stream
         rng = np.random.default_rng([*self.seed, worker])
         capacity = max(s.stream.shuffle_buffer // workers, 1)
         buffer: list[Encoded] = []
         held = 0
         for index in self.pieces[worker::workers]:
-            for frame in s.table.read(s.table.pieces[index], s.columns, s.stream.block_rows):
-                codes, _ = split_codes(frame, s.split, s.columns)
-                train = s.preprocessor.prepare(s.scrub(frame[codes == 0]))
-                if len(train) == 0:
+            piece = s.table.pieces[index]
+            # the fitting pass's split (and drop_row) decisions, one bit a row
+            mask = np.unpackbits(s.masks[index]).view(bool)
+            start = 0
+            for frame in s.table.read(piece, s.columns, s.stream.block_rows):
+                keep = mask[start : start + len(frame)]
+                start += len(frame)
+                if not keep.any():
                     continue
+                train = s.scrub(frame[keep]).reset_index(drop=True)
                 buffer.append(s.preprocessor.transform(train))
                 held += len(train)
                 if held >= capacity:
@@ -222,7 +230,7 @@ def stream_splits(loaded: LoadedConfig, table: ShardedTable, say: Reporter) -> t
         say.info(f"streaming: approximate {what}")
     stream = StreamedTable(
         table, fit.preprocessor, cfg, scrub, columns=columns, piece_rows=fit.piece_rows,
-        rows=fit.rows, fingerprint=fit.fingerprint,
+        masks=fit.masks, rows=fit.rows, fingerprint=fit.fingerprint,
     )  # fmt: skip
     samples = fit.samples
     splits = Splits(

@@ -55,7 +55,7 @@ __all__ = ["SPLITS", "StreamFit", "fit_stream", "split_codes"]
 
 SPLITS = ("train", "val", "test")
 """`split_codes` values 0, 1, 2."""
-_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd constant: priorities from the split hash's bits
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # splitmix64's increment (2**64 / golden ratio)
 
 
 def split_codes(
@@ -73,17 +73,27 @@ def split_codes(
         keyed = frame[[split.key]]
     else:
         keyed = frame[columns] if columns is not None else frame
-    # hash_pandas_object's key is 16 bytes; the seed picks a different family of hashes
-    salt = f"fdry{split.seed % 10**12:012d}"
     try:
-        h = pd.util.hash_pandas_object(keyed, index=False, hash_key=salt).to_numpy()
+        h = pd.util.hash_pandas_object(keyed, index=False).to_numpy()
     except TypeError:  # unhashable cells (JSONL lists, dicts): their text
-        h = pd.util.hash_pandas_object(keyed.astype(str), index=False, hash_key=salt).to_numpy()
+        h = pd.util.hash_pandas_object(keyed.astype(str), index=False).to_numpy()
+    # pandas' hash key salts strings only, so the seed enters here: splitmix64 of
+    # (hash + seed), then of that again for an independent sampling priority
+    h = _splitmix(h + np.uint64(split.seed * int(_MIX) % 2**64))
     u = (h >> np.uint64(11)).astype(np.float64) / 2.0**53  # uniform in [0, 1)
     codes = np.full(len(h), 2, dtype=np.int8)
     codes[u < split.train + split.val] = 1
     codes[u < split.train] = 0
-    return codes, h * _MIX  # wraps mod 2**64: a priority that mixes every bit of h
+    return codes, _splitmix(h)
+
+
+def _splitmix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer on uint64 [N] (arithmetic wraps mod 2**64): every output
+    bit depends on every input bit."""
+    z = z + _MIX
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 @dataclass(frozen=True)
@@ -95,6 +105,10 @@ class StreamFit:
     """Rows per split in the whole table ("train" after drop_row policies)."""
     piece_rows: list[int]
     """Training rows (after drop_row) in each of `table.pieces`, in order."""
+    masks: list[np.ndarray]
+    """Per piece, which of its rows train (after drop_row), one bit a row
+    (`np.packbits`): the epochs read it instead of hashing every row again. The one
+    thing here that grows with the table: 4 MB per 30M rows."""
     fingerprint: str
     approximate: list[str]
     """What was estimated rather than computed exactly, for the console and the docs."""
@@ -131,8 +145,9 @@ def fit_stream(
     rows = dict.fromkeys(SPLITS, 0)
     piece_rows = []
     digest = hashlib.sha256(repr(columns).encode())
+    masks = []
     for piece in table.pieces:
-        in_piece, start = 0, 0
+        in_piece, start, kept = 0, 0, []
         for frame in table.read(piece, columns, stream.block_rows):
             where = _row_namer(table, piece, start)
             start += len(frame)
@@ -143,8 +158,11 @@ def fit_stream(
                 mask = codes == code
                 rows[name] += int(mask.sum())
                 samples[name].add(frame[mask], priority[mask])
-            in_piece += stats.add(frame, codes == 0, where)
+            keep = stats.add(frame, codes == 0, where)
+            in_piece += int(keep.sum())
+            kept.append(keep)
         piece_rows.append(in_piece)
+        masks.append(np.packbits(np.concatenate(kept)) if kept else np.zeros(0, np.uint8))
     rows["train"] = sum(piece_rows)
     for name, other in holdout.items():
         samples[name] = _BottomK(stream.sample_rows)
@@ -167,6 +185,7 @@ def fit_stream(
         samples={name: samples[name].frame() for name in SPLITS},
         rows=rows,
         piece_rows=piece_rows,
+        masks=masks,
         fingerprint=digest.hexdigest(),
         approximate=approximate,
         seconds=time.perf_counter() - started,
@@ -203,19 +222,38 @@ class _Moments:
 
 class _Counts:
     """Key → count of a category column, pruned to the `cap` most frequent keys when it
-    grows past it (then `pruned` is set: the vocabulary is approximate)."""
+    grows past it (then `pruned` is set: the vocabulary is approximate). Blocks' counts
+    wait in `pending` and are summed together now and then: one group-by over many
+    blocks costs far less than aligning two indexes per block."""
 
     def __init__(self, cap: int) -> None:
-        self.counts = pd.Series(dtype=np.int64)
+        self._counts = pd.Series(dtype=np.int64)
+        self.pending: list[pd.Series] = []
+        self.waiting = 0
         self.missing, self.cap, self.pruned = 0, cap, False
 
     def add(self, keys: pd.Series) -> None:
         self.missing += int(keys.isna().sum())
         block = keys.value_counts()
-        self.counts = self.counts.add(block, fill_value=0).astype(np.int64)
-        if len(self.counts) > self.cap:
-            self.counts = self.counts.nlargest(self.cap)
+        self.pending.append(block)
+        self.waiting += len(block)
+        if self.waiting > 4 * self.cap or len(self.pending) >= 64:
+            self._merge()
+
+    @property
+    def counts(self) -> pd.Series:
+        self._merge()
+        return self._counts
+
+    def _merge(self) -> None:
+        if not self.pending:
+            return
+        merged = pd.concat([self._counts, *self.pending]).groupby(level=0, sort=False).sum()
+        self.pending, self.waiting = [], 0
+        if len(merged) > self.cap:
+            merged = merged.nlargest(self.cap)
             self.pruned = True
+        self._counts = merged.astype(np.int64)
 
 
 class _Statistics:
@@ -241,10 +279,12 @@ class _Statistics:
             or (f.type in ("binary", "category") and f.category.missing == "drop_row")
         ]
 
-    def add(self, frame: pd.DataFrame, train: np.ndarray, where: Callable[[int], str]) -> int:
-        """Count `frame`'s training rows (bool mask `train`) in; returns how many were
-        kept after drop_row policies. Every row's number cells are checked, as the
-        in-memory path checks the whole file before splitting."""
+    def add(
+        self, frame: pd.DataFrame, train: np.ndarray, where: Callable[[int], str]
+    ) -> np.ndarray:
+        """Count `frame`'s training rows (bool mask `train`) in; returns the mask of
+        those kept after drop_row policies. Every row's number cells are checked, as
+        the in-memory path checks the whole file before splitting."""
         numbers = {name: to_float(frame[name], name, row_name=where) for name in self.numbers}
         target = self.resolved.target
         if self.resolved.target_type == "number":
@@ -261,13 +301,14 @@ class _Statistics:
         for name, moments in self.numbers.items():
             x = numbers[name][keep]
             moments.add(x[~np.isnan(x)])
+        kept = frame[list(self.counts)][keep] if self.counts else None  # one take
         for name, counts in self.counts.items():
-            counts.add(category_keys(frame[name][keep]))
+            counts.add(category_keys(kept[name]))
         if isinstance(self.target, _Moments):
             self.target.add(numbers[target][keep])
         else:
             self.target.add(category_keys(labels))
-        return int(keep.sum())
+        return keep
 
     def preprocessor(self, sample: pd.DataFrame) -> tuple[Preprocessor, list[str]]:
         """The fitted `Preprocessor`; `sample` (uniform, training rows) gives the

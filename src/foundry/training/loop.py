@@ -199,6 +199,11 @@ def _fit(
     if streamed is not None:
         _check_streamable(config, loss_fn)
         input_keys, n_rows = streamed.input_keys, streamed.n_rows
+        workers = streamed.stream.workers
+        if device.type == "cpu" and workers and config.num_threads is None:
+            # the DataLoader workers read and encode on cores of their own: training
+            # threads competing with them for the same cores slowed epochs ~10x (2 cores)
+            torch.set_num_threads(max(1, torch.get_num_threads() - workers))
     else:
         input_keys = [k for k in train if k != "target"]
         train = {k: v.to(device) for k, v in train.items()}
