@@ -55,7 +55,7 @@ def table_dir(tmp_path_factory) -> Path:
     return root
 
 
-def loaded_config(path: Path, **data) -> LoadedConfig:
+def loaded_config(path: Path, model: str = "mlp", **data) -> LoadedConfig:
     cfg = {
         "name": "s",
         "data": {
@@ -69,8 +69,12 @@ def loaded_config(path: Path, **data) -> LoadedConfig:
             "target": "y",
             "inputs": [{"name": n} for n in ("rid", "x", "city", "member")],
         },
-        "model": {"type": "mlp"},
+        "model": {"type": model},
         "train": {"epochs": 1, "batch_size": 64},
+        "evaluate": {
+            "explain": {"permutation_importance": False},
+            "calibration": {"temperature_scaling": False},
+        },
     }
     return LoadedConfig(FoundryConfig.model_validate(cfg), path.parent)
 
@@ -200,3 +204,14 @@ def test_a_streamed_model_trains_registers_and_serves_like_an_in_memory_one(tabl
 
     manifest = json.loads((result.package_path / "foundry.json").read_text())
     assert sum(manifest["data"]["rows"].values()) == ROWS  # the table's, not the samples'
+
+
+def test_gbm_trains_on_the_training_sample_and_says_so(table_dir, capsys):
+    import foundry
+
+    loaded = loaded_config(table_dir / "all.parquet", model="gbm")
+    result = foundry.train(loaded, quiet=False, progress=False, register=False)
+    captured = capsys.readouterr()
+    said = " ".join((captured.err + captured.out).split())
+    assert "gbm does not stream: it trains on a uniform sample of 500 of the" in said
+    assert result.metrics["accuracy"] > 0.6
