@@ -215,3 +215,19 @@ def test_gbm_trains_on_the_training_sample_and_says_so(table_dir, capsys):
     said = " ".join((captured.err + captured.out).split())
     assert "gbm does not stream: it trains on a uniform sample of 500 of the" in said
     assert result.metrics["accuracy"] > 0.6
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_text_shards_stream_every_row(tmp_path, fmt):
+    df = make_table(600, seed=1)
+    for i, part in enumerate(np.array_split(np.arange(len(df)), 3)):
+        path = tmp_path / f"part-{i}.{fmt}"
+        if fmt == "csv":
+            df.iloc[part].to_csv(path, index=False)
+        else:
+            df.iloc[part].to_json(path, orient="records", lines=True)
+    splits, resolved = load_splits(loaded_config(tmp_path / f"part-*.{fmt}"), Reporter(quiet=True))
+    assert [f.type for f in resolved.inputs] == ["number", "number", "category", "binary"]
+    assert sum(splits.rows.values()) == 600 and len(splits.stream.table.pieces) == 3
+    rid = np.concatenate([b["numeric"][:, 0].numpy() for b in splits.stream.batches(1, 64)])
+    assert len(np.unique(rid)) == splits.rows["train"] == splits.stream.n_rows
