@@ -150,7 +150,7 @@ class _Blocks(IterableDataset):
         rng = np.random.default_rng([*self.seed, worker])
         capacity = max(s.stream.shuffle_buffer // workers, 1)
         buffer: list[Encoded] = []
-        held = 0
+        held, handed = 0, False
         for index in self.pieces[worker::workers]:
             piece = s.table.pieces[index]
             # the fitting pass's split (and drop_row) decisions, one bit a row
@@ -164,7 +164,9 @@ class _Blocks(IterableDataset):
                 train = s.scrub(frame[keep]).reset_index(drop=True)
                 buffer.append(s.preprocessor.transform(train))
                 held += len(train)
-                if held >= capacity:
+                # the first hand-over comes after about a block, so training starts early
+                if held >= (capacity if handed else min(capacity, s.stream.block_rows // 2)):
+                    handed = True
                     out, buffer = _shuffled_half(buffer, rng)
                     held -= len(out["target"])
                     yield out
