@@ -94,16 +94,24 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
 
 def child(args: dict[str, Any]) -> dict[str, Any]:
     """One training run in this (fresh) process; its figures as a dict."""
+    import psutil
     import torch
 
     import foundry
 
     first: list[float] = []
+    rss = {"first_batch": 0.0, "training": 0.0}  # MiB, sampled at forward passes
+    calls = [0]
     started = time.perf_counter()
+    process = psutil.Process()
 
     def on_forward(module: Any, inputs: Any) -> None:
         if not first:
             first.append(time.perf_counter() - started)
+            rss["first_batch"] = process.memory_info().rss / 2**20
+        calls[0] += 1
+        if calls[0] % 1000 == 0:  # every 1,000th module call (a few per batch)
+            rss["training"] = max(rss["training"], process.memory_info().rss / 2**20)
 
     hook = torch.nn.modules.module.register_module_forward_pre_hook(on_forward)
     config = {
@@ -145,6 +153,9 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
         "wall_s": time.perf_counter() - started,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "rss_at_first_batch_mb": rss["first_batch"],
+        "rss_training_mb": rss["training"],
+        "rss_end_mb": process.memory_info().rss / 2**20,
         "metrics": {k: result.metrics.get(k) for k in ("accuracy", "roc_auc")},
     }
 
