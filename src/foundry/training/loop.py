@@ -322,7 +322,10 @@ def _fit(
             # ---- train one epoch
             model.train()
             bar.start_epoch(epoch)
-            batch_losses: list[Tensor] = []  # read once per epoch: no GPU→CPU sync per batch
+            # summed as a tensor, read once per epoch: no GPU→CPU sync per batch. (A list
+            # of every batch's loss tensor held ~17 KB of heap per batch, pinned between
+            # the batches' activations: +340 MiB over a 30M-row epoch.)
+            loss_sum, n_losses = torch.zeros((), device=device), 0
             if private is None:
                 if streamed is not None:  # a fresh shard order and shuffle per epoch
                     rank = distributed.rank() if ddp else 0
@@ -367,7 +370,8 @@ def _fit(
                         scaler.update()
                         scheduler.step()
 
-                    batch_losses.append(loss.detach())
+                    loss_sum += loss.detach().float()
+                    n_losses += 1
                     bar.advance(b + 1)
                 batches.close()  # a stream's workers stop here (rows past n_batches unread)
             else:  # DP-SGD: each step a Poisson sample of rows, in physical batches
@@ -388,12 +392,13 @@ def _fit(
                         private.optimizer.signal_skip_step(j + 1 < len(parts))
                         private.optimizer.step()
                         if len(idx):  # an empty step still adds noise, but its loss is NaN
-                            batch_losses.append(loss.detach())
+                            loss_sum += loss.detach().float()
+                            n_losses += 1
                     scheduler.step()
                     bar.advance(b + 1)
             ledger.step += n_steps
 
-            epoch_loss = torch.stack(batch_losses).mean()
+            epoch_loss = loss_sum / n_losses if n_losses else loss_sum * float("nan")
             if ddp:
                 epoch_loss = distributed.mean_over_ranks(epoch_loss)
             train_loss = epoch_loss.item()
