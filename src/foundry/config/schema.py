@@ -46,6 +46,10 @@ class SplitConfig(Section):
     """Keep class proportions equal across splits (classification targets only)."""
     seed: int = 42
     """Seed of the shuffle; the same seed and data give the same split."""
+    key: str | None = None
+    """Streamed data (`data.streaming`): the column whose value decides a row's split by
+    a seeded hash (rows sharing a key share a split); `None` hashes the whole row, so
+    duplicate rows share a split too. In-memory splits ignore it."""
 
     @model_validator(mode="after")
     def _fractions_sum_to_one(self) -> SplitConfig:
@@ -167,6 +171,28 @@ class ImageLoadingConfig(Section):
     4; 0 decodes in the training process."""
 
 
+class StreamConfig(Section):
+    memory_fraction: float = Field(0.25, gt=0, le=1)
+    """`streaming: auto` streams when the estimated in-memory size of the table (its
+    decoded size x 4: the frame, its splits and their encoded tensors live together)
+    passes this fraction of the memory available to the process."""
+    workers: int = Field(2, ge=0, le=64)
+    """DataLoader worker processes reading and encoding row groups (0: in the training
+    process). Each holds at most `shuffle_buffer / workers` rows."""
+    shuffle_buffer: int = Field(262_144, ge=1)
+    """Rows held for shuffling (in all workers together); together with a fresh shard /
+    row-group order each epoch, the rows of a batch come from all over the table."""
+    block_rows: int = Field(65_536, ge=64)
+    """Rows decoded at a time from a row group or a CSV / JSONL shard."""
+    sample_rows: int = Field(100_000, ge=100)
+    """Size of the uniform samples kept in memory: of the validation split (validated
+    on every epoch), the test split (the evaluation), and the training split (medians,
+    text vocabularies, leakage checks, and families that do not stream, e.g. gbm)."""
+    max_categories: int = Field(100_000, ge=10)
+    """Distinct values counted per category column; past it the rarest counts are
+    pruned (the vocabulary is then approximate: a heavy-hitters sketch)."""
+
+
 class DataConfig(Section):
     path: str
     """Training data: a CSV, Parquet or JSONL file, or an image folder laid out as
@@ -185,6 +211,13 @@ class DataConfig(Section):
     """Personal data: found, masked / hashed / dropped, and reported."""
     images: ImageLoadingConfig = ImageLoadingConfig()
     """Training images decoded once into memory, or per batch by DataLoader workers."""
+    streaming: Literal["auto"] | bool = "auto"
+    """Read the training rows from disk batch by batch instead of into memory (docs/
+    DATA.md): `auto` streams when the table's estimated in-memory size passes
+    `stream.memory_fraction` of the memory available; `true` / `false` force either.
+    With streaming, `path` may be a directory or a glob of Parquet / CSV / JSONL shards."""
+    stream: StreamConfig = StreamConfig()
+    """How streamed data is read, shuffled and sampled."""
 
 
 # ----------------------------------------------------------------------- features

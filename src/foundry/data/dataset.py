@@ -31,6 +31,17 @@ class Splits:
     """What `data.pii` found where (None when scanning is off)."""
     scrubber: Any = None
     """The fitted `PIIScrubber`; its state goes into the package for prediction."""
+    stream: Any = None
+    """Streamed data (`data.streaming`): the `data.stream.StreamedTable` of the training
+    rows; `train` / `val` / `test` are then uniform samples of at most
+    `data.stream.sample_rows` rows each (see docs/DATA.md)."""
+
+    @property
+    def rows(self) -> dict[str, int]:
+        """Rows per split: of the whole table when streamed, else of the frames."""
+        if self.stream is not None:
+            return dict(self.stream.rows)
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
     def evaluation(self, name: str) -> tuple[pd.DataFrame, str]:
         """The split `evaluate.split` names and its name; when it is empty, the first
@@ -49,7 +60,17 @@ def load_splits(loaded: LoadedConfig, say: Reporter) -> tuple[Splits, Any]:
     from foundry.data.preprocess import check_numbers
 
     data, target = loaded.config.data, loaded.config.features.target
-    df = read_table(loaded.data_source(data.path), data.format, data.delimiter)
+    table = sharded_table(loaded)
+    if table is not None and streams(loaded.config, table, say):
+        from foundry.data.stream import stream_splits
+
+        return stream_splits(loaded, table, say)
+    if table is not None and len(table.files) > 1:  # shards that fit: one frame
+        df = pd.concat(
+            [read_table(f, table.format, data.delimiter) for f in table.files], ignore_index=True
+        )
+    else:
+        df = read_table(loaded.data_source(data.path), data.format, data.delimiter)
     val = (
         read_table(loaded.data_source(data.val_path), data.format, data.delimiter)
         if data.val_path
@@ -94,6 +115,59 @@ def load_splits(loaded: LoadedConfig, say: Reporter) -> tuple[Splits, Any]:
         scrubber=scrubber,
     )
     return splits, resolved
+
+
+IN_MEMORY_FACTOR = 4
+"""In-memory training holds the frame, its three splits and their encoded tensors at
+once: about this many times the table's decoded size (what `streaming: auto` weighs)."""
+
+
+def sharded_table(loaded: LoadedConfig) -> Any:
+    """`data.path` as a `data.shards.ShardedTable` (a Parquet / CSV / JSONL file, a
+    directory or a glob of them), or None for what only reads in memory (an image
+    folder; `data.streaming: false` with a single file)."""
+    from foundry.data.shards import open_shards
+    from foundry.objectstore import is_url
+
+    data = loaded.config.data
+    if is_url(data.path):
+        return None  # an s3:// object is read whole (read_table); shards are local files
+    path = loaded.resolve(data.path)
+    assert path is not None
+    text = str(path)
+    globbed = any(ch in text for ch in "*?[")
+    if data.format == "image_folder" or (not globbed and not path.exists()):
+        return None  # read_table names a missing file
+    if path.is_dir() and data.format == "auto" and not _has_shards(path):
+        return None  # an image folder (class_name/*.png)
+    if data.streaming is False and not globbed and not path.is_dir():
+        return None
+    return open_shards(path, data.format, data.delimiter)
+
+
+def _has_shards(path: Any) -> bool:
+    from foundry.data.load import FORMAT_BY_SUFFIX
+
+    return any(p.suffix.lower() in FORMAT_BY_SUFFIX for p in path.rglob("*") if p.is_file())
+
+
+def streams(cfg: FoundryConfig, table: Any, say: Reporter) -> bool:
+    """Whether to stream `table`: `data.streaming` when forced, else (`auto`) when
+    `IN_MEMORY_FACTOR` x its decoded size passes `stream.memory_fraction` of the memory
+    this process may still use."""
+    from foundry.data.shards import available_memory
+
+    setting = cfg.data.streaming
+    if setting != "auto":
+        return bool(setting)
+    need, free = IN_MEMORY_FACTOR * table.decoded_bytes, available_memory()
+    if need <= cfg.data.stream.memory_fraction * free:
+        return False
+    say.info(
+        f"data.streaming auto: the table needs ~{need / 2**30:.2f} GiB in memory, over "
+        f"{cfg.data.stream.memory_fraction:g} of the {free / 2**30:.2f} GiB available: streaming"
+    )
+    return True
 
 
 def scrub_pii(

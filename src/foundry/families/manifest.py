@@ -38,11 +38,7 @@ def data_section(run: Any, splits: Any) -> dict[str, Any]:
     `foundry compress` reads the splits again."""
     return {
         "path": run.config.data.path,
-        "rows": {
-            "train": len(splits.train),
-            "val": len(splits.val),
-            "test": len(splits.test),
-        },
+        "rows": splits.rows,  # of the whole table when streamed (not of its samples)
         "base_dir": str(run.loaded.base_dir),
     }
 

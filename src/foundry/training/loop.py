@@ -11,9 +11,11 @@ the privacy spent is recorded per epoch.
 Speed matters as much as clarity here: an epoch should cost what a hand-written
 `for i in range(0, n, bs)` loop costs. So each batch is one index operation per input
 tensor (no DataLoader, no per-row work), and nothing reads a GPU value back per batch:
-the loss is summed as a tensor and read once per epoch. The one exception is an image
-column too big to decode into memory (`foundry.data.lazy_images.LazyImages`): its
-batches are decoded ahead, in the same shuffled order, by DataLoader workers.
+the loss is summed as a tensor and read once per epoch. Two exceptions: an image column
+too big to decode into memory (`foundry.data.lazy_images.LazyImages`) has its batches
+decoded ahead, in the same shuffled order, by DataLoader workers; and data too big for
+memory arrives as a `foundry.data.stream.StreamedTable`, whose DataLoader workers read,
+encode and shuffle blocks of rows while this loop trains (docs/DATA.md).
 
 In a distributed run (torchrun, `foundry train --nproc N`; see
 `foundry.training.distributed`) every process runs this same loop on its share of each
@@ -51,6 +53,7 @@ from foundry.training.runtime import (
 )
 
 if TYPE_CHECKING:
+    from foundry.data.stream import StreamedTable
     from foundry.training.privacy import PrivateTraining
 
 __all__ = ["AugmentFn", "BatchLossFn", "FitResult", "MetricFn", "fit"]
@@ -97,7 +100,7 @@ class FitResult:
 
 def fit(
     model: nn.Module,
-    train: Encoded,
+    train: Encoded | StreamedTable,
     val: Encoded | None,
     config: TrainConfig,
     task: TaskInfo,
@@ -112,7 +115,8 @@ def fit(
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
     loss_fn: BatchLossFn | None = None,
 ) -> FitResult:
-    """Train `model` on `train` (an Encoded dict with "target"), validating on `val`.
+    """Train `model` on `train` (an Encoded dict with "target", or a streamed table:
+    `foundry.data.stream.StreamedTable`), validating on `val`.
 
     Writes `run_dir/metrics.jsonl` (one JSON line per epoch) and `run_dir/checkpoint/`
     (after every epoch). `resume=True` continues from that checkpoint and ends with the
@@ -167,7 +171,7 @@ def fit(
 
 def _fit(
     model: nn.Module,
-    train: Encoded,
+    train: Encoded | StreamedTable,
     val: Encoded | None,
     config: TrainConfig,
     task: TaskInfo,
@@ -193,13 +197,25 @@ def _fit(
     if ddp:
         device = distributed.training_device(device)  # cuda → this rank's GPU
     model.to(device)
-    input_keys = [k for k in train if k != "target"]
-    train = {k: v.to(device) for k, v in train.items()}
+    # streamed data (foundry.data.stream): batches arrive from DataLoader workers
+    streamed: StreamedTable | None = None if isinstance(train, dict) else train
+    if streamed is not None:
+        _check_streamable(config, loss_fn)
+        input_keys, n_rows = streamed.input_keys, streamed.n_rows
+        workers = streamed.stream.workers
+        if device.type == "cpu" and workers and config.num_threads is None:
+            # the DataLoader workers read and encode on cores of their own: training
+            # threads competing with them for the same cores slowed epochs ~10x (2 cores)
+            torch.set_num_threads(max(1, torch.get_num_threads() - workers))
+    else:
+        input_keys = [k for k in train if k != "target"]
+        train = {k: v.to(device) for k, v in train.items()}
+        n_rows = len(train["target"])
     if val is not None and len(val["target"]) == 0:
         val = None
     if val is not None:
         val = {k: v.to(device) for k, v in val.items()}
-    n_rows, batch_size = len(train["target"]), config.batch_size
+    batch_size = config.batch_size
     if n_rows == 0:
         raise TrainError("the training split has no rows")
     world, n_local = 1, n_rows  # processes training together; rows this one trains on
@@ -210,6 +226,8 @@ def _fit(
     n_batches = math.ceil(n_local / batch_size)
     if n_local > 1 and n_local % batch_size == 1:
         n_batches -= 1  # BatchNorm cannot train on a last batch of one row: skip it
+    if streamed is not None:  # each rank reads its own shards (see batches_per_epoch)
+        n_batches = streamed.batches_per_epoch(batch_size, world)
     # Gradient accumulation: `accum` batches per optimizer step (the last step of an
     # epoch may have fewer); the schedule counts optimizer steps.
     accum = config.gradient_accumulation
@@ -307,17 +325,27 @@ def _fit(
             # ---- train one epoch
             model.train()
             bar.start_epoch(epoch)
-            batch_losses: list[Tensor] = []  # read once per epoch: no GPU→CPU sync per batch
+            # summed as a tensor, read once per epoch: no GPU→CPU sync per batch. (A list
+            # of every batch's loss tensor held ~17 KB of heap per batch, pinned between
+            # the batches' activations: +340 MiB over a 30M-row epoch.)
+            loss_sum, n_losses = torch.zeros((), device=device), 0
             if private is None:
-                perm = torch.randperm(n_rows, generator=generators["shuffle"]).to(device)
-                if ddp:
-                    # this rank's rows of each global batch
-                    perm = distributed.shard(perm, distributed.rank(), world)
-                # image columns kept as paths (data.images) arrive decoded by workers
-                batches = epoch_inputs(train, input_keys, perm, batch_size, n_batches)
-                for b, inputs in enumerate(batches):
-                    idx = perm[b * batch_size : (b + 1) * batch_size]
-                    target = train["target"][idx]
+                if streamed is not None:  # a fresh shard order and shuffle per epoch
+                    rank = distributed.rank() if ddp else 0
+                    batches = streamed.batches(epoch, batch_size, rank=rank, world=world)
+                else:
+                    perm = torch.randperm(n_rows, generator=generators["shuffle"]).to(device)
+                    if ddp:
+                        # this rank's rows of each global batch
+                        perm = distributed.shard(perm, distributed.rank(), world)
+                    # image columns kept as paths (data.images) arrive decoded by workers
+                    keys = [*input_keys, "target"]
+                    batches = epoch_inputs(train, keys, perm, batch_size, n_batches)
+                for b, batch in zip(range(n_batches), batches, strict=False):
+                    if streamed is not None:
+                        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    inputs = {k: batch[k] for k in input_keys}
+                    target = batch["target"]
                     if augment is not None:
                         inputs = augment(inputs, generators["augment"])
 
@@ -347,8 +375,10 @@ def _fit(
                         scaler.update()
                         scheduler.step()
 
-                    batch_losses.append(loss.detach())
+                    loss_sum += loss.detach().float()
+                    n_losses += 1
                     bar.advance(b + 1)
+                batches.close()  # a stream's workers stop here (rows past n_batches unread)
             else:  # DP-SGD: each step a Poisson sample of rows, in physical batches
                 for b, rows in enumerate(private.sample_steps(generators["shuffle"])):
                     parts = rows.to(device).split(batch_size)  # one empty part if no rows
@@ -367,12 +397,13 @@ def _fit(
                         private.optimizer.signal_skip_step(j + 1 < len(parts))
                         private.optimizer.step()
                         if len(idx):  # an empty step still adds noise, but its loss is NaN
-                            batch_losses.append(loss.detach())
+                            loss_sum += loss.detach().float()
+                            n_losses += 1
                     scheduler.step()
                     bar.advance(b + 1)
             ledger.step += n_steps
 
-            epoch_loss = torch.stack(batch_losses).mean()
+            epoch_loss = loss_sum / n_losses if n_losses else loss_sum * float("nan")
             if ddp:
                 epoch_loss = distributed.mean_over_ranks(epoch_loss)
             train_loss = epoch_loss.item()
@@ -418,6 +449,21 @@ def _fit(
         **ledger.finish(started),
         privacy=private.report(epochs=len(ledger.history)) if private is not None else None,
     )
+
+
+def _check_streamable(config: TrainConfig, loss_fn: BatchLossFn | None) -> None:
+    """TrainError for what needs every training row in memory."""
+    if config.privacy is not None:
+        raise TrainError(
+            "train.privacy (DP-SGD) samples rows at random across the whole table, "
+            "which streamed data cannot do",
+            hint="set data.streaming: false, or train without train.privacy",
+        )
+    if loss_fn is not None:
+        raise TrainError(
+            "distillation needs the training rows in memory",
+            hint="set data.streaming: false",
+        )
 
 
 # ------------------------------------------------------------------------ validation

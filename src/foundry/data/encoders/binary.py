@@ -32,8 +32,14 @@ class BinaryEncoder:
 
     @classmethod
     def fit(cls, col: pd.Series, name: str, config: CategoryPreprocessing) -> BinaryEncoder:
-        keys = category_keys(col)
-        counts = keys.value_counts()
+        return cls.from_counts(name, config, category_keys(col).value_counts())
+
+    @classmethod
+    def from_counts(
+        cls, name: str, config: CategoryPreprocessing, counts: pd.Series
+    ) -> BinaryEncoder:
+        """The encoder from the training rows' key counts (key → count, missing left
+        out): what `fit` counts in memory and `foundry.data.stream_fit` when streaming."""
         if len(counts) > 2:
             shown = ", ".join(map(repr, sort_keys(list(counts.index))[:5]))
             raise DataError(

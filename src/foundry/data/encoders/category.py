@@ -17,9 +17,8 @@ MISSING = "__missing__"
 """Key of the missing-value category under the `category` policy."""
 
 
-def ranked_counts(keys: pd.Series) -> pd.Series:
+def _ranked(counts: pd.Series) -> pd.Series:
     """value → count, most frequent first, ties broken by the value (deterministic)."""
-    counts = keys.value_counts()
     order = np.lexsort((counts.index.to_numpy(dtype=str), -counts.to_numpy()))
     return counts.iloc[order]
 
@@ -39,15 +38,24 @@ class CategoryEncoder:
     @classmethod
     def fit(cls, col: pd.Series, name: str, config: CategoryPreprocessing) -> CategoryEncoder:
         keys = category_keys(col)
+        return cls.from_counts(name, config, keys.value_counts(), missing=int(keys.isna().sum()))
+
+    @classmethod
+    def from_counts(
+        cls, name: str, config: CategoryPreprocessing, counts: pd.Series, *, missing: int
+    ) -> CategoryEncoder:
+        """The encoder from the training rows' key counts (key → count, missing values
+        left out) and the number of missing values: what `fit` counts in memory and
+        `foundry.data.stream_fit` in one streaming pass."""
         fill = None
         if config.missing == "category":
             fill = MISSING
         elif config.missing == "most_frequent":
-            ranked = ranked_counts(keys)
+            ranked = _ranked(counts)
             fill = str(ranked.index[0]) if len(ranked) else MISSING
-        if fill is not None:
-            keys = keys.fillna(fill)
-        counts = ranked_counts(keys)
+        if fill is not None and missing:
+            counts = counts.add(pd.Series({fill: missing}), fill_value=0).astype(np.int64)
+        counts = _ranked(counts)
         counts = counts[counts >= config.min_frequency]
         if config.max_categories is not None:
             counts = counts.iloc[: config.max_categories]

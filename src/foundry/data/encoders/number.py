@@ -82,18 +82,43 @@ class NumberEncoder:
         observed = x[~np.isnan(x)]
         if observed.size == 0:
             raise DataError(f"number column '{name}' has no values in the training rows")
-        mean = float(observed.mean())
+        median = float(np.median(observed)) if config.missing == "median" else None
+        return cls.from_stats(
+            name,
+            config,
+            mean=float(observed.mean()),
+            std=float(observed.std()),
+            low=float(observed.min()),
+            high=float(observed.max()),
+            median=median,
+        )
+
+    @classmethod
+    def from_stats(
+        cls,
+        name: str,
+        config: NumberPreprocessing,
+        *,
+        mean: float,
+        std: float,
+        low: float,
+        high: float,
+        median: float | None,
+    ) -> NumberEncoder:
+        """The encoder from the training values' statistics (population std; `median`
+        needed only under `missing: median`): what `fit` computes in memory and
+        `foundry.data.stream_fit` in one streaming pass."""
         # drop_row / error never fill training rows; at prediction time the mean is the
         # least surprising value for a row that cannot be dropped.
-        fill = {"median": float(np.median(observed)), "zero": 0.0}.get(config.missing, mean)
+        fill = {"median": median, "zero": 0.0}.get(config.missing, mean)
         center, scale = 0.0, 1.0
         if config.normalization == "standard":
-            center, scale = mean, float(observed.std())
+            center, scale = mean, std
         elif config.normalization == "minmax":
-            center, scale = float(observed.min()), float(observed.max() - observed.min())
+            center, scale = low, high - low
         if not scale > 0:  # constant column: keep it (as zeros), do not divide by 0
             scale = 1.0
-        return cls(name=name, missing=config.missing, fill=fill, center=center, scale=scale)
+        return cls(name=name, missing=config.missing, fill=float(fill), center=center, scale=scale)  # type: ignore[arg-type]
 
     def transform(self, col: pd.Series) -> np.ndarray:
         """Column [N] → float32 [N], no NaN."""

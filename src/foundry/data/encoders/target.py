@@ -38,15 +38,18 @@ class TargetEncoder:
         _refuse_missing(col, name)
         if target_type == "number":
             y = to_float(col, name)
-            std = float(y.std())
-            return cls(
-                name=name,
-                task="regression",
-                classes=[],
-                mean=float(y.mean()),
-                std=std if std > 0 else 1.0,
-            )
-        classes = sort_keys([str(k) for k in category_keys(col).unique()])
+            return cls.regression(name, mean=float(y.mean()), std=float(y.std()))
+        return cls.classification(name, [str(k) for k in category_keys(col).unique()], target_type)
+
+    @classmethod
+    def regression(cls, name: str, *, mean: float, std: float) -> TargetEncoder:
+        """A number target from its training mean and (population) std."""
+        return cls(name=name, task="regression", classes=[], mean=mean, std=std if std > 0 else 1.0)
+
+    @classmethod
+    def classification(cls, name: str, labels: list[str], target_type: str) -> TargetEncoder:
+        """A class target from the distinct label keys of the training rows."""
+        classes = sort_keys(labels)
         if len(classes) < 2:
             raise DataError(
                 f"target column '{name}' has only one class ({classes[0]!r}) in the training rows"

@@ -83,6 +83,12 @@ class GBMFamily:
 
         say = run.say
         splits, resolved = load_splits(run.loaded, say)
+        if splits.stream is not None:  # LightGBM trains in memory: on the uniform sample
+            say.warn(
+                f"gbm does not stream: it trains on a uniform sample of {len(splits.train)} "
+                f"of the {splits.rows['train']} training rows (raise data.stream.sample_rows "
+                "for more, as memory allows; docs/DATA.md)"
+            )
         check_inputs(resolved)  # before fitting anything on a text or image column
         leakage = check_leakage(run.config, splits, resolved, say)
         data_fingerprint = fingerprint(

@@ -32,8 +32,9 @@ class NeuralData:
     resolved: Any
     """`ResolvedFeatures`: the inputs and target with their types."""
     preprocessor: Any
-    train: dict[str, Any]
-    """Encoded training tensors (`data.schema.Encoded`)."""
+    train: Any
+    """Encoded training tensors (`data.schema.Encoded`), or a `data.stream.StreamedTable`
+    when the data is streamed."""
     val: dict[str, Any] | None
     fingerprint: str
     leakage: dict[str, Any] | None = None
@@ -61,25 +62,32 @@ class NeuralFamily:
         leakage = (
             check_leakage(loaded.config, splits, resolved, say) if distributed.is_main() else None
         )
-        image_columns = [f.name for f in resolved.inputs if f.type == "image"]
-        data_fingerprint = fingerprint(
-            pd.concat([splits.train, splits.val, splits.test], ignore_index=True),
-            image_columns=image_columns,
-            base_dir=loaded.base_dir,
-        )
+        rows = splits.rows
         say.info(
             f"features: {len(resolved.inputs)} inputs → target '{resolved.target}' "
             f"({resolved.target_type}); rows train/val/test = "
-            f"{len(splits.train)}/{len(splits.val)}/{len(splits.test)}"
+            f"{rows['train']}/{rows['val']}/{rows['test']}"
         )
-        preprocessor = Preprocessor.fit(splits.train, resolved, base_dir=loaded.base_dir)
-        train_df = preprocessor.prepare(splits.train)
-        images = loaded.config.data.images
-        lazy = use_lazy(images.loading, preprocessor.image_encoders, len(train_df))
-        if lazy:
-            say.info("images: decoded per batch by DataLoader workers (data.images.loading)")
-        encode = partial(preprocessor.transform, lazy_images=lazy, image_workers=images.workers)
-        train_enc = encode(train_df)
+        if splits.stream is not None:  # fitted in the streaming pass; trains from disk
+            data_fingerprint = splits.stream.fingerprint
+            preprocessor, train_enc = splits.stream.preprocessor, splits.stream
+            encode = preprocessor.transform
+        else:
+            image_columns = [f.name for f in resolved.inputs if f.type == "image"]
+            data_fingerprint = fingerprint(
+                pd.concat([splits.train, splits.val, splits.test], ignore_index=True),
+                image_columns=image_columns,
+                base_dir=loaded.base_dir,
+            )
+            preprocessor = Preprocessor.fit(splits.train, resolved, base_dir=loaded.base_dir)
+            train_df = preprocessor.prepare(splits.train)
+            images = loaded.config.data.images
+            lazy = use_lazy(images.loading, preprocessor.image_encoders, len(train_df))
+            if lazy:
+                say.info("images: decoded per batch by DataLoader workers (data.images.loading)")
+            encode = partial(preprocessor.transform, lazy_images=lazy, image_workers=images.workers)
+            train_enc = encode(train_df)
+        # streamed: validation runs on the split's uniform sample
         val_enc = encode(splits.val) if len(splits.val) else None
         return NeuralData(
             splits, resolved, preprocessor, train_enc, val_enc, data_fingerprint, leakage

@@ -1,0 +1,230 @@
+"""A table on disk as shards and pieces, read a block of rows at a time (streaming).
+
+    table = open_shards(path, "auto", delimiter=None)   # a file, a directory or a glob
+    table.pieces                 # [Piece]: a Parquet row group, or a whole CSV / JSONL shard
+    for frame in table.read(piece, columns, block_rows): ...   # pandas frames, bounded size
+    table.decoded_bytes          # estimated size of the whole table decoded (for `auto`)
+
+A *piece* is the unit of work handed to one DataLoader worker on one rank: a Parquet
+row group (so one big Parquet file still spreads over every worker), or a whole CSV /
+JSONL shard (a text file cannot be entered in the middle, so such data should come as
+several shards). Pieces are listed from metadata alone: nothing is decoded here.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+from foundry.data.load import FORMAT_BY_SUFFIX, sniff_delimiter
+from foundry.errors import DataError
+
+__all__ = ["Piece", "ShardedTable", "available_memory", "open_shards"]
+
+_SIZE_PROBE_ROWS = 256  # rows decoded to estimate a Parquet table's size in memory
+_TEXT_EXPANSION = 2.0
+"""CSV / JSONL: decoded pandas size per byte of file, roughly (numbers shrink, strings
+grow into Python objects); only `streaming: auto` reads it."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    shard: int
+    """Index into `ShardedTable.files`."""
+    row_group: int | None
+    """Parquet row group; None: the whole CSV / JSONL shard."""
+    rows: int | None
+    """Rows in the piece when the metadata says (Parquet); None for text shards."""
+
+
+@dataclass(frozen=True)
+class ShardedTable:
+    files: list[Path]
+    format: str
+    """"parquet", "csv" or "jsonl" (one format for all shards)."""
+    pieces: list[Piece]
+    delimiter: str | None
+    decoded_bytes: int
+    """Estimated size of the whole table in memory (Parquet: its rows x the decoded
+    size of its first 256 rows, at least the uncompressed size its metadata records;
+    CSV / JSONL: file size x `_TEXT_EXPANSION`)."""
+
+    @property
+    def rows(self) -> int | None:
+        """Rows in the table when every piece's count is known (Parquet), else None."""
+        counts = [p.rows for p in self.pieces]
+        return None if any(c is None for c in counts) else sum(counts)  # type: ignore[misc]
+
+    def read(
+        self, piece: Piece, columns: list[str] | None, block_rows: int
+    ) -> Iterator[pd.DataFrame]:
+        """The piece's rows as frames of at most `block_rows` rows, in file order;
+        `columns`: only these (None: all)."""
+        path = self.files[piece.shard]
+        try:
+            if self.format == "parquet":
+                yield from _read_parquet(path, piece.row_group, columns, block_rows)
+            elif self.format == "csv":
+                yield from _read_csv(path, self.delimiter, columns, block_rows)
+            else:
+                yield from _read_jsonl(path, columns, block_rows)
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"cannot read {path}: {e}") from e
+
+    def head(self, rows: int, columns: list[str] | None = None) -> pd.DataFrame:
+        """The first `rows` rows of the table (in piece order), for inferring types."""
+        frames, seen = [], 0
+        for piece in self.pieces:
+            for frame in self.read(piece, columns, min(rows, 65_536)):
+                frames.append(frame)
+                seen += len(frame)
+                if seen >= rows:
+                    return pd.concat(frames, ignore_index=True).iloc[:rows]
+        if not frames:
+            raise DataError(f"data has no rows: {self.files[0]}")
+        return pd.concat(frames, ignore_index=True)
+
+
+def open_shards(path: str | Path, format: str, delimiter: str | None) -> ShardedTable:
+    """`path` (a file, a directory of shards or a glob such as `data/part-*.parquet`)
+    as a `ShardedTable`. Shards are sorted by name, so the order (and with it every
+    seeded shuffle) does not depend on the file system."""
+    files = _shard_files(Path(path))
+    fmt = format if format != "auto" else _format_of(files[0])
+    if fmt not in ("parquet", "csv", "jsonl"):
+        raise DataError(
+            f"data.format '{fmt}' cannot be streamed: {path}",
+            hint="stream Parquet, CSV or JSONL shards, or set data.streaming: false",
+        )
+    mixed = sorted({_format_of(f) for f in files} - {fmt}) if format == "auto" else []
+    if mixed:
+        raise DataError(f"{path} mixes {fmt} shards with {', '.join(mixed)} ones; use one format")
+    pieces: list[Piece] = []
+    decoded = 0
+    for i, file in enumerate(files):
+        if fmt == "parquet":
+            meta = _parquet_metadata(file)
+            for g in range(meta.num_row_groups):
+                group = meta.row_group(g)
+                pieces.append(Piece(i, g, group.num_rows))
+                decoded += group.total_byte_size
+        else:
+            pieces.append(Piece(i, None, None))
+            decoded += int(file.stat().st_size * _TEXT_EXPANSION)
+    sep = delimiter
+    if fmt == "csv" and sep is None:
+        sep = sniff_delimiter(files[0])
+    table = ShardedTable(files, fmt, pieces, sep, decoded)
+    if fmt == "parquet" and table.rows:
+        # The metadata's sizes are of the encoded pages: a dictionary-encoded string
+        # column decodes to many times that. Its first rows, decoded, say how much.
+        head = next(table.read(pieces[0], None, _SIZE_PROBE_ROWS), None)
+        if head is not None and len(head):
+            per_row = head.memory_usage(deep=True, index=False).sum() / len(head)
+            table = replace(table, decoded_bytes=max(decoded, int(per_row * table.rows)))
+    return table
+
+
+def available_memory() -> int:
+    """Bytes this process may still use: the machine's available memory, lowered by a
+    cgroup (container) limit or an address-space / data rlimit when one is set."""
+    import resource
+
+    import psutil
+
+    process = psutil.Process()
+    used = process.memory_info()
+    limits = [psutil.virtual_memory().available]
+    for kind, in_use in ((resource.RLIMIT_AS, used.vms), (resource.RLIMIT_DATA, used.rss)):
+        soft, _ = resource.getrlimit(kind)
+        if soft != resource.RLIM_INFINITY:
+            limits.append(max(soft - in_use, 0))
+    cgroup = Path("/sys/fs/cgroup/memory.max")  # cgroup v2; "max" when unlimited
+    try:
+        text = cgroup.read_text().strip()
+        if text != "max":
+            current = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            limits.append(max(int(text) - current, 0))
+    except (OSError, ValueError):
+        pass
+    return min(limits)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _shard_files(path: Path) -> list[Path]:
+    text = str(path)
+    if any(ch in text for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        where = f"no file matches the glob {text}"
+    elif path.is_dir():
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FORMAT_BY_SUFFIX
+        )
+        where = f"directory {path} holds no .parquet, .csv or .jsonl shard"
+    elif path.exists():
+        files, where = [path], ""
+    else:
+        raise DataError(f"data file not found: {path}")
+    if not files:
+        raise DataError(where, hint="check data.path")
+    empty = [f for f in files if f.stat().st_size == 0]
+    if empty:
+        raise DataError(f"data file is empty (0 bytes): {empty[0]}")
+    return files
+
+
+def _format_of(file: Path) -> str:
+    fmt = FORMAT_BY_SUFFIX.get(file.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"unsupported file extension '{file.suffix}' for {file}; allowed: "
+            + ", ".join(FORMAT_BY_SUFFIX)
+            + " (or set data.format)"
+        )
+    return fmt
+
+
+def _parquet_metadata(file: Path):  # -> pyarrow.parquet.FileMetaData
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(file).metadata
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {file} as Parquet: {e}") from e
+
+
+def _read_parquet(
+    path: Path, row_group: int | None, columns: list[str] | None, block_rows: int
+) -> Iterator[pd.DataFrame]:
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(path)
+    groups = None if row_group is None else [row_group]
+    for batch in file.iter_batches(batch_size=block_rows, row_groups=groups, columns=columns):
+        yield batch.to_pandas()
+
+
+def _read_csv(
+    path: Path, delimiter: str | None, columns: list[str] | None, block_rows: int
+) -> Iterator[pd.DataFrame]:
+    import pyarrow.csv as pacsv
+
+    # Arrow reads in byte blocks; ~100 bytes a row turns block_rows into a block size.
+    read = pacsv.ReadOptions(block_size=max(block_rows * 100, 1 << 20))
+    parse = pacsv.ParseOptions(delimiter=delimiter or ",")
+    convert = pacsv.ConvertOptions(include_columns=columns)
+    with pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert) as r:
+        for batch in r:
+            yield batch.to_pandas()
+
+
+def _read_jsonl(path: Path, columns: list[str] | None, block_rows: int) -> Iterator[pd.DataFrame]:
+    with pd.read_json(path, lines=True, chunksize=block_rows) as reader:
+        for frame in reader:
+            yield frame if columns is None else frame[columns]

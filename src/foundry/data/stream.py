@@ -1,0 +1,256 @@
+"""Streamed training rows: read from row groups by DataLoader workers, encoded there by
+the run's fitted `Preprocessor`, shuffled through a bounded buffer, cut into batches.
+
+    splits, resolved = stream_splits(loaded, table, say)   # one pass: fit + samples
+    stream = splits.stream                                  # a StreamedTable
+    for batch in stream.batches(epoch, batch_size, rank=0, world=1):   # Encoded dicts
+        ...
+
+Each epoch gets a fresh order of the pieces (row groups / text shards), seeded by
+`train.seed` and the epoch. Under torchrun rank r reads the pieces r, r + world, ...
+(a fixed, disjoint share; only their order changes per epoch), and inside a rank
+DataLoader worker w reads every `workers`-th of those. A worker encodes a block of rows
+at a time (`data.stream.block_rows`) into the same tensors the in-memory path builds,
+keeps up to `shuffle_buffer / workers` of them, and hands back a random half of its
+buffer whenever it fills: large blocks, so that the hand-over between processes costs
+little per row. The training process cuts the blocks into batches (slices: no copy).
+
+Rows per epoch are known from the fitting pass (`piece_rows`), so the training loop
+knows its batch count up front, as it does in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from foundry.config import LoadedConfig
+from foundry.config.schema import FoundryConfig
+from foundry.console import Reporter
+from foundry.data.preprocess import Preprocessor
+from foundry.data.shards import ShardedTable
+from foundry.errors import DataError
+
+__all__ = ["Scrub", "StreamedTable", "rank_pieces", "stream_splits"]
+
+Encoded = dict[str, torch.Tensor]
+
+
+def rank_pieces(n_pieces: int, rank: int, world: int) -> list[int]:
+    """The pieces rank `rank` of `world` reads: every `world`-th, from `rank`; the
+    shares of all ranks are disjoint and cover every piece."""
+    return list(range(rank, n_pieces, world))
+
+
+class StreamedTable:
+    """The training split of a sharded table, for `training.fit` (see the module
+    docstring). Holds no rows: only where they are and how to encode them."""
+
+    def __init__(
+        self,
+        table: ShardedTable,
+        preprocessor: Preprocessor,
+        cfg: FoundryConfig,
+        scrub: Callable[[pd.DataFrame], pd.DataFrame],
+        *,
+        columns: list[str],
+        piece_rows: list[int],
+        masks: list[np.ndarray],
+        rows: dict[str, int],
+        fingerprint: str,
+    ) -> None:
+        self.table, self.preprocessor, self.scrub = table, preprocessor, scrub
+        self.split, self.stream = cfg.data.split, cfg.data.stream
+        self.columns = columns
+        self.piece_rows = piece_rows
+        self.masks = masks
+        """Per piece, its training rows as packed bits (`stream_fit.StreamFit.masks`)."""
+        self.rows = rows
+        """Rows per split in the whole table (the manifest's `data.rows`)."""
+        self.fingerprint = fingerprint
+        self.seed = cfg.train.seed
+        schema = preprocessor.schema  # the Encoded keys (foundry.data.schema)
+        self.input_keys = [
+            *(["numeric"] if schema.numeric else []),
+            *(["categorical"] if schema.categorical else []),
+            *(f"text:{t.name}" for t in schema.text),
+        ]
+
+    @property
+    def n_rows(self) -> int:
+        """Training rows per epoch (all ranks together)."""
+        return sum(self.piece_rows)
+
+    def rows_for(self, rank: int, world: int) -> int:
+        """Training rows rank `rank` of `world` reads per epoch."""
+        return sum(self.piece_rows[i] for i in rank_pieces(len(self.piece_rows), rank, world))
+
+    def batches_per_epoch(self, batch_size: int, world: int) -> int:
+        """Batches each rank trains per epoch when the batch is `batch_size` rows per
+        rank. One rank: every row (a last batch of one row left out, which BatchNorm
+        cannot train on). Several: the fewest full batches any rank has, so that every
+        rank steps together (DDP); the rest of the other ranks' rows wait for the next
+        epoch's order."""
+        if world == 1:
+            n = self.n_rows
+            return (n + batch_size - 1) // batch_size - (1 if n > 1 and n % batch_size == 1 else 0)
+        if len(self.piece_rows) < world:
+            raise DataError(
+                f"{len(self.piece_rows)} row groups / shards cannot feed {world} processes",
+                hint="write the data in more shards or row groups than processes",
+            )
+        return min(self.rows_for(r, world) // batch_size for r in range(world))
+
+    def batches(
+        self, epoch: int, batch_size: int, *, rank: int = 0, world: int = 1
+    ) -> Iterator[Encoded]:
+        """This epoch's shuffled batches of `batch_size` rows (the last may be shorter),
+        as CPU tensors: the caller stops after `batches_per_epoch` of them (closing the
+        iterator stops the workers)."""
+        mine = rank_pieces(len(self.table.pieces), rank, world)
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(mine))
+        blocks = _Blocks(self, [mine[i] for i in order], (self.seed, epoch, rank), batch_size)
+        workers = self.stream.workers
+        loader = DataLoader(
+            blocks,
+            batch_size=None,  # the workers hand over whole shuffled blocks
+            num_workers=workers,
+            prefetch_factor=2 if workers else None,
+        )
+        # Workers hand over whole batches' worth of rows, so a batch is a view of a
+        # block in shared memory; only each worker's last few rows are joined here.
+        # (Joining every block to the previous one's rest allocated a block-sized
+        # buffer per block in this process, which fragmented its heap: +60% RSS at 10M.)
+        carry: Encoded | None = None
+        for block in loader:
+            n = len(block["target"])
+            full = n - n % batch_size
+            for i in range(0, full, batch_size):
+                yield {k: v[i : i + batch_size] for k, v in block.items()}
+            if full < n:
+                rest = {k: v[full:] for k, v in block.items()}
+                carry = rest if carry is None else {k: torch.cat([carry[k], rest[k]]) for k in rest}
+            if carry is not None and len(carry["target"]) >= batch_size:
+                yield {k: v[:batch_size] for k, v in carry.items()}
+                carry = {k: v[batch_size:] for k, v in carry.items()}
+        if carry is not None and len(carry["target"]):
+            yield carry
+
+
+class _Blocks(IterableDataset):
+    """One rank's pieces for one epoch, split over the DataLoader's workers."""
+
+    def __init__(
+        self, stream: StreamedTable, pieces: list[int], seed: tuple[int, ...], batch_size: int
+    ) -> None:
+        self.stream, self.pieces, self.seed, self.batch_size = stream, pieces, seed, batch_size
+
+    def __iter__(self) -> Iterator[Encoded]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:  # a worker: the training process has the other cores
+            torch.set_num_threads(1)
+        s = self.stream
+        rng = np.random.default_rng([*self.seed, worker])
+        capacity = max(s.stream.shuffle_buffer // workers, 1)
+        buffer: list[Encoded] = []
+        held, handed = 0, False
+        for index in self.pieces[worker::workers]:
+            piece = s.table.pieces[index]
+            # the fitting pass's split (and drop_row) decisions, one bit a row
+            mask = np.unpackbits(s.masks[index]).view(bool)
+            start = 0
+            for frame in s.table.read(piece, s.columns, s.stream.block_rows):
+                keep = mask[start : start + len(frame)]
+                start += len(frame)
+                if not keep.any():
+                    continue
+                train = s.scrub(frame[keep]).reset_index(drop=True)
+                buffer.append(s.preprocessor.transform(train))
+                held += len(train)
+                # the first hand-over comes after about a block, so training starts early
+                threshold = capacity if handed else min(capacity, s.stream.block_rows // 2)
+                if held >= max(threshold, self.batch_size):
+                    handed = True
+                    out, buffer = _shuffled_half(buffer, rng, self.batch_size)
+                    held -= len(out["target"])
+                    yield out
+        if held:
+            out, buffer = _shuffled_half(buffer, rng, self.batch_size, everything=True)
+            yield out
+
+
+def _shuffled_half(
+    buffer: list[Encoded], rng: np.random.Generator, multiple: int, everything: bool = False
+) -> tuple[Encoded, list[Encoded]]:
+    """A random half of the buffered rows, rounded down to a `multiple` of rows (at
+    least one multiple; or all of them), and the buffer left."""
+    joined = {k: torch.cat([b[k] for b in buffer]) for k in buffer[0]}
+    n = len(joined["target"])
+    perm = torch.from_numpy(rng.permutation(n))
+    cut = n if everything else max((n + 1) // 2 // multiple, 1) * multiple
+    out = {k: v[perm[:cut]] for k, v in joined.items()}
+    rest = {k: v[perm[cut:]] for k, v in joined.items()}
+    return out, ([rest] if cut < n else [])
+
+
+class Scrub:
+    """`data.pii` applied to a block of rows (the fitted scrubber, or nothing): a class
+    rather than a closure so that a spawned DataLoader worker can receive it."""
+
+    def __init__(self, scrubber: Any = None) -> None:
+        self.scrubber = scrubber
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        return frame if self.scrubber is None else self.scrubber.scrub(frame)[0]
+
+
+def stream_splits(loaded: LoadedConfig, table: ShardedTable, say: Reporter) -> tuple[Any, Any]:
+    """`data.dataset.load_splits` for streamed data: one pass fits everything (see
+    `foundry.data.stream_fit`), and the `Splits` hold bounded uniform samples of each
+    split, with `stream` the training rows to stream. Returns (splits, resolved)."""
+    from foundry.data.dataset import Splits, scrub_pii
+    from foundry.data.infer import infer_features
+    from foundry.data.shards import open_shards
+    from foundry.data.stream_fit import fit_stream
+
+    cfg = loaded.config
+    data = cfg.data
+    holdout = {
+        name: open_shards(loaded.resolve(path), data.format, data.delimiter)
+        for name, path in (("val", data.val_path), ("test", data.test_path))
+        if path
+    }
+    # Types, identifier columns and PII scanning are decided on the first rows.
+    head = table.head(data.stream.sample_rows)
+    columns = [str(c) for c in head.columns]
+    head, _, _, pii, scrubber = scrub_pii(cfg, head, None, None, say)
+    resolved = infer_features(head, cfg.features)
+    scrub = Scrub(scrubber)
+    fit = fit_stream(table, resolved, cfg, scrub, columns=columns, holdout=holdout)
+    say.info(
+        f"data: streaming {data.path} ({len(table.files)} shard(s), {len(table.pieces)} "
+        f"piece(s)); one pass over {sum(fit.rows.values())} rows in {fit.seconds:.1f}s: "
+        f"rows train/val/test = {fit.rows['train']}/{fit.rows['val']}/{fit.rows['test']}"
+    )
+    for what in fit.approximate:
+        say.info(f"streaming: approximate {what}")
+    stream = StreamedTable(
+        table, fit.preprocessor, cfg, scrub, columns=columns, piece_rows=fit.piece_rows,
+        masks=fit.masks, rows=fit.rows, fingerprint=fit.fingerprint,
+    )  # fmt: skip
+    samples = fit.samples
+    splits = Splits(
+        train=samples["train"],
+        val=samples["val"],
+        test=samples["test"],
+        pii=pii,
+        scrubber=scrubber,
+        stream=stream,
+    )
+    return splits, resolved
