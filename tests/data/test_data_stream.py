@@ -210,7 +210,7 @@ def test_gbm_trains_on_the_training_sample_and_says_so(table_dir, capsys):
     import foundry
 
     loaded = loaded_config(table_dir / "all.parquet", model="gbm")
-    result = foundry.train(loaded, quiet=False, progress=False, register=False)
+    result = foundry.train(loaded, verbose=True, progress=False, register=False)
     captured = capsys.readouterr()
     said = " ".join((captured.err + captured.out).split())
     assert "gbm does not stream: it trains on a uniform sample of 500 of the" in said
