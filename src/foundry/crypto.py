@@ -188,16 +188,8 @@ def is_encrypted_bytes(head: bytes) -> bool:
     return head[: len(MAGIC)] == MAGIC
 
 
-def _unwrap(header: bytes, ring: Keyring | None, *, what: str) -> tuple[bytes, int]:
-    """The data key and chunk size of an encrypted blob's header."""
-    if len(header) < HEADER_BYTES:
-        raise EncryptionError(f"{what}: truncated encryption header")
-    magic, version, key_id, nonce, wrapped, chunk = _PREFIX.unpack(header[:HEADER_BYTES])
-    if version != VERSION:
-        raise EncryptionError(
-            f"{what}: encryption format version {version} is not known to this foundry",
-            hint="upgrade foundry",
-        )
+def _master_key(ring: Keyring | None, key_id: bytes, *, what: str) -> MasterKey:
+    """The key of `ring` that wrote `what` (files and database fields alike)."""
     if ring is None:
         raise EncryptionError(
             f"{what} is encrypted and no key is set",
@@ -211,6 +203,20 @@ def _unwrap(header: bytes, ring: Keyring | None, *, what: str) -> tuple[bytes, i
             hint="set the key it was written with; during a rotation "
             "list both keys, new first, separated by a comma",
         )
+    return master
+
+
+def _unwrap(header: bytes, ring: Keyring | None, *, what: str) -> tuple[bytes, int]:
+    """The data key and chunk size of an encrypted blob's header."""
+    if len(header) < HEADER_BYTES:
+        raise EncryptionError(f"{what}: truncated encryption header")
+    magic, version, key_id, nonce, wrapped, chunk = _PREFIX.unpack(header[:HEADER_BYTES])
+    if version != VERSION:
+        raise EncryptionError(
+            f"{what}: encryption format version {version} is not known to this foundry",
+            hint="upgrade foundry",
+        )
+    master = _master_key(ring, key_id, what=what)
     from cryptography.exceptions import InvalidTag
 
     try:
@@ -681,18 +687,7 @@ def _open_field(value: str, ring: Keyring | None, *, what: str) -> bytes:
 
     blob = base64.b64decode(value[len(FIELD_PREFIX) :])
     key_id, nonce, sealed = blob[:8], blob[8:20], blob[20:]
-    if ring is None:
-        raise EncryptionError(
-            f"{what} is encrypted and no key is set",
-            hint=f"set {ENV_KEY} or {ENV_KEY_FILE} to the key it was written with",
-        )
-    master = ring.find(key_id)
-    if master is None:
-        raise EncryptionError(
-            f"{what} was encrypted with another key (key id {key_id.hex()}) than the "
-            f"one(s) set in {ENV_KEY} / {ENV_KEY_FILE}",
-            hint="set the key it was written with",
-        )
+    master = _master_key(ring, key_id, what=what)
     try:
         return _aesgcm(master.key).decrypt(nonce, sealed, key_id)
     except InvalidTag as exc:
