@@ -327,8 +327,9 @@ def _read_text_documents(path: Path) -> list[str]:
     return [doc.strip() for doc in _BLANK_LINES.split(text) if doc.strip()]
 
 
-def _read_jsonl_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    records = []
+def iter_jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSONL file, read one at a time
+    (lm.token_shards streams corpora larger than memory through it)."""
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -341,7 +342,11 @@ def _read_jsonl_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 raise DataError(
                     f"{path}, line {number}: expected a JSON object, got {type(record).__name__}"
                 )
-            records.append((number, record))
+            yield number, record
+
+
+def _read_jsonl_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    records = list(iter_jsonl_records(path))
     if not records:
         raise DataError(f"{path}: no JSON records (the file holds only blank lines)")
     return records
@@ -486,6 +491,29 @@ def encode_examples(
         chat_template=chat_template,
         **template_variables,
     )
+
+
+def encode_splits(
+    data: LMData,
+    tokenizer: TokenizerLike,
+    *,
+    block_size: int,
+    loss_on: Literal["auto", "all", "completion"] = "auto",
+    chat_template: str | None = None,
+    **template_variables: Any,
+) -> dict[str, TokenData]:
+    """`encode_examples` on each of train/val/test (what every LM family trains on)."""
+    return {
+        name: encode_examples(
+            getattr(data, name),
+            tokenizer,
+            block_size=block_size,
+            loss_on=loss_on,
+            chat_template=chat_template,
+            **template_variables,
+        )
+        for name in ("train", "val", "test")
+    }
 
 
 def corpus_blocks(documents: Sequence[str], tokenizer: TokenizerLike, block_size: int) -> TokenData:

@@ -57,7 +57,7 @@ from torch import Tensor
 import foundry.crypto as crypto
 from foundry.config.schema import FoundryConfig
 from foundry.errors import ConfigError, DataError
-from foundry.lm.data import IGNORE, split_positions
+from foundry.lm.data import IGNORE, iter_jsonl_records, split_positions
 from foundry.lm.tokenizer import TokenizerLike
 
 __all__ = [
@@ -131,20 +131,10 @@ def corpus_documents(path: Path, cfg: FoundryConfig) -> Iterator[str]:
                 if text and text.strip():
                     yield text
     else:
-        with path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}, line {number}: not valid JSON: {exc.msg}") from exc
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}, line {number}: expected a JSON object, got "
-                                    f"{type(record).__name__}")  # fmt: skip
-                text = _text_field(record, column, f"{path}, line {number}", required=False)
-                if text and text.strip():
-                    yield text
+        for number, record in iter_jsonl_records(path):
+            text = _text_field(record, column, f"{path}, line {number}", required=False)
+            if text and text.strip():
+                yield text
 
 
 _BLANK = " \t\r\f\v\n"  # what `_BLANK_LINES` in lm.data counts as a blank line
