@@ -186,8 +186,13 @@ class Registry:
     homes the same database and artifact store.
     """
 
-    def __init__(self, home: Path | str | None = None, url: str | None = None, *,
-                 artifacts: str | None = None) -> None:
+    def __init__(
+        self,
+        home: Path | str | None = None,
+        url: str | None = None,
+        *,
+        artifacts: str | None = None,
+    ) -> None:
         self.home = Path(home).expanduser().resolve() if home is not None else default_home()
         self.url = database_url(self.home, url)
         self.artifacts: ArtifactStore | None = artifact_store(artifacts)
@@ -276,8 +281,10 @@ class Registry:
             )
 
         def taken(version: int) -> ModelError:
-            return ModelError(f"{name}:{version} already exists in the registry at "
-                              f"{self.home}", hint="import it under another name (--as)")
+            return ModelError(
+                f"{name}:{version} already exists in the registry at {self.home}",
+                hint="import it under another name (--as)",
+            )
 
         wanted = version  # `foundry models import`: this number or none
 
@@ -291,8 +298,9 @@ class Registry:
 
         try:
             if self.artifacts is not None:
-                return self._register_shared(name, tmp, self.artifacts, seal_as, new_row,
-                                             next_version)
+                return self._register_shared(
+                    name, tmp, self.artifacts, seal_as, new_row, next_version
+                )
             for _ in range(_MAX_ATTEMPTS):
                 version = next_version(
                     max(self._max_version(name), _max_dir_version(model_dir)) + 1
@@ -310,8 +318,9 @@ class Registry:
                         continue
                     raise ModelError(f"cannot move the model package to {final}: {exc}") from exc
                 try:
-                    row = new_row(version, final.relative_to(self.home).as_posix(), size,
-                                  manifest_sha256)
+                    row = new_row(
+                        version, final.relative_to(self.home).as_posix(), size, manifest_sha256
+                    )
                     # expire_on_commit=False: the row's values are read after the commit.
                     with Session(engine, expire_on_commit=False) as session, session.begin():
                         session.add(row)
@@ -322,16 +331,11 @@ class Registry:
                         os.rename(final, tmp)
                         continue
                     shutil.rmtree(final, ignore_errors=True)
-                    raise ModelError(
-                        f"the registry database refused {name}:{version}: {exc.orig}"
-                    ) from exc
+                    raise self._not_recorded(name, version, exc) from exc
                 except BaseException as exc:
                     shutil.rmtree(final, ignore_errors=True)
                     if isinstance(exc, SQLAlchemyError):
-                        raise ModelError(
-                            f"cannot record {name}:{version} in the registry database "
-                            f"{self._safe_url()!r}: {exc}"
-                        ) from exc
+                        raise self._not_recorded(name, version, exc) from exc
                     raise
                 return self._record(row)
             raise ModelError(
@@ -363,26 +367,23 @@ class Registry:
             store.upload(tmp, rel)  # first: no row ever points at objects not there
             try:
                 row = new_row(version, rel, size, manifest_sha256)
-                with Session(self._get_engine(), expire_on_commit=False) as session, \
-                        session.begin():
+                with (
+                    Session(self._get_engine(), expire_on_commit=False) as session,
+                    session.begin(),
+                ):
                     session.add(row)
             except IntegrityError as exc:
                 store.remove(rel)
                 if self._version_taken(name, version):
                     continue
-                raise ModelError(
-                    f"the registry database refused {name}:{version}: {exc.orig}"
-                ) from exc
+                raise self._not_recorded(name, version, exc) from exc
             except BaseException as exc:
                 # A commit can fail after the server applied it (a dropped connection):
                 # the objects go only once the row is known to be absent.
                 if not self._maybe_recorded(name, version, rel):
                     store.remove(rel)
                 if isinstance(exc, SQLAlchemyError):
-                    raise ModelError(
-                        f"cannot record {name}:{version} in the registry database "
-                        f"{self._safe_url()!r}: {exc}"
-                    ) from exc
+                    raise self._not_recorded(name, version, exc) from exc
                 raise
             # This home's cached copy: its first load downloads nothing (if the rename
             # fails, the first load fetches it instead).
@@ -400,7 +401,8 @@ class Registry:
         try:
             with Session(self._get_engine()) as session:
                 query = select(_ModelVersionRow.id).where(
-                    _ModelVersionRow.name == name, _ModelVersionRow.version == version,
+                    _ModelVersionRow.name == name,
+                    _ModelVersionRow.version == version,
                     _ModelVersionRow.path == path,
                 )
                 return session.scalar(query) is not None
@@ -517,12 +519,16 @@ class Registry:
         it. Returns the updated record."""
         record = self.resolve(ref)
         if tag not in record.tags:
-            raise ModelError(f"{record.ref} is not tagged {tag!r}",
-                             hint=f"its tags: {', '.join(record.tags) or 'none'}")
+            raise ModelError(
+                f"{record.ref} is not tagged {tag!r}",
+                hint=f"its tags: {', '.join(record.tags) or 'none'}",
+            )
         with Session(self._get_engine()) as session, session.begin():
-            row = session.scalars(select(_ModelVersionRow).where(
-                _ModelVersionRow.name == record.name,
-                _ModelVersionRow.version == record.version)).one()
+            row = session.scalars(
+                select(_ModelVersionRow).where(
+                    _ModelVersionRow.name == record.name, _ModelVersionRow.version == record.version
+                )
+            ).one()
             row.tags = [t for t in (row.tags or ()) if t != tag]
         return self.resolve(record.ref)
 
@@ -540,8 +546,14 @@ class Registry:
                         .values(version=version, updated_at=datetime.now(timezone.utc))
                     ).rowcount
                     if not moved:
-                        session.add(_ModelAliasRow(name=name, alias=alias, version=version,
-                                                   updated_at=datetime.now(timezone.utc)))
+                        session.add(
+                            _ModelAliasRow(
+                                name=name,
+                                alias=alias,
+                                version=version,
+                                updated_at=datetime.now(timezone.utc),
+                            )
+                        )
                 return record
             except IntegrityError:
                 continue
@@ -551,11 +563,16 @@ class Registry:
         """Delete `name:alias`; returns the version it named (ModelError if none)."""
         version = self._alias_version(name, alias)
         if version is None:
-            raise ModelError(f"model '{name}' has no alias {alias!r}",
-                             hint=f"its aliases: {', '.join(self.aliases(name)) or 'none'}")
+            raise ModelError(
+                f"model '{name}' has no alias {alias!r}",
+                hint=f"its aliases: {', '.join(self.aliases(name)) or 'none'}",
+            )
         with Session(self._get_engine()) as session, session.begin():
-            session.execute(delete(_ModelAliasRow).where(
-                _ModelAliasRow.name == name, _ModelAliasRow.alias == alias))
+            session.execute(
+                delete(_ModelAliasRow).where(
+                    _ModelAliasRow.name == name, _ModelAliasRow.alias == alias
+                )
+            )
         return version
 
     def aliases(self, name: str) -> dict[str, int]:
@@ -565,7 +582,9 @@ class Registry:
                 return {}
             rows = session.execute(
                 select(_ModelAliasRow.alias, _ModelAliasRow.version)
-                .where(_ModelAliasRow.name == name).order_by(_ModelAliasRow.alias))
+                .where(_ModelAliasRow.name == name)
+                .order_by(_ModelAliasRow.alias)
+            )
             return {alias: version for alias, version in rows}
 
     def children(self, ref: str) -> list[str]:
@@ -578,15 +597,19 @@ class Registry:
             rows = session.execute(
                 select(_ModelVersionRow.name, _ModelVersionRow.version)
                 .where(_ModelVersionRow.parent == record.ref)
-                .order_by(_ModelVersionRow.name, _ModelVersionRow.version))
+                .order_by(_ModelVersionRow.name, _ModelVersionRow.version)
+            )
             return [format_ref(n, v) for n, v in rows]
 
     def _alias_version(self, name: str, alias: str) -> int | None:
         with self._session() as session:
             if session is None:
                 return None
-            return session.scalar(select(_ModelAliasRow.version).where(
-                _ModelAliasRow.name == name, _ModelAliasRow.alias == alias))
+            return session.scalar(
+                select(_ModelAliasRow.version).where(
+                    _ModelAliasRow.name == name, _ModelAliasRow.alias == alias
+                )
+            )
 
     def load(self, ref: str | Path) -> Package:
         """Read the package a reference points to, every file checked against the
@@ -598,16 +621,16 @@ class Registry:
                 raise ModelError(f"{ref} is not a model package directory")
             return read_package(ref)
         record = self.resolve(ref)
-        return read_package(self.local_dir(record), manifest_sha256=record.manifest_sha256,
-                            ref=record.ref)
+        return read_package(
+            self.local_dir(record), manifest_sha256=record.manifest_sha256, ref=record.ref
+        )
 
     def verify(self, ref: str) -> bool:
         """Check a version's files against the checksums recorded at registration without
         loading it (`foundry models verify`): ModelError naming the first file that
         differs; False for a version registered before packages carried checksums."""
         record = self.resolve(ref)
-        return verify_files(self.local_dir(record), self.read_manifest(record),
-                            ref=record.ref)
+        return verify_files(self.local_dir(record), self.read_manifest(record), ref=record.ref)
 
     def read_manifest(self, record: ModelRecord) -> dict[str, Any]:
         """A version's foundry.json without its weights, checked against the index's
@@ -631,8 +654,9 @@ class Registry:
             return directory
         rel = directory.relative_to(self.home).as_posix()
         if self.artifacts is not None:
-            self.artifacts.fetch(rel, directory, manifest_sha256=record.manifest_sha256,
-                                 ref=record.ref)
+            self.artifacts.fetch(
+                rel, directory, manifest_sha256=record.manifest_sha256, ref=record.ref
+            )
         elif not directory.name.isdigit():  # a `<version>-<id>` path: a shared package
             raise ModelError(
                 f"model {record.ref} was registered to an artifact store ({rel}), and "
@@ -729,6 +753,15 @@ class Registry:
                 self._engine = None
 
     # -- internals --------------------------------------------------------------------
+
+    def _not_recorded(self, name: str, version: int, exc: SQLAlchemyError) -> ModelError:
+        """The error for a package row the registry database did not take (local and
+        object-store registrations alike)."""
+        if isinstance(exc, IntegrityError):
+            return ModelError(f"the registry database refused {name}:{version}: {exc.orig}")
+        return ModelError(
+            f"cannot record {name}:{version} in the registry database {self._safe_url()!r}: {exc}"
+        )
 
     def _safe_url(self) -> str:
         return safe_url(self.url)
@@ -862,8 +895,9 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def _write_card(directory: Path, manifest: dict[str, Any], metrics: dict[str, Any],
-                card: str | None) -> None:
+def _write_card(
+    directory: Path, manifest: dict[str, Any], metrics: dict[str, Any], card: str | None
+) -> None:
     """card.json (always) and card.md (rendered from it unless the caller wrote one)."""
     from foundry.evaluation.card import build_card, render_card
 
