@@ -49,7 +49,7 @@ class GPTFamily:
     supports = frozenset({"compress", "generate"})
 
     def prepare(self, run: Run) -> GPTData:
-        from foundry.lm.data import encode_examples, load_lm_data, tokenizer_texts
+        from foundry.lm.data import encode_splits, load_lm_data, tokenizer_texts
         from foundry.lm.token_shards import open_corpus_splits, prepare_corpus, streamable_corpus
         from foundry.lm.tokenizer import BPETokenizer
 
@@ -101,16 +101,13 @@ class GPTFamily:
                 tokenizer = BPETokenizer.train(
                     tokenizer_texts(data.train, lm.chat_template), gpt.vocab_size
                 )
-            splits = {
-                name: encode_examples(
-                    getattr(data, name),
-                    tokenizer,
-                    block_size=block_size,
-                    loss_on=lm.loss_on,
-                    chat_template=lm.chat_template,
-                )
-                for name in ("train", "val", "test")
-            }
+            splits = encode_splits(
+                data,
+                tokenizer,
+                block_size=block_size,
+                loss_on=lm.loss_on,
+                chat_template=lm.chat_template,
+            )
         run.out_dir.mkdir(parents=True, exist_ok=True)  # the data are good: the run starts
         if not resumed:
             crypto.write_text(tokenizer_file, tokenizer.to_json(), fsync=False)

@@ -45,7 +45,7 @@ class CausalData:
 
 
 def prepare(run: Run, source: str, hf_config: Any) -> CausalData:
-    from foundry.lm.data import encode_examples, load_lm_data
+    from foundry.lm.data import encode_splits, load_lm_data
     from foundry.lm.token_shards import open_corpus_splits, prepare_corpus, streamable_corpus
     from foundry.models.hf import HFTokenizer, load_tokenizer
 
@@ -90,17 +90,14 @@ def prepare(run: Run, source: str, hf_config: Any) -> CausalData:
             f"{data.summary(cfg.data.path)}; chat template: "
             + ("the tokenizer's" if tokenizer.chat_template else "foundry's default")
         )
-        splits = {
-            name: encode_examples(
-                getattr(data, name),
-                tokenizer,
-                block_size=block_size,
-                loss_on=lm.loss_on,
-                chat_template=tokenizer.chat_template,
-                **tokenizer.template_variables,
-            )
-            for name in ("train", "val", "test")
-        }
+        splits = encode_splits(
+            data,
+            tokenizer,
+            block_size=block_size,
+            loss_on=lm.loss_on,
+            chat_template=tokenizer.chat_template,
+            **tokenizer.template_variables,
+        )
     say.info(
         "target tokens train/val/test = "
         + "/".join(str(splits[n].n_targets) for n in ("train", "val", "test"))
