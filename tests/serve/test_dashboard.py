@@ -27,21 +27,21 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from tests.serve.serve_app_support import PLANS, bearer, make_app, serving, shared_toy
+from tests.serve.serve_app_support import PLANS, bearer, make_app, serving
 
 from foundry.config.schema import ServeConfig
 from foundry.serve.loadtest import free_port
 from foundry.serve.store import api_keys, usage_events
 
 ADMIN = "dashboard-admin-token-0123456789"
-JSON_ROUTES = ("/admin/dashboard/models", "/admin/dashboard/keys", "/admin/dashboard/usage",
-               "/admin/dashboard/revenue", "/admin/dashboard/view")
+JSON_ROUTES = (
+    "/admin/dashboard/models",
+    "/admin/dashboard/keys",
+    "/admin/dashboard/usage",
+    "/admin/dashboard/revenue",
+    "/admin/dashboard/view",
+)
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return shared_toy(tmp_path_factory)
 
 
 def _error(response: httpx.Response) -> dict:
@@ -109,8 +109,12 @@ def test_the_page_is_static_and_locked_down(toy, tmp_path):
             assert page.status_code == 200
             assert page.headers["content-type"].startswith("text/html")
             csp = page.headers["content-security-policy"]
-            for rule in ("script-src 'self'", "form-action 'none'", "frame-ancestors 'none'",
-                         "connect-src 'self'"):
+            for rule in (
+                "script-src 'self'",
+                "form-action 'none'",
+                "frame-ancestors 'none'",
+                "connect-src 'self'",
+            ):
                 assert rule in csp
             assert page.headers["cache-control"] == "no-store"
             html = page.text
@@ -138,8 +142,9 @@ def test_bad_parameters_are_refused_in_the_error_shape(toy, tmp_path):
 
     async def main() -> None:
         async with serving(app) as client:
-            period = await client.get("/admin/dashboard/revenue?period=2026-13",
-                                      headers=bearer(ADMIN))
+            period = await client.get(
+                "/admin/dashboard/revenue?period=2026-13", headers=bearer(ADMIN)
+            )
             assert period.status_code == 400
             assert _error(period)["param"] == "period"
             days = await client.get("/admin/dashboard/usage?days=0", headers=bearer(ADMIN))
@@ -188,10 +193,15 @@ def test_usage_and_revenue_equal_what_was_metered(toy, tmp_path):
         metered = {
             (row.key_id, row.model): (int(row.requests), int(row.units))
             for row in conn.execute(
-                select(usage_events.c.key_id, usage_events.c.model, func.count().label("requests"),
-                       func.sum(usage_events.c.units).label("units"))
+                select(
+                    usage_events.c.key_id,
+                    usage_events.c.model,
+                    func.count().label("requests"),
+                    func.sum(usage_events.c.units).label("units"),
+                )
                 .where(usage_events.c.status < 500)
-                .group_by(usage_events.c.key_id, usage_events.c.model))
+                .group_by(usage_events.c.key_id, usage_events.c.model)
+            )
         }
     assert metered == {(1, toy.name): (3, 11), (2, toy.name): (2, 3)}
 
@@ -203,11 +213,13 @@ def test_usage_and_revenue_equal_what_was_metered(toy, tmp_path):
     assert (usage["requests"], usage["units"]) == (5, 14)
     by_key = {row["key_id"]: row for row in usage["by_key"]}
     assert {k: (r["requests"], r["units"]) for k, r in by_key.items()} == {
-        k: v for (k, _), v in metered.items()}
+        k: v for (k, _), v in metered.items()
+    }
     assert by_key[1]["name"] == "Acme Corp" and by_key[1]["plan"] == "starter"
     assert by_key[1]["prefix"].startswith("fdy_") and by_key[1]["daily_units"][-1] == 11
     assert [(r["model"], r["requests"], r["units"]) for r in usage["by_model"]] == [
-        (toy.name, 5, 14)]
+        (toy.name, 5, 14)
+    ]
     assert {r["plan"]: r["units"] for r in usage["by_plan"]} == {"starter": 11, "test": 3}
 
     revenue = out["/admin/dashboard/revenue"]
@@ -254,15 +266,24 @@ def test_usage_is_bucketed_by_utc_day_on_every_database(db_backend, tmp_path):
     ]
     with gate.store.write() as conn:
         for ts, units, status in events:
-            conn.execute(usage_events.insert().values(
-                key_id=created.record.id, model="toy", units=units, status=status,
-                request_id=f"r{ts}", created_at=ts,
-                period=datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m")))
+            conn.execute(
+                usage_events.insert().values(
+                    key_id=created.record.id,
+                    model="toy",
+                    units=units,
+                    status=status,
+                    request_id=f"r{ts}",
+                    created_at=ts,
+                    period=datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m"),
+                )
+            )
     service = SimpleNamespace(gate=gate, home=tmp_path / "home", models={}, language_models={})
     usage = Dashboard(service).usage(days=2)
     assert usage["days"] == ["2024-10-04", "2024-10-05"]
-    assert usage["daily"] == [{"day": "2024-10-04", "requests": 1, "units": 3},
-                              {"day": "2024-10-05", "requests": 1, "units": 5}]
+    assert usage["daily"] == [
+        {"day": "2024-10-04", "requests": 1, "units": 3},
+        {"day": "2024-10-05", "requests": 1, "units": 5},
+    ]
     assert Dashboard(service).usage(days=5)["units"] == 19
     gate.close()
 
@@ -301,9 +322,18 @@ def test_a_broken_package_is_reported_not_fatal(tmp_path):
     (package / "foundry.json").write_text("{not json", encoding="utf-8")
     (package / "metrics.json").write_text("{}", encoding="utf-8")
     record = ModelRecord(
-        name="broken", version=1, path=package, created_at=datetime.now(timezone.utc),
-        parent=None, task="binary", metrics={"accuracy": 0.5, "note": "x"}, fingerprint=None,
-        description="", tags=("latest",), size_bytes=10)
+        name="broken",
+        version=1,
+        path=package,
+        created_at=datetime.now(timezone.utc),
+        parent=None,
+        task="binary",
+        metrics={"accuracy": 0.5, "note": "x"},
+        fingerprint=None,
+        description="",
+        tags=("latest",),
+        size_bytes=10,
+    )
     summary = version_summary(record, registry=registry, by_ref={})
     assert summary["problem"].startswith("cannot read the package")
     assert summary["key_metric"] == {"name": "accuracy", "value": 0.5}
@@ -323,12 +353,14 @@ def _train_product(root: Path) -> SimpleNamespace:
 
     rng = np.random.default_rng(1)
     n = 240
-    df = pd.DataFrame({
-        "age": rng.normal(40, 10, n).round(1),
-        "income": rng.normal(50, 20, n).round(2),
-        "color": rng.choice(["red", "green", "blue"], n),
-        "member": rng.choice(["yes", "no"], n),
-    })
+    df = pd.DataFrame(
+        {
+            "age": rng.normal(40, 10, n).round(1),
+            "income": rng.normal(50, 20, n).round(2),
+            "color": rng.choice(["red", "green", "blue"], n),
+            "member": rng.choice(["yes", "no"], n),
+        }
+    )
     df["tier"] = np.where(df.age + (df.color == "red") * 10 > 45, "high", "low")
     root.mkdir(parents=True, exist_ok=True)
     df.to_csv(root / "shop.csv", index=False)
@@ -345,8 +377,11 @@ def _train_product(root: Path) -> SimpleNamespace:
         mp.setenv("FOUNDRY_HOME", str(home))
         trained = foundry.train(config, progress=False, quiet=True)
     registry = Registry(home)
-    variant = compress(trained.model_ref, CompressConfig(methods=["int8"]), registry=registry,
-                       quiet=True).variants[1].ref
+    variant = (
+        compress(trained.model_ref, CompressConfig(methods=["int8"]), registry=registry, quiet=True)
+        .variants[1]
+        .ref
+    )
     for ref in (trained.model_ref, variant):
         save(estimate(ref, throughput=800.0, registry=registry), registry)
     records = json.loads(df.drop(columns=["tier"]).head(5).to_json(orient="records"))
@@ -365,8 +400,9 @@ def test_models_show_lineage_curves_fairness_compression_and_costs(product, tmp_
 
     serve_config = ServeConfig()
     gate = Gate(serve_config.all_plans(), home=tmp_path / "gate")
-    app = create_app(serve_config, [product.variant], gate=gate, home=product.home,
-                     admin_token=ADMIN)
+    app = create_app(
+        serve_config, [product.variant], gate=gate, home=product.home, admin_token=ADMIN
+    )
 
     async def main() -> tuple[dict, str, httpx.Response]:
         async with serving(app) as client:
@@ -383,7 +419,8 @@ def test_models_show_lineage_curves_fairness_compression_and_costs(product, tmp_
     assert child["served"] and not parent["served"]
     assert child["compression"]["method"] == "int8"
     assert child["compression"]["size_ratio"] == pytest.approx(
-        child["size_bytes"] / parent["size_bytes"])
+        child["size_bytes"] / parent["size_bytes"]
+    )
     assert child["compression"]["latency_ms"]  # from the compress run's compress.json
     assert len(parent["history"]) == 4 and parent["run_dir"]
     fairness = parent["fairness"]
@@ -394,8 +431,15 @@ def test_models_show_lineage_curves_fairness_compression_and_costs(product, tmp_
         assert economics["cost_per_1k"] > 0 and economics["cost_per_1k_text"].startswith("$")
         assert {p["name"] for p in economics["plans"]} >= {"starter", "pro"}
 
-    for text in ("loss per epoch", "Fairness", "color=red", "int8", "per 1,000",
-                 "break-even customers", f"Lineage: {product.variant} ← {product.ref}"):
+    for text in (
+        "loss per epoch",
+        "Fairness",
+        "color=red",
+        "int8",
+        "per 1,000",
+        "break-even customers",
+        f"Lineage: {product.variant} ← {product.ref}",
+    ):
         assert text in view
     assert view.count("<svg") >= 3  # usage + loss + metric curves
 
@@ -437,15 +481,24 @@ def _artefacts() -> Path:
     return folder
 
 
-
 def _start_server(model: str, home: Path, port: int, log_path: Path) -> subprocess.Popen:
     env = {**os.environ, "FOUNDRY_HOME": str(home), "FOUNDRY_ADMIN_TOKEN": ADMIN}
     env.pop("FOUNDRY_DATABASE_URL", None)
-    command = [sys.executable, "-m", "foundry", "serve", model, "--port", str(port),
-               "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "foundry",
+        "serve",
+        model,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                cwd=log_path.parent)
+        proc = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent
+        )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -476,19 +529,27 @@ def test_a_new_user_reads_the_dashboard_in_a_browser(browser, product, tmp_path)
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
             for n in (5, 5, 2):
-                answer = client.post("/v1/models/shop/predict", json=product.records[:n],
-                                     headers=bearer(key))
+                answer = client.post(
+                    "/v1/models/shop/predict", json=product.records[:n], headers=bearer(key)
+                )
                 assert answer.status_code == 200, answer.text
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=executable, headless=True,
-                                        args=["--no-sandbox"])  # root in CI containers
+            browser = p.chromium.launch(
+                executable_path=executable, headless=True, args=["--no-sandbox"]
+            )  # root in CI containers
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             # Console errors (a CSP violation, a script error), except the browser's own
             # note on each refused request (the wrong token's 401, a missing favicon).
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error"
-                    and not msg.text.startswith("Failed to load resource") else None)
+            page.on(
+                "console",
+                lambda msg: (
+                    errors.append(msg.text)
+                    if msg.type == "error" and not msg.text.startswith("Failed to load resource")
+                    else None
+                ),
+            )
             page.clock.install()  # the auto-refresh timer runs when the test says so
             page.goto(f"{url}/dashboard")
             page.wait_for_selector("#login:not([hidden])")
@@ -508,15 +569,22 @@ def test_a_new_user_reads_the_dashboard_in_a_browser(browser, product, tmp_path)
             assert page.inner_text("#tile-requests") == "3"
             assert page.inner_text("#tile-units") == "12"
             assert page.inner_text("#tile-revenue") == "$49.00"  # starter, within its units
-            for expected in ("Acme Corp", created.record.prefix, product.ref, product.variant,
-                             "int8", "loss per epoch", "color=red", "break-even customers"):
+            for expected in (
+                "Acme Corp",
+                created.record.prefix,
+                product.ref,
+                product.variant,
+                "int8",
+                "loss per epoch",
+                "color=red",
+                "break-even customers",
+            ):
                 assert expected in text or expected in page.content(), expected
             html = page.content()
             assert key not in html and key not in text
             page.screenshot(path=str(shots / "02-dashboard.png"), full_page=True)
             page.locator("#usage").screenshot(path=str(shots / "03-usage.png"))
-            page.locator("#model-shop details.version >> nth=1").evaluate(
-                "el => el.open = true")
+            page.locator("#model-shop details.version >> nth=1").evaluate("el => el.open = true")
             page.locator("#models").screenshot(path=str(shots / "04-models.png"))
 
             with page.expect_download() as download:  # the report needs the Bearer header
@@ -531,8 +599,9 @@ def test_a_new_user_reads_the_dashboard_in_a_browser(browser, product, tmp_path)
 
             panel = page.locator("#model-shop details.version >> nth=1")
             with httpx.Client(base_url=url, timeout=30) as client:
-                answer = client.post("/v1/models/shop/predict", json=product.records[:1],
-                                     headers=bearer(key))
+                answer = client.post(
+                    "/v1/models/shop/predict", json=product.records[:1], headers=bearer(key)
+                )
                 assert answer.status_code == 200, answer.text
                 page.clock.run_for(31_000)
                 expect(page.locator("#tile-requests")).to_have_text("4")
@@ -540,8 +609,9 @@ def test_a_new_user_reads_the_dashboard_in_a_browser(browser, product, tmp_path)
                 assert panel.evaluate("el => el.open")
                 assert page.inner_text("#status").startswith("Updated")
                 page.select_option("#auto", "0")
-                answer = client.post("/v1/models/shop/predict", json=product.records[:1],
-                                     headers=bearer(key))
+                answer = client.post(
+                    "/v1/models/shop/predict", json=product.records[:1], headers=bearer(key)
+                )
                 assert answer.status_code == 200, answer.text
                 page.clock.run_for(120_000)
                 page.wait_for_timeout(500)  # time for a (wrong) refresh to land

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from tests.serve.serve_app_support import bearer, make_app, serving, shared_toy
+from tests.serve.serve_app_support import bearer, make_app, serving
 
 from foundry.errors import ModelError
 from foundry.registry import Registry
@@ -26,11 +26,6 @@ from foundry.registry import Registry
 ADMIN = "dashboard-admin-token-0123456789"
 SECRET_LOSS = 123456.789
 SECRET_LATENCY = 987654.321
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return shared_toy(tmp_path_factory)
 
 
 @pytest.fixture
@@ -47,8 +42,14 @@ def hostile(toy, tmp_path, monkeypatch):
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": SECRET_LOSS}) + "\n")
     compress = secrets / "evil-compress-20260101-000000-000000"
     compress.mkdir()
-    (compress / "compress.json").write_text(json.dumps({
-        "parent": "toy:1", "variants": [{"ref": "evil:1", "latency_ms": {"1": SECRET_LATENCY}}]}))
+    (compress / "compress.json").write_text(
+        json.dumps(
+            {
+                "parent": "toy:1",
+                "variants": [{"ref": "evil:1", "latency_ms": {"1": SECRET_LATENCY}}],
+            }
+        )
+    )
     registry = Registry(home)
     package = registry.load(toy.ref)
     manifest = json.loads(json.dumps(package.manifest))
@@ -56,8 +57,7 @@ def hostile(toy, tmp_path, monkeypatch):
     manifest["config"]["output_dir"] = str(secrets)
     manifest["training"]["run_dir"] = str(run)
     manifest["compression"] = {"method": "prune", "parent": toy.ref}  # same network
-    registry.register("evil", weights=package.weights, manifest=manifest,
-                      metrics=package.metrics)
+    registry.register("evil", weights=package.weights, manifest=manifest, metrics=package.metrics)
     return replace(toy, home=home), run
 
 

@@ -15,16 +15,6 @@ INPUTS = {"age", "income", "color", "member"}
 
 
 @pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return shared_toy(tmp_path_factory)
-
-
-@pytest.fixture
 def app_gate(toy, tmp_path):
     return make_app(toy, tmp_path / "gate")
 

@@ -17,16 +17,6 @@ from foundry.errors import ConfigError, ModelError
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return shared_toy(tmp_path_factory)
-
-
 @pytest.fixture(scope="module")
 def toy_regression(tmp_path_factory):
     return shared_toy(tmp_path_factory, regression=True)

@@ -7,17 +7,12 @@ import threading
 import time
 
 import pytest
-from tests.serve.serve_app_support import assert_matches, bearer, make_app, serving, shared_toy
+from tests.serve.serve_app_support import assert_matches, bearer, make_app, serving
 
 from foundry.config.schema import BatchingConfig
 from foundry.serve.batching import Batcher
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
 
 
 class Recorder:
@@ -42,8 +37,7 @@ class Recorder:
 async def _run(batcher: Batcher, requests: list[list]) -> list:
     batcher.start()
     try:
-        return await asyncio.gather(*(batcher.submit(r) for r in requests),
-                                    return_exceptions=True)
+        return await asyncio.gather(*(batcher.submit(r) for r in requests), return_exceptions=True)
     finally:
         await batcher.close()
 
@@ -51,8 +45,9 @@ async def _run(batcher: Batcher, requests: list[list]) -> list:
 async def test_concurrent_requests_share_forward_passes():
     forward = Recorder(delay=0.01)
     sizes: list[int] = []
-    batcher = Batcher("m", forward, BatchingConfig(max_batch_size=64, max_wait_ms=20),
-                      on_batch=sizes.append)
+    batcher = Batcher(
+        "m", forward, BatchingConfig(max_batch_size=64, max_wait_ms=20), on_batch=sizes.append
+    )
     requests = [[i, i + 100] for i in range(32)]
     results = await _run(batcher, requests)
     assert results == [[2 * i, 2 * (i + 100)] for i in range(32)]  # each its own slice
@@ -132,36 +127,41 @@ async def test_inference_never_blocks_the_event_loop():
 # ---------------------------------------------------------------- with the real model
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return shared_toy(tmp_path_factory)
-
-
 async def test_32_concurrent_requests_are_batched_and_each_gets_its_answer(toy, tmp_path):
-    app, gate = make_app(toy, tmp_path / "gate", metrics="public",
-                         batching=BatchingConfig(max_batch_size=64, max_wait_ms=50))
+    app, gate = make_app(
+        toy,
+        tmp_path / "gate",
+        metrics="public",
+        batching=BatchingConfig(max_batch_size=64, max_wait_ms=50),
+    )
     key = gate.create_key("acme", "test").key
     records = toy.records(32)
     async with serving(app) as client:
-        responses = await asyncio.gather(*(
-            client.post(f"/v1/models/{toy.name}/predict", json=r, headers=bearer(key))
-            for r in records
-        ))
+        responses = await asyncio.gather(
+            *(
+                client.post(f"/v1/models/{toy.name}/predict", json=r, headers=bearer(key))
+                for r in records
+            )
+        )
         metrics = (await client.get("/metrics")).text
         batcher = app.state.service.batchers[toy.name]
     assert {r.status_code for r in responses} == {200}
     predictions = [r.json()["predictions"][0] for r in responses]
     assert_matches(predictions, toy.expected(records), "tier")
     assert batcher.forward_passes < 32
-    count = next(line for line in metrics.splitlines()
-                 if line.startswith('foundry_batch_size_count{model="toy"}'))
+    count = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith('foundry_batch_size_count{model="toy"}')
+    )
     assert float(count.split()[-1]) == batcher.forward_passes
     assert 'foundry_batch_size_sum{model="toy"} 32.0' in metrics
 
 
 async def test_per_model_batching_settings_apply(toy, tmp_path):
-    app, _ = make_app(toy, tmp_path / "gate",
-                      model_batching={toy.name: BatchingConfig(enabled=False)})
+    app, _ = make_app(
+        toy, tmp_path / "gate", model_batching={toy.name: BatchingConfig(enabled=False)}
+    )
     async with serving(app):
         batcher = app.state.service.batchers[toy.name]
         assert batcher.config.enabled is False
@@ -176,12 +176,14 @@ async def test_a_large_request_runs_in_pieces_that_let_small_ones_through(enable
     from foundry.serve.batching import PIECE_RECORDS
 
     forward = Recorder(delay=0.02)
-    batcher = Batcher("m", forward, BatchingConfig(enabled=enabled, max_batch_size=8,
-                                                   max_wait_ms=1))
+    batcher = Batcher(
+        "m", forward, BatchingConfig(enabled=enabled, max_batch_size=8, max_wait_ms=1)
+    )
     large = list(range(PIECE_RECORDS * 5 // 2))
     finished: list[str] = []
     batcher.start()
     try:
+
         async def run(name: str, records: list) -> list:
             out = await batcher.submit(records)
             finished.append(name)
@@ -196,5 +198,8 @@ async def test_a_large_request_runs_in_pieces_that_let_small_ones_through(enable
         await batcher.close()
     assert small == [-2]
     assert finished == ["small", "large"]
-    assert [len(b) for b in forward.batches if b != [-1]] == [PIECE_RECORDS, PIECE_RECORDS,
-                                                               PIECE_RECORDS // 2]
+    assert [len(b) for b in forward.batches if b != [-1]] == [
+        PIECE_RECORDS,
+        PIECE_RECORDS,
+        PIECE_RECORDS // 2,
+    ]

@@ -12,22 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from tests.serve.serve_app_support import bearer, make_app, serving, shared_toy
+from tests.serve.serve_app_support import bearer, make_app, serving
 
 from foundry.serve.errors import ApiError
 from foundry.serve.schemas import InputSpec, RecordValidator
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return shared_toy(tmp_path_factory)
 
 
 @pytest.fixture
@@ -77,8 +67,11 @@ async def test_schema_errors_are_422_naming_the_field(toy, app_gate, key):
         ({k: v for k, v in RECORD.items() if k != "income"}, "missing_field", "income"),
         ({**RECORD, "age": "forty"}, "invalid_field", "age"),
         ({**RECORD, "age": True}, "invalid_field", "age"),
-        (b'{"age": 1e400, "income": 1, "color": "red", "member": "no"}', "invalid_field",
-         "age"),  # 1e400 parses as inf
+        (
+            b'{"age": 1e400, "income": 1, "color": "red", "member": "no"}',
+            "invalid_field",
+            "age",
+        ),  # 1e400 parses as inf
         ({**RECORD, "age": 1e300}, "invalid_field", "age"),  # overflows float32 when scaled
         ({**RECORD, "color": ["red"]}, "invalid_field", "color"),
         ([RECORD, {**RECORD, "member": {"x": 1}}], "invalid_field", "[1].member"),
@@ -262,8 +255,13 @@ def test_images_are_base64_png_or_jpeg_only():
         v.validate(records)
         assert isinstance(records.items[0]["img"], bytes)
     gif = base64.b64encode(_png(fmt="GIF", mode="L")).decode()
-    for bad in ("https://example.com/cat.png", "not base64!", gif,
-                base64.b64encode(b"\x89PNG broken").decode(), None):
+    for bad in (
+        "https://example.com/cat.png",
+        "not base64!",
+        gif,
+        base64.b64encode(b"\x89PNG broken").decode(),
+        None,
+    ):
         with pytest.raises(ApiError) as info:
             v.validate(v.records_of({"img": bad}))
         assert info.value.param == "img"
@@ -289,17 +287,24 @@ def test_image_bytes_encode_like_image_files(tmp_path):
 # ---------------------------------------------------------------- nothing crashes
 
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                               max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=5)
+    ),
     max_leaves=12,
 )
 _records = st.fixed_dictionaries(
     {},
     optional={
-        "age": _json_values, "income": _json_values, "color": _json_values,
-        "member": _json_values, "extra": _json_values,
+        "age": _json_values,
+        "income": _json_values,
+        "color": _json_values,
+        "member": _json_values,
+        "extra": _json_values,
     },
 )
 
@@ -314,10 +319,15 @@ def test_random_bodies_get_an_answer_in_the_error_format_never_a_crash(toy, tmp_
 
     with TestClient(app, raise_server_exceptions=False) as client:
 
-        @settings(max_examples=60, deadline=None, database=None,
-                  suppress_health_check=[HealthCheck.function_scoped_fixture])
-        @given(body=_json_values | _records | st.lists(_records, max_size=3)
-               | st.binary(max_size=40))
+        @settings(
+            max_examples=60,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture],
+        )
+        @given(
+            body=_json_values | _records | st.lists(_records, max_size=3) | st.binary(max_size=40)
+        )
         def check(body):
             if isinstance(body, bytes):
                 response = client.post(url, content=body, headers=bearer(key))
@@ -344,8 +354,7 @@ async def test_a_caller_without_a_key_gets_401_before_any_field_is_named(toy, ap
     async with serving(app) as client:
         anonymous = await client.post(url, json=bad)
         wrong = await client.post(url, json=bad, headers=bearer("fdy_" + "x" * 32))
-        not_json = await client.post(url, content=b"{oops", headers={
-            "content-type": "text/plain"})
+        not_json = await client.post(url, content=b"{oops", headers={"content-type": "text/plain"})
         explain = await client.post(f"/v1/models/{toy.name}/explain", json={"records": [bad]})
         not_allowed = await client.post(url, json=bad, headers=bearer(restricted))
     for response in (anonymous, not_json, explain):
@@ -373,10 +382,15 @@ async def test_bodies_that_are_not_utf8_json_are_415(toy, app_gate, key):
             error = _error(response, 415, "unsupported_media_type")
             assert error["type"] == "invalid_request_error"
             assert "JSON" in error["message"] or "UTF-8" in error["message"]
-        fine = [await client.post(url, content=record, headers={**bearer(key), **headers})
-                for headers in ({}, {"content-type": "application/json"},
-                                {"content-type": "application/json; charset=UTF-8"},
-                                {"content-type": "application/merge-patch+json"})]
+        fine = [
+            await client.post(url, content=record, headers={**bearer(key), **headers})
+            for headers in (
+                {},
+                {"content-type": "application/json"},
+                {"content-type": "application/json; charset=UTF-8"},
+                {"content-type": "application/merge-patch+json"},
+            )
+        ]
     assert [r.status_code for r in fine] == [200] * 4, [r.text for r in fine]
 
 
@@ -386,10 +400,14 @@ async def test_a_binary_input_takes_only_its_training_values(toy, app_gate, key)
     app, _ = app_gate
     url = f"/v1/models/{toy.name}/predict"
     async with serving(app) as client:
-        refused = [await client.post(url, json={**RECORD, "member": value}, headers=bearer(key))
-                   for value in ("maybe", 1, True, "Yes", "")]
-        accepted = [await client.post(url, json={**RECORD, "member": value}, headers=bearer(key))
-                    for value in ("yes", "no", None)]
+        refused = [
+            await client.post(url, json={**RECORD, "member": value}, headers=bearer(key))
+            for value in ("maybe", 1, True, "Yes", "")
+        ]
+        accepted = [
+            await client.post(url, json={**RECORD, "member": value}, headers=bearer(key))
+            for value in ("yes", "no", None)
+        ]
     for response in refused:
         error = _error(response, 422, "invalid_field", "member")
         assert "'no' or 'yes' or null" in error["message"], error
@@ -397,15 +415,26 @@ async def test_a_binary_input_takes_only_its_training_values(toy, app_gate, key)
 
 
 def test_a_binary_input_trained_on_booleans_or_numbers_takes_their_json_spellings():
-    validator = RecordValidator("m", [InputSpec("flag", "binary", True, values=("False", "True")),
-                                      InputSpec("bit", "binary", True, values=("0", "1"))])
+    validator = RecordValidator(
+        "m",
+        [
+            InputSpec("flag", "binary", True, values=("False", "True")),
+            InputSpec("bit", "binary", True, values=("0", "1")),
+        ],
+    )
     from foundry.serve.schemas import Records
 
-    records = Records([{"flag": True, "bit": 1}, {"flag": "False", "bit": 0.0},
-                       {"flag": None, "bit": "1"}], "", True)
+    records = Records(
+        [{"flag": True, "bit": 1}, {"flag": "False", "bit": 0.0}, {"flag": None, "bit": "1"}],
+        "",
+        True,
+    )
     validator.validate(records)
-    assert records.items == [{"flag": "True", "bit": "1"}, {"flag": "False", "bit": "0"},
-                             {"flag": None, "bit": "1"}]
+    assert records.items == [
+        {"flag": "True", "bit": "1"},
+        {"flag": "False", "bit": "0"},
+        {"flag": None, "bit": "1"},
+    ]
     for bad in ({"flag": "true", "bit": 1}, {"flag": True, "bit": 2}, {"flag": 1, "bit": 1}):
         with pytest.raises(ApiError) as caught:
             validator.validate(Records([bad], "", False))
@@ -439,11 +468,22 @@ async def test_metrics_behind_the_admin_token_say_how_when_there_is_none(toy, tm
     assert "serve.metrics: public" in _error(response, 403, "admin_disabled")["message"]
 
 
-@given(st.lists(st.fixed_dictionaries({
-    "age": st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False), st.integers()),
-    "color": st.text(max_size=5), "member": st.sampled_from(["yes", "no", None])}),
-    max_size=5),
-    st.sampled_from(["list", "records", "record"]), st.sampled_from(["", " ", "\n\t "]))
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "age": st.one_of(
+                    st.none(), st.floats(allow_nan=False, allow_infinity=False), st.integers()
+                ),
+                "color": st.text(max_size=5),
+                "member": st.sampled_from(["yes", "no", None]),
+            }
+        ),
+        max_size=5,
+    ),
+    st.sampled_from(["list", "records", "record"]),
+    st.sampled_from(["", " ", "\n\t "]),
+)
 @settings(max_examples=200, deadline=None)
 def test_the_record_at_a_time_parser_equals_json_loads(records, shape, ws):
     """parse_json(yielding=True), the large-body path, gives json.loads's result."""
@@ -451,8 +491,11 @@ def test_the_record_at_a_time_parser_equals_json_loads(records, shape, ws):
 
     from foundry.serve.request_body import parse_json
 
-    payload = {"list": records, "records": {"records": records},
-               "record": {"record": records[0] if records else {}}}[shape]
+    payload = {
+        "list": records,
+        "records": {"records": records},
+        "record": {"record": records[0] if records else {}},
+    }[shape]
     text = json.dumps(payload, indent=1 if ws else None).replace("\n", "\n" + ws)
     body = (ws + text + ws).encode()
     assert parse_json(body, yielding=True) == json.loads(body) == parse_json(body)
@@ -464,8 +507,17 @@ def test_the_record_at_a_time_parser_equals_json_loads(records, shape, ws):
 def test_the_record_at_a_time_parser_refuses_what_json_loads_refuses():
     from foundry.serve.request_body import encode_json, parse_json
 
-    for body in (b"[1,2", b"[1 2]", b'{"records": [1,]}', b'{"a" 1}', b"[NaN]", b"[1] x",
-                 b'{"records": [{"a": 1}], }', b"{1: 2}", b"[,]"):
+    for body in (
+        b"[1,2",
+        b"[1 2]",
+        b'{"records": [1,]}',
+        b'{"a" 1}',
+        b"[NaN]",
+        b"[1] x",
+        b'{"records": [{"a": 1}], }',
+        b"{1: 2}",
+        b"[,]",
+    ):
         for yielding in (False, True):
             with pytest.raises(ApiError) as caught:
                 parse_json(body, yielding=yielding)

@@ -6,23 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.serve.serve_app_support import PLANS, serving, shared_toy
+from tests.serve.serve_app_support import PLANS, serving
 from typer.testing import CliRunner
 
 from foundry.cli import app as cli_app
 from foundry.config.schema import ServeConfig
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return shared_toy(tmp_path_factory)
 
 
 def _cli(*args: str):

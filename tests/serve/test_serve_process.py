@@ -12,15 +12,9 @@ import sys
 import time
 
 import httpx
-import pytest
-from tests.serve.serve_app_support import assert_matches, bearer, shared_toy
+from tests.serve.serve_app_support import assert_matches, bearer
 
 from foundry.serve.loadtest import free_port
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    return shared_toy(tmp_path_factory)
 
 
 def _serve_command(model: str, port: int) -> list[str]:
