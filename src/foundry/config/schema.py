@@ -765,7 +765,7 @@ class MFConfig(Section):
     """Confidence of an observed interaction: alpha × weight, as the `implicit` library
     computes it (an unobserved pair has confidence 1; 20 beat 5 and 10 on the Debian
     graph's validation split: benchmarks/recommend.py). `auto` (what `foundry
-    init` writes): 0.25, 1, 4, 16 and 40 are fitted (5 sweeps each) on the training
+    init` writes): 0.25, 1, 4, 16 and 40 are fitted (3 sweeps each) on the training
     interactions less each user's latest 10% (with each auto regularization) and the
     best NDCG@k on those is kept. The best value depends on the data: 40 on the sparse
     Debian graph, 1 on dense 1-5 star ratings (a generated MovieLens-shaped table)."""
