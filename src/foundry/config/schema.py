@@ -762,9 +762,10 @@ class MFConfig(Section):
     """L2 penalty λ on the factors (added to each row's normal equations); `auto`: chosen
     with `alpha: auto` (the pair), from 0.1, 3 and 30."""
     alpha: Annotated[float, Field(gt=0)] | Literal["auto"] = 20.0
-    """Confidence of an observed interaction: 1 + alpha × weight (20 beat 5 and 10 on the
-    Debian graph's validation split: benchmarks/recommend.py). `auto` (what `foundry
-    init` writes): 0.25, 1, 4, 16 and 40 are fitted (5 sweeps each) on the training
+    """Confidence of an observed interaction: alpha × weight, as the `implicit` library
+    computes it (an unobserved pair has confidence 1; 20 beat 5 and 10 on the Debian
+    graph's validation split: benchmarks/recommend.py). `auto` (what `foundry
+    init` writes): 0.25, 1, 4, 16 and 40 are fitted (3 sweeps each) on the training
     interactions less each user's latest 10% (with each auto regularization) and the
     best NDCG@k on those is kept. The best value depends on the data: 40 on the sparse
     Debian graph, 1 on dense 1-5 star ratings (a generated MovieLens-shaped table)."""

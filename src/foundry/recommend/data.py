@@ -69,6 +69,11 @@ class InteractionSplits:
     method: str
     """`temporal` or `random`, as configured (recorded in the package)."""
 
+    @property
+    def rows(self) -> dict[str, int]:
+        """Interactions per split (the manifest's `data.rows`, as tabular splits give)."""
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
     def held_out(self, split: str) -> Interactions:
         return {"train": self.train, "val": self.val, "test": self.test}[split]
 

@@ -110,9 +110,10 @@ class Recommender:
                 direction = direction / max(float(np.linalg.norm(direction)), 1e-12)
             return direction.astype(np.float32)
         y = self.item_factors.astype(np.float64)
-        chosen = y[known]  # confidence 1 + alpha for each recent item, weight 1
-        a = y.T @ y + self.alpha * chosen.T @ chosen + self.regularization * np.eye(y.shape[1])
-        b = (1.0 + self.alpha) * chosen.sum(axis=0)
+        chosen = y[known]  # confidence alpha (× weight 1) for each recent item, as in fit
+        a = y.T @ y + (self.alpha - 1.0) * chosen.T @ chosen
+        a += self.regularization * np.eye(y.shape[1])
+        b = self.alpha * chosen.sum(axis=0)
         return np.linalg.solve(a, b).astype(np.float32)
 
     def user_features_problem(self, features: Any) -> tuple[str | None, str] | None:
