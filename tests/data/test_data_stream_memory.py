@@ -37,7 +37,7 @@ pq.ParquetFile(config["data"]["path"]).read_row_group(0, columns=["x"])
 torch.ones(4, 4) @ torch.ones(4, 4)
 limit = psutil.Process().memory_info().vms + int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-result = foundry.train(config, quiet=False, progress=False, register=False)
+result = foundry.train(config, verbose=True, progress=False, register=False)
 print(json.dumps({"accuracy": result.metrics["accuracy"]}))
 """
 

@@ -77,24 +77,31 @@ def _usage(server) -> int:
 
 def test_a_full_queue_is_a_503_with_retry_after_and_charges_nothing(server):
     long_prompt = "The cat sat on the mat. " * 50  # a few hundred tokens, read one a step
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    rejected_before = _metric(server, "foundry_lm_rejections_total")
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
         running = [pool.submit(_complete, server, long_prompt) for _ in range(2)]
         deadline = time.monotonic() + 60
         while _metric(server, "foundry_lm_running") < 2:
             assert time.monotonic() < deadline, "the two long prompts never ran together"
             time.sleep(0.01)
         before = _usage(server)
-        refused = _complete(server, "The dog")
-        assert refused.status_code == 503, refused.text
-        assert refused.headers["retry-after"] == "2"
-        error = refused.json()["error"]
+        # a burst while both slots are taken: on an idle machine the long prompts may end
+        # within a few requests' time, so one lone request could find a slot free again
+        burst = [pool.submit(_complete, server, "The dog") for _ in range(8)]
+        answers = [f.result() for f in running + burst]
+    refused = [a for a in answers if a.status_code == 503]
+    served = [a for a in answers if a.status_code != 503]
+    assert refused, "no request of the burst found both slots taken"
+    assert [a.status_code for a in served] == [200] * len(served)
+    for answer in refused:
+        assert answer.headers["retry-after"] == "2"
+        error = answer.json()["error"]
         assert error["code"] == "server_busy" and error["type"] == "server_error"
         assert "serve.lm.max_queue" in error["message"]
-        answers = [f.result() for f in running]
-    assert [a.status_code for a in answers] == [200, 200]
-    # the refused request reserved and was charged nothing; the two that ran were
-    assert _usage(server) - before == sum(a.json()["usage"]["total_tokens"] for a in answers)
-    assert _metric(server, "foundry_lm_rejections_total") == 1
+    # the refused requests reserved and were charged nothing; those that ran were
+    assert _usage(server) - before == sum(a.json()["usage"]["total_tokens"] for a in served)
+    rejected = _metric(server, "foundry_lm_rejections_total") - rejected_before
+    assert rejected == len(refused)
     assert _complete(server, "The dog").status_code == 200  # slots free again
 
 

@@ -15,7 +15,9 @@ pinned by the regression tests at the end.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -67,7 +69,12 @@ def fuzz_app(tmp_path_factory):
     from foundry.serve.app import create_app
     from foundry.serve.gate import Gate
 
-    toy = shared_toy(tmp_path_factory)
+    # A private copy of the session's toy registry: the fuzzed admin routes tag, alias
+    # and delete models (a forced DELETE once emptied the registry the other modules use).
+    shared = shared_toy(tmp_path_factory)
+    home = tmp_path_factory.mktemp("fuzz-home") / "home"
+    shutil.copytree(shared.home, home)
+    toy = dataclasses.replace(shared, home=home)
     serve_config = ServeConfig(plans={"fuzz": FUZZ_PLAN})
     gate = Gate(serve_config.all_plans(), home=tmp_path_factory.mktemp("fuzz-gate"))
     app = create_app(serve_config, [toy.ref], gate=gate, home=toy.home, admin_token=ADMIN_TOKEN)
@@ -263,6 +270,33 @@ def test_admin_rotate_refuses_a_grace_past_year_9999(tmp_path_factory, tmp_path)
 
     try:
         assert asyncio.run(go()) == (400, 200)
+    finally:
+        gate.close()
+
+
+def test_admin_model_routes_refuse_a_version_past_the_index_range(tmp_path_factory, tmp_path):
+    """The fuzz pass found PUT /admin/models/{name}/aliases/{alias} with version 2**63
+    answering 500 (OverflowError binding it in SQLite): a version past 2**31 - 1 is
+    refused before the database, in a body (422) and in a path (400)."""
+    from tests.serve.serve_app_support import make_app, serving
+
+    toy = shared_toy(tmp_path_factory)
+    app, gate = make_app(toy, tmp_path / "gate", admin_token=ADMIN_TOKEN)
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    huge = 2**63
+
+    async def go() -> list[int]:
+        async with serving(app) as client:
+            alias = await client.put(
+                f"/admin/models/{toy.name}/aliases/prod", headers=admin, json={"version": huge}
+            )
+            tag = await client.put(
+                f"/admin/models/{toy.name}/versions/{huge}/tags/best", headers=admin
+            )
+            return [alias.status_code, tag.status_code]
+
+    try:
+        assert asyncio.run(go()) == [422, 400]
     finally:
         gate.close()
 

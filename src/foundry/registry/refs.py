@@ -51,6 +51,11 @@ def validate_tag(tag: str) -> str:
     return tag
 
 
+MAX_VERSION = 2**31 - 1
+"""The largest version number: the index's version column is a 32-bit integer on
+PostgreSQL (a larger number in a reference is refused, never sent to the database)."""
+
+
 def parse_ref(ref: str) -> tuple[str, Version]:
     """Split a reference into ``(name, version)``; version is an int >= 1, "latest" or a
     tag."""
@@ -63,7 +68,7 @@ def parse_ref(ref: str) -> tuple[str, Version]:
         return name, "latest"
     if version.isascii() and _TAG.fullmatch(version):
         return name, version
-    if not version.isascii() or not version.isdigit() or int(version) < 1:
+    if not version.isascii() or not version.isdigit() or not 1 <= int(version) <= MAX_VERSION:
         raise ModelError(
             f"invalid version {version!r} in model reference {ref!r}",
             hint=f"use {ACCEPTED_FORMS}",

@@ -28,6 +28,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from foundry.errors import ModelError
+from foundry.registry.refs import MAX_VERSION
 from foundry.serve.errors import ApiError
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ T = TypeVar("T")
 class AliasRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
     """The version the alias names."""
 
 
