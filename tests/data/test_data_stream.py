@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from foundry.config import LoadedConfig
 from foundry.config.schema import FoundryConfig, SplitConfig
@@ -150,6 +151,19 @@ def test_each_epoch_streams_every_training_row_once_in_a_new_order(streamed):
         orders.append(rid)
     assert not np.array_equal(orders[0], orders[1])
     assert stream.batches_per_epoch(64, 1) == -(-stream.n_rows // 64)
+
+
+def test_workers_encode_from_arrow_what_the_pandas_route_encodes(streamed):
+    stream = streamed[0].stream
+    assert stream.needed == ["rid", "x", "city", "member", "y"]
+    for index, piece in enumerate(stream.table.pieces):
+        mask = np.unpackbits(stream.masks[index]).view(bool)
+        frames = list(stream.table.read(piece, stream.columns, stream.stream.block_rows))
+        rows = pd.concat(frames, ignore_index=True)[mask[: sum(map(len, frames))]]
+        want = stream.preprocessor.transform(rows.reset_index(drop=True))
+        blocks = list(stream.encoded_blocks(index))
+        for key, tensor in want.items():
+            assert torch.equal(torch.cat([b[key] for b in blocks]), tensor), (index, key)
 
 
 def test_ranks_read_disjoint_shares_that_cover_the_table(streamed):

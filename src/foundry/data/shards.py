@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from foundry.data.load import FORMAT_BY_SUFFIX, sniff_delimiter
 from foundry.errors import DataError
@@ -64,16 +65,36 @@ class ShardedTable:
     ) -> Iterator[pd.DataFrame]:
         """The piece's rows as frames of at most `block_rows` rows, in file order;
         `columns`: only these (None: all)."""
+        if self.format != "jsonl":
+            for batch in self.read_arrow(piece, columns, block_rows):
+                yield batch.to_pandas()
+            return
         path = self.files[piece.shard]
+        try:
+            yield from _read_jsonl(path, columns, block_rows)
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read {path}: {e}") from e
+
+    def read_arrow(
+        self, piece: Piece, columns: list[str] | None, block_rows: int
+    ) -> Iterator[pa.RecordBatch]:
+        """`read` without pandas, for Parquet and CSV (`arrow_readable`): the piece's
+        rows as Arrow record batches of at most `block_rows` rows."""
+        path = self.files[piece.shard]
+        if not self.arrow_readable:
+            raise DataError(f"{self.format} shards are read through pandas ({path})")
         try:
             if self.format == "parquet":
                 yield from _read_parquet(path, piece.row_group, columns, block_rows)
-            elif self.format == "csv":
-                yield from _read_csv(path, self.delimiter, columns, block_rows)
             else:
-                yield from _read_jsonl(path, columns, block_rows)
+                yield from _read_csv(path, self.delimiter, columns, block_rows)
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
             raise DataError(f"cannot read {path}: {e}") from e
+
+    @property
+    def arrow_readable(self) -> bool:
+        """Whether `read_arrow` reads this table (JSONL goes through pandas' reader)."""
+        return self.format != "jsonl"
 
     def head(self, rows: int, columns: list[str] | None = None) -> pd.DataFrame:
         """The first `rows` rows of the table (in piece order), for inferring types."""
@@ -201,18 +222,17 @@ def _parquet_metadata(file: Path):  # -> pyarrow.parquet.FileMetaData
 
 def _read_parquet(
     path: Path, row_group: int | None, columns: list[str] | None, block_rows: int
-) -> Iterator[pd.DataFrame]:
+) -> Iterator[pa.RecordBatch]:
     import pyarrow.parquet as pq
 
     file = pq.ParquetFile(path)
     groups = None if row_group is None else [row_group]
-    for batch in file.iter_batches(batch_size=block_rows, row_groups=groups, columns=columns):
-        yield batch.to_pandas()
+    yield from file.iter_batches(batch_size=block_rows, row_groups=groups, columns=columns)
 
 
 def _read_csv(
     path: Path, delimiter: str | None, columns: list[str] | None, block_rows: int
-) -> Iterator[pd.DataFrame]:
+) -> Iterator[pa.RecordBatch]:
     import pyarrow.csv as pacsv
 
     # Arrow reads in byte blocks; ~100 bytes a row turns block_rows into a block size.
@@ -220,8 +240,7 @@ def _read_csv(
     parse = pacsv.ParseOptions(delimiter=delimiter or ",")
     convert = pacsv.ConvertOptions(include_columns=columns)
     with pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert) as r:
-        for batch in r:
-            yield batch.to_pandas()
+        yield from r
 
 
 def _read_jsonl(path: Path, columns: list[str] | None, block_rows: int) -> Iterator[pd.DataFrame]:
