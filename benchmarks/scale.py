@@ -5,6 +5,7 @@ and the in-memory path beside it at 1M (issue 18 item 5, tabular part).
     python benchmarks/scale.py --rows 1M,10M,30M       # the whole issue (~15 min on 2 cores)
     python benchmarks/scale.py --rows 200k --rounds 1  # a quick look
     python benchmarks/scale.py --rows 1M --same-process --rounds 3   # the epoch alone
+    python benchmarks/scale.py --rows 1M --worker-cost --rounds 2    # a worker's CPU time
 
 Each table is generated once into `--dir` (default /tmp/foundry-scale): Parquet, row
 groups of 128k rows, 15 columns: 8 numbers (one with 5% missing), 5 categories (3 to
@@ -26,6 +27,10 @@ Reported per run:
 `--same-process` isolates the epoch: `foundry.training.fit` on the streamed table and
 on the same training rows as in-memory tensors, in one process, alternating, one epoch
 each (no start-up, no evaluation), which is far less noisy on a shared machine.
+
+`--worker-cost` breaks a streaming worker's CPU time per million rows into reading,
+selecting the training rows and encoding them, by the pandas and the Arrow route
+alternating, then times the whole loop of one worker (shuffle buffer included).
 
 The image half of item 5 is `benchmarks/scale_images.py`.
 """
@@ -207,6 +212,76 @@ def same_process(path: Path, rounds: int, batch_size: int, workers: int) -> list
     return ratios
 
 
+def worker_cost(path: Path, rounds: int) -> None:
+    """CPU seconds per million training rows of a streaming DataLoader worker's work,
+    by stage, measured in this process (CPU time, which the machine's other jobs
+    disturb far less than wall time): reading blocks, selecting the training rows,
+    encoding them, by both routes of `StreamedTable.encoded_blocks` (pandas and, where
+    the tree has it, Arrow) alternating; then the whole loop one worker runs
+    (`_Blocks`: the pieces, encoding, the shuffle buffer's hand-overs)."""
+    import torch
+
+    from foundry.config import LoadedConfig
+    from foundry.config.schema import FoundryConfig
+    from foundry.console import Reporter
+    from foundry.data.dataset import load_splits
+    from foundry.data.stream import _Blocks
+
+    torch.set_num_threads(1)  # as in a worker (idle OpenMP threads spin, adding CPU time)
+    cfg = FoundryConfig.model_validate({
+        "name": "scale",
+        "data": {"path": str(path), "streaming": True, "pii": {"enabled": False}},
+        "features": {"target": "label"},
+        "model": {"type": "mlp"},
+    })  # fmt: skip
+    splits, _ = load_splits(LoadedConfig(cfg, path.parent), Reporter(quiet=True))
+    s = splits.stream
+    per_million = 1e6 / s.n_rows
+    routes = ["pandas", *(["arrow"] if hasattr(s.table, "read_arrow") else [])]
+    for r in range(rounds):
+        for route in routes:
+            cost = dict.fromkeys(("read", "select", "encode"), 0.0)
+            for index, piece in enumerate(s.table.pieces):
+                mask = np.unpackbits(s.masks[index]).view(bool)
+                if route == "arrow":
+                    blocks = s.table.read_arrow(piece, s.needed, s.stream.block_rows,
+                                                dictionaries=s.keyed)  # fmt: skip
+                else:
+                    blocks = s.table.read(piece, s.columns, s.stream.block_rows)
+                start = 0
+                while True:
+                    t0 = time.process_time()
+                    block = next(blocks, None)
+                    t1 = time.process_time()
+                    if block is None:
+                        break
+                    keep = mask[start : start + len(block)]
+                    start += len(block)
+                    if route == "arrow":
+                        rows = block.filter(keep)
+                        t2 = time.process_time()
+                        s.preprocessor.transform_arrow(rows)
+                    else:
+                        rows = s.scrub(block[keep]).reset_index(drop=True)
+                        t2 = time.process_time()
+                        s.preprocessor.transform(rows)
+                    t3 = time.process_time()
+                    cost["read"] += t1 - t0
+                    cost["select"] += t2 - t1
+                    cost["encode"] += t3 - t2
+            shown = ", ".join(f"{k} {v * per_million:.2f}" for k, v in cost.items())
+            total = sum(cost.values()) * per_million
+            print(f"round {r + 1}, {route}: {shown}, sum {total:.2f} CPU s per 1M rows",
+                  flush=True)  # fmt: skip
+        t0 = time.process_time()
+        held = sum(len(b["target"]) for b in _Blocks(s, list(range(len(s.table.pieces))),
+                                                     (0, 0, 0), 1024))  # fmt: skip
+        assert held == s.n_rows
+        seconds = (time.process_time() - t0) * per_million
+        print(f"round {r + 1}, one worker's whole loop (shuffle buffer included): "
+              f"{seconds:.2f} CPU s per 1M rows", flush=True)  # fmt: skip
+
+
 def _training_frames(stream: Any) -> Any:
     """The streamed table's training rows, piece by piece, as frames (in file order)."""
     for index, piece in enumerate(stream.table.pieces):
@@ -252,16 +327,24 @@ def main() -> None:
         help="only compare the two data paths of foundry.training.fit in one process "
         "(one epoch each, alternating) on the first --rows size",
     )  # fmt: skip
+    parser.add_argument(
+        "--worker-cost", action="store_true",
+        help="only measure a streaming worker's CPU time per million rows, by stage "
+        "(read, select, encode; pandas and Arrow routes alternating), on the first --rows size",
+    )  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)
     ns = parser.parse_args()
     if ns.child:
         print(json.dumps(child(json.loads(ns.child))))
         return
-    if ns.same_process:
+    if ns.same_process or ns.worker_cost:
         rows = parse_rows(ns.rows.split(",")[0])
         path = Path(ns.dir) / f"table-{rows}.parquet"
         if not path.exists():
             generate(path, rows)
+        if ns.worker_cost:
+            worker_cost(path, ns.rounds)
+            return
         ratios = same_process(path, ns.rounds, ns.batch_size, ns.workers)
         print(f"median ratio: {statistics.median(ratios):.2f}")
         return

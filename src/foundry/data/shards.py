@@ -76,16 +76,24 @@ class ShardedTable:
             raise DataError(f"cannot read {path}: {e}") from e
 
     def read_arrow(
-        self, piece: Piece, columns: list[str] | None, block_rows: int
+        self,
+        piece: Piece,
+        columns: list[str] | None,
+        block_rows: int,
+        *,
+        dictionaries: list[str] | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """`read` without pandas, for Parquet and CSV (`arrow_readable`): the piece's
-        rows as Arrow record batches of at most `block_rows` rows."""
+        rows as Arrow record batches of at most `block_rows` rows. `dictionaries`:
+        string columns to read from Parquet as Arrow dictionaries (what is stored, for
+        columns of few distinct values: half the decoding, and the values can be
+        looked up once per block instead of once per row)."""
         path = self.files[piece.shard]
         if not self.arrow_readable:
             raise DataError(f"{self.format} shards are read through pandas ({path})")
         try:
             if self.format == "parquet":
-                yield from _read_parquet(path, piece.row_group, columns, block_rows)
+                yield from _read_parquet(path, piece.row_group, columns, block_rows, dictionaries)
             else:
                 yield from _read_csv(path, self.delimiter, columns, block_rows)
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
@@ -221,11 +229,17 @@ def _parquet_metadata(file: Path):  # -> pyarrow.parquet.FileMetaData
 
 
 def _read_parquet(
-    path: Path, row_group: int | None, columns: list[str] | None, block_rows: int
+    path: Path,
+    row_group: int | None,
+    columns: list[str] | None,
+    block_rows: int,
+    dictionaries: list[str] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     import pyarrow.parquet as pq
 
-    file = pq.ParquetFile(path)
+    # (columns that do not hold strings are read as they are)
+    read = [c for c in dictionaries or [] if columns is None or c in columns]
+    file = pq.ParquetFile(path, read_dictionary=read or None)
     groups = None if row_group is None else [row_group]
     yield from file.iter_batches(batch_size=block_rows, row_groups=groups, columns=columns)
 

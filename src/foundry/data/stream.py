@@ -74,8 +74,13 @@ class StreamedTable:
         """Rows per split in the whole table (the manifest's `data.rows`)."""
         self.fingerprint = fingerprint
         self.seed = cfg.train.seed
-        self.needed = [*preprocessor.resolved.input_names, preprocessor.resolved.target]
+        resolved = preprocessor.resolved
+        self.needed = [*resolved.input_names, resolved.target]
         """The columns encoding reads (the fitting pass read all of `columns`)."""
+        self.keyed = [f.name for f in resolved.inputs if f.type in ("category", "binary")]
+        """Columns encoded by their keys: read from Parquet as dictionaries."""
+        if resolved.target_type != "number":
+            self.keyed.append(resolved.target)
         schema = preprocessor.schema  # the Encoded keys (foundry.data.schema)
         self.input_keys = [
             *(["numeric"] if schema.numeric else []),
@@ -104,7 +109,8 @@ class StreamedTable:
         block_rows = self.stream.block_rows
         start = 0
         if self.table.arrow_readable and not self.scrub.changes(self.needed):
-            for batch in self.table.read_arrow(piece, self.needed, block_rows):
+            blocks = self.table.read_arrow(piece, self.needed, block_rows, dictionaries=self.keyed)
+            for batch in blocks:
                 keep = mask[start : start + batch.num_rows]
                 start += batch.num_rows
                 if keep.any():
@@ -187,40 +193,66 @@ class _Blocks(IterableDataset):
         if info is not None:  # a worker: the training process has the other cores
             torch.set_num_threads(1)
         s = self.stream
-        rng = np.random.default_rng([*self.seed, worker])
         capacity = max(s.stream.shuffle_buffer // workers, 1)
-        buffer: list[Encoded] = []
-        held, handed = 0, False
+        # a hand-over comes once `capacity` rows are held, and a block may then arrive
+        buffer = _ShuffleBuffer(
+            max(capacity, self.batch_size) + s.stream.block_rows,
+            np.random.default_rng([*self.seed, worker]),
+        )
+        handed = False
         for index in self.pieces[worker::workers]:
             for block in s.encoded_blocks(index):
-                buffer.append(block)
-                held += len(block["target"])
+                buffer.add(block)
                 # the first hand-over comes after about a block, so training starts early
                 threshold = capacity if handed else min(capacity, s.stream.block_rows // 2)
-                if held >= max(threshold, self.batch_size):
+                if buffer.held >= max(threshold, self.batch_size):
                     handed = True
-                    out, buffer = _shuffled_half(buffer, rng, self.batch_size)
-                    held -= len(out["target"])
-                    yield out
-        if held:
-            out, buffer = _shuffled_half(buffer, rng, self.batch_size, everything=True)
-            yield out
+                    yield buffer.take(self.batch_size)
+        if buffer.held:
+            yield buffer.take(self.batch_size, everything=True)
 
 
-def _shuffled_half(
-    buffer: list[Encoded], rng: np.random.Generator, multiple: int, everything: bool = False
-) -> tuple[Encoded, list[Encoded]]:
-    """A random half of the buffered rows, rounded down to a `multiple` of rows (at
-    least one multiple; or all of them), and the buffer left."""
-    joined = {k: torch.cat([b[k] for b in buffer]) for k in buffer[0]}
-    n = len(joined["target"])
-    perm = torch.from_numpy(rng.permutation(n))
-    cut = n if everything else max((n + 1) // 2 // multiple, 1) * multiple
-    # index_select gathers the same rows as v[perm] at a third of the cost (measured:
-    # 18 vs 51 ms for 262k rows of the benchmark's tensors, one thread)
-    out = {k: v.index_select(0, perm[:cut]) for k, v in joined.items()}
-    rest = {k: v.index_select(0, perm[cut:]) for k, v in joined.items()}
-    return out, ([rest] if cut < n else [])
+class _ShuffleBuffer:
+    """Up to `size` encoded rows in preallocated tensors, handed back a random half at a
+    time. A block's rows are written into free slots once and leave by one gather:
+    two copies a row. (Joining the held blocks and splitting them again at every
+    hand-over made four, and allocated a buffer-sized tensor each time: with Arrow
+    encoding that had become the largest cost of a worker, see docs/BENCHMARKS.md.)"""
+
+    def __init__(self, size: int, rng: np.random.Generator) -> None:
+        self.size, self.rng = size, rng
+        self.store: Encoded = {}  # key → [size, ...] tensor; rows of `used` slots hold data
+        self.free = np.arange(size, dtype=np.int64)
+        self.used = np.zeros(0, dtype=np.int64)
+
+    @property
+    def held(self) -> int:
+        return len(self.used)
+
+    def add(self, block: Encoded) -> None:
+        n = len(block["target"])
+        if not self.store:
+            self.store = {
+                k: torch.empty((self.size, *v.shape[1:]), dtype=v.dtype) for k, v in block.items()
+            }
+        slots, self.free = self.free[:n], self.free[n:]
+        where = torch.from_numpy(slots)
+        for k, v in block.items():
+            self.store[k].index_copy_(0, where, v)
+        self.used = np.concatenate([self.used, slots])
+
+    def take(self, multiple: int, everything: bool = False) -> Encoded:
+        """A random half of the held rows in random order, rounded down to a `multiple`
+        of rows (at least one multiple; or all of them)."""
+        n = self.held
+        cut = n if everything else max((n + 1) // 2 // multiple, 1) * multiple
+        order = self.rng.permutation(n)
+        chosen, self.used = self.used[order[:cut]], self.used[order[cut:]]
+        self.free = np.concatenate([self.free, chosen])
+        # index_select: the same rows as v[index] at a third of the cost (measured: 18
+        # vs 51 ms for 262k rows of the benchmark's tensors, one thread)
+        where = torch.from_numpy(chosen)
+        return {k: v.index_select(0, where) for k, v in self.store.items()}
 
 
 class Scrub:
