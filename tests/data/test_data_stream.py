@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from foundry.config import LoadedConfig
-from foundry.config.schema import FoundryConfig, SplitConfig
+from foundry.config.schema import FeatureConfig, FoundryConfig, SplitConfig
 from foundry.console import Reporter
 from foundry.data.dataset import load_splits
 from foundry.data.preprocess import Preprocessor
@@ -153,17 +153,40 @@ def test_each_epoch_streams_every_training_row_once_in_a_new_order(streamed):
     assert stream.batches_per_epoch(64, 1) == -(-stream.n_rows // 64)
 
 
-def test_workers_encode_from_arrow_what_the_pandas_route_encodes(streamed):
-    stream = streamed[0].stream
-    assert stream.needed == ["rid", "x", "city", "member", "y"]
+def assert_arrow_route_is_the_pandas_route(stream) -> None:
+    """Every piece's encoded blocks (read, selected, scrubbed and encoded in Arrow) equal
+    the pandas frames of its training rows, scrubbed and encoded, bit for bit."""
     for index, piece in enumerate(stream.table.pieces):
         mask = np.unpackbits(stream.masks[index]).view(bool)
         frames = list(stream.table.read(piece, stream.columns, stream.stream.block_rows))
         rows = pd.concat(frames, ignore_index=True)[mask[: sum(map(len, frames))]]
-        want = stream.preprocessor.transform(rows.reset_index(drop=True))
+        want = stream.preprocessor.transform(stream.scrub(rows.reset_index(drop=True)))
         blocks = list(stream.encoded_blocks(index))
         for key, tensor in want.items():
             assert torch.equal(torch.cat([b[key] for b in blocks]), tensor), (index, key)
+
+
+def test_workers_encode_from_arrow_what_the_pandas_route_encodes(streamed):
+    stream = streamed[0].stream
+    assert stream.needed == ["rid", "x", "city", "member", "y"]
+    assert_arrow_route_is_the_pandas_route(stream)
+
+
+def test_workers_scrub_personal_data_as_the_pandas_route_does(tmp_path):
+    df = make_table(600, seed=2)
+    df["contact"] = np.random.default_rng(3).choice(
+        ["ann@example.com", "bob@example.org", "n/a", None], len(df)
+    )
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp_path / "t.parquet",
+                   row_group_size=200)  # fmt: skip
+    loaded = loaded_config(tmp_path / "t.parquet", pii={"enabled": True})
+    loaded.config.features.inputs.append(FeatureConfig(name="contact", type="category"))
+    splits, _ = load_splits(loaded, Reporter(quiet=True))
+    stream = splits.stream
+    vocab = stream.preprocessor.encoders[-1].vocab
+    assert "contact" in stream.scrub.scrubber.scan_columns and "n/a" in vocab
+    assert not any("@" in key for key in vocab)  # masked before the vocabulary was fitted
+    assert_arrow_route_is_the_pandas_route(stream)
 
 
 def test_ranks_read_disjoint_shares_that_cover_the_table(streamed):

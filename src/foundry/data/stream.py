@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -97,24 +99,24 @@ class StreamedTable:
         """Piece `index`'s training rows, encoded, a block (`stream.block_rows` rows read)
         at a time, in file order.
 
-        Straight from Arrow when the table is Parquet or CSV and `data.pii` leaves the
-        inputs alone: only the input and target columns are read, the training rows
-        selected by `filter` on the record batch and encoded by
-        `Preprocessor.transform_arrow` (bit for bit what the pandas route gives; about
-        half its cost, see docs/BENCHMARKS.md). Otherwise through pandas: JSONL shards,
-        and scrubbing that may change an input's values, which works on frames."""
+        Straight from Arrow when the table is Parquet or CSV: only the input and target
+        columns are read (key columns as dictionaries), the training rows selected by
+        `filter` on the record batch, scrubbed by `Scrub.arrow` and encoded by
+        `Preprocessor.transform_arrow`: bit for bit what the pandas route gives, at a
+        fraction of its cost (docs/BENCHMARKS.md). JSONL shards go through pandas."""
         piece = self.table.pieces[index]
         # the fitting pass's split (and drop_row) decisions, one bit a row
         mask = np.unpackbits(self.masks[index]).view(bool)
         block_rows = self.stream.block_rows
         start = 0
-        if self.table.arrow_readable and not self.scrub.changes(self.needed):
+        if self.table.arrow_readable:
             blocks = self.table.read_arrow(piece, self.needed, block_rows, dictionaries=self.keyed)
             for batch in blocks:
                 keep = mask[start : start + batch.num_rows]
                 start += batch.num_rows
                 if keep.any():
-                    yield self.preprocessor.transform_arrow(batch.filter(keep))
+                    train = self.scrub.arrow(batch.filter(keep), self.needed)
+                    yield self.preprocessor.transform_arrow(train)
             return
         for frame in self.table.read(piece, self.columns, block_rows):
             keep = mask[start : start + len(frame)]
@@ -265,15 +267,29 @@ class Scrub:
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         return frame if self.scrubber is None else self.scrubber.scrub(frame)[0]
 
-    def changes(self, columns: list[str]) -> bool:
-        """Whether scrubbing may change (mask, hash or drop) any of `columns`: if not, a
-        block needs no scrubbing before these columns are encoded."""
+    def arrow(self, batch: pa.RecordBatch, columns: list[str]) -> pa.RecordBatch:
+        """`batch` with `columns` scrubbed as `__call__` scrubs them in a frame. The
+        scrubber replaces each distinct value on its own, so scrubbing a column's
+        dictionary (its distinct values, as a small frame) and keeping its indices gives
+        the same values: a block's few thousand distinct values pass through pandas,
+        not its rows."""
         s = self.scrubber
         if s is None or not s.changes_values:
-            return False
+            return batch
         touched = set(s.scan_columns) if s.action != "report" else set()
         touched |= {d["column"] for d in s.identifier_columns if d["action"] != "report"}
-        return bool(touched & set(columns))
+        for name in [c for c in columns if c in touched and c in batch.schema.names]:
+            i = batch.schema.get_field_index(name)
+            arr = batch.column(i)
+            if not pa.types.is_dictionary(arr.type):
+                arr = pc.dictionary_encode(arr)
+            scrubbed = s.scrub(pd.DataFrame({name: arr.dictionary.to_pandas()}))[0]
+            if name not in scrubbed:  # a dropped identifier: gone, as from a frame
+                batch = batch.drop_columns([name])
+                continue
+            values = pa.array(scrubbed[name], from_pandas=True)
+            batch = batch.set_column(i, name, pa.DictionaryArray.from_arrays(arr.indices, values))
+        return batch
 
 
 def stream_splits(loaded: LoadedConfig, table: ShardedTable, say: Reporter) -> tuple[Any, Any]:

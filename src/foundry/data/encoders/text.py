@@ -90,6 +90,8 @@ class TextEncoder:
     def transform_arrow(self, arr: pa.Array) -> np.ndarray | None:
         """Arrow column [N] → `transform(arr.to_pandas())`, bit for bit, without pandas;
         None unless the column holds strings."""
+        if pa.types.is_dictionary(arr.type):  # e.g. scrubbed (`data.pii`) per value
+            arr = arr.dictionary_decode()
         if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
             return None
         return self._ids(arr.fill_null("").to_pylist())  # missing text: "" (all padding)
