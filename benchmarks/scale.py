@@ -110,10 +110,15 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     process = psutil.Process()
 
+    cpu: dict[str, float] = {}  # this process's CPU seconds when the epoch starts / ends
+
     def on_forward(module: Any, inputs: Any) -> None:
         if not first:
             first.append(time.perf_counter() - started)
             rss["first_batch"] = process.memory_info().rss / 2**20
+            cpu["start"] = time.process_time()
+        elif not module.training and "end" not in cpu:  # validation follows the epoch
+            cpu["end"] = time.process_time()
         calls[0] += 1
         if calls[0] % 1000 == 0:  # every 1,000th module call (a few per batch)
             rss["training"] = max(rss["training"], process.memory_info().rss / 2**20)
@@ -156,6 +161,10 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
         "rows_per_s": rows / seconds,
         "first_batch_s": first[0] if first else float("nan"),
         "wall_s": time.perf_counter() - started,
+        # CPU seconds of the epoch's training steps (this process) and of the DataLoader
+        # workers (the only children): far steadier than rows/s on a loaded machine
+        "epoch_cpu_s": cpu.get("end", float("nan")) - cpu.get("start", float("nan")),
+        "workers_cpu_s": _cpu(resource.RUSAGE_CHILDREN),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "rss_at_first_batch_mb": rss["first_batch"],
@@ -163,6 +172,11 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
         "rss_end_mb": process.memory_info().rss / 2**20,
         "metrics": {k: result.metrics.get(k) for k in ("accuracy", "roc_auc")},
     }
+
+
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def same_process(path: Path, rounds: int, batch_size: int, workers: int) -> list[float]:
@@ -197,18 +211,23 @@ def same_process(path: Path, rounds: int, batch_size: int, workers: int) -> list
     del parts
     ratios = []
     for r in range(rounds):
-        speeds = {}
+        speeds, cpu = {}, {}
         for name, train in (("streaming", stream), ("in memory", memory)):
             torch.manual_seed(0)
             model = build_model(cfg.model, pre.schema, 2)
+            before = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
             with tempfile.TemporaryDirectory() as run_dir:
                 result = fit(model, train, None, cfg.train, pre.task, run_dir, n_outputs=2,
                              progress=False)  # fmt: skip
             speeds[name] = stream.n_rows / result.history[0]["seconds"]
+            # CPU seconds of this process and of the epoch's DataLoader workers
+            cpu[name] = (_cpu(resource.RUSAGE_SELF) - before[0],
+                         _cpu(resource.RUSAGE_CHILDREN) - before[1])  # fmt: skip
         ratios.append(speeds["streaming"] / speeds["in memory"])
         print(f"same process, round {r + 1}: streaming {speeds['streaming']:,.0f} rows/s, "
-              f"in memory {speeds['in memory']:,.0f} rows/s, ratio {ratios[-1]:.2f}",
-              flush=True)  # fmt: skip
+              f"in memory {speeds['in memory']:,.0f} rows/s, ratio {ratios[-1]:.2f}; CPU s: "
+              f"streaming {cpu['streaming'][0]:.1f} + workers {cpu['streaming'][1]:.1f}, "
+              f"in memory {cpu['in memory'][0]:.1f}", flush=True)  # fmt: skip
     return ratios
 
 
@@ -370,12 +389,14 @@ def main() -> None:
                 print(json.dumps(r), flush=True)
     print()
     print(
-        "| rows | path | peak RSS (MiB) | worker RSS (MiB) | rows/s | first batch (s) | wall (s) |"
+        "| rows | path | peak RSS (MiB) | worker RSS (MiB) | rows/s | epoch CPU s (training "
+        "process / workers) | first batch (s) | wall (s) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['rows']:,} | {'streaming' if r['streaming'] else 'in memory'} | "
               f"{r['peak_rss_mb']:.0f} | {r['worker_rss_mb']:.0f} | {r['rows_per_s']:,.0f} | "
+              f"{r['epoch_cpu_s']:.1f} / {r['workers_cpu_s']:.1f} | "
               f"{r['first_batch_s']:.1f} | {r['wall_s']:.0f} |")  # fmt: skip
     streamed = {r["rows"]: r for r in results if r["streaming"]}
     smallest, largest = min(streamed), max(streamed)
