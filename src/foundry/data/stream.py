@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from foundry.config import LoadedConfig
 from foundry.config.schema import FoundryConfig
 from foundry.console import Reporter
+from foundry.data.encoders.keys import distinct
 from foundry.data.preprocess import Preprocessor
 from foundry.data.shards import ShardedTable
 from foundry.errors import DataError
@@ -280,9 +280,7 @@ class Scrub:
         touched |= {d["column"] for d in s.identifier_columns if d["action"] != "report"}
         for name in [c for c in columns if c in touched and c in batch.schema.names]:
             i = batch.schema.get_field_index(name)
-            arr = batch.column(i)
-            if not pa.types.is_dictionary(arr.type):
-                arr = pc.dictionary_encode(arr)
+            arr = distinct(batch.column(i))
             scrubbed = s.scrub(pd.DataFrame({name: arr.dictionary.to_pandas()}))[0]
             if name not in scrubbed:  # a dropped identifier: gone, as from a frame
                 batch = batch.drop_columns([name])

@@ -105,11 +105,18 @@ def arrow_lookup(arr: pa.Array, vocab: list[str]) -> tuple[np.ndarray, np.ndarra
         return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64), _nulls(arr)
     if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
         return None
-    if arr.null_count and pa.types.is_integer(kind):
-        # pandas holds an int column with gaps as float64, and keys it as floats
+    return arrow_lookup(distinct(arr), vocab)
+
+
+def distinct(arr: pa.Array) -> pa.DictionaryArray:
+    """`arr` as a dictionary of its distinct values, each of them held as `to_pandas`
+    would hold it in the column (an int column with gaps becomes float64 in pandas, so
+    its values are keyed, or scrubbed, as floats)."""
+    if pa.types.is_dictionary(arr.type):
+        return arr
+    if arr.null_count and pa.types.is_integer(arr.type):
         arr = pc.cast(arr, pa.float64(), safe=False)
-    encoded = pc.dictionary_encode(arr)
-    return arrow_lookup(encoded, vocab)
+    return pc.dictionary_encode(arr)
 
 
 def _dictionary_lookup(values: pa.Array, vocab: list[str]) -> tuple[np.ndarray, np.ndarray]:
