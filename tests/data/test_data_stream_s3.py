@@ -153,3 +153,34 @@ def test_a_wrong_bucket_prefix_glob_or_credentials_is_an_error_naming_the_url(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     with pytest.raises(DataError, match=f"cannot list data.path {s3_bucket}/data/: access denied"):
         load_splits(config(f"{s3_bucket}/data/", tmp_path), QUIET)
+
+
+def test_a_parquet_piece_fetches_its_row_group_not_the_object(s3_bucket, monkeypatch):
+    import s3fs
+
+    from foundry.data.shards import open_shards
+
+    rng = np.random.default_rng(0)  # random floats: row groups as big compressed as not
+    table = pa.table({"a": rng.normal(size=40_000), "b": rng.normal(size=40_000)})
+    data = pa.BufferOutputStream()
+    pq.write_table(table, data, row_group_size=4_000)  # 10 row groups of ~64 KB
+    body = data.getvalue().to_pybytes()
+    filesystem(error=ModelError).pipe_file(f"{s3_bucket}/big.parquet", body)
+    sharded = open_shards(f"{s3_bucket}/big.parquet", "auto", None)
+    assert [p.rows for p in sharded.pieces] == [4_000] * 10
+
+    fetched: list[int] = []  # what s3fs asks the server for (the real call, counted)
+    fetch = s3fs.core.S3File._fetch_range
+
+    def counted(self, start, end):
+        fetched.append(end - start)
+        return fetch(self, start, end)
+
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", counted)
+    frames = list(sharded.read(sharded.pieces[6], ["a"], 1_000))
+    np.testing.assert_array_equal(
+        np.concatenate([f["a"].to_numpy() for f in frames]), table["a"].to_numpy()[24_000:28_000]
+    )
+    # pyarrow's 64 KiB read of the footer, then column a of row group 6 (~38 KB): not the
+    # ~750 KB object
+    assert 0 < sum(fetched) < len(body) / 5 and len(fetched) == 2
