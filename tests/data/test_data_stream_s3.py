@@ -20,7 +20,7 @@ from foundry.data.dataset import load_splits
 from foundry.errors import DataError, ModelError
 from foundry.objectstore import filesystem
 
-ROWS = 2400
+ROWS = 1200
 QUIET = Reporter(quiet=True)
 
 
@@ -48,14 +48,14 @@ def config(path: str | Path, base: Path, **data) -> LoadedConfig:
 
 @pytest.fixture
 def shards(tmp_path, s3_bucket) -> tuple[Path, str]:
-    """The same 3 Parquet shards (row groups of 300 rows) on disk and under
+    """The same 3 Parquet shards (row groups of 200 rows) on disk and under
     `<bucket>/table/`, plus a stray object beside them that no glob below matches."""
     local = tmp_path / "table"
     local.mkdir()
     df = make_table(ROWS, seed=3)
     for i, part in enumerate(np.array_split(np.arange(ROWS), 3)):
         table = pa.Table.from_pandas(df.iloc[part], preserve_index=False)
-        pq.write_table(table, local / f"part-{i}.parquet", row_group_size=300)
+        pq.write_table(table, local / f"part-{i}.parquet", row_group_size=200)
     prefix = f"{s3_bucket}/table"
     fs = filesystem(error=ModelError)
     fs.put([str(p) for p in sorted(local.iterdir())], f"{prefix}/")
@@ -67,13 +67,14 @@ def test_an_s3_prefix_streams_and_trains_the_model_the_local_shards_train(tmp_pa
     import foundry
 
     local, prefix = shards
-    # DataLoader workers on: each opens the objects itself (s3fs is not fork-safe)
-    on_disk = config(local, tmp_path, stream={"workers": 2, "block_rows": 256})
-    in_s3 = config(f"{prefix}/", tmp_path, stream={"workers": 2, "block_rows": 256})
+    # training reads through a DataLoader worker, which opens the objects itself (s3fs
+    # is not fork-safe)
+    on_disk = config(local, tmp_path, stream={"workers": 1, "block_rows": 256})
+    in_s3 = config(f"{prefix}/", tmp_path, stream={"workers": 1, "block_rows": 256})
     want, _ = load_splits(on_disk, QUIET)
     got, _ = load_splits(in_s3, QUIET)
     assert got.stream.table.files == [f"{prefix}/part-{i}.parquet" for i in range(3)]
-    assert len(got.stream.table.pieces) == 9  # 800 rows a shard, row groups of 300
+    assert len(got.stream.table.pieces) == 6  # 400 rows a shard, row groups of 200
     assert got.rows == want.rows and sum(got.rows.values()) == ROWS
     assert got.stream.fingerprint == want.stream.fingerprint
     assert_same_state(got.stream.preprocessor, want.stream.preprocessor)
@@ -89,6 +90,7 @@ def test_an_s3_prefix_streams_and_trains_the_model_the_local_shards_train(tmp_pa
     (disk,), (s3,) = (r.history for r in results)
     assert s3["train_loss"] == pytest.approx(disk["train_loss"], rel=1e-6)
     assert s3["val_loss"] == pytest.approx(disk["val_loss"], rel=1e-6)
+    assert s3["rows_per_rank"] == disk["rows_per_rank"] == [got.stream.n_rows]  # one process
     assert results[1].metrics["log_loss"] == pytest.approx(results[0].metrics["log_loss"])
     assert results[1].metrics["confusion_matrix"] == results[0].metrics["confusion_matrix"]
 

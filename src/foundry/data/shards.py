@@ -331,9 +331,9 @@ def _read_parquet(
 ) -> Iterator[pd.DataFrame]:
     import pyarrow.parquet as pq
 
-    # pre_buffer: a row group's column chunks in one coalesced read (an object: one GET
-    # per row group rather than one per column); a local file reads the same either way
-    file = pq.ParquetFile(source, pre_buffer=True)
+    # an object: a row group's column chunks in one coalesced ranged GET (pre_buffer),
+    # rather than one request per column; a local file is read as it always was
+    file = pq.ParquetFile(source, pre_buffer=not isinstance(source, Path))
     groups = None if row_group is None else [row_group]
     for batch in file.iter_batches(batch_size=block_rows, row_groups=groups, columns=columns):
         yield batch.to_pandas()

@@ -330,7 +330,7 @@ def _fit(
             # of every batch's loss tensor held ~17 KB of heap per batch, pinned between
             # the batches' activations: +340 MiB over a 30M-row epoch.)
             loss_sum, n_losses = torch.zeros((), device=device), 0
-            rows_trained = 0  # streamed data records it: the rows are not known up front
+            rows_trained = 0  # by this rank this epoch: streamed runs record it (rows_per_rank)
             if private is None:
                 if streamed is not None:  # a fresh shard order and shuffle per epoch
                     rank = distributed.rank() if ddp else 0
