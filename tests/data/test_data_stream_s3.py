@@ -49,7 +49,8 @@ def config(path: str | Path, base: Path, **data) -> LoadedConfig:
 @pytest.fixture
 def shards(tmp_path, s3_bucket) -> tuple[Path, str]:
     """The same 3 Parquet shards (row groups of 200 rows) on disk and under
-    `<bucket>/table/`, plus a stray object beside them that no glob below matches."""
+    `<bucket>/table/`, and beside the prefix `table-notes.txt` (.txt reads as CSV): the
+    prefix `table`, with or without its '/', is a folder and must not take it in."""
     local = tmp_path / "table"
     local.mkdir()
     df = make_table(ROWS, seed=3)
