@@ -131,7 +131,11 @@ def test_auto_weighs_the_listed_size_of_s3_shards(tmp_path, shards):
 def test_a_wrong_bucket_prefix_glob_or_credentials_is_an_error_naming_the_url(
     tmp_path, s3_bucket, monkeypatch, request
 ):
+    from foundry.data.shards import open_shards
+
     filesystem(error=ModelError).pipe_file(f"{s3_bucket}/data/a.parquet", b"not parquet")
+    filesystem(error=ModelError).pipe_file(f"{s3_bucket}/ok/a.csv", b"a,b\n1,2\n")
+    listed = open_shards(f"{s3_bucket}/ok/", "auto", None)  # before the credentials go
     cases = {
         "s3://no-such-foundry-bucket/data/": "bucket 'no-such-foundry-bucket' does not exist",
         f"{s3_bucket}/nothing/": f"no object or prefix {s3_bucket}/nothing/",
@@ -156,6 +160,8 @@ def test_a_wrong_bucket_prefix_glob_or_credentials_is_an_error_naming_the_url(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     with pytest.raises(DataError, match=f"cannot list data.path {s3_bucket}/data/: access denied"):
         load_splits(config(f"{s3_bucket}/data/", tmp_path), QUIET)
+    with pytest.raises(DataError, match=f"cannot read {s3_bucket}/ok/a.csv: access denied"):
+        next(listed.read(listed.pieces[0], None, 10))  # a worker reading a listed shard
 
 
 def test_a_parquet_piece_fetches_its_row_group_not_the_object(s3_bucket, monkeypatch):

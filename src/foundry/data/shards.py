@@ -105,14 +105,8 @@ class ShardedTable:
                     yield from _read_csv(source, self.delimiter, columns, block_rows)
                 else:
                     yield from _read_jsonl(source, columns, block_rows)
-        except DataError:
-            raise
         except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
             raise DataError(f"cannot read {path}: {e}") from e
-        except Exception as e:  # botocore / aiohttp: credentials, endpoint, network
-            from foundry.objectstore import describe_failure
-
-            raise DataError(f"cannot read {path}: {describe_failure(e)}") from e
 
     def head(self, rows: int, columns: list[str] | None = None) -> pd.DataFrame:
         """The first `rows` rows of the table (in piece order), for inferring types."""
@@ -279,11 +273,13 @@ def _non_empty(listed: list[tuple[Any, int]]) -> list[tuple[Any, int]]:
 def _opened(file: Shard, size: int | None, *, text: bool) -> Iterator[Any]:
     """What the readers read: a local path as it is; an object as a binary file whose
     reads are ranged GETs (Parquet: exactly the ranges pyarrow asks for; CSV / JSONL:
-    sequential reads of `_TEXT_BLOCK` bytes ahead)."""
+    sequential reads of `_TEXT_BLOCK` bytes ahead). A failure of object storage while
+    the block runs (credentials, endpoint, network) is a DataError naming the URL;
+    OSError and ValueError (a malformed file) are left to the caller, which names it."""
     if not isinstance(file, str):
         yield file
         return
-    from foundry.objectstore import filesystem
+    from foundry.objectstore import describe_failure, filesystem
 
     fs = filesystem(error=DataError)  # this process's own (fsspec keeps one per process)
     if text:
@@ -291,11 +287,14 @@ def _opened(file: Shard, size: int | None, *, text: bool) -> Iterator[Any]:
     else:
         options = {"cache_type": "none"}  # pyarrow asks for whole column chunks
     try:
-        handle = fs.open(file, "rb", size=size, **options)
+        with fs.open(file, "rb", size=size, **options) as handle:
+            yield handle
     except FileNotFoundError as e:
         raise DataError(f"data file not found: {file}") from e
-    with handle:
-        yield handle
+    except (DataError, OSError, ValueError):
+        raise
+    except Exception as e:  # botocore / aiohttp raise many kinds
+        raise DataError(f"cannot read {file}: {describe_failure(e)}") from e
 
 
 def _format_of(file: Shard) -> str:
@@ -316,14 +315,8 @@ def _parquet_metadata(file: Shard, size: int):  # -> pyarrow.parquet.FileMetaDat
     try:
         with _opened(file, size, text=False) as source:
             return pq.ParquetFile(source).metadata
-    except DataError:
-        raise
     except (OSError, ValueError) as e:
         raise DataError(f"cannot read {file} as Parquet: {e}") from e
-    except Exception as e:  # botocore / aiohttp: credentials, endpoint, network
-        from foundry.objectstore import describe_failure
-
-        raise DataError(f"cannot read {file}: {describe_failure(e)}") from e
 
 
 def _read_parquet(
