@@ -215,7 +215,8 @@ class DataConfig(Section):
     """Read the training rows from disk batch by batch instead of into memory (docs/
     DATA.md): `auto` streams when the table's estimated in-memory size passes
     `stream.memory_fraction` of the memory available; `true` / `false` force either.
-    With streaming, `path` may be a directory or a glob of Parquet / CSV / JSONL shards."""
+    With streaming, `path` may be a directory or a glob of Parquet / CSV / JSONL shards,
+    on disk or in S3 (`s3://bucket/prefix/`, `s3://bucket/prefix/*.parquet`)."""
     stream: StreamConfig = StreamConfig()
     """How streamed data is read, shuffled and sampled."""
 

@@ -107,11 +107,20 @@ def _resolve_format(path: Path, format: str) -> str:
     return fmt
 
 
-def sniff_delimiter(path: Path) -> str:
-    """Guess a CSV delimiter from the file's first 64 KiB; ',' when unsure."""
-    if path.suffix.lower() == ".tsv":
+def sniff_delimiter(path: Path | str) -> str:
+    """Guess a CSV delimiter from the file's first 64 KiB; ',' when unsure. `path` may
+    be an ``s3://`` URL (one ranged read of those bytes)."""
+    from foundry.objectstore import describe_failure, filesystem, is_url
+
+    if PurePosixPath(str(path)).suffix.lower() == ".tsv":
         return "\t"
-    with path.open("r", encoding="utf-8", errors="replace", newline="") as f:
+    if is_url(path):
+        try:
+            head = filesystem(error=DataError).cat_file(str(path), start=0, end=_SNIFF_BYTES)
+        except Exception as e:  # botocore / aiohttp: credentials, endpoint, network
+            raise DataError(f"cannot read {path}: {describe_failure(e)}") from e
+        return _sniff(head.decode("utf-8", errors="replace"))
+    with Path(path).open("r", encoding="utf-8", errors="replace", newline="") as f:
         return _sniff(f.read(_SNIFF_BYTES))
 
 
