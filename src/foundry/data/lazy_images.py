@@ -37,7 +37,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from foundry.data.encoders.image import ImageEncoder
 
-__all__ = ["IN_MEMORY_BYTES", "LazyImages", "default_workers", "epoch_inputs", "use_lazy"]
+__all__ = [
+    "IN_MEMORY_BYTES",
+    "LazyImages",
+    "decode_workers",
+    "default_workers",
+    "epoch_inputs",
+    "use_lazy",
+]
 
 IN_MEMORY_BYTES = 1 << 30
 """`data.images.loading: auto` keeps the decoded training images in memory up to this
@@ -113,6 +120,15 @@ def use_lazy(setting: str, encoders: Sequence[ImageEncoder], n_rows: int) -> boo
         return True
     per_row = sum(e.channels * e.height * e.width * 4 for e in encoders)  # float32
     return n_rows * per_row > IN_MEMORY_BYTES
+
+
+def decode_workers(train: Any) -> int:
+    """DataLoader worker processes that will decode `train`'s lazy image columns during
+    the training loop (0 when none is lazy): the loop leaves them their cores
+    (`foundry.training.runtime.torch_settings`)."""
+    if not isinstance(train, dict):
+        return 0
+    return max((c.workers for c in train.values() if isinstance(c, LazyImages)), default=0)
 
 
 class _Batches(Dataset):
