@@ -43,6 +43,7 @@ __all__ = [
     "decode_workers",
     "default_workers",
     "epoch_inputs",
+    "release_unused_memory",
     "use_lazy",
 ]
 
@@ -121,6 +122,20 @@ def use_lazy(setting: str, encoders: Sequence[ImageEncoder], n_rows: int) -> boo
         return True
     per_row = sum(e.channels * e.height * e.width * 4 for e in encoders)  # float32
     return n_rows * per_row > IN_MEMORY_BYTES
+
+
+def release_unused_memory() -> None:
+    """Hand back to the OS the memory that reading, scrubbing and fingerprinting the
+    table freed but allocators kept: pyarrow's pool (pandas' strings live in Arrow)
+    held ~37 MB after a 100k-image folder, and reference cycles ~14 MB more. Once,
+    before training: otherwise that memory grows with the folder like the decoded array
+    it replaces, only less, and forked workers inherit it."""
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
 
 
 def decode_workers(train: Any) -> int:
