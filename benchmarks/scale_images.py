@@ -5,12 +5,14 @@
     python benchmarks/scale_images.py --repeat 2 --json out.json
     python benchmarks/scale_images.py --model small            # 1/4 of the filters (CPU)
     python benchmarks/scale_images.py --sizes 50000 --memory-up-to 50000 --paths memory
+    python benchmarks/scale_images.py --sizes 10000 --threads 1   # train.num_threads: 1
 
 Generates image folders of N small PNGs (32x32 RGB, 10 classes: noise plus a coloured
 square whose place and colour give the class; written by a process pool, kept under
 `--workdir` for later runs), then trains one epoch of the default image model (what
 `foundry init` picks for an image folder: `model.type: cnn` with its defaults, default
-`train` settings) on each, every run in a fresh subprocess:
+`train` settings; `--threads` sets `train.num_threads`, which a lazy run otherwise sets to
+the cores its decode workers leave) on each, every run in a fresh subprocess:
 
     memory   `data.images.loading: memory`: every image decoded into one float32
              [N, 3, 32, 32] array before training (the path before issue 18)
