@@ -905,7 +905,8 @@ class TrainConfig(Section):
     deterministic: bool = True
     """Ask PyTorch for deterministic kernels (bit-for-bit repeatable on CPU)."""
     num_threads: int | None = Field(None, ge=1)
-    """CPU threads for PyTorch; `None` keeps PyTorch's default."""
+    """CPU threads for PyTorch; `None` keeps PyTorch's default (one per core), less one
+    per worker decoding lazy images (`data.images.workers`), which needs a core to itself."""
     gradient_accumulation: int = Field(1, ge=1)
     """Micro-batches whose gradients are summed before each optimizer step (effective
     batch = batch_size x gradient_accumulation)."""

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from foundry.config.schema import TrainConfig
-from foundry.data.lazy_images import epoch_inputs
+from foundry.data.lazy_images import decode_workers, epoch_inputs
 from foundry.data.schema import TaskInfo
 from foundry.errors import TrainError
 from foundry.training import distributed
@@ -151,7 +151,7 @@ def fit(
     Raises `TrainError` when the loss diverges, the device or precision is unavailable,
     the monitored metric does not exist, or there is nothing to resume.
     """
-    with torch_settings(config):
+    with torch_settings(config, workers=decode_workers(train)):
         return _fit(
             model,
             train,
