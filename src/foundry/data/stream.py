@@ -302,7 +302,7 @@ def stream_splits(loaded: LoadedConfig, table: ShardedTable, say: Reporter) -> t
     cfg = loaded.config
     data = cfg.data
     holdout = {
-        name: open_shards(loaded.resolve(path), data.format, data.delimiter)
+        name: open_shards(loaded.data_source(path), data.format, data.delimiter)
         for name, path in (("val", data.val_path), ("test", data.test_path))
         if path
     }

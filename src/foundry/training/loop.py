@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from foundry.config.schema import TrainConfig
-from foundry.data.lazy_images import epoch_inputs
+from foundry.data.lazy_images import decode_workers, epoch_inputs
 from foundry.data.schema import TaskInfo
 from foundry.errors import TrainError
 from foundry.training import distributed
@@ -76,7 +76,8 @@ per-row tensor, e.g. a teacher's outputs), inputs after augmentation."""
 class FitResult:
     history: list[dict[str, Any]]
     """One dict per epoch (the lines of metrics.jsonl): epoch, train_loss, val_loss,
-    val_<metric>..., lr, seconds."""
+    val_<metric>..., lr, seconds; streamed data adds rows_per_rank (the training rows
+    each rank trained on that epoch, in rank order: one entry for one process)."""
     best_epoch: int
     """1-based epoch whose weights were kept."""
     best_metrics: dict[str, Any]
@@ -150,7 +151,7 @@ def fit(
     Raises `TrainError` when the loss diverges, the device or precision is unavailable,
     the monitored metric does not exist, or there is nothing to resume.
     """
-    with torch_settings(config):
+    with torch_settings(config, workers=decode_workers(train)):
         return _fit(
             model,
             train,
@@ -329,6 +330,7 @@ def _fit(
             # of every batch's loss tensor held ~17 KB of heap per batch, pinned between
             # the batches' activations: +340 MiB over a 30M-row epoch.)
             loss_sum, n_losses = torch.zeros((), device=device), 0
+            rows_trained = 0  # by this rank this epoch: streamed runs record it (rows_per_rank)
             if private is None:
                 if streamed is not None:  # a fresh shard order and shuffle per epoch
                     rank = distributed.rank() if ddp else 0
@@ -377,6 +379,7 @@ def _fit(
 
                     loss_sum += loss.detach().float()
                     n_losses += 1
+                    rows_trained += len(target)  # a shape: no device sync
                     bar.advance(b + 1)
                 batches.close()  # a stream's workers stop here (rows past n_batches unread)
             else:  # DP-SGD: each step a Poisson sample of rows, in physical batches
@@ -416,6 +419,10 @@ def _fit(
 
             # ---- validate, record
             record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+            if streamed is not None:  # each rank's share of the shards, as trained
+                record["rows_per_rank"] = (
+                    distributed.gather_counts(rows_trained) if ddp else [rows_trained]
+                )
             if val is not None and writer:
                 record.update(
                     _validate(

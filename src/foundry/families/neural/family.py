@@ -53,7 +53,7 @@ class NeuralFamily:
     def prepare(self, run: Run) -> NeuralData:
         from foundry.data import Preprocessor, fingerprint
         from foundry.data.dataset import check_leakage, load_splits
-        from foundry.data.lazy_images import use_lazy
+        from foundry.data.lazy_images import release_unused_memory, use_lazy
         from foundry.training import distributed
 
         loaded, say = run.loaded, run.say
@@ -71,7 +71,7 @@ class NeuralFamily:
         if splits.stream is not None:  # fitted in the streaming pass; trains from disk
             data_fingerprint = splits.stream.fingerprint
             preprocessor, train_enc = splits.stream.preprocessor, splits.stream
-            encode = preprocessor.transform
+            encode, lazy = preprocessor.transform, False
         else:
             image_columns = [f.name for f in resolved.inputs if f.type == "image"]
             data_fingerprint = fingerprint(
@@ -89,6 +89,8 @@ class NeuralFamily:
             train_enc = encode(train_df)
         # streamed: validation runs on the split's uniform sample
         val_enc = encode(splits.val) if len(splits.val) else None
+        if lazy:
+            release_unused_memory()  # what preparing left behind (lazy: memory flat in N)
         return NeuralData(
             splits, resolved, preprocessor, train_enc, val_enc, data_fingerprint, leakage
         )
