@@ -115,6 +115,18 @@ def test_dictionary_columns_and_selected_rows_encode_the_same(fitted):
     )
 
 
+def test_a_block_whose_column_is_all_missing_encodes_the_same(fitted):
+    pre, batch = fitted
+    # a row group's dictionary of a column holding nulls only is empty
+    nulls = pa.DictionaryArray.from_arrays(
+        pa.nulls(batch.num_rows, pa.int32()), pa.array([], pa.string())
+    )
+    for name in ("city", "plan"):
+        i = batch.schema.get_field_index(name)
+        empty = batch.set_column(i, name, nulls)
+        assert_identical(pre.transform_arrow(empty), pre.transform(empty.to_pandas()))
+
+
 def test_a_bad_target_value_raises_the_pandas_error(fitted):
     pre, batch = fitted
     name = pre.target.name

@@ -142,6 +142,8 @@ class Preprocessor:
         index on the way (those cost more than the encoding); a column of a type it does
         not take is converted alone, as `to_pandas` would convert it. Image inputs do
         not stream from a table."""
+        if self._image:
+            raise DataError(f"image input '{self._image[0].name}' cannot be streamed from a table")
         names = [*self.resolved.input_names, self.target.name]
         _require_columns(batch.schema, names, "data")
 
@@ -150,8 +152,6 @@ class Preprocessor:
             return x if x is not None else enc.transform(_pandas_column(batch, enc.name))
 
         out = self._pack(batch.num_rows, encode)
-        if self._image:
-            raise DataError(f"image input '{self._image[0].name}' cannot be streamed from a table")
         out["target"] = torch.from_numpy(encode(self.target))
         return out
 

@@ -98,8 +98,12 @@ def arrow_lookup(arr: pa.Array, vocab: list[str]) -> tuple[np.ndarray, np.ndarra
     kind = arr.type
     if pa.types.is_dictionary(kind):
         positions, missing = _dictionary_lookup(arr.dictionary, vocab)
-        indices = arr.indices.fill_null(0).to_numpy(zero_copy_only=False)
-        return positions[indices], missing[indices] | _nulls(arr)
+        # null indices point one past the values: at an entry "missing, not in vocab"
+        # (which also serves a block of nulls only, whose dictionary is empty)
+        positions, missing = np.append(positions, -1), np.append(missing, True)
+        indices = arr.indices.fill_null(len(arr.dictionary))
+        where = indices.to_numpy(zero_copy_only=False)
+        return positions[where], missing[where]
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         found = pc.index_in(arr, value_set=pa.array(vocab, type=kind))
         return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64), _nulls(arr)
