@@ -22,7 +22,10 @@ Reported per run:
 - time to first batch: from the call to `foundry.train` to the first forward pass of
   the model (reading, the split, fitting the preprocessing, and the workers' first
   block), caught by a global forward pre-hook;
-- wall seconds of the whole call (evaluation and packaging included).
+- wall seconds of the whole call (evaluation and packaging included);
+- CPU seconds of the epoch: the training process's during its training steps (from the
+  first forward pass to validation's first), and the DataLoader workers' (the only
+  children), which the machine's other jobs disturb far less than rows/s.
 
 `--same-process` isolates the epoch: `foundry.training.fit` on the streamed table and
 on the same training rows as in-memory tensors, in one process, alternating, one epoch
