@@ -21,7 +21,8 @@ N clients (N in --streams) each stream a completion of --tokens tokens (sampled,
 `stream_options.include_usage`) at once, --rounds times. Reported per N: aggregate
 tokens/s (completion tokens of all streams / wall time from the first request to the
 last `[DONE]`), time to first token p50/p99 (request sent → first text chunk) and
-inter-token latency p50/p99 (gaps between text chunks of a stream).
+inter-token latency p50/p99 (gaps between text chunks of a stream). The clients run in a
+separate process that imports httpx only, as a user's would (see `_load_in_client`).
 
 transformers' continuous batching (`model.generate_batch`, transformers >= 4.56; it runs
 on CPU) decodes the same Llama weights, the same prompts and --tokens in-process, N at
