@@ -17,6 +17,10 @@ little per row. The training process cuts the blocks into batches (slices: no co
 
 Rows per epoch are known from the fitting pass (`piece_rows`), so the training loop
 knows its batch count up front, as it does in memory.
+
+`prefetch` starts an epoch's workers ahead (epoch 1's during the run's preparation, the
+next one's during validation), so that an epoch does not begin by waiting for a fork
+and a first block; a later `batches` call for that epoch takes them over.
 """
 
 from __future__ import annotations
