@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -212,6 +213,56 @@ def test_workers_stream_the_same_rows(streamed):
     finally:
         stream.stream = stream.stream.model_copy(update={"workers": 0})
     assert np.array_equal(np.sort(one), np.sort(two))
+
+
+def test_an_epoch_started_ahead_streams_what_it_would_have_streamed(streamed):
+    # prefetch forks the workers early; the batches, and their order, must not change
+    stream = streamed[0].stream
+    stream.stream = stream.stream.model_copy(update={"workers": 2})
+    me = psutil.Process()
+    others = {p.pid for p in me.children()}  # servers a session fixture may have started
+
+    def rid(batches) -> np.ndarray:
+        return np.concatenate([b["numeric"][:, 0].numpy() for b in batches])
+
+    def workers() -> list[psutil.Process]:
+        alive = [p for p in me.children() if p.pid not in others and p.is_running()]
+        return [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+    try:
+        want = rid(stream.batches(1, 64))
+        stream.prefetch(1, 64)
+        assert len(workers()) == 2  # already running, before the first batch is asked for
+        assert np.array_equal(rid(stream.batches(1, 64)), want)
+        stream.prefetch(2, 64)  # another epoch: stopped, epoch 1 read afresh
+        assert np.array_equal(rid(stream.batches(1, 64)), want)
+        stream.prefetch(1, 64)
+        stream.discard_prefetch()  # a run that stopped early
+        assert workers() == []
+    finally:
+        stream.stream = stream.stream.model_copy(update={"workers": 0})
+
+
+def test_a_run_trains_the_same_weights_when_its_epoch_was_started_ahead(streamed, tmp_path):
+    # starting a DataLoader draws from the global RNG, which dropout draws from too
+    from foundry.models import build_model
+    from foundry.training import fit
+
+    stream = streamed[0].stream
+    cfg = loaded_config(Path("unused.parquet")).config
+    train = cfg.train.model_copy(update={"epochs": 2, "num_threads": 1})
+    pre = stream.preprocessor
+    weights = []
+    for ahead in (False, True):
+        torch.manual_seed(0)
+        model = build_model(cfg.model, pre.schema, 2)  # an MLP with dropout
+        if ahead:
+            stream.prefetch(1, train.batch_size)
+        result = fit(model, stream, None, train, pre.task, tmp_path / str(ahead), n_outputs=2,
+                     progress=False)  # fmt: skip
+        weights.append(result.state_dict)
+    for key, tensor in weights[0].items():
+        assert torch.equal(weights[1][key], tensor), key
 
 
 def test_auto_streams_only_when_the_table_passes_the_memory_fraction(table_dir):

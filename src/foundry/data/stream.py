@@ -17,6 +17,10 @@ little per row. The training process cuts the blocks into batches (slices: no co
 
 Rows per epoch are known from the fitting pass (`piece_rows`), so the training loop
 knows its batch count up front, as it does in memory.
+
+`prefetch` starts an epoch's workers ahead (epoch 1's during the run's preparation, the
+next one's during validation), so that an epoch does not begin by waiting for a fork
+and a first block; a later `batches` call for that epoch takes them over.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ class StreamedTable:
         """Rows per split in the whole table (the manifest's `data.rows`)."""
         self.fingerprint = fingerprint
         self.seed = cfg.train.seed
+        self._early: tuple[tuple[int, ...], _Epoch] | None = None
+        """An epoch's batches started ahead by `prefetch`: (its arguments, the batches)."""
         resolved = preprocessor.resolved
         self.needed = [*resolved.input_names, resolved.target]
         """The columns encoding reads (the fitting pass read all of `columns`)."""
@@ -145,12 +151,48 @@ class StreamedTable:
             )
         return min(self.rows_for(r, world) // batch_size for r in range(world))
 
-    def batches(
-        self, epoch: int, batch_size: int, *, rank: int = 0, world: int = 1
-    ) -> Iterator[Encoded]:
+    def batches(self, epoch: int, batch_size: int, *, rank: int = 0, world: int = 1) -> _Epoch:
         """This epoch's shuffled batches of `batch_size` rows (the last may be shorter),
         as CPU tensors: the caller stops after `batches_per_epoch` of them (closing the
-        iterator stops the workers)."""
+        iterator stops the workers). The epoch `prefetch` started, if it is this one;
+        any other started epoch is stopped."""
+        # Starting a DataLoader draws its workers' base seed from the global RNG, which
+        # dropout also draws from; these loaders draw from their own generator (the
+        # workers shuffle with seeds of their own) so that starting one ahead changes
+        # nothing, and this one draw keeps the global RNG where a loader started here
+        # left it before: a seed trains the same model as it did without prefetching.
+        torch.empty((), dtype=torch.int64).random_()
+        early, self._early = self._early, None
+        key = (epoch, batch_size, rank, world)
+        if early is not None and early[0] == key:
+            return early[1]
+        if early is not None:
+            early[1].close()
+        return self._start(*key)
+
+    def prefetch(self, epoch: int, batch_size: int, *, rank: int = 0, world: int = 1) -> None:
+        """Start `batches(epoch, ...)` now: its DataLoader workers fork and read and
+        encode their first blocks while this process does something else (the model's
+        set-up, the previous epoch's validation). A later `batches` call with the same
+        arguments takes them over; the same rows in the same order as without."""
+        self.discard_prefetch()
+        self._early = (
+            (epoch, batch_size, rank, world),
+            self._start(epoch, batch_size, rank, world),
+        )
+
+    def discard_prefetch(self) -> None:
+        """Stop the workers `prefetch` started and no `batches` call took (a run that
+        stopped early, or failed)."""
+        early, self._early = self._early, None
+        if early is not None:
+            early[1].close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a spawned DataLoader worker receives the table without the running loader
+        return {**self.__dict__, "_early": None}
+
+    def _start(self, epoch: int, batch_size: int, rank: int, world: int) -> _Epoch:
         mine = rank_pieces(len(self.table.pieces), rank, world)
         order = np.random.default_rng([self.seed, epoch]).permutation(len(mine))
         blocks = _Blocks(self, [mine[i] for i in order], (self.seed, epoch, rank), batch_size)
@@ -160,25 +202,52 @@ class StreamedTable:
             batch_size=None,  # the workers hand over whole shuffled blocks
             num_workers=workers,
             prefetch_factor=2 if workers else None,
+            generator=torch.Generator(),  # not the global RNG: see `batches`
         )
-        # Workers hand over whole batches' worth of rows, so a batch is a view of a
-        # block in shared memory; only each worker's last few rows are joined here.
-        # (Joining every block to the previous one's rest allocated a block-sized
-        # buffer per block in this process, which fragmented its heap: +60% RSS at 10M.)
-        carry: Encoded | None = None
-        for block in loader:
-            n = len(block["target"])
-            full = n - n % batch_size
-            for i in range(0, full, batch_size):
-                yield {k: v[i : i + batch_size] for k, v in block.items()}
-            if full < n:
-                rest = {k: v[full:] for k, v in block.items()}
-                carry = rest if carry is None else {k: torch.cat([carry[k], rest[k]]) for k in rest}
-            if carry is not None and len(carry["target"]) >= batch_size:
-                yield {k: v[:batch_size] for k, v in carry.items()}
-                carry = {k: v[batch_size:] for k, v in carry.items()}
-        if carry is not None and len(carry["target"]):
-            yield carry
+        # iter() forks the workers, and each starts on its first blocks at once (without
+        # workers nothing is read before the first batch is asked for)
+        return _Epoch(iter(loader), batch_size)
+
+
+class _Epoch(Iterator[Encoded]):
+    """One epoch's batches (`_cut`) over a running loader; `close` stops its workers
+    now (a generator never started would not run its `finally`), rather than whenever
+    the loader's iterator is collected."""
+
+    def __init__(self, blocks: Iterator[Encoded], batch_size: int) -> None:
+        self.blocks, self.batches = blocks, _cut(blocks, batch_size)
+
+    def __next__(self) -> Encoded:
+        return next(self.batches)
+
+    def close(self) -> None:
+        self.batches.close()
+        shutdown = getattr(self.blocks, "_shutdown_workers", None)  # none without workers
+        if shutdown is not None:
+            shutdown()
+
+
+def _cut(blocks: Iterator[Encoded], batch_size: int) -> Iterator[Encoded]:
+    """Batches of `batch_size` rows out of the workers' blocks.
+
+    Workers hand over whole batches' worth of rows, so a batch is a view of a block in
+    shared memory; only each worker's last few rows are joined here. (Joining every
+    block to the previous one's rest allocated a block-sized buffer per block in this
+    process, which fragmented its heap: +60% RSS at 10M.)"""
+    carry: Encoded | None = None
+    for block in blocks:
+        n = len(block["target"])
+        full = n - n % batch_size
+        for i in range(0, full, batch_size):
+            yield {k: v[i : i + batch_size] for k, v in block.items()}
+        if full < n:
+            rest = {k: v[full:] for k, v in block.items()}
+            carry = rest if carry is None else {k: torch.cat([carry[k], rest[k]]) for k in rest}
+        if carry is not None and len(carry["target"]) >= batch_size:
+            yield {k: v[:batch_size] for k, v in carry.items()}
+            carry = {k: v[batch_size:] for k, v in carry.items()}
+    if carry is not None and len(carry["target"]):
+        yield carry
 
 
 class _Blocks(IterableDataset):

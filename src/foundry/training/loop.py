@@ -151,23 +151,29 @@ def fit(
     Raises `TrainError` when the loss diverges, the device or precision is unavailable,
     the monitored metric does not exist, or there is nothing to resume.
     """
-    with torch_settings(config, workers=decode_workers(train)):
-        return _fit(
-            model,
-            train,
-            val,
-            config,
-            task,
-            Path(run_dir),
-            n_outputs=n_outputs,
-            resume=resume,
-            progress=progress,
-            augment=augment,
-            metric_fn=metric_fn,
-            log=log,
-            on_epoch_end=on_epoch_end,
-            loss_fn=loss_fn,
-        )
+    # lazy image columns and streamed tables both read in DataLoader workers
+    workers = decode_workers(train) if isinstance(train, dict) else train.stream.workers
+    try:
+        with torch_settings(config, workers=workers):
+            return _fit(
+                model,
+                train,
+                val,
+                config,
+                task,
+                Path(run_dir),
+                n_outputs=n_outputs,
+                resume=resume,
+                progress=progress,
+                augment=augment,
+                metric_fn=metric_fn,
+                log=log,
+                on_epoch_end=on_epoch_end,
+                loss_fn=loss_fn,
+            )
+    finally:
+        if not isinstance(train, dict):  # workers started ahead for an epoch never run
+            train.discard_prefetch()
 
 
 def _fit(
@@ -203,11 +209,6 @@ def _fit(
     if streamed is not None:
         _check_streamable(config, loss_fn)
         input_keys, n_rows = streamed.input_keys, streamed.n_rows
-        workers = streamed.stream.workers
-        if device.type == "cpu" and workers and config.num_threads is None:
-            # the DataLoader workers read and encode on cores of their own: training
-            # threads competing with them for the same cores slowed epochs ~10x (2 cores)
-            torch.set_num_threads(max(1, torch.get_num_threads() - workers))
     else:
         input_keys = [k for k in train if k != "target"]
         train = {k: v.to(device) for k, v in train.items()}
@@ -382,6 +383,10 @@ def _fit(
                     rows_trained += len(target)  # a shape: no device sync
                     bar.advance(b + 1)
                 batches.close()  # a stream's workers stop here (rows past n_batches unread)
+                if streamed is not None and epoch < config.epochs:
+                    # the next epoch's workers start on their first blocks while this
+                    # one validates and checkpoints (a run that stops early drops them)
+                    streamed.prefetch(epoch + 1, batch_size, rank=rank, world=world)
             else:  # DP-SGD: each step a Poisson sample of rows, in physical batches
                 for b, rows in enumerate(private.sample_steps(generators["shuffle"])):
                     parts = rows.to(device).split(batch_size)  # one empty part if no rows

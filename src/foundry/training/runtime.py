@@ -32,11 +32,11 @@ def torch_settings(config: TrainConfig, *, workers: int = 0) -> Iterator[None]:
     training loop only.
 
     `workers`: DataLoader worker processes that decode batches during the loop (lazy
-    image columns). With `train.num_threads` unset the loop then takes only the cores they
-    leave: an intra-op thread sharing a core with a busy worker makes every op wait at
-    its barrier for a descheduled thread. Measured on 2 cores (1 decode worker, a busy
-    machine): the small CNN of benchmarks/scale_images.py trained 260 images/s with 2
-    threads and 1,245 with 1."""
+    image columns, or a streamed table's readers). With `train.num_threads` unset the
+    loop then takes only the cores they leave: an intra-op thread sharing a core with a
+    busy worker makes every op wait at its barrier for a descheduled thread. Measured on
+    2 cores (1 decode worker, a busy machine): the small CNN of
+    benchmarks/scale_images.py trained 260 images/s with 2 threads and 1,245 with 1."""
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()

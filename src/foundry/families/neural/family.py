@@ -69,6 +69,7 @@ class NeuralFamily:
             f"{rows['train']}/{rows['val']}/{rows['test']}"
         )
         if splits.stream is not None:  # fitted in the streaming pass; trains from disk
+            _start_first_epoch(splits.stream, run)
             data_fingerprint = splits.stream.fingerprint
             preprocessor, train_enc = splits.stream.preprocessor, splits.stream
             encode, lazy = preprocessor.transform, False
@@ -185,6 +186,22 @@ class NeuralFamily:
 
     def outputs(self, model: Any, batch: pd.DataFrame) -> Any:
         return model.outputs(batch)
+
+
+def _start_first_epoch(stream: Any, run: Run) -> None:
+    """Fork the first epoch's DataLoader workers now, so that they read and encode their
+    first blocks while this process checks for leakage, encodes the validation sample
+    and builds the model (`StreamedTable.prefetch`; `fit` takes them over, or stops them
+    when its first epoch is another). Not for a resumed run, whose first epoch is only
+    known from its checkpoint, nor under train.privacy, which cannot stream."""
+    from foundry.training import distributed
+
+    train = run.config.train
+    if run.resume or train.privacy is not None or not stream.stream.workers:
+        return
+    world, rank = (distributed.world_size(), distributed.rank()) if distributed.active() else (1, 0)
+    if train.batch_size % world == 0:  # else fit refuses the batch size
+        stream.prefetch(1, train.batch_size // world, rank=rank, world=world)
 
 
 def image_augmenter(cfg: Any, resolved: Any):
