@@ -275,3 +275,25 @@ def test_generate_ids_needs_no_tokenizer():
         ScriptedStep([[7, 8, 9]], after=1), context_length=16, pad_id=0, stop_ids=[1]
     )
     assert eng.generate_ids([[3, 4], [5]], params()) == [[7, 8, 9], [7, 8, 9]]
+
+
+def test_bytewise_decoding_resumes_and_equals_the_whole_decode():
+    """foundry's byte-level BPE is decoded from the last whole character (TextTracker):
+    at every token the text must be the whole sequence's decode, including broken UTF-8
+    (lone continuation bytes, cut multi-byte characters) and merged multi-byte tokens."""
+    import random
+
+    from foundry.lm.generate import TextTracker
+    from foundry.lm.tokenizer import BPETokenizer
+
+    corpus = ["añ€😀z naïve café 日本語 ok"] * 20 + ["the quick brown fox"] * 20
+    tok = BPETokenizer.train(corpus, vocab_size=400, min_frequency=1)
+    assert tok.decodes_bytewise
+    rng = random.Random(0)
+    for trial in range(40):
+        tracker, tokens = TextTracker(tok, ["fox"] if trial % 2 else []), []
+        for _ in range(60):
+            tokens.append(rng.randrange(tok.vocab_size))
+            if tracker.update(tokens):
+                break
+            assert tracker.final() == tok.decode(tokens)

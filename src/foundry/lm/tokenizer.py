@@ -75,6 +75,10 @@ class BPETokenizer:
     """
 
     chat_template: str | None = None  # the default template (foundry.lm.data)
+    decodes_bytewise = True
+    """decode(a + b) == decode(a) + decode(b) whenever decode(a) ends on a whole
+    character: the ByteLevel decoder maps each token to its bytes and the bytes are
+    read as UTF-8, nothing more (foundry.lm.generate.TextTracker relies on it)."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self._tok = tokenizer
