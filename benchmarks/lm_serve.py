@@ -35,8 +35,12 @@ so only ratios from one run mean anything.
 (its `src/` folder, e.g. `git worktree add /tmp/base main`), as engine `baseline`,
 alternating with this tree's server --repeats times: a before/after in one run.
 
+Each row also says where the CPU went per generated token: the server's engine thread,
+its event loop, the whole server process and the load client (`_load_in_client`).
+
 --engine-cpu: also the engine alone, in-process (no HTTP), for this tree and the
-baseline: N Llama prompts x --tokens submitted at once to `continuous_batcher`, in tokens
+baseline: N prompts x --tokens of --engine-model (tiny-llama or gpt-corpus) submitted
+at once to `continuous_batcher`, in tokens
 per second of the engine thread's CPU time (`time.thread_time` around each step), a
 measure a busy shared machine disturbs far less than the wall clock.
 
@@ -240,21 +244,55 @@ async def _load(url: str, key: str, model: str, n: int, tokens: int, rounds: int
     }
 
 
-def _load_in_client(url: str, key: str, model: str, n: int, tokens: int, rounds: int) -> dict:
+def _load_in_client(
+    url: str, key: str, model: str, n: int, tokens: int, rounds: int, server_pid: int
+) -> dict:
     """`_load` in a fresh Python process that imports httpx and nothing heavy, as a
     user's client would be. Run in this process, which has imported torch, transformers
     and the server's modules to build the models, the client's own garbage collector
     stalled it for 0.3-0.8 s (a full pass over those modules' objects) in the middle of
-    a burst: those stalls were most of the time-to-first-token p99 measured before."""
+    a burst: those stalls were most of the time-to-first-token p99 measured before.
+
+    Beside the figures, where the CPU went per generated token (µs): the server's
+    busiest thread other than its main one (the model's engine thread, under load), its
+    main thread (the event loop: HTTP, keys, SSE chunks), the whole server process, and
+    the load client. CPU time is far less disturbed by a busy machine than wall time."""
     job = json.dumps([url, key, model, n, tokens, rounds])
+    server_before, client_before = _thread_cpu(server_pid), os.times()
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--client", job],
         capture_output=True,
         text=True,
     )
+    server_after, client_after = _thread_cpu(server_pid), os.times()
     if out.returncode:
         raise SystemExit(f"the load client failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout)
+    row = json.loads(out.stdout)
+    if server_after:  # /proc is there (Linux)
+        spent = {t: cpu - server_before.get(t, 0.0) for t, cpu in server_after.items()}
+        main = spent.pop(server_pid, 0.0)
+        per_token = 1e6 / max(1, row["tokens"])
+        client = sum(client_after[2:4]) - sum(client_before[2:4])  # children's user + sys
+        row["cpu_us_per_token"] = {
+            "engine_thread": max(spent.values(), default=0.0) * per_token,
+            "event_loop": main * per_token,
+            "server": (main + sum(spent.values())) * per_token,
+            "client": client * per_token,
+        }
+    return row
+
+
+def _thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of process `pid`, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    threads: dict[int, float] = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]
+                utime, stime = fields.split()[11:13]
+                threads[int(tid)] = (int(utime) + int(stime)) / tick
+    return threads
 
 
 def _pct(values: list[float], q: int) -> float:
@@ -326,7 +364,7 @@ def _server(
             if time.monotonic() > deadline:
                 raise SystemExit("the server did not start in 300 s")
             time.sleep(0.3)
-        yield url, key
+        yield url, key, proc.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGINT)
@@ -448,14 +486,14 @@ print(json.dumps(figures))
 """
 
 
-def engine_cpu(env: dict[str, str], src: Path | None, n: int, tokens: int) -> list[float]:
-    """Tokens per CPU-second of the engine thread, tiny Llama, `n` rows (--engine-cpu),
-    in a subprocess importing foundry from `src` (None: this tree)."""
+def engine_cpu(
+    env: dict[str, str], src: Path | None, n: int, tokens: int, model: str = "tiny-llama"
+) -> list[float]:
+    """Tokens per CPU-second of the engine thread, `model` (--engine-model), `n` rows
+    (--engine-cpu), in a subprocess importing foundry from `src` (None: this tree)."""
     if src is not None:
         env = {**env, "PYTHONPATH": str(src)}
-    out = _run(
-        [sys.executable, "-c", _ENGINE_CPU, "tiny-llama", str(n), str(tokens), *PROMPTS], env, ROOT
-    )
+    out = _run([sys.executable, "-c", _ENGINE_CPU, model, str(n), str(tokens), *PROMPTS], env, ROOT)
     return json.loads(out.splitlines()[-1])
 
 
@@ -480,6 +518,12 @@ def main() -> None:
     parser.add_argument("--baseline-src", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--engine-cpu", action="store_true")
+    parser.add_argument(
+        "--engine-model",
+        default="tiny-llama",
+        choices=["tiny-llama", "gpt-corpus"],
+        help="the model --engine-cpu runs",
+    )
     parser.add_argument("--client", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client is not None:  # the load client's own process (_load_in_client)
@@ -520,10 +564,10 @@ def main() -> None:
         # alternate the order, so neither side always runs first on a drifting machine
         for engine, slots, src in servers if repeat % 2 == 0 else servers[::-1]:
             label = engine if args.repeats == 1 else f"{engine} #{repeat + 1}"
-            with _server(work, env, slots, args.device, dtype, src) as (url, key):
+            with _server(work, env, slots, args.device, dtype, src) as (url, key, pid):
                 for model in ("gpt-corpus", "tiny-llama"):
                     rows = [
-                        _load_in_client(url, key, model, n, args.tokens, args.rounds)
+                        _load_in_client(url, key, model, n, args.tokens, args.rounds, pid)
                         for n in streams
                     ]
                     results["engines"].setdefault(label, {})[model] = rows
@@ -534,7 +578,7 @@ def main() -> None:
         n = max(streams)
         for repeat in range(max(2, args.repeats)):
             for side, src in sides if repeat % 2 == 0 else sides[::-1]:
-                figures = engine_cpu(env, src, n, args.tokens)
+                figures = engine_cpu(env, src, n, args.tokens, args.engine_model)
                 results.setdefault("engine_cpu_tokens_per_s", {}).setdefault(side, []).append(
                     figures
                 )
@@ -562,12 +606,23 @@ def _table(results: dict) -> None:
     for engine, models in results["engines"].items():
         for model, rows in models.items():
             print(f"\n{engine} · {model}")
-            print("streams  tokens/s  tokens/stream  TTFT p50  TTFT p99  ITL p50  ITL p99  (ms)")
+            print(
+                "streams  tokens/s  tokens/stream  TTFT p50  TTFT p99  ITL p50  ITL p99  (ms)"
+                "   CPU µs/token: engine  loop  server  client"
+            )
             for r in rows:
+                cpu = r.get("cpu_us_per_token")
+                where = (
+                    f"   {cpu['engine_thread']:>18.0f}  {cpu['event_loop']:>4.0f}  "
+                    f"{cpu['server']:>6.0f}  {cpu['client']:>6.0f}"
+                    if cpu
+                    else ""
+                )
                 print(
                     f"{r['streams']:>7}  {r['tokens_per_s']:>8.0f}  "
                     f"{r['tokens_per_stream']:>13.1f}  {r['ttft_p50_ms']:>8.1f}  "
                     f"{r['ttft_p99_ms']:>8.1f}  {r['itl_p50_ms']:>7.1f}  {r['itl_p99_ms']:>7.1f}"
+                    f"{where}"
                 )
     print(f"\nprefill of one prompt, in-process (ms): {results['prefill_ms']}")
     hf = results.get("transformers_generate_batch")
