@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,10 @@ def test_the_cli_passes_its_exit_code_and_message_to_the_worker_exit(monkeypatch
 
 @pytest.fixture
 def data_dir(tmp_path):
+    return write_data(tmp_path)
+
+
+def write_data(folder: Path) -> Path:
     """Breast cancer (sklearn) as CSV files: 400 training rows (even: both ranks get 200),
     85 validation and 84 test rows; a config with dropout off and no early stopping."""
     from sklearn.datasets import load_breast_cancer
@@ -122,11 +127,11 @@ def data_dir(tmp_path):
     df = load_breast_cancer(as_frame=True).frame
     df["target"] = df["target"].map({0: "malignant", 1: "benign"})
     df = df.sample(frac=1.0, random_state=0)
-    df[:400].to_csv(tmp_path / "train.csv", index=False)
-    df[400:485].to_csv(tmp_path / "val.csv", index=False)
-    df[485:].to_csv(tmp_path / "test.csv", index=False)
-    write_config(tmp_path)
-    return tmp_path
+    df[:400].to_csv(folder / "train.csv", index=False)
+    df[400:485].to_csv(folder / "val.csv", index=False)
+    df[485:].to_csv(folder / "test.csv", index=False)
+    write_config(folder)
+    return folder
 
 
 def write_config(folder: Path, **train) -> Path:
@@ -234,15 +239,43 @@ def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> Non
         torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-4, msg=key)
 
 
-@pytest.fixture
-def single_process(data_dir, monkeypatch):
-    """The same config trained in this process: the weights and history to match."""
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    """The same config trained in this process, once for the three tests that compare
+    with it (4 epochs, never interrupted): the weights and history to match."""
     import foundry
 
-    monkeypatch.chdir(data_dir)
-    result = foundry.train("c.yaml", run_dir="single", progress=False, quiet=True)
+    folder = write_data(tmp_path_factory.mktemp("single"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("FOUNDRY_HOME", str(folder / "home"))
+        result = foundry.train("c.yaml", run_dir="single", progress=False, quiet=True)
     assert result.package_path is not None
     return load_file(str(result.package_path / "model.safetensors")), result.history
+
+
+@pytest.fixture(scope="module")
+def two_epochs_on_two(tmp_path_factory):
+    """`train --nproc 2 train.epochs=2`, run once for the two resume tests (a 2-process
+    launch costs ~12 s of CPU): its folder (data, runs/, home-ddp/) and the process."""
+    folder = write_data(tmp_path_factory.mktemp("two-epochs"))
+    done = foundry(
+        "train", "c.yaml", "--nproc", "2", "train.epochs=2", cwd=folder, home=folder / "home-ddp"
+    )
+    return folder, done
+
+
+@pytest.fixture
+def stopped(two_epochs_on_two, tmp_path):
+    """A copy of that 2-epoch run, as if it had been stopped after epoch 2 (no COMPLETED):
+    (folder, run directory, the first launch)."""
+    folder, first = two_epochs_on_two
+    assert first.returncode == 0, first.stderr
+    data_dir = tmp_path / "bc"
+    shutil.copytree(folder, data_dir)
+    (run,) = (data_dir / "runs").iterdir()
+    (run / "COMPLETED").unlink()
+    return data_dir, run, first
 
 
 @pytest.mark.slow
@@ -277,8 +310,11 @@ def test_torchrun_on_two_nodes_registers_once_and_costs_both_machines(data_dir):
     # Two torchrun agents, as on two machines (here both on localhost), meet at one c10d
     # rendezvous: the README's multi-node command, one process per node.
     home = data_dir / "home-nodes"
-    env = {**os.environ, "FOUNDRY_HOME": str(home),
-           "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "FOUNDRY_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
+    }
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     endpoint = f"127.0.0.1:{free_port()}"
@@ -301,15 +337,12 @@ def test_torchrun_on_two_nodes_registers_once_and_costs_both_machines(data_dir):
 
 
 @pytest.mark.slow
-def test_an_interrupted_two_process_run_resumes(data_dir, single_process):
+def test_an_interrupted_two_process_run_resumes(stopped, single_process):
+    data_dir, run, first = stopped
     home = data_dir / "home-ddp"
-    first = foundry("train", "c.yaml", "--nproc", "2", "train.epochs=2", cwd=data_dir, home=home)
-    assert first.returncode == 0, first.stderr
     # rank 0 reports (once); rank 1 prints nothing
     assert first.stderr.count("distributed: 2 processes (gloo), 16 rows each per step") == 1
     assert first.stderr.count("epoch 2/2") == 1 and first.stdout.count("bc:1") == 1
-    (run,) = (data_dir / "runs").iterdir()
-    (run / "COMPLETED").unlink()  # as if it had been stopped after epoch 2
 
     resumed = foundry(
         "train", "c.yaml", "--nproc", "2", "--resume", "--json", cwd=data_dir, home=home
@@ -325,15 +358,12 @@ def test_an_interrupted_two_process_run_resumes(data_dir, single_process):
 
 
 @pytest.mark.slow
-def test_a_two_process_run_resumes_in_one_process(data_dir, single_process):
+def test_a_two_process_run_resumes_in_one_process(stopped, single_process):
     # The checkpoint is rank 0's whole state (weights, optimizer, shuffle generator), and
     # the global batch does not depend on the number of processes: a run started on 2
     # processes finishes on 1 exactly as if it had never been split.
+    data_dir, run, _ = stopped
     home = data_dir / "home-ddp"
-    first = foundry("train", "c.yaml", "--nproc", "2", "train.epochs=2", cwd=data_dir, home=home)
-    assert first.returncode == 0, first.stderr
-    (run,) = (data_dir / "runs").iterdir()
-    (run / "COMPLETED").unlink()
 
     resumed = foundry("train", "c.yaml", "--resume", "--json", cwd=data_dir, home=home)
     assert resumed.returncode == 0, resumed.stderr
@@ -383,7 +413,6 @@ def _early_config():
         gradient_accumulation=2,
         early_stopping={"metric": "val_loss", "patience": 2, "min_delta": 0.01},
     )
-
 
 
 def _count_reductions_in_rank(rank: int, port: int, folder: str) -> None:
