@@ -73,31 +73,48 @@ def test_a_single_process_is_not_distributed(monkeypatch):
     assert distributed.from_main(lambda: "same") == "same"  # no group: just a call
 
 
-@pytest.mark.parametrize(
-    ("joined", "code", "expected"), [(True, 3, 3), (True, 0, 0), (False, 3, "returned")]
-)
+EXITS = [(True, 3, 3), (True, 0, 0), (False, 3, "returned")]
+"""(joined a group, exit code asked for, what the process must do)."""
+
+
+@pytest.fixture(scope="module")
+def exited_workers() -> dict[tuple[bool, int], subprocess.Popen]:
+    """The three cases' processes, started at once (each spends ~2 s importing torch)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    env.pop("PYTHONUNBUFFERED", None)  # stdout buffered, as a worker's pipe is
+    procs = {}
+    for joined, code, _ in EXITS:
+        script = (
+            "import sys\n"
+            "from foundry.training import distributed\n"
+            f"distributed._joined = {joined}\n"
+            "sys.stdout.write('result line')\n"  # no newline: still in the buffer
+            f"distributed.exit_worker({code})\n"
+            "print(' returned')\n"
+            "sys.exit(5)\n"
+        )
+        procs[joined, code] = subprocess.Popen(
+            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
+        )
+    yield procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize(("joined", "code", "expected"), EXITS)
 def test_a_worker_that_trained_in_a_group_exits_at_once_with_its_output_flushed(
-    joined, code, expected
+    exited_workers, joined, code, expected
 ):
     # A process that joined a group leaves through os._exit (gloo's threads can abort an
     # ordinary interpreter shutdown); what it printed, unflushed, must still arrive.
-    script = (
-        "import sys\n"
-        "from foundry.training import distributed\n"
-        f"distributed._joined = {joined}\n"
-        "sys.stdout.write('result line')\n"  # no newline: still in the buffer
-        f"distributed.exit_worker({code})\n"
-        "print(' returned')\n"
-        "sys.exit(5)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
-    env.pop("PYTHONUNBUFFERED", None)  # stdout buffered, as a worker's pipe is
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    proc = exited_workers[joined, code]
+    stdout, _ = proc.communicate(timeout=120)
     if expected == "returned":
-        assert done.returncode == 5 and done.stdout == "result line returned\n"
+        assert proc.returncode == 5 and stdout == "result line returned\n"
     else:
-        assert done.returncode == expected and done.stdout == "result line"
+        assert proc.returncode == expected and stdout == "result line"
 
 
 def test_the_cli_passes_its_exit_code_and_message_to_the_worker_exit(monkeypatch, capsys):
