@@ -21,7 +21,8 @@ N clients (N in --streams) each stream a completion of --tokens tokens (sampled,
 `stream_options.include_usage`) at once, --rounds times. Reported per N: aggregate
 tokens/s (completion tokens of all streams / wall time from the first request to the
 last `[DONE]`), time to first token p50/p99 (request sent → first text chunk) and
-inter-token latency p50/p99 (gaps between text chunks of a stream).
+inter-token latency p50/p99 (gaps between text chunks of a stream). The clients run in a
+separate process that imports httpx only, as a user's would (see `_load_in_client`).
 
 transformers' continuous batching (`model.generate_batch`, transformers >= 4.56; it runs
 on CPU) decodes the same Llama weights, the same prompts and --tokens in-process, N at
@@ -237,6 +238,23 @@ async def _load(url: str, key: str, model: str, n: int, tokens: int, rounds: int
         "itl_p50_ms": _pct(itl, 50),
         "itl_p99_ms": _pct(itl, 99),
     }
+
+
+def _load_in_client(url: str, key: str, model: str, n: int, tokens: int, rounds: int) -> dict:
+    """`_load` in a fresh Python process that imports httpx and nothing heavy, as a
+    user's client would be. Run in this process, which has imported torch, transformers
+    and the server's modules to build the models, the client's own garbage collector
+    stalled it for 0.3-0.8 s (a full pass over those modules' objects) in the middle of
+    a burst: those stalls were most of the time-to-first-token p99 measured before."""
+    job = json.dumps([url, key, model, n, tokens, rounds])
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--client", job],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode:
+        raise SystemExit(f"the load client failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout)
 
 
 def _pct(values: list[float], q: int) -> float:
@@ -462,7 +480,11 @@ def main() -> None:
     parser.add_argument("--baseline-src", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--engine-cpu", action="store_true")
+    parser.add_argument("--client", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.client is not None:  # the load client's own process (_load_in_client)
+        print(json.dumps(asyncio.run(_load(*json.loads(args.client)))))
+        return
     dtype = DTYPES[args.dtype]
     streams = [int(s) for s in args.streams.split(",")]
     work = args.work or Path(tempfile.mkdtemp(prefix="lm-serve-"))
@@ -501,7 +523,7 @@ def main() -> None:
             with _server(work, env, slots, args.device, dtype, src) as (url, key):
                 for model in ("gpt-corpus", "tiny-llama"):
                     rows = [
-                        asyncio.run(_load(url, key, model, n, args.tokens, args.rounds))
+                        _load_in_client(url, key, model, n, args.tokens, args.rounds)
                         for n in streams
                     ]
                     results["engines"].setdefault(label, {})[model] = rows

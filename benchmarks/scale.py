@@ -5,6 +5,8 @@ and the in-memory path beside it at 1M (issue 18 item 5, tabular part).
     python benchmarks/scale.py --rows 1M,10M,30M       # the whole issue (~15 min on 2 cores)
     python benchmarks/scale.py --rows 200k --rounds 1  # a quick look
     python benchmarks/scale.py --rows 1M --same-process --rounds 3   # the epoch alone
+    python benchmarks/scale.py --rows 1M --worker-cost --rounds 2    # a worker's CPU time
+    python benchmarks/scale.py --rows 1M --start-up --rounds 3       # an epoch's first wait
 
 Each table is generated once into `--dir` (default /tmp/foundry-scale): Parquet, row
 groups of 128k rows, 15 columns: 8 numbers (one with 5% missing), 5 categories (3 to
@@ -20,12 +22,21 @@ Reported per run:
   streamed run validates on a 100k-row sample, the in-memory one on its 100k-row split);
 - time to first batch: from the call to `foundry.train` to the first forward pass of
   the model (reading, the split, fitting the preprocessing, and the workers' first
-  block), caught by a global forward pre-hook;
-- wall seconds of the whole call (evaluation and packaging included).
+  block), caught by a global forward pre-hook. (Streaming workers start on their first
+  blocks while the validation sample is encoded, `StreamedTable.prefetch`: the epoch's
+  seconds, and so rows/s, no longer include that start; compare wall seconds too.)
+- wall seconds of the whole call (evaluation and packaging included);
+- CPU seconds of the epoch: the training process's during its training steps (from the
+  first forward pass to validation's first), and the DataLoader workers' (the only
+  children), which the machine's other jobs disturb far less than rows/s.
 
 `--same-process` isolates the epoch: `foundry.training.fit` on the streamed table and
 on the same training rows as in-memory tensors, in one process, alternating, one epoch
 each (no start-up, no evaluation), which is far less noisy on a shared machine.
+
+`--worker-cost` breaks a streaming worker's CPU time per million rows into reading,
+selecting the training rows and encoding them, by the pandas and the Arrow route
+alternating, then times the whole loop of one worker (shuffle buffer included).
 
 The image half of item 5 is `benchmarks/scale_images.py`.
 """
@@ -105,10 +116,15 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     process = psutil.Process()
 
+    cpu: dict[str, float] = {}  # this process's CPU seconds when the epoch starts / ends
+
     def on_forward(module: Any, inputs: Any) -> None:
         if not first:
             first.append(time.perf_counter() - started)
             rss["first_batch"] = process.memory_info().rss / 2**20
+            cpu["start"] = time.process_time()
+        elif not module.training and "end" not in cpu:  # validation follows the epoch
+            cpu["end"] = time.process_time()
         calls[0] += 1
         if calls[0] % 1000 == 0:  # every 1,000th module call (a few per batch)
             rss["training"] = max(rss["training"], process.memory_info().rss / 2**20)
@@ -151,6 +167,10 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
         "rows_per_s": rows / seconds,
         "first_batch_s": first[0] if first else float("nan"),
         "wall_s": time.perf_counter() - started,
+        # CPU seconds of the epoch's training steps (this process) and of the DataLoader
+        # workers (the only children): far steadier than rows/s on a loaded machine
+        "epoch_cpu_s": cpu.get("end", float("nan")) - cpu.get("start", float("nan")),
+        "workers_cpu_s": _cpu(resource.RUSAGE_CHILDREN),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "rss_at_first_batch_mb": rss["first_batch"],
@@ -158,6 +178,11 @@ def child(args: dict[str, Any]) -> dict[str, Any]:
         "rss_end_mb": process.memory_info().rss / 2**20,
         "metrics": {k: result.metrics.get(k) for k in ("accuracy", "roc_auc")},
     }
+
+
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def same_process(path: Path, rounds: int, batch_size: int, workers: int) -> list[float]:
@@ -192,19 +217,133 @@ def same_process(path: Path, rounds: int, batch_size: int, workers: int) -> list
     del parts
     ratios = []
     for r in range(rounds):
-        speeds = {}
+        speeds, cpu = {}, {}
         for name, train in (("streaming", stream), ("in memory", memory)):
             torch.manual_seed(0)
             model = build_model(cfg.model, pre.schema, 2)
+            before = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
             with tempfile.TemporaryDirectory() as run_dir:
                 result = fit(model, train, None, cfg.train, pre.task, run_dir, n_outputs=2,
                              progress=False)  # fmt: skip
             speeds[name] = stream.n_rows / result.history[0]["seconds"]
+            # CPU seconds of this process and of the epoch's DataLoader workers
+            cpu[name] = (_cpu(resource.RUSAGE_SELF) - before[0],
+                         _cpu(resource.RUSAGE_CHILDREN) - before[1])  # fmt: skip
         ratios.append(speeds["streaming"] / speeds["in memory"])
         print(f"same process, round {r + 1}: streaming {speeds['streaming']:,.0f} rows/s, "
-              f"in memory {speeds['in memory']:,.0f} rows/s, ratio {ratios[-1]:.2f}",
-              flush=True)  # fmt: skip
+              f"in memory {speeds['in memory']:,.0f} rows/s, ratio {ratios[-1]:.2f}; CPU s: "
+              f"streaming {cpu['streaming'][0]:.1f} + workers {cpu['streaming'][1]:.1f}, "
+              f"in memory {cpu['in memory'][0]:.1f}", flush=True)  # fmt: skip
     return ratios
+
+
+def worker_cost(path: Path, rounds: int) -> None:
+    """CPU seconds per million training rows of a streaming DataLoader worker's work,
+    by stage, measured in this process (CPU time, which the machine's other jobs
+    disturb far less than wall time): reading blocks, selecting the training rows,
+    encoding them, by both routes of `StreamedTable.encoded_blocks` (pandas and, where
+    the tree has it, Arrow) alternating; then the whole loop one worker runs
+    (`_Blocks`: the pieces, encoding, the shuffle buffer's hand-overs)."""
+    import torch
+
+    from foundry.config import LoadedConfig
+    from foundry.config.schema import FoundryConfig
+    from foundry.console import Reporter
+    from foundry.data.dataset import load_splits
+    from foundry.data.stream import _Blocks
+
+    torch.set_num_threads(1)  # as in a worker (idle OpenMP threads spin, adding CPU time)
+    cfg = FoundryConfig.model_validate({
+        "name": "scale",
+        "data": {"path": str(path), "streaming": True, "pii": {"enabled": False}},
+        "features": {"target": "label"},
+        "model": {"type": "mlp"},
+    })  # fmt: skip
+    splits, _ = load_splits(LoadedConfig(cfg, path.parent), Reporter(quiet=True))
+    s = splits.stream
+    per_million = 1e6 / s.n_rows
+    routes = ["pandas", *(["arrow"] if hasattr(s.table, "read_arrow") else [])]
+    for r in range(rounds):
+        for route in routes:
+            cost = dict.fromkeys(("read", "select", "encode"), 0.0)
+            for index, piece in enumerate(s.table.pieces):
+                mask = np.unpackbits(s.masks[index]).view(bool)
+                if route == "arrow":
+                    blocks = s.table.read_arrow(piece, s.needed, s.stream.block_rows,
+                                                dictionaries=s.keyed)  # fmt: skip
+                else:
+                    blocks = s.table.read(piece, s.columns, s.stream.block_rows)
+                start = 0
+                while True:
+                    t0 = time.process_time()
+                    block = next(blocks, None)
+                    t1 = time.process_time()
+                    if block is None:
+                        break
+                    keep = mask[start : start + len(block)]
+                    start += len(block)
+                    if route == "arrow":
+                        rows = block.filter(keep)
+                        t2 = time.process_time()
+                        s.preprocessor.transform_arrow(rows)
+                    else:
+                        rows = s.scrub(block[keep]).reset_index(drop=True)
+                        t2 = time.process_time()
+                        s.preprocessor.transform(rows)
+                    t3 = time.process_time()
+                    cost["read"] += t1 - t0
+                    cost["select"] += t2 - t1
+                    cost["encode"] += t3 - t2
+            shown = ", ".join(f"{k} {v * per_million:.2f}" for k, v in cost.items())
+            total = sum(cost.values()) * per_million
+            print(f"round {r + 1}, {route}: {shown}, sum {total:.2f} CPU s per 1M rows",
+                  flush=True)  # fmt: skip
+        t0 = time.process_time()
+        held = sum(len(b["target"]) for b in _Blocks(s, list(range(len(s.table.pieces))),
+                                                     (0, 0, 0), 1024))  # fmt: skip
+        assert held == s.n_rows
+        seconds = (time.process_time() - t0) * per_million
+        print(f"round {r + 1}, one worker's whole loop (shuffle buffer included): "
+              f"{seconds:.2f} CPU s per 1M rows", flush=True)  # fmt: skip
+
+
+def start_up(path: Path, rounds: int, batch_size: int, workers: int) -> None:
+    """Seconds from asking a streamed epoch for its batches to holding the first one,
+    started then (the workers fork, read and encode their first blocks) and started
+    ahead by `StreamedTable.prefetch` 2 s earlier (what the family's preparation gives
+    them), alternating in this process; then the seconds to close the epoch's loader
+    after its last batch."""
+    from foundry.config import LoadedConfig
+    from foundry.config.schema import FoundryConfig
+    from foundry.console import Reporter
+    from foundry.data.dataset import load_splits
+
+    cfg = FoundryConfig.model_validate({
+        "name": "scale",
+        "data": {"path": str(path), "streaming": True, "pii": {"enabled": False},
+                 "stream": {"workers": workers}},
+        "features": {"target": "label"},
+        "model": {"type": "mlp"},
+    })  # fmt: skip
+    splits, _ = load_splits(LoadedConfig(cfg, path.parent), Reporter(quiet=True))
+    stream = splits.stream
+    for r in range(rounds):
+        waits = {}
+        for ahead in (False, True):
+            if ahead:
+                stream.prefetch(1, batch_size)
+                time.sleep(2.0)
+            t = time.perf_counter()
+            batches = stream.batches(1, batch_size)
+            next(batches)
+            waits[ahead] = time.perf_counter() - t
+            for _ in batches:  # the rest of the epoch, untrained
+                pass
+            t = time.perf_counter()
+            batches.close()
+            closing = time.perf_counter() - t
+        print(f"round {r + 1}: first batch after {waits[False]:.2f} s started then, "
+              f"{waits[True]:.2f} s started ahead; closing {closing:.2f} s")  # fmt: skip
 
 
 def _training_frames(stream: Any) -> Any:
@@ -252,16 +391,32 @@ def main() -> None:
         help="only compare the two data paths of foundry.training.fit in one process "
         "(one epoch each, alternating) on the first --rows size",
     )  # fmt: skip
+    parser.add_argument(
+        "--worker-cost", action="store_true",
+        help="only measure a streaming worker's CPU time per million rows, by stage "
+        "(read, select, encode; pandas and Arrow routes alternating), on the first --rows size",
+    )  # fmt: skip
+    parser.add_argument(
+        "--start-up", action="store_true",
+        help="only measure a streamed epoch's wait for its first batch, started then and "
+        "started ahead (StreamedTable.prefetch), on the first --rows size",
+    )  # fmt: skip
     parser.add_argument("--child", help=argparse.SUPPRESS)
     ns = parser.parse_args()
     if ns.child:
         print(json.dumps(child(json.loads(ns.child))))
         return
-    if ns.same_process:
+    if ns.same_process or ns.worker_cost or ns.start_up:
         rows = parse_rows(ns.rows.split(",")[0])
         path = Path(ns.dir) / f"table-{rows}.parquet"
         if not path.exists():
             generate(path, rows)
+        if ns.worker_cost:
+            worker_cost(path, ns.rounds)
+            return
+        if ns.start_up:
+            start_up(path, ns.rounds, ns.batch_size, ns.workers)
+            return
         ratios = same_process(path, ns.rounds, ns.batch_size, ns.workers)
         print(f"median ratio: {statistics.median(ratios):.2f}")
         return
@@ -287,12 +442,14 @@ def main() -> None:
                 print(json.dumps(r), flush=True)
     print()
     print(
-        "| rows | path | peak RSS (MiB) | worker RSS (MiB) | rows/s | first batch (s) | wall (s) |"
+        "| rows | path | peak RSS (MiB) | worker RSS (MiB) | rows/s | epoch CPU s (training "
+        "process / workers) | first batch (s) | wall (s) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['rows']:,} | {'streaming' if r['streaming'] else 'in memory'} | "
               f"{r['peak_rss_mb']:.0f} | {r['worker_rss_mb']:.0f} | {r['rows_per_s']:,.0f} | "
+              f"{r['epoch_cpu_s']:.1f} / {r['workers_cpu_s']:.1f} | "
               f"{r['first_batch_s']:.1f} | {r['wall_s']:.0f} |")  # fmt: skip
     streamed = {r["rows"]: r for r in results if r["streaming"]}
     smallest, largest = min(streamed), max(streamed)

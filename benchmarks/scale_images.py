@@ -5,12 +5,14 @@
     python benchmarks/scale_images.py --repeat 2 --json out.json
     python benchmarks/scale_images.py --model small            # 1/4 of the filters (CPU)
     python benchmarks/scale_images.py --sizes 50000 --memory-up-to 50000 --paths memory
+    python benchmarks/scale_images.py --sizes 10000 --threads 1   # train.num_threads: 1
 
 Generates image folders of N small PNGs (32x32 RGB, 10 classes: noise plus a coloured
 square whose place and colour give the class; written by a process pool, kept under
 `--workdir` for later runs), then trains one epoch of the default image model (what
 `foundry init` picks for an image folder: `model.type: cnn` with its defaults, default
-`train` settings) on each, every run in a fresh subprocess:
+`train` settings; `--threads` sets `train.num_threads`, which a lazy run otherwise sets to
+the cores its decode workers leave) on each, every run in a fresh subprocess:
 
     memory   `data.images.loading: memory`: every image decoded into one float32
              [N, 3, 32, 32] array before training (the path before issue 18)
@@ -85,7 +87,7 @@ MODELS = {
 }
 
 
-def child(folder: str, loading: str, model: str) -> dict[str, Any]:
+def child(folder: str, loading: str, model: str, threads: str = "") -> dict[str, Any]:
     """One epoch of the default image model in this process; what it measured."""
     import torch
 
@@ -113,7 +115,7 @@ def child(folder: str, loading: str, model: str) -> dict[str, Any]:
             },
             "features": {"target": "label"},
             "model": MODELS[model],
-            "train": {"epochs": 1},
+            "train": {"epochs": 1, "num_threads": int(threads) if threads else None},
         }
     )
     out_dir = Path(folder).parent / f"run-{loading}-{os.getpid()}"
@@ -140,9 +142,9 @@ def child(folder: str, loading: str, model: str) -> dict[str, Any]:
     }
 
 
-def run_child(folder: Path, loading: str, model: str) -> dict[str, Any]:
+def run_child(folder: Path, loading: str, model: str, threads: str = "") -> dict[str, Any]:
     r = subprocess.run(
-        [sys.executable, __file__, "--child", str(folder), loading, model],
+        [sys.executable, __file__, "--child", str(folder), loading, model, threads],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if r.returncode != 0:
@@ -165,7 +167,12 @@ def main() -> None:
         default="default",
         help="default: model.type cnn as init writes it; small: 1/4 of its filters",
     )
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--threads",
+        default="",
+        help="train.num_threads for every run (default: unset, PyTorch's or foundry's choice)",
+    )
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(*args.child)))
@@ -181,7 +188,7 @@ def main() -> None:
         paths = [p for p in paths if p in args.paths.split(",")]
         for _ in range(args.repeat):
             for loading in paths:  # alternating: drift on a busy machine hits both
-                result = run_child(folder, loading, args.model)
+                result = run_child(folder, loading, args.model, args.threads)
                 results.append(result)
                 print(
                     f"{n:>7,} images  {loading:<6}  peak RSS {result['peak_rss_mb']:7.0f} MB"

@@ -3,6 +3,7 @@ workers equal the in-memory array's, and a seeded run trains to the same model."
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,19 @@ from PIL import Image
 
 from foundry.config import LoadedConfig
 from foundry.config.load import validate_config
-from foundry.config.schema import FeatureConfig
+from foundry.config.schema import FeatureConfig, TrainConfig
 from foundry.console import Reporter
 from foundry.data import Preprocessor, ResolvedFeatures, read_table
-from foundry.data.lazy_images import IN_MEMORY_BYTES, LazyImages, epoch_inputs, use_lazy
+from foundry.data.lazy_images import (
+    IN_MEMORY_BYTES,
+    LazyImages,
+    decode_workers,
+    epoch_inputs,
+    use_lazy,
+)
 from foundry.families.interface import Run
 from foundry.families.neural import NeuralFamily
+from foundry.training.runtime import torch_settings
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +86,9 @@ def test_auto_decodes_in_memory_below_the_limit(folder: Path) -> None:
 
 def test_lazy_and_in_memory_runs_train_the_same_model(folder: Path, tmp_path: Path) -> None:
     """Same seed, augmentation on: the lazy run sees the very tensors the in-memory run
-    does, so the trained models predict the same outputs bit for bit."""
+    does, so the trained models predict the same outputs bit for bit. (Same
+    `train.num_threads` too: left unset, the lazy run leaves its worker a core, and sums
+    split over fewer threads may round differently.)"""
     family = NeuralFamily()
     frame = pd.DataFrame({"image": sorted(str(p) for p in folder.rglob("*.png"))})
     results = {}
@@ -91,7 +101,7 @@ def test_lazy_and_in_memory_runs_train_the_same_model(folder: Path, tmp_path: Pa
                 "inputs": [{"name": "image", "image": {"augment": {"flip": True, "crop": 1}}}],
             },
             "model": {"type": "cnn", "conv": [{"filters": 4}], "layers": [8]},
-            "train": {"epochs": 2, "batch_size": 8},
+            "train": {"epochs": 2, "batch_size": 8, "num_threads": 1},
         })  # fmt: skip
         run = Run(LoadedConfig(config, tmp_path), tmp_path / loading, Reporter(quiet=True))
         data = family.prepare(run)
@@ -101,3 +111,23 @@ def test_lazy_and_in_memory_runs_train_the_same_model(folder: Path, tmp_path: Pa
     (memory_history, memory_out), (lazy_history, lazy_out) = results.values()
     assert [r["train_loss"] for r in lazy_history] == [r["train_loss"] for r in memory_history]
     np.testing.assert_array_equal(lazy_out, memory_out)
+
+
+def test_training_leaves_the_decode_workers_their_cores(folder: Path) -> None:
+    """A training thread on a core a decode worker is busy on stalls every op; an
+    explicit train.num_threads still wins, and the thread count is restored after."""
+    df = read_table(folder)
+    feature = FeatureConfig(name="image", type="image", image={"height": 10, "width": 10})
+    resolved = ResolvedFeatures(inputs=[feature], target="label", target_type="category")
+    pre = Preprocessor.fit(df, resolved)
+    assert decode_workers(pre.transform(df)) == 0  # decoded in memory: no workers
+    lazy = pre.transform(df, lazy_images=True, image_workers=1)
+    assert decode_workers(lazy) == 1
+
+    before = torch.get_num_threads()
+    with torch_settings(TrainConfig(), workers=decode_workers(lazy)):
+        assert torch.get_num_threads() == max(1, min(before, (os.cpu_count() or 1) - 1))
+    assert torch.get_num_threads() == before
+    with torch_settings(TrainConfig(num_threads=3), workers=1):
+        assert torch.get_num_threads() == 3
+    assert torch.get_num_threads() == before

@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from foundry.config import LoadedConfig
-from foundry.config.schema import FoundryConfig, SplitConfig
+from foundry.config.schema import FeatureConfig, FoundryConfig, SplitConfig
 from foundry.console import Reporter
 from foundry.data.dataset import load_splits
 from foundry.data.preprocess import Preprocessor
@@ -152,6 +154,42 @@ def test_each_epoch_streams_every_training_row_once_in_a_new_order(streamed):
     assert stream.batches_per_epoch(64, 1) == -(-stream.n_rows // 64)
 
 
+def assert_arrow_route_is_the_pandas_route(stream) -> None:
+    """Every piece's encoded blocks (read, selected, scrubbed and encoded in Arrow) equal
+    the pandas frames of its training rows, scrubbed and encoded, bit for bit."""
+    for index, piece in enumerate(stream.table.pieces):
+        mask = np.unpackbits(stream.masks[index]).view(bool)
+        frames = list(stream.table.read(piece, stream.columns, stream.stream.block_rows))
+        rows = pd.concat(frames, ignore_index=True)[mask[: sum(map(len, frames))]]
+        want = stream.preprocessor.transform(stream.scrub(rows.reset_index(drop=True)))
+        blocks = list(stream.encoded_blocks(index))
+        for key, tensor in want.items():
+            assert torch.equal(torch.cat([b[key] for b in blocks]), tensor), (index, key)
+
+
+def test_workers_encode_from_arrow_what_the_pandas_route_encodes(streamed):
+    stream = streamed[0].stream
+    assert stream.needed == ["rid", "x", "city", "member", "y"]
+    assert_arrow_route_is_the_pandas_route(stream)
+
+
+def test_workers_scrub_personal_data_as_the_pandas_route_does(tmp_path):
+    df = make_table(600, seed=2)
+    df["contact"] = np.random.default_rng(3).choice(
+        ["ann@example.com", "bob@example.org", "n/a", None], len(df)
+    )
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp_path / "t.parquet",
+                   row_group_size=200)  # fmt: skip
+    loaded = loaded_config(tmp_path / "t.parquet", pii={"enabled": True})
+    loaded.config.features.inputs.append(FeatureConfig(name="contact", type="category"))
+    splits, _ = load_splits(loaded, Reporter(quiet=True))
+    stream = splits.stream
+    vocab = stream.preprocessor.encoders[-1].vocab
+    assert "contact" in stream.scrub.scrubber.scan_columns and "n/a" in vocab
+    assert not any("@" in key for key in vocab)  # masked before the vocabulary was fitted
+    assert_arrow_route_is_the_pandas_route(stream)
+
+
 def test_ranks_read_disjoint_shares_that_cover_the_table(streamed):
     stream = streamed[0].stream
     shares = [set(rank_pieces(len(stream.table.pieces), r, 3)) for r in range(3)]
@@ -175,6 +213,56 @@ def test_workers_stream_the_same_rows(streamed):
     finally:
         stream.stream = stream.stream.model_copy(update={"workers": 0})
     assert np.array_equal(np.sort(one), np.sort(two))
+
+
+def test_an_epoch_started_ahead_streams_what_it_would_have_streamed(streamed):
+    # prefetch forks the workers early; the batches, and their order, must not change
+    stream = streamed[0].stream
+    stream.stream = stream.stream.model_copy(update={"workers": 2})
+    me = psutil.Process()
+    others = {p.pid for p in me.children()}  # servers a session fixture may have started
+
+    def rid(batches) -> np.ndarray:
+        return np.concatenate([b["numeric"][:, 0].numpy() for b in batches])
+
+    def workers() -> list[psutil.Process]:
+        alive = [p for p in me.children() if p.pid not in others and p.is_running()]
+        return [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+    try:
+        want = rid(stream.batches(1, 64))
+        stream.prefetch(1, 64)
+        assert len(workers()) == 2  # already running, before the first batch is asked for
+        assert np.array_equal(rid(stream.batches(1, 64)), want)
+        stream.prefetch(2, 64)  # another epoch: stopped, epoch 1 read afresh
+        assert np.array_equal(rid(stream.batches(1, 64)), want)
+        stream.prefetch(1, 64)
+        stream.discard_prefetch()  # a run that stopped early
+        assert workers() == []
+    finally:
+        stream.stream = stream.stream.model_copy(update={"workers": 0})
+
+
+def test_a_run_trains_the_same_weights_when_its_epoch_was_started_ahead(streamed, tmp_path):
+    # starting a DataLoader draws from the global RNG, which dropout draws from too
+    from foundry.models import build_model
+    from foundry.training import fit
+
+    stream = streamed[0].stream
+    cfg = loaded_config(Path("unused.parquet")).config
+    train = cfg.train.model_copy(update={"epochs": 2, "num_threads": 1})
+    pre = stream.preprocessor
+    weights = []
+    for ahead in (False, True):
+        torch.manual_seed(0)
+        model = build_model(cfg.model, pre.schema, 2)  # an MLP with dropout
+        if ahead:
+            stream.prefetch(1, train.batch_size)
+        result = fit(model, stream, None, train, pre.task, tmp_path / str(ahead), n_outputs=2,
+                     progress=False)  # fmt: skip
+        weights.append(result.state_dict)
+    for key, tensor in weights[0].items():
+        assert torch.equal(weights[1][key], tensor), key
 
 
 def test_auto_streams_only_when_the_table_passes_the_memory_fraction(table_dir):

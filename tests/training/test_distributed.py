@@ -492,3 +492,67 @@ def test_ranks_stop_early_together_like_one_process(tmp_path):
     # rank 0 alone wrote the run directory
     assert [p.name for p in tmp_path.iterdir() if p.name == "run"] == ["run"]
     assert (tmp_path / "run" / "checkpoint" / "state.json").is_file()
+
+
+# ------------------------------------------------ streamed shards in object storage
+
+
+@pytest.mark.slow
+def test_two_processes_stream_disjoint_shares_of_s3_shards(tmp_path, s3_bucket):
+    # 4 Parquet shards (one row group each) in the bucket; explicit val / test files, so
+    # every row of data.path trains. Rank r reads shards r, r + 2 (rank_pieces) through
+    # its own connection and DataLoader worker; the shares are equal, so each epoch
+    # trains every training row exactly once (unequal shares train the fewest full
+    # batches any rank has: see StreamedTable.batches_per_epoch).
+    import numpy as np
+    import pandas as pd
+
+    from foundry.data.stream import rank_pieces
+    from foundry.errors import ModelError
+    from foundry.objectstore import filesystem
+
+    sizes = [160, 240, 240, 160]  # rank 0: 160 + 240, rank 1: 240 + 160 rows
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"x": rng.normal(size=sum(sizes) + 200), "c": rng.choice(["a", "b"], 1000)})
+    df["y"] = np.where(df["x"] + rng.normal(scale=0.5, size=len(df)) > 0, "yes", "no")
+    fs = filesystem(error=ModelError)
+    start = 0
+    for i, n in enumerate(sizes):
+        fs.pipe_file(f"{s3_bucket}/train/part-{i}.parquet", df[start : start + n].to_parquet())
+        start += n
+    df[start : start + 100].to_parquet(tmp_path / "val.parquet")
+    df[start + 100 :].to_parquet(tmp_path / "test.parquet")
+    config = {
+        "name": "st",
+        "output_dir": "runs",
+        "data": {
+            "path": f"{s3_bucket}/train/*.parquet",
+            "val_path": "val.parquet",
+            "test_path": "test.parquet",
+            "streaming": True,
+            "pii": {"enabled": False},
+            "stream": {"workers": 1, "block_rows": 64, "sample_rows": 200},
+        },
+        "features": {"target": "y"},
+        "model": {"type": "mlp", "layers": [8]},
+        "train": {"epochs": 2, "batch_size": 40},  # 20 rows per rank per step
+        "evaluate": {
+            "calibration": {"temperature_scaling": False},
+            "explain": {"permutation_importance": False},
+        },
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    home = tmp_path / "home"
+    done = foundry("train", "c.yaml", "--nproc", "2", "--json", cwd=tmp_path, home=home)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["model"] == "st:1"
+    assert sorted(p.name for p in (home / "models" / "st").iterdir()) == ["1"]
+    manifest = json.loads((home / "models" / "st" / "1" / "foundry.json").read_text())
+    assert manifest["data"]["rows"]["train"] == sum(sizes)
+
+    shares = [sum(sizes[i] for i in rank_pieces(len(sizes), r, 2)) for r in range(2)]
+    (run,) = (tmp_path / "runs").iterdir()
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2]
+    for record in history:  # what each rank counted as it trained
+        assert record["rows_per_rank"] == shares == [400, 400]

@@ -215,7 +215,8 @@ class DataConfig(Section):
     """Read the training rows from disk batch by batch instead of into memory (docs/
     DATA.md): `auto` streams when the table's estimated in-memory size passes
     `stream.memory_fraction` of the memory available; `true` / `false` force either.
-    With streaming, `path` may be a directory or a glob of Parquet / CSV / JSONL shards."""
+    With streaming, `path` may be a directory or a glob of Parquet / CSV / JSONL shards,
+    on disk or in S3 (`s3://bucket/prefix/`, `s3://bucket/prefix/*.parquet`)."""
     stream: StreamConfig = StreamConfig()
     """How streamed data is read, shuffled and sampled."""
 
@@ -904,7 +905,8 @@ class TrainConfig(Section):
     deterministic: bool = True
     """Ask PyTorch for deterministic kernels (bit-for-bit repeatable on CPU)."""
     num_threads: int | None = Field(None, ge=1)
-    """CPU threads for PyTorch; `None` keeps PyTorch's default."""
+    """CPU threads for PyTorch; `None` keeps PyTorch's default (one per core), less one
+    per worker decoding lazy images (`data.images.workers`), which needs a core to itself."""
     gradient_accumulation: int = Field(1, ge=1)
     """Micro-batches whose gradients are summed before each optimizer step (effective
     batch = batch_size x gradient_accumulation)."""

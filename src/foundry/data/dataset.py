@@ -10,6 +10,7 @@ same rows in the same splits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -69,6 +70,8 @@ def load_splits(loaded: LoadedConfig, say: Reporter) -> tuple[Splits, Any]:
         df = pd.concat(
             [read_table(f, table.format, data.delimiter) for f in table.files], ignore_index=True
         )
+    elif table is not None:  # one shard (maybe the only one under a directory or prefix)
+        df = read_table(table.files[0], table.format, data.delimiter)
     else:
         df = read_table(loaded.data_source(data.path), data.format, data.delimiter)
     val = (
@@ -124,14 +127,21 @@ once: about this many times the table's decoded size (what `streaming: auto` wei
 
 def sharded_table(loaded: LoadedConfig) -> Any:
     """`data.path` as a `data.shards.ShardedTable` (a Parquet / CSV / JSONL file, a
-    directory or a glob of them), or None for what only reads in memory (an image
-    folder; `data.streaming: false` with a single file)."""
+    directory or a glob of them, on disk or as ``s3://`` objects), or None for what only
+    reads in memory (an image folder; `data.streaming: false` with a single file)."""
+    from foundry.data.load import FORMAT_BY_SUFFIX
     from foundry.data.shards import open_shards
     from foundry.objectstore import is_url
 
     data = loaded.config.data
     if is_url(data.path):
-        return None  # an s3:// object is read whole (read_table); shards are local files
+        # one object with streaming off, or an image folder: read_table reads it whole
+        # (and names what is wrong); a prefix or glob lists its shards
+        suffix = PurePosixPath(data.path).suffix.lower()
+        single = suffix in FORMAT_BY_SUFFIX and not any(ch in data.path for ch in "*?[")
+        if data.format == "image_folder" or (data.streaming is False and single):
+            return None
+        return open_shards(data.path, data.format, data.delimiter)
     path = loaded.resolve(data.path)
     assert path is not None
     text = str(path)

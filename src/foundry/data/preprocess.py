@@ -13,11 +13,13 @@ their outputs into the tensors described in `foundry.data.schema`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from foundry.config.schema import FeatureConfig
@@ -103,20 +105,7 @@ class Preprocessor:
         float32 [N, C, H, W] tensors; their rows are the same values."""
         names = [*self.resolved.input_names, *([self.target.name] if with_target else [])]
         _require_columns(df, names, "data")
-        n = len(df)
-        out: dict[str, torch.Tensor] = {}
-        if self._numeric:
-            numeric = np.empty((n, len(self._numeric)), dtype=np.float32)  # [N, n_numeric]
-            for j, enc in enumerate(self._numeric):
-                numeric[:, j] = enc.transform(df[enc.name])
-            out["numeric"] = torch.from_numpy(numeric)
-        if self._categorical:
-            codes = np.empty((n, len(self._categorical)), dtype=np.int64)  # [N, k]
-            for j, enc in enumerate(self._categorical):
-                codes[:, j] = enc.transform(df[enc.name])
-            out["categorical"] = torch.from_numpy(codes)
-        for enc in self._text:
-            out[f"text:{enc.name}"] = torch.from_numpy(enc.transform(df[enc.name]))
+        out: dict[str, Any] = self._pack(len(df), lambda enc: enc.transform(df[enc.name]))
         for enc in self._image:
             if lazy_images:
                 from foundry.data.lazy_images import LazyImages
@@ -140,23 +129,48 @@ class Preprocessor:
         where a frame holds paths. Each encoder's `encode_list` works on them directly:
         for a handful of records far cheaper than a frame and pandas / Arrow per column.
         """
-        n = len(records)
         columns = record_columns(records, [e.name for e in self.encoders])
-        out: dict[str, torch.Tensor] = {}
+        out = self._pack(len(records), lambda enc: enc.encode_list(columns[enc.name]))
+        for enc in self._image:
+            out[f"image:{enc.name}"] = torch.from_numpy(enc.encode_list(columns[enc.name]))
+        return out
+
+    def transform_arrow(self, batch: pa.RecordBatch) -> dict[str, torch.Tensor]:
+        """An Arrow record batch → `transform(batch.to_pandas())`, bit for bit: what the
+        streaming DataLoader workers encode (`foundry.data.stream`). Each encoder's
+        `transform_arrow` reads the Arrow column itself, with no pandas frame, Series or
+        index on the way (those cost more than the encoding); a column of a type it does
+        not take is converted alone, as `to_pandas` would convert it. Image inputs do
+        not stream from a table."""
+        if self._image:
+            raise DataError(f"image input '{self._image[0].name}' cannot be streamed from a table")
+        names = [*self.resolved.input_names, self.target.name]
+        _require_columns(batch.schema, names, "data")
+
+        def encode(enc: Any) -> np.ndarray:
+            x = enc.transform_arrow(batch.column(enc.name))
+            return x if x is not None else enc.transform(_pandas_column(batch, enc.name))
+
+        out = self._pack(batch.num_rows, encode)
+        out["target"] = torch.from_numpy(encode(self.target))
+        return out
+
+    def _pack(self, n: int, encode: Callable[[Any], np.ndarray]) -> dict[str, Any]:
+        """The number, category and text inputs of `n` rows as `Encoded` tensors,
+        `encode(encoder)` giving each input's array."""
+        out: dict[str, Any] = {}
         if self._numeric:
             numeric = np.empty((n, len(self._numeric)), dtype=np.float32)  # [N, n_numeric]
             for j, enc in enumerate(self._numeric):
-                numeric[:, j] = enc.encode_list(columns[enc.name])
+                numeric[:, j] = encode(enc)
             out["numeric"] = torch.from_numpy(numeric)
         if self._categorical:
             codes = np.empty((n, len(self._categorical)), dtype=np.int64)  # [N, k]
             for j, enc in enumerate(self._categorical):
-                codes[:, j] = enc.encode_list(columns[enc.name])
+                codes[:, j] = encode(enc)
             out["categorical"] = torch.from_numpy(codes)
         for enc in self._text:
-            out[f"text:{enc.name}"] = torch.from_numpy(enc.encode_list(columns[enc.name]))
-        for enc in self._image:
-            out[f"image:{enc.name}"] = torch.from_numpy(enc.encode_list(columns[enc.name]))
+            out[f"text:{enc.name}"] = torch.from_numpy(encode(enc))
         return out
 
     def decode_labels(self, indices: np.ndarray) -> np.ndarray:
@@ -294,9 +308,14 @@ def _fit_encoder(col: pd.Series, f: FeatureConfig, base_dir: Path | None) -> Enc
     raise DataError(f"input '{f.name}' has no type; run infer_features first")
 
 
-def _require_columns(df: pd.DataFrame, names: list[str], what: str) -> None:
-    missing = [n for n in names if n not in df.columns]
+def _require_columns(df: pd.DataFrame | pa.Schema, names: list[str], what: str) -> None:
+    have = df.names if isinstance(df, pa.Schema) else df.columns
+    missing = [n for n in names if n not in have]
     if missing:
-        raise DataError(
-            f"{what} is missing column(s) {missing}; it has {[str(c) for c in df.columns]}"
-        )
+        raise DataError(f"{what} is missing column(s) {missing}; it has {[str(c) for c in have]}")
+
+
+def _pandas_column(batch: pa.RecordBatch, name: str) -> pd.Series:
+    """One column of `batch` as `batch.to_pandas()` would hold it (the schema's pandas
+    metadata, e.g. a nullable integer dtype, applies to it as to the whole batch)."""
+    return batch.select([name]).to_pandas()[name]

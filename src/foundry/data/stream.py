@@ -17,6 +17,10 @@ little per row. The training process cuts the blocks into batches (slices: no co
 
 Rows per epoch are known from the fitting pass (`piece_rows`), so the training loop
 knows its batch count up front, as it does in memory.
+
+`prefetch` starts an epoch's workers ahead (epoch 1's during the run's preparation, the
+next one's during validation), so that an epoch does not begin by waiting for a fork
+and a first block; a later `batches` call for that epoch takes them over.
 """
 
 from __future__ import annotations
@@ -26,12 +30,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from foundry.config import LoadedConfig
 from foundry.config.schema import FoundryConfig
 from foundry.console import Reporter
+from foundry.data.encoders.keys import distinct
 from foundry.data.preprocess import Preprocessor
 from foundry.data.shards import ShardedTable
 from foundry.errors import DataError
@@ -74,6 +80,15 @@ class StreamedTable:
         """Rows per split in the whole table (the manifest's `data.rows`)."""
         self.fingerprint = fingerprint
         self.seed = cfg.train.seed
+        self._early: tuple[tuple[int, ...], _Epoch] | None = None
+        """An epoch's batches started ahead by `prefetch`: (its arguments, the batches)."""
+        resolved = preprocessor.resolved
+        self.needed = [*resolved.input_names, resolved.target]
+        """The columns encoding reads (the fitting pass read all of `columns`)."""
+        self.keyed = [f.name for f in resolved.inputs if f.type in ("category", "binary")]
+        """Columns encoded by their keys: read from Parquet as dictionaries."""
+        if resolved.target_type != "number":
+            self.keyed.append(resolved.target)
         schema = preprocessor.schema  # the Encoded keys (foundry.data.schema)
         self.input_keys = [
             *(["numeric"] if schema.numeric else []),
@@ -85,6 +100,36 @@ class StreamedTable:
     def n_rows(self) -> int:
         """Training rows per epoch (all ranks together)."""
         return sum(self.piece_rows)
+
+    def encoded_blocks(self, index: int) -> Iterator[Encoded]:
+        """Piece `index`'s training rows, encoded, a block (`stream.block_rows` rows read)
+        at a time, in file order.
+
+        Straight from Arrow when the table is Parquet or CSV: only the input and target
+        columns are read (key columns as dictionaries), the training rows selected by
+        `filter` on the record batch, scrubbed by `Scrub.arrow` and encoded by
+        `Preprocessor.transform_arrow`: bit for bit what the pandas route gives, at a
+        fraction of its cost (docs/BENCHMARKS.md). JSONL shards go through pandas."""
+        piece = self.table.pieces[index]
+        # the fitting pass's split (and drop_row) decisions, one bit a row
+        mask = np.unpackbits(self.masks[index]).view(bool)
+        block_rows = self.stream.block_rows
+        start = 0
+        if self.table.arrow_readable:
+            blocks = self.table.read_arrow(piece, self.needed, block_rows, dictionaries=self.keyed)
+            for batch in blocks:
+                keep = mask[start : start + batch.num_rows]
+                start += batch.num_rows
+                if keep.any():
+                    train = self.scrub.arrow(batch.filter(keep), self.needed)
+                    yield self.preprocessor.transform_arrow(train)
+            return
+        for frame in self.table.read(piece, self.columns, block_rows):
+            keep = mask[start : start + len(frame)]
+            start += len(frame)
+            if keep.any():
+                train = self.scrub(frame[keep]).reset_index(drop=True)
+                yield self.preprocessor.transform(train)
 
     def rows_for(self, rank: int, world: int) -> int:
         """Training rows rank `rank` of `world` reads per epoch."""
@@ -106,12 +151,48 @@ class StreamedTable:
             )
         return min(self.rows_for(r, world) // batch_size for r in range(world))
 
-    def batches(
-        self, epoch: int, batch_size: int, *, rank: int = 0, world: int = 1
-    ) -> Iterator[Encoded]:
+    def batches(self, epoch: int, batch_size: int, *, rank: int = 0, world: int = 1) -> _Epoch:
         """This epoch's shuffled batches of `batch_size` rows (the last may be shorter),
         as CPU tensors: the caller stops after `batches_per_epoch` of them (closing the
-        iterator stops the workers)."""
+        iterator stops the workers). The epoch `prefetch` started, if it is this one;
+        any other started epoch is stopped."""
+        # Starting a DataLoader draws its workers' base seed from the global RNG, which
+        # dropout also draws from; these loaders draw from their own generator (the
+        # workers shuffle with seeds of their own) so that starting one ahead changes
+        # nothing, and this one draw keeps the global RNG where a loader started here
+        # left it before: a seed trains the same model as it did without prefetching.
+        torch.empty((), dtype=torch.int64).random_()
+        early, self._early = self._early, None
+        key = (epoch, batch_size, rank, world)
+        if early is not None and early[0] == key:
+            return early[1]
+        if early is not None:
+            early[1].close()
+        return self._start(*key)
+
+    def prefetch(self, epoch: int, batch_size: int, *, rank: int = 0, world: int = 1) -> None:
+        """Start `batches(epoch, ...)` now: its DataLoader workers fork and read and
+        encode their first blocks while this process does something else (the model's
+        set-up, the previous epoch's validation). A later `batches` call with the same
+        arguments takes them over; the same rows in the same order as without."""
+        self.discard_prefetch()
+        self._early = (
+            (epoch, batch_size, rank, world),
+            self._start(epoch, batch_size, rank, world),
+        )
+
+    def discard_prefetch(self) -> None:
+        """Stop the workers `prefetch` started and no `batches` call took (a run that
+        stopped early, or failed)."""
+        early, self._early = self._early, None
+        if early is not None:
+            early[1].close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a spawned DataLoader worker receives the table without the running loader
+        return {**self.__dict__, "_early": None}
+
+    def _start(self, epoch: int, batch_size: int, rank: int, world: int) -> _Epoch:
         mine = rank_pieces(len(self.table.pieces), rank, world)
         order = np.random.default_rng([self.seed, epoch]).permutation(len(mine))
         blocks = _Blocks(self, [mine[i] for i in order], (self.seed, epoch, rank), batch_size)
@@ -121,25 +202,52 @@ class StreamedTable:
             batch_size=None,  # the workers hand over whole shuffled blocks
             num_workers=workers,
             prefetch_factor=2 if workers else None,
+            generator=torch.Generator(),  # not the global RNG: see `batches`
         )
-        # Workers hand over whole batches' worth of rows, so a batch is a view of a
-        # block in shared memory; only each worker's last few rows are joined here.
-        # (Joining every block to the previous one's rest allocated a block-sized
-        # buffer per block in this process, which fragmented its heap: +60% RSS at 10M.)
-        carry: Encoded | None = None
-        for block in loader:
-            n = len(block["target"])
-            full = n - n % batch_size
-            for i in range(0, full, batch_size):
-                yield {k: v[i : i + batch_size] for k, v in block.items()}
-            if full < n:
-                rest = {k: v[full:] for k, v in block.items()}
-                carry = rest if carry is None else {k: torch.cat([carry[k], rest[k]]) for k in rest}
-            if carry is not None and len(carry["target"]) >= batch_size:
-                yield {k: v[:batch_size] for k, v in carry.items()}
-                carry = {k: v[batch_size:] for k, v in carry.items()}
-        if carry is not None and len(carry["target"]):
-            yield carry
+        # iter() forks the workers, and each starts on its first blocks at once (without
+        # workers nothing is read before the first batch is asked for)
+        return _Epoch(iter(loader), batch_size)
+
+
+class _Epoch(Iterator[Encoded]):
+    """One epoch's batches (`_cut`) over a running loader; `close` stops its workers
+    now (a generator never started would not run its `finally`), rather than whenever
+    the loader's iterator is collected."""
+
+    def __init__(self, blocks: Iterator[Encoded], batch_size: int) -> None:
+        self.blocks, self.batches = blocks, _cut(blocks, batch_size)
+
+    def __next__(self) -> Encoded:
+        return next(self.batches)
+
+    def close(self) -> None:
+        self.batches.close()
+        shutdown = getattr(self.blocks, "_shutdown_workers", None)  # none without workers
+        if shutdown is not None:
+            shutdown()
+
+
+def _cut(blocks: Iterator[Encoded], batch_size: int) -> Iterator[Encoded]:
+    """Batches of `batch_size` rows out of the workers' blocks.
+
+    Workers hand over whole batches' worth of rows, so a batch is a view of a block in
+    shared memory; only each worker's last few rows are joined here. (Joining every
+    block to the previous one's rest allocated a block-sized buffer per block in this
+    process, which fragmented its heap: +60% RSS at 10M.)"""
+    carry: Encoded | None = None
+    for block in blocks:
+        n = len(block["target"])
+        full = n - n % batch_size
+        for i in range(0, full, batch_size):
+            yield {k: v[i : i + batch_size] for k, v in block.items()}
+        if full < n:
+            rest = {k: v[full:] for k, v in block.items()}
+            carry = rest if carry is None else {k: torch.cat([carry[k], rest[k]]) for k in rest}
+        if carry is not None and len(carry["target"]) >= batch_size:
+            yield {k: v[:batch_size] for k, v in carry.items()}
+            carry = {k: v[batch_size:] for k, v in carry.items()}
+    if carry is not None and len(carry["target"]):
+        yield carry
 
 
 class _Blocks(IterableDataset):
@@ -156,47 +264,66 @@ class _Blocks(IterableDataset):
         if info is not None:  # a worker: the training process has the other cores
             torch.set_num_threads(1)
         s = self.stream
-        rng = np.random.default_rng([*self.seed, worker])
         capacity = max(s.stream.shuffle_buffer // workers, 1)
-        buffer: list[Encoded] = []
-        held, handed = 0, False
+        # a hand-over comes once `capacity` rows are held, and a block may then arrive
+        buffer = _ShuffleBuffer(
+            max(capacity, self.batch_size) + s.stream.block_rows,
+            np.random.default_rng([*self.seed, worker]),
+        )
+        handed = False
         for index in self.pieces[worker::workers]:
-            piece = s.table.pieces[index]
-            # the fitting pass's split (and drop_row) decisions, one bit a row
-            mask = np.unpackbits(s.masks[index]).view(bool)
-            start = 0
-            for frame in s.table.read(piece, s.columns, s.stream.block_rows):
-                keep = mask[start : start + len(frame)]
-                start += len(frame)
-                if not keep.any():
-                    continue
-                train = s.scrub(frame[keep]).reset_index(drop=True)
-                buffer.append(s.preprocessor.transform(train))
-                held += len(train)
+            for block in s.encoded_blocks(index):
+                buffer.add(block)
                 # the first hand-over comes after about a block, so training starts early
                 threshold = capacity if handed else min(capacity, s.stream.block_rows // 2)
-                if held >= max(threshold, self.batch_size):
+                if buffer.held >= max(threshold, self.batch_size):
                     handed = True
-                    out, buffer = _shuffled_half(buffer, rng, self.batch_size)
-                    held -= len(out["target"])
-                    yield out
-        if held:
-            out, buffer = _shuffled_half(buffer, rng, self.batch_size, everything=True)
-            yield out
+                    yield buffer.take(self.batch_size)
+        if buffer.held:
+            yield buffer.take(self.batch_size, everything=True)
 
 
-def _shuffled_half(
-    buffer: list[Encoded], rng: np.random.Generator, multiple: int, everything: bool = False
-) -> tuple[Encoded, list[Encoded]]:
-    """A random half of the buffered rows, rounded down to a `multiple` of rows (at
-    least one multiple; or all of them), and the buffer left."""
-    joined = {k: torch.cat([b[k] for b in buffer]) for k in buffer[0]}
-    n = len(joined["target"])
-    perm = torch.from_numpy(rng.permutation(n))
-    cut = n if everything else max((n + 1) // 2 // multiple, 1) * multiple
-    out = {k: v[perm[:cut]] for k, v in joined.items()}
-    rest = {k: v[perm[cut:]] for k, v in joined.items()}
-    return out, ([rest] if cut < n else [])
+class _ShuffleBuffer:
+    """Up to `size` encoded rows in preallocated tensors, handed back a random half at a
+    time. A block's rows are written into free slots once and leave by one gather:
+    two copies a row. (Joining the held blocks and splitting them again at every
+    hand-over made four, and allocated a buffer-sized tensor each time: with Arrow
+    encoding that had become the largest cost of a worker, see docs/BENCHMARKS.md.)"""
+
+    def __init__(self, size: int, rng: np.random.Generator) -> None:
+        self.size, self.rng = size, rng
+        self.store: Encoded = {}  # key → [size, ...] tensor; rows of `used` slots hold data
+        self.free = np.arange(size, dtype=np.int64)
+        self.used = np.zeros(0, dtype=np.int64)
+
+    @property
+    def held(self) -> int:
+        return len(self.used)
+
+    def add(self, block: Encoded) -> None:
+        n = len(block["target"])
+        if not self.store:
+            self.store = {
+                k: torch.empty((self.size, *v.shape[1:]), dtype=v.dtype) for k, v in block.items()
+            }
+        slots, self.free = self.free[:n], self.free[n:]
+        where = torch.from_numpy(slots)
+        for k, v in block.items():
+            self.store[k].index_copy_(0, where, v)
+        self.used = np.concatenate([self.used, slots])
+
+    def take(self, multiple: int, everything: bool = False) -> Encoded:
+        """A random half of the held rows in random order, rounded down to a `multiple`
+        of rows (at least one multiple; or all of them)."""
+        n = self.held
+        cut = n if everything else max((n + 1) // 2 // multiple, 1) * multiple
+        order = self.rng.permutation(n)
+        chosen, self.used = self.used[order[:cut]], self.used[order[cut:]]
+        self.free = np.concatenate([self.free, chosen])
+        # index_select: the same rows as v[index] at a third of the cost (measured: 18
+        # vs 51 ms for 262k rows of the benchmark's tensors, one thread)
+        where = torch.from_numpy(chosen)
+        return {k: v.index_select(0, where) for k, v in self.store.items()}
 
 
 class Scrub:
@@ -208,6 +335,28 @@ class Scrub:
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
         return frame if self.scrubber is None else self.scrubber.scrub(frame)[0]
+
+    def arrow(self, batch: pa.RecordBatch, columns: list[str]) -> pa.RecordBatch:
+        """`batch` with `columns` scrubbed as `__call__` scrubs them in a frame. The
+        scrubber replaces each distinct value on its own, so scrubbing a column's
+        dictionary (its distinct values, as a small frame) and keeping its indices gives
+        the same values: a block's few thousand distinct values pass through pandas,
+        not its rows."""
+        s = self.scrubber
+        if s is None or not s.changes_values:
+            return batch
+        touched = set(s.scan_columns) if s.action != "report" else set()
+        touched |= {d["column"] for d in s.identifier_columns if d["action"] != "report"}
+        for name in [c for c in columns if c in touched and c in batch.schema.names]:
+            i = batch.schema.get_field_index(name)
+            arr = distinct(batch.column(i))
+            scrubbed = s.scrub(pd.DataFrame({name: arr.dictionary.to_pandas()}))[0]
+            if name not in scrubbed:  # a dropped identifier: gone, as from a frame
+                batch = batch.drop_columns([name])
+                continue
+            values = pa.array(scrubbed[name], from_pandas=True)
+            batch = batch.set_column(i, name, pa.DictionaryArray.from_arrays(arr.indices, values))
+        return batch
 
 
 def stream_splits(loaded: LoadedConfig, table: ShardedTable, say: Reporter) -> tuple[Any, Any]:
@@ -222,7 +371,7 @@ def stream_splits(loaded: LoadedConfig, table: ShardedTable, say: Reporter) -> t
     cfg = loaded.config
     data = cfg.data
     holdout = {
-        name: open_shards(loaded.resolve(path), data.format, data.delimiter)
+        name: open_shards(loaded.data_source(path), data.format, data.delimiter)
         for name, path in (("val", data.val_path), ("test", data.test_path))
         if path
     }

@@ -175,7 +175,7 @@ def fit_stream(
                 rows[name] += len(frame)
     if rows["train"] == 0:
         raise DataError(
-            f"no training rows in {table.files[0].parent}: every row is held out or "
+            f"no training rows in {table.folder}: every row is held out or "
             "dropped (missing: drop_row)"
         )
     train_sample = samples["train"].frame()

@@ -61,6 +61,7 @@ from torch import Tensor
 from foundry.config.schema import GenerationConfig
 from foundry.lm.api import Completion, Delta
 from foundry.lm.generate import GenerationEngine, Row, advance_row, pick_next_tokens
+from foundry.torch_threads import adopt_torch_threads
 
 __all__ = ["CacheIO", "ContinuousBatcher", "QueueFull", "RowHandle", "ROW_QUANTUM"]
 
@@ -273,6 +274,7 @@ class ContinuousBatcher:
             self._lock.notify_all()
 
     def _run(self) -> None:
+        adopt_torch_threads()  # this thread's matrix products on the process's count
         while True:
             with self._lock:
                 while not self._closed and not self._waiting and not self._active:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from foundry.config.schema import BatchingConfig
+from foundry.torch_threads import adopt_torch_threads
 
 log = logging.getLogger("foundry.serve")
 
@@ -99,7 +100,9 @@ class Batcher:
         self.config = config or BatchingConfig()
         self._forward = forward
         self._on_batch = on_batch
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"foundry-{name}")
+        self._executor = ThreadPoolExecutor(
+            1, thread_name_prefix=f"foundry-{name}", initializer=adopt_torch_threads
+        )
         self._queue: deque[_Job] = deque()
         self._wake = asyncio.Event()
         self._expected = 0

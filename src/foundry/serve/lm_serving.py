@@ -38,6 +38,7 @@ from foundry.lm.api import Completion, Delta, Embedder, LanguageModel
 from foundry.lm.continuous import ContinuousBatcher, QueueFull
 from foundry.serve.errors import ApiError
 from foundry.serve.metrics import LMMetrics, ServeMetrics
+from foundry.torch_threads import adopt_torch_threads
 
 _DONE = object()
 
@@ -70,7 +71,9 @@ class ServedLanguageModel:
     _executor: ThreadPoolExecutor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"foundry-lm-{self.name}")
+        self._executor = ThreadPoolExecutor(
+            1, thread_name_prefix=f"foundry-lm-{self.name}", initializer=adopt_torch_threads
+        )
         if self.settings.max_concurrent > 1 and hasattr(self.model, "continuous_batcher"):
             hooks: dict[str, Any] = {}
             if self.metrics is not None:

@@ -275,6 +275,14 @@ def mean_over_ranks(value: Tensor) -> Tensor:
     return (reduced / dist.get_world_size()).to(value.device)
 
 
+def gather_counts(count: int) -> list[int]:
+    """Every rank's `count`, in rank order; every rank gets the list."""
+    mine = torch.tensor([count], dtype=torch.int64, device=_comm_device())
+    every = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    return [int(t.item()) for t in every]
+
+
 def broadcast_json(obj: Any, src: int = 0) -> Any:
     """Rank `src`'s `obj` (JSON data) on every rank; sent as UTF-8 bytes, no pickle."""
     device = _comm_device()

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from foundry.config.schema import TrainConfig
-from foundry.data.lazy_images import epoch_inputs
+from foundry.data.lazy_images import decode_workers, epoch_inputs
 from foundry.data.schema import TaskInfo
 from foundry.errors import TrainError
 from foundry.training import distributed
@@ -76,7 +76,8 @@ per-row tensor, e.g. a teacher's outputs), inputs after augmentation."""
 class FitResult:
     history: list[dict[str, Any]]
     """One dict per epoch (the lines of metrics.jsonl): epoch, train_loss, val_loss,
-    val_<metric>..., lr, seconds."""
+    val_<metric>..., lr, seconds; streamed data adds rows_per_rank (the training rows
+    each rank trained on that epoch, in rank order: one entry for one process)."""
     best_epoch: int
     """1-based epoch whose weights were kept."""
     best_metrics: dict[str, Any]
@@ -150,23 +151,29 @@ def fit(
     Raises `TrainError` when the loss diverges, the device or precision is unavailable,
     the monitored metric does not exist, or there is nothing to resume.
     """
-    with torch_settings(config):
-        return _fit(
-            model,
-            train,
-            val,
-            config,
-            task,
-            Path(run_dir),
-            n_outputs=n_outputs,
-            resume=resume,
-            progress=progress,
-            augment=augment,
-            metric_fn=metric_fn,
-            log=log,
-            on_epoch_end=on_epoch_end,
-            loss_fn=loss_fn,
-        )
+    # lazy image columns and streamed tables both read in DataLoader workers
+    workers = decode_workers(train) if isinstance(train, dict) else train.stream.workers
+    try:
+        with torch_settings(config, workers=workers):
+            return _fit(
+                model,
+                train,
+                val,
+                config,
+                task,
+                Path(run_dir),
+                n_outputs=n_outputs,
+                resume=resume,
+                progress=progress,
+                augment=augment,
+                metric_fn=metric_fn,
+                log=log,
+                on_epoch_end=on_epoch_end,
+                loss_fn=loss_fn,
+            )
+    finally:
+        if not isinstance(train, dict):  # workers started ahead for an epoch never run
+            train.discard_prefetch()
 
 
 def _fit(
@@ -202,11 +209,6 @@ def _fit(
     if streamed is not None:
         _check_streamable(config, loss_fn)
         input_keys, n_rows = streamed.input_keys, streamed.n_rows
-        workers = streamed.stream.workers
-        if device.type == "cpu" and workers and config.num_threads is None:
-            # the DataLoader workers read and encode on cores of their own: training
-            # threads competing with them for the same cores slowed epochs ~10x (2 cores)
-            torch.set_num_threads(max(1, torch.get_num_threads() - workers))
     else:
         input_keys = [k for k in train if k != "target"]
         train = {k: v.to(device) for k, v in train.items()}
@@ -329,6 +331,7 @@ def _fit(
             # of every batch's loss tensor held ~17 KB of heap per batch, pinned between
             # the batches' activations: +340 MiB over a 30M-row epoch.)
             loss_sum, n_losses = torch.zeros((), device=device), 0
+            rows_trained = 0  # by this rank this epoch: streamed runs record it (rows_per_rank)
             if private is None:
                 if streamed is not None:  # a fresh shard order and shuffle per epoch
                     rank = distributed.rank() if ddp else 0
@@ -377,8 +380,13 @@ def _fit(
 
                     loss_sum += loss.detach().float()
                     n_losses += 1
+                    rows_trained += len(target)  # a shape: no device sync
                     bar.advance(b + 1)
                 batches.close()  # a stream's workers stop here (rows past n_batches unread)
+                if streamed is not None and epoch < config.epochs:
+                    # the next epoch's workers start on their first blocks while this
+                    # one validates and checkpoints (a run that stops early drops them)
+                    streamed.prefetch(epoch + 1, batch_size, rank=rank, world=world)
             else:  # DP-SGD: each step a Poisson sample of rows, in physical batches
                 for b, rows in enumerate(private.sample_steps(generators["shuffle"])):
                     parts = rows.to(device).split(batch_size)  # one empty part if no rows
@@ -416,6 +424,10 @@ def _fit(
 
             # ---- validate, record
             record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+            if streamed is not None:  # each rank's share of the shards, as trained
+                record["rows_per_rank"] = (
+                    distributed.gather_counts(rows_trained) if ddp else [rows_trained]
+                )
             if val is not None and writer:
                 record.update(
                     _validate(

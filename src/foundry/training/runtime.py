@@ -27,14 +27,23 @@ __all__ = [
 
 
 @contextmanager
-def torch_settings(config: TrainConfig) -> Iterator[None]:
+def torch_settings(config: TrainConfig, *, workers: int = 0) -> Iterator[None]:
     """Thread count, deterministic kernels and `fast_cpu_math` for the duration of a
-    training loop only."""
+    training loop only.
+
+    `workers`: DataLoader worker processes that decode batches during the loop (lazy
+    image columns, or a streamed table's readers). With `train.num_threads` unset the
+    loop then takes only the cores they leave: an intra-op thread sharing a core with a
+    busy worker makes every op wait at its barrier for a descheduled thread. Measured on
+    2 cores (1 decode worker, a busy machine): the small CNN of
+    benchmarks/scale_images.py trained 260 images/s with 2 threads and 1,245 with 1."""
     threads = torch.get_num_threads()
     deterministic = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
+    elif workers:
+        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - workers)))
     if config.deterministic:
         # cuBLAS is only deterministic with a fixed workspace; it reads this variable
         # when it starts, so set it before the first CUDA matmul.

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from foundry.config.schema import CategoryPreprocessing
-from foundry.data.encoders.keys import category_keys, scalar_key, sort_keys
+from foundry.data.encoders.keys import arrow_lookup, category_keys, scalar_key, sort_keys
 from foundry.errors import DataError
 
 UNKNOWN = 0.5
@@ -61,6 +62,19 @@ class BinaryEncoder:
         for i, value in enumerate(self.values):
             codes[(keys == value).to_numpy(dtype=bool, na_value=False)] = i
         codes[keys.isna().to_numpy()] = self.fill
+        return codes
+
+    def transform_arrow(self, arr: pa.Array) -> np.ndarray | None:
+        """Arrow column [N] → `transform(arr.to_pandas())`, bit for bit, without pandas;
+        None for a type `arrow_lookup` does not take."""
+        found = arrow_lookup(arr, self.values)
+        if found is None:
+            return None
+        positions, missing = found
+        codes = np.full(len(positions), UNKNOWN, dtype=np.float32)
+        seen = positions >= 0
+        codes[seen] = positions[seen]
+        codes[missing] = self.fill
         return codes
 
     def encode_list(self, values: Sequence[Any]) -> np.ndarray:

@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from foundry.config.schema import CategoryPreprocessing
-from foundry.data.encoders.keys import category_keys, lookup, scalar_key
+from foundry.data.encoders.keys import arrow_lookup, category_keys, lookup, scalar_key
 
 MISSING = "__missing__"
 """Key of the missing-value category under the `category` policy."""
@@ -67,6 +68,18 @@ class CategoryEncoder:
         if self.fill is not None:
             keys = keys.fillna(self.fill)
         return lookup(keys, self.vocab) + 1  # -1 (unseen, rare or missing) + 1 = 0
+
+    def transform_arrow(self, arr: pa.Array) -> np.ndarray | None:
+        """Arrow column [N] → `transform(arr.to_pandas())`, bit for bit, without pandas;
+        None for a type `arrow_lookup` does not take."""
+        found = arrow_lookup(arr, self.vocab)
+        if found is None:
+            return None
+        positions, missing = found
+        codes = positions + 1  # -1 (unseen, rare or missing) + 1 = 0
+        if self.fill is not None:  # as `transform` fills the key before the lookup
+            codes[missing] = self._codes.get(self.fill, 0)
+        return codes
 
     def encode_list(self, values: Sequence[Any]) -> np.ndarray:
         """Python values [N] (keys, numbers, booleans; None missing) → int64 [N], equal to

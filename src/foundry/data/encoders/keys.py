@@ -82,3 +82,59 @@ def lookup(keys: pd.Series, vocab: list[str]) -> np.ndarray:
     arr = pa.array(keys.astype(str), from_pandas=True)
     found = pc.index_in(arr, value_set=pa.array(vocab, type=arr.type))
     return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def arrow_lookup(arr: pa.Array, vocab: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """`lookup` and the missing mask of an Arrow column, with no pandas on the way:
+    (position of each value's key in `vocab`, int64 [N], -1 for unseen or missing;
+    missing, bool [N]). Equal to `lookup(category_keys(col), vocab)` and
+    `category_keys(col).isna()` for `col = arr.to_pandas()`; None for a type with no
+    Arrow path here (the caller converts the column to pandas instead).
+
+    Strings are their own keys: one `index_in` over the column. Any other type (ints,
+    floats, booleans, a dictionary) is looked up through its distinct values: their
+    keys are made by `category_keys`, as the column's would be, so a million rows cost
+    a hash pass in C plus a few thousand keys in pandas."""
+    kind = arr.type
+    if pa.types.is_dictionary(kind):
+        positions, missing = _dictionary_lookup(arr.dictionary, vocab)
+        # null indices point one past the values: at an entry "missing, not in vocab"
+        # (which also serves a block of nulls only, whose dictionary is empty)
+        positions, missing = np.append(positions, -1), np.append(missing, True)
+        indices = arr.indices.fill_null(len(arr.dictionary))
+        where = indices.to_numpy(zero_copy_only=False)
+        return positions[where], missing[where]
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        found = pc.index_in(arr, value_set=pa.array(vocab, type=kind))
+        return found.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64), _nulls(arr)
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+        return None
+    return arrow_lookup(distinct(arr), vocab)
+
+
+def distinct(arr: pa.Array) -> pa.DictionaryArray:
+    """`arr` as a dictionary of its distinct values, each of them held as `to_pandas`
+    would hold it in the column (an int column with gaps becomes float64 in pandas, so
+    its values are keyed, or scrubbed, as floats)."""
+    if pa.types.is_dictionary(arr.type):
+        return arr
+    if arr.null_count and pa.types.is_integer(arr.type):
+        arr = pc.cast(arr, pa.float64(), safe=False)
+    return pc.dictionary_encode(arr)
+
+
+def _dictionary_lookup(values: pa.Array, vocab: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in `vocab` and missing mask of a dictionary's distinct values."""
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        found = arrow_lookup(values, vocab)
+        assert found is not None
+        return found
+    keys = category_keys(values.to_pandas())
+    return lookup(keys, vocab), keys.isna().to_numpy()
+
+
+def _nulls(arr: pa.Array) -> np.ndarray:
+    """bool [N]: where `arr` is null."""
+    if not arr.null_count:
+        return np.zeros(len(arr), dtype=bool)
+    return arr.is_null().to_numpy(zero_copy_only=False)

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from foundry.config.schema import NumberPreprocessing
 from foundry.data.encoders.keys import first_row
@@ -43,6 +45,19 @@ def to_float(col: pd.Series, name: str, *, row_name: RowName | None = None) -> n
         x = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
     refuse_infinities(x, name, col.index, row_name=row_name)
     return x
+
+
+def arrow_floats(arr: pa.Array) -> np.ndarray | None:
+    """An Arrow column of numbers → float64 [N] with NaN for missing, as `to_float` makes
+    of `arr.to_pandas()` (a view of the Arrow buffer for float64 with no nulls: never
+    write into it); None for other types, which go through pandas. Infinities are left
+    for the caller, which refuses them."""
+    kind = arr.type
+    if not (pa.types.is_integer(kind) or kind in (pa.float32(), pa.float64())):
+        return None
+    if kind != pa.float64():  # the conversion pandas makes (ints rounded to nearest)
+        arr = pc.cast(arr, pa.float64(), safe=False)
+    return arr.to_numpy(zero_copy_only=False)
 
 
 def refuse_infinities(
@@ -123,6 +138,12 @@ class NumberEncoder:
     def transform(self, col: pd.Series) -> np.ndarray:
         """Column [N] → float32 [N], no NaN."""
         return self._scaled(to_float(col, self.name), col.index)
+
+    def transform_arrow(self, arr: pa.Array) -> np.ndarray | None:
+        """Arrow column [N] → `transform(arr.to_pandas())`, bit for bit, without pandas;
+        None for a type `arrow_floats` does not take."""
+        x = arrow_floats(arr)
+        return None if x is None else self._scaled(x, range(len(x)))
 
     def encode_list(self, values: Sequence[float | int | None]) -> np.ndarray:
         """Python numbers [N] (None or NaN: missing) → float32 [N], equal bit for bit to

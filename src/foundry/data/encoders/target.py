@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from foundry.data.encoders.keys import category_keys, first_row, lookup, sort_keys
-from foundry.data.encoders.number import to_float
+from foundry.data.encoders.keys import arrow_lookup, category_keys, first_row, lookup, sort_keys
+from foundry.data.encoders.number import arrow_floats, to_float
 from foundry.data.schema import TaskInfo
 from foundry.errors import DataError
 
@@ -78,6 +79,20 @@ class TargetEncoder:
                 f"{first_row(unseen, col.index)}); known: {self.classes}"
             )
         return idx.astype(np.int64)
+
+    def transform_arrow(self, arr: pa.Array) -> np.ndarray | None:
+        """Arrow column [N] → `transform(arr.to_pandas())`, bit for bit, without pandas.
+        None for a type with no Arrow path, and for a missing, infinite or unseen value:
+        `transform` on the pandas column then raises the error naming it."""
+        if self.task == "regression":
+            y = arrow_floats(arr)
+            if y is None or not np.isfinite(y).all():
+                return None
+            return ((y - self.mean) / self.std).astype(np.float32)
+        found = arrow_lookup(arr, self.classes)
+        if found is None or found[1].any() or (found[0] < 0).any():
+            return None
+        return found[0]
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
         """Class indices [N] → labels [N] (object array of str)."""

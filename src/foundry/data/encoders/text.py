@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from foundry.config.schema import TextPreprocessing
@@ -85,6 +86,15 @@ class TextEncoder:
     def transform(self, col: pd.Series) -> np.ndarray:
         """Column [N] → int64 [N, max_length] token ids."""
         return self._ids(texts_of(col))
+
+    def transform_arrow(self, arr: pa.Array) -> np.ndarray | None:
+        """Arrow column [N] → `transform(arr.to_pandas())`, bit for bit, without pandas;
+        None unless the column holds strings."""
+        if pa.types.is_dictionary(arr.type):  # e.g. scrubbed (`data.pii`) per value
+            arr = arr.dictionary_decode()
+        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            return None
+        return self._ids(arr.fill_null("").to_pylist())  # missing text: "" (all padding)
 
     def encode_list(self, values: Sequence[str | None]) -> np.ndarray:
         """Python strings [N] (None missing) → int64 [N, max_length], equal to `transform`

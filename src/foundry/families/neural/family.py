@@ -53,7 +53,7 @@ class NeuralFamily:
     def prepare(self, run: Run) -> NeuralData:
         from foundry.data import Preprocessor, fingerprint
         from foundry.data.dataset import check_leakage, load_splits
-        from foundry.data.lazy_images import use_lazy
+        from foundry.data.lazy_images import release_unused_memory, use_lazy
         from foundry.training import distributed
 
         loaded, say = run.loaded, run.say
@@ -69,9 +69,10 @@ class NeuralFamily:
             f"{rows['train']}/{rows['val']}/{rows['test']}"
         )
         if splits.stream is not None:  # fitted in the streaming pass; trains from disk
+            _start_first_epoch(splits.stream, run)
             data_fingerprint = splits.stream.fingerprint
             preprocessor, train_enc = splits.stream.preprocessor, splits.stream
-            encode = preprocessor.transform
+            encode, lazy = preprocessor.transform, False
         else:
             image_columns = [f.name for f in resolved.inputs if f.type == "image"]
             data_fingerprint = fingerprint(
@@ -89,6 +90,8 @@ class NeuralFamily:
             train_enc = encode(train_df)
         # streamed: validation runs on the split's uniform sample
         val_enc = encode(splits.val) if len(splits.val) else None
+        if lazy:
+            release_unused_memory()  # what preparing left behind (lazy: memory flat in N)
         return NeuralData(
             splits, resolved, preprocessor, train_enc, val_enc, data_fingerprint, leakage
         )
@@ -183,6 +186,22 @@ class NeuralFamily:
 
     def outputs(self, model: Any, batch: pd.DataFrame) -> Any:
         return model.outputs(batch)
+
+
+def _start_first_epoch(stream: Any, run: Run) -> None:
+    """Fork the first epoch's DataLoader workers now, so that they read and encode their
+    first blocks while this process checks for leakage, encodes the validation sample
+    and builds the model (`StreamedTable.prefetch`; `fit` takes them over, or stops them
+    when its first epoch is another). Not for a resumed run, whose first epoch is only
+    known from its checkpoint, nor under train.privacy, which cannot stream."""
+    from foundry.training import distributed
+
+    train = run.config.train
+    if run.resume or train.privacy is not None or not stream.stream.workers:
+        return
+    world, rank = (distributed.world_size(), distributed.rank()) if distributed.active() else (1, 0)
+    if train.batch_size % world == 0:  # else fit refuses the batch size
+        stream.prefetch(1, train.batch_size // world, rank=rank, world=world)
 
 
 def image_augmenter(cfg: Any, resolved: Any):
