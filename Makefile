@@ -58,9 +58,11 @@ dashboard: $(VENV)/.installed
 	FOUNDRY_HOME=$(CURDIR)/.foundry FOUNDRY_ADMIN_TOKEN=$$token \
 	  $(VENV)/bin/foundry serve penguins:compressed --host 127.0.0.1 --port 8000
 
+# --durations=25: every CI log shows where the suite's time goes (its budget: under 20
+# minutes on an idle 2-core machine).
 test: $(VENV)/.installed-dev
 	$(PY) -m ruff check src tests benchmarks examples
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check src tests benchmarks examples

@@ -28,9 +28,10 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
-from tests.serve.serve_app_support import shared_toy
+from tests.serve.serve_app_support import foundry_cli, shared_toy
 from tests.serve.test_serve_process import _wait_ready
 
 from foundry.serve.loadtest import free_port
@@ -89,11 +90,10 @@ def _load(port: int, path: str, key: str, record: dict) -> float:
     return sum(answered) / seconds
 
 
-def _cost(env: dict[str, str], *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "foundry", "cost", *args, "--json"], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+def _cost(env: dict[str, str], root: Path, *args: str) -> dict:
+    """`foundry cost ARGS --json` through main() in this process (a subprocess spent
+    seconds importing); the server it measures is its own process."""
+    return json.loads(foundry_cli(root, env, "cost", *args, "--json").stdout)
 
 
 @pytest.mark.slow
@@ -112,14 +112,25 @@ def test_cost_per_1k_agrees_with_a_throughput_measured_over_http(toy, tmp_path):
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "foundry", "serve", toy.ref, "--port", str(port),
-             "--workers", "1"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "foundry",
+                "serve",
+                toy.ref,
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
         )
     try:
         _wait_ready(proc, url, log_path)
-        http_throughput = _load(port, f"/v1/models/{toy.name}/predict", key,
-                                toy.records(1)[0])
+        http_throughput = _load(port, f"/v1/models/{toy.name}/predict", key, toy.records(1)[0])
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -130,11 +141,11 @@ def test_cost_per_1k_agrees_with_a_throughput_measured_over_http(toy, tmp_path):
     assert http_throughput > 0
     http_cost = 0.10 / (3600 * http_throughput * 0.5) * 1000  # the default prices
 
-    supplied = _cost(env, toy.ref, "--throughput", repr(http_throughput))
+    supplied = _cost(env, tmp_path, toy.ref, "--throughput", repr(http_throughput))
     assert supplied["throughput"]["per_machine"] == http_throughput
     assert supplied["cost_per_1k"] == http_cost
 
-    measured = _cost(env, toy.ref, "--seconds", "1")
+    measured = _cost(env, tmp_path, toy.ref, "--seconds", "1")
     assert measured["throughput"]["measure"] == "server"
     per_machine = measured["throughput"]["per_machine"]
     assert per_machine > 0

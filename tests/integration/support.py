@@ -1,26 +1,12 @@
-"""Plain helpers for the integration tests (data makers, config writers, subprocess runs)."""
+"""Plain helpers for the integration tests (data makers, config writers)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
-
-
-def run_subprocess(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300):
-    return subprocess.run(
-        [sys.executable, "-m", "foundry", *map(str, args)],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def adult_like(n: int = 600, seed: int = 0) -> pd.DataFrame:

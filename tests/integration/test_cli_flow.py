@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 import yaml
-from tests.integration.support import adult_like, run_subprocess, write_config
+from tests.integration.support import adult_like, write_config
 
 import foundry
 from foundry.config.schema import GBMConfig
@@ -116,28 +116,18 @@ def test_python_api_train_and_regression(tmp_path):
 
 
 @pytest.mark.slow
-def test_make_demo_script_runs_end_to_end(tmp_path):
-    # The demo writes under the repo; run a copy of the CLI flow it uses in tmp instead.
+def test_make_demo_script_runs_end_to_end(cli, tmp_path, monkeypatch):
+    # The demo writes under the repo; run a copy of the CLI flow it uses in tmp instead
+    # (through the console script's main(): a subprocess per command spent seconds
+    # importing; the README test runs these commands as processes).
     df = adult_like(300)
     df.to_csv(tmp_path / "d.csv", index=False)
-    r = run_subprocess(
-        "init",
-        "d.csv",
-        "--target",
-        "income",
-        cwd=tmp_path,
-        env={"FOUNDRY_HOME": str(tmp_path / "home")},
-    )
-    assert r.returncode == 0, r.stderr
-    r = run_subprocess(
-        "train",
-        "config.yaml",
-        "train.epochs=2",
-        cwd=tmp_path,
-        env={"FOUNDRY_HOME": str(tmp_path / "home")},
-    )
-    assert r.returncode == 0, r.stderr
-    assert "registered d:1" in r.stderr
+    monkeypatch.setenv("FOUNDRY_HOME", str(tmp_path / "home"))
+    r = cli("init", "d.csv", "--target", "income", cwd=tmp_path)
+    assert r.code == 0, r.err
+    r = cli("train", "config.yaml", "train.epochs=2", cwd=tmp_path)
+    assert r.code == 0, r.err
+    assert "registered d:1" in r.err
 
 
 def test_public_functions_survive_subpackage_imports():

@@ -112,8 +112,9 @@ def test_treeshap_attributions_add_up_to_the_output(regressor, monkeypatch):
         assert total == pytest.approx(row["output"], abs=1e-6)
         assert row["output"] == pytest.approx(value, rel=1e-4)  # the value, in its units
     # the size drives the price: it gets the larger share on average
-    share = np.mean([abs(r["attributions"]["size"]) > abs(r["attributions"]["city"])
-                     for r in explained["rows"]])
+    share = np.mean(
+        [abs(r["attributions"]["size"]) > abs(r["attributions"]["city"]) for r in explained["rows"]]
+    )
     assert share >= 0.6
 
 
@@ -123,8 +124,10 @@ def test_records_encode_as_frames_do(regressor, monkeypatch):
     inputs = foundry.load(result.model_ref).preprocessor
     rows = df.drop(columns=["price", "tier"]).head(12)
     rows.loc[3, "city"] = "never-seen"
-    records = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
-               for r in rows.to_dict("records")]
+    records = [
+        {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+        for r in rows.to_dict("records")
+    ]
     frame = inputs.transform(rows, with_target=False)["features"].numpy()
     served = inputs.transform_records(records)["features"].numpy()
     np.testing.assert_array_equal(frame, served)  # NaN in the same places too
@@ -162,8 +165,10 @@ def test_without_refit_the_early_stopped_booster_is_packaged(tmp_path):
     gbm = manifest["gbm"]
     assert gbm["refit"] is None
     assert gbm["trees"] == gbm["best_iteration"]  # binary: one tree per round
-    assert _root_rows((result.package_path / "model.txt").read_text()) == \
-        manifest["data"]["rows"]["train"]
+    assert (
+        _root_rows((result.package_path / "model.txt").read_text())
+        == manifest["data"]["rows"]["train"]
+    )
 
 
 def test_a_classifiers_refit_takes_at_least_lightgbms_default_rounds():
@@ -208,8 +213,12 @@ def test_auto_ranks_a_refitted_booster_by_its_fit_before_the_refit(tmp_path):
     """The refitted booster trained on the validation rows: auto's validation score for
     gbm is the early-stopped booster's, the accuracy LightGBM logged at the best round."""
     config = _noisy(_config(tmp_path, "tier"))
-    config["model"] = {"type": "auto", "budget": "60s", "candidates": ["gbm"],
-                       "overrides": {"gbm": {"n_estimators": 60, "min_child_samples": 5}}}
+    config["model"] = {
+        "type": "auto",
+        "budget": "60s",
+        "candidates": ["gbm"],
+        "overrides": {"gbm": {"n_estimators": 60, "min_child_samples": 5}},
+    }
     result = foundry.train(config, progress=False, quiet=True, register=False)
     manifest = json.loads((result.package_path / "foundry.json").read_text())
     row = manifest["leaderboard"]["rows"][0]
@@ -222,10 +231,13 @@ def test_an_ensemble_weighs_a_refitted_booster_by_its_fit_before_the_refit(tmp_p
     fits: with the refitted booster's in-sample outputs the ensemble scored as well
     as the refit did on rows it had trained on."""
     config = _noisy(_config(tmp_path, "tier"))
-    config["model"] = {"type": "auto", "budget": "60s", "candidates": ["gbm", "mlp"],
-                       "ensemble": "always",
-                       "overrides": {"gbm": {"n_estimators": 60, "min_child_samples": 5},
-                                     "mlp": {"layers": [8]}}}
+    config["model"] = {
+        "type": "auto",
+        "budget": "60s",
+        "candidates": ["gbm", "mlp"],
+        "ensemble": "always",
+        "overrides": {"gbm": {"n_estimators": 60, "min_child_samples": 5}, "mlp": {"layers": [8]}},
+    }
     config["train"] = {"num_threads": 1, "epochs": 5}
     result = foundry.train(config, progress=False, quiet=True, register=False)
     rows = json.loads((result.package_path / "foundry.json").read_text())["leaderboard"]["rows"]
@@ -308,7 +320,7 @@ def test_cli_trains_breast_cancer_and_a_real_server_serves_it(tmp_path):
     `foundry serve` (uvicorn, HTTP on loopback) answers predict and explain as the
     loaded model does."""
     from sklearn.datasets import load_breast_cancer
-    from tests.serve.serve_app_support import assert_matches, bearer
+    from tests.serve.serve_app_support import assert_matches, bearer, foundry_cli
     from tests.serve.test_serve_process import _wait_ready
 
     from foundry.serve.gate import Gate
@@ -327,11 +339,9 @@ def test_cli_trains_breast_cancer_and_a_real_server_serves_it(tmp_path):
     home = tmp_path / "home"
     env = {**os.environ, "FOUNDRY_HOME": str(home), "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("FOUNDRY_DATABASE_URL", None)
-    trained = subprocess.run(
-        [sys.executable, "-m", "foundry", "train", "cancer.yaml", "--json"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert trained.returncode == 0, trained.stderr
+    # `foundry train` through main() in this process (a subprocess spent seconds
+    # importing); the server below is the other process.
+    trained = foundry_cli(tmp_path, env, "train", "cancer.yaml", "--json")
     assert json.loads(trained.stdout)["model"] == "cancer:1"
     assert (home / "models" / "cancer" / "1" / "model.txt").is_file()  # a booster
     metrics = json.loads((home / "models" / "cancer" / "1" / "metrics.json").read_text())
@@ -346,17 +356,20 @@ def test_cli_trains_breast_cancer_and_a_real_server_serves_it(tmp_path):
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "foundry", "serve", "cancer", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
         )
     try:
         _wait_ready(proc, url, log_path)
         rows = frame.drop(columns=["target"]).head(6)
         records = rows.to_dict("records")
         with httpx.Client(base_url=url, timeout=60) as client:
-            predicted = client.post("/v1/models/cancer/predict", json=records,
-                                    headers=bearer(key))
-            explained = client.post("/v1/models/cancer/explain",
-                                    json={"records": records[:2]}, headers=bearer(key))
+            predicted = client.post("/v1/models/cancer/predict", json=records, headers=bearer(key))
+            explained = client.post(
+                "/v1/models/cancer/explain", json={"records": records[:2]}, headers=bearer(key)
+            )
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -371,7 +384,6 @@ def test_cli_trains_breast_cancer_and_a_real_server_serves_it(tmp_path):
     body = explained.json()
     assert body["method"] == "tree_shap" and len(body["rows"]) == 2
     assert len(body["rows"][0]["attributions"]) == 30
-
 
 
 def test_a_booster_file_outside_the_package_is_refused(regressor, tmp_path):

@@ -1,10 +1,14 @@
 """Shared by the app, batching, errors and process tests: a small real model, an app
 around it, and an HTTP client on the app (ASGI, no sockets); `run_cli` for the tests
-that drive `foundry` in a subprocess (the server itself: `foundry.serve.loadtest.Server`)."""
+that drive the `foundry` command (the server itself runs in a subprocess:
+`foundry.serve.loadtest.Server`)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -20,8 +24,9 @@ import pytest
 from foundry.config.schema import PlanConfig, ServeConfig
 
 PLANS = {
-    "test": PlanConfig(included_units=1_000_000, requests_per_minute=100_000,
-                       max_records_per_request=50),
+    "test": PlanConfig(
+        included_units=1_000_000, requests_per_minute=100_000, max_records_per_request=50
+    ),
     "capped": PlanConfig(included_units=3, hard_limit=True, requests_per_minute=1_000),
     "slow": PlanConfig(included_units=1_000, requests_per_minute=2),
     "only_other": PlanConfig(models=["other"], requests_per_minute=1_000),
@@ -104,8 +109,7 @@ def shared_toy(tmp_path_factory, *, regression: bool = False) -> Toy:
     key = (tmp_path_factory.getbasetemp(), regression)
     if key not in _TRAINED:
         name = "spend" if regression else "toy"
-        _TRAINED[key] = train_toy(tmp_path_factory.mktemp(name), regression=regression,
-                                  name=name)
+        _TRAINED[key] = train_toy(tmp_path_factory.mktemp(name), regression=regression, name=name)
     return _TRAINED[key]
 
 
@@ -130,12 +134,43 @@ async def serving(app) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def run_cli(root: Path, env: dict, *args: str) -> str:
-    """`python -m foundry ARGS` run in `root` with `env`: its stdout, stripped (a non-zero
-    exit fails the test with its stderr)."""
-    out = subprocess.run([sys.executable, "-m", "foundry", *args], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+    """`foundry ARGS` run in `root` with `env` as the whole environment: its stdout,
+    stripped (a non-zero exit fails the test with its stderr)."""
+    return foundry_cli(root, env, *args).stdout.strip()
+
+
+def foundry_cli(
+    root: Path, env: dict, *args: str, check: bool = True
+) -> subprocess.CompletedProcess:
+    """`foundry ARGS` through the console script's `main()`, in this process, in `root`
+    with `env` as the whole environment (restored afterwards): a `python -m foundry`
+    subprocess would spend 1-2 s of CPU importing before each command (~30 in the e2e
+    tests). With `check`, a non-zero exit fails the test with its stderr; an exception
+    that escapes `main()` (a user would see a traceback) fails it in any case. Servers
+    are the exception: they run in subprocesses (`foundry.serve.loadtest.Server`)."""
+    from foundry.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code: object = 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        for name in set(os.environ) - set(env):
+            mp.delenv(name)
+        for name, value in env.items():
+            mp.setenv(name, value)
+        mp.setattr(sys, "argv", ["foundry", *map(str, args)])
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                main()
+        except SystemExit as done:
+            code = done.code or 0
+    if isinstance(code, str):  # sys.exit("message"): the interpreter prints it, exit 1
+        err.write(f"{code}\n")
+        code = 1
+    result = subprocess.CompletedProcess(["foundry", *args], code, out.getvalue(), err.getvalue())
+    if check:
+        assert code == 0, f"foundry {' '.join(map(str, args))} exited {code}:\n{result.stderr}"
+    return result
 
 
 def bearer(key: str) -> dict[str, str]:

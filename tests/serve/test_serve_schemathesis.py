@@ -19,7 +19,6 @@ import dataclasses
 import os
 import shutil
 import subprocess
-import sys
 from collections import Counter
 
 import pytest
@@ -30,7 +29,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
-from tests.serve.serve_app_support import shared_toy
+from tests.serve.serve_app_support import foundry_cli, shared_toy
 
 from foundry.config.schema import PlanConfig, ServeConfig
 
@@ -306,14 +305,7 @@ def test_cli_keys_create_refuses_an_expiry_past_year_9999(tmp_path):
     env.pop("FOUNDRY_DATABASE_URL", None)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "foundry", *args],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return foundry_cli(tmp_path, env, *args, check=False)
 
     created = cli(
         "keys", "create", "--name", "far", "--plan", "starter", "--expires", "99999999999d"
@@ -353,13 +345,6 @@ def test_admin_key_reference_that_is_no_id_is_a_client_error(tmp_path_factory, t
 def test_cli_keys_revoke_of_a_reference_that_is_no_id_is_one_line(tmp_path):
     env = {**os.environ, "FOUNDRY_HOME": str(tmp_path / "home")}
     env.pop("FOUNDRY_DATABASE_URL", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "foundry", "keys", "revoke", "\u00b25"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = foundry_cli(tmp_path, env, "keys", "revoke", "\u00b25", check=False)
     assert "Traceback" not in result.stderr
     assert result.returncode == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,31 +73,48 @@ def test_a_single_process_is_not_distributed(monkeypatch):
     assert distributed.from_main(lambda: "same") == "same"  # no group: just a call
 
 
-@pytest.mark.parametrize(
-    ("joined", "code", "expected"), [(True, 3, 3), (True, 0, 0), (False, 3, "returned")]
-)
+EXITS = [(True, 3, 3), (True, 0, 0), (False, 3, "returned")]
+"""(joined a group, exit code asked for, what the process must do)."""
+
+
+@pytest.fixture(scope="module")
+def exited_workers() -> dict[tuple[bool, int], subprocess.Popen]:
+    """The three cases' processes, started at once (each spends ~2 s importing torch)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    env.pop("PYTHONUNBUFFERED", None)  # stdout buffered, as a worker's pipe is
+    procs = {}
+    for joined, code, _ in EXITS:
+        script = (
+            "import sys\n"
+            "from foundry.training import distributed\n"
+            f"distributed._joined = {joined}\n"
+            "sys.stdout.write('result line')\n"  # no newline: still in the buffer
+            f"distributed.exit_worker({code})\n"
+            "print(' returned')\n"
+            "sys.exit(5)\n"
+        )
+        procs[joined, code] = subprocess.Popen(
+            [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True
+        )
+    yield procs
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize(("joined", "code", "expected"), EXITS)
 def test_a_worker_that_trained_in_a_group_exits_at_once_with_its_output_flushed(
-    joined, code, expected
+    exited_workers, joined, code, expected
 ):
     # A process that joined a group leaves through os._exit (gloo's threads can abort an
     # ordinary interpreter shutdown); what it printed, unflushed, must still arrive.
-    script = (
-        "import sys\n"
-        "from foundry.training import distributed\n"
-        f"distributed._joined = {joined}\n"
-        "sys.stdout.write('result line')\n"  # no newline: still in the buffer
-        f"distributed.exit_worker({code})\n"
-        "print(' returned')\n"
-        "sys.exit(5)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
-    env.pop("PYTHONUNBUFFERED", None)  # stdout buffered, as a worker's pipe is
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    proc = exited_workers[joined, code]
+    stdout, _ = proc.communicate(timeout=120)
     if expected == "returned":
-        assert done.returncode == 5 and done.stdout == "result line returned\n"
+        assert proc.returncode == 5 and stdout == "result line returned\n"
     else:
-        assert done.returncode == expected and done.stdout == "result line"
+        assert proc.returncode == expected and stdout == "result line"
 
 
 def test_the_cli_passes_its_exit_code_and_message_to_the_worker_exit(monkeypatch, capsys):
@@ -115,6 +133,10 @@ def test_the_cli_passes_its_exit_code_and_message_to_the_worker_exit(monkeypatch
 
 @pytest.fixture
 def data_dir(tmp_path):
+    return write_data(tmp_path)
+
+
+def write_data(folder: Path) -> Path:
     """Breast cancer (sklearn) as CSV files: 400 training rows (even: both ranks get 200),
     85 validation and 84 test rows; a config with dropout off and no early stopping."""
     from sklearn.datasets import load_breast_cancer
@@ -122,11 +144,11 @@ def data_dir(tmp_path):
     df = load_breast_cancer(as_frame=True).frame
     df["target"] = df["target"].map({0: "malignant", 1: "benign"})
     df = df.sample(frac=1.0, random_state=0)
-    df[:400].to_csv(tmp_path / "train.csv", index=False)
-    df[400:485].to_csv(tmp_path / "val.csv", index=False)
-    df[485:].to_csv(tmp_path / "test.csv", index=False)
-    write_config(tmp_path)
-    return tmp_path
+    df[:400].to_csv(folder / "train.csv", index=False)
+    df[400:485].to_csv(folder / "val.csv", index=False)
+    df[485:].to_csv(folder / "test.csv", index=False)
+    write_config(folder)
+    return folder
 
 
 def write_config(folder: Path, **train) -> Path:
@@ -234,15 +256,43 @@ def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> Non
         torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-4, msg=key)
 
 
-@pytest.fixture
-def single_process(data_dir, monkeypatch):
-    """The same config trained in this process: the weights and history to match."""
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    """The same config trained in this process, once for the three tests that compare
+    with it (4 epochs, never interrupted): the weights and history to match."""
     import foundry
 
-    monkeypatch.chdir(data_dir)
-    result = foundry.train("c.yaml", run_dir="single", progress=False, quiet=True)
+    folder = write_data(tmp_path_factory.mktemp("single"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("FOUNDRY_HOME", str(folder / "home"))
+        result = foundry.train("c.yaml", run_dir="single", progress=False, quiet=True)
     assert result.package_path is not None
     return load_file(str(result.package_path / "model.safetensors")), result.history
+
+
+@pytest.fixture(scope="module")
+def two_epochs_on_two(tmp_path_factory):
+    """`train --nproc 2 train.epochs=2`, run once for the two resume tests (a 2-process
+    launch costs ~12 s of CPU): its folder (data, runs/, home-ddp/) and the process."""
+    folder = write_data(tmp_path_factory.mktemp("two-epochs"))
+    done = foundry(
+        "train", "c.yaml", "--nproc", "2", "train.epochs=2", cwd=folder, home=folder / "home-ddp"
+    )
+    return folder, done
+
+
+@pytest.fixture
+def stopped(two_epochs_on_two, tmp_path):
+    """A copy of that 2-epoch run, as if it had been stopped after epoch 2 (no COMPLETED):
+    (folder, run directory, the first launch)."""
+    folder, first = two_epochs_on_two
+    assert first.returncode == 0, first.stderr
+    data_dir = tmp_path / "bc"
+    shutil.copytree(folder, data_dir)
+    (run,) = (data_dir / "runs").iterdir()
+    (run / "COMPLETED").unlink()
+    return data_dir, run, first
 
 
 @pytest.mark.slow
@@ -277,8 +327,11 @@ def test_torchrun_on_two_nodes_registers_once_and_costs_both_machines(data_dir):
     # Two torchrun agents, as on two machines (here both on localhost), meet at one c10d
     # rendezvous: the README's multi-node command, one process per node.
     home = data_dir / "home-nodes"
-    env = {**os.environ, "FOUNDRY_HOME": str(home),
-           "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "FOUNDRY_HOME": str(home),
+        "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")]),
+    }
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     endpoint = f"127.0.0.1:{free_port()}"
@@ -301,15 +354,12 @@ def test_torchrun_on_two_nodes_registers_once_and_costs_both_machines(data_dir):
 
 
 @pytest.mark.slow
-def test_an_interrupted_two_process_run_resumes(data_dir, single_process):
+def test_an_interrupted_two_process_run_resumes(stopped, single_process):
+    data_dir, run, first = stopped
     home = data_dir / "home-ddp"
-    first = foundry("train", "c.yaml", "--nproc", "2", "train.epochs=2", cwd=data_dir, home=home)
-    assert first.returncode == 0, first.stderr
     # rank 0 reports (once); rank 1 prints nothing
     assert first.stderr.count("distributed: 2 processes (gloo), 16 rows each per step") == 1
     assert first.stderr.count("epoch 2/2") == 1 and first.stdout.count("bc:1") == 1
-    (run,) = (data_dir / "runs").iterdir()
-    (run / "COMPLETED").unlink()  # as if it had been stopped after epoch 2
 
     resumed = foundry(
         "train", "c.yaml", "--nproc", "2", "--resume", "--json", cwd=data_dir, home=home
@@ -325,15 +375,12 @@ def test_an_interrupted_two_process_run_resumes(data_dir, single_process):
 
 
 @pytest.mark.slow
-def test_a_two_process_run_resumes_in_one_process(data_dir, single_process):
+def test_a_two_process_run_resumes_in_one_process(stopped, single_process):
     # The checkpoint is rank 0's whole state (weights, optimizer, shuffle generator), and
     # the global batch does not depend on the number of processes: a run started on 2
     # processes finishes on 1 exactly as if it had never been split.
+    data_dir, run, _ = stopped
     home = data_dir / "home-ddp"
-    first = foundry("train", "c.yaml", "--nproc", "2", "train.epochs=2", cwd=data_dir, home=home)
-    assert first.returncode == 0, first.stderr
-    (run,) = (data_dir / "runs").iterdir()
-    (run / "COMPLETED").unlink()
 
     resumed = foundry("train", "c.yaml", "--resume", "--json", cwd=data_dir, home=home)
     assert resumed.returncode == 0, resumed.stderr
@@ -383,7 +430,6 @@ def _early_config():
         gradient_accumulation=2,
         early_stopping={"metric": "val_loss", "patience": 2, "min_delta": 0.01},
     )
-
 
 
 def _count_reductions_in_rank(rank: int, port: int, folder: str) -> None:

@@ -70,8 +70,38 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
 
-    _run(script, tmp_path / "full", tmp_path / "full.safetensors", "full")
+    # The uninterrupted run goes alongside the one to kill (on the other core: each
+    # process spends seconds importing torch); it is waited for before the comparison.
+    uninterrupted = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "full"), str(tmp_path / "full.safetensors"),
+         "full"],
+        env=_env(),
+    )  # fmt: skip
+    try:
+        killed = _kill_then_resume(script, tmp_path)
+        assert uninterrupted.wait(timeout=300) == 0
+    finally:
+        if uninterrupted.poll() is None:
+            uninterrupted.kill()
+            uninterrupted.wait()
 
+    full = load_file(str(tmp_path / "full.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed.safetensors"))
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+
+    def without_seconds(path: Path) -> list[dict]:
+        history = json.loads(path.read_text())
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+    assert without_seconds(tmp_path / "resumed.json") == without_seconds(tmp_path / "full.json")
+    lines = (killed / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5]
+
+
+def _kill_then_resume(script: Path, tmp_path: Path) -> Path:
+    """A run SIGKILLed after its first checkpoint, then resumed to the end: its folder."""
     killed = tmp_path / "killed"
     process = subprocess.Popen(
         [sys.executable, str(script), str(killed), str(tmp_path / "x.safetensors"), "kill"],
@@ -90,17 +120,4 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert done < 5
 
     _run(script, killed, tmp_path / "resumed.safetensors", "resume")
-
-    full = load_file(str(tmp_path / "full.safetensors"))
-    resumed = load_file(str(tmp_path / "resumed.safetensors"))
-    assert full.keys() == resumed.keys()
-    for key in full:
-        assert torch.equal(full[key], resumed[key]), key
-
-    def without_seconds(path: Path) -> list[dict]:
-        history = json.loads(path.read_text())
-        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
-
-    assert without_seconds(tmp_path / "resumed.json") == without_seconds(tmp_path / "full.json")
-    lines = (killed / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5]
+    return killed
