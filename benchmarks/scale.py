@@ -185,21 +185,13 @@ def _cpu(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def same_process(path: Path, rounds: int, batch_size: int, workers: int) -> list[float]:
-    """`foundry.training.fit`'s two data paths in this one process, alternating: the
-    streamed table, and the same training rows encoded in memory (what the in-memory
-    path trains on), one epoch each, same model, one training thread. Returns each
-    round's rows/s ratio (streaming / in memory)."""
-    import tempfile
-
-    import torch
-
+def _streamed_splits(path: Path, workers: int, batch_size: int) -> tuple[Any, Any]:
+    """The benchmark's config (the default MLP, one epoch, one training thread) over the
+    table at `path`, streamed with `workers` DataLoader workers, and its splits."""
     from foundry.config import LoadedConfig
     from foundry.config.schema import FoundryConfig
     from foundry.console import Reporter
     from foundry.data.dataset import load_splits
-    from foundry.models import build_model
-    from foundry.training import fit
 
     cfg = FoundryConfig.model_validate({
         "name": "scale",
@@ -210,6 +202,22 @@ def same_process(path: Path, rounds: int, batch_size: int, workers: int) -> list
         "train": {"epochs": 1, "batch_size": batch_size, "num_threads": 1},
     })  # fmt: skip
     splits, _ = load_splits(LoadedConfig(cfg, path.parent), Reporter(quiet=True))
+    return cfg, splits
+
+
+def same_process(path: Path, rounds: int, batch_size: int, workers: int) -> list[float]:
+    """`foundry.training.fit`'s two data paths in this one process, alternating: the
+    streamed table, and the same training rows encoded in memory (what the in-memory
+    path trains on), one epoch each, same model, one training thread. Returns each
+    round's rows/s ratio (streaming / in memory)."""
+    import tempfile
+
+    import torch
+
+    from foundry.models import build_model
+    from foundry.training import fit
+
+    cfg, splits = _streamed_splits(path, workers, batch_size)
     stream = splits.stream
     pre = stream.preprocessor
     parts = [pre.transform(b) for b in _training_frames(stream)]
@@ -246,20 +254,11 @@ def worker_cost(path: Path, rounds: int) -> None:
     (`_Blocks`: the pieces, encoding, the shuffle buffer's hand-overs)."""
     import torch
 
-    from foundry.config import LoadedConfig
-    from foundry.config.schema import FoundryConfig
-    from foundry.console import Reporter
-    from foundry.data.dataset import load_splits
     from foundry.data.stream import _Blocks
 
     torch.set_num_threads(1)  # as in a worker (idle OpenMP threads spin, adding CPU time)
-    cfg = FoundryConfig.model_validate({
-        "name": "scale",
-        "data": {"path": str(path), "streaming": True, "pii": {"enabled": False}},
-        "features": {"target": "label"},
-        "model": {"type": "mlp"},
-    })  # fmt: skip
-    splits, _ = load_splits(LoadedConfig(cfg, path.parent), Reporter(quiet=True))
+    # the loop runs here, in this process: the worker count and batch size are not used
+    _, splits = _streamed_splits(path, workers=2, batch_size=1024)
     s = splits.stream
     per_million = 1e6 / s.n_rows
     routes = ["pandas", *(["arrow"] if hasattr(s.table, "read_arrow") else [])]
@@ -313,19 +312,7 @@ def start_up(path: Path, rounds: int, batch_size: int, workers: int) -> None:
     ahead by `StreamedTable.prefetch` 2 s earlier (what the family's preparation gives
     them), alternating in this process; then the seconds to close the epoch's loader
     after its last batch."""
-    from foundry.config import LoadedConfig
-    from foundry.config.schema import FoundryConfig
-    from foundry.console import Reporter
-    from foundry.data.dataset import load_splits
-
-    cfg = FoundryConfig.model_validate({
-        "name": "scale",
-        "data": {"path": str(path), "streaming": True, "pii": {"enabled": False},
-                 "stream": {"workers": workers}},
-        "features": {"target": "label"},
-        "model": {"type": "mlp"},
-    })  # fmt: skip
-    splits, _ = load_splits(LoadedConfig(cfg, path.parent), Reporter(quiet=True))
+    _, splits = _streamed_splits(path, workers, batch_size)
     stream = splits.stream
     for r in range(rounds):
         waits = {}
