@@ -15,12 +15,19 @@ from foundry.torch_threads import adopt_torch_threads
 
 
 def _openmp() -> ctypes.CDLL | None:
-    """The OpenMP runtime PyTorch loaded (libgomp on Linux wheels), or None."""
+    """The OpenMP runtime PyTorch loaded (libgomp on Linux wheels), or None. Other
+    libraries may load their own copy (scikit-learn's wheel has one), whose per-thread
+    settings are its own: the one under torch's folder is PyTorch's."""
     maps = Path("/proc/self/maps")
     if not maps.exists():
         return None
+    torch_lib = Path(torch.__file__).parent
     paths = {line.split()[-1] for line in maps.read_text().splitlines() if "omp" in line}
-    paths = {p for p in paths if Path(p).name.startswith(("libgomp", "libiomp"))}
+    paths = {
+        p
+        for p in paths
+        if Path(p).name.startswith(("libgomp", "libiomp")) and Path(p).is_relative_to(torch_lib)
+    }
     return ctypes.CDLL(sorted(paths)[0]) if paths else None
 
 
