@@ -7,12 +7,12 @@
 reports everywhere) and OpenMP's for the calling thread only: OpenMP keeps that setting
 per thread. PyTorch applies its count to a new thread lazily, in its first parallel loop;
 a matrix product that comes first goes to MKL, which runs it on OpenMP's default team of
-one thread per core. Measured on this project's 2-core machine (load ~7), a
-[4, 128] x [128, 2048] product on a fresh thread cost 0.5-2.0 ms of CPU per call (twice
-that for the process: the second OpenMP thread spinning) against 0.07-0.10 ms once the
-thread had its count. Every thread that runs a model (a served model's batching thread,
-a language model's engine and generation threads) calls this once when it starts, so it
-does not depend on which operation happens to run first.
+one thread per core. `benchmarks/torch_threads.py` measured a [4, 128] x [128, 2048]
+product on such a thread at twice the process CPU of an adopted thread, and 2.2-5.3x
+the wall time beside one busy process (docs/BENCHMARKS.md). Every thread that runs a
+model (a served model's batching thread, a language model's engine and generation
+threads) calls this once when it starts, so it does not depend on which operation
+happens to run first.
 """
 
 from __future__ import annotations
