@@ -425,42 +425,66 @@ class ContinuousBatcher:
         gathered): slots are handed out lowest first, so the running rows sit at the
         front, and slot i is batch row i. Slots in that range that are not decoding (free,
         or still reading their prompt) ride along as padding: their input is the pad
-        token and they see only the column appended now, which is never read back."""
+        token and they see only the column appended now, which is never read back.
+
+        A step of a small model costs mostly the calls that launch its operations (a
+        16-row step of the example GPT multiplies matrices of 16 x 128), so this makes
+        few: the step's inputs come from one list, and the new keys and values of every
+        layer go to their rows' positions in one copy (`_write_back`)."""
         device, width = self.engine.device, self._width
         context = width - 1
-        top = max(r.slot for r in rows) + 1
-        padded = -(-top // ROW_QUANTUM) * ROW_QUANTUM  # the buffers have room (_allocate)
-        ids = [self.engine.pad_id] * padded
-        lengths = [0] * padded
+        slots = [r.slot for r in rows]
+        padded = -(-(max(slots) + 1) // ROW_QUANTUM) * ROW_QUANTUM  # _allocate made room
+        # per batch row: the token fed, its position (= tokens cached) and where its new
+        # key/value goes: its next position, or (padding) column `context` itself
+        table = [[self.engine.pad_id] * padded, [0] * padded, [context] * padded]
         for r in rows:
-            ids[r.slot], lengths[r.slot] = r.pending, r.cached
-        lengths_t = torch.tensor(lengths, device=device)
+            table[0][r.slot], table[1][r.slot], table[2][r.slot] = r.pending, r.cached, r.cached
+        ids, lengths, at = torch.tensor(table, device=device).unbind(0)
         # mask [padded, context + 1]: each row's own tokens, and the one appended now
         # (column `context`); padding rows see only that one
-        mask = torch.arange(width, device=device)[None] < lengths_t[:, None]
-        mask[:, context] = True
+        mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
+        mask[:, context] = 1
         with torch.inference_mode():
             cache = self.io.build([(k[:padded], v[:padded]) for k, v in self._slots], context)
             logits, cache = self.engine.step(
-                torch.tensor(ids, dtype=torch.int64, device=device)[:, None],
+                ids[:, None],
                 cache=cache,
-                attention_mask=mask.long(),
-                position_ids=lengths_t[:, None],
+                attention_mask=mask,
+                position_ids=lengths[:, None],
                 use_cache=True,
             )
-            # each row's new key/value (column `context`) to its own next position, for
-            # every batch row at once: a padding row's goes onto column `context` itself
-            write_at = [context] * padded
-            for r in rows:
-                write_at[r.slot] = r.cached
-            at = torch.tensor(write_at, device=device)
-            for (slot_k, slot_v), (k, v) in zip(self._slots, self.io.read(cache), strict=True):
-                _write_column(slot_k, k[:, :, context], at)
-                _write_column(slot_v, v[:, :, context], at)
-            real = torch.tensor([r.slot for r in rows], device=device)
+            self._write_back(self.io.read(cache), padded, context, at)
         for request in rows:
             request.cached += 1
-        self._sample(rows, logits[real, -1])
+        if slots == list(range(len(rows))):  # the usual order: a view, nothing gathered
+            self._sample(rows, logits[: len(rows), -1])
+        else:
+            self._sample(rows, logits[torch.tensor(slots, device=device), -1])
+
+    def _write_back(
+        self, layers: list[tuple[Tensor, Tensor]], padded: int, context: int, at: Tensor
+    ) -> None:
+        """Each batch row's new key/value (column `context` of `layers`, per layer [padded,
+        H, W, Dh]) to its own position `at[b]`. When the model wrote them into the slot
+        buffers themselves (both CacheIOs here do) and those are one tensor (`_allocate`),
+        every layer's in one index_copy_; else per layer (`_write_column`)."""
+        stack = self._stack
+        in_place = stack is not None and all(
+            k.data_ptr() == slot_k.data_ptr() and v.data_ptr() == slot_v.data_ptr()
+            for (slot_k, slot_v), (k, v) in zip(self._slots, layers, strict=True)
+        )
+        if not in_place:
+            for (slot_k, slot_v), (k, v) in zip(self._slots, layers, strict=True):
+                _write_column(slot_k, k[:, :, context], at)
+                _write_column(slot_v, v[:, :, context], at)
+            return
+        assert stack is not None and self._stack_rows is not None
+        dim = stack.shape[-1]
+        # stack [2 x layers, slots, H, W, Dh] as rows of Dh values; _stack_rows [2 x layers,
+        # slots, H] is the row of each (layer, slot, head)'s position 0
+        rows = (self._stack_rows[:, :padded] + at[None, :, None]).flatten()
+        stack.view(-1, dim).index_copy_(0, rows, stack[:, :padded, :, context].reshape(-1, dim))
 
     def _sample(self, rows: list[_Request], logits: Tensor) -> None:
         """Each row's next token from its own logits (`logits[i]` [V] is row i's) and its
@@ -477,13 +501,14 @@ class ContinuousBatcher:
         logits = logits.float()
         for members in groups.values():
             first = rows[members[0]]
+            mine = logits if len(members) == len(rows) else logits[members]
             seen = None
             if first.params.repetition_penalty != 1.0:
                 seen = torch.zeros((1, max(first.seen) + 1), dtype=torch.bool)
                 seen[0, list(first.seen)] = True
                 seen = seen.to(logits.device)
             picked = pick_next_tokens(
-                logits[members], first.params, [rows[i].generator for i in members], seen
+                mine, first.params, [rows[i].generator for i in members], seen
             )
             for i, token in zip(members, picked.tolist(), strict=True):
                 tokens[i] = token
@@ -499,10 +524,33 @@ class ContinuousBatcher:
             else:
                 request.emit(Delta(text.take_ready() if text else "", row.computed))
 
+    _stack: Tensor | None = None
+    """Every layer's slot buffers as one tensor [2 x layers, slots, H, W, Dh] (keys of
+    layer i at 2i, values at 2i + 1), when their shapes agree: a decode step then writes
+    its new keys and values back in one copy (`_write_back`)."""
+    _stack_rows: Tensor | None = None
+    """[2 x layers, slots, H]: the row of `_stack` (as rows of Dh values) holding each
+    (layer, slot, head)'s position 0."""
+
     def _allocate(self, layers: list[tuple[Tensor, Tensor]]) -> None:
         """The slot buffers, shaped after the model's first cache (zeros: a masked slot
         position must hold a finite number, as 0 x NaN is NaN)."""
         rows = -(-self.max_concurrent // ROW_QUANTUM) * ROW_QUANTUM  # + padding rows
+        first = layers[0][0]
+        if all(
+            t.shape[1:] == first.shape[1:] and t.dtype == first.dtype for kv in layers for t in kv
+        ):
+            _, heads, _, dim = first.shape
+            stack = first.new_zeros((2 * len(layers), rows, heads, self._width, dim))
+            self._stack = stack
+            self._stack_rows = (
+                torch.arange(stack.shape[0] * rows * heads, device=stack.device).view(
+                    stack.shape[0], rows, heads
+                )
+                * self._width
+            )
+            self._slots = [(stack[2 * i], stack[2 * i + 1]) for i in range(len(layers))]
+            return
         for k, v in layers:
             _, heads, _, dim = k.shape
             self._slots.append(

@@ -147,22 +147,30 @@ class Attention(nn.Module):
         *,
         angles: tuple[Tensor, Tensor] | None,
         mask: Tensor | None,
+        blocked: Tensor | None = None,
         cache: KVCache | None,
         layer: int,
     ) -> Tensor:
         """x [B, t, D] → [B, t, D]. `mask` [B, 1, t, T_total] (True = may attend) or None
-        for plain causal attention over these t tokens alone."""
+        for plain causal attention over these t tokens alone. `blocked` (`~mask`, made
+        once per pass rather than per layer): attend with plain matmul + softmax, the
+        batch-invariant path (`KVCache.batch_invariant`)."""
         b, t, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=2)
-        # [B, t, D] → [B, H, t, Dh]
-        q, k, v = (z.view(b, t, self.n_heads, self.head_dim).transpose(1, 2) for z in (q, k, v))
+        heads, dim = self.n_heads, self.head_dim
+        qkv = self.qkv(x)
+        # [B, t, 2D] → [2, B, H, t, Dh]: queries and keys as one tensor, so that the rotary
+        # embedding (a dozen elementwise ops) runs once for both, not once each: the same
+        # numbers, and q and k come out with the strides two separate rotations give
+        qk = qkv[..., : 2 * d].view(b, t, 2, heads, dim).permute(2, 0, 3, 1, 4)
         if angles is not None:
-            q, k = rotate(q, angles), rotate(k, angles)
+            qk = rotate(qk, angles)
+        q, k = qk.unbind(0)
+        v = qkv[..., 2 * d :].view(b, t, heads, dim).transpose(1, 2)  # [B, H, t, Dh]
         if cache is not None:
             k, v = cache.update(layer, k, v)  # [B, H, T_total, Dh]
-        if cache is not None and cache.batch_invariant and mask is not None:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # [B, H, t, T]
-            y = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
+        if blocked is not None:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(dim)  # [B, H, t, T]
+            y = torch.softmax(scores.masked_fill(blocked, float("-inf")), dim=-1) @ v
             return self.proj(y.transpose(1, 2).reshape(b, t, d))
         y = F.scaled_dot_product_attention(
             q,
@@ -190,6 +198,10 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, **attention: object) -> Tensor:
+        if not self.training:  # dropout is the identity: not called (a decode step's cost
+            # is mostly such calls: its matrices are small)
+            x = x + self.attn(self.ln1(x), **attention)
+            return x + self.mlp(self.ln2(x))
         x = x + self.dropout(self.attn(self.ln1(x), **attention))
         return x + self.dropout(self.mlp(self.ln2(x)))
 
@@ -263,9 +275,12 @@ class GPT(nn.Module):
             x = x + self.pos_embed(position_ids)
         x = self.dropout(x)
         mask = self._attention_mask(attention_mask, past, t, input_ids.device)
+        blocked = None
+        if cache is not None and cache.batch_invariant and mask is not None:
+            blocked = ~mask
         angles = self.rotary(position_ids) if self.rotary is not None else None
         for i, block in enumerate(self.blocks):
-            x = block(x, angles=angles, mask=mask, cache=cache, layer=i)
+            x = block(x, angles=angles, mask=mask, blocked=blocked, cache=cache, layer=i)
         if last_only:
             x = x[:, -1:]
         return self.head(self.ln_f(x))  # [B, t, V]
@@ -278,6 +293,10 @@ class GPT(nn.Module):
         attention does it (nothing cached, or one new token that may see everything)."""
         if attention_mask is None and (past == 0 or t == 1):
             return None
+        if t == 1:  # one new token (a decode step) sees every real token and itself
+            allowed = attention_mask[:, None, None, :] != 0  # [B, 1, 1, T]
+            allowed[..., past] = True
+            return allowed
         total = past + t
         query = torch.arange(past, total, device=device)[:, None]  # [t, 1]
         key = torch.arange(total, device=device)[None, :]  # [1, T]
