@@ -116,23 +116,32 @@ class Rotary(nn.Module):
         super().__init__()
         inv_freq = 1.0 / ROPE_BASE ** (torch.arange(0, head_dim, 2).float() / head_dim)
         angles = torch.outer(torch.arange(max_positions).float(), inv_freq)  # [C, Dh/2]
-        # Derived from the config, so not saved with the weights (persistent=False).
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        # Derived from the config, so not saved with the weights (persistent=False). Both
+        # halves of a head's features in one row (`rotate`): [C, Dh].
+        cos, sin = angles.cos(), angles.sin()
+        self.register_buffer("cos", torch.cat([cos, cos], dim=-1), persistent=False)
+        self.register_buffer("sin", torch.cat([-sin, sin], dim=-1), persistent=False)
 
     def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """positions [B, t] or [1, t] → (cos, sin) [B or 1, 1, t, Dh/2] for `rotate`:
+        """positions [B, t] or [1, t] → (cos, sin) [B or 1, 1, t, Dh] for `rotate`:
         looked up once per forward pass and shared by every layer (the lookups per layer,
         for queries and keys, were an eighth of a decode step's time at 4 layers)."""
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 
 def rotate(x: Tensor, angles: tuple[Tensor, Tensor]) -> Tensor:
-    """x [B, H, t, Dh] rotated by `Rotary(positions)`'s angles, same shape and dtype."""
+    """x [..., t, Dh] rotated by `Rotary(positions)`'s angles, same shape and dtype,
+    contiguous. In the "rotate half" layout (GPT-NeoX, Llama): with x = [x1, x2],
+
+        [x1 cos - x2 sin, x2 cos + x1 sin] = x * [cos, cos] + [x2, x1] * [-sin, sin]
+
+    bit for bit (a - b is a + (-b) in floating point, and + commutes): four operations
+    rather than the nine of splitting and concatenating the halves."""
     cos, sin = angles
-    wide = x if x.dtype == torch.float32 else x.float()  # (a call saved when it is a no-op)
-    x1, x2 = wide.chunk(2, dim=-1)  # "rotate half" layout (GPT-NeoX, Llama)
-    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    # contiguous: the result then has the layout (strides) the halves' concatenation
+    # gave, which matmul and attention kernels see
+    wide = (x if x.dtype == torch.float32 else x.float()).contiguous()
+    rotated = wide * cos + wide.roll(x.shape[-1] // 2, dims=-1) * sin
     return rotated if rotated.dtype == x.dtype else rotated.to(x.dtype)
 
 
@@ -181,8 +190,10 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)  # [B, H, T_total, Dh]
         if blocked is not None:
-            scores = batched_matmul(q, k.transpose(-2, -1)) / math.sqrt(dim)  # [B, H, t, T]
-            weights = torch.softmax(scores.masked_fill(blocked, float("-inf")), dim=-1)
+            scores = batched_matmul(q, k.transpose(-2, -1))  # [B, H, t, T]
+            # in place: the same arithmetic as `/` and masked_fill, two allocations fewer
+            scores = scores.div_(math.sqrt(dim)).masked_fill_(blocked, float("-inf"))
+            weights = torch.softmax(scores, dim=-1)
             y = batched_matmul(weights, v)
             return self.proj(y.transpose(1, 2).reshape(b, t, d))
         y = F.scaled_dot_product_attention(
