@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from foundry.config.schema import GPTConfig
-from foundry.models.gpt import GPT, KVCache
+from foundry.models.gpt import GPT, ROPE_BASE, KVCache, Rotary, batched_matmul, rotate
 from foundry.registry.package import write_package
 
 POSITIONS = ["rope", "learned"]
@@ -112,6 +112,30 @@ def test_rope_tables_are_not_weights():
     keys = tiny_gpt("rope").state_dict()
     assert not any("cos" in k or "sin" in k for k in keys)
     assert "pos_embed.weight" in tiny_gpt("learned").state_dict()
+
+
+def test_rotary_is_the_rotation_of_the_halves_bit_for_bit():
+    """`rotate` computes x * [cos, cos] + [x2, x1] * [-sin, sin]; it must give exactly
+    the "rotate half" formula (GPT-NeoX, Llama), on a strided view as the attention
+    hands it, so that no token changes."""
+    dim, positions = 8, torch.tensor([[0, 3, 5], [7, 1, 2]])
+    inv_freq = 1.0 / ROPE_BASE ** (torch.arange(0, dim, 2).float() / dim)
+    angles = positions[..., None].float() * inv_freq  # [B, t, Dh/2]
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]  # [B, 1, t, Dh/2]
+    x = torch.randn(2, 3, 2 * 4, dim).view(2, 3, 2, 4, dim).permute(2, 0, 3, 1, 4)
+    x1, x2 = x.chunk(2, dim=-1)
+    expected = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    got = rotate(x, Rotary(dim, 8)(positions))
+    assert torch.equal(got, expected)
+    assert got.is_contiguous()
+
+
+def test_batched_matmul_is_matmul_bit_for_bit():
+    buffer = torch.randn(5, 4, 11, 8)  # a cache: rows, heads, positions, head dim
+    q, keys = torch.randn(3, 4, 2, 8), buffer[:3]
+    assert torch.equal(batched_matmul(q, keys.transpose(-2, -1)), q @ keys.transpose(-2, -1))
+    weights = torch.randn(3, 4, 2, 11)
+    assert torch.equal(batched_matmul(weights, keys), weights @ keys)
 
 
 def test_too_long_an_input_is_refused():
