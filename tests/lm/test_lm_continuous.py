@@ -11,7 +11,7 @@ import torch
 from tests.lm.lm_helpers import ByteTokenizer, tiny_gpt
 
 from foundry.config.schema import GenerationConfig
-from foundry.lm.continuous import ContinuousBatcher, QueueFull
+from foundry.lm.continuous import UNIFORMS_AHEAD, ContinuousBatcher, QueueFull, _Request
 from foundry.lm.generate import GenerationEngine
 from foundry.lm.gpt_model import GPTCacheIO
 
@@ -91,6 +91,21 @@ def test_rows_that_join_while_others_run_still_give_their_own_tokens(batcher):
 
 def _text(batcher: ContinuousBatcher, prompt: str, params: GenerationConfig) -> str:
     return "".join(delta.text for delta in batcher.stream(prompt, params))
+
+
+def test_draws_made_ahead_are_the_generators_draws_one_by_one():
+    """A row draws its uniforms UNIFORMS_AHEAD at a time (`_Request.next_uniform`); a
+    seeded row must still get the numbers that one draw per token gives."""
+    request = _Request(
+        row=None,  # type: ignore[arg-type]  # not read here
+        params=GenerationConfig(seed=5),
+        generator=torch.Generator().manual_seed(5),
+        emit=print,
+        enqueued=0.0,
+    )
+    one_by_one = torch.Generator().manual_seed(5)
+    drawn = [request.next_uniform() for _ in range(2 * UNIFORMS_AHEAD + 3)]
+    assert drawn == [torch.rand((), generator=one_by_one).item() for _ in drawn]
 
 
 def test_each_row_keeps_its_own_parameters(batcher):

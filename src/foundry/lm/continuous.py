@@ -68,6 +68,9 @@ __all__ = ["CacheIO", "ContinuousBatcher", "QueueFull", "RowHandle", "ROW_QUANTU
 ROW_QUANTUM = 4
 """Decode batches are padded to a multiple of this many rows (see the module doc)."""
 
+UNIFORMS_AHEAD = 64
+"""A row's random draws are made this many at a time (`_Request.next_uniform`)."""
+
 Emit = Callable[[Delta | BaseException | None], None]
 """Called on the engine thread: a Delta per token, an exception if the step failed,
 then None once the row has left the batch (finished, cancelled or failed)."""
@@ -110,6 +113,18 @@ class _Request:
     cancelled: bool = False
     seen: set[int] = field(default_factory=set)
     """Tokens so far, for the repetition penalty."""
+    uniforms: list[float] = field(default_factory=list)
+    """Draws of `generator` not used yet (`next_uniform`)."""
+
+    def next_uniform(self) -> float:
+        """The row's next uniform draw from its own generator, the number
+        `torch.rand((), generator=...)` gives at this point (pick_next_tokens' `uniforms`).
+        Drawn UNIFORMS_AHEAD at a time, in the same order: a CPU generator's draws of n
+        numbers at once are its n draws one by one (tests/lm/test_lm_continuous.py checks
+        it), and 16 one-number draws cost ~70 µs a step, two fifths of the sampling."""
+        if not self.uniforms:
+            self.uniforms = torch.rand(UNIFORMS_AHEAD, generator=self.generator).tolist()[::-1]
+        return self.uniforms.pop()
 
 
 class RowHandle:
@@ -507,8 +522,13 @@ class ContinuousBatcher:
                 seen = torch.zeros((1, max(first.seen) + 1), dtype=torch.bool)
                 seen[0, list(first.seen)] = True
                 seen = seen.to(logits.device)
+            uniforms = None
+            if first.params.temperature != 0:  # sampled: one draw per row (greedy: none)
+                uniforms = torch.tensor(
+                    [rows[i].next_uniform() for i in members], dtype=torch.float32
+                )
             picked = pick_next_tokens(
-                mine, first.params, [rows[i].generator for i in members], seen
+                mine, first.params, [rows[i].generator for i in members], seen, uniforms
             )
             for i, token in zip(members, picked.tolist(), strict=True):
                 tokens[i] = token

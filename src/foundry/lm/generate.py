@@ -290,12 +290,15 @@ def pick_next_tokens(
     params: GenerationConfig,
     generators: list[torch.Generator],
     seen: Tensor | None = None,
+    uniforms: Tensor | None = None,
 ) -> Tensor:
     """Next token per row from `logits` [B, V] (float32) → int64 [B].
 
     `seen` [B, V'] bool marks tokens already in each row (for the repetition penalty;
     V' may be shorter than V). `generators[i]` supplies row i's randomness: one uniform
-    draw per token, turned into a token through the cumulative distribution.
+    draw per token, turned into a token through the cumulative distribution. `uniforms`
+    [B] float32: those draws, made already by the caller (foundry.lm.continuous draws
+    ahead, the same numbers); then the generators are not used.
     """
     if seen is not None and params.repetition_penalty != 1.0:
         penalty = params.repetition_penalty
@@ -320,7 +323,9 @@ def pick_next_tokens(
         probs = probs.masked_fill(drop, 0.0)
 
     cdf = probs.cumsum(dim=-1)  # [B, V], not normalised after filtering: scale u instead
-    u = torch.stack([torch.rand((), generator=g) for g in generators]).to(cdf.device)
+    if uniforms is None:
+        uniforms = torch.stack([torch.rand((), generator=g) for g in generators])
+    u = uniforms.to(cdf.device)
     picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)
     return picked.squeeze(1).clamp(max=logits.shape[-1] - 1)
 
