@@ -223,10 +223,10 @@ def test_decode_logits_are_bit_identical_alone_and_batched(prefill_chunk):
     logits: dict[int, list[torch.Tensor]] = {}
     real = continuous.pick_next_tokens
 
-    def keep(row_logits, params, generators, seen=None):  # records, then the real thing
+    def keep(row_logits, params, generators, seen=None, uniforms=None):  # records, then real
         for one, generator in zip(row_logits, generators, strict=True):  # rows by generator
             logits.setdefault(id(generator), []).append(one[None].clone())
-        return real(row_logits, params, generators, seen)
+        return real(row_logits, params, generators, seen, uniforms)
 
     continuous.pick_next_tokens = keep
     try:
