@@ -271,10 +271,13 @@ def _load_in_client(
     if server_after:  # /proc is there (Linux)
         spent = {t: cpu - server_before.get(t, 0.0) for t, cpu in server_after.items()}
         main = spent.pop(server_pid, 0.0)
+        # the engine's thread: in its own process (serve.lm.engine: process), the
+        # busiest thread there; else the busiest of the server's other threads
+        engine_side = {t: c for (p, t), c in spent.items() if p != server_pid}
         per_token = 1e6 / max(1, row["tokens"])
         client = sum(client_after[2:4]) - sum(client_before[2:4])  # children's user + sys
         row["cpu_us_per_token"] = {
-            "engine_thread": max(spent.values(), default=0.0) * per_token,
+            "engine_thread": max((engine_side or spent).values(), default=0.0) * per_token,
             "event_loop": main * per_token,
             "server": (main + sum(spent.values())) * per_token,
             "client": client * per_token,
@@ -282,16 +285,24 @@ def _load_in_client(
     return row
 
 
-def _thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of each thread of process `pid`, from /proc."""
+def _thread_cpu(pid: int) -> dict:
+    """CPU seconds (user + system) of each thread of process `pid` and of its child
+    processes (the models' engine processes), from /proc: {pid: main thread's,
+    (process, thread): each other thread's}."""
     tick = os.sysconf("SC_CLK_TCK")
-    threads: dict[int, float] = {}
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]
-                utime, stime = fields.split()[11:13]
-                threads[int(tid)] = (int(utime) + int(stime)) / tick
+    threads: dict = {}
+    processes = [pid]
+    while processes:
+        process = processes.pop()
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{process}/task"):
+                with contextlib.suppress(OSError):
+                    task = Path(f"/proc/{process}/task/{tid}")
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1]
+                    utime, stime = fields.split()[11:13]
+                    key = pid if int(tid) == pid else (process, int(tid))
+                    threads[key] = (int(utime) + int(stime)) / tick
+                    processes += [int(c) for c in (task / "children").read_text().split()]
     return threads
 
 
@@ -310,10 +321,13 @@ def _server(
     device: str = "cpu",
     dtype: str = "float32",
     src: Path | None = None,
+    engine: str | None = None,
 ):
     lm: dict = {"max_concurrent": max_concurrent, "max_queue": 256}
     if (device, dtype) != ("cpu", "float32"):  # keys a baseline's schema may not have
         lm.update(device=device, dtype=dtype)
+    if engine is not None:  # serve.lm.engine: process (the default) or thread
+        lm.update(engine=engine)
     config = {"serve": {"plans": PLAN, "metrics": "public", "lm": lm}}
     if src is not None:  # another checkout's foundry (--baseline-src)
         env = {**env, "PYTHONPATH": str(src)}
@@ -524,6 +538,11 @@ def main() -> None:
         choices=["tiny-llama", "gpt-corpus"],
         help="the model --engine-cpu runs",
     )
+    parser.add_argument(
+        "--models",
+        default="gpt-corpus,tiny-llama",
+        help="which served models to load (comma-separated)",
+    )
     parser.add_argument("--client", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client is not None:  # the load client's own process (_load_in_client)
@@ -553,19 +572,29 @@ def main() -> None:
         "dtype": dtype,
         "engines": {},
     }
+    # continuous: the default engine (serve.lm.engine: process); continuous-thread: the
+    # same engine in a thread of the server process
     servers = [
-        (engine, slots, None)
-        for engine, slots in (("continuous", 32), ("one-at-a-time", 1))
+        (engine, slots, None, lm_engine)
+        for engine, slots, lm_engine in (
+            ("continuous", 32, None),
+            ("continuous-thread", 32, "thread"),
+            ("one-at-a-time", 1, None),
+        )
         if engine in args.engines.split(",")
     ]
     if args.baseline_src is not None and "continuous" in args.engines.split(","):
-        servers.append(("baseline", 32, args.baseline_src.resolve()))
+        servers.append(("baseline", 32, args.baseline_src.resolve(), None))
     for repeat in range(args.repeats):
         # alternate the order, so neither side always runs first on a drifting machine
-        for engine, slots, src in servers if repeat % 2 == 0 else servers[::-1]:
+        for engine, slots, src, lm_engine in servers if repeat % 2 == 0 else servers[::-1]:
             label = engine if args.repeats == 1 else f"{engine} #{repeat + 1}"
-            with _server(work, env, slots, args.device, dtype, src) as (url, key, pid):
-                for model in ("gpt-corpus", "tiny-llama"):
+            with _server(work, env, slots, args.device, dtype, src, lm_engine) as (
+                url,
+                key,
+                pid,
+            ):
+                for model in args.models.split(","):
                     rows = [
                         _load_in_client(url, key, model, n, args.tokens, args.rounds, pid)
                         for n in streams

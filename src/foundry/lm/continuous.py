@@ -115,9 +115,12 @@ class _Request:
 class RowHandle:
     """The caller's side of one submitted row."""
 
-    def __init__(self, request: _Request, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, request: _Request, wake: Callable[[], None], engine: GenerationEngine
+    ) -> None:
         self._request = request
         self._wake = wake
+        self._engine = engine
 
     @property
     def row(self) -> Row:
@@ -128,6 +131,10 @@ class RowHandle:
         """Leave the batch at the next step (the tokens computed until then stand)."""
         self._request.cancelled = True
         self._wake()
+
+    def completion(self) -> Completion:
+        """The whole completion, once the row has finished."""
+        return self._engine.completion_of(self._request.row)
 
 
 class ContinuousBatcher:
@@ -146,6 +153,7 @@ class ContinuousBatcher:
         adjust: Callable[[GenerationConfig], GenerationConfig] | None = None,
         on_step: Callable[[int, int], None] | None = None,
         on_admit: Callable[[float], None] | None = None,
+        after_step: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self.io = cache_io
@@ -160,6 +168,9 @@ class ContinuousBatcher:
         """on_step(decode rows, tokens generated) after each step (metrics)."""
         self.on_admit = on_admit
         """on_admit(seconds waited in the queue) when a request takes a slot."""
+        self.after_step = after_step
+        """Called on the engine thread after each round of the loop and once when it
+        ends, after that round's emits (`foundry.lm.engine_process` sends them then)."""
         self._lock = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._active: list[_Request] = []
@@ -201,14 +212,24 @@ class ContinuousBatcher:
         with self._lock:
             return self._is_full()
 
-    def submit(self, prompt: str | list[int], params: GenerationConfig, emit: Emit) -> RowHandle:
+    def submit(
+        self,
+        prompt: str | list[int],
+        params: GenerationConfig,
+        emit: Emit,
+        *,
+        text: bool | None = None,
+    ) -> RowHandle:
         """Queue one completion; `emit` gets its deltas on the engine thread. Raises
         `QueueFull` when every slot is taken and `max_queue` requests wait already,
-        `foundry.errors.ModelError` when the prompt leaves no room to generate."""
+        `foundry.errors.ModelError` when the prompt leaves no room to generate.
+        `text`: the deltas carry text (default: when the prompt is text; token ids
+        encoded elsewhere say True)."""
         if self.adjust is not None:
             params = self.adjust(params)
         ids = self.engine.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
-        [row] = self.engine.new_rows([ids], params, text=isinstance(prompt, str))
+        text = isinstance(prompt, str) if text is None else text
+        [row] = self.engine.new_rows([ids], params, text=text)
         request = _Request(row, params, _generator(params.seed), emit, time.perf_counter())
         if params.repetition_penalty != 1.0:
             request.seen.update(ids)
@@ -220,7 +241,7 @@ class ContinuousBatcher:
                 )
             self._waiting.append(request)
             self._lock.notify_all()
-        return RowHandle(request, self._wake)
+        return RowHandle(request, self._wake, self.engine)
 
     def generate(self, prompts: list[str], params: GenerationConfig) -> list[Completion]:
         """Blocking: one completion per prompt, each prompt its own row."""
@@ -238,7 +259,7 @@ class ContinuousBatcher:
             done.acquire()
         if failures:
             raise failures[0]
-        return [self.engine.completion_of(h.row) for h in handles]
+        return [h.completion() for h in handles]
 
     def stream(self, prompt: str, params: GenerationConfig) -> Iterator[Delta]:
         """Blocking: the deltas of one completion (closing the iterator cancels it)."""
@@ -289,9 +310,13 @@ class ContinuousBatcher:
                     request.emit(exc)
                     self._leave(request)
                 self._active = []
+            if self.after_step is not None:
+                self.after_step()
         for request in [*self._active, *self._waiting]:  # closed: nothing more will come
             request.emit(RuntimeError(f"model '{self.name}' is shutting down"))
             request.emit(None)
+        if self.after_step is not None:
+            self.after_step()
 
     def _admit(self) -> None:
         """Waiting requests take free slots (the lock is held)."""

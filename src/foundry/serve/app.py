@@ -54,6 +54,7 @@ from starlette.concurrency import run_in_threadpool
 
 from foundry.config.schema import ServeConfig
 from foundry.errors import ConfigError, FoundryError
+from foundry.lm.continuous import ContinuousBatcher
 from foundry.serve.batching import Batcher
 from foundry.serve.errors import ApiError, install_error_handlers
 
@@ -214,7 +215,8 @@ class Service:
                                   "a registry model served here; rename one of them")
             self.language_models[upstream.name] = UpstreamModel.open(upstream)
             self.state[upstream.name] = "loaded"
-        if any(getattr(m, "batcher", None) for m in self.language_models.values()):
+        if any(isinstance(getattr(m, "batcher", None), ContinuousBatcher)
+               for m in self.language_models.values()):  # an engine thread here
             self._switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(ENGINE_SWITCH_INTERVAL_S)
 

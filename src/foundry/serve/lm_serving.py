@@ -36,6 +36,7 @@ import anyio
 from foundry.config.schema import GenerationConfig, LMServeConfig
 from foundry.lm.api import Completion, Delta, Embedder, LanguageModel
 from foundry.lm.continuous import ContinuousBatcher, QueueFull
+from foundry.lm.engine_process import EngineGone, EngineProcess, release_weights
 from foundry.serve.errors import ApiError
 from foundry.serve.metrics import LMMetrics, ServeMetrics
 from foundry.torch_threads import adopt_torch_threads
@@ -64,9 +65,13 @@ class ServedLanguageModel:
     settings: LMServeConfig = field(default_factory=LMServeConfig)
     """`serve.lm`: continuous batching and its bounds."""
     metrics: ServeMetrics | None = None
-    batcher: ContinuousBatcher | None = field(init=False, default=None)
-    """The continuous-batching engine; None: the one-at-a-time engine."""
+    batcher: ContinuousBatcher | EngineProcess | None = field(init=False, default=None)
+    """The continuous-batching engine, in this process or its own; None: the
+    one-at-a-time engine."""
     _lm_metrics: LMMetrics | None = field(init=False, default=None, repr=False)
+    home: str | None = None
+    """The registry the model was loaded from: the engine process loads it from there
+    (`serve.lm.engine: process`); None: the engine runs in a thread of this process."""
     _deliveries: _Handoff | None = field(init=False, default=None, repr=False)
     _executor: ThreadPoolExecutor = field(init=False, repr=False)
 
@@ -74,10 +79,13 @@ class ServedLanguageModel:
         self._executor = ThreadPoolExecutor(
             1, thread_name_prefix=f"foundry-lm-{self.name}", initializer=adopt_torch_threads
         )
+
+    def start(self) -> None:
+        """Start the model's continuous-batching engine (none for max_concurrent 1)."""
         if self.settings.max_concurrent > 1 and hasattr(self.model, "continuous_batcher"):
             hooks: dict[str, Any] = {}
             if self.metrics is not None:
-                batcher_ref: list[ContinuousBatcher] = []
+                batcher_ref: list[Any] = []
                 self._lm_metrics = self.metrics.language_model(
                     self.name,
                     running=lambda: batcher_ref[0].running if batcher_ref else 0,
@@ -85,17 +93,43 @@ class ServedLanguageModel:
                 )
                 hooks = {"on_step": self._lm_metrics.on_step, "on_admit": self._lm_metrics.on_admit}
             s = self.settings
-            self.batcher = self.model.continuous_batcher(
-                max_concurrent=s.max_concurrent,
-                max_queue=s.max_queue,
-                max_batch_tokens=s.max_batch_tokens,
-                prefill_chunk=s.prefill_chunk,
-                name=self.name,
-                **hooks,
-            )
+            if self.in_process:
+                import torch
+
+                self.batcher = EngineProcess(
+                    self.model,
+                    self.ref,
+                    self.home,
+                    s,
+                    name=self.name,
+                    threads=torch.get_num_threads(),
+                    **hooks,
+                )
+            else:
+                self.batcher = self.model.continuous_batcher(
+                    max_concurrent=s.max_concurrent,
+                    max_queue=s.max_queue,
+                    max_batch_tokens=s.max_batch_tokens,
+                    prefill_chunk=s.prefill_chunk,
+                    name=self.name,
+                    **hooks,
+                )
             if self.metrics is not None:
                 batcher_ref.append(self.batcher)
             self.batcher.start()
+            if self.in_process:
+                release_weights(self.model)
+
+    @property
+    def in_process(self) -> bool:
+        """The engine runs in a process of its own (`serve.lm.engine: process`, a model
+        loaded from a registry, continuous batching)."""
+        return (
+            self.settings.engine == "process"
+            and self.home is not None
+            and self.settings.max_concurrent > 1
+            and hasattr(self.model, "continuous_batcher")
+        )
 
     @classmethod
     def load(
@@ -109,9 +143,24 @@ class ServedLanguageModel:
         from foundry.lm.load import load
 
         settings = settings or LMServeConfig()
+        if registry is None:
+            from foundry.registry import Registry
+
+            registry = Registry()
         model = load(ref, registry=registry)
-        place(model, settings.device, settings.dtype)
-        return cls.from_model(model, registry, settings=settings, metrics=metrics)
+        served = cls(
+            model.ref.split(":")[0],
+            model.ref,
+            model,
+            getattr(model, "generation", None) or GenerationConfig(),
+            settings,
+            metrics,
+            home=str(registry.home),
+        )
+        if not served.in_process:  # else the engine process places its own copy
+            place(model, settings.device, settings.dtype)
+        served.start()
+        return served
 
     @classmethod
     def from_model(
@@ -122,10 +171,11 @@ class ServedLanguageModel:
         settings: LMServeConfig | None = None,
         metrics: ServeMetrics | None = None,
     ) -> ServedLanguageModel:
-        """Serve an already loaded model (its `ref` is pinned, `name:version`); its
-        `generation` attribute (the package's `lm.generation`) gives the defaults."""
+        """Serve an already loaded model (its `ref` is pinned, `name:version`) with its
+        engine in a thread of this process; its `generation` attribute (the package's
+        `lm.generation`) gives the defaults."""
         defaults = getattr(model, "generation", None) or GenerationConfig()
-        return cls(
+        served = cls(
             model.ref.split(":")[0],
             model.ref,
             model,
@@ -133,6 +183,8 @@ class ServedLanguageModel:
             settings or LMServeConfig(),
             metrics,
         )
+        served.start()
+        return served
 
     @property
     def generates(self) -> bool:
@@ -190,6 +242,8 @@ class ServedLanguageModel:
             return self.batcher.submit(prompt, params, emit)
         except QueueFull:
             raise self._busy() from None
+        except EngineGone as exc:
+            raise ApiError(503, "model_unavailable", str(exc)) from None
 
     async def generate(self, prompt: str, params: GenerationConfig) -> Completion:
         if self.batcher is None:
@@ -210,7 +264,7 @@ class ServedLanguageModel:
         await ended
         if failures:
             raise failures[0]
-        return self.batcher.engine.completion_of(handle.row)
+        return handle.completion()
 
     async def embed(self, texts: list[str]) -> tuple[Any, list[int]]:
         return await self.run(self.model.embed, texts)
