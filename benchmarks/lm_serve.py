@@ -394,8 +394,7 @@ def prefill_ms(env: dict[str, str], ref: str, device: str = "cpu", dtype: str = 
     import torch
 
     os.environ["FOUNDRY_HOME"] = env["FOUNDRY_HOME"]
-    from foundry.lm.load import load
-    from foundry.serve.lm_serving import place
+    from foundry.lm.load import load, place
 
     lm = load(ref)
     place(lm, device, dtype)
@@ -429,8 +428,7 @@ def transformers_batch(
     import transformers
 
     os.environ["FOUNDRY_HOME"] = env["FOUNDRY_HOME"]
-    from foundry.lm.load import load
-    from foundry.serve.lm_serving import place
+    from foundry.lm.load import load, place
 
     lm = load("tiny-llama")
     place(lm, device, dtype)

@@ -68,10 +68,14 @@ class EngineGone(RuntimeError):
 # ---------------------------------------------------------------------- framing
 
 
-def _send(sock: socket.socket, lock: threading.Lock, message: Any) -> None:
-    data = json.dumps(message, separators=(",", ":")).encode()
+def _send(sock: socket.socket, lock: threading.Lock, *messages: Any) -> None:
+    """Each message as one frame (length, JSON), all in one write."""
+    frames = []
+    for message in messages:
+        data = json.dumps(message, separators=(",", ":")).encode()
+        frames += [_HEADER.pack(len(data)), data]
     with lock:
-        sock.sendall(_HEADER.pack(len(data)) + data)
+        sock.sendall(b"".join(frames))
 
 
 def _recv(sock: socket.socket) -> Any:
@@ -180,6 +184,8 @@ class EngineProcess:
         self._loop: asyncio.AbstractEventLoop | None = None
         """The event loop that reads the engine's messages (`_attach`)."""
         self._buffer = bytearray()
+        self._outgoing: list[dict[str, Any]] = []
+        """Messages of this turn of the event loop (`_post`)."""
         self._gone: str | None = None
         self._ended = threading.Event()
 
@@ -248,6 +254,11 @@ class EngineProcess:
             self._process.kill()
             self._process.wait()
 
+    @property
+    def gone(self) -> str | None:
+        """Why the engine process is gone; None while it runs."""
+        return self._gone
+
     # ------------------------------------------------------------------ requests
 
     def full(self) -> bool:
@@ -260,7 +271,8 @@ class EngineProcess:
     def submit(self, prompt: str | list[int], params: GenerationConfig, emit: Emit) -> RemoteHandle:
         """Queue one completion, on the event loop; `emit` gets its deltas there.
         Raises QueueFull, ModelError (the prompt leaves no room to generate) and
-        EngineGone here, before anything is sent."""
+        EngineGone here, before anything is sent; an engine that dies later fails the
+        row through `emit`."""
         from foundry.lm.continuous import QueueFull
 
         self._attach()
@@ -282,19 +294,36 @@ class EngineProcess:
             "text": text,
             "params": params.model_dump(mode="json"),
         }
-        try:
-            assert self._sock is not None
-            _send(self._sock, self._send_lock, message)
-        except OSError:
-            with self._lock:
-                self._rows.pop(rid, None)
-            raise EngineGone(f"the engine process of model '{self.name}' is gone") from None
+        self._post(message)
         return handle
 
     def _cancel(self, rid: int) -> None:
+        self._post({"op": "cancel", "id": rid})
+
+    def _post(self, message: dict[str, Any]) -> None:
+        """Send `message` at the end of this turn of the event loop, with the others of
+        the turn: a burst of 16 requests is one write to the socket, not 16 (each write
+        lets the GIL go, and taking it back may wait for another thread)."""
+        try:
+            on_loop = asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            on_loop = False
+        if not on_loop:
+            self._write([message])
+            return
+        self._outgoing.append(message)
+        if len(self._outgoing) == 1:
+            self._loop.call_soon(self._flush_outgoing)
+
+    def _flush_outgoing(self) -> None:
+        messages, self._outgoing = self._outgoing, []
+        self._write(messages)
+
+    def _write(self, messages: list[dict[str, Any]]) -> None:
         assert self._sock is not None
-        with contextlib.suppress(OSError):  # the engine is gone: the reader fails the row
-            _send(self._sock, self._send_lock, {"op": "cancel", "id": rid})
+        # OSError: the engine is gone; its socket's end fails the rows (`_end`)
+        with contextlib.suppress(OSError):
+            _send(self._sock, self._send_lock, *messages)
 
     def _attach(self) -> None:
         """Read the engine's messages on the running event loop (`loop.add_reader`): a
@@ -461,9 +490,8 @@ def _serve(sock: socket.socket) -> None:
     try:
         import torch
 
-        from foundry.lm.load import load
+        from foundry.lm.load import load, place
         from foundry.registry import Registry
-        from foundry.serve.lm_serving import place
 
         torch.set_num_threads(config["threads"])
         settings = LMServeConfig(**config["settings"])

@@ -245,6 +245,12 @@ class Service:
 
     @property
     def ready(self) -> bool:
+        for ref, status in self.state.items():
+            lm = self.language_models.get(ref) or self.language_models.get(
+                ref.split(":")[0].split("@")[0])
+            gone = getattr(lm, "engine_failure", None)
+            if gone is not None and status == "loaded":
+                self.state[ref] = f"failed: {gone}"  # /readyz 503: restart the server
         return bool(self.state) and all(s == "loaded" for s in self.state.values())
 
     def model(self, name: str) -> ServedModel | ServedTextModel | ServedRecommender:

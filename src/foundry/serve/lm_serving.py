@@ -9,8 +9,10 @@
 Two engines, by `serve.lm.max_concurrent`:
 
 - above 1 (the default, 32), continuous batching (`foundry.lm.continuous`): one engine
-  thread per model runs steps; a request joins the running batch at the next step and
-  leaves when it ends. At most `max_queue` requests wait for a slot; past that a request
+  per model runs steps, in a process of its own (`serve.lm.engine: process`, the
+  default: `foundry.lm.engine_process`) or in a thread of this one (`thread`, and for a
+  model served from memory, `from_model`); a request joins the running batch at the next
+  step and leaves when it ends. At most `max_queue` requests wait for a slot; past that a request
   is refused with 503 `server_busy` and Retry-After, before anything is reserved.
 - 1, the one-at-a-time engine: each model has one thread, and a request (a whole
   stream) holds it until it ends or its client goes away; nothing is refused.
@@ -37,6 +39,7 @@ from foundry.config.schema import GenerationConfig, LMServeConfig
 from foundry.lm.api import Completion, Delta, Embedder, LanguageModel
 from foundry.lm.continuous import ContinuousBatcher, QueueFull
 from foundry.lm.engine_process import EngineGone, EngineProcess, release_weights
+from foundry.lm.load import place
 from foundry.serve.errors import ApiError
 from foundry.serve.metrics import LMMetrics, ServeMetrics
 from foundry.torch_threads import adopt_torch_threads
@@ -187,6 +190,12 @@ class ServedLanguageModel:
         return served
 
     @property
+    def engine_failure(self) -> str | None:
+        """Why the model's engine process is gone (it exited or was killed): its
+        requests then fail with 503 `model_unavailable` and /readyz says so."""
+        return getattr(self.batcher, "gone", None)
+
+    @property
     def generates(self) -> bool:
         return isinstance(self.model, LanguageModel)
 
@@ -263,6 +272,8 @@ class ServedLanguageModel:
         handle = self._submit(prompt, params, emit)
         await ended
         if failures:
+            if isinstance(failures[0], EngineGone):
+                raise ApiError(503, "model_unavailable", str(failures[0]))
             raise failures[0]
         return handle.completion()
 
@@ -276,6 +287,11 @@ class ServedLanguageModel:
         the response starts."""
         if self.batcher is None:
             return self.stream(prompt, params, progress)
+        return self._open_batched(prompt, params, progress)
+
+    def _open_batched(
+        self, prompt: str, params: GenerationConfig, progress: StreamProgress
+    ) -> AsyncIterator[Delta]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -299,6 +315,10 @@ class ServedLanguageModel:
     ) -> AsyncIterator[Delta]:
         """Deltas of one completion. Leaving the loop early (a client gone) stops the
         generation on the model's thread; `progress` then holds what was computed."""
+        if self.batcher is not None:  # the continuous-batching engine has the weights
+            async for delta in self._open_batched(prompt, params, progress):
+                yield delta
+            return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
@@ -397,29 +417,6 @@ async def _batched_deltas(queue: asyncio.Queue[Any], handle: Any) -> AsyncIterat
             with anyio.CancelScope(shield=True):
                 while await queue.get() is not None:
                     pass
-
-
-def place(model: Any, device: str, dtype: str) -> None:
-    """Move a loaded language model (its `model` module and `engine`) to `serve.lm`'s
-    device and dtype; the packages load on the CPU in float32."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and dtype == "float32":
-        return
-    if device == "cuda" and not torch.cuda.is_available():
-        from foundry.errors import ConfigError
-
-        raise ConfigError(
-            "serve.lm.device is cuda but PyTorch sees no CUDA device here: "
-            "set serve.lm.device: cpu (or auto)"
-        )
-    module, engine = getattr(model, "model", None), getattr(model, "engine", None)
-    if module is None or engine is None:  # an embedder: stays where it loaded
-        return
-    module.to(device=torch.device(device), dtype=getattr(torch, dtype))
-    engine.device = torch.device(device)
 
 
 def generation_params(
