@@ -63,10 +63,27 @@ from foundry.lm.api import Completion, Delta
 from foundry.lm.generate import GenerationEngine, Row, advance_row, pick_next_tokens
 from foundry.torch_threads import adopt_torch_threads
 
-__all__ = ["CacheIO", "ContinuousBatcher", "QueueFull", "RowHandle", "ROW_QUANTUM"]
+__all__ = [
+    "CacheIO",
+    "ContinuousBatcher",
+    "ENGINE_SWITCH_INTERVAL_S",
+    "QueueFull",
+    "RowHandle",
+    "ROW_QUANTUM",
+]
 
 ROW_QUANTUM = 4
 """Decode batches are padded to a multiple of this many rows (see the module doc)."""
+
+ENGINE_SWITCH_INTERVAL_S = 0.0005
+"""Python's GIL switch interval in a process that runs a continuous-batching engine
+thread beside another that must answer quickly (default 0.005): a server worker's event
+loop (`serve.lm.engine: thread`) or an engine process's request reader. Between its
+PyTorch calls the engine thread holds the GIL, and the other thread, back from a socket
+read or write, waited up to the whole default interval for it, on every request (and,
+for the event loop, every streamed chunk). Measured effect (docs/BENCHMARKS.md,
+"Language-model serving under load", follow-up): more tokens/s on average, inconclusive
+on a machine at load 11-15; 0.005 here reverts it."""
 
 Emit = Callable[[Delta | BaseException | None], None]
 """Called on the engine thread: a Delta per token, an exception if the step failed,

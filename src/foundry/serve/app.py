@@ -54,7 +54,7 @@ from starlette.concurrency import run_in_threadpool
 
 from foundry.config.schema import ServeConfig
 from foundry.errors import ConfigError, FoundryError
-from foundry.lm.continuous import ContinuousBatcher
+from foundry.lm.continuous import ENGINE_SWITCH_INTERVAL_S, ContinuousBatcher
 from foundry.serve.batching import Batcher
 from foundry.serve.errors import ApiError, install_error_handlers
 
@@ -104,13 +104,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code in (400, 401, 403, 404, 408, 413, 415, 422, 429, 500, 503)
 }
 _BEARER = [{"bearerAuth": []}]
-ENGINE_SWITCH_INTERVAL_S = 0.0005
-"""Python's GIL switch interval in a worker that runs a continuous-batching engine
-thread (default 0.005). Between its PyTorch calls that thread holds the GIL, and the
-event loop, back from a socket read or write, waited up to the whole default interval
-for it, on every request and every streamed chunk. Measured effect (docs/BENCHMARKS.md,
-"Language-model serving under load", follow-up): more tokens/s on average, inconclusive
-on a machine at load 11-15; 0.005 here reverts it."""
 _SCRUB_INLINE_BYTES = 4_096
 """Bodies up to this size are PII-scrubbed on the event loop (~4 ms at worst, at the
 ~1 MB/s of a value packed with PII-like candidates); larger ones on a worker thread."""

@@ -369,14 +369,19 @@ class ServedLanguageModel:
 class _Handoff:
     """Deltas from the engine thread to the event loop, one wake-up per batch of them:
     a step of 16 rows would otherwise wake the loop 16 times, and each wake-up is a
-    round of the GIL between the two threads."""
+    round of the GIL between the two threads. An engine process's deltas are read on
+    the loop and go straight to their queues."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self._loop_thread = threading.get_ident()  # made on the loop (open_stream)
         self._items: list[tuple[asyncio.Queue[Any], Any]] = []
         self._lock = threading.Lock()
 
     def put(self, queue: asyncio.Queue[Any], item: Any) -> None:
+        if threading.get_ident() == self._loop_thread:  # an engine process's message,
+            queue.put_nowait(item)  # read on the loop itself: nothing to hand over
+            return
         with self._lock:
             self._items.append((queue, item))
             first = len(self._items) == 1
