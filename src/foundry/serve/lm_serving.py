@@ -292,15 +292,15 @@ class ServedLanguageModel:
     def _open_batched(
         self, prompt: str, params: GenerationConfig, progress: StreamProgress
     ) -> AsyncIterator[Delta]:
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        handoff = self._handoff(asyncio.get_running_loop())  # made here, on the loop
 
         def emit(item: Any) -> None:
             if isinstance(item, Delta):  # on the engine thread, before the client reads
                 progress.completion_tokens = item.completion_tokens
                 if item.finish_reason is not None:
                     progress.finish_reason = item.finish_reason
-            self._handoff(loop).put(queue, item)
+            handoff.put(queue, item)
 
         handle = self._submit(prompt, params, emit)
         return _batched_deltas(queue, handle)
@@ -374,7 +374,7 @@ class _Handoff:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._loop_thread = threading.get_ident()  # made on the loop (open_stream)
+        self._loop_thread = threading.get_ident()  # made on the loop (`_open_batched`)
         self._items: list[tuple[asyncio.Queue[Any], Any]] = []
         self._lock = threading.Lock()
 
