@@ -162,3 +162,26 @@ def test_the_engine_runs_in_its_own_process_and_a_killed_one_is_a_503_not_a_hang
         assert ready.status_code == 503 and state.startswith("failed: the engine process")
         assert _usage(other) == before  # neither computed a token: neither is charged
         assert httpx.get(f"{running.url}/healthz", timeout=30).status_code == 200
+
+
+def test_the_engine_process_ends_with_a_server_killed_by_sigkill(server):
+    root, env = server["root"], server["env"]
+    command = serve_command("tiny-gpt", free_port(), config=root / "gpt.yaml")
+    with Server(command, env=env, log=root / "server-sigkill.log", cwd=root) as running:
+        [engine] = _engine_processes(running.proc.pid)
+        # the server alone (not its process group): no shutdown code of its runs, and
+        # the engine learns of it only by its socket closing
+        os.kill(running.proc.pid, signal.SIGKILL)
+        running.proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{engine}").exists() and _state(engine) != "Z":
+            assert time.monotonic() < deadline, "the engine outlived its server"
+            time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (Z: exited, not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
