@@ -38,6 +38,13 @@ alternating with this tree's server --repeats times: a before/after in one run.
 Each row also says where the CPU went per generated token: the server's engine thread,
 its event loop, the whole server process and the load client (`_load_in_client`).
 
+--engines: continuous (the default engine, `serve.lm.engine: process`),
+continuous-thread (the same engine in a thread of the server: `engine: thread`),
+one-at-a-time (`max_concurrent: 1`). --models: which served models to load and measure.
+
+--probe: while the streams run, another client times a light request (GET /v1/models)
+every 20 ms: how long the server's event loop keeps other customers waiting.
+
 --engine-cpu: also the engine alone, in-process (no HTTP), for this tree and the
 baseline: N prompts x --tokens of --engine-model (tiny-llama or gpt-corpus) submitted
 at once to `continuous_batcher`, in tokens
@@ -209,9 +216,12 @@ async def _stream(
     return {"sent": sent, "chunks": chunks, "tokens": usage, "end": time.perf_counter()}
 
 
-async def _load(url: str, key: str, model: str, n: int, tokens: int, rounds: int) -> dict:
+async def _load(
+    url: str, key: str, model: str, n: int, tokens: int, rounds: int, probe: bool = False
+) -> dict:
     limits = httpx.Limits(max_connections=n + 4)
     headers = {"authorization": f"Bearer {key}"}
+    probes: list[float] = []
     async with httpx.AsyncClient(
         base_url=url, headers=headers, timeout=600, limits=limits
     ) as client:
@@ -219,6 +229,8 @@ async def _load(url: str, key: str, model: str, n: int, tokens: int, rounds: int
         results, wall, total = [], 0.0, 0
         for r in range(rounds):
             start = time.perf_counter()
+            done = asyncio.Event()
+            prober = asyncio.create_task(_probe(client, done, probes)) if probe else None
             batch = await asyncio.gather(
                 *(
                     _stream(client, model, PROMPTS[i % len(PROMPTS)], tokens, 1000 * r + i)
@@ -226,6 +238,9 @@ async def _load(url: str, key: str, model: str, n: int, tokens: int, rounds: int
                 )
             )
             wall += time.perf_counter() - start
+            done.set()
+            if prober is not None:
+                await prober
             total += sum(b["tokens"] for b in batch)
             results += batch
     ttft = [b["chunks"][0] - b["sent"] for b in results if b["chunks"]]
@@ -241,11 +256,30 @@ async def _load(url: str, key: str, model: str, n: int, tokens: int, rounds: int
         "ttft_p99_ms": _pct(ttft, 99),
         "itl_p50_ms": _pct(itl, 50),
         "itl_p99_ms": _pct(itl, 99),
+        **({"probe_p50_ms": _pct(probes, 50), "probe_p99_ms": _pct(probes, 99)} if probe else {}),
     }
 
 
+async def _probe(client: httpx.AsyncClient, done: asyncio.Event, latencies: list[float]) -> None:
+    """Another customer's light request (GET /v1/models, a key check and the model list)
+    every 20 ms while the streams run: how long the server's event loop keeps it waiting."""
+    while not done.is_set():
+        sent = time.perf_counter()
+        (await client.get("/v1/models")).raise_for_status()
+        latencies.append(time.perf_counter() - sent)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 0.02)
+
+
 def _load_in_client(
-    url: str, key: str, model: str, n: int, tokens: int, rounds: int, server_pid: int
+    url: str,
+    key: str,
+    model: str,
+    n: int,
+    tokens: int,
+    rounds: int,
+    server_pid: int,
+    probe: bool = False,
 ) -> dict:
     """`_load` in a fresh Python process that imports httpx and nothing heavy, as a
     user's client would be. Run in this process, which has imported torch, transformers
@@ -257,7 +291,7 @@ def _load_in_client(
     busiest thread other than its main one (the model's engine thread, under load), its
     main thread (the event loop: HTTP, keys, SSE chunks), the whole server process, and
     the load client. CPU time is far less disturbed by a busy machine than wall time."""
-    job = json.dumps([url, key, model, n, tokens, rounds])
+    job = json.dumps([url, key, model, n, tokens, rounds, probe])
     server_before, client_before = _thread_cpu(server_pid), os.times()
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--client", job],
@@ -537,6 +571,11 @@ def main() -> None:
         help="the model --engine-cpu runs",
     )
     parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="also time a light request (GET /v1/models) every 20 ms during the streams",
+    )
+    parser.add_argument(
         "--models",
         default="gpt-corpus,tiny-llama",
         help="which served models to load (comma-separated)",
@@ -594,7 +633,9 @@ def main() -> None:
             ):
                 for model in args.models.split(","):
                     rows = [
-                        _load_in_client(url, key, model, n, args.tokens, args.rounds, pid)
+                        _load_in_client(
+                            url, key, model, n, args.tokens, args.rounds, pid, args.probe
+                        )
                         for n in streams
                     ]
                     results["engines"].setdefault(label, {})[model] = rows
