@@ -170,7 +170,7 @@ class ContinuousBatcher:
         adjust: Callable[[GenerationConfig], GenerationConfig] | None = None,
         on_step: Callable[[int, int], None] | None = None,
         on_admit: Callable[[float], None] | None = None,
-        after_step: Callable[[], None] | None = None,
+        flush: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self.io = cache_io
@@ -185,9 +185,11 @@ class ContinuousBatcher:
         """on_step(decode rows, tokens generated) after each step (metrics)."""
         self.on_admit = on_admit
         """on_admit(seconds waited in the queue) when a request takes a slot."""
-        self.after_step = after_step
-        """Called on the engine thread after each round of the loop and once when it
-        ends, after that round's emits (`foundry.lm.engine_process` sends them then)."""
+        self.flush = flush
+        """Called on the engine thread when the emits so far should reach their callers
+        (`foundry.lm.engine_process` sends them then): after a step's prompts, whose
+        first tokens should not wait for the decode pass, after each round of the loop,
+        and once when it ends."""
         self._lock = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._active: list[_Request] = []
@@ -327,13 +329,13 @@ class ContinuousBatcher:
                     request.emit(exc)
                     self._leave(request)
                 self._active = []
-            if self.after_step is not None:
-                self.after_step()
+            if self.flush is not None:
+                self.flush()
         for request in [*self._active, *self._waiting]:  # closed: nothing more will come
             request.emit(RuntimeError(f"model '{self.name}' is shutting down"))
             request.emit(None)
-        if self.after_step is not None:
-            self.after_step()
+        if self.flush is not None:
+            self.flush()
 
     def _admit(self) -> None:
         """Waiting requests take free slots (the lock is held)."""
@@ -377,6 +379,8 @@ class ContinuousBatcher:
                 budget -= self._prefill(request)
         for width, requests in short.items():
             self._prefill_short(requests, width)
+        if decoding and self.flush is not None and len(decoding) < len(self._active):
+            self.flush()  # new rows' first tokens go out before the decode pass
         if decoding:
             self._decode(decoding)
         finished = [r for r in self._active if r.row.finish is not None]

@@ -509,7 +509,7 @@ def _serve(sock: socket.socket) -> None:
             name=config["name"],
             on_step=outbox.step,
             on_admit=outbox.admit,
-            after_step=outbox.flush,
+            flush=outbox.flush,
         )
     except Exception as exc:
         _send(sock, outbox.send_lock, {"failed": [type(exc).__name__, str(exc)]})
