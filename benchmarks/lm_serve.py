@@ -38,6 +38,13 @@ alternating with this tree's server --repeats times: a before/after in one run.
 Each row also says where the CPU went per generated token: the server's engine thread,
 its event loop, the whole server process and the load client (`_load_in_client`).
 
+--engines: continuous (the default engine, `serve.lm.engine: process`),
+continuous-thread (the same engine in a thread of the server: `engine: thread`),
+one-at-a-time (`max_concurrent: 1`). --models: which served models to load and measure.
+
+--probe: while the streams run, another client times a light request (GET /v1/models)
+every 20 ms: how long the server's event loop keeps other customers waiting.
+
 --engine-cpu: also the engine alone, in-process (no HTTP), for this tree and the
 baseline: N prompts x --tokens of --engine-model (tiny-llama or gpt-corpus) submitted
 at once to `continuous_batcher`, in tokens
@@ -209,9 +216,12 @@ async def _stream(
     return {"sent": sent, "chunks": chunks, "tokens": usage, "end": time.perf_counter()}
 
 
-async def _load(url: str, key: str, model: str, n: int, tokens: int, rounds: int) -> dict:
+async def _load(
+    url: str, key: str, model: str, n: int, tokens: int, rounds: int, probe: bool = False
+) -> dict:
     limits = httpx.Limits(max_connections=n + 4)
     headers = {"authorization": f"Bearer {key}"}
+    probes: list[float] = []
     async with httpx.AsyncClient(
         base_url=url, headers=headers, timeout=600, limits=limits
     ) as client:
@@ -219,6 +229,8 @@ async def _load(url: str, key: str, model: str, n: int, tokens: int, rounds: int
         results, wall, total = [], 0.0, 0
         for r in range(rounds):
             start = time.perf_counter()
+            done = asyncio.Event()
+            prober = asyncio.create_task(_probe(client, done, probes)) if probe else None
             batch = await asyncio.gather(
                 *(
                     _stream(client, model, PROMPTS[i % len(PROMPTS)], tokens, 1000 * r + i)
@@ -226,6 +238,9 @@ async def _load(url: str, key: str, model: str, n: int, tokens: int, rounds: int
                 )
             )
             wall += time.perf_counter() - start
+            done.set()
+            if prober is not None:
+                await prober
             total += sum(b["tokens"] for b in batch)
             results += batch
     ttft = [b["chunks"][0] - b["sent"] for b in results if b["chunks"]]
@@ -241,11 +256,30 @@ async def _load(url: str, key: str, model: str, n: int, tokens: int, rounds: int
         "ttft_p99_ms": _pct(ttft, 99),
         "itl_p50_ms": _pct(itl, 50),
         "itl_p99_ms": _pct(itl, 99),
+        **({"probe_p50_ms": _pct(probes, 50), "probe_p99_ms": _pct(probes, 99)} if probe else {}),
     }
 
 
+async def _probe(client: httpx.AsyncClient, done: asyncio.Event, latencies: list[float]) -> None:
+    """Another customer's light request (GET /v1/models, a key check and the model list)
+    every 20 ms while the streams run: how long the server's event loop keeps it waiting."""
+    while not done.is_set():
+        sent = time.perf_counter()
+        (await client.get("/v1/models")).raise_for_status()
+        latencies.append(time.perf_counter() - sent)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 0.02)
+
+
 def _load_in_client(
-    url: str, key: str, model: str, n: int, tokens: int, rounds: int, server_pid: int
+    url: str,
+    key: str,
+    model: str,
+    n: int,
+    tokens: int,
+    rounds: int,
+    server_pid: int,
+    probe: bool = False,
 ) -> dict:
     """`_load` in a fresh Python process that imports httpx and nothing heavy, as a
     user's client would be. Run in this process, which has imported torch, transformers
@@ -257,7 +291,7 @@ def _load_in_client(
     busiest thread other than its main one (the model's engine thread, under load), its
     main thread (the event loop: HTTP, keys, SSE chunks), the whole server process, and
     the load client. CPU time is far less disturbed by a busy machine than wall time."""
-    job = json.dumps([url, key, model, n, tokens, rounds])
+    job = json.dumps([url, key, model, n, tokens, rounds, probe])
     server_before, client_before = _thread_cpu(server_pid), os.times()
     out = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--client", job],
@@ -271,10 +305,13 @@ def _load_in_client(
     if server_after:  # /proc is there (Linux)
         spent = {t: cpu - server_before.get(t, 0.0) for t, cpu in server_after.items()}
         main = spent.pop(server_pid, 0.0)
+        # the engine's thread: in its own process (serve.lm.engine: process), the
+        # busiest thread there; else the busiest of the server's other threads
+        engine_side = {t: c for (p, t), c in spent.items() if p != server_pid}
         per_token = 1e6 / max(1, row["tokens"])
         client = sum(client_after[2:4]) - sum(client_before[2:4])  # children's user + sys
         row["cpu_us_per_token"] = {
-            "engine_thread": max(spent.values(), default=0.0) * per_token,
+            "engine_thread": max((engine_side or spent).values(), default=0.0) * per_token,
             "event_loop": main * per_token,
             "server": (main + sum(spent.values())) * per_token,
             "client": client * per_token,
@@ -282,16 +319,24 @@ def _load_in_client(
     return row
 
 
-def _thread_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of each thread of process `pid`, from /proc."""
+def _thread_cpu(pid: int) -> dict:
+    """CPU seconds (user + system) of each thread of process `pid` and of its child
+    processes (the models' engine processes), from /proc: {pid: main thread's,
+    (process, thread): each other thread's}."""
     tick = os.sysconf("SC_CLK_TCK")
-    threads: dict[int, float] = {}
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1]
-                utime, stime = fields.split()[11:13]
-                threads[int(tid)] = (int(utime) + int(stime)) / tick
+    threads: dict = {}
+    processes = [pid]
+    while processes:
+        process = processes.pop()
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{process}/task"):
+                with contextlib.suppress(OSError):
+                    task = Path(f"/proc/{process}/task/{tid}")
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1]
+                    utime, stime = fields.split()[11:13]
+                    key = pid if int(tid) == pid else (process, int(tid))
+                    threads[key] = (int(utime) + int(stime)) / tick
+                    processes += [int(c) for c in (task / "children").read_text().split()]
     return threads
 
 
@@ -310,10 +355,13 @@ def _server(
     device: str = "cpu",
     dtype: str = "float32",
     src: Path | None = None,
+    engine: str | None = None,
 ):
     lm: dict = {"max_concurrent": max_concurrent, "max_queue": 256}
     if (device, dtype) != ("cpu", "float32"):  # keys a baseline's schema may not have
         lm.update(device=device, dtype=dtype)
+    if engine is not None:  # serve.lm.engine: process (the default) or thread
+        lm.update(engine=engine)
     config = {"serve": {"plans": PLAN, "metrics": "public", "lm": lm}}
     if src is not None:  # another checkout's foundry (--baseline-src)
         env = {**env, "PYTHONPATH": str(src)}
@@ -380,8 +428,7 @@ def prefill_ms(env: dict[str, str], ref: str, device: str = "cpu", dtype: str = 
     import torch
 
     os.environ["FOUNDRY_HOME"] = env["FOUNDRY_HOME"]
-    from foundry.lm.load import load
-    from foundry.serve.lm_serving import place
+    from foundry.lm.load import load, place
 
     lm = load(ref)
     place(lm, device, dtype)
@@ -415,8 +462,7 @@ def transformers_batch(
     import transformers
 
     os.environ["FOUNDRY_HOME"] = env["FOUNDRY_HOME"]
-    from foundry.lm.load import load
-    from foundry.serve.lm_serving import place
+    from foundry.lm.load import load, place
 
     lm = load("tiny-llama")
     place(lm, device, dtype)
@@ -524,6 +570,16 @@ def main() -> None:
         choices=["tiny-llama", "gpt-corpus"],
         help="the model --engine-cpu runs",
     )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="also time a light request (GET /v1/models) every 20 ms during the streams",
+    )
+    parser.add_argument(
+        "--models",
+        default="gpt-corpus,tiny-llama",
+        help="which served models to load (comma-separated)",
+    )
     parser.add_argument("--client", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client is not None:  # the load client's own process (_load_in_client)
@@ -553,21 +609,33 @@ def main() -> None:
         "dtype": dtype,
         "engines": {},
     }
+    # continuous: the default engine (serve.lm.engine: process); continuous-thread: the
+    # same engine in a thread of the server process
     servers = [
-        (engine, slots, None)
-        for engine, slots in (("continuous", 32), ("one-at-a-time", 1))
+        (engine, slots, None, lm_engine)
+        for engine, slots, lm_engine in (
+            ("continuous", 32, None),
+            ("continuous-thread", 32, "thread"),
+            ("one-at-a-time", 1, None),
+        )
         if engine in args.engines.split(",")
     ]
     if args.baseline_src is not None and "continuous" in args.engines.split(","):
-        servers.append(("baseline", 32, args.baseline_src.resolve()))
+        servers.append(("baseline", 32, args.baseline_src.resolve(), None))
     for repeat in range(args.repeats):
         # alternate the order, so neither side always runs first on a drifting machine
-        for engine, slots, src in servers if repeat % 2 == 0 else servers[::-1]:
+        for engine, slots, src, lm_engine in servers if repeat % 2 == 0 else servers[::-1]:
             label = engine if args.repeats == 1 else f"{engine} #{repeat + 1}"
-            with _server(work, env, slots, args.device, dtype, src) as (url, key, pid):
-                for model in ("gpt-corpus", "tiny-llama"):
+            with _server(work, env, slots, args.device, dtype, src, lm_engine) as (
+                url,
+                key,
+                pid,
+            ):
+                for model in args.models.split(","):
                     rows = [
-                        _load_in_client(url, key, model, n, args.tokens, args.rounds, pid)
+                        _load_in_client(
+                            url, key, model, n, args.tokens, args.rounds, pid, args.probe
+                        )
                         for n in streams
                     ]
                     results["engines"].setdefault(label, {})[model] = rows

@@ -8,7 +8,9 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
+import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -53,7 +55,8 @@ def server(tmp_path_factory):
                   "--config", "gpt.yaml")
     command = serve_command("tiny-gpt", free_port(), config=root / "gpt.yaml")
     with Server(command, env=env, log=root / "server.log", cwd=root) as running:
-        yield {"url": running.url, "headers": {"authorization": f"Bearer {key}"}}
+        yield {"url": running.url, "headers": {"authorization": f"Bearer {key}"},
+               "root": root, "env": env, "pid": running.proc.pid}
 
 
 def _complete(server, prompt: str, **extra) -> httpx.Response:
@@ -117,3 +120,68 @@ def test_concurrent_requests_get_what_they_get_alone_and_metrics_show_the_engine
     assert _metric(server, "foundry_lm_batch_rows_count") > 0
     assert _metric(server, "foundry_lm_tokens_per_second") > 0
     assert _metric(server, "foundry_lm_queued") == 0
+
+
+def _engine_processes(pid: int) -> list[int]:
+    """The `foundry.lm.engine_process` processes under process `pid`, from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").iterdir():
+            for child in map(int, (task / "children").read_text().split()):
+                todo.append(child)
+                if b"foundry.lm.engine_process" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(child)
+    return found
+
+
+def test_the_engine_runs_in_its_own_process_and_a_killed_one_is_a_503_not_a_hang(server):
+    # its own server on the same registry: killing its engine must not touch the others
+    root, env = server["root"], server["env"]
+    command = serve_command("tiny-gpt", free_port(), config=root / "gpt.yaml")
+    with Server(command, env=env, log=root / "server-kill.log", cwd=root) as running:
+        other = {**server, "url": running.url}
+        [engine] = _engine_processes(running.proc.pid)
+        assert _complete(other, "The cat").status_code == 200  # served by that process
+        before = _usage(other)
+        long_prompt = "The cat sat on the mat. " * 50  # read one token a step: a while
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            cut = pool.submit(_complete, other, long_prompt)
+            deadline = time.monotonic() + 60
+            while _metric(other, "foundry_lm_running") < 1:
+                assert time.monotonic() < deadline, "the long prompt never started"
+                time.sleep(0.01)
+            os.kill(engine, signal.SIGKILL)
+            answer = cut.result(timeout=60)  # the request in flight ends, with an error
+        assert answer.status_code == 503
+        assert answer.json()["error"]["code"] == "model_unavailable"
+        refused = _complete(other, "The dog")  # and so does every request after it
+        assert refused.status_code == 503
+        assert "engine process of model 'tiny-gpt' exited" in refused.json()["error"]["message"]
+        ready = httpx.get(f"{running.url}/readyz", timeout=30)
+        [state] = ready.json()["models"].values()
+        assert ready.status_code == 503 and state.startswith("failed: the engine process")
+        assert _usage(other) == before  # neither computed a token: neither is charged
+        assert httpx.get(f"{running.url}/healthz", timeout=30).status_code == 200
+
+
+def test_the_engine_process_ends_with_a_server_killed_by_sigkill(server):
+    root, env = server["root"], server["env"]
+    command = serve_command("tiny-gpt", free_port(), config=root / "gpt.yaml")
+    with Server(command, env=env, log=root / "server-sigkill.log", cwd=root) as running:
+        [engine] = _engine_processes(running.proc.pid)
+        # the server alone (not its process group): no shutdown code of its runs, and
+        # the engine learns of it only by its socket closing
+        os.kill(running.proc.pid, signal.SIGKILL)
+        running.proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{engine}").exists() and _state(engine) != "Z":
+            assert time.monotonic() < deadline, "the engine outlived its server"
+            time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (Z: exited, not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

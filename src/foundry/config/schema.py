@@ -1258,6 +1258,11 @@ class LMServeConfig(Section):
     running streams by one chunk per step rather than its whole length."""
     retry_after_s: int = Field(1, ge=1)
     """`Retry-After` of a 503 when the queue is full."""
+    engine: Literal["process", "thread"] = "process"
+    """Where the continuous-batching engine runs: `process`, a process of its own per
+    model and worker (the server process tokenizes and streams; the engine process only
+    runs steps, so neither waits for the other's GIL); `thread`, a thread of the server
+    process (one process less, for a model too small to be worth one)."""
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     """Where served language models run: `cuda` (the first GPU), `auto` (CUDA when
     present, else the CPU) or `cpu`."""

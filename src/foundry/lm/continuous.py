@@ -63,10 +63,27 @@ from foundry.lm.api import Completion, Delta
 from foundry.lm.generate import GenerationEngine, Row, advance_row, pick_next_tokens
 from foundry.torch_threads import adopt_torch_threads
 
-__all__ = ["CacheIO", "ContinuousBatcher", "QueueFull", "RowHandle", "ROW_QUANTUM"]
+__all__ = [
+    "CacheIO",
+    "ContinuousBatcher",
+    "ENGINE_SWITCH_INTERVAL_S",
+    "QueueFull",
+    "RowHandle",
+    "ROW_QUANTUM",
+]
 
 ROW_QUANTUM = 4
 """Decode batches are padded to a multiple of this many rows (see the module doc)."""
+
+ENGINE_SWITCH_INTERVAL_S = 0.0005
+"""Python's GIL switch interval in a process that runs a continuous-batching engine
+thread beside another that must answer quickly (default 0.005): a server worker's event
+loop (`serve.lm.engine: thread`) or an engine process's request reader. Between its
+PyTorch calls the engine thread holds the GIL, and the other thread, back from a socket
+read or write, waited up to the whole default interval for it, on every request (and,
+for the event loop, every streamed chunk). Measured effect (docs/BENCHMARKS.md,
+"Language-model serving under load", follow-up): more tokens/s on average, inconclusive
+on a machine at load 11-15; 0.005 here reverts it."""
 
 UNIFORMS_AHEAD = 64
 """A row's random draws are made this many at a time (`_Request.next_uniform`)."""
@@ -130,9 +147,12 @@ class _Request:
 class RowHandle:
     """The caller's side of one submitted row."""
 
-    def __init__(self, request: _Request, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, request: _Request, wake: Callable[[], None], engine: GenerationEngine
+    ) -> None:
         self._request = request
         self._wake = wake
+        self._engine = engine
 
     @property
     def row(self) -> Row:
@@ -143,6 +163,10 @@ class RowHandle:
         """Leave the batch at the next step (the tokens computed until then stand)."""
         self._request.cancelled = True
         self._wake()
+
+    def completion(self) -> Completion:
+        """The whole completion, once the row has finished."""
+        return self._engine.completion_of(self._request.row)
 
 
 class ContinuousBatcher:
@@ -161,6 +185,7 @@ class ContinuousBatcher:
         adjust: Callable[[GenerationConfig], GenerationConfig] | None = None,
         on_step: Callable[[int, int], None] | None = None,
         on_admit: Callable[[float], None] | None = None,
+        flush: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
         self.io = cache_io
@@ -175,6 +200,11 @@ class ContinuousBatcher:
         """on_step(decode rows, tokens generated) after each step (metrics)."""
         self.on_admit = on_admit
         """on_admit(seconds waited in the queue) when a request takes a slot."""
+        self.flush = flush
+        """Called on the engine thread when the emits so far should reach their callers
+        (`foundry.lm.engine_process` sends them then): after a step's prompts, whose
+        first tokens should not wait for the decode pass, after each round of the loop,
+        and once when it ends."""
         self._lock = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._active: list[_Request] = []
@@ -216,14 +246,24 @@ class ContinuousBatcher:
         with self._lock:
             return self._is_full()
 
-    def submit(self, prompt: str | list[int], params: GenerationConfig, emit: Emit) -> RowHandle:
+    def submit(
+        self,
+        prompt: str | list[int],
+        params: GenerationConfig,
+        emit: Emit,
+        *,
+        text: bool | None = None,
+    ) -> RowHandle:
         """Queue one completion; `emit` gets its deltas on the engine thread. Raises
         `QueueFull` when every slot is taken and `max_queue` requests wait already,
-        `foundry.errors.ModelError` when the prompt leaves no room to generate."""
+        `foundry.errors.ModelError` when the prompt leaves no room to generate.
+        `text`: the deltas carry text (default: when the prompt is text; token ids
+        encoded elsewhere say True)."""
         if self.adjust is not None:
             params = self.adjust(params)
         ids = self.engine.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
-        [row] = self.engine.new_rows([ids], params, text=isinstance(prompt, str))
+        text = isinstance(prompt, str) if text is None else text
+        [row] = self.engine.new_rows([ids], params, text=text)
         request = _Request(row, params, _generator(params.seed), emit, time.perf_counter())
         if params.repetition_penalty != 1.0:
             request.seen.update(ids)
@@ -235,7 +275,7 @@ class ContinuousBatcher:
                 )
             self._waiting.append(request)
             self._lock.notify_all()
-        return RowHandle(request, self._wake)
+        return RowHandle(request, self._wake, self.engine)
 
     def generate(self, prompts: list[str], params: GenerationConfig) -> list[Completion]:
         """Blocking: one completion per prompt, each prompt its own row."""
@@ -253,7 +293,7 @@ class ContinuousBatcher:
             done.acquire()
         if failures:
             raise failures[0]
-        return [self.engine.completion_of(h.row) for h in handles]
+        return [h.completion() for h in handles]
 
     def stream(self, prompt: str, params: GenerationConfig) -> Iterator[Delta]:
         """Blocking: the deltas of one completion (closing the iterator cancels it)."""
@@ -304,9 +344,13 @@ class ContinuousBatcher:
                     request.emit(exc)
                     self._leave(request)
                 self._active = []
+            if self.flush is not None:
+                self.flush()
         for request in [*self._active, *self._waiting]:  # closed: nothing more will come
             request.emit(RuntimeError(f"model '{self.name}' is shutting down"))
             request.emit(None)
+        if self.flush is not None:
+            self.flush()
 
     def _admit(self) -> None:
         """Waiting requests take free slots (the lock is held)."""
@@ -350,6 +394,8 @@ class ContinuousBatcher:
                 budget -= self._prefill(request)
         for width, requests in short.items():
             self._prefill_short(requests, width)
+        if decoding and self.flush is not None and len(decoding) < len(self._active):
+            self.flush()  # new rows' first tokens go out before the decode pass
         if decoding:
             self._decode(decoding)
         finished = [r for r in self._active if r.row.finish is not None]

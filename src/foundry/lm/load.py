@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from foundry.errors import ModelError
+from foundry.errors import ConfigError, ModelError
 from foundry.registry import Package, Registry
 
 LANGUAGE_MODEL_TYPES = ("gpt", "hf")
@@ -57,3 +57,24 @@ def load_package(package: Package, ref: str) -> Any:
     from foundry.families import family_of_package
 
     return family_of_package(package.manifest).load(package, ref)
+
+
+def place(model: Any, device: str, dtype: str) -> None:
+    """Move a loaded language model (its `model` module and `engine`) to `serve.lm`'s
+    device and dtype; the packages load on the CPU in float32."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and dtype == "float32":
+        return
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "serve.lm.device is cuda but PyTorch sees no CUDA device here: "
+            "set serve.lm.device: cpu (or auto)"
+        )
+    module, engine = getattr(model, "model", None), getattr(model, "engine", None)
+    if module is None or engine is None:  # an embedder: stays where it loaded
+        return
+    module.to(device=torch.device(device), dtype=getattr(torch, dtype))
+    engine.device = torch.device(device)

@@ -54,6 +54,7 @@ from starlette.concurrency import run_in_threadpool
 
 from foundry.config.schema import ServeConfig
 from foundry.errors import ConfigError, FoundryError
+from foundry.lm.continuous import ENGINE_SWITCH_INTERVAL_S, ContinuousBatcher
 from foundry.serve.batching import Batcher
 from foundry.serve.errors import ApiError, install_error_handlers
 
@@ -103,13 +104,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code in (400, 401, 403, 404, 408, 413, 415, 422, 429, 500, 503)
 }
 _BEARER = [{"bearerAuth": []}]
-ENGINE_SWITCH_INTERVAL_S = 0.0005
-"""Python's GIL switch interval in a worker that runs a continuous-batching engine
-thread (default 0.005). Between its PyTorch calls that thread holds the GIL, and the
-event loop, back from a socket read or write, waited up to the whole default interval
-for it, on every request and every streamed chunk. Measured effect (docs/BENCHMARKS.md,
-"Language-model serving under load", follow-up): more tokens/s on average, inconclusive
-on a machine at load 11-15; 0.005 here reverts it."""
 _SCRUB_INLINE_BYTES = 4_096
 """Bodies up to this size are PII-scrubbed on the event loop (~4 ms at worst, at the
 ~1 MB/s of a value packed with PII-like candidates); larger ones on a worker thread."""
@@ -214,7 +208,8 @@ class Service:
                                   "a registry model served here; rename one of them")
             self.language_models[upstream.name] = UpstreamModel.open(upstream)
             self.state[upstream.name] = "loaded"
-        if any(getattr(m, "batcher", None) for m in self.language_models.values()):
+        if any(isinstance(getattr(m, "batcher", None), ContinuousBatcher)
+               for m in self.language_models.values()):  # an engine thread here
             self._switch_interval = sys.getswitchinterval()
             sys.setswitchinterval(ENGINE_SWITCH_INTERVAL_S)
 
@@ -243,6 +238,12 @@ class Service:
 
     @property
     def ready(self) -> bool:
+        for ref, status in self.state.items():
+            lm = self.language_models.get(ref) or self.language_models.get(
+                ref.split(":")[0].split("@")[0])
+            gone = getattr(lm, "engine_failure", None)
+            if gone is not None and status == "loaded":
+                self.state[ref] = f"failed: {gone}"  # /readyz 503: restart the server
         return bool(self.state) and all(s == "loaded" for s in self.state.values())
 
     def model(self, name: str) -> ServedModel | ServedTextModel | ServedRecommender:

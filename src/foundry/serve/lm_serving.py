@@ -9,8 +9,10 @@
 Two engines, by `serve.lm.max_concurrent`:
 
 - above 1 (the default, 32), continuous batching (`foundry.lm.continuous`): one engine
-  thread per model runs steps; a request joins the running batch at the next step and
-  leaves when it ends. At most `max_queue` requests wait for a slot; past that a request
+  per model runs steps, in a process of its own (`serve.lm.engine: process`, the
+  default: `foundry.lm.engine_process`) or in a thread of this one (`thread`, and for a
+  model served from memory, `from_model`); a request joins the running batch at the next
+  step and leaves when it ends. At most `max_queue` requests wait for a slot; past that a request
   is refused with 503 `server_busy` and Retry-After, before anything is reserved.
 - 1, the one-at-a-time engine: each model has one thread, and a request (a whole
   stream) holds it until it ends or its client goes away; nothing is refused.
@@ -36,6 +38,8 @@ import anyio
 from foundry.config.schema import GenerationConfig, LMServeConfig
 from foundry.lm.api import Completion, Delta, Embedder, LanguageModel
 from foundry.lm.continuous import ContinuousBatcher, QueueFull
+from foundry.lm.engine_process import EngineGone, EngineProcess, release_weights
+from foundry.lm.load import place
 from foundry.serve.errors import ApiError
 from foundry.serve.metrics import LMMetrics, ServeMetrics
 from foundry.torch_threads import adopt_torch_threads
@@ -64,9 +68,13 @@ class ServedLanguageModel:
     settings: LMServeConfig = field(default_factory=LMServeConfig)
     """`serve.lm`: continuous batching and its bounds."""
     metrics: ServeMetrics | None = None
-    batcher: ContinuousBatcher | None = field(init=False, default=None)
-    """The continuous-batching engine; None: the one-at-a-time engine."""
+    batcher: ContinuousBatcher | EngineProcess | None = field(init=False, default=None)
+    """The continuous-batching engine, in this process or its own; None: the
+    one-at-a-time engine."""
     _lm_metrics: LMMetrics | None = field(init=False, default=None, repr=False)
+    home: str | None = None
+    """The registry the model was loaded from: the engine process loads it from there
+    (`serve.lm.engine: process`); None: the engine runs in a thread of this process."""
     _deliveries: _Handoff | None = field(init=False, default=None, repr=False)
     _executor: ThreadPoolExecutor = field(init=False, repr=False)
 
@@ -74,10 +82,13 @@ class ServedLanguageModel:
         self._executor = ThreadPoolExecutor(
             1, thread_name_prefix=f"foundry-lm-{self.name}", initializer=adopt_torch_threads
         )
+
+    def start(self) -> None:
+        """Start the model's continuous-batching engine (none for max_concurrent 1)."""
         if self.settings.max_concurrent > 1 and hasattr(self.model, "continuous_batcher"):
             hooks: dict[str, Any] = {}
             if self.metrics is not None:
-                batcher_ref: list[ContinuousBatcher] = []
+                batcher_ref: list[Any] = []
                 self._lm_metrics = self.metrics.language_model(
                     self.name,
                     running=lambda: batcher_ref[0].running if batcher_ref else 0,
@@ -85,17 +96,43 @@ class ServedLanguageModel:
                 )
                 hooks = {"on_step": self._lm_metrics.on_step, "on_admit": self._lm_metrics.on_admit}
             s = self.settings
-            self.batcher = self.model.continuous_batcher(
-                max_concurrent=s.max_concurrent,
-                max_queue=s.max_queue,
-                max_batch_tokens=s.max_batch_tokens,
-                prefill_chunk=s.prefill_chunk,
-                name=self.name,
-                **hooks,
-            )
+            if self.in_process:
+                import torch
+
+                self.batcher = EngineProcess(
+                    self.model,
+                    self.ref,
+                    self.home,
+                    s,
+                    name=self.name,
+                    threads=torch.get_num_threads(),
+                    **hooks,
+                )
+            else:
+                self.batcher = self.model.continuous_batcher(
+                    max_concurrent=s.max_concurrent,
+                    max_queue=s.max_queue,
+                    max_batch_tokens=s.max_batch_tokens,
+                    prefill_chunk=s.prefill_chunk,
+                    name=self.name,
+                    **hooks,
+                )
             if self.metrics is not None:
                 batcher_ref.append(self.batcher)
             self.batcher.start()
+            if self.in_process:
+                release_weights(self.model)
+
+    @property
+    def in_process(self) -> bool:
+        """The engine runs in a process of its own (`serve.lm.engine: process`, a model
+        loaded from a registry, continuous batching)."""
+        return (
+            self.settings.engine == "process"
+            and self.home is not None
+            and self.settings.max_concurrent > 1
+            and hasattr(self.model, "continuous_batcher")
+        )
 
     @classmethod
     def load(
@@ -109,9 +146,24 @@ class ServedLanguageModel:
         from foundry.lm.load import load
 
         settings = settings or LMServeConfig()
+        if registry is None:
+            from foundry.registry import Registry
+
+            registry = Registry()
         model = load(ref, registry=registry)
-        place(model, settings.device, settings.dtype)
-        return cls.from_model(model, registry, settings=settings, metrics=metrics)
+        served = cls(
+            model.ref.split(":")[0],
+            model.ref,
+            model,
+            getattr(model, "generation", None) or GenerationConfig(),
+            settings,
+            metrics,
+            home=str(registry.home),
+        )
+        if not served.in_process:  # else the engine process places its own copy
+            place(model, settings.device, settings.dtype)
+        served.start()
+        return served
 
     @classmethod
     def from_model(
@@ -122,10 +174,11 @@ class ServedLanguageModel:
         settings: LMServeConfig | None = None,
         metrics: ServeMetrics | None = None,
     ) -> ServedLanguageModel:
-        """Serve an already loaded model (its `ref` is pinned, `name:version`); its
-        `generation` attribute (the package's `lm.generation`) gives the defaults."""
+        """Serve an already loaded model (its `ref` is pinned, `name:version`) with its
+        engine in a thread of this process; its `generation` attribute (the package's
+        `lm.generation`) gives the defaults."""
         defaults = getattr(model, "generation", None) or GenerationConfig()
-        return cls(
+        served = cls(
             model.ref.split(":")[0],
             model.ref,
             model,
@@ -133,6 +186,14 @@ class ServedLanguageModel:
             settings or LMServeConfig(),
             metrics,
         )
+        served.start()
+        return served
+
+    @property
+    def engine_failure(self) -> str | None:
+        """Why the model's engine process is gone (it exited or was killed): its
+        requests then fail with 503 `model_unavailable` and /readyz says so."""
+        return getattr(self.batcher, "gone", None)
 
     @property
     def generates(self) -> bool:
@@ -190,6 +251,8 @@ class ServedLanguageModel:
             return self.batcher.submit(prompt, params, emit)
         except QueueFull:
             raise self._busy() from None
+        except EngineGone as exc:
+            raise ApiError(503, "model_unavailable", str(exc)) from None
 
     async def generate(self, prompt: str, params: GenerationConfig) -> Completion:
         if self.batcher is None:
@@ -209,8 +272,10 @@ class ServedLanguageModel:
         handle = self._submit(prompt, params, emit)
         await ended
         if failures:
+            if isinstance(failures[0], EngineGone):
+                raise ApiError(503, "model_unavailable", str(failures[0]))
             raise failures[0]
-        return self.batcher.engine.completion_of(handle.row)
+        return handle.completion()
 
     async def embed(self, texts: list[str]) -> tuple[Any, list[int]]:
         return await self.run(self.model.embed, texts)
@@ -222,15 +287,20 @@ class ServedLanguageModel:
         the response starts."""
         if self.batcher is None:
             return self.stream(prompt, params, progress)
-        loop = asyncio.get_running_loop()
+        return self._open_batched(prompt, params, progress)
+
+    def _open_batched(
+        self, prompt: str, params: GenerationConfig, progress: StreamProgress
+    ) -> AsyncIterator[Delta]:
         queue: asyncio.Queue[Any] = asyncio.Queue()
+        handoff = self._handoff(asyncio.get_running_loop())  # made here, on the loop
 
         def emit(item: Any) -> None:
             if isinstance(item, Delta):  # on the engine thread, before the client reads
                 progress.completion_tokens = item.completion_tokens
                 if item.finish_reason is not None:
                     progress.finish_reason = item.finish_reason
-            self._handoff(loop).put(queue, item)
+            handoff.put(queue, item)
 
         handle = self._submit(prompt, params, emit)
         return _batched_deltas(queue, handle)
@@ -245,6 +315,10 @@ class ServedLanguageModel:
     ) -> AsyncIterator[Delta]:
         """Deltas of one completion. Leaving the loop early (a client gone) stops the
         generation on the model's thread; `progress` then holds what was computed."""
+        if self.batcher is not None:  # the continuous-batching engine has the weights
+            async for delta in self._open_batched(prompt, params, progress):
+                yield delta
+            return
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
@@ -295,14 +369,19 @@ class ServedLanguageModel:
 class _Handoff:
     """Deltas from the engine thread to the event loop, one wake-up per batch of them:
     a step of 16 rows would otherwise wake the loop 16 times, and each wake-up is a
-    round of the GIL between the two threads."""
+    round of the GIL between the two threads. An engine process's deltas are read on
+    the loop and go straight to their queues."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self._loop_thread = threading.get_ident()  # made on the loop (`_open_batched`)
         self._items: list[tuple[asyncio.Queue[Any], Any]] = []
         self._lock = threading.Lock()
 
     def put(self, queue: asyncio.Queue[Any], item: Any) -> None:
+        if threading.get_ident() == self._loop_thread:  # an engine process's message,
+            queue.put_nowait(item)  # read on the loop itself: nothing to hand over
+            return
         with self._lock:
             self._items.append((queue, item))
             first = len(self._items) == 1
@@ -343,29 +422,6 @@ async def _batched_deltas(queue: asyncio.Queue[Any], handle: Any) -> AsyncIterat
             with anyio.CancelScope(shield=True):
                 while await queue.get() is not None:
                     pass
-
-
-def place(model: Any, device: str, dtype: str) -> None:
-    """Move a loaded language model (its `model` module and `engine`) to `serve.lm`'s
-    device and dtype; the packages load on the CPU in float32."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and dtype == "float32":
-        return
-    if device == "cuda" and not torch.cuda.is_available():
-        from foundry.errors import ConfigError
-
-        raise ConfigError(
-            "serve.lm.device is cuda but PyTorch sees no CUDA device here: "
-            "set serve.lm.device: cpu (or auto)"
-        )
-    module, engine = getattr(model, "model", None), getattr(model, "engine", None)
-    if module is None or engine is None:  # an embedder: stays where it loaded
-        return
-    module.to(device=torch.device(device), dtype=getattr(torch, dtype))
-    engine.device = torch.device(device)
 
 
 def generation_params(
