@@ -40,7 +40,7 @@ def server(tmp_path_factory):
         "name": "tiny-gpt",
         "data": {"path": "corpus.txt"},
         "model": {"type": "gpt", "n_layers": 1, "d_model": 32, "n_heads": 2,
-                  "context_length": 512, "vocab_size": 300},
+                  "context_length": 2048, "vocab_size": 300},
         "train": {"epochs": 1, "batch_size": 16, "optimizer": {"lr": 3e-3}},
         "lm": {"generation": {"max_tokens": 8, "temperature": 0}},
         # two slots, no queue; a prompt read one token per step, so two long prompts
@@ -79,15 +79,18 @@ def _usage(server) -> int:
 
 
 def test_a_full_queue_is_a_503_with_retry_after_and_charges_nothing(server):
-    long_prompt = "The cat sat on the mat. " * 50  # a few hundred tokens, read one a step
+    # ~1,750 tokens, read one a step: the two hold both slots for some hundreds of ms
+    # (with 351 tokens, an engine in its own process read both before a loaded CI
+    # machine's client had sent the burst)
+    long_prompt = "The cat sat on the mat. " * 250
     rejected_before = _metric(server, "foundry_lm_rejections_total")
+    before = _usage(server)
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
         running = [pool.submit(_complete, server, long_prompt) for _ in range(2)]
         deadline = time.monotonic() + 60
         while _metric(server, "foundry_lm_running") < 2:
             assert time.monotonic() < deadline, "the two long prompts never ran together"
             time.sleep(0.01)
-        before = _usage(server)
         # a burst while both slots are taken: on an idle machine the long prompts may end
         # within a few requests' time, so one lone request could find a slot free again
         burst = [pool.submit(_complete, server, "The dog") for _ in range(8)]
@@ -143,7 +146,7 @@ def test_the_engine_runs_in_its_own_process_and_a_killed_one_is_a_503_not_a_hang
         [engine] = _engine_processes(running.proc.pid)
         assert _complete(other, "The cat").status_code == 200  # served by that process
         before = _usage(other)
-        long_prompt = "The cat sat on the mat. " * 50  # read one token a step: a while
+        long_prompt = "The cat sat on the mat. " * 250  # read one token a step: a while
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             cut = pool.submit(_complete, other, long_prompt)
             deadline = time.monotonic() + 60
