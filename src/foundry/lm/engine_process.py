@@ -264,9 +264,12 @@ class EngineProcess:
     def full(self) -> bool:
         """Every slot taken and `max_queue` requests waiting: the engine's own bound,
         counted here from the requests in flight."""
-        s = self.settings
         with self._lock:
-            return len(self._rows) >= s.max_concurrent + s.max_queue
+            return self._is_full()
+
+    def _is_full(self) -> bool:
+        """(the lock is held) Rows in flight at the bound."""
+        return len(self._rows) >= self.settings.max_concurrent + self.settings.max_queue
 
     def submit(self, prompt: str | list[int], params: GenerationConfig, emit: Emit) -> RemoteHandle:
         """Queue one completion, on the event loop; `emit` gets its deltas there.
@@ -282,7 +285,7 @@ class EngineProcess:
         with self._lock:
             if self._gone is not None:
                 raise EngineGone(self._gone)
-            if len(self._rows) >= self.settings.max_concurrent + self.settings.max_queue:
+            if self._is_full():
                 raise QueueFull(f"model '{self.name}' is full")
             rid = next(self._ids)
             handle = RemoteHandle(self, rid, len(ids), emit)
