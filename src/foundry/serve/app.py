@@ -135,6 +135,8 @@ class Service:
         self.batchers: dict[str, Batcher] = {}
         self.language_models: dict[str, ServedLanguageModel] = {}
         """Generation and embedding models, by name and `name:version`."""
+        self._engines: dict[str, ServedLanguageModel] = {}
+        """Each language model by the ref it was asked for (a key of `state`)."""
         self.state: dict[str, str] = {ref: "loading" for ref in refs}
         self._gate_runner: GateRunner | None = None
         self._in_flight = 0
@@ -181,6 +183,7 @@ class Service:
                     raise ConfigError(f"serve one version per model; '{lm.name}' is "
                                       f"requested twice ({', '.join(self.refs)})")
                 self.language_models[lm.name] = self.language_models[lm.ref] = lm
+                self._engines[ref] = lm
                 self.state[ref] = "loaded"
                 continue
             if served.name in self.batchers or served.name in self.language_models:
@@ -220,7 +223,7 @@ class Service:
         self.explainers = {}
         for batcher in batchers.values():
             await batcher.close()
-        language, self.language_models = self.language_models, {}
+        language, self.language_models, self._engines = self.language_models, {}, {}
         for lm in {id(m): m for m in language.values()}.values():
             await lm.close()
         if self._torch_threads is not None:
@@ -238,11 +241,9 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        for ref, status in self.state.items():
-            lm = self.language_models.get(ref) or self.language_models.get(
-                ref.split(":")[0].split("@")[0])
-            gone = getattr(lm, "engine_failure", None)
-            if gone is not None and status == "loaded":
+        for ref, lm in self._engines.items():
+            gone = lm.engine_failure
+            if gone is not None and self.state.get(ref) == "loaded":
                 self.state[ref] = f"failed: {gone}"  # /readyz 503: restart the server
         return bool(self.state) and all(s == "loaded" for s in self.state.values())
 
